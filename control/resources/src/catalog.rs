@@ -1,0 +1,250 @@
+//! The one table of served kinds, so discovery, routing and storage never disagree.
+
+use std::sync::LazyLock;
+
+use k8s_openapi::{
+    ClusterResourceScope, ListableResource, NamespaceResourceScope, Resource, api as k8s,
+};
+
+/// A subresource served under `/{plural}/{name}/{subresource}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subresource {
+    /// `status`: get, patch, update of `.status` only.
+    Status,
+    /// `scale`: an `autoscaling/v1` `Scale` view of replicas.
+    Scale,
+    /// `binding` (pods): binds a pod to a node.
+    Binding,
+    /// `log` (pods): container logs, proxied to the node.
+    Log,
+    /// `exec` (pods): runs a command in a container, proxied to the node.
+    Exec,
+    /// `attach` (pods): attaches to a running container, proxied to the node.
+    Attach,
+}
+
+impl Subresource {
+    /// The URL segment, e.g. `status`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Scale => "scale",
+            Self::Binding => "binding",
+            Self::Log => "log",
+            Self::Exec => "exec",
+            Self::Attach => "attach",
+        }
+    }
+
+    /// The verbs discovery lists for it.
+    #[must_use]
+    pub fn verbs(self) -> &'static [&'static str] {
+        match self {
+            Self::Status | Self::Scale => &["get", "patch", "update"],
+            Self::Binding => &["create"],
+            Self::Log => &["get"],
+            Self::Exec | Self::Attach => &["create", "get"],
+        }
+    }
+
+    /// The kind discovery reports for it.
+    #[must_use]
+    pub fn kind(self, parent_kind: &'static str) -> &'static str {
+        match self {
+            Self::Status => parent_kind,
+            Self::Scale => "Scale",
+            Self::Binding => "Binding",
+            Self::Log | Self::Exec | Self::Attach => "Pod",
+        }
+    }
+}
+
+/// One served kind.
+#[derive(Debug, Clone)]
+pub struct ResourceInfo {
+    /// API group; empty for the core group.
+    pub group: &'static str,
+    /// Version, e.g. `v1`.
+    pub version: &'static str,
+    /// `apiVersion` as written in objects (`v1`, `apps/v1`).
+    pub api_version: &'static str,
+    /// Kind, e.g. `Deployment`.
+    pub kind: &'static str,
+    /// List kind, e.g. `DeploymentList`.
+    pub list_kind: &'static str,
+    /// Plural resource name, the URL segment, e.g. `deployments`.
+    pub plural: &'static str,
+    /// Singular name, e.g. `deployment`.
+    pub singular: String,
+    /// Whether objects live in a namespace.
+    pub namespaced: bool,
+    /// kubectl's short names, e.g. `deploy`.
+    pub short_names: &'static [&'static str],
+    /// Categories, e.g. `all`.
+    pub categories: &'static [&'static str],
+    /// Served subresources.
+    pub subresources: &'static [Subresource],
+}
+
+impl ResourceInfo {
+    /// The verbs discovery lists for the main resource.
+    #[must_use]
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.kind == "Namespace" {
+            // Kubernetes has no deletecollection for namespaces.
+            &[
+                "create", "delete", "get", "list", "patch", "update", "watch",
+            ]
+        } else {
+            &[
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ]
+        }
+    }
+
+    /// Whether `sub` is served for this kind.
+    #[must_use]
+    pub fn has(&self, sub: Subresource) -> bool {
+        self.subresources.contains(&sub)
+    }
+}
+
+/// Maps a `k8s-openapi` scope type to "namespaced or not".
+trait Scope {
+    const NAMESPACED: bool;
+}
+impl Scope for NamespaceResourceScope {
+    const NAMESPACED: bool = true;
+}
+impl Scope for ClusterResourceScope {
+    const NAMESPACED: bool = false;
+}
+
+fn entry<T>(
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    subresources: &'static [Subresource],
+) -> ResourceInfo
+where
+    T: ListableResource,
+    <T as Resource>::Scope: Scope,
+{
+    ResourceInfo {
+        group: T::GROUP,
+        version: T::VERSION,
+        api_version: T::API_VERSION,
+        kind: T::KIND,
+        list_kind: T::LIST_KIND,
+        plural: T::URL_PATH_SEGMENT,
+        singular: T::KIND.to_ascii_lowercase(),
+        namespaced: <T::Scope as Scope>::NAMESPACED,
+        short_names,
+        categories,
+        subresources,
+    }
+}
+
+const ALL: &[&str] = &["all"];
+const NONE: &[&str] = &[];
+const STATUS: &[Subresource] = &[Subresource::Status];
+const STATUS_SCALE: &[Subresource] = &[Subresource::Status, Subresource::Scale];
+const POD: &[Subresource] = &[
+    Subresource::Status,
+    Subresource::Binding,
+    Subresource::Log,
+    Subresource::Exec,
+    Subresource::Attach,
+];
+
+static CATALOG: LazyLock<Vec<ResourceInfo>> = LazyLock::new(|| {
+    use Subresource as S;
+    vec![
+        // core/v1
+        entry::<k8s::core::v1::Namespace>(&["ns"], NONE, &[S::Status]),
+        entry::<k8s::core::v1::Pod>(&["po"], ALL, POD),
+        entry::<k8s::core::v1::Service>(&["svc"], ALL, STATUS),
+        entry::<k8s::core::v1::Endpoints>(&["ep"], NONE, &[]),
+        entry::<k8s::core::v1::Node>(&["no"], NONE, STATUS),
+        entry::<k8s::core::v1::ConfigMap>(&["cm"], NONE, &[]),
+        entry::<k8s::core::v1::Secret>(NONE, NONE, &[]),
+        entry::<k8s::core::v1::Event>(&["ev"], NONE, &[]),
+        entry::<k8s::core::v1::ServiceAccount>(&["sa"], NONE, &[]),
+        entry::<k8s::core::v1::ResourceQuota>(&["quota"], NONE, STATUS),
+        // apps/v1
+        entry::<k8s::apps::v1::Deployment>(&["deploy"], ALL, STATUS_SCALE),
+        entry::<k8s::apps::v1::ReplicaSet>(&["rs"], ALL, STATUS_SCALE),
+        entry::<k8s::apps::v1::StatefulSet>(&["sts"], ALL, STATUS_SCALE),
+        entry::<k8s::apps::v1::DaemonSet>(&["ds"], ALL, STATUS),
+        // batch/v1
+        entry::<k8s::batch::v1::Job>(NONE, ALL, STATUS),
+        entry::<k8s::batch::v1::CronJob>(&["cj"], ALL, STATUS),
+        // coordination.k8s.io/v1
+        entry::<k8s::coordination::v1::Lease>(NONE, NONE, &[]),
+        // discovery.k8s.io/v1
+        entry::<k8s::discovery::v1::EndpointSlice>(NONE, NONE, &[]),
+    ]
+});
+
+/// Every served kind, core group first, in a stable order.
+#[must_use]
+pub fn all() -> &'static [ResourceInfo] {
+    &CATALOG
+}
+
+/// The kind served at `/{group}/{version}/{plural}`.
+#[must_use]
+pub fn by_plural(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
+    all()
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The kind for an object's `apiVersion` and `kind`.
+#[must_use]
+pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceInfo> {
+    all()
+        .iter()
+        .find(|r| r.api_version == api_version && r.kind == kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployments_are_namespaced_apps_v1_with_scale() {
+        let d = by_plural("apps", "v1", "deployments").expect("deployments served");
+        assert_eq!(d.kind, "Deployment");
+        assert_eq!(d.list_kind, "DeploymentList");
+        assert!(d.namespaced);
+        assert!(d.has(Subresource::Scale));
+        assert_eq!(d.singular, "deployment");
+    }
+
+    #[test]
+    fn nodes_and_namespaces_are_cluster_scoped() {
+        assert!(!by_kind("v1", "Node").expect("nodes").namespaced);
+        assert!(!by_kind("v1", "Namespace").expect("namespaces").namespaced);
+        assert!(by_kind("v1", "Pod").expect("pods").namespaced);
+    }
+
+    #[test]
+    fn every_plural_is_unique_within_its_group_version() {
+        let mut seen = std::collections::HashSet::new();
+        for r in all() {
+            assert!(
+                seen.insert((r.group, r.version, r.plural)),
+                "duplicate {}",
+                r.plural
+            );
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Placeholder, filled by the eBPF work.
+#![no_std]

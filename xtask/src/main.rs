@@ -1,0 +1,53 @@
+//! `cargo xtask`: the one entry point that sets a machine up, builds the eBPF object, runs
+//! the whole test suite, starts a single-node cluster and runs the benchmarks.
+
+mod build_ebpf;
+mod prereq;
+mod shell;
+mod test;
+mod up;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "skiff's build, test and cluster driver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the eBPF programs (installs nightly rust-src and bpf-linker if missing).
+    BuildEbpf,
+    /// Run the whole suite: fmt, clippy, unit tests, privileged end-to-end tests.
+    Test(test::Args),
+    /// Start a single-node cluster on this host.
+    Up,
+    /// Run a benchmark and print a table.
+    Bench {
+        /// Which benchmark.
+        name: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Command::BuildEbpf => build_ebpf::run(&root).map(|_| ()),
+        Command::Test(args) => test::run(&root, &args),
+        Command::Up => up::run(&root),
+        Command::Bench { name } => anyhow::bail!("benchmark {name:?} does not exist yet"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
