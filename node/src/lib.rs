@@ -1,3 +1,5 @@
 //! skiff-node is the root-run node daemon: it runs the pods bound to its node in-process
 //! with youki's libcontainer and load-balances Services with eBPF programs attached to the
 //! node's own cgroup subtree, with an nftables path beside them.
+
+pub mod proxy;
