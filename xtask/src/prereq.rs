@@ -19,6 +19,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "pkg-config",
     "libseccomp-dev",
     "protobuf-compiler",
+    "libprotobuf-dev",
     "iproute2",
     "nftables",
     "iptables",

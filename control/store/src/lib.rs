@@ -9,6 +9,12 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use futures::Stream;
 
+mod embedded;
+mod etcd;
+
+pub use embedded::RedbStore;
+pub use etcd::EtcdStore;
+
 /// A store revision: etcd's `int64` revision, which the API server shows as `resourceVersion`.
 pub type Revision = i64;
 
@@ -140,14 +146,16 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError>;
 
     /// Events for keys under `prefix` with a revision greater than `after`, in order, and
-    /// then live. Fails with [`StoreError::Compacted`] if `after` is older than the oldest
-    /// kept revision.
+    /// then live. Fails with [`StoreError::Compacted`] if `after` is below the compacted
+    /// revision (events it needs are gone). A watcher that falls too far behind gets a
+    /// [`StoreError::Backend`] item and the stream ends: re-list and watch again.
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
 
-    /// Forgets history at and below `revision`; watches and reads there then fail.
+    /// Forgets history older than `revision`: reads at revisions below it, and watches
+    /// that need events at or below it, then fail with [`StoreError::Compacted`].
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
 
-    /// The newest compacted revision (0 if none).
+    /// The revision of the last compaction (0 if none).
     async fn compacted_revision(&self) -> Result<Revision, StoreError>;
 
     /// A consistent copy of the whole store in the backend's own format, for backups.
