@@ -85,6 +85,9 @@ pub struct ResourceInfo {
     pub categories: &'static [&'static str],
     /// Served subresources.
     pub subresources: &'static [Subresource],
+    /// Decodes JSON into the kind's typed struct and encodes it back: fails on wrong
+    /// types, and drops every field the kind does not have.
+    pub roundtrip: fn(&serde_json::Value) -> Result<serde_json::Value, String>,
 }
 
 impl ResourceInfo {
@@ -128,13 +131,20 @@ impl Scope for ClusterResourceScope {
     const NAMESPACED: bool = false;
 }
 
+fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    value: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let typed: T = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
+}
+
 fn entry<T>(
     short_names: &'static [&'static str],
     categories: &'static [&'static str],
     subresources: &'static [Subresource],
 ) -> ResourceInfo
 where
-    T: ListableResource,
+    T: ListableResource + serde::de::DeserializeOwned + serde::Serialize,
     <T as Resource>::Scope: Scope,
 {
     ResourceInfo {
@@ -149,6 +159,7 @@ where
         short_names,
         categories,
         subresources,
+        roundtrip: roundtrip::<T>,
     }
 }
 
