@@ -110,8 +110,8 @@ pub struct StatusError {
     pub reason: String,
     /// Human message.
     pub message: String,
-    /// Optional details.
-    pub details: Option<StatusDetails>,
+    /// Optional details (boxed: errors travel in every `Result` of the API server).
+    pub details: Option<Box<StatusDetails>>,
 }
 
 /// `pods` or `deployments.apps`, as the Go apiserver names a resource in messages.
@@ -134,12 +134,12 @@ impl StatusError {
     }
 
     fn with_details(mut self, group: &str, kind: &str, name: &str) -> Self {
-        self.details = Some(StatusDetails {
+        self.details = Some(Box::new(StatusDetails {
             name: name.into(),
             group: group.into(),
             kind: kind.into(),
             causes: Vec::new(),
-        });
+        }));
         self
     }
 

@@ -1,0 +1,183 @@
+//! Request parsing and response building shared by every handler: query parameters, body
+//! limits and formats, content negotiation, and `metav1.Status` errors.
+
+use std::{collections::HashMap, convert::Infallible};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use serde_json::Value;
+use skiff_machinery::status::StatusError;
+
+/// The response body every handler returns: whole or streamed.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Bodies above this are refused with 413, like the Go apiserver's 3 MiB limit.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Query parameters, last value wins.
+#[derive(Debug, Default, Clone)]
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    pub fn parse(query: Option<&str>) -> Self {
+        Self(
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("true" | "1"))
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.get("dryRun") == Some("All")
+    }
+}
+
+/// How the client wants objects back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The objects themselves.
+    Object,
+    /// A `meta.k8s.io/v1` Table (kubectl get).
+    Table,
+}
+
+pub fn format(headers: &HeaderMap) -> Format {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("as=Table") {
+        Format::Table
+    } else {
+        Format::Object
+    }
+}
+
+/// Reads the body, refusing more than [`MAX_BODY`] bytes.
+pub async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, StatusError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(err) => Err(StatusError::bad_request(format!(
+            "reading the request body: {err}"
+        ))),
+    }
+}
+
+fn too_large() -> StatusError {
+    StatusError::too_large(format!(
+        "the request body is larger than the limit of {MAX_BODY} bytes"
+    ))
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Decodes an object body sent as JSON or YAML.
+pub fn decode_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, StatusError> {
+    let kind = content_type(headers);
+    let value: Value = match kind.as_str() {
+        "application/json" | "" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| StatusError::bad_request(format!("error decoding the JSON body: {e}")))?,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| StatusError::bad_request(format!("error decoding the YAML body: {e}")))?,
+        other => return Err(StatusError::unsupported_media_type(other)),
+    };
+    if !value.is_object() {
+        return Err(StatusError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+/// The patch type named by the Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    Json,
+    Merge,
+    Strategic,
+    Apply,
+}
+
+pub fn patch_type(headers: &HeaderMap) -> Result<PatchType, StatusError> {
+    match content_type(headers).as_str() {
+        "application/json-patch+json" => Ok(PatchType::Json),
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
+        "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchType::Apply),
+        other => Err(StatusError::unsupported_media_type(other)),
+    }
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+pub fn json(code: StatusCode, value: &Value) -> Response<Body> {
+    let mut resp = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+pub fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+pub fn error(err: &StatusError) -> Response<Body> {
+    json(
+        StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &err.to_json(),
+    )
+}
+
+/// Adds `Warning: 299 - "..."` headers, as the Go apiserver reports unknown fields.
+pub fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}

@@ -1,0 +1,142 @@
+//! How objects live in the store: their keys, their JSON without `resourceVersion` (set from
+//! the store revision on every read, as the Go apiserver does), and store errors as Status.
+
+use serde_json::{Value, json};
+use skiff_machinery::status::StatusError;
+use skiff_resources::ResourceInfo;
+use skiff_store::{KeyValue, StoreError};
+
+/// The store key prefix of a kind, optionally narrowed to one namespace.
+pub fn prefix(info: &ResourceInfo, namespace: Option<&str>) -> String {
+    let group = if info.group.is_empty() {
+        "core"
+    } else {
+        info.group
+    };
+    match namespace {
+        Some(ns) if info.namespaced => format!("/registry/{group}/{}/{ns}/", info.plural),
+        _ => format!("/registry/{group}/{}/", info.plural),
+    }
+}
+
+/// The store key of one object.
+pub fn key(info: &ResourceInfo, namespace: Option<&str>, name: &str) -> String {
+    format!("{}{name}", prefix(info, namespace))
+}
+
+/// The object stored under `kv`, with its `resourceVersion`.
+pub fn decode(kv: &KeyValue) -> Result<Value, StatusError> {
+    let mut obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| StatusError::internal(format!("stored object {} is corrupt: {e}", kv.key)))?;
+    set_resource_version(&mut obj, kv.mod_revision);
+    Ok(obj)
+}
+
+pub fn set_resource_version(obj: &mut Value, revision: i64) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), json!(revision.to_string()));
+    }
+}
+
+/// The bytes to store: the object without `resourceVersion`.
+pub fn encode(obj: &Value) -> Vec<u8> {
+    let mut obj = obj.clone();
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&obj).unwrap_or_default()
+}
+
+pub fn name_of(obj: &Value) -> &str {
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+pub fn namespace_of(obj: &Value) -> Option<&str> {
+    obj.pointer("/metadata/namespace").and_then(Value::as_str)
+}
+
+/// The `metadata.resourceVersion` a client sent, if any.
+pub fn resource_version(obj: &Value) -> Result<Option<i64>, StatusError> {
+    match obj
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        None | Some("") => Ok(None),
+        Some(rv) => rv
+            .parse()
+            .map(Some)
+            .map_err(|_| StatusError::bad_request(format!("invalid resourceVersion {rv:?}"))),
+    }
+}
+
+/// Now, as Kubernetes writes timestamps (RFC 3339, whole seconds, UTC).
+pub fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// A store failure as the Status a client understands.
+pub fn store_error(err: StoreError, info: &ResourceInfo, name: &str) -> StatusError {
+    match err {
+        StoreError::AlreadyExists(_) => StatusError::already_exists(info.group, info.plural, name),
+        StoreError::NotFound(_) => StatusError::not_found(info.group, info.plural, name),
+        StoreError::Conflict { .. } => StatusError::conflict(
+            info.group,
+            info.plural,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ),
+        StoreError::Compacted { requested, .. } => StatusError::gone(format!(
+            "The resourceVersion for the provided list is too old: {requested}"
+        )),
+        StoreError::FutureRevision(rv) => {
+            StatusError::timeout(format!("Too large resource version: {rv}"))
+        }
+        other => StatusError::internal(other.to_string()),
+    }
+}
+
+/// The spec-like part of an object: everything but `metadata` and `status`, whose change
+/// bumps `metadata.generation`.
+pub fn spec_part(obj: &Value) -> Value {
+    let mut out = obj.clone();
+    if let Some(map) = out.as_object_mut() {
+        map.remove("metadata");
+        map.remove("status");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_grouped_by_kind_then_namespace() {
+        let pods = skiff_resources::by_kind("v1", "Pod").unwrap();
+        assert_eq!(
+            key(pods, Some("default"), "web"),
+            "/registry/core/pods/default/web"
+        );
+        assert_eq!(prefix(pods, None), "/registry/core/pods/");
+        let nodes = skiff_resources::by_kind("v1", "Node").unwrap();
+        assert_eq!(key(nodes, Some("ignored"), "n1"), "/registry/core/nodes/n1");
+    }
+
+    #[test]
+    fn resource_version_is_not_stored_but_set_on_read() {
+        let obj = json!({"metadata": {"name": "a", "resourceVersion": "7"}});
+        let bytes = encode(&obj);
+        assert!(!String::from_utf8_lossy(&bytes).contains("resourceVersion"));
+        let kv = KeyValue {
+            key: "k".into(),
+            value: bytes,
+            create_revision: 3,
+            mod_revision: 9,
+        };
+        assert_eq!(decode(&kv).unwrap()["metadata"]["resourceVersion"], "9");
+    }
+}

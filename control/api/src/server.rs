@@ -1,0 +1,299 @@
+//! The HTTP server: accepts connections, authenticates (a single place for TLS and
+//! authentication to plug in), routes, records metrics, and compacts the store.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use skiff_machinery::status::StatusError;
+use skiff_store::Store;
+use tokio::net::TcpListener;
+
+use crate::{
+    allocator::{AllocError, ClusterIps, NodePorts},
+    bootstrap, discovery,
+    http::{self as h, Body, Query},
+    metrics::Metrics,
+    route::{Route, route},
+    verbs,
+};
+
+/// Settings of the API server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen (default 127.0.0.1:6443).
+    pub listen: SocketAddr,
+    /// The Service cluster IP range.
+    pub service_cidr: String,
+    /// The NodePort range.
+    pub node_ports: (u16, u16),
+    /// How often old store revisions are compacted.
+    pub compaction_interval: Duration,
+    /// How many revisions compaction keeps.
+    pub compaction_keep: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            service_cidr: "10.96.0.0/12".into(),
+            node_ports: (30000, 32767),
+            compaction_interval: Duration::from_mins(5),
+            compaction_keep: 10_000,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("binding {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Service range flag is not a CIDR.
+    #[error("service cluster IP range")]
+    ServiceRange(#[source] AllocError),
+    /// Creating the default namespaces or the `kubernetes` Service failed.
+    #[error("bootstrapping default objects: {0}")]
+    Bootstrap(String),
+}
+
+/// What every request handler shares.
+pub struct Ctx {
+    pub store: Arc<dyn Store>,
+    pub cluster_ips: ClusterIps,
+    pub node_ports: NodePorts,
+    pub metrics: Metrics,
+    pub address: String,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bound, bootstrapped API server.
+#[derive(Debug)]
+pub struct Server {
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    config: Config,
+}
+
+impl Server {
+    /// Binds the listen address and creates the default objects.
+    ///
+    /// # Errors
+    /// When the address is taken, a range is invalid, or the store fails.
+    pub async fn bind(store: Arc<dyn Store>, config: Config) -> Result<Self, ServerError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let ctx = Arc::new(Ctx {
+            store,
+            cluster_ips: ClusterIps::new(&config.service_cidr)
+                .map_err(ServerError::ServiceRange)?,
+            node_ports: NodePorts::new(config.node_ports.0, config.node_ports.1),
+            metrics: Metrics::default(),
+            address: local.to_string(),
+        });
+        bootstrap::run(&ctx)
+            .await
+            .map_err(|e| ServerError::Bootstrap(e.message))?;
+        Ok(Self {
+            ctx,
+            listener,
+            config,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    ///
+    /// # Errors
+    /// If the socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let compaction = tokio::spawn(compact_forever(
+            Arc::clone(&self.ctx.store),
+            self.config.compaction_interval,
+            self.config.compaction_keep,
+        ));
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    tracing::warn!(?err, "accept failed");
+                    continue;
+                }
+            };
+            let ctx = Arc::clone(&self.ctx);
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let ctx = Arc::clone(&ctx);
+                    async move { Ok::<_, std::convert::Infallible>(handle(ctx, req).await) }
+                });
+                if let Err(err) = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%peer, ?err, "connection closed with an error");
+                }
+            });
+        }
+        compaction.abort();
+    }
+}
+
+/// Keeps the store's history bounded, like the Go apiserver's periodic etcd compaction.
+async fn compact_forever(store: Arc<dyn Store>, every: Duration, keep: i64) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let result = async {
+            let current = store.current_revision().await?;
+            let target = current - keep;
+            if target > store.compacted_revision().await? {
+                store.compact(target).await?;
+                tracing::info!(revision = target, "compacted store history");
+            }
+            Ok::<_, skiff_store::StoreError>(())
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(?err, "compaction failed");
+        }
+    }
+}
+
+/// Who is calling. Until TLS and authentication land every caller is the cluster admin;
+/// this is the one place they will plug in.
+#[derive(Debug)]
+struct User;
+
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "authentication will refuse requests here once it exists"
+)]
+fn authenticate(_req: &Request<Incoming>) -> Result<User, StatusError> {
+    Ok(User)
+}
+
+async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = Query::parse(req.uri().query());
+    let (verb, resource, response) = match authenticate(&req) {
+        Err(err) => ("AUTH", String::new(), h::error(&err)),
+        Ok(_user) => route_request(&ctx, req, &method, &path, &query).await,
+    };
+    let code = response.status().as_u16();
+    ctx.metrics
+        .observe(verb, &resource, code, started.elapsed());
+    tracing::debug!(%method, %path, code, took_ms = started.elapsed().as_millis(), "request");
+    response
+}
+
+async fn route_request(
+    ctx: &Arc<Ctx>,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+    query: &Query,
+) -> (&'static str, String, Response<Body>) {
+    let get_only = |resp: Response<Body>| {
+        if method == Method::GET || method == Method::HEAD {
+            resp
+        } else {
+            h::error(&StatusError::method_not_allowed(format!(
+                "{method} is not allowed on {path}"
+            )))
+        }
+    };
+    let not_found = || {
+        h::error(&StatusError {
+            code: 404,
+            reason: "NotFound".into(),
+            message: "the server could not find the requested resource".into(),
+            details: None,
+        })
+    };
+    let ok_json =
+        |v: Option<serde_json::Value>| v.map_or_else(not_found, |v| h::json(StatusCode::OK, &v));
+    let resp = match route(path) {
+        Route::Version => get_only(h::json(StatusCode::OK, &discovery::version())),
+        Route::Api => get_only(h::json(StatusCode::OK, &discovery::api(&ctx.address))),
+        Route::Apis => get_only(h::json(StatusCode::OK, &discovery::apis())),
+        Route::ApiGroup(g) => get_only(ok_json(discovery::api_group(&g))),
+        Route::GroupVersion { group, version } => {
+            get_only(ok_json(discovery::resource_list(&group, &version)))
+        }
+        Route::OpenApiRoot => get_only(h::json(StatusCode::OK, &skiff_resources::openapi::root())),
+        Route::OpenApiDocument { group, version } => get_only(ok_json(
+            skiff_resources::openapi::document(&group, &version).cloned(),
+        )),
+        Route::Health => get_only(h::text(StatusCode::OK, "ok")),
+        Route::Metrics => get_only(h::text(StatusCode::OK, ctx.metrics.render())),
+        Route::Backup => get_only(match ctx.store.snapshot().await {
+            Ok(bytes) => {
+                let mut resp = h::text(StatusCode::OK, bytes);
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/octet-stream"),
+                );
+                resp
+            }
+            Err(err) => h::error(&StatusError::internal(format!("snapshot: {err}"))),
+        }),
+        Route::Resource(r) => {
+            let verb = verbs::verb(method, &r, query);
+            let plural = r.info.plural.to_owned();
+            let headers = req.headers().clone();
+            let resp =
+                match verbs::dispatch(ctx, method, &r, query, &headers, req.into_body()).await {
+                    Ok(resp) => resp,
+                    Err(err) => h::error(&err),
+                };
+            return (verb, plural, resp);
+        }
+        Route::NotFound => not_found(),
+    };
+    ("GET", String::new(), resp)
+}

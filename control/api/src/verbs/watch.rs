@@ -1,0 +1,188 @@
+//! WATCH: a chunked stream of `{"type","object"}` lines from a resourceVersion on, with
+//! selectors applied as transitions (an object leaving the selection is DELETED for the
+//! watcher), bookmarks, timeouts, tables, and 410 Expired for compacted history.
+
+use std::{collections::VecDeque, convert::Infallible, time::Duration};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, Response, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+use skiff_machinery::status::StatusError;
+use skiff_resources::{ResourceInfo, table};
+use skiff_store::{EventKind, StoreError, WatchStream};
+
+use super::read::{self, Selectors};
+use crate::{
+    http::{self as h, Body, Format, Query},
+    objects,
+    route::ResourceRoute,
+    server::Ctx,
+};
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_mins(30);
+const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+
+struct State {
+    info: &'static ResourceInfo,
+    events: Option<WatchStream>,
+    selectors: Selectors,
+    format: Format,
+    pending: VecDeque<Bytes>,
+    deadline: tokio::time::Instant,
+    bookmarks: Option<tokio::time::Interval>,
+    last_rv: i64,
+    sent_columns: bool,
+}
+
+impl State {
+    fn line(&mut self, kind: &str, mut object: Value) {
+        if self.format == Format::Table && kind != "BOOKMARK" && kind != "ERROR" {
+            let mut t = table::table(
+                self.info,
+                std::slice::from_ref(&object),
+                std::time::SystemTime::now(),
+            );
+            if self.sent_columns {
+                t["columnDefinitions"] = json!([]);
+            }
+            self.sent_columns = true;
+            t["metadata"]["resourceVersion"] = object["metadata"]["resourceVersion"].clone();
+            object = t;
+        }
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        self.pending.push_back(Bytes::from(line));
+    }
+
+    fn error(&mut self, err: &StatusError) {
+        self.line("ERROR", err.to_json());
+        self.events = None;
+    }
+
+    fn event(&mut self, event: Result<skiff_store::Event, StoreError>) {
+        let event = match event {
+            Ok(e) => e,
+            Err(StoreError::Compacted { requested, .. }) => {
+                let err = StatusError::gone(format!("too old resource version: {requested}"));
+                return self.error(&err);
+            }
+            Err(err) => return self.error(&StatusError::gone(err.to_string())),
+        };
+        self.last_rv = event.kv.mod_revision;
+        let Ok(obj) = objects::decode(&event.kv) else {
+            return;
+        };
+        let now = self.selectors.matches(&obj);
+        let before = event
+            .prev
+            .as_ref()
+            .and_then(|p| objects::decode(p).ok())
+            .map(|p| self.selectors.matches(&p));
+        let kind = match (event.kind, before, now) {
+            // Deleted, or changed so that it left the selection.
+            (EventKind::Delete, Some(true), _) | (EventKind::Put, Some(true), false) => "DELETED",
+            (EventKind::Put, None | Some(false), true) => "ADDED",
+            (EventKind::Put, Some(true), true) => "MODIFIED",
+            _ => return,
+        };
+        self.line(kind, obj);
+    }
+}
+
+pub async fn watch(
+    ctx: &Ctx,
+    route: &ResourceRoute,
+    query: &Query,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, StatusError> {
+    let info = route.info;
+    let selectors = Selectors::parse(query)?;
+    let mut state = State {
+        info,
+        events: None,
+        selectors,
+        format: h::format(headers),
+        pending: VecDeque::new(),
+        deadline: tokio::time::Instant::now()
+            + query
+                .get("timeoutSeconds")
+                .and_then(|t| t.parse().ok())
+                .map_or(DEFAULT_TIMEOUT, Duration::from_secs),
+        bookmarks: query.flag("allowWatchBookmarks").then(|| {
+            let mut i = tokio::time::interval(BOOKMARK_EVERY);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        }),
+        last_rv: 0,
+        sent_columns: false,
+    };
+    let from = if let Some(rv) = query
+        .get("resourceVersion")
+        .filter(|rv| !rv.is_empty() && *rv != "0")
+    {
+        rv.parse::<i64>()
+            .map_err(|_| StatusError::bad_request(format!("invalid resourceVersion {rv:?}")))?
+    } else {
+        // No starting point: the current state as ADDED events, then changes.
+        let mut list_query = query.clone();
+        list_query.remove("limit");
+        list_query.remove("continue");
+        let page = read::list_objects(ctx, info, route.namespace.as_deref(), &list_query).await?;
+        for obj in page.items {
+            state.line("ADDED", obj);
+        }
+        page.revision
+    };
+    state.last_rv = from;
+    let prefix = objects::prefix(info, route.namespace.as_deref());
+    match ctx.store.watch(&prefix, from).await {
+        Ok(events) => state.events = Some(events),
+        Err(StoreError::Compacted { requested, .. }) => {
+            state.error(&StatusError::gone(format!(
+                "too old resource version: {requested}"
+            )));
+        }
+        Err(err) => return Err(objects::store_error(err, info, "")),
+    }
+    let stream = futures::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(line) = state.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(Frame::data(line)), state));
+            }
+            let events = state.events.as_mut()?;
+            let bookmark = async {
+                match state.bookmarks.as_mut() {
+                    Some(i) => {
+                        i.tick().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(event) => state.event(event),
+                    None => return None,
+                },
+                () = tokio::time::sleep_until(state.deadline) => return None,
+                () = bookmark => {
+                    let object = json!({
+                        "kind": state.info.kind,
+                        "apiVersion": state.info.api_version,
+                        "metadata": {"resourceVersion": state.last_rv.to_string()},
+                    });
+                    state.line("BOOKMARK", object);
+                }
+            }
+        }
+    });
+    let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
