@@ -1,0 +1,182 @@
+//! A real `control` process on a loopback port with its own data directory, and a kubectl
+//! pointed at it through a kubeconfig and discovery cache of its own.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{etcd::free_port, process::ChildGuard};
+
+/// A running control plane; killed (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct ControlPlane {
+    process: Option<ChildGuard>,
+    port: u16,
+    data_dir: PathBuf,
+    extra: Vec<String>,
+    home: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts `control` with the embedded store in `dir/data`.
+    ///
+    /// # Errors
+    /// If it does not answer `/healthz` within 20 s.
+    pub fn start(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts `control` with extra flags (e.g. `--etcd URL`).
+    ///
+    /// # Errors
+    /// If it does not answer `/healthz` within 20 s.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Result<Self> {
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home)?;
+        let mut cp = Self {
+            process: None,
+            port: free_port()?,
+            data_dir: dir.join("data"),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            home,
+        };
+        cp.write_kubeconfig()?;
+        cp.restart()?;
+        Ok(cp)
+    }
+
+    fn write_kubeconfig(&self) -> Result<()> {
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster: {{server: \"{}\"}}\n  name: skiff\ncontexts:\n- context: {{cluster: skiff, user: admin}}\n  name: skiff\ncurrent-context: skiff\nusers:\n- name: admin\n  user: {{}}\n",
+            self.url()
+        );
+        std::fs::write(self.kubeconfig(), config)?;
+        Ok(())
+    }
+
+    /// Starts (again) on the same port and data directory.
+    ///
+    /// # Errors
+    /// If it does not come up.
+    pub fn restart(&mut self) -> Result<()> {
+        self.process = None;
+        let log = std::fs::File::create(self.home.join("control.log"))?;
+        let process = ChildGuard::spawn(
+            Command::new(crate::bin("control"))
+                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .args(&self.extra)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log),
+        )?;
+        self.process = Some(process);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.http_get("/healthz").map_or(true, |b| b != "ok") {
+            if Instant::now() > deadline {
+                bail!("control did not become healthy:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+
+    /// The server's log so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("control.log")).unwrap_or_default()
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The kubeconfig file for this server.
+    #[must_use]
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.home.join("kubeconfig")
+    }
+
+    /// A plain HTTP GET, returning the body.
+    ///
+    /// # Errors
+    /// On connection failure.
+    pub fn http_get(&self, path: &str) -> Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let (_, body) = resp.split_once("\r\n\r\n").context("no HTTP body")?;
+        Ok(body.to_owned())
+    }
+
+    /// A kubectl command for this server (its own kubeconfig and discovery cache).
+    #[must_use]
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new("kubectl");
+        c.env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", &self.home)
+            .arg("--cache-dir")
+            .arg(self.home.join("cache"));
+        c
+    }
+
+    /// Runs kubectl with `args` (and `stdin`), returning its output.
+    ///
+    /// # Errors
+    /// If kubectl cannot be started.
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        let mut cmd = self.kubectl();
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting kubectl")?;
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .context("kubectl stdin")?
+                .write_all(input.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Runs kubectl and returns stdout, failing with its stderr if it fails.
+    ///
+    /// # Errors
+    /// If kubectl exits non-zero.
+    pub fn ok(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let out = self.run(args, stdin)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
