@@ -436,3 +436,31 @@ fn a_killed_server_restarts_with_every_object_at_the_same_resource_version() -> 
     assert!(rv > max_before);
     Ok(())
 }
+
+#[test]
+fn the_api_server_works_the_same_on_a_real_etcd() -> Result<()> {
+    let test = "the_api_server_works_the_same_on_a_real_etcd";
+    if !kubectl_present(test) || !require_program(test, "etcd") {
+        return Ok(());
+    }
+    let etcd = skiff_tests::etcd::Etcd::start()?;
+    let dir = tempfile::tempdir()?;
+    let mut cp = ControlPlane::start_with(dir.path(), &["--etcd", etcd.url()])?;
+    let created = cp.ok(&["apply", "-f", "-"], Some(MANIFEST))?;
+    assert_eq!(lines(&created).len(), 5, "{created}");
+    let query = [
+        "get",
+        "deploy,svc,cm",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={range .items[*]}{.kind}/{.metadata.name}@{.metadata.resourceVersion} {end}",
+    ];
+    let before = cp.ok(&query, None)?;
+    cp.kill();
+    cp.restart()?;
+    assert_eq!(cp.ok(&query, None)?, before);
+    let again = cp.ok(&["apply", "-f", "-"], Some(MANIFEST))?;
+    assert!(again.contains("deployment.apps/web unchanged"), "{again}");
+    Ok(())
+}

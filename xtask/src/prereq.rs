@@ -172,6 +172,30 @@ pub fn debian_packages() -> Result<Vec<&'static str>> {
     Ok(still)
 }
 
+/// Installs the Python `kubernetes` client the client-compatibility test drives.
+pub fn python_client() -> Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import kubernetes"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the Python kubernetes client (pip) for the client test");
+    let mut pip = Command::new("python3");
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    if !shell::is_root() {
+        pip.arg("--user");
+    }
+    shell::run(pip.arg("kubernetes"))
+}
+
 fn dpkg_installed(package: &str) -> bool {
     shell::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_some_and(|s| s.contains("install ok installed"))

@@ -21,6 +21,7 @@ pub struct Args {
 pub fn run(root: &Path, args: &Args) -> Result<()> {
     let started = Instant::now();
     let missing = prereq::debian_packages()?;
+    prereq::python_client()?;
     build_ebpf::run(root)?;
     let cargo = || {
         let mut c = Command::new("cargo");

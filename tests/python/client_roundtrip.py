@@ -1,0 +1,67 @@
+"""The official Python kubernetes client against skiff: list, create, patch, watch, delete.
+
+Run by tests/tests/api_python.rs with KUBECONFIG pointing at a fresh control plane.
+Exits non-zero (with an assertion message) on any mismatch.
+"""
+import threading
+
+from kubernetes import client, config, watch
+
+config.load_kube_config()
+core = client.CoreV1Api()
+apps = client.AppsV1Api()
+
+names = {ns.metadata.name for ns in core.list_namespace().items}
+assert {"default", "kube-system", "kube-public", "kube-node-lease"} <= names, names
+
+start = core.list_namespaced_config_map("default").metadata.resource_version
+events = []
+
+
+def watcher():
+    w = watch.Watch()
+    for ev in w.stream(core.list_namespaced_config_map, "default",
+                       resource_version=start, timeout_seconds=10):
+        events.append((ev["type"], ev["object"].metadata.name, ev["object"].data))
+        if ev["type"] == "DELETED":
+            w.stop()
+
+
+t = threading.Thread(target=watcher)
+t.start()
+
+cm = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="py", labels={"from": "python"}),
+                        data={"a": "1"})
+created = core.create_namespaced_config_map("default", cm)
+assert created.metadata.uid and created.metadata.resource_version
+
+patched = core.patch_namespaced_config_map("py", "default", {"data": {"b": "2"}})
+assert patched.data == {"a": "1", "b": "2"}, patched.data
+assert int(patched.metadata.resource_version) > int(created.metadata.resource_version)
+
+selected = core.list_namespaced_config_map("default", label_selector="from=python").items
+assert [c.metadata.name for c in selected] == ["py"], selected
+
+dep = client.V1Deployment(
+    metadata=client.V1ObjectMeta(name="pyweb"),
+    spec=client.V1DeploymentSpec(
+        replicas=1,
+        selector=client.V1LabelSelector(match_labels={"app": "pyweb"}),
+        template=client.V1PodTemplateSpec(
+            metadata=client.V1ObjectMeta(labels={"app": "pyweb"}),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox:1.36")]))))
+apps.create_namespaced_deployment("default", dep)
+assert apps.read_namespaced_deployment("pyweb", "default").spec.strategy.type == "RollingUpdate"
+
+try:
+    core.create_namespaced_config_map("default", cm)
+    raise AssertionError("a second create must fail")
+except client.exceptions.ApiException as e:
+    assert e.status == 409, e.status
+
+core.delete_namespaced_config_map("py", "default")
+t.join(timeout=15)
+kinds = [(e[0], e[1]) for e in events]
+assert kinds == [("ADDED", "py"), ("MODIFIED", "py"), ("DELETED", "py")], events
+assert events[1][2] == {"a": "1", "b": "2"}, events[1]
+print("python client: ok")
