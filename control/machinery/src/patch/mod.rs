@@ -77,3 +77,90 @@ mod tests {
         assert!(matches!(invalid, Err(PatchError::InvalidJsonPatch(_))));
     }
 }
+
+/// The JSON merge patch client-side apply sends for a change of intent: set what
+/// `modified` changes relative to `current`, and null what `original` (the last applied
+/// intent) had and `modified` dropped. Fields only the server or others set are left alone.
+#[must_use]
+pub fn three_way(original: &Value, modified: &Value, current: &Value) -> Value {
+    let empty = serde_json::Map::new();
+    let as_map = |v: &Value| v.as_object().cloned().unwrap_or_else(|| empty.clone());
+    let (original, modified, current) = (as_map(original), as_map(modified), as_map(current));
+    let mut patch = serde_json::Map::new();
+    for (key, want) in &modified {
+        match (current.get(key), want) {
+            (Some(have), _) if covers(have, want) => {}
+            (Some(have @ Value::Object(_)), Value::Object(_)) => {
+                let sub = three_way(original.get(key).unwrap_or(&Value::Null), want, have);
+                if sub.as_object().is_some_and(|m| !m.is_empty()) {
+                    patch.insert(key.clone(), sub);
+                }
+            }
+            _ => {
+                patch.insert(key.clone(), want.clone());
+            }
+        }
+    }
+    for key in original.keys() {
+        if !modified.contains_key(key) && current.contains_key(key) {
+            patch.insert(key.clone(), Value::Null);
+        }
+    }
+    Value::Object(patch)
+}
+
+/// Whether `have` already says everything `want` says; fields only `have` has (set by the
+/// server's defaulting) do not count as a difference, also inside list elements.
+fn covers(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| h.get(k).is_some_and(|hv| covers(hv, wv))),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| covers(hv, wv))
+        }
+        _ => have == want,
+    }
+}
+
+#[cfg(test)]
+mod three_way_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn unchanged_intent_gives_an_empty_patch_despite_server_fields() {
+        let intent = json!({"metadata": {"name": "a"}, "data": {"k": "v"}});
+        let live = json!({"metadata": {"name": "a", "uid": "u", "resourceVersion": "3"}, "data": {"k": "v"}});
+        assert_eq!(three_way(&intent, &intent, &live), json!({}));
+    }
+
+    #[test]
+    fn dropped_fields_are_nulled_and_changes_set() {
+        let original = json!({"data": {"a": "1", "b": "2"}});
+        let modified = json!({"data": {"a": "9"}});
+        let live = json!({"data": {"a": "1", "b": "2", "c": "others"}});
+        assert_eq!(
+            three_way(&original, &modified, &live),
+            json!({"data": {"a": "9", "b": null}})
+        );
+    }
+
+    #[test]
+    fn server_defaults_inside_list_elements_are_not_a_change() {
+        let intent = json!({"spec": {"ports": [{"port": 80}]}});
+        let live = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}]}});
+        assert_eq!(three_way(&intent, &intent, &live), json!({}));
+    }
+
+    #[test]
+    fn lists_are_replaced_whole() {
+        let original = json!({"spec": {"l": [1, 2]}});
+        let modified = json!({"spec": {"l": [1]}});
+        assert_eq!(
+            three_way(&original, &modified, &original),
+            json!({"spec": {"l": [1]}})
+        );
+    }
+}
