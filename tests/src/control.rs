@@ -88,6 +88,12 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// The server's PID while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ChildGuard::id)
+    }
+
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         self.process = None;

@@ -59,12 +59,13 @@ pub fn require_program(test: &str, program: &str) -> bool {
 /// If the binary has not been built.
 #[must_use]
 pub fn bin(name: &str) -> PathBuf {
-    // Test executables live in target/<profile>/deps; binaries one level up.
+    // Test executables live in target/<profile>/deps, binaries (benchmarks too) in
+    // target/<profile>.
     let exe = std::env::current_exe().expect("current test executable");
-    let dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("test executable under target/<profile>/deps");
+    let mut dir = exe.parent().expect("executable in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target/<profile>");
+    }
     let path = dir.join(name);
     assert!(
         path.is_file(),

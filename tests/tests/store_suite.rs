@@ -75,6 +75,7 @@ suite!(
     compacted_history_is_refused_to_reads_and_watches,
     concurrent_writers_get_unique_revisions,
     a_snapshot_is_taken,
+    an_unlimited_list_returns_every_key_beyond_one_page,
 );
 
 async fn next(watch: &mut WatchStream) -> Result<skiff_store::Event> {
@@ -348,6 +349,21 @@ async fn concurrent_writers_get_unique_revisions(s: &dyn Store) -> Result<()> {
     for writer in &revisions {
         assert!(writer.windows(2).all(|w| w[0] < w[1]), "per-writer order");
     }
+    Ok(())
+}
+
+async fn an_unlimited_list_returns_every_key_beyond_one_page(s: &dyn Store) -> Result<()> {
+    futures::future::try_join_all((0..4).map(|w| async move {
+        for i in 0..300 {
+            s.create(&format!("/big/{w}-{i:04}"), vec![b'x'; 64]).await?;
+        }
+        Ok::<_, StoreError>(())
+    }))
+    .await?;
+    let all = s.list("/big/", ListOptions::default()).await?;
+    assert_eq!(all.items.len(), 1200);
+    assert!(!all.more);
+    assert!(all.items.windows(2).all(|w| w[0].key < w[1].key));
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the one entry point that sets a machine up, builds the eBPF object, runs
 //! the whole test suite, starts a single-node cluster and runs the benchmarks.
 
+mod bench;
 mod build_ebpf;
 mod prereq;
 mod shell;
@@ -41,7 +42,7 @@ fn main() -> Result<()> {
         Command::BuildEbpf => build_ebpf::run(&root).map(|_| ()),
         Command::Test(args) => test::run(&root, &args),
         Command::Up => up::run(&root),
-        Command::Bench { name } => anyhow::bail!("benchmark {name:?} does not exist yet"),
+        Command::Bench { name } => bench::run(&root, &name),
     }
 }
 

@@ -12,6 +12,9 @@ use crate::{
     Event, EventKind, KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchStream,
 };
 
+/// Keys read per etcd range request, well below its 4 MiB message limit for our objects.
+const LIST_PAGE: usize = 500;
+
 /// A store on an etcd cluster (v3 API).
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -128,7 +131,7 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, StoreError> {
-        let start: Vec<u8> = match &opts.start_after {
+        let mut start: Vec<u8> = match &opts.start_after {
             Some(after) if after.as_str() >= prefix => {
                 let mut s = after.as_bytes().to_vec();
                 s.push(0);
@@ -136,31 +139,53 @@ impl Store for EtcdStore {
             }
             _ => prefix.as_bytes().to_vec(),
         };
-        let mut get = GetOptions::new().with_range(prefix_end(prefix));
-        if opts.revision > 0 {
-            get = get.with_revision(opts.revision);
-        }
-        if opts.limit > 0 {
-            get = get.with_limit(i64::try_from(opts.limit).unwrap_or(i64::MAX));
-        }
-        let resp = match self.client.clone().get(start, Some(get)).await {
-            Ok(resp) => resp,
-            Err(err) => return Err(self.revision_error(err, opts.revision).await),
-        };
-        let revision = resp
-            .header()
-            .map(etcd_client::ResponseHeader::revision)
-            .ok_or_else(|| backend("etcd answered without a header"))?;
-        Ok(ListResult {
-            items: resp.kvs().iter().map(kv).collect::<Result<_, _>>()?,
-            // A read at an old revision reports that revision, as etcd's header does not.
-            revision: if opts.revision > 0 {
-                opts.revision
+        let mut revision = opts.revision;
+        let mut items: Vec<KeyValue> = Vec::new();
+        // etcd answers at most a gRPC message (4 MiB) at a time: read in pages pinned to one
+        // revision until the caller's limit (or the prefix) is exhausted.
+        loop {
+            let want = if opts.limit > 0 {
+                (opts.limit - items.len()).min(LIST_PAGE)
             } else {
-                revision
-            },
-            more: resp.more(),
-        })
+                LIST_PAGE
+            };
+            let mut get = GetOptions::new()
+                .with_range(prefix_end(prefix))
+                .with_limit(i64::try_from(want).unwrap_or(i64::MAX));
+            if revision > 0 {
+                get = get.with_revision(revision);
+            }
+            let resp = match self.client.clone().get(start.clone(), Some(get)).await {
+                Ok(resp) => resp,
+                Err(err) => return Err(self.revision_error(err, revision).await),
+            };
+            if revision == 0 {
+                revision = resp
+                    .header()
+                    .map(etcd_client::ResponseHeader::revision)
+                    .ok_or_else(|| backend("etcd answered without a header"))?;
+            }
+            for kv_ in resp.kvs() {
+                items.push(kv(kv_)?);
+            }
+            let done = opts.limit > 0 && items.len() >= opts.limit;
+            if !resp.more() || done {
+                return Ok(ListResult {
+                    items,
+                    revision,
+                    more: resp.more(),
+                });
+            }
+            let Some(last) = items.last() else {
+                return Ok(ListResult {
+                    items,
+                    revision,
+                    more: false,
+                });
+            };
+            start = last.key.as_bytes().to_vec();
+            start.push(0);
+        }
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {

@@ -1,0 +1,331 @@
+//! `cargo xtask bench api`: create throughput, list latency, watch delivery latency with 100
+//! watchers, and resident memory of the real `control` binary, on the embedded store and on
+//! a real etcd, printed as one table.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde_json::{Value, json};
+use skiff_tests::{control::ControlPlane, etcd::Etcd};
+
+type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+const NAMESPACES: usize = 10;
+const PER_NAMESPACE: usize = 1_000;
+const CONCURRENCY: usize = 32;
+const WATCHERS: usize = 100;
+const WATCH_EVENTS: usize = 200;
+
+struct Figures {
+    cm_per_s: f64,
+    pod_per_s: f64,
+    create_p99_ms: f64,
+    list_ns: (f64, f64),
+    list_all: (f64, f64),
+    watch: (f64, f64),
+    rss_mib: f64,
+}
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(f64::total_cmp);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a sample of a few thousand"
+    )]
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i]
+}
+
+async fn send(
+    http: &Http,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value> {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(
+            body.map(Value::to_string).unwrap_or_default(),
+        )))?;
+    let resp = http.request(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!(
+            "{method} {path}: {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Creates `PER_NAMESPACE` objects per namespace with `CONCURRENCY` clients; returns
+/// objects per second and each request's latency in ms.
+async fn create_all(
+    http: &Http,
+    base: &str,
+    plural: &str,
+    make: fn(&str) -> Value,
+) -> Result<(f64, Vec<f64>)> {
+    let jobs: Vec<(usize, usize)> = (0..NAMESPACES)
+        .flat_map(|n| (0..PER_NAMESPACE).map(move |i| (n, i)))
+        .collect();
+    let queue = Arc::new(Mutex::new(jobs));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (http, base, queue) = (http.clone(), base.to_owned(), Arc::clone(&queue));
+        let plural = plural.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let Some((n, i)) = queue.lock().expect("queue").pop() else {
+                    break;
+                };
+                let t = Instant::now();
+                send(
+                    &http,
+                    &base,
+                    "POST",
+                    &format!("/api/v1/namespaces/bench-{n}/{plural}"),
+                    Some(&make(&format!("obj-{i}"))),
+                )
+                .await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a count of at most tens of thousands"
+    )]
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, all))
+}
+
+async fn list_latency(http: &Http, base: &str, path: &str, rounds: usize) -> Result<(f64, f64)> {
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let list = send(http, base, "GET", path, None).await?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+        if list["items"].as_array().map_or(0, Vec::len) == 0 {
+            bail!("{path} listed nothing");
+        }
+    }
+    Ok((
+        percentile(&mut samples, 0.5),
+        percentile(&mut samples, 0.99),
+    ))
+}
+
+/// 100 watchers on one namespace; each event's delay from just before its create was sent.
+async fn watch_latency(http: &Http, base: &str) -> Result<(f64, f64)> {
+    send(
+        http,
+        base,
+        "POST",
+        "/api/v1/namespaces",
+        Some(&json!({"metadata": {"name": "bench-watch"}})),
+    )
+    .await?;
+    let rv = send(
+        http,
+        base,
+        "GET",
+        "/api/v1/namespaces/bench-watch/configmaps",
+        None,
+    )
+    .await?["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_owned();
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut watchers = Vec::new();
+    for _ in 0..WATCHERS {
+        let req = hyper::Request::get(format!(
+            "{base}/api/v1/namespaces/bench-watch/configmaps?watch=true&resourceVersion={rv}"
+        ))
+        .body(Full::new(Bytes::new()))?;
+        let resp = http.request(req).await?;
+        let sent = Arc::clone(&sent);
+        watchers.push(tokio::spawn(async move {
+            let mut body = resp.into_body().into_data_stream();
+            let mut buf = Vec::new();
+            let mut delays = Vec::new();
+            while delays.len() < WATCH_EVENTS {
+                let Some(chunk) = body.next().await else {
+                    break;
+                };
+                buf.extend_from_slice(&chunk?);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let event: Value = serde_json::from_slice(&line)?;
+                    let name = event["object"]["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned();
+                    if let Some(t) = sent.lock().expect("sent").get(&name) {
+                        delays.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(delays)
+        }));
+    }
+    for i in 0..WATCH_EVENTS {
+        let name = format!("w-{i}");
+        sent.lock()
+            .expect("sent")
+            .insert(name.clone(), Instant::now());
+        send(
+            http,
+            base,
+            "POST",
+            "/api/v1/namespaces/bench-watch/configmaps",
+            Some(&json!({"metadata": {"name": name}})),
+        )
+        .await?;
+    }
+    let mut all = Vec::new();
+    for w in watchers {
+        let delays = tokio::time::timeout(Duration::from_mins(1), w)
+            .await
+            .context("watchers timed out")???;
+        all.extend(delays);
+    }
+    if all.len() < WATCHERS * WATCH_EVENTS {
+        bail!(
+            "watchers saw {} of {} events",
+            all.len(),
+            WATCHERS * WATCH_EVENTS
+        );
+    }
+    Ok((percentile(&mut all, 0.5), percentile(&mut all, 0.99)))
+}
+
+fn rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("no VmRSS")?
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+async fn run(cp: &ControlPlane) -> Result<Figures> {
+    let http: Http = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build_http();
+    let base = cp.url();
+    for n in 0..NAMESPACES {
+        send(
+            &http,
+            &base,
+            "POST",
+            "/api/v1/namespaces",
+            Some(&json!({"metadata": {"name": format!("bench-{n}")}})),
+        )
+        .await?;
+    }
+    let (cm_per_s, mut cm_lat) = create_all(&http, &base, "configmaps", |name| {
+        json!({"metadata": {"name": name, "labels": {"bench": "yes"}}, "data": {"key": "value", "other": "x".repeat(64)}})
+    })
+    .await?;
+    let (pod_per_s, pod_lat) = create_all(&http, &base, "pods", |name| {
+        json!({"metadata": {"name": name, "labels": {"app": "bench"}},
+               "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"],
+                         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}})
+    })
+    .await?;
+    cm_lat.extend(pod_lat);
+    let create_p99_ms = percentile(&mut cm_lat, 0.99);
+    let list_ns = list_latency(&http, &base, "/api/v1/namespaces/bench-0/pods", 50).await?;
+    let list_all = list_latency(&http, &base, "/api/v1/pods", 10).await?;
+    let watch = watch_latency(&http, &base).await?;
+    Ok(Figures {
+        cm_per_s,
+        pod_per_s,
+        create_p99_ms,
+        list_ns,
+        list_all,
+        watch,
+        rss_mib: rss_mib(cp.pid().context("control is running")?)?,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    {
+        let cp = ControlPlane::start(&dir.path().join("embedded"))?;
+        eprintln!("api bench: embedded store (redb) ...");
+        rows.push(("embedded (redb)", run(&cp).await?));
+    }
+    if std::path::Path::new(skiff_tests::etcd::ETCD).exists() {
+        let etcd = Etcd::start()?;
+        let cp = ControlPlane::start_with(&dir.path().join("etcd"), &["--etcd", etcd.url()])?;
+        eprintln!("api bench: etcd ...");
+        rows.push(("etcd 3.4", run(&cp).await?));
+    } else {
+        eprintln!("api bench: no /usr/bin/etcd, etcd row skipped");
+    }
+    println!(
+        "\n{NAMESPACES}x{PER_NAMESPACE} ConfigMaps and Pods, {CONCURRENCY} concurrent clients; {WATCHERS} watchers x {WATCH_EVENTS} events\n"
+    );
+    println!(
+        "{:<16} {:>10} {:>10} {:>12} {:>18} {:>18} {:>18} {:>9}",
+        "backend",
+        "cm/s",
+        "pod/s",
+        "create p99",
+        "list 1k p50/p99",
+        "list 10k p50/p99",
+        "watch p50/p99",
+        "RSS"
+    );
+    for (name, f) in &rows {
+        println!(
+            "{:<16} {:>10.0} {:>10.0} {:>9.1} ms {:>8.1}/{:>6.1} ms {:>8.1}/{:>6.1} ms {:>8.2}/{:>6.2} ms {:>5.0} MiB",
+            name,
+            f.cm_per_s,
+            f.pod_per_s,
+            f.create_p99_ms,
+            f.list_ns.0,
+            f.list_ns.1,
+            f.list_all.0,
+            f.list_all.1,
+            f.watch.0,
+            f.watch.1,
+            f.rss_mib
+        );
+    }
+    println!(
+        "\nreference: Kubernetes API SLO, mutating call p99 <= 1000 ms; k3s server about 1.6 GB with a workload"
+    );
+    Ok(())
+}

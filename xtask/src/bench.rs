@@ -1,0 +1,26 @@
+//! `cargo xtask bench NAME`: release builds of the real binaries, then the benchmark's
+//! harness, which prints its table.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Result, bail};
+
+use crate::{build_ebpf, shell};
+
+/// The benchmarks and the harness binary each runs.
+const BENCHES: &[(&str, &str)] = &[("api", "api_bench")];
+
+/// Builds and runs one benchmark.
+pub fn run(root: &Path, name: &str) -> Result<()> {
+    let Some((_, harness)) = BENCHES.iter().find(|(n, _)| *n == name) else {
+        let known: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
+        bail!("unknown benchmark {name:?}; known: {}", known.join(", "));
+    };
+    build_ebpf::run(root)?;
+    shell::run(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["build", "--release", "--bins"]),
+    )?;
+    shell::run(&mut Command::new(root.join("target/release").join(harness)))
+}
