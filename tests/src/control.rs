@@ -134,6 +134,53 @@ impl ControlPlane {
         Ok(body.to_owned())
     }
 
+    /// One HTTP request; returns the status code and the body.
+    ///
+    /// # Errors
+    /// On connection failure or a malformed answer.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )?;
+        // The server may answer (413) before reading a large body; a failed write is fine.
+        let _ = s.write_all(body);
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let resp = String::from_utf8_lossy(&resp).into_owned();
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status line")?;
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        // Chunked bodies: keep only the JSON between the size lines.
+        let body = if resp
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body.lines()
+                .filter(|l| !l.chars().all(|c| c.is_ascii_hexdigit()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            body
+        };
+        Ok((code, body))
+    }
+
     /// A kubectl command for this server (its own kubeconfig and discovery cache).
     #[must_use]
     pub fn kubectl(&self) -> Command {

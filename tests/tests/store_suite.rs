@@ -355,7 +355,8 @@ async fn concurrent_writers_get_unique_revisions(s: &dyn Store) -> Result<()> {
 async fn an_unlimited_list_returns_every_key_beyond_one_page(s: &dyn Store) -> Result<()> {
     futures::future::try_join_all((0..4).map(|w| async move {
         for i in 0..300 {
-            s.create(&format!("/big/{w}-{i:04}"), vec![b'x'; 64]).await?;
+            s.create(&format!("/big/{w}-{i:04}"), vec![b'x'; 64])
+                .await?;
         }
         Ok::<_, StoreError>(())
     }))
