@@ -90,52 +90,45 @@ pub fn allocate(ctx: &Ctx, obj: &mut Value) -> Result<(), StatusError> {
     Ok(())
 }
 
-/// Gives back what a Service held.
-pub fn release(ctx: &Ctx, obj: &Value) {
-    if let Some(ip) = obj
-        .pointer("/spec/clusterIP")
+/// The cluster IP a stored Service holds, if any.
+fn cluster_ip(obj: &Value) -> Option<Ipv4Addr> {
+    obj.pointer("/spec/clusterIP")
         .and_then(Value::as_str)
-        .and_then(|s| s.parse::<Ipv4Addr>().ok())
-    {
-        ctx.cluster_ips.release(ip);
-    }
-    for port in obj
-        .pointer("/spec/ports")
+        .and_then(|s| s.parse().ok())
+}
+
+/// The node ports a stored Service holds.
+fn node_ports(obj: &Value) -> impl Iterator<Item = u16> + '_ {
+    obj.pointer("/spec/ports")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-    {
-        if let Some(p) = port
-            .get("nodePort")
-            .and_then(Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-        {
-            ctx.node_ports.release(p);
-        }
+        .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+        .filter_map(|p| u16::try_from(p).ok())
+}
+
+/// Gives back what a Service held.
+pub fn release(ctx: &Ctx, obj: &Value) {
+    if let Some(ip) = cluster_ip(obj) {
+        ctx.cluster_ips.release(ip);
+    }
+    for port in node_ports(obj) {
+        ctx.node_ports.release(port);
     }
 }
 
 /// Marks what stored Services hold as taken, at start.
 pub fn reserve(ctx: &Ctx, obj: &Value) {
-    if let Some(ip) = obj
-        .pointer("/spec/clusterIP")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse::<Ipv4Addr>().ok())
+    // A stored Service already passed allocation; a clash here would mean duplicates in
+    // the store, which the allocator cannot repair, so it is only logged.
+    if let Some(ip) = cluster_ip(obj)
+        && let Err(err) = ctx.cluster_ips.allocate(Some(ip))
     {
-        let _ = ctx.cluster_ips.allocate(Some(ip));
+        tracing::warn!(%ip, %err, "stored Service IP could not be reserved");
     }
-    for port in obj
-        .pointer("/spec/ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(p) = port
-            .get("nodePort")
-            .and_then(Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-        {
-            let _ = ctx.node_ports.allocate(Some(p));
+    for port in node_ports(obj) {
+        if let Err(err) = ctx.node_ports.allocate(Some(port)) {
+            tracing::warn!(port, %err, "stored node port could not be reserved");
         }
     }
 }
