@@ -16,21 +16,47 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// Bodies above this are refused with 413, like the Go apiserver's 3 MiB limit.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
-/// Query parameters, last value wins.
+/// Query parameters (last value wins) and who is asking.
 #[derive(Debug, Default, Clone)]
-pub struct Query(HashMap<String, String>);
+pub struct Query {
+    params: HashMap<String, String>,
+    /// The User-Agent's product, e.g. `kubectl`, the default field manager.
+    agent: String,
+}
 
 impl Query {
     pub fn parse(query: Option<&str>) -> Self {
-        Self(
-            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        Self {
+            params: form_urlencoded::parse(query.unwrap_or("").as_bytes())
                 .into_owned()
                 .collect(),
-        )
+            agent: String::new(),
+        }
+    }
+
+    /// Records the caller's User-Agent, whose product name is the default field manager.
+    #[must_use]
+    pub fn with_agent(mut self, user_agent: &str) -> Self {
+        user_agent
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .clone_into(&mut self.agent);
+        self
+    }
+
+    /// The field manager of a write: `fieldManager`, else the User-Agent product.
+    pub fn manager(&self) -> &str {
+        match self.get("fieldManager") {
+            Some(m) if !m.is_empty() => m,
+            _ if !self.agent.is_empty() => &self.agent,
+            _ => "unknown",
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.params.get(key).map(String::as_str)
     }
 
     pub fn flag(&self, key: &str) -> bool {
@@ -38,7 +64,7 @@ impl Query {
     }
 
     pub fn remove(&mut self, key: &str) {
-        self.0.remove(key);
+        self.params.remove(key);
     }
 
     pub fn dry_run(&self) -> bool {

@@ -219,7 +219,13 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let query = Query::parse(req.uri().query());
+    let agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let query = Query::parse(req.uri().query()).with_agent(&agent);
     let (verb, resource, response) = match authenticate(&req) {
         Err(err) => ("AUTH", String::new(), h::error(&err)),
         Ok(_user) => route_request(&ctx, req, &method, &path, &query).await,

@@ -3,6 +3,7 @@
 //! selectors, name and label validation, and `metav1.Status` errors. The API server calls
 //! it; everything here is a pure function with fast unit tests.
 
+pub mod apply;
 pub mod patch;
 pub mod selector;
 pub mod status;

@@ -87,6 +87,9 @@ pub async fn create_object(
     if info.kind == "Pod" && obj.pointer("/status/phase").is_none() {
         obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
     }
+    if obj.pointer("/metadata/managedFields").is_none() {
+        skiff_machinery::apply::record_update(None, &mut obj, query.manager(), &objects::now());
+    }
     let is_service = info.group.is_empty() && info.kind == "Service";
     if is_service {
         service::allocate(ctx, &mut obj)?;

@@ -3,8 +3,11 @@
 
 use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::{Value, json};
-use skiff_machinery::{patch as p, status::StatusError};
+use serde_json::Value;
+use skiff_machinery::{
+    apply, patch as p,
+    status::{Cause, StatusError},
+};
 
 use super::{
     create, read,
@@ -55,6 +58,7 @@ pub async fn patch_object(
     part: Part,
 ) -> Result<(StatusCode, Written), StatusError> {
     let info = route.info;
+    let name = route.name.as_deref().unwrap_or("");
     let patch = decode_patch(kind, body)?;
     let manager = query.get("fieldManager").unwrap_or("");
     if kind == PatchType::Apply && manager.is_empty() {
@@ -62,13 +66,14 @@ pub async fn patch_object(
             "PATCH with application/apply-patch+yaml requires fieldManager",
         ));
     }
+    let force = query.flag("force");
     let mut last_err = None;
     for _ in 0..ATTEMPTS {
         let (old, old_rev) = match read::fetch(ctx, route).await {
             Ok(found) => found,
             Err(err) if err.code == 404 && kind == PatchType::Apply && part == Part::Main => {
-                let mut obj = patch.clone();
-                record_apply(&mut obj, manager, info.api_version);
+                let obj = apply::apply(None, &patch, manager, force, &objects::now())
+                    .map_err(|e| apply_error(route, &e))?;
                 let (created, warnings) = create::create_object(ctx, route, query, obj).await?;
                 return Ok((
                     StatusCode::CREATED,
@@ -80,31 +85,27 @@ pub async fn patch_object(
             }
             Err(err) => return Err(err),
         };
-        let new = match kind {
-            PatchType::Json => p::json(&old, &patch),
-            PatchType::Merge => Ok(p::merge(&old, &patch)),
-            PatchType::Strategic => p::strategic(&old, &patch, info.api_version, info.kind),
-            PatchType::Apply => {
-                p::strategic(&old, &without_nulls(&patch), info.api_version, info.kind).map(
-                    |mut merged| {
-                        record_apply(&mut merged, manager, info.api_version);
-                        merged
-                    },
-                )
-            }
-        }
-        .map_err(|e| {
+        let invalid = |e: p::PatchError| {
             StatusError::invalid(
                 info.group,
                 info.kind,
-                route.name.as_deref().unwrap_or(""),
-                vec![skiff_machinery::status::Cause {
+                name,
+                vec![Cause {
                     reason: "FieldValueInvalid".into(),
                     message: e.to_string(),
                     field: String::new(),
                 }],
             )
-        })?;
+        };
+        let new = match kind {
+            PatchType::Json => p::json(&old, &patch).map_err(invalid)?,
+            PatchType::Merge => p::merge(&old, &patch),
+            PatchType::Strategic => {
+                p::strategic(&old, &patch, info.api_version, info.kind).map_err(invalid)?
+            }
+            PatchType::Apply => apply::apply(Some(&old), &patch, manager, force, &objects::now())
+                .map_err(|e| apply_error(route, &e))?,
+        };
         // A resourceVersion in the patch is a precondition, as in the Go apiserver.
         if let Some(rv) = objects::resource_version(&patch)?
             && rv != old_rev
@@ -112,11 +113,12 @@ pub async fn patch_object(
             return Err(StatusError::conflict(
                 info.group,
                 info.plural,
-                route.name.as_deref().unwrap_or(""),
+                name,
                 "the object has been modified; please apply your changes to the latest version and try again",
             ));
         }
-        match update::write(ctx, route, query, &old, old_rev, new, part).await {
+        let applied = kind == PatchType::Apply;
+        match update::write(ctx, route, query, &old, old_rev, new, part, applied).await {
             Ok(written) => return Ok((StatusCode::OK, written)),
             Err(err) if err.code == 409 && err.reason == "Conflict" => last_err = Some(err),
             Err(err) => return Err(err),
@@ -125,39 +127,35 @@ pub async fn patch_object(
     Err(last_err.unwrap_or_else(|| StatusError::internal("patch retries exhausted")))
 }
 
-/// Server-side apply sends the whole intent; nulls there mean "not mine", not "delete".
-fn without_nulls(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), without_nulls(v)))
-                .collect(),
+/// A refused apply as the 409 Conflict (with one cause per field) kubectl reports.
+fn apply_error(route: &ResourceRoute, err: &apply::ApplyError) -> StatusError {
+    let info = route.info;
+    let name = route.name.as_deref().unwrap_or("");
+    match err {
+        apply::ApplyError::Conflicts(conflicts) => {
+            let mut status = StatusError::conflict(info.group, info.plural, name, "");
+            status.message = err.to_string();
+            if let Some(details) = &mut status.details {
+                details.causes = conflicts
+                    .iter()
+                    .map(|c| Cause {
+                        reason: "FieldManagerConflict".into(),
+                        message: format!("conflict with {:?}", c.manager),
+                        field: c.field.clone(),
+                    })
+                    .collect();
+            }
+            status
+        }
+        apply::ApplyError::Merge(m) => StatusError::invalid(
+            info.group,
+            info.kind,
+            name,
+            vec![Cause {
+                reason: "FieldValueInvalid".into(),
+                message: m.clone(),
+                field: String::new(),
+            }],
         ),
-        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
-        other => other.clone(),
     }
-}
-
-/// Records (or refreshes) the manager's Apply entry in `metadata.managedFields`.
-fn record_apply(obj: &mut Value, manager: &str, api_version: &str) {
-    if !obj.get("metadata").is_some_and(Value::is_object) {
-        obj["metadata"] = json!({});
-    }
-    let mut entries: Vec<Value> = obj
-        .pointer("/metadata/managedFields")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    entries.retain(|e| {
-        !(e.get("manager").and_then(Value::as_str) == Some(manager)
-            && e.get("operation").and_then(Value::as_str) == Some("Apply"))
-    });
-    entries.push(json!({
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": api_version,
-        "time": objects::now(),
-    }));
-    obj["metadata"]["managedFields"] = Value::Array(entries);
 }

@@ -158,7 +158,7 @@ async fn scale(
         .ok_or_else(|| StatusError::bad_request("Scale.spec.replicas must be an integer"))?;
     let mut new = obj.clone();
     new["spec"]["replicas"] = json!(replicas);
-    let written = update::write(ctx, route, query, &obj, rev, new, Part::Main).await?;
+    let written = update::write(ctx, route, query, &obj, rev, new, Part::Main, false).await?;
     Ok(h::json(StatusCode::OK, &scale_of(&written.object)))
 }
 

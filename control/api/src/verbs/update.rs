@@ -30,6 +30,11 @@ pub struct Written {
 
 /// Writes `new` over `old` (stored at `old_rev`) under the update rules, compare-and-swap.
 /// An object marked for deletion whose finalizers are all gone is deleted instead.
+/// `applied` says `new` comes from server-side apply, which records ownership itself.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "every update path passes the same request context"
+)]
 pub async fn write(
     ctx: &Ctx,
     route: &ResourceRoute,
@@ -38,6 +43,7 @@ pub async fn write(
     old_rev: i64,
     mut new: Value,
     part: Part,
+    applied: bool,
 ) -> Result<Written, StatusError> {
     let info = route.info;
     let name = route.name.as_deref().unwrap_or("");
@@ -75,6 +81,15 @@ pub async fn write(
         Part::Main => {}
     }
     admit::admit_update(info, old, &mut new)?;
+    // Server-side apply has already recorded its own ownership.
+    if !applied {
+        skiff_machinery::apply::record_update(
+            Some(old),
+            &mut new,
+            query.manager(),
+            &objects::now(),
+        );
+    }
     let key = objects::key(info, route.namespace.as_deref(), name);
     let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
         && new
@@ -151,5 +166,5 @@ pub async fn put(
             "the object has been modified; please apply your changes to the latest version and try again",
         ));
     }
-    write(ctx, route, query, &old, old_rev, new, part).await
+    write(ctx, route, query, &old, old_rev, new, part, false).await
 }

@@ -4,6 +4,7 @@ mod strategic;
 
 use serde_json::Value;
 pub use strategic::strategic;
+pub(crate) use strategic::{ListStrategy, strategy};
 
 /// Why a patch could not be applied.
 #[derive(Debug, thiserror::Error)]

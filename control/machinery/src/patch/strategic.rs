@@ -8,7 +8,7 @@ use super::PatchError;
 
 /// How a list field merges, from Kubernetes' `patchStrategy` / `patchMergeKey` tags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ListStrategy {
+pub(crate) enum ListStrategy {
     /// Replaced wholesale (atomic lists such as `command`, `args`, `tolerations`).
     Replace,
     /// Objects merged by the value of this field.
@@ -18,7 +18,7 @@ enum ListStrategy {
 }
 
 /// Where in a pod spec a field sits, enough to know its list strategy.
-fn strategy(path: &[String], kind: &str) -> ListStrategy {
+pub(crate) fn strategy(path: &[String], kind: &str) -> ListStrategy {
     let field = path.last().map_or("", String::as_str);
     let parent = path.len().checked_sub(2).map_or("", |i| path[i].as_str());
     let in_container = matches!(
