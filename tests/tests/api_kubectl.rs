@@ -464,3 +464,52 @@ fn the_api_server_works_the_same_on_a_real_etcd() -> Result<()> {
     assert!(again.contains("deployment.apps/web unchanged"), "{again}");
     Ok(())
 }
+
+#[test]
+fn kubectl_generators_that_send_protobuf_work() -> Result<()> {
+    if !kubectl_present("kubectl_generators_that_send_protobuf_work") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    // Typed kubectl commands send application/vnd.kubernetes.protobuf bodies.
+    let steps = [
+        "create namespace gen",
+        "create configmap c1 -n gen --from-literal=a=b",
+        "create secret generic s1 -n gen --from-literal=p=hunter2",
+        "create deployment d1 -n gen --image=busybox:1.36 --replicas=2 --port=80",
+        "create service clusterip svc1 -n gen --tcp=80:8080",
+        "run p1 -n gen --image=busybox:1.36 --env=A=1 -- sleep 10",
+        "create job j1 -n gen --image=busybox:1.36 -- echo hi",
+        "expose deployment d1 -n gen --name=svc2 --port=81 --target-port=80",
+    ];
+    for step in steps {
+        cp.ok(&step.split_whitespace().collect::<Vec<_>>(), None)?;
+    }
+    let expected = [
+        ("cm/c1", "{.data.a}", "b"),
+        ("secret/s1", "{.data.p}", "aHVudGVyMg=="),
+        ("deploy/d1", "{.spec.replicas}", "2"),
+        (
+            "deploy/d1",
+            "{.spec.template.spec.containers[0].image}",
+            "busybox:1.36",
+        ),
+        (
+            "deploy/d1",
+            "{.spec.template.spec.containers[0].ports[0].containerPort}",
+            "80",
+        ),
+        ("svc/svc1", "{.spec.ports[0].targetPort}", "8080"),
+        ("pod/p1", "{.spec.containers[0].args}", r#"["sleep","10"]"#),
+        ("pod/p1", "{.spec.containers[0].env[0].value}", "1"),
+        ("job/j1", "{.spec.template.spec.restartPolicy}", "Never"),
+        ("svc/svc2", "{.spec.selector.app}", "d1"),
+    ];
+    for (object, path, want) in expected {
+        let jsonpath = format!("jsonpath={path}");
+        let got = cp.ok(&["get", object, "-n", "gen", "-o", &jsonpath], None)?;
+        assert_eq!(got, want, "{object} {path}");
+    }
+    Ok(())
+}

@@ -137,6 +137,15 @@ pub fn decode_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, StatusEr
             .map_err(|e| StatusError::bad_request(format!("error decoding the JSON body: {e}")))?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
             .map_err(|e| StatusError::bad_request(format!("error decoding the YAML body: {e}")))?,
+        "application/vnd.kubernetes.protobuf" => {
+            crate::protobuf::decode(body).map_err(|e| match e {
+                crate::protobuf::ProtobufError::Kind(_)
+                | crate::protobuf::ProtobufError::Field { .. } => {
+                    StatusError::unsupported_media_type(&format!("{kind} ({e})"))
+                }
+                other => StatusError::bad_request(other.to_string()),
+            })?
+        }
         other => return Err(StatusError::unsupported_media_type(other)),
     };
     if !value.is_object() {

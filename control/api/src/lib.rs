@@ -9,6 +9,7 @@ mod discovery;
 mod http;
 mod metrics;
 mod objects;
+mod protobuf;
 mod route;
 mod server;
 mod verbs;

@@ -1,0 +1,639 @@
+//! Kubernetes' protobuf request encoding (`application/vnd.kubernetes.protobuf`), which
+//! kubectl's typed commands (`create namespace|configmap|secret|deployment|service|job`,
+//! `run`) send: the `k8s\0` + `runtime.Unknown` envelope, decoded to the same JSON the rest
+//! of the server works on. Fields outside these tables are refused, never dropped.
+
+use base64::Engine;
+use serde_json::{Map, Value, json};
+
+/// Why a protobuf body could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtobufError {
+    /// The body does not start with Kubernetes' `k8s\0` magic.
+    #[error("protobuf body without the k8s envelope")]
+    NoEnvelope,
+    /// The bytes are not valid protobuf.
+    #[error("malformed protobuf: {0}")]
+    Malformed(&'static str),
+    /// The kind is not one this server decodes from protobuf.
+    #[error("protobuf bodies of kind {0} are not supported; send JSON")]
+    Kind(String),
+    /// A field this server does not map.
+    #[error("protobuf field {tag} of {message} is not supported; send JSON")]
+    Field {
+        /// The message type.
+        message: &'static str,
+        /// The field number.
+        tag: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ty {
+    Str,
+    Int,
+    Bool,
+    Msg(&'static Schema),
+    /// map<string, string>
+    MapStr,
+    /// map<string, bytes>, values base64.
+    MapBytes,
+    /// map<string, Quantity>
+    MapQuantity,
+    /// metav1.Time {seconds, nanos}, as RFC 3339.
+    Time,
+    /// intstr.IntOrString {type, intVal, strVal}.
+    IntOrString,
+}
+
+#[derive(Debug)]
+struct Field {
+    tag: u64,
+    name: &'static str,
+    ty: Ty,
+    repeated: bool,
+    /// A Go pointer field: present means set, so 0 / false is kept. Other scalars are
+    /// always written by Go's encoder and, like JSON's omitempty, dropped when zero.
+    keep_zero: bool,
+}
+
+#[derive(Debug)]
+struct Schema {
+    name: &'static str,
+    fields: &'static [Field],
+}
+
+const fn f(tag: u64, name: &'static str, ty: Ty) -> Field {
+    Field {
+        tag,
+        name,
+        ty,
+        repeated: false,
+        keep_zero: false,
+    }
+}
+
+/// A pointer field (`*int32`, `*bool`) whose zero is meaningful.
+const fn ptr(tag: u64, name: &'static str, ty: Ty) -> Field {
+    Field {
+        tag,
+        name,
+        ty,
+        repeated: false,
+        keep_zero: true,
+    }
+}
+
+const fn list(tag: u64, name: &'static str, ty: Ty) -> Field {
+    Field {
+        tag,
+        name,
+        ty,
+        repeated: true,
+        keep_zero: false,
+    }
+}
+
+const EMPTY: Schema = Schema {
+    name: "Status",
+    fields: &[],
+};
+const OBJECT_META: Schema = Schema {
+    name: "ObjectMeta",
+    fields: &[
+        f(1, "name", Ty::Str),
+        f(2, "generateName", Ty::Str),
+        f(3, "namespace", Ty::Str),
+        f(5, "uid", Ty::Str),
+        f(6, "resourceVersion", Ty::Str),
+        f(7, "generation", Ty::Int),
+        f(8, "creationTimestamp", Ty::Time),
+        f(11, "labels", Ty::MapStr),
+        f(12, "annotations", Ty::MapStr),
+        list(14, "finalizers", Ty::Str),
+    ],
+};
+const NAMESPACE_SPEC: Schema = Schema {
+    name: "NamespaceSpec",
+    fields: &[list(1, "finalizers", Ty::Str)],
+};
+const NAMESPACE: Schema = Schema {
+    name: "Namespace",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&NAMESPACE_SPEC)),
+        f(3, "status", Ty::Msg(&EMPTY)),
+    ],
+};
+const CONFIG_MAP: Schema = Schema {
+    name: "ConfigMap",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "data", Ty::MapStr),
+        f(3, "binaryData", Ty::MapBytes),
+        ptr(4, "immutable", Ty::Bool),
+    ],
+};
+const SECRET: Schema = Schema {
+    name: "Secret",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "data", Ty::MapBytes),
+        f(3, "type", Ty::Str),
+        f(4, "stringData", Ty::MapStr),
+        ptr(5, "immutable", Ty::Bool),
+    ],
+};
+const LABEL_SELECTOR: Schema = Schema {
+    name: "LabelSelector",
+    fields: &[f(1, "matchLabels", Ty::MapStr)],
+};
+const CONTAINER_PORT: Schema = Schema {
+    name: "ContainerPort",
+    fields: &[
+        f(1, "name", Ty::Str),
+        f(2, "hostPort", Ty::Int),
+        f(3, "containerPort", Ty::Int),
+        f(4, "protocol", Ty::Str),
+        f(5, "hostIP", Ty::Str),
+    ],
+};
+const ENV_VAR: Schema = Schema {
+    name: "EnvVar",
+    fields: &[f(1, "name", Ty::Str), f(2, "value", Ty::Str)],
+};
+const RESOURCES: Schema = Schema {
+    name: "ResourceRequirements",
+    fields: &[
+        f(1, "limits", Ty::MapQuantity),
+        f(2, "requests", Ty::MapQuantity),
+    ],
+};
+const CONTAINER: Schema = Schema {
+    name: "Container",
+    fields: &[
+        f(1, "name", Ty::Str),
+        f(2, "image", Ty::Str),
+        list(3, "command", Ty::Str),
+        list(4, "args", Ty::Str),
+        f(5, "workingDir", Ty::Str),
+        list(6, "ports", Ty::Msg(&CONTAINER_PORT)),
+        list(7, "env", Ty::Msg(&ENV_VAR)),
+        f(8, "resources", Ty::Msg(&RESOURCES)),
+        f(13, "terminationMessagePath", Ty::Str),
+        f(14, "imagePullPolicy", Ty::Str),
+        f(16, "stdin", Ty::Bool),
+        f(17, "stdinOnce", Ty::Bool),
+        f(18, "tty", Ty::Bool),
+        f(20, "terminationMessagePolicy", Ty::Str),
+    ],
+};
+const POD_SPEC: Schema = Schema {
+    name: "PodSpec",
+    fields: &[
+        list(2, "containers", Ty::Msg(&CONTAINER)),
+        f(3, "restartPolicy", Ty::Str),
+        ptr(4, "terminationGracePeriodSeconds", Ty::Int),
+        ptr(5, "activeDeadlineSeconds", Ty::Int),
+        f(6, "dnsPolicy", Ty::Str),
+        f(7, "nodeSelector", Ty::MapStr),
+        f(8, "serviceAccountName", Ty::Str),
+        f(10, "nodeName", Ty::Str),
+        f(19, "schedulerName", Ty::Str),
+        list(20, "initContainers", Ty::Msg(&CONTAINER)),
+    ],
+};
+const POD_TEMPLATE_SPEC: Schema = Schema {
+    name: "PodTemplateSpec",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&POD_SPEC)),
+    ],
+};
+const POD: Schema = Schema {
+    name: "Pod",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&POD_SPEC)),
+        f(3, "status", Ty::Msg(&EMPTY)),
+    ],
+};
+const ROLLING_UPDATE: Schema = Schema {
+    name: "RollingUpdateDeployment",
+    fields: &[
+        f(1, "maxUnavailable", Ty::IntOrString),
+        f(2, "maxSurge", Ty::IntOrString),
+    ],
+};
+const DEPLOYMENT_STRATEGY: Schema = Schema {
+    name: "DeploymentStrategy",
+    fields: &[
+        f(1, "type", Ty::Str),
+        f(2, "rollingUpdate", Ty::Msg(&ROLLING_UPDATE)),
+    ],
+};
+const DEPLOYMENT_SPEC: Schema = Schema {
+    name: "DeploymentSpec",
+    fields: &[
+        ptr(1, "replicas", Ty::Int),
+        f(2, "selector", Ty::Msg(&LABEL_SELECTOR)),
+        f(3, "template", Ty::Msg(&POD_TEMPLATE_SPEC)),
+        f(4, "strategy", Ty::Msg(&DEPLOYMENT_STRATEGY)),
+        f(5, "minReadySeconds", Ty::Int),
+        ptr(6, "revisionHistoryLimit", Ty::Int),
+        f(7, "paused", Ty::Bool),
+        ptr(9, "progressDeadlineSeconds", Ty::Int),
+    ],
+};
+const DEPLOYMENT: Schema = Schema {
+    name: "Deployment",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&DEPLOYMENT_SPEC)),
+        f(3, "status", Ty::Msg(&EMPTY)),
+    ],
+};
+const SERVICE_PORT: Schema = Schema {
+    name: "ServicePort",
+    fields: &[
+        f(1, "name", Ty::Str),
+        f(2, "protocol", Ty::Str),
+        f(3, "port", Ty::Int),
+        f(4, "targetPort", Ty::IntOrString),
+        f(5, "nodePort", Ty::Int),
+    ],
+};
+const SERVICE_SPEC: Schema = Schema {
+    name: "ServiceSpec",
+    fields: &[
+        list(1, "ports", Ty::Msg(&SERVICE_PORT)),
+        f(2, "selector", Ty::MapStr),
+        f(3, "clusterIP", Ty::Str),
+        f(4, "type", Ty::Str),
+        f(7, "sessionAffinity", Ty::Str),
+        list(18, "clusterIPs", Ty::Str),
+    ],
+};
+const SERVICE: Schema = Schema {
+    name: "Service",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&SERVICE_SPEC)),
+        f(3, "status", Ty::Msg(&EMPTY)),
+    ],
+};
+const JOB_SPEC: Schema = Schema {
+    name: "JobSpec",
+    fields: &[
+        ptr(1, "parallelism", Ty::Int),
+        ptr(2, "completions", Ty::Int),
+        ptr(3, "activeDeadlineSeconds", Ty::Int),
+        f(4, "selector", Ty::Msg(&LABEL_SELECTOR)),
+        ptr(5, "manualSelector", Ty::Bool),
+        f(6, "template", Ty::Msg(&POD_TEMPLATE_SPEC)),
+        ptr(7, "backoffLimit", Ty::Int),
+        ptr(8, "ttlSecondsAfterFinished", Ty::Int),
+        f(9, "completionMode", Ty::Str),
+        ptr(10, "suspend", Ty::Bool),
+    ],
+};
+const JOB: Schema = Schema {
+    name: "Job",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&JOB_SPEC)),
+        f(3, "status", Ty::Msg(&EMPTY)),
+    ],
+};
+
+/// The kinds decoded from protobuf, by `kind`.
+fn schema_of(kind: &str) -> Option<&'static Schema> {
+    Some(match kind {
+        "Namespace" => &NAMESPACE,
+        "ConfigMap" => &CONFIG_MAP,
+        "Secret" => &SECRET,
+        "Pod" => &POD,
+        "Service" => &SERVICE,
+        "Deployment" => &DEPLOYMENT,
+        "Job" => &JOB,
+        _ => return None,
+    })
+}
+
+/// Protobuf wire values.
+enum Wire<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, ProtobufError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = self
+                .buf
+                .split_first()
+                .ok_or(ProtobufError::Malformed("truncated varint"))?;
+            self.buf = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(ProtobufError::Malformed("varint too long"))
+    }
+
+    fn next(&mut self) -> Result<Option<(u64, Wire<'a>)>, ProtobufError> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let wire = match key & 7 {
+            0 => Wire::Varint(self.varint()?),
+            2 => {
+                let len = usize::try_from(self.varint()?)
+                    .map_err(|_| ProtobufError::Malformed("length"))?;
+                if len > self.buf.len() {
+                    return Err(ProtobufError::Malformed("truncated field"));
+                }
+                let (data, rest) = self.buf.split_at(len);
+                self.buf = rest;
+                Wire::Bytes(data)
+            }
+            _ => return Err(ProtobufError::Malformed("unsupported wire type")),
+        };
+        Ok(Some((key >> 3, wire)))
+    }
+}
+
+fn text(bytes: &[u8]) -> Result<String, ProtobufError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| ProtobufError::Malformed("invalid UTF-8"))
+}
+
+/// Decodes a map entry message {key = 1, value = 2}.
+fn entry(bytes: &[u8]) -> Result<(String, Option<Wire<'_>>), ProtobufError> {
+    let mut r = Reader { buf: bytes };
+    let (mut key, mut value) = (String::new(), None);
+    while let Some((tag, wire)) = r.next()? {
+        match (tag, wire) {
+            (1, Wire::Bytes(b)) => key = text(b)?,
+            (2, w) => value = Some(w),
+            _ => return Err(ProtobufError::Malformed("map entry")),
+        }
+    }
+    Ok((key, value))
+}
+
+fn value(ty: Ty, wire: Wire<'_>) -> Result<Value, ProtobufError> {
+    Ok(match (ty, wire) {
+        (Ty::Str, Wire::Bytes(b)) => json!(text(b)?),
+        // Two's complement: negative int32/int64 values arrive as 10-byte varints.
+        #[expect(
+            clippy::cast_possible_wrap,
+            reason = "protobuf int64 is two's complement"
+        )]
+        (Ty::Int, Wire::Varint(v)) => json!(v as i64),
+        (Ty::Bool, Wire::Varint(v)) => json!(v != 0),
+        (Ty::Msg(schema), Wire::Bytes(b)) => message(schema, b)?,
+        (Ty::Time, Wire::Bytes(b)) => {
+            let mut r = Reader { buf: b };
+            let mut seconds = 0;
+            while let Some((tag, w)) = r.next()? {
+                if let (1, Wire::Varint(s)) = (tag, w) {
+                    seconds = i64::try_from(s).unwrap_or(0);
+                }
+            }
+            if seconds == 0 {
+                return Ok(Value::Null);
+            }
+            let ts = jiff::Timestamp::from_second(seconds)
+                .map_err(|_| ProtobufError::Malformed("time out of range"))?;
+            json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        }
+        (Ty::IntOrString, Wire::Bytes(b)) => {
+            let mut r = Reader { buf: b };
+            let (mut kind, mut int, mut string) = (0, 0i64, String::new());
+            while let Some((tag, w)) = r.next()? {
+                match (tag, w) {
+                    (1, Wire::Varint(k)) => kind = k,
+                    #[expect(clippy::cast_possible_wrap, reason = "two's complement int32")]
+                    (2, Wire::Varint(i)) => int = i as i64,
+                    (3, Wire::Bytes(s)) => string = text(s)?,
+                    _ => return Err(ProtobufError::Malformed("IntOrString")),
+                }
+            }
+            if kind == 1 { json!(string) } else { json!(int) }
+        }
+        _ => return Err(ProtobufError::Malformed("field type mismatch")),
+    })
+}
+
+fn message(schema: &'static Schema, bytes: &[u8]) -> Result<Value, ProtobufError> {
+    let mut out = Map::new();
+    let mut reader = Reader { buf: bytes };
+    while let Some((tag, wire)) = reader.next()? {
+        let Some(field) = schema.fields.iter().find(|f| f.tag == tag) else {
+            // Go's encoder writes every non-pointer field; an unmapped one holding only its
+            // zero value says nothing, anything else would be lost, so it is refused.
+            if is_zero(&wire) {
+                continue;
+            }
+            return Err(ProtobufError::Field {
+                message: schema.name,
+                tag,
+            });
+        };
+        match field.ty {
+            Ty::MapStr | Ty::MapBytes | Ty::MapQuantity => {
+                let Wire::Bytes(entry_bytes) = wire else {
+                    return Err(ProtobufError::Malformed("map field"));
+                };
+                let (key, v) = entry(entry_bytes)?;
+                let v = match (field.ty, v) {
+                    (Ty::MapStr, Some(Wire::Bytes(s))) => json!(text(s)?),
+                    (Ty::MapBytes, Some(Wire::Bytes(s))) => {
+                        json!(base64::engine::general_purpose::STANDARD.encode(s))
+                    }
+                    (Ty::MapQuantity, Some(Wire::Bytes(q))) => {
+                        // Quantity { string = 1 }
+                        let mut qr = Reader { buf: q };
+                        let mut s = String::new();
+                        while let Some((1, Wire::Bytes(t))) = qr.next()? {
+                            s = text(t)?;
+                        }
+                        json!(s)
+                    }
+                    (_, None) => json!(""),
+                    _ => return Err(ProtobufError::Malformed("map value")),
+                };
+                out.entry(field.name)
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+                    .ok_or(ProtobufError::Malformed("map"))?
+                    .insert(key, v);
+            }
+            ty if field.repeated => {
+                out.entry(field.name)
+                    .or_insert_with(|| json!([]))
+                    .as_array_mut()
+                    .ok_or(ProtobufError::Malformed("list"))?
+                    .push(value(ty, wire)?);
+            }
+            ty => {
+                let v = value(ty, wire)?;
+                let zero = match &v {
+                    Value::Null => true,
+                    Value::String(s) => s.is_empty(),
+                    Value::Number(n) => n.as_i64() == Some(0),
+                    Value::Bool(b) => !b,
+                    _ => false,
+                };
+                // Empty status messages carry nothing.
+                let status = matches!(ty, Ty::Msg(s) if s.fields.is_empty());
+                if !status && (!zero || field.keep_zero) {
+                    out.insert(field.name.to_owned(), v);
+                }
+            }
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// Whether a wire value is its type's zero (0, empty, or a message of zeros).
+fn is_zero(wire: &Wire<'_>) -> bool {
+    match wire {
+        Wire::Varint(v) => *v == 0,
+        Wire::Bytes(b) => {
+            b.is_empty() || {
+                let mut r = Reader { buf: b };
+                let mut all_zero = true;
+                loop {
+                    match r.next() {
+                        Ok(Some((_, w))) => all_zero &= is_zero(&w),
+                        Ok(None) => break all_zero,
+                        Err(_) => break false,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Decodes a `k8s\0`-enveloped protobuf object into its JSON form.
+///
+/// # Errors
+/// When the envelope, the bytes, the kind or a field is not understood.
+pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
+    let inner = body
+        .strip_prefix(b"k8s\0")
+        .ok_or(ProtobufError::NoEnvelope)?;
+    let mut r = Reader { buf: inner };
+    let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
+    while let Some((tag, wire)) = r.next()? {
+        match (tag, wire) {
+            (1, Wire::Bytes(meta)) => {
+                let mut m = Reader { buf: meta };
+                while let Some((t, w)) = m.next()? {
+                    match (t, w) {
+                        (1, Wire::Bytes(v)) => api_version = text(v)?,
+                        (2, Wire::Bytes(k)) => kind = text(k)?,
+                        _ => {}
+                    }
+                }
+            }
+            (2, Wire::Bytes(bytes)) => raw = bytes,
+            // contentEncoding / contentType are empty for plain objects.
+            _ => {}
+        }
+    }
+    let schema = schema_of(&kind).ok_or_else(|| ProtobufError::Kind(kind.clone()))?;
+    let mut obj = message(schema, raw)?;
+    obj["apiVersion"] = json!(api_version);
+    obj["kind"] = json!(kind);
+    Ok(obj)
+}
+
+/// For tests and debugging: the bytes as protobuf would encode a string field.
+#[cfg(test)]
+fn field_bytes(tag: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let push_varint = |mut v: u64, out: &mut Vec<u8>| {
+        loop {
+            let byte = u8::try_from(v & 0x7f).unwrap_or(0);
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+    };
+    push_varint((tag << 3) | 2, &mut out);
+    push_varint(bytes.len() as u64, &mut out);
+    out.extend_from_slice(bytes);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+        let mut type_meta = field_bytes(1, api_version.as_bytes());
+        type_meta.extend(field_bytes(2, kind.as_bytes()));
+        let mut body = b"k8s\0".to_vec();
+        body.extend(field_bytes(1, &type_meta));
+        body.extend(field_bytes(2, raw));
+        body
+    }
+
+    #[test]
+    fn a_namespace_with_labels_decodes_to_json() {
+        let mut label = field_bytes(1, b"team");
+        label.extend(field_bytes(2, b"web"));
+        let mut meta = field_bytes(1, b"demo");
+        meta.extend(field_bytes(11, &label));
+        let raw = [
+            field_bytes(1, &meta),
+            field_bytes(2, &[]),
+            field_bytes(3, &[]),
+        ]
+        .concat();
+        let obj = decode(&envelope("v1", "Namespace", &raw)).unwrap();
+        assert_eq!(
+            obj,
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": "demo", "labels": {"team": "web"}}, "spec": {}})
+        );
+    }
+
+    #[test]
+    fn secret_bytes_become_base64() {
+        let mut data = field_bytes(1, b"password");
+        data.extend(field_bytes(2, b"hunter2"));
+        let raw = [field_bytes(1, &field_bytes(1, b"s")), field_bytes(2, &data)].concat();
+        let obj = decode(&envelope("v1", "Secret", &raw)).unwrap();
+        assert_eq!(obj["data"]["password"], "aHVudGVyMg==");
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_are_refused_not_dropped() {
+        let raw = field_bytes(99, b"x");
+        assert_eq!(
+            decode(&envelope("v1", "ConfigMap", &raw)),
+            Err(ProtobufError::Field {
+                message: "ConfigMap",
+                tag: 99
+            })
+        );
+        assert!(matches!(
+            decode(&envelope("v1", "Widget", &[])),
+            Err(ProtobufError::Kind(_))
+        ));
+        assert_eq!(decode(b"{}"), Err(ProtobufError::NoEnvelope));
+    }
+}
