@@ -513,3 +513,18 @@ fn kubectl_generators_that_send_protobuf_work() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn kubectl_explain_reads_the_served_schemas() -> Result<()> {
+    if !kubectl_present("kubectl_explain_reads_the_served_schemas") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let field = cp.ok(&["explain", "deployment.spec.replicas"], None)?;
+    assert!(field.contains("KIND:       Deployment"), "{field}");
+    assert!(field.contains("Number of desired pods"), "{field}");
+    let pods = cp.ok(&["explain", "pods.spec.containers"], None)?;
+    assert!(pods.contains("image\t<string>"), "{pods}");
+    Ok(())
+}

@@ -88,6 +88,11 @@ pub struct ResourceInfo {
     /// Decodes JSON into the kind's typed struct and encodes it back: fails on wrong
     /// types, and drops every field the kind does not have.
     pub roundtrip: fn(&serde_json::Value) -> Result<serde_json::Value, String>,
+    /// Adds the kind's OpenAPI schema (and every schema it refers to) to a generator and
+    /// returns the reference to it.
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+    /// The schema's name, e.g. `io.k8s.api.apps.v1.Deployment`.
+    pub schema_name: fn() -> std::borrow::Cow<'static, str>,
 }
 
 impl ResourceInfo {
@@ -144,7 +149,7 @@ fn entry<T>(
     subresources: &'static [Subresource],
 ) -> ResourceInfo
 where
-    T: ListableResource + serde::de::DeserializeOwned + serde::Serialize,
+    T: ListableResource + serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema,
     <T as Resource>::Scope: Scope,
 {
     ResourceInfo {
@@ -160,6 +165,8 @@ where
         categories,
         subresources,
         roundtrip: roundtrip::<T>,
+        schema: schemars::SchemaGenerator::subschema_for::<T>,
+        schema_name: T::schema_name,
     }
 }
 

@@ -23,23 +23,160 @@ fn gv_path(group: &str, version: &str) -> String {
 
 static DOCUMENTS: LazyLock<BTreeMap<String, Value>> = LazyLock::new(|| {
     let mut docs: BTreeMap<String, Value> = BTreeMap::new();
+    let mut generators: BTreeMap<String, schemars::SchemaGenerator> = BTreeMap::new();
     for info in all() {
-        let doc = docs
-            .entry(gv_path(info.group, info.version))
-            .or_insert_with(|| {
-                json!({
-                    "openapi": "3.0.0",
-                    "info": {"title": "Kubernetes", "version": "v1.33.0"},
-                    "paths": {},
-                    "components": {"schemas": {}},
-                })
-            });
+        let gv = gv_path(info.group, info.version);
+        let doc = docs.entry(gv.clone()).or_insert_with(|| {
+            json!({
+                "openapi": "3.0.0",
+                "info": {"title": "Kubernetes", "version": "v1.33.0"},
+                "paths": {},
+                "components": {"schemas": {}},
+            })
+        });
         for (path, item) in paths(info) {
             doc["paths"][path] = item;
         }
+        let generator = generators
+            .entry(gv)
+            .or_insert_with(|| schemars::generate::SchemaSettings::openapi3().into_generator());
+        (info.schema)(generator);
+    }
+    for (gv, mut generator) in generators {
+        let doc = docs.get_mut(&gv).expect("a document per generator");
+        let mut schemas = generator.take_definitions(true);
+        // kubectl explain finds a kind's schema by this extension.
+        for info in all().iter().filter(|i| gv_path(i.group, i.version) == gv) {
+            if let Some(schema) = schemas.get_mut((info.schema_name)().as_ref()) {
+                schema["x-kubernetes-group-version-kind"] =
+                    json!([{"group": info.group, "version": info.version, "kind": info.kind}]);
+            }
+        }
+        annotate_patch_strategies(&mut schemas);
+        doc["components"]["schemas"] = Value::Object(schemas);
     }
     docs
 });
+
+/// Lists that strategic merge patch merges instead of replacing, as Kubernetes' types tag
+/// them: (schema, property, merge key; `None` merges primitives as a set). kubectl reads
+/// these to compute apply patches; the server's own merge follows the same rules
+/// (`skiff_machinery::patch` strategy table).
+const PATCH_STRATEGIES: &[(&str, &str, Option<&str>)] = &[
+    ("io.k8s.api.core.v1.PodSpec", "containers", Some("name")),
+    ("io.k8s.api.core.v1.PodSpec", "initContainers", Some("name")),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "ephemeralContainers",
+        Some("name"),
+    ),
+    ("io.k8s.api.core.v1.PodSpec", "volumes", Some("name")),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "imagePullSecrets",
+        Some("name"),
+    ),
+    ("io.k8s.api.core.v1.PodSpec", "hostAliases", Some("ip")),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "topologySpreadConstraints",
+        Some("topologyKey"),
+    ),
+    ("io.k8s.api.core.v1.PodSpec", "resourceClaims", Some("name")),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "schedulingGates",
+        Some("name"),
+    ),
+    ("io.k8s.api.core.v1.Container", "env", Some("name")),
+    (
+        "io.k8s.api.core.v1.Container",
+        "ports",
+        Some("containerPort"),
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeMounts",
+        Some("mountPath"),
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeDevices",
+        Some("devicePath"),
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "resizePolicy",
+        Some("resourceName"),
+    ),
+    ("io.k8s.api.core.v1.EphemeralContainer", "env", Some("name")),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "ports",
+        Some("containerPort"),
+    ),
+    (
+        "io.k8s.api.core.v1.EphemeralContainer",
+        "volumeMounts",
+        Some("mountPath"),
+    ),
+    ("io.k8s.api.core.v1.ServiceSpec", "ports", Some("port")),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "finalizers",
+        None,
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "ownerReferences",
+        Some("uid"),
+    ),
+    ("io.k8s.api.core.v1.PodStatus", "conditions", Some("type")),
+    ("io.k8s.api.core.v1.NodeStatus", "conditions", Some("type")),
+    ("io.k8s.api.core.v1.NodeStatus", "addresses", Some("type")),
+    (
+        "io.k8s.api.core.v1.NamespaceStatus",
+        "conditions",
+        Some("type"),
+    ),
+    (
+        "io.k8s.api.apps.v1.DeploymentStatus",
+        "conditions",
+        Some("type"),
+    ),
+    (
+        "io.k8s.api.apps.v1.ReplicaSetStatus",
+        "conditions",
+        Some("type"),
+    ),
+    (
+        "io.k8s.api.apps.v1.StatefulSetStatus",
+        "conditions",
+        Some("type"),
+    ),
+    (
+        "io.k8s.api.apps.v1.DaemonSetStatus",
+        "conditions",
+        Some("type"),
+    ),
+    ("io.k8s.api.batch.v1.JobStatus", "conditions", Some("type")),
+];
+
+fn annotate_patch_strategies(schemas: &mut serde_json::Map<String, Value>) {
+    for (schema, property, key) in PATCH_STRATEGIES {
+        let Some(prop) = schemas
+            .get_mut(*schema)
+            .and_then(|s| s.get_mut("properties"))
+            .and_then(|p| p.get_mut(*property))
+        else {
+            continue;
+        };
+        prop["x-kubernetes-patch-strategy"] = json!("merge");
+        if let Some(key) = key {
+            prop["x-kubernetes-patch-merge-key"] = json!(key);
+        }
+    }
+}
 
 static ROOT: LazyLock<Value> = LazyLock::new(|| {
     let mut paths = serde_json::Map::new();
@@ -201,6 +338,30 @@ fn paths(info: &ResourceInfo) -> Vec<(String, Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_have_schemas_with_their_gvk_and_descriptions() {
+        let doc = document("apps", "v1").unwrap();
+        let deployment = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            deployment["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        assert!(
+            deployment["description"]
+                .as_str()
+                .unwrap()
+                .contains("Deployment")
+        );
+        let spec_ref = deployment["properties"]["spec"]["allOf"][0]["$ref"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            spec_ref,
+            "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec"
+        );
+        assert!(doc["components"]["schemas"]["io.k8s.api.apps.v1.DeploymentSpec"]["properties"]["replicas"].is_object());
+    }
 
     #[test]
     fn the_root_lists_every_group_version_with_a_hashed_url() {
