@@ -65,6 +65,10 @@ impl Selectors {
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
+        // Most lists and watches select everything: skip building the label map.
+        if self.labels.is_empty() && self.fields.is_empty() {
+            return true;
+        }
         let labels: BTreeMap<String, String> = obj
             .pointer("/metadata/labels")
             .and_then(Value::as_object)
