@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -98,9 +98,6 @@ impl Recorder {
 
     /// Records an event about the object `involved` refers to. Failures are logged, never
     /// returned: an event is a courtesy and must not fail the action it reports.
-    ///
-    /// # Panics
-    /// If another thread panicked while holding the correlation cache.
     pub async fn record(
         &self,
         involved: &ObjectReference,
@@ -112,7 +109,7 @@ impl Recorder {
         let key = (uid, reason.to_owned(), message.to_owned());
         let now = Timestamp::now();
         let previous = {
-            let mut seen = self.seen.lock().expect("event cache poisoned");
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
             seen.retain(|_, s| s.at.elapsed() < DEDUP_WINDOW);
             seen.get_mut(&key).map(|s| {
                 s.count += 1;
@@ -166,7 +163,7 @@ impl Recorder {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         match api.create(&PostParams::default(), &event).await {
             Ok(created) => {
-                let mut seen = self.seen.lock().expect("event cache poisoned");
+                let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
                 if seen.len() >= CACHE_LIMIT {
                     // Drop the oldest half rather than one entry per insert.
                     let mut ages: Vec<Instant> = seen.values().map(|s| s.at).collect();

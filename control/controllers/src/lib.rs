@@ -2,4 +2,110 @@
 //! idempotent reconciler per concern (ReplicaSet, Deployment, StatefulSet, DaemonSet, Job,
 //! CronJob, Endpoints, nodes, namespaces, garbage collection, quotas), each talking to the
 //! API server through the `kube` crate like any client.
+
+pub mod deployment;
 pub mod events;
+pub mod expectations;
+pub mod informers;
+pub mod leader;
+pub mod ownership;
+pub mod pods;
+pub mod replicaset;
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet},
+    core::v1::Pod,
+};
+use kube::{Api, Client};
+
+use crate::informers::Informer;
+
+/// Settings shared by the controllers (flags of the `control` binary).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How long a node may go without renewing its Lease before it is `Ready=Unknown`.
+    pub node_monitor_grace_period: Duration,
+    /// Toleration seconds given to pods for the not-ready/unreachable taints by default.
+    pub default_toleration_seconds: i64,
+    /// The pod network that node IPAM splits into per-node `spec.podCIDR`s (none: off).
+    pub cluster_cidr: Option<String>,
+    /// Prefix length of each node's pod CIDR.
+    pub node_cidr_mask_size: u8,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_monitor_grace_period: Duration::from_secs(40),
+            default_toleration_seconds: 300,
+            cluster_cidr: None,
+            node_cidr_mask_size: 24,
+        }
+    }
+}
+
+/// What every controller reaches: the client, the settings and the shared caches.
+pub struct Shared {
+    /// The API client.
+    pub client: Client,
+    /// Settings.
+    pub config: Config,
+    /// Every pod in the cluster.
+    pub pods: kube::runtime::reflector::Store<Pod>,
+    /// Every ReplicaSet in the cluster.
+    pub replica_sets: kube::runtime::reflector::Store<ReplicaSet>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The errors a reconcile returns; the controller logs them and retries with back-off.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused a request or could not be reached.
+    #[error("api request failed")]
+    Api(#[from] kube::Error),
+    /// The object is malformed in a way validation let through.
+    #[error("invalid object: {0}")]
+    Invalid(String),
+}
+
+/// Runs every controller until the returned future is dropped.
+pub async fn run(client: Client, config: Config) {
+    let mut pods = Informer::<Pod>::new(Api::all(client.clone()));
+    let mut replica_sets = Informer::<ReplicaSet>::new(Api::all(client.clone()));
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        config,
+        pods: pods.store(),
+        replica_sets: replica_sets.store(),
+    });
+    let rs = replicaset::run(
+        shared.clone(),
+        replica_sets.subscribe(),
+        pods.subscribe(),
+        pods.subscribe(),
+    );
+    let mut deployments = Informer::<Deployment>::new(Api::all(client.clone()));
+    let deploy = deployment::run(
+        shared.clone(),
+        deployments.store(),
+        deployments.subscribe(),
+        replica_sets.subscribe(),
+        pods.subscribe(),
+    );
+    tokio::join!(
+        pods.run(),
+        replica_sets.run(),
+        deployments.run(),
+        rs,
+        deploy
+    );
+}

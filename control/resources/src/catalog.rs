@@ -208,6 +208,10 @@ static CATALOG: LazyLock<Vec<ResourceInfo>> = LazyLock::new(|| {
         entry::<k8s::coordination::v1::Lease>(NONE, NONE, &[]),
         // discovery.k8s.io/v1
         entry::<k8s::discovery::v1::EndpointSlice>(NONE, NONE, &[]),
+        // scheduling.k8s.io/v1
+        entry::<k8s::scheduling::v1::PriorityClass>(&["pc"], NONE, &[]),
+        // apps/v1 revision history (StatefulSet, DaemonSet)
+        entry::<k8s::apps::v1::ControllerRevision>(NONE, NONE, &[]),
     ]
 });
 

@@ -1,3 +1,55 @@
 //! skiff-scheduler places pods on nodes: it watches unscheduled pods, runs them through
 //! filter and score plugins against a snapshot of nodes and bound pods, and binds each to
 //! the best node through `pods/binding`, like kube-scheduler.
+
+pub mod binder;
+pub mod cache;
+pub mod framework;
+pub mod plugins;
+pub mod preemption;
+pub mod quantity;
+pub mod queue;
+pub mod resources;
+mod scheduler;
+
+use std::time::Duration;
+
+pub use scheduler::run;
+
+/// Scheduler settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Pods whose `spec.schedulerName` is this are ours; others are left alone.
+    pub scheduler_name: String,
+    /// Share of nodes to find feasible before scoring (0: kube-scheduler's adaptive rule).
+    pub percentage_of_nodes_to_score: u8,
+    /// Bindings in flight at once.
+    pub parallel_bindings: usize,
+    /// First back-off after a failed attempt.
+    pub initial_backoff: Duration,
+    /// Longest back-off.
+    pub max_backoff: Duration,
+    /// Unschedulable pods are retried after this long even if nothing changed.
+    pub unschedulable_flush: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            scheduler_name: "default-scheduler".to_owned(),
+            percentage_of_nodes_to_score: 0,
+            parallel_bindings: 16,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            unschedulable_flush: Duration::from_mins(5),
+        }
+    }
+}
+
+/// Why the scheduler stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A watch on the API server ended for good.
+    #[error("watch of {0} ended")]
+    WatchEnded(&'static str),
+}

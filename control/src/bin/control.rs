@@ -1,18 +1,20 @@
-//! The control-plane process: the API server on the embedded store or etcd (the scheduler
-//! and controllers join it as they land; each part can be switched off).
+//! The control-plane process: the API server on the embedded store or etcd, plus the
+//! scheduler and the controllers, which reach the API like any client and act only while
+//! this process holds the leader Lease (each part can be switched off).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use skiff_api::{Config, Server};
+use skiff_controllers::leader::{Elector, LeaderConfig};
 use skiff_store::{EtcdStore, RedbStore, Store};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "control",
-    about = "skiff's control plane: API server (scheduler and controllers to come)"
+    about = "skiff's control plane: API server, scheduler and controllers"
 )]
 struct Args {
     /// Address to serve the Kubernetes API on.
@@ -36,6 +38,37 @@ struct Args {
     /// Revisions of history compaction keeps (for watches that resume).
     #[arg(long, default_value_t = 10_000)]
     compaction_keep_revisions: i64,
+    /// Do not run the scheduler in this process.
+    #[arg(long)]
+    no_scheduler: bool,
+    /// Do not run the controllers in this process.
+    #[arg(long)]
+    no_controllers: bool,
+    /// Run the scheduler and controllers only while holding the `skiff-control-plane`
+    /// Lease in kube-system (needed when several control processes share one etcd).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// How long the leader Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    leader_elect_lease_duration_seconds: u64,
+    /// How long the leader keeps trying to renew before it steps down.
+    #[arg(long, default_value_t = 10)]
+    leader_elect_renew_deadline_seconds: u64,
+    /// Pause between leader election attempts.
+    #[arg(long, default_value_t = 2)]
+    leader_elect_retry_period_seconds: u64,
+    /// A node whose Lease is this old is marked `Ready=Unknown` and tainted unreachable.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period_seconds: u64,
+    /// Seconds pods tolerate the not-ready/unreachable taints unless they say otherwise.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: i64,
+    /// The pod network; each node gets a `spec.podCIDR` from it (none: no node IPAM).
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -94,10 +127,105 @@ async fn main() -> Result<()> {
     let server = Server::bind(store, config)
         .await
         .context("starting the API server")?;
-    tracing::info!(addr = %server.local_addr()?, "serving the Kubernetes API");
-    server.serve(shutdown()).await;
+    let addr = server.local_addr()?;
+    tracing::info!(%addr, "serving the Kubernetes API");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(server.serve(async move {
+        shutdown().await;
+        let _ = stop_tx.send(true);
+    }));
+    if args.no_scheduler && args.no_controllers {
+        serving.await.context("API server task")?;
+    } else {
+        let client = self_client(addr)?;
+        let stopped = {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        tokio::select! {
+            () = act(client, &args, stop_rx) => {}
+            () = stopped => {}
+        }
+        serving.await.context("API server task")?;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A client for this process's own API server, the road every other client takes.
+fn self_client(addr: SocketAddr) -> Result<kube::Client> {
+    let host = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    let url: http::Uri = format!("http://{host}").parse().context("API URL")?;
+    let mut config = kube::Config::new(url);
+    config.read_timeout = Some(Duration::from_secs(300));
+    kube::Client::try_from(config).context("building the API client")
+}
+
+/// Runs the scheduler and the controllers, under leader election unless it is off; returns
+/// when the process is told to stop (after handing the Lease back).
+async fn act(client: kube::Client, args: &Args, stop: tokio::sync::watch::Receiver<bool>) {
+    let controllers = skiff_controllers::Config {
+        node_monitor_grace_period: Duration::from_secs(args.node_monitor_grace_period_seconds),
+        default_toleration_seconds: args.default_toleration_seconds,
+        cluster_cidr: args.cluster_cidr.clone(),
+        node_cidr_mask_size: args.node_cidr_mask_size,
+    };
+    let (run_scheduler, run_controllers) = (!args.no_scheduler, !args.no_controllers);
+    let elector_client = client.clone();
+    let work = move || {
+        let client = client.clone();
+        let controllers = controllers.clone();
+        let mut stop = stop.clone();
+        async move {
+            let scheduler = async {
+                if run_scheduler {
+                    if let Err(err) =
+                        skiff_scheduler::run(client.clone(), skiff_scheduler::Config::default())
+                            .await
+                    {
+                        tracing::error!(?err, "scheduler stopped");
+                    }
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let controllers = async {
+                if run_controllers {
+                    skiff_controllers::run(client.clone(), controllers).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                () = scheduler => {}
+                () = controllers => {}
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
+        }
+    };
+    if !args.leader_elect {
+        work().await;
+        return;
+    }
+    let identity = format!(
+        "{}_{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "control".to_owned()),
+        uuid::Uuid::new_v4()
+    );
+    let mut config = LeaderConfig::new("skiff-control-plane", &identity);
+    config.lease_duration = Duration::from_secs(args.leader_elect_lease_duration_seconds);
+    config.renew_deadline = Duration::from_secs(args.leader_elect_renew_deadline_seconds);
+    config.retry_period = Duration::from_secs(args.leader_elect_retry_period_seconds);
+    tracing::info!(%identity, "campaigning for the control-plane Lease");
+    Elector::new(elector_client, config).run(work).await;
 }
 
 async fn shutdown() {

@@ -1,0 +1,178 @@
+//! `TaintToleration`: NoSchedule and NoExecute taints keep out pods that do not tolerate
+//! them; PreferNoSchedule taints only lower a node's score.
+
+use k8s_openapi::api::core::v1::{Taint, Toleration};
+
+use crate::{
+    cache::{Cache, NodeInfo},
+    framework::{MAX_SCORE, Plugin, PodInfo, Reason, State},
+};
+
+/// Whether `toleration` tolerates `taint` (key, operator Equal/Exists, value, effect).
+#[must_use]
+pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())
+        && effect != taint.effect
+    {
+        return false;
+    }
+    let key = toleration.key.as_deref().unwrap_or_default();
+    if !key.is_empty() && key != taint.key {
+        return false;
+    }
+    match toleration.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => true,
+        _ => {
+            key == taint.key
+                && toleration.value.as_deref().unwrap_or_default()
+                    == taint.value.as_deref().unwrap_or_default()
+        }
+    }
+}
+
+fn tolerations(pod: &PodInfo) -> &[Toleration] {
+    pod.pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or_default()
+}
+
+fn taints(node: &NodeInfo) -> &[Taint] {
+    node.node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default()
+}
+
+/// The `TaintToleration` filter and score.
+#[derive(Debug)]
+pub struct TaintToleration;
+
+impl Plugin for TaintToleration {
+    fn name(&self) -> &'static str {
+        "TaintToleration"
+    }
+
+    fn filter(
+        &self,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        _: &State,
+        _: &Cache,
+    ) -> Result<(), Vec<Reason>> {
+        let tolerations = tolerations(pod);
+        let untolerated = taints(node)
+            .iter()
+            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+            .find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)));
+        match untolerated {
+            Some(t) => Err(vec![format!(
+                "node(s) had untolerated taint {{{}: {}}}",
+                t.key,
+                t.value.as_deref().unwrap_or_default()
+            )]),
+            None => Ok(()),
+        }
+    }
+
+    fn scores(&self) -> bool {
+        true
+    }
+
+    /// Counts intolerable PreferNoSchedule taints (fewer is better).
+    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &State, _: &Cache) -> i64 {
+        let tolerations = tolerations(pod);
+        let count = taints(node)
+            .iter()
+            .filter(|t| t.effect == "PreferNoSchedule")
+            .filter(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
+            .count();
+        i64::try_from(count).unwrap_or(i64::MAX)
+    }
+
+    /// Reverses: the node with the most intolerable taints gets 0.
+    fn normalize(&self, scores: &mut [i64]) {
+        let max = scores.iter().copied().max().unwrap_or(0);
+        for s in scores.iter_mut() {
+            *s = if max == 0 {
+                MAX_SCORE
+            } else {
+                MAX_SCORE - *s * MAX_SCORE / max
+            };
+        }
+    }
+
+    fn weight(&self) -> i64 {
+        3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::testing::{cache, info, node, pod};
+
+    fn taint(key: &str, value: &str, effect: &str) -> Taint {
+        Taint {
+            key: key.into(),
+            value: Some(value.into()),
+            effect: effect.into(),
+            time_added: None,
+        }
+    }
+
+    #[test]
+    fn untolerated_no_schedule_taints_refuse_and_tolerations_admit() {
+        let mut n = node("n1", "4", "8Gi", &[]);
+        n.spec.as_mut().unwrap().taints = Some(vec![taint("dedicated", "gpu", "NoSchedule")]);
+        let c = cache(vec![n]);
+        let plain = info(pod("p", "1", &[]));
+        let err = TaintToleration
+            .filter(&plain, c.node("n1").unwrap(), &None, &c)
+            .unwrap_err();
+        assert_eq!(err, ["node(s) had untolerated taint {dedicated: gpu}"]);
+        let mut tolerant = pod("q", "1", &[]);
+        tolerant.spec.as_mut().unwrap().tolerations = Some(vec![Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Equal".into()),
+            value: Some("gpu".into()),
+            effect: Some("NoSchedule".into()),
+            toleration_seconds: None,
+        }]);
+        assert!(
+            TaintToleration
+                .filter(&info(tolerant), c.node("n1").unwrap(), &None, &c)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn exists_without_key_tolerates_everything() {
+        let tol = Toleration {
+            operator: Some("Exists".into()),
+            ..Toleration::default()
+        };
+        assert!(tolerates(&tol, &taint("a", "b", "NoExecute")));
+    }
+
+    #[test]
+    fn prefer_no_schedule_only_lowers_the_score() {
+        let mut n = node("n1", "4", "8Gi", &[]);
+        n.spec.as_mut().unwrap().taints = Some(vec![taint("x", "y", "PreferNoSchedule")]);
+        let c = cache(vec![n, node("n2", "4", "8Gi", &[])]);
+        let p = info(pod("p", "1", &[]));
+        assert!(
+            TaintToleration
+                .filter(&p, c.node("n1").unwrap(), &None, &c)
+                .is_ok()
+        );
+        let mut scores = vec![
+            TaintToleration.score(&p, c.node("n1").unwrap(), &None, &c),
+            TaintToleration.score(&p, c.node("n2").unwrap(), &None, &c),
+        ];
+        TaintToleration.normalize(&mut scores);
+        assert_eq!(scores, [0, 100]);
+    }
+}

@@ -1,0 +1,69 @@
+//! Kubernetes resource quantities (`100m`, `1.5`, `128Mi`, `2G`, `1e3`) as integers, so the
+//! scheduler adds and compares them exactly.
+
+/// A quantity in milli-units (`cpu: 100m` = 100, `memory: 1Ki` = `1_024_000`).
+///
+/// Milli-units for everything keeps one code path; memory in bytes times 1000 still fits an
+/// `i64` up to 9 PB.
+#[must_use]
+pub fn parse_milli(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let (mantissa, exponent) = if let Some(rest) = suffix.strip_prefix(['e', 'E']) {
+        (number, rest.parse::<i32>().ok()?)
+    } else {
+        (number, 0)
+    };
+    let multiplier_milli: i128 = match suffix {
+        "" => 1000,
+        "m" => 1,
+        "k" => 1000 * 1000,
+        "M" => 1000 * 1_000_000,
+        "G" => 1000 * 1_000_000_000,
+        "T" => 1000 * 1_000_000_000_000,
+        "P" => 1000 * 1_000_000_000_000_000,
+        "Ki" => 1000 << 10,
+        "Mi" => 1000 << 20,
+        "Gi" => 1000 << 30,
+        "Ti" => 1000 << 40,
+        "Pi" => 1000 << 50,
+        _ if suffix.starts_with(['e', 'E']) => {
+            1000 * 10_i128.checked_pow(u32::try_from(exponent).ok()?)?
+        }
+        _ => return None,
+    };
+    // Decimal mantissa as an exact fraction: digits / 10^decimals.
+    let negative = mantissa.starts_with('-');
+    let digits = mantissa.trim_start_matches(['-', '+']);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let scale = 10_i128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+    let value: i128 = format!("{whole}{fraction}").parse().ok()?;
+    // Round up like the apiserver does for sub-milli precision.
+    let milli = (value * multiplier_milli + scale - 1) / scale;
+    let milli = if negative { -milli } else { milli };
+    i64::try_from(milli).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_milli;
+
+    #[test]
+    fn cpu_and_memory_forms_parse_exactly() {
+        assert_eq!(parse_milli("100m"), Some(100));
+        assert_eq!(parse_milli("2"), Some(2000));
+        assert_eq!(parse_milli("1.5"), Some(1500));
+        assert_eq!(parse_milli("128Mi"), Some(128 * 1024 * 1024 * 1000));
+        assert_eq!(parse_milli("1G"), Some(1_000_000_000_000));
+        assert_eq!(parse_milli("1e3"), Some(1_000_000));
+        assert_eq!(parse_milli("0.5Gi"), Some(512 * 1024 * 1024 * 1000));
+        assert_eq!(parse_milli("x"), None);
+        assert_eq!(parse_milli(""), None);
+    }
+}
