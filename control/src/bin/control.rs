@@ -163,7 +163,7 @@ fn self_client(addr: SocketAddr) -> Result<kube::Client> {
     };
     let url: http::Uri = format!("http://{host}").parse().context("API URL")?;
     let mut config = kube::Config::new(url);
-    config.read_timeout = Some(Duration::from_secs(300));
+    config.read_timeout = Some(Duration::from_mins(5));
     kube::Client::try_from(config).context("building the API client")
 }
 
@@ -210,14 +210,13 @@ async fn act(client: kube::Client, args: &Args, stop: tokio::sync::watch::Receiv
         }
     };
     if !args.leader_elect {
-        work().await;
+        Box::pin(work()).await;
         return;
     }
     let identity = format!(
         "{}_{}",
         std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "control".to_owned()),
+            .map_or_else(|_| "control".to_owned(), |h| h.trim().to_owned()),
         uuid::Uuid::new_v4()
     );
     let mut config = LeaderConfig::new("skiff-control-plane", &identity);
@@ -225,7 +224,7 @@ async fn act(client: kube::Client, args: &Args, stop: tokio::sync::watch::Receiv
     config.renew_deadline = Duration::from_secs(args.leader_elect_renew_deadline_seconds);
     config.retry_period = Duration::from_secs(args.leader_elect_retry_period_seconds);
     tracing::info!(%identity, "campaigning for the control-plane Lease");
-    Elector::new(elector_client, config).run(work).await;
+    Box::pin(Elector::new(elector_client, config).run(work)).await;
 }
 
 async fn shutdown() {
