@@ -3,3 +3,4 @@
 //! node's own cgroup subtree, with an nftables path beside them.
 
 pub mod proxy;
+pub mod simulate;

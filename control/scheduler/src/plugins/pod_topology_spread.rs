@@ -43,13 +43,14 @@ fn prepare(pod: &PodInfo, c: &TopologySpreadConstraint, cache: &Cache) -> Constr
             .is_some_and(|s| s.matches(labels.unwrap_or(&empty)))
     };
     let honor_affinity = c.node_affinity_policy.as_deref() != Some("Ignore");
+    let hard = c.when_unsatisfiable != "ScheduleAnyway";
     let mut counts: HashMap<String, i64> = HashMap::new();
-    for node in cache.nodes() {
+    let count_on = |node: &NodeInfo, counts: &mut HashMap<String, i64>| {
         let Some(value) = node.labels().get(&c.topology_key) else {
-            continue;
+            return;
         };
         if honor_affinity && !required_matches(pod, node) {
-            continue;
+            return;
         }
         let n = node
             .pods
@@ -59,16 +60,74 @@ fn prepare(pod: &PodInfo, c: &TopologySpreadConstraint, cache: &Cache) -> Constr
             .filter(|p| selects(p.metadata.labels.as_ref()))
             .count();
         *counts.entry(value.clone()).or_default() += i64::try_from(n).unwrap_or(i64::MAX);
+    };
+    let first_label = c
+        .label_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .and_then(|m| m.iter().next());
+    match first_label {
+        // Only nodes running a pod with the selector's first label can count: the index
+        // finds them without a pass over every node.
+        Some((k, v)) => {
+            for node in cache.nodes_with_label(&pod.namespace, k, v) {
+                count_on(node, &mut counts);
+            }
+        }
+        None => cache.nodes().for_each(|node| count_on(node, &mut counts)),
+    }
+    if hard {
+        // The minimum needs every eligible domain, empty ones included.
+        for node in cache.nodes() {
+            if let Some(value) = node.labels().get(&c.topology_key)
+                && !counts.contains_key(value)
+                && (!honor_affinity || required_matches(pod, node))
+            {
+                counts.insert(value.clone(), 0);
+            }
+        }
     }
     let min = counts.values().copied().min().unwrap_or(0);
     Constraint {
         max_skew: i64::from(c.max_skew.max(1)),
         key: c.topology_key.clone(),
-        hard: c.when_unsatisfiable != "ScheduleAnyway",
+        hard,
         min,
         self_match: i64::from(selects(Some(pod.labels()))),
         counts,
     }
+}
+
+/// kube-scheduler's system default constraints for pods a controller manages (soft:
+/// they only score): spread over hosts with skew 3 and zones with skew 5. The selector is
+/// the pod's own labels, which for workload pods name their controller's pods.
+fn default_constraints(pod: &PodInfo) -> Vec<TopologySpreadConstraint> {
+    let managed = pod
+        .pod
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_some_and(|refs| refs.iter().any(|r| r.controller == Some(true)));
+    if !managed || pod.labels().is_empty() {
+        return Vec::new();
+    }
+    let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        match_labels: Some(pod.labels().clone()),
+        match_expressions: None,
+    };
+    [
+        ("kubernetes.io/hostname", 3),
+        ("topology.kubernetes.io/zone", 5),
+    ]
+    .into_iter()
+    .map(|(key, skew)| TopologySpreadConstraint {
+        max_skew: skew,
+        topology_key: key.to_owned(),
+        when_unsatisfiable: "ScheduleAnyway".to_owned(),
+        label_selector: Some(selector.clone()),
+        ..TopologySpreadConstraint::default()
+    })
+    .collect()
 }
 
 /// The `PodTopologySpread` filter and score.
@@ -82,10 +141,17 @@ impl Plugin for PodTopologySpread {
 
     fn pre_filter(&self, pod: &PodInfo, cache: &Cache) -> State {
         let list = constraints(pod);
-        if list.is_empty() {
+        let prepared: Vec<Constraint> = if list.is_empty() {
+            default_constraints(pod)
+                .iter()
+                .map(|c| prepare(pod, c, cache))
+                .collect()
+        } else {
+            list.iter().map(|c| prepare(pod, c, cache)).collect()
+        };
+        if prepared.is_empty() {
             return None;
         }
-        let prepared: Vec<Constraint> = list.iter().map(|c| prepare(pod, c, cache)).collect();
         Some(Box::new(prepared))
     }
 
