@@ -6,11 +6,15 @@
 pub mod deployment;
 pub mod events;
 pub mod expectations;
+pub mod garbage_collector;
 pub mod informers;
+pub mod kinds;
 pub mod leader;
+pub mod namespace;
 pub mod ownership;
 pub mod pods;
 pub mod replicaset;
+pub mod serviceaccount;
 
 use std::{sync::Arc, time::Duration};
 
@@ -106,6 +110,9 @@ pub async fn run(client: Client, config: Config) {
         replica_sets.run(),
         deployments.run(),
         rs,
-        deploy
+        deploy,
+        garbage_collector::run(client.clone()),
+        namespace::run(shared.clone()),
+        serviceaccount::run(shared.clone()),
     );
 }

@@ -35,7 +35,10 @@ pub fn apply(info: &ResourceInfo, obj: &mut Value) {
         }
         ("", "Namespace") => {
             if let Some(o) = obj.as_object_mut() {
-                or_set(o, "spec", json!({"finalizers": ["kubernetes"]}));
+                or_set(o, "spec", json!({}));
+                if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
+                    or_set(spec, "finalizers", json!(["kubernetes"]));
+                }
                 or_set(o, "status", json!({"phase": "Active"}));
             }
         }

@@ -121,7 +121,18 @@ async fn delete_one(
     });
     // A bound pod is stopped by its node, which deletes it with grace 0 when done.
     let graceful = bound_pod && grace > 0;
-    if !finalizers.is_empty() || graceful {
+    // A namespace is emptied by the namespace controller, which then drops its
+    // `spec.finalizers`; until then it is Terminating.
+    let namespace_finalizing = info.group.is_empty()
+        && info.kind == "Namespace"
+        && obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+    if namespace_finalizing {
+        obj["status"]["phase"] = json!("Terminating");
+    }
+    if !finalizers.is_empty() || graceful || namespace_finalizing {
         if obj.pointer("/metadata/deletionTimestamp").is_none() {
             obj["metadata"]["deletionTimestamp"] = json!(objects::now());
             obj["metadata"]["deletionGracePeriodSeconds"] = json!(if graceful { grace } else { 0 });
@@ -142,9 +153,6 @@ async fn delete_one(
     if query.dry_run() {
         return Ok((obj, StatusCode::OK));
     }
-    if info.group.is_empty() && info.kind == "Namespace" {
-        delete_namespace_contents(ctx, name).await?;
-    }
     let key = objects::key(info, route.namespace.as_deref(), name);
     let gone = ctx
         .store
@@ -156,24 +164,6 @@ async fn delete_one(
     }
     objects::set_resource_version(&mut obj, gone.mod_revision);
     Ok((obj, StatusCode::OK))
-}
-
-/// Until the namespace controller exists, a namespace takes its objects with it.
-async fn delete_namespace_contents(ctx: &Ctx, namespace: &str) -> Result<(), StatusError> {
-    for info in skiff_resources::all().iter().filter(|i| i.namespaced) {
-        let page = read::list_objects(ctx, info, Some(namespace), &Query::default()).await?;
-        for obj in page.items {
-            let key = objects::key(info, Some(namespace), objects::name_of(&obj));
-            match ctx.store.delete(&key, None).await {
-                Ok(_) | Err(skiff_store::StoreError::NotFound(_)) => {}
-                Err(e) => return Err(objects::store_error(e, info, objects::name_of(&obj))),
-            }
-            if info.group.is_empty() && info.kind == "Service" {
-                service::release(ctx, &obj);
-            }
-        }
-    }
-    Ok(())
 }
 
 pub async fn delete_collection(

@@ -91,11 +91,15 @@ pub async fn write(
         );
     }
     let key = objects::key(info, route.namespace.as_deref(), name);
-    let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
-        && new
-            .pointer("/metadata/finalizers")
+    let empty = |path: &str| {
+        new.pointer(path)
             .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty);
+            .is_none_or(Vec::is_empty)
+    };
+    let namespace = info.group.is_empty() && info.kind == "Namespace";
+    let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
+        && empty("/metadata/finalizers")
+        && (!namespace || empty("/spec/finalizers"));
     if query.dry_run() {
         objects::set_resource_version(&mut new, old_rev);
         return Ok(Written {
