@@ -197,7 +197,7 @@ async fn act(client: kube::Client, args: &Args, stop: tokio::sync::watch::Receiv
             };
             let controllers = async {
                 if run_controllers {
-                    skiff_controllers::run(client.clone(), controllers).await;
+                    Box::pin(skiff_controllers::run(client.clone(), controllers)).await;
                 } else {
                     std::future::pending::<()>().await;
                 }

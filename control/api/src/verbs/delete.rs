@@ -56,6 +56,10 @@ pub async fn delete(
     Ok(h::json(code, &obj))
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "preconditions, finalizers and grace read best in order"
+)]
 async fn delete_one(
     ctx: &Ctx,
     route: &ResourceRoute,
