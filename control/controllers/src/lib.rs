@@ -8,6 +8,7 @@ pub mod events;
 pub mod expectations;
 pub mod garbage_collector;
 pub mod informers;
+pub mod job;
 pub mod kinds;
 pub mod leader;
 pub mod namespace;
@@ -20,6 +21,7 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
+    batch::v1::Job,
     core::v1::Pod,
 };
 use kube::{Api, Client};
@@ -105,7 +107,16 @@ pub async fn run(client: Client, config: Config) {
         replica_sets.subscribe(),
         pods.subscribe(),
     );
+    let mut jobs = Informer::<Job>::new(Api::all(client.clone()));
+    let job = job::run(
+        shared.clone(),
+        jobs.store(),
+        jobs.subscribe(),
+        pods.subscribe(),
+    );
     tokio::join!(
+        jobs.run(),
+        job,
         pods.run(),
         replica_sets.run(),
         deployments.run(),
