@@ -16,11 +16,12 @@ pub mod ownership;
 pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
-    apps::v1::{Deployment, ReplicaSet},
+    apps::v1::{Deployment, ReplicaSet, StatefulSet},
     batch::v1::Job,
     core::v1::Pod,
 };
@@ -114,7 +115,16 @@ pub async fn run(client: Client, config: Config) {
         jobs.subscribe(),
         pods.subscribe(),
     );
+    let mut stateful_sets = Informer::<StatefulSet>::new(Api::all(client.clone()));
+    let sts = statefulset::run(
+        shared.clone(),
+        stateful_sets.store(),
+        stateful_sets.subscribe(),
+        pods.subscribe(),
+    );
     tokio::join!(
+        stateful_sets.run(),
+        sts,
         jobs.run(),
         job,
         pods.run(),

@@ -98,6 +98,12 @@ fn prepare(pod: &PodInfo, c: &TopologySpreadConstraint, cache: &Cache) -> Constr
     }
 }
 
+const PER_POD_LABELS: [&str; 3] = [
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "batch.kubernetes.io/job-completion-index",
+];
+
 /// kube-scheduler's system default constraints for pods a controller manages (soft:
 /// they only score): spread over hosts with skew 3 and zones with skew 5. The selector is
 /// the pod's own labels, which for workload pods name their controller's pods.
@@ -108,11 +114,18 @@ fn default_constraints(pod: &PodInfo) -> Vec<TopologySpreadConstraint> {
         .owner_references
         .as_ref()
         .is_some_and(|refs| refs.iter().any(|r| r.controller == Some(true)));
-    if !managed || pod.labels().is_empty() {
+    // Labels that differ per pod of one controller say nothing about the group.
+    let labels: BTreeMap<String, String> = pod
+        .labels()
+        .iter()
+        .filter(|(k, _)| !PER_POD_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !managed || labels.is_empty() {
         return Vec::new();
     }
     let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
-        match_labels: Some(pod.labels().clone()),
+        match_labels: Some(labels),
         match_expressions: None,
     };
     [
