@@ -3,6 +3,7 @@
 //! CronJob, Endpoints, nodes, namespaces, garbage collection, quotas), each talking to the
 //! API server through the `kube` crate like any client.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod events;
 pub mod expectations;
@@ -13,6 +14,7 @@ pub mod kinds;
 pub mod leader;
 pub mod namespace;
 pub mod ownership;
+pub mod placement;
 pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
@@ -21,9 +23,9 @@ pub mod statefulset;
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
-    apps::v1::{Deployment, ReplicaSet, StatefulSet},
+    apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
     batch::v1::Job,
-    core::v1::Pod,
+    core::v1::{Node, Pod},
 };
 use kube::{Api, Client};
 
@@ -61,6 +63,8 @@ pub struct Shared {
     pub config: Config,
     /// Every pod in the cluster.
     pub pods: kube::runtime::reflector::Store<Pod>,
+    /// Every node.
+    pub nodes: kube::runtime::reflector::Store<Node>,
     /// Every ReplicaSet in the cluster.
     pub replica_sets: kube::runtime::reflector::Store<ReplicaSet>,
 }
@@ -88,10 +92,12 @@ pub enum Error {
 pub async fn run(client: Client, config: Config) {
     let mut pods = Informer::<Pod>::new(Api::all(client.clone()));
     let mut replica_sets = Informer::<ReplicaSet>::new(Api::all(client.clone()));
+    let mut nodes = Informer::<Node>::new(Api::all(client.clone()));
     let shared = Arc::new(Shared {
         client: client.clone(),
         config,
         pods: pods.store(),
+        nodes: nodes.store(),
         replica_sets: replica_sets.store(),
     });
     let rs = replicaset::run(
@@ -122,7 +128,18 @@ pub async fn run(client: Client, config: Config) {
         stateful_sets.subscribe(),
         pods.subscribe(),
     );
+    let mut daemon_sets = Informer::<DaemonSet>::new(Api::all(client.clone()));
+    let ds = daemonset::run(
+        shared.clone(),
+        daemon_sets.store(),
+        daemon_sets.subscribe(),
+        pods.subscribe(),
+        nodes.subscribe(),
+    );
     tokio::join!(
+        nodes.run(),
+        daemon_sets.run(),
+        ds,
         stateful_sets.run(),
         sts,
         jobs.run(),

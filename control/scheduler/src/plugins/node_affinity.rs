@@ -1,87 +1,20 @@
 //! `NodeAffinity`: `nodeSelector` and required node affinity rule nodes out; preferred
 //! node affinity terms add their weights to a node's score.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm};
+pub use skiff_controllers::placement::{requirement_matches, term_matches};
 
 use crate::{
     cache::{Cache, NodeInfo},
     framework::{Plugin, PodInfo, Reason, State},
 };
 
-/// Whether one node selector requirement holds for a node's labels (or its name, for
-/// `matchFields` on `metadata.name`).
-#[must_use]
-pub fn requirement_matches(req: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = req.values.as_deref().unwrap_or_default();
-    match req.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if req.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Whether a node selector term selects the node (an empty term selects nothing).
-#[must_use]
-pub fn term_matches(
-    term: &NodeSelectorTerm,
-    labels: &BTreeMap<String, String>,
-    name: &str,
-) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-        && fields
-            .iter()
-            .all(|r| requirement_matches(r, (r.key == "metadata.name").then_some(name)))
-}
-
 /// Whether the pod's `nodeSelector` and required node affinity admit `node`.
 #[must_use]
 pub fn required_matches(pod: &PodInfo, node: &NodeInfo) -> bool {
-    let Some(spec) = pod.pod.spec.as_ref() else {
-        return true;
-    };
-    let labels = node.labels();
-    if let Some(selector) = &spec.node_selector
-        && !selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-    {
-        return false;
-    }
-    let required = spec
-        .affinity
+    pod.pod
+        .spec
         .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    required.is_none_or(|r| {
-        r.node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, labels, node.name()))
-    })
+        .is_none_or(|spec| skiff_controllers::placement::admits(spec, &node.node))
 }
 
 /// The `NodeAffinity` filter and score.
@@ -140,7 +73,8 @@ impl Plugin for NodeAffinity {
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{
-        Affinity, NodeAffinity as Spec, NodeSelector, PreferredSchedulingTerm,
+        Affinity, NodeAffinity as Spec, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+        PreferredSchedulingTerm,
     };
 
     use super::*;

@@ -2,33 +2,12 @@
 //! them; PreferNoSchedule taints only lower a node's score.
 
 use k8s_openapi::api::core::v1::{Taint, Toleration};
+pub use skiff_controllers::placement::tolerates;
 
 use crate::{
     cache::{Cache, NodeInfo},
     framework::{MAX_SCORE, Plugin, PodInfo, Reason, State},
 };
-
-/// Whether `toleration` tolerates `taint` (key, operator Equal/Exists, value, effect).
-#[must_use]
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or_default();
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        _ => {
-            key == taint.key
-                && toleration.value.as_deref().unwrap_or_default()
-                    == taint.value.as_deref().unwrap_or_default()
-        }
-    }
-}
 
 fn tolerations(pod: &PodInfo) -> &[Toleration] {
     pod.pod
