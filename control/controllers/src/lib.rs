@@ -13,6 +13,8 @@ pub mod job;
 pub mod kinds;
 pub mod leader;
 pub mod namespace;
+pub mod node_ipam;
+pub mod node_lifecycle;
 pub mod ownership;
 pub mod placement;
 pub mod pods;
@@ -25,6 +27,7 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
     batch::v1::Job,
+    coordination::v1::Lease,
     core::v1::{Node, Pod},
 };
 use kube::{Api, Client};
@@ -136,7 +139,12 @@ pub async fn run(client: Client, config: Config) {
         pods.subscribe(),
         nodes.subscribe(),
     );
+    let mut leases = Informer::<Lease>::new(Api::namespaced(client.clone(), "kube-node-lease"));
+    let lifecycle = node_lifecycle::run(shared.clone(), leases.store());
     tokio::join!(
+        leases.run(),
+        lifecycle,
+        node_ipam::run(shared.clone()),
         nodes.run(),
         daemon_sets.run(),
         ds,
