@@ -306,6 +306,35 @@ const JOB: Schema = Schema {
     ],
 };
 
+const SCOPED_REQUIREMENT: Schema = Schema {
+    name: "ScopedResourceSelectorRequirement",
+    fields: &[
+        f(1, "scopeName", Ty::Str),
+        f(2, "operator", Ty::Str),
+        list(3, "values", Ty::Str),
+    ],
+};
+const SCOPE_SELECTOR: Schema = Schema {
+    name: "ScopeSelector",
+    fields: &[list(1, "matchExpressions", Ty::Msg(&SCOPED_REQUIREMENT))],
+};
+const RESOURCE_QUOTA_SPEC: Schema = Schema {
+    name: "ResourceQuotaSpec",
+    fields: &[
+        f(1, "hard", Ty::MapQuantity),
+        list(2, "scopes", Ty::Str),
+        f(3, "scopeSelector", Ty::Msg(&SCOPE_SELECTOR)),
+    ],
+};
+const RESOURCE_QUOTA: Schema = Schema {
+    name: "ResourceQuota",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&RESOURCE_QUOTA_SPEC)),
+        f(3, "status", Ty::Msg(&EMPTY)),
+    ],
+};
+
 /// The kinds decoded from protobuf, by `kind`.
 fn schema_of(kind: &str) -> Option<&'static Schema> {
     Some(match kind {
@@ -316,6 +345,7 @@ fn schema_of(kind: &str) -> Option<&'static Schema> {
         "Service" => &SERVICE,
         "Deployment" => &DEPLOYMENT,
         "Job" => &JOB,
+        "ResourceQuota" => &RESOURCE_QUOTA,
         _ => return None,
     })
 }

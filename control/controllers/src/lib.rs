@@ -19,6 +19,7 @@ pub mod ownership;
 pub mod placement;
 pub mod pods;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod serviceaccount;
 pub mod statefulset;
 
@@ -141,7 +142,9 @@ pub async fn run(client: Client, config: Config) {
     );
     let mut leases = Informer::<Lease>::new(Api::namespaced(client.clone(), "kube-node-lease"));
     let lifecycle = node_lifecycle::run(shared.clone(), leases.store());
+    let quotas = resourcequota::run(shared.clone(), pods.subscribe());
     tokio::join!(
+        quotas,
         leases.run(),
         lifecycle,
         node_ipam::run(shared.clone()),

@@ -7,7 +7,6 @@ pub mod cache;
 pub mod framework;
 pub mod plugins;
 pub mod preemption;
-pub mod quantity;
 pub mod queue;
 pub mod resources;
 mod scheduler;

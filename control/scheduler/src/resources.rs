@@ -6,8 +6,7 @@ use k8s_openapi::{
     api::core::v1::{Container, Pod},
     apimachinery::pkg::api::resource::Quantity,
 };
-
-use crate::quantity::parse_milli;
+use skiff_machinery::quantity::parse_milli;
 
 /// A bundle of resources, every amount in milli-units.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

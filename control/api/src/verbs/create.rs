@@ -71,7 +71,9 @@ pub async fn create_object(
     }
     admit::admit_create(info, &mut obj)?;
     if info.namespaced {
-        ensure_namespace_open(ctx, objects::namespace_of(&obj).unwrap_or("")).await?;
+        let namespace = objects::namespace_of(&obj).unwrap_or("").to_owned();
+        ensure_namespace_open(ctx, &namespace).await?;
+        super::quota::admit(ctx, info, &namespace, &obj).await?;
     }
     let meta = obj["metadata"]
         .as_object_mut()

@@ -4,6 +4,7 @@ mod admit;
 mod create;
 mod delete;
 mod patch;
+mod quota;
 mod read;
 mod service;
 mod subresource;
