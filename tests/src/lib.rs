@@ -7,6 +7,7 @@ pub mod control;
 pub mod etcd;
 pub mod netns;
 pub mod process;
+pub mod sim;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,516 @@
+//! The scheduler and controllers end to end: a real `control` process, simulated nodes
+//! (`node --simulate`), unmodified kubectl. No root needed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use anyhow::{Result, ensure};
+use serde_json::Value;
+use skiff_tests::{
+    control::ControlPlane,
+    sim::{SimNodes, condition, get_json, items, name, ready_pods, wait_for},
+};
+
+const WAIT: Duration = Duration::from_mins(1);
+
+fn deployment(name: &str, replicas: u32, image: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+{extra_spec}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers: [{{name: c, image: {image}}}]
+"
+    )
+}
+
+fn per_node(pods: &[(String, String)]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, node) in pods {
+        *counts.entry(node.clone()).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_deployment_of_ten_replicas_spreads_over_the_nodes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let _nodes = SimNodes::start(&cp, 3, "sim-", &[])?;
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(&deployment("web", 10, "busybox", "")),
+    )?;
+    let pods = wait_for("10 ready replicas", WAIT, || {
+        let pods = ready_pods(&cp, "default", "app=web")?;
+        Ok((pods.len() == 10).then_some(pods))
+    })?;
+    let counts = per_node(&pods);
+    ensure!(
+        counts.len() == 3 && counts.values().all(|n| *n >= 3),
+        "not spread: {counts:?}"
+    );
+    let deploy = get_json(&cp, "/apis/apps/v1/namespaces/default/deployments/web")?;
+    ensure!(
+        deploy.pointer("/status/availableReplicas") == Some(&Value::from(10)),
+        "{deploy}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_rolling_update_keeps_enough_ready_pods_and_rollout_commands_work() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    // Pods take a moment to start, so the rollout has intermediate states to observe.
+    let _nodes = SimNodes::start(&cp, 3, "sim-", &["--pod-startup-ms", "400"])?;
+    let strategy =
+        "  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 2, maxUnavailable: 2}}";
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(&deployment("web", 10, "busybox:1", strategy)),
+    )?;
+    cp.ok(
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+        None,
+    )?;
+
+    cp.ok(&["set", "image", "deployment/web", "c=busybox:2"], None)?;
+    let mut lowest = usize::MAX;
+    wait_for("the rollout to finish", WAIT, || {
+        lowest = lowest.min(ready_pods(&cp, "default", "app=web")?.len());
+        let d = get_json(&cp, "/apis/apps/v1/namespaces/default/deployments/web")?;
+        let updated = d.pointer("/status/updatedReplicas").and_then(Value::as_i64);
+        let available = d
+            .pointer("/status/availableReplicas")
+            .and_then(Value::as_i64);
+        let total = d.pointer("/status/replicas").and_then(Value::as_i64);
+        Ok((updated == Some(10) && available == Some(10) && total == Some(10)).then_some(()))
+    })?;
+    ensure!(
+        lowest >= 8,
+        "ready pods fell to {lowest}, below replicas - maxUnavailable = 8"
+    );
+    let status = cp.ok(
+        &["rollout", "status", "deployment/web", "--timeout=30s"],
+        None,
+    )?;
+    ensure!(status.contains("successfully rolled out"), "{status}");
+
+    let history = cp.ok(&["rollout", "history", "deployment/web"], None)?;
+    ensure!(
+        history.contains("\n1 ") && history.contains("\n2 "),
+        "history: {history}"
+    );
+    cp.ok(&["rollout", "undo", "deployment/web"], None)?;
+    cp.ok(
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+        None,
+    )?;
+    let image = cp.ok(
+        &[
+            "get",
+            "deployment/web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+        None,
+    )?;
+    ensure!(image == "busybox:1", "undo left image {image}");
+    let history = cp.ok(&["rollout", "history", "deployment/web"], None)?;
+    ensure!(
+        history.contains("\n2 ") && history.contains("\n3 ") && !history.contains("\n1 "),
+        "history after undo: {history}"
+    );
+    Ok(())
+}
+
+fn ordinals(cp: &ControlPlane) -> Result<BTreeSet<u32>> {
+    let list = get_json(cp, "/api/v1/namespaces/default/pods?labelSelector=app=db")?;
+    Ok(items(&list)
+        .iter()
+        .filter_map(|p| name(p).strip_prefix("db-")?.parse().ok())
+        .collect())
+}
+
+fn is_prefix(set: &BTreeSet<u32>) -> bool {
+    set.iter()
+        .copied()
+        .eq(0..u32::try_from(set.len()).unwrap_or(0))
+}
+
+#[test]
+fn a_statefulset_scales_up_in_order_and_down_in_reverse() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let _nodes = SimNodes::start(&cp, 2, "sim-", &["--pod-startup-ms", "300"])?;
+    let manifest = "apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 4
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: c, image: busybox}]
+";
+    cp.ok(&["apply", "-f", "-"], Some(manifest))?;
+    let mut seen = Vec::new();
+    wait_for("4 pods", WAIT, || {
+        let set = ordinals(&cp)?;
+        ensure!(is_prefix(&set), "pods not created in order: {set:?}");
+        if seen.last() != Some(&set) {
+            seen.push(set.clone());
+        }
+        Ok((ready_pods(&cp, "default", "app=db")?.len() == 4).then_some(()))
+    })?;
+    ensure!(
+        seen.len() >= 3,
+        "creation was not one pod at a time: {seen:?}"
+    );
+    cp.ok(&["scale", "statefulset/db", "--replicas=1"], None)?;
+    wait_for("one pod left", WAIT, || {
+        let set = ordinals(&cp)?;
+        ensure!(
+            is_prefix(&set),
+            "pods not removed from the highest ordinal: {set:?}"
+        );
+        Ok((set.len() == 1).then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_daemonset_follows_nodes_that_join_and_leave() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let _nodes = SimNodes::start(&cp, 2, "sim-", &[])?;
+    let manifest = "apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: c, image: busybox}]
+";
+    cp.ok(&["apply", "-f", "-"], Some(manifest))?;
+    let on_nodes = |want: &[&str]| -> Result<Option<()>> {
+        let nodes: BTreeSet<String> = ready_pods(&cp, "default", "app=agent")?
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
+        Ok((nodes == want).then_some(()))
+    };
+    wait_for("a daemon pod per node", WAIT, || {
+        on_nodes(&["sim-0", "sim-1"])
+    })?;
+    let mut extra = SimNodes::start(&cp, 1, "extra-", &[])?;
+    wait_for("a daemon pod on the new node", WAIT, || {
+        on_nodes(&["extra-0", "sim-0", "sim-1"])
+    })?;
+    extra.kill();
+    cp.ok(&["delete", "node", "extra-0"], None)?;
+    wait_for("the daemon pod of the removed node gone", WAIT, || {
+        let all = items(&get_json(
+            &cp,
+            "/api/v1/namespaces/default/pods?labelSelector=app=agent",
+        )?);
+        let stale = all
+            .iter()
+            .any(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some("extra-0"));
+        Ok((!stale && on_nodes(&["sim-0", "sim-1"])?.is_some()).then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_failing_job_is_retried_up_to_its_backoff_limit() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let _nodes = SimNodes::start(&cp, 1, "sim-", &[])?;
+    let manifest = "apiVersion: batch/v1
+kind: Job
+metadata: {name: flaky}
+spec:
+  backoffLimit: 1
+  template:
+    metadata:
+      annotations: {skiff.io/sim-run-seconds: \"1\", skiff.io/sim-exit-code: \"3\"}
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox}]
+";
+    cp.ok(&["apply", "-f", "-"], Some(manifest))?;
+    let job = wait_for("the job to fail", WAIT, || {
+        let job = get_json(&cp, "/apis/batch/v1/namespaces/default/jobs/flaky")?;
+        Ok((condition(&job, "Failed") == Some("True")).then_some(job))
+    })?;
+    ensure!(
+        job.pointer("/status/failed") == Some(&Value::from(2)),
+        "{job}"
+    );
+    let reason = job
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c["type"] == "Failed"))
+        .and_then(|c| c["reason"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(reason == "BackoffLimitExceeded", "reason {reason}");
+    let pods = items(&get_json(
+        &cp,
+        "/api/v1/namespaces/default/pods?labelSelector=job-name=flaky",
+    )?);
+    ensure!(
+        pods.len() == 2,
+        "one try plus one retry, got {} pods",
+        pods.len()
+    );
+    let table = cp.ok(&["get", "job", "flaky"], None)?;
+    ensure!(table.contains("Failed"), "{table}");
+    Ok(())
+}
+
+#[test]
+fn a_pod_that_fits_nowhere_stays_pending_with_the_reason() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let _nodes = SimNodes::start(&cp, 3, "small-", &["--cpu", "1"])?;
+    let pod = "apiVersion: v1
+kind: Pod
+metadata: {name: big}
+spec:
+  containers: [{name: c, image: busybox, resources: {requests: {cpu: \"2\"}}}]
+";
+    cp.ok(&["apply", "-f", "-"], Some(pod))?;
+    let message = wait_for("FailedScheduling", WAIT, || {
+        let events = items(&get_json(
+            &cp,
+            "/api/v1/namespaces/default/events?fieldSelector=reason%3DFailedScheduling",
+        )?);
+        Ok(events
+            .first()
+            .and_then(|e| e["message"].as_str())
+            .map(str::to_owned))
+    })?;
+    ensure!(
+        message == "0/3 nodes are available: 3 Insufficient cpu.",
+        "{message}"
+    );
+    let pod = get_json(&cp, "/api/v1/namespaces/default/pods/big")?;
+    ensure!(
+        pod.pointer("/status/phase") == Some(&Value::from("Pending")),
+        "{pod}"
+    );
+    ensure!(condition(&pod, "PodScheduled") == Some("False"), "{pod}");
+    let described = cp.ok(&["describe", "pod", "big"], None)?;
+    ensure!(
+        described.contains("FailedScheduling") && described.contains("Insufficient cpu"),
+        "{described}"
+    );
+    // A node that can hold it lets it run: the parked pod is retried on the node event.
+    let _big = SimNodes::start(&cp, 1, "big-", &["--cpu", "4"])?;
+    wait_for("the pod scheduled on the new node", WAIT, || {
+        let pods = ready_pods(&cp, "default", "")?;
+        Ok(pods
+            .iter()
+            .any(|(n, node)| n == "big" && node == "big-0")
+            .then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_node_that_stops_renewing_its_lease_loses_its_pods_to_other_nodes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start_with(
+        dir.path(),
+        &[
+            "--node-monitor-grace-period-seconds",
+            "3",
+            "--default-toleration-seconds",
+            "1",
+        ],
+    )?;
+    let _healthy = SimNodes::start(&cp, 2, "sim-", &[])?;
+    let mut doomed = SimNodes::start(&cp, 1, "doomed-", &[])?;
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(&deployment("web", 6, "busybox", "")),
+    )?;
+    wait_for("pods on the doomed node", WAIT, || {
+        let pods = ready_pods(&cp, "default", "app=web")?;
+        Ok((pods.len() == 6 && pods.iter().any(|(_, n)| n == "doomed-0")).then_some(()))
+    })?;
+    doomed.kill();
+    wait_for("the node to turn NotReady", WAIT, || {
+        let node = get_json(&cp, "/api/v1/nodes/doomed-0")?;
+        Ok((condition(&node, "Ready") == Some("Unknown")).then_some(()))
+    })?;
+    wait_for("six ready pods on the healthy nodes", WAIT, || {
+        let pods = ready_pods(&cp, "default", "app=web")?;
+        Ok((pods.len() == 6 && pods.iter().all(|(_, n)| n.starts_with("sim-"))).then_some(()))
+    })?;
+    let taints = cp.ok(
+        &[
+            "get",
+            "node",
+            "doomed-0",
+            "-o",
+            "jsonpath={.spec.taints[*].key}",
+        ],
+        None,
+    )?;
+    ensure!(
+        taints.contains("node.kubernetes.io/unreachable"),
+        "{taints}"
+    );
+    Ok(())
+}
+
+#[test]
+fn deleting_a_namespace_removes_everything_in_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let _nodes = SimNodes::start(&cp, 1, "sim-", &[])?;
+    cp.ok(&["create", "namespace", "team"], None)?;
+    cp.ok(
+        &["-n", "team", "apply", "-f", "-"],
+        Some(&deployment("web", 2, "busybox", "")),
+    )?;
+    cp.ok(
+        &[
+            "-n",
+            "team",
+            "create",
+            "configmap",
+            "settings",
+            "--from-literal=a=b",
+        ],
+        None,
+    )?;
+    wait_for("the default service account", WAIT, || {
+        Ok(
+            (get_json(&cp, "/api/v1/namespaces/team/serviceaccounts/default")? != Value::Null)
+                .then_some(()),
+        )
+    })?;
+    wait_for("two ready pods", WAIT, || {
+        Ok((ready_pods(&cp, "team", "app=web")?.len() == 2).then_some(()))
+    })?;
+    cp.ok(&["delete", "namespace", "team", "--timeout=60s"], None)?;
+    ensure!(
+        get_json(&cp, "/api/v1/namespaces/team")? == Value::Null,
+        "namespace still there"
+    );
+    for path in [
+        "/api/v1/namespaces/team/pods",
+        "/apis/apps/v1/namespaces/team/replicasets",
+        "/api/v1/namespaces/team/configmaps",
+    ] {
+        let left = items(&get_json(&cp, path)?);
+        ensure!(left.is_empty(), "{path} still has {left:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn foreground_deletion_removes_the_dependents_before_the_owner() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let _nodes = SimNodes::start(&cp, 1, "sim-", &[])?;
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(&deployment("web", 3, "busybox", "")),
+    )?;
+    wait_for("three ready pods", WAIT, || {
+        Ok((ready_pods(&cp, "default", "app=web")?.len() == 3).then_some(()))
+    })?;
+    cp.ok(
+        &[
+            "delete",
+            "deployment",
+            "web",
+            "--cascade=foreground",
+            "--wait=false",
+        ],
+        None,
+    )?;
+    // The owner stays, marked, while its dependents go.
+    let deploy = get_json(&cp, "/apis/apps/v1/namespaces/default/deployments/web")?;
+    let finalizers = deploy
+        .pointer("/metadata/finalizers")
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        finalizers.to_string().contains("foregroundDeletion"),
+        "{deploy}"
+    );
+    ensure!(
+        deploy.pointer("/metadata/deletionTimestamp").is_some(),
+        "{deploy}"
+    );
+    wait_for("the deployment and its dependents gone", WAIT, || {
+        let deploy = get_json(&cp, "/apis/apps/v1/namespaces/default/deployments/web")?;
+        let sets = items(&get_json(
+            &cp,
+            "/apis/apps/v1/namespaces/default/replicasets",
+        )?);
+        let pods = items(&get_json(&cp, "/api/v1/namespaces/default/pods")?);
+        // Foreground: the owner outlives every dependent.
+        ensure!(
+            deploy != Value::Null || (sets.is_empty() && pods.is_empty()),
+            "owner gone before {} sets / {} pods",
+            sets.len(),
+            pods.len()
+        );
+        Ok((deploy == Value::Null && sets.is_empty() && pods.is_empty()).then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_quota_refuses_the_pod_over_its_limit() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    cp.ok(
+        &["create", "quota", "small", "--hard=pods=2,requests.cpu=1"],
+        None,
+    )?;
+    for name in ["a", "b"] {
+        cp.ok(&["run", name, "--image=busybox", "--overrides={\"spec\":{\"containers\":[{\"name\":\"c\",\"image\":\"busybox\",\"resources\":{\"requests\":{\"cpu\":\"300m\"}}}]}}"], None)?;
+    }
+    let out = cp.run(&["run", "c", "--image=busybox"], None)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "third pod admitted");
+    ensure!(
+        stderr.contains("Forbidden")
+            && stderr.contains(
+                "exceeded quota: small, requested: pods=1, used: pods=2, limited: pods=2"
+            ),
+        "{stderr}"
+    );
+    ensure!(
+        get_json(&cp, "/api/v1/namespaces/default/pods/c")? == Value::Null,
+        "refused pod stored"
+    );
+    wait_for("quota usage in status", WAIT, || {
+        let q = get_json(&cp, "/api/v1/namespaces/default/resourcequotas/small")?;
+        let used = q.pointer("/status/used").cloned().unwrap_or_default();
+        Ok((used["pods"] == "2" && used["requests.cpu"] == "600m").then_some(()))
+    })?;
+    Ok(())
+}
