@@ -58,11 +58,10 @@ fn a_deployment_of_ten_replicas_spreads_over_the_nodes() -> Result<()> {
         counts.len() == 3 && counts.values().all(|n| *n >= 3),
         "not spread: {counts:?}"
     );
-    let deploy = get_json(&cp, "/apis/apps/v1/namespaces/default/deployments/web")?;
-    ensure!(
-        deploy.pointer("/status/availableReplicas") == Some(&Value::from(10)),
-        "{deploy}"
-    );
+    wait_for("the deployment to report 10 available", WAIT, || {
+        let deploy = get_json(&cp, "/apis/apps/v1/namespaces/default/deployments/web")?;
+        Ok((deploy.pointer("/status/availableReplicas") == Some(&Value::from(10))).then_some(()))
+    })?;
     Ok(())
 }
 

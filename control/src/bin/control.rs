@@ -164,6 +164,11 @@ fn self_client(addr: SocketAddr) -> Result<kube::Client> {
     let url: http::Uri = format!("http://{host}").parse().context("API URL")?;
     let mut config = kube::Config::new(url);
     config.read_timeout = Some(Duration::from_mins(5));
+    // The field manager and event source writes are recorded under, as Kubernetes'.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("kube-controller-manager/v1.33.0-skiff"),
+    ));
     kube::Client::try_from(config).context("building the API client")
 }
 

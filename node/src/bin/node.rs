@@ -83,6 +83,11 @@ async fn client(args: &Args) -> Result<kube::Client> {
             None => kube::Config::from_kubeconfig(&options).await?,
         }
     };
+    let mut config = config;
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("kubelet/v1.33.0-skiff-sim"),
+    ));
     kube::Client::try_from(config).context("building the API client")
 }
 
