@@ -5,6 +5,8 @@
 
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod events;
 pub mod expectations;
 pub mod garbage_collector;
@@ -144,6 +146,8 @@ pub async fn run(client: Client, config: Config) {
     let lifecycle = node_lifecycle::run(shared.clone(), leases.store());
     let quotas = resourcequota::run(shared.clone(), pods.subscribe());
     tokio::join!(
+        endpoints::run(shared.clone(), pods.subscribe()),
+        endpointslice::run(shared.clone(), pods.subscribe()),
         quotas,
         leases.run(),
         lifecycle,
