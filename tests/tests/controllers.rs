@@ -513,3 +513,44 @@ fn a_quota_refuses_the_pod_over_its_limit() -> Result<()> {
     })?;
     Ok(())
 }
+
+#[test]
+fn a_cronjob_starts_a_job_on_schedule() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let _nodes = SimNodes::start(&cp, 1, "sim-", &[])?;
+    let manifest = "apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: \"* * * * *\"
+  concurrencyPolicy: Forbid
+  jobTemplate:
+    spec:
+      template:
+        metadata:
+          annotations: {skiff.io/sim-run-seconds: \"1\", skiff.io/sim-exit-code: \"0\"}
+        spec:
+          restartPolicy: Never
+          containers: [{name: c, image: busybox}]
+";
+    cp.ok(&["apply", "-f", "-"], Some(manifest))?;
+    // The next minute boundary comes within 60 s.
+    let job = wait_for("a job from the cronjob", Duration::from_secs(75), || {
+        let jobs = items(&get_json(&cp, "/apis/batch/v1/namespaces/default/jobs")?);
+        Ok(jobs.into_iter().find(|j| name(j).starts_with("tick-")))
+    })?;
+    let owner = job
+        .pointer("/metadata/ownerReferences/0/kind")
+        .and_then(Value::as_str);
+    ensure!(owner == Some("CronJob"), "{job}");
+    wait_for("the cronjob to record a success", WAIT, || {
+        let cj = get_json(&cp, "/apis/batch/v1/namespaces/default/cronjobs/tick")?;
+        let scheduled = cj.pointer("/status/lastScheduleTime").is_some();
+        let succeeded = cj
+            .pointer("/status/lastSuccessfulTime")
+            .is_some_and(|t| !t.is_null());
+        Ok((scheduled && succeeded).then_some(()))
+    })?;
+    Ok(())
+}

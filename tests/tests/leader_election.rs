@@ -73,7 +73,7 @@ spec:
         seen.extend(pods.iter().map(|p| name(p).to_owned()));
         Ok(pods.len())
     };
-    wait_for("four ready pods", Duration::from_secs(60), || {
+    wait_for("four ready pods", Duration::from_mins(1), || {
         observe(&second)?;
         Ok((ready_pods(&second, "default", "app=web")?.len() == 4).then_some(()))
     })?;
@@ -92,7 +92,7 @@ spec:
     second.ok(&["scale", "deployment/web", "--replicas=8"], None)?;
     wait_for(
         "eight ready pods under the new leader",
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         || {
             observe(&second)?;
             Ok((ready_pods(&second, "default", "app=web")?.len() == 8).then_some(()))

@@ -3,6 +3,7 @@
 //! CronJob, Endpoints, nodes, namespaces, garbage collection, quotas), each talking to the
 //! API server through the `kube` crate like any client.
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -121,6 +122,7 @@ pub async fn run(client: Client, config: Config) {
         pods.subscribe(),
     );
     let mut jobs = Informer::<Job>::new(Api::all(client.clone()));
+    let cron = cronjob::run(shared.clone(), jobs.store(), jobs.subscribe());
     let job = job::run(
         shared.clone(),
         jobs.store(),
@@ -159,6 +161,7 @@ pub async fn run(client: Client, config: Config) {
         sts,
         jobs.run(),
         job,
+        cron,
         pods.run(),
         replica_sets.run(),
         deployments.run(),
