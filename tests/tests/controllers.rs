@@ -554,3 +554,115 @@ spec:
     })?;
     Ok(())
 }
+
+#[test]
+fn a_service_lists_its_ready_pods_in_endpoints_and_slices() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let _nodes = SimNodes::start(&cp, 2, "sim-", &[])?;
+    let manifest = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: busybox, ports: [{name: http, containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+";
+    cp.ok(&["apply", "-f", "-"], Some(manifest))?;
+    let ips = wait_for("three endpoint addresses", WAIT, || {
+        let ep = get_json(&cp, "/api/v1/namespaces/default/endpoints/web")?;
+        let addresses = ep
+            .pointer("/subsets/0/addresses")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        Ok((addresses.len() == 3).then_some(ep))
+    })?;
+    // The named target port is resolved from the pods' container port.
+    ensure!(
+        ips.pointer("/subsets/0/ports/0/port") == Some(&Value::from(8080)),
+        "{ips}"
+    );
+    wait_for("one slice with three ready endpoints", WAIT, || {
+        let slices = items(&get_json(
+            &cp,
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name%3Dweb",
+        )?);
+        let ready = |s: &Value| {
+            let endpoints = s["endpoints"].as_array().cloned().unwrap_or_default();
+            endpoints.len() == 3 && endpoints.iter().all(|e| e["conditions"]["ready"] == true)
+        };
+        Ok((slices.len() == 1 && ready(&slices[0])).then_some(()))
+    })?;
+    cp.ok(&["scale", "deployment/web", "--replicas=1"], None)?;
+    wait_for("one endpoint address", WAIT, || {
+        let ep = get_json(&cp, "/api/v1/namespaces/default/endpoints/web")?;
+        let n = ep
+            .pointer("/subsets/0/addresses")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        Ok((n == 1).then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_high_priority_pod_preempts_a_lower_priority_one() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let _nodes = SimNodes::start(&cp, 1, "small-", &["--cpu", "2"])?;
+    let manifest = "apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: high}
+value: 1000
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: low}
+spec:
+  containers: [{name: c, image: busybox, resources: {requests: {cpu: \"1500m\"}}}]
+";
+    cp.ok(&["apply", "-f", "-"], Some(manifest))?;
+    wait_for("the low-priority pod running", WAIT, || {
+        Ok(ready_pods(&cp, "default", "")?
+            .iter()
+            .any(|(n, _)| n == "low")
+            .then_some(()))
+    })?;
+    let vip = "apiVersion: v1
+kind: Pod
+metadata: {name: vip}
+spec:
+  priorityClassName: high
+  containers: [{name: c, image: busybox, resources: {requests: {cpu: \"1500m\"}}}]
+";
+    cp.ok(&["apply", "-f", "-"], Some(vip))?;
+    wait_for(
+        "the high-priority pod running in the victim's place",
+        WAIT,
+        || {
+            let pods = ready_pods(&cp, "default", "")?;
+            let low_gone = get_json(&cp, "/api/v1/namespaces/default/pods/low")? == Value::Null;
+            Ok(
+                (low_gone && pods.iter().any(|(n, node)| n == "vip" && node == "small-0"))
+                    .then_some(()),
+            )
+        },
+    )?;
+    let events = items(&get_json(
+        &cp,
+        "/api/v1/namespaces/default/events?fieldSelector=reason%3DPreempted",
+    )?);
+    ensure!(!events.is_empty(), "no Preempted event");
+    Ok(())
+}
