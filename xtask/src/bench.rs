@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use crate::{build_ebpf, shell};
 
 /// The benchmarks and the harness binary each runs.
-const BENCHES: &[(&str, &str)] = &[("api", "api_bench")];
+const BENCHES: &[(&str, &str)] = &[("api", "api_bench"), ("scheduler", "scheduler_bench")];
 
 /// Builds and runs one benchmark.
 pub fn run(root: &Path, name: &str) -> Result<()> {

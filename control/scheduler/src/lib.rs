@@ -1,11 +1,14 @@
-//! skiff-scheduler places pods on nodes: it watches unscheduled pods, runs them through
-//! filter and score plugins against a snapshot of nodes and bound pods, and binds each to
-//! the best node through `pods/binding`, like kube-scheduler.
+//! skiff-scheduler places pods on nodes like kube-scheduler: it watches pods, nodes,
+//! `PriorityClasses` and namespaces into an incrementally kept cache, runs each unscheduled
+//! pod through filter and score plugins, binds it to the best node through
+//! `pods/binding`, and preempts lower-priority pods when nothing fits.
 
 pub mod binder;
 pub mod cache;
+pub mod events;
 pub mod framework;
 pub mod plugins;
+pub mod pod_info;
 pub mod preemption;
 pub mod queue;
 pub mod resources;

@@ -123,6 +123,43 @@ pub fn pod_requests(pod: &Pod) -> Resources {
     sum
 }
 
+/// kube-scheduler's stand-ins for a container that requests no cpu or memory (100m, 200Mi),
+/// so spreading scores still see pods without requests.
+const DEFAULT_CPU: i64 = 100;
+const DEFAULT_MEMORY: i64 = 200 * 1024 * 1024 * 1000;
+
+/// A pod's cpu and memory request with the stand-ins for containers that name none, as the
+/// scoring plugins count them.
+#[must_use]
+pub fn pod_non_zero(pod: &Pod) -> (i64, i64) {
+    let Some(spec) = pod.spec.as_ref() else {
+        return (DEFAULT_CPU, DEFAULT_MEMORY);
+    };
+    let non_zero = |c: &Container| {
+        let r = container_requests(c);
+        (
+            if r.cpu == 0 { DEFAULT_CPU } else { r.cpu },
+            if r.memory == 0 {
+                DEFAULT_MEMORY
+            } else {
+                r.memory
+            },
+        )
+    };
+    let (mut cpu, mut memory) = (0, 0);
+    for c in &spec.containers {
+        let (c, m) = non_zero(c);
+        cpu += c;
+        memory += m;
+    }
+    for c in spec.init_containers.iter().flatten() {
+        let (c, m) = non_zero(c);
+        cpu = cpu.max(c);
+        memory = memory.max(m);
+    }
+    (cpu, memory)
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{PodSpec, ResourceRequirements};
@@ -156,6 +193,22 @@ mod tests {
         assert_eq!(r.cpu, 500);
         assert_eq!(r.memory, 2 * 1024 * 1024 * 1000);
         assert_eq!(r.pods, 1);
+    }
+
+    #[test]
+    fn containers_without_requests_count_as_defaults_for_scoring() {
+        let pod = Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container::default(), container("1", "1Gi")],
+                ..PodSpec::default()
+            }),
+            ..Pod::default()
+        };
+        assert_eq!(
+            pod_non_zero(&pod),
+            (1100, (200 + 1024) * 1024 * 1024 * 1000)
+        );
+        assert_eq!(pod_requests(&pod).cpu, 1000);
     }
 
     #[test]

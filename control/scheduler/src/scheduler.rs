@@ -1,6 +1,7 @@
-//! The scheduling loop: watches feed the cache and the queue; the loop pops pods, decides
-//! under one lock (no copy of the cluster), assumes the pod on its node at once and binds
-//! in the background, several bindings in flight.
+//! The scheduling loop: watches feed the cache and the queue; the loop pops pods and
+//! decides under one lock (no copy of the cluster), assumes each pod on its node at once
+//! and binds in the background, several bindings in flight; events and status writes
+//! never hold up the next decision.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -8,30 +9,61 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
-    core::v1::{Node, Pod},
+    core::v1::{Namespace, Node, Pod},
     scheduling::v1::PriorityClass,
 };
 use kube::{
-    Api, Client, ResourceExt,
-    api::DeleteParams,
+    Api, Client, Resource, ResourceExt,
     runtime::{WatchStreamExt, watcher},
 };
+use serde::de::DeserializeOwned;
 use skiff_controllers::events::Recorder;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::{
-    Config, Error, binder,
+    Config, Error,
+    binder::{self, Nomination},
     cache::Cache,
-    framework::{Decision, Framework, PodInfo, nodes_to_find},
+    events::Events,
+    framework::{Cursor, Framework},
     plugins::default_framework,
-    preemption,
-    queue::{Backoff, Queue},
+    pod_info::PodInfo,
+    preemption::{self, Preemption},
+    queue::{Backoff, ClusterEvent, Queue},
 };
 
 /// Pods decided per lock hold, so watch events get the lock between batches.
 const BATCH: usize = 64;
+/// How often parked pods are checked for the unschedulable flush.
+const FLUSH_CHECK: Duration = Duration::from_secs(30);
+/// Concurrent status writes and evictions (bindings have their own limit).
+const PARALLEL_WRITES: usize = 8;
+/// Concurrent event writers.
+const EVENT_WRITERS: usize = 4;
+
+/// Which informers finished their initial list.
+#[derive(Debug, Default)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one flag per informer, read together"
+)]
+struct Synced {
+    pods: bool,
+    nodes: bool,
+    classes: bool,
+    namespaces: bool,
+}
+
+impl Synced {
+    fn all(&self) -> bool {
+        self.pods && self.nodes && self.classes && self.namespaces
+    }
+}
+
+/// A PriorityClass as pods use it: value and preemption policy.
+type Class = (i32, Option<String>);
 
 #[derive(Debug)]
 struct State {
@@ -39,17 +71,15 @@ struct State {
     queue: Queue,
     /// Pods assumed on a node while their binding is in flight: uid -> node.
     assumed: HashMap<String, String>,
-    /// PriorityClass name -> (value, preemptionPolicy).
-    classes: HashMap<String, (i32, Option<String>)>,
+    classes: HashMap<String, Class>,
     /// The globalDefault class, if any.
-    default_class: Option<(i32, Option<String>)>,
-    pods_synced: bool,
-    nodes_synced: bool,
+    default_class: Option<Class>,
+    synced: Synced,
     /// Objects seen during a re-list, to drop what vanished meanwhile.
     relist_pods: Option<HashSet<String>>,
     relist_nodes: Option<HashSet<String>>,
-    start: usize,
-    tie: u64,
+    cursor: Cursor,
+    preempt_start: usize,
 }
 
 type Shared = Arc<(Mutex<State>, Notify)>;
@@ -73,38 +103,97 @@ pub async fn run(client: Client, config: Config) -> Result<(), Error> {
             assumed: HashMap::new(),
             classes: HashMap::new(),
             default_class: None,
-            pods_synced: false,
-            nodes_synced: false,
+            synced: Synced::default(),
             relist_pods: None,
             relist_nodes: None,
-            start: 0,
-            tie: 0x9e37_79b9_7f4a_7c15,
+            cursor: Cursor::default(),
+            preempt_start: 0,
         }),
         Notify::new(),
     ));
     tracing::info!(scheduler = %config.scheduler_name, "scheduler started");
+    let ours = config.scheduler_name.clone();
     tokio::select! {
-        r = watch_pods(client.clone(), shared.clone(), config.scheduler_name.clone()) => r,
-        r = watch_nodes(client.clone(), shared.clone()) => r,
-        r = watch_classes(client.clone(), shared.clone()) => r,
+        r = watch(client.clone(), shared.clone(), "pods", move |s, e| on_pod_event(s, e, &ours)) => r,
+        r = watch(client.clone(), shared.clone(), "nodes", on_node_event) => r,
+        r = watch(client.clone(), shared.clone(), "priorityclasses", on_class_event) => r,
+        r = watch(client.clone(), shared.clone(), "namespaces", on_namespace_event) => r,
         () = schedule_loop(client, shared, config) => Ok(()),
     }
 }
 
-fn priority_of(state: &State, pod: &Pod) -> (i32, Option<String>) {
+/// Feeds one informer's events to `apply` under the lock, waking the loop after each.
+async fn watch<K>(
+    client: Client,
+    shared: Shared,
+    what: &'static str,
+    apply: impl Fn(&mut State, watcher::Event<K>),
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let api: Api<K> = Api::all(client);
+    let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
+    let mut events: std::pin::Pin<Box<dyn Stream<Item = _> + Send>> = Box::pin(events);
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::debug!(what, ?err, "watch error; retrying");
+                continue;
+            }
+        };
+        apply(&mut lock(&shared), event);
+        shared.1.notify_one();
+    }
+    Err(Error::WatchEnded(what))
+}
+
+/// A pod's priority and whether it may preempt: its own fields, else its PriorityClass,
+/// else the global default class (the API server's Priority admission may not have run).
+fn priority_of(state: &State, pod: &Pod) -> (i32, bool) {
     let spec = pod.spec.as_ref();
     let class = spec
         .and_then(|s| s.priority_class_name.as_deref())
-        .and_then(|name| state.classes.get(name).cloned())
-        .or_else(|| state.default_class.clone());
+        .and_then(|name| state.classes.get(name))
+        .or(state.default_class.as_ref());
     let priority = spec
         .and_then(|s| s.priority)
-        .or(class.as_ref().map(|c| c.0))
+        .or(class.map(|c| c.0))
         .unwrap_or(0);
     let policy = spec
-        .and_then(|s| s.preemption_policy.clone())
-        .or(class.and_then(|c| c.1));
-    (priority, policy)
+        .and_then(|s| s.preemption_policy.as_deref())
+        .or(class.and_then(|c| c.1.as_deref()));
+    (priority, policy != Some("Never"))
+}
+
+fn on_pod_event(state: &mut State, event: watcher::Event<Pod>, ours: &str) {
+    match event {
+        watcher::Event::Init => state.relist_pods = Some(HashSet::new()),
+        watcher::Event::InitApply(pod) => {
+            if let Some(seen) = state.relist_pods.as_mut() {
+                seen.insert(pod.uid().unwrap_or_default());
+            }
+            on_pod(state, pod, ours);
+        }
+        watcher::Event::InitDone => {
+            if let Some(seen) = state.relist_pods.take() {
+                let gone: Vec<String> = state
+                    .cache
+                    .pod_uids()
+                    .into_iter()
+                    .filter(|uid| !seen.contains(uid) && !state.assumed.contains_key(uid))
+                    .collect();
+                for uid in gone {
+                    on_pod_gone(state, &uid);
+                }
+                state.queue.retain(|uid| seen.contains(uid));
+            }
+            state.synced.pods = true;
+        }
+        watcher::Event::Apply(pod) => on_pod(state, pod, ours),
+        watcher::Event::Delete(pod) => on_pod_gone(state, &pod.uid().unwrap_or_default()),
+    }
 }
 
 fn on_pod(state: &mut State, pod: Pod, ours: &str) {
@@ -113,24 +202,26 @@ fn on_pod(state: &mut State, pod: Pod, ours: &str) {
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
     );
+    if terminal {
+        on_pod_gone(state, &uid);
+        return;
+    }
+    let (priority, may_preempt) = priority_of(state, &pod);
     let node = pod
         .spec
         .as_ref()
         .and_then(|s| s.node_name.clone())
         .filter(|n| !n.is_empty());
-    if terminal {
-        state.assumed.remove(&uid);
-        state.queue.remove(&uid);
-        if state.cache.node_of(&uid).is_some() {
-            state.cache.remove_pod(&uid);
-            state.queue.move_unschedulable();
-        }
-        return;
-    }
     if let Some(node) = node {
         state.assumed.remove(&uid);
         state.queue.remove(&uid);
-        state.cache.add_pod(Arc::new(pod), &node);
+        state.cache.clear_nomination(&uid);
+        let new = state.cache.node_of(&uid).is_none();
+        let info = PodInfo::new(Arc::new(pod), priority, may_preempt);
+        state.cache.add_pod(Arc::new(info), &node);
+        if new {
+            state.queue.on_event(ClusterEvent::PodPlaced);
+        }
         return;
     }
     let scheduler = pod
@@ -140,163 +231,109 @@ fn on_pod(state: &mut State, pod: Pod, ours: &str) {
         .unwrap_or("default-scheduler");
     if pod.metadata.deletion_timestamp.is_some() || scheduler != ours {
         state.queue.remove(&uid);
+        state.cache.clear_nomination(&uid);
         return;
     }
     if state.assumed.contains_key(&uid) {
+        // An older version of a pod whose binding is in flight.
         return;
     }
-    let (priority, policy) = priority_of(state, &pod);
-    let mut pod = pod;
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.priority = Some(priority);
-        if spec.preemption_policy.is_none() {
-            spec.preemption_policy = policy;
-        }
+    let info = Arc::new(PodInfo::new(Arc::new(pod), priority, may_preempt));
+    if let Some(node) = info.nominated_node() {
+        let node = node.to_owned();
+        state.cache.nominate(info.clone(), &node);
     }
-    state.queue.add(Arc::new(pod), priority);
+    state.queue.add(info);
 }
 
 fn on_pod_gone(state: &mut State, uid: &str) {
     state.assumed.remove(uid);
     state.queue.remove(uid);
-    if state.cache.node_of(uid).is_some() {
-        state.cache.remove_pod(uid);
-        state.queue.move_unschedulable();
+    state.cache.clear_nomination(uid);
+    if state.cache.remove_pod(uid).is_some() {
+        state.queue.on_event(ClusterEvent::PodGone);
     }
 }
 
-async fn watch_pods(client: Client, shared: Shared, ours: String) -> Result<(), Error> {
-    let api: Api<Pod> = Api::all(client);
-    let mut events =
-        std::pin::pin!(watcher(api, watcher::Config::default().any_semantic()).default_backoff());
-    while let Some(event) = events.next().await {
-        let Ok(event) = event else {
-            continue;
-        };
-        let mut state = lock(&shared);
-        match event {
-            watcher::Event::Init => state.relist_pods = Some(HashSet::new()),
-            watcher::Event::InitApply(pod) => {
-                if let Some(seen) = state.relist_pods.as_mut() {
-                    seen.insert(pod.uid().unwrap_or_default());
-                }
-                on_pod(&mut state, pod, &ours);
+fn on_node_event(state: &mut State, event: watcher::Event<Node>) {
+    match event {
+        watcher::Event::Init => state.relist_nodes = Some(HashSet::new()),
+        watcher::Event::InitApply(node) => {
+            if let Some(seen) = state.relist_nodes.as_mut() {
+                seen.insert(node.name_any());
             }
-            watcher::Event::InitDone => {
-                if let Some(seen) = state.relist_pods.take() {
-                    let gone: Vec<String> = state
-                        .cache
-                        .pod_uids()
-                        .into_iter()
-                        .filter(|uid| !seen.contains(uid) && !state.assumed.contains_key(uid))
-                        .collect();
-                    for uid in gone {
-                        on_pod_gone(&mut state, &uid);
-                    }
-                }
-                state.pods_synced = true;
-            }
-            watcher::Event::Apply(pod) => on_pod(&mut state, pod, &ours),
-            watcher::Event::Delete(pod) => on_pod_gone(&mut state, &pod.uid().unwrap_or_default()),
+            on_node(state, node);
         }
-        drop(state);
-        shared.1.notify_one();
+        watcher::Event::InitDone => {
+            if let Some(seen) = state.relist_nodes.take() {
+                let gone: Vec<String> = state
+                    .cache
+                    .nodes()
+                    .map(|n| n.name().to_owned())
+                    .filter(|n| !seen.contains(n))
+                    .collect();
+                for name in gone {
+                    state.cache.remove_node(&name);
+                }
+            }
+            state.synced.nodes = true;
+        }
+        watcher::Event::Apply(node) => on_node(state, node),
+        watcher::Event::Delete(node) => state.cache.remove_node(&node.name_any()),
     }
-    Err(Error::WatchEnded("pods"))
-}
-
-/// Whether a node change can make a parked pod fit.
-fn node_changed(old: &Node, new: &Node) -> bool {
-    let spec = |n: &Node| n.spec.as_ref().map(|s| (s.unschedulable, s.taints.clone()));
-    let alloc = |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.clone());
-    old.metadata.labels != new.metadata.labels || spec(old) != spec(new) || alloc(old) != alloc(new)
 }
 
 fn on_node(state: &mut State, node: Node) {
-    let changed = state
-        .cache
-        .node(&node.name_any())
-        .is_none_or(|info| node_changed(&info.node, &node));
-    state.cache.upsert_node(node);
-    if changed {
-        state.queue.move_unschedulable();
+    if state.cache.upsert_node(node) {
+        state.queue.on_event(ClusterEvent::NodeChanged);
     }
 }
 
-async fn watch_nodes(client: Client, shared: Shared) -> Result<(), Error> {
-    let api: Api<Node> = Api::all(client);
-    let mut events =
-        std::pin::pin!(watcher(api, watcher::Config::default().any_semantic()).default_backoff());
-    while let Some(event) = events.next().await {
-        let Ok(event) = event else {
-            continue;
-        };
-        let mut state = lock(&shared);
-        match event {
-            watcher::Event::Init => state.relist_nodes = Some(HashSet::new()),
-            watcher::Event::InitApply(node) => {
-                if let Some(seen) = state.relist_nodes.as_mut() {
-                    seen.insert(node.name_any());
-                }
-                on_node(&mut state, node);
+fn on_class_event(state: &mut State, event: watcher::Event<PriorityClass>) {
+    match event {
+        watcher::Event::Init => {}
+        watcher::Event::InitDone => state.synced.classes = true,
+        watcher::Event::Apply(pc) | watcher::Event::InitApply(pc) => {
+            let class = (pc.value, pc.preemption_policy.clone());
+            let name = pc.name_any();
+            if pc.global_default == Some(true) {
+                state.default_class = Some(class.clone());
             }
-            watcher::Event::InitDone => {
-                if let Some(seen) = state.relist_nodes.take() {
-                    let gone: Vec<String> = state
-                        .cache
-                        .nodes()
-                        .map(|n| n.name().to_owned())
-                        .filter(|n| !seen.contains(n))
-                        .collect();
-                    for name in gone {
-                        state.cache.remove_node(&name);
-                    }
-                }
-                state.nodes_synced = true;
-            }
-            watcher::Event::Apply(node) => on_node(&mut state, node),
-            watcher::Event::Delete(node) => state.cache.remove_node(&node.name_any()),
+            state.classes.insert(name, class);
         }
-        drop(state);
-        shared.1.notify_one();
+        watcher::Event::Delete(pc) => {
+            state.classes.remove(&pc.name_any());
+            if pc.global_default == Some(true) {
+                state.default_class = None;
+            }
+        }
     }
-    Err(Error::WatchEnded("nodes"))
 }
 
-async fn watch_classes(client: Client, shared: Shared) -> Result<(), Error> {
-    let api: Api<PriorityClass> = Api::all(client);
-    let mut events =
-        std::pin::pin!(watcher(api, watcher::Config::default().any_semantic()).default_backoff());
-    while let Some(event) = events.next().await {
-        let Ok(event) = event else {
-            continue;
-        };
-        let mut state = lock(&shared);
-        match event {
-            watcher::Event::Init | watcher::Event::InitDone => {}
-            watcher::Event::Apply(pc) | watcher::Event::InitApply(pc) => {
-                let entry = (pc.value, pc.preemption_policy.clone());
-                if pc.global_default == Some(true) {
-                    state.default_class = Some(entry.clone());
-                }
-                state.classes.insert(pc.name_any(), entry);
-            }
-            watcher::Event::Delete(pc) => {
-                state.classes.remove(&pc.name_any());
-                if pc.global_default == Some(true) {
-                    state.default_class = None;
-                }
-            }
+fn on_namespace_event(state: &mut State, event: watcher::Event<Namespace>) {
+    match event {
+        watcher::Event::Init => {}
+        watcher::Event::InitDone => state.synced.namespaces = true,
+        watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
+            let labels = ns.metadata.labels.clone().unwrap_or_default();
+            state.cache.upsert_namespace(ns.name_any(), labels);
         }
+        watcher::Event::Delete(ns) => state.cache.remove_namespace(&ns.name_any()),
     }
-    Err(Error::WatchEnded("priorityclasses"))
 }
 
 /// What the loop must do after deciding, outside the lock.
 enum Outcome {
-    Bind(Arc<Pod>, String),
-    Unschedulable(Arc<Pod>, String),
-    Preempt(Arc<Pod>, String, Vec<Arc<Pod>>),
+    Bind(Arc<PodInfo>, String),
+    Unschedulable(Arc<PodInfo>, String),
+    Preempt {
+        pod: Arc<PodInfo>,
+        message: String,
+        node: String,
+        victims: Vec<Arc<PodInfo>>,
+        /// Lower-priority pods that were nominated to the node and lose their claim.
+        displaced: Vec<Arc<PodInfo>>,
+    },
 }
 
 fn decide(state: &mut State, framework: &Framework, config: &Config) -> Vec<Outcome> {
@@ -305,37 +342,61 @@ fn decide(state: &mut State, framework: &Framework, config: &Config) -> Vec<Outc
         let Some(pod) = state.queue.pop() else {
             break;
         };
-        let info = PodInfo::new(pod.clone());
-        let total = state.cache.len();
-        let wanted = nodes_to_find(total, config.percentage_of_nodes_to_score);
-        // xorshift: cheap, deterministic tie breaking.
-        state.tie ^= state.tie << 13;
-        state.tie ^= state.tie >> 7;
-        state.tie ^= state.tie << 17;
-        let decision = framework.schedule(&info, &state.cache, state.start, wanted, state.tie);
-        if total > 0 {
-            state.start = (state.start + wanted) % total;
-        }
-        let uid = info.uid().to_owned();
+        let decision = framework.schedule(
+            &pod,
+            &state.cache,
+            &mut state.cursor,
+            config.percentage_of_nodes_to_score,
+        );
         match decision {
-            Decision::Node(node) => {
-                let mut bound = (*pod).clone();
-                if let Some(spec) = bound.spec.as_mut() {
-                    spec.node_name = Some(node.clone());
-                }
-                state.cache.add_pod(Arc::new(bound), &node);
-                state.assumed.insert(uid.clone(), node.clone());
-                state.queue.remove(&uid);
+            Ok(node) => {
+                state.queue.remove(&pod.uid);
+                state.cache.clear_nomination(&pod.uid);
+                state.cache.add_pod(pod.clone(), &node);
+                state.assumed.insert(pod.uid.clone(), node.clone());
+                state.queue.on_event(ClusterEvent::PodPlaced);
                 out.push(Outcome::Bind(pod, node));
             }
-            Decision::Unschedulable(diagnosis) => {
-                state.queue.requeue_unschedulable(&uid);
-                let message = diagnosis.message();
-                match preemption::find(framework, &info, &state.cache) {
-                    Some(candidate) => {
-                        out.push(Outcome::Preempt(pod, candidate.node, candidate.victims));
+            Err(mut diagnosis) => {
+                state.queue.requeue_unschedulable(&pod.uid);
+                state.preempt_start = state.preempt_start.wrapping_add(1);
+                let preemption = preemption::find(
+                    framework,
+                    &pod,
+                    &state.cache,
+                    &diagnosis,
+                    state.preempt_start,
+                );
+                match preemption {
+                    Preemption::Evict(candidate) => {
+                        let displaced: Vec<Arc<PodInfo>> = state
+                            .cache
+                            .node(&candidate.node)
+                            .map(|n| {
+                                n.nominated
+                                    .iter()
+                                    .filter(|p| p.uid != pod.uid && p.priority < pod.priority)
+                                    .cloned()
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        for p in &displaced {
+                            state.cache.clear_nomination(&p.uid);
+                        }
+                        state.cache.nominate(pod.clone(), &candidate.node);
+                        out.push(Outcome::Preempt {
+                            message: diagnosis.message(),
+                            pod,
+                            node: candidate.node,
+                            victims: candidate.victims,
+                            displaced,
+                        });
                     }
-                    None => out.push(Outcome::Unschedulable(pod, message)),
+                    Preemption::Wait(why) | Preemption::Fail(why) => {
+                        diagnosis.post_filter = Some(why);
+                        tracing::debug!(pod = %pod.name(), message = %diagnosis.full_message(), "unschedulable");
+                        out.push(Outcome::Unschedulable(pod, diagnosis.message()));
+                    }
                 }
             }
         }
@@ -343,23 +404,48 @@ fn decide(state: &mut State, framework: &Framework, config: &Config) -> Vec<Outc
     out
 }
 
+/// What the loop shares with the tasks it spawns.
+struct Writers {
+    client: Client,
+    shared: Shared,
+    events: Events,
+    bindings: Arc<Semaphore>,
+    writes: Arc<Semaphore>,
+    scheduler: String,
+}
+
 async fn schedule_loop(client: Client, shared: Shared, config: Config) {
-    let framework = Arc::new(default_framework());
-    let recorder = Arc::new(Recorder::new(client.clone(), &config.scheduler_name));
-    let bindings = Arc::new(Semaphore::new(config.parallel_bindings.max(1)));
+    let framework = default_framework();
+    let writers = Arc::new(Writers {
+        events: Events::start(
+            Recorder::new(client.clone(), &config.scheduler_name),
+            EVENT_WRITERS,
+        ),
+        client,
+        shared: shared.clone(),
+        bindings: Arc::new(Semaphore::new(config.parallel_bindings.max(1))),
+        writes: Arc::new(Semaphore::new(PARALLEL_WRITES)),
+        scheduler: config.scheduler_name.clone(),
+    });
     let mut last_flush = Instant::now();
     loop {
         let (outcomes, next_backoff) = {
             let mut state = lock(&shared);
-            if state.pods_synced && state.nodes_synced {
-                if last_flush.elapsed() >= Duration::from_secs(30) {
+            if state.synced.all() {
+                if last_flush.elapsed() >= FLUSH_CHECK {
                     state.queue.flush_unschedulable(config.unschedulable_flush);
+                    let (active, backoff, unschedulable) = state.queue.sizes();
+                    tracing::debug!(
+                        active,
+                        backoff,
+                        unschedulable,
+                        nodes = state.cache.len(),
+                        "scheduling queue"
+                    );
                     last_flush = Instant::now();
                 }
-                (
-                    decide(&mut state, &framework, &config),
-                    state.queue.next_backoff(),
-                )
+                let outcomes = decide(&mut state, &framework, &config);
+                (outcomes, state.queue.next_backoff())
             } else {
                 (Vec::new(), None)
             }
@@ -374,87 +460,125 @@ async fn schedule_loop(client: Client, shared: Shared, config: Config) {
             continue;
         }
         for outcome in outcomes {
-            match outcome {
-                Outcome::Bind(pod, node) => {
-                    let permit = bindings
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("semaphore closed");
-                    let (client, shared, recorder) =
-                        (client.clone(), shared.clone(), recorder.clone());
-                    tokio::spawn(async move {
-                        let result = binder::bind(&client, &pod, &node).await;
-                        drop(permit);
-                        match result {
-                            Ok(()) => binder::scheduled(&recorder, &pod, &node).await,
-                            Err(err) => bind_failed(&shared, &pod, &err),
-                        }
-                    });
-                }
-                Outcome::Unschedulable(pod, message) => {
-                    tracing::debug!(pod = %pod.name_any(), %message, "unschedulable");
-                    let (client, recorder) = (client.clone(), recorder.clone());
-                    tokio::spawn(async move {
-                        binder::unschedulable(&client, &recorder, &pod, &message).await;
-                    });
-                }
-                Outcome::Preempt(pod, node, victims) => {
-                    let (client, recorder) = (client.clone(), recorder.clone());
-                    tokio::spawn(async move {
-                        preempt(&client, &recorder, &pod, &node, &victims).await;
-                    });
-                }
-            }
+            carry_out(&writers, outcome).await;
         }
     }
 }
 
-fn bind_failed(shared: &Shared, pod: &Arc<Pod>, err: &binder::BindError) {
-    let uid = pod.uid().unwrap_or_default();
-    let mut state = lock(shared);
-    if state.assumed.remove(&uid).is_some() {
-        state.cache.remove_pod(&uid);
+async fn carry_out(writers: &Arc<Writers>, outcome: Outcome) {
+    match outcome {
+        Outcome::Bind(pod, node) => {
+            let Ok(permit) = writers.bindings.clone().acquire_owned().await else {
+                return;
+            };
+            let writers = writers.clone();
+            tokio::spawn(async move {
+                let result = binder::bind(&writers.client, &pod.pod, &node).await;
+                drop(permit);
+                match result {
+                    Ok(()) => {
+                        tracing::debug!(pod = %pod.name(), node, "bound");
+                        let message = format!(
+                            "Successfully assigned {}/{} to {node}",
+                            pod.namespace,
+                            pod.name()
+                        );
+                        writers.events.normal(&pod.pod, "Scheduled", message);
+                    }
+                    Err(err) => bind_failed(&writers.shared, &pod, &err),
+                }
+            });
+        }
+        Outcome::Unschedulable(pod, message) => {
+            writers
+                .events
+                .warning(&pod.pod, "FailedScheduling", message.clone());
+            let Ok(permit) = writers.writes.clone().acquire_owned().await else {
+                return;
+            };
+            let writers = writers.clone();
+            tokio::spawn(async move {
+                let result = binder::mark_unschedulable(
+                    &writers.client,
+                    &pod.pod,
+                    &message,
+                    Nomination::Keep,
+                )
+                .await;
+                drop(permit);
+                if let Err(err) = result {
+                    tracing::debug!(pod = %pod.name(), ?err, "could not mark the pod unschedulable");
+                }
+            });
+        }
+        Outcome::Preempt {
+            pod,
+            message,
+            node,
+            victims,
+            displaced,
+        } => {
+            tracing::info!(pod = %pod.name(), node, victims = victims.len(), "preempting");
+            writers
+                .events
+                .warning(&pod.pod, "FailedScheduling", message.clone());
+            let Ok(permit) = writers.writes.clone().acquire_owned().await else {
+                return;
+            };
+            let writers = writers.clone();
+            tokio::spawn(async move {
+                preempt(&writers, &pod, &message, &node, &victims, &displaced).await;
+                drop(permit);
+            });
+        }
     }
-    let gone = matches!(err, binder::BindError::Api(kube::Error::Api(s)) if s.code == 404 || s.code == 409);
-    if gone {
-        // Deleted or already bound: the watch tells the rest.
-        return;
-    }
-    tracing::warn!(pod = %pod.name_any(), ?err, "binding failed; retrying after back-off");
-    let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
-    state.queue.add(pod.clone(), priority);
-    state.queue.requeue_backoff(&uid);
-    drop(state);
-    shared.1.notify_one();
 }
 
 async fn preempt(
-    client: &Client,
-    recorder: &Recorder,
-    pod: &Pod,
+    writers: &Writers,
+    pod: &PodInfo,
+    message: &str,
     node: &str,
-    victims: &[Arc<Pod>],
+    victims: &[Arc<PodInfo>],
+    displaced: &[Arc<PodInfo>],
 ) {
-    tracing::info!(pod = %pod.name_any(), node, victims = victims.len(), "preempting");
-    if let Err(err) = binder::nominate(client, pod, node).await {
-        tracing::debug!(pod = %pod.name_any(), ?err, "could not nominate");
+    let client = &writers.client;
+    if let Err(err) =
+        binder::mark_unschedulable(client, &pod.pod, message, Nomination::Set(node)).await
+    {
+        tracing::debug!(pod = %pod.name(), ?err, "could not nominate");
     }
-    for victim in victims {
-        let api: Api<Pod> =
-            Api::namespaced(client.clone(), &victim.namespace().unwrap_or_default());
-        let message = format!(
-            "Preempted by pod {} on node {node}",
-            pod.uid().unwrap_or_default()
-        );
-        recorder
-            .normal(victim.as_ref(), "Preempted", &message)
-            .await;
-        if let Err(err) = api
-            .delete(&victim.name_any(), &DeleteParams::default())
-            .await
-        {
-            tracing::debug!(victim = %victim.name_any(), ?err, "could not evict");
+    for other in displaced {
+        if let Err(err) = binder::clear_nomination(client, &other.pod).await {
+            tracing::debug!(pod = %other.name(), ?err, "could not clear a nomination");
         }
     }
+    for victim in victims {
+        writers.events.normal(
+            &victim.pod,
+            "Preempted",
+            format!("Preempted by pod {} on node {node}", pod.uid),
+        );
+        if let Err(err) = binder::evict(client, &victim.pod, &writers.scheduler).await {
+            tracing::warn!(victim = %victim.name(), ?err, "could not evict a preemption victim");
+        }
+    }
+}
+
+fn bind_failed(shared: &Shared, pod: &Arc<PodInfo>, err: &binder::BindError) {
+    let mut state = lock(shared);
+    if state.assumed.remove(&pod.uid).is_some() {
+        state.cache.remove_pod(&pod.uid);
+        state.queue.on_event(ClusterEvent::PodGone);
+    }
+    if err.is_gone() {
+        return;
+    }
+    // Already bound elsewhere, or a transient failure: retry after the back-off; the
+    // watch drops the pod from the queue if it turns out to be bound.
+    tracing::warn!(pod = %pod.name(), ?err, "binding failed; retrying after back-off");
+    state.queue.add(pod.clone());
+    state.queue.requeue_backoff(&pod.uid);
+    drop(state);
+    shared.1.notify_one();
 }

@@ -2,24 +2,22 @@
 //! proportion after placing the pod, so neither runs out while the other idles.
 
 use crate::{
-    cache::{Cache, NodeInfo},
-    framework::{MAX_SCORE, Plugin, PodInfo, State},
+    cache::NodeInfo,
+    framework::{CycleState, MAX_SCORE, ScorePlugin},
+    pod_info::PodInfo,
 };
 
 /// The BalancedAllocation score.
 #[derive(Debug)]
 pub struct BalancedAllocation;
 
-impl Plugin for BalancedAllocation {
+impl ScorePlugin for BalancedAllocation {
     fn name(&self) -> &'static str {
         "NodeResourcesBalancedAllocation"
     }
 
-    fn scores(&self) -> bool {
-        true
-    }
-
-    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &State, _: &Cache) -> i64 {
+    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &CycleState) -> i64 {
+        // Fractions in thousandths, capped at the whole node.
         let fraction = |used: i64, want: i64, cap: i64| -> i64 {
             if cap <= 0 {
                 1000
@@ -38,6 +36,7 @@ impl Plugin for BalancedAllocation {
         (1000 - deviation) * MAX_SCORE / 1000
     }
 
+    /// Scores are already on the common scale.
     fn normalize(&self, _scores: &mut [i64]) {}
 }
 
@@ -50,10 +49,12 @@ mod tests {
     fn lopsided_use_scores_lower() {
         // A 2-cpu pod on a 4-cpu/8Gi node uses 50% cpu and 0% memory.
         let c = cache(vec![node("n", "4", "8Gi", &[])]);
+        let state = CycleState::default();
         let lopsided =
-            BalancedAllocation.score(&info(pod("p", "2", &[])), c.node("n").unwrap(), &None, &c);
+            BalancedAllocation.score(&info(pod("p", "2", &[])), c.node("n").unwrap(), &state);
         let small =
-            BalancedAllocation.score(&info(pod("q", "10m", &[])), c.node("n").unwrap(), &None, &c);
+            BalancedAllocation.score(&info(pod("q", "10m", &[])), c.node("n").unwrap(), &state);
+        assert_eq!(lopsided, 75);
         assert!(small > lopsided, "{small} > {lopsided}");
     }
 }

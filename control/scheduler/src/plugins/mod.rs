@@ -1,4 +1,5 @@
-//! The filter and score plugins, one file each, in kube-scheduler's order.
+//! The filter and score plugins, one file each, and kube-scheduler's default profile of
+//! them.
 
 pub mod balanced_allocation;
 pub mod inter_pod_affinity;
@@ -11,31 +12,43 @@ pub mod node_unschedulable;
 pub mod pod_topology_spread;
 pub mod taint_toleration;
 
-use crate::framework::{Framework, Plugin};
+use std::sync::Arc;
+
+use crate::framework::{FilterPlugin, Framework, ScorePlugin};
 
 /// kube-scheduler's default profile: filters in its order, scores with its weights.
 #[must_use]
 pub fn default_framework() -> Framework {
-    let plugins: Vec<Box<dyn Plugin>> = vec![
-        Box::new(node_unschedulable::NodeUnschedulable),
-        Box::new(node_name::NodeName),
-        Box::new(taint_toleration::TaintToleration),
-        Box::new(node_affinity::NodeAffinity),
-        Box::new(node_ports::NodePorts),
-        Box::new(node_resources_fit::NodeResourcesFit),
-        Box::new(pod_topology_spread::PodTopologySpread),
-        Box::new(inter_pod_affinity::InterPodAffinity),
-        Box::new(least_allocated::LeastAllocated),
-        Box::new(balanced_allocation::BalancedAllocation),
+    let taints = Arc::new(taint_toleration::TaintToleration);
+    let affinity = Arc::new(node_affinity::NodeAffinity);
+    let spread = Arc::new(pod_topology_spread::PodTopologySpread);
+    let inter_pod = Arc::new(inter_pod_affinity::InterPodAffinity);
+    let filters: Vec<Arc<dyn FilterPlugin>> = vec![
+        Arc::new(node_unschedulable::NodeUnschedulable),
+        Arc::new(node_name::NodeName),
+        taints.clone(),
+        affinity.clone(),
+        Arc::new(node_ports::NodePorts),
+        Arc::new(node_resources_fit::NodeResourcesFit),
+        spread.clone(),
+        inter_pod.clone(),
     ];
-    Framework::new(plugins)
+    let scores: Vec<(Arc<dyn ScorePlugin>, i64)> = vec![
+        (taints, 3),
+        (affinity, 2),
+        (spread, 2),
+        (inter_pod, 2),
+        (Arc::new(least_allocated::LeastAllocated), 1),
+        (Arc::new(balanced_allocation::BalancedAllocation), 1),
+    ];
+    Framework::new(filters, scores)
 }
 
 #[cfg(test)]
 pub(crate) mod testing {
     //! Small builders for plugin tests.
 
-    use std::{collections::BTreeMap, sync::Arc};
+    use std::collections::BTreeMap;
 
     use k8s_openapi::{
         api::core::v1::{
@@ -44,7 +57,7 @@ pub(crate) mod testing {
         apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
     };
 
-    use crate::{cache::Cache, framework::PodInfo};
+    use crate::{cache::Cache, pod_info::PodInfo};
 
     pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -102,7 +115,7 @@ pub(crate) mod testing {
     }
 
     pub fn info(pod: Pod) -> PodInfo {
-        PodInfo::new(Arc::new(pod))
+        PodInfo::plain(pod)
     }
 
     pub fn cache(nodes: Vec<Node>) -> Cache {

@@ -4,8 +4,9 @@
 pub use skiff_controllers::placement::{requirement_matches, term_matches};
 
 use crate::{
-    cache::{Cache, NodeInfo},
-    framework::{Plugin, PodInfo, Reason, State},
+    cache::NodeInfo,
+    framework::{CycleState, FilterPlugin, ScorePlugin, Unfit},
+    pod_info::PodInfo,
 };
 
 /// Whether the pod's `nodeSelector` and required node affinity admit `node`.
@@ -17,36 +18,48 @@ pub fn required_matches(pod: &PodInfo, node: &NodeInfo) -> bool {
         .is_none_or(|spec| skiff_controllers::placement::admits(spec, &node.node))
 }
 
+/// Whether the pod restricts nodes at all (a `nodeSelector` or required node affinity).
+#[must_use]
+pub fn restricts_nodes(pod: &PodInfo) -> bool {
+    pod.pod.spec.as_ref().is_some_and(|spec| {
+        spec.node_selector.as_ref().is_some_and(|s| !s.is_empty())
+            || spec
+                .affinity
+                .as_ref()
+                .and_then(|a| a.node_affinity.as_ref())
+                .is_some_and(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .is_some()
+                })
+    })
+}
+
 /// The `NodeAffinity` filter and score.
 #[derive(Debug)]
 pub struct NodeAffinity;
 
-impl Plugin for NodeAffinity {
+impl FilterPlugin for NodeAffinity {
     fn name(&self) -> &'static str {
         "NodeAffinity"
     }
 
-    fn filter(
-        &self,
-        pod: &PodInfo,
-        node: &NodeInfo,
-        _: &State,
-        _: &Cache,
-    ) -> Result<(), Vec<Reason>> {
+    fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: &CycleState) -> Result<(), Unfit> {
         if required_matches(pod, node) {
             Ok(())
         } else {
-            Err(vec![
-                "node(s) didn't match Pod's node affinity/selector".to_owned(),
-            ])
+            Err(Unfit::unresolvable(
+                "node(s) didn't match Pod's node affinity/selector",
+            ))
         }
     }
+}
 
-    fn scores(&self) -> bool {
-        true
+impl ScorePlugin for NodeAffinity {
+    fn name(&self) -> &'static str {
+        "NodeAffinity"
     }
 
-    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &State, _: &Cache) -> i64 {
+    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &CycleState) -> i64 {
         let preferred = pod
             .pod
             .spec
@@ -63,10 +76,6 @@ impl Plugin for NodeAffinity {
             .filter(|p| term_matches(&p.preference, node.labels(), node.name()))
             .map(|p| i64::from(p.weight))
             .sum()
-    }
-
-    fn weight(&self) -> i64 {
-        2
     }
 }
 
@@ -88,57 +97,102 @@ mod tests {
         }
     }
 
+    fn term(reqs: Vec<NodeSelectorRequirement>) -> NodeSelectorTerm {
+        NodeSelectorTerm {
+            match_expressions: Some(reqs),
+            match_fields: None,
+        }
+    }
+
     #[test]
     fn node_selector_must_match_every_label() {
         let c = cache(vec![
-            node("a", "4", "8Gi", &[("disk", "ssd")]),
-            node("b", "4", "8Gi", &[]),
+            node("a", "4", "8Gi", &[("disk", "ssd"), ("gen", "5")]),
+            node("b", "4", "8Gi", &[("disk", "ssd")]),
         ]);
         let mut p = pod("p", "1", &[]);
-        p.spec.as_mut().unwrap().node_selector = Some(labels(&[("disk", "ssd")]));
+        p.spec.as_mut().unwrap().node_selector = Some(labels(&[("disk", "ssd"), ("gen", "5")]));
         let p = info(p);
+        let state = CycleState::default();
         assert!(
             NodeAffinity
-                .filter(&p, c.node("a").unwrap(), &None, &c)
+                .filter(&p, c.node("a").unwrap(), &state)
                 .is_ok()
         );
         assert_eq!(
             NodeAffinity
-                .filter(&p, c.node("b").unwrap(), &None, &c)
-                .unwrap_err(),
+                .filter(&p, c.node("b").unwrap(), &state)
+                .unwrap_err()
+                .reasons,
             ["node(s) didn't match Pod's node affinity/selector"]
         );
     }
 
     #[test]
     fn required_terms_are_ored_and_expressions_anded() {
-        let c = cache(vec![node("a", "4", "8Gi", &[("zone", "z1"), ("gen", "5")])]);
-        let a = c.node("a").unwrap();
-        let t1 = NodeSelectorTerm {
-            match_expressions: Some(vec![req("zone", "In", &["z2"])]),
-            match_fields: None,
-        };
-        let t2 = NodeSelectorTerm {
-            match_expressions: Some(vec![req("zone", "In", &["z1"]), req("gen", "Gt", &["4"])]),
-            match_fields: None,
-        };
+        let c = cache(vec![
+            node("a", "4", "8Gi", &[("zone", "z1"), ("gen", "5")]),
+            node("b", "4", "8Gi", &[("zone", "z1"), ("gen", "3")]),
+        ]);
+        let state = CycleState::default();
         let mut p = pod("p", "1", &[]);
         p.spec.as_mut().unwrap().affinity = Some(Affinity {
             node_affinity: Some(Spec {
                 required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                    node_selector_terms: vec![t1.clone(), t2],
+                    node_selector_terms: vec![
+                        term(vec![req("zone", "In", &["z2"])]),
+                        term(vec![req("zone", "In", &["z1"]), req("gen", "Gt", &["4"])]),
+                    ],
                 }),
+                preferred_during_scheduling_ignored_during_execution: None,
+            }),
+            ..Affinity::default()
+        });
+        let p = info(p);
+        assert!(
+            NodeAffinity
+                .filter(&p, c.node("a").unwrap(), &state)
+                .is_ok()
+        );
+        assert!(
+            NodeAffinity
+                .filter(&p, c.node("b").unwrap(), &state)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn preferred_terms_add_their_weights() {
+        let c = cache(vec![
+            node("a", "4", "8Gi", &[("zone", "z1"), ("disk", "ssd")]),
+            node("b", "4", "8Gi", &[("zone", "z1")]),
+            node("c", "4", "8Gi", &[]),
+        ]);
+        let state = CycleState::default();
+        let mut p = pod("p", "1", &[]);
+        p.spec.as_mut().unwrap().affinity = Some(Affinity {
+            node_affinity: Some(Spec {
+                required_during_scheduling_ignored_during_execution: None,
                 preferred_during_scheduling_ignored_during_execution: Some(vec![
                     PreferredSchedulingTerm {
-                        weight: 7,
-                        preference: t1,
+                        weight: 10,
+                        preference: term(vec![req("zone", "In", &["z1"])]),
+                    },
+                    PreferredSchedulingTerm {
+                        weight: 30,
+                        preference: term(vec![req("disk", "Exists", &[])]),
                     },
                 ]),
             }),
             ..Affinity::default()
         });
         let p = info(p);
-        assert!(NodeAffinity.filter(&p, a, &None, &c).is_ok());
-        assert_eq!(NodeAffinity.score(&p, a, &None, &c), 0);
+        let mut scores: Vec<i64> = ["a", "b", "c"]
+            .iter()
+            .map(|n| NodeAffinity.score(&p, c.node(n).unwrap(), &state))
+            .collect();
+        assert_eq!(scores, [40, 10, 0]);
+        ScorePlugin::normalize(&NodeAffinity, &mut scores);
+        assert_eq!(scores, [100, 25, 0]);
     }
 }

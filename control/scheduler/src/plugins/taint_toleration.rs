@@ -1,15 +1,18 @@
 //! `TaintToleration`: NoSchedule and NoExecute taints keep out pods that do not tolerate
 //! them; PreferNoSchedule taints only lower a node's score.
 
-use k8s_openapi::api::core::v1::{Taint, Toleration};
+use k8s_openapi::api::core::v1::Toleration;
 pub use skiff_controllers::placement::tolerates;
 
 use crate::{
-    cache::{Cache, NodeInfo},
-    framework::{MAX_SCORE, Plugin, PodInfo, Reason, State},
+    cache::NodeInfo,
+    framework::{CycleState, FilterPlugin, ScorePlugin, Unfit, default_normalize},
+    pod_info::PodInfo,
 };
 
-fn tolerations(pod: &PodInfo) -> &[Toleration] {
+/// The pod's tolerations.
+#[must_use]
+pub fn tolerations(pod: &PodInfo) -> &[Toleration] {
     pod.pod
         .spec
         .as_ref()
@@ -17,53 +20,43 @@ fn tolerations(pod: &PodInfo) -> &[Toleration] {
         .unwrap_or_default()
 }
 
-fn taints(node: &NodeInfo) -> &[Taint] {
-    node.node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or_default()
-}
-
 /// The `TaintToleration` filter and score.
 #[derive(Debug)]
 pub struct TaintToleration;
 
-impl Plugin for TaintToleration {
+impl FilterPlugin for TaintToleration {
     fn name(&self) -> &'static str {
         "TaintToleration"
     }
 
-    fn filter(
-        &self,
-        pod: &PodInfo,
-        node: &NodeInfo,
-        _: &State,
-        _: &Cache,
-    ) -> Result<(), Vec<Reason>> {
+    fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: &CycleState) -> Result<(), Unfit> {
         let tolerations = tolerations(pod);
-        let untolerated = taints(node)
+        let untolerated = node
+            .taints()
             .iter()
             .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
             .find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)));
         match untolerated {
-            Some(t) => Err(vec![format!(
+            Some(t) => Err(Unfit::unresolvable(format!(
                 "node(s) had untolerated taint {{{}: {}}}",
                 t.key,
                 t.value.as_deref().unwrap_or_default()
-            )]),
+            ))),
             None => Ok(()),
         }
     }
+}
 
-    fn scores(&self) -> bool {
-        true
+impl ScorePlugin for TaintToleration {
+    fn name(&self) -> &'static str {
+        "TaintToleration"
     }
 
-    /// Counts intolerable PreferNoSchedule taints (fewer is better).
-    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &State, _: &Cache) -> i64 {
+    /// Counts the PreferNoSchedule taints the pod does not tolerate (fewer is better).
+    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &CycleState) -> i64 {
         let tolerations = tolerations(pod);
-        let count = taints(node)
+        let count = node
+            .taints()
             .iter()
             .filter(|t| t.effect == "PreferNoSchedule")
             .filter(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
@@ -71,25 +64,16 @@ impl Plugin for TaintToleration {
         i64::try_from(count).unwrap_or(i64::MAX)
     }
 
-    /// Reverses: the node with the most intolerable taints gets 0.
+    /// Reversed: the node with the most intolerable taints gets 0.
     fn normalize(&self, scores: &mut [i64]) {
-        let max = scores.iter().copied().max().unwrap_or(0);
-        for s in scores.iter_mut() {
-            *s = if max == 0 {
-                MAX_SCORE
-            } else {
-                MAX_SCORE - *s * MAX_SCORE / max
-            };
-        }
-    }
-
-    fn weight(&self) -> i64 {
-        3
+        default_normalize(scores, true);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::Taint;
+
     use super::*;
     use crate::plugins::testing::{cache, info, node, pod};
 
@@ -107,11 +91,15 @@ mod tests {
         let mut n = node("n1", "4", "8Gi", &[]);
         n.spec.as_mut().unwrap().taints = Some(vec![taint("dedicated", "gpu", "NoSchedule")]);
         let c = cache(vec![n]);
+        let state = CycleState::default();
         let plain = info(pod("p", "1", &[]));
         let err = TaintToleration
-            .filter(&plain, c.node("n1").unwrap(), &None, &c)
+            .filter(&plain, c.node("n1").unwrap(), &state)
             .unwrap_err();
-        assert_eq!(err, ["node(s) had untolerated taint {dedicated: gpu}"]);
+        assert_eq!(
+            err.reasons,
+            ["node(s) had untolerated taint {dedicated: gpu}"]
+        );
         let mut tolerant = pod("q", "1", &[]);
         tolerant.spec.as_mut().unwrap().tolerations = Some(vec![Toleration {
             key: Some("dedicated".into()),
@@ -122,8 +110,24 @@ mod tests {
         }]);
         assert!(
             TaintToleration
-                .filter(&info(tolerant), c.node("n1").unwrap(), &None, &c)
+                .filter(&info(tolerant), c.node("n1").unwrap(), &state)
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn no_execute_taints_refuse_too() {
+        let mut n = node("n1", "4", "8Gi", &[]);
+        n.spec.as_mut().unwrap().taints = Some(vec![taint("evict", "now", "NoExecute")]);
+        let c = cache(vec![n]);
+        assert!(
+            TaintToleration
+                .filter(
+                    &info(pod("p", "1", &[])),
+                    c.node("n1").unwrap(),
+                    &CycleState::default()
+                )
+                .is_err()
         );
     }
 
@@ -141,17 +145,18 @@ mod tests {
         let mut n = node("n1", "4", "8Gi", &[]);
         n.spec.as_mut().unwrap().taints = Some(vec![taint("x", "y", "PreferNoSchedule")]);
         let c = cache(vec![n, node("n2", "4", "8Gi", &[])]);
+        let state = CycleState::default();
         let p = info(pod("p", "1", &[]));
         assert!(
             TaintToleration
-                .filter(&p, c.node("n1").unwrap(), &None, &c)
+                .filter(&p, c.node("n1").unwrap(), &state)
                 .is_ok()
         );
         let mut scores = vec![
-            TaintToleration.score(&p, c.node("n1").unwrap(), &None, &c),
-            TaintToleration.score(&p, c.node("n2").unwrap(), &None, &c),
+            TaintToleration.score(&p, c.node("n1").unwrap(), &state),
+            TaintToleration.score(&p, c.node("n2").unwrap(), &state),
         ];
-        TaintToleration.normalize(&mut scores);
+        ScorePlugin::normalize(&TaintToleration, &mut scores);
         assert_eq!(scores, [0, 100]);
     }
 }
