@@ -1,94 +1,179 @@
 //! The node daemon. `--simulate N` serves N simulated nodes (no containers, no root) for
-//! scheduler and controller tests; the real node (libcontainer pods) is not built yet.
+//! scheduler and controller tests at scale; the real node (pods through libcontainer) is
+//! not built yet and says so.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
-use skiff_node::simulate::{SimConfig, run};
+use clap::{Args, Parser};
+use skiff_node::simulate::{self, KUBELET_VERSION, SimConfig, SimTaint};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "node", about = "skiff's node daemon")]
-struct Args {
+#[command(
+    name = "node",
+    about = "skiff's node daemon",
+    args_override_self = true
+)]
+struct Cli {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    simulate: SimulateArgs,
+}
+
+/// How to reach the API server.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "API server")]
+struct ApiArgs {
     /// API server URL (`http://127.0.0.1:6443`); without it the kubeconfig is used.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kubeconfig")]
     server: Option<String>,
     /// Kubeconfig to reach the API server (default: $KUBECONFIG or ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+}
+
+/// Simulated nodes: Node objects, Leases and pod status without running anything.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Simulated nodes")]
+struct SimulateArgs {
     /// Serve this many simulated nodes instead of running real pods.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     simulate: Option<usize>,
-    /// Simulated node names are `<prefix><index>`.
+    /// Simulated node names are `<prefix><index>`; a second process needs another prefix.
     #[arg(long, default_value = "sim-")]
     name_prefix: String,
-    /// CPU capacity of each simulated node.
+    /// CPU capacity (and allocatable) of each simulated node.
     #[arg(long, default_value = "32")]
     cpu: String,
     /// Memory capacity of each simulated node.
     #[arg(long, default_value = "256Gi")]
     memory: String,
-    /// Pod capacity of each simulated node.
+    /// How many pods each simulated node takes.
     #[arg(long, default_value = "110")]
     pods: String,
     /// Ephemeral storage of each simulated node.
     #[arg(long, default_value = "100Gi")]
     ephemeral_storage: String,
     /// Extra labels, `k=v,k2=v2`.
-    #[arg(long, value_delimiter = ',')]
-    labels: Vec<String>,
-    /// Taints, `key=value:Effect,...`.
-    #[arg(long, value_delimiter = ',')]
-    taints: Vec<String>,
-    /// Spread nodes over this many zones (`topology.kubernetes.io/zone=zone-<i>`).
-    #[arg(long, default_value_t = 1)]
-    zones: usize,
-    /// Lease duration written into node Leases.
+    #[arg(long, value_delimiter = ',', value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Taints to register with, `key=value:Effect,key:Effect`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_taint)]
+    taints: Vec<SimTaint>,
+    /// Spread the nodes over this many zones (`topology.kubernetes.io/zone=zone-<i % N>`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    zones: u16,
+    /// Lease duration written into each node's Lease.
     #[arg(long, default_value_t = 40)]
-    lease_duration_seconds: u64,
-    /// How often each node Lease is renewed.
-    #[arg(long, default_value_t = 10)]
+    lease_duration_seconds: u32,
+    /// How often each node's Lease is renewed (the renewals of all nodes are spread over
+    /// this interval).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     lease_renew_interval_seconds: u64,
-    /// Delay between binding and Running.
+    /// Delay between a pod being bound and it running.
     #[arg(long, default_value_t = 0)]
     pod_startup_ms: u64,
+    /// InternalIP of node 0; node i reports this address plus i. Text in status only: no
+    /// traffic goes there.
+    #[arg(long, default_value = "127.64.0.1")]
+    node_ip_base: Ipv4Addr,
     /// Requests in flight at once.
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency: u64,
 }
 
-fn parse_taint(text: &str) -> Result<(String, String, String)> {
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("label {text:?} needs the form key=value"))?;
+    if key.is_empty() {
+        return Err(format!("label {text:?} has an empty key"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+fn parse_taint(text: &str) -> Result<SimTaint, String> {
     let (kv, effect) = text
         .rsplit_once(':')
-        .with_context(|| format!("taint {text:?} needs :Effect"))?;
+        .ok_or_else(|| format!("taint {text:?} needs the form key=value:Effect"))?;
     let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
-    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-        bail!("taint {text:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute");
+    if key.is_empty() {
+        return Err(format!("taint {text:?} has an empty key"));
     }
-    Ok((key.to_owned(), value.to_owned(), effect.to_owned()))
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(format!(
+            "taint {text:?}: the effect must be NoSchedule, PreferNoSchedule or NoExecute"
+        ));
+    }
+    Ok(SimTaint {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        effect: effect.to_owned(),
+    })
 }
 
-async fn client(args: &Args) -> Result<kube::Client> {
-    let config = if let Some(server) = &args.server {
-        kube::Config::new(server.parse().context("--server URL")?)
+impl SimulateArgs {
+    fn config(&self, count: usize) -> SimConfig {
+        SimConfig {
+            count,
+            prefix: self.name_prefix.clone(),
+            capacity: BTreeMap::from([
+                ("cpu".to_owned(), self.cpu.clone()),
+                ("memory".to_owned(), self.memory.clone()),
+                ("pods".to_owned(), self.pods.clone()),
+                (
+                    "ephemeral-storage".to_owned(),
+                    self.ephemeral_storage.clone(),
+                ),
+            ]),
+            labels: self.labels.iter().cloned().collect(),
+            taints: self.taints.clone(),
+            zones: usize::from(self.zones),
+            lease_duration: Duration::from_secs(u64::from(self.lease_duration_seconds)),
+            lease_renew_interval: Duration::from_secs(self.lease_renew_interval_seconds),
+            pod_startup: Duration::from_millis(self.pod_startup_ms),
+            node_ip_base: self.node_ip_base,
+            concurrency: usize::try_from(self.concurrency).unwrap_or(32),
+        }
+    }
+}
+
+async fn client(api: &ApiArgs) -> Result<kube::Client> {
+    let mut config = if let Some(server) = &api.server {
+        kube::Config::new(server.parse().context("--server is not a URL")?)
     } else {
         let options = kube::config::KubeConfigOptions::default();
-        match &args.kubeconfig {
+        match &api.kubeconfig {
             Some(path) => {
                 let kc = kube::config::Kubeconfig::read_from(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kc, &options).await?
+                kube::Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .context("loading the kubeconfig")?
             }
-            None => kube::Config::from_kubeconfig(&options).await?,
+            None => kube::Config::from_kubeconfig(&options)
+                .await
+                .context("loading the kubeconfig")?,
         }
     };
-    let mut config = config;
+    // Writes are recorded (field managers, event sources) as the kubelet's.
     config.headers.push((
         http::header::USER_AGENT,
-        http::HeaderValue::from_static("kubelet/v1.33.0-skiff-sim"),
+        http::HeaderValue::from_str(&format!("kubelet/{KUBELET_VERSION}")).context("user agent")?,
     ));
     kube::Client::try_from(config).context("building the API client")
+}
+
+async fn shutdown() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("listening for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -99,47 +184,54 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
-    let Some(count) = args.simulate else {
+    let cli = Cli::parse();
+    let Some(count) = cli.simulate.simulate else {
         bail!(
-            "node: the real node (pods through libcontainer) is not implemented yet; use --simulate N"
+            "the real node mode (pods run through libcontainer) is not implemented yet; \
+             use --simulate N to serve simulated nodes"
         );
     };
-    let mut labels = BTreeMap::new();
-    for pair in &args.labels {
-        let (k, v) = pair
-            .split_once('=')
-            .with_context(|| format!("label {pair:?} needs k=v"))?;
-        labels.insert(k.to_owned(), v.to_owned());
-    }
-    let config = SimConfig {
-        count,
-        prefix: args.name_prefix.clone(),
-        capacity: BTreeMap::from([
-            ("cpu".to_owned(), args.cpu.clone()),
-            ("memory".to_owned(), args.memory.clone()),
-            ("pods".to_owned(), args.pods.clone()),
-            (
-                "ephemeral-storage".to_owned(),
-                args.ephemeral_storage.clone(),
-            ),
-        ]),
-        labels,
-        taints: args
-            .taints
-            .iter()
-            .map(|t| parse_taint(t))
-            .collect::<Result<_>>()?,
-        zones: args.zones,
-        lease_duration: Duration::from_secs(args.lease_duration_seconds),
-        lease_renew_interval: Duration::from_secs(args.lease_renew_interval_seconds.max(1)),
-        pod_startup: Duration::from_millis(args.pod_startup_ms),
-        concurrency: args.concurrency,
-    };
-    let client = client(&args).await?;
+    let client = client(&cli.api).await?;
     tokio::select! {
-        r = run(client, config) => r.context("simulated nodes")?,
-        _ = tokio::signal::ctrl_c() => {}
+        r = simulate::run(client, cli.simulate.config(count)) => r.context("simulated nodes")?,
+        r = shutdown() => r?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints_take_key_value_and_effect() {
+        let t = parse_taint("dedicated=gpu:NoSchedule").expect("a taint");
+        assert_eq!(
+            (t.key.as_str(), t.value.as_str(), t.effect.as_str()),
+            ("dedicated", "gpu", "NoSchedule")
+        );
+        let t = parse_taint("spot:PreferNoSchedule").expect("a taint without value");
+        assert_eq!((t.key.as_str(), t.value.as_str()), ("spot", ""));
+        assert!(parse_taint("spot").is_err());
+        assert!(parse_taint("a=b:Sometimes").is_err());
+    }
+
+    #[test]
+    fn a_later_flag_overrides_an_earlier_one() {
+        let cli = Cli::try_parse_from([
+            "node",
+            "--simulate",
+            "2",
+            "--lease-renew-interval-seconds",
+            "1",
+            "--lease-renew-interval-seconds",
+            "3",
+            "--labels",
+            "a=1,b=2",
+        ])
+        .expect("flags");
+        let config = cli.simulate.config(2);
+        assert_eq!(config.lease_renew_interval, Duration::from_secs(3));
+        assert_eq!(config.labels.get("b").map(String::as_str), Some("2"));
+    }
 }

@@ -1,352 +1,623 @@
-//! Pods bound to simulated nodes: started (Running and Ready) after the startup delay,
-//! ended or restarted as the `skiff.io/sim-*` annotations and the restart policy say, and
-//! deleted for good once they are marked for deletion, as a kubelet would.
+//! Pods bound to the simulated nodes, all driven by one task: one watch of every bound pod,
+//! a timer heap for startup delays and container exits, and a queue of status updates and
+//! deletions sent a bounded number at a time. Nothing runs per pod or per node.
+//!
+//! A pod is started (Running and Ready) after the startup delay, ends or restarts as the
+//! `skiff.io/sim-*` annotations and its restart policy say, and once marked for deletion
+//! has its containers reported terminated and is deleted for good (grace period 0), as a
+//! kubelet does once the containers are gone.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
+    net::Ipv4Addr,
+    sync::Arc,
     time::Duration,
 };
 
-use futures::StreamExt;
-use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use futures::{StreamExt, stream::FuturesUnordered};
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::{Value, json};
-use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
-use super::{Sim, SimError, registry::node_ip};
+use super::{
+    Sim, SimError,
+    addresses::{PodIps, node_ip},
+    api_code,
+    pod_status::{Exit, Facts, Shape},
+};
 
-/// Exit code a simulated container ends with.
-pub const EXIT_CODE: &str = "skiff.io/sim-exit-code";
-/// Seconds a simulated container runs before it exits (absent: runs forever).
-pub const RUN_SECONDS: &str = "skiff.io/sim-run-seconds";
+/// Pause before a failed request is tried again; doubled per failure up to `MAX_RETRY`.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Pause before a pod whose node has no free address tries again.
+const NO_ADDRESS_RETRY: Duration = Duration::from_secs(5);
+/// A container that is restarted runs at least this long, so one that exits at once
+/// cannot turn into a storm of status updates.
+const MIN_RUN_BEFORE_RESTART: Duration = Duration::from_secs(1);
+/// How often pods of nodes deleted from the API are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-/// Pods being driven: uid -> the task driving it.
-type Driven = Arc<Mutex<HashMap<String, AbortHandle>>>;
+type Uid = Arc<str>;
 
-/// Watches every pod and drives those bound to this process's nodes.
+/// Where the pod's containers are.
+#[derive(Debug)]
+enum State {
+    /// Not started yet.
+    Pending,
+    /// Running since `since`, after `restarts` restarts.
+    Running { since: Timestamp, restarts: i32 },
+    /// Ended for good (reported Succeeded or Failed).
+    Finished { restarts: i32 },
+}
+
+/// A request a pod needs.
+#[derive(Debug)]
+enum Job {
+    /// Report the containers running.
+    Start,
+    /// Report the containers exited and started again.
+    Restart(Exit),
+    /// Report the containers exited for good.
+    Finish(Exit),
+    /// Report running containers terminated, then delete the pod with grace period 0.
+    Delete,
+}
+
+/// What a timer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// The startup delay is over.
+    Start,
+    /// The containers exit now.
+    Exit,
+    /// Try the pod's job again.
+    Retry,
+}
+
+/// A pod bound to one of the process's nodes.
+#[derive(Debug)]
+struct Tracked {
+    namespace: String,
+    name: String,
+    node: usize,
+    shape: Shape,
+    /// When the node first saw the pod (`status.startTime`).
+    start_time: Timestamp,
+    add_scheduled: bool,
+    ip: Option<Ipv4Addr>,
+    state: State,
+    /// Marked for deletion: only the Delete job runs from now on.
+    deleting: bool,
+    /// The final delete was accepted; kept until the watch says the pod is gone, so late
+    /// events for it change nothing.
+    deleted: bool,
+    /// The sequence number of the one timer that counts (0: none).
+    timer: u64,
+    job: Option<Job>,
+    queued: bool,
+    busy: bool,
+    retry: Duration,
+    /// The last (re-)list that saw it.
+    epoch: u64,
+}
+
+/// The result of one request: the pod, the job, when it was built, and how it went.
+type Outcome = (Uid, Job, Timestamp, Result<(), kube::Error>);
+
+struct Driver {
+    sim: Arc<Sim>,
+    pods: HashMap<Uid, Tracked>,
+    ips: PodIps,
+    timers: BinaryHeap<Reverse<(Instant, u64, Uid, Timer)>>,
+    timer_seq: u64,
+    queue: VecDeque<Uid>,
+    epoch: u64,
+}
+
+/// Watches every bound pod and drives those on this process's nodes.
 pub(super) async fn drive(sim: Arc<Sim>) -> Result<(), SimError> {
     let api: Api<Pod> = Api::all(sim.client.clone());
-    let driven: Driven = Arc::default();
-    let mut events =
-        std::pin::pin!(watcher(api, watcher::Config::default().any_semantic()).default_backoff());
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                on_pod(&sim, &driven, pod);
-            }
-            Ok(watcher::Event::Delete(pod)) => {
-                let uid = pod.uid().unwrap_or_default();
-                if let Some(task) = driven
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&uid)
-                {
-                    task.abort();
-                }
-            }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(_) => {}
-        }
-    }
-    Err(SimError::WatchEnded)
-}
-
-fn on_pod(sim: &Arc<Sim>, driven: &Driven, pod: Pod) {
-    let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
-        return;
-    };
-    let Some(index) = sim.owns(&node) else {
-        return;
-    };
-    let uid = pod.uid().unwrap_or_default();
-    let mut map = driven.lock().unwrap_or_else(PoisonError::into_inner);
-    if pod.metadata.deletion_timestamp.is_some() {
-        if let Some(task) = map.remove(&uid) {
-            task.abort();
-        }
-        let sim = sim.clone();
-        tokio::spawn(async move { finish_deletion(&sim, &pod).await });
-        return;
-    }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if map.contains_key(&uid) || matches!(phase, Some("Succeeded" | "Failed")) {
-        return;
-    }
-    let sim2 = sim.clone();
-    let driven2 = driven.clone();
-    let uid2 = uid.clone();
-    let task = tokio::spawn(async move {
-        lifecycle(&sim2, &pod, index).await;
-        driven2
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&uid2);
-    });
-    map.insert(uid, task.abort_handle());
-}
-
-/// The containers are gone at once: remove the object (grace period 0), as the kubelet
-/// does after its containers stopped.
-async fn finish_deletion(sim: &Sim, pod: &Pod) {
-    let _permit = sim.limit.acquire().await;
-    let api: Api<Pod> = Api::namespaced(sim.client.clone(), &pod.namespace().unwrap_or_default());
-    let params = DeleteParams {
-        grace_period_seconds: Some(0),
-        preconditions: pod.uid().map(|uid| kube::api::Preconditions {
-            uid: Some(uid),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&pod.name_any(), &params).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-        Err(err) => tracing::debug!(pod = %pod.name_any(), ?err, "final delete failed"),
-    }
-}
-
-fn annotation<T: std::str::FromStr>(pod: &Pod, key: &str) -> Option<T> {
-    pod.annotations().get(key).and_then(|v| v.parse().ok())
-}
-
-/// A fake pod IP, unique per node and pod slot (text only).
-fn pod_ip(index: usize, uid: &str) -> String {
-    let slot = uid
-        .bytes()
-        .fold(0_u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-        % 250
-        + 2;
-    let node = u32::try_from(index).unwrap_or(0);
-    std::net::Ipv4Addr::from((10_u32 << 24) | ((64 << 16) + (node << 8) + slot)).to_string()
-}
-
-async fn lifecycle(sim: &Sim, pod: &Pod, index: usize) {
-    tokio::time::sleep(sim.config.pod_startup).await;
-    let started = Timestamp::now();
-    let mut restarts = 0;
-    let mut last_state: Option<Value> = None;
-    if !patch(
+    // Only bound pods: the ones still waiting for the scheduler are nobody's yet.
+    let config = watcher::Config::default()
+        .any_semantic()
+        .fields("spec.nodeName!=");
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    let mut driver = Driver {
         sim,
-        pod,
-        &running(pod, index, started, restarts, last_state.as_ref()),
-    )
-    .await
-    {
-        return;
-    }
-    let Some(run_for) = annotation::<u64>(pod, RUN_SECONDS) else {
-        return;
+        pods: HashMap::new(),
+        ips: PodIps::default(),
+        timers: BinaryHeap::new(),
+        timer_seq: 0,
+        queue: VecDeque::new(),
+        epoch: 0,
     };
-    let code = annotation::<i32>(pod, EXIT_CODE).unwrap_or(0);
-    let policy = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.restart_policy.clone())
-        .unwrap_or_else(|| "Always".to_owned());
+    let mut in_flight = FuturesUnordered::new();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let bound = driver.sim.config.concurrency.max(1);
     loop {
-        let since = Timestamp::now();
-        tokio::time::sleep(Duration::from_secs(run_for)).await;
-        let ended = Timestamp::now();
-        let restart = match policy.as_str() {
-            "Never" => false,
-            "OnFailure" => code != 0,
-            _ => true,
+        while in_flight.len() < bound {
+            let Some(request) = driver.next_request() else {
+                break;
+            };
+            in_flight.push(request);
+        }
+        let next_timer = driver.timers.peek().map(|Reverse((at, ..))| *at);
+        tokio::select! {
+            event = events.next() => match event {
+                Some(event) => driver.on_event(event),
+                None => return Err(SimError::WatchEnded("pod")),
+            },
+            Some(outcome) = in_flight.next(), if !in_flight.is_empty() => driver.on_outcome(outcome),
+            () = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
+                driver.fire_timers(Instant::now());
+            }
+            _ = sweep.tick() => driver.sweep(),
+        }
+    }
+}
+
+/// Sends one pod's request: the status (with the pod's uid, so a pod recreated under the
+/// same name is left alone), then for a deletion the final delete.
+async fn send(
+    sim: Arc<Sim>,
+    uid: Uid,
+    namespace: String,
+    name: String,
+    job: Job,
+    at: Timestamp,
+    status: Option<Value>,
+) -> Outcome {
+    let api: Api<Pod> = Api::namespaced(sim.client.clone(), &namespace);
+    let _permit = sim.permit().await;
+    let mut result = Ok(());
+    if let Some(status) = status {
+        let patch = json!({"metadata": {"uid": &*uid}, "status": status});
+        result = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+            .map(drop);
+    }
+    if matches!(job, Job::Delete) && result.is_ok() {
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
         };
-        let terminated = json!({"terminated": {
-            "exitCode": code,
-            "reason": if code == 0 { "Completed" } else { "Error" },
-            "startedAt": Time(since),
-            "finishedAt": Time(ended),
-            "containerID": format!("sim://{}", pod.uid().unwrap_or_default()),
-        }});
-        if !restart {
-            patch(
-                sim,
-                pod,
-                &finished(pod, index, started, restarts, &terminated, code),
-            )
-            .await;
-            return;
-        }
-        restarts += 1;
-        last_state = Some(terminated);
-        if !patch(
-            sim,
-            pod,
-            &running(pod, index, Timestamp::now(), restarts, last_state.as_ref()),
-        )
-        .await
-        {
-            return;
-        }
+        result = api.delete(&name, &params).await.map(drop);
     }
+    (uid, job, at, result)
 }
 
-async fn patch(sim: &Sim, pod: &Pod, status: &Value) -> bool {
-    let _permit = sim.limit.acquire().await;
-    let api: Api<Pod> = Api::namespaced(sim.client.clone(), &pod.namespace().unwrap_or_default());
-    match api
-        .patch_status(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&json!({ "status": status })),
-        )
-        .await
-    {
-        Ok(_) => true,
-        Err(err) => {
-            tracing::debug!(pod = %pod.name_any(), ?err, "status update failed");
-            false
-        }
-    }
-}
-
-fn condition(type_: &str, status: bool, at: Timestamp, reason: Option<&str>) -> Value {
-    let mut c = json!({
-        "type": type_,
-        "status": if status { "True" } else { "False" },
-        "lastTransitionTime": Time(at),
-    });
-    if let Some(reason) = reason {
-        c["reason"] = json!(reason);
-    }
-    c
-}
-
-fn init_statuses(pod: &Pod, at: Timestamp) -> Value {
-    let list: Vec<Value> = pod
-        .spec
+fn has_condition(pod: &Pod, type_: &str) -> bool {
+    pod.status
         .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "image": c.image,
-                "imageID": format!("sim://{}", c.image.as_deref().unwrap_or_default()),
-                "ready": true,
-                "restartCount": 0,
-                "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": Time(at), "finishedAt": Time(at)}},
-            })
-        })
-        .collect();
-    json!(list)
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == type_))
 }
 
-fn base(pod: &Pod, index: usize, at: Timestamp) -> Value {
-    let ip = pod_ip(index, pod.metadata.uid.as_deref().unwrap_or_default());
-    let host = node_ip(index);
-    let start = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.start_time.clone())
-        .unwrap_or(Time(at));
-    json!({
-        "hostIP": host,
-        "hostIPs": [{"ip": host}],
-        "podIP": ip,
-        "podIPs": [{"ip": ip}],
-        "startTime": start,
-        "qosClass": pod.status.as_ref().and_then(|s| s.qos_class.clone()).unwrap_or_else(|| "BestEffort".to_owned()),
-        "initContainerStatuses": init_statuses(pod, at),
+/// The running state a previous run of this process reported, if it did.
+fn running_state(pod: &Pod) -> Option<State> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let containers = status.container_statuses.as_ref()?;
+    let mut since = None;
+    let mut restarts = 0;
+    for c in containers {
+        let started = c.state.as_ref()?.running.as_ref()?.started_at.as_ref()?.0;
+        since = Some(since.map_or(started, |s: Timestamp| s.min(started)));
+        restarts = restarts.max(c.restart_count);
+    }
+    Some(State::Running {
+        since: since?,
+        restarts,
     })
 }
 
-fn running(pod: &Pod, index: usize, at: Timestamp, restarts: i32, last: Option<&Value>) -> Value {
-    let mut status = base(pod, index, at);
-    let containers: Vec<Value> = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .map(|c| {
-            let mut s = json!({
-                "name": c.name,
-                "image": c.image,
-                "imageID": format!("sim://{}", c.image.as_deref().unwrap_or_default()),
-                "containerID": format!("sim://{}/{}", pod.uid().unwrap_or_default(), c.name),
-                "ready": true,
-                "started": true,
-                "restartCount": restarts,
-                "state": {"running": {"startedAt": Time(at)}},
-            });
-            if let Some(last) = last {
-                s["lastState"] = last.clone();
+/// How long until `since + run_for`, from now.
+fn remaining(since: Timestamp, run_for: Duration) -> Duration {
+    let ran = Duration::try_from(Timestamp::now().duration_since(since)).unwrap_or_default();
+    run_for.saturating_sub(ran)
+}
+
+impl Driver {
+    fn on_event(&mut self, event: Result<watcher::Event<Pod>, watcher::Error>) {
+        match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => self.on_pod(&pod),
+            Ok(watcher::Event::Delete(pod)) => {
+                if let Some(uid) = pod.uid() {
+                    self.forget(&uid);
+                }
             }
-            s
-        })
-        .collect();
-    status["phase"] = json!("Running");
-    status["containerStatuses"] = json!(containers);
-    status["conditions"] = json!([
-        condition("PodReadyToStartContainers", true, at, None),
-        condition("Initialized", true, at, None),
-        condition("Ready", true, at, None),
-        condition("ContainersReady", true, at, None),
-        condition("PodScheduled", true, at, None),
-    ]);
-    status
-}
+            Ok(watcher::Event::Init) => self.epoch += 1,
+            Ok(watcher::Event::InitDone) => {
+                // Pods not in the new list were deleted while the watch was down.
+                let gone: Vec<Uid> = self
+                    .pods
+                    .iter()
+                    .filter(|(_, t)| t.epoch != self.epoch)
+                    .map(|(uid, _)| uid.clone())
+                    .collect();
+                for uid in gone {
+                    self.forget(&uid);
+                }
+            }
+            Err(err) => tracing::warn!(?err, "pod watch failed, retrying"),
+        }
+    }
 
-fn finished(
-    pod: &Pod,
-    index: usize,
-    at: Timestamp,
-    restarts: i32,
-    terminated: &Value,
-    code: i32,
-) -> Value {
-    let now = Timestamp::now();
-    let mut status = base(pod, index, at);
-    let containers: Vec<Value> = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "image": c.image,
-                "imageID": format!("sim://{}", c.image.as_deref().unwrap_or_default()),
-                "containerID": format!("sim://{}/{}", pod.uid().unwrap_or_default(), c.name),
-                "ready": false,
-                "started": false,
-                "restartCount": restarts,
-                "state": terminated,
-            })
-        })
-        .collect();
-    let reason = if code == 0 {
-        "PodCompleted"
-    } else {
-        "PodFailed"
-    };
-    status["phase"] = json!(if code == 0 { "Succeeded" } else { "Failed" });
-    status["containerStatuses"] = json!(containers);
-    status["conditions"] = json!([
-        condition("PodReadyToStartContainers", false, now, None),
-        condition("Initialized", true, at, Some(reason)),
-        condition("Ready", false, now, Some(reason)),
-        condition("ContainersReady", false, now, Some(reason)),
-        condition("PodScheduled", true, at, None),
-    ]);
-    status
-}
+    fn on_pod(&mut self, pod: &Pod) {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            return;
+        };
+        let Some((index, live)) = self.sim.live(node) else {
+            return;
+        };
+        let Some(uid) = pod.metadata.uid.as_deref() else {
+            return;
+        };
+        let marked = pod.metadata.deletion_timestamp.is_some();
+        if let Some(t) = self.pods.get_mut(uid) {
+            // Every other change is an echo of this process's own writes.
+            t.epoch = self.epoch;
+            if marked && !t.deleting {
+                self.begin_delete(&Uid::from(uid));
+            }
+            return;
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let terminal = matches!(phase, Some("Succeeded" | "Failed"));
+        if terminal && !marked {
+            return;
+        }
+        let shape = Shape::of(pod);
+        let state = if terminal {
+            State::Finished { restarts: 0 }
+        } else {
+            running_state(pod).unwrap_or(State::Pending)
+        };
+        let mut ip = None;
+        if let State::Running { .. } = state
+            && !shape.host_network
+            && let Some(found) = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|s| s.parse().ok())
+        {
+            // A previous run started it: keep its address.
+            self.ips.reserve(index, live.pod_cidr.as_deref(), found);
+            ip = Some(found);
+        }
+        let uid = Uid::from(uid);
+        let tracked = Tracked {
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name_any(),
+            node: index,
+            start_time: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map_or_else(Timestamp::now, |t| t.0),
+            add_scheduled: !has_condition(pod, "PodScheduled"),
+            ip,
+            state,
+            deleting: false,
+            deleted: false,
+            timer: 0,
+            job: None,
+            queued: false,
+            busy: false,
+            retry: FIRST_RETRY,
+            epoch: self.epoch,
+            shape,
+        };
+        let run_for = tracked.shape.run_for;
+        let exit_in = match &tracked.state {
+            State::Running { since, .. } => run_for.map(|r| remaining(*since, r)),
+            _ => None,
+        };
+        let pending = matches!(tracked.state, State::Pending);
+        self.pods.insert(uid.clone(), tracked);
+        if marked {
+            self.begin_delete(&uid);
+        } else if pending {
+            let startup = self.sim.config.pod_startup;
+            if startup.is_zero() {
+                self.enqueue(&uid, Job::Start);
+            } else {
+                self.schedule(&uid, Instant::now() + startup, Timer::Start);
+            }
+        } else if let Some(after) = exit_in {
+            self.schedule(&uid, Instant::now() + after, Timer::Exit);
+        }
+    }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    fn begin_delete(&mut self, uid: &Uid) {
+        if let Some(t) = self.pods.get_mut(uid) {
+            t.deleting = true;
+            t.timer = 0;
+            self.enqueue(uid, Job::Delete);
+        }
+    }
 
-    #[test]
-    fn pod_ips_differ_per_node() {
-        assert_ne!(pod_ip(0, "a"), pod_ip(1, "a"));
-        assert!(pod_ip(3, "abc").starts_with("10.64.3."));
+    /// Drops a pod that is gone, giving its address back.
+    fn forget(&mut self, uid: &str) {
+        if let Some(t) = self.pods.remove(uid)
+            && let Some(ip) = t.ip
+            && !t.shape.host_network
+        {
+            self.ips.release(t.node, ip);
+        }
+    }
+
+    fn enqueue(&mut self, uid: &Uid, job: Job) {
+        let Some(t) = self.pods.get_mut(uid) else {
+            return;
+        };
+        if t.deleted || (t.deleting && !matches!(job, Job::Delete)) {
+            return;
+        }
+        t.job = Some(job);
+        if !t.queued && !t.busy {
+            t.queued = true;
+            self.queue.push_back(uid.clone());
+        }
+    }
+
+    fn schedule(&mut self, uid: &Uid, at: Instant, timer: Timer) {
+        let Some(t) = self.pods.get_mut(uid) else {
+            return;
+        };
+        self.timer_seq += 1;
+        t.timer = self.timer_seq;
+        self.timers
+            .push(Reverse((at, self.timer_seq, uid.clone(), timer)));
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, seq, _, _))) = self.timers.peek()
+            && *at <= now
+        {
+            let seq = *seq;
+            let Some(Reverse((_, _, uid, timer))) = self.timers.pop() else {
+                break;
+            };
+            let Some(t) = self.pods.get_mut(&uid) else {
+                continue;
+            };
+            if t.timer != seq {
+                continue;
+            }
+            t.timer = 0;
+            match timer {
+                Timer::Start => self.enqueue(&uid, Job::Start),
+                Timer::Retry => {
+                    if !t.queued && !t.busy && t.job.is_some() {
+                        t.queued = true;
+                        self.queue.push_back(uid);
+                    }
+                }
+                Timer::Exit => {
+                    let State::Running { since, .. } = t.state else {
+                        continue;
+                    };
+                    let exit = Exit {
+                        code: t.shape.exit_code,
+                        started: since,
+                        finished: Timestamp::now(),
+                    };
+                    let job = if t.shape.restart_policy.restarts(exit.code) {
+                        Job::Restart(exit)
+                    } else {
+                        Job::Finish(exit)
+                    };
+                    self.enqueue(&uid, job);
+                }
+            }
+        }
+    }
+
+    /// The next queued request, with its status document built now.
+    fn next_request(&mut self) -> Option<impl Future<Output = Outcome> + use<>> {
+        while let Some(uid) = self.queue.pop_front() {
+            let Some(t) = self.pods.get_mut(&uid) else {
+                continue;
+            };
+            t.queued = false;
+            if t.busy {
+                // Queued again when the request in flight ends.
+                continue;
+            }
+            let Some(job) = t.job.take() else {
+                continue;
+            };
+            let Some((_, live)) = self.sim.live(&self.sim.name(t.node)) else {
+                // The node was deleted from the API: its pods are nobody's now.
+                self.forget(&uid);
+                continue;
+            };
+            let host_ip = node_ip(self.sim.config.node_ip_base, t.node);
+            if t.shape.host_network {
+                t.ip = Some(host_ip);
+            } else if matches!(job, Job::Start) && t.ip.is_none() {
+                t.ip = self.ips.allocate(t.node, live.pod_cidr.as_deref());
+                if t.ip.is_none() {
+                    tracing::warn!(pod = %t.name, namespace = %t.namespace, node = %self.sim.name(t.node),
+                        "no free pod address on the node, pod stays pending");
+                    t.job = Some(job);
+                    self.schedule(&uid, Instant::now() + NO_ADDRESS_RETRY, Timer::Retry);
+                    continue;
+                }
+            }
+            let at = Timestamp::now();
+            let facts = Facts {
+                uid: &uid,
+                shape: &t.shape,
+                host_ip,
+                pod_ip: t.ip,
+                start_time: t.start_time,
+                add_scheduled: t.add_scheduled,
+            };
+            let status = match (&job, &t.state) {
+                (Job::Start, _) => Some(facts.running(at, 0, None)),
+                (Job::Restart(exit), State::Running { restarts, .. }) => {
+                    Some(facts.running(at, restarts + 1, Some(exit)))
+                }
+                (Job::Finish(exit), State::Running { restarts, .. }) => {
+                    Some(facts.ended(exit, *restarts))
+                }
+                // The containers stop (exit 0, as a container that handles SIGTERM).
+                (
+                    Job::Delete,
+                    State::Running {
+                        since, restarts, ..
+                    },
+                ) => Some(facts.ended(
+                    &Exit {
+                        code: 0,
+                        started: *since,
+                        finished: at,
+                    },
+                    *restarts,
+                )),
+                (Job::Delete, _) => None,
+                (Job::Restart(_) | Job::Finish(_), _) => continue,
+            };
+            t.busy = true;
+            return Some(send(
+                self.sim.clone(),
+                uid.clone(),
+                t.namespace.clone(),
+                t.name.clone(),
+                job,
+                at,
+                status,
+            ));
+        }
+        None
+    }
+
+    fn on_outcome(&mut self, (uid, job, at, result): Outcome) {
+        let Some(t) = self.pods.get_mut(&uid) else {
+            return;
+        };
+        t.busy = false;
+        match result {
+            Ok(()) => {
+                t.retry = FIRST_RETRY;
+                self.done(&uid, job, at);
+            }
+            Err(err) => {
+                let code = api_code(&err);
+                // 404: the pod is gone. 409 on a delete: its uid precondition failed,
+                // so a new pod took the name and ours is gone too.
+                let gone = code == Some(404) || (code == Some(409) && matches!(job, Job::Delete));
+                if gone {
+                    self.forget(&uid);
+                    return;
+                }
+                let permanent = code.is_some_and(|c| (400..500).contains(&c) && c != 429);
+                tracing::warn!(pod = %t.name, namespace = %t.namespace, ?job, ?err, permanent,
+                    "pod update failed");
+                if permanent {
+                    return;
+                }
+                // A newer job (a deletion) wins over the failed one.
+                if t.job.is_none() {
+                    t.job = Some(job);
+                }
+                let delay = t.retry;
+                t.retry = (t.retry * 2).min(MAX_RETRY);
+                self.schedule(&uid, Instant::now() + delay, Timer::Retry);
+                return;
+            }
+        }
+        if let Some(t) = self.pods.get_mut(&uid)
+            && t.job.is_some()
+            && !t.queued
+        {
+            t.queued = true;
+            self.queue.push_back(uid);
+        }
+    }
+
+    /// Moves a pod on after its request succeeded.
+    fn done(&mut self, uid: &Uid, job: Job, at: Timestamp) {
+        let Some(t) = self.pods.get_mut(uid) else {
+            return;
+        };
+        let restarts = match &t.state {
+            State::Running { restarts, .. } | State::Finished { restarts } => *restarts,
+            State::Pending => 0,
+        };
+        match job {
+            Job::Start => {
+                t.state = State::Running {
+                    since: at,
+                    restarts: 0,
+                };
+            }
+            Job::Restart(_) => {
+                t.state = State::Running {
+                    since: at,
+                    restarts: restarts + 1,
+                };
+            }
+            Job::Finish(_) => {
+                t.state = State::Finished { restarts };
+                if let Some(ip) = t.ip.take()
+                    && !t.shape.host_network
+                {
+                    self.ips.release(t.node, ip);
+                }
+                return;
+            }
+            Job::Delete => {
+                t.deleted = true;
+                if let Some(ip) = t.ip.take()
+                    && !t.shape.host_network
+                {
+                    self.ips.release(t.node, ip);
+                }
+                return;
+            }
+        }
+        if t.deleting {
+            return;
+        }
+        if let Some(run_for) = t.shape.run_for {
+            let run_for = if t.shape.restart_policy.restarts(t.shape.exit_code) {
+                run_for.max(MIN_RUN_BEFORE_RESTART)
+            } else {
+                run_for
+            };
+            self.schedule(uid, Instant::now() + run_for, Timer::Exit);
+        }
+    }
+
+    /// Forgets the pods of nodes deleted from the API.
+    fn sweep(&mut self) {
+        let orphaned: Vec<Uid> = self
+            .pods
+            .iter()
+            .filter(|(_, t)| !self.sim.is_live(t.node))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in orphaned {
+            if let Some(t) = self.pods.remove(&uid) {
+                self.ips.forget(t.node);
+            }
+        }
     }
 }
