@@ -309,12 +309,12 @@ spec:
         message == "0/3 nodes are available: 3 Insufficient cpu.",
         "{message}"
     );
-    let pod = get_json(&cp, "/api/v1/namespaces/default/pods/big")?;
-    ensure!(
-        pod.pointer("/status/phase") == Some(&Value::from("Pending")),
-        "{pod}"
-    );
-    ensure!(condition(&pod, "PodScheduled") == Some("False"), "{pod}");
+    // The condition is written next to the event; wait for it rather than race it.
+    wait_for("PodScheduled=False on the pending pod", WAIT, || {
+        let pod = get_json(&cp, "/api/v1/namespaces/default/pods/big")?;
+        let pending = pod.pointer("/status/phase") == Some(&Value::from("Pending"));
+        Ok((pending && condition(&pod, "PodScheduled") == Some("False")).then_some(()))
+    })?;
     let described = cp.ok(&["describe", "pod", "big"], None)?;
     ensure!(
         described.contains("FailedScheduling") && described.contains("Insufficient cpu"),
