@@ -2,6 +2,9 @@
 //! for the states controllers converge to.
 
 use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -11,65 +14,118 @@ use serde_json::Value;
 
 use crate::{control::ControlPlane, process::ChildGuard};
 
+/// Something that serves the Kubernetes API: a [`ControlPlane`] or its URL.
+pub trait ApiServer {
+    /// `http://127.0.0.1:PORT`.
+    fn api_url(&self) -> String;
+}
+
+impl ApiServer for ControlPlane {
+    fn api_url(&self) -> String {
+        self.url()
+    }
+}
+
+impl ApiServer for str {
+    fn api_url(&self) -> String {
+        self.to_owned()
+    }
+}
+
+impl ApiServer for String {
+    fn api_url(&self) -> String {
+        self.clone()
+    }
+}
+
 /// A `node --simulate` process; killed (SIGKILL) on drop, which stops its Leases.
 #[derive(Debug)]
 pub struct SimNodes {
     process: Option<ChildGuard>,
     prefix: String,
     count: usize,
+    log: PathBuf,
 }
 
 impl SimNodes {
-    /// Starts `count` simulated nodes named `<prefix><i>` against `cp` (extra flags such
-    /// as `--cpu 2` or `--taints k=v:NoSchedule`) and waits until all are Ready.
+    /// Starts `count` simulated nodes named `<prefix><i>` against `server` (extra flags
+    /// such as `--cpu 2` or `--taints k=v:NoSchedule`; a later flag wins over an earlier
+    /// one) and waits until all are Ready through the API. Leases are renewed every second
+    /// unless `extra` says otherwise.
     ///
     /// # Errors
-    /// If the nodes are not Ready within 30 s.
-    pub fn start(cp: &ControlPlane, count: usize, prefix: &str, extra: &[&str]) -> Result<Self> {
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("skiff-sim-{prefix}{}.log", std::process::id())),
-        )?;
+    /// If the process exits, or the nodes are not Ready in time (30 s plus 20 ms a node).
+    pub fn start(
+        server: &(impl ApiServer + ?Sized),
+        count: usize,
+        prefix: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let url = server.api_url();
+        let log = std::env::temp_dir().join(format!("{}.log", crate::unique_name("skiff-sim")));
         let process = ChildGuard::spawn(
             Command::new(crate::bin("node"))
-                .args([
-                    "--simulate",
-                    &count.to_string(),
-                    "--name-prefix",
-                    prefix,
-                    "--server",
-                    &cp.url(),
-                ])
+                .args(["--simulate", &count.to_string(), "--name-prefix", prefix])
+                .args(["--server", &url])
                 .args(["--lease-renew-interval-seconds", "1"])
                 .args(extra)
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
-                .stderr(log),
+                .stderr(std::fs::File::create(&log)?),
         )?;
-        let nodes = Self {
+        let mut nodes = Self {
             process: Some(process),
             prefix: prefix.to_owned(),
             count,
+            log,
         };
-        wait_for(
-            &format!("{count} Ready nodes {prefix}*"),
-            Duration::from_secs(30),
-            || {
-                let list = get_json(cp, "/api/v1/nodes")?;
-                let ready = items(&list)
-                    .iter()
-                    .filter(|n| {
-                        name(n).starts_with(prefix) && condition(n, "Ready") == Some("True")
-                    })
-                    .count();
-                Ok((ready == count).then_some(()))
-            },
-        )?;
-        Ok(nodes)
+        let timeout = Duration::from_secs(30) + Duration::from_millis(20) * u32::try_from(count)?;
+        // Listing thousands of nodes is not free: poll large fleets less often.
+        let every =
+            Duration::from_millis(100).max(Duration::from_micros(200) * u32::try_from(count)?);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = nodes.exited()? {
+                bail!("node --simulate exited ({status}):\n{}", nodes.log());
+            }
+            let ready = ready_nodes(&url, prefix);
+            if let Ok(n) = &ready
+                && *n == count
+            {
+                return Ok(nodes);
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{count} simulated nodes {prefix}* not Ready within {timeout:?} ({ready:?}):\n{}",
+                    nodes.log()
+                );
+            }
+            std::thread::sleep(every);
+        }
+    }
+
+    fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.process.as_mut() {
+            Some(p) => Ok(p.child_mut().try_wait()?),
+            None => Ok(None),
+        }
     }
 
     /// Kills the process at once (its nodes stop renewing their Leases).
     pub fn kill(&mut self) {
         self.process = None;
+    }
+
+    /// The process's PID while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ChildGuard::id)
+    }
+
+    /// What the process logged so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The node names.
@@ -79,6 +135,60 @@ impl SimNodes {
             .map(|i| format!("{}{i}", self.prefix))
             .collect()
     }
+}
+
+impl Drop for SimNodes {
+    fn drop(&mut self) {
+        self.process = None;
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// How many Nodes named `<prefix><digits>` are Ready.
+fn ready_nodes(url: &str, prefix: &str) -> Result<usize> {
+    let (code, body) = http_get(url, "/api/v1/nodes")?;
+    if code != 200 {
+        bail!("listing nodes answered {code}");
+    }
+    let list: Value = serde_json::from_slice(&body).context("a node list")?;
+    Ok(items(&list)
+        .iter()
+        .filter(|n| {
+            name(n)
+                .strip_prefix(prefix)
+                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+                && condition(n, "Ready") == Some("True")
+        })
+        .count())
+}
+
+/// A GET of `path` from the API server at `url` (`http://HOST:PORT`), as HTTP/1.0 so the
+/// answer is never chunked; returns the status code and the body.
+fn http_get(url: &str, path: &str) -> Result<(u16, Vec<u8>)> {
+    let authority = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url} is not an http:// URL"))?
+        .trim_end_matches('/');
+    let mut stream =
+        TcpStream::connect(authority).with_context(|| format!("connecting to {url}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of HTTP headers")?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status line")?;
+    Ok((code, response[split + 4..].to_vec()))
 }
 
 /// Polls `check` every 100 ms until it yields a value.
@@ -108,7 +218,7 @@ pub fn wait_for<T>(
     }
 }
 
-/// GETs `path` from the API server as JSON.
+/// GETs `path` from the API server as JSON (`null` for 404).
 ///
 /// # Errors
 /// On connection failure or a non-JSON body.

@@ -261,7 +261,9 @@ impl Facts<'_> {
     /// True).
     pub(super) fn running(&self, since: Timestamp, restarts: i32, last: Option<&Exit>) -> Value {
         let mut status = self.base("Running");
-        status["initContainerStatuses"] = self.init_statuses(Some(self.start_time), since);
+        if !self.shape.init_containers.is_empty() {
+            status["initContainerStatuses"] = self.init_statuses(Some(self.start_time), since);
+        }
         status["containerStatuses"] = self.containers(
             restarts,
             true,
@@ -281,7 +283,9 @@ impl Facts<'_> {
             "Failed"
         };
         let mut status = self.base(phase);
-        status["initContainerStatuses"] = self.init_statuses(None, exit.finished);
+        if !self.shape.init_containers.is_empty() {
+            status["initContainerStatuses"] = self.init_statuses(None, exit.finished);
+        }
         status["containerStatuses"] = self.containers(restarts, false, |id| exit.state(id), None);
         status["conditions"] = self.conditions(false, Some(exit.finished), Some("PodCompleted"));
         status
