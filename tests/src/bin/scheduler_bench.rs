@@ -1,6 +1,6 @@
 //! `cargo xtask bench scheduler`: scheduling throughput and creation-to-binding latency of
 //! the real `control` binary (API server plus its scheduler) on fake nodes, like
-//! kube-scheduler's scheduler_perf: 1,000 and 5,000 nodes of 32 cpu / 256 Gi / 110 pods
+//! kube-scheduler's `scheduler_perf`: 1,000 and 5,000 nodes of 32 cpu / 256 Gi / 110 pods
 //! over 10 zones, then 10,000 and 50,000 pods with mixed requests, a tenth of them with
 //! inter-pod anti-affinity or a zone topology spread constraint, created by 32 clients.
 
@@ -29,12 +29,12 @@ const CONCURRENCY: usize = 32;
 const ZONES: usize = 10;
 const NAMESPACE: &str = "sched-bench";
 /// Give up when no pod got bound for this long.
-const STALL: Duration = Duration::from_secs(120);
+const STALL: Duration = Duration::from_mins(2);
 
 #[derive(Parser)]
 #[command(about = "scheduler throughput against the real control binary")]
 struct Args {
-    /// Runs as NODESxPODS, comma-separated.
+    /// Runs as `NODESxPODS`, comma-separated.
     #[arg(long, default_value = "1000x10000,5000x50000", value_delimiter = ',')]
     runs: Vec<String>,
     /// Also run on a real etcd (when /usr/bin/etcd exists).
