@@ -162,12 +162,62 @@ impl TermIndex {
     }
 }
 
+/// Nodes in slots, reachable by name and by position in a stable order (the search
+/// walks positions, so it never hashes a node name).
+#[derive(Debug, Default)]
+struct Nodes {
+    slots: Vec<Option<NodeInfo>>,
+    free: Vec<usize>,
+    by_name: HashMap<String, usize>,
+    /// Slots of the live nodes in a stable order, for round-robin search starts.
+    order: Vec<usize>,
+}
+
+impl Nodes {
+    fn get(&self, name: &str) -> Option<&NodeInfo> {
+        self.slots[*self.by_name.get(name)?].as_ref()
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
+        self.slots[*self.by_name.get(name)?].as_mut()
+    }
+
+    fn insert(&mut self, name: String, info: NodeInfo) {
+        let slot = if let Some(slot) = self.free.pop() {
+            self.slots[slot] = Some(info);
+            slot
+        } else {
+            self.slots.push(Some(info));
+            self.slots.len() - 1
+        };
+        self.by_name.insert(name, slot);
+        self.order.push(slot);
+    }
+
+    fn remove(&mut self, name: &str) -> Option<NodeInfo> {
+        let slot = self.by_name.remove(name)?;
+        self.order.retain(|s| *s != slot);
+        self.free.push(slot);
+        self.slots[slot].take()
+    }
+
+    fn nth(&self, i: usize) -> Option<&NodeInfo> {
+        self.slots[*self.order.get(i)?].as_ref()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.order.iter().filter_map(|s| self.slots[*s].as_ref())
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+}
+
 /// Nodes and bound pods, with the indexes the plugins look things up in.
 #[derive(Debug, Default)]
 pub struct Cache {
-    nodes: HashMap<String, NodeInfo>,
-    /// Node names in a stable order, for round-robin search starts.
-    order: Vec<String>,
+    nodes: Nodes,
     /// Pods bound to a node the cache has no Node object for (not yet, or not any more):
     /// they count again as soon as the node shows up.
     ghosts: HashMap<String, HashMap<String, Arc<PodInfo>>>,
@@ -243,8 +293,7 @@ impl Cache {
             .filter(|(n, _)| *n == name)
             .map(|(_, p)| p.clone())
             .collect();
-        self.nodes.insert(name.clone(), info);
-        self.order.push(name);
+        self.nodes.insert(name, info);
         true
     }
 
@@ -254,7 +303,6 @@ impl Cache {
             return;
         };
         index_node_labels(&mut self.node_labels, &info.node, -1);
-        self.order.retain(|n| n != name);
         if !info.pods.is_empty() {
             self.ghosts.insert(name.to_owned(), info.pods);
         }
@@ -395,25 +443,25 @@ impl Cache {
 
     /// Every node, in a stable order.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
-        self.order.iter().filter_map(|n| self.nodes.get(n))
+        self.nodes.iter()
     }
 
     /// The `i`-th node of the stable order.
     #[must_use]
     pub fn nth(&self, i: usize) -> Option<&NodeInfo> {
-        self.order.get(i).and_then(|n| self.nodes.get(n))
+        self.nodes.nth(i)
     }
 
     /// How many nodes there are.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.nodes.len()
     }
 
     /// Whether there are no nodes.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.nodes.len() == 0
     }
 
     /// Nodes running at least one pod in `namespace` labelled `key=value`.

@@ -55,6 +55,16 @@ impl Unfit {
     }
 }
 
+/// Whether a plugin has anything to check or rank for the pod at hand (kube-scheduler's
+/// `Skip` status from `PreFilter` and `PreScore`): skipped plugins are not called per node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Call the plugin for every node.
+    Run,
+    /// Nothing to do for this pod.
+    Skip,
+}
+
 /// Per-plugin data that a preemption what-if can copy.
 pub trait StateData: Any + Send + Sync {
     /// A boxed copy.
@@ -126,8 +136,11 @@ pub trait FilterPlugin: Send + Sync {
     /// The plugin's name, as kube-scheduler calls it.
     fn name(&self) -> &'static str;
 
-    /// Computes once per attempt what `filter` needs, into `state`.
-    fn pre_filter(&self, _pod: &PodInfo, _cache: &Cache, _state: &mut CycleState) {}
+    /// Computes once per attempt what `filter` needs, into `state`; says whether the
+    /// filter has anything to check for this pod.
+    fn pre_filter(&self, _pod: &PodInfo, _cache: &Cache, _state: &mut CycleState) -> Stage {
+        Stage::Run
+    }
 
     /// Rules `node` out with reasons, or lets it through.
     ///
@@ -164,14 +177,15 @@ pub trait ScorePlugin: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Computes once per attempt, only when there is more than one feasible node, what
-    /// `score` needs.
+    /// `score` needs; says whether the plugin ranks anything for this pod.
     fn pre_score(
         &self,
         _pod: &PodInfo,
         _cache: &Cache,
         _feasible: &[&NodeInfo],
         _state: &mut CycleState,
-    ) {
+    ) -> Stage {
+        Stage::Run
     }
 
     /// A raw score for a feasible node.
@@ -331,11 +345,19 @@ impl Framework {
     /// Runs every filter's pre-filter for `pod`.
     #[must_use]
     pub fn pre_filter(&self, pod: &PodInfo, cache: &Cache) -> CycleState {
+        self.prepare(pod, cache).0
+    }
+
+    /// Runs every filter's pre-filter; returns the state and the filters with work to do.
+    fn prepare(&self, pod: &PodInfo, cache: &Cache) -> (CycleState, Vec<&dyn FilterPlugin>) {
         let mut state = CycleState::default();
+        let mut active = Vec::with_capacity(self.filters.len());
         for plugin in &self.filters {
-            plugin.pre_filter(pod, cache, &mut state);
+            if plugin.pre_filter(pod, cache, &mut state) == Stage::Run {
+                active.push(plugin.as_ref());
+            }
         }
-        state
+        (state, active)
     }
 
     /// Runs the filters on one node, stopping at the first that refuses it.
@@ -397,9 +419,15 @@ impl Framework {
         if total == 0 {
             return Err(diagnosis);
         }
-        let state = self.pre_filter(pod, cache);
+        let (state, active) = self.prepare(pod, cache);
+        let fits = |node: &NodeInfo| -> Result<(), Unfit> {
+            for plugin in &active {
+                plugin.filter(pod, node, &state)?;
+            }
+            Ok(())
+        };
         if let Some(node) = pod.nominated_node().and_then(|n| cache.node(n))
-            && self.filter(pod, node, &state).is_ok()
+            && fits(node).is_ok()
         {
             return Ok(node.name().to_owned());
         }
@@ -411,7 +439,7 @@ impl Framework {
                 continue;
             };
             processed += 1;
-            match self.filter(pod, node, &state) {
+            match fits(node) {
                 Ok(()) => {
                     feasible.push(node);
                     if feasible.len() >= wanted {
@@ -438,12 +466,15 @@ impl Framework {
         feasible: &[&NodeInfo],
         cursor: &mut Cursor,
     ) -> String {
-        for (plugin, _) in &self.scores {
-            plugin.pre_score(pod, cache, feasible, &mut state);
+        let mut active = Vec::with_capacity(self.scores.len());
+        for (plugin, weight) in &self.scores {
+            if plugin.pre_score(pod, cache, feasible, &mut state) == Stage::Run {
+                active.push((plugin.as_ref(), *weight));
+            }
         }
         let mut totals = vec![0_i64; feasible.len()];
         let mut scores = vec![0_i64; feasible.len()];
-        for (plugin, weight) in &self.scores {
+        for (plugin, weight) in active {
             for (s, node) in scores.iter_mut().zip(feasible) {
                 *s = plugin.score(pod, node, &state);
             }

@@ -3,6 +3,10 @@
 //! kube-scheduler's `scheduler_perf`: 1,000 and 5,000 nodes of 32 cpu / 256 Gi / 110 pods
 //! over 10 zones, then 10,000 and 50,000 pods with mixed requests, a tenth of them with
 //! inter-pod anti-affinity or a zone topology spread constraint, created by 32 clients.
+//!
+//! Two more rows separate the scheduler from the API server it shares two cores with: a
+//! backlog of pods created while no scheduler runs, then bound by `skiff_scheduler::run`
+//! started in this process; and the scheduling decisions alone on an in-memory cache.
 
 use std::{
     collections::HashMap,
@@ -40,6 +44,10 @@ struct Args {
     /// Also run on a real etcd (when /usr/bin/etcd exists).
     #[arg(long)]
     etcd: bool,
+    /// Which measurements: e2e (create while the control binary schedules), backlog
+    /// (bind pods created beforehand), memory (decisions alone), comma-separated.
+    #[arg(long, default_value = "e2e,backlog,memory", value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 struct Figures {
@@ -401,11 +409,215 @@ async fn run(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<Figures> {
     })
 }
 
+/// Throughput of binding a backlog: `pods` pending pods created with no scheduler running,
+/// then `skiff_scheduler::run` started in this process; from its start to the last
+/// binding, its initial list of every pod included.
+async fn run_backlog(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<(f64, f64)> {
+    let http: Http = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(CONCURRENCY + 2)
+        .build_http();
+    let base = cp.url();
+    send(
+        &http,
+        &base,
+        "POST",
+        "/api/v1/namespaces",
+        Some(&json!({"metadata": {"name": NAMESPACE}})),
+    )
+    .await?;
+    create_all(&http, &base, "/api/v1/nodes", nodes, node).await?;
+    let t = Instant::now();
+    create_all(
+        &http,
+        &base,
+        &format!("/api/v1/namespaces/{NAMESPACE}/pods"),
+        pods,
+        pod,
+    )
+    .await?;
+    eprintln!(
+        "  {pods} pending pods created in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let rv = send(
+        &http,
+        &base,
+        "GET",
+        &format!("/api/v1/namespaces/{NAMESPACE}/pods?limit=1"),
+        None,
+    )
+    .await?["metadata"]["resourceVersion"]
+        .as_str()
+        .context("list without resourceVersion")?
+        .to_owned();
+    let bound: Bound = Arc::default();
+    let watch = tokio::spawn(watch_bindings(
+        http.clone(),
+        base.clone(),
+        rv,
+        bound.clone(),
+    ));
+    let client = kube::Client::try_from(kube::Config::new(base.parse()?))?;
+    let pid = cp.pid().context("control is running")?;
+    let cpu_before = cpu_seconds(pid)? + cpu_seconds(std::process::id())?;
+    let started = Instant::now();
+    let scheduler = tokio::spawn(skiff_scheduler::run(
+        client,
+        skiff_scheduler::Config::default(),
+    ));
+    let (mut seen, mut progress) = (0, Instant::now());
+    loop {
+        let now = bound.lock().expect("bound").len();
+        if now >= pods {
+            break;
+        }
+        if watch.is_finished() || scheduler.is_finished() {
+            bail!("the watch or the scheduler stopped with {now} of {pods} pods bound");
+        }
+        if now > seen {
+            (seen, progress) = (now, Instant::now());
+        } else if progress.elapsed() > STALL {
+            bail!("only {now} of {pods} pods were bound; none for {STALL:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    scheduler.abort();
+    watch.abort();
+    let cpu = cpu_seconds(pid)? + cpu_seconds(std::process::id())? - cpu_before;
+    let last = bound
+        .lock()
+        .expect("bound")
+        .values()
+        .max()
+        .copied()
+        .unwrap_or(started);
+    #[expect(clippy::cast_precision_loss, reason = "a pod count")]
+    let pods_f = pods as f64;
+    Ok((
+        pods_f / last.duration_since(started).as_secs_f64(),
+        cpu * 1e3 / pods_f,
+    ))
+}
+
+/// Decisions per second of the default plugins on an in-memory cache: each pod filtered,
+/// scored and assumed on its node, no API server involved.
+fn run_memory(nodes: usize, pods: usize) -> Result<(f64, usize)> {
+    let mut cache = skiff_scheduler::cache::Cache::default();
+    for i in 0..nodes {
+        cache.upsert_node(serde_json::from_value(node(i))?);
+    }
+    let infos: Vec<skiff_scheduler::pod_info::PodInfo> = (0..pods)
+        .map(|i| {
+            let mut value = pod(i);
+            value["metadata"]["uid"] = json!(format!("uid-{i}"));
+            value["metadata"]["namespace"] = json!(NAMESPACE);
+            Ok(skiff_scheduler::pod_info::PodInfo::plain(
+                serde_json::from_value(value)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let framework = skiff_scheduler::plugins::default_framework();
+    let mut cursor = skiff_scheduler::framework::Cursor::default();
+    let mut unschedulable = 0;
+    let started = Instant::now();
+    for info in infos {
+        match framework.schedule(&info, &cache, &mut cursor, 0) {
+            Ok(node) => cache.add_pod(Arc::new(info), &node),
+            Err(_) => unschedulable += 1,
+        }
+    }
+    #[expect(clippy::cast_precision_loss, reason = "a pod count")]
+    let rate = pods as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, unschedulable))
+}
+
 fn parse_run(run: &str) -> Result<(usize, usize)> {
     let (nodes, pods) = run
         .split_once('x')
         .with_context(|| format!("{run:?}: expected NODESxPODS"))?;
     Ok((nodes.parse()?, pods.parse()?))
+}
+
+/// Prints the tables: e2e rows, backlog rows (nodes, pods, pods/s, CPU ms/pod) and memory
+/// rows (nodes, pods, decisions/s, unschedulable).
+fn report(
+    load: &str,
+    rows: &[(&str, Figures)],
+    backlog: &[(usize, usize, f64, f64)],
+    memory: &[(usize, usize, f64, usize)],
+) {
+    println!(
+        "\nload average before the runs: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "fake nodes 32 cpu/256Gi/110 pods over {ZONES} zones; pods 100m-2 cpu, 128Mi-4Gi, \
+         1 in 10 with anti-affinity or zone spread; {CONCURRENCY} creating clients"
+    );
+    if !rows.is_empty() {
+        println!(
+            "\ne2e: pods created while the scheduler inside the control binary (--no-controllers) places them\n"
+        );
+        println!(
+            "{:<16} {:>6} {:>7} {:>10} {:>12} {:>26} {:>13} {:>9}",
+            "backend",
+            "nodes",
+            "pods",
+            "created/s",
+            "scheduled/s",
+            "create->bound p50/p99/max",
+            "control CPU",
+            "RSS"
+        );
+        for (name, f) in rows {
+            println!(
+                "{:<16} {:>6} {:>7} {:>10.0} {:>12.0} {:>9.0}/{:>6.0}/{:>6.0} ms {:>7.2} ms/pod {:>5.0} MiB",
+                name,
+                f.nodes,
+                f.pods,
+                f.create_per_s,
+                f.scheduled_per_s,
+                f.p50_ms,
+                f.p99_ms,
+                f.max_ms,
+                f.cpu_ms_per_pod,
+                f.rss_mib
+            );
+        }
+        println!(
+            "\nscheduled/s: pods bound per second from the first create to the last binding seen by a watch;\n\
+             latency: from the create's response to the watch event carrying spec.nodeName;\n\
+             control CPU: user+system time of the control process over the pod phase, per pod."
+        );
+    }
+    if !backlog.is_empty() {
+        println!(
+            "\nbacklog: pending pods created first (control --no-scheduler), then skiff_scheduler::run in-process, embedded store\n"
+        );
+        println!(
+            "{:>6} {:>7} {:>12} {:>22}",
+            "nodes", "pods", "scheduled/s", "CPU (control+bench)"
+        );
+        for (nodes, pods, rate, cpu) in backlog {
+            println!("{nodes:>6} {pods:>7} {rate:>12.0} {cpu:>14.2} ms/pod");
+        }
+    }
+    if !memory.is_empty() {
+        println!(
+            "\nmemory: the default plugins deciding and assuming on an in-memory cache, one thread\n"
+        );
+        println!(
+            "{:>6} {:>7} {:>12} {:>14}",
+            "nodes", "pods", "decisions/s", "unschedulable"
+        );
+        for (nodes, pods, rate, unschedulable) in memory {
+            println!("{nodes:>6} {pods:>7} {rate:>12.0} {unschedulable:>14}");
+        }
+    }
+    println!("\nreference: kube-scheduler_perf CI floor 680 pods/s at 5000 nodes");
 }
 
 #[tokio::main]
@@ -418,18 +630,21 @@ async fn main() -> Result<()> {
         .map(|r| parse_run(r))
         .collect::<Result<_>>()?;
     let dir = tempfile::tempdir()?;
+    let wanted = |what: &str| args.only.iter().any(|o| o == what);
     // Controllers off: nothing but the API server and the scheduler competes for the two
     // cores, and no node lifecycle controller taints fake nodes that never renew a Lease.
     let flags = ["--no-controllers", "--leader-elect=false"];
     let mut rows = Vec::new();
+    let mut backlog = Vec::new();
+    let mut memory = Vec::new();
     for (n, (nodes, pods)) in runs.iter().copied().enumerate() {
-        let cp = ControlPlane::start_with(&dir.path().join(format!("embedded-{n}")), &flags)?;
-        eprintln!("scheduler bench: embedded store (redb), {nodes} nodes, {pods} pods ...");
-        rows.push(("embedded (redb)", run(&cp, nodes, pods).await?));
-    }
-    if args.etcd {
-        if std::path::Path::new(skiff_tests::etcd::ETCD).exists() {
-            for (n, (nodes, pods)) in runs.iter().copied().enumerate() {
+        if wanted("e2e") {
+            let cp = ControlPlane::start_with(&dir.path().join(format!("embedded-{n}")), &flags)?;
+            eprintln!("scheduler bench: embedded store (redb), {nodes} nodes, {pods} pods ...");
+            rows.push(("embedded (redb)", run(&cp, nodes, pods).await?));
+        }
+        if wanted("e2e") && args.etcd {
+            if std::path::Path::new(skiff_tests::etcd::ETCD).exists() {
                 let etcd = Etcd::start()?;
                 let mut with_etcd = flags.to_vec();
                 with_etcd.extend(["--etcd", etcd.url()]);
@@ -437,56 +652,28 @@ async fn main() -> Result<()> {
                     ControlPlane::start_with(&dir.path().join(format!("etcd-{n}")), &with_etcd)?;
                 eprintln!("scheduler bench: etcd, {nodes} nodes, {pods} pods ...");
                 rows.push(("etcd 3.4", run(&cp, nodes, pods).await?));
+            } else {
+                eprintln!(
+                    "scheduler bench: no {}, etcd rows skipped",
+                    skiff_tests::etcd::ETCD
+                );
             }
-        } else {
-            eprintln!(
-                "scheduler bench: no {}, etcd rows skipped",
-                skiff_tests::etcd::ETCD
-            );
+        }
+        if wanted("backlog") {
+            let mut no_scheduler = flags.to_vec();
+            no_scheduler.push("--no-scheduler");
+            let cp =
+                ControlPlane::start_with(&dir.path().join(format!("backlog-{n}")), &no_scheduler)?;
+            eprintln!("scheduler bench: backlog of {pods} pods on {nodes} nodes ...");
+            let (rate, cpu) = run_backlog(&cp, nodes, pods).await?;
+            backlog.push((nodes, pods, rate, cpu));
+        }
+        if wanted("memory") {
+            eprintln!("scheduler bench: in-memory decisions, {nodes} nodes, {pods} pods ...");
+            let (rate, unschedulable) = run_memory(nodes, pods)?;
+            memory.push((nodes, pods, rate, unschedulable));
         }
     }
-    println!(
-        "\nload average before the runs: {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    println!(
-        "scheduler in the control binary (--no-controllers); fake nodes 32 cpu/256Gi/110 pods over {ZONES} zones; \
-         pods 100m-2 cpu, 128Mi-4Gi, 1 in 10 with anti-affinity or zone spread; {CONCURRENCY} creating clients\n"
-    );
-    println!(
-        "{:<16} {:>6} {:>7} {:>10} {:>12} {:>26} {:>13} {:>9}",
-        "backend",
-        "nodes",
-        "pods",
-        "created/s",
-        "scheduled/s",
-        "create->bound p50/p99/max",
-        "control CPU",
-        "RSS"
-    );
-    for (name, f) in &rows {
-        println!(
-            "{:<16} {:>6} {:>7} {:>10.0} {:>12.0} {:>9.0}/{:>6.0}/{:>6.0} ms {:>7.2} ms/pod {:>5.0} MiB",
-            name,
-            f.nodes,
-            f.pods,
-            f.create_per_s,
-            f.scheduled_per_s,
-            f.p50_ms,
-            f.p99_ms,
-            f.max_ms,
-            f.cpu_ms_per_pod,
-            f.rss_mib
-        );
-    }
-    println!(
-        "\nscheduled/s: pods bound per second from the first create to the last binding seen by a watch;\n\
-         latency: from the create's response to the watch event carrying spec.nodeName;\n\
-         control CPU: user+system time of the control process over the pod phase, per pod.\n\
-         reference: kube-scheduler_perf CI floor 680 pods/s at 5000 nodes"
-    );
+    report(&load, &rows, &backlog, &memory);
     Ok(())
 }

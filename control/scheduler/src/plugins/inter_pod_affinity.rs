@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::{
     cache::{Cache, NodeInfo},
-    framework::{CycleState, FilterPlugin, MAX_SCORE, ScorePlugin, Unfit},
+    framework::{CycleState, FilterPlugin, MAX_SCORE, ScorePlugin, Stage, Unfit},
     pod_info::{AffinityTerm, PodInfo},
 };
 
@@ -132,7 +132,7 @@ impl FilterPlugin for InterPodAffinity {
         "InterPodAffinity"
     }
 
-    fn pre_filter(&self, pod: &PodInfo, cache: &Cache, state: &mut CycleState) {
+    fn pre_filter(&self, pod: &PodInfo, cache: &Cache, state: &mut CycleState) -> Stage {
         let mut s = FilterState::default();
         for (existing, node) in cache.anti_affinity_towards(pod) {
             if existing.uid == pod.uid {
@@ -179,9 +179,11 @@ impl FilterPlugin for InterPodAffinity {
         let needed = !s.existing_anti.is_empty()
             || !pod.required_affinity.is_empty()
             || !pod.required_anti_affinity.is_empty();
-        if needed {
-            state.write(s);
+        if !needed {
+            return Stage::Skip;
         }
+        state.write(s);
+        Stage::Run
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> Result<(), Unfit> {
@@ -261,7 +263,7 @@ impl ScorePlugin for InterPodAffinity {
         cache: &Cache,
         _feasible: &[&NodeInfo],
         state: &mut CycleState,
-    ) {
+    ) -> Stage {
         let mut scores = Counts::default();
         for w in &pod.preferred {
             for node in nodes_for(&w.term, cache) {
@@ -292,9 +294,11 @@ impl ScorePlugin for InterPodAffinity {
                 }
             }
         }
-        if !scores.is_empty() {
-            state.write(ScoreState(scores));
+        if scores.is_empty() {
+            return Stage::Skip;
         }
+        state.write(ScoreState(scores));
+        Stage::Run
     }
 
     fn score(&self, _pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> i64 {

@@ -4,8 +4,8 @@
 pub use skiff_controllers::placement::{requirement_matches, term_matches};
 
 use crate::{
-    cache::NodeInfo,
-    framework::{CycleState, FilterPlugin, ScorePlugin, Unfit},
+    cache::{Cache, NodeInfo},
+    framework::{CycleState, FilterPlugin, ScorePlugin, Stage, Unfit},
     pod_info::PodInfo,
 };
 
@@ -34,6 +34,19 @@ pub fn restricts_nodes(pod: &PodInfo) -> bool {
     })
 }
 
+fn preferred(pod: &PodInfo) -> &[k8s_openapi::api::core::v1::PreferredSchedulingTerm] {
+    pod.pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
+        .unwrap_or_default()
+}
+
 /// The `NodeAffinity` filter and score.
 #[derive(Debug)]
 pub struct NodeAffinity;
@@ -41,6 +54,14 @@ pub struct NodeAffinity;
 impl FilterPlugin for NodeAffinity {
     fn name(&self) -> &'static str {
         "NodeAffinity"
+    }
+
+    fn pre_filter(&self, pod: &PodInfo, _: &Cache, _: &mut CycleState) -> Stage {
+        if restricts_nodes(pod) {
+            Stage::Run
+        } else {
+            Stage::Skip
+        }
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: &CycleState) -> Result<(), Unfit> {
@@ -59,19 +80,16 @@ impl ScorePlugin for NodeAffinity {
         "NodeAffinity"
     }
 
+    fn pre_score(&self, pod: &PodInfo, _: &Cache, _: &[&NodeInfo], _: &mut CycleState) -> Stage {
+        if preferred(pod).is_empty() {
+            Stage::Skip
+        } else {
+            Stage::Run
+        }
+    }
+
     fn score(&self, pod: &PodInfo, node: &NodeInfo, _: &CycleState) -> i64 {
-        let preferred = pod
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.affinity.as_ref())
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|a| {
-                a.preferred_during_scheduling_ignored_during_execution
-                    .as_deref()
-            })
-            .unwrap_or_default();
-        preferred
+        preferred(pod)
             .iter()
             .filter(|p| term_matches(&p.preference, node.labels(), node.name()))
             .map(|p| i64::from(p.weight))

@@ -1,8 +1,8 @@
 //! `NodeName`: a pod that names its node fits only there.
 
 use crate::{
-    cache::NodeInfo,
-    framework::{CycleState, FilterPlugin, Unfit},
+    cache::{Cache, NodeInfo},
+    framework::{CycleState, FilterPlugin, Stage, Unfit},
     pod_info::PodInfo,
 };
 
@@ -13,6 +13,16 @@ pub struct NodeName;
 impl FilterPlugin for NodeName {
     fn name(&self) -> &'static str {
         "NodeName"
+    }
+
+    fn pre_filter(&self, pod: &PodInfo, _: &Cache, _: &mut CycleState) -> Stage {
+        let named = pod
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty());
+        if named { Stage::Run } else { Stage::Skip }
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: &CycleState) -> Result<(), Unfit> {

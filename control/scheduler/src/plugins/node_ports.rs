@@ -1,8 +1,8 @@
 //! `NodePorts`: two pods cannot take the same host port (protocol and address) on a node.
 
 use crate::{
-    cache::NodeInfo,
-    framework::{CycleState, FilterPlugin, Unfit},
+    cache::{Cache, NodeInfo},
+    framework::{CycleState, FilterPlugin, Stage, Unfit},
     pod_info::PodInfo,
 };
 
@@ -13,6 +13,14 @@ pub struct NodePorts;
 impl FilterPlugin for NodePorts {
     fn name(&self) -> &'static str {
         "NodePorts"
+    }
+
+    fn pre_filter(&self, pod: &PodInfo, _: &Cache, _: &mut CycleState) -> Stage {
+        if pod.ports.is_empty() {
+            Stage::Skip
+        } else {
+            Stage::Run
+        }
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: &CycleState) -> Result<(), Unfit> {

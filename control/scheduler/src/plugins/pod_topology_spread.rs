@@ -12,7 +12,7 @@ use kube::core::{Selector, SelectorExt};
 
 use crate::{
     cache::{Cache, NodeInfo},
-    framework::{CycleState, FilterPlugin, MAX_SCORE, ScorePlugin, Unfit},
+    framework::{CycleState, FilterPlugin, MAX_SCORE, ScorePlugin, Stage, Unfit},
     plugins::{
         node_affinity::{required_matches, restricts_nodes},
         taint_toleration::{tolerates, tolerations},
@@ -269,17 +269,18 @@ impl FilterPlugin for PodTopologySpread {
         "PodTopologySpread"
     }
 
-    fn pre_filter(&self, pod: &PodInfo, cache: &Cache, state: &mut CycleState) {
+    fn pre_filter(&self, pod: &PodInfo, cache: &Cache, state: &mut CycleState) -> Stage {
         let mut hard: Vec<Constraint> = explicit(pod)
             .iter()
             .filter(|c| c.when_unsatisfiable != "ScheduleAnyway")
             .map(|c| Constraint::new(pod, c))
             .collect();
         if hard.is_empty() {
-            return;
+            return Stage::Skip;
         }
         count(pod, &mut hard, cache, true);
         state.write(FilterState(hard));
+        Stage::Run
     }
 
     fn filter(&self, _pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> Result<(), Unfit> {
@@ -341,7 +342,7 @@ impl ScorePlugin for PodTopologySpread {
         cache: &Cache,
         feasible: &[&NodeInfo],
         state: &mut CycleState,
-    ) {
+    ) -> Stage {
         let list = explicit(pod);
         let (specs, require_all_keys) = if list.is_empty() {
             (default_constraints(pod), false)
@@ -354,7 +355,7 @@ impl ScorePlugin for PodTopologySpread {
             (soft, true)
         };
         if specs.is_empty() {
-            return;
+            return Stage::Skip;
         }
         let mut constraints: Vec<Constraint> =
             specs.iter().map(|c| Constraint::new(pod, c)).collect();
@@ -380,6 +381,7 @@ impl ScorePlugin for PodTopologySpread {
             constraints: weighted,
             require_all_keys,
         });
+        Stage::Run
     }
 
     /// Weighted matching pods in the node's domains (fewer is better); -1 marks a node
