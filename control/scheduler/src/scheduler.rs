@@ -135,9 +135,23 @@ where
     let api: Api<K> = Api::all(client);
     let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
     let mut events: std::pin::Pin<Box<dyn Stream<Item = _> + Send>> = Box::pin(events);
+    let mut missing = false;
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(event) => event,
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if status.code == 404 =>
+            {
+                // A kind the API server does not serve (yet) must not hold scheduling back
+                // forever: count it as listed and empty, and keep trying.
+                if !missing {
+                    tracing::warn!(what, "not served by the API server; scheduling without it");
+                    missing = true;
+                    apply(&mut lock(&shared), watcher::Event::InitDone);
+                    shared.1.notify_one();
+                }
+                continue;
+            }
             Err(err) => {
                 tracing::debug!(what, ?err, "watch error; retrying");
                 continue;
@@ -196,7 +210,10 @@ fn on_pod_event(state: &mut State, event: watcher::Event<Pod>, ours: &str) {
     }
 }
 
-fn on_pod(state: &mut State, pod: Pod, ours: &str) {
+fn on_pod(state: &mut State, mut pod: Pod, ours: &str) {
+    // Field ownership is the biggest part of a pod and nothing here reads it; dropping it
+    // roughly halves what the cache holds (client-go informers strip it the same way).
+    pod.metadata.managed_fields = None;
     let uid = pod.uid().unwrap_or_default();
     let terminal = matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
