@@ -12,8 +12,9 @@ use k8s_openapi::api::core::v1::Pod;
 use skiff_controllers::events::{EventType, Recorder, reference};
 use tokio::sync::{Semaphore, mpsc};
 
-/// Events waiting to be written before new ones are dropped.
-const QUEUE: usize = 4096;
+/// Events waiting to be written before new ones are dropped: enough for a burst of tens
+/// of thousands of bindings to be reported late rather than not at all.
+const QUEUE: usize = 65_536;
 
 struct Note {
     pod: Arc<Pod>,

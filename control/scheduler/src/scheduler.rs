@@ -40,8 +40,9 @@ const BATCH: usize = 64;
 const FLUSH_CHECK: Duration = Duration::from_secs(30);
 /// Concurrent status writes and evictions (bindings have their own limit).
 const PARALLEL_WRITES: usize = 8;
-/// Concurrent event writers.
-const EVENT_WRITERS: usize = 4;
+/// Concurrent event writers (one `Scheduled` event per binding, so close to the bindings'
+/// own concurrency).
+const EVENT_WRITERS: usize = 8;
 
 /// Which informers finished their initial list.
 #[derive(Debug, Default)]

@@ -62,6 +62,9 @@ struct Figures {
     /// load on the machine does not inflate the way it does wall-clock rates.
     cpu_ms_per_pod: f64,
     rss_mib: f64,
+    /// `Scheduled` events the API server holds once binding is done (the scheduler drops
+    /// events rather than fall behind, as client-go's broadcaster does).
+    scheduled_events: usize,
 }
 
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
@@ -301,6 +304,28 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks / hz as f64)
 }
 
+/// Counts the `Scheduled` events in the bench namespace, waiting up to a minute for the
+/// scheduler's event writers, which trail the bindings in a burst, to catch up.
+async fn scheduled_events(http: &Http, base: &str, pods: usize) -> Result<usize> {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let list = send(
+            http,
+            base,
+            "GET",
+            &format!("/api/v1/namespaces/{NAMESPACE}/events?fieldSelector=reason%3DScheduled"),
+            None,
+        )
+        .await?;
+        let n = list["items"].as_array().map_or(0, Vec::len);
+        if n >= pods || Instant::now() > deadline {
+            return Ok(n);
+        }
+        // Listing tens of thousands of events is itself load: look rarely.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
 fn rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
@@ -381,6 +406,9 @@ async fn run(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<Figures> {
     }
     watch.abort();
     let cpu = cpu_seconds(pid)? - cpu_before;
+    // Before listing events, whose large responses raise the high-water mark.
+    let rss = rss_mib(pid)?;
+    let events = scheduled_events(&http, &base, pods).await?;
     let bound = bound.lock().expect("bound");
     let last = bound.values().max().copied().unwrap_or(started);
     let mut latencies: Vec<f64> = bound
@@ -405,7 +433,8 @@ async fn run(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<Figures> {
         max_ms: percentile(&mut latencies, 1.0),
         #[expect(clippy::cast_precision_loss, reason = "a pod count")]
         cpu_ms_per_pod: cpu * 1e3 / pods as f64,
-        rss_mib: rss_mib(pid)?,
+        rss_mib: rss,
+        scheduled_events: events,
     })
 }
 
@@ -562,7 +591,7 @@ fn report(
             "\ne2e: pods created while the scheduler inside the control binary (--no-controllers) places them\n"
         );
         println!(
-            "{:<16} {:>6} {:>7} {:>10} {:>12} {:>26} {:>13} {:>9}",
+            "{:<16} {:>6} {:>7} {:>10} {:>12} {:>26} {:>13} {:>9} {:>9}",
             "backend",
             "nodes",
             "pods",
@@ -570,11 +599,12 @@ fn report(
             "scheduled/s",
             "create->bound p50/p99/max",
             "control CPU",
-            "RSS"
+            "RSS",
+            "Scheduled"
         );
         for (name, f) in rows {
             println!(
-                "{:<16} {:>6} {:>7} {:>10.0} {:>12.0} {:>9.0}/{:>6.0}/{:>6.0} ms {:>7.2} ms/pod {:>5.0} MiB",
+                "{:<16} {:>6} {:>7} {:>10.0} {:>12.0} {:>9.0}/{:>6.0}/{:>6.0} ms {:>7.2} ms/pod {:>5.0} MiB {:>9}",
                 name,
                 f.nodes,
                 f.pods,
@@ -584,13 +614,15 @@ fn report(
                 f.p99_ms,
                 f.max_ms,
                 f.cpu_ms_per_pod,
-                f.rss_mib
+                f.rss_mib,
+                f.scheduled_events
             );
         }
         println!(
             "\nscheduled/s: pods bound per second from the first create to the last binding seen by a watch;\n\
              latency: from the create's response to the watch event carrying spec.nodeName;\n\
-             control CPU: user+system time of the control process over the pod phase, per pod."
+             control CPU: user+system time of the control process over the pod phase, per pod;\n\
+             Scheduled: Scheduled events stored within a minute of the last binding (they trail the bindings)."
         );
     }
     if !backlog.is_empty() {
