@@ -35,6 +35,10 @@ fn send(cp: &ControlPlane, method: &str, path: &str, body: &Value) -> Result<Val
 }
 
 /// A Node with `cpu` cores, 8Gi, 110 pod slots, and the given labels and spec.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers write the spec inline with json!"
+)]
 fn node(
     cp: &ControlPlane,
     name: &str,
@@ -74,8 +78,8 @@ fn pod(
     let mut spec = json!({
         "containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": cpu}}}],
     });
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
+    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
+        spec.extend(extra);
     }
     send(
         cp,
@@ -121,7 +125,10 @@ fn unschedulable(cp: &ControlPlane, name: &str, expected: impl Fn(&str) -> bool)
             return Ok(None);
         };
         ensure!(condition["reason"] == "Unschedulable", "{condition}");
-        last = condition["message"].as_str().unwrap_or_default().to_owned();
+        condition["message"]
+            .as_str()
+            .unwrap_or_default()
+            .clone_into(&mut last);
         Ok(expected(&last).then(|| last.clone()))
     });
     found.with_context(|| format!("last PodScheduled message: {last:?}"))

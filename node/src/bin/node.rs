@@ -75,7 +75,7 @@ struct SimulateArgs {
     /// Delay between a pod being bound and it running.
     #[arg(long, default_value_t = 0)]
     pod_startup_ms: u64,
-    /// InternalIP of node 0; node i reports this address plus i. Text in status only: no
+    /// `InternalIP` of node 0; node i reports this address plus i. Text in status only: no
     /// traffic goes there.
     #[arg(long, default_value = "127.64.0.1")]
     node_ip_base: Ipv4Addr,

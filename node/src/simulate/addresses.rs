@@ -6,7 +6,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-/// The InternalIP of node `index`: the base address plus the index.
+/// The `InternalIP` of node `index`: the base address plus the index.
 pub(super) fn node_ip(base: Ipv4Addr, index: usize) -> Ipv4Addr {
     let offset = u32::try_from(index).unwrap_or(u32::MAX);
     Ipv4Addr::from(u32::from(base).wrapping_add(offset))

@@ -46,7 +46,7 @@ pub struct SimConfig {
     pub lease_renew_interval: Duration,
     /// Delay between a pod being bound and it running.
     pub pod_startup: Duration,
-    /// The InternalIP of node 0; node `i` gets this address plus `i` (text only).
+    /// The `InternalIP` of node 0; node `i` gets this address plus `i` (text only).
     pub node_ip_base: Ipv4Addr,
     /// Requests in flight at once, over everything the process does.
     pub concurrency: usize,

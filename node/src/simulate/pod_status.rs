@@ -1,7 +1,7 @@
 //! The pod status documents a kubelet would write for containers that start, exit, restart
 //! and get killed, built from what the pod's spec and annotations say the simulated
 //! containers do. Sent as strategic merge patches, so conditions other parts of the system
-//! own (PodScheduled, DisruptionTarget) stay as they are.
+//! own (`PodScheduled`, `DisruptionTarget`) stay as they are.
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -206,7 +206,7 @@ impl Facts<'_> {
         state: impl Fn(&str) -> Value,
         last: Option<&Exit>,
     ) -> Value {
-        let list: Vec<Value> = self
+        let statuses: Vec<Value> = self
             .shape
             .containers
             .iter()
@@ -228,7 +228,7 @@ impl Facts<'_> {
                 s
             })
             .collect();
-        json!(list)
+        json!(statuses)
     }
 
     fn conditions(&self, ready: bool, at: Option<Timestamp>, reason: Option<&str>) -> Value {
@@ -300,7 +300,7 @@ mod tests {
         serde_json::from_str(json).expect("a pod")
     }
 
-    fn facts<'a>(shape: &'a Shape) -> Facts<'a> {
+    fn facts(shape: &Shape) -> Facts<'_> {
         Facts {
             uid: "u1",
             shape,

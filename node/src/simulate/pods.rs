@@ -82,6 +82,10 @@ enum Timer {
 
 /// A pod bound to one of the process's nodes.
 #[derive(Debug)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent per-pod flags of the driver's bookkeeping, not a state machine"
+)]
 struct Tracked {
     namespace: String,
     name: String,
@@ -516,7 +520,7 @@ impl Driver {
         match result {
             Ok(()) => {
                 t.retry = FIRST_RETRY;
-                self.done(&uid, job, at);
+                self.done(&uid, &job, at);
             }
             Err(err) => {
                 let code = api_code(&err);
@@ -553,7 +557,7 @@ impl Driver {
     }
 
     /// Moves a pod on after its request succeeded.
-    fn done(&mut self, uid: &Uid, job: Job, at: Timestamp) {
+    fn done(&mut self, uid: &Uid, job: &Job, at: Timestamp) {
         let Some(t) = self.pods.get_mut(uid) else {
             return;
         };
