@@ -1,0 +1,2 @@
+//! The real node daemon: Node registration, Lease renewal, the pod watch and the state
+//! directory that lets a restarted daemon adopt what still runs.

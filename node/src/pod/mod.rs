@@ -1,0 +1,2 @@
+//! Pods on a real node: turning a bound pod into sandbox, volumes and containers, and
+//! keeping its status.

@@ -1,0 +1,2 @@
+//! Container runtime: images, OCI bundles and the libcontainer lifecycle, container logs,
+//! exec and per-container usage.
