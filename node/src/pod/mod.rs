@@ -1,5 +1,9 @@
 //! Pods on a real node: turning a bound pod into sandbox, volumes and containers, and
 //! keeping its status.
 
+pub mod backend;
 pub mod backoff;
+pub mod command;
+pub mod probe;
 pub mod status;
+pub mod worker;

@@ -11,7 +11,7 @@ use k8s_openapi::{
 };
 
 /// How a run of a container ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Terminated {
     /// The exit code (128 + signal for a signalled process, 137 when unknown after adoption).
     pub exit_code: i32,
@@ -30,7 +30,7 @@ pub struct Terminated {
 }
 
 /// Where a container is now.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum State {
     /// Not running: `ContainerCreating`, `PodInitializing`, `CrashLoopBackOff`,
     /// `ErrImagePull`, `ImagePullBackOff`, `CreateContainerConfigError`, ...
@@ -50,7 +50,7 @@ pub enum State {
 }
 
 /// What the node knows of one container.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     /// The container's name.
     pub name: String,
@@ -105,7 +105,7 @@ impl Record {
 }
 
 /// What the node knows of one pod.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodRecord {
     /// Init containers, in spec order.
     pub init: Vec<Record>,

@@ -1,0 +1,1031 @@
+//! One task per pod, as the kubelet's pod worker: sandbox, volumes, init containers in
+//! order, app containers, restarts with back-off, probes, hooks, graceful termination, the
+//! pod's status, and a record on disk so a restarted daemon adopts what still runs.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::core::v1::{Container, Pod, PodStatus},
+    jiff::Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    sync::mpsc::{self, UnboundedReceiver, UnboundedSender},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use super::{
+    backend::{BackendError, Exit, ImageInfo, PodBackend, Run, SandboxInfo},
+    backoff::Backoff,
+    probe::{self, Check, ProbeKind, ProbeResult, Target},
+    status::{PodRecord, Record, State, Terminated, phase, pod_status},
+};
+
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
+/// How long to wait for a process after SIGKILL before giving up on it.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Retry delay after a sandbox, volume or status failure.
+const RETRY: Duration = Duration::from_secs(2);
+/// How long a failed image pull or container creation waits before the next try.
+const START_RETRY_MAX: Duration = Duration::from_mins(5);
+
+/// Settings shared by every pod worker of a node.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The node's address, for `status.hostIP`.
+    pub host_ip: String,
+    /// Where the workers keep their records: `<dir>/<uid>/record.json`.
+    pub pods_dir: PathBuf,
+    /// How often configMap, secret and downward API volumes are refreshed.
+    pub volume_refresh: Duration,
+}
+
+/// What the daemon tells a worker.
+#[derive(Debug)]
+enum Message {
+    Pod(Arc<Pod>),
+    Gone,
+    Exit {
+        name: String,
+        id: String,
+        exit: Exit,
+    },
+    Probe(ProbeResult),
+    HookFailed {
+        name: String,
+        id: String,
+        message: String,
+    },
+}
+
+/// The daemon's handle on a pod's worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    tx: UnboundedSender<Message>,
+    task: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Hands the worker a newer version of its pod.
+    pub fn update(&self, pod: Arc<Pod>) {
+        let _ = self.tx.send(Message::Pod(pod));
+    }
+
+    /// The pod object is gone from the API: stop its containers without writing to it.
+    pub fn gone(&self) {
+        let _ = self.tx.send(Message::Gone);
+    }
+
+    /// Whether the worker has finished (its pod is stopped and deleted).
+    #[must_use]
+    pub fn finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the worker without touching its containers (daemon shutdown: a later daemon
+    /// adopts them).
+    pub fn detach(self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the worker of a pod.
+#[must_use]
+pub fn spawn(
+    pod: Arc<Pod>,
+    backend: Arc<dyn PodBackend>,
+    config: Arc<WorkerConfig>,
+) -> WorkerHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let worker = Worker::new(pod, backend, config, tx.clone(), rx);
+    let task = tokio::spawn(worker.run());
+    WorkerHandle { tx, task }
+}
+
+/// The record kept on disk.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    record: PodRecord,
+    sandbox: Option<SandboxInfo>,
+    /// Running containers: name -> runtime ID.
+    live: HashMap<String, String>,
+}
+
+/// A container run in progress.
+struct Live {
+    id: String,
+    init: bool,
+    since: Instant,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Worker {
+    backend: Arc<dyn PodBackend>,
+    config: Arc<WorkerConfig>,
+    pod: Arc<Pod>,
+    uid: String,
+    record: PodRecord,
+    sandbox: Option<SandboxInfo>,
+    live: HashMap<String, Live>,
+    images: HashMap<String, ImageInfo>,
+    backoff: Backoff,
+    /// Per container: when a failed pull or create may be tried again, and the last delay.
+    start_retry: HashMap<String, (Instant, Duration)>,
+    retry_at: Option<Instant>,
+    /// Extra wake-ups (a failed pull turns into `ImagePullBackOff` a moment later).
+    wake: Vec<Instant>,
+    volumes_at: Option<Instant>,
+    published: Option<PodStatus>,
+    gone: bool,
+    tx: UnboundedSender<Message>,
+    rx: UnboundedReceiver<Message>,
+}
+
+fn name_of(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn should_restart(policy: &str, exit_code: i32) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => exit_code != 0,
+        _ => true,
+    }
+}
+
+fn terminated(exit: &Exit, started_at: Option<Timestamp>, id: Option<String>) -> Terminated {
+    let exit_code = exit
+        .code
+        .or_else(|| exit.signal.map(|s| 128 + s))
+        .unwrap_or(137);
+    let reason = if exit.oom_killed {
+        "OOMKilled"
+    } else if exit.code.is_none() && exit.signal.is_none() {
+        "ContainerStatusUnknown"
+    } else if exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    Terminated {
+        exit_code,
+        signal: exit.signal,
+        reason: reason.to_owned(),
+        message: (reason == "ContainerStatusUnknown")
+            .then(|| "The container could not be located when the pod was terminated".to_owned()),
+        started_at,
+        finished_at: exit.finished_at,
+        container_id: id,
+    }
+}
+
+impl Worker {
+    fn new(
+        pod: Arc<Pod>,
+        backend: Arc<dyn PodBackend>,
+        config: Arc<WorkerConfig>,
+        tx: UnboundedSender<Message>,
+        rx: UnboundedReceiver<Message>,
+    ) -> Self {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let record = PodRecord {
+            init: spec
+                .init_containers
+                .iter()
+                .flatten()
+                .map(|c| {
+                    Record::new(
+                        &c.name,
+                        c.image.as_deref().unwrap_or_default(),
+                        "PodInitializing",
+                    )
+                })
+                .collect(),
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| {
+                    let reason = if spec.init_containers.as_ref().is_some_and(|i| !i.is_empty()) {
+                        "PodInitializing"
+                    } else {
+                        "ContainerCreating"
+                    };
+                    Record::new(&c.name, c.image.as_deref().unwrap_or_default(), reason)
+                })
+                .collect(),
+            host_ip: Some(config.host_ip.clone()),
+            start_time: Some(Timestamp::now()),
+            ..PodRecord::default()
+        };
+        Self {
+            backend,
+            config,
+            pod,
+            uid,
+            record,
+            sandbox: None,
+            live: HashMap::new(),
+            images: HashMap::new(),
+            backoff: Backoff::default(),
+            start_retry: HashMap::new(),
+            retry_at: None,
+            wake: Vec::new(),
+            volumes_at: None,
+            published: None,
+            gone: false,
+            tx,
+            rx,
+        }
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.config.pods_dir.join(&self.uid).join("record.json")
+    }
+
+    fn save(&self) {
+        let saved = Saved {
+            record: self.record.clone(),
+            sandbox: self.sandbox.clone(),
+            live: self
+                .live
+                .iter()
+                .map(|(n, l)| (n.clone(), l.id.clone()))
+                .collect(),
+        };
+        let path = self.record_path();
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(&saved).unwrap_or_default())?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(err) = write() {
+            tracing::warn!(pod = %name_of(&self.pod), ?err, "could not save the pod record");
+        }
+    }
+
+    /// Takes back what an earlier daemon left: the record, and the containers still running.
+    async fn restore(&mut self) {
+        let Ok(bytes) = std::fs::read(self.record_path()) else {
+            return;
+        };
+        let Ok(saved) = serde_json::from_slice::<Saved>(&bytes) else {
+            return;
+        };
+        // Containers of the spec keep their order; the saved states fill them in.
+        for r in saved.record.init.into_iter().chain(saved.record.containers) {
+            if let Some(mine) = self
+                .record
+                .init
+                .iter_mut()
+                .chain(self.record.containers.iter_mut())
+                .find(|m| m.name == r.name)
+            {
+                *mine = r;
+            }
+        }
+        self.record.pod_ip = saved.record.pod_ip;
+        self.record.start_time = saved.record.start_time.or(self.record.start_time);
+        self.record.failed = saved.record.failed;
+        self.sandbox = saved.sandbox;
+        self.record.sandbox_ready = self.sandbox.is_some();
+        let init_names: Vec<String> = self.record.init.iter().map(|r| r.name.clone()).collect();
+        for (name, id) in saved.live {
+            let init = init_names.contains(&name);
+            if self.backend.adopt_container(&id).await {
+                tracing::info!(pod = %name_of(&self.pod), container = %name, %id, "adopted running container");
+                self.watch(&name, &id, init);
+            } else {
+                let exit = Exit {
+                    code: None,
+                    signal: None,
+                    oom_killed: false,
+                    finished_at: Timestamp::now(),
+                };
+                // A placeholder so `exited` finds the run it ends.
+                self.live.insert(
+                    name.clone(),
+                    Live {
+                        id: id.clone(),
+                        init,
+                        since: Instant::now(),
+                        tasks: Vec::new(),
+                    },
+                );
+                self.exited(&name, &id, exit).await;
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        self.restore().await;
+        loop {
+            if self.gone || self.pod.metadata.deletion_timestamp.is_some() {
+                self.terminate().await;
+                return;
+            }
+            self.sync().await;
+            self.publish().await;
+            self.save();
+            let wake = self.next_wake();
+            let message = tokio::select! {
+                m = self.rx.recv() => m,
+                () = tokio::time::sleep_until(wake) => None,
+            };
+            if let Some(m) = message {
+                self.handle(m).await;
+            }
+            while let Ok(m) = self.rx.try_recv() {
+                self.handle(m).await;
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut wake = now + Duration::from_mins(1);
+        let mut consider = |t: Instant| {
+            if t < wake {
+                wake = t.max(now);
+            }
+        };
+        if let Some(t) = self.retry_at {
+            consider(t);
+        }
+        for t in &self.wake {
+            consider(*t);
+        }
+        if let Some(t) = self.volumes_at {
+            consider(t);
+        }
+        for r in self.record.init.iter().chain(&self.record.containers) {
+            if let Some(t) = self.backoff.waiting(&r.name, now) {
+                consider(t);
+            }
+            if let Some((t, _)) = self.start_retry.get(&r.name) {
+                consider(*t);
+            }
+        }
+        if let Some(deadline) = self.active_deadline() {
+            consider(deadline);
+        }
+        wake
+    }
+
+    fn active_deadline(&self) -> Option<Instant> {
+        let seconds = self.pod.spec.as_ref()?.active_deadline_seconds?;
+        let start = self.record.start_time?;
+        let elapsed = Timestamp::now().duration_since(start);
+        let left = seconds.saturating_sub(elapsed.as_secs());
+        Some(Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0)))
+    }
+
+    async fn handle(&mut self, message: Message) {
+        match message {
+            Message::Pod(pod) => self.pod = pod,
+            Message::Gone => self.gone = true,
+            Message::Exit { name, id, exit } => self.exited(&name, &id, exit).await,
+            Message::Probe(result) => self.probed(result).await,
+            Message::HookFailed { name, id, message } => {
+                if self.live.get(&name).is_some_and(|l| l.id == id) {
+                    self.event(
+                        "Warning",
+                        "FailedPostStartHook",
+                        &format!("PostStartHook failed: {message}"),
+                    )
+                    .await;
+                    self.kill(&name, self.grace());
+                }
+            }
+        }
+    }
+
+    fn record_mut(&mut self, name: &str) -> Option<&mut Record> {
+        self.record
+            .init
+            .iter_mut()
+            .chain(self.record.containers.iter_mut())
+            .find(|r| r.name == name)
+    }
+
+    fn spec_container(&self, name: &str) -> Option<(Container, bool)> {
+        let spec = self.pod.spec.as_ref()?;
+        spec.init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == name)
+            .map(|c| (c.clone(), true))
+            .or_else(|| {
+                spec.containers
+                    .iter()
+                    .find(|c| c.name == name)
+                    .map(|c| (c.clone(), false))
+            })
+    }
+
+    fn policy(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".to_owned())
+    }
+
+    fn grace(&self) -> Duration {
+        let seconds = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| self.pod.spec.as_ref()?.termination_grace_period_seconds)
+            .unwrap_or(30);
+        Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+    }
+
+    async fn event(&self, type_: &str, reason: &str, message: &str) {
+        if !self.gone {
+            self.backend.event(&self.pod, type_, reason, message).await;
+        }
+    }
+
+    /// Watches a run: its exit, and its probes.
+    fn watch(&mut self, name: &str, id: &str, init: bool) {
+        let mut tasks = Vec::new();
+        let backend = self.backend.clone();
+        let tx = self.tx.clone();
+        let (n, i) = (name.to_owned(), id.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let exit = backend.wait_container(&i).await;
+            let _ = tx.send(Message::Exit {
+                name: n,
+                id: i,
+                exit,
+            });
+        }));
+        self.live.insert(
+            name.to_owned(),
+            Live {
+                id: id.to_owned(),
+                init,
+                since: Instant::now(),
+                tasks,
+            },
+        );
+        if !init {
+            let started = self
+                .record
+                .containers
+                .iter()
+                .find(|r| r.name == name)
+                .is_some_and(|r| r.started);
+            if started {
+                self.start_probes(name, &[ProbeKind::Liveness, ProbeKind::Readiness]);
+            } else {
+                self.start_probes(name, &[ProbeKind::Startup]);
+            }
+        }
+    }
+
+    fn start_probes(&mut self, name: &str, kinds: &[ProbeKind]) {
+        let Some((container, _)) = self.spec_container(name) else {
+            return;
+        };
+        let Some(id) = self.live.get(name).map(|l| l.id.clone()) else {
+            return;
+        };
+        let target = Target {
+            ip: self.target_ip(),
+            id,
+            ports: container.ports.clone().unwrap_or_default(),
+        };
+        let mut tasks = Vec::new();
+        for kind in kinds {
+            let probe = match kind {
+                ProbeKind::Startup => container.startup_probe.clone(),
+                ProbeKind::Liveness => container.liveness_probe.clone(),
+                ProbeKind::Readiness => container.readiness_probe.clone(),
+            };
+            let Some(probe) = probe else { continue };
+            let (ptx, mut prx) = mpsc::unbounded_channel();
+            tasks.push(probe::spawn(
+                self.backend.clone(),
+                target.clone(),
+                name.to_owned(),
+                *kind,
+                probe,
+                ptx,
+            ));
+            let tx = self.tx.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(r) = prx.recv().await {
+                    if tx.send(Message::Probe(r)).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        if let Some(live) = self.live.get_mut(name) {
+            live.tasks.extend(tasks);
+        }
+    }
+
+    fn target_ip(&self) -> String {
+        let host_network = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        if host_network {
+            "127.0.0.1".to_owned()
+        } else {
+            self.record.pod_ip.clone().unwrap_or_default()
+        }
+    }
+
+    async fn probed(&mut self, r: ProbeResult) {
+        if self.live.get(&r.container).is_none_or(|l| l.id != r.id) {
+            return;
+        }
+        if !r.ok {
+            self.event(
+                "Warning",
+                "Unhealthy",
+                &format!("{} probe failed: {}", r.kind.word(), r.message),
+            )
+            .await;
+        }
+        match (r.kind, r.ok) {
+            (ProbeKind::Readiness, ok) => {
+                if let Some(rec) = self.record_mut(&r.container) {
+                    rec.ready = ok;
+                }
+            }
+            (ProbeKind::Startup, true) => {
+                if let Some(rec) = self.record_mut(&r.container) {
+                    rec.started = true;
+                }
+                self.start_probes(&r.container, &[ProbeKind::Liveness, ProbeKind::Readiness]);
+            }
+            (ProbeKind::Liveness | ProbeKind::Startup, false) => {
+                self.event(
+                    "Normal",
+                    "Killing",
+                    &format!(
+                        "Container {} failed {} probe, will be restarted",
+                        r.container,
+                        r.kind.word().to_lowercase()
+                    ),
+                )
+                .await;
+                self.kill(&r.container, self.grace());
+            }
+            (ProbeKind::Liveness, true) => {}
+        }
+    }
+
+    /// Stops a run in the background: preStop hook, SIGTERM, SIGKILL after `grace`. Its
+    /// exit arrives as a message like any other.
+    fn kill(&mut self, name: &str, grace: Duration) {
+        let Some(id) = self.live.get(name).map(|l| l.id.clone()) else {
+            return;
+        };
+        let backend = self.backend.clone();
+        let pre_stop = self
+            .spec_container(name)
+            .and_then(|(c, _)| c.lifecycle.and_then(|l| l.pre_stop));
+        let target = Target {
+            ip: self.target_ip(),
+            id: id.clone(),
+            ports: self
+                .spec_container(name)
+                .and_then(|(c, _)| c.ports)
+                .unwrap_or_default(),
+        };
+        let task = tokio::spawn(async move {
+            let deadline = Instant::now() + grace;
+            if let Some(hook) = pre_stop
+                && let Some(check) = Check::of_hook(&hook)
+            {
+                let _ = tokio::time::timeout(
+                    grace,
+                    probe::run(backend.as_ref(), &target, check, grace),
+                )
+                .await;
+            }
+            let _ = backend.signal_container(&id, SIGTERM).await;
+            tokio::time::sleep_until(deadline).await;
+            let _ = backend.signal_container(&id, SIGKILL).await;
+        });
+        // Aborting the run's tasks (probes) must not abort the kill: keep it apart.
+        if let Some(live) = self.live.get_mut(name) {
+            for t in live.tasks.drain(1..) {
+                t.abort();
+            }
+        }
+        drop(task);
+    }
+
+    async fn exited(&mut self, name: &str, id: &str, exit: Exit) {
+        if self.live.get(name).is_none_or(|l| l.id != id) {
+            return;
+        }
+        let Some(live) = self.live.remove(name) else {
+            return;
+        };
+        let ran = live.since.elapsed();
+        let init = live.init;
+        drop(live);
+        let policy = self.policy();
+        let Some(rec) = self.record_mut(name) else {
+            return;
+        };
+        let started_at = match rec.state {
+            State::Running { started_at } => Some(started_at),
+            _ => None,
+        };
+        let t = terminated(&exit, started_at, rec.container_id.clone());
+        let restart = should_restart(&policy, t.exit_code) && !(init && t.exit_code == 0);
+        tracing::info!(container = %name, %id, code = t.exit_code, reason = %t.reason, "container exited");
+        rec.state = State::Terminated(t);
+        rec.ready = false;
+        if restart {
+            self.backoff.exited(name, ran, Instant::now());
+        }
+        if let Err(err) = self.backend.remove_container(id).await {
+            tracing::warn!(container = %name, %id, ?err, "could not remove an exited container");
+        }
+    }
+
+    async fn sync(&mut self) {
+        let Some(spec) = self.pod.spec.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        self.wake.retain(|t| *t > now);
+        let done = matches!(phase(&spec, &self.record), "Succeeded" | "Failed");
+        if done {
+            self.volumes_at = None;
+            if self.live.is_empty() && self.sandbox.is_some() {
+                self.remove_sandbox().await;
+            }
+            return;
+        }
+        if self.record.failed.is_none()
+            && let Some(deadline) = self.active_deadline()
+            && deadline <= now
+            && spec.active_deadline_seconds.is_some()
+        {
+            self.record.failed = Some((
+                "DeadlineExceeded".to_owned(),
+                "Pod was active on the node longer than the specified deadline".to_owned(),
+            ));
+            self.event(
+                "Normal",
+                "DeadlineExceeded",
+                "Pod was active on the node longer than the specified deadline",
+            )
+            .await;
+            let names: Vec<String> = self.live.keys().cloned().collect();
+            for name in names {
+                self.kill(&name, self.grace());
+            }
+            return;
+        }
+        if self.retry_at.is_some_and(|t| t > now) {
+            return;
+        }
+        self.retry_at = None;
+        if self.sandbox.is_none() {
+            match self.backend.create_sandbox(&self.pod).await {
+                Ok(sandbox) => {
+                    self.record.pod_ip.clone_from(&sandbox.ip);
+                    self.record.sandbox_ready = true;
+                    self.sandbox = Some(sandbox);
+                }
+                Err(err) => {
+                    self.event(
+                        "Warning",
+                        "FailedCreatePodSandBox",
+                        &format!("Failed to create pod sandbox: {err}"),
+                    )
+                    .await;
+                    self.retry_at = Some(now + RETRY);
+                    return;
+                }
+            }
+        }
+        if self.volumes_at.is_none_or(|t| t <= now) {
+            let first = self.volumes_at.is_none();
+            match self.backend.setup_volumes(&self.pod).await {
+                Ok(()) => self.volumes_at = Some(now + self.config.volume_refresh),
+                Err(err) => {
+                    self.event("Warning", "FailedMount", &err.message).await;
+                    if first {
+                        self.retry_at = Some(now + RETRY);
+                        return;
+                    }
+                    self.volumes_at = Some(now + RETRY);
+                }
+            }
+        }
+        let policy = self.policy();
+        // Init containers, one at a time and in order.
+        for i in 0..self.record.init.len() {
+            let name = self.record.init[i].name.clone();
+            if self.live.contains_key(&name) {
+                return;
+            }
+            match &self.record.init[i].state {
+                State::Terminated(t) if t.exit_code == 0 => {}
+                State::Terminated(t) if !should_restart(&policy, t.exit_code) => return,
+                _ => {
+                    self.start(&name, true).await;
+                    return;
+                }
+            }
+        }
+        for i in 0..self.record.containers.len() {
+            let name = self.record.containers[i].name.clone();
+            if self.live.contains_key(&name) {
+                continue;
+            }
+            if let State::Terminated(t) = &self.record.containers[i].state
+                && !should_restart(&policy, t.exit_code)
+            {
+                continue;
+            }
+            self.start(&name, false).await;
+        }
+    }
+
+    /// Starts the next run of a container unless it is backing off.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "a container start reads best as one sequence"
+    )]
+    async fn start(&mut self, name: &str, init: bool) {
+        let now = Instant::now();
+        let Some((container, _)) = self.spec_container(name) else {
+            return;
+        };
+        if let Some(until) = self.backoff.waiting(name, now) {
+            let delay = self.backoff.delay(name).unwrap_or_default();
+            let pod = self.pod.metadata.name.clone().unwrap_or_default();
+            let rec = self
+                .record_mut(name)
+                .expect("the spec's container has a record");
+            if let State::Terminated(t) = &rec.state {
+                rec.last_state = Some(t.clone());
+            }
+            rec.state = State::Waiting {
+                reason: "CrashLoopBackOff".to_owned(),
+                message: Some(format!(
+                    "back-off {}s restarting failed container={name} pod={pod}",
+                    delay.as_secs()
+                )),
+            };
+            let _ = until;
+            return;
+        }
+        if let Some((until, _)) = self.start_retry.get(name)
+            && *until > now
+        {
+            let rec = self
+                .record_mut(name)
+                .expect("the spec's container has a record");
+            if let State::Waiting { reason, .. } = &mut rec.state
+                && reason == "ErrImagePull"
+            {
+                "ImagePullBackOff".clone_into(reason);
+            }
+            return;
+        }
+        let image = match self.images.get(name) {
+            Some(image) => image.clone(),
+            None => match self.backend.pull_image(&self.pod, &container).await {
+                Ok(image) => {
+                    self.images.insert(name.to_owned(), image.clone());
+                    image
+                }
+                Err(err) => {
+                    self.start_failed(name, err, "Failed").await;
+                    return;
+                }
+            },
+        };
+        let Some(sandbox) = self.sandbox.clone() else {
+            return;
+        };
+        let (restart, last) = {
+            let rec = self
+                .record_mut(name)
+                .expect("the spec's container has a record");
+            let restart = if rec.container_id.is_some() {
+                rec.restart_count + 1
+            } else {
+                0
+            };
+            let last = match &rec.state {
+                State::Terminated(t) => Some(t.clone()),
+                _ => rec.last_state.clone(),
+            };
+            (restart, last)
+        };
+        let run = Run {
+            pod: &self.pod,
+            sandbox: &sandbox,
+            container: &container,
+            image: &image,
+            restart,
+        };
+        let id = match self.backend.start_container(run).await {
+            Ok(id) => id,
+            Err(err) => {
+                self.start_failed(name, err, "Failed").await;
+                return;
+            }
+        };
+        self.start_retry.remove(name);
+        let has_startup = container.startup_probe.is_some() && !init;
+        let has_readiness = container.readiness_probe.is_some() && !init;
+        {
+            let rec = self
+                .record_mut(name)
+                .expect("the spec's container has a record");
+            rec.container_id = Some(format!("skiff://{id}"));
+            rec.image_id.clone_from(&image.image_ref);
+            rec.restart_count = restart;
+            rec.last_state = last;
+            rec.state = State::Running {
+                started_at: Timestamp::now(),
+            };
+            rec.started = !has_startup;
+            rec.ready = !has_readiness;
+        }
+        self.event("Normal", "Started", &format!("Started container {name}"))
+            .await;
+        self.watch(name, &id, init);
+        if let Some(hook) = container.lifecycle.and_then(|l| l.post_start) {
+            let backend = self.backend.clone();
+            let tx = self.tx.clone();
+            let target = Target {
+                ip: self.target_ip(),
+                id: id.clone(),
+                ports: container.ports.unwrap_or_default(),
+            };
+            let grace = self.grace();
+            let (n, i) = (name.to_owned(), id);
+            let task = tokio::spawn(async move {
+                if let Some(check) = Check::of_hook(&hook)
+                    && let Err(message) = probe::run(backend.as_ref(), &target, check, grace).await
+                {
+                    let _ = tx.send(Message::HookFailed {
+                        name: n,
+                        id: i,
+                        message,
+                    });
+                }
+            });
+            if let Some(live) = self.live.get_mut(name) {
+                live.tasks.push(task);
+            }
+        }
+    }
+
+    async fn start_failed(&mut self, name: &str, err: BackendError, event: &str) {
+        let now = Instant::now();
+        let delay = self
+            .start_retry
+            .get(name)
+            .map_or(Duration::from_secs(5), |(_, d)| {
+                (*d * 2).min(START_RETRY_MAX)
+            });
+        self.start_retry
+            .insert(name.to_owned(), (now + delay, delay));
+        self.wake.push(now + Duration::from_secs(1));
+        self.event("Warning", event, &err.message).await;
+        if let Some(rec) = self.record_mut(name) {
+            rec.state = State::Waiting {
+                reason: err.reason,
+                message: Some(err.message),
+            };
+        }
+    }
+
+    async fn remove_sandbox(&mut self) {
+        match self.backend.remove_sandbox(&self.uid).await {
+            Ok(()) => {
+                self.sandbox = None;
+                self.record.sandbox_ready = false;
+            }
+            Err(err) => {
+                tracing::warn!(pod = %name_of(&self.pod), ?err, "could not remove the sandbox");
+            }
+        }
+    }
+
+    async fn publish(&mut self) {
+        if self.gone {
+            return;
+        }
+        let Some(spec) = self.pod.spec.as_ref() else {
+            return;
+        };
+        // Our last write carries the transition times until the watch brings it back.
+        let existing = self.published.as_ref().or(self.pod.status.as_ref());
+        let status = pod_status(spec, &self.record, existing, Timestamp::now());
+        if self.published.as_ref() == Some(&status) {
+            return;
+        }
+        match self.backend.patch_status(&self.pod, &status).await {
+            Ok(()) => self.published = Some(status),
+            Err(err) => {
+                tracing::warn!(pod = %name_of(&self.pod), ?err, "status update failed");
+                self.retry_at.get_or_insert(Instant::now() + RETRY);
+            }
+        }
+    }
+
+    /// Stops every container within the grace period, removes the sandbox, reports, and
+    /// deletes the pod object.
+    async fn terminate(&mut self) {
+        let grace = self.grace();
+        let names: Vec<String> = self.live.keys().cloned().collect();
+        for name in &names {
+            self.event("Normal", "Killing", &format!("Stopping container {name}"))
+                .await;
+            self.kill(name, grace);
+        }
+        let deadline = Instant::now() + grace + KILL_WAIT;
+        while !self.live.is_empty() {
+            let message = tokio::select! {
+                m = self.rx.recv() => m,
+                () = tokio::time::sleep_until(deadline) => None,
+            };
+            match message {
+                Some(Message::Exit { name, id, exit }) => self.exited(&name, &id, exit).await,
+                Some(Message::Pod(pod)) => self.pod = pod,
+                Some(Message::Gone) => self.gone = true,
+                Some(_) => {}
+                None => {
+                    tracing::warn!(pod = %name_of(&self.pod), "containers did not stop in time");
+                    let ids: Vec<(String, String)> = self
+                        .live
+                        .iter()
+                        .map(|(n, l)| (n.clone(), l.id.clone()))
+                        .collect();
+                    for (name, id) in ids {
+                        let exit = Exit {
+                            code: None,
+                            signal: Some(SIGKILL),
+                            oom_killed: false,
+                            finished_at: Timestamp::now(),
+                        };
+                        self.exited(&name, &id, exit).await;
+                    }
+                }
+            }
+        }
+        // Containers that never ran are reported as never started.
+        for rec in self
+            .record
+            .init
+            .iter_mut()
+            .chain(self.record.containers.iter_mut())
+        {
+            rec.ready = false;
+        }
+        self.remove_sandbox().await;
+        self.save();
+        if !self.gone {
+            self.publish().await;
+            if let Err(err) = self.backend.delete_pod(&self.pod).await {
+                tracing::warn!(pod = %name_of(&self.pod), ?err, "final delete failed");
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.config.pods_dir.join(&self.uid));
+    }
+}
+
+#[cfg(test)]
+mod tests;
