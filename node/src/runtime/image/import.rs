@@ -245,7 +245,7 @@ fn docker_archive(images: &ImageStore, archive: &Archive) -> Result<Vec<Image>, 
         let layers = entry
             .layers
             .iter()
-            .map(|layer| {
+            .map(|layer| -> Result<Descriptor, ImageError> {
                 let (digest, size) = archive.file(Path::new(layer))?.clone();
                 Ok(Descriptor {
                     media_type: layer_media_type(store, &digest)?.to_owned(),
