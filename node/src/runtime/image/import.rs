@@ -311,6 +311,9 @@ mod tests {
 
     fn add(builder: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
         let mut header = tar::Header::new_gnu();
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
         header.set_size(data.len() as u64);
         header.set_mode(0o644);
         header.set_entry_type(tar::EntryType::Regular);

@@ -252,6 +252,9 @@ pub(super) mod tests {
         let mut builder = tar::Builder::new(Vec::new());
         for (path, contents) in entries {
             let mut header = tar::Header::new_gnu();
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
             match contents {
                 Some(data) => {
                     header.set_entry_type(tar::EntryType::Regular);
