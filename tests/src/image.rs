@@ -21,7 +21,8 @@ pub const APPLETS: &[&str] = &[
 ];
 
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
 /// A fixed mtime so the same inputs give the same digests.
 const MTIME: u64 = 1_700_000_000;
@@ -57,11 +58,24 @@ pub fn busybox_layer() -> Result<Vec<u8>> {
     let busybox = std::fs::read(BUSYBOX)
         .with_context(|| format!("reading {BUSYBOX} (Debian package busybox-static)"))?;
     let mut b = tar::Builder::new(Vec::new());
-    for (dir, mode) in [("bin/", 0o755), ("etc/", 0o755), ("root/", 0o700), ("tmp/", 0o1777)] {
-        b.append_data(&mut header(tar::EntryType::Directory, mode, 0), dir, std::io::empty())?;
+    for (dir, mode) in [
+        ("bin/", 0o755),
+        ("etc/", 0o755),
+        ("root/", 0o700),
+        ("tmp/", 0o1777),
+    ] {
+        b.append_data(
+            &mut header(tar::EntryType::Directory, mode, 0),
+            dir,
+            std::io::empty(),
+        )?;
     }
     let size = busybox.len() as u64;
-    b.append_data(&mut header(tar::EntryType::Regular, 0o755, size), "bin/busybox", &busybox[..])?;
+    b.append_data(
+        &mut header(tar::EntryType::Regular, 0o755, size),
+        "bin/busybox",
+        &busybox[..],
+    )?;
     for applet in APPLETS {
         let mut link = header(tar::EntryType::Symlink, 0o777, 0);
         b.append_link(&mut link, format!("bin/{applet}"), "busybox")?;
@@ -108,7 +122,13 @@ fn add_file(b: &mut tar::Builder<std::fs::File>, path: &str, data: &[u8]) -> Res
 fn file_name(name_tag: &str, suffix: &str) -> String {
     let safe: String = name_tag
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{safe}{suffix}")
 }
@@ -139,7 +159,8 @@ pub fn busybox_oci_layout(dir: &Path, name_tag: &str) -> Result<PathBuf> {
                        "annotations": {"org.opencontainers.image.ref.name": name_tag}}]
     }))?;
     let path = dir.join(file_name(name_tag, ".oci.tar"));
-    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let mut b = tar::Builder::new(file);
     add_file(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     add_file(&mut b, "index.json", &index)?;
@@ -166,7 +187,8 @@ pub fn busybox_docker_archive(dir: &Path, name_tag: &str) -> Result<PathBuf> {
         "Config": config_name, "RepoTags": [name_tag], "Layers": [layer_name]
     }]))?;
     let path = dir.join(file_name(name_tag, ".docker.tar"));
-    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let mut b = tar::Builder::new(file);
     add_file(&mut b, "manifest.json", &manifest)?;
     add_file(&mut b, &config_name, &config)?;

@@ -146,7 +146,12 @@ impl Registry {
     /// If skopeo fails.
     pub fn push(&self, oci_tar: &Path, repo_tag: &str) -> Result<()> {
         let mut cmd = Command::new("skopeo");
-        cmd.args(["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"]);
+        cmd.args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ]);
         if let Some((user, password)) = &self.credentials {
             cmd.arg(format!("--dest-creds={user}:{password}"));
         }

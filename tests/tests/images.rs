@@ -33,9 +33,7 @@ fn has_busybox(test: &str) -> bool {
 }
 
 fn can_pull(test: &str) -> bool {
-    has_busybox(test)
-        && require_program(test, "docker-registry")
-        && require_program(test, "skopeo")
+    has_busybox(test) && require_program(test, "docker-registry") && require_program(test, "skopeo")
 }
 
 #[test]
@@ -86,7 +84,12 @@ async fn pull_if_not_present_pulls_once_and_records_the_repo_digest() {
     );
     let image = a.unwrap();
     assert_eq!(b.unwrap().id, image.id);
-    assert_eq!(registry.manifest_gets() - gets_before, 1, "{}", registry.log());
+    assert_eq!(
+        registry.manifest_gets() - gets_before,
+        1,
+        "{}",
+        registry.log()
+    );
     assert_eq!(image.reference, reference);
     let repo_digest = image.repo_digest.clone().unwrap();
     assert!(
@@ -230,6 +233,9 @@ fn whiteout_archive(dir: &Path) -> PathBuf {
         ("etc/hostname", b"skt\n"),
     ] {
         let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         top.append_data(&mut h, path, data).unwrap();
@@ -254,6 +260,9 @@ fn whiteout_archive(dir: &Path) -> PathBuf {
         ("top/layer.tar", &top),
     ] {
         let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         b.append_data(&mut h, path, &data[..]).unwrap();
@@ -283,7 +292,10 @@ fn whiteouts_hide_files_and_opaque_directories_of_lower_layers() {
     assert!(rootfs.join("bin/busybox").is_file());
     assert!(!rootfs.join("bin/wget").exists());
     assert!(rootfs.join("bin/nc").exists());
-    assert_eq!(std::fs::read(rootfs.join("etc/hostname")).unwrap(), b"skt\n");
+    assert_eq!(
+        std::fs::read(rootfs.join("etc/hostname")).unwrap(),
+        b"skt\n"
+    );
     assert!(!rootfs.join("etc/passwd").exists());
     images.unmount_rootfs(&container).unwrap();
 }
