@@ -27,7 +27,9 @@ const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
 /// A fixed mtime so the same inputs give the same digests.
 const MTIME: u64 = 1_700_000_000;
 
-fn digest(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`, as OCI names content.
+#[must_use]
+pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
 }
 

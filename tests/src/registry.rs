@@ -3,6 +3,7 @@
 //! `skopeo copy`; killed and removed on drop.
 
 use std::{
+    fmt::Write as _,
     net::TcpStream,
     path::Path,
     process::{Command, Stdio},
@@ -92,10 +93,11 @@ impl Registry {
         if let Some((user, password)) = &credentials {
             let htpasswd = dir.path().join("htpasswd");
             std::fs::write(&htpasswd, format!("{user}:{}\n", bcrypt(password)?))?;
-            config.push_str(&format!(
+            let _ = write!(
+                config,
                 "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
                 htpasswd.display()
-            ));
+            );
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;

@@ -10,7 +10,7 @@ use std::{
 
 use skiff_node::runtime::image::{ImageStore, PullError, PullPolicy, RegistryAuth};
 use skiff_tests::{
-    image::{busybox_docker_archive, busybox_layer, busybox_oci_layout},
+    image::{busybox_docker_archive, busybox_layer, busybox_oci_layout, digest},
     registry::Registry,
     require_program, require_root,
 };
@@ -218,13 +218,6 @@ fn rootfs_is_an_overlay_whose_writes_land_in_the_container_layer() {
 /// A docker-archive with busybox below and, above it, a layer deleting `/bin/wget` and
 /// making `/etc` opaque with only `hostname` in it.
 fn whiteout_archive(dir: &Path) -> PathBuf {
-    use sha2::{Digest as _, Sha256};
-    let hex = |b: &[u8]| {
-        Sha256::digest(b)
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<String>()
-    };
     let bottom = busybox_layer().unwrap();
     let mut top = tar::Builder::new(Vec::new());
     for (path, data) in [
@@ -244,7 +237,7 @@ fn whiteout_archive(dir: &Path) -> PathBuf {
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
         "rootfs": {"type": "layers", "diff_ids": [
-            format!("sha256:{}", hex(&bottom)), format!("sha256:{}", hex(&top))]}
+            digest(&bottom), digest(&top)]}
     }))
     .unwrap();
     let manifest = serde_json::to_vec(&serde_json::json!([{
@@ -315,7 +308,10 @@ fn gc_removes_unused_images_and_keeps_used_ones() {
     assert!(images.lookup("example.test/busybox:1").is_some());
     assert!(image.layers[0].is_dir());
 
-    assert_eq!(images.gc(&HashSet::new()).unwrap(), [image.id.clone()]);
+    assert_eq!(
+        images.gc(&HashSet::new()).unwrap(),
+        std::slice::from_ref(&image.id)
+    );
     assert!(images.lookup("example.test/busybox:1").is_none());
     assert!(!image.layers[0].exists());
     let blobs = std::fs::read_dir(dir.path().join("images/blobs/sha256"))

@@ -103,7 +103,10 @@ fn read_archive(store: &Store, tarball: &Path) -> Result<Archive, ImageError> {
         } else if kind.is_file() {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let size = entry.size();
-            if (name.ends_with(".json") || name == "oci-layout") && size <= MAX_JSON {
+            let json = Path::new(name)
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+            if (json || name == "oci-layout") && size <= MAX_JSON {
                 let mut bytes = Vec::new();
                 entry
                     .read_to_end(&mut bytes)
@@ -516,7 +519,7 @@ mod tests {
         let dropped = images.import(&path).unwrap().remove(0);
 
         let removed = images.gc(&[keep_id.clone()].into()).unwrap();
-        assert_eq!(removed, [dropped.id.clone()]);
+        assert_eq!(removed, std::slice::from_ref(&dropped.id));
         assert!(images.lookup("drop:1").is_none());
         assert!(!dropped.layers[0].exists());
         let kept = images.lookup("keep:1").unwrap();

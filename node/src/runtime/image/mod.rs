@@ -274,7 +274,7 @@ impl ImageStore {
         &self,
         manifest_digest: &str,
         names: &[String],
-        repo_digest: Option<String>,
+        repo_digest: Option<&str>,
     ) -> Result<Image, ImageError> {
         let store = &self.inner.store;
         let parsed = manifest::Parsed::read(store, manifest_digest)?;
@@ -301,9 +301,9 @@ impl ImageStore {
         for name in names {
             let entry = store::RefEntry {
                 manifest: manifest_digest.to_owned(),
-                repo_digest: repo_digest.clone(),
+                repo_digest: repo_digest.map(str::to_owned),
             };
-            image = Some(store.set_ref(name, entry, &parsed)?);
+            image = Some(store.set_ref(name, &entry, &parsed)?);
         }
         image.ok_or_else(|| ImageError::Malformed("image without a name".into()))
     }

@@ -143,7 +143,7 @@ async fn pull(
     let owned = images.clone();
     let names = [name.to_owned()];
     let image = tokio::task::spawn_blocking(move || {
-        owned.install(&manifest_digest, &names, Some(repo_digest))
+        owned.install(&manifest_digest, &names, Some(&repo_digest))
     })
     .await
     .map_err(|e| ImageError::Malformed(format!("unpack task ended: {e}")))??;

@@ -260,7 +260,13 @@ mod tests {
         fs::create_dir(&layer).unwrap();
         let container = dir.path().join("c1");
         let mounter = FakeMounter::default();
-        let first = mount(&mounter, &[layer.clone()], dir.path(), &container).unwrap();
+        let first = mount(
+            &mounter,
+            std::slice::from_ref(&layer),
+            dir.path(),
+            &container,
+        )
+        .unwrap();
         let second = mount(&mounter, &[layer], dir.path(), &container).unwrap();
         assert_eq!(first, second);
         assert_eq!(mounter.options.lock().unwrap().len(), 1);

@@ -290,12 +290,12 @@ impl Store {
     pub fn set_ref(
         &self,
         name: &str,
-        entry: RefEntry,
+        entry: &RefEntry,
         parsed: &Parsed,
     ) -> Result<Image, ImageError> {
         let image = parsed.image(self, name, entry.repo_digest.clone())?;
         let mut state = self.state();
-        if state.refs.get(name) != Some(&entry) {
+        if state.refs.get(name) != Some(entry) {
             let mut refs = state.refs.clone();
             refs.insert(name.to_owned(), entry.clone());
             self.persist(&refs)?;

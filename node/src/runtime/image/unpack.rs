@@ -255,19 +255,16 @@ pub(super) mod tests {
             header.set_uid(0);
             header.set_gid(0);
             header.set_mtime(0);
-            match contents {
-                Some(data) => {
-                    header.set_entry_type(tar::EntryType::Regular);
-                    header.set_size(data.len() as u64);
-                    header.set_mode(0o644);
-                    builder.append_data(&mut header, path, *data).unwrap();
-                }
-                None => {
-                    header.set_entry_type(tar::EntryType::Directory);
-                    header.set_size(0);
-                    header.set_mode(0o755);
-                    builder.append_data(&mut header, path, io::empty()).unwrap();
-                }
+            if let Some(data) = contents {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(data.len() as u64);
+                header.set_mode(0o644);
+                builder.append_data(&mut header, path, *data).unwrap();
+            } else {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                header.set_mode(0o755);
+                builder.append_data(&mut header, path, io::empty()).unwrap();
             }
         }
         builder.into_inner().unwrap()
