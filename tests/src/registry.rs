@@ -142,11 +142,19 @@ impl Registry {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
-    /// Pushes an OCI layout tarball as `<host>/<repo_tag>` with `skopeo copy`.
+    /// Pushes an OCI layout tarball (one image) as `<host>/<repo_tag>` with `skopeo copy`.
     ///
     /// # Errors
     /// If skopeo fails.
     pub fn push(&self, oci_tar: &Path, repo_tag: &str) -> Result<()> {
+        // skopeo's oci-archive transport chowns what it untars to the archive's owners,
+        // which fails unprivileged; an unpacked layout (oci: transport) needs no chown.
+        let layout = tempfile::tempdir().context("OCI layout temp dir")?;
+        let file = std::fs::File::open(oci_tar)
+            .with_context(|| format!("opening {}", oci_tar.display()))?;
+        tar::Archive::new(file)
+            .unpack(layout.path())
+            .with_context(|| format!("unpacking {}", oci_tar.display()))?;
         let mut cmd = Command::new("skopeo");
         cmd.args([
             "--insecure-policy",
@@ -158,7 +166,7 @@ impl Registry {
             cmd.arg(format!("--dest-creds={user}:{password}"));
         }
         let out = cmd
-            .arg(format!("oci-archive:{}", oci_tar.display()))
+            .arg(format!("oci:{}", layout.path().display()))
             .arg(format!("docker://{}/{repo_tag}", self.host()))
             .output()
             .context("running skopeo")?;

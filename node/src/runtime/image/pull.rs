@@ -2,7 +2,10 @@
 //! index), then each config and layer blob not already stored, digests verified, one pull
 //! per reference at a time.
 
-use std::sync::{Arc, PoisonError};
+use std::{
+    sync::{Arc, PoisonError},
+    time::Duration,
+};
 
 use oci_client::{
     Client, Reference,
@@ -89,6 +92,10 @@ async fn pull(
     let _busy = store.begin();
     let client = Client::new(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(images.inner.insecure_registries.clone()),
+        // A registry that stops answering must fail the pull (ErrImagePull, retried with
+        // back-off) rather than hold the container in ContainerCreating forever.
+        connect_timeout: Some(Duration::from_secs(10)),
+        read_timeout: Some(Duration::from_secs(60)),
         ..ClientConfig::default()
     });
     let auth = auths
