@@ -95,7 +95,7 @@ async fn pull(
         // A registry that stops answering must fail the pull (ErrImagePull, retried with
         // back-off) rather than hold the container in ContainerCreating forever.
         connect_timeout: Some(Duration::from_secs(10)),
-        read_timeout: Some(Duration::from_secs(60)),
+        read_timeout: Some(Duration::from_mins(1)),
         ..ClientConfig::default()
     });
     let auth = auths
