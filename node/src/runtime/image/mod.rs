@@ -223,7 +223,7 @@ impl ImageStore {
     }
 
     /// Imports every image of an OCI image layout tarball or a docker-archive tarball
-    /// (either may be gzip-compressed).
+    /// (either may be gzip-compressed). Blocking: call it from `spawn_blocking` in async code.
     ///
     /// # Errors
     /// If the tarball cannot be read, is neither format, or a digest does not match.
@@ -260,7 +260,10 @@ impl ImageStore {
     }
 
     /// Removes the references of images whose ids are not in `in_use`, then the blobs and
-    /// layers no remaining image needs; returns the removed image ids.
+    /// layers no remaining image needs; returns the removed image ids. `in_use` must hold
+    /// the image of every container with a mounted root filesystem: their layers are the
+    /// overlay's lower directories. Blobs and layers are left for the next run while a pull
+    /// or import is in flight.
     ///
     /// # Errors
     /// If `refs.json` cannot be written or a blob or layer cannot be removed.
