@@ -5,8 +5,10 @@
 pub mod cgroup;
 pub mod control;
 pub mod etcd;
+pub mod image;
 pub mod netns;
 pub mod process;
+pub mod registry;
 pub mod sim;
 
 use std::path::PathBuf;

@@ -1,2 +1,4 @@
 //! Container runtime: images, OCI bundles and the libcontainer lifecycle, container logs,
 //! exec and per-container usage.
+
+pub mod image;
