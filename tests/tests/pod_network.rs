@@ -163,56 +163,62 @@ fn pods_get_addresses_reach_each_other_and_survive_a_restart() -> Result<()> {
     result
 }
 
-async fn scenario(config: NetworkConfig) -> Result<()> {
-    let bridge = config.bridge.clone();
-    let table = format!("skiff-{bridge}");
-    let prefix = config.pod_cidr.1;
-    let state_dir = config.state_dir.clone();
-    let gateway = Ipv4Addr::new(10, 244, 7, 1);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 7, 1);
 
+fn request(uid: &str, hostname: &str) -> SandboxRequest {
+    SandboxRequest {
+        uid: uid.into(),
+        hostname: hostname.into(),
+    }
+}
+
+async fn scenario(config: NetworkConfig) -> Result<()> {
     let net = BridgeNetwork::new(config.clone());
     net.setup().await?;
     net.setup().await.context("setup is idempotent")?;
-    let addr = run("ip", &["-o", "-4", "addr", "show", "dev", &bridge])?;
+    check_node_side(&config)?;
+    let b = two_pods(&net, &config).await?;
+    drop(net);
+    after_restart(config, b).await
+}
+
+/// Bridge with the gateway address and MTU, forwarding on, the masquerade rule.
+fn check_node_side(config: &NetworkConfig) -> Result<()> {
+    let bridge = &config.bridge;
+    let prefix = config.pod_cidr.1;
+    let addr = run("ip", &["-o", "-4", "addr", "show", "dev", bridge])?;
     ensure!(
-        addr.contains(&format!("inet {gateway}/{prefix}")),
+        addr.contains(&format!("inet {GATEWAY}/{prefix}")),
         "bridge address: {addr}"
     );
-    ensure!(run("ip", &["-o", "link", "show", "dev", &bridge])?.contains("mtu 1400"));
+    ensure!(run("ip", &["-o", "link", "show", "dev", bridge])?.contains("mtu 1400"));
     ensure!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?.trim() == "1");
-    let rules = run("nft", &["list", "table", "ip", &table])?;
+    let rules = run("nft", &["list", "table", "ip", &format!("skiff-{bridge}")])?;
     ensure!(
         rules.contains(&format!(
             "ip saddr {POD_CIDR} ip daddr != {POD_CIDR} oifname != \"{bridge}\" masquerade"
         )),
         "masquerade rule: {rules}"
     );
+    Ok(())
+}
 
-    let a = net
-        .create_sandbox(&SandboxRequest {
-            uid: "pod-a-uid".into(),
-            hostname: "pod-a".into(),
-        })
-        .await?;
-    let b = net
-        .create_sandbox(&SandboxRequest {
-            uid: "pod-b-uid".into(),
-            hostname: "pod-b".into(),
-        })
-        .await?;
+/// Two pods that reach each other; the first is removed again. Returns the second.
+async fn two_pods(net: &BridgeNetwork, config: &NetworkConfig) -> Result<Sandbox> {
+    let prefix = config.pod_cidr.1;
+    let a = net.create_sandbox(&request("pod-a-uid", "pod-a")).await?;
+    let b = net.create_sandbox(&request("pod-b-uid", "pod-b")).await?;
     ensure!(a.ip == Ipv4Addr::new(10, 244, 7, 2) && b.ip == Ipv4Addr::new(10, 244, 7, 3));
-    ensure!(a.gateway == gateway);
+    ensure!(a.gateway == GATEWAY);
     for sandbox in [&a, &b] {
         check_pod_side(sandbox, prefix)?;
         let veth = run("ip", &["-o", "link", "show", "dev", &sandbox.host_veth])?;
-        ensure!(veth.contains(&format!("master {bridge}")), "{veth}");
+        ensure!(
+            veth.contains(&format!("master {}", config.bridge)),
+            "{veth}"
+        );
     }
-    let again = net
-        .create_sandbox(&SandboxRequest {
-            uid: "pod-a-uid".into(),
-            hostname: "pod-a".into(),
-        })
-        .await?;
+    let again = net.create_sandbox(&request("pod-a-uid", "pod-a")).await?;
     ensure!(
         again == a,
         "create_sandbox is idempotent: {again:?} != {a:?}"
@@ -220,11 +226,11 @@ async fn scenario(config: NetworkConfig) -> Result<()> {
 
     ping(&a, b.ip)?;
     ping(&b, a.ip)?;
-    ping(&a, gateway)?;
-    let uts = format!("--uts={}", a.utsns.display());
-    ensure!(run("nsenter", &[&uts, "hostname"])?.trim() == "pod-a");
-    let uts = format!("--uts={}", b.utsns.display());
-    ensure!(run("nsenter", &[&uts, "hostname"])?.trim() == "pod-b");
+    ping(&a, GATEWAY)?;
+    for (sandbox, hostname) in [(&a, "pod-a"), (&b, "pod-b")] {
+        let uts = format!("--uts={}", sandbox.utsns.display());
+        ensure!(run("nsenter", &[&uts, "hostname"])?.trim() == hostname);
+    }
     let listed = net.list_sandboxes().await?;
     ensure!(listed == vec![a.clone(), b.clone()], "listed: {listed:?}");
 
@@ -237,50 +243,36 @@ async fn scenario(config: NetworkConfig) -> Result<()> {
     for path in [&a.netns, &a.ipcns, &a.utsns] {
         ensure!(!path.exists(), "{} left behind", path.display());
     }
-    ensure!(
-        !state_dir.join("ipam").join(a.ip.to_string()).exists(),
-        "ipam entry left behind"
-    );
+    let ipam_entry = config.state_dir.join("ipam").join(a.ip.to_string());
+    ensure!(!ipam_entry.exists(), "ipam entry left behind");
     net.remove_sandbox(&a.uid)
         .await
         .context("remove_sandbox is idempotent")?;
     ensure!(net.list_sandboxes().await? == vec![b.clone()]);
-    drop(net);
+    Ok(b)
+}
 
-    // A restarted daemon: same state directory, new instance.
+/// A restarted daemon (new instance, same state directory) finds `b`, rebuilds it around
+/// its address when its veth vanished, never hands that address out again, and tears down.
+async fn after_restart(config: NetworkConfig, b: Sandbox) -> Result<()> {
     let net = BridgeNetwork::new(config.clone());
     net.setup().await?;
-    let adopted = net
-        .create_sandbox(&SandboxRequest {
-            uid: b.uid.clone(),
-            hostname: "pod-b".into(),
-        })
-        .await?;
+    let adopted = net.create_sandbox(&request(&b.uid, "pod-b")).await?;
     ensure!(
         adopted == b,
         "existing sandbox returned as is after restart"
     );
-    // A sandbox whose veth vanished is rebuilt around its recorded address.
     run("ip", &["link", "del", "dev", &b.host_veth])?;
-    let rebuilt = net
-        .create_sandbox(&SandboxRequest {
-            uid: b.uid.clone(),
-            hostname: "pod-b".into(),
-        })
-        .await?;
+    let rebuilt = net.create_sandbox(&request(&b.uid, "pod-b")).await?;
     ensure!(rebuilt.ip == b.ip, "rebuilt sandbox keeps its address");
-    check_pod_side(&rebuilt, prefix)?;
-    let c = net
-        .create_sandbox(&SandboxRequest {
-            uid: "pod-c-uid".into(),
-            hostname: "pod-c".into(),
-        })
-        .await?;
+    check_pod_side(&rebuilt, config.pod_cidr.1)?;
+    let c = net.create_sandbox(&request("pod-c-uid", "pod-c")).await?;
     ensure!(c.ip != b.ip, "no address handed out twice");
     ping(&c, b.ip)?;
 
     net.teardown().await?;
-    ensure!(!link_exists(&bridge), "bridge left behind");
+    ensure!(!link_exists(&config.bridge), "bridge left behind");
+    let table = format!("skiff-{}", config.bridge);
     ensure!(!table_exists(&table), "nft table left behind");
     net.teardown().await.context("teardown is idempotent")?;
     net.remove_sandbox(&b.uid).await?;
