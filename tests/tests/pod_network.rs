@@ -126,6 +126,16 @@ fn check_pod_side(sandbox: &Sandbox, prefix: u8) -> Result<()> {
     Ok(())
 }
 
+/// The MAC address of link `name`.
+fn link_mac(name: &str) -> Result<String> {
+    let show = run("ip", &["-o", "link", "show", "dev", name])?;
+    show.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_owned)
+        .with_context(|| format!("no MAC in {show}"))
+}
+
 fn link_exists(name: &str) -> bool {
     run("ip", &["link", "show", "dev", name]).is_ok()
 }
@@ -206,6 +216,7 @@ fn check_node_side(config: &NetworkConfig) -> Result<()> {
 /// Two pods that reach each other; the first is removed again. Returns the second.
 async fn two_pods(net: &BridgeNetwork, config: &NetworkConfig) -> Result<Sandbox> {
     let prefix = config.pod_cidr.1;
+    let bridge_mac = link_mac(&config.bridge)?;
     let a = net.create_sandbox(&request("pod-a-uid", "pod-a")).await?;
     let b = net.create_sandbox(&request("pod-b-uid", "pod-b")).await?;
     ensure!(a.ip == Ipv4Addr::new(10, 244, 7, 2) && b.ip == Ipv4Addr::new(10, 244, 7, 3));
@@ -218,6 +229,10 @@ async fn two_pods(net: &BridgeNetwork, config: &NetworkConfig) -> Result<Sandbox
             "{veth}"
         );
     }
+    ensure!(
+        link_mac(&config.bridge)? == bridge_mac,
+        "the gateway's MAC must not change when ports join"
+    );
     let again = net.create_sandbox(&request("pod-a-uid", "pod-a")).await?;
     ensure!(
         again == a,

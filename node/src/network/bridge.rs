@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+use sha2::{Digest as _, Sha256};
 use tracing::info;
 
 use super::link::{self, LinkError};
@@ -36,7 +37,7 @@ pub(super) async fn ensure(
     let index = if let Some(index) = link::index_of(handle, name).await? {
         index
     } else {
-        let mut bridge = LinkBridge::new(name);
+        let mut bridge = LinkBridge::new(name).address(mac(name).to_vec());
         if let Some(mtu) = mtu {
             bridge = bridge.mtu(mtu);
         }
@@ -76,6 +77,17 @@ pub(super) async fn ensure(
     Ok(index)
 }
 
+/// The bridge's MAC address: locally administered, unicast, derived from its name.
+///
+/// Set explicitly because a bridge with a kernel-chosen address takes the lowest address of
+/// its ports, so the gateway's MAC would change under the pods' ARP caches whenever a veth
+/// with a lower address joined; a set address stays put.
+#[must_use]
+pub(super) fn mac(name: &str) -> [u8; 6] {
+    let hash = Sha256::digest(name.as_bytes());
+    [0x02, hash[0], hash[1], hash[2], hash[3], hash[4]]
+}
+
 /// Deletes bridge `name` if it exists.
 ///
 /// # Errors
@@ -96,4 +108,18 @@ pub(super) fn enable_forwarding() -> Result<(), BridgeError> {
         return Ok(());
     }
     std::fs::write(IP_FORWARD, "1").map_err(BridgeError::Forwarding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_mac_is_stable_unicast_and_locally_administered() {
+        let addr = mac("skiff0");
+        assert_eq!(addr, mac("skiff0"));
+        assert_ne!(addr, mac("skiff1"));
+        assert_eq!(addr[0] & 0b01, 0, "unicast");
+        assert_eq!(addr[0] & 0b10, 0b10, "locally administered");
+    }
 }

@@ -280,8 +280,10 @@ impl PodNetwork for BridgeNetwork {
         bridge::enable_forwarding()?;
         if self.config.masquerade {
             masquerade::apply(&self.config.bridge, self.config.pod_cidr)?;
-        } else {
-            masquerade::remove(&self.config.bridge)?;
+        } else if let Err(error) = masquerade::remove(&self.config.bridge) {
+            // Without masquerade nftables may not even be installed; a table left from an
+            // earlier configuration is worth a warning, not a node that cannot start.
+            warn!(%error, "removing the masquerade table of an earlier configuration");
         }
         info!(
             bridge = self.config.bridge,
@@ -369,7 +371,11 @@ impl PodNetwork for BridgeNetwork {
     async fn teardown(&self) -> Result<(), NetworkError> {
         let handle = link::connect()?;
         bridge::remove(&handle, &self.config.bridge).await?;
-        masquerade::remove(&self.config.bridge)?;
+        match masquerade::remove(&self.config.bridge) {
+            Ok(()) => {}
+            Err(e) if self.config.masquerade => return Err(e.into()),
+            Err(error) => warn!(%error, "removing the masquerade table"),
+        }
         info!(bridge = self.config.bridge, "pod network removed");
         Ok(())
     }
