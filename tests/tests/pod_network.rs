@@ -16,7 +16,8 @@ use nix::{
     sched::{CloneFlags, setns},
 };
 use skiff_node::network::{
-    BridgeNetwork, NetworkConfig, PodNetwork as _, Sandbox, SandboxRequest, parse_cidr,
+    BridgeNetwork, NetworkConfig, NetworkError, PodNetwork as _, Sandbox, SandboxRequest,
+    parse_cidr,
 };
 use skiff_tests::{netns::Netns, require_program, require_root};
 
@@ -156,6 +157,8 @@ fn pods_get_addresses_reach_each_other_and_survive_a_restart() -> Result<()> {
         return Ok(());
     }
     let host = Netns::new("skt-host")?;
+    let outside = Netns::new("skt-out")?;
+    connect_outside(&host, &outside)?;
     let state = State {
         dir: tempfile::Builder::new().prefix("skt-state-").tempdir()?,
     };
@@ -169,6 +172,7 @@ fn pods_get_addresses_reach_each_other_and_survive_a_restart() -> Result<()> {
     };
     let result = in_test_host(&host, move || scenario(config));
     drop(state);
+    drop(outside);
     drop(host);
     result
 }
@@ -182,7 +186,43 @@ fn request(uid: &str, hostname: &str) -> SandboxRequest {
     }
 }
 
+/// An address beyond the test host, in a namespace that has no route back to the pods:
+/// pods reach it only if their traffic is masqueraded.
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+/// Links the test host (192.0.2.1) to `outside` (192.0.2.2) with a veth pair that goes
+/// away with `outside`.
+fn connect_outside(host: &Netns, outside: &Netns) -> Result<()> {
+    host.ip(&[
+        "link",
+        "add",
+        "sktout0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        outside.name(),
+    ])?;
+    host.ip(&["addr", "add", "192.0.2.1/24", "dev", "sktout0"])?;
+    host.ip(&["link", "set", "sktout0", "up"])?;
+    outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
+    outside.ip(&["link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
 async fn scenario(config: NetworkConfig) -> Result<()> {
+    let early = BridgeNetwork::new(config.clone());
+    let refused = early.create_sandbox(&request("pod-a-uid", "pod-a")).await;
+    ensure!(
+        matches!(refused, Err(NetworkError::NoBridge(_))),
+        "a sandbox before setup: {refused:?}"
+    );
+    ensure!(early.list_sandboxes().await?.is_empty());
+    ensure!(!config.state_dir.join("netns").join("pod-a-uid").exists());
+    drop(early);
+
     let net = BridgeNetwork::new(config.clone());
     net.setup().await?;
     net.setup().await.context("setup is idempotent")?;
@@ -242,6 +282,7 @@ async fn two_pods(net: &BridgeNetwork, config: &NetworkConfig) -> Result<Sandbox
     ping(&a, b.ip)?;
     ping(&b, a.ip)?;
     ping(&a, GATEWAY)?;
+    ping(&a, OUTSIDE).context("egress is masqueraded")?;
     for (sandbox, hostname) in [(&a, "pod-a"), (&b, "pod-b")] {
         let uts = format!("--uts={}", sandbox.utsns.display());
         ensure!(run("nsenter", &[&uts, "hostname"])?.trim() == hostname);
