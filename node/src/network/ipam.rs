@@ -344,6 +344,30 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_allocations_never_share_an_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = std::sync::Arc::new(Ipam::new(dir.path(), cidr("10.244.1.0/24")));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let ipam = std::sync::Arc::clone(&ipam);
+                std::thread::spawn(move || {
+                    (0..10)
+                        .map(|i| ipam.allocate(&format!("p{}", i % 5 + t * 5)).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<_> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 40, "40 uids, 40 distinct addresses");
+        assert_eq!(ipam.allocations().unwrap().len(), 40);
+    }
+
+    #[test]
     fn range_without_room_for_pods_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
