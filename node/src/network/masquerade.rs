@@ -1,0 +1,203 @@
+//! Egress masquerade for pod traffic leaving the pod range, in an nftables table of the
+//! node's own (`ip skiff-<bridge>`), so several nodes on one host and other users of
+//! nftables never step on each other: only that table is ever replaced or deleted.
+
+use std::{borrow::Cow, net::Ipv4Addr};
+
+use nftables::{
+    batch::Batch,
+    expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix},
+    helper::{self, NftablesError},
+    schema::{Chain, NfListObject, Nftables, Rule, Table},
+    stmt::{Match, Operator, Statement},
+    types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
+};
+use tracing::info;
+
+/// The NAT chain's name.
+const CHAIN: &str = "postrouting";
+/// Source NAT priority (`srcnat`).
+const SRCNAT_PRIORITY: i32 = 100;
+
+/// Errors applying or removing the masquerade table.
+#[derive(Debug, thiserror::Error)]
+pub enum MasqueradeError {
+    /// `nft` failed.
+    #[error("nftables table {table}: {source}")]
+    Nft {
+        /// The table.
+        table: String,
+        /// The cause.
+        source: NftablesError,
+    },
+}
+
+/// The node's table name for `bridge`.
+#[must_use]
+pub fn table_name(bridge: &str) -> String {
+    format!("skiff-{bridge}")
+}
+
+/// The batch that replaces the node's table with one masquerading `pod_cidr` traffic that
+/// leaves the range through another interface than the bridge. Adding the table before
+/// deleting it makes the delete succeed whether or not it existed, all in one transaction.
+#[must_use]
+pub fn ruleset(bridge: &str, (network, prefix): (Ipv4Addr, u8)) -> Nftables<'static> {
+    let table = table_name(bridge);
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(table_object(&table)));
+    batch.delete(NfListObject::Table(table_object(&table)));
+    batch.add(NfListObject::Table(table_object(&table)));
+    batch.add(NfListObject::Chain(Chain {
+        family: NfFamily::IP,
+        table: Cow::Owned(table.clone()),
+        name: Cow::Borrowed(CHAIN),
+        _type: Some(NfChainType::NAT),
+        hook: Some(NfHook::Postrouting),
+        prio: Some(SRCNAT_PRIORITY),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    }));
+    let range = || {
+        Expression::Named(NamedExpression::Prefix(Prefix {
+            addr: Box::new(Expression::String(Cow::Owned(network.to_string()))),
+            len: u32::from(prefix),
+        }))
+    };
+    let ip_field = |field: &'static str| {
+        Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+            PayloadField {
+                protocol: Cow::Borrowed("ip"),
+                field: Cow::Borrowed(field),
+            },
+        )))
+    };
+    batch.add(NfListObject::Rule(Rule {
+        family: NfFamily::IP,
+        table: Cow::Owned(table),
+        chain: Cow::Borrowed(CHAIN),
+        expr: Cow::Owned(vec![
+            Statement::Match(Match {
+                left: ip_field("saddr"),
+                right: range(),
+                op: Operator::EQ,
+            }),
+            Statement::Match(Match {
+                left: ip_field("daddr"),
+                right: range(),
+                op: Operator::NEQ,
+            }),
+            Statement::Match(Match {
+                left: Expression::Named(NamedExpression::Meta(Meta {
+                    key: MetaKey::Oifname,
+                })),
+                right: Expression::String(Cow::Owned(bridge.to_owned())),
+                op: Operator::NEQ,
+            }),
+            Statement::Masquerade(None),
+        ]),
+        handle: None,
+        index: None,
+        comment: Some(Cow::Borrowed("skiff pod egress")),
+    }));
+    batch.to_nftables()
+}
+
+/// The batch that deletes the node's table whether or not it exists.
+#[must_use]
+pub fn removal(bridge: &str) -> Nftables<'static> {
+    let table = table_name(bridge);
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(table_object(&table)));
+    batch.delete(NfListObject::Table(table_object(&table)));
+    batch.to_nftables()
+}
+
+fn table_object(name: &str) -> Table<'static> {
+    Table {
+        family: NfFamily::IP,
+        name: Cow::Owned(name.to_owned()),
+        handle: None,
+    }
+}
+
+/// Installs (replacing) the masquerade table in the calling thread's network namespace.
+///
+/// Runs `nft` synchronously on purpose: a child process inherits the namespaces of the
+/// thread that forks it, and this happens once per setup, in milliseconds.
+///
+/// # Errors
+/// If `nft` fails.
+pub(super) fn apply(bridge: &str, pod_cidr: (Ipv4Addr, u8)) -> Result<(), MasqueradeError> {
+    helper::apply_ruleset(&ruleset(bridge, pod_cidr)).map_err(|source| MasqueradeError::Nft {
+        table: table_name(bridge),
+        source,
+    })?;
+    info!(
+        table = table_name(bridge),
+        "installed pod egress masquerade"
+    );
+    Ok(())
+}
+
+/// Deletes the masquerade table if it exists, in the calling thread's network namespace.
+///
+/// # Errors
+/// If `nft` fails.
+pub(super) fn remove(bridge: &str) -> Result<(), MasqueradeError> {
+    helper::apply_ruleset(&removal(bridge)).map_err(|source| MasqueradeError::Nft {
+        table: table_name(bridge),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn ruleset_replaces_only_the_nodes_own_table_with_one_masquerade_rule() {
+        let doc =
+            serde_json::to_value(ruleset("skiff0", (Ipv4Addr::new(10, 244, 1, 0), 24))).unwrap();
+        let cmds = doc["nftables"].as_array().unwrap();
+        let table = json!({"family": "ip", "name": "skiff-skiff0"});
+        assert_eq!(cmds[0], json!({"add": {"table": table}}));
+        assert_eq!(cmds[1], json!({"delete": {"table": table}}));
+        assert_eq!(cmds[2], json!({"add": {"table": table}}));
+        let chain = &cmds[3]["add"]["chain"];
+        assert_eq!(chain["hook"], "postrouting");
+        assert_eq!(chain["type"], "nat");
+        let rule = &cmds[4]["add"]["rule"];
+        assert_eq!(rule["table"], "skiff-skiff0");
+        let expr = rule["expr"].as_array().unwrap();
+        let prefix = json!({"prefix": {"addr": "10.244.1.0", "len": 24}});
+        assert_eq!(
+            expr[0]["match"]["left"],
+            json!({"payload": {"protocol": "ip", "field": "saddr"}})
+        );
+        assert_eq!(expr[0]["match"]["right"], prefix);
+        assert_eq!(expr[0]["match"]["op"], "==");
+        assert_eq!(expr[1]["match"]["op"], "!=");
+        assert_eq!(expr[1]["match"]["right"], prefix);
+        assert_eq!(
+            expr[2]["match"]["left"],
+            json!({"meta": {"key": "oifname"}})
+        );
+        assert_eq!(expr[2]["match"]["right"], "skiff0");
+        assert_eq!(expr[2]["match"]["op"], "!=");
+        assert!(expr[3].get("masquerade").is_some());
+        assert_eq!(cmds.len(), 5);
+    }
+
+    #[test]
+    fn removal_deletes_the_table_even_when_absent() {
+        let doc = serde_json::to_value(removal("br9")).unwrap();
+        let table = json!({"family": "ip", "name": "skiff-br9"});
+        assert_eq!(
+            doc["nftables"],
+            json!([{"add": {"table": table}}, {"delete": {"table": table}}])
+        );
+    }
+}

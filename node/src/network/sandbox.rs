@@ -1,0 +1,200 @@
+//! A pod's shared namespaces (network, IPC, UTS), bind-mounted onto files in the state
+//! directory so containers can join them by path and they outlive a daemon restart; and
+//! running code inside a pod's network namespace.
+//!
+//! Namespace changes are per thread, so each happens on a dedicated OS thread that exits
+//! afterwards: a tokio worker that unshared or setns'd would carry the wrong namespace into
+//! every task it runs next.
+
+use std::{
+    fs, io,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    errno::Errno,
+    mount::{MntFlags, MsFlags, mount, umount2},
+    sched::{CloneFlags, setns, unshare},
+    sys::statfs::{NSFS_MAGIC, statfs},
+    unistd::sethostname,
+};
+use tokio::sync::oneshot;
+
+/// Errors creating, entering or removing namespaces.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    /// A namespace file could not be created, opened or removed.
+    #[error("namespace file {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A namespace syscall failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: String,
+        /// The errno.
+        source: Errno,
+    },
+    /// The dedicated thread could not be started or died before answering.
+    #[error("namespace thread: {0}")]
+    Thread(String),
+    /// The runtime inside the network namespace could not be built.
+    #[error("runtime in network namespace: {0}")]
+    Runtime(#[source] io::Error),
+}
+
+/// Where a pod's namespaces are bind-mounted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespacePaths {
+    /// The network namespace.
+    pub net: PathBuf,
+    /// The IPC namespace.
+    pub ipc: PathBuf,
+    /// The UTS namespace.
+    pub uts: PathBuf,
+}
+
+impl NamespacePaths {
+    fn each(&self) -> [(&Path, &'static str); 3] {
+        [
+            (self.net.as_path(), "net"),
+            (self.ipc.as_path(), "ipc"),
+            (self.uts.as_path(), "uts"),
+        ]
+    }
+}
+
+/// Runs `f` on a fresh OS thread and awaits its answer without blocking the runtime.
+async fn on_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T, NamespaceError> + Send + 'static,
+) -> Result<T, NamespaceError> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| NamespaceError::Thread(format!("spawning {name}: {e}")))?;
+    rx.await
+        .map_err(|_| NamespaceError::Thread(format!("{name} died without answering")))?
+}
+
+/// Creates new network, IPC and UTS namespaces (hostname `hostname`) and bind-mounts them
+/// onto `paths`, whose parent directories must exist. Leaves nothing behind on failure.
+///
+/// # Errors
+/// If a file cannot be created or a syscall fails.
+pub(super) async fn create(paths: NamespacePaths, hostname: String) -> Result<(), NamespaceError> {
+    on_thread("skiff-ns-create", move || {
+        let made = create_on_this_thread(&paths, &hostname);
+        if made.is_err() {
+            for (path, _) in paths.each() {
+                let _ = remove(path);
+            }
+        }
+        made
+    })
+    .await
+}
+
+/// The body of [`create`]; it changes this thread's namespaces, so the thread must end
+/// afterwards.
+fn create_on_this_thread(paths: &NamespacePaths, hostname: &str) -> Result<(), NamespaceError> {
+    for (path, _) in paths.each() {
+        fs::File::create(path).map_err(|source| NamespaceError::File {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
+        .map_err(|source| NamespaceError::Sys {
+            what: "unshare net, ipc and uts namespaces".into(),
+            source,
+        })?;
+    sethostname(hostname).map_err(|source| NamespaceError::Sys {
+        what: format!("setting hostname {hostname}"),
+        source,
+    })?;
+    for (path, kind) in paths.each() {
+        let source = format!("/proc/thread-self/ns/{kind}");
+        mount(
+            Some(source.as_str()),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|errno| NamespaceError::Sys {
+            what: format!("bind-mounting {source} on {}", path.display()),
+            source: errno,
+        })?;
+    }
+    Ok(())
+}
+
+/// Unmounts (lazily) and removes a namespace file; absent or unmounted files are fine.
+///
+/// # Errors
+/// If unmounting or removal fails for another reason.
+pub(super) fn remove(path: &Path) -> Result<(), NamespaceError> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        // EINVAL: not a mount point; ENOENT: no file.
+        Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
+        Err(source) => {
+            return Err(NamespaceError::Sys {
+                what: format!("unmounting {}", path.display()),
+                source,
+            });
+        }
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(NamespaceError::File {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Whether `path` has a namespace mounted on it.
+#[must_use]
+pub(super) fn is_mounted(path: &Path) -> bool {
+    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+}
+
+/// Runs `f` inside the network namespace mounted at `path`, on a dedicated thread with its
+/// own current-thread runtime, so sockets `f` opens (rtnetlink included) belong to it.
+///
+/// # Errors
+/// If the namespace cannot be entered or the runtime built; `f`'s own result is returned
+/// as is.
+pub(super) async fn in_netns<F, Fut, T>(path: PathBuf, f: F) -> Result<T, NamespaceError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    on_thread("skiff-netns", move || {
+        let file = fs::File::open(&path).map_err(|source| NamespaceError::File {
+            path: path.clone(),
+            source,
+        })?;
+        setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NamespaceError::Sys {
+            what: format!("entering network namespace {}", path.display()),
+            source,
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(NamespaceError::Runtime)?;
+        Ok(runtime.block_on(f()))
+    })
+    .await
+}
