@@ -139,8 +139,7 @@ pub fn write(dir: &Path, payload: &Payload) -> Result<bool, WriterError> {
     write_payload(&ts_dir, payload)?;
     let ts_name = ts_dir
         .file_name()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ts_dir.clone());
+        .map_or_else(|| ts_dir.clone(), PathBuf::from);
 
     let tmp_link = dir.join(DATA_TMP);
     match fs::remove_file(&tmp_link) {
@@ -470,7 +469,7 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_796_149_553);
         assert_eq!(timestamp(t), "2026_12_01_18_25_53");
         assert_eq!(timestamp(UNIX_EPOCH), "1970_01_01_00_00_00");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        let leap = UNIX_EPOCH + Duration::from_hours(264_384);
         assert_eq!(timestamp(leap), "2000_02_29_00_00_00");
     }
 }

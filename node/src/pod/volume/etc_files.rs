@@ -4,7 +4,7 @@
 //! The files are rewritten in place, never replaced by rename: a running container's bind
 //! mount holds the inode, so only an in-place write reaches it.
 
-use std::{fs, io, path::Path};
+use std::{fmt::Write as _, fs, io, path::Path};
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -62,8 +62,8 @@ pub fn hosts_content(pod: &Pod, pod_ip: Option<&str>, cluster_domain: &str) -> S
     );
     if let Some(ip) = pod_ip.filter(|ip| !ip.is_empty()) {
         match domain {
-            Some(domain) => out.push_str(&format!("{ip}\t{host}.{domain}\t{host}\n")),
-            None => out.push_str(&format!("{ip}\t{host}\n")),
+            Some(domain) => _ = writeln!(out, "{ip}\t{host}.{domain}\t{host}"),
+            None => _ = writeln!(out, "{ip}\t{host}"),
         }
     }
     let aliases = pod
@@ -75,7 +75,7 @@ pub fn hosts_content(pod: &Pod, pod_ip: Option<&str>, cluster_domain: &str) -> S
         out.push_str("\n# Entries added by HostAliases.\n");
         for alias in aliases {
             let names = alias.hostnames.as_deref().unwrap_or_default().join("\t");
-            out.push_str(&format!("{}\t{names}\n", alias.ip));
+            _ = writeln!(out, "{}\t{names}", alias.ip);
         }
     }
     out
@@ -126,13 +126,13 @@ pub fn resolv_content(pod: &Pod, host: &str) -> String {
     // The layout containerd writes.
     let mut out = String::new();
     if !searches.is_empty() {
-        out.push_str(&format!("search {}\n", searches.join(" ")));
+        _ = writeln!(out, "search {}", searches.join(" "));
     }
     for s in &servers {
-        out.push_str(&format!("nameserver {s}\n"));
+        _ = writeln!(out, "nameserver {s}");
     }
     if !options.is_empty() {
-        out.push_str(&format!("options {}\n", options.join(" ")));
+        _ = writeln!(out, "options {}", options.join(" "));
     }
     out
 }

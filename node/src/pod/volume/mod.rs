@@ -123,6 +123,9 @@ pub enum VolumeError {
     /// A mount under the pod's directory survived unmounting, so nothing was removed.
     #[error("{0} is still mounted")]
     StillMounted(PathBuf),
+    /// The teardown task panicked or was cancelled.
+    #[error("volume teardown did not finish: {0}")]
+    Interrupted(String),
     /// A file system operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -262,7 +265,7 @@ impl Mounter for SystemMounter {
 
     fn is_mounted(&self, dir: &Path) -> bool {
         let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-        Self::mount_points().iter().any(|m| *m == dir)
+        Self::mount_points().contains(&dir)
     }
 
     fn can_mount(&self) -> bool {
@@ -397,7 +400,7 @@ impl VolumeManager {
     /// (`cluster.local` by default). Call before cloning.
     #[must_use]
     pub fn with_cluster_domain(self, domain: &str) -> Self {
-        self.rebuild(|inner| inner.cluster_domain = domain.to_owned())
+        self.rebuild(|inner| domain.clone_into(&mut inner.cluster_domain))
     }
 
     /// Sets the host resolver file pods inherit (`/etc/resolv.conf` by default). Call
@@ -659,7 +662,15 @@ impl VolumeManager {
     /// # Errors
     /// An unmount failure, or a mount that survived it (then nothing is removed).
     pub async fn teardown(&self, uid: &str) -> Result<(), VolumeError> {
-        let uid = checked_uid(uid)?;
+        let uid = checked_uid(uid)?.to_owned();
+        let this = self.clone();
+        // Removing a pod's files can take a while; keep it off the async workers.
+        tokio::task::spawn_blocking(move || this.teardown_blocking(&uid))
+            .await
+            .map_err(|e| VolumeError::Interrupted(e.to_string()))?
+    }
+
+    fn teardown_blocking(&self, uid: &str) -> Result<(), VolumeError> {
         let pod_dir = self.pod_dir(uid);
         self.inner
             .disk_limits
@@ -671,19 +682,19 @@ impl VolumeManager {
         }
         let volumes_dir = pod_dir.join("volumes");
         let mounter = self.inner.mounter.as_ref();
-        let mut mounted: Vec<PathBuf> = mounter.mounts_under(&pod_dir);
+        let mut points: Vec<PathBuf> = mounter.mounts_under(&pod_dir);
         for dir in volume_dirs(&volumes_dir) {
-            if mounter.is_mounted(&dir) && !mounted.contains(&dir) {
-                mounted.push(dir);
+            if mounter.is_mounted(&dir) && !points.contains(&dir) {
+                points.push(dir);
             }
         }
         // Deepest first, so a mount inside another one goes before its parent.
-        mounted.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for dir in &mounted {
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for dir in &points {
             mounter.unmount(dir)?;
             tracing::debug!(pod_uid = uid, dir = %dir.display(), "volume unmounted");
         }
-        if let Some(still) = mounted.iter().find(|d| mounter.is_mounted(d)) {
+        if let Some(still) = points.iter().find(|d| mounter.is_mounted(d)) {
             return Err(VolumeError::StillMounted(still.clone()));
         }
         match fs::remove_dir_all(&volumes_dir) {
@@ -707,7 +718,7 @@ impl VolumeManager {
         let _ = fs::remove_dir(&pod_dir);
         tracing::debug!(
             pod_uid = uid,
-            unmounted = mounted.len(),
+            unmounted = points.len(),
             "pod volumes removed"
         );
         Ok(())
