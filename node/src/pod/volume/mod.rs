@@ -684,6 +684,9 @@ impl VolumeManager {
         let mounter = self.inner.mounter.as_ref();
         let mut points: Vec<PathBuf> = mounter.mounts_under(&pod_dir);
         for dir in volume_dirs(&volumes_dir) {
+            // mounts_under reports resolved paths; compare like with like so one mount is
+            // never detached twice (the second could hit a mount stacked below it).
+            let dir = fs::canonicalize(&dir).unwrap_or(dir);
             if mounter.is_mounted(&dir) && !points.contains(&dir) {
                 points.push(dir);
             }
