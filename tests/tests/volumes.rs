@@ -1,5 +1,6 @@
 //! Pod volumes against the real kernel: a `medium: Memory` emptyDir is a tmpfs of its
-//! `sizeLimit`, a secret volume is a tmpfs, and teardown unmounts them.
+//! `sizeLimit`, a secret volume is a tmpfs, teardown unmounts them, and a configMap update
+//! reaches a bind mount made before it (what a running container sees).
 
 use std::{
     collections::BTreeMap,
@@ -7,7 +8,7 @@ use std::{
     future::Future,
     path::{Path, PathBuf},
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use k8s_openapi::{
@@ -95,7 +96,7 @@ type Fetch<'a> = Pin<Box<dyn Future<Output = Result<Option<Data>, ConfigError>> 
 
 /// One configMap and one secret, held in memory.
 struct StaticSources {
-    config: Data,
+    config: Mutex<Data>,
     secret: Data,
 }
 
@@ -109,7 +110,7 @@ impl Sources for StaticSources {
         'm: 'f,
         Self: 'f,
     {
-        Box::pin(async move { Ok((name == "cfg").then(|| self.config.clone())) })
+        Box::pin(async move { Ok((name == "cfg").then(|| self.config.lock().unwrap().clone())) })
     }
 
     fn secret<'s, 'n, 'm, 'f>(&'s self, _namespace: &'n str, name: &'m str) -> Fetch<'f>
@@ -123,17 +124,18 @@ impl Sources for StaticSources {
     }
 }
 
-fn manager(pods: &Path) -> VolumeManager {
-    let sources = StaticSources {
-        config: BTreeMap::from([("app.conf".to_owned(), b"v1".to_vec())]),
+fn manager(pods: &Path) -> (VolumeManager, Arc<StaticSources>) {
+    let sources = Arc::new(StaticSources {
+        config: Mutex::new(BTreeMap::from([("app.conf".to_owned(), b"v1".to_vec())])),
         secret: BTreeMap::from([("token".to_owned(), b"s3cr3t".to_vec())]),
-    };
-    VolumeManager::new(
+    });
+    let manager = VolumeManager::new(
         pods.to_owned(),
-        Arc::new(sources),
+        Arc::clone(&sources) as Arc<dyn Sources>,
         Arc::new(SystemMounter),
         NodeLimits::default(),
-    )
+    );
+    (manager, sources)
 }
 
 fn pod(uid: &str) -> Pod {
@@ -188,7 +190,7 @@ async fn memory_empty_dir_and_secret_are_tmpfs_until_teardown() {
         return;
     }
     let pods = PodsDir::new();
-    let volumes = manager(pods.path());
+    let (volumes, _) = manager(pods.path());
     let uid = "skt-pod-1";
     let p = pod(uid);
     volumes.setup(&p, Some("10.0.0.9")).await.unwrap();
@@ -244,7 +246,7 @@ async fn memory_empty_dir_refuses_writes_beyond_its_size_limit() {
         return;
     }
     let pods = PodsDir::new();
-    let volumes = manager(pods.path());
+    let (volumes, _) = manager(pods.path());
     let uid = "skt-pod-2";
     volumes.setup(&pod(uid), None).await.unwrap();
     let mem = pods
@@ -255,4 +257,42 @@ async fn memory_empty_dir_refuses_writes_beyond_its_size_limit() {
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     volumes.teardown(uid).await.unwrap();
     assert!(mount_at(&mem).is_none());
+}
+
+#[tokio::test]
+async fn config_map_update_reaches_an_existing_bind_mount() {
+    if !require_root("config_map_update_reaches_an_existing_bind_mount") {
+        return;
+    }
+    let pods = PodsDir::new();
+    let (volumes, sources) = manager(pods.path());
+    let uid = "skt-pod-3";
+    volumes.setup(&pod(uid), None).await.unwrap();
+    let config = pods
+        .path()
+        .join(uid)
+        .join("volumes/kubernetes.io~configmap/config");
+    // What a container sees: a bind mount of the volume made before the update.
+    let view = pods.path().join("skt-view");
+    fs::create_dir(&view).unwrap();
+    nix::mount::mount(
+        Some(&config),
+        &view,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    assert_eq!(fs::read_to_string(view.join("app.conf")).unwrap(), "v1");
+
+    sources
+        .config
+        .lock()
+        .unwrap()
+        .insert("app.conf".to_owned(), b"v2".to_vec());
+    volumes.setup(&pod(uid), None).await.unwrap();
+    assert_eq!(fs::read_to_string(view.join("app.conf")).unwrap(), "v2");
+
+    nix::mount::umount2(&view, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    volumes.teardown(uid).await.unwrap();
 }
