@@ -6,4 +6,5 @@ pub mod backoff;
 pub mod command;
 pub mod probe;
 pub mod status;
+pub mod volume;
 pub mod worker;
