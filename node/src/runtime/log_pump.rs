@@ -228,8 +228,10 @@ pub async fn pump(
         (&stdout, &mut out_buf, &mut out_lines, StreamKind::Stdout),
         (&stderr, &mut err_buf, &mut err_lines, StreamKind::Stderr),
     ] {
+        // A plain non-blocking read: tokio's `try_read` answers WouldBlock without asking
+        // the kernel unless the reactor already saw the pipe readable.
         loop {
-            match pipe.try_read(buf) {
+            match nix::unistd::read(std::os::fd::AsFd::as_fd(pipe), buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => emit(lines.push(&buf[..n]), kind, &mut writer),
             }
@@ -331,12 +333,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/c.log");
         let rotation = LogRotation {
-            max_bytes: 100,
+            max_bytes: 120,
             max_files: 3,
         };
         let mut w = CriLogWriter::open(&path, rotation).unwrap();
         let at = UNIX_EPOCH;
-        // Each line is 30 + 16 bytes: two fit in 100 bytes.
+        // Each line is 55 bytes: two fit in 120 bytes.
         for i in 0..10 {
             w.write(at, StreamKind::Stdout, &full(&format!("line-{i:09}")))
                 .unwrap();
@@ -347,7 +349,7 @@ mod tests {
         assert!(read(&rotated(&path, 2)).contains("line-000000005"));
         assert!(!rotated(&path, 3).exists());
         for p in [path.clone(), rotated(&path, 1), rotated(&path, 2)] {
-            assert!(fs::metadata(&p).unwrap().len() <= 100);
+            assert!(fs::metadata(&p).unwrap().len() <= 120);
         }
     }
 

@@ -600,7 +600,7 @@ mod tests {
         assert_eq!(cpu.quota(), Some(50_000));
         assert_eq!(cpu.period(), Some(100_000));
         assert_eq!(r.memory().unwrap().limit(), Some(16 << 20));
-        assert_eq!(r.pids().unwrap().limit(), Some(100));
+        assert_eq!(r.pids().unwrap().limit(), 100);
         assert_eq!(
             spec.linux().as_ref().unwrap().cgroups_path(),
             &Some(PathBuf::from("/skiff/n/podx/pod-c-0"))
