@@ -193,8 +193,13 @@ pub fn build_spec(config: &ContainerConfig) -> Result<Spec, SpecError> {
             "effective": caps,
             "permitted": caps,
         },
-        "noNewPrivileges": security.no_new_privileges,
     });
+    // libcontainer 0.7 decides when to load seccomp by whether this field is present, not
+    // by its value: present means "after dropping capabilities", which without
+    // no_new_privs fails with EACCES. So it is only written when true.
+    if security.no_new_privileges {
+        process["noNewPrivileges"] = json!(true);
+    }
     if config.tty {
         // Terminals need a console socket the daemon does not provide yet.
         tracing::warn!(id = %config.id, "tty requested; running without a terminal");
@@ -668,6 +673,12 @@ mod tests {
         assert_eq!(p.cwd(), &PathBuf::from("/"));
         assert_eq!(p.env().clone().unwrap(), vec!["A=b".to_owned()]);
         assert_eq!(p.no_new_privileges(), Some(true));
+    }
+
+    #[test]
+    fn no_new_privileges_is_absent_when_false() {
+        let spec = build_spec(&config()).unwrap();
+        assert_eq!(spec.process().as_ref().unwrap().no_new_privileges(), None);
     }
 
     #[test]
