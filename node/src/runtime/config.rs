@@ -94,6 +94,10 @@ pub enum MountKind {
 }
 
 /// Security settings of the container's process.
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent switches, each a field of the Kubernetes securityContext"
+)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SecuritySpec {
     /// All capabilities, no seccomp, no masked paths, all devices.

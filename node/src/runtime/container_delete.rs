@@ -13,7 +13,7 @@ use super::{
     libcontainer::{Libcontainer, blocking},
 };
 
-/// How long `delete` waits for a SIGKILLed init to be reaped.
+/// How long `delete` waits for the init to be reaped after `SIGKILL`.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Libcontainer {

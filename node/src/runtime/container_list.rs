@@ -25,7 +25,7 @@ fn load(root: PathBuf, id: &str) -> Result<Option<Found>, RuntimeError> {
     let container = Container::load(root).map_err(|e| RuntimeError::lc(id, "load", &e))?;
     let running = !matches!(container.status(), ContainerStatus::Stopped);
     Ok(Some(Found {
-        pid: container.pid().map(|p| p.as_raw()),
+        pid: container.pid().map(i32::from),
         running,
         bundle: container.bundle().clone(),
     }))
@@ -92,18 +92,15 @@ impl Libcontainer {
             running: found.running,
             log_path: Some(meta.log_path.clone()),
         };
-        match (found.running, found.pid) {
-            (true, Some(pid)) => {
-                let readers = open_readers(&meta.bundle_dir)
-                    .map_err(|e| RuntimeError::io(id, "reopening stdio fifos", e))?;
-                self.supervise(meta, pid, readers, false)?;
-                tracing::info!(id, pid, "adopted running container");
-            }
-            _ => {
-                // It ended while no daemon watched: remember that, code unknown.
-                self.track_exited(meta, found.pid.unwrap_or(0));
-                tracing::info!(id, "adopted exited container");
-            }
+        if let (true, Some(pid)) = (found.running, found.pid) {
+            let readers = open_readers(&meta.bundle_dir)
+                .map_err(|e| RuntimeError::io(id, "reopening stdio fifos", e))?;
+            self.supervise(meta, pid, readers, false)?;
+            tracing::info!(id, pid, "adopted running container");
+        } else {
+            // It ended while no daemon watched: remember that, code unknown.
+            self.track_exited(meta, found.pid.unwrap_or(0));
+            tracing::info!(id, "adopted exited container");
         }
         Ok(info)
     }

@@ -182,14 +182,14 @@ fn create_and_start(
 ) -> Result<i32, RuntimeError> {
     fs::create_dir_all(state_root)
         .map_err(|e| RuntimeError::io(id, format!("creating {}", state_root.display()), e))?;
-    let stdio = |name: &str| {
+    let open_stdio = |name: &str| {
         open_fifo(&bundle.join(name))
             .map_err(|e| RuntimeError::io(id, format!("opening {name}"), e))
     };
-    let stdout = stdio(STDOUT_FIFO)?;
-    let stderr = stdio(STDERR_FIFO)?;
+    let stdout = open_stdio(STDOUT_FIFO)?;
+    let stderr = open_stdio(STDERR_FIFO)?;
     let stdin_fd: OwnedFd = if stdin {
-        stdio(STDIN_FIFO)?
+        open_stdio(STDIN_FIFO)?
     } else {
         OpenOptions::new()
             .read(true)
@@ -212,7 +212,7 @@ fn create_and_start(
         .with_detach(true)
         .build()
         .map_err(|e| RuntimeError::lc(id, "create", &e))?;
-    let pid = container.pid().map(|p| p.as_raw());
+    let pid = container.pid().map(i32::from);
 
     let started = (|| {
         let pid = pid.ok_or_else(|| RuntimeError::Libcontainer {

@@ -233,11 +233,11 @@ pub async fn pump(
         loop {
             match nix::unistd::read(std::os::fd::AsFd::as_fd(pipe), buf) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => emit(lines.push(&buf[..n]), kind, &mut writer),
+                Ok(n) => emit(&lines.push(&buf[..n]), kind, &mut writer),
             }
         }
         if let Some(rest) = lines.finish() {
-            emit(vec![rest], kind, &mut writer);
+            emit(&[rest], kind, &mut writer);
         }
     }
 }
@@ -252,7 +252,7 @@ fn take(
     match read {
         Ok(0) => false,
         Ok(n) => {
-            emit(lines.push(&buf[..n]), kind, writer);
+            emit(&lines.push(&buf[..n]), kind, writer);
             true
         }
         Err(err) if err.kind() == io::ErrorKind::Interrupted => true,
@@ -263,9 +263,9 @@ fn take(
     }
 }
 
-fn emit(records: Vec<Record>, kind: StreamKind, writer: &mut CriLogWriter) {
+fn emit(records: &[Record], kind: StreamKind, writer: &mut CriLogWriter) {
     let now = SystemTime::now();
-    for record in &records {
+    for record in records {
         if let Err(err) = writer.write(now, kind, record) {
             tracing::warn!(path = %writer.path.display(), %err, "writing container log failed");
         }
