@@ -1,0 +1,370 @@
+//! The libcontainer runtime for real: busybox containers in a network namespace and a
+//! cgroup subtree the test made, checked for exit codes, signals, OOM kills, CRI logs,
+//! clean deletion and adoption by a second runtime over the same state.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, ensure};
+use skiff_node::runtime::{
+    ContainerConfig, ContainerRuntime, ExitStatus, Libcontainer, PodNamespaces, ResourceSpec,
+    SecuritySpec,
+};
+use skiff_tests::{netns::Netns, require_root, unique_name};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const BUSYBOX: &str = "/bin/busybox";
+const APPLETS: [&str; 7] = ["sh", "echo", "sleep", "cat", "true", "head", "yes"];
+
+/// A rootfs, a state directory, a netns and a cgroup subtree, all removed on drop.
+struct Fixture {
+    dir: tempfile::TempDir,
+    netns: Netns,
+    cgroup_parent: String,
+}
+
+impl Fixture {
+    fn new() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+            fs::create_dir_all(rootfs.join(d))?;
+        }
+        fs::copy(BUSYBOX, rootfs.join("bin/busybox")).context("copying busybox")?;
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
+        }
+        Ok(Self {
+            dir,
+            netns: Netns::new("skt-rt")?,
+            cgroup_parent: unique_name("skiff-test"),
+        })
+    }
+
+    fn runtime(&self) -> Libcontainer {
+        Libcontainer::new(self.dir.path().join("containers-state"), CGROUP_ROOT.into())
+    }
+
+    fn config(&self, name: &str, script: &str) -> ContainerConfig {
+        let id = format!("pod-{name}-0");
+        ContainerConfig {
+            bundle_dir: self.dir.path().join("containers").join(&id),
+            rootfs: self.dir.path().join("rootfs"),
+            args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            namespaces: PodNamespaces {
+                net: Some(PathBuf::from("/run/netns").join(self.netns.name())),
+                ..PodNamespaces::default()
+            },
+            security: SecuritySpec {
+                masked_paths: true,
+                ..SecuritySpec::default()
+            },
+            cgroups_path: format!("/{}/{id}", self.cgroup_parent),
+            cgroup_v2_path: Some(self.v2_parent().join(&id)),
+            log_path: self.dir.path().join("logs").join(format!("{id}.log")),
+            id,
+            ..ContainerConfig::default()
+        }
+    }
+
+    fn v2_parent(&self) -> PathBuf {
+        Path::new(CGROUP_ROOT)
+            .join("unified")
+            .join(&self.cgroup_parent)
+    }
+
+    /// Every cgroup directory this fixture's containers may have made.
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(CGROUP_ROOT)
+            .map(|e| {
+                e.flatten()
+                    .map(|e| e.path().join(&self.cgroup_parent))
+                    .collect()
+            })
+            .unwrap_or_default();
+        dirs.retain(|d| d.is_dir());
+        dirs
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for top in self.cgroup_dirs() {
+            remove_cgroup_tree(&top);
+        }
+    }
+}
+
+/// Kills what is left in a cgroup subtree the test made (ours by construction), then
+/// removes its directories bottom-up.
+fn remove_cgroup_tree(dir: &Path) {
+    let children: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|e| {
+            e.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    for child in children {
+        remove_cgroup_tree(&child);
+    }
+    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+            // SAFETY: kill has no memory arguments; the pid is in the test's own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    for _ in 0..100 {
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("cleanup: could not remove cgroup {}", dir.display());
+}
+
+async fn wait(rt: &Libcontainer, id: &str) -> Result<ExitStatus> {
+    tokio::time::timeout(Duration::from_secs(20), rt.wait(id))
+        .await
+        .context("container did not exit in time")?
+        .context("wait")
+}
+
+fn log(config: &ContainerConfig) -> String {
+    fs::read_to_string(&config.log_path).unwrap_or_default()
+}
+
+/// Deletes the container and checks nothing of it is left.
+async fn delete_and_check(fx: &Fixture, rt: &Libcontainer, config: &ContainerConfig) -> Result<()> {
+    rt.delete(&config.id).await?;
+    ensure!(!config.bundle_dir.exists(), "bundle left behind");
+    ensure!(
+        !rt.state_root().join(&config.id).exists(),
+        "libcontainer state left behind"
+    );
+    for top in fx.cgroup_dirs() {
+        ensure!(
+            !top.join(&config.id).exists(),
+            "cgroup {} left behind",
+            top.display()
+        );
+    }
+    rt.delete(&config.id)
+        .await
+        .context("delete is idempotent")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_logs_to_cri_file_exits_zero_and_delete_leaves_nothing() -> Result<()> {
+    if !require_root("runtime echo") {
+        return Ok(());
+    }
+    let fx = Fixture::new()?;
+    let rt = fx.runtime();
+    let config = fx.config("echo", "echo hello; echo oops >&2; echo -n tail");
+    let started = rt.start(&config).await?;
+    ensure!(started.pid > 0);
+    let status = wait(&rt, &config.id).await?;
+    ensure!(status.code == Some(0), "{status:?}");
+    ensure!(!status.oom_killed);
+    let text = log(&config);
+    ensure!(text.contains(" stdout F hello\n"), "log: {text}");
+    ensure!(text.contains(" stderr F oops\n"), "log: {text}");
+    ensure!(text.contains(" stdout P tail\n"), "log: {text}");
+    // Concurrent waits see the same cached status.
+    ensure!(wait(&rt, &config.id).await? == status);
+    let listed = rt.list().await?;
+    ensure!(
+        listed.iter().any(|c| c.id == config.id && !c.running),
+        "{listed:?}"
+    );
+    delete_and_check(&fx, &rt, &config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_code_is_reported() -> Result<()> {
+    if !require_root("runtime exit code") {
+        return Ok(());
+    }
+    let fx = Fixture::new()?;
+    let rt = fx.runtime();
+    let config = fx.config("exit3", "exit 3");
+    rt.start(&config).await?;
+    let status = wait(&rt, &config.id).await?;
+    ensure!(
+        status.code == Some(3) && status.signal.is_none(),
+        "{status:?}"
+    );
+    delete_and_check(&fx, &rt, &config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reaches_a_trapping_init_and_usage_is_read() -> Result<()> {
+    if !require_root("runtime sigterm") {
+        return Ok(());
+    }
+    let fx = Fixture::new()?;
+    let rt = fx.runtime();
+    // PID 1 of a PID namespace only receives signals it handles, so the init traps TERM.
+    let config = fx.config(
+        "term",
+        "trap 'echo bye; exit 143' TERM; echo up; while :; do sleep 0.1; done",
+    );
+    rt.start(&config).await?;
+    for _ in 0..100 {
+        if log(&config).contains("stdout F up") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let usage = rt.usage(&config.id).await?;
+    ensure!(usage.memory_usage_bytes > 0, "{usage:?}");
+    ensure!(usage.cpu_usage_nanos > 0, "{usage:?}");
+    let info = rt.list().await?;
+    ensure!(
+        info.iter().any(|c| c.id == config.id && c.running),
+        "{info:?}"
+    );
+    rt.kill(&config.id, libc::SIGTERM).await?;
+    let status = wait(&rt, &config.id).await?;
+    ensure!(status.code == Some(143), "{status:?}");
+    ensure!(log(&config).contains("stdout F bye"), "{}", log(&config));
+    rt.kill(&config.id, libc::SIGTERM)
+        .await
+        .context("kill after exit is no error")?;
+    delete_and_check(&fx, &rt, &config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_ignoring_sigterm_dies_by_sigkill() -> Result<()> {
+    if !require_root("runtime sigkill") {
+        return Ok(());
+    }
+    let fx = Fixture::new()?;
+    let rt = fx.runtime();
+    let config = fx.config("ignore", "trap '' TERM; while :; do sleep 0.1; done");
+    rt.start(&config).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rt.kill(&config.id, libc::SIGTERM).await?;
+    let early = tokio::time::timeout(Duration::from_millis(500), rt.wait(&config.id)).await;
+    ensure!(early.is_err(), "SIGTERM should be ignored: {early:?}");
+    rt.kill(&config.id, libc::SIGKILL).await?;
+    let status = wait(&rt, &config.id).await?;
+    ensure!(
+        status.signal == Some(libc::SIGKILL) && status.code.is_none(),
+        "{status:?}"
+    );
+    ensure!(status.exit_code() == 137);
+    ensure!(!status.oom_killed);
+    delete_and_check(&fx, &rt, &config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_exceeded_is_oom_killed() -> Result<()> {
+    if !require_root("runtime oom") {
+        return Ok(());
+    }
+    let fx = Fixture::new()?;
+    let rt = fx.runtime();
+    let mut config = fx.config("oom", "x=a; while :; do x=$x$x; done");
+    config.resources = ResourceSpec {
+        memory_limit: Some(16 << 20),
+        ..ResourceSpec::default()
+    };
+    rt.start(&config).await?;
+    let status = wait(&rt, &config.id).await?;
+    ensure!(status.oom_killed, "{status:?}");
+    delete_and_check(&fx, &rt, &config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_kills_a_running_container() -> Result<()> {
+    if !require_root("runtime delete running") {
+        return Ok(());
+    }
+    let fx = Fixture::new()?;
+    let rt = fx.runtime();
+    let config = fx.config("running", "sleep 1000");
+    let started = rt.start(&config).await?;
+    delete_and_check(&fx, &rt, &config).await?;
+    ensure!(
+        !Path::new(&format!("/proc/{}", started.pid)).exists() || {
+            let stat =
+                fs::read_to_string(format!("/proc/{}/stat", started.pid)).unwrap_or_default();
+            stat.contains(") Z ") || stat.is_empty()
+        }
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_start_leaves_nothing_behind() -> Result<()> {
+    if !require_root("runtime failed start") {
+        return Ok(());
+    }
+    let fx = Fixture::new()?;
+    let rt = fx.runtime();
+    let mut config = fx.config("bad", "true");
+    config.namespaces.net = Some("/run/netns/skt-does-not-exist".into());
+    ensure!(rt.start(&config).await.is_err());
+    ensure!(!config.bundle_dir.exists(), "bundle left behind");
+    ensure!(
+        !rt.state_root().join(&config.id).exists(),
+        "state left behind"
+    );
+    ensure!(rt.list().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_runtime_adopts_a_running_container_and_keeps_its_log() -> Result<()> {
+    if !require_root("runtime adopt") {
+        return Ok(());
+    }
+    let fx = Fixture::new()?;
+    let config = fx.config(
+        "adopt",
+        "echo before; sleep 1; echo during; sleep 1; echo after",
+    );
+    let first = fx.runtime();
+    first.start(&config).await?;
+    for _ in 0..100 {
+        if log(&config).contains("stdout F before") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A daemon restart: the first runtime goes away without touching the container.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let second = fx.runtime();
+    let listed = second.list().await?;
+    let found = listed
+        .iter()
+        .find(|c| c.id == config.id)
+        .context("listed after restart")?;
+    ensure!(found.running, "{found:?}");
+    ensure!(found.log_path.as_deref() == Some(config.log_path.as_path()));
+    let info = second.adopt(&config.id).await?;
+    ensure!(info.running && info.pid.is_some(), "{info:?}");
+    let status = wait(&second, &config.id).await?;
+    // A real restart loses the parent, so the code is unknown; in this single test
+    // process the init is still our child and may be reaped with its code.
+    ensure!(matches!(status.code, None | Some(0)), "{status:?}");
+    let text = log(&config);
+    for word in ["before", "during", "after"] {
+        ensure!(
+            text.contains(&format!("stdout F {word}\n")),
+            "{word} missing: {text}"
+        );
+    }
+    delete_and_check(&fx, &second, &config).await
+}
