@@ -188,4 +188,3 @@ pub trait ContainerRuntime: Send + Sync {
     /// CPU and memory use from the container's cgroup.
     async fn usage(&self, id: &str) -> Result<Usage, RuntimeError>;
 }
->>>>>>> h-runtime
