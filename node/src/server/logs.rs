@@ -313,19 +313,18 @@ impl Joiner {
             );
             return None;
         };
-        let slot = match self.pending.iter().position(|(s, _)| s == stream) {
-            Some(i) => i,
-            None => {
-                self.pending.push((
-                    stream.to_owned(),
-                    Line {
-                        ts: ts.to_owned(),
-                        time: Timestamp::from_str(ts).ok(),
-                        content: Vec::new(),
-                    },
-                ));
-                self.pending.len() - 1
-            }
+        let slot = if let Some(i) = self.pending.iter().position(|(s, _)| s == stream) {
+            i
+        } else {
+            self.pending.push((
+                stream.to_owned(),
+                Line {
+                    ts: ts.to_owned(),
+                    time: Timestamp::from_str(ts).ok(),
+                    content: Vec::new(),
+                },
+            ));
+            self.pending.len() - 1
         };
         self.pending[slot].1.content.extend_from_slice(content);
         if tag.split(':').next() == Some("P") {

@@ -46,6 +46,10 @@ impl fmt::Display for ContainerRef {
 }
 
 /// Which streams an exec or attach session carries, from the request's query.
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one flag per query parameter, as the kubelet's API has them"
+)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamOptions {
     /// The command to run (exec only; empty for attach).
