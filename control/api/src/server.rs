@@ -169,7 +169,7 @@ impl Server {
                     async move { Ok::<_, std::convert::Infallible>(handle(ctx, req).await) }
                 });
                 if let Err(err) = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await
                 {
                     tracing::debug!(%peer, ?err, "connection closed with an error");
@@ -288,6 +288,14 @@ async fn route_request(
             }
             Err(err) => h::error(&StatusError::internal(format!("snapshot: {err}"))),
         }),
+        Route::Resource(r) if verbs::node_proxy::handles(&r) => {
+            let verb = verbs::verb(method, &r, query);
+            let resp = match verbs::node_proxy::serve(ctx, req, &r, query).await {
+                Ok(resp) => resp,
+                Err(err) => h::error(&err),
+            };
+            return (verb, r.info.plural.to_owned(), resp);
+        }
         Route::Resource(r) => {
             let verb = verbs::verb(method, &r, query);
             let plural = r.info.plural.to_owned();

@@ -3,6 +3,7 @@
 
 pub mod config;
 mod container_delete;
+pub mod container_exec;
 mod container_kill;
 mod container_list;
 mod container_start;

@@ -3,6 +3,7 @@
 mod admit;
 mod create;
 mod delete;
+pub mod node_proxy;
 mod patch;
 mod quota;
 mod read;

@@ -1,6 +1,6 @@
 //! Subresources: `status` (only `.status` changes), `scale` (an autoscaling/v1 Scale view of
-//! replicas), `pods/binding` (the scheduler's bind), and the node-proxied `log`, `exec`,
-//! `attach`, which answer 503 until nodes serve them.
+//! replicas) and `pods/binding` (the scheduler's bind). The node-proxied `log`, `exec` and
+//! `attach` are routed to `node_proxy` before they reach here.
 
 use http::{HeaderMap, Method, Response, StatusCode};
 use hyper::body::Incoming;
@@ -79,8 +79,8 @@ pub async fn dispatch(
             bind(ctx, route, query, &binding).await
         }
         (Subresource::Log | Subresource::Exec | Subresource::Attach, _) => {
-            Err(StatusError::unavailable(format!(
-                "pods/{sub}: the node connection is not implemented yet"
+            Err(StatusError::internal(format!(
+                "pods/{sub} is served by the node proxy and should not reach here"
             )))
         }
         _ => Err(not_allowed()),

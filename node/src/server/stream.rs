@@ -1,0 +1,341 @@
+//! Exec and attach: a WebSocket upgrade speaking the Kubernetes channel protocol, pumping the
+//! backend's session streams to and from the client and ending with the exit status.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{SinkExt, StreamExt, stream::SplitStream};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::{body::Incoming, upgrade::Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::mpsc,
+};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Message,
+        handshake::derive_accept_key,
+        protocol::{CloseFrame, Role, frame::coding::CloseCode},
+    },
+};
+
+use super::{
+    BackendError, ContainerRef, NodeBackend, Session, SessionInput, SessionOutput, StreamOptions,
+    TerminalSize,
+    channel::{self, Incoming as Frame, Protocol},
+    reply::{self, Body, Params},
+};
+
+/// How long output may still drain after the process has exited; a background child holding
+/// the pipe open must not keep the session alive forever.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Exec runs a new command; attach joins the container's main process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Exec,
+    Attach,
+}
+
+/// Why a stream request is refused before any upgrade.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(super) enum StreamError {
+    /// A boolean parameter does not parse.
+    #[error("{0}")]
+    Query(String),
+    /// Exec without a command.
+    #[error("you must specify at least 1 command")]
+    NoCommand,
+    /// None of stdin, stdout, stderr was asked for.
+    #[error("you must specify at least 1 of stdin, stdout, stderr")]
+    NoStreams,
+    /// Not a WebSocket upgrade (SPDY is not served).
+    #[error("upgrade request required: this node serves exec and attach over websocket only")]
+    NotWebSocket,
+    /// The client offered no channel protocol this node speaks.
+    #[error("unsupported websocket sub-protocol: expected v5.channel.k8s.io or v4.channel.k8s.io")]
+    Protocol,
+}
+
+/// Reads which streams the client wants, the way the kubelet does.
+pub(super) fn options(params: &Params, kind: Kind) -> Result<StreamOptions, StreamError> {
+    let flag = |k: &str| params.flag(k).map_err(StreamError::Query);
+    let tty = flag("tty")?;
+    let opts = StreamOptions {
+        command: params.all("command"),
+        stdin: flag("stdin")?,
+        stdout: flag("stdout")?,
+        // A terminal merges standard error into its one output.
+        stderr: flag("stderr")? && !tty,
+        tty,
+    };
+    if kind == Kind::Exec && opts.command.is_empty() {
+        return Err(StreamError::NoCommand);
+    }
+    if !(opts.stdin || opts.stdout || opts.stderr) {
+        return Err(StreamError::NoStreams);
+    }
+    Ok(opts)
+}
+
+/// The WebSocket key and negotiated protocol of an upgrade request.
+fn handshake<B>(req: &Request<B>) -> Result<(String, Protocol), StreamError> {
+    let headers = req.headers();
+    let is_websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok());
+    let (true, Some(key)) = (is_websocket, key) else {
+        return Err(StreamError::NotWebSocket);
+    };
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let protocol = Protocol::negotiate(offered).ok_or(StreamError::Protocol)?;
+    Ok((derive_accept_key(key.as_bytes()), protocol))
+}
+
+/// Serves `/exec/...` or `/attach/...`: starts the session, then upgrades and pumps it.
+pub(super) async fn serve(
+    backend: Arc<dyn NodeBackend>,
+    mut req: Request<Incoming>,
+    target: ContainerRef,
+    kind: Kind,
+) -> Response<Body> {
+    let params = Params::parse(req.uri().query());
+    let prepared = options(&params, kind).and_then(|o| handshake(&req).map(|h| (o, h)));
+    let (opts, (accept, protocol)) = match prepared {
+        Ok(p) => p,
+        Err(err) => return reply::bad_request(&err.to_string()),
+    };
+    let started = match kind {
+        Kind::Exec => backend.exec(&target, &opts).await,
+        Kind::Attach => backend.attach(&target, &opts).await,
+    };
+    let session = match started {
+        Ok(session) => Ok(session),
+        // The client learns why on the error channel, as the kubelet reports a failed start.
+        Err(err @ BackendError::Internal(_)) => Err(err),
+        Err(err) => return reply::backend_error(&err),
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(err) => {
+                tracing::warn!(%target, %err, "websocket upgrade failed");
+                return;
+            }
+        };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        match session {
+            Ok(session) => run(ws, session, protocol, &target).await,
+            Err(err) => finish(ws, &channel::error_status(&err.to_string())).await,
+        }
+    });
+    let mut resp = Response::new(reply::full(""));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol.name()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Pumps a session until its process has exited and its output drained (or the client left),
+/// then sends the exit status.
+async fn run(ws: Ws, mut session: Session, protocol: Protocol, target: &ContainerRef) {
+    let (mut sink, source) = ws.split();
+    let input = tokio::spawn(pump_input(
+        source,
+        session.stdin.take(),
+        session.resize.take(),
+        protocol,
+    ));
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+    for (reader, ch) in [
+        (session.stdout.take(), channel::STDOUT),
+        (session.stderr.take(), channel::STDERR),
+    ] {
+        if let Some(reader) = reader {
+            tokio::spawn(pump_output(reader, ch, tx.clone()));
+        }
+    }
+    drop(tx);
+    let mut exit = session.exit;
+    let mut exited = None;
+    let mut drained = false;
+    let grace = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(grace);
+    while !(drained && exited.is_some()) {
+        tokio::select! {
+            frame = rx.recv(), if !drained => match frame {
+                Some(frame) => {
+                    if sink.send(Message::binary(frame)).await.is_err() {
+                        tracing::debug!(%target, "client left before the session ended");
+                        input.abort();
+                        return;
+                    }
+                }
+                None => drained = true,
+            },
+            result = &mut exit, if exited.is_none() => {
+                exited = Some(result);
+                grace.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
+            },
+            () = &mut grace, if exited.is_some() && !drained => drained = true,
+        }
+    }
+    input.abort();
+    let status = match exited {
+        Some(Ok(code)) => {
+            tracing::debug!(%target, ?code, "session ended");
+            channel::exit_status(code)
+        }
+        Some(Err(err)) => channel::error_status(&err.to_string()),
+        None => channel::exit_status(None),
+    };
+    send_status(&mut sink, &status).await;
+}
+
+/// Sends the final status and closes the connection.
+async fn finish(ws: Ws, status: &serde_json::Value) {
+    let (mut sink, _source) = ws.split();
+    send_status(&mut sink, status).await;
+}
+
+async fn send_status<S>(sink: &mut S, status: &serde_json::Value)
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    let body = serde_json::to_vec(status).unwrap_or_default();
+    let _ = sink
+        .send(Message::binary(channel::frame(channel::ERROR, &body)))
+        .await;
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        })))
+        .await;
+    let _ = sink.close().await;
+}
+
+/// Copies one output of the process into channel frames.
+async fn pump_output(mut reader: SessionOutput, ch: u8, tx: mpsc::Sender<Vec<u8>>) {
+    let mut buf = vec![0; 32 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx.send(channel::frame(ch, &buf[..n])).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Feeds client frames to the process: stdin bytes, resizes, and the v5 close of stdin.
+async fn pump_input(
+    mut source: SplitStream<Ws>,
+    mut stdin: Option<SessionInput>,
+    mut resize: Option<Box<dyn FnMut(TerminalSize) + Send>>,
+    protocol: Protocol,
+) {
+    while let Some(Ok(msg)) = source.next().await {
+        match msg {
+            Message::Binary(data) => match channel::parse(&data) {
+                Frame::Stdin(bytes) => {
+                    if let Some(w) = stdin.as_mut()
+                        && (w.write_all(bytes).await.is_err() || w.flush().await.is_err())
+                    {
+                        stdin = None;
+                    }
+                }
+                Frame::Resize(json) => {
+                    match (
+                        resize.as_mut(),
+                        serde_json::from_slice::<TerminalSize>(json),
+                    ) {
+                        (Some(resize), Ok(size)) => resize(size),
+                        (_, Err(err)) => tracing::debug!(%err, "ignoring a malformed resize"),
+                        (None, Ok(_)) => {}
+                    }
+                }
+                Frame::Close(channel::STDIN) if protocol == Protocol::V5 => {
+                    if let Some(mut w) = stdin.take() {
+                        let _ = w.shutdown().await;
+                    }
+                }
+                Frame::Close(_) | Frame::Ignored => {}
+            },
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    if let Some(mut w) = stdin.take() {
+        let _ = w.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_needs_a_command_and_a_stream_and_a_tty_drops_stderr() {
+        let p = Params::parse(Some(
+            "command=sh&command=-c&command=echo%20hi&stdin=1&stdout=1&stderr=1&tty=1",
+        ));
+        let o = options(&p, Kind::Exec).unwrap();
+        assert_eq!(o.command, ["sh", "-c", "echo hi"]);
+        assert!(o.stdin && o.stdout && o.tty && !o.stderr);
+        assert_eq!(
+            options(&Params::parse(Some("stdout=1")), Kind::Exec),
+            Err(StreamError::NoCommand)
+        );
+        assert_eq!(
+            options(&Params::parse(Some("command=ls")), Kind::Exec),
+            Err(StreamError::NoStreams)
+        );
+        assert!(options(&Params::parse(Some("stdout=true")), Kind::Attach).is_ok());
+    }
+
+    #[test]
+    fn handshake_needs_a_websocket_upgrade_with_a_channel_protocol() {
+        let req = |proto: &str| {
+            Request::builder()
+                .header("upgrade", "websocket")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .header("sec-websocket-protocol", proto)
+                .body(())
+                .unwrap()
+        };
+        let (accept, p) = handshake(&req("v5.channel.k8s.io, v4.channel.k8s.io")).unwrap();
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(p, Protocol::V5);
+        assert_eq!(
+            handshake(&req("SPDY/3.1")).unwrap_err(),
+            StreamError::Protocol
+        );
+        let spdy = Request::builder()
+            .header("upgrade", "SPDY/3.1")
+            .body(())
+            .unwrap();
+        assert_eq!(handshake(&spdy).unwrap_err(), StreamError::NotWebSocket);
+    }
+}

@@ -1,0 +1,303 @@
+//! `kubectl logs` and `kubectl exec` through the real `control` binary to a node endpoint
+//! served in-process over a fake backend: the API server finds the pod's node by its Node
+//! object and relays the log stream and the exec WebSocket, exit code included. Unprivileged:
+//! everything runs on loopback.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use skiff_node::server::{
+    BackendError, ContainerRef, LogSource, NodeBackend, NodeServer, Session, StreamOptions, Summary,
+};
+use skiff_tests::{control::ControlPlane, process::ChildGuard, require_program};
+use tokio::io::AsyncWriteExt;
+
+/// A node with one pod `default/web`, container `app`: a log file the test writes, and an
+/// exec that echoes its standard input and exits 3.
+struct FakeNode {
+    log: PathBuf,
+    running: Arc<AtomicBool>,
+}
+
+impl FakeNode {
+    fn check(target: &ContainerRef) -> Result<(), BackendError> {
+        if (target.namespace.as_str(), target.pod.as_str()) != ("default", "web") {
+            return Err(BackendError::pod_not_found(&target.namespace, &target.pod));
+        }
+        if target.container != "app" {
+            return Err(BackendError::container_not_found(
+                &target.pod,
+                &target.container,
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl NodeBackend for FakeNode {
+    async fn log_source(
+        &self,
+        target: &ContainerRef,
+        previous: bool,
+    ) -> Result<LogSource, BackendError> {
+        Self::check(target)?;
+        if previous {
+            return Err(BackendError::BadRequest(format!(
+                "previous terminated container {:?} in pod {:?} not found",
+                target.container, target.pod
+            )));
+        }
+        let running = Arc::clone(&self.running);
+        Ok(LogSource {
+            path: self.log.clone(),
+            running: Arc::new(move || running.load(Ordering::SeqCst)),
+        })
+    }
+
+    async fn exec(
+        &self,
+        target: &ContainerRef,
+        opts: &StreamOptions,
+    ) -> Result<Session, BackendError> {
+        Self::check(target)?;
+        if opts.command != ["cat"] {
+            return Err(BackendError::Internal(format!(
+                "executable file not found: {:?}",
+                opts.command
+            )));
+        }
+        let (stdin, mut stdin_reader) = tokio::io::duplex(64 * 1024);
+        let (mut stdout_writer, stdout) = tokio::io::duplex(64 * 1024);
+        let (done, exited) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut stdin_reader, &mut stdout_writer).await;
+            let _ = stdout_writer.shutdown().await;
+            let _ = done.send(());
+        });
+        Ok(Session {
+            stdin: opts.stdin.then(|| Box::pin(stdin) as _),
+            stdout: Some(Box::pin(stdout)),
+            stderr: None,
+            resize: None,
+            exit: Box::pin(async move {
+                let _ = exited.await;
+                Ok(Some(3))
+            }),
+        })
+    }
+
+    async fn attach(
+        &self,
+        _target: &ContainerRef,
+        _opts: &StreamOptions,
+    ) -> Result<Session, BackendError> {
+        Err(BackendError::BadRequest("attach is not faked".into()))
+    }
+
+    async fn stats(&self) -> Result<Summary, BackendError> {
+        Ok(Summary::default())
+    }
+
+    async fn import_image(&self, _tarball: &Path) -> Result<Vec<String>, BackendError> {
+        Err(BackendError::BadRequest("import is not faked".into()))
+    }
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn send(cp: &ControlPlane, method: &str, path: &str, body: &Value) -> Result<()> {
+    let (code, text) = cp.http(
+        method,
+        path,
+        "application/json",
+        body.to_string().as_bytes(),
+    )?;
+    if !(200..300).contains(&code) {
+        bail!("{method} {path}: {code}: {text}");
+    }
+    Ok(())
+}
+
+/// Runs kubectl off the async runtime, which serves the node endpoint meanwhile.
+async fn kubectl(
+    cp: &Arc<ControlPlane>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<std::process::Output> {
+    let cp = Arc::clone(cp);
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let stdin = stdin.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cp.run(&args, stdin.as_deref())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_and_exec_reach_the_node_through_the_api_server() -> Result<()> {
+    if !require_program("node_proxy", "kubectl") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("0.log");
+    append(
+        &log,
+        "2026-01-01T00:00:01.000000001Z stdout F one\n\
+         2026-01-01T00:00:02Z stderr F two\n\
+         2026-01-01T00:00:03Z stdout P thr\n\
+         2026-01-01T00:00:03Z stdout F ee\n",
+    )?;
+    let running = Arc::new(AtomicBool::new(true));
+    let backend = Arc::new(FakeNode {
+        log: log.clone(),
+        running: Arc::clone(&running),
+    });
+    let server = NodeServer::bind(([127, 0, 0, 1], 0).into(), backend).await?;
+    let port = server.local_addr()?.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+
+    let cp = {
+        let path = dir.path().to_owned();
+        Arc::new(tokio::task::spawn_blocking(move || ControlPlane::start(&path)).await??)
+    };
+    send(
+        &cp,
+        "POST",
+        "/api/v1/nodes",
+        &json!({
+            "metadata": {"name": "skt-node"},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }),
+    )?;
+    send(
+        &cp,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        &json!({
+            "metadata": {"name": "web"},
+            "spec": {"nodeName": "skt-node", "containers": [{"name": "app", "image": "busybox"}]},
+        }),
+    )?;
+
+    let out = kubectl(&cp, &["logs", "web", "--tail=2", "--timestamps"], None).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2026-01-01T00:00:02Z two\n2026-01-01T00:00:03Z three\n"
+    );
+
+    let missing = kubectl(&cp, &["logs", "web", "-c", "nope"], None).await?;
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("container nope is not valid for pod web"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
+    follow(&cp, &log, &running).await?;
+
+    let exec = kubectl(
+        &cp,
+        &["exec", "-i", "web", "--", "cat"],
+        Some("hello\nworld\n"),
+    )
+    .await?;
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout),
+        "hello\nworld\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    assert_eq!(
+        exec.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+
+    let failed = kubectl(&cp, &["exec", "web", "--", "nope"], None).await?;
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("executable file not found"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+
+    let _ = stop.send(());
+    serving.await?;
+    Ok(())
+}
+
+/// `kubectl logs -f` prints the tail, then a line appended later, and exits once the
+/// container has stopped.
+async fn follow(cp: &Arc<ControlPlane>, log: &Path, running: &AtomicBool) -> Result<()> {
+    let mut cmd = cp.kubectl();
+    cmd.args(["logs", "-f", "web", "--tail=1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = ChildGuard::spawn(&mut cmd)?;
+    let stdout = child.child_mut().stdout.take().context("kubectl stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(15))
+            .with_context(|| format!("waiting for {what} from kubectl logs -f"))
+    };
+    assert_eq!(next("the tail")?, "three");
+    append(log, "2026-01-01T00:00:04Z stdout F four\n")?;
+    assert_eq!(next("the appended line")?, "four");
+    running.store(false, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.child_mut().try_wait()? {
+            break status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("kubectl logs -f did not end after the container stopped");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success());
+    Ok(())
+}
