@@ -7,6 +7,7 @@ pub mod control;
 pub mod etcd;
 pub mod image;
 pub mod netns;
+pub mod node;
 pub mod process;
 pub mod registry;
 pub mod sim;

@@ -39,6 +39,19 @@ impl Netns {
         ip(&all)
     }
 
+    /// Moves the calling thread into the namespace: sockets it opens and processes it
+    /// spawns from then on live there (unlike `ip netns exec`, `/sys` is not remounted, so
+    /// cgroups stay visible to children such as a node daemon).
+    ///
+    /// # Errors
+    /// If the namespace file cannot be opened or `setns` fails.
+    pub fn enter(&self) -> Result<()> {
+        let file = std::fs::File::open(format!("/run/netns/{}", self.name))
+            .with_context(|| format!("opening netns {}", self.name))?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering netns {}", self.name))
+    }
+
     /// A command that runs `program` inside the namespace (`ip netns exec`).
     #[must_use]
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {

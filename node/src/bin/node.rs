@@ -1,12 +1,16 @@
-//! The node daemon. `--simulate N` serves N simulated nodes (no containers, no root) for
-//! scheduler and controller tests at scale; the real node (pods through libcontainer) is
-//! not built yet and says so.
+//! The node daemon. By default it is a real node: it runs the pods bound to `--name`
+//! through libcontainer (root needed). `--simulate N` serves N simulated nodes instead (no
+//! containers, no root) for scheduler and controller tests at scale.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser};
-use skiff_node::simulate::{self, KUBELET_VERSION, SimConfig, SimTaint};
+use k8s_openapi::api::core::v1::Taint;
+use skiff_node::{
+    daemon::{self, capacity::Reservations, run::NodeConfig},
+    simulate::{self, KUBELET_VERSION, SimConfig, SimTaint},
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -19,7 +23,56 @@ struct Cli {
     #[command(flatten)]
     api: ApiArgs,
     #[command(flatten)]
+    real: RealArgs,
+    #[command(flatten)]
     simulate: SimulateArgs,
+}
+
+/// The real node: its name, its slice of the host, and its endpoint.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Real node")]
+struct RealArgs {
+    /// The Node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The node's `InternalIP`: where the API server reaches its endpoint.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: Ipv4Addr,
+    /// Port of the node endpoint (logs, exec, attach, stats), bound on --node-ip.
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// State directory: images, containers, pod records, network state
+    /// (default /var/lib/skiff/node/<name>).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Container logs (default <state-dir>/logs).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// cgroup parent of every pod (default /skiff/<name>).
+    #[arg(long)]
+    cgroup_parent: Option<String>,
+    /// The pod bridge.
+    #[arg(long, default_value = "skiff0")]
+    bridge: String,
+    /// The pod CIDR; without it the one the control plane assigns (`spec.podCIDR`).
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// Pods this node takes.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u64,
+    /// CPU reserved for the system, in millicores.
+    #[arg(long, default_value_t = 0)]
+    reserved_cpu_millis: u64,
+    /// Memory reserved for the system, in bytes.
+    #[arg(long, default_value_t = 0)]
+    reserved_memory: u64,
+    /// A registry reached over plain HTTP (`host:port`); repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// On exit, stop every container and remove sandboxes, the bridge and the rules
+    /// (otherwise containers keep running and the next start adopts them).
+    #[arg(long)]
+    cleanup_on_exit: bool,
 }
 
 /// How to reach the API server.
@@ -176,6 +229,77 @@ async fn shutdown() -> Result<()> {
     Ok(())
 }
 
+async fn real(cli: Cli) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("a real node runs containers and needs root (use --simulate N without root)");
+    }
+    let args = cli.real;
+    let name = match args.name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("reading the host name")?
+            .to_string_lossy()
+            .to_lowercase(),
+    };
+    let state_dir = args
+        .state_dir
+        .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/node").join(&name));
+    let config = NodeConfig {
+        log_dir: args.log_dir.unwrap_or_else(|| state_dir.join("logs")),
+        cgroup_parent: args
+            .cgroup_parent
+            .unwrap_or_else(|| format!("/skiff/{name}")),
+        name,
+        address: args.node_ip,
+        port: args.port,
+        state_dir,
+        bridge: args.bridge,
+        pod_cidr: args.pod_cidr,
+        labels: cli.simulate.labels.iter().cloned().collect(),
+        taints: cli
+            .simulate
+            .taints
+            .iter()
+            .map(|t| Taint {
+                key: t.key.clone(),
+                value: (!t.value.is_empty()).then(|| t.value.clone()),
+                effect: t.effect.clone(),
+                time_added: None,
+            })
+            .collect(),
+        reserved: Reservations {
+            cpu_millis: args.reserved_cpu_millis,
+            memory: args.reserved_memory,
+            max_pods: args.max_pods,
+            ..Reservations::default()
+        },
+        insecure_registries: args.insecure_registries,
+        cleanup_on_exit: args.cleanup_on_exit,
+    };
+    let client = client(&cli.api).await?;
+    let (node, registration) = daemon::run::prepare(client.clone(), &config)
+        .await
+        .context("setting the node up")?;
+    let listen = std::net::SocketAddr::from((config.address, config.port));
+    let endpoint = Arc::new(daemon::endpoint::Endpoint::new(
+        node.backend.clone(),
+        node.pods.clone(),
+    ));
+    let server = skiff_node::server::NodeServer::bind(listen, endpoint)
+        .await
+        .with_context(|| format!("binding the node endpoint on {listen}"))?;
+    let serving = tokio::spawn(server.serve(std::future::pending()));
+    tracing::info!(node = %config.name, %listen, "node running");
+    let result = daemon::run::run(client, config, node, registration, async {
+        if let Err(err) = shutdown().await {
+            tracing::error!(?err, "signal handling");
+        }
+    })
+    .await;
+    serving.abort();
+    result.context("node daemon")
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -186,10 +310,7 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let Some(count) = cli.simulate.simulate else {
-        bail!(
-            "the real node mode (pods run through libcontainer) is not implemented yet; \
-             use --simulate N to serve simulated nodes"
-        );
+        return Box::pin(real(cli)).await;
     };
     let client = client(&cli.api).await?;
     tokio::select! {

@@ -98,8 +98,8 @@ pub trait PodBackend: Send + Sync + 'static {
     async fn create_sandbox(&self, pod: &Pod) -> Result<SandboxInfo, BackendError>;
     /// Removes the sandbox of the pod with this UID, and its volumes; idempotent.
     async fn remove_sandbox(&self, uid: &str) -> Result<(), BackendError>;
-    /// Writes (or refreshes in place) the pod's volumes.
-    async fn setup_volumes(&self, pod: &Pod) -> Result<(), BackendError>;
+    /// Writes (or refreshes in place) the pod's volumes and its `/etc/hosts`.
+    async fn setup_volumes(&self, pod: &Pod, sandbox: &SandboxInfo) -> Result<(), BackendError>;
     /// Makes the container's image present as its pull policy says.
     async fn pull_image(&self, pod: &Pod, container: &Container)
     -> Result<ImageInfo, BackendError>;

@@ -676,6 +676,10 @@ impl Worker {
         }
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the kubelet's sync order (deadline, sandbox, volumes, init, app) reads best in one place"
+    )]
     async fn sync(&mut self) {
         let Some(spec) = self.pod.spec.clone() else {
             return;
@@ -736,7 +740,8 @@ impl Worker {
         }
         if self.volumes_at.is_none_or(|t| t <= now) {
             let first = self.volumes_at.is_none();
-            match self.backend.setup_volumes(&self.pod).await {
+            let sandbox = self.sandbox.clone().unwrap_or_default();
+            match self.backend.setup_volumes(&self.pod, &sandbox).await {
                 Ok(()) => self.volumes_at = Some(now + self.config.volume_refresh),
                 Err(err) => {
                     self.event("Warning", "FailedMount", &err.message).await;

@@ -432,6 +432,12 @@ impl VolumeManager {
         }
     }
 
+    /// The directory holding every pod's directory.
+    #[must_use]
+    pub fn pods_dir(&self) -> &Path {
+        &self.inner.pods_dir
+    }
+
     /// The pod's directory: `<pods_dir>/<uid>`.
     #[must_use]
     pub fn pod_dir(&self, uid: &str) -> PathBuf {

@@ -84,7 +84,7 @@ impl PodBackend for Fake {
         *self.sandboxes_removed.lock().unwrap() += 1;
         Ok(())
     }
-    async fn setup_volumes(&self, _pod: &Pod) -> Result<(), BackendError> {
+    async fn setup_volumes(&self, _pod: &Pod, _s: &SandboxInfo) -> Result<(), BackendError> {
         Ok(())
     }
     async fn pull_image(&self, _pod: &Pod, c: &Container) -> Result<ImageInfo, BackendError> {

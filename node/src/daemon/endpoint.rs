@@ -1,0 +1,296 @@
+//! What the node's HTTP endpoint serves on a real node: the log files and exec sessions of
+//! this node's containers, their cgroup usage, and image import into the store.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::SystemTime,
+};
+
+use async_trait::async_trait;
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+
+use super::backend::LocalBackend;
+use crate::{
+    runtime::{
+        ContainerRuntime,
+        container_exec::{self, ExecIo},
+    },
+    server::{
+        BackendError, ContainerRef, ContainerStats, CpuStats, LogSource, MemoryStats, NodeBackend,
+        NodeStats, PodReference, PodStats, Session, StreamOptions, Summary,
+    },
+};
+
+/// The real node's endpoint backend.
+pub struct Endpoint {
+    backend: Arc<LocalBackend>,
+    pods: Arc<Mutex<HashMap<String, Arc<Pod>>>>,
+    /// Last CPU reading per container, for a rate.
+    cpu: Mutex<HashMap<String, (u64, SystemTime)>>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("node", &self.backend.layout.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// Serves `backend`'s containers for the pods in `pods` (by UID).
+    #[must_use]
+    pub fn new(backend: Arc<LocalBackend>, pods: Arc<Mutex<HashMap<String, Arc<Pod>>>>) -> Self {
+        Self {
+            backend,
+            pods,
+            cpu: Mutex::default(),
+        }
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Result<Arc<Pod>, BackendError> {
+        self.pods
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .find(|p| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && p.metadata.name.as_deref() == Some(name)
+            })
+            .cloned()
+            .ok_or_else(|| BackendError::pod_not_found(namespace, name))
+    }
+
+    /// The runs of a container that left a log, oldest first.
+    fn runs(&self, pod: &Pod, container: &str) -> Result<Vec<i32>, BackendError> {
+        let spec = pod.spec.as_ref();
+        let known = spec.is_some_and(|s| {
+            s.containers.iter().any(|c| c.name == container)
+                || s.init_containers
+                    .iter()
+                    .flatten()
+                    .any(|c| c.name == container)
+        });
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        if !known {
+            return Err(BackendError::container_not_found(name, container));
+        }
+        let dir = self
+            .backend
+            .log_path(pod, container, 0)
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        let mut runs: Vec<i32> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        runs.sort_unstable();
+        Ok(runs)
+    }
+
+    fn id(pod: &Pod, container: &str, run: i32) -> String {
+        format!(
+            "{}-{container}-{run}",
+            pod.metadata.uid.as_deref().unwrap_or_default()
+        )
+    }
+
+    fn running(&self, id: &str) -> bool {
+        self.backend.layout.containers.join(id).exists()
+    }
+
+    fn current(&self, target: &ContainerRef) -> Result<(Arc<Pod>, String), BackendError> {
+        let pod = self.pod(&target.namespace, &target.pod)?;
+        let run = self
+            .runs(&pod, &target.container)?
+            .last()
+            .copied()
+            .ok_or_else(|| {
+                BackendError::BadRequest(format!(
+                    "container {:?} in pod {:?} is waiting to start",
+                    target.container, target.pod
+                ))
+            })?;
+        let id = Self::id(&pod, &target.container, run);
+        Ok((pod, id))
+    }
+
+    fn usage(&self, id: &str, usage: &crate::runtime::Usage) -> (CpuStats, MemoryStats) {
+        let time = Timestamp::try_from(usage.at)
+            .unwrap_or_else(|_| Timestamp::now())
+            .to_string();
+        let mut last = self.cpu.lock().unwrap_or_else(PoisonError::into_inner);
+        let rate = last.get(id).and_then(|(nanos, at)| {
+            let elapsed = usage.at.duration_since(*at).ok()?.as_nanos();
+            let used = u128::from(usage.cpu_usage_nanos.checked_sub(*nanos)?);
+            (elapsed > 0).then(|| u64::try_from(used * 1_000_000_000 / elapsed).unwrap_or(u64::MAX))
+        });
+        last.insert(id.to_owned(), (usage.cpu_usage_nanos, usage.at));
+        (
+            CpuStats {
+                time: time.clone(),
+                usage_nano_cores: rate,
+                usage_core_nano_seconds: Some(usage.cpu_usage_nanos),
+            },
+            MemoryStats {
+                time,
+                working_set_bytes: Some(usage.memory_working_set_bytes),
+                usage_bytes: Some(usage.memory_usage_bytes),
+            },
+        )
+    }
+}
+
+#[async_trait]
+impl NodeBackend for Endpoint {
+    async fn log_source(
+        &self,
+        target: &ContainerRef,
+        previous: bool,
+    ) -> Result<LogSource, BackendError> {
+        let pod = self.pod(&target.namespace, &target.pod)?;
+        let runs = self.runs(&pod, &target.container)?;
+        let pick = if previous {
+            runs.len().checked_sub(2).map(|i| runs[i])
+        } else {
+            runs.last().copied()
+        };
+        let Some(run) = pick else {
+            return Err(if previous {
+                BackendError::BadRequest(format!(
+                    "previous terminated container {:?} in pod {:?} not found",
+                    target.container, target.pod
+                ))
+            } else {
+                BackendError::BadRequest(format!(
+                    "container {:?} in pod {:?} is waiting to start: ContainerCreating",
+                    target.container, target.pod
+                ))
+            });
+        };
+        let id = Self::id(&pod, &target.container, run);
+        let dir = self.backend.layout.containers.join(&id);
+        Ok(LogSource {
+            path: self.backend.log_path(&pod, &target.container, run),
+            running: Arc::new(move || !previous && dir.exists()),
+        })
+    }
+
+    async fn exec(
+        &self,
+        target: &ContainerRef,
+        opts: &StreamOptions,
+    ) -> Result<Session, BackendError> {
+        let (_, id) = self.current(target)?;
+        if !self.running(&id) {
+            return Err(BackendError::BadRequest(format!(
+                "container {} is not running",
+                target.container
+            )));
+        }
+        let io = ExecIo {
+            stdin: opts.stdin,
+            tty: opts.tty,
+            env: Vec::new(),
+        };
+        let process =
+            container_exec::exec(&self.backend.layout.runtime_state, &id, &opts.command, io)
+                .await
+                .map_err(|e| BackendError::Internal(e.to_string()))?;
+        Ok(process.into_session(opts))
+    }
+
+    async fn attach(
+        &self,
+        target: &ContainerRef,
+        _opts: &StreamOptions,
+    ) -> Result<Session, BackendError> {
+        Err(BackendError::BadRequest(format!(
+            "attach to {target} is not supported by this node yet; use exec or logs -f"
+        )))
+    }
+
+    async fn stats(&self) -> Result<Summary, BackendError> {
+        let pods: Vec<Arc<Pod>> = self
+            .pods
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for pod in pods {
+            let mut containers = Vec::new();
+            let (mut cpu_total, mut mem_total, mut any) = (0_u64, 0_u64, false);
+            for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+                let Ok(runs) = self.runs(&pod, &c.name) else {
+                    continue;
+                };
+                let Some(run) = runs.last() else { continue };
+                let id = Self::id(&pod, &c.name, *run);
+                let Ok(usage) = self.backend.runtime.usage(&id).await else {
+                    continue;
+                };
+                let (cpu, memory) = self.usage(&id, &usage);
+                cpu_total += cpu.usage_nano_cores.unwrap_or(0);
+                mem_total += memory.working_set_bytes.unwrap_or(0);
+                any = true;
+                containers.push(ContainerStats {
+                    name: c.name.clone(),
+                    start_time: None,
+                    cpu: Some(cpu),
+                    memory: Some(memory),
+                });
+            }
+            let now = Timestamp::now().to_string();
+            out.push(PodStats {
+                pod_ref: PodReference {
+                    name: pod.metadata.name.clone().unwrap_or_default(),
+                    namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                    uid: pod.metadata.uid.clone().unwrap_or_default(),
+                },
+                start_time: pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.start_time.as_ref())
+                    .map(|t| t.0.to_string()),
+                containers,
+                cpu: any.then(|| CpuStats {
+                    time: now.clone(),
+                    usage_nano_cores: Some(cpu_total),
+                    usage_core_nano_seconds: None,
+                }),
+                memory: any.then_some(MemoryStats {
+                    time: now,
+                    working_set_bytes: Some(mem_total),
+                    usage_bytes: None,
+                }),
+            });
+        }
+        Ok(Summary {
+            node: NodeStats {
+                node_name: self.backend.layout.node.clone(),
+                start_time: None,
+                cpu: None,
+                memory: None,
+            },
+            pods: out,
+        })
+    }
+
+    async fn import_image(&self, tarball: &Path) -> Result<Vec<String>, BackendError> {
+        let images = self.backend.images.clone();
+        let path: PathBuf = tarball.to_owned();
+        let imported = tokio::task::spawn_blocking(move || images.import(&path))
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))?
+            .map_err(|e| BackendError::BadRequest(e.to_string()))?;
+        Ok(imported.into_iter().map(|i| i.reference).collect())
+    }
+}

@@ -1,0 +1,421 @@
+//! The real node's main loop: set up the node's slice of the host, register, renew the
+//! Lease, report status, run a worker per bound pod, and clean up what no pod owns.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Taint};
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, watcher},
+};
+
+use super::{
+    backend::{ApiSources, Layout, LocalBackend},
+    capacity::Reservations,
+    host::ProcHost,
+    lease,
+    register::{Identity, RegisterError, Registration},
+};
+use crate::{
+    network::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork, parse_cidr},
+    pod::{
+        backend::PodBackend,
+        command::NodeLimits,
+        volume::{SystemMounter, VolumeManager},
+        worker::{self, WorkerConfig, WorkerHandle},
+    },
+    runtime::{ContainerRuntime, Libcontainer, image::ImageStore},
+};
+
+/// How often the Node's status is checked (and sent when it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// How long to wait for the control plane to assign a pod CIDR.
+const CIDR_WAIT: Duration = Duration::from_mins(1);
+
+/// Errors that stop the node daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A directory of the state could not be made.
+    #[error("state directory {path}: {source}")]
+    State {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image store could not be opened.
+    #[error("image store: {0}")]
+    Images(String),
+    /// Registration failed.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    /// The Node has no pod CIDR and none was given.
+    #[error("node {0} has no spec.podCIDR (start control with --cluster-cidr or pass --pod-cidr)")]
+    NoPodCidr(String),
+    /// The pod network could not be set up.
+    #[error("pod network: {0}")]
+    Network(#[from] NetworkError),
+}
+
+/// What the node daemon is told at start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The Node's name.
+    pub name: String,
+    /// Its `InternalIP`, where the API server reaches its endpoint.
+    pub address: Ipv4Addr,
+    /// The node endpoint's port (reported as the kubelet endpoint).
+    pub port: u16,
+    /// State: images, containers, pod records, network state.
+    pub state_dir: PathBuf,
+    /// Container logs.
+    pub log_dir: PathBuf,
+    /// The v1 cgroup parent of every pod (`/skiff/<name>`).
+    pub cgroup_parent: String,
+    /// The pod bridge's name.
+    pub bridge: String,
+    /// The pod CIDR, when the control plane does not assign one.
+    pub pod_cidr: Option<String>,
+    /// Extra node labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Taints to register with.
+    pub taints: Vec<Taint>,
+    /// Reservations and limits.
+    pub reserved: Reservations,
+    /// Registries reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// On exit, stop every container and remove sandboxes, the bridge and the rules.
+    pub cleanup_on_exit: bool,
+}
+
+/// What the running node shares with its endpoint.
+#[derive(Clone)]
+pub struct Node {
+    /// The pod backend (runtime, images, logs).
+    pub backend: Arc<LocalBackend>,
+    /// Pods this node runs, by UID (namespace, name, pod).
+    pub pods: Arc<std::sync::Mutex<HashMap<String, Arc<Pod>>>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node", &self.backend.layout.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn dir(path: &Path) -> Result<PathBuf, DaemonError> {
+    std::fs::create_dir_all(path).map_err(|source| DaemonError::State {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(path.to_owned())
+}
+
+fn limits(node: &k8s_openapi::api::core::v1::Node) -> NodeLimits {
+    let get = |k: &str| {
+        node.status
+            .as_ref()
+            .and_then(|s| s.allocatable.as_ref())
+            .and_then(|a| a.get(k))
+            .and_then(|q| skiff_machinery::quantity::parse_milli(&q.0))
+            .unwrap_or(0)
+    };
+    NodeLimits {
+        cpu_milli: get("cpu"),
+        memory_bytes: get("memory") / 1000,
+        ephemeral_bytes: get("ephemeral-storage") / 1000,
+    }
+}
+
+/// The cgroup v2 directory the containers' inits join: on a hybrid host the unified
+/// hierarchy sits beside the v1 controllers libcontainer uses.
+fn v2_parent(cgroup_parent: &str) -> Option<PathBuf> {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    unified
+        .join("cgroup.procs")
+        .exists()
+        .then(|| unified.join(cgroup_parent.trim_start_matches('/')))
+}
+
+/// Sets the node up: state, images, runtime, registration, pod CIDR, network.
+///
+/// # Errors
+/// Anything that leaves the node unable to run pods.
+pub async fn prepare(
+    client: Client,
+    config: &NodeConfig,
+) -> Result<(Node, Registration), DaemonError> {
+    let state = dir(&config.state_dir)?;
+    let images = ImageStore::open(
+        &dir(&state.join("images"))?,
+        config.insecure_registries.clone(),
+    )
+    .map_err(|e| DaemonError::Images(e.to_string()))?;
+    let runtime_state = dir(&state.join("containers-state"))?;
+    let runtime = Arc::new(Libcontainer::new(
+        runtime_state.clone(),
+        PathBuf::from("/sys/fs/cgroup"),
+    ));
+    let id = Identity {
+        name: config.name.clone(),
+        address: config.address,
+        port: config.port,
+        labels: config.labels.clone(),
+        taints: config.taints.clone(),
+        pod_cidr: config.pod_cidr.clone(),
+        reserved: config.reserved,
+    };
+    let mut registration = Registration::new(client.clone(), id, Box::new(ProcHost::new(&state)));
+    let mut node = registration
+        .register(Err("the pod network is being set up".to_owned()))
+        .await?;
+    let started = tokio::time::Instant::now();
+    let cidr = loop {
+        if let Some(c) = config
+            .pod_cidr
+            .clone()
+            .or_else(|| node.spec.as_ref().and_then(|s| s.pod_cidr.clone()))
+        {
+            break c;
+        }
+        if started.elapsed() > CIDR_WAIT {
+            return Err(DaemonError::NoPodCidr(config.name.clone()));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        node = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+            .get(&config.name)
+            .await
+            .map_err(|source| RegisterError::Api {
+                node: config.name.clone(),
+                action: "get",
+                source,
+            })?;
+    };
+    let network = Arc::new(BridgeNetwork::new(NetworkConfig {
+        bridge: config.bridge.clone(),
+        pod_cidr: parse_cidr(&cidr)?,
+        state_dir: dir(&state.join("network"))?,
+        masquerade: true,
+        mtu: None,
+    }));
+    network.setup().await?;
+    let sources: Arc<ApiSources> = Arc::new(ApiSources::new(client.clone()));
+    let node_limits = limits(&node);
+    let pods_dir = dir(&state.join("pods"))?;
+    let volumes = VolumeManager::new(
+        pods_dir,
+        sources.clone(),
+        Arc::new(SystemMounter),
+        node_limits,
+    );
+    let backend = Arc::new(LocalBackend {
+        client,
+        layout: Layout {
+            node: config.name.clone(),
+            host_ip: config.address.to_string(),
+            containers: dir(&state.join("containers"))?,
+            logs: dir(&config.log_dir)?,
+            cgroup_parent: config.cgroup_parent.clone(),
+            cgroup_v2_parent: v2_parent(&config.cgroup_parent),
+            runtime_state,
+        },
+        network,
+        images,
+        runtime,
+        volumes,
+        sources,
+        limits: node_limits,
+    });
+    Ok((
+        Node {
+            backend,
+            pods: Arc::default(),
+        },
+        registration,
+    ))
+}
+
+fn uid_of(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+fn terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Removes containers, sandboxes and pod directories no known pod owns.
+async fn collect_orphans(backend: &LocalBackend, known: &HashSet<String>) {
+    // Container IDs are `<pod-uid>-<container>-<restart>`; UIDs are 36 characters.
+    let owner = |id: &str| id.get(..36).unwrap_or(id).to_owned();
+    if let Ok(containers) = backend.runtime.list().await {
+        for c in containers {
+            if !known.contains(&owner(&c.id)) {
+                tracing::info!(id = %c.id, "removing a container no pod owns");
+                let _ = backend.runtime.kill(&c.id, 9).await;
+                if let Err(err) = backend.remove_container(&c.id).await {
+                    tracing::warn!(id = %c.id, %err, "orphan container not removed");
+                }
+            }
+        }
+    }
+    if let Ok(sandboxes) = backend.network.list_sandboxes().await {
+        for s in sandboxes {
+            if !known.contains(&s.uid) {
+                tracing::info!(uid = %s.uid, "removing a sandbox no pod owns");
+                if let Err(err) = backend.remove_sandbox(&s.uid).await {
+                    tracing::warn!(uid = %s.uid, %err, "orphan sandbox not removed");
+                }
+            }
+        }
+    }
+    let pods_dir = backend.volumes.pods_dir().to_owned();
+    if let Ok(entries) = std::fs::read_dir(&pods_dir) {
+        for e in entries.flatten() {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            if !known.contains(&uid) {
+                let _ = backend.volumes.teardown(&uid).await;
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Stops every container and removes every sandbox, then the bridge and the rules.
+pub async fn clean_up(backend: &LocalBackend) {
+    if let Ok(containers) = backend.runtime.list().await {
+        for c in containers {
+            let _ = backend.runtime.kill(&c.id, 9).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), backend.runtime.wait(&c.id)).await;
+            if let Err(err) = backend.remove_container(&c.id).await {
+                tracing::warn!(id = %c.id, %err, "container not removed");
+            }
+        }
+    }
+    collect_orphans(backend, &HashSet::new()).await;
+    if let Err(err) = backend.network.teardown().await {
+        tracing::warn!(%err, "network not torn down");
+    }
+}
+
+/// Runs the node until `shutdown` resolves.
+///
+/// # Errors
+/// When the node cannot be set up.
+pub async fn run(
+    client: Client,
+    config: NodeConfig,
+    node: Node,
+    mut registration: Registration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let backend = node.backend.clone();
+    let stored = registration.report(Ok(()), true).await?;
+    let node_uid = stored.metadata.uid.clone().unwrap_or_default();
+    let lease = tokio::spawn(lease::renew_forever(
+        client.clone(),
+        config.name.clone(),
+        node_uid,
+    ));
+    let status = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STATUS_EVERY);
+        loop {
+            tick.tick().await;
+            if let Err(err) = registration.report(Ok(()), false).await {
+                tracing::warn!(%err, "node status not reported");
+            }
+        }
+    });
+    let worker_config = Arc::new(WorkerConfig {
+        host_ip: config.address.to_string(),
+        pods_dir: backend.volumes.pods_dir().to_owned(),
+        volume_refresh: Duration::from_secs(10),
+    });
+    let api: Api<Pod> = Api::all(client.clone());
+    let watch = watcher::Config::default().fields(&format!("spec.nodeName={}", config.name));
+    let mut events = std::pin::pin!(watcher(api, watch).default_backoff());
+    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut initial = true;
+    let mut reap = tokio::time::interval(Duration::from_secs(5));
+    let mut shutdown = std::pin::pin!(shutdown);
+    let dyn_backend: Arc<dyn PodBackend> = backend.clone();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = reap.tick() => {
+                workers.retain(|uid, w| {
+                    let keep = !w.finished();
+                    if !keep {
+                        node.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(uid);
+                    }
+                    keep
+                });
+            }
+            event = events.next() => {
+                let Some(event) = event else { break };
+                match event {
+                    Ok(watcher::Event::Init) => seen.clear(),
+                    Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
+                        let uid = uid_of(&pod);
+                        seen.insert(uid.clone());
+                        let pod = Arc::new(pod);
+                        node.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(uid.clone(), pod.clone());
+                        if let Some(w) = workers.get(&uid) {
+                            w.update(pod);
+                        } else if terminal(&pod)
+                            && !worker_config.pods_dir.join(&uid).join("record.json").exists()
+                        {
+                            // Finished before this daemon knew it: nothing to run again.
+                            if pod.metadata.deletion_timestamp.is_some() {
+                                let _ = backend.delete_pod(&pod).await;
+                            }
+                        } else {
+                            tracing::info!(pod = ?pod.metadata.name, %uid, "pod bound here");
+                            workers.insert(uid, worker::spawn(pod, dyn_backend.clone(), worker_config.clone()));
+                        }
+                    }
+                    Ok(watcher::Event::Delete(pod)) => {
+                        let uid = uid_of(&pod);
+                        if let Some(w) = workers.get(&uid) {
+                            w.gone();
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        for (uid, w) in &workers {
+                            if !seen.contains(uid) {
+                                w.gone();
+                            }
+                        }
+                        if initial {
+                            initial = false;
+                            collect_orphans(&backend, &seen).await;
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, "pod watch"),
+                }
+            }
+        }
+    }
+    lease.abort();
+    status.abort();
+    for (_, w) in workers.drain() {
+        w.detach();
+    }
+    if config.cleanup_on_exit {
+        clean_up(&backend).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! A real `node` daemon for end-to-end tests: its own state directory, bridge and cgroup
+//! parent, stopped with SIGTERM on drop so it removes every container, sandbox and rule.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::control::ControlPlane;
+
+/// A node daemon process.
+#[derive(Debug)]
+pub struct NodeDaemon {
+    child: Option<Child>,
+    name: String,
+    dir: PathBuf,
+    args: Vec<String>,
+    restarts: u32,
+}
+
+impl NodeDaemon {
+    /// Starts `node` for `cp` named `name`, state under `dir`, waiting until its Node is
+    /// Ready. Call from a thread inside the test's network namespace.
+    ///
+    /// # Errors
+    /// If it exits or is not Ready within 60 s.
+    pub fn start(cp: &ControlPlane, dir: &Path, name: &str, extra: &[&str]) -> Result<Self> {
+        let port = crate::etcd::free_port()?;
+        let suffix = crate::unique_name("");
+        let short: String = suffix.chars().rev().take(6).collect();
+        let mut args: Vec<String> = vec![
+            "--server".into(),
+            cp.url(),
+            "--name".into(),
+            name.into(),
+            "--node-ip".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+            "--bridge".into(),
+            format!("skt{short}"),
+            "--cgroup-parent".into(),
+            format!("/skiff-test-{short}/{name}"),
+            "--cleanup-on-exit".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut node = Self {
+            child: None,
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            args,
+            restarts: 0,
+        };
+        node.launch()?;
+        node.wait_ready(cp)?;
+        Ok(node)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(crate::bin("node"))
+            .args(&self.args)
+            .env("RUST_LOG", "info,skiff_node=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting node")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, cp: &ControlPlane) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("node exited ({status}):\n{}", self.log());
+            }
+            let body = cp
+                .http_get(&format!("/api/v1/nodes/{}", self.name))
+                .unwrap_or_default();
+            let node: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let ready = node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node {} not Ready in 60 s:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The node's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's state directory.
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The node's cgroup parent (`/skiff-test-x/<name>`).
+    #[must_use]
+    pub fn cgroup_parent(&self) -> String {
+        let i = self
+            .args
+            .iter()
+            .position(|a| a == "--cgroup-parent")
+            .unwrap_or(0);
+        self.args.get(i + 1).cloned().unwrap_or_default()
+    }
+
+    /// The node's bridge.
+    #[must_use]
+    pub fn bridge(&self) -> String {
+        let i = self.args.iter().position(|a| a == "--bridge").unwrap_or(0);
+        self.args.get(i + 1).cloned().unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+
+    /// The daemon's log so far (all runs).
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The daemon's PID.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would; containers keep running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again over the same state and waits until Ready.
+    ///
+    /// # Errors
+    /// If it does not come back.
+    pub fn restart(&mut self, cp: &ControlPlane) -> Result<()> {
+        self.kill();
+        self.restarts += 1;
+        self.launch()?;
+        self.wait_ready(cp)
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it to clean up (60 s at most).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "cleanup: node {} ignored SIGTERM for 60 s: killing it",
+            self.name
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for NodeDaemon {
+    fn drop(&mut self) {
+        self.stop();
+        // Whatever the daemon could not remove: its cgroup parent.
+        let parent = self.cgroup_parent();
+        let top = parent
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if !top.is_empty() {
+            for root in cgroup_roots() {
+                remove_cgroup_tree(&root.join(&top));
+            }
+        }
+    }
+}
+
+/// Every mounted cgroup hierarchy (v1 controllers and the v2 unified one).
+#[must_use]
+pub fn cgroup_roots() -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .collect()
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Cgroup directories left under the node's parent in any hierarchy (besides the parent
+/// itself and its per-node directory).
+#[must_use]
+pub fn leftover_cgroups(parent: &str) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    for root in cgroup_roots() {
+        let dir = root.join(parent.trim_start_matches('/'));
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    left.push(e.path());
+                }
+            }
+        }
+    }
+    left
+}
+
+/// Mount points under `dir`.
+#[must_use]
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&dir))
+        .collect()
+}

@@ -1,0 +1,451 @@
+//! The real node end to end: `control` and `node` inside a network namespace the test
+//! creates, images pulled from a real registry, pods run through libcontainer.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use skiff_tests::{
+    control::ControlPlane,
+    image::busybox_oci_layout,
+    netns::Netns,
+    node::{NodeDaemon, leftover_cgroups, mounts_under},
+    registry::Registry,
+};
+
+/// A cluster of one real node in its own network namespace, with a registry holding
+/// `busybox:1`.
+struct Cluster {
+    // Dropped in this order: node (removes its containers), registry, control, netns.
+    node: NodeDaemon,
+    registry: Registry,
+    cp: ControlPlane,
+    image: String,
+    ns: Netns,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(test: &str) -> Result<Self> {
+        let ns = Netns::new("skt-node")?;
+        ns.enter()?;
+        let dir = tempfile::tempdir()?;
+        let registry = Registry::start()?;
+        let tar = busybox_oci_layout(dir.path(), "busybox:1")?;
+        registry.push(&tar, "busybox:1")?;
+        let image = format!("{}/busybox:1", registry.host());
+        let cp = ControlPlane::start_with(
+            &dir.path().join("control"),
+            &["--cluster-cidr", "10.244.0.0/16"],
+        )?;
+        let node = NodeDaemon::start(
+            &cp,
+            &dir.path().join("node"),
+            &format!("skt-{test}"),
+            &["--insecure-registry", &registry.host()],
+        )?;
+        Ok(Self {
+            node,
+            registry,
+            cp,
+            image,
+            ns,
+            dir,
+        })
+    }
+
+    fn apply(&self, yaml: &str) -> Result<()> {
+        let yaml = yaml
+            .replace("IMAGE", &self.image)
+            .replace("NODE", self.node.name());
+        self.cp.ok(&["apply", "-f", "-"], Some(&yaml)).map(drop)
+    }
+
+    fn pod(&self, name: &str) -> Result<Value> {
+        let body = self
+            .cp
+            .http_get(&format!("/api/v1/namespaces/default/pods/{name}"))?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Waits until `check` on the pod returns `Some`.
+    fn wait_pod<T>(
+        &self,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&Value) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(pod) = self.pod(name) {
+                if let Some(v) = check(&pod) {
+                    return Ok(v);
+                }
+                last = pod;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!(
+            "pod {name}: {what} did not happen in {} s; last status: {}\nnode log tail:\n{}",
+            timeout.as_secs(),
+            serde_json::to_string_pretty(&last["status"]).unwrap_or_default(),
+            tail(&self.node.log(), 40)
+        )
+    }
+
+    fn running(&self, name: &str) -> Result<Value> {
+        self.wait_pod(name, Duration::from_mins(1), "Running", |p| {
+            (p["status"]["phase"] == "Running").then(|| p.clone())
+        })
+    }
+
+    fn logs(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["logs"];
+        all.extend_from_slice(args);
+        self.cp.ok(&all, None)
+    }
+
+    fn delete_all(&self) -> Result<()> {
+        self.cp
+            .ok(
+                &["delete", "pods", "--all", "--wait=true", "--timeout=90s"],
+                None,
+            )
+            .map(drop)
+    }
+
+    /// Nothing of the node's pods is left: containers, cgroups, mounts, veths, netns files.
+    fn assert_clean(&self) -> Result<()> {
+        let state = self.node.state_dir();
+        let containers: Vec<_> = std::fs::read_dir(state.join("containers"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        let cgroups = leftover_cgroups(&self.node.cgroup_parent());
+        let mounts = mounts_under(&state);
+        let veths = std::process::Command::new("ip")
+            .args(["-o", "link", "show", "type", "veth"])
+            .output()?;
+        let veths = String::from_utf8_lossy(&veths.stdout).into_owned();
+        let netns: Vec<_> = std::fs::read_dir(state.join("network/netns"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        if !containers.is_empty()
+            || !cgroups.is_empty()
+            || !mounts.is_empty()
+            || !veths.trim().is_empty()
+            || !netns.is_empty()
+        {
+            bail!(
+                "left behind: containers {containers:?}, cgroups {cgroups:?}, mounts {mounts:?}, \
+                 veths {veths:?}, netns {netns:?}"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn container_status<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn ready(pod: &Value) -> Option<bool> {
+    pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .map(|c| c["status"] == "True")
+}
+
+fn skip(test: &str) -> bool {
+    !skiff_tests::require_root(test)
+        || !skiff_tests::require_program(test, "docker-registry")
+        || !skiff_tests::require_program(test, "skopeo")
+}
+
+#[test]
+fn pods_share_volumes_and_localhost_reach_each_other_by_ip_and_clean_up() -> Result<()> {
+    if skip("pods_share_volumes_and_localhost_reach_each_other_by_ip_and_clean_up") {
+        return Ok(());
+    }
+    let c = Cluster::start("share")?;
+    c.apply(
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  nodeName: NODE
+  volumes: [{name: shared, emptyDir: {}}]
+  containers:
+  - name: server
+    image: IMAGE
+    command: [sh, -c, 'echo hello-from-server > /www/index.html; exec httpd -f -p 8080 -h /www']
+    volumeMounts: [{name: shared, mountPath: /www}]
+  - name: client
+    image: IMAGE
+    command: [sh, -c, 'until wget -qO- http://127.0.0.1:8080/index.html; do sleep 0.2; done; cat /data/index.html; exec sleep 3600']
+    volumeMounts: [{name: shared, mountPath: /data}]
+",
+    )?;
+    let web = c.running("web")?;
+    let ip = web["status"]["podIP"].as_str().context("podIP")?.to_owned();
+    assert!(
+        ip.starts_with("10.244."),
+        "pod IP {ip} from the node's podCIDR"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = c.logs(&["web", "-c", "client"]).unwrap_or_default();
+        if logs.matches("hello-from-server").count() >= 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("client never saw the server over localhost and the volume: {logs:?}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    c.apply(&format!(
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {{name: caller}}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers:
+  - name: wget
+    image: IMAGE
+    command: [wget, -qO-, 'http://{ip}:8080/index.html']
+"
+    ))?;
+    c.wait_pod("caller", Duration::from_mins(1), "Succeeded", |p| {
+        (p["status"]["phase"] == "Succeeded").then_some(())
+    })?;
+    assert_eq!(c.logs(&["caller"])?.trim(), "hello-from-server");
+    let caller = c.pod("caller")?;
+    let term = &container_status(&caller, "wget")["state"]["terminated"];
+    assert_eq!(
+        (term["exitCode"].as_i64(), term["reason"].as_str()),
+        (Some(0), Some("Completed"))
+    );
+    c.delete_all()?;
+    c.assert_clean()?;
+    Ok(())
+}
+
+#[test]
+fn containers_restart_with_back_off_probes_and_oom_are_reported() -> Result<()> {
+    if skip("containers_restart_with_back_off_probes_and_oom_are_reported") {
+        return Ok(());
+    }
+    let c = Cluster::start("life")?;
+    c.apply(
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  nodeName: NODE
+  containers:
+  - {name: app, image: IMAGE, command: [sh, -c, 'echo crashing; exit 3']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: live}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: IMAGE
+    command: [sh, -c, 'mkdir -p /www; echo ok > /www/healthz; httpd -p 8080 -h /www; sleep 4; rm /www/healthz; exec sleep 3600']
+    livenessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ready}
+spec:
+  nodeName: NODE
+  containers:
+  - name: app
+    image: IMAGE
+    command: [sh, -c, 'mkdir -p /www; httpd -p 8080 -h /www; while true; do touch /www/ready; sleep 4; rm /www/ready; sleep 4; done']
+    readinessProbe: {httpGet: {path: /ready, port: 8080}, periodSeconds: 1, failureThreshold: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: oom}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: IMAGE
+    command: [sh, -c, 'x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done']
+    resources: {limits: {memory: 24Mi}}
+",
+    )?;
+    // Readiness flips the Ready condition both ways while the container keeps running.
+    c.wait_pod("ready", Duration::from_mins(1), "Ready=True", |p| {
+        (ready(p) == Some(true)).then_some(())
+    })?;
+    c.wait_pod("ready", Duration::from_secs(20), "Ready=False", |p| {
+        (ready(p) == Some(false)).then_some(())
+    })?;
+    c.wait_pod("ready", Duration::from_secs(20), "Ready=True again", |p| {
+        (ready(p) == Some(true)).then_some(())
+    })?;
+    assert_eq!(container_status(&c.pod("ready")?, "app")["restartCount"], 0);
+    // The OOM killer's victim is reported as OOMKilled.
+    let reason = c.wait_pod("oom", Duration::from_mins(1), "terminated", |p| {
+        container_status(p, "app")["state"]["terminated"]["reason"]
+            .as_str()
+            .map(str::to_owned)
+    })?;
+    assert_eq!(reason, "OOMKilled");
+    assert_eq!(c.pod("oom")?["status"]["phase"], "Failed");
+    // A failing liveness probe restarts the container.
+    c.wait_pod("live", Duration::from_mins(1), "a liveness restart", |p| {
+        (container_status(p, "app")["restartCount"].as_i64() >= Some(1)).then_some(())
+    })?;
+    // A crashing container backs off: 10 s, then 20 s between runs.
+    let crash = c.wait_pod("crash", Duration::from_secs(90), "two restarts", |p| {
+        let cs = container_status(p, "app");
+        (cs["restartCount"].as_i64() >= Some(2)
+            && cs["state"]["waiting"]["reason"] == "CrashLoopBackOff")
+            .then(|| p.clone())
+    })?;
+    let cs = container_status(&crash, "app");
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(cs["lastState"]["terminated"]["reason"], "Error");
+    assert!(
+        cs["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("back-off 20s") || m.contains("back-off 40s")),
+        "{cs}"
+    );
+    assert_eq!(c.logs(&["crash", "--previous"])?.trim(), "crashing");
+    c.delete_all()?;
+    c.assert_clean()?;
+    Ok(())
+}
+
+#[test]
+fn config_maps_update_in_place_deletion_is_graceful_and_a_killed_daemon_adopts() -> Result<()> {
+    if skip("config_maps_update_in_place_deletion_is_graceful_and_a_killed_daemon_adopts") {
+        return Ok(());
+    }
+    let mut c = Cluster::start("adopt")?;
+    c.apply(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: first}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  nodeName: NODE
+  volumes: [{name: cfg, configMap: {name: settings}}]
+  containers:
+  - name: app
+    image: IMAGE
+    command: [sh, -c, 'while true; do cat /cfg/greeting; echo; sleep 1; done']
+    volumeMounts: [{name: cfg, mountPath: /cfg}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  nodeName: NODE
+  containers:
+  - name: app
+    image: IMAGE
+    command: [sh, -c, 'trap "echo got-TERM" TERM; while true; do sleep 1; done']
+"#,
+    )?;
+    let before = c.running("reader")?;
+    c.running("stubborn")?;
+    let id = container_status(&before, "app")["containerID"].clone();
+    // The daemon dies without warning; a new one adopts the running containers.
+    c.node.kill();
+    c.node.restart(&c.cp)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let after = c.running("reader")?;
+    assert_eq!(container_status(&after, "app")["containerID"], id);
+    assert_eq!(container_status(&after, "app")["restartCount"], 0);
+    // A configMap change reaches the mounted file without a restart.
+    c.cp.ok(
+        &[
+            "patch",
+            "configmap",
+            "settings",
+            "-p",
+            r#"{"data":{"greeting":"second"}}"#,
+        ],
+        None,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !c.logs(&["reader", "--tail", "2"])?.contains("second") {
+        if Instant::now() > deadline {
+            bail!(
+                "the configMap update never reached the volume\n{}",
+                tail(&c.node.log(), 30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        container_status(&c.pod("reader")?, "app")["restartCount"],
+        0
+    );
+    // Deletion with a grace period: SIGTERM (trapped), then SIGKILL after 3 s.
+    let asked = Instant::now();
+    c.cp.ok(
+        &[
+            "delete",
+            "pod",
+            "stubborn",
+            "--grace-period=3",
+            "--wait=true",
+        ],
+        None,
+    )?;
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "deleted after {took:?}, before the grace period"
+    );
+    assert!(took < Duration::from_secs(20), "deleted after {took:?}");
+    let logs = std::fs::read_dir(c.node.state_dir().join("logs"))?
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("default_stubborn_")
+        })
+        .context("stubborn's log directory")?
+        .path()
+        .join("app/0.log");
+    let text = std::fs::read_to_string(&logs)?;
+    assert!(text.contains("stdout F got-TERM"), "{text}");
+    c.delete_all()?;
+    c.assert_clean()?;
+    let _ = (&c.ns, &c.dir, &c.registry, Path::new("/"));
+    Ok(())
+}
