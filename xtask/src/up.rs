@@ -5,6 +5,7 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
+    os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -66,7 +67,6 @@ fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     // Its own process group: Ctrl-C reaches only xtask, which stops the node first so it
     // can remove its containers while the API server still answers.
-    use std::os::unix::process::CommandExt as _;
     cmd.stdout(Stdio::null())
         .stderr(file)
         .process_group(0)
@@ -101,6 +101,44 @@ fn stop(child: &mut Child, name: &str, timeout: Duration) {
     }
 }
 
+fn node_ready() -> bool {
+    http_get(&format!("/api/v1/nodes/{NODE}")).is_some_and(|b| {
+        let b = b.replace(' ', "");
+        b.contains("\"type\":\"Ready\",\"status\":\"True\"")
+            || b.contains("\"status\":\"True\",\"type\":\"Ready\"")
+    })
+}
+
+fn print_next_steps(dir: &Path, kubeconfig: &Path, image: &Path) {
+    let kc = kubeconfig.display();
+    let img = image.display();
+    println!(
+        "\nskiff is up: one node ({NODE}) on the API server http://{API}.\n\n\
+         Try:\n\
+         \x20 export KUBECONFIG={kc}\n\
+         \x20 kubectl get nodes\n\
+         \x20 target/release/ctl image import {img}\n\
+         \x20 kubectl create deployment web --image=busybox:local -- httpd -f -p 8080 -h /etc\n\
+         \x20 kubectl get pods -o wide          # note the pod IP\n\
+         \x20 wget -qO- http://<pod IP>:8080/hostname\n\
+         \x20 kubectl logs deploy/web; kubectl exec deploy/web -- ls /\n\n\
+         Logs: {}/control.log and {}/node.log. Ctrl-C stops both and removes the containers.",
+        dir.display(),
+        dir.display()
+    );
+}
+
+fn write_kubeconfig(dir: &Path) -> Result<std::path::PathBuf> {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster: {{server: \"http://{API}\"}}\n  name: skiff\ncontexts:\n- context: {{cluster: skiff, user: admin}}\n  name: skiff\ncurrent-context: skiff\nusers:\n- name: admin\n  user: {{}}\n"
+        ),
+    )?;
+    Ok(kubeconfig)
+}
+
 /// Starts the cluster and runs until Ctrl-C.
 pub fn run(root: &Path) -> Result<()> {
     if !shell::is_root() {
@@ -117,13 +155,7 @@ pub fn run(root: &Path) -> Result<()> {
     let bin = root.join("target/release");
     let dir = root.join("target/skiff-up");
     std::fs::create_dir_all(&dir)?;
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- cluster: {{server: \"http://{API}\"}}\n  name: skiff\ncontexts:\n- context: {{cluster: skiff, user: admin}}\n  name: skiff\ncurrent-context: skiff\nusers:\n- name: admin\n  user: {{}}\n"
-        ),
-    )?;
+    let kubeconfig = write_kubeconfig(&dir)?;
     let image = dir.join("busybox.tar");
     if !image.exists() {
         eprintln!("xtask: building a busybox image from Debian's busybox-static");
@@ -175,36 +207,14 @@ pub fn run(root: &Path) -> Result<()> {
         "the node to be Ready",
         Duration::from_secs(90),
         &mut [&mut control, &mut node],
-        || {
-            http_get(&format!("/api/v1/nodes/{NODE}")).is_some_and(|b| {
-                b.replace(' ', "")
-                    .contains("\"type\":\"Ready\",\"status\":\"True\"")
-                    || b.replace(' ', "")
-                        .contains("\"status\":\"True\",\"type\":\"Ready\"")
-            })
-        },
+        node_ready,
     );
     if let Err(err) = ready {
-        stop(&mut node, "node", Duration::from_secs(60));
+        stop(&mut node, "node", Duration::from_mins(1));
         stop(&mut control, "control", Duration::from_secs(10));
         return Err(err.context(format!("see {}", dir.join("node.log").display())));
     }
-    let kc = kubeconfig.display();
-    let img = image.display();
-    println!(
-        "\nskiff is up: one node ({NODE}) on the API server http://{API}.\n\n\
-         Try:\n\
-         \x20 export KUBECONFIG={kc}\n\
-         \x20 kubectl get nodes\n\
-         \x20 target/release/ctl image import {img}\n\
-         \x20 kubectl create deployment web --image=busybox:local -- httpd -f -p 8080 -h /etc\n\
-         \x20 kubectl get pods -o wide          # note the pod IP\n\
-         \x20 wget -qO- http://<pod IP>:8080/hostname\n\
-         \x20 kubectl logs deploy/web; kubectl exec deploy/web -- ls /\n\n\
-         Logs: {}/control.log and {}/node.log. Ctrl-C stops both and removes the containers.",
-        dir.display(),
-        dir.display()
-    );
+    print_next_steps(&dir, &kubeconfig, &image);
     while !STOP.load(Ordering::SeqCst) {
         if let Some(status) = node.try_wait()? {
             eprintln!(
