@@ -332,6 +332,26 @@ fn security(pod: &Pod, container: &Container) -> crate::runtime::SecuritySpec {
     }
 }
 
+/// Removes the pod's own cgroup directory (`<parent>/pod<uid>`) in every hierarchy once
+/// its containers' directories are gone; a directory still holding one stays.
+fn remove_pod_cgroups(parent: &str, uid: &str) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2") {
+            let dir = Path::new(fields[1])
+                .join(parent.trim_start_matches('/'))
+                .join(format!("pod{uid}"));
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(dir = %dir.display(), %e, "pod cgroup not removed");
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 impl LocalBackend {
     fn container_dir(&self, id: &str) -> PathBuf {
         self.layout.containers.join(id)
@@ -412,6 +432,7 @@ impl PodBackend for LocalBackend {
     }
 
     async fn remove_sandbox(&self, uid: &str) -> Result<(), BackendError> {
+        remove_pod_cgroups(&self.layout.cgroup_parent, uid);
         self.volumes
             .teardown(uid)
             .await
