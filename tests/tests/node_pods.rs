@@ -241,8 +241,92 @@ spec:
         (term["exitCode"].as_i64(), term["reason"].as_str()),
         (Some(0), Some("Completed"))
     );
+    exec_and_follow_logs(&c)?;
     c.delete_all()?;
     c.assert_clean()?;
+    Ok(())
+}
+
+/// `kubectl exec` (output, exit code, stdin, a terminal) and `kubectl logs -f`, unchanged.
+fn exec_and_follow_logs(c: &Cluster) -> Result<()> {
+    let out = c.cp.run(
+        &[
+            "exec",
+            "web",
+            "-c",
+            "server",
+            "--",
+            "sh",
+            "-c",
+            "echo from-exec; hostname; exit 3",
+        ],
+        None,
+    )?;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-exec\nweb\n");
+    let echoed = c.cp.ok(
+        &["exec", "-i", "web", "-c", "server", "--", "cat"],
+        Some("ping\n"),
+    )?;
+    assert_eq!(echoed, "ping\n");
+    // A terminal: kubectl wants its own stdin to be one, so it runs under `script`.
+    let tty = std::process::Command::new("script")
+        .args([
+            "-qec",
+            "kubectl exec -it web -c server -- sh -c '[ -t 0 ] && [ -t 1 ] && echo on-a-terminal; echo ok'",
+            "/dev/null",
+        ])
+        .env("KUBECONFIG", c.cp.kubeconfig())
+        .env("HOME", c.dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{tty:?}");
+    assert!(text.contains("on-a-terminal\r\nok"), "{text:?}");
+    c.apply(
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker}
+spec:
+  nodeName: NODE
+  containers:
+  - {name: app, image: IMAGE, command: [sh, -c, 'i=0; while true; do echo tick-$i; i=$((i+1)); sleep 1; done']}
+",
+    )?;
+    c.running("ticker")?;
+    let mut follow =
+        c.cp.kubectl()
+            .args(["logs", "-f", "ticker"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+    let stdout = follow.stdout.take().context("kubectl stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Lines keep arriving while the container runs: three in a row, counting up.
+    let lines: Vec<String> = (0..3)
+        .map(|_| rx.recv_timeout(Duration::from_secs(15)))
+        .collect::<Result<_, _>>()
+        .context("kubectl logs -f stopped delivering lines")?;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let numbers: Vec<u32> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("tick-")?.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 3, "{lines:?}");
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{lines:?}");
     Ok(())
 }
 
