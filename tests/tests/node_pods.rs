@@ -1,10 +1,7 @@
 //! The real node end to end: `control` and `node` inside a network namespace the test
 //! creates, images pulled from a real registry, pods run through libcontainer.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -427,6 +424,42 @@ spec:
     Ok(())
 }
 
+/// An image loaded with `ctl image import` runs with `imagePullPolicy: Never`.
+fn imported_image_runs(c: &Cluster) -> Result<()> {
+    let tar = busybox_oci_layout(c.dir.path(), "example.org/tools/busybox:imported")?;
+    let out = std::process::Command::new(skiff_tests::bin("ctl"))
+        .arg("--kubeconfig")
+        .arg(c.cp.kubeconfig())
+        .args(["image", "import"])
+        .arg(&tar)
+        .output()?;
+    assert!(out.status.success(), "ctl image import: {out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "example.org/tools/busybox:imported imported on node {}",
+            c.node.name()
+        )
+    );
+    c.apply(
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {name: imported}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers:
+  - {name: app, image: 'example.org/tools/busybox:imported', imagePullPolicy: Never, command: [echo, from-an-imported-image]}
+",
+    )?;
+    c.wait_pod("imported", Duration::from_mins(1), "Succeeded", |p| {
+        (p["status"]["phase"] == "Succeeded").then_some(())
+    })?;
+    assert_eq!(c.logs(&["imported"])?.trim(), "from-an-imported-image");
+    Ok(())
+}
+
 #[test]
 fn config_maps_update_in_place_deletion_is_graceful_and_a_killed_daemon_adopts() -> Result<()> {
     if skip("config_maps_update_in_place_deletion_is_graceful_and_a_killed_daemon_adopts") {
@@ -463,6 +496,7 @@ spec:
     command: [sh, -c, 'trap "echo got-TERM" TERM; while true; do sleep 1; done']
 "#,
     )?;
+    imported_image_runs(&c)?;
     let before = c.running("reader")?;
     c.running("stubborn")?;
     let id = container_status(&before, "app")["containerID"].clone();
@@ -530,6 +564,6 @@ spec:
     assert!(text.contains("stdout F got-TERM"), "{text}");
     c.delete_all()?;
     c.assert_clean()?;
-    let _ = (&c.ns, &c.dir, &c.registry, Path::new("/"));
+    let _ = (&c.ns, &c.registry);
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! `ctl`, skiff's command-line client: apply, get, delete, describe and backup, over the
-//! same HTTP API every Kubernetes client uses (through the `kube` crate).
+//! `ctl`, skiff's command-line client: apply, get, delete, describe, backup and image
+//! import, over the same HTTP API every Kubernetes client uses (through the `kube` crate).
 
 mod apply;
 mod backup;
@@ -7,6 +7,7 @@ mod connect;
 mod delete;
 mod describe;
 mod get;
+mod image;
 mod manifest;
 mod print;
 
@@ -50,6 +51,8 @@ enum Command {
     Describe(describe::Args),
     /// Save a backup of the control plane's store to a file.
     Backup(backup::Args),
+    /// Node images: `ctl image import FILE` loads a tarball onto a node.
+    Image(image::Args),
 }
 
 /// Runs the command line.
@@ -70,5 +73,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Delete(args) => delete::run(&conn, &args).await,
         Command::Describe(args) => describe::run(&conn, &args).await,
         Command::Backup(args) => backup::run(&conn, &args).await,
+        Command::Image(args) => image::run(&conn, &args).await,
     }
 }
