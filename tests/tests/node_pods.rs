@@ -18,10 +18,10 @@ use skiff_tests::{
 struct Cluster {
     // Dropped in this order: node (removes its containers), registry, control, netns.
     node: NodeDaemon,
-    registry: Registry,
+    _registry: Registry,
     cp: ControlPlane,
     image: String,
-    ns: Netns,
+    _ns: Netns,
     dir: tempfile::TempDir,
 }
 
@@ -46,10 +46,10 @@ impl Cluster {
         )?;
         Ok(Self {
             node,
-            registry,
+            _registry: registry,
             cp,
             image,
-            ns,
+            _ns: ns,
             dir,
         })
     }
@@ -564,6 +564,5 @@ spec:
     assert!(text.contains("stdout F got-TERM"), "{text}");
     c.delete_all()?;
     c.assert_clean()?;
-    let _ = (&c.ns, &c.registry);
     Ok(())
 }
