@@ -23,10 +23,18 @@ struct Cluster {
     image: String,
     _ns: Netns,
     dir: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// One real cluster at a time: each runs a control plane, a node and a registry, which is a
+/// lot for the 2-core machines CI uses.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Cluster {
     fn start(test: &str) -> Result<Self> {
+        let serial = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ns = Netns::new("skt-node")?;
         ns.enter()?;
         let dir = tempfile::tempdir()?;
@@ -51,6 +59,7 @@ impl Cluster {
             image,
             _ns: ns,
             dir,
+            _serial: serial,
         })
     }
 
