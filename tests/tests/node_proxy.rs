@@ -101,10 +101,33 @@ impl NodeBackend for FakeNode {
 
     async fn attach(
         &self,
-        _target: &ContainerRef,
-        _opts: &StreamOptions,
+        target: &ContainerRef,
+        opts: &StreamOptions,
     ) -> Result<Session, BackendError> {
-        Err(BackendError::BadRequest("attach is not faked".into()))
+        Self::check(target)?;
+        if opts.stdin {
+            return Err(BackendError::BadRequest(
+                "container app does not take stdin".into(),
+            ));
+        }
+        let (mut writer, stdout) = tokio::io::duplex(1024);
+        let (done, ended) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = writer.write_all(b"attached\n").await;
+            let _ = writer.shutdown().await;
+            let _ = done.send(());
+        });
+        Ok(Session {
+            stdin: None,
+            stdout: opts.stdout.then(|| Box::pin(stdout) as _),
+            stderr: None,
+            resize: None,
+            exit: Box::pin(async move {
+                let _ = ended.await;
+                // The main process runs on; attach learns no exit code.
+                Ok(None)
+            }),
+        })
     }
 
     async fn stats(&self) -> Result<Summary, BackendError> {
@@ -254,6 +277,22 @@ async fn kubectl_logs_and_exec_reach_the_node_through_the_api_server() -> Result
         String::from_utf8_lossy(&failed.stderr).contains("executable file not found"),
         "{}",
         String::from_utf8_lossy(&failed.stderr)
+    );
+
+    let attach = kubectl(&cp, &["attach", "web"], None).await?;
+    assert!(
+        attach.status.success(),
+        "{}",
+        String::from_utf8_lossy(&attach.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&attach.stdout), "attached\n");
+
+    let wrong = kubectl(&cp, &["exec", "web", "-c", "nope", "--", "cat"], None).await?;
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("container nope is not valid for pod web"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
     );
 
     let _ = stop.send(());

@@ -450,19 +450,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn exec_refusals_are_http_statuses_before_the_upgrade() {
+    async fn backend_refusals_come_on_the_error_channel_and_protocol_ones_as_http() {
         let (addr, _, _dir) = start().await;
-        let err = connect(
+        let (mut ws, _) = connect(
             addr,
             "/exec/ns/p/other?command=ls&stdout=1",
             "v5.channel.k8s.io",
         )
         .await
-        .unwrap_err();
-        let tungstenite::Error::Http(resp) = err else {
-            panic!("{err}")
-        };
-        assert_eq!(resp.status(), 404);
+        .unwrap();
+        let (out, status) = collect(&mut ws).await;
+        assert!(out.is_empty());
+        assert_eq!(status["status"], "Failure");
+        assert_eq!(status["reason"], "NotFound");
+        assert_eq!(status["code"], 404);
+        assert_eq!(
+            status["message"],
+            r#"container "other" not found in pod "p""#
+        );
         let err = connect(
             addr,
             "/exec/ns/p/c?command=ls&stdout=1",
@@ -470,6 +475,13 @@ mod tests {
         )
         .await
         .unwrap_err();
+        assert!(
+            matches!(err, tungstenite::Error::Http(ref r) if r.status() == 400),
+            "{err}"
+        );
+        let err = connect(addr, "/exec/ns/p/c?stdout=1", "v5.channel.k8s.io")
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, tungstenite::Error::Http(ref r) if r.status() == 400),
             "{err}"
