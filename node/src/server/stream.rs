@@ -21,8 +21,7 @@ use tokio_tungstenite::{
 };
 
 use super::{
-    BackendError, ContainerRef, NodeBackend, Session, SessionInput, SessionOutput, StreamOptions,
-    TerminalSize,
+    ContainerRef, NodeBackend, Session, SessionInput, SessionOutput, StreamOptions, TerminalSize,
     channel::{self, Incoming as Frame, Protocol},
     reply::{self, Body, Params},
 };
