@@ -155,7 +155,7 @@ async fn produce(
         if !out.feed(&mut joiner, rest).await {
             return Ok(());
         }
-        if !out.line(joiner.flush()).await {
+        if !out.flush(&mut joiner).await {
             return Ok(());
         }
         out.end_tail().await;
@@ -201,7 +201,7 @@ async fn produce(
         if !got_any && !alive {
             let rest = current.as_mut().and_then(LineReader::take_rest);
             if out.feed(&mut joiner, rest).await {
-                out.line(joiner.flush()).await;
+                out.flush(&mut joiner).await;
             }
             return Ok(());
         }
@@ -335,9 +335,12 @@ impl Joiner {
         Some(line)
     }
 
-    /// A partial line whose end never came (the run ended mid-line), as it stands.
-    fn flush(&mut self) -> Option<Line> {
-        self.pending.pop().map(|(_, line)| line)
+    /// The partial lines whose end never came (the run ended mid-line), as they stand,
+    /// oldest first.
+    fn flush(&mut self) -> Vec<Line> {
+        let mut lines: Vec<Line> = self.pending.drain(..).map(|(_, line)| line).collect();
+        lines.sort_by(|a, b| a.time.cmp(&b.time));
+        lines
     }
 }
 
@@ -408,6 +411,16 @@ impl Output {
             return true;
         }
         self.send(text).await
+    }
+
+    /// Sends the unfinished partial lines; false once nothing more is wanted.
+    async fn flush(&mut self, joiner: &mut Joiner) -> bool {
+        for line in joiner.flush() {
+            if !self.line(Some(line)).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Sends the held-back tail; from here on lines go out as they come.
@@ -558,6 +571,18 @@ mod tests {
             ..opts()
         };
         assert_eq!(read_all(&path, limit).await, "one\ntw");
+    }
+
+    #[tokio::test]
+    async fn unfinished_partial_lines_of_both_streams_come_out_as_they_stand() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        std::fs::write(
+            &path,
+            "2026-01-01T00:00:01Z stdout P out\n2026-01-01T00:00:02Z stderr P err\n",
+        )
+        .unwrap();
+        assert_eq!(read_all(&path, opts()).await, "outerr");
     }
 
     #[tokio::test]
