@@ -339,7 +339,7 @@ impl Joiner {
     /// oldest first.
     fn flush(&mut self) -> Vec<Line> {
         let mut lines: Vec<Line> = self.pending.drain(..).map(|(_, line)| line).collect();
-        lines.sort_by(|a, b| a.time.cmp(&b.time));
+        lines.sort_by_key(|l| l.time);
         lines
     }
 }
