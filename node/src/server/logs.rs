@@ -23,6 +23,8 @@ use super::{RunningFn, reply::Params};
 
 /// How often a followed log is polled for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// How many bytes of lines go out as one chunk.
+const BATCH: usize = 32 * 1024;
 
 /// How a log is read, from the `containerLogs` query.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -119,7 +121,9 @@ pub async fn stream_log(
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(async move {
         let mut out = Output::new(&opts, tx);
-        if let Err(err) = produce(&path, &opts, &running, &mut out).await {
+        let result = produce(&path, &opts, &running, &mut out).await;
+        out.push().await;
+        if let Err(err) = result {
             tracing::warn!(path = %path.display(), %err, "reading a container log failed");
             let _ = out.tx.send(Err(err)).await;
         }
@@ -203,6 +207,10 @@ async fn produce(
             if out.feed(&mut joiner, rest).await {
                 out.flush(&mut joiner).await;
             }
+            return Ok(());
+        }
+        // What this round found goes out now, not when a batch fills.
+        if !out.push().await {
             return Ok(());
         }
         if !got_any {
@@ -361,6 +369,9 @@ struct Output {
     /// Lines held back until the last N are known; `None` once they went out.
     tail: Option<(usize, VecDeque<Bytes>)>,
     remaining: Option<u64>,
+    /// Lines gathered into one chunk: one channel send and one HTTP chunk per batch, not
+    /// per line.
+    batch: Vec<u8>,
     tx: mpsc::Sender<Result<Bytes, io::Error>>,
 }
 
@@ -373,6 +384,7 @@ impl Output {
                 .tail_lines
                 .map(|n| (usize::try_from(n).unwrap_or(usize::MAX), VecDeque::new())),
             remaining: opts.limit_bytes,
+            batch: Vec::new(),
             tx,
         }
     }
@@ -435,6 +447,8 @@ impl Output {
         true
     }
 
+    /// Queues text for the client; false once nothing more is wanted (the byte limit is
+    /// reached or the client left).
     async fn send(&mut self, mut text: Bytes) -> bool {
         if let Some(remaining) = self.remaining.as_mut() {
             if *remaining == 0 {
@@ -444,7 +458,21 @@ impl Output {
             text.truncate(take);
             *remaining -= text.len() as u64;
         }
-        self.tx.send(Ok(text)).await.is_ok() && self.remaining != Some(0)
+        self.batch.extend_from_slice(&text);
+        if self.remaining == Some(0) {
+            self.push().await;
+            return false;
+        }
+        self.batch.len() < BATCH || self.push().await
+    }
+
+    /// Sends what is queued as one chunk; false when the client has left.
+    async fn push(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.batch));
+        self.tx.send(Ok(chunk)).await.is_ok()
     }
 }
 
@@ -583,6 +611,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read_all(&path, opts()).await, "outerr");
+    }
+
+    #[tokio::test]
+    async fn many_lines_go_out_in_a_few_large_chunks() {
+        use std::fmt::Write as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut text = String::new();
+        for i in 0..10_000 {
+            let _ = writeln!(text, "2026-01-01T00:00:01Z stdout F line {i:05}");
+        }
+        std::fs::write(&path, text).unwrap();
+        let stream = stream_log(path, opts(), Arc::new(|| false)).await;
+        let chunks: Vec<Bytes> = stream.map(Result::unwrap).collect().await;
+        let total: usize = chunks.iter().map(Bytes::len).sum();
+        assert_eq!(total, 10_000 * "line 00000\n".len());
+        assert!(chunks.len() <= 5, "{} chunks", chunks.len());
     }
 
     #[tokio::test]
