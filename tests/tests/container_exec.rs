@@ -247,6 +247,15 @@ async fn checks(state: &Path, id: &str) -> Result<()> {
     );
     ensure!(started.elapsed() < Duration::from_secs(5));
 
+    // Concurrent execs each get their own process, streams and exit code.
+    let many = futures::future::join_all((0..4).map(|i| {
+        let cmd = argv(&["sh", "-c", &format!("exit {}", 10 + i)]);
+        async move { exec_status(state, id, &cmd, second).await }
+    }))
+    .await;
+    let codes: Vec<i32> = many.into_iter().collect::<Result<_, _>>()?;
+    ensure!(codes == [10, 11, 12, 13], "{codes:?}");
+
     let missing = exec_status(state, id, &argv(&["/bin/nope"]), second).await;
     ensure!(
         matches!(missing, Err(ExecError::Start { .. })) || missing.as_ref().is_ok_and(|c| *c != 0),
