@@ -112,14 +112,13 @@ pub(super) async fn serve(
         Ok(p) => p,
         Err(err) => return reply::bad_request(&err.to_string()),
     };
-    let started = match kind {
-        Kind::Exec => backend.exec(&target, &opts).await,
-        Kind::Attach => backend.attach(&target, &opts).await,
-    };
     // A refusal goes out on the error channel after the upgrade, as the kubelet reports a
     // failed start: a refused upgrade would make kubectl retry over SPDY, and the message
     // it then printed would be about SPDY instead of this.
-    let session = started;
+    let session = match kind {
+        Kind::Exec => backend.exec(&target, &opts).await,
+        Kind::Attach => backend.attach(&target, &opts).await,
+    };
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let upgraded = match upgrade.await {
