@@ -101,10 +101,33 @@ impl NodeBackend for FakeNode {
 
     async fn attach(
         &self,
-        _target: &ContainerRef,
-        _opts: &StreamOptions,
+        target: &ContainerRef,
+        opts: &StreamOptions,
     ) -> Result<Session, BackendError> {
-        Err(BackendError::BadRequest("attach is not faked".into()))
+        Self::check(target)?;
+        if opts.stdin {
+            return Err(BackendError::BadRequest(
+                "container app does not take stdin".into(),
+            ));
+        }
+        let (mut writer, stdout) = tokio::io::duplex(1024);
+        let (done, ended) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = writer.write_all(b"attached\n").await;
+            let _ = writer.shutdown().await;
+            let _ = done.send(());
+        });
+        Ok(Session {
+            stdin: None,
+            stdout: opts.stdout.then(|| Box::pin(stdout) as _),
+            stderr: None,
+            resize: None,
+            exit: Box::pin(async move {
+                let _ = ended.await;
+                // The main process runs on; attach learns no exit code.
+                Ok(None)
+            }),
+        })
     }
 
     async fn stats(&self) -> Result<Summary, BackendError> {
@@ -154,6 +177,81 @@ async fn kubectl(
     .await?
 }
 
+/// A Node whose endpoint is the in-process server, and a pod bound to it.
+fn node_and_pod(cp: &ControlPlane, port: u16) -> Result<()> {
+    send(
+        cp,
+        "POST",
+        "/api/v1/nodes",
+        &json!({
+            "metadata": {"name": "skt-node"},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }),
+    )?;
+    send(
+        cp,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        &json!({
+            "metadata": {"name": "web"},
+            "spec": {"nodeName": "skt-node", "containers": [{"name": "app", "image": "busybox"}]},
+        }),
+    )?;
+    Ok(())
+}
+
+/// `kubectl exec` (stdin echoed, exit code 3 passed on, a failed start, an invalid
+/// container) and `kubectl attach`.
+async fn exec_and_attach(cp: &Arc<ControlPlane>) -> Result<()> {
+    let exec = kubectl(
+        cp,
+        &["exec", "-i", "web", "--", "cat"],
+        Some("hello\nworld\n"),
+    )
+    .await?;
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout),
+        "hello\nworld\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    assert_eq!(
+        exec.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+
+    let failed = kubectl(cp, &["exec", "web", "--", "nope"], None).await?;
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("executable file not found"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+
+    let attach = kubectl(cp, &["attach", "web"], None).await?;
+    assert!(
+        attach.status.success(),
+        "{}",
+        String::from_utf8_lossy(&attach.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&attach.stdout), "attached\n");
+
+    let wrong = kubectl(cp, &["exec", "web", "-c", "nope", "--", "cat"], None).await?;
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("container nope is not valid for pod web"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_logs_and_exec_reach_the_node_through_the_api_server() -> Result<()> {
     if !require_program("node_proxy", "kubectl") {
@@ -184,28 +282,7 @@ async fn kubectl_logs_and_exec_reach_the_node_through_the_api_server() -> Result
         let path = dir.path().to_owned();
         Arc::new(tokio::task::spawn_blocking(move || ControlPlane::start(&path)).await??)
     };
-    send(
-        &cp,
-        "POST",
-        "/api/v1/nodes",
-        &json!({
-            "metadata": {"name": "skt-node"},
-            "status": {
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
-                "conditions": [{"type": "Ready", "status": "True"}],
-            },
-        }),
-    )?;
-    send(
-        &cp,
-        "POST",
-        "/api/v1/namespaces/default/pods",
-        &json!({
-            "metadata": {"name": "web"},
-            "spec": {"nodeName": "skt-node", "containers": [{"name": "app", "image": "busybox"}]},
-        }),
-    )?;
+    node_and_pod(&cp, port)?;
 
     let out = kubectl(&cp, &["logs", "web", "--tail=2", "--timestamps"], None).await?;
     assert!(
@@ -229,32 +306,7 @@ async fn kubectl_logs_and_exec_reach_the_node_through_the_api_server() -> Result
 
     follow(&cp, &log, &running).await?;
 
-    let exec = kubectl(
-        &cp,
-        &["exec", "-i", "web", "--", "cat"],
-        Some("hello\nworld\n"),
-    )
-    .await?;
-    assert_eq!(
-        String::from_utf8_lossy(&exec.stdout),
-        "hello\nworld\n",
-        "stderr: {}",
-        String::from_utf8_lossy(&exec.stderr)
-    );
-    assert_eq!(
-        exec.status.code(),
-        Some(3),
-        "stderr: {}",
-        String::from_utf8_lossy(&exec.stderr)
-    );
-
-    let failed = kubectl(&cp, &["exec", "web", "--", "nope"], None).await?;
-    assert!(!failed.status.success());
-    assert!(
-        String::from_utf8_lossy(&failed.stderr).contains("executable file not found"),
-        "{}",
-        String::from_utf8_lossy(&failed.stderr)
-    );
+    exec_and_attach(&cp).await?;
 
     let _ = stop.send(());
     serving.await?;

@@ -99,16 +99,22 @@ pub fn exit_status(code: Option<i32>) -> Value {
     }
 }
 
-/// A failure that is not an exit code (the command could not start, the backend failed):
-/// client-go prints the message.
+/// A failure that is not an exit code (the command could not start, the container is not
+/// there): client-go prints the message.
 #[must_use]
 pub fn error_status(message: &str) -> Value {
+    failure_status(500, "InternalError", message)
+}
+
+/// A failure with the HTTP-like code and reason a `metav1.Status` carries.
+#[must_use]
+pub fn failure_status(code: u16, reason: &str, message: &str) -> Value {
     json!({
         "metadata": {},
         "status": "Failure",
         "message": message,
-        "reason": "InternalError",
-        "code": 500,
+        "reason": reason,
+        "code": code,
     })
 }
 

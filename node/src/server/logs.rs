@@ -23,6 +23,8 @@ use super::{RunningFn, reply::Params};
 
 /// How often a followed log is polled for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// How many bytes of lines go out as one chunk.
+const BATCH: usize = 32 * 1024;
 
 /// How a log is read, from the `containerLogs` query.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -119,7 +121,9 @@ pub async fn stream_log(
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(async move {
         let mut out = Output::new(&opts, tx);
-        if let Err(err) = produce(&path, &opts, &running, &mut out).await {
+        let result = produce(&path, &opts, &running, &mut out).await;
+        out.push().await;
+        if let Err(err) = result {
             tracing::warn!(path = %path.display(), %err, "reading a container log failed");
             let _ = out.tx.send(Err(err)).await;
         }
@@ -155,7 +159,7 @@ async fn produce(
         if !out.feed(&mut joiner, rest).await {
             return Ok(());
         }
-        if !out.line(joiner.flush()).await {
+        if !out.flush(&mut joiner).await {
             return Ok(());
         }
         out.end_tail().await;
@@ -201,8 +205,12 @@ async fn produce(
         if !got_any && !alive {
             let rest = current.as_mut().and_then(LineReader::take_rest);
             if out.feed(&mut joiner, rest).await {
-                out.line(joiner.flush()).await;
+                out.flush(&mut joiner).await;
             }
+            return Ok(());
+        }
+        // What this round found goes out now, not when a batch fills.
+        if !out.push().await {
             return Ok(());
         }
         if !got_any {
@@ -335,9 +343,12 @@ impl Joiner {
         Some(line)
     }
 
-    /// A partial line whose end never came (the run ended mid-line), as it stands.
-    fn flush(&mut self) -> Option<Line> {
-        self.pending.pop().map(|(_, line)| line)
+    /// The partial lines whose end never came (the run ended mid-line), as they stand,
+    /// oldest first.
+    fn flush(&mut self) -> Vec<Line> {
+        let mut lines: Vec<Line> = self.pending.drain(..).map(|(_, line)| line).collect();
+        lines.sort_by_key(|l| l.time);
+        lines
     }
 }
 
@@ -358,6 +369,9 @@ struct Output {
     /// Lines held back until the last N are known; `None` once they went out.
     tail: Option<(usize, VecDeque<Bytes>)>,
     remaining: Option<u64>,
+    /// Lines gathered into one chunk: one channel send and one HTTP chunk per batch, not
+    /// per line.
+    batch: Vec<u8>,
     tx: mpsc::Sender<Result<Bytes, io::Error>>,
 }
 
@@ -370,6 +384,7 @@ impl Output {
                 .tail_lines
                 .map(|n| (usize::try_from(n).unwrap_or(usize::MAX), VecDeque::new())),
             remaining: opts.limit_bytes,
+            batch: Vec::new(),
             tx,
         }
     }
@@ -410,6 +425,16 @@ impl Output {
         self.send(text).await
     }
 
+    /// Sends the unfinished partial lines; false once nothing more is wanted.
+    async fn flush(&mut self, joiner: &mut Joiner) -> bool {
+        for line in joiner.flush() {
+            if !self.line(Some(line)).await {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Sends the held-back tail; from here on lines go out as they come.
     async fn end_tail(&mut self) -> bool {
         if let Some((_, ring)) = self.tail.take() {
@@ -422,6 +447,8 @@ impl Output {
         true
     }
 
+    /// Queues text for the client; false once nothing more is wanted (the byte limit is
+    /// reached or the client left).
     async fn send(&mut self, mut text: Bytes) -> bool {
         if let Some(remaining) = self.remaining.as_mut() {
             if *remaining == 0 {
@@ -431,7 +458,21 @@ impl Output {
             text.truncate(take);
             *remaining -= text.len() as u64;
         }
-        self.tx.send(Ok(text)).await.is_ok() && self.remaining != Some(0)
+        self.batch.extend_from_slice(&text);
+        if self.remaining == Some(0) {
+            self.push().await;
+            return false;
+        }
+        self.batch.len() < BATCH || self.push().await
+    }
+
+    /// Sends what is queued as one chunk; false when the client has left.
+    async fn push(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.batch));
+        self.tx.send(Ok(chunk)).await.is_ok()
     }
 }
 
@@ -558,6 +599,36 @@ mod tests {
             ..opts()
         };
         assert_eq!(read_all(&path, limit).await, "one\ntw");
+    }
+
+    #[tokio::test]
+    async fn unfinished_partial_lines_of_both_streams_come_out_as_they_stand() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        std::fs::write(
+            &path,
+            "2026-01-01T00:00:01Z stdout P out\n2026-01-01T00:00:02Z stderr P err\n",
+        )
+        .unwrap();
+        assert_eq!(read_all(&path, opts()).await, "outerr");
+    }
+
+    #[tokio::test]
+    async fn many_lines_go_out_in_a_few_large_chunks() {
+        use std::fmt::Write as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut text = String::new();
+        for i in 0..10_000 {
+            let _ = writeln!(text, "2026-01-01T00:00:01Z stdout F line {i:05}");
+        }
+        std::fs::write(&path, text).unwrap();
+        let stream = stream_log(path, opts(), Arc::new(|| false)).await;
+        let chunks: Vec<Bytes> = stream.map(Result::unwrap).collect().await;
+        let total: usize = chunks.iter().map(Bytes::len).sum();
+        assert_eq!(total, 10_000 * "line 00000\n".len());
+        assert!(chunks.len() <= 5, "{} chunks", chunks.len());
     }
 
     #[tokio::test]

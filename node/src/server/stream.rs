@@ -21,8 +21,7 @@ use tokio_tungstenite::{
 };
 
 use super::{
-    BackendError, ContainerRef, NodeBackend, Session, SessionInput, SessionOutput, StreamOptions,
-    TerminalSize,
+    ContainerRef, NodeBackend, Session, SessionInput, SessionOutput, StreamOptions, TerminalSize,
     channel::{self, Incoming as Frame, Protocol},
     reply::{self, Body, Params},
 };
@@ -113,15 +112,12 @@ pub(super) async fn serve(
         Ok(p) => p,
         Err(err) => return reply::bad_request(&err.to_string()),
     };
-    let started = match kind {
+    // A refusal goes out on the error channel after the upgrade, as the kubelet reports a
+    // failed start: a refused upgrade would make kubectl retry over SPDY, and the message
+    // it then printed would be about SPDY instead of this.
+    let session = match kind {
         Kind::Exec => backend.exec(&target, &opts).await,
         Kind::Attach => backend.attach(&target, &opts).await,
-    };
-    let session = match started {
-        Ok(session) => Ok(session),
-        // The client learns why on the error channel, as the kubelet reports a failed start.
-        Err(err @ BackendError::Internal(_)) => Err(err),
-        Err(err) => return reply::backend_error(&err),
     };
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -135,7 +131,10 @@ pub(super) async fn serve(
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         match session {
             Ok(session) => run(ws, session, protocol, &target).await,
-            Err(err) => finish(ws, &channel::error_status(&err.to_string())).await,
+            Err(err) => {
+                let (code, reason) = err.status();
+                finish(ws, &channel::failure_status(code, reason, &err.to_string())).await;
+            }
         }
     });
     let mut resp = Response::new(reply::full(""));
