@@ -25,10 +25,19 @@ struct Fixture {
     dir: tempfile::TempDir,
     netns: Netns,
     cgroup_parent: String,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// One container test at a time: libcontainer clones the test process, and a clone taken
+/// while another test thread spawns `ip` (holding the environment lock) deadlocks in the
+/// child when it sets the container's environment.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Fixture {
     fn new() -> Result<Self> {
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir()?;
         let rootfs = dir.path().join("rootfs");
         for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
@@ -42,6 +51,7 @@ impl Fixture {
             dir,
             netns: Netns::new("skt-ex")?,
             cgroup_parent: unique_name("skt-exec"),
+            _serial: serial,
         })
     }
 

@@ -445,6 +445,7 @@ fn start(
     if let Some(stdin) = stdio.stdin {
         builder = builder.with_stdin(stdin);
     }
+    let _fork = super::fork_guard();
     builder
         .as_tenant()
         .with_detach(false)

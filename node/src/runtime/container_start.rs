@@ -199,6 +199,7 @@ fn create_and_start(
             .into()
     };
 
+    let fork = super::fork_guard();
     let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(|e| RuntimeError::lc(id, "root path", &e))?
@@ -212,6 +213,7 @@ fn create_and_start(
         .with_detach(true)
         .build()
         .map_err(|e| RuntimeError::lc(id, "create", &e))?;
+    drop(fork);
     let pid = container.pid().map(i32::from);
 
     let started = (|| {

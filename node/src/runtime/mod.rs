@@ -15,7 +15,17 @@ pub mod log_read;
 pub mod spec;
 pub mod stats;
 
-use std::{path::PathBuf, time::SystemTime};
+use std::{path::PathBuf, sync::Mutex, time::SystemTime};
+
+/// Held while libcontainer clones this process (container create, exec): two clones at once
+/// from a multi-threaded daemon could hand one child a lock the other thread held.
+pub(crate) static FORK: Mutex<()> = Mutex::new(());
+
+/// Takes [`FORK`], even if a panicking holder poisoned it.
+pub(crate) fn fork_guard() -> std::sync::MutexGuard<'static, ()> {
+    FORK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 pub use config::{
     ContainerConfig, LogRotation, MountKind, MountSpec, PodNamespaces, ResourceSpec, SeccompMode,
