@@ -128,6 +128,16 @@ impl NodeDaemon {
         self.args.get(i + 1).cloned().unwrap_or_default()
     }
 
+    /// The port of the node's endpoint (logs, exec, stats).
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        let i = self.args.iter().position(|a| a == "--port").unwrap_or(0);
+        self.args
+            .get(i + 1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The node's bridge.
     #[must_use]
     pub fn bridge(&self) -> String {

@@ -333,6 +333,96 @@ spec:
         .collect();
     assert_eq!(numbers.len(), 3, "{lines:?}");
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{lines:?}");
+    // The node's endpoint reports per-container usage from cgroups.
+    let summary = http_get_text(c.node.port(), "/stats/summary")?;
+    let summary: Value = serde_json::from_str(&summary).context("stats summary")?;
+    let web = summary["pods"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["podRef"]["name"] == "web"))
+        .context("web in /stats/summary")?;
+    let server = web["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "server"))
+        .context("server container stats")?;
+    assert!(
+        server["memory"]["workingSetBytes"].as_u64() > Some(0),
+        "{server}"
+    );
+    assert!(
+        server["cpu"]["usageCoreNanoSeconds"].as_u64() > Some(0),
+        "{server}"
+    );
+    Ok(())
+}
+
+fn http_get_text(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("an HTTP reply")?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        // One or more chunks: keep only the data lines.
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n.min(tail.len())]);
+            rest = tail.get(n + 2..).unwrap_or("");
+        }
+        return Ok(out);
+    }
+    Ok(body.to_owned())
+}
+
+/// A tag the registry does not have: `ErrImagePull` with its reason, then back-off.
+fn pull_failures_are_reported(c: &Cluster) -> Result<()> {
+    c.apply(
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {name: missing}
+spec:
+  nodeName: NODE
+  containers:
+  - {name: app, image: IMAGE-nope, command: ['true']}
+",
+    )?;
+    let waiting = c.wait_pod(
+        "missing",
+        Duration::from_secs(30),
+        "ImagePullBackOff",
+        |p| {
+            let w = &container_status(p, "app")["state"]["waiting"];
+            (w["reason"] == "ImagePullBackOff").then(|| w.clone())
+        },
+    )?;
+    let events = c.cp.ok(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=missing",
+        ],
+        None,
+    )?;
+    assert!(
+        events.contains("manifest unknown")
+            || waiting["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("manifest unknown")),
+        "{waiting} {events}"
+    );
     Ok(())
 }
 
@@ -388,6 +478,7 @@ spec:
     resources: {limits: {memory: 24Mi}}
 ",
     )?;
+    pull_failures_are_reported(&c)?;
     // Readiness flips the Ready condition both ways while the container keeps running.
     c.wait_pod("ready", Duration::from_mins(1), "Ready=True", |p| {
         (ready(p) == Some(true)).then_some(())
