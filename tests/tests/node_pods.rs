@@ -248,6 +248,7 @@ spec:
         (Some(0), Some("Completed"))
     );
     exec_and_follow_logs(&c)?;
+    attach_reaches_the_main_process(&c)?;
     c.delete_all()?;
     c.assert_clean()?;
     Ok(())
@@ -352,6 +353,27 @@ spec:
         server["cpu"]["usageCoreNanoSeconds"].as_u64() > Some(0),
         "{server}"
     );
+    Ok(())
+}
+
+/// `kubectl attach -i`: input reaches the container's own process, its output comes back.
+fn attach_reaches_the_main_process(c: &Cluster) -> Result<()> {
+    c.apply(
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {name: talker}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers:
+  - {name: app, image: IMAGE, stdin: true, command: [sh, -c, 'echo ready; read line; echo got-$line; sleep 1']}
+",
+    )?;
+    c.running("talker")?;
+    let out = c.cp.run(&["attach", "-i", "talker"], Some("hello\n"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("got-hello"), "{out:?}");
     Ok(())
 }
 

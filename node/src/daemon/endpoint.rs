@@ -1,5 +1,5 @@
-//! What the node's HTTP endpoint serves on a real node: the log files and exec sessions of
-//! this node's containers, their cgroup usage, and image import into the store.
+//! What the node's HTTP endpoint serves on a real node: the log files, exec and attach
+//! sessions of this node's containers, their cgroup usage, and image import into the store.
 
 use std::{
     collections::HashMap,
@@ -9,7 +9,9 @@ use std::{
 };
 
 use async_trait::async_trait;
+use futures::StreamExt as _;
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use tokio::io::AsyncWriteExt as _;
 
 use super::backend::LocalBackend;
 use crate::{
@@ -18,8 +20,9 @@ use crate::{
         container_exec::{self, ExecIo},
     },
     server::{
-        BackendError, ContainerRef, ContainerStats, CpuStats, LogSource, MemoryStats, NodeBackend,
-        NodeStats, PodReference, PodStats, Session, StreamOptions, Summary,
+        BackendError, ContainerRef, ContainerStats, CpuStats, LogOptions, LogSource, MemoryStats,
+        NodeBackend, NodeStats, PodReference, PodStats, Session, SessionExit, SessionInput,
+        SessionOutput, StreamOptions, Summary, stream_log,
     },
 };
 
@@ -209,11 +212,86 @@ impl NodeBackend for Endpoint {
     async fn attach(
         &self,
         target: &ContainerRef,
-        _opts: &StreamOptions,
+        opts: &StreamOptions,
     ) -> Result<Session, BackendError> {
-        Err(BackendError::BadRequest(format!(
-            "attach to {target} is not supported by this node yet; use exec or logs -f"
-        )))
+        let (pod, id) = self.current(target)?;
+        let dir = self.backend.layout.containers.join(&id);
+        if !dir.exists() {
+            return Err(BackendError::BadRequest(format!(
+                "container {} is not running",
+                target.container
+            )));
+        }
+        if opts.tty {
+            return Err(BackendError::BadRequest(
+                "attach with a terminal is not supported by this node; use exec -it".to_owned(),
+            ));
+        }
+        // Input goes into the container's stdin FIFO (there only when the spec asks for
+        // `stdin: true`); output is the container's log from now on, both streams in one.
+        let stdin: Option<SessionInput> = if opts.stdin {
+            let fifo = dir.join("bundle").join("stdin.fifo");
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .await
+                .map_err(|_| {
+                    BackendError::BadRequest(format!(
+                        "container {} was not started with stdin: true",
+                        target.container
+                    ))
+                })?;
+            Some(Box::pin(file))
+        } else {
+            None
+        };
+        let runs = self.runs(&pod, &target.container)?;
+        let run = runs.last().copied().unwrap_or(0);
+        let path = self.backend.log_path(&pod, &target.container, run);
+        let gone = dir.clone();
+        let running: crate::server::RunningFn = Arc::new(move || gone.exists());
+        // Lines from the moment of attaching on, so output that races the client's first
+        // input is not lost; the session ends once the container stopped and its log drained.
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let stdout: Option<SessionOutput> = if opts.stdout || opts.stderr {
+            let options = LogOptions {
+                follow: true,
+                since: Some(Timestamp::now()),
+                ..LogOptions::default()
+            };
+            let stream = stream_log(path, options, running).await;
+            let (reader, mut writer) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(Ok(chunk)) = stream.next().await {
+                    if writer.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = writer.shutdown().await;
+                let _ = done.send(());
+            });
+            Some(Box::pin(reader))
+        } else {
+            tokio::spawn(async move {
+                while dir.exists() {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                let _ = done.send(());
+            });
+            None
+        };
+        let exit: SessionExit = Box::pin(async move {
+            let _ = finished.await;
+            Ok(None)
+        });
+        Ok(Session {
+            stdin,
+            stdout,
+            stderr: None,
+            resize: None,
+            exit,
+        })
     }
 
     async fn stats(&self) -> Result<Summary, BackendError> {
