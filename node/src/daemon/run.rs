@@ -105,6 +105,19 @@ pub struct Node {
     pub pods: Arc<std::sync::Mutex<HashMap<String, Arc<Pod>>>>,
 }
 
+impl Node {
+    /// The pods this node runs now.
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<Arc<Pod>> {
+        self.pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
@@ -293,6 +306,44 @@ async fn collect_orphans(backend: &LocalBackend, known: &HashSet<String>) {
     }
 }
 
+/// Disk use (percent of the state directory's filesystem) above which unused images go,
+/// the kubelet's `imageGCHighThresholdPercent`.
+const IMAGE_GC_HIGH_PERCENT: u64 = 85;
+
+/// Removes images no pod of this node uses when the disk is fuller than
+/// [`IMAGE_GC_HIGH_PERCENT`].
+fn collect_images(backend: &LocalBackend, pods: &[Arc<Pod>], state_dir: &Path) {
+    let Ok(fs) = nix::sys::statvfs::statvfs(state_dir) else {
+        return;
+    };
+    let total = fs.blocks();
+    if total == 0 {
+        return;
+    }
+    let used_percent = (total - fs.blocks_available()) * 100 / total;
+    if used_percent < IMAGE_GC_HIGH_PERCENT {
+        return;
+    }
+    let in_use: HashSet<String> = pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref())
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .filter_map(|c| backend.images.lookup(c.image.as_deref()?))
+        .map(|i| i.id)
+        .collect();
+    match backend.images.gc(&in_use) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(used_percent, ?removed, "removed unused images");
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(%err, "image garbage collection failed"),
+    }
+}
+
 /// Stops every container and removes every sandbox, then the bridge and the rules.
 pub async fn clean_up(backend: &LocalBackend) {
     if let Ok(containers) = backend.runtime.list().await {
@@ -307,6 +358,17 @@ pub async fn clean_up(backend: &LocalBackend) {
     collect_orphans(backend, &HashSet::new()).await;
     if let Err(err) = backend.network.teardown().await {
         tracing::warn!(%err, "network not torn down");
+    }
+}
+
+/// Reports the Node's status every [`STATUS_EVERY`] (sent when it changed).
+async fn report_forever(mut registration: Registration) {
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    loop {
+        tick.tick().await;
+        if let Err(err) = registration.report(Ok(()), false).await {
+            tracing::warn!(%err, "node status not reported");
+        }
     }
 }
 
@@ -329,15 +391,7 @@ pub async fn run(
         config.name.clone(),
         node_uid,
     ));
-    let status = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(STATUS_EVERY);
-        loop {
-            tick.tick().await;
-            if let Err(err) = registration.report(Ok(()), false).await {
-                tracing::warn!(%err, "node status not reported");
-            }
-        }
-    });
+    let status = tokio::spawn(report_forever(registration));
     let worker_config = Arc::new(WorkerConfig {
         host_ip: config.address.to_string(),
         pods_dir: backend.volumes.pods_dir().to_owned(),
@@ -356,6 +410,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             _ = reap.tick() => {
+                collect_images(&backend, &node.snapshot(), &config.state_dir);
                 workers.retain(|uid, w| {
                     let keep = !w.finished();
                     if !keep {
