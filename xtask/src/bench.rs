@@ -5,10 +5,14 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Result, bail};
 
-use crate::{build_ebpf, shell};
+use crate::{build_ebpf, prereq, shell};
 
 /// The benchmarks and the harness binary each runs.
-const BENCHES: &[(&str, &str)] = &[("api", "api_bench"), ("scheduler", "scheduler_bench")];
+const BENCHES: &[(&str, &str)] = &[
+    ("api", "api_bench"),
+    ("scheduler", "scheduler_bench"),
+    ("pod-start", "pod_start_bench"),
+];
 
 /// Builds and runs one benchmark.
 pub fn run(root: &Path, name: &str) -> Result<()> {
@@ -16,6 +20,8 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
         let known: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
         bail!("unknown benchmark {name:?}; known: {}", known.join(", "));
     };
+    // The harnesses start etcd, runc and busybox-static images: the test suite's packages.
+    prereq::debian_packages()?;
     build_ebpf::run(root)?;
     shell::run(
         Command::new("cargo")

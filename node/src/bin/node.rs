@@ -11,7 +11,7 @@ use skiff_node::{
     daemon::{self, capacity::Reservations, run::NodeConfig},
     simulate::{self, KUBELET_VERSION, SimConfig, SimTaint},
 };
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, filter::filter_fn, prelude::*};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -241,11 +241,16 @@ async fn real(cli: Cli) -> Result<()> {
             .to_string_lossy()
             .to_lowercase(),
     };
-    let state_dir = args
-        .state_dir
-        .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/node").join(&name));
+    // Absolute, because libcontainer changes the process's working directory for moments.
+    let state_dir = std::path::absolute(
+        args.state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/node").join(&name)),
+    )
+    .context("resolving --state-dir")?;
+    let log_dir = std::path::absolute(args.log_dir.unwrap_or_else(|| state_dir.join("logs")))
+        .context("resolving --log-dir")?;
     let config = NodeConfig {
-        log_dir: args.log_dir.unwrap_or_else(|| state_dir.join("logs")),
+        log_dir,
         cgroup_parent: args
             .cgroup_parent
             .unwrap_or_else(|| format!("/skiff/{name}")),
@@ -302,11 +307,14 @@ async fn real(cli: Cli) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
+    // Container inits are clones of this process and run libcontainer's logging before they
+    // exec: they must not write to stderr, whose lock another daemon thread may have held at
+    // the moment of the clone.
+    let daemon = std::process::id();
+    tracing_subscriber::registry()
+        .with(filter_fn(move |_| std::process::id() == daemon))
+        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
     let cli = Cli::parse();
     let Some(count) = cli.simulate.simulate else {

@@ -440,6 +440,7 @@ fn start(
     let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(load_err)?
+        .with_executor(super::executor::EnvExecutor::default())
         .with_stdout(stdio.stdout)
         .with_stderr(stdio.stderr);
     if let Some(stdin) = stdio.stdin {

@@ -15,6 +15,7 @@ use tokio::net::unix::pipe;
 
 use super::{
     ContainerConfig, RuntimeError, Started,
+    executor::EnvExecutor,
     libcontainer::{
         BundleMeta, Libcontainer, META_FILE, STDERR_FIFO, STDIN_FIFO, STDOUT_FIFO, blocking,
     },
@@ -206,6 +207,7 @@ fn create_and_start(
         .with_stdin(stdin_fd)
         .with_stdout(stdout)
         .with_stderr(stderr)
+        .with_executor(EnvExecutor::default())
         .validate_id()
         .map_err(|e| RuntimeError::lc(id, "validate id", &e))?
         .as_init(bundle)
@@ -213,7 +215,6 @@ fn create_and_start(
         .with_detach(true)
         .build()
         .map_err(|e| RuntimeError::lc(id, "create", &e))?;
-    drop(fork);
     let pid = container.pid().map(i32::from);
 
     let started = (|| {
@@ -231,6 +232,7 @@ fn create_and_start(
             .map_err(|e| RuntimeError::lc(id, "start", &e))?;
         Ok(pid)
     })();
+    drop(fork);
     if started.is_err() {
         if let Err(e) = container.delete(true) {
             tracing::warn!(id, error = %e, "deleting container after failed start");

@@ -8,6 +8,7 @@ mod container_kill;
 mod container_list;
 mod container_start;
 mod container_wait;
+mod executor;
 pub mod image;
 pub mod libcontainer;
 pub mod log_pump;
@@ -17,8 +18,11 @@ pub mod stats;
 
 use std::{path::PathBuf, sync::Mutex, time::SystemTime};
 
-/// Held while libcontainer clones this process (container create, exec): two clones at once
-/// from a multi-threaded daemon could hand one child a lock the other thread held.
+/// Held while libcontainer creates or starts a container or an exec: two clones at once from
+/// the multi-threaded daemon could hand one child a lock the other thread held, and both
+/// create and start `chdir` the whole process into the container's state directory to
+/// reach its notify socket by a short relative name, so two at once could start the wrong
+/// container.
 pub(crate) static FORK: Mutex<()> = Mutex::new(());
 
 /// Takes [`FORK`], even if a panicking holder poisoned it.

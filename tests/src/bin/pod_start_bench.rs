@@ -1,0 +1,620 @@
+//! `cargo xtask bench pod-start`: how fast the real node daemon starts pods and how little
+//! memory it needs, measured in one run beside the reference runtime.
+//!
+//! 1. Container start: the same OCI bundle (Debian's busybox-static, `echo`) started through
+//!    youki's libcontainer in this process and by `runc run`, timed from the start of the
+//!    create to the first byte of the container's output.
+//! 2. Pods: the real `control` and `node` binaries in a network namespace this harness
+//!    creates, the busybox image loaded with `ctl image import`; 1, 10 and 100 pods created
+//!    at once, timed from each create's response to the watch event that shows the pod
+//!    `Running`.
+//! 3. The node daemon's resident memory with 0 pods and with 100 running.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::Read,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Parser;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use libcontainer::{container::builder::ContainerBuilder, syscall::syscall::SyscallType};
+use serde_json::{Value, json};
+use skiff_tests::{control::ControlPlane, netns::Netns, node::NodeDaemon};
+
+type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+const IMAGE: &str = "bench.local/busybox:1";
+const NODE: &str = "bench-node";
+const CONCURRENCY: usize = 16;
+
+#[derive(Parser)]
+#[command(about = "pod start latency and node memory against the real node daemon")]
+struct Args {
+    /// Pod counts, comma-separated, each created at once on the one node.
+    #[arg(long, default_value = "1,10,100", value_delimiter = ',')]
+    pods: Vec<usize>,
+    /// Containers started per runtime for the container-start comparison.
+    #[arg(long, default_value_t = 30)]
+    starts: usize,
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a sample of at most a few hundred"
+    )]
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn rss_mib(pid: u32) -> Result<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("no VmRSS")?
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+// ---- container start: libcontainer in-process vs runc ----
+
+/// A bundle directory with the busybox root filesystem and a `runc spec` config running
+/// `echo`, its cgroups under `cgroup_parent`.
+fn make_bundle(dir: &Path, cgroup_parent: &str) -> Result<PathBuf> {
+    let bundle = dir.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    fs::create_dir_all(&rootfs)?;
+    let layer = skiff_tests::image::busybox_layer()?;
+    tar::Archive::new(&layer[..])
+        .unpack(&rootfs)
+        .context("unpacking busybox")?;
+    let out = Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(&bundle)
+        .output()
+        .context("runc spec (Debian package runc)")?;
+    if !out.status.success() {
+        bail!("runc spec: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let path = bundle.join("config.json");
+    let mut spec: Value = serde_json::from_slice(&fs::read(&path)?)?;
+    spec["process"]["terminal"] = json!(false);
+    spec["process"]["args"] = json!(["echo", "hi"]);
+    spec["linux"]["cgroupsPath"] = json!(cgroup_parent);
+    fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(bundle)
+}
+
+/// Points the bundle's cgroup at `<parent>/<id>` for the next container.
+fn set_cgroup(bundle: &Path, parent: &str, id: &str) -> Result<()> {
+    let path = bundle.join("config.json");
+    let mut spec: Value = serde_json::from_slice(&fs::read(&path)?)?;
+    spec["linux"]["cgroupsPath"] = json!(format!("{parent}/{id}"));
+    fs::write(&path, serde_json::to_vec(&spec)?)?;
+    Ok(())
+}
+
+fn runc_start(bundle: &Path, root: &Path, id: &str) -> Result<Duration> {
+    let began = Instant::now();
+    let mut child = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting runc")?;
+    let mut stdout = child.stdout.take().context("runc stdout")?;
+    let mut first = [0u8; 1];
+    let n = stdout.read(&mut first)?;
+    let took = began.elapsed();
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest)?;
+    let out = child.wait_with_output()?;
+    if n == 0 || !out.status.success() {
+        bail!("runc run: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(took)
+}
+
+fn libcontainer_start(bundle: &Path, root: &Path, id: &str) -> Result<Duration> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let null: OwnedFd = fs::File::open("/dev/null")?.into();
+    let began = Instant::now();
+    let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(root)
+        .context("root path")?
+        .with_stdin(null)
+        .with_stdout(write)
+        .validate_id()
+        .context("validate id")?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .context("libcontainer create")?;
+    container.start().context("libcontainer start")?;
+    let mut reader = fs::File::from(read);
+    let mut first = [0u8; 1];
+    let n = reader.read(&mut first)?;
+    let took = began.elapsed();
+    if let Some(pid) = container.pid() {
+        // The init is our child (libcontainer clones it with CLONE_PARENT): reap it.
+        // libcontainer's `Pid` comes from its own nix version.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid.as_raw()), None);
+    }
+    container.delete(true).context("libcontainer delete")?;
+    if n == 0 {
+        bail!("libcontainer container wrote nothing");
+    }
+    Ok(took)
+}
+
+struct StartFigures {
+    libcontainer: Vec<f64>,
+    runc: Vec<f64>,
+}
+
+fn container_starts(dir: &Path, starts: usize) -> Result<StartFigures> {
+    let parent = format!("/skiff-bench-{}", std::process::id());
+    let bundle = make_bundle(dir, &parent)?;
+    let lc_root = dir.join("libcontainer-state");
+    let runc_root = dir.join("runc-state");
+    let mut figures = StartFigures {
+        libcontainer: Vec::new(),
+        runc: Vec::new(),
+    };
+    let result = (|| {
+        // Interleaved, so that anything else the machine does weighs on both alike; the
+        // first of each warms the page cache and is not counted.
+        for i in 0..=starts {
+            let id = format!("lc-{i}");
+            set_cgroup(&bundle, &parent, &id)?;
+            let lc = libcontainer_start(&bundle, &lc_root, &id)?;
+            let id = format!("runc-{i}");
+            set_cgroup(&bundle, &parent, &id)?;
+            let runc = runc_start(&bundle, &runc_root, &id)?;
+            if i > 0 {
+                figures.libcontainer.push(ms(lc));
+                figures.runc.push(ms(runc));
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })();
+    for root in skiff_tests::node::cgroup_roots() {
+        let top = root.join(parent.trim_start_matches('/'));
+        if let Ok(entries) = fs::read_dir(&top) {
+            for e in entries.flatten() {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+        let _ = fs::remove_dir(top);
+    }
+    result?;
+    Ok(figures)
+}
+
+// ---- pods through the real control plane and node ----
+
+async fn send(
+    http: &Http,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value> {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(
+            body.map(Value::to_string).unwrap_or_default(),
+        )))?;
+    let resp = http.request(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!(
+            "{method} {path}: {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+fn pod(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"bench": "pod-start"}},
+        "spec": {
+            "nodeName": NODE,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "app",
+                "image": IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"]
+            }]
+        }
+    })
+}
+
+/// When the watch first saw each pod `Running`, by name.
+type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+
+async fn watch_running(http: Http, base: String, rv: String, seen: Seen) -> Result<()> {
+    let req = hyper::Request::get(format!(
+        "{base}/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}"
+    ))
+    .body(Full::new(Bytes::new()))?;
+    let resp = http.request(req).await?;
+    let mut body = resp.into_body().into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.next().await {
+        buf.extend_from_slice(&chunk?);
+        let mut start = 0;
+        while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
+            let line = &buf[start..start + pos];
+            start += pos + 1;
+            let Ok(event) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
+            let pod = &event["object"];
+            if pod["status"]["phase"] == "Running"
+                && let Some(name) = pod["metadata"]["name"].as_str()
+            {
+                seen.lock()
+                    .expect("seen")
+                    .entry(name.to_owned())
+                    .or_insert_with(Instant::now);
+            }
+        }
+        buf.drain(..start);
+    }
+    bail!("the pod watch ended")
+}
+
+struct PodFigures {
+    pods: usize,
+    all_running: Duration,
+    latencies: Vec<f64>,
+    delete_all: Duration,
+}
+
+/// Creates `count` pods at once and waits until all are Running; returns the figures so far
+/// and the pod names.
+async fn start_pods(
+    http: &Http,
+    base: &str,
+    round: usize,
+    count: usize,
+) -> Result<(PodFigures, Vec<String>)> {
+    let list = send(http, base, "GET", "/api/v1/namespaces/default/pods", None).await?;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_owned();
+    let seen: Seen = Arc::default();
+    let watch = tokio::spawn(watch_running(
+        http.clone(),
+        base.to_owned(),
+        rv,
+        seen.clone(),
+    ));
+    let names: Vec<String> = (0..count).map(|i| format!("start-{round}-{i}")).collect();
+    let began = Instant::now();
+    let created = Arc::new(Mutex::new(HashMap::new()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY.min(count) {
+        let (http, base, next, names, created) = (
+            http.clone(),
+            base.to_owned(),
+            next.clone(),
+            names.clone(),
+            created.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = names.get(i) else { break };
+                send(
+                    &http,
+                    &base,
+                    "POST",
+                    "/api/v1/namespaces/default/pods",
+                    Some(&pod(name)),
+                )
+                .await?;
+                created
+                    .lock()
+                    .expect("created")
+                    .insert(name.clone(), Instant::now());
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let deadline = Instant::now() + Duration::from_mins(5);
+    loop {
+        let running = seen.lock().expect("seen").len();
+        if running >= count {
+            break;
+        }
+        if watch.is_finished() {
+            watch.await??;
+            bail!("the pod watch stopped");
+        }
+        if Instant::now() > deadline {
+            bail!("only {running} of {count} pods Running after 5 min");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    watch.abort();
+    let seen = seen.lock().expect("seen").clone();
+    let created = created.lock().expect("created").clone();
+    let last_seen = seen.values().max().copied().unwrap_or(began);
+    let latencies = names
+        .iter()
+        .filter_map(|n| Some(ms(seen.get(n)?.saturating_duration_since(*created.get(n)?))))
+        .collect();
+    let figures = PodFigures {
+        pods: count,
+        all_running: last_seen - began,
+        latencies,
+        delete_all: Duration::ZERO,
+    };
+    Ok((figures, names))
+}
+
+/// Deletes the round's pods and waits until the node has removed them (their containers
+/// stopped, the objects gone).
+async fn delete_pods(
+    http: &Http,
+    base: &str,
+    (mut figures, names): (PodFigures, Vec<String>),
+) -> Result<PodFigures> {
+    let deleting = Instant::now();
+    for name in &names {
+        send(
+            http,
+            base,
+            "DELETE",
+            &format!("/api/v1/namespaces/default/pods/{name}"),
+            None,
+        )
+        .await?;
+    }
+    let deadline = Instant::now() + Duration::from_mins(5);
+    loop {
+        let list = send(http, base, "GET", "/api/v1/namespaces/default/pods", None).await?;
+        let left = list["items"].as_array().map_or(0, Vec::len);
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{left} pods still there 5 min after deletion");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    figures.delete_all = deleting.elapsed();
+    Ok(figures)
+}
+
+struct Memory {
+    idle: f64,
+    /// Pods, RSS once they all run and settled, peak RSS while they started.
+    loaded: Option<(usize, f64, f64)>,
+    control: f64,
+}
+
+/// Samples a process's RSS every 50 ms until dropped and keeps the highest.
+struct PeakRss {
+    peak: Arc<Mutex<f64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeakRss {
+    fn start(pid: u32) -> Self {
+        let peak = Arc::new(Mutex::new(0.0_f64));
+        let task = {
+            let peak = peak.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Ok(rss) = rss_mib(pid) {
+                        let mut max = peak.lock().expect("rss");
+                        *max = max.max(rss);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        Self { peak, task }
+    }
+
+    fn stop(self) -> f64 {
+        self.task.abort();
+        *self.peak.lock().expect("rss")
+    }
+}
+
+async fn pods_and_memory(
+    cp: &ControlPlane,
+    node: &NodeDaemon,
+    counts: &[usize],
+) -> Result<(Vec<PodFigures>, Memory)> {
+    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+    let base = cp.url();
+    let node_pid = node.pid().context("node pid")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut memory = Memory {
+        idle: rss_mib(node_pid)?,
+        loaded: None,
+        control: 0.0,
+    };
+    let largest = counts.iter().copied().max().unwrap_or(0);
+    let mut rows = Vec::new();
+    for (round, &count) in counts.iter().enumerate() {
+        eprintln!("pod-start bench: {count} pods ...");
+        let peak = PeakRss::start(node_pid);
+        let started = start_pods(&http, &base, round, count)
+            .await
+            .with_context(|| format!("starting {count} pods"))?;
+        if count == largest && memory.loaded.is_none() {
+            // What a node holding `count` running pods keeps resident, once the start-up
+            // burst has settled.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            memory.loaded = Some((count, rss_mib(node_pid)?, peak.stop()));
+        } else {
+            peak.stop();
+        }
+        rows.push(
+            delete_pods(&http, &base, started)
+                .await
+                .with_context(|| format!("deleting {count} pods"))?,
+        );
+    }
+    memory.control = cp.pid().map_or(Ok(f64::NAN), rss_mib)?;
+    Ok((rows, memory))
+}
+
+fn report(load: &str, starts: &StartFigures, rows: &[PodFigures], memory: &Memory) {
+    println!("\n## container start: create to first output, same bundle (busybox echo)\n");
+    println!(
+        "{:<34} {:>6} {:>9} {:>9} {:>9}",
+        "runtime", "runs", "p50 ms", "p90 ms", "mean ms"
+    );
+    let mean = |v: &[f64]| {
+        #[expect(clippy::cast_precision_loss, reason = "a count of a few dozen")]
+        let n = v.len() as f64;
+        v.iter().sum::<f64>() / n
+    };
+    for (name, v) in [
+        ("libcontainer in-process (skiff)", &starts.libcontainer),
+        ("runc run", &starts.runc),
+    ] {
+        println!(
+            "{:<34} {:>6} {:>9.1} {:>9.1} {:>9.1}",
+            name,
+            v.len(),
+            percentile(v, 0.5),
+            percentile(v, 0.9),
+            mean(v)
+        );
+    }
+    println!(
+        "ratio runc / libcontainer (p50): {:.2}x",
+        percentile(&starts.runc, 0.5) / percentile(&starts.libcontainer, 0.5)
+    );
+
+    println!("\n## pods: creation to Running on one node (image present, imagePullPolicy Never)\n");
+    println!(
+        "{:>5} {:>14} {:>9} {:>9} {:>9} {:>10} {:>14}",
+        "pods", "all running s", "p50 ms", "p99 ms", "max ms", "pods/s", "all deleted s"
+    );
+    for r in rows {
+        #[expect(clippy::cast_precision_loss, reason = "a pod count")]
+        let rate = r.pods as f64 / r.all_running.as_secs_f64();
+        println!(
+            "{:>5} {:>14.2} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>14.2}",
+            r.pods,
+            r.all_running.as_secs_f64(),
+            percentile(&r.latencies, 0.5),
+            percentile(&r.latencies, 0.99),
+            percentile(&r.latencies, 1.0),
+            rate,
+            r.delete_all.as_secs_f64()
+        );
+    }
+    println!("reference: Kubernetes pod startup SLO p99 <= 5 s (image pull excluded)");
+
+    println!("\n## resident memory (VmRSS)\n");
+    println!("node daemon, 0 pods:    {:>7.1} MiB", memory.idle);
+    if let Some((n, rss, peak)) = memory.loaded {
+        println!(
+            "node daemon, {n} pods:  {rss:>7.1} MiB (peak while starting them: {peak:.1} MiB)"
+        );
+    }
+    println!(
+        "control (API server, scheduler, controllers, embedded store): {:>7.1} MiB",
+        memory.control
+    );
+    println!("reference: k3s agent about 275 MB (k3s docs)");
+    println!("\nload average at start: {}", load.trim());
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !skiff_tests::is_root() {
+        eprintln!("pod-start bench: needs root (containers, cgroups, a network namespace)");
+        std::process::exit(1);
+    }
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let dir = tempfile::tempdir()?;
+    // Every thread this process starts from here on, and every child, lives in the
+    // namespace: the control plane and node listen on its loopback.
+    let ns = Netns::new("skb-pod")?;
+    ns.enter()?;
+
+    eprintln!(
+        "pod-start bench: {} container starts each through libcontainer and runc ...",
+        args.starts
+    );
+    let starts = container_starts(&dir.path().join("starts"), args.starts)?;
+
+    let cp = ControlPlane::start_with(
+        &dir.path().join("control"),
+        &["--cluster-cidr", "10.244.0.0/16"],
+    )?;
+    let node = NodeDaemon::start(&cp, &dir.path().join("node"), NODE, &[])?;
+    let tar = skiff_tests::image::busybox_oci_layout(dir.path(), IMAGE)?;
+    let out = Command::new(skiff_tests::bin("ctl"))
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(["image", "import"])
+        .arg(&tar)
+        .output()?;
+    if !out.status.success() {
+        bail!("ctl image import: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(pods_and_memory(&cp, &node, &args.pods));
+    drop(node);
+    drop(cp);
+    let (rows, memory) = result?;
+    report(&load, &starts, &rows, &memory);
+    drop(ns);
+    Ok(())
+}
