@@ -60,14 +60,14 @@ pub enum ExecError {
         source: oci_spec::OciSpecError,
     },
     /// libcontainer refused or failed to start the process (not running, bad command, ...).
-    #[error("starting {command:?} in container {id}: {source}")]
+    #[error("starting {command:?} in container {id}: {message}")]
     Start {
         /// The container id.
         id: String,
         /// The command.
         command: Vec<String>,
-        /// libcontainer's failure.
-        source: Box<libcontainer::error::LibcontainerError>,
+        /// libcontainer's failure, as the forked copy that ran it reported it.
+        message: String,
     },
     /// Pipes or the pseudo-terminal could not be made.
     #[error("setting up stdio: {0}")]
@@ -428,41 +428,45 @@ fn start(
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    let start_err = |source| ExecError::Start {
+    let start_err = |message| ExecError::Start {
         id: id.to_owned(),
         command: command.to_vec(),
-        source: Box::new(source),
+        message,
     };
     let before: Vec<i32> = libcontainer_children()
         .into_iter()
         .map(|(pid, _)| pid)
         .collect();
-    let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-        .with_root_path(state_root)
-        .map_err(load_err)?
-        .with_executor(super::executor::EnvExecutor::default())
-        .with_stdout(stdio.stdout)
-        .with_stderr(stdio.stderr);
-    if let Some(stdin) = stdio.stdin {
-        builder = builder.with_stdin(stdin);
-    }
+    let build = || {
+        let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+            .with_root_path(state_root)
+            .map_err(|e| e.to_string())?
+            .with_executor(super::executor::EnvExecutor::default())
+            .with_stdout(stdio.stdout)
+            .with_stderr(stdio.stderr);
+        if let Some(stdin) = stdio.stdin {
+            builder = builder.with_stdin(stdin);
+        }
+        builder
+            .as_tenant()
+            .with_detach(false)
+            .with_container_args(command.to_vec())
+            .with_env(env)
+            .with_cwd(inherited.cwd)
+            .with_user(inherited.uid)
+            .with_group(inherited.gid)
+            .with_additional_gids(inherited.additional_gids)
+            .build()
+            .map(i32::from)
+            .map_err(|e| e.to_string())
+    };
     let _fork = super::fork_guard();
-    builder
-        .as_tenant()
-        .with_detach(false)
-        .with_container_args(command.to_vec())
-        .with_env(env)
-        .with_cwd(inherited.cwd)
-        .with_user(inherited.uid)
-        .with_group(inherited.gid)
-        .with_additional_gids(inherited.additional_gids)
-        .build()
-        // libcontainer's `Pid` comes from its own nix version.
-        .map(|pid| Pid::from_raw(pid.as_raw()))
-        .map_err(|err| {
-            reap_failed_tenant(&before);
-            start_err(err)
-        })
+    let outcome = super::forked::in_forked_copy(build)
+        .map_err(|e| start_err(format!("forking: {e}")))
+        .and_then(|r| r.map_err(start_err));
+    outcome
+        .map(Pid::from_raw)
+        .inspect_err(|_| reap_failed_tenant(&before))
 }
 
 /// How long a failed tenant's processes get to finish exiting before they are left alone.

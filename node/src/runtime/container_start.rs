@@ -9,7 +9,10 @@ use std::{
     time::SystemTime,
 };
 
-use libcontainer::{container::builder::ContainerBuilder, syscall::syscall::SyscallType};
+use libcontainer::{
+    container::{Container, builder::ContainerBuilder},
+    syscall::syscall::SyscallType,
+};
 use nix::sys::stat::Mode;
 use tokio::net::unix::pipe;
 
@@ -201,28 +204,39 @@ fn create_and_start(
     };
 
     let fork = super::fork_guard();
-    let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-        .with_root_path(state_root)
-        .map_err(|e| RuntimeError::lc(id, "root path", &e))?
-        .with_stdin(stdin_fd)
-        .with_stdout(stdout)
-        .with_stderr(stderr)
-        .with_executor(EnvExecutor::default())
-        .validate_id()
-        .map_err(|e| RuntimeError::lc(id, "validate id", &e))?
-        .as_init(bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        .build()
-        .map_err(|e| RuntimeError::lc(id, "create", &e))?;
-    let pid = container.pid().map(i32::from);
-
-    let started = (|| {
-        let pid = pid.ok_or_else(|| RuntimeError::Libcontainer {
+    let build = || {
+        let container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+            .with_root_path(state_root)
+            .map_err(|e| format!("root path: {e}"))?
+            .with_stdin(stdin_fd)
+            .with_stdout(stdout)
+            .with_stderr(stderr)
+            .with_executor(EnvExecutor::default())
+            .validate_id()
+            .map_err(|e| format!("validate id: {e}"))?
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        container
+            .pid()
+            .map(i32::from)
+            .ok_or_else(|| "no init pid in state".to_owned())
+    };
+    let pid = super::forked::in_forked_copy(build)
+        .map_err(|e| RuntimeError::io(id, "forking to create", e))?
+        .map_err(|message| RuntimeError::Libcontainer {
             id: id.to_owned(),
             op: "create",
-            message: "no init pid in state".into(),
+            message,
         })?;
+
+    let mut loaded = None;
+    let started = (|| {
+        let container = loaded.insert(
+            Container::load(state_root.join(id)).map_err(|e| RuntimeError::lc(id, "load", &e))?,
+        );
         if let Some(dir) = cgroup_v2 {
             join_v2_cgroup(dir, pid)
                 .map_err(|e| RuntimeError::io(id, format!("joining {}", dir.display()), e))?;
@@ -234,9 +248,19 @@ fn create_and_start(
     })();
     drop(fork);
     if started.is_err() {
-        if let Err(e) = container.delete(true) {
-            tracing::warn!(id, error = %e, "deleting container after failed start");
+        match loaded.as_mut().map(|c| c.delete(true)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::warn!(id, error = %e, "deleting container after failed start"),
+            None => {
+                // Not even its state could be read: end the waiting init by its pid.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
+        // The init is our child (re-parented to us, the subreaper): do not leave a zombie.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         if let Some(dir) = cgroup_v2 {
             remove_cgroup_dir(dir);
         }

@@ -94,6 +94,11 @@ impl Libcontainer {
     /// with cgroup hierarchies mounted under `cgroup_root` (`/sys/fs/cgroup`).
     #[must_use]
     pub fn new(state_root: PathBuf, cgroup_root: PathBuf) -> Self {
+        // Containers are created by a forked copy of this process (see `forked`) and are
+        // handed to us when it exits.
+        if let Err(err) = super::forked::become_subreaper() {
+            tracing::error!(%err, "cannot become a child subreaper: containers will not be reaped");
+        }
         Self {
             state_root,
             cgroup_root,

@@ -9,6 +9,7 @@ mod container_list;
 mod container_start;
 mod container_wait;
 mod executor;
+pub mod forked;
 pub mod image;
 pub mod libcontainer;
 pub mod log_pump;

@@ -49,6 +49,9 @@ struct Args {
     /// Containers started per runtime for the container-start comparison.
     #[arg(long, default_value_t = 30)]
     starts: usize,
+    /// Copy the node daemon's log here at the end.
+    #[arg(long)]
+    node_log: Option<PathBuf>,
 }
 
 fn percentile(samples: &[f64], p: f64) -> f64 {
@@ -69,6 +72,19 @@ fn percentile(samples: &[f64], p: f64) -> f64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    #[expect(clippy::cast_precision_loss, reason = "clock ticks per second")]
+    Ok(ticks / hz as f64)
 }
 
 fn rss_mib(pid: u32) -> Result<f64> {
@@ -309,6 +325,9 @@ struct PodFigures {
     all_running: Duration,
     latencies: Vec<f64>,
     delete_all: Duration,
+    /// CPU time the node daemon and `control` spent per pod while the pods started.
+    node_cpu_ms: f64,
+    control_cpu_ms: f64,
 }
 
 /// Creates `count` pods at once and waits until all are Running; returns the figures so far
@@ -395,6 +414,8 @@ async fn start_pods(
         all_running: last_seen - began,
         latencies,
         delete_all: Duration::ZERO,
+        node_cpu_ms: f64::NAN,
+        control_cpu_ms: f64::NAN,
     };
     Ok((figures, names))
 }
@@ -489,9 +510,15 @@ async fn pods_and_memory(
     for (round, &count) in counts.iter().enumerate() {
         eprintln!("pod-start bench: {count} pods ...");
         let peak = PeakRss::start(node_pid);
-        let started = start_pods(&http, &base, round, count)
+        let control_pid = cp.pid().context("control pid")?;
+        let cpu_before = (cpu_seconds(node_pid)?, cpu_seconds(control_pid)?);
+        let mut started = start_pods(&http, &base, round, count)
             .await
             .with_context(|| format!("starting {count} pods"))?;
+        #[expect(clippy::cast_precision_loss, reason = "a pod count")]
+        let per_pod = 1000.0 / count as f64;
+        started.0.node_cpu_ms = (cpu_seconds(node_pid)? - cpu_before.0) * per_pod;
+        started.0.control_cpu_ms = (cpu_seconds(control_pid)? - cpu_before.1) * per_pod;
         if count == largest && memory.loaded.is_none() {
             // What a node holding `count` running pods keeps resident, once the start-up
             // burst has settled.
@@ -541,23 +568,37 @@ fn report(load: &str, starts: &StartFigures, rows: &[PodFigures], memory: &Memor
 
     println!("\n## pods: creation to Running on one node (image present, imagePullPolicy Never)\n");
     println!(
-        "{:>5} {:>14} {:>9} {:>9} {:>9} {:>10} {:>14}",
-        "pods", "all running s", "p50 ms", "p99 ms", "max ms", "pods/s", "all deleted s"
+        "{:>5} {:>14} {:>9} {:>9} {:>9} {:>10} {:>14} {:>12} {:>15}",
+        "pods",
+        "all running s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "pods/s",
+        "all deleted s",
+        "node cpu ms",
+        "control cpu ms"
     );
     for r in rows {
         #[expect(clippy::cast_precision_loss, reason = "a pod count")]
         let rate = r.pods as f64 / r.all_running.as_secs_f64();
         println!(
-            "{:>5} {:>14.2} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>14.2}",
+            "{:>5} {:>14.2} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>14.2} {:>12.1} {:>15.1}",
             r.pods,
             r.all_running.as_secs_f64(),
             percentile(&r.latencies, 0.5),
             percentile(&r.latencies, 0.99),
             percentile(&r.latencies, 1.0),
             rate,
-            r.delete_all.as_secs_f64()
+            r.delete_all.as_secs_f64(),
+            r.node_cpu_ms,
+            r.control_cpu_ms
         );
     }
+    println!(
+        "latency: from each create's response to the watch event showing the pod Running; \
+         cpu ms: per pod, while the pods started"
+    );
     println!("reference: Kubernetes pod startup SLO p99 <= 5 s (image pull excluded)");
 
     println!("\n## resident memory (VmRSS)\n");
@@ -611,7 +652,11 @@ fn main() -> Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(pods_and_memory(&cp, &node, &args.pods));
+    let log = node.log();
     drop(node);
+    if let Some(path) = &args.node_log {
+        fs::write(path, log)?;
+    }
     drop(cp);
     let (rows, memory) = result?;
     report(&load, &starts, &rows, &memory);
