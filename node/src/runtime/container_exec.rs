@@ -460,7 +460,6 @@ fn start(
             .map(i32::from)
             .map_err(|e| e.to_string())
     };
-    let _fork = super::fork_guard();
     let outcome = super::forked::in_forked_copy(build)
         .map_err(|e| start_err(format!("forking: {e}")))
         .and_then(|r| r.map_err(start_err));

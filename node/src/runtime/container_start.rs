@@ -203,7 +203,6 @@ fn create_and_start(
             .into()
     };
 
-    let fork = super::fork_guard();
     let build = || {
         let container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_root_path(state_root)
@@ -233,6 +232,7 @@ fn create_and_start(
         })?;
 
     let mut loaded = None;
+    let fork = super::fork_guard();
     let started = (|| {
         let container = loaded.insert(
             Container::load(state_root.join(id)).map_err(|e| RuntimeError::lc(id, "load", &e))?,

@@ -35,8 +35,9 @@ pub fn become_subreaper() -> std::io::Result<()> {
 }
 
 /// Runs `create` in a forked copy of this process and returns what it returned: the pid
-/// of the process it created, or its error message. The caller must hold the runtime's
-/// clone lock, and must be a child subreaper ([`become_subreaper`]) to reap that process.
+/// of the process it created, or its error message. Several may run at once: each copy has
+/// its own working directory and locks. The caller must be a child subreaper
+/// ([`become_subreaper`]) to reap the created process.
 ///
 /// # Errors
 /// If the fork, the result pipe or the wait fails.

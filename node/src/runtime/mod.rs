@@ -19,11 +19,10 @@ pub mod stats;
 
 use std::{path::PathBuf, sync::Mutex, time::SystemTime};
 
-/// Held while libcontainer creates or starts a container or an exec: two clones at once from
-/// the multi-threaded daemon could hand one child a lock the other thread held, and both
-/// create and start `chdir` the whole process into the container's state directory to
-/// reach its notify socket by a short relative name, so two at once could start the wrong
-/// container.
+/// Held while libcontainer starts a container in this process: `start` changes the whole
+/// process's working directory to the container's state directory to reach its notify
+/// socket by a short relative name, so two at once could start the wrong container. Creates
+/// and execs run in forked copies of the process (see [`forked`]) and need no lock.
 pub(crate) static FORK: Mutex<()> = Mutex::new(());
 
 /// Takes [`FORK`], even if a panicking holder poisoned it.
