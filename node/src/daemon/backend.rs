@@ -334,20 +334,48 @@ fn security(pod: &Pod, container: &Container) -> crate::runtime::SecuritySpec {
 
 /// Removes the pod's own cgroup directory (`<parent>/pod<uid>`) in every hierarchy once
 /// its containers' directories are gone; a directory still holding one stays.
-fn remove_pod_cgroups(parent: &str, uid: &str) {
+/// Mount points of the cgroup hierarchies (v1 controllers and the v2 unified one).
+fn cgroup_mounts() -> Vec<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    for line in mounts.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2") {
-            let dir = Path::new(fields[1])
-                .join(parent.trim_start_matches('/'))
-                .join(format!("pod{uid}"));
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2"))
+                .then(|| PathBuf::from(fields[1]))
+        })
+        .collect()
+}
+
+/// Removes the node's own cgroup directories (`/skiff/<node>`, then `/skiff`) in every
+/// hierarchy, each only when empty: what a node stopping with `--cleanup-on-exit` made.
+pub fn remove_node_cgroups(parent: &str) {
+    let levels: Vec<&str> = parent
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|l| !l.is_empty())
+        .collect();
+    for root in cgroup_mounts() {
+        for depth in (1..=levels.len()).rev() {
+            let dir = levels[..depth].iter().fold(root.clone(), |d, l| d.join(l));
             match std::fs::remove_dir(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::warn!(dir = %dir.display(), %e, "pod cgroup not removed");
-                }
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => break,
                 _ => {}
             }
+        }
+    }
+}
+
+fn remove_pod_cgroups(parent: &str, uid: &str) {
+    for root in cgroup_mounts() {
+        let dir = root
+            .join(parent.trim_start_matches('/'))
+            .join(format!("pod{uid}"));
+        match std::fs::remove_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(dir = %dir.display(), %e, "pod cgroup not removed");
+            }
+            _ => {}
         }
     }
 }

@@ -359,6 +359,7 @@ pub async fn clean_up(backend: &LocalBackend) {
     if let Err(err) = backend.network.teardown().await {
         tracing::warn!(%err, "network not torn down");
     }
+    super::backend::remove_node_cgroups(&backend.layout.cgroup_parent);
 }
 
 /// Reports the Node's status every [`STATUS_EVERY`] (sent when it changed).
