@@ -14,7 +14,7 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::{Value, json};
-use skiff_tests::{control::ControlPlane, etcd::Etcd};
+use skiff_tests::{control::ControlPlane, etcd::Etcd, process::rss_mib};
 
 type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -223,17 +223,6 @@ async fn watch_latency(http: &Http, base: &str) -> Result<(f64, f64)> {
         );
     }
     Ok((percentile(&mut all, 0.5), percentile(&mut all, 0.99)))
-}
-
-fn rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .context("no VmRSS")?
-        .parse()?;
-    Ok(kb / 1024.0)
 }
 
 async fn run(cp: &ControlPlane) -> Result<Figures> {

@@ -32,7 +32,12 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use libcontainer::{container::builder::ContainerBuilder, syscall::syscall::SyscallType};
 use serde_json::{Value, json};
-use skiff_tests::{control::ControlPlane, netns::Netns, node::NodeDaemon};
+use skiff_tests::{
+    control::ControlPlane,
+    netns::Netns,
+    node::NodeDaemon,
+    process::{cpu_seconds, rss_mib},
+};
 
 type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -72,30 +77,6 @@ fn percentile(samples: &[f64], p: f64) -> f64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    #[expect(clippy::cast_precision_loss, reason = "clock ticks per second")]
-    Ok(ticks / hz as f64)
-}
-
-fn rss_mib(pid: u32) -> Result<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .context("no VmRSS")?
-        .parse()?;
-    Ok(kb / 1024.0)
 }
 
 // ---- container start: libcontainer in-process vs runc ----

@@ -25,7 +25,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use skiff_tests::{control::ControlPlane, etcd::Etcd};
+use skiff_tests::{
+    control::ControlPlane,
+    etcd::Etcd,
+    process::{cpu_seconds, rss_mib},
+};
 
 type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -291,19 +295,6 @@ async fn watch_bindings(http: Http, base: String, rv: String, bound: Bound) -> R
     bail!("the pod watch ended")
 }
 
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    #[expect(clippy::cast_precision_loss, reason = "clock ticks per second")]
-    Ok(ticks / hz as f64)
-}
-
 /// Counts the `Scheduled` events in the bench namespace, waiting up to a minute for the
 /// scheduler's event writers, which trail the bindings in a burst, to catch up.
 async fn scheduled_events(http: &Http, base: &str, pods: usize) -> Result<usize> {
@@ -324,17 +315,6 @@ async fn scheduled_events(http: &Http, base: &str, pods: usize) -> Result<usize>
         // Listing tens of thousands of events is itself load: look rarely.
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-}
-
-fn rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .context("no VmRSS")?
-        .parse()?;
-    Ok(kb / 1024.0)
 }
 
 async fn run(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<Figures> {
