@@ -232,7 +232,7 @@ fn create_and_start(
         })?;
 
     let mut loaded = None;
-    let fork = super::fork_guard();
+    let start_lock = super::start_guard();
     let started = (|| {
         let container = loaded.insert(
             Container::load(state_root.join(id)).map_err(|e| RuntimeError::lc(id, "load", &e))?,
@@ -246,7 +246,7 @@ fn create_and_start(
             .map_err(|e| RuntimeError::lc(id, "start", &e))?;
         Ok(pid)
     })();
-    drop(fork);
+    drop(start_lock);
     if started.is_err() {
         match loaded.as_mut().map(|c| c.delete(true)) {
             Some(Ok(())) => {}

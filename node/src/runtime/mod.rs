@@ -23,11 +23,12 @@ use std::{path::PathBuf, sync::Mutex, time::SystemTime};
 /// process's working directory to the container's state directory to reach its notify
 /// socket by a short relative name, so two at once could start the wrong container. Creates
 /// and execs run in forked copies of the process (see [`forked`]) and need no lock.
-pub(crate) static FORK: Mutex<()> = Mutex::new(());
+pub(crate) static START: Mutex<()> = Mutex::new(());
 
-/// Takes [`FORK`], even if a panicking holder poisoned it.
-pub(crate) fn fork_guard() -> std::sync::MutexGuard<'static, ()> {
-    FORK.lock()
+/// Takes [`START`], even if a panicking holder poisoned it.
+pub(crate) fn start_guard() -> std::sync::MutexGuard<'static, ()> {
+    START
+        .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
