@@ -395,25 +395,32 @@ fn relay_refusal(resp: &tungstenite::handshake::client::Response) -> Response<Bo
 }
 
 /// Pumps messages between the client and the node until both ends have closed (or one end
-/// has and the other lingers past the grace period).
+/// has and the other lingers past the grace period). A side that ends without a close frame
+/// (a half-closed or reset connection) does not close the other: the node still sends its
+/// exit status and its own close, which reach the client if it is still there.
 async fn relay<C, N>(client: WebSocketStream<C>, node: WebSocketStream<N>)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     N: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    let (client_sink, client_source) = client.split();
-    let (node_sink, node_source) = node.split();
-    let up = pump(client_source, node_sink);
-    let down = pump(node_source, client_sink);
-    tokio::pin!(up, down);
-    tokio::select! {
-        () = &mut up => { let _ = tokio::time::timeout(CLOSE_GRACE, down).await; }
-        () = &mut down => { let _ = tokio::time::timeout(CLOSE_GRACE, up).await; }
+    let (mut client_sink, client_source) = client.split();
+    let (mut node_sink, node_source) = node.split();
+    {
+        let up = pump(client_source, &mut node_sink);
+        let down = pump(node_source, &mut client_sink);
+        tokio::pin!(up, down);
+        tokio::select! {
+            () = &mut up => { let _ = tokio::time::timeout(CLOSE_GRACE, down).await; }
+            () = &mut down => { let _ = tokio::time::timeout(CLOSE_GRACE, up).await; }
+        }
     }
+    let _ = node_sink.close().await;
+    let _ = client_sink.close().await;
 }
 
-/// Forwards data and close messages from one side to the other; pings stay per connection.
-async fn pump<S, K>(mut source: S, mut sink: K)
+/// Forwards data and close messages from one side to the other until the source ends or
+/// sends its close; pings stay per connection.
+async fn pump<S, K>(mut source: S, sink: &mut K)
 where
     S: futures::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     K: futures::Sink<Message> + Unpin,
@@ -423,16 +430,15 @@ where
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             Message::Close(frame) => {
                 let _ = sink.send(Message::Close(frame)).await;
-                break;
+                return;
             }
             data => {
                 if sink.send(data).await.is_err() {
-                    break;
+                    return;
                 }
             }
         }
     }
-    let _ = sink.close().await;
 }
 
 #[cfg(test)]
