@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod control;
 pub mod etcd;
+pub mod http;
 pub mod image;
 pub mod netns;
 pub mod node;

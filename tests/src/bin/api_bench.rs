@@ -14,9 +14,12 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::{Value, json};
-use skiff_tests::{control::ControlPlane, etcd::Etcd, process::rss_mib};
-
-type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+use skiff_tests::{
+    control::ControlPlane,
+    etcd::Etcd,
+    http::{Http, send},
+    process::rss_mib,
+};
 
 const NAMESPACES: usize = 10;
 const PER_NAMESPACE: usize = 1_000;
@@ -47,32 +50,6 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
     )]
     let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
     samples[i]
-}
-
-async fn send(
-    http: &Http,
-    base: &str,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<Value> {
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"))
-        .header("Content-Type", "application/json")
-        .body(Full::new(Bytes::from(
-            body.map(Value::to_string).unwrap_or_default(),
-        )))?;
-    let resp = http.request(req).await?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!(
-            "{method} {path}: {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        );
-    }
-    Ok(serde_json::from_slice(&bytes)?)
 }
 
 /// Creates `PER_NAMESPACE` objects per namespace with `CONCURRENCY` clients; returns

@@ -34,12 +34,11 @@ use libcontainer::{container::builder::ContainerBuilder, syscall::syscall::Sysca
 use serde_json::{Value, json};
 use skiff_tests::{
     control::ControlPlane,
+    http::{Http, send},
     netns::Netns,
     node::NodeDaemon,
     process::{cpu_seconds, rss_mib},
 };
-
-type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 const IMAGE: &str = "bench.local/busybox:1";
 const NODE: &str = "bench-node";
@@ -221,32 +220,6 @@ fn container_starts(dir: &Path, starts: usize) -> Result<StartFigures> {
 }
 
 // ---- pods through the real control plane and node ----
-
-async fn send(
-    http: &Http,
-    base: &str,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<Value> {
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"))
-        .header("Content-Type", "application/json")
-        .body(Full::new(Bytes::from(
-            body.map(Value::to_string).unwrap_or_default(),
-        )))?;
-    let resp = http.request(req).await?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!(
-            "{method} {path}: {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        );
-    }
-    Ok(serde_json::from_slice(&bytes)?)
-}
 
 fn pod(name: &str) -> Value {
     json!({

@@ -1,0 +1,41 @@
+//! A plain HTTP/1 client for the benchmark harnesses: JSON requests to the API server.
+
+use anyhow::{Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use serde_json::Value;
+
+/// The client the harnesses share between their tasks.
+pub type Http = Client<HttpConnector, Full<Bytes>>;
+
+/// Sends `method path` with an optional JSON body to `base` and returns the JSON answer.
+///
+/// # Errors
+/// On a connection failure, a non-2xx status (with the body in the message) or a body that
+/// is not JSON.
+pub async fn send(
+    http: &Http,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value> {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(
+            body.map(Value::to_string).unwrap_or_default(),
+        )))?;
+    let resp = http.request(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!(
+            "{method} {path}: {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
