@@ -2,6 +2,7 @@
 
 use anyhow::{Result, bail};
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use serde_json::Value;
@@ -38,4 +39,26 @@ pub async fn send(
         );
     }
     Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Follows the watch at `url` (`...?watch=true`) and hands each event, one JSON line, to
+/// `on_event`, until the server ends the watch.
+///
+/// # Errors
+/// On a connection failure, and when the watch ends.
+pub async fn watch_lines(http: &Http, url: &str, mut on_event: impl FnMut(&[u8])) -> Result<()> {
+    let req = hyper::Request::get(url).body(Full::new(Bytes::new()))?;
+    let resp = http.request(req).await?;
+    let mut body = resp.into_body().into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.next().await {
+        buf.extend_from_slice(&chunk?);
+        let mut start = 0;
+        while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
+            on_event(&buf[start..start + pos]);
+            start += pos + 1;
+        }
+        buf.drain(..start);
+    }
+    bail!("the watch ended")
 }

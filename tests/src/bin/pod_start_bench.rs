@@ -25,16 +25,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use clap::Parser;
-use futures::StreamExt;
-use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use libcontainer::{container::builder::ContainerBuilder, syscall::syscall::SyscallType};
 use serde_json::{Value, json};
 use skiff_tests::{
     control::ControlPlane,
-    http::{Http, send},
+    http::{Http, send, watch_lines},
     netns::Netns,
     node::NodeDaemon,
     process::{cpu_seconds, rss_mib},
@@ -243,35 +240,22 @@ fn pod(name: &str) -> Value {
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
 
 async fn watch_running(http: Http, base: String, rv: String, seen: Seen) -> Result<()> {
-    let req = hyper::Request::get(format!(
-        "{base}/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}"
-    ))
-    .body(Full::new(Bytes::new()))?;
-    let resp = http.request(req).await?;
-    let mut body = resp.into_body().into_data_stream();
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = body.next().await {
-        buf.extend_from_slice(&chunk?);
-        let mut start = 0;
-        while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
-            let line = &buf[start..start + pos];
-            start += pos + 1;
-            let Ok(event) = serde_json::from_slice::<Value>(line) else {
-                continue;
-            };
-            let pod = &event["object"];
-            if pod["status"]["phase"] == "Running"
-                && let Some(name) = pod["metadata"]["name"].as_str()
-            {
-                seen.lock()
-                    .expect("seen")
-                    .entry(name.to_owned())
-                    .or_insert_with(Instant::now);
-            }
+    let url = format!("{base}/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}");
+    watch_lines(&http, &url, |line| {
+        let Ok(event) = serde_json::from_slice::<Value>(line) else {
+            return;
+        };
+        let pod = &event["object"];
+        if pod["status"]["phase"] == "Running"
+            && let Some(name) = pod["metadata"]["name"].as_str()
+        {
+            seen.lock()
+                .expect("seen")
+                .entry(name.to_owned())
+                .or_insert_with(Instant::now);
         }
-        buf.drain(..start);
-    }
-    bail!("the pod watch ended")
+    })
+    .await
 }
 
 struct PodFigures {

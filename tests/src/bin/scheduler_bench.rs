@@ -18,17 +18,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use clap::Parser;
-use futures::StreamExt;
-use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use skiff_tests::{
     control::ControlPlane,
     etcd::Etcd,
-    http::{Http, send},
+    http::{Http, send, watch_lines},
     process::{cpu_seconds, rss_mib},
 };
 
@@ -228,44 +225,31 @@ type Bound = Arc<Mutex<HashMap<usize, Instant>>>;
 /// Watches the namespace's pods from `rv` and records when each pod's `spec.nodeName`
 /// first shows up.
 async fn watch_bindings(http: Http, base: String, rv: String, bound: Bound) -> Result<()> {
-    let req = hyper::Request::get(format!(
-        "{base}/api/v1/namespaces/{NAMESPACE}/pods?watch=true&resourceVersion={rv}"
-    ))
-    .body(Full::new(Bytes::new()))?;
-    let resp = http.request(req).await?;
-    let mut body = resp.into_body().into_data_stream();
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = body.next().await {
-        buf.extend_from_slice(&chunk?);
-        let mut start = 0;
-        while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
-            let line = &buf[start..start + pos];
-            start += pos + 1;
-            let Ok(event) = serde_json::from_slice::<WatchEvent>(line) else {
-                continue;
-            };
-            let node = event
-                .object
-                .spec
-                .and_then(|s| s.node_name)
-                .is_some_and(|n| !n.is_empty());
-            let index = event
-                .object
-                .metadata
-                .name
-                .and_then(|n| n.strip_prefix("pod-"))
-                .and_then(|n| n.parse::<usize>().ok());
-            if let (true, Some(i)) = (node, index) {
-                bound
-                    .lock()
-                    .expect("bound")
-                    .entry(i)
-                    .or_insert_with(Instant::now);
-            }
+    let url = format!("{base}/api/v1/namespaces/{NAMESPACE}/pods?watch=true&resourceVersion={rv}");
+    watch_lines(&http, &url, |line| {
+        let Ok(event) = serde_json::from_slice::<WatchEvent>(line) else {
+            return;
+        };
+        let node = event
+            .object
+            .spec
+            .and_then(|s| s.node_name)
+            .is_some_and(|n| !n.is_empty());
+        let index = event
+            .object
+            .metadata
+            .name
+            .and_then(|n| n.strip_prefix("pod-"))
+            .and_then(|n| n.parse::<usize>().ok());
+        if let (true, Some(i)) = (node, index) {
+            bound
+                .lock()
+                .expect("bound")
+                .entry(i)
+                .or_insert_with(Instant::now);
         }
-        buf.drain(..start);
-    }
-    bail!("the pod watch ended")
+    })
+    .await
 }
 
 /// Counts the `Scheduled` events in the bench namespace, waiting up to a minute for the
