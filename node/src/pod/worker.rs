@@ -274,7 +274,12 @@ impl Worker {
         };
         let path = self.record_path();
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))?;
+            // Only the pod's own directory: the pods directory is the daemon's, and a worker
+            // outliving it (a test's temporary directory) must not bring it back.
+            match std::fs::create_dir(path.parent().unwrap_or(Path::new("/"))) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, serde_json::to_vec(&saved).unwrap_or_default())?;
             std::fs::rename(&tmp, &path)
