@@ -26,6 +26,8 @@ use super::{
     reply::{self, Body, Params},
 };
 
+/// How long the client may take to answer the final close before the connection is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// How long output may still drain after the process has exited; a background child holding
 /// the pipe open must not keep the session alive forever.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -198,7 +200,6 @@ async fn run(ws: Ws, mut session: Session, protocol: Protocol, target: &Containe
             () = &mut grace, if exited.is_some() && !drained => drained = true,
         }
     }
-    input.abort();
     let status = match exited {
         Some(Ok(code)) => {
             tracing::debug!(%target, ?code, "session ended");
@@ -208,6 +209,13 @@ async fn run(ws: Ws, mut session: Session, protocol: Protocol, target: &Containe
         None => channel::exit_status(None),
     };
     send_status(&mut sink, &status).await;
+    // Read on until the client answers the close: a socket closed with unread frames in it
+    // (a late resize or stdin) is reset, and the reset can overtake the status on its way
+    // to the client, which then sees the connection end without it.
+    let mut input = input;
+    if tokio::time::timeout(CLOSE_WAIT, &mut input).await.is_err() {
+        input.abort();
+    }
 }
 
 /// Sends the final status and closes the connection.
