@@ -218,7 +218,7 @@ fn rootfs_is_an_overlay_whose_writes_land_in_the_container_layer() {
 /// A docker-archive with busybox below and, above it, a layer deleting `/bin/wget` and
 /// making `/etc` opaque with only `hostname` in it.
 fn whiteout_archive(dir: &Path) -> PathBuf {
-    let bottom = busybox_layer().unwrap();
+    let bottom = busybox_layer().expect("building the test archive");
     let mut top = tar::Builder::new(Vec::new());
     for (path, data) in [
         ("bin/.wh.wget", &b""[..]),
@@ -231,20 +231,21 @@ fn whiteout_archive(dir: &Path) -> PathBuf {
         h.set_mtime(0);
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
-        top.append_data(&mut h, path, data).unwrap();
+        top.append_data(&mut h, path, data)
+            .expect("building the test archive");
     }
-    let top = top.into_inner().unwrap();
+    let top = top.into_inner().expect("building the test archive");
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
         "rootfs": {"type": "layers", "diff_ids": [
             digest(&bottom), digest(&top)]}
     }))
-    .unwrap();
+    .expect("JSON encodes");
     let manifest = serde_json::to_vec(&serde_json::json!([{
         "Config": "config.json", "RepoTags": ["example.test/whiteouts:1"],
         "Layers": ["bottom/layer.tar", "top/layer.tar"]
     }]))
-    .unwrap();
+    .expect("JSON encodes");
     let mut b = tar::Builder::new(Vec::new());
     for (path, data) in [
         ("manifest.json", &manifest),
@@ -258,10 +259,12 @@ fn whiteout_archive(dir: &Path) -> PathBuf {
         h.set_mtime(0);
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
-        b.append_data(&mut h, path, &data[..]).unwrap();
+        b.append_data(&mut h, path, &data[..])
+            .expect("building the test archive");
     }
     let path = dir.join("whiteouts.tar");
-    std::fs::write(&path, b.into_inner().unwrap()).unwrap();
+    std::fs::write(&path, b.into_inner().expect("building the test archive"))
+        .expect("building the test archive");
     path
 }
 

@@ -32,7 +32,7 @@ struct MountEntry {
 }
 
 fn mounts() -> Vec<MountEntry> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo is readable");
     text.lines()
         .filter_map(|line| {
             let (head, tail) = line.split_once(" - ")?;
@@ -65,7 +65,7 @@ impl PodsDir {
         let dir = tempfile::Builder::new()
             .prefix("skt-vol-")
             .tempdir()
-            .unwrap();
+            .expect("a temporary directory");
         Self { dir }
     }
 
@@ -110,7 +110,14 @@ impl Sources for StaticSources {
         'm: 'f,
         Self: 'f,
     {
-        Box::pin(async move { Ok((name == "cfg").then(|| self.config.lock().unwrap().clone())) })
+        Box::pin(async move {
+            Ok((name == "cfg").then(|| {
+                self.config
+                    .lock()
+                    .expect("the lock is not poisoned")
+                    .clone()
+            }))
+        })
     }
 
     fn secret<'s, 'n, 'm, 'f>(&'s self, _namespace: &'n str, name: &'m str) -> Fetch<'f>

@@ -3,6 +3,8 @@
 //! [`skiff_store::Store`], so kubectl and every other Kubernetes client work against skiff
 //! unchanged.
 
+#![forbid(unsafe_code)]
+
 mod allocator;
 mod bootstrap;
 mod discovery;

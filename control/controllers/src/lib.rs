@@ -3,6 +3,8 @@
 //! CronJob, Endpoints, nodes, namespaces, garbage collection, quotas), each talking to the
 //! API server through the `kube` crate like any client.
 
+#![forbid(unsafe_code)]
+
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;

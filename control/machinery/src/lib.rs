@@ -4,6 +4,8 @@
 //! `metav1.Status` errors. The API server calls
 //! it; everything here is a pure function with fast unit tests.
 
+#![forbid(unsafe_code)]
+
 pub mod apply;
 pub mod patch;
 pub mod quantity;

@@ -3,6 +3,8 @@
 //! API server routes, discovers, defaults, validates, describes (OpenAPI) and prints
 //! (tables) by this catalog alone.
 
+#![forbid(unsafe_code)]
+
 mod catalog;
 pub mod defaults;
 pub mod fields;

@@ -3,6 +3,8 @@
 //! pod through filter and score plugins, binds it to the best node through
 //! `pods/binding`, and preempts lower-priority pods when nothing fits.
 
+#![forbid(unsafe_code)]
+
 pub mod binder;
 pub mod cache;
 pub mod events;

@@ -4,6 +4,8 @@
 //! with an embedded single-file backend and an etcd backend behind the same trait. Only the
 //! API server talks to it.
 
+#![forbid(unsafe_code)]
+
 use std::pin::Pin;
 
 use async_trait::async_trait;
