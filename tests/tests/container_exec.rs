@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use skiff_node::runtime::{
+use skiff_node_runtime::{
     ContainerConfig, ContainerRuntime, Libcontainer, PodNamespaces, SecuritySpec,
     container_exec::{ExecError, ExecIo, exec, exec_status},
 };
@@ -137,7 +137,9 @@ fn argv(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_owned()).collect()
 }
 
-async fn read_all(out: Option<skiff_node::server::SessionOutput>) -> Result<String> {
+async fn read_all(
+    out: Option<skiff_node_runtime::container_exec::ProcessOutput>,
+) -> Result<String> {
     let mut text = String::new();
     out.context("no output stream")?
         .read_to_string(&mut text)

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use skiff_node::runtime::{
+use skiff_node_runtime::{
     ContainerConfig, ContainerRuntime, ExitStatus, Libcontainer, PodNamespaces, ResourceSpec,
     SecuritySpec,
 };

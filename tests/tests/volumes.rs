@@ -17,7 +17,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
 };
-use skiff_node::pod::{
+use skiff_kubelet::pod::{
     command::{ConfigError, NodeLimits, Sources},
     volume::{Mounter, SystemMounter, VolumeManager},
 };

@@ -24,9 +24,16 @@ use nix::{
     unistd::{Pid, pipe2},
 };
 use oci_spec::runtime::Spec;
-use tokio::{io::AsyncReadExt, net::unix::pipe, sync::oneshot};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite},
+    net::unix::pipe,
+    sync::oneshot,
+};
 
-use crate::server::{Session, SessionInput, SessionOutput, StreamOptions, TerminalSize};
+/// A process's standard input, as the caller writes it.
+pub type ProcessInput = std::pin::Pin<Box<dyn AsyncWrite + Send>>;
+/// A process's standard output or error (or its terminal), as the caller reads it.
+pub type ProcessOutput = std::pin::Pin<Box<dyn AsyncRead + Send>>;
 
 /// How an exec'd process is wired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,11 +100,11 @@ pub struct ExecProcess {
     /// The tenant's PID on the host.
     pub pid: i32,
     /// Its standard input (when asked for; with a TTY, the terminal).
-    pub stdin: Option<SessionInput>,
+    pub stdin: Option<ProcessInput>,
     /// Its standard output (with a TTY, the terminal).
-    pub stdout: Option<SessionOutput>,
+    pub stdout: Option<ProcessOutput>,
     /// Its standard error (never with a TTY).
-    pub stderr: Option<SessionOutput>,
+    pub stderr: Option<ProcessOutput>,
     /// The terminal's master side, for resizes.
     pub terminal: Option<Terminal>,
     exit: oneshot::Receiver<Result<i32, ExecError>>,
@@ -119,14 +126,14 @@ pub struct Terminal {
 }
 
 impl Terminal {
-    /// Sets the terminal's size; the process gets `SIGWINCH`.
+    /// Sets the terminal's size in columns and rows; the process gets `SIGWINCH`.
     ///
     /// # Errors
     /// When the ioctl fails.
-    pub fn resize(&self, size: TerminalSize) -> io::Result<()> {
+    pub fn resize(&self, columns: u16, rows: u16) -> io::Result<()> {
         let ws = libc::winsize {
-            ws_row: size.height,
-            ws_col: size.width,
+            ws_row: rows,
+            ws_col: columns,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
@@ -151,43 +158,18 @@ impl ExecProcess {
             .map_err(|_| ExecError::Task("the waiter went away".into()))?
     }
 
-    /// The process as a server session carrying the streams the client asked for; outputs it
-    /// did not ask for are read and dropped so the process never blocks on a full pipe.
-    #[must_use]
-    pub fn into_session(mut self, opts: &StreamOptions) -> Session {
-        let keep = |out: Option<SessionOutput>, wanted: bool| match out {
-            Some(out) if wanted => Some(out),
-            Some(out) => {
+    /// Keeps the outputs the caller asked for and reads and drops the others, so the
+    /// process never blocks on a full pipe nobody reads.
+    pub fn keep_outputs(&mut self, stdout: bool, stderr: bool) {
+        for (out, wanted) in [(&mut self.stdout, stdout), (&mut self.stderr, stderr)] {
+            if !wanted && let Some(out) = out.take() {
                 tokio::spawn(discard(out));
-                None
             }
-            None => None,
-        };
-        let stdout = keep(self.stdout.take(), opts.stdout);
-        let stderr = keep(self.stderr.take(), opts.stderr);
-        let resize = self.terminal.take().map(|t| {
-            Box::new(move |size: TerminalSize| {
-                if let Err(err) = t.resize(size) {
-                    tracing::debug!(%err, "resizing an exec terminal failed");
-                }
-            }) as Box<dyn FnMut(TerminalSize) + Send>
-        });
-        Session {
-            stdin: if opts.stdin { self.stdin.take() } else { None },
-            stdout,
-            stderr,
-            resize,
-            exit: Box::pin(async move {
-                self.wait()
-                    .await
-                    .map(Some)
-                    .map_err(|e| crate::server::BackendError::Internal(e.to_string()))
-            }),
         }
     }
 }
 
-async fn discard(mut out: SessionOutput) {
+async fn discard(mut out: ProcessOutput) {
     let mut buf = vec![0; 16 * 1024];
     while matches!(out.read(&mut buf).await, Ok(n) if n > 0) {}
 }
@@ -232,10 +214,10 @@ pub async fn exec_status(
     command: &[String],
     timeout: Duration,
 ) -> Result<i32, ExecError> {
-    let process = exec(state_root, id, command, ExecIo::default()).await?;
+    let mut process = exec(state_root, id, command, ExecIo::default()).await?;
     let pid = Pid::from_raw(process.pid);
-    let session = process.into_session(&StreamOptions::default());
-    let Ok(result) = tokio::time::timeout(timeout, session.exit).await else {
+    process.keep_outputs(false, false);
+    let Ok(result) = tokio::time::timeout(timeout, process.wait()).await else {
         // The waiter still owns the reaping; it sees the kill and finishes.
         if let Err(err) = kill(pid, Signal::SIGKILL) {
             tracing::debug!(pid = pid.as_raw(), %err, "killing a timed-out probe");
@@ -243,8 +225,6 @@ pub async fn exec_status(
         return Err(ExecError::Timeout(timeout));
     };
     result
-        .map(|code| code.unwrap_or(0))
-        .map_err(|e| ExecError::Task(e.to_string()))
 }
 
 /// The child's ends of its stdio, handed to libcontainer.
@@ -313,7 +293,7 @@ impl Ours {
         pid: Pid,
         exit: oneshot::Receiver<Result<i32, ExecError>>,
     ) -> ExecProcess {
-        let reader = |fd: OwnedFd| -> Option<SessionOutput> {
+        let reader = |fd: OwnedFd| -> Option<ProcessOutput> {
             match pipe::Receiver::from_owned_fd_unchecked(fd) {
                 Ok(r) => Some(Box::pin(r)),
                 Err(err) => {
@@ -322,7 +302,7 @@ impl Ours {
                 }
             }
         };
-        let writer = |fd: OwnedFd| -> Option<SessionInput> {
+        let writer = |fd: OwnedFd| -> Option<ProcessInput> {
             match pipe::Sender::from_owned_fd(fd) {
                 Ok(w) => Some(Box::pin(w)),
                 Err(err) => {
@@ -348,7 +328,7 @@ impl Ours {
                         // A pty is not a pipe, but epoll treats it the same.
                         pipe::Sender::from_owned_fd_unchecked(w)
                             .ok()
-                            .map(|w| Box::pin(w) as SessionInput),
+                            .map(|w| Box::pin(w) as ProcessInput),
                         reader(r),
                     ),
                     _ => (None, None),
@@ -603,12 +583,7 @@ mod tests {
         let mut process = ours.into_process(Pid::from_raw(1), rx);
         assert!(process.stderr.is_none());
         let terminal = process.terminal.take().unwrap();
-        terminal
-            .resize(TerminalSize {
-                width: 120,
-                height: 40,
-            })
-            .unwrap();
+        terminal.resize(120, 40).unwrap();
         let mut ws = libc::winsize {
             ws_row: 0,
             ws_col: 0,

@@ -406,7 +406,7 @@ mod tests {
     use oci_spec::runtime::{Capability, LinuxNamespaceType, LinuxSeccompAction};
 
     use super::*;
-    use crate::runtime::config::{MountSpec, PodNamespaces, ResourceSpec, SecuritySpec};
+    use crate::config::{MountSpec, PodNamespaces, ResourceSpec, SecuritySpec};
 
     fn config() -> ContainerConfig {
         ContainerConfig {

@@ -195,7 +195,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::server::{
+    use crate::{
         BackendError, LogSource, Session, StreamOptions, Summary, TerminalSize,
         channel::{self, Protocol},
     };

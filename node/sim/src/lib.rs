@@ -1,10 +1,12 @@
-//! Simulated nodes (in the spirit of kwok): many Node objects served by one process, with
-//! Leases renewed and bound pods moved through their phases without running anything, so
+//! skiff-node-sim serves simulated nodes (in the spirit of kwok): many Node objects served
+//! by one process, with Leases renewed and bound pods moved through their phases without running anything, so
 //! the scheduler and controllers can be exercised at scale without root.
 //!
 //! One process serves thousands of nodes with a handful of tasks: one Node watch, one pod
 //! watch for every node, a pacing loop for Leases and one for status reports, and all
 //! requests share one bound on how many are in flight.
+
+#![forbid(unsafe_code)]
 
 mod addresses;
 mod lease;

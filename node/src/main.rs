@@ -7,11 +7,13 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser};
 use k8s_openapi::api::core::v1::Taint;
-use skiff_node::{
-    daemon::{self, capacity::Reservations, run::NodeConfig},
-    simulate::{self, KUBELET_VERSION, SimConfig, SimTaint},
-};
-use tracing_subscriber::{EnvFilter, filter::filter_fn, prelude::*};
+use skiff_kubelet::node::capacity::Reservations;
+use skiff_node_sim::{self as simulate, KUBELET_VERSION, SimConfig, SimTaint};
+use tracing_subscriber::{EnvFilter, prelude::*};
+
+use crate::daemon::run::NodeConfig;
+
+mod daemon;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -290,7 +292,7 @@ async fn real(cli: Cli) -> Result<()> {
         node.backend.clone(),
         node.pods.clone(),
     ));
-    let server = skiff_node::server::NodeServer::bind(listen, endpoint)
+    let server = skiff_node_server::NodeServer::bind(listen, endpoint)
         .await
         .with_context(|| format!("binding the node endpoint on {listen}"))?;
     let serving = tokio::spawn(server.serve(std::future::pending()));
@@ -310,9 +312,8 @@ async fn main() -> Result<()> {
     // Container inits are clones of this process and run libcontainer's logging before they
     // exec: they must not write to stderr, whose lock another daemon thread may have held at
     // the moment of the clone.
-    let daemon = std::process::id();
     tracing_subscriber::registry()
-        .with(filter_fn(move |_| std::process::id() == daemon))
+        .with(skiff_node_runtime::libcontainer::daemon_process_only())
         .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();

@@ -1,8 +1,10 @@
-//! The node's HTTP endpoint: container logs, exec and attach, usage and image import,
-//! reached by the API server's `pods/log`, `pods/exec` and `pods/attach`.
+//! skiff-node-server is the node's HTTP endpoint: container logs, exec and attach, usage
+//! and image import, reached by the API server's `pods/log`, `pods/exec` and `pods/attach`.
 //!
 //! The server knows HTTP and the Kubernetes streaming protocols; everything it serves comes
 //! from a [`NodeBackend`], which the daemon implements over its pods, runtime and image store.
+
+#![forbid(unsafe_code)]
 
 pub mod channel;
 mod images;

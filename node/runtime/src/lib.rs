@@ -1,5 +1,8 @@
-//! Container runtime: images, OCI bundles and the libcontainer lifecycle, container logs,
-//! exec and per-container usage.
+//! skiff-node-runtime is the node's container runtime: OCI bundles from the pod's wishes,
+//! the libcontainer lifecycle run in-process (one file per verb, creates in a forked copy),
+//! the image store (registry pulls, tarball import, overlay root filesystems, garbage
+//! collection), CRI-format logs, exec processes and per-container cgroup usage. It knows
+//! nothing of pods or the API: the node daemon translates a pod into a [`ContainerConfig`].
 
 pub mod config;
 mod container_delete;
@@ -13,7 +16,6 @@ pub mod forked;
 pub mod image;
 pub mod libcontainer;
 pub mod log_pump;
-pub mod log_read;
 pub mod spec;
 pub mod stats;
 
@@ -37,7 +39,6 @@ pub use config::{
     SecuritySpec, UserSpec,
 };
 pub use libcontainer::Libcontainer;
-pub use log_read::{LogOptions, read_log};
 
 /// A started container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

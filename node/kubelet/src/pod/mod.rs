@@ -1,5 +1,5 @@
-//! Pods on a real node: turning a bound pod into sandbox, volumes and containers, and
-//! keeping its status.
+//! Pods on a node: turning a bound pod into sandbox, volumes and containers, and keeping
+//! its status.
 
 pub mod backend;
 pub mod backoff;

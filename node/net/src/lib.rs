@@ -1,9 +1,11 @@
-//! Pod networking: the node's bridge, per-pod namespaces and veths, IPAM over the node's
-//! pod CIDR, and egress masquerade.
+//! skiff-node-net is the pod network on a node: the node's bridge, per-pod namespaces and
+//! veths, IPAM over the node's pod CIDR, and egress masquerade.
 //!
 //! Everything a sandbox consists of lives under the state directory (namespace files, the
 //! address allocation, a record of the finished sandbox), so a restarted daemon finds its
 //! pods' networks again and can remove the ones it no longer needs.
+
+#![forbid(unsafe_code)]
 
 mod bridge;
 pub mod ipam;
