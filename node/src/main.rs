@@ -37,9 +37,19 @@ struct RealArgs {
     /// The Node's name (default: the host name).
     #[arg(long)]
     name: Option<String>,
-    /// The node's `InternalIP`: where the API server reaches its endpoint.
-    #[arg(long, default_value = "127.0.0.1")]
-    node_ip: Ipv4Addr,
+    /// The node's `InternalIP`: where the API server and other nodes reach it (default: the
+    /// address of --pod-network-iface, else of the default route's interface).
+    #[arg(long)]
+    node_ip: Option<Ipv4Addr>,
+    /// The interface that carries pod traffic to other nodes, on multi-homed hosts
+    /// (default: the one holding --node-ip, else the default route's).
+    #[arg(long, value_name = "IFACE")]
+    pod_network_iface: Option<String>,
+    /// How other nodes' pods are reached: `host-gw` (a direct route via the peer; peers
+    /// must share a link), `vxlan` (a tunnel) or `auto` (direct where the peer is on the
+    /// link, the tunnel elsewhere).
+    #[arg(long, default_value = "auto")]
+    pod_network: skiff_node_net::peers::Mode,
     /// Port of the node endpoint (logs, exec, attach, stats), bound on --node-ip.
     #[arg(long, default_value_t = 10250)]
     port: u16,
@@ -251,13 +261,18 @@ async fn real(cli: Cli) -> Result<()> {
     .context("resolving --state-dir")?;
     let log_dir = std::path::absolute(args.log_dir.unwrap_or_else(|| state_dir.join("logs")))
         .context("resolving --log-dir")?;
+    let pod_network =
+        daemon::peers::PodNetwork::choose(args.node_ip, args.pod_network_iface, args.pod_network)
+            .await
+            .context("choosing the node's address")?;
     let config = NodeConfig {
         log_dir,
         cgroup_parent: args
             .cgroup_parent
             .unwrap_or_else(|| format!("/skiff/{name}")),
         name,
-        address: args.node_ip,
+        address: pod_network.address,
+        pod_network,
         port: args.port,
         state_dir,
         bridge: args.bridge,

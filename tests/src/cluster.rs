@@ -10,6 +10,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Output},
+    sync::{Mutex, MutexGuard, PoisonError},
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -75,6 +76,18 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// Three nodes on two subnets joined by the router: `node-0` and `node-1` beside the
+    /// control plane on A, `node-2` and the client on B.
+    #[must_use]
+    pub fn two_subnets() -> Self {
+        Self {
+            nodes: vec![Subnet::A, Subnet::A, Subnet::B],
+            client: Subnet::B,
+            control_args: Vec::new(),
+            node_args: Vec::new(),
+        }
+    }
+
     /// `count` nodes on one switch with the control plane and the client.
     #[must_use]
     pub fn one_switch(count: usize) -> Self {
@@ -452,7 +465,7 @@ fn sweep_leftovers() {
 /// uplink counter.
 #[derive(Debug)]
 pub struct Cluster {
-    nodes: Vec<NodeDaemon>,
+    nodes: Vec<Mutex<NodeDaemon>>,
     control: ControlPlane,
     node_hosts: Vec<Host>,
     control_host: Host,
@@ -503,7 +516,7 @@ impl Cluster {
         };
         for i in 0..cluster.node_hosts.len() {
             let node = cluster.start_node(i, &config.node_args)?;
-            cluster.nodes.push(node);
+            cluster.nodes.push(Mutex::new(node));
         }
         Ok(cluster)
     }
@@ -544,22 +557,40 @@ impl Cluster {
         &self.node_hosts
     }
 
-    /// The node daemons, in node order.
-    #[must_use]
-    pub fn nodes(&self) -> &[NodeDaemon] {
-        &self.nodes
+    /// Node daemon `i` (held while the guard lives).
+    ///
+    /// # Panics
+    /// If `i` is out of range.
+    pub fn node(&self, i: usize) -> MutexGuard<'_, NodeDaemon> {
+        self.nodes[i].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Kills node `i` with SIGKILL (its containers keep running), then starts it again over
-    /// the same state in its host and waits until it is Ready.
+    /// How many nodes the cluster has.
+    #[must_use]
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Kills node `i` with SIGKILL, as a crash would: its containers, routes and tunnel
+    /// stay.
+    pub fn kill_node(&self, i: usize) {
+        self.node(i).kill();
+    }
+
+    /// Starts node `i` again over the same state, in its host, and waits until it is Ready.
     ///
     /// # Errors
     /// If it does not come back.
-    pub fn restart_node(&mut self, i: usize) -> Result<()> {
+    pub fn restart_node(&self, i: usize) -> Result<()> {
         let host = &self.node_hosts[i];
-        let control = &self.control;
-        let node = &mut self.nodes[i];
-        host.run(|| node.restart(control))
+        let mut guard = self.node(i);
+        let node: &mut NodeDaemon = &mut guard;
+        host.run(|| node.restart(&self.control))
+    }
+
+    /// Stops node `i` with SIGTERM (it removes its containers, routes and links).
+    pub fn stop_node(&self, i: usize) {
+        self.node(i).stop();
     }
 
     /// Runs kubectl (from the control host) and returns its stdout, failing with its
@@ -603,12 +634,36 @@ impl Cluster {
     /// The logs of every process, for a failure message.
     #[must_use]
     pub fn logs(&self) -> String {
+        use std::fmt::Write as _;
         let mut text = format!("--- control\n{}", self.control.log());
         for n in &self.nodes {
-            text.push_str(&format!("--- node {}\n{}", n.name(), n.log()));
+            let n = n.lock().unwrap_or_else(PoisonError::into_inner);
+            let _ = write!(text, "--- node {}\n{}", n.name(), n.log());
         }
         text
     }
+}
+
+/// Runs `f` on a thread inside the network namespace bound at `path` (a pod's sandbox
+/// namespace file, say): sockets it opens live there.
+///
+/// # Errors
+/// If the namespace cannot be entered.
+///
+/// # Panics
+/// If `f` panics.
+pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("opening netns {}", path.display()))?;
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering netns {}", path.display()))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Waits until `check` returns `Ok(Some(value))`, polling every 200 ms for `timeout`.

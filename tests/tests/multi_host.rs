@@ -1,64 +1,361 @@
-//! End-to-end behaviours of a cluster of several hosts (network namespaces joined by a
-//! switch), sharing one cluster: `control` in its own host, three real nodes, an outside
-//! client. Each behaviour is a named trial; the cluster is removed after the last one, and
-//! a final check fails the run if any test packet left through the machine's uplink.
+//! End-to-end behaviours of clusters of several hosts (network namespaces joined by
+//! switches), each cluster shared by the trials that use it: `control` in its own host,
+//! three real nodes, an outside client. "flat" has every host on one switch; "routed" has
+//! `node-2` and the client on a second subnet behind a router, so its pods are reached
+//! through the VXLAN tunnel. Trials run one at a time in the order below (later ones kill
+//! and delete nodes); the clusters are removed after the last one, and a final check fails
+//! the run if any test packet left through the machine's uplink.
 
 use std::{
-    process::ExitCode,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::{Command, ExitCode},
     sync::{Arc, OnceLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use libtest_mimic::{Arguments, Failed, Trial};
-use skiff_tests::cluster::{Cluster, ClusterConfig, wait_for};
+use skiff_tests::{
+    cluster::{Cluster, ClusterConfig, in_netns, wait_for},
+    image::busybox_oci_layout,
+};
 
-/// The cluster, started by the first trial that needs it.
-type Shared = Arc<OnceLock<Result<Cluster, String>>>;
+/// The busybox image every node gets by `ctl image import`.
+const IMAGE: &str = "example.org/skiff/busybox:multi-host";
+/// How long a connection attempt may take.
+const CONNECT: Duration = Duration::from_secs(5);
 
-fn cluster(shared: &Shared) -> Result<&Cluster, Failed> {
-    shared
-        .get_or_init(|| {
-            Cluster::start(&ClusterConfig::one_switch(3)).map_err(|err| format!("{err:#}"))
-        })
-        .as_ref()
-        .map_err(|err| Failed::from(format!("the test cluster did not start: {err}")))
+/// A cluster started by the first trial that needs it, with its image imported.
+struct Shared {
+    config: ClusterConfig,
+    cluster: OnceLock<Result<Cluster, String>>,
 }
 
-fn trial(name: &str, shared: &Shared, body: fn(&Cluster) -> Result<()>) -> Trial {
+impl Shared {
+    fn new(config: ClusterConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            cluster: OnceLock::new(),
+        })
+    }
+
+    fn get(&self) -> Result<&Cluster, Failed> {
+        self.cluster
+            .get_or_init(|| start(&self.config).map_err(|err| format!("{err:#}")))
+            .as_ref()
+            .map_err(|err| Failed::from(format!("the test cluster did not start: {err}")))
+    }
+}
+
+fn start(config: &ClusterConfig) -> Result<Cluster> {
+    let c = Cluster::start(config)?;
+    let tar = busybox_oci_layout(c.dir(), IMAGE)?;
+    for host in c.node_hosts() {
+        let out = c.control_host().run(|| {
+            Command::new(skiff_tests::bin("ctl"))
+                .arg("--kubeconfig")
+                .arg(c.control().kubeconfig())
+                .args(["image", "import"])
+                .arg(&tar)
+                .args(["--node", host.label()])
+                .output()
+        })?;
+        ensure!(
+            out.status.success(),
+            "ctl image import onto {}: {}",
+            host.label(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(c)
+}
+
+fn trial(name: &str, shared: &Arc<Shared>, body: fn(&Cluster) -> Result<()>) -> Trial {
     let shared = shared.clone();
     Trial::test(name, move || {
-        let c = cluster(&shared)?;
+        let c = shared.get()?;
         body(c).map_err(|err| Failed::from(format!("{err:#}\n{}", c.logs())))
     })
 }
 
 fn main() -> ExitCode {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
     if !args.list && !skiff_tests::require_root("multi_host") {
         return ExitCode::SUCCESS;
     }
-    let shared: Shared = Arc::default();
-    let trials = vec![trial(
-        "every_node_registers_with_its_host_address_and_a_pod_cidr_of_its_own",
-        &shared,
-        nodes_register_with_host_addresses,
-    )];
+    // The trials share clusters and some kill or delete nodes: one at a time, in order.
+    args.test_threads = Some(1);
+    let flat = Shared::new(ClusterConfig::one_switch(3));
+    let routed = Shared::new(ClusterConfig::two_subnets());
+    let trials = vec![
+        trial(
+            "every_node_registers_with_its_host_address_and_a_pod_cidr_of_its_own",
+            &flat,
+            nodes_register_with_host_addresses,
+        ),
+        trial(
+            "pods_on_every_node_reach_each_other_over_tcp_udp_and_icmp_with_their_own_source_ip",
+            &flat,
+            pods_reach_each_other,
+        ),
+        trial(
+            "a_container_fetches_a_page_from_a_pod_on_another_node",
+            &flat,
+            container_fetches_from_another_node,
+        ),
+        trial(
+            "nodes_reach_every_pod_and_pods_reach_every_node",
+            &flat,
+            nodes_and_pods_reach_each_other,
+        ),
+        trial(
+            "a_node_killed_and_restarted_keeps_traffic_to_its_pods_flowing",
+            &flat,
+            killed_node_keeps_traffic_flowing,
+        ),
+        trial(
+            "a_deleted_node_loses_its_routes_on_the_other_nodes",
+            &flat,
+            deleted_node_loses_its_routes,
+        ),
+        trial(
+            "across_subnets_pods_are_reached_through_the_tunnel_and_on_the_link_directly",
+            &routed,
+            routed_cluster_uses_tunnel_and_direct_routes,
+        ),
+    ];
     let conclusion = libtest_mimic::run(&args, trials);
     let mut failed = conclusion.has_failed();
-    if let Some(Ok(c)) = shared.get() {
-        if let Err(err) = c.check_nothing_escaped() {
+    for shared in [&flat, &routed] {
+        if let Some(Ok(c)) = shared.cluster.get()
+            && let Err(err) = c.check_nothing_escaped()
+        {
             eprintln!("multi_host: {err:#}");
             failed = true;
         }
     }
-    // The trials are done and dropped: this drops the cluster (nodes, control, hosts).
-    drop(shared);
+    // The trials are done and dropped: this drops the clusters (nodes, control, hosts).
+    drop((flat, routed));
     if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// A running pod, where it runs, and its sandbox's network namespace file.
+#[derive(Debug, Clone)]
+struct PodAt {
+    name: String,
+    node: usize,
+    ip: Ipv4Addr,
+    netns: PathBuf,
+}
+
+/// One pod of an `httpd` Deployment on every node (required anti-affinity by hostname).
+fn spread(c: &Cluster, app: &str) -> Result<Vec<PodAt>> {
+    let count = c.node_count();
+    let manifest = format!(
+        r"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {app}}}
+spec:
+  replicas: {count}
+  selector: {{matchLabels: {{app: {app}}}}}
+  template:
+    metadata: {{labels: {{app: {app}}}}}
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - topologyKey: kubernetes.io/hostname
+            labelSelector: {{matchLabels: {{app: {app}}}}}
+      containers:
+      - name: web
+        image: '{IMAGE}'
+        imagePullPolicy: Never
+        command: [httpd, -f, -p, '8080', -h, /etc]
+"
+    );
+    c.kubectl(&["apply", "-f", "-"], Some(&manifest))?;
+    let pods = wait_for(
+        &format!("{count} running {app} pods, one per node"),
+        Duration::from_mins(2),
+        || {
+            let list = c.get_json(&format!(
+                "/api/v1/namespaces/default/pods?labelSelector=app%3D{app}"
+            ))?;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            let running: Vec<&serde_json::Value> = items
+                .iter()
+                .filter(|p| {
+                    p["status"]["phase"] == "Running"
+                        && p["status"]["podIP"].is_string()
+                        && p["metadata"]["deletionTimestamp"].is_null()
+                })
+                .collect();
+            if running.len() != count {
+                return Ok(None);
+            }
+            let mut out = Vec::new();
+            for p in running {
+                let node_name = p["spec"]["nodeName"].as_str().unwrap_or_default();
+                let node = c
+                    .node_hosts()
+                    .iter()
+                    .position(|h| h.label() == node_name)
+                    .with_context(|| format!("pod on unknown node {node_name:?}"))?;
+                let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+                out.push(PodAt {
+                    name: p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    node,
+                    ip: p["status"]["podIP"].as_str().unwrap_or_default().parse()?,
+                    netns: c.node(node).state_dir().join("network/netns").join(uid),
+                });
+            }
+            out.sort_by_key(|p| p.node);
+            Ok(Some(out))
+        },
+    )?;
+    let nodes: std::collections::BTreeSet<usize> = pods.iter().map(|p| p.node).collect();
+    ensure!(nodes.len() == count, "pods share nodes: {pods:?}");
+    Ok(pods)
+}
+
+/// Accepts one connection on `listener` within `timeout`; returns the peer's address.
+fn accept_within(listener: &TcpListener, timeout: Duration) -> Result<SocketAddr> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((mut stream, peer)) => {
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(timeout))?;
+                let mut token = [0; 5];
+                stream.read_exact(&mut token)?;
+                ensure!(&token == b"skiff", "unexpected bytes {token:?}");
+                stream.write_all(b"ok")?;
+                return Ok(peer);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    bail!("no connection within {timeout:?}");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A TCP connection from a thread in `from` (a namespace file, or the calling thread's
+/// namespace when `None`) to a listener in `to` at `to_ip`; returns the source address the
+/// listener saw.
+fn tcp(from: Option<&PathBuf>, to: Option<&PathBuf>, to_ip: Ipv4Addr) -> Result<Ipv4Addr> {
+    let bind = || TcpListener::bind((to_ip, 0));
+    let listener = match to {
+        Some(ns) => in_netns(ns, bind)??,
+        None => bind()?,
+    };
+    let port = listener.local_addr()?.port();
+    let connect = || -> Result<()> {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::from((to_ip, port)), CONNECT)
+            .with_context(|| format!("connecting to {to_ip}:{port}"))?;
+        s.set_read_timeout(Some(CONNECT))?;
+        s.write_all(b"skiff")?;
+        let mut answer = [0; 2];
+        s.read_exact(&mut answer)?;
+        ensure!(&answer == b"ok", "unexpected answer {answer:?}");
+        Ok(())
+    };
+    std::thread::scope(|s| {
+        let server = s.spawn(|| accept_within(&listener, CONNECT));
+        let sent = match from {
+            Some(ns) => in_netns(ns, connect).and_then(|r| r),
+            None => connect(),
+        };
+        let seen = server
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        sent?;
+        match seen?.ip() {
+            std::net::IpAddr::V4(ip) => Ok(ip),
+            other @ std::net::IpAddr::V6(_) => bail!("IPv6 peer {other}"),
+        }
+    })
+}
+
+/// A UDP datagram from `from` to `to` and the answer back; returns the source address the
+/// receiver saw.
+fn udp(from: &PodAt, to: &PodAt) -> Result<Ipv4Addr> {
+    let server = in_netns(&to.netns, || UdpSocket::bind((to.ip, 0)))??;
+    server.set_read_timeout(Some(CONNECT))?;
+    let port = server.local_addr()?.port();
+    let client = in_netns(&from.netns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
+    client.set_read_timeout(Some(CONNECT))?;
+    client.send_to(b"skiff", (to.ip, port))?;
+    let mut buf = [0; 16];
+    let (n, peer) = server.recv_from(&mut buf).context("no datagram arrived")?;
+    ensure!(&buf[..n] == b"skiff");
+    server.send_to(b"ok", peer)?;
+    let (n, answerer) = client.recv_from(&mut buf).context("no answer arrived")?;
+    ensure!(&buf[..n] == b"ok");
+    ensure!(
+        answerer.ip() == std::net::IpAddr::V4(to.ip),
+        "the answer came from {answerer}, not {}",
+        to.ip
+    );
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => Ok(ip),
+        other @ std::net::IpAddr::V6(_) => bail!("IPv6 peer {other}"),
+    }
+}
+
+/// One ICMP echo from `from`'s namespace to `to`.
+fn ping(from: &PodAt, to: Ipv4Addr) -> Result<()> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", from.netns.display()))
+        .args(["--", "busybox", "ping", "-c", "1", "-W", "3"])
+        .arg(to.to_string())
+        .output()
+        .context("running busybox ping")?;
+    ensure!(
+        out.status.success(),
+        "ping {to} from {}: {}{}",
+        from.name,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Every pod reaches every other pod over TCP, UDP and ICMP, and TCP and UDP receivers
+/// see the sender's own pod IP.
+fn full_mesh(pods: &[PodAt]) -> Result<()> {
+    for from in pods {
+        for to in pods {
+            if from.name == to.name {
+                continue;
+            }
+            let what = format!(
+                "{} (node {}) -> {} (node {})",
+                from.ip, from.node, to.ip, to.node
+            );
+            let seen = tcp(Some(&from.netns), Some(&to.netns), to.ip)
+                .with_context(|| format!("TCP {what}"))?;
+            ensure!(seen == from.ip, "TCP {what}: the receiver saw {seen}");
+            let seen = udp(from, to).with_context(|| format!("UDP {what}"))?;
+            ensure!(seen == from.ip, "UDP {what}: the receiver saw {seen}");
+            ping(from, to.ip).with_context(|| format!("ICMP {what}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn nodes_register_with_host_addresses(c: &Cluster) -> Result<()> {
@@ -108,4 +405,171 @@ fn nodes_register_with_host_addresses(c: &Cluster) -> Result<()> {
     }
     ensure!(cidrs.len() == 3, "pod CIDRs are not distinct: {cidrs:?}");
     Ok(())
+}
+
+fn pods_reach_each_other(c: &Cluster) -> Result<()> {
+    let pods = spread(c, "mesh")?;
+    // Routes follow the Nodes within moments; the first round may race them.
+    wait_for(
+        "the first cross-node TCP connection",
+        Duration::from_secs(20),
+        || Ok(tcp(Some(&pods[0].netns), Some(&pods[1].netns), pods[1].ip).ok()),
+    )?;
+    full_mesh(&pods)
+}
+
+fn container_fetches_from_another_node(c: &Cluster) -> Result<()> {
+    let pods = spread(c, "mesh")?;
+    let (from, to) = (&pods[0], &pods[2]);
+    let page = c.kubectl(
+        &[
+            "exec",
+            &from.name,
+            "--",
+            "wget",
+            "-qO-",
+            &format!("http://{}:8080/hostname", to.ip),
+        ],
+        None,
+    )?;
+    ensure!(
+        page.trim() == to.name,
+        "pod {} on node {} served {page:?}, expected its hostname {}",
+        to.ip,
+        to.node,
+        to.name
+    );
+    Ok(())
+}
+
+fn nodes_and_pods_reach_each_other(c: &Cluster) -> Result<()> {
+    let pods = spread(c, "mesh")?;
+    for (i, host) in c.node_hosts().iter().enumerate() {
+        for pod in &pods {
+            host.run(|| tcp(None, Some(&pod.netns), pod.ip))
+                .with_context(|| format!("node {i} -> pod {} (node {})", pod.ip, pod.node))?;
+            let address = host.address();
+            host.run(|| {
+                let listener = TcpListener::bind((address, 0))?;
+                let port = listener.local_addr()?.port();
+                std::thread::scope(|s| {
+                    let server = s.spawn(|| accept_within(&listener, CONNECT));
+                    in_netns(&pod.netns, || -> Result<()> {
+                        let mut s = TcpStream::connect_timeout(
+                            &SocketAddr::from((address, port)),
+                            CONNECT,
+                        )?;
+                        s.write_all(b"skiff")?;
+                        let mut ok = [0; 2];
+                        s.set_read_timeout(Some(CONNECT))?;
+                        s.read_exact(&mut ok)?;
+                        Ok(())
+                    })??;
+                    server
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                        .map(|_| ())
+                })
+            })
+            .with_context(|| format!("pod {} (node {}) -> node {i}", pod.ip, pod.node))?;
+        }
+    }
+    Ok(())
+}
+
+fn killed_node_keeps_traffic_flowing(c: &Cluster) -> Result<()> {
+    let pods = spread(c, "mesh")?;
+    let victim = 1;
+    c.kill_node(victim);
+    // The daemon is gone; its pods, routes and bridge are not.
+    full_mesh(&pods).context("while the node daemon was dead")?;
+    c.restart_node(victim)?;
+    let after = spread(c, "mesh")?;
+    for (a, b) in pods.iter().zip(&after) {
+        ensure!(
+            a.name == b.name && a.ip == b.ip,
+            "pods changed across the restart: {a:?} -> {b:?}"
+        );
+    }
+    full_mesh(&after).context("after the node daemon restarted")
+}
+
+/// The pod CIDRs routed by skiff (route protocol 83) in a host.
+fn skiff_routes(c: &Cluster, node: usize) -> Result<Vec<serde_json::Value>> {
+    let out = c.node_hosts()[node].output("ip", &["-j", "route", "show", "proto", "83"])?;
+    ensure!(
+        out.status.success(),
+        "ip route: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice::<serde_json::Value>(&out.stdout)?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+fn deleted_node_loses_its_routes(c: &Cluster) -> Result<()> {
+    let gone = 2;
+    let name = c.node_hosts()[gone].label().to_owned();
+    let node = c.get_json(&format!("/api/v1/nodes/{name}"))?;
+    let cidr = node["spec"]["podCIDR"]
+        .as_str()
+        .context("the node has no pod CIDR")?
+        .to_owned();
+    for other in [0, 1] {
+        let routes = skiff_routes(c, other)?;
+        ensure!(
+            routes.iter().any(|r| r["dst"] == cidr),
+            "node {other} has no route to {cidr} before the deletion: {routes:?}"
+        );
+    }
+    c.stop_node(gone);
+    c.kubectl(&["delete", "node", &name], None)?;
+    for other in [0, 1] {
+        wait_for(
+            &format!("node {other} to drop its route to {cidr}"),
+            Duration::from_secs(20),
+            || Ok((!skiff_routes(c, other)?.iter().any(|r| r["dst"] == cidr)).then_some(())),
+        )?;
+    }
+    Ok(())
+}
+
+fn routed_cluster_uses_tunnel_and_direct_routes(c: &Cluster) -> Result<()> {
+    let pods = spread(c, "mesh")?;
+    let cidr_of = |i: usize| -> Result<String> {
+        let name = c.node_hosts()[i].label();
+        Ok(
+            c.get_json(&format!("/api/v1/nodes/{name}"))?["spec"]["podCIDR"]
+                .as_str()
+                .context("no pod CIDR")?
+                .to_owned(),
+        )
+    };
+    let (cidr1, cidr2) = (cidr_of(1)?, cidr_of(2)?);
+    let routes = wait_for(
+        "node 0's routes to both peers",
+        Duration::from_secs(20),
+        || {
+            let r = skiff_routes(c, 0)?;
+            Ok((r.len() == 2).then_some(r))
+        },
+    )?;
+    let to = |cidr: &str| routes.iter().find(|r| r["dst"] == cidr).cloned();
+    let direct = to(&cidr1).context("no route to node 1")?;
+    ensure!(
+        direct["dev"] == "eth0" && direct["gateway"] == c.node_hosts()[1].address().to_string(),
+        "node 1 shares node 0's link and should be reached directly: {direct}"
+    );
+    let tunnel = to(&cidr2).context("no route to node 2")?;
+    ensure!(
+        tunnel["dev"] == "skiff-vxlan",
+        "node 2 is behind the router and should be reached through the tunnel: {tunnel}"
+    );
+    wait_for(
+        "the first tunnelled TCP connection",
+        Duration::from_secs(20),
+        || Ok(tcp(Some(&pods[0].netns), Some(&pods[2].netns), pods[2].ip).ok()),
+    )?;
+    full_mesh(&pods)
 }

@@ -1,5 +1,6 @@
 //! skiff-node-net is the pod network on a node: the node's bridge, per-pod namespaces and
-//! veths, IPAM over the node's pod CIDR, and egress masquerade.
+//! veths, IPAM over the node's pod CIDR, routes (or a VXLAN tunnel) to the other nodes' pod
+//! CIDRs, and egress masquerade for traffic leaving the cluster.
 //!
 //! Everything a sandbox consists of lives under the state directory (namespace files, the
 //! address allocation, a record of the finished sandbox), so a restarted daemon finds its
@@ -11,7 +12,10 @@ mod bridge;
 pub mod ipam;
 mod link;
 pub mod masquerade;
+pub mod overlay;
+pub mod peers;
 mod sandbox;
+pub mod uplink;
 pub mod veth;
 
 use std::{

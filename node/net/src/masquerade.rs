@@ -1,14 +1,20 @@
-//! Egress masquerade for pod traffic leaving the pod range, in an nftables table of the
-//! node's own (`ip skiff-<bridge>`), so several nodes on one host and other users of
-//! nftables never step on each other: only that table is ever replaced or deleted.
+//! Egress masquerade for pod traffic leaving the cluster's pod network, in an nftables
+//! table of the node's own (`ip skiff-<bridge>`), so several nodes on one host and other
+//! users of nftables never step on each other: only that table is ever replaced or deleted.
+//!
+//! The pod network is a set (`pod-networks`) holding the node's own pod CIDR and every
+//! peer's: traffic between pods of different nodes keeps its source pod IP, and a peer
+//! coming or going changes one set element, never the rule.
 
-use std::{borrow::Cow, net::Ipv4Addr};
+use std::{borrow::Cow, collections::HashSet, net::Ipv4Addr};
 
 use nftables::{
     batch::Batch,
     expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix},
     helper::{self, NftablesError},
-    schema::{Chain, NfListObject, Nftables, Rule, Table},
+    schema::{
+        Chain, Element, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
+    },
     stmt::{Match, Operator, Statement},
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
 };
@@ -16,6 +22,8 @@ use tracing::info;
 
 /// The NAT chain's name.
 const CHAIN: &str = "postrouting";
+/// The set of pod CIDRs (this node's and its peers') traffic to which is not masqueraded.
+pub const POD_NETWORKS: &str = "pod-networks";
 /// Source NAT priority (`srcnat`).
 const SRCNAT_PRIORITY: i32 = 100;
 
@@ -38,16 +46,42 @@ pub fn table_name(bridge: &str) -> String {
     format!("skiff-{bridge}")
 }
 
-/// The batch that replaces the node's table with one masquerading `pod_cidr` traffic that
-/// leaves the range through another interface than the bridge. Adding the table before
-/// deleting it makes the delete succeed whether or not it existed, all in one transaction.
+fn prefix((network, prefix): (Ipv4Addr, u8)) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(Expression::String(Cow::Owned(network.to_string()))),
+        len: u32::from(prefix),
+    }))
+}
+
+fn set_element(table: &str, cidr: (Ipv4Addr, u8)) -> NfListObject<'static> {
+    NfListObject::Element(Element {
+        family: NfFamily::IP,
+        table: Cow::Owned(table.to_owned()),
+        name: Cow::Borrowed(POD_NETWORKS),
+        elem: Cow::Owned(vec![prefix(cidr)]),
+    })
+}
+
+/// The batch that replaces the node's table with one masquerading traffic from `pod_cidr`
+/// that leaves the pod networks through another interface than the bridge. Adding the
+/// table before deleting it makes the delete succeed whether or not it existed, all in one
+/// transaction.
 #[must_use]
-pub fn ruleset(bridge: &str, (network, prefix): (Ipv4Addr, u8)) -> Nftables<'static> {
+pub fn ruleset(bridge: &str, (network, prefix_len): (Ipv4Addr, u8)) -> Nftables<'static> {
     let table = table_name(bridge);
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(table_object(&table)));
     batch.delete(NfListObject::Table(table_object(&table)));
     batch.add(NfListObject::Table(table_object(&table)));
+    batch.add(NfListObject::Set(Box::new(Set {
+        family: NfFamily::IP,
+        table: Cow::Owned(table.clone()),
+        name: Cow::Borrowed(POD_NETWORKS),
+        set_type: SetTypeValue::Single(SetType::Ipv4Addr),
+        flags: Some(HashSet::from([SetFlag::Interval])),
+        ..Set::default()
+    })));
+    batch.add(set_element(&table, (network, prefix_len)));
     batch.add(NfListObject::Chain(Chain {
         family: NfFamily::IP,
         table: Cow::Owned(table.clone()),
@@ -58,12 +92,6 @@ pub fn ruleset(bridge: &str, (network, prefix): (Ipv4Addr, u8)) -> Nftables<'sta
         policy: Some(NfChainPolicy::Accept),
         ..Chain::default()
     }));
-    let range = || {
-        Expression::Named(NamedExpression::Prefix(Prefix {
-            addr: Box::new(Expression::String(Cow::Owned(network.to_string()))),
-            len: u32::from(prefix),
-        }))
-    };
     let ip_field = |field: &'static str| {
         Expression::Named(NamedExpression::Payload(Payload::PayloadField(
             PayloadField {
@@ -79,12 +107,12 @@ pub fn ruleset(bridge: &str, (network, prefix): (Ipv4Addr, u8)) -> Nftables<'sta
         expr: Cow::Owned(vec![
             Statement::Match(Match {
                 left: ip_field("saddr"),
-                right: range(),
+                right: prefix((network, prefix_len)),
                 op: Operator::EQ,
             }),
             Statement::Match(Match {
                 left: ip_field("daddr"),
-                right: range(),
+                right: Expression::String(Cow::Owned(format!("@{POD_NETWORKS}"))),
                 op: Operator::NEQ,
             }),
             Statement::Match(Match {
@@ -101,6 +129,46 @@ pub fn ruleset(bridge: &str, (network, prefix): (Ipv4Addr, u8)) -> Nftables<'sta
         comment: Some(Cow::Borrowed("skiff pod egress")),
     }));
     batch.to_nftables()
+}
+
+/// The batch that adds peers' pod CIDRs to the pod networks and removes others, in one
+/// transaction.
+#[must_use]
+pub fn pod_networks_change(
+    bridge: &str,
+    add: &[(Ipv4Addr, u8)],
+    remove: &[(Ipv4Addr, u8)],
+) -> Nftables<'static> {
+    let table = table_name(bridge);
+    let mut batch = Batch::new();
+    for cidr in add {
+        batch.add(set_element(&table, *cidr));
+    }
+    for cidr in remove {
+        batch.delete(set_element(&table, *cidr));
+    }
+    batch.to_nftables()
+}
+
+/// Adds and removes pod networks (peers' pod CIDRs) in the calling thread's network
+/// namespace.
+///
+/// # Errors
+/// If `nft` fails.
+pub fn change_pod_networks(
+    bridge: &str,
+    add: &[(Ipv4Addr, u8)],
+    remove: &[(Ipv4Addr, u8)],
+) -> Result<(), MasqueradeError> {
+    if add.is_empty() && remove.is_empty() {
+        return Ok(());
+    }
+    helper::apply_ruleset(&pod_networks_change(bridge, add, remove)).map_err(|source| {
+        MasqueradeError::Nft {
+            table: table_name(bridge),
+            source,
+        }
+    })
 }
 
 /// The batch that deletes the node's table whether or not it exists.
@@ -166,10 +234,17 @@ mod tests {
         assert_eq!(cmds[0], json!({"add": {"table": table}}));
         assert_eq!(cmds[1], json!({"delete": {"table": table}}));
         assert_eq!(cmds[2], json!({"add": {"table": table}}));
-        let chain = &cmds[3]["add"]["chain"];
+        let set = &cmds[3]["add"]["set"];
+        assert_eq!(set["name"], "pod-networks");
+        assert_eq!(set["flags"], json!(["interval"]));
+        assert_eq!(
+            cmds[4]["add"]["element"]["elem"],
+            json!([{"prefix": {"addr": "10.244.1.0", "len": 24}}])
+        );
+        let chain = &cmds[5]["add"]["chain"];
         assert_eq!(chain["hook"], "postrouting");
         assert_eq!(chain["type"], "nat");
-        let rule = &cmds[4]["add"]["rule"];
+        let rule = &cmds[6]["add"]["rule"];
         assert_eq!(rule["table"], "skiff-skiff0");
         let expr = rule["expr"].as_array().unwrap();
         let prefix = json!({"prefix": {"addr": "10.244.1.0", "len": 24}});
@@ -180,7 +255,7 @@ mod tests {
         assert_eq!(expr[0]["match"]["right"], prefix);
         assert_eq!(expr[0]["match"]["op"], "==");
         assert_eq!(expr[1]["match"]["op"], "!=");
-        assert_eq!(expr[1]["match"]["right"], prefix);
+        assert_eq!(expr[1]["match"]["right"], "@pod-networks");
         assert_eq!(
             expr[2]["match"]["left"],
             json!({"meta": {"key": "oifname"}})
@@ -188,7 +263,24 @@ mod tests {
         assert_eq!(expr[2]["match"]["right"], "skiff0");
         assert_eq!(expr[2]["match"]["op"], "!=");
         assert!(expr[3].get("masquerade").is_some());
-        assert_eq!(cmds.len(), 5);
+        assert_eq!(cmds.len(), 7);
+    }
+
+    #[test]
+    fn a_peer_change_touches_only_set_elements() {
+        let doc = serde_json::to_value(pod_networks_change(
+            "skiff0",
+            &[(Ipv4Addr::new(10, 244, 2, 0), 24)],
+            &[(Ipv4Addr::new(10, 244, 3, 0), 24)],
+        ))
+        .unwrap();
+        let cmds = doc["nftables"].as_array().unwrap();
+        assert_eq!(cmds.len(), 2);
+        assert_eq!(cmds[0]["add"]["element"]["name"], "pod-networks");
+        assert_eq!(
+            cmds[1]["delete"]["element"]["elem"],
+            json!([{"prefix": {"addr": "10.244.3.0", "len": 24}}])
+        );
     }
 
     #[test]

@@ -4,4 +4,5 @@
 
 pub mod backend;
 pub mod endpoint;
+pub mod peers;
 pub mod run;

@@ -72,6 +72,8 @@ pub struct NodeConfig {
     pub name: String,
     /// Its `InternalIP`, where the API server reaches its endpoint.
     pub address: Ipv4Addr,
+    /// How it joins the pod network of the cluster (address, uplink, backend).
+    pub pod_network: super::peers::PodNetwork,
     /// The node endpoint's port (reported as the kubelet endpoint).
     pub port: u16,
     /// State: images, containers, pod records, network state.
@@ -103,6 +105,8 @@ pub struct Node {
     pub backend: Arc<LocalBackend>,
     /// Pods this node runs, by UID (namespace, name, pod).
     pub pods: Arc<std::sync::Mutex<HashMap<String, Arc<Pod>>>>,
+    /// The node's pod CIDR.
+    pub pod_cidr: skiff_types::Ipv4Cidr,
 }
 
 impl Node {
@@ -219,7 +223,7 @@ pub async fn prepare(
         pod_cidr: parse_cidr(&cidr)?,
         state_dir: dir(&state.join("network"))?,
         masquerade: true,
-        mtu: None,
+        mtu: config.pod_network.pod_mtu(),
     }));
     network.setup().await?;
     let sources: Arc<ApiSources> = Arc::new(ApiSources::new(client.clone()));
@@ -249,10 +253,13 @@ pub async fn prepare(
         sources,
         limits: node_limits,
     });
+    let (network, prefix) = parse_cidr(&cidr)?;
     Ok((
         Node {
             backend,
             pods: Arc::default(),
+            pod_cidr: skiff_types::Ipv4Cidr::containing(network, prefix)
+                .map_err(|_| NetworkError::InvalidCidr(cidr.clone()))?,
         },
         registration,
     ))
@@ -393,6 +400,13 @@ pub async fn run(
         node_uid,
     ));
     let status = tokio::spawn(report_forever(registration));
+    let peers = tokio::spawn(super::peers::run(
+        client.clone(),
+        config.name.clone(),
+        config.pod_network.clone(),
+        node.pod_cidr,
+        config.bridge.clone(),
+    ));
     let worker_config = Arc::new(WorkerConfig {
         host_ip: config.address.to_string(),
         pods_dir: backend.volumes.pods_dir().to_owned(),
@@ -467,11 +481,13 @@ pub async fn run(
     }
     lease.abort();
     status.abort();
+    peers.abort();
     for (_, w) in workers.drain() {
         w.detach();
     }
     if config.cleanup_on_exit {
         clean_up(&backend).await;
+        super::peers::remove().await;
     }
     Ok(())
 }
