@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use skiff_api::{Config, Server};
 use skiff_controllers::leader::{Elector, LeaderConfig};
-use skiff_store::{EtcdStore, RedbStore, Store};
+use skiff_store::{EtcdStore, RedbOptions, RedbStore, Store};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -29,6 +29,14 @@ struct Args {
     /// The Service cluster IP range.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cluster_ip_range: String,
+    /// MiB of page cache for the embedded store; colder pages are read through the kernel's
+    /// page cache.
+    #[arg(
+        long,
+        env = "SKIFF_STORE_CACHE_MIB",
+        default_value_t = skiff_store::DEFAULT_CACHE_BYTES >> 20
+    )]
+    store_cache_mib: usize,
     /// Restore the embedded store from this backup (made by `ctl backup`) before starting.
     #[arg(long)]
     restore: Option<PathBuf>,
@@ -94,15 +102,20 @@ async fn open_store(args: &Args) -> Result<Arc<dyn Store>> {
         return Ok(Arc::new(store));
     }
     let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let options = RedbOptions {
+        cache_bytes: args.store_cache_mib << 20,
+    };
     if let Some(backup) = &args.restore {
         let bytes = std::fs::read(backup)
             .with_context(|| format!("reading backup {}", backup.display()))?;
-        RedbStore::restore(&bytes, &dir)
+        let restored = RedbStore::restore_with(&bytes, &dir, &options)
             .with_context(|| format!("restoring {} into {}", backup.display(), dir.display()))?;
+        // Closed before the open below takes the file.
+        drop(restored);
         tracing::info!(backup = %backup.display(), dir = %dir.display(), "restored the store");
     }
-    let store =
-        RedbStore::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))?;
+    let store = RedbStore::open_with(&dir, &options)
+        .with_context(|| format!("opening the store in {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), "using the embedded store");
     Ok(Arc::new(store))
 }
