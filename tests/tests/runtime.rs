@@ -10,20 +10,20 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use skiff_node_runtime::{
-    ContainerConfig, ContainerRuntime, ExitStatus, Libcontainer, PodNamespaces, ResourceSpec,
-    SecuritySpec,
+    ContainerConfig, ContainerRuntime, ExitStatus, Libcontainer, ResourceSpec,
 };
-use skiff_tests::{netns::Netns, require_root, unique_name};
+use skiff_tests::{
+    container::{CGROUP_ROOT, Sandbox},
+    require_root,
+};
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: [&str; 7] = ["sh", "echo", "sleep", "cat", "true", "head", "yes"];
 
 /// A rootfs, a state directory, a netns and a cgroup subtree, all removed on drop.
 struct Fixture {
+    // Dropped first: its cgroups go before the directory holding the containers' state.
+    sandbox: Sandbox,
     dir: tempfile::TempDir,
-    netns: Netns,
-    cgroup_parent: String,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -38,18 +38,9 @@ impl Fixture {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir()?;
-        let rootfs = dir.path().join("rootfs");
-        for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-            fs::create_dir_all(rootfs.join(d))?;
-        }
-        fs::copy(BUSYBOX, rootfs.join("bin/busybox")).context("copying busybox")?;
-        for applet in APPLETS {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
-        }
         Ok(Self {
+            sandbox: Sandbox::new(dir.path(), &APPLETS, "skt-rt")?,
             dir,
-            netns: Netns::new("skt-rt")?,
-            cgroup_parent: unique_name("skiff-test"),
             _serial: serial,
         })
     }
@@ -60,83 +51,13 @@ impl Fixture {
 
     fn config(&self, name: &str, script: &str) -> ContainerConfig {
         let id = format!("pod-{name}-0");
-        ContainerConfig {
-            bundle_dir: self.dir.path().join("containers").join(&id),
-            rootfs: self.dir.path().join("rootfs"),
-            args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            env: vec!["PATH=/bin".into()],
-            cwd: "/".into(),
-            namespaces: PodNamespaces {
-                net: Some(PathBuf::from("/run/netns").join(self.netns.name())),
-                ..PodNamespaces::default()
-            },
-            security: SecuritySpec {
-                masked_paths: true,
-                ..SecuritySpec::default()
-            },
-            cgroups_path: format!("/{}/{id}", self.cgroup_parent),
-            cgroup_v2_path: Some(self.v2_parent().join(&id)),
-            log_path: self.dir.path().join("logs").join(format!("{id}.log")),
-            id,
-            ..ContainerConfig::default()
-        }
-    }
-
-    fn v2_parent(&self) -> PathBuf {
-        Path::new(CGROUP_ROOT)
-            .join("unified")
-            .join(&self.cgroup_parent)
+        self.sandbox.config(&id, &["/bin/sh", "-c", script])
     }
 
     /// Every cgroup directory this fixture's containers may have made.
     fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = fs::read_dir(CGROUP_ROOT)
-            .map(|e| {
-                e.flatten()
-                    .map(|e| e.path().join(&self.cgroup_parent))
-                    .collect()
-            })
-            .unwrap_or_default();
-        dirs.retain(|d| d.is_dir());
-        dirs
+        self.sandbox.cgroups().dirs()
     }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for top in self.cgroup_dirs() {
-            remove_cgroup_tree(&top);
-        }
-    }
-}
-
-/// Kills what is left in a cgroup subtree the test made (ours by construction), then
-/// removes its directories bottom-up.
-fn remove_cgroup_tree(dir: &Path) {
-    let children: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|e| {
-            e.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    for child in children {
-        remove_cgroup_tree(&child);
-    }
-    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-        for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
-            // SAFETY: kill has no memory arguments; the pid is in the test's own cgroup.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-    for _ in 0..100 {
-        if fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("cleanup: could not remove cgroup {}", dir.display());
 }
 
 async fn wait(rt: &Libcontainer, id: &str) -> Result<ExitStatus> {
