@@ -69,7 +69,7 @@ impl NodeDaemon {
             .open(self.log_path())?;
         let child = Command::new(crate::bin("node"))
             .args(&self.args)
-            .env("RUST_LOG", "info,skiff_node=debug")
+            .env("RUST_LOG", "info,node=debug,skiff_kubelet=debug,skiff_node_net=debug,skiff_node_runtime=debug,skiff_node_server=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use skiff_node::proxy::{EbpfLoadBalancer, Frontend, Protocol, ServiceTable};
+use skiff_node_proxy::{EbpfLoadBalancer, Frontend, Protocol, ServiceTable};
 use skiff_tests::{cgroup::Cgroup, netns::Netns, process::ChildGuard, require_root};
 
 const NETPROBE: &str = env!("CARGO_BIN_EXE_netprobe");

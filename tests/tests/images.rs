@@ -8,7 +8,7 @@ use std::{
     process::Command,
 };
 
-use skiff_node::runtime::image::{ImageStore, PullError, PullPolicy, RegistryAuth};
+use skiff_node_runtime::image::{ImageStore, PullError, PullPolicy, RegistryAuth};
 use skiff_tests::{
     image::{busybox_docker_archive, busybox_layer, busybox_oci_layout, digest},
     registry::Registry,

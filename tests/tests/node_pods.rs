@@ -277,16 +277,16 @@ fn exec_and_follow_logs(c: &Cluster) -> Result<()> {
     )?;
     assert_eq!(echoed, "ping\n");
     // A terminal: kubectl wants its own stdin to be one, so it runs under `script`.
-    let tty = std::process::Command::new("script")
-        .args([
-            "-qec",
-            "kubectl exec -it web -c server -- sh -c '[ -t 0 ] && [ -t 1 ] && echo on-a-terminal; echo ok'",
-            "/dev/null",
-        ])
-        .env("KUBECONFIG", c.cp.kubeconfig())
-        .env("HOME", c.dir.path())
-        .stdin(std::process::Stdio::null())
-        .output()?;
+    let tty = in_a_terminal(
+        std::process::Command::new("script")
+            .args([
+                "-qec",
+                "kubectl exec -it web -c server -- sh -c '[ -t 0 ] && [ -t 1 ] && echo on-a-terminal; echo ok'",
+                "/dev/null",
+            ])
+            .env("KUBECONFIG", c.cp.kubeconfig())
+            .env("HOME", c.dir.path()),
+    )?;
     let text = String::from_utf8_lossy(&tty.stdout);
     assert!(tty.status.success(), "{tty:?}");
     assert!(text.contains("on-a-terminal\r\nok"), "{text:?}");
@@ -354,6 +354,41 @@ spec:
         "{server}"
     );
     Ok(())
+}
+
+/// Runs `script` with a standard input that stays open until it exits. With `/dev/null`
+/// there, `script` writes an end-of-file to its terminal at once; when that lands before
+/// kubectl switches the terminal to raw mode, the terminal hands kubectl the end-of-file
+/// marker as a NUL byte, which kubectl sends as input and the container's terminal echoes
+/// (`^@`), now and then between two lines of the command's output.
+fn in_a_terminal(script: &mut std::process::Command) -> Result<std::process::Output> {
+    use std::io::Read as _;
+    let mut child = script
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting script")?;
+    let stdin = child.stdin.take();
+    let mut stderr = child.stderr.take().context("script stderr")?;
+    let errors = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .context("script stdout")?
+        .read_to_end(&mut stdout)?;
+    let status = child.wait()?;
+    drop(stdin);
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr: errors.join().unwrap_or_default(),
+    })
 }
 
 /// `kubectl attach -i`: input reaches the container's own process, its output comes back.

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use skiff_node::server::{
+use skiff_node_server::{
     BackendError, ContainerRef, LogSource, NodeBackend, NodeServer, Session, StreamOptions, Summary,
 };
 use skiff_tests::{control::ControlPlane, process::ChildGuard, require_program};

@@ -15,7 +15,7 @@ use nix::{
     mount::{MntFlags, umount2},
     sched::{CloneFlags, setns},
 };
-use skiff_node::network::{
+use skiff_node_net::{
     BridgeNetwork, NetworkConfig, NetworkError, PodNetwork as _, Sandbox, SandboxRequest,
     parse_cidr,
 };

@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -23,19 +23,16 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
 };
 use serde_json::json;
-
-use crate::{
-    network::{PodNetwork, SandboxRequest},
-    pod::{
-        backend::{BackendError, Exit, ImageInfo, PodBackend, Run, SandboxInfo},
-        command::{self, ConfigError, NodeLimits, Sources},
-        volume::VolumeManager,
-    },
-    runtime::{
-        ContainerConfig, ContainerRuntime, Libcontainer, MountKind, MountSpec, PodNamespaces,
-        container_exec,
-        image::{Image, ImageStore, PullError, PullPolicy, RegistryAuth},
-    },
+use skiff_kubelet::pod::{
+    backend::{BackendError, Exit, ImageInfo, PodBackend, Run, SandboxInfo},
+    command::{self, ConfigError, NodeLimits, Sources},
+    volume::VolumeManager,
+};
+use skiff_node_net::{PodNetwork, SandboxRequest};
+use skiff_node_runtime::{
+    ContainerConfig, ContainerRuntime, Libcontainer, MountKind, MountSpec, PodNamespaces,
+    container_exec,
+    image::{Image, ImageStore, PullError, PullPolicy, RegistryAuth},
 };
 
 /// Where a node keeps things, and who it is.
@@ -197,12 +194,12 @@ fn milli(container: &Container, kind: &str, resource: &str) -> Option<i64> {
 
 /// cgroup settings from requests and limits, as the kubelet maps them.
 #[must_use]
-pub fn resources(container: &Container) -> crate::runtime::ResourceSpec {
+pub fn resources(container: &Container) -> skiff_node_runtime::ResourceSpec {
     const PERIOD: u64 = 100_000;
     let cpu_limit = milli(container, "limits", "cpu");
     let cpu_request = milli(container, "requests", "cpu").or(cpu_limit);
     let memory = milli(container, "limits", "memory").map(|m| m / 1000);
-    crate::runtime::ResourceSpec {
+    skiff_node_runtime::ResourceSpec {
         // 1024 shares per core, at least 2 (the kernel's minimum).
         cpu_shares: Some(
             cpu_request.map_or(2, |m| u64::try_from(m * 1024 / 1000).unwrap_or(2).max(2)),
@@ -232,7 +229,7 @@ fn user(
     container: &Container,
     image_user: Option<&str>,
     rootfs: &Path,
-) -> Result<crate::runtime::UserSpec, BackendError> {
+) -> Result<skiff_node_runtime::UserSpec, BackendError> {
     let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let sc = container.security_context.as_ref();
     let (mut uid, mut gid) = (0_u32, 0_u32);
@@ -290,14 +287,14 @@ fn user(
     if let Some(fs_group) = pod_sc.and_then(|s| s.fs_group) {
         additional.extend(u32::try_from(fs_group).ok());
     }
-    Ok(crate::runtime::UserSpec {
+    Ok(skiff_node_runtime::UserSpec {
         uid,
         gid,
         additional_gids: additional,
     })
 }
 
-fn security(pod: &Pod, container: &Container) -> crate::runtime::SecuritySpec {
+fn security(pod: &Pod, container: &Container) -> skiff_node_runtime::SecuritySpec {
     let sc = container.security_context.clone().unwrap_or_default();
     let pod_sc = pod
         .spec
@@ -309,7 +306,7 @@ fn security(pod: &Pod, container: &Container) -> crate::runtime::SecuritySpec {
         .seccomp_profile
         .or(pod_sc.seccomp_profile)
         .map(|p| p.type_);
-    crate::runtime::SecuritySpec {
+    skiff_node_runtime::SecuritySpec {
         privileged,
         capabilities_add: sc
             .capabilities
@@ -324,9 +321,9 @@ fn security(pod: &Pod, container: &Container) -> crate::runtime::SecuritySpec {
         read_only_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
         no_new_privileges: !privileged && sc.allow_privilege_escalation == Some(false),
         seccomp: if privileged || seccomp.as_deref() == Some("Unconfined") {
-            crate::runtime::SeccompMode::Unconfined
+            skiff_node_runtime::SeccompMode::Unconfined
         } else {
-            crate::runtime::SeccompMode::RuntimeDefault
+            skiff_node_runtime::SeccompMode::RuntimeDefault
         },
         masked_paths: !privileged,
     }
@@ -751,10 +748,4 @@ impl PodBackend for LocalBackend {
             }
         });
     }
-}
-
-/// A time for logs and the API from a [`SystemTime`].
-#[must_use]
-pub fn timestamp(at: SystemTime) -> Timestamp {
-    Timestamp::try_from(at).unwrap_or_else(|_| Timestamp::now())
 }

@@ -11,20 +11,18 @@ use std::{
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use skiff_node_runtime::{
+    ContainerRuntime,
+    container_exec::{self, ExecIo, ExecProcess},
+};
+use skiff_node_server::{
+    BackendError, ContainerRef, ContainerStats, CpuStats, LogOptions, LogSource, MemoryStats,
+    NodeBackend, NodeStats, PodReference, PodStats, RunningFn, Session, SessionExit, SessionInput,
+    SessionOutput, StreamOptions, Summary, TerminalSize, stream_log,
+};
 use tokio::io::AsyncWriteExt as _;
 
 use super::backend::LocalBackend;
-use crate::{
-    runtime::{
-        ContainerRuntime,
-        container_exec::{self, ExecIo},
-    },
-    server::{
-        BackendError, ContainerRef, ContainerStats, CpuStats, LogOptions, LogSource, MemoryStats,
-        NodeBackend, NodeStats, PodReference, PodStats, Session, SessionExit, SessionInput,
-        SessionOutput, StreamOptions, Summary, stream_log,
-    },
-};
 
 /// The real node's endpoint backend.
 pub struct Endpoint {
@@ -124,7 +122,7 @@ impl Endpoint {
         Ok((pod, id))
     }
 
-    fn usage(&self, id: &str, usage: &crate::runtime::Usage) -> (CpuStats, MemoryStats) {
+    fn usage(&self, id: &str, usage: &skiff_node_runtime::Usage) -> (CpuStats, MemoryStats) {
         let time = Timestamp::try_from(usage.at)
             .unwrap_or_else(|_| Timestamp::now())
             .to_string();
@@ -147,6 +145,35 @@ impl Endpoint {
                 usage_bytes: Some(usage.memory_usage_bytes),
             },
         )
+    }
+}
+
+/// An exec'd process as a server session carrying the streams the client asked for.
+fn session(mut process: ExecProcess, opts: &StreamOptions) -> Session {
+    process.keep_outputs(opts.stdout, opts.stderr);
+    let resize = process.terminal.take().map(|t| {
+        Box::new(move |size: TerminalSize| {
+            if let Err(err) = t.resize(size.width, size.height) {
+                tracing::debug!(%err, "resizing an exec terminal failed");
+            }
+        }) as Box<dyn FnMut(TerminalSize) + Send>
+    });
+    Session {
+        stdin: if opts.stdin {
+            process.stdin.take()
+        } else {
+            None
+        },
+        stdout: process.stdout.take(),
+        stderr: process.stderr.take(),
+        resize,
+        exit: Box::pin(async move {
+            process
+                .wait()
+                .await
+                .map(Some)
+                .map_err(|e| BackendError::Internal(e.to_string()))
+        }),
     }
 }
 
@@ -206,7 +233,7 @@ impl NodeBackend for Endpoint {
             container_exec::exec(&self.backend.layout.runtime_state, &id, &opts.command, io)
                 .await
                 .map_err(|e| BackendError::Internal(e.to_string()))?;
-        Ok(process.into_session(opts))
+        Ok(session(process, opts))
     }
 
     async fn attach(
@@ -249,7 +276,7 @@ impl NodeBackend for Endpoint {
         let run = runs.last().copied().unwrap_or(0);
         let path = self.backend.log_path(&pod, &target.container, run);
         let gone = dir.clone();
-        let running: crate::server::RunningFn = Arc::new(move || gone.exists());
+        let running: RunningFn = Arc::new(move || gone.exists());
         // Lines from the moment of attaching on, so output that races the client's first
         // input is not lost; the session ends once the container stopped and its log drained.
         let (done, finished) = tokio::sync::oneshot::channel::<()>();

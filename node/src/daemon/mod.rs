@@ -1,11 +1,7 @@
-//! The real node daemon: Node registration, Lease renewal, the pod watch and the state
-//! directory that lets a restarted daemon adopt what still runs.
+//! The real node daemon: the kubelet's backend over the runtime, the pod network and the
+//! image store, the endpoint's backend, and the main loop with its state directory that
+//! lets a restarted daemon adopt what still runs.
 
 pub mod backend;
-pub mod capacity;
-pub mod conditions;
 pub mod endpoint;
-pub mod host;
-pub mod lease;
-pub mod register;
 pub mod run;

@@ -15,24 +15,24 @@ use kube::{
     Api, Client,
     runtime::{WatchStreamExt, watcher},
 };
-
-use super::{
-    backend::{ApiSources, Layout, LocalBackend},
-    capacity::Reservations,
-    host::ProcHost,
-    lease,
-    register::{Identity, RegisterError, Registration},
-};
-use crate::{
-    network::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork, parse_cidr},
+use skiff_kubelet::{
+    node::{
+        capacity::Reservations,
+        host::ProcHost,
+        lease,
+        register::{Identity, RegisterError, Registration},
+    },
     pod::{
         backend::PodBackend,
         command::NodeLimits,
         volume::{SystemMounter, VolumeManager},
         worker::{self, WorkerConfig, WorkerHandle},
     },
-    runtime::{ContainerRuntime, Libcontainer, image::ImageStore},
 };
+use skiff_node_net::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork, parse_cidr};
+use skiff_node_runtime::{ContainerRuntime, Libcontainer, image::ImageStore};
+
+use super::backend::{ApiSources, Layout, LocalBackend};
 
 /// How often the Node's status is checked (and sent when it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(10);

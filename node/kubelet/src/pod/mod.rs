@@ -1,0 +1,10 @@
+//! Pods on a node: turning a bound pod into sandbox, volumes and containers, and keeping
+//! its status.
+
+pub mod backend;
+pub mod backoff;
+pub mod command;
+pub mod probe;
+pub mod status;
+pub mod volume;
+pub mod worker;

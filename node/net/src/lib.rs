@@ -1,0 +1,538 @@
+//! skiff-node-net is the pod network on a node: the node's bridge, per-pod namespaces and
+//! veths, IPAM over the node's pod CIDR, and egress masquerade.
+//!
+//! Everything a sandbox consists of lives under the state directory (namespace files, the
+//! address allocation, a record of the finished sandbox), so a restarted daemon finds its
+//! pods' networks again and can remove the ones it no longer needs.
+
+#![forbid(unsafe_code)]
+
+mod bridge;
+pub mod ipam;
+mod link;
+pub mod masquerade;
+mod sandbox;
+pub mod veth;
+
+use std::{
+    collections::HashMap,
+    fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+pub use self::{
+    bridge::BridgeError, ipam::IpamError, link::LinkError, masquerade::MasqueradeError,
+    sandbox::NamespaceError, veth::VethError,
+};
+use self::{ipam::Ipam, sandbox::NamespacePaths, veth::PodSide};
+
+/// The longest hostname the kernel accepts (`__NEW_UTS_LEN`).
+const MAX_HOSTNAME: usize = 64;
+
+/// Errors of pod networking.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// A CIDR string is not `a.b.c.d/len` with the host bits clear.
+    #[error("invalid cidr {0:?}")]
+    InvalidCidr(String),
+    /// A pod uid cannot name files in the state directory.
+    #[error("invalid pod uid {0:?}")]
+    InvalidUid(String),
+    /// A hostname is empty or longer than the kernel allows.
+    #[error("invalid hostname {0:?}")]
+    InvalidHostname(String),
+    /// The bridge does not exist: `setup` has not run.
+    #[error("bridge {0} does not exist: network setup has not run")]
+    NoBridge(String),
+    /// Address allocation failed.
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    /// The bridge or forwarding could not be set up.
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    /// A netlink request failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// A veth pair could not be created or removed.
+    #[error(transparent)]
+    Veth(#[from] VethError),
+    /// A namespace could not be created or removed.
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    /// The masquerade table could not be applied or removed.
+    #[error(transparent)]
+    Masquerade(#[from] MasqueradeError),
+    /// The state directory could not be read or written.
+    #[error("network state {path}: {source}")]
+    State {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// The node's pod network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// The bridge's name, e.g. `skiff0`; also names the nftables table (`skiff-<bridge>`).
+    pub bridge: String,
+    /// The node's pod CIDR; its first host is the gateway on the bridge.
+    pub pod_cidr: (Ipv4Addr, u8),
+    /// Where namespace files, allocations and sandbox records live.
+    pub state_dir: PathBuf,
+    /// Whether to masquerade pod traffic leaving the pod CIDR.
+    pub masquerade: bool,
+    /// The MTU of the bridge and veths, if not the kernel default.
+    pub mtu: Option<u32>,
+}
+
+/// What a pod's sandbox is made for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxRequest {
+    /// The pod's uid.
+    pub uid: String,
+    /// The hostname in the pod's UTS namespace.
+    pub hostname: String,
+}
+
+/// A pod's network sandbox: its namespaces (join them by path) and its address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// The pod's uid.
+    pub uid: String,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+    /// The pod's default gateway (the bridge).
+    pub gateway: Ipv4Addr,
+    /// The network namespace file.
+    pub netns: PathBuf,
+    /// The IPC namespace file.
+    pub ipcns: PathBuf,
+    /// The UTS namespace file.
+    pub utsns: PathBuf,
+    /// The host side of the pod's veth pair.
+    pub host_veth: String,
+}
+
+/// Pod networking as the pod worker uses it.
+#[async_trait::async_trait]
+pub trait PodNetwork: Send + Sync {
+    /// Bridge, gateway address, forwarding, masquerade; idempotent.
+    async fn setup(&self) -> Result<(), NetworkError>;
+    /// Makes `req.uid`'s sandbox; an existing complete one is returned as is, a partial one
+    /// (left by a crash) is rebuilt with the same address.
+    async fn create_sandbox(&self, req: &SandboxRequest) -> Result<Sandbox, NetworkError>;
+    /// Removes `uid`'s veth, namespace mounts and files, and address; idempotent.
+    async fn remove_sandbox(&self, uid: &str) -> Result<(), NetworkError>;
+    /// The complete sandboxes recorded in the state directory (for adoption and cleanup of
+    /// orphans).
+    async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, NetworkError>;
+    /// Removes the bridge and the nftables table.
+    async fn teardown(&self) -> Result<(), NetworkError>;
+}
+
+/// Pod networking on a Linux bridge, configured with rtnetlink in the network namespace of
+/// the thread that calls it.
+#[derive(Debug)]
+pub struct BridgeNetwork {
+    config: NetworkConfig,
+    ipam: Ipam,
+    /// One lock per pod uid, so a create and a remove of one pod never interleave.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl BridgeNetwork {
+    /// Pod networking for `config`; nothing is touched until [`PodNetwork::setup`].
+    #[must_use]
+    pub fn new(config: NetworkConfig) -> Self {
+        let ipam = Ipam::new(config.state_dir.join("ipam"), config.pod_cidr);
+        Self {
+            config,
+            ipam,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The gateway: the first host of the pod CIDR.
+    #[must_use]
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.ipam.gateway()
+    }
+
+    fn paths(&self, uid: &str) -> NamespacePaths {
+        let dir = &self.config.state_dir;
+        NamespacePaths {
+            net: dir.join("netns").join(uid),
+            ipc: dir.join("ipcns").join(uid),
+            uts: dir.join("utsns").join(uid),
+        }
+    }
+
+    fn record_path(&self, uid: &str) -> PathBuf {
+        self.config
+            .state_dir
+            .join("sandboxes")
+            .join(format!("{uid}.json"))
+    }
+
+    fn lock(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(locks.entry(uid.to_owned()).or_default())
+    }
+
+    fn forget_lock(&self, uid: &str) {
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if locks.get(uid).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(uid);
+        }
+    }
+
+    fn ensure_dirs(&self) -> Result<(), NetworkError> {
+        for sub in ["netns", "ipcns", "utsns", "ipam", "sandboxes"] {
+            let path = self.config.state_dir.join(sub);
+            fs::create_dir_all(&path).map_err(|source| NetworkError::State { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// Whether the recorded sandbox still stands: its namespaces are mounted and its veth
+    /// exists (neither survives a host reboot, while the state directory may).
+    async fn intact(&self, sandbox: &Sandbox) -> Result<bool, NetworkError> {
+        let mounted = [&sandbox.netns, &sandbox.ipcns, &sandbox.utsns]
+            .into_iter()
+            .all(|p| sandbox::is_mounted(p));
+        if !mounted {
+            return Ok(false);
+        }
+        let handle = link::connect()?;
+        Ok(link::index_of(&handle, &sandbox.host_veth).await?.is_some())
+    }
+
+    /// Removes everything of `uid` except its address, which a rebuild reuses.
+    async fn remove_parts(&self, uid: &str) -> Result<(), NetworkError> {
+        let handle = link::connect()?;
+        veth::remove(&handle, uid).await?;
+        let paths = self.paths(uid);
+        for path in [&paths.net, &paths.ipc, &paths.uts] {
+            sandbox::remove(path)?;
+        }
+        remove_file(&self.record_path(uid))
+    }
+
+    async fn build(&self, req: &SandboxRequest) -> Result<Sandbox, NetworkError> {
+        let handle = link::connect()?;
+        let bridge = link::index_of(&handle, &self.config.bridge)
+            .await?
+            .ok_or_else(|| NetworkError::NoBridge(self.config.bridge.clone()))?;
+        let ip = self.ipam.allocate(&req.uid)?;
+        let paths = self.paths(&req.uid);
+        sandbox::create(paths.clone(), req.hostname.clone()).await?;
+        let host_veth = veth::create(
+            &handle,
+            &req.uid,
+            bridge,
+            PodSide {
+                netns: paths.net.clone(),
+                ip,
+                prefix: self.config.pod_cidr.1,
+                gateway: self.gateway(),
+                mtu: self.config.mtu,
+            },
+        )
+        .await?;
+        let sandbox = Sandbox {
+            uid: req.uid.clone(),
+            ip,
+            gateway: self.gateway(),
+            netns: paths.net,
+            ipcns: paths.ipc,
+            utsns: paths.uts,
+            host_veth,
+        };
+        write_record(&self.record_path(&req.uid), &sandbox)?;
+        Ok(sandbox)
+    }
+}
+
+#[async_trait::async_trait]
+impl PodNetwork for BridgeNetwork {
+    async fn setup(&self) -> Result<(), NetworkError> {
+        self.ensure_dirs()?;
+        let handle = link::connect()?;
+        let (network, prefix) = self.config.pod_cidr;
+        bridge::ensure(
+            &handle,
+            &self.config.bridge,
+            (self.gateway(), prefix),
+            self.config.mtu,
+        )
+        .await?;
+        bridge::enable_forwarding()?;
+        if self.config.masquerade {
+            masquerade::apply(&self.config.bridge, self.config.pod_cidr)?;
+        } else if let Err(error) = masquerade::remove(&self.config.bridge) {
+            // Without masquerade nftables may not even be installed; a table left from an
+            // earlier configuration is worth a warning, not a node that cannot start.
+            warn!(%error, "removing the masquerade table of an earlier configuration");
+        }
+        info!(
+            bridge = self.config.bridge,
+            pod_cidr = %format_args!("{network}/{prefix}"),
+            gateway = %self.gateway(),
+            masquerade = self.config.masquerade,
+            "pod network ready"
+        );
+        Ok(())
+    }
+
+    async fn create_sandbox(&self, req: &SandboxRequest) -> Result<Sandbox, NetworkError> {
+        validate_uid(&req.uid)?;
+        if req.hostname.is_empty() || req.hostname.len() > MAX_HOSTNAME {
+            return Err(NetworkError::InvalidHostname(req.hostname.clone()));
+        }
+        let lock = self.lock(&req.uid);
+        let _guard = lock.lock().await;
+        if let Some(existing) = read_record(&self.record_path(&req.uid))? {
+            if self.intact(&existing).await? {
+                return Ok(existing);
+            }
+            warn!(
+                uid = req.uid,
+                "recorded sandbox is incomplete, rebuilding it"
+            );
+        }
+        self.ensure_dirs()?;
+        self.remove_parts(&req.uid).await?;
+        match self.build(req).await {
+            Ok(sandbox) => {
+                info!(uid = sandbox.uid, ip = %sandbox.ip, veth = sandbox.host_veth, "sandbox created");
+                Ok(sandbox)
+            }
+            Err(e) => {
+                if let Err(cleanup) = self.remove_parts(&req.uid).await {
+                    warn!(uid = req.uid, error = %cleanup, "cleaning up a failed sandbox");
+                }
+                if let Err(cleanup) = self.ipam.release(&req.uid) {
+                    warn!(uid = req.uid, error = %cleanup, "releasing a failed sandbox's address");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn remove_sandbox(&self, uid: &str) -> Result<(), NetworkError> {
+        validate_uid(uid)?;
+        let lock = self.lock(uid);
+        let guard = lock.lock().await;
+        self.remove_parts(uid).await?;
+        let released = self.ipam.release(uid)?;
+        drop(guard);
+        drop(lock);
+        self.forget_lock(uid);
+        info!(uid, ip = ?released, "sandbox removed");
+        Ok(())
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, NetworkError> {
+        let dir = self.config.state_dir.join("sandboxes");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(NetworkError::State { path: dir, source }),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| NetworkError::State {
+                path: dir.clone(),
+                source,
+            })?;
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            if let Some(sandbox) = read_record(&path)? {
+                out.push(sandbox);
+            }
+        }
+        out.sort_by(|a, b| a.uid.cmp(&b.uid));
+        Ok(out)
+    }
+
+    async fn teardown(&self) -> Result<(), NetworkError> {
+        let handle = link::connect()?;
+        bridge::remove(&handle, &self.config.bridge).await?;
+        match masquerade::remove(&self.config.bridge) {
+            Ok(()) => {}
+            Err(e) if self.config.masquerade => return Err(e.into()),
+            Err(error) => warn!(%error, "removing the masquerade table"),
+        }
+        info!(bridge = self.config.bridge, "pod network removed");
+        Ok(())
+    }
+}
+
+/// Parses an IPv4 CIDR such as `10.244.1.0/24`; the host bits must be clear.
+///
+/// # Errors
+/// If `s` is not an IPv4 network in CIDR notation.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), NetworkError> {
+    let invalid = || NetworkError::InvalidCidr(s.to_owned());
+    let (addr, len) = s.trim().split_once('/').ok_or_else(invalid)?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| invalid())?;
+    let len: u8 = len.parse().map_err(|_| invalid())?;
+    if len > 32 || u32::from(addr) & ipam::host_mask(len) != 0 {
+        return Err(invalid());
+    }
+    Ok((addr, len))
+}
+
+/// Pod uids name files: they must not be empty, hidden, or reach elsewhere.
+fn validate_uid(uid: &str) -> Result<(), NetworkError> {
+    let ok = !uid.is_empty()
+        && uid.len() <= 128
+        && !uid.starts_with('.')
+        && uid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NetworkError::InvalidUid(uid.to_owned()))
+    }
+}
+
+fn read_record(path: &Path) -> Result<Option<Sandbox>, NetworkError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(NetworkError::State {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    match serde_json::from_str(&text) {
+        Ok(sandbox) => Ok(Some(sandbox)),
+        Err(error) => {
+            // A torn record means the sandbox never finished: treat it as absent.
+            warn!(path = %path.display(), %error, "ignoring unreadable sandbox record");
+            Ok(None)
+        }
+    }
+}
+
+/// Writes the record through a temporary file and a rename, so a crash never leaves a
+/// half-written record that claims a finished sandbox.
+fn write_record(path: &Path, sandbox: &Sandbox) -> Result<(), NetworkError> {
+    let state = |source| NetworkError::State {
+        path: path.to_owned(),
+        source,
+    };
+    let json = serde_json::to_vec_pretty(sandbox).map_err(|e| state(io::Error::other(e)))?;
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, json).map_err(state)?;
+    fs::rename(&tmp, path).map_err(state)
+}
+
+fn remove_file(path: &Path) -> Result<(), NetworkError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(NetworkError::State {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_cidr_reads_network_and_prefix() {
+        assert_eq!(
+            parse_cidr("10.244.1.0/24").unwrap(),
+            (Ipv4Addr::new(10, 244, 1, 0), 24)
+        );
+        assert_eq!(parse_cidr("0.0.0.0/0").unwrap(), (Ipv4Addr::UNSPECIFIED, 0));
+        assert_eq!(
+            parse_cidr("192.168.7.7/32").unwrap(),
+            (Ipv4Addr::new(192, 168, 7, 7), 32)
+        );
+    }
+
+    #[test]
+    fn parse_cidr_rejects_malformed_input_and_host_bits() {
+        for bad in [
+            "10.244.1.0",
+            "10.244.1.0/33",
+            "10.244.1.1/24",
+            "x/24",
+            "10.244.1.0/",
+            "::1/64",
+        ] {
+            assert!(
+                matches!(parse_cidr(bad), Err(NetworkError::InvalidCidr(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn uids_that_could_escape_the_state_directory_are_rejected() {
+        for bad in ["", "..", ".hidden", "a/b", "a b"] {
+            assert!(validate_uid(bad).is_err(), "{bad:?}");
+        }
+        validate_uid("6f1c3e1a-2b7d-4c55-9a0e-1d2f3a4b5c6d").unwrap();
+    }
+
+    #[test]
+    fn sandbox_paths_sit_under_the_state_directory() {
+        let net = BridgeNetwork::new(NetworkConfig {
+            bridge: "skiff0".into(),
+            pod_cidr: (Ipv4Addr::new(10, 244, 1, 0), 24),
+            state_dir: "/var/lib/skiff".into(),
+            masquerade: true,
+            mtu: None,
+        });
+        let paths = net.paths("u1");
+        assert_eq!(paths.net, Path::new("/var/lib/skiff/netns/u1"));
+        assert_eq!(paths.ipc, Path::new("/var/lib/skiff/ipcns/u1"));
+        assert_eq!(paths.uts, Path::new("/var/lib/skiff/utsns/u1"));
+        assert_eq!(net.gateway(), Ipv4Addr::new(10, 244, 1, 1));
+    }
+
+    #[test]
+    fn records_round_trip_and_torn_ones_count_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u1.json");
+        let sandbox = Sandbox {
+            uid: "u1".into(),
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+            gateway: Ipv4Addr::new(10, 244, 1, 1),
+            netns: "/s/netns/u1".into(),
+            ipcns: "/s/ipcns/u1".into(),
+            utsns: "/s/utsns/u1".into(),
+            host_veth: "veth01234567".into(),
+        };
+        write_record(&path, &sandbox).unwrap();
+        assert_eq!(read_record(&path).unwrap(), Some(sandbox));
+        fs::write(&path, "{\"uid\":").unwrap();
+        assert_eq!(read_record(&path).unwrap(), None);
+        assert_eq!(read_record(&dir.path().join("none.json")).unwrap(), None);
+    }
+}

@@ -1,0 +1,367 @@
+//! The node daemon. By default it is a real node: it runs the pods bound to `--name`
+//! through libcontainer (root needed). `--simulate N` serves N simulated nodes instead (no
+//! containers, no root) for scheduler and controller tests at scale.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser};
+use k8s_openapi::api::core::v1::Taint;
+use skiff_kubelet::node::capacity::Reservations;
+use skiff_node_sim::{self as simulate, KUBELET_VERSION, SimConfig, SimTaint};
+use tracing_subscriber::{EnvFilter, prelude::*};
+
+use crate::daemon::run::NodeConfig;
+
+mod daemon;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "node",
+    about = "skiff's node daemon",
+    args_override_self = true
+)]
+struct Cli {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    real: RealArgs,
+    #[command(flatten)]
+    simulate: SimulateArgs,
+}
+
+/// The real node: its name, its slice of the host, and its endpoint.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Real node")]
+struct RealArgs {
+    /// The Node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The node's `InternalIP`: where the API server reaches its endpoint.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: Ipv4Addr,
+    /// Port of the node endpoint (logs, exec, attach, stats), bound on --node-ip.
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// State directory: images, containers, pod records, network state
+    /// (default /var/lib/skiff/node/<name>).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Container logs (default <state-dir>/logs).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// cgroup parent of every pod (default /skiff/<name>).
+    #[arg(long)]
+    cgroup_parent: Option<String>,
+    /// The pod bridge.
+    #[arg(long, default_value = "skiff0")]
+    bridge: String,
+    /// The pod CIDR; without it the one the control plane assigns (`spec.podCIDR`).
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// Pods this node takes.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u64,
+    /// CPU reserved for the system, in millicores.
+    #[arg(long, default_value_t = 0)]
+    reserved_cpu_millis: u64,
+    /// Memory reserved for the system, in bytes.
+    #[arg(long, default_value_t = 0)]
+    reserved_memory: u64,
+    /// A registry reached over plain HTTP (`host:port`); repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// On exit, stop every container and remove sandboxes, the bridge and the rules
+    /// (otherwise containers keep running and the next start adopts them).
+    #[arg(long)]
+    cleanup_on_exit: bool,
+}
+
+/// How to reach the API server.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "API server")]
+struct ApiArgs {
+    /// API server URL (`http://127.0.0.1:6443`); without it the kubeconfig is used.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    server: Option<String>,
+    /// Kubeconfig to reach the API server (default: $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// Simulated nodes: Node objects, Leases and pod status without running anything.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Simulated nodes")]
+struct SimulateArgs {
+    /// Serve this many simulated nodes instead of running real pods.
+    #[arg(long, value_name = "N")]
+    simulate: Option<usize>,
+    /// Simulated node names are `<prefix><index>`; a second process needs another prefix.
+    #[arg(long, default_value = "sim-")]
+    name_prefix: String,
+    /// CPU capacity (and allocatable) of each simulated node.
+    #[arg(long, default_value = "32")]
+    cpu: String,
+    /// Memory capacity of each simulated node.
+    #[arg(long, default_value = "256Gi")]
+    memory: String,
+    /// How many pods each simulated node takes.
+    #[arg(long, default_value = "110")]
+    pods: String,
+    /// Ephemeral storage of each simulated node.
+    #[arg(long, default_value = "100Gi")]
+    ephemeral_storage: String,
+    /// Extra labels, `k=v,k2=v2`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Taints to register with, `key=value:Effect,key:Effect`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_taint)]
+    taints: Vec<SimTaint>,
+    /// Spread the nodes over this many zones (`topology.kubernetes.io/zone=zone-<i % N>`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    zones: u16,
+    /// Lease duration written into each node's Lease.
+    #[arg(long, default_value_t = 40)]
+    lease_duration_seconds: u32,
+    /// How often each node's Lease is renewed (the renewals of all nodes are spread over
+    /// this interval).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    lease_renew_interval_seconds: u64,
+    /// Delay between a pod being bound and it running.
+    #[arg(long, default_value_t = 0)]
+    pod_startup_ms: u64,
+    /// `InternalIP` of node 0; node i reports this address plus i. Text in status only: no
+    /// traffic goes there.
+    #[arg(long, default_value = "127.64.0.1")]
+    node_ip_base: Ipv4Addr,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency: u64,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("label {text:?} needs the form key=value"))?;
+    if key.is_empty() {
+        return Err(format!("label {text:?} has an empty key"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+fn parse_taint(text: &str) -> Result<SimTaint, String> {
+    let (kv, effect) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("taint {text:?} needs the form key=value:Effect"))?;
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    if key.is_empty() {
+        return Err(format!("taint {text:?} has an empty key"));
+    }
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(format!(
+            "taint {text:?}: the effect must be NoSchedule, PreferNoSchedule or NoExecute"
+        ));
+    }
+    Ok(SimTaint {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        effect: effect.to_owned(),
+    })
+}
+
+impl SimulateArgs {
+    fn config(&self, count: usize) -> SimConfig {
+        SimConfig {
+            count,
+            prefix: self.name_prefix.clone(),
+            capacity: BTreeMap::from([
+                ("cpu".to_owned(), self.cpu.clone()),
+                ("memory".to_owned(), self.memory.clone()),
+                ("pods".to_owned(), self.pods.clone()),
+                (
+                    "ephemeral-storage".to_owned(),
+                    self.ephemeral_storage.clone(),
+                ),
+            ]),
+            labels: self.labels.iter().cloned().collect(),
+            taints: self.taints.clone(),
+            zones: usize::from(self.zones),
+            lease_duration: Duration::from_secs(u64::from(self.lease_duration_seconds)),
+            lease_renew_interval: Duration::from_secs(self.lease_renew_interval_seconds),
+            pod_startup: Duration::from_millis(self.pod_startup_ms),
+            node_ip_base: self.node_ip_base,
+            concurrency: usize::try_from(self.concurrency).unwrap_or(32),
+        }
+    }
+}
+
+async fn client(api: &ApiArgs) -> Result<kube::Client> {
+    let mut config = if let Some(server) = &api.server {
+        kube::Config::new(server.parse().context("--server is not a URL")?)
+    } else {
+        let options = kube::config::KubeConfigOptions::default();
+        match &api.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .context("loading the kubeconfig")?
+            }
+            None => kube::Config::from_kubeconfig(&options)
+                .await
+                .context("loading the kubeconfig")?,
+        }
+    };
+    // Writes are recorded (field managers, event sources) as the kubelet's.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&format!("kubelet/{KUBELET_VERSION}")).context("user agent")?,
+    ));
+    kube::Client::try_from(config).context("building the API client")
+}
+
+async fn shutdown() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("listening for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn real(cli: Cli) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("a real node runs containers and needs root (use --simulate N without root)");
+    }
+    let args = cli.real;
+    let name = match args.name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("reading the host name")?
+            .to_string_lossy()
+            .to_lowercase(),
+    };
+    // Absolute, because libcontainer changes the process's working directory for moments.
+    let state_dir = std::path::absolute(
+        args.state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/node").join(&name)),
+    )
+    .context("resolving --state-dir")?;
+    let log_dir = std::path::absolute(args.log_dir.unwrap_or_else(|| state_dir.join("logs")))
+        .context("resolving --log-dir")?;
+    let config = NodeConfig {
+        log_dir,
+        cgroup_parent: args
+            .cgroup_parent
+            .unwrap_or_else(|| format!("/skiff/{name}")),
+        name,
+        address: args.node_ip,
+        port: args.port,
+        state_dir,
+        bridge: args.bridge,
+        pod_cidr: args.pod_cidr,
+        labels: cli.simulate.labels.iter().cloned().collect(),
+        taints: cli
+            .simulate
+            .taints
+            .iter()
+            .map(|t| Taint {
+                key: t.key.clone(),
+                value: (!t.value.is_empty()).then(|| t.value.clone()),
+                effect: t.effect.clone(),
+                time_added: None,
+            })
+            .collect(),
+        reserved: Reservations {
+            cpu_millis: args.reserved_cpu_millis,
+            memory: args.reserved_memory,
+            max_pods: args.max_pods,
+            ..Reservations::default()
+        },
+        insecure_registries: args.insecure_registries,
+        cleanup_on_exit: args.cleanup_on_exit,
+    };
+    let client = client(&cli.api).await?;
+    let (node, registration) = daemon::run::prepare(client.clone(), &config)
+        .await
+        .context("setting the node up")?;
+    let listen = std::net::SocketAddr::from((config.address, config.port));
+    let endpoint = Arc::new(daemon::endpoint::Endpoint::new(
+        node.backend.clone(),
+        node.pods.clone(),
+    ));
+    let server = skiff_node_server::NodeServer::bind(listen, endpoint)
+        .await
+        .with_context(|| format!("binding the node endpoint on {listen}"))?;
+    let serving = tokio::spawn(server.serve(std::future::pending()));
+    tracing::info!(node = %config.name, %listen, "node running");
+    let result = daemon::run::run(client, config, node, registration, async {
+        if let Err(err) = shutdown().await {
+            tracing::error!(?err, "signal handling");
+        }
+    })
+    .await;
+    serving.abort();
+    result.context("node daemon")
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    // Container inits are clones of this process and run libcontainer's logging before they
+    // exec: they must not write to stderr, whose lock another daemon thread may have held at
+    // the moment of the clone.
+    tracing_subscriber::registry()
+        .with(skiff_node_runtime::libcontainer::daemon_process_only())
+        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+    let cli = Cli::parse();
+    let Some(count) = cli.simulate.simulate else {
+        return Box::pin(real(cli)).await;
+    };
+    let client = client(&cli.api).await?;
+    tokio::select! {
+        r = simulate::run(client, cli.simulate.config(count)) => r.context("simulated nodes")?,
+        r = shutdown() => r?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints_take_key_value_and_effect() {
+        let t = parse_taint("dedicated=gpu:NoSchedule").expect("a taint");
+        assert_eq!(
+            (t.key.as_str(), t.value.as_str(), t.effect.as_str()),
+            ("dedicated", "gpu", "NoSchedule")
+        );
+        let t = parse_taint("spot:PreferNoSchedule").expect("a taint without value");
+        assert_eq!((t.key.as_str(), t.value.as_str()), ("spot", ""));
+        assert!(parse_taint("spot").is_err());
+        assert!(parse_taint("a=b:Sometimes").is_err());
+    }
+
+    #[test]
+    fn a_later_flag_overrides_an_earlier_one() {
+        let cli = Cli::try_parse_from([
+            "node",
+            "--simulate",
+            "2",
+            "--lease-renew-interval-seconds",
+            "1",
+            "--lease-renew-interval-seconds",
+            "3",
+            "--labels",
+            "a=1,b=2",
+        ])
+        .expect("flags");
+        let config = cli.simulate.config(2);
+        assert_eq!(config.lease_renew_interval, Duration::from_secs(3));
+        assert_eq!(config.labels.get("b").map(String::as_str), Some("2"));
+    }
+}
