@@ -32,7 +32,11 @@ use skiff_kubelet::{
 use skiff_node_net::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork, parse_cidr};
 use skiff_node_runtime::{ContainerRuntime, Libcontainer, image::ImageStore};
 
-use super::backend::{ApiSources, Layout, LocalBackend};
+use super::{
+    backend::{Layout, LocalBackend},
+    cgroups,
+    sources::ApiSources,
+};
 
 /// How often the Node's status is checked (and sent when it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -359,7 +363,7 @@ pub async fn clean_up(backend: &LocalBackend) {
     if let Err(err) = backend.network.teardown().await {
         tracing::warn!(%err, "network not torn down");
     }
-    super::backend::remove_node_cgroups(&backend.layout.cgroup_parent);
+    cgroups::remove_node_cgroups(&backend.layout.cgroup_parent);
 }
 
 /// Reports the Node's status every [`STATUS_EVERY`] (sent when it changed).
