@@ -58,7 +58,7 @@ struct RealArgs {
     bridge: String,
     /// The pod CIDR; without it the one the control plane assigns (`spec.podCIDR`).
     #[arg(long)]
-    pod_cidr: Option<String>,
+    pod_cidr: Option<skiff_types::Ipv4Cidr>,
     /// Pods this node takes.
     #[arg(long, default_value_t = 110)]
     max_pods: u64,

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::{Sim, api_code, pace::Pacer};
 
 /// Where the kubelet keeps node Leases.
-pub(super) const NAMESPACE: &str = "kube-node-lease";
+pub(super) const NAMESPACE: &str = skiff_types::namespace::KUBE_NODE_LEASE;
 
 fn duration_seconds(sim: &Sim) -> i32 {
     i32::try_from(sim.config.lease_duration.as_secs()).unwrap_or(i32::MAX)

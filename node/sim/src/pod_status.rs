@@ -8,31 +8,13 @@ use std::{net::Ipv4Addr, time::Duration};
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::ResourceExt;
 use serde_json::{Value, json};
+use skiff_types::{ContainerRestartPolicy, RestartPolicy};
 
 /// Pod annotation: the exit code the simulated containers end with (default 0).
 pub const EXIT_CODE: &str = "skiff.io/sim-exit-code";
 /// Pod annotation: seconds the simulated containers run before they exit (absent: they run
 /// until the pod is deleted, like a server).
 pub const RUN_SECONDS: &str = "skiff.io/sim-run-seconds";
-
-/// The pod's `restartPolicy`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum RestartPolicy {
-    Always,
-    OnFailure,
-    Never,
-}
-
-impl RestartPolicy {
-    /// Whether a container that exited with `code` is started again.
-    pub(super) fn restarts(self, code: i32) -> bool {
-        match self {
-            Self::Always => true,
-            Self::OnFailure => code != 0,
-            Self::Never => false,
-        }
-    }
-}
 
 /// An init container: a sidecar (`restartPolicy: Always`) keeps running beside the
 /// containers, the others have completed before they start.
@@ -77,14 +59,14 @@ impl Shape {
                 .map(|c| InitContainer {
                     name: c.name.clone(),
                     image: image(c),
-                    sidecar: c.restart_policy.as_deref() == Some("Always"),
+                    sidecar: ContainerRestartPolicy::from_field(c.restart_policy.as_deref())
+                        .is_ok_and(ContainerRestartPolicy::is_sidecar),
                 })
                 .collect(),
-            restart_policy: match spec.and_then(|s| s.restart_policy.as_deref()) {
-                Some("Never") => RestartPolicy::Never,
-                Some("OnFailure") => RestartPolicy::OnFailure,
-                _ => RestartPolicy::Always,
-            },
+            restart_policy: RestartPolicy::from_field(
+                spec.and_then(|s| s.restart_policy.as_deref()),
+            )
+            .unwrap_or_default(),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             run_for: annotation(RUN_SECONDS)
                 .and_then(|v| v.parse::<f64>().ok())
@@ -309,15 +291,6 @@ mod tests {
             start_time: Timestamp::UNIX_EPOCH,
             add_scheduled: true,
         }
-    }
-
-    #[test]
-    fn the_restart_policy_decides_which_exits_restart() {
-        assert!(RestartPolicy::Always.restarts(0));
-        assert!(RestartPolicy::Always.restarts(1));
-        assert!(!RestartPolicy::OnFailure.restarts(0));
-        assert!(RestartPolicy::OnFailure.restarts(2));
-        assert!(!RestartPolicy::Never.restarts(2));
     }
 
     #[test]

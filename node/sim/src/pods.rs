@@ -421,7 +421,7 @@ impl Driver {
                         started: since,
                         finished: Timestamp::now(),
                     };
-                    let job = if t.shape.restart_policy.restarts(exit.code) {
+                    let job = if t.shape.restart_policy.restarts_after(exit.code) {
                         Job::Restart(exit)
                     } else {
                         Job::Finish(exit)
@@ -601,7 +601,7 @@ impl Driver {
             return;
         }
         if let Some(run_for) = t.shape.run_for {
-            let run_for = if t.shape.restart_policy.restarts(t.shape.exit_code) {
+            let run_for = if t.shape.restart_policy.restarts_after(t.shape.exit_code) {
                 run_for.max(MIN_RUN_BEFORE_RESTART)
             } else {
                 run_for

@@ -25,6 +25,7 @@ use skiff_node_runtime::{
     ContainerRuntime, Libcontainer, container_exec,
     image::{Image, ImageStore, PullError, PullPolicy, RegistryAuth},
 };
+use skiff_types::{ContainerId, EventType};
 
 use super::{cgroups, oci};
 
@@ -77,7 +78,10 @@ pub struct LocalBackend {
 
 fn pod_name(pod: &Pod) -> (&str, &str, &str) {
     (
-        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(skiff_types::namespace::DEFAULT),
         pod.metadata.name.as_deref().unwrap_or_default(),
         pod.metadata.uid.as_deref().unwrap_or_default(),
     )
@@ -97,7 +101,7 @@ impl LocalBackend {
 
     /// The log file of one run of a container.
     #[must_use]
-    pub fn log_path(&self, pod: &Pod, container: &str, restart: i32) -> PathBuf {
+    pub fn log_path(&self, pod: &Pod, container: &str, restart: u32) -> PathBuf {
         let (ns, name, uid) = pod_name(pod);
         self.layout
             .logs
@@ -226,9 +230,14 @@ impl PodBackend for LocalBackend {
         })
     }
 
-    async fn start_container(&self, run: Run<'_>) -> Result<String, BackendError> {
+    async fn start_container(&self, run: Run<'_>) -> Result<ContainerId, BackendError> {
         let (_, _, uid) = pod_name(run.pod);
-        let id = format!("{uid}-{}-{}", run.container.name, run.restart);
+        let typed = ContainerId::new(
+            uid,
+            &run.container.name,
+            u32::try_from(run.restart).unwrap_or_default(),
+        );
+        let id = typed.to_string();
         let image = self.image_for(run.image)?;
         let dir = self.container_dir(&id);
         let env = command::environment(
@@ -287,7 +296,7 @@ impl PodBackend for LocalBackend {
                 rootfs,
                 cgroup_parent: self.layout.cgroup_parent.clone(),
                 cgroup_v2_parent: self.layout.cgroup_v2_parent.clone(),
-                log_path: self.log_path(run.pod, &run.container.name, run.restart),
+                log_path: self.log_path(run.pod, &run.container.name, typed.run),
             },
         );
         if let Err(err) = self.runtime.start(&config).await {
@@ -296,7 +305,7 @@ impl PodBackend for LocalBackend {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(BackendError::new("CreateContainerError", err.to_string()));
         }
-        Ok(id)
+        Ok(typed)
     }
 
     async fn adopt_container(&self, id: &str) -> bool {
@@ -397,7 +406,7 @@ impl PodBackend for LocalBackend {
         }
     }
 
-    async fn event(&self, pod: &Pod, type_: &str, reason: &str, message: &str) {
+    async fn event(&self, pod: &Pod, type_: EventType, reason: &str, message: &str) {
         let (ns, name, uid) = pod_name(pod);
         let now = Timestamp::now();
         let event = Event {
@@ -416,7 +425,7 @@ impl PodBackend for LocalBackend {
             },
             reason: Some(reason.to_owned()),
             message: Some(message.to_owned()),
-            type_: Some(type_.to_owned()),
+            type_: Some(type_.as_str().to_owned()),
             count: Some(1),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),

@@ -29,8 +29,9 @@ use skiff_kubelet::{
         worker::{self, WorkerConfig, WorkerHandle},
     },
 };
-use skiff_node_net::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork, parse_cidr};
+use skiff_node_net::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork};
 use skiff_node_runtime::{ContainerRuntime, Libcontainer, image::ImageStore};
+use skiff_types::{CidrError, ContainerId, Ipv4Cidr};
 
 use super::{
     backend::{Layout, LocalBackend},
@@ -64,6 +65,9 @@ pub enum DaemonError {
     /// The Node has no pod CIDR and none was given.
     #[error("node {0} has no spec.podCIDR (start control with --cluster-cidr or pass --pod-cidr)")]
     NoPodCidr(String),
+    /// The Node's `spec.podCIDR` is not an IPv4 network.
+    #[error("spec.podCIDR: {0}")]
+    PodCidr(#[from] CidrError),
     /// The pod network could not be set up.
     #[error("pod network: {0}")]
     Network(#[from] NetworkError),
@@ -87,7 +91,7 @@ pub struct NodeConfig {
     /// The pod bridge's name.
     pub bridge: String,
     /// The pod CIDR, when the control plane does not assign one.
-    pub pod_cidr: Option<String>,
+    pub pod_cidr: Option<Ipv4Cidr>,
     /// Extra node labels.
     pub labels: std::collections::BTreeMap<String, String>,
     /// Taints to register with.
@@ -189,7 +193,7 @@ pub async fn prepare(
         port: config.port,
         labels: config.labels.clone(),
         taints: config.taints.clone(),
-        pod_cidr: config.pod_cidr.clone(),
+        pod_cidr: config.pod_cidr,
         reserved: config.reserved,
     };
     let mut registration = Registration::new(client.clone(), id, Box::new(ProcHost::new(&state)));
@@ -198,12 +202,11 @@ pub async fn prepare(
         .await?;
     let started = tokio::time::Instant::now();
     let cidr = loop {
-        if let Some(c) = config
-            .pod_cidr
-            .clone()
-            .or_else(|| node.spec.as_ref().and_then(|s| s.pod_cidr.clone()))
-        {
+        if let Some(c) = config.pod_cidr {
             break c;
+        }
+        if let Some(c) = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) {
+            break c.parse()?;
         }
         if started.elapsed() > CIDR_WAIT {
             return Err(DaemonError::NoPodCidr(config.name.clone()));
@@ -220,7 +223,7 @@ pub async fn prepare(
     };
     let network = Arc::new(BridgeNetwork::new(NetworkConfig {
         bridge: config.bridge.clone(),
-        pod_cidr: parse_cidr(&cidr)?,
+        pod_cidr: cidr,
         state_dir: dir(&state.join("network"))?,
         masquerade: true,
         mtu: None,
@@ -275,8 +278,7 @@ fn terminal(pod: &Pod) -> bool {
 
 /// Removes containers, sandboxes and pod directories no known pod owns.
 async fn collect_orphans(backend: &LocalBackend, known: &HashSet<String>) {
-    // Container IDs are `<pod-uid>-<container>-<restart>`; UIDs are 36 characters.
-    let owner = |id: &str| id.get(..36).unwrap_or(id).to_owned();
+    let owner = |id: &str| ContainerId::owner_of(id).to_owned();
     if let Ok(containers) = backend.runtime.list().await {
         for c in containers {
             if !known.contains(&owner(&c.id)) {

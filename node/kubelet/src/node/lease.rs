@@ -15,7 +15,7 @@ use kube::{
 use serde_json::json;
 
 /// Where node Leases live.
-pub const NAMESPACE: &str = "kube-node-lease";
+pub const NAMESPACE: &str = skiff_types::namespace::KUBE_NODE_LEASE;
 /// The kubelet's lease duration.
 pub const DURATION: Duration = Duration::from_secs(40);
 /// How often it is renewed (a quarter of the duration, as the kubelet does).

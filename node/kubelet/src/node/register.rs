@@ -16,6 +16,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use serde_json::json;
+use skiff_types::Ipv4Cidr;
 
 use super::{
     capacity::{Reservations, resources},
@@ -63,7 +64,7 @@ pub struct Identity {
     /// Taints set at registration.
     pub taints: Vec<Taint>,
     /// `spec.podCIDR` to set when the Node has none (no node IPAM running).
-    pub pod_cidr: Option<String>,
+    pub pod_cidr: Option<Ipv4Cidr>,
     /// What is kept back from pods.
     pub reserved: Reservations,
 }
@@ -192,8 +193,8 @@ impl Registration {
                 ..ObjectMeta::default()
             },
             spec: Some(NodeSpec {
-                pod_cidr: self.id.pod_cidr.clone(),
-                pod_cidrs: self.id.pod_cidr.clone().map(|c| vec![c]),
+                pod_cidr: self.id.pod_cidr.map(|c| c.to_string()),
+                pod_cidrs: self.id.pod_cidr.map(|c| vec![c.to_string()]),
                 taints: (!self.id.taints.is_empty()).then(|| self.id.taints.clone()),
                 ..NodeSpec::default()
             }),
@@ -213,7 +214,8 @@ impl Registration {
                     .and_then(|s| s.pod_cidr.as_ref())
                     .is_some();
                 let mut patch = json!({"metadata": {"labels": labels(&self.id)}});
-                if !has_cidr && let Some(cidr) = &self.id.pod_cidr {
+                if !has_cidr && let Some(cidr) = self.id.pod_cidr {
+                    let cidr = cidr.to_string();
                     patch["spec"] = json!({"podCIDR": cidr, "podCIDRs": [cidr]});
                 }
                 self.api

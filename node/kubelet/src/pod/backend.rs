@@ -9,6 +9,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use serde::{Deserialize, Serialize};
+use skiff_types::{ContainerId, EventType};
 
 /// A failure of the node's machinery, with the words a user should read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,7 +105,11 @@ pub trait PodBackend: Send + Sync + 'static {
     async fn pull_image(&self, pod: &Pod, container: &Container)
     -> Result<ImageInfo, BackendError>;
     /// Creates and starts one run of a container; returns its runtime ID.
-    async fn start_container(&self, run: Run<'_>) -> Result<String, BackendError>;
+    async fn start_container(&self, run: Run<'_>) -> Result<ContainerId, BackendError>;
+    /// How pod status names a run (`containerID`): `<runtime>://<id>`.
+    fn status_id(&self, id: &ContainerId) -> String {
+        id.status_form()
+    }
     /// Takes over a container an earlier daemon started; `false` when it is gone.
     async fn adopt_container(&self, id: &str) -> bool;
     /// Resolves when the container's process has ended.
@@ -124,6 +129,6 @@ pub trait PodBackend: Send + Sync + 'static {
     async fn patch_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), BackendError>;
     /// Deletes the pod object for good (grace 0, UID precondition) once it has stopped.
     async fn delete_pod(&self, pod: &Pod) -> Result<(), BackendError>;
-    /// Records an event about the pod (`Normal` or `Warning`).
-    async fn event(&self, pod: &Pod, type_: &str, reason: &str, message: &str);
+    /// Records an event about the pod.
+    async fn event(&self, pod: &Pod, type_: EventType, reason: &str, message: &str);
 }

@@ -9,6 +9,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
+use skiff_types::RestartPolicy;
 
 /// How a run of a container ended.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -58,7 +59,7 @@ pub struct Record {
     pub image: String,
     /// The image's ID (`docker.io/library/busybox@sha256:...`), once pulled.
     pub image_id: String,
-    /// `skiff://<runtime id>` of the current or last run.
+    /// `<runtime>://<runtime id>` of the current or last run.
     pub container_id: Option<String>,
     /// Restarts so far.
     pub restart_count: i32,
@@ -185,15 +186,21 @@ pub fn initialized(record: &PodRecord) -> bool {
         .all(|r| r.terminated().is_some_and(|t| t.exit_code == 0))
 }
 
+/// The pod's restart policy; one the API would not have accepted counts as the default.
+#[must_use]
+pub fn restart_policy(spec: Option<&PodSpec>) -> RestartPolicy {
+    RestartPolicy::from_field(spec.and_then(|s| s.restart_policy.as_deref())).unwrap_or_default()
+}
+
 /// The pod's phase by the kubelet's rules.
 #[must_use]
 pub fn phase(spec: &PodSpec, record: &PodRecord) -> &'static str {
     if record.failed.is_some() {
         return "Failed";
     }
-    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    let policy = restart_policy(Some(spec));
     // An init container that failed for good fails the pod.
-    if policy == "Never"
+    if policy == RestartPolicy::Never
         && record
             .init
             .iter()
@@ -222,8 +229,8 @@ pub fn phase(spec: &PodSpec, record: &PodRecord) -> &'static str {
         return "Running";
     }
     match policy {
-        "Always" => "Running",
-        "OnFailure" if failed > 0 => "Running",
+        RestartPolicy::Always => "Running",
+        RestartPolicy::OnFailure if failed > 0 => "Running",
         _ if failed > 0 => "Failed",
         _ => "Succeeded",
     }

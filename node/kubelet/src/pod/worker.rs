@@ -14,6 +14,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use serde::{Deserialize, Serialize};
+use skiff_types::{EventType, RestartPolicy, namespace};
 use tokio::{
     sync::mpsc::{self, UnboundedReceiver, UnboundedSender},
     task::JoinHandle,
@@ -24,7 +25,7 @@ use super::{
     backend::{BackendError, Exit, ImageInfo, PodBackend, Run, SandboxInfo},
     backoff::Backoff,
     probe::{self, Check, ProbeKind, ProbeResult, Target},
-    status::{PodRecord, Record, State, Terminated, phase, pod_status},
+    status::{PodRecord, Record, State, Terminated, phase, pod_status, restart_policy},
 };
 
 const SIGTERM: i32 = 15;
@@ -159,17 +160,12 @@ struct Worker {
 fn name_of(pod: &Pod) -> String {
     format!(
         "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(namespace::DEFAULT),
         pod.metadata.name.as_deref().unwrap_or_default()
     )
-}
-
-fn should_restart(policy: &str, exit_code: i32) -> bool {
-    match policy {
-        "Never" => false,
-        "OnFailure" => exit_code != 0,
-        _ => true,
-    }
 }
 
 fn terminated(exit: &Exit, started_at: Option<Timestamp>, id: Option<String>) -> Terminated {
@@ -414,7 +410,7 @@ impl Worker {
             Message::HookFailed { name, id, message } => {
                 if self.live.get(&name).is_some_and(|l| l.id == id) {
                     self.event(
-                        "Warning",
+                        EventType::Warning,
                         "FailedPostStartHook",
                         &format!("PostStartHook failed: {message}"),
                     )
@@ -448,12 +444,8 @@ impl Worker {
             })
     }
 
-    fn policy(&self) -> String {
-        self.pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.clone())
-            .unwrap_or_else(|| "Always".to_owned())
+    fn policy(&self) -> RestartPolicy {
+        restart_policy(self.pod.spec.as_ref())
     }
 
     fn grace(&self) -> Duration {
@@ -466,7 +458,7 @@ impl Worker {
         Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
     }
 
-    async fn event(&self, type_: &str, reason: &str, message: &str) {
+    async fn event(&self, type_: EventType, reason: &str, message: &str) {
         if !self.gone {
             self.backend.event(&self.pod, type_, reason, message).await;
         }
@@ -573,7 +565,7 @@ impl Worker {
         }
         if !r.ok {
             self.event(
-                "Warning",
+                EventType::Warning,
                 "Unhealthy",
                 &format!("{} probe failed: {}", r.kind.word(), r.message),
             )
@@ -593,7 +585,7 @@ impl Worker {
             }
             (ProbeKind::Liveness | ProbeKind::Startup, false) => {
                 self.event(
-                    "Normal",
+                    EventType::Normal,
                     "Killing",
                     &format!(
                         "Container {} failed {} probe, will be restarted",
@@ -669,7 +661,7 @@ impl Worker {
             _ => None,
         };
         let t = terminated(&exit, started_at, rec.container_id.clone());
-        let restart = should_restart(&policy, t.exit_code) && !(init && t.exit_code == 0);
+        let restart = policy.restarts_after(t.exit_code) && !(init && t.exit_code == 0);
         tracing::info!(container = %name, %id, code = t.exit_code, reason = %t.reason, "container exited");
         rec.state = State::Terminated(t);
         rec.ready = false;
@@ -709,7 +701,7 @@ impl Worker {
                 "Pod was active on the node longer than the specified deadline".to_owned(),
             ));
             self.event(
-                "Normal",
+                EventType::Normal,
                 "DeadlineExceeded",
                 "Pod was active on the node longer than the specified deadline",
             )
@@ -733,7 +725,7 @@ impl Worker {
                 }
                 Err(err) => {
                     self.event(
-                        "Warning",
+                        EventType::Warning,
                         "FailedCreatePodSandBox",
                         &format!("Failed to create pod sandbox: {err}"),
                     )
@@ -749,7 +741,8 @@ impl Worker {
             match self.backend.setup_volumes(&self.pod, &sandbox).await {
                 Ok(()) => self.volumes_at = Some(now + self.config.volume_refresh),
                 Err(err) => {
-                    self.event("Warning", "FailedMount", &err.message).await;
+                    self.event(EventType::Warning, "FailedMount", &err.message)
+                        .await;
                     if first {
                         self.retry_at = Some(now + RETRY);
                         return;
@@ -767,7 +760,7 @@ impl Worker {
             }
             match &self.record.init[i].state {
                 State::Terminated(t) if t.exit_code == 0 => {}
-                State::Terminated(t) if !should_restart(&policy, t.exit_code) => return,
+                State::Terminated(t) if !policy.restarts_after(t.exit_code) => return,
                 _ => {
                     self.start(&name, true).await;
                     return;
@@ -780,7 +773,7 @@ impl Worker {
                 continue;
             }
             if let State::Terminated(t) = &self.record.containers[i].state
-                && !should_restart(&policy, t.exit_code)
+                && !policy.restarts_after(t.exit_code)
             {
                 continue;
             }
@@ -868,8 +861,8 @@ impl Worker {
             image: &image,
             restart,
         };
-        let id = match self.backend.start_container(run).await {
-            Ok(id) => id,
+        let (id, status_id) = match self.backend.start_container(run).await {
+            Ok(id) => (id.to_string(), self.backend.status_id(&id)),
             Err(err) => {
                 self.start_failed(name, err, "Failed").await;
                 return;
@@ -882,7 +875,7 @@ impl Worker {
             let rec = self
                 .record_mut(name)
                 .expect("the spec's container has a record");
-            rec.container_id = Some(format!("skiff://{id}"));
+            rec.container_id = Some(status_id);
             rec.image_id.clone_from(&image.image_ref);
             rec.restart_count = restart;
             rec.last_state = last;
@@ -892,8 +885,12 @@ impl Worker {
             rec.started = !has_startup;
             rec.ready = !has_readiness;
         }
-        self.event("Normal", "Started", &format!("Started container {name}"))
-            .await;
+        self.event(
+            EventType::Normal,
+            "Started",
+            &format!("Started container {name}"),
+        )
+        .await;
         self.watch(name, &id, init);
         if let Some(hook) = container.lifecycle.and_then(|l| l.post_start) {
             let backend = self.backend.clone();
@@ -933,7 +930,7 @@ impl Worker {
         self.start_retry
             .insert(name.to_owned(), (now + delay, delay));
         self.wake.push(now + Duration::from_secs(1));
-        self.event("Warning", event, &err.message).await;
+        self.event(EventType::Warning, event, &err.message).await;
         if let Some(rec) = self.record_mut(name) {
             rec.state = State::Waiting {
                 reason: err.reason,
@@ -982,8 +979,12 @@ impl Worker {
         let grace = self.grace();
         let names: Vec<String> = self.live.keys().cloned().collect();
         for name in &names {
-            self.event("Normal", "Killing", &format!("Stopping container {name}"))
-                .await;
+            self.event(
+                EventType::Normal,
+                "Killing",
+                &format!("Stopping container {name}"),
+            )
+            .await;
             self.kill(name, grace);
         }
         let deadline = Instant::now() + grace + KILL_WAIT;

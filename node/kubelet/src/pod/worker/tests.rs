@@ -7,6 +7,7 @@ use k8s_openapi::{
     api::core::v1::{ExecAction, PodSpec, Probe},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
+use skiff_types::ContainerId;
 use tokio::sync::watch;
 
 use super::*;
@@ -97,9 +98,10 @@ impl PodBackend for Fake {
             ..ImageInfo::default()
         })
     }
-    async fn start_container(&self, run: Run<'_>) -> Result<String, BackendError> {
+    async fn start_container(&self, run: Run<'_>) -> Result<ContainerId, BackendError> {
         let name = run.container.name.clone();
-        let id = format!("uid-{name}-{}", run.restart);
+        let typed = ContainerId::new("uid", &name, u32::try_from(run.restart).unwrap());
+        let id = typed.to_string();
         self.starts
             .lock()
             .unwrap()
@@ -117,8 +119,8 @@ impl PodBackend for Fake {
         if let Script::Exit(code) = script {
             tx.send_replace(Some(exit(code, None)));
         }
-        self.exits.lock().unwrap().insert(id.clone(), tx);
-        Ok(id)
+        self.exits.lock().unwrap().insert(id, tx);
+        Ok(typed)
     }
     async fn adopt_container(&self, id: &str) -> bool {
         if self.adoptable.lock().unwrap().iter().any(|a| a == id) {
@@ -176,7 +178,7 @@ impl PodBackend for Fake {
         *self.deleted.lock().unwrap() = true;
         Ok(())
     }
-    async fn event(&self, _pod: &Pod, _t: &str, _r: &str, _m: &str) {}
+    async fn event(&self, _pod: &Pod, _t: EventType, _r: &str, _m: &str) {}
 }
 
 fn container(name: &str) -> Container {
