@@ -71,6 +71,10 @@ pub struct Record {
     pub ready: bool,
     /// Past its startup probe (or running without one).
     pub started: bool,
+    /// An init container with `restartPolicy: Always`: a native sidecar, which keeps
+    /// running beside the app containers.
+    #[serde(default)]
+    pub sidecar: bool,
 }
 
 impl Record {
@@ -90,6 +94,7 @@ impl Record {
             last_state: None,
             ready: false,
             started: false,
+            sidecar: false,
         }
     }
 
@@ -177,13 +182,19 @@ fn container_status(r: &Record) -> ContainerStatus {
     }
 }
 
-/// Whether every init container finished successfully.
+/// Whether the pod is initialized: every init container finished successfully and every
+/// sidecar has started. Once an app container has started the pod stays initialized, as
+/// the kubelet keeps it, whatever its sidecars do later.
 #[must_use]
 pub fn initialized(record: &PodRecord) -> bool {
-    record
-        .init
-        .iter()
-        .all(|r| r.terminated().is_some_and(|t| t.exit_code == 0))
+    record.containers.iter().any(|r| r.container_id.is_some())
+        || record.init.iter().all(|r| {
+            if r.sidecar {
+                r.started && r.running()
+            } else {
+                r.terminated().is_some_and(|t| t.exit_code == 0)
+            }
+        })
 }
 
 /// The pod's restart policy; one the API would not have accepted counts as the default.
@@ -199,12 +210,12 @@ pub fn phase(spec: &PodSpec, record: &PodRecord) -> &'static str {
         return "Failed";
     }
     let policy = restart_policy(Some(spec));
-    // An init container that failed for good fails the pod.
+    // An init container that failed for good fails the pod (a sidecar is restarted).
     if policy == RestartPolicy::Never
         && record
             .init
             .iter()
-            .any(|r| r.terminated().is_some_and(|t| t.exit_code != 0))
+            .any(|r| !r.sidecar && r.terminated().is_some_and(|t| t.exit_code != 0))
     {
         return "Failed";
     }
@@ -270,9 +281,14 @@ pub fn pod_status(
     let phase = phase(spec, record);
     let done = matches!(phase, "Succeeded" | "Failed");
     let init_ok = initialized(record);
+    // Sidecars count: a pod whose proxy is not ready is not ready either.
     let containers_ready = !done
         && !record.containers.is_empty()
-        && record.containers.iter().all(|r| r.ready && r.running());
+        && record
+            .containers
+            .iter()
+            .chain(record.init.iter().filter(|r| r.sidecar))
+            .all(|r| r.ready && r.running());
     let not_ready_reason = if init_ok {
         "ContainersNotReady"
     } else {
@@ -501,6 +517,83 @@ mod tests {
         r.containers[1].ready = true;
         let status = pod_status(&spec("Always"), &r, Some(&status), now);
         assert_eq!(ready(&status), "True");
+    }
+
+    fn sidecar(state: State, started: bool, ready: bool) -> Record {
+        Record {
+            state,
+            started,
+            ready,
+            sidecar: true,
+            container_id: Some("skiff://s".into()),
+            ..Record::new("proxy", "envoy", "PodInitializing")
+        }
+    }
+
+    fn running() -> State {
+        State::Running {
+            started_at: Timestamp::now(),
+        }
+    }
+
+    fn condition_of(status: &PodStatus, type_: &str) -> String {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_started_sidecar_initializes_the_pod_and_its_readiness_counts() {
+        let mut r = record(vec![State::Waiting {
+            reason: "PodInitializing".into(),
+            message: None,
+        }]);
+        r.init = vec![sidecar(running(), false, false)];
+        assert!(!initialized(&r), "not past its startup probe yet");
+        r.init[0].started = true;
+        assert!(initialized(&r));
+        r.containers[0].state = running();
+        r.containers[0].container_id = Some("skiff://c".into());
+        r.containers[0].ready = true;
+        let status = pod_status(&spec("Always"), &r, None, Timestamp::now());
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(
+            condition_of(&status, "Ready"),
+            "False",
+            "the sidecar is not ready"
+        );
+        r.init[0].ready = true;
+        let status = pod_status(&spec("Always"), &r, None, Timestamp::now());
+        assert_eq!(condition_of(&status, "Ready"), "True");
+        let init = &status.init_container_statuses.unwrap()[0];
+        assert!(init.ready && init.started == Some(true));
+    }
+
+    #[test]
+    fn sidecars_neither_hold_completion_nor_undo_initialization() {
+        let mut r = record(vec![ended(0)]);
+        r.containers[0].container_id = Some("skiff://c".into());
+        // Stopped after the app finished: the pod stays initialized and completes.
+        r.init = vec![sidecar(ended(143), false, false)];
+        assert!(initialized(&r));
+        assert_eq!(phase(&spec("Never"), &r), "Succeeded");
+        // Still running beside a finished app: the pod is complete all the same.
+        r.init = vec![sidecar(running(), true, true)];
+        assert_eq!(phase(&spec("Never"), &r), "Succeeded");
+        // A sidecar that crashed during initialization fails nothing: it is restarted.
+        let mut r = record(vec![State::Waiting {
+            reason: "PodInitializing".into(),
+            message: None,
+        }]);
+        r.init = vec![Record {
+            container_id: None,
+            ..sidecar(ended(1), false, false)
+        }];
+        assert_eq!(phase(&spec("Never"), &r), "Pending");
     }
 
     #[test]

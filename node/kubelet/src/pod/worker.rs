@@ -14,7 +14,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use serde::{Deserialize, Serialize};
-use skiff_types::{EventType, RestartPolicy, namespace};
+use skiff_types::{ContainerRestartPolicy, EventType, RestartPolicy, namespace};
 use tokio::{
     sync::mpsc::{self, UnboundedReceiver, UnboundedSender},
     task::JoinHandle,
@@ -25,11 +25,17 @@ use super::{
     backend::{BackendError, Exit, ImageInfo, PodBackend, Run, SandboxInfo},
     backoff::Backoff,
     probe::{self, Check, ProbeKind, ProbeResult, Target},
-    status::{PodRecord, Record, State, Terminated, phase, pod_status, restart_policy},
+    status::{
+        PodRecord, Record, State, Terminated, initialized, phase, pod_status, restart_policy,
+    },
 };
 
 const SIGTERM: i32 = 15;
 const SIGKILL: i32 = 9;
+/// The least time a stop gives a container between SIGTERM and SIGKILL, as the kubelet's
+/// `minimumGracePeriodInSeconds`, so sidecars stopped after slow app containers still get
+/// their SIGTERM handled.
+const MIN_GRACE: Duration = Duration::from_secs(2);
 /// How long to wait for a process after SIGKILL before giving up on it.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Retry delay after a sandbox, volume or status failure.
@@ -119,11 +125,25 @@ struct Saved {
     live: HashMap<String, String>,
 }
 
+/// What a container is to its pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// An init container: runs to completion before the next one starts.
+    Init,
+    /// A native sidecar (an init container with `restartPolicy: Always`): started in order
+    /// with the init containers, then kept running beside the app containers.
+    Sidecar,
+    /// An app container.
+    App,
+}
+
 /// A container run in progress.
 struct Live {
     id: String,
-    init: bool,
+    kind: Kind,
     since: Instant,
+    /// A stop (preStop, SIGTERM, SIGKILL) is under way.
+    stopping: bool,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -168,6 +188,12 @@ fn name_of(pod: &Pod) -> String {
     )
 }
 
+/// Whether an init container is a native sidecar.
+fn is_sidecar(container: &Container) -> bool {
+    ContainerRestartPolicy::from_field(container.restart_policy.as_deref())
+        .is_ok_and(ContainerRestartPolicy::is_sidecar)
+}
+
 fn terminated(exit: &Exit, started_at: Option<Timestamp>, id: Option<String>) -> Terminated {
     let exit_code = exit
         .code
@@ -209,8 +235,9 @@ impl Worker {
                 .init_containers
                 .iter()
                 .flatten()
-                .map(|c| {
-                    Record::new(
+                .map(|c| Record {
+                    sidecar: is_sidecar(c),
+                    ..Record::new(
                         &c.name,
                         c.image.as_deref().unwrap_or_default(),
                         "PodInitializing",
@@ -310,12 +337,13 @@ impl Worker {
         self.record.failed = saved.record.failed;
         self.sandbox = saved.sandbox;
         self.record.sandbox_ready = self.sandbox.is_some();
-        let init_names: Vec<String> = self.record.init.iter().map(|r| r.name.clone()).collect();
         for (name, id) in saved.live {
-            let init = init_names.contains(&name);
+            let Some((_, kind)) = self.spec_container(&name) else {
+                continue;
+            };
             if self.backend.adopt_container(&id).await {
                 tracing::info!(pod = %name_of(&self.pod), container = %name, %id, "adopted running container");
-                self.watch(&name, &id, init);
+                self.watch(&name, &id, kind);
             } else {
                 let exit = Exit {
                     code: None,
@@ -328,8 +356,9 @@ impl Worker {
                     name.clone(),
                     Live {
                         id: id.clone(),
-                        init,
+                        kind,
                         since: Instant::now(),
+                        stopping: false,
                         tasks: Vec::new(),
                     },
                 );
@@ -429,18 +458,25 @@ impl Worker {
             .find(|r| r.name == name)
     }
 
-    fn spec_container(&self, name: &str) -> Option<(Container, bool)> {
+    fn spec_container(&self, name: &str) -> Option<(Container, Kind)> {
         let spec = self.pod.spec.as_ref()?;
         spec.init_containers
             .iter()
             .flatten()
             .find(|c| c.name == name)
-            .map(|c| (c.clone(), true))
+            .map(|c| {
+                let kind = if is_sidecar(c) {
+                    Kind::Sidecar
+                } else {
+                    Kind::Init
+                };
+                (c.clone(), kind)
+            })
             .or_else(|| {
                 spec.containers
                     .iter()
                     .find(|c| c.name == name)
-                    .map(|c| (c.clone(), false))
+                    .map(|c| (c.clone(), Kind::App))
             })
     }
 
@@ -464,8 +500,8 @@ impl Worker {
         }
     }
 
-    /// Watches a run: its exit, and its probes.
-    fn watch(&mut self, name: &str, id: &str, init: bool) {
+    /// Watches a run: its exit, and its probes (sidecars and app containers have them).
+    fn watch(&mut self, name: &str, id: &str, kind: Kind) {
         let mut tasks = Vec::new();
         let backend = self.backend.clone();
         let tx = self.tx.clone();
@@ -482,18 +518,14 @@ impl Worker {
             name.to_owned(),
             Live {
                 id: id.to_owned(),
-                init,
+                kind,
                 since: Instant::now(),
+                stopping: false,
                 tasks,
             },
         );
-        if !init {
-            let started = self
-                .record
-                .containers
-                .iter()
-                .find(|r| r.name == name)
-                .is_some_and(|r| r.started);
+        if kind != Kind::Init {
+            let started = self.record_mut(name).is_some_and(|r| r.started);
             if started {
                 self.start_probes(name, &[ProbeKind::Liveness, ProbeKind::Readiness]);
             } else {
@@ -603,9 +635,11 @@ impl Worker {
     /// Stops a run in the background: preStop hook, SIGTERM, SIGKILL after `grace`. Its
     /// exit arrives as a message like any other.
     fn kill(&mut self, name: &str, grace: Duration) {
-        let Some(id) = self.live.get(name).map(|l| l.id.clone()) else {
+        let Some(live) = self.live.get_mut(name).filter(|l| !l.stopping) else {
             return;
         };
+        live.stopping = true;
+        let id = live.id.clone();
         let backend = self.backend.clone();
         let pre_stop = self
             .spec_container(name)
@@ -650,7 +684,7 @@ impl Worker {
             return;
         };
         let ran = live.since.elapsed();
-        let init = live.init;
+        let kind = live.kind;
         drop(live);
         let policy = self.policy();
         let Some(rec) = self.record_mut(name) else {
@@ -661,7 +695,12 @@ impl Worker {
             _ => None,
         };
         let t = terminated(&exit, started_at, rec.container_id.clone());
-        let restart = policy.restarts_after(t.exit_code) && !(init && t.exit_code == 0);
+        let restart = match kind {
+            // Restarted whatever the pod's policy, unless the pod is done (sync decides).
+            Kind::Sidecar => true,
+            Kind::Init => policy.restarts_after(t.exit_code) && t.exit_code != 0,
+            Kind::App => policy.restarts_after(t.exit_code),
+        };
         tracing::info!(container = %name, %id, code = t.exit_code, reason = %t.reason, "container exited");
         rec.state = State::Terminated(t);
         rec.ready = false;
@@ -686,6 +725,8 @@ impl Worker {
         let done = matches!(phase(&spec, &self.record), "Succeeded" | "Failed");
         if done {
             self.volumes_at = None;
+            // Sidecars outlive the app containers only until these are done.
+            self.stop_next_sidecar();
             if self.live.is_empty() && self.sandbox.is_some() {
                 self.remove_sandbox().await;
             }
@@ -752,9 +793,24 @@ impl Worker {
             }
         }
         let policy = self.policy();
-        // Init containers, one at a time and in order.
+        let initialized = initialized(&self.record);
+        // Init containers one at a time and in order; a sidecar holds the next one back only
+        // until it has started (past its startup probe), then keeps running.
         for i in 0..self.record.init.len() {
             let name = self.record.init[i].name.clone();
+            if self.record.init[i].sidecar {
+                if !self.live.contains_key(&name) {
+                    self.start(&name, Kind::Sidecar).await;
+                }
+                let started = self.live.contains_key(&name) && self.record.init[i].started;
+                if started || initialized {
+                    continue;
+                }
+                return;
+            }
+            if initialized {
+                continue;
+            }
             if self.live.contains_key(&name) {
                 return;
             }
@@ -762,7 +818,7 @@ impl Worker {
                 State::Terminated(t) if t.exit_code == 0 => {}
                 State::Terminated(t) if !policy.restarts_after(t.exit_code) => return,
                 _ => {
-                    self.start(&name, true).await;
+                    self.start(&name, Kind::Init).await;
                     return;
                 }
             }
@@ -777,7 +833,30 @@ impl Worker {
             {
                 continue;
             }
-            self.start(&name, false).await;
+            self.start(&name, Kind::App).await;
+        }
+    }
+
+    /// Stops the last running sidecar (in spec order) once no other stop is under way:
+    /// sidecars go in reverse order, each after the one declared after it.
+    fn stop_next_sidecar(&mut self) {
+        if self
+            .live
+            .values()
+            .any(|l| l.kind == Kind::Sidecar && l.stopping)
+        {
+            return;
+        }
+        let last = self
+            .record
+            .init
+            .iter()
+            .rev()
+            .find(|r| r.sidecar && self.live.contains_key(&r.name))
+            .map(|r| r.name.clone());
+        if let Some(name) = last {
+            let grace = self.grace();
+            self.kill(&name, grace);
         }
     }
 
@@ -786,7 +865,7 @@ impl Worker {
         clippy::too_many_lines,
         reason = "a container start reads best as one sequence"
     )]
-    async fn start(&mut self, name: &str, init: bool) {
+    async fn start(&mut self, name: &str, kind: Kind) {
         let now = Instant::now();
         let Some((container, _)) = self.spec_container(name) else {
             return;
@@ -869,8 +948,8 @@ impl Worker {
             }
         };
         self.start_retry.remove(name);
-        let has_startup = container.startup_probe.is_some() && !init;
-        let has_readiness = container.readiness_probe.is_some() && !init;
+        let has_startup = container.startup_probe.is_some() && kind != Kind::Init;
+        let has_readiness = container.readiness_probe.is_some() && kind != Kind::Init;
         {
             let rec = self
                 .record_mut(name)
@@ -891,7 +970,7 @@ impl Worker {
             &format!("Started container {name}"),
         )
         .await;
-        self.watch(name, &id, init);
+        self.watch(name, &id, kind);
         if let Some(hook) = container.lifecycle.and_then(|l| l.post_start) {
             let backend = self.backend.clone();
             let tx = self.tx.clone();
@@ -973,25 +1052,24 @@ impl Worker {
         }
     }
 
-    /// Stops every container within the grace period, removes the sandbox, reports, and
-    /// deletes the pod object.
-    async fn terminate(&mut self) {
-        let grace = self.grace();
-        let names: Vec<String> = self.live.keys().cloned().collect();
-        for name in &names {
-            self.event(
-                EventType::Normal,
-                "Killing",
-                &format!("Stopping container {name}"),
-            )
-            .await;
-            self.kill(name, grace);
-        }
-        let deadline = Instant::now() + grace + KILL_WAIT;
-        while !self.live.is_empty() {
+    /// Tells the user a container is being stopped, and stops it within `grace`.
+    async fn stop(&mut self, name: &str, grace: Duration) {
+        self.event(
+            EventType::Normal,
+            "Killing",
+            &format!("Stopping container {name}"),
+        )
+        .await;
+        self.kill(name, grace);
+    }
+
+    /// Handles messages until no run `matches` is left; at `until`, those still there are
+    /// given up as killed.
+    async fn wait_stopped(&mut self, matches: impl Fn(&str, &Live) -> bool, until: Instant) {
+        while self.live.iter().any(|(n, l)| matches(n, l)) {
             let message = tokio::select! {
                 m = self.rx.recv() => m,
-                () = tokio::time::sleep_until(deadline) => None,
+                () = tokio::time::sleep_until(until) => None,
             };
             match message {
                 Some(Message::Exit { name, id, exit }) => self.exited(&name, &id, exit).await,
@@ -1003,6 +1081,7 @@ impl Worker {
                     let ids: Vec<(String, String)> = self
                         .live
                         .iter()
+                        .filter(|(n, l)| matches(n, l))
                         .map(|(n, l)| (n.clone(), l.id.clone()))
                         .collect();
                     for (name, id) in ids {
@@ -1016,6 +1095,43 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// Stops every container within the grace period, removes the sandbox, reports, and
+    /// deletes the pod object.
+    async fn terminate(&mut self) {
+        let grace = self.grace();
+        let deadline = Instant::now() + grace;
+        // App containers (and an init container still running) first, then the sidecars
+        // in reverse order, each with what is left of the grace period.
+        let first: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.kind != Kind::Sidecar)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &first {
+            self.stop(name, grace).await;
+        }
+        self.wait_stopped(|_, l| l.kind != Kind::Sidecar, deadline + KILL_WAIT)
+            .await;
+        let sidecars: Vec<String> = self
+            .record
+            .init
+            .iter()
+            .rev()
+            .filter(|r| r.sidecar)
+            .map(|r| r.name.clone())
+            .collect();
+        for name in sidecars {
+            if !self.live.contains_key(&name) {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.stop(&name, left.max(MIN_GRACE)).await;
+            self.wait_stopped(|n, _| n == name, deadline + KILL_WAIT)
+                .await;
         }
         // Containers that never ran are reported as never started.
         for rec in self

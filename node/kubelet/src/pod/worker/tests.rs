@@ -500,3 +500,196 @@ async fn a_restarted_worker_adopts_running_containers_instead_of_starting_them()
     assert_eq!(again.starts_of("app").len(), 1);
     assert_eq!(again.starts_of("app")[0].0, 1);
 }
+
+fn sidecar(name: &str) -> Container {
+    Container {
+        restart_policy: Some("Always".into()),
+        ..container(name)
+    }
+}
+
+fn init_status<'a>(
+    status: &'a PodStatus,
+    name: &str,
+) -> &'a k8s_openapi::api::core::v1::ContainerStatus {
+    status
+        .init_container_statuses
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_starts_in_order_and_keeps_running_beside_the_app() {
+    let fake = Arc::new(Fake::default());
+    fake.script("init-a", Script::Exit(0));
+    fake.script("init-b", Script::Exit(0));
+    let s = start(
+        PodSpec {
+            init_containers: Some(vec![
+                container("init-a"),
+                sidecar("proxy"),
+                container("init-b"),
+            ]),
+            containers: vec![container("app")],
+            ..PodSpec::default()
+        },
+        fake,
+    );
+    settle(Duration::from_secs(1)).await;
+    let order: Vec<String> = s
+        .fake
+        .starts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, ..)| c.clone())
+        .collect();
+    assert_eq!(order, ["init-a", "proxy", "init-b", "app"]);
+    let status = s.fake.last();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(condition(&status, "Initialized"), "True");
+    assert_eq!(condition(&status, "Ready"), "True");
+    let proxy = init_status(&status, "proxy");
+    assert!(proxy.state.as_ref().unwrap().running.is_some(), "{proxy:?}");
+    assert!(proxy.ready);
+    assert_eq!(proxy.started, Some(true));
+    assert!(
+        init_status(&status, "init-b")
+            .state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .is_some()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_init_container_waits_for_the_sidecars_startup_probe() {
+    let fake = Arc::new(Fake::default());
+    *fake.exec_code.lock().unwrap() = 1;
+    let mut proxy = sidecar("proxy");
+    proxy.startup_probe = Some(exec_probe(1, 30));
+    let s = start(
+        PodSpec {
+            init_containers: Some(vec![proxy]),
+            containers: vec![container("app")],
+            ..PodSpec::default()
+        },
+        fake,
+    );
+    settle(Duration::from_secs(3)).await;
+    assert!(s.fake.starts_of("app").is_empty());
+    let status = s.fake.last();
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    assert_eq!(condition(&status, "Initialized"), "False");
+    assert_eq!(init_status(&status, "proxy").started, Some(false));
+    *s.fake.exec_code.lock().unwrap() = 0;
+    settle(Duration::from_secs(2)).await;
+    assert_eq!(s.fake.starts_of("app").len(), 1);
+    let status = s.fake.last();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(init_status(&status, "proxy").started, Some(true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_is_restarted_whatever_the_pod_restart_policy() {
+    let fake = Arc::new(Fake::default());
+    let s = start(
+        PodSpec {
+            init_containers: Some(vec![sidecar("proxy")]),
+            containers: vec![container("app")],
+            restart_policy: Some("Never".into()),
+            ..PodSpec::default()
+        },
+        fake,
+    );
+    settle(Duration::from_secs(1)).await;
+    s.fake.end("uid-proxy-0", exit(0, None));
+    settle(Duration::from_secs(12)).await;
+    let starts = s.fake.starts_of("proxy");
+    assert_eq!(starts.iter().map(|(r, _)| *r).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(s.fake.starts_of("app").len(), 1, "the app runs on");
+    let status = s.fake.last();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(init_status(&status, "proxy").restart_count, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sidecars_do_not_block_completion_and_stop_after_the_app_in_reverse_order() {
+    let fake = Arc::new(Fake::default());
+    fake.script("app", Script::Exit(0));
+    let s = start(
+        PodSpec {
+            init_containers: Some(vec![sidecar("logs"), sidecar("proxy")]),
+            containers: vec![container("app")],
+            restart_policy: Some("Never".into()),
+            ..PodSpec::default()
+        },
+        fake,
+    );
+    settle(Duration::from_secs(2)).await;
+    let status = s.fake.last();
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+    let signalled: Vec<String> = s
+        .fake
+        .signals
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, sig, _)| format!("{id}:{sig}"))
+        .collect();
+    assert_eq!(signalled, ["uid-proxy-0:15", "uid-logs-0:15"]);
+    assert_eq!(*s.fake.sandboxes_removed.lock().unwrap(), 1);
+    assert_eq!(
+        s.fake.starts_of("proxy").len(),
+        1,
+        "not restarted once done"
+    );
+    assert!(
+        init_status(&status, "proxy")
+            .state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .is_some()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_deletion_sidecars_stop_after_the_app_containers() {
+    let fake = Arc::new(Fake::default());
+    fake.script("app", Script::Serve { ignores_term: true });
+    let spec = PodSpec {
+        init_containers: Some(vec![sidecar("proxy")]),
+        containers: vec![container("app")],
+        ..PodSpec::default()
+    };
+    let s = start(spec.clone(), fake);
+    settle(Duration::from_secs(1)).await;
+    let mut deleting = pod(spec);
+    deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    deleting.metadata.deletion_grace_period_seconds = Some(5);
+    s.handle.update(Arc::new(deleting));
+    settle(Duration::from_secs(30)).await;
+    let signals = s.fake.signals.lock().unwrap().clone();
+    let order: Vec<(String, i32)> = signals
+        .iter()
+        .map(|(id, sig, _)| (id.clone(), *sig))
+        .collect();
+    assert_eq!(
+        order[..3],
+        [
+            ("uid-app-0".to_owned(), SIGTERM),
+            ("uid-app-0".to_owned(), SIGKILL),
+            ("uid-proxy-0".to_owned(), SIGTERM),
+        ]
+    );
+    assert!(signals[2].2 >= signals[1].2);
+    // The grace period was spent on the app: the sidecar still gets the least one.
+    assert_eq!(order[3], ("uid-proxy-0".to_owned(), SIGKILL));
+    assert_eq!((signals[3].2 - signals[2].2).as_secs(), 2);
+    assert!(*s.fake.deleted.lock().unwrap());
+}
