@@ -1,20 +1,13 @@
 //! The kubelet's backend on a real node: sandboxes from the pod network, volumes, images
-//! from the store, containers through libcontainer (configured by [`oci`]), and the API
-//! server for status, deletes and events.
+//! from the store, containers through libcontainer (configured by [`oci`]).
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use k8s_openapi::{
-    api::core::v1::{Container, Event, EventSource, ObjectReference, Pod, PodStatus},
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    api::core::v1::{Container, Pod},
     jiff::Timestamp,
 };
-use kube::{
-    Api, Client,
-    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
-};
-use serde_json::json;
 use skiff_kubelet::pod::{
     backend::{BackendError, Exit, ImageInfo, PodBackend, Run, SandboxInfo},
     command::{self, NodeLimits, Sources},
@@ -25,7 +18,7 @@ use skiff_node_runtime::{
     ContainerRuntime, Libcontainer, container_exec,
     image::{Image, ImageStore, PullError, PullPolicy, RegistryAuth},
 };
-use skiff_types::{ContainerId, EventType};
+use skiff_types::ContainerId;
 
 use super::{cgroups, oci};
 
@@ -58,8 +51,6 @@ impl std::fmt::Debug for LocalBackend {
 
 /// The real node's [`PodBackend`].
 pub struct LocalBackend {
-    /// The API client.
-    pub client: Client,
     /// Paths and names.
     pub layout: Layout,
     /// The pod network.
@@ -308,7 +299,7 @@ impl PodBackend for LocalBackend {
         Ok(typed)
     }
 
-    async fn adopt_container(&self, id: &str) -> bool {
+    async fn adopt_container(&self, _pod: &Pod, id: &str) -> bool {
         match self.runtime.adopt(id).await {
             Ok(info) => info.running,
             Err(err) => {
@@ -376,73 +367,5 @@ impl PodBackend for LocalBackend {
         container_exec::exec_status(&self.layout.runtime_state, id, command, timeout)
             .await
             .map_err(|e| BackendError::new("ExecError", e.to_string()))
-    }
-
-    async fn patch_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), BackendError> {
-        let (ns, name, uid) = pod_name(pod);
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let patch = json!({"metadata": {"uid": uid}, "status": status});
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map(drop)
-            .map_err(|e| BackendError::new("StatusUpdateFailed", e.to_string()))
-    }
-
-    async fn delete_pod(&self, pod: &Pod) -> Result<(), BackendError> {
-        let (ns, name, uid) = pod_name(pod);
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let params = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(uid.to_owned()),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(name, &params).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-            Err(e) => Err(BackendError::new("DeleteFailed", e.to_string())),
-        }
-    }
-
-    async fn event(&self, pod: &Pod, type_: EventType, reason: &str, message: &str) {
-        let (ns, name, uid) = pod_name(pod);
-        let now = Timestamp::now();
-        let event = Event {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{name}.")),
-                namespace: Some(ns.to_owned()),
-                ..ObjectMeta::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(name.to_owned()),
-                namespace: Some(ns.to_owned()),
-                uid: Some(uid.to_owned()),
-                ..ObjectReference::default()
-            },
-            reason: Some(reason.to_owned()),
-            message: Some(message.to_owned()),
-            type_: Some(type_.as_str().to_owned()),
-            count: Some(1),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            source: Some(EventSource {
-                component: Some("kubelet".into()),
-                host: Some(self.layout.node.clone()),
-            }),
-            reporting_component: Some("kubelet".into()),
-            reporting_instance: Some(self.layout.node.clone()),
-            ..Event::default()
-        };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
-        // Events are best effort and must not hold a pod back.
-        tokio::spawn(async move {
-            if let Err(err) = api.create(&PostParams::default(), &event).await {
-                tracing::debug!(?err, "event not recorded");
-            }
-        });
     }
 }

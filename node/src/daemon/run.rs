@@ -2,13 +2,14 @@
 //! Lease, report status, run a worker per bound pod, and clean up what no pod owns.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
+use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Taint};
 use kube::{
@@ -16,22 +17,27 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use skiff_kubelet::{
+    api::{Inflight, KubePodApi},
     node::{
         capacity::Reservations,
         host::ProcHost,
-        lease,
-        register::{Identity, RegisterError, Registration},
+        lease::NodeLease,
+        register::{CHECK_EVERY, Identity, RegisterError, Registration},
     },
     pod::{
         backend::PodBackend,
+        backoff,
         command::NodeLimits,
+        dispatch::{Dispatch, Housekeeping, PodEvent},
+        records::DiskRecords,
         volume::{SystemMounter, VolumeManager},
-        worker::{self, WorkerConfig, WorkerHandle},
+        worker::WorkerConfig,
     },
 };
 use skiff_node_net::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork};
 use skiff_node_runtime::{ContainerRuntime, Libcontainer, image::ImageStore};
 use skiff_types::{CidrError, ContainerId, Ipv4Cidr};
+use tokio::sync::mpsc::{self, UnboundedSender};
 
 use super::{
     backend::{Layout, LocalBackend},
@@ -39,8 +45,6 @@ use super::{
     sources::ApiSources,
 };
 
-/// How often the Node's status is checked (and sent when it changed).
-const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// How long to wait for the control plane to assign a pod CIDR.
 const CIDR_WAIT: Duration = Duration::from_mins(1);
 
@@ -104,26 +108,14 @@ pub struct NodeConfig {
     pub cleanup_on_exit: bool,
 }
 
-/// What the running node shares with its endpoint.
-#[derive(Clone)]
+/// A node set up and registered, not running pods yet.
 pub struct Node {
-    /// The pod backend (runtime, images, logs).
+    /// The pod backend (runtime, images, logs), which the endpoint serves too.
     pub backend: Arc<LocalBackend>,
-    /// Pods this node runs, by UID (namespace, name, pod).
-    pub pods: Arc<std::sync::Mutex<HashMap<String, Arc<Pod>>>>,
-}
-
-impl Node {
-    /// The pods this node runs now.
-    #[must_use]
-    pub fn snapshot(&self) -> Vec<Arc<Pod>> {
-        self.pods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
-    }
+    /// The pods' workers; [`Dispatch::pods`] is what the endpoint serves.
+    pub dispatch: Dispatch,
+    /// The Node object.
+    pub registration: Registration,
 }
 
 impl std::fmt::Debug for Node {
@@ -168,14 +160,61 @@ fn v2_parent(cgroup_parent: &str) -> Option<PathBuf> {
         .then(|| unified.join(cgroup_parent.trim_start_matches('/')))
 }
 
+/// The Node's registration, with the host's facts and the configured identity.
+fn registration(client: Client, config: &NodeConfig, state: &Path) -> Registration {
+    let id = Identity {
+        name: config.name.clone(),
+        address: config.address,
+        port: config.port,
+        labels: config.labels.clone(),
+        annotations: std::collections::BTreeMap::new(),
+        taints: config.taints.clone(),
+        pod_cidr: config.pod_cidr,
+        provider_id: None,
+    };
+    Registration::new(
+        client,
+        id,
+        Box::new(ProcHost::new(state, config.reserved)),
+        Inflight::unbounded(),
+    )
+}
+
+/// The pod CIDR: the configured one, else the Node's `spec.podCIDR` once the control plane
+/// assigned it (`node` is kept current while waiting).
+async fn wait_for_pod_cidr(
+    client: &Client,
+    config: &NodeConfig,
+    node: &mut k8s_openapi::api::core::v1::Node,
+) -> Result<Ipv4Cidr, DaemonError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(c) = config.pod_cidr {
+            return Ok(c);
+        }
+        if let Some(c) = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) {
+            return Ok(c.parse()?);
+        }
+        if started.elapsed() > CIDR_WAIT {
+            return Err(DaemonError::NoPodCidr(config.name.clone()));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        *node = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+            .get(&config.name)
+            .await
+            .map_err(|source| RegisterError::Api {
+                node: config.name.clone(),
+                action: "get",
+                source,
+            })?;
+    }
+}
+
 /// Sets the node up: state, images, runtime, registration, pod CIDR, network.
 ///
 /// # Errors
 /// Anything that leaves the node unable to run pods.
-pub async fn prepare(
-    client: Client,
-    config: &NodeConfig,
-) -> Result<(Node, Registration), DaemonError> {
+pub async fn prepare(client: Client, config: &NodeConfig) -> Result<Node, DaemonError> {
     let state = dir(&config.state_dir)?;
     let images = ImageStore::open(
         &dir(&state.join("images"))?,
@@ -187,40 +226,11 @@ pub async fn prepare(
         runtime_state.clone(),
         PathBuf::from("/sys/fs/cgroup"),
     ));
-    let id = Identity {
-        name: config.name.clone(),
-        address: config.address,
-        port: config.port,
-        labels: config.labels.clone(),
-        taints: config.taints.clone(),
-        pod_cidr: config.pod_cidr,
-        reserved: config.reserved,
-    };
-    let mut registration = Registration::new(client.clone(), id, Box::new(ProcHost::new(&state)));
+    let mut registration = registration(client.clone(), config, &state);
     let mut node = registration
         .register(Err("the pod network is being set up".to_owned()))
         .await?;
-    let started = tokio::time::Instant::now();
-    let cidr = loop {
-        if let Some(c) = config.pod_cidr {
-            break c;
-        }
-        if let Some(c) = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) {
-            break c.parse()?;
-        }
-        if started.elapsed() > CIDR_WAIT {
-            return Err(DaemonError::NoPodCidr(config.name.clone()));
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        node = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
-            .get(&config.name)
-            .await
-            .map_err(|source| RegisterError::Api {
-                node: config.name.clone(),
-                action: "get",
-                source,
-            })?;
-    };
+    let cidr = wait_for_pod_cidr(&client, config, &mut node).await?;
     let network = Arc::new(BridgeNetwork::new(NetworkConfig {
         bridge: config.bridge.clone(),
         pod_cidr: cidr,
@@ -233,13 +243,12 @@ pub async fn prepare(
     let node_limits = limits(&node);
     let pods_dir = dir(&state.join("pods"))?;
     let volumes = VolumeManager::new(
-        pods_dir,
+        pods_dir.clone(),
         sources.clone(),
         Arc::new(SystemMounter),
         node_limits,
     );
     let backend = Arc::new(LocalBackend {
-        client,
         layout: Layout {
             node: config.name.clone(),
             host_ip: config.address.to_string(),
@@ -256,24 +265,24 @@ pub async fn prepare(
         sources,
         limits: node_limits,
     });
-    Ok((
-        Node {
-            backend,
-            pods: Arc::default(),
-        },
+    let worker_config = Arc::new(WorkerConfig {
+        host_ip: config.address.to_string(),
+        records: Arc::new(DiskRecords::new(&pods_dir)),
+        volume_refresh: Duration::from_secs(10),
+        backoff: backoff::Policy::default(),
+    });
+    let api = Arc::new(KubePodApi::new(
+        client,
+        &config.name,
+        Inflight::unbounded(),
+        true,
+    ));
+    let dispatch = Dispatch::new(backend.clone(), api, worker_config);
+    Ok(Node {
+        backend,
+        dispatch,
         registration,
-    ))
-}
-
-fn uid_of(pod: &Pod) -> String {
-    pod.metadata.uid.clone().unwrap_or_default()
-}
-
-fn terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+    })
 }
 
 /// Removes containers, sandboxes and pod directories no known pod owns.
@@ -368,114 +377,99 @@ pub async fn clean_up(backend: &LocalBackend) {
     cgroups::remove_node_cgroups(&backend.layout.cgroup_parent);
 }
 
-/// Reports the Node's status every [`STATUS_EVERY`] (sent when it changed).
-async fn report_forever(mut registration: Registration) {
-    let mut tick = tokio::time::interval(STATUS_EVERY);
+/// Reports the Node's status every [`CHECK_EVERY`] (sent when it changed), and at once
+/// when the Node's own watch shows someone else changed its conditions.
+async fn report_forever(client: Client, mut registration: Registration) {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+    let own = watcher::Config::default().fields(&format!("metadata.name={}", registration.name()));
+    let mut nodes = std::pin::pin!(watcher(api, own).default_backoff().applied_objects());
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        if let Err(err) = registration.report(Ok(()), false).await {
+        let force = tokio::select! {
+            _ = tick.tick() => false,
+            node = nodes.next() => match node {
+                Some(Ok(node)) => {
+                    registration.observe(&node);
+                    false
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(%err, "node watch");
+                    continue;
+                }
+                None => return,
+            },
+        };
+        if let Err(err) = registration.report(Ok(()), force).await {
             tracing::warn!(%err, "node status not reported");
         }
+    }
+}
+
+/// Forwards the events of the watch of pods bound to `node` until the receiver is gone.
+async fn watch_pods(client: Client, node: String, tx: UnboundedSender<PodEvent>) {
+    let api: Api<Pod> = Api::all(client);
+    let bound = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let mut events = std::pin::pin!(watcher(api, bound).default_backoff());
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => {
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+            Err(err) => tracing::warn!(%err, "pod watch"),
+        }
+    }
+}
+
+/// What a real node does beside its pods: it removes what no pod owns after its first
+/// list, and collects images when the disk fills.
+struct Housekeeper {
+    backend: Arc<LocalBackend>,
+    state_dir: PathBuf,
+}
+
+#[async_trait]
+impl Housekeeping for Housekeeper {
+    async fn first_sync(&self, known: &HashSet<String>) {
+        collect_orphans(&self.backend, known).await;
+    }
+
+    async fn tick(&self, pods: &[Arc<Pod>]) {
+        collect_images(&self.backend, pods, &self.state_dir);
     }
 }
 
 /// Runs the node until `shutdown` resolves.
 ///
 /// # Errors
-/// When the node cannot be set up.
+/// When the node cannot report its status.
 pub async fn run(
     client: Client,
     config: NodeConfig,
     node: Node,
-    mut registration: Registration,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let backend = node.backend.clone();
-    let stored = registration.report(Ok(()), true).await?;
-    let node_uid = stored.metadata.uid.clone().unwrap_or_default();
-    let lease = tokio::spawn(lease::renew_forever(
-        client.clone(),
-        config.name.clone(),
-        node_uid,
-    ));
-    let status = tokio::spawn(report_forever(registration));
-    let worker_config = Arc::new(WorkerConfig {
-        host_ip: config.address.to_string(),
-        pods_dir: backend.volumes.pods_dir().to_owned(),
-        volume_refresh: Duration::from_secs(10),
-    });
-    let api: Api<Pod> = Api::all(client.clone());
-    let watch = watcher::Config::default().fields(&format!("spec.nodeName={}", config.name));
-    let mut events = std::pin::pin!(watcher(api, watch).default_backoff());
-    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut initial = true;
-    let mut reap = tokio::time::interval(Duration::from_secs(5));
-    let mut shutdown = std::pin::pin!(shutdown);
-    let dyn_backend: Arc<dyn PodBackend> = backend.clone();
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            _ = reap.tick() => {
-                collect_images(&backend, &node.snapshot(), &config.state_dir);
-                workers.retain(|uid, w| {
-                    let keep = !w.finished();
-                    if !keep {
-                        node.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(uid);
-                    }
-                    keep
-                });
-            }
-            event = events.next() => {
-                let Some(event) = event else { break };
-                match event {
-                    Ok(watcher::Event::Init) => seen.clear(),
-                    Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
-                        let uid = uid_of(&pod);
-                        seen.insert(uid.clone());
-                        let pod = Arc::new(pod);
-                        node.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(uid.clone(), pod.clone());
-                        if let Some(w) = workers.get(&uid) {
-                            w.update(pod);
-                        } else if terminal(&pod)
-                            && !worker_config.pods_dir.join(&uid).join("record.json").exists()
-                        {
-                            // Finished before this daemon knew it: nothing to run again.
-                            if pod.metadata.deletion_timestamp.is_some() {
-                                let _ = backend.delete_pod(&pod).await;
-                            }
-                        } else {
-                            tracing::info!(pod = ?pod.metadata.name, %uid, "pod bound here");
-                            workers.insert(uid, worker::spawn(pod, dyn_backend.clone(), worker_config.clone()));
-                        }
-                    }
-                    Ok(watcher::Event::Delete(pod)) => {
-                        let uid = uid_of(&pod);
-                        if let Some(w) = workers.get(&uid) {
-                            w.gone();
-                        }
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        for (uid, w) in &workers {
-                            if !seen.contains(uid) {
-                                w.gone();
-                            }
-                        }
-                        if initial {
-                            initial = false;
-                            collect_orphans(&backend, &seen).await;
-                        }
-                    }
-                    Err(err) => tracing::warn!(%err, "pod watch"),
-                }
-            }
-        }
-    }
+    let Node {
+        backend,
+        dispatch,
+        mut registration,
+    } = node;
+    registration.report(Ok(()), true).await?;
+    let lease = NodeLease::new(&config.name, registration.uid().unwrap_or_default());
+    let lease = tokio::spawn(lease.renew_forever(client.clone()));
+    let status = tokio::spawn(report_forever(client.clone(), registration));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let watch = tokio::spawn(watch_pods(client, config.name.clone(), tx));
+    let housekeeper = Housekeeper {
+        backend: backend.clone(),
+        state_dir: config.state_dir.clone(),
+    };
+    dispatch.run(rx, &housekeeper, shutdown).await;
+    watch.abort();
     lease.abort();
     status.abort();
-    for (_, w) in workers.drain() {
-        w.detach();
-    }
     if config.cleanup_on_exit {
         clean_up(&backend).await;
     }

@@ -127,6 +127,10 @@ pub struct PodRecord {
     pub sandbox_ready: bool,
     /// The pod failed as a whole (deadline, admission): (reason, message).
     pub failed: Option<(String, String)>,
+    /// Every container was stopped for good (the pod is being deleted): the phase is
+    /// terminal, Succeeded when every app container ended with 0, else Failed.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 fn terminated_status(t: &Terminated) -> ContainerStateTerminated {
@@ -218,6 +222,13 @@ pub fn phase(spec: &PodSpec, record: &PodRecord) -> &'static str {
             .any(|r| !r.sidecar && r.terminated().is_some_and(|t| t.exit_code != 0))
     {
         return "Failed";
+    }
+    if record.stopped {
+        let succeeded = record
+            .containers
+            .iter()
+            .all(|r| r.terminated().is_some_and(|t| t.exit_code == 0));
+        return if succeeded { "Succeeded" } else { "Failed" };
     }
     if !initialized(record) || record.containers.is_empty() {
         return "Pending";
@@ -311,6 +322,16 @@ pub fn pod_status(
     } else {
         Some("ContainersNotInitialized")
     };
+    // A pod bound at creation never went through the scheduler: the kubelet says it is
+    // scheduled.
+    if !conditions.iter().any(|c| c.type_ == "PodScheduled") {
+        conditions.push(PodCondition {
+            type_: "PodScheduled".to_owned(),
+            status: "True".to_owned(),
+            last_transition_time: record.start_time.map(Time),
+            ..PodCondition::default()
+        });
+    }
     conditions.extend([
         condition(
             "PodReadyToStartContainers",
@@ -594,6 +615,42 @@ mod tests {
             ..sidecar(ended(1), false, false)
         }];
         assert_eq!(phase(&spec("Never"), &r), "Pending");
+    }
+
+    #[test]
+    fn a_stopped_pod_is_terminal_whatever_its_policy() {
+        let mut r = record(vec![ended(0), ended(0)]);
+        assert_eq!(phase(&spec("Always"), &r), "Running");
+        r.stopped = true;
+        assert_eq!(phase(&spec("Always"), &r), "Succeeded");
+        r.containers[1].state = ended(143);
+        assert_eq!(phase(&spec("Always"), &r), "Failed");
+        // A container that never ran did not succeed.
+        r.containers[1].state = State::Waiting {
+            reason: "ContainerCreating".into(),
+            message: None,
+        };
+        assert_eq!(phase(&spec("OnFailure"), &r), "Failed");
+    }
+
+    #[test]
+    fn a_pod_bound_at_creation_is_reported_scheduled() {
+        let mut r = record(vec![State::Running {
+            started_at: Timestamp::now(),
+        }]);
+        r.start_time = Some(Timestamp::UNIX_EPOCH);
+        let status = pod_status(&spec("Always"), &r, None, Timestamp::now());
+        let scheduled = status
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled")
+            .unwrap();
+        assert_eq!(scheduled.status, "True");
+        assert_eq!(
+            scheduled.last_transition_time,
+            Some(Time(Timestamp::UNIX_EPOCH))
+        );
     }
 
     #[test]

@@ -1,20 +1,21 @@
 //! The pod worker against a scripted backend, on tokio's paused clock.
 
-use std::sync::Mutex;
+use std::{path::Path, sync::Mutex};
 
 use async_trait::async_trait;
 use k8s_openapi::{
-    api::core::v1::{ExecAction, PodSpec, Probe},
+    api::core::v1::{ExecAction, PodSpec, PodStatus, Probe},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
 use skiff_types::ContainerId;
 use tokio::sync::watch;
 
 use super::*;
+use crate::pod::records::DiskRecords;
 
 /// How a fake container behaves.
 #[derive(Clone, Copy, Debug)]
-enum Script {
+pub(crate) enum Script {
     /// Exits at once with this code.
     Exit(i32),
     /// Runs until signalled; SIGTERM ends it unless it ignores it.
@@ -22,7 +23,7 @@ enum Script {
 }
 
 #[derive(Default)]
-struct Fake {
+pub(crate) struct Fake {
     scripts: Mutex<HashMap<String, Script>>,
     /// Every start: (container, restart, when).
     starts: Mutex<Vec<(String, i32, Instant)>>,
@@ -30,7 +31,7 @@ struct Fake {
     signals: Mutex<Vec<(String, i32, Instant)>>,
     exec_code: Mutex<i32>,
     statuses: Mutex<Vec<PodStatus>>,
-    deleted: Mutex<bool>,
+    pub(crate) deleted: Mutex<bool>,
     sandboxes_removed: Mutex<u32>,
     pull_error: Mutex<Option<String>>,
     adoptable: Mutex<Vec<String>>,
@@ -46,10 +47,10 @@ fn exit(code: i32, signal: Option<i32>) -> Exit {
 }
 
 impl Fake {
-    fn script(&self, container: &str, s: Script) {
+    pub(crate) fn script(&self, container: &str, s: Script) {
         self.scripts.lock().unwrap().insert(container.into(), s);
     }
-    fn starts_of(&self, container: &str) -> Vec<(i32, Instant)> {
+    pub(crate) fn starts_of(&self, container: &str) -> Vec<(i32, Instant)> {
         self.starts
             .lock()
             .unwrap()
@@ -58,7 +59,7 @@ impl Fake {
             .map(|(_, r, t)| (*r, *t))
             .collect()
     }
-    fn last(&self) -> PodStatus {
+    pub(crate) fn last(&self) -> PodStatus {
         self.statuses
             .lock()
             .unwrap()
@@ -122,7 +123,7 @@ impl PodBackend for Fake {
         self.exits.lock().unwrap().insert(id, tx);
         Ok(typed)
     }
-    async fn adopt_container(&self, id: &str) -> bool {
+    async fn adopt_container(&self, _pod: &Pod, id: &str) -> bool {
         if self.adoptable.lock().unwrap().iter().any(|a| a == id) {
             let (tx, _) = watch::channel(None);
             self.exits.lock().unwrap().insert(id.to_owned(), tx);
@@ -170,6 +171,10 @@ impl PodBackend for Fake {
     async fn exec(&self, _id: &str, _c: &[String], _t: Duration) -> Result<i32, BackendError> {
         Ok(*self.exec_code.lock().unwrap())
     }
+}
+
+#[async_trait]
+impl PodApi for Fake {
     async fn patch_status(&self, _pod: &Pod, status: &PodStatus) -> Result<(), BackendError> {
         self.statuses.lock().unwrap().push(status.clone());
         Ok(())
@@ -181,7 +186,7 @@ impl PodBackend for Fake {
     async fn event(&self, _pod: &Pod, _t: EventType, _r: &str, _m: &str) {}
 }
 
-fn container(name: &str) -> Container {
+pub(crate) fn container(name: &str) -> Container {
     Container {
         name: name.into(),
         image: Some("busybox:1".into()),
@@ -189,7 +194,7 @@ fn container(name: &str) -> Container {
     }
 }
 
-fn pod(spec: PodSpec) -> Pod {
+pub(crate) fn pod(spec: PodSpec) -> Pod {
     Pod {
         metadata: ObjectMeta {
             name: Some("p".into()),
@@ -221,13 +226,14 @@ fn start(spec: PodSpec, fake: Arc<Fake>) -> Setup {
 fn start_in(pod: &Pod, fake: Arc<Fake>, dir: &Path) -> WorkerHandle {
     let config = Arc::new(WorkerConfig {
         host_ip: "192.0.2.1".into(),
-        pods_dir: dir.to_owned(),
+        records: Arc::new(DiskRecords::new(dir)),
         volume_refresh: Duration::from_secs(10),
+        backoff: backoff::Policy::default(),
     });
-    spawn(Arc::new(pod.clone()), fake, config)
+    spawn(Arc::new(pod.clone()), fake.clone(), fake, config)
 }
 
-async fn settle(d: Duration) {
+pub(crate) async fn settle(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
@@ -692,4 +698,69 @@ async fn on_deletion_sidecars_stop_after_the_app_containers() {
     assert_eq!(order[3], ("uid-proxy-0".to_owned(), SIGKILL));
     assert_eq!((signals[3].2 - signals[2].2).as_secs(), 2);
     assert!(*s.fake.deleted.lock().unwrap());
+}
+
+/// Simulated fleets hold 50,000 waiting workers in one process: the steps are boxed so a
+/// waiting worker's future stays near the size of its own state.
+#[test]
+fn a_waiting_worker_holds_little_more_than_its_state() {
+    let fake = Arc::new(Fake::default());
+    let config = Arc::new(WorkerConfig {
+        host_ip: "192.0.2.1".into(),
+        records: Arc::new(crate::pod::records::StatusRecords),
+        volume_refresh: Duration::from_secs(10),
+        backoff: backoff::Policy::default(),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let worker = Worker::new(
+        Arc::new(pod(PodSpec::default())),
+        fake.clone(),
+        fake,
+        config,
+        tx,
+        rx,
+    );
+    let state = std::mem::size_of_val(&worker);
+    let future = worker.run();
+    let size = std::mem::size_of_val(&future);
+    assert!(
+        size < state + 2048,
+        "{size} bytes for {state} bytes of state"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_taking_over_from_the_pods_status_writes_nothing_new() {
+    let spec = PodSpec {
+        containers: vec![container("app")],
+        ..PodSpec::default()
+    };
+    let fake = Arc::new(Fake::default());
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_in(&pod(spec.clone()), fake.clone(), dir.path());
+    settle(Duration::from_secs(1)).await;
+    first.detach();
+    // What the API holds now; a new process knows nothing but that.
+    let mut stored = pod(spec);
+    stored.status = Some(fake.last());
+    let again = Arc::new(Fake::default());
+    again.adoptable.lock().unwrap().push("uid-app-0".into());
+    let config = Arc::new(WorkerConfig {
+        host_ip: "192.0.2.1".into(),
+        records: Arc::new(crate::pod::records::StatusRecords),
+        volume_refresh: Duration::from_secs(10),
+        backoff: backoff::Policy::default(),
+    });
+    let _second = spawn(Arc::new(stored), again.clone(), again.clone(), config);
+    settle(Duration::from_secs(1)).await;
+    assert!(again.starts_of("app").is_empty(), "adopted, not started");
+    assert!(
+        again.statuses.lock().unwrap().is_empty(),
+        "the stored status already said it all"
+    );
+    // The adopted run still ends and restarts as usual.
+    again.end("uid-app-0", exit(1, None));
+    settle(Duration::from_secs(11)).await;
+    assert_eq!(again.starts_of("app").len(), 1);
+    assert_eq!(again.last().container_statuses.unwrap()[0].restart_count, 1);
 }
