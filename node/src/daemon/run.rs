@@ -45,8 +45,11 @@ use super::{
     sources::ApiSources,
 };
 
-/// How long to wait for the control plane to assign a pod CIDR.
-const CIDR_WAIT: Duration = Duration::from_mins(1);
+/// What a node without a pod CIDR waits for, in its log and its Ready condition.
+pub const WAITING_FOR_POD_CIDR: &str =
+    "waiting for spec.podCIDR from node IPAM; pass --pod-cidr or start control with --cluster-cidr";
+/// How often a node that still waits says so again.
+const SAY_AGAIN: Duration = Duration::from_secs(30);
 
 /// Errors that stop the node daemon.
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +69,9 @@ pub enum DaemonError {
     /// Registration failed.
     #[error(transparent)]
     Register(#[from] RegisterError),
-    /// The Node has no pod CIDR and none was given.
-    #[error("node {0} has no spec.podCIDR (start control with --cluster-cidr or pass --pod-cidr)")]
-    NoPodCidr(String),
+    /// The watch of the Node ended, which the watcher's back-off never lets happen.
+    #[error("the watch of node {0} ended")]
+    NodeWatchEnded(String),
     /// The Node's `spec.podCIDR` is not an IPv4 network.
     #[error("spec.podCIDR: {0}")]
     PodCidr(#[from] CidrError),
@@ -114,8 +117,41 @@ pub struct Node {
     pub backend: Arc<LocalBackend>,
     /// The pods' workers; [`Dispatch::pods`] is what the endpoint serves.
     pub dispatch: Dispatch,
-    /// The Node object.
-    pub registration: Registration,
+    /// The Node's Lease and status reports, running since registration.
+    pub heartbeat: Heartbeat,
+}
+
+/// What keeps the Node alive in the API while the node sets up and runs: its Lease and
+/// its status reports, whose Ready condition says what the node waits for.
+#[derive(Debug)]
+pub struct Heartbeat {
+    lease: tokio::task::JoinHandle<()>,
+    status: tokio::task::JoinHandle<()>,
+    ready: tokio::sync::watch::Sender<Result<(), String>>,
+}
+
+impl Heartbeat {
+    /// Starts renewing the Lease and reporting status for `registration`, not Ready
+    /// because of `waiting`.
+    fn start(client: &Client, registration: Registration, waiting: &str) -> Self {
+        let lease = NodeLease::new(registration.name(), registration.uid().unwrap_or_default());
+        let (ready, said) = tokio::sync::watch::channel(Err(waiting.to_owned()));
+        Self {
+            lease: tokio::spawn(lease.renew_forever(client.clone())),
+            status: tokio::spawn(report_forever(client.clone(), registration, said)),
+            ready,
+        }
+    }
+
+    /// The node is Ready (`Ok`) or waits for something.
+    fn set(&self, ready: Result<(), String>) {
+        let _ = self.ready.send_replace(ready);
+    }
+
+    fn stop(self) {
+        self.lease.abort();
+        self.status.abort();
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -180,34 +216,59 @@ fn registration(client: Client, config: &NodeConfig, state: &Path) -> Registrati
     )
 }
 
-/// The pod CIDR: the configured one, else the Node's `spec.podCIDR` once the control plane
-/// assigned it (`node` is kept current while waiting).
+fn pod_cidr_of(node: &k8s_openapi::api::core::v1::Node) -> Result<Option<Ipv4Cidr>, CidrError> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_deref())
+        .map(str::parse)
+        .transpose()
+}
+
+/// The Node's `spec.podCIDR` from `node` or, once the control plane assigns it, from the
+/// Node's watch `updates`. Waits as long as it takes, saying so every [`SAY_AGAIN`].
 async fn wait_for_pod_cidr(
-    client: &Client,
-    config: &NodeConfig,
-    node: &mut k8s_openapi::api::core::v1::Node,
+    name: &str,
+    node: &k8s_openapi::api::core::v1::Node,
+    updates: impl futures::Stream<Item = k8s_openapi::api::core::v1::Node>,
 ) -> Result<Ipv4Cidr, DaemonError> {
-    let started = tokio::time::Instant::now();
-    loop {
-        if let Some(c) = config.pod_cidr {
-            return Ok(c);
-        }
-        if let Some(c) = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) {
-            return Ok(c.parse()?);
-        }
-        if started.elapsed() > CIDR_WAIT {
-            return Err(DaemonError::NoPodCidr(config.name.clone()));
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        *node = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
-            .get(&config.name)
-            .await
-            .map_err(|source| RegisterError::Api {
-                node: config.name.clone(),
-                action: "get",
-                source,
-            })?;
+    if let Some(cidr) = pod_cidr_of(node)? {
+        return Ok(cidr);
     }
+    let started = tokio::time::Instant::now();
+    tracing::warn!(node = %name, "{WAITING_FOR_POD_CIDR}");
+    let mut again = tokio::time::interval_at(started + SAY_AGAIN, SAY_AGAIN);
+    let mut updates = std::pin::pin!(updates);
+    loop {
+        tokio::select! {
+            _ = again.tick() => {
+                let waited_s = started.elapsed().as_secs();
+                tracing::warn!(node = %name, waited_s, "{WAITING_FOR_POD_CIDR}");
+            }
+            node = updates.next() => match node {
+                Some(node) => if let Some(cidr) = pod_cidr_of(&node)? {
+                    tracing::info!(node = %name, pod_cidr = %cidr, "pod CIDR assigned");
+                    return Ok(cidr);
+                },
+                None => return Err(DaemonError::NodeWatchEnded(name.to_owned())),
+            },
+        }
+    }
+}
+
+/// The Node's own versions as they change.
+fn own_node(
+    client: &Client,
+    name: &str,
+) -> impl futures::Stream<Item = k8s_openapi::api::core::v1::Node> + use<> {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let own = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    watcher(api, own)
+        .default_backoff()
+        .applied_objects()
+        .filter_map(|node| async move {
+            node.inspect_err(|err| tracing::debug!(%err, "node watch"))
+                .ok()
+        })
 }
 
 /// Sets the node up: state, images, runtime, registration, pod CIDR, network.
@@ -227,10 +288,29 @@ pub async fn prepare(client: Client, config: &NodeConfig) -> Result<Node, Daemon
         PathBuf::from("/sys/fs/cgroup"),
     ));
     let mut registration = registration(client.clone(), config, &state);
-    let mut node = registration
-        .register(Err("the pod network is being set up".to_owned()))
+    let waiting = if config.pod_cidr.is_some() {
+        "the pod network is being set up"
+    } else {
+        WAITING_FOR_POD_CIDR
+    };
+    let mut node = registration.register(Err(waiting.to_owned())).await?;
+    // Alive in the API from now on, and saying what it waits for.
+    let heartbeat = Heartbeat::start(&client, registration, waiting);
+    let cidr = if let Some(cidr) = config.pod_cidr {
+        cidr
+    } else {
+        let updates = own_node(&client, &config.name);
+        let mut latest = node.clone();
+        let cidr = wait_for_pod_cidr(
+            &config.name,
+            &node,
+            updates.inspect(|n| latest.clone_from(n)),
+        )
         .await?;
-    let cidr = wait_for_pod_cidr(&client, config, &mut node).await?;
+        node = latest;
+        cidr
+    };
+    heartbeat.set(Err("the pod network is being set up".to_owned()));
     let network = Arc::new(BridgeNetwork::new(NetworkConfig {
         bridge: config.bridge.clone(),
         pod_cidr: cidr,
@@ -281,7 +361,7 @@ pub async fn prepare(client: Client, config: &NodeConfig) -> Result<Node, Daemon
     Ok(Node {
         backend,
         dispatch,
-        registration,
+        heartbeat,
     })
 }
 
@@ -377,30 +457,30 @@ pub async fn clean_up(backend: &LocalBackend) {
     cgroups::remove_node_cgroups(&backend.layout.cgroup_parent);
 }
 
-/// Reports the Node's status every [`CHECK_EVERY`] (sent when it changed), and at once
-/// when the Node's own watch shows someone else changed its conditions.
-async fn report_forever(client: Client, mut registration: Registration) {
-    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
-    let own = watcher::Config::default().fields(&format!("metadata.name={}", registration.name()));
-    let mut nodes = std::pin::pin!(watcher(api, own).default_backoff().applied_objects());
+/// Reports the Node's status every [`CHECK_EVERY`] (sent when it changed), at once when
+/// the node's readiness changes, and when the Node's own watch shows someone else changed
+/// its conditions.
+async fn report_forever(
+    client: Client,
+    mut registration: Registration,
+    mut ready: tokio::sync::watch::Receiver<Result<(), String>>,
+) {
+    let mut nodes = std::pin::pin!(own_node(&client, registration.name()));
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let force = tokio::select! {
-            _ = tick.tick() => false,
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = ready.changed() => if changed.is_err() {
+                return;
+            },
             node = nodes.next() => match node {
-                Some(Ok(node)) => {
-                    registration.observe(&node);
-                    false
-                }
-                Some(Err(err)) => {
-                    tracing::debug!(%err, "node watch");
-                    continue;
-                }
+                Some(node) => registration.observe(&node),
                 None => return,
             },
-        };
-        if let Err(err) = registration.report(Ok(()), force).await {
+        }
+        let now = ready.borrow_and_update().clone();
+        if let Err(err) = registration.report(now, false).await {
             tracing::warn!(%err, "node status not reported");
         }
     }
@@ -454,12 +534,9 @@ pub async fn run(
     let Node {
         backend,
         dispatch,
-        mut registration,
+        heartbeat,
     } = node;
-    registration.report(Ok(()), true).await?;
-    let lease = NodeLease::new(&config.name, registration.uid().unwrap_or_default());
-    let lease = tokio::spawn(lease.renew_forever(client.clone()));
-    let status = tokio::spawn(report_forever(client.clone(), registration));
+    heartbeat.set(Ok(()));
     let (tx, rx) = mpsc::unbounded_channel();
     let watch = tokio::spawn(watch_pods(client, config.name.clone(), tx));
     let housekeeper = Housekeeper {
@@ -468,10 +545,61 @@ pub async fn run(
     };
     dispatch.run(rx, &housekeeper, shutdown).await;
     watch.abort();
-    lease.abort();
-    status.abort();
+    heartbeat.stop();
     if config.cleanup_on_exit {
         clean_up(&backend).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Node as KubeNode, NodeSpec};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    fn node(cidr: Option<&str>) -> KubeNode {
+        KubeNode {
+            spec: Some(NodeSpec {
+                pod_cidr: cidr.map(str::to_owned),
+                ..NodeSpec::default()
+            }),
+            ..KubeNode::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_waits_for_its_pod_cidr_as_long_as_it_takes() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let updates =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|n| (n, rx)) });
+        let waiting =
+            tokio::spawn(async move { wait_for_pod_cidr("n1", &node(None), updates).await });
+        tx.send(node(None)).unwrap();
+        tokio::time::sleep(Duration::from_mins(5)).await;
+        assert!(!waiting.is_finished(), "it gave up");
+        tx.send(node(Some("10.244.3.0/24"))).unwrap();
+        let cidr = waiting.await.unwrap().unwrap();
+        assert_eq!(cidr.to_string(), "10.244.3.0/24");
+    }
+
+    #[tokio::test]
+    async fn a_pod_cidr_already_there_is_taken_at_once_and_a_bad_one_refused() {
+        let cidr = wait_for_pod_cidr(
+            "n1",
+            &node(Some("10.244.1.0/24")),
+            futures::stream::pending(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(cidr.to_string(), "10.244.1.0/24");
+        let bad = wait_for_pod_cidr(
+            "n1",
+            &node(Some("10.244.1.1/24")),
+            futures::stream::pending(),
+        )
+        .await;
+        assert!(matches!(bad, Err(DaemonError::PodCidr(_))), "{bad:?}");
+    }
 }
