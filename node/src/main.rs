@@ -6,7 +6,6 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser};
-use k8s_openapi::api::core::v1::Taint;
 use skiff_kubelet::node::capacity::Reservations;
 use skiff_node_sim::{self as simulate, KUBELET_VERSION, SimConfig, SimTaint};
 use tracing_subscriber::{EnvFilter, prelude::*};
@@ -275,17 +274,7 @@ async fn real(cli: Cli) -> Result<()> {
         bridge: args.bridge,
         pod_cidr: args.pod_cidr,
         labels: cli.simulate.labels.iter().cloned().collect(),
-        taints: cli
-            .simulate
-            .taints
-            .iter()
-            .map(|t| Taint {
-                key: t.key.clone(),
-                value: (!t.value.is_empty()).then(|| t.value.clone()),
-                effect: t.effect.clone(),
-                time_added: None,
-            })
-            .collect(),
+        taints: cli.simulate.taints.iter().map(SimTaint::to_taint).collect(),
         reserved: Reservations {
             cpu_millis: args.reserved_cpu_millis,
             memory: args.reserved_memory,

@@ -30,14 +30,20 @@ struct Cluster {
 /// lot for the 2-core machines CI uses.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A test host of its own: the one-cluster-at-a-time turn, a network namespace this thread
+/// has entered, and a directory.
+fn isolated() -> Result<(std::sync::MutexGuard<'static, ()>, Netns, tempfile::TempDir)> {
+    let serial = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ns = Netns::new("skt-node")?;
+    ns.enter()?;
+    Ok((serial, ns, tempfile::tempdir()?))
+}
+
 impl Cluster {
     fn start(test: &str) -> Result<Self> {
-        let serial = ONE_AT_A_TIME
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ns = Netns::new("skt-node")?;
-        ns.enter()?;
-        let dir = tempfile::tempdir()?;
+        let (serial, ns, dir) = isolated()?;
         let registry = Registry::start()?;
         let tar = busybox_oci_layout(dir.path(), "busybox:1")?;
         registry.push(&tar, "busybox:1")?;
@@ -187,12 +193,7 @@ fn a_node_without_a_pod_cidr_says_what_it_waits_for_and_goes_on_once_it_has_one(
     if skip("a_node_without_a_pod_cidr_says_what_it_waits_for_and_goes_on_once_it_has_one") {
         return Ok(());
     }
-    let _serial = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let ns = Netns::new("skt-node")?;
-    ns.enter()?;
-    let dir = tempfile::tempdir()?;
+    let (_serial, _ns, dir) = isolated()?;
     // No controllers, so no node IPAM hands out pod CIDRs.
     let cp = ControlPlane::start_with(&dir.path().join("control"), &["--no-controllers"])?;
     let name = "skt-nocidr";

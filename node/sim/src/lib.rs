@@ -27,6 +27,7 @@ use std::{
 
 pub use backend::{EXIT_CODE, RUN_SECONDS};
 pub use host::KUBELET_VERSION;
+use k8s_openapi::api::core::v1::Taint;
 use kube::Client;
 use skiff_kubelet::api::Inflight;
 
@@ -74,6 +75,19 @@ pub struct SimTaint {
     pub value: String,
     /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
     pub effect: String,
+}
+
+impl SimTaint {
+    /// The taint as the Node carries it (an empty value is left out).
+    #[must_use]
+    pub fn to_taint(&self) -> Taint {
+        Taint {
+            key: self.key.clone(),
+            value: (!self.value.is_empty()).then(|| self.value.clone()),
+            effect: self.effect.clone(),
+            time_added: None,
+        }
+    }
 }
 
 impl Default for SimConfig {

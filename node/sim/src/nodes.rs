@@ -10,7 +10,7 @@ use std::{
 };
 
 use futures::{StreamExt, stream, stream::FuturesUnordered};
-use k8s_openapi::api::core::v1::{Node, Taint};
+use k8s_openapi::api::core::v1::Node;
 use kube::{
     Api, ResourceExt,
     api::ListParams,
@@ -34,7 +34,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{Sim, SimError, addresses::node_ip, host::SimHost, pace::Pacer, transient};
+use crate::{Sim, SimError, SimTaint, addresses::node_ip, host::SimHost, pace::Pacer, transient};
 
 /// Volumes are never refreshed on a simulated node (it has none): the workers wake only for
 /// what their pods do.
@@ -85,17 +85,7 @@ fn identity(sim: &Sim, index: usize) -> Identity {
         port: 10250,
         labels,
         annotations: BTreeMap::from([("kwok.x-k8s.io/node".to_owned(), "fake".to_owned())]),
-        taints: sim
-            .config
-            .taints
-            .iter()
-            .map(|t| Taint {
-                key: t.key.clone(),
-                value: (!t.value.is_empty()).then(|| t.value.clone()),
-                effect: t.effect.clone(),
-                time_added: None,
-            })
-            .collect(),
+        taints: sim.config.taints.iter().map(SimTaint::to_taint).collect(),
         pod_cidr: None,
         provider_id: Some(format!("skiff-sim://{name}")),
         name,

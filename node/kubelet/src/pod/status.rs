@@ -383,7 +383,7 @@ pub fn pod_status(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn spec(policy: &str) -> PodSpec {
@@ -557,7 +557,8 @@ mod tests {
         }
     }
 
-    fn condition_of(status: &PodStatus, type_: &str) -> String {
+    /// The status of condition `type_`, empty when there is none.
+    pub(crate) fn condition_of(status: &PodStatus, type_: &str) -> String {
         status
             .conditions
             .iter()

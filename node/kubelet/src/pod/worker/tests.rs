@@ -11,7 +11,7 @@ use skiff_types::ContainerId;
 use tokio::sync::watch;
 
 use super::*;
-use crate::pod::records::DiskRecords;
+use crate::pod::{records::DiskRecords, status::tests::condition_of as condition};
 
 /// How a fake container behaves.
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +49,15 @@ fn exit(code: i32, signal: Option<i32>) -> Exit {
 impl Fake {
     pub(crate) fn script(&self, container: &str, s: Script) {
         self.scripts.lock().unwrap().insert(container.into(), s);
+    }
+    /// The containers started, in order.
+    fn order(&self) -> Vec<String> {
+        self.starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(c, ..)| c.clone())
+            .collect()
     }
     pub(crate) fn starts_of(&self, container: &str) -> Vec<(i32, Instant)> {
         self.starts
@@ -237,16 +246,6 @@ pub(crate) async fn settle(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
-fn condition(status: &PodStatus, type_: &str) -> String {
-    status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
-        .unwrap_or_default()
-}
-
 #[tokio::test(start_paused = true)]
 async fn init_containers_run_in_order_before_app_containers() {
     let fake = Arc::new(Fake::default());
@@ -261,14 +260,7 @@ async fn init_containers_run_in_order_before_app_containers() {
         fake,
     );
     settle(Duration::from_secs(1)).await;
-    let order: Vec<String> = s
-        .fake
-        .starts
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(c, ..)| c.clone())
-        .collect();
+    let order = s.fake.order();
     assert_eq!(order, ["init-a", "init-b", "app"]);
     let status = s.fake.last();
     assert_eq!(status.phase.as_deref(), Some("Running"));
@@ -527,6 +519,13 @@ fn init_status<'a>(
         .unwrap()
 }
 
+fn init_terminated(status: &PodStatus, name: &str) -> bool {
+    init_status(status, name)
+        .state
+        .as_ref()
+        .is_some_and(|s| s.terminated.is_some())
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_sidecar_starts_in_order_and_keeps_running_beside_the_app() {
     let fake = Arc::new(Fake::default());
@@ -545,14 +544,7 @@ async fn a_sidecar_starts_in_order_and_keeps_running_beside_the_app() {
         fake,
     );
     settle(Duration::from_secs(1)).await;
-    let order: Vec<String> = s
-        .fake
-        .starts
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(c, ..)| c.clone())
-        .collect();
+    let order = s.fake.order();
     assert_eq!(order, ["init-a", "proxy", "init-b", "app"]);
     let status = s.fake.last();
     assert_eq!(status.phase.as_deref(), Some("Running"));
@@ -562,14 +554,7 @@ async fn a_sidecar_starts_in_order_and_keeps_running_beside_the_app() {
     assert!(proxy.state.as_ref().unwrap().running.is_some(), "{proxy:?}");
     assert!(proxy.ready);
     assert_eq!(proxy.started, Some(true));
-    assert!(
-        init_status(&status, "init-b")
-            .state
-            .as_ref()
-            .unwrap()
-            .terminated
-            .is_some()
-    );
+    assert!(init_terminated(&status, "init-b"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -654,14 +639,7 @@ async fn sidecars_do_not_block_completion_and_stop_after_the_app_in_reverse_orde
         1,
         "not restarted once done"
     );
-    assert!(
-        init_status(&status, "proxy")
-            .state
-            .as_ref()
-            .unwrap()
-            .terminated
-            .is_some()
-    );
+    assert!(init_terminated(&status, "proxy"));
 }
 
 #[tokio::test(start_paused = true)]
