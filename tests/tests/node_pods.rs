@@ -348,7 +348,11 @@ fn exec_and_follow_logs(c: &Cluster) -> Result<()> {
         .output()?;
     let text = String::from_utf8_lossy(&tty.stdout);
     assert!(tty.status.success(), "{tty:?}");
-    assert!(text.contains("on-a-terminal\r\nok"), "{text:?}");
+    assert!(
+        text.contains("on-a-terminal\r\nok"),
+        "{text:?} ({tty:?})\nnode log tail:\n{}",
+        tail(&c.node.log(), 30)
+    );
     c.apply(
         r"
 apiVersion: v1

@@ -132,7 +132,7 @@ pub(super) async fn serve(
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         match session {
-            Ok(session) => run(ws, session, protocol, &target).await,
+            Ok(session) => run(ws, session, protocol, &target, kind).await,
             Err(err) => {
                 let (code, reason) = err.status();
                 finish(ws, &channel::failure_status(code, reason, &err.to_string())).await;
@@ -156,9 +156,24 @@ pub(super) async fn serve(
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
+/// How a session ended, logged once per session so an exec that went wrong for a client
+/// can be told apart: the process's end, how its output ended, what was sent, and whether
+/// the client answered the close.
+#[derive(Debug, Default)]
+struct Ending {
+    /// Output bytes sent to the client.
+    bytes: u64,
+    /// The output still open when the process had exited for [`DRAIN_GRACE`] was cut.
+    cut: bool,
+    /// The client went away before the status could be sent.
+    client_left: bool,
+    /// The client answered the final close within [`CLOSE_WAIT`].
+    close_answered: bool,
+}
+
 /// Pumps a session until its process has exited and its output drained (or the client left),
 /// then sends the exit status.
-async fn run(ws: Ws, mut session: Session, protocol: Protocol, target: &ContainerRef) {
+async fn run(ws: Ws, mut session: Session, protocol: Protocol, target: &ContainerRef, kind: Kind) {
     let (mut sink, source) = ws.split();
     let input = tokio::spawn(pump_input(
         source,
@@ -179,17 +194,21 @@ async fn run(ws: Ws, mut session: Session, protocol: Protocol, target: &Containe
     let mut exit = session.exit;
     let mut exited = None;
     let mut drained = false;
+    let mut ending = Ending::default();
     let grace = tokio::time::sleep(Duration::MAX);
     tokio::pin!(grace);
     while !(drained && exited.is_some()) {
         tokio::select! {
             frame = rx.recv(), if !drained => match frame {
                 Some(frame) => {
+                    let len = frame.len().saturating_sub(1) as u64;
                     if sink.send(Message::binary(frame)).await.is_err() {
-                        tracing::debug!(%target, "client left before the session ended");
+                        ending.client_left = true;
+                        tracing::debug!(%target, ?kind, ?ending, "session ended: the client left");
                         input.abort();
                         return;
                     }
+                    ending.bytes += len;
                 }
                 None => drained = true,
             },
@@ -197,25 +216,27 @@ async fn run(ws: Ws, mut session: Session, protocol: Protocol, target: &Containe
                 exited = Some(result);
                 grace.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
             },
-            () = &mut grace, if exited.is_some() && !drained => drained = true,
+            () = &mut grace, if exited.is_some() && !drained => {
+                drained = true;
+                ending.cut = true;
+            }
         }
     }
-    let status = match exited {
-        Some(Ok(code)) => {
-            tracing::debug!(%target, ?code, "session ended");
-            channel::exit_status(code)
-        }
-        Some(Err(err)) => channel::error_status(&err.to_string()),
-        None => channel::exit_status(None),
+    let (status, code) = match exited {
+        Some(Ok(code)) => (channel::exit_status(code), code),
+        Some(Err(err)) => (channel::error_status(&err.to_string()), None),
+        None => (channel::exit_status(None), None),
     };
     send_status(&mut sink, &status).await;
     // Read on until the client answers the close: a socket closed with unread frames in it
     // (a late resize or stdin) is reset, and the reset can overtake the status on its way
     // to the client, which then sees the connection end without it.
     let mut input = input;
-    if tokio::time::timeout(CLOSE_WAIT, &mut input).await.is_err() {
+    ending.close_answered = tokio::time::timeout(CLOSE_WAIT, &mut input).await.is_ok();
+    if !ending.close_answered {
         input.abort();
     }
+    tracing::debug!(%target, ?kind, ?code, ?ending, "session ended");
 }
 
 /// Sends the final status and closes the connection.
