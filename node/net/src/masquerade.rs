@@ -2,7 +2,7 @@
 //! node's own (`ip skiff-<bridge>`), so several nodes on one host and other users of
 //! nftables never step on each other: only that table is ever replaced or deleted.
 
-use std::{borrow::Cow, net::Ipv4Addr};
+use std::borrow::Cow;
 
 use nftables::{
     batch::Batch,
@@ -12,6 +12,7 @@ use nftables::{
     stmt::{Match, Operator, Statement},
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
 };
+use skiff_types::Ipv4Cidr;
 use tracing::info;
 
 /// The NAT chain's name.
@@ -42,7 +43,7 @@ pub fn table_name(bridge: &str) -> String {
 /// leaves the range through another interface than the bridge. Adding the table before
 /// deleting it makes the delete succeed whether or not it existed, all in one transaction.
 #[must_use]
-pub fn ruleset(bridge: &str, (network, prefix): (Ipv4Addr, u8)) -> Nftables<'static> {
+pub fn ruleset(bridge: &str, pod_cidr: Ipv4Cidr) -> Nftables<'static> {
     let table = table_name(bridge);
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(table_object(&table)));
@@ -60,8 +61,10 @@ pub fn ruleset(bridge: &str, (network, prefix): (Ipv4Addr, u8)) -> Nftables<'sta
     }));
     let range = || {
         Expression::Named(NamedExpression::Prefix(Prefix {
-            addr: Box::new(Expression::String(Cow::Owned(network.to_string()))),
-            len: u32::from(prefix),
+            addr: Box::new(Expression::String(Cow::Owned(
+                pod_cidr.network().to_string(),
+            ))),
+            len: u32::from(pod_cidr.prefix()),
         }))
     };
     let ip_field = |field: &'static str| {
@@ -128,7 +131,7 @@ fn table_object(name: &str) -> Table<'static> {
 ///
 /// # Errors
 /// If `nft` fails.
-pub(super) fn apply(bridge: &str, pod_cidr: (Ipv4Addr, u8)) -> Result<(), MasqueradeError> {
+pub(super) fn apply(bridge: &str, pod_cidr: Ipv4Cidr) -> Result<(), MasqueradeError> {
     helper::apply_ruleset(&ruleset(bridge, pod_cidr)).map_err(|source| MasqueradeError::Nft {
         table: table_name(bridge),
         source,
@@ -160,7 +163,7 @@ mod tests {
     #[test]
     fn ruleset_replaces_only_the_nodes_own_table_with_one_masquerade_rule() {
         let doc =
-            serde_json::to_value(ruleset("skiff0", (Ipv4Addr::new(10, 244, 1, 0), 24))).unwrap();
+            serde_json::to_value(ruleset("skiff0", "10.244.1.0/24".parse().unwrap())).unwrap();
         let cmds = doc["nftables"].as_array().unwrap();
         let table = json!({"family": "ip", "name": "skiff-skiff0"});
         assert_eq!(cmds[0], json!({"add": {"table": table}}));

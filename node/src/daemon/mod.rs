@@ -3,5 +3,8 @@
 //! lets a restarted daemon adopt what still runs.
 
 pub mod backend;
+pub mod cgroups;
 pub mod endpoint;
+pub mod oci;
 pub mod run;
+pub mod sources;

@@ -507,7 +507,11 @@ impl VolumeManager {
             &self.inner.host_resolv_conf,
         )?;
 
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let namespace = pod
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(skiff_types::namespace::DEFAULT);
         let volumes = pod
             .spec
             .as_ref()
