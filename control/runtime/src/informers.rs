@@ -204,12 +204,20 @@ async fn watch<K: Kind>(api: Api<K>, mut writer: Writer<K>, informer: Informer<K
     let config = watcher::Config::default().any_semantic();
     let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
     let mut unserved = false;
+    // Each (re-)list starts with `Init`; it is passed on with the list's first answer, so
+    // an unserved kind's retries do not reach subscribers as re-lists that never end.
+    let mut held_init = false;
     while let Some(event) = events.next().await {
         let event = match event {
+            Ok(Event::Init) => {
+                held_init = true;
+                continue;
+            }
             Ok(event) => event,
             Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
                 if status.code == 404 =>
             {
+                held_init = false;
                 // A kind the API server does not serve (yet) must not hold its readers back
                 // forever: it counts as listed and empty, and the watch keeps trying.
                 if !unserved {
@@ -229,7 +237,15 @@ async fn watch<K: Kind>(api: Api<K>, mut writer: Writer<K>, informer: Informer<K
                 continue;
             }
         };
-        unserved = false;
+        if std::mem::take(&mut held_init) {
+            if std::mem::take(&mut unserved) {
+                tracing::info!(%kind, "served by the API server now");
+            }
+            if keep_store {
+                writer.apply_watcher_event(&Event::Init);
+            }
+            informer.publish(&Event::Init);
+        }
         let event = strip(event);
         if keep_store {
             writer.apply_watcher_event(&event);
@@ -262,12 +278,195 @@ fn share<K>(event: Event<K>) -> Event<Arc<K>> {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::{
-        api::core::v1::Pod,
-        apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta},
+    use std::{
+        convert::Infallible,
+        sync::atomic::{AtomicUsize, Ordering},
+        time::Duration,
     };
 
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+    use hyper::{Request, Response, body::Frame, service::service_fn};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use k8s_openapi::{
+        api::core::v1::{Pod, ReplicationController},
+        apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta},
+    };
+    use kube::ResourceExt;
+    use serde_json::json;
+
     use super::*;
+
+    fn pod_json(name: &str, rv: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                         "resourceVersion": rv, "managedFields": [{"manager": "kubectl"}]},
+        })
+    }
+
+    /// A loopback API server with one pod listed, whose pod watch sends a new pod and the
+    /// deletion of the listed one, then stays open; `ReplicationControllers` are not served.
+    /// Counts the pod lists and watches it answers.
+    struct FakeApi {
+        url: String,
+        lists: Arc<AtomicUsize>,
+        watches: Arc<AtomicUsize>,
+    }
+
+    type Body = BoxBody<Bytes, Infallible>;
+
+    fn answer(
+        req: &Request<hyper::body::Incoming>,
+        lists: &AtomicUsize,
+        watches: &AtomicUsize,
+    ) -> Response<Body> {
+        let query = req.uri().query().unwrap_or_default();
+        let full = |code: u16, body: serde_json::Value| {
+            Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())).boxed())
+                .expect("a response")
+        };
+        if req.uri().path() != "/api/v1/pods" {
+            return full(
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "NotFound", "code": 404, "message": "not served"}),
+            );
+        }
+        if !query.contains("watch=true") {
+            lists.fetch_add(1, Ordering::SeqCst);
+            return full(
+                200,
+                json!({"kind": "PodList", "apiVersion": "v1",
+                       "metadata": {"resourceVersion": "10"}, "items": [pod_json("a", "9")]}),
+            );
+        }
+        watches.fetch_add(1, Ordering::SeqCst);
+        let lines = [
+            json!({"type": "ADDED", "object": pod_json("b", "11")}),
+            json!({"type": "DELETED", "object": pod_json("a", "12")}),
+        ];
+        let frames = lines
+            .into_iter()
+            .map(|l| Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{l}\n")))));
+        // Sent, then the watch stays open.
+        let body = futures::stream::iter(frames).chain(futures::stream::pending());
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(BodyExt::boxed(StreamBody::new(body)))
+            .expect("a response")
+    }
+
+    impl FakeApi {
+        async fn start() -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("a loopback port");
+            let url = format!("http://{}", listener.local_addr().expect("an address"));
+            let (lists, watches) = (Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default());
+            let (l, w) = (lists.clone(), watches.clone());
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (l, w) = (l.clone(), w.clone());
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| {
+                            let response = answer(&req, &l, &w);
+                            async move { Ok::<_, Infallible>(response) }
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+            Self {
+                url,
+                lists,
+                watches,
+            }
+        }
+
+        fn client(&self) -> Client {
+            let uri: http::Uri = self.url.parse().expect("a URL");
+            Client::try_from(kube::Config::new(uri)).expect("a client")
+        }
+    }
+
+    async fn next<T>(stream: &mut (impl Stream<Item = T> + Unpin)) -> T {
+        tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream goes on")
+    }
+
+    #[tokio::test]
+    async fn one_watch_per_kind_feeds_every_subscriber_and_the_cache() {
+        let api = FakeApi::start().await;
+        let informers = Arc::new(Informers::new(api.client()));
+        let store = informers.get::<Pod>().store();
+        let mut events = informers.get::<Pod>().events();
+        let mut changes = informers.get::<Pod>().changes();
+        let running = informers.clone();
+        let task = tokio::spawn(async move { running.run().await });
+
+        let mut seen = Vec::new();
+        while seen.last().map(String::as_str) != Some("delete a") {
+            seen.push(match next(&mut events).await {
+                Event::Init => "init".to_owned(),
+                Event::InitApply(p) => format!("list {}", p.name_any()),
+                Event::InitDone => "listed".to_owned(),
+                Event::Apply(p) => format!("apply {}", p.name_any()),
+                Event::Delete(p) => format!("delete {}", p.name_any()),
+            });
+        }
+        assert_eq!(seen, ["init", "list a", "listed", "apply b", "delete a"]);
+        let triggers: Vec<String> = [
+            next(&mut changes).await,
+            next(&mut changes).await,
+            next(&mut changes).await,
+        ]
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+        assert_eq!(triggers, ["a", "b", "a"], "deletions are passed on too");
+        store.wait_until_ready().await.expect("the cache fills");
+        let cached: Vec<String> = store.state().iter().map(|p| p.name_any()).collect();
+        assert_eq!(cached, ["b"]);
+        assert!(store.state()[0].metadata.managed_fields.is_none());
+        assert_eq!(
+            api.lists.load(Ordering::SeqCst),
+            1,
+            "one list for three readers"
+        );
+        assert_eq!(
+            api.watches.load(Ordering::SeqCst),
+            1,
+            "one watch for three readers"
+        );
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn an_unserved_kind_counts_as_listed_and_empty() {
+        let api = FakeApi::start().await;
+        let informers = Arc::new(Informers::new(api.client()));
+        let informer = informers.get::<ReplicationController>();
+        let store = informer.store();
+        let mut events = informer.events();
+        let running = informers.clone();
+        let task = tokio::spawn(async move { running.run().await });
+        assert!(matches!(next(&mut events).await, Event::Init));
+        assert!(matches!(next(&mut events).await, Event::InitDone));
+        tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready())
+            .await
+            .expect("ready within 10 s")
+            .expect("the cache is ready");
+        assert!(store.state().is_empty());
+        task.abort();
+    }
 
     #[test]
     fn managed_fields_are_dropped_from_what_is_cached_and_handed_out() {
