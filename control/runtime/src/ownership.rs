@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::{
-    Resource,
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
     core::{Selector, SelectorExt},
 };
+use serde::de::DeserializeOwned;
 
 /// The owner reference a controller sets on what it creates (`controller: true`,
 /// `blockOwnerDeletion: true`, as the Go controllers do).
@@ -64,6 +66,21 @@ impl LabelMatcher {
             return Self(None);
         }
         Self(Selector::try_from(selector.clone()).ok())
+    }
+
+    /// A matcher for an equality selector (a `ReplicationController`'s `spec.selector`); an
+    /// empty one selects nothing.
+    #[must_use]
+    pub fn equality(labels: Option<&BTreeMap<String, String>>) -> Self {
+        Self::new(
+            labels
+                .filter(|l| !l.is_empty())
+                .map(|l| LabelSelector {
+                    match_labels: Some(l.clone()),
+                    match_expressions: None,
+                })
+                .as_ref(),
+        )
     }
 
     /// Whether `labels` are selected.
@@ -144,6 +161,41 @@ pub fn release_patch(child: &ObjectMeta, uid: &str) -> serde_json::Value {
     })
 }
 
+/// Adopts `child` for `owner` through `api`; the write carries the child's
+/// resourceVersion, so a child changed meanwhile is not adopted on stale grounds.
+///
+/// # Errors
+/// When the API server refuses the patch.
+pub async fn adopt<K>(api: &Api<K>, child: &K, owner: OwnerReference) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = adopt_patch(child.meta(), owner);
+    api.patch(
+        &child.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+}
+
+/// Releases `child` from the owner with `uid` through `api`.
+///
+/// # Errors
+/// When the API server refuses the patch.
+pub async fn release<K>(api: &Api<K>, child: &K, uid: &str) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = release_patch(child.meta(), uid);
+    api.patch(
+        &child.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -213,6 +265,35 @@ mod tests {
             claim(&meta(&[("app", "x")], Some("u1")), "u1", &m, false),
             Claim::Release
         );
+    }
+
+    #[test]
+    fn equality_selectors_match_their_labels_and_empty_ones_nothing() {
+        let labels = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+        let m = LabelMatcher::equality(Some(&labels));
+        assert!(m.matches(Some(&labels)));
+        assert!(!m.matches(Some(&BTreeMap::new())));
+        assert!(!LabelMatcher::equality(Some(&BTreeMap::new())).matches(Some(&labels)));
+        assert!(!LabelMatcher::equality(None).matches(Some(&labels)));
+    }
+
+    #[test]
+    fn patches_add_and_remove_only_the_one_reference() {
+        let child = meta(&[], Some("other"));
+        let owner = OwnerReference {
+            uid: "u1".into(),
+            ..OwnerReference::default()
+        };
+        let adopted = adopt_patch(&child, owner);
+        let refs = adopted["metadata"]["ownerReferences"].as_array().unwrap();
+        assert_eq!(refs.len(), 2);
+        let mut both = child.clone();
+        both.owner_references =
+            serde_json::from_value(adopted["metadata"]["ownerReferences"].clone()).unwrap();
+        let released = release_patch(&both, "u1");
+        let refs = released["metadata"]["ownerReferences"].as_array().unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0]["uid"], "other");
     }
 
     #[test]
