@@ -48,6 +48,12 @@ impl Strategy for Namespace {
         }
     }
 
+    fn prepare_for_create(&self, obj: &mut Value) {
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("status".into(), json!({"phase": "Active"}));
+        }
+    }
+
     fn name_is_label(&self) -> bool {
         true
     }
@@ -108,6 +114,13 @@ mod tests {
         assert!(Namespace.finalizing(&ns));
         ns["spec"]["finalizers"] = json!([]);
         assert!(!Namespace.finalizing(&ns));
+    }
+
+    #[test]
+    fn a_new_namespace_is_active_whatever_it_says() {
+        let mut ns = json!({"metadata": {"name": "team"}, "status": {"phase": "Terminating"}});
+        Namespace.prepare_for_create(&mut ns);
+        assert_eq!(ns["status"], json!({"phase": "Active"}));
     }
 
     #[test]
