@@ -7,7 +7,7 @@
 #[rustfmt::skip]
 mod go_types;
 
-use std::io;
+use std::{io, sync::LazyLock};
 
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value, ser::Formatter};
@@ -226,10 +226,20 @@ struct Struct<'a> {
 impl Serialize for Struct<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let def = &go_types::STRUCTS[self.id];
+        let last_always = LAST_ALWAYS[self.id];
+        let len = self.map.map_or(0, Map::len);
         let mut out = s.serialize_map(None)?;
         let mut known = 0;
-        for field in def.fields {
-            let present = self.map.and_then(|m| m.get(field.name));
+        for (i, field) in def.fields.iter().enumerate() {
+            // Every key of the object written and no always-written field left: done.
+            if known == len && last_always.is_none_or(|last| i > last) {
+                break;
+            }
+            let present = if known < len {
+                self.map.and_then(|m| m.get(field.name))
+            } else {
+                None
+            };
             known += usize::from(present.is_some());
             match (present, field.emit) {
                 (Some(v), Emit::UnlessEmpty) if is_empty(v) => {}
@@ -262,6 +272,18 @@ impl Serialize for Struct<'_> {
         out.end()
     }
 }
+
+/// Per struct, the position of the last field Go always writes.
+static LAST_ALWAYS: LazyLock<Vec<Option<usize>>> = LazyLock::new(|| {
+    go_types::STRUCTS
+        .iter()
+        .map(|def| {
+            def.fields
+                .iter()
+                .rposition(|f| matches!(f.emit, Emit::Always(_)))
+        })
+        .collect()
+});
 
 struct ZeroOf(Zero);
 
@@ -297,6 +319,10 @@ impl Formatter for GoFormatter {
         W: ?Sized + io::Write,
     {
         let bytes = fragment.as_bytes();
+        // Most text has nothing to escape: one write, as serde_json's own formatter does.
+        if !bytes.iter().any(|b| matches!(b, b'<' | b'>' | b'&' | 0xE2)) {
+            return writer.write_all(bytes);
+        }
         let mut start = 0;
         let mut i = 0;
         while i < bytes.len() {
