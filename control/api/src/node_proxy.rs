@@ -1,5 +1,6 @@
-//! `pods/log`, `pods/exec` and `pods/attach`: the API server finds the pod's node and relays
-//! the node endpoint's answer, streaming a log body or pumping WebSocket frames both ways,
+//! The node proxy beside the server: `pods/log`, `pods/exec` and `pods/attach` are not
+//! verbs on stored objects but streams the pod's node serves, so the API server finds the
+//! node and relays its answer, streaming a log body or pumping WebSocket frames both ways,
 //! as the Go apiserver proxies these subresources to the kubelet.
 
 use std::{convert::Infallible, fmt::Write as _, time::Duration};
@@ -12,7 +13,8 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use skiff_machinery::status::StatusError;
-use skiff_resources::by_kind;
+use skiff_resources::{Subresource, by_kind};
+use skiff_types::namespace;
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     WebSocketStream,
@@ -21,12 +23,11 @@ use tokio_tungstenite::{
     },
 };
 
-use super::read;
 use crate::{
+    ctx::Ctx,
     http::{self as h, Body, Query},
     objects,
     route::ResourceRoute,
-    server::Ctx,
 };
 
 /// The kubelet port a Node without `daemonEndpoints` is assumed to serve on.
@@ -76,15 +77,18 @@ impl From<NodeError> for StatusError {
     }
 }
 
-/// Whether the route is one of the node-proxied pod subresources.
+/// The subresources a node serves.
+const NODE_SERVED: [Subresource; 3] = [Subresource::Log, Subresource::Exec, Subresource::Attach];
+
+/// Whether the route names a subresource the node serves (`log`, `exec`, `attach`) of a
+/// kind that has it.
 pub fn handles(route: &ResourceRoute) -> bool {
-    route.info.group.is_empty()
-        && route.info.kind == "Pod"
-        && route.name.is_some()
-        && matches!(
-            route.subresource.as_deref(),
-            Some("log" | "exec" | "attach")
-        )
+    route.name.is_some()
+        && route.subresource.as_deref().is_some_and(|sub| {
+            NODE_SERVED
+                .iter()
+                .any(|s| s.name() == sub && route.info.has(*s))
+        })
 }
 
 /// Serves `pods/{log,exec,attach}`.
@@ -105,11 +109,11 @@ pub async fn serve(
             "the server does not allow this method on the requested resource ({method} pods/{sub})"
         )));
     }
-    let (pod, _) = read::fetch(ctx, route).await?;
+    let namespace = route.namespace.as_deref().unwrap_or(namespace::DEFAULT);
+    let name = route.name.as_deref().unwrap_or("");
+    let (pod, _) = objects::fetch(ctx.store.as_ref(), route.info, Some(namespace), name).await?;
     let container = container_of(&pod, query.get("container"))?;
     let node = node_address(ctx, &pod).await?;
-    let namespace = route.namespace.as_deref().unwrap_or("default");
-    let name = route.name.as_deref().unwrap_or("");
     let kind = if sub == "log" { "containerLogs" } else { sub };
     let path = format!("/{kind}/{namespace}/{name}/{container}");
     if sub == "log" {
@@ -197,13 +201,7 @@ async fn node_address(ctx: &Ctx, pod: &Value) -> Result<String, StatusError> {
         })?;
     let info = by_kind("v1", "Node")
         .ok_or_else(|| StatusError::internal("the resource catalog has no Node kind"))?;
-    let kv = ctx
-        .store
-        .get(&objects::key(info, None, node_name), 0)
-        .await
-        .map_err(|e| objects::store_error(e, info, node_name))?
-        .ok_or_else(|| StatusError::not_found("", "nodes", node_name))?;
-    let node = objects::decode(&kv)?;
+    let (node, _) = objects::fetch(ctx.store.as_ref(), info, None, node_name).await?;
     endpoint_of(&node).ok_or_else(|| {
         StatusError::bad_request(format!("node {node_name} has no address to reach it at"))
     })
