@@ -17,6 +17,8 @@ use crate::{etcd::free_port, process::ChildGuard};
 #[derive(Debug)]
 pub struct ControlPlane {
     process: Option<ChildGuard>,
+    /// The address it listens on and is reached at (loopback unless a test host's).
+    address: std::net::Ipv4Addr,
     port: u16,
     data_dir: PathBuf,
     extra: Vec<String>,
@@ -37,10 +39,21 @@ impl ControlPlane {
     /// # Errors
     /// If it does not answer `/healthz` within 20 s.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_on(dir, std::net::Ipv4Addr::LOCALHOST, extra)
+    }
+
+    /// Starts `control` listening on `address` (a test host's address, so nodes in other
+    /// hosts reach it). Call from a thread inside the host's network namespace: the process
+    /// starts there, and the health check goes to `address` from the calling thread.
+    ///
+    /// # Errors
+    /// If it does not answer `/healthz` within 20 s.
+    pub fn start_on(dir: &Path, address: std::net::Ipv4Addr, extra: &[&str]) -> Result<Self> {
         let home = dir.join("home");
         std::fs::create_dir_all(&home)?;
         let mut cp = Self {
             process: None,
+            address,
             port: free_port()?,
             data_dir: dir.join("data"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
@@ -69,7 +82,7 @@ impl ControlPlane {
         let log = std::fs::File::create(self.home.join("control.log"))?;
         let process = ChildGuard::spawn(
             Command::new(crate::bin("control"))
-                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+                .args(["--listen", &format!("{}:{}", self.address, self.port)])
                 .arg("--data-dir")
                 .arg(&self.data_dir)
                 .args(&self.extra)
@@ -105,10 +118,10 @@ impl ControlPlane {
         std::fs::read_to_string(self.home.join("control.log")).unwrap_or_default()
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://ADDRESS:PORT` (`127.0.0.1` unless started with [`Self::start_on`]).
     #[must_use]
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.address, self.port)
     }
 
     /// The kubeconfig file for this server.
@@ -122,7 +135,7 @@ impl ControlPlane {
     /// # Errors
     /// On connection failure.
     pub fn http_get(&self, path: &str) -> Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        let mut s = TcpStream::connect((self.address, self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         write!(
             s,
@@ -145,7 +158,7 @@ impl ControlPlane {
         content_type: &str,
         body: &[u8],
     ) -> Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        let mut s = TcpStream::connect((self.address, self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
             s,

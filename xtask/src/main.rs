@@ -26,8 +26,8 @@ enum Command {
     BuildEbpf,
     /// Run the whole suite: fmt, clippy, unit tests, privileged end-to-end tests.
     Test(test::Args),
-    /// Start a single-node cluster on this host.
-    Up,
+    /// Start a cluster on this machine (one node on this host, or `--nodes N` hosts).
+    Up(up::Args),
     /// Run a benchmark and print a table.
     Bench {
         /// Which benchmark.
@@ -41,7 +41,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::BuildEbpf => build_ebpf::run(&root).map(|_| ()),
         Command::Test(args) => test::run(&root, &args),
-        Command::Up => up::run(&root),
+        Command::Up(args) => up::run(&root, &args),
         Command::Bench { name } => bench::run(&root, &name),
     }
 }
