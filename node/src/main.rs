@@ -6,7 +6,6 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser};
-use k8s_openapi::api::core::v1::Taint;
 use skiff_kubelet::node::capacity::Reservations;
 use skiff_node_sim::{self as simulate, KUBELET_VERSION, SimConfig, SimTaint};
 use tracing_subscriber::{EnvFilter, prelude::*};
@@ -68,7 +67,7 @@ struct RealArgs {
     bridge: String,
     /// The pod CIDR; without it the one the control plane assigns (`spec.podCIDR`).
     #[arg(long)]
-    pod_cidr: Option<String>,
+    pod_cidr: Option<skiff_types::Ipv4Cidr>,
     /// Pods this node takes.
     #[arg(long, default_value_t = 110)]
     max_pods: u64,
@@ -137,9 +136,18 @@ struct SimulateArgs {
     /// this interval).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     lease_renew_interval_seconds: u64,
-    /// Delay between a pod being bound and it running.
+    /// Delay between a pod being bound and its containers starting (the time its sandbox
+    /// takes).
     #[arg(long, default_value_t = 0)]
     pod_startup_ms: u64,
+    /// How long the containers of a Job's pods run before they exit 0, when the pod has no
+    /// `skiff.io/sim-run-seconds` annotation.
+    #[arg(long, default_value_t = 1000)]
+    job_run_ms: u64,
+    /// Restart back-off of simulated containers (instead of the kubelet's 10 s doubling to
+    /// 5 min).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    restart_backoff_ms: u64,
     /// `InternalIP` of node 0; node i reports this address plus i. Text in status only: no
     /// traffic goes there.
     #[arg(long, default_value = "127.64.0.1")]
@@ -199,13 +207,16 @@ impl SimulateArgs {
             lease_duration: Duration::from_secs(u64::from(self.lease_duration_seconds)),
             lease_renew_interval: Duration::from_secs(self.lease_renew_interval_seconds),
             pod_startup: Duration::from_millis(self.pod_startup_ms),
+            job_run: Duration::from_millis(self.job_run_ms),
+            restart_backoff: Duration::from_millis(self.restart_backoff_ms),
             node_ip_base: self.node_ip_base,
             concurrency: usize::try_from(self.concurrency).unwrap_or(32),
         }
     }
 }
 
-async fn client(api: &ApiArgs) -> Result<kube::Client> {
+/// A client to the API server that says it is the kubelet `version`.
+async fn client(api: &ApiArgs, version: &str) -> Result<kube::Client> {
     let mut config = if let Some(server) = &api.server {
         kube::Config::new(server.parse().context("--server is not a URL")?)
     } else {
@@ -226,7 +237,7 @@ async fn client(api: &ApiArgs) -> Result<kube::Client> {
     // Writes are recorded (field managers, event sources) as the kubelet's.
     config.headers.push((
         http::header::USER_AGENT,
-        http::HeaderValue::from_str(&format!("kubelet/{KUBELET_VERSION}")).context("user agent")?,
+        http::HeaderValue::from_str(&format!("kubelet/{version}")).context("user agent")?,
     ));
     kube::Client::try_from(config).context("building the API client")
 }
@@ -278,17 +289,7 @@ async fn real(cli: Cli) -> Result<()> {
         bridge: args.bridge,
         pod_cidr: args.pod_cidr,
         labels: cli.simulate.labels.iter().cloned().collect(),
-        taints: cli
-            .simulate
-            .taints
-            .iter()
-            .map(|t| Taint {
-                key: t.key.clone(),
-                value: (!t.value.is_empty()).then(|| t.value.clone()),
-                effect: t.effect.clone(),
-                time_added: None,
-            })
-            .collect(),
+        taints: cli.simulate.taints.iter().map(SimTaint::to_taint).collect(),
         reserved: Reservations {
             cpu_millis: args.reserved_cpu_millis,
             memory: args.reserved_memory,
@@ -298,25 +299,25 @@ async fn real(cli: Cli) -> Result<()> {
         insecure_registries: args.insecure_registries,
         cleanup_on_exit: args.cleanup_on_exit,
     };
-    let client = client(&cli.api).await?;
-    let (node, registration) = daemon::run::prepare(client.clone(), &config)
+    let client = client(&cli.api, skiff_kubelet::node::host::KUBELET_VERSION).await?;
+    let node = daemon::run::prepare(client.clone(), &config)
         .await
         .context("setting the node up")?;
     let listen = std::net::SocketAddr::from((config.address, config.port));
     let endpoint = Arc::new(daemon::endpoint::Endpoint::new(
         node.backend.clone(),
-        node.pods.clone(),
+        node.dispatch.pods(),
     ));
     let server = skiff_node_server::NodeServer::bind(listen, endpoint)
         .await
         .with_context(|| format!("binding the node endpoint on {listen}"))?;
     let serving = tokio::spawn(server.serve(std::future::pending()));
     tracing::info!(node = %config.name, %listen, "node running");
-    let result = daemon::run::run(client, config, node, registration, async {
+    let result = Box::pin(daemon::run::run(client, config, node, async {
         if let Err(err) = shutdown().await {
             tracing::error!(?err, "signal handling");
         }
-    })
+    }))
     .await;
     serving.abort();
     result.context("node daemon")
@@ -336,7 +337,7 @@ async fn main() -> Result<()> {
     let Some(count) = cli.simulate.simulate else {
         return Box::pin(real(cli)).await;
     };
-    let client = client(&cli.api).await?;
+    let client = client(&cli.api, KUBELET_VERSION).await?;
     tokio::select! {
         r = simulate::run(client, cli.simulate.config(count)) => r.context("simulated nodes")?,
         r = shutdown() => r?,

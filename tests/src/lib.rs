@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod cluster;
+pub mod container;
 pub mod control;
 pub mod etcd;
 pub mod http;

@@ -28,6 +28,16 @@ impl NodeDaemon {
     /// # Errors
     /// If it exits or is not Ready within 60 s.
     pub fn start(cp: &ControlPlane, dir: &Path, name: &str, extra: &[&str]) -> Result<Self> {
+        let mut node = Self::spawn(cp, dir, name, extra)?;
+        node.wait_ready(cp)?;
+        Ok(node)
+    }
+
+    /// Starts `node` as [`NodeDaemon::start`] does, without waiting for it to be Ready.
+    ///
+    /// # Errors
+    /// If it cannot be started.
+    pub fn spawn(cp: &ControlPlane, dir: &Path, name: &str, extra: &[&str]) -> Result<Self> {
         let port = crate::etcd::free_port()?;
         let suffix = crate::unique_name("");
         let short: String = suffix.chars().rev().take(6).collect();
@@ -57,7 +67,6 @@ impl NodeDaemon {
             restarts: 0,
         };
         node.launch()?;
-        node.wait_ready(cp)?;
         Ok(node)
     }
 
@@ -78,7 +87,11 @@ impl NodeDaemon {
         Ok(())
     }
 
-    fn wait_ready(&mut self, cp: &ControlPlane) -> Result<()> {
+    /// Waits until the Node is Ready (60 s at most).
+    ///
+    /// # Errors
+    /// If the daemon exits or the Node is not Ready in time.
+    pub fn wait_ready(&mut self, cp: &ControlPlane) -> Result<()> {
         let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             if let Some(child) = self.child.as_mut()

@@ -50,8 +50,9 @@ pub struct SimNodes {
 impl SimNodes {
     /// Starts `count` simulated nodes named `<prefix><i>` against `server` (extra flags
     /// such as `--cpu 2` or `--taints k=v:NoSchedule`; a later flag wins over an earlier
-    /// one) and waits until all are Ready through the API. Leases are renewed every second
-    /// unless `extra` says otherwise.
+    /// one) and waits until all are Ready and have their Lease through the API (a node is
+    /// created Ready, its Lease a moment later). Leases are renewed every second unless
+    /// `extra` says otherwise.
     ///
     /// # Errors
     /// If the process exits, or the nodes are not Ready in time (30 s plus 20 ms a node).
@@ -91,6 +92,7 @@ impl SimNodes {
             let ready = ready_nodes(&url, prefix);
             if let Ok(n) = &ready
                 && *n == count
+                && leases(&url, prefix).is_ok_and(|n| n == count)
             {
                 return Ok(nodes);
             }
@@ -144,21 +146,36 @@ impl Drop for SimNodes {
     }
 }
 
+/// Whether `name` is `<prefix><digits>`.
+fn named(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The `items` of the list at `path`.
+fn list(url: &str, path: &str) -> Result<Vec<Value>> {
+    let (code, body) = http_get(url, path)?;
+    if code != 200 {
+        bail!("listing {path} answered {code}");
+    }
+    let list: Value = serde_json::from_slice(&body).context("a list")?;
+    Ok(items(&list))
+}
+
 /// How many Nodes named `<prefix><digits>` are Ready.
 fn ready_nodes(url: &str, prefix: &str) -> Result<usize> {
-    let (code, body) = http_get(url, "/api/v1/nodes")?;
-    if code != 200 {
-        bail!("listing nodes answered {code}");
-    }
-    let list: Value = serde_json::from_slice(&body).context("a node list")?;
-    Ok(items(&list)
+    Ok(list(url, "/api/v1/nodes")?
         .iter()
-        .filter(|n| {
-            name(n)
-                .strip_prefix(prefix)
-                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
-                && condition(n, "Ready") == Some("True")
-        })
+        .filter(|n| named(name(n), prefix) && condition(n, "Ready") == Some("True"))
+        .count())
+}
+
+/// How many node Leases named `<prefix><digits>` exist.
+fn leases(url: &str, prefix: &str) -> Result<usize> {
+    let path = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+    Ok(list(url, path)?
+        .iter()
+        .filter(|l| named(name(l), prefix))
         .count())
 }
 

@@ -528,3 +528,67 @@ fn kubectl_explain_reads_the_served_schemas() -> Result<()> {
     assert!(pods.contains("image\t<string>"), "{pods}");
     Ok(())
 }
+
+#[test]
+fn replication_controllers_are_served_with_columns_scale_and_short_name() -> Result<()> {
+    if !kubectl_present("replication_controllers_are_served_with_columns_scale_and_short_name") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start_with(dir.path(), &["--no-controllers", "--no-scheduler"])?;
+    let rc = "apiVersion: v1
+kind: ReplicationController
+metadata: {name: legacy, namespace: default}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: legacy}}
+    spec:
+      containers: [{name: app, image: busybox:1.36}]
+";
+    let out = cp.ok(&["create", "-f", "-"], Some(rc))?;
+    assert_eq!(out.trim(), "replicationcontroller/legacy created");
+    let table = cp.ok(&["get", "rc"], None)?;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]);
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..4], ["legacy", "2", "0", "0"]);
+    let selector = cp.ok(
+        &["get", "rc", "legacy", "-o", "jsonpath={.spec.selector.app}"],
+        None,
+    )?;
+    assert_eq!(selector, "legacy", "defaulted from the template's labels");
+    let all = cp.ok(&["get", "all", "--no-headers", "-o", "name"], None)?;
+    assert!(all.contains("replicationcontroller/legacy"), "{all}");
+    let out = cp.ok(&["scale", "rc", "legacy", "--replicas=4"], None)?;
+    assert_eq!(out.trim(), "replicationcontroller/legacy scaled");
+    let replicas = cp.ok(
+        &["get", "rc", "legacy", "-o", "jsonpath={.spec.replicas}"],
+        None,
+    )?;
+    assert_eq!(replicas, "4");
+    let bad = cp.run(
+        &["create", "-f", "-"],
+        Some(
+            &rc.replace("legacy, namespace", "broken, namespace")
+                .replace("replicas: 2", "replicas: 2\n  selector: {app: other}"),
+        ),
+    )?;
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("`selector` does not match template `labels`"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -23,6 +23,22 @@ spec:
     )
 }
 
+/// `manager/operation` of each of the Deployment's managedFields entries.
+fn managers(cp: &ControlPlane) -> Result<Vec<String>> {
+    let out = cp.ok(
+        &[
+            "get",
+            "deploy",
+            "ssa",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation} {end}",
+        ],
+        None,
+    )?;
+    Ok(out.split_whitespace().map(str::to_owned).collect())
+}
+
 #[test]
 fn server_side_apply_owns_removes_and_conflicts() -> Result<()> {
     if !require_program("server_side_apply_owns_removes_and_conflicts", "kubectl") {
@@ -36,27 +52,17 @@ fn server_side_apply_owns_removes_and_conflicts() -> Result<()> {
         Some(&manifest(2, both)),
     )?;
     assert_eq!(out.trim(), "deployment.apps/ssa serverside-applied");
-    let managers = cp.ok(
-        &[
-            "get",
-            "deploy",
-            "ssa",
-            "--show-managed-fields",
-            "-o",
-            "jsonpath={.metadata.managedFields[*].manager}",
-        ],
-        None,
-    )?;
+    let managers = managers(&cp)?;
     // kubectl owns what it applied; the deployment controller adds its own entries.
     assert!(
-        managers.split_whitespace().any(|m| m == "kubectl"),
-        "{managers}"
+        managers.iter().any(|m| m == "kubectl/Apply"),
+        "{managers:?}"
     );
     assert!(
         managers
-            .split_whitespace()
-            .all(|m| m == "kubectl" || m == "kube-controller-manager"),
-        "{managers}"
+            .iter()
+            .all(|m| m == "kubectl/Apply" || m.starts_with("kube-controller-manager/")),
+        "{managers:?}"
     );
 
     cp.ok(
@@ -96,5 +102,36 @@ fn server_side_apply_owns_removes_and_conflicts() -> Result<()> {
         None,
     )?;
     assert_eq!(replicas, "2");
+    Ok(())
+}
+
+#[test]
+fn applying_an_object_created_by_post_unchanged_shares_its_fields() -> Result<()> {
+    if !require_program(
+        "applying_an_object_created_by_post_unchanged_shares_its_fields",
+        "kubectl",
+    ) {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start_with(dir.path(), &["--no-controllers", "--no-scheduler"])?;
+    let env = r#"{name: A, value: "1"}"#;
+    cp.ok(&["create", "-f", "-"], Some(&manifest(2, env)))?;
+    let out = cp.ok(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&manifest(2, env)),
+    )?;
+    assert_eq!(out.trim(), "deployment.apps/ssa serverside-applied");
+    assert_eq!(managers(&cp)?, ["kubectl-create/Update", "kubectl/Apply"]);
+    let changed = cp.run(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&manifest(3, env)),
+    )?;
+    assert!(!changed.status.success(), "another value still conflicts");
+    let err = String::from_utf8_lossy(&changed.stderr);
+    assert!(
+        err.contains("conflict") && err.contains(".spec.replicas"),
+        "{err}"
+    );
     Ok(())
 }

@@ -3,28 +3,28 @@
 //! killed at its timeout. Needs root.
 
 use std::{
-    fs,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context, Result, ensure};
 use skiff_node_runtime::{
-    ContainerConfig, ContainerRuntime, Libcontainer, PodNamespaces, SecuritySpec,
+    ContainerConfig, ContainerRuntime, Libcontainer,
     container_exec::{ExecError, ExecIo, exec, exec_status},
 };
-use skiff_tests::{netns::Netns, require_root, unique_name};
+use skiff_tests::{
+    container::{CGROUP_ROOT, Sandbox},
+    require_root, unique_name,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: [&str; 4] = ["sh", "echo", "sleep", "cat"];
 
 /// A rootfs, a state directory, a netns and a cgroup subtree, all removed on drop.
 struct Fixture {
+    // Dropped first: its cgroups go before the directory holding the containers' state.
+    sandbox: Sandbox,
     dir: tempfile::TempDir,
-    netns: Netns,
-    cgroup_parent: String,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -39,18 +39,9 @@ impl Fixture {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir()?;
-        let rootfs = dir.path().join("rootfs");
-        for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-            fs::create_dir_all(rootfs.join(d))?;
-        }
-        fs::copy(BUSYBOX, rootfs.join("bin/busybox")).context("copying busybox")?;
-        for applet in APPLETS {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
-        }
         Ok(Self {
+            sandbox: Sandbox::new(dir.path(), &APPLETS, "skt-ex")?,
             dir,
-            netns: Netns::new("skt-ex")?,
-            cgroup_parent: unique_name("skt-exec"),
             _serial: serial,
         })
     }
@@ -61,76 +52,11 @@ impl Fixture {
 
     fn config(&self, id: &str) -> ContainerConfig {
         ContainerConfig {
-            bundle_dir: self.dir.path().join("containers").join(id),
-            rootfs: self.dir.path().join("rootfs"),
-            args: vec!["/bin/sleep".into(), "60".into()],
             env: vec!["PATH=/bin".into(), "FROM_SPEC=spec".into()],
             cwd: "/tmp".into(),
-            namespaces: PodNamespaces {
-                net: Some(PathBuf::from("/run/netns").join(self.netns.name())),
-                ..PodNamespaces::default()
-            },
-            security: SecuritySpec {
-                masked_paths: true,
-                ..SecuritySpec::default()
-            },
-            cgroups_path: format!("/{}/{id}", self.cgroup_parent),
-            cgroup_v2_path: Some(
-                Path::new(CGROUP_ROOT)
-                    .join("unified")
-                    .join(&self.cgroup_parent)
-                    .join(id),
-            ),
-            log_path: self.dir.path().join("logs").join(format!("{id}.log")),
-            id: id.to_owned(),
-            ..ContainerConfig::default()
+            ..self.sandbox.config(id, &["/bin/sleep", "60"])
         }
     }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let tops: Vec<PathBuf> = fs::read_dir(CGROUP_ROOT)
-            .map(|e| {
-                e.flatten()
-                    .map(|e| e.path().join(&self.cgroup_parent))
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for top in tops {
-            remove_cgroup_tree(&top);
-        }
-    }
-}
-
-/// Kills what is left in a cgroup subtree the test made (ours by construction), then
-/// removes its directories bottom-up.
-fn remove_cgroup_tree(dir: &Path) {
-    let children: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|e| {
-            e.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    for child in children {
-        remove_cgroup_tree(&child);
-    }
-    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-        for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
-            // SAFETY: kill has no memory arguments; the pid is in the test's own cgroup.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-    for _ in 0..100 {
-        if fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("cleanup: could not remove cgroup {}", dir.display());
 }
 
 fn argv(args: &[&str]) -> Vec<String> {

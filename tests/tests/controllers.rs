@@ -146,6 +146,78 @@ fn is_prefix(set: &BTreeSet<u32>) -> bool {
         .eq(0..u32::try_from(set.len()).unwrap_or(0))
 }
 
+/// Whether the API server serves `path` (a kind's collection).
+fn served(cp: &ControlPlane, path: &str) -> Result<bool> {
+    Ok(get_json(cp, path)? != Value::Null)
+}
+
+#[test]
+fn a_replication_controller_keeps_its_pods_replaced_and_scales() -> Result<()> {
+    const TEST: &str = "a_replication_controller_keeps_its_pods_replaced_and_scales";
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    if !served(&cp, "/api/v1/namespaces/default/replicationcontrollers")? {
+        ensure!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{TEST}: the API server does not serve ReplicationControllers"
+        );
+        eprintln!("skipped: {TEST}: the API server does not serve ReplicationControllers yet");
+        return Ok(());
+    }
+    let _nodes = SimNodes::start(&cp, 2, "sim-", &[])?;
+    let manifest = "apiVersion: v1
+kind: ReplicationController
+metadata: {name: legacy}
+spec:
+  replicas: 3
+  selector: {app: legacy}
+  template:
+    metadata: {labels: {app: legacy}}
+    spec:
+      containers: [{name: c, image: busybox}]
+";
+    cp.ok(&["apply", "-f", "-"], Some(manifest))?;
+    let pods = wait_for("3 ready pods", WAIT, || {
+        let pods = ready_pods(&cp, "default", "app=legacy")?;
+        Ok((pods.len() == 3).then_some(pods))
+    })?;
+    let first = get_json(
+        &cp,
+        &format!("/api/v1/namespaces/default/pods/{}", pods[0].0),
+    )?;
+    ensure!(
+        first.pointer("/metadata/ownerReferences/0/kind")
+            == Some(&Value::from("ReplicationController")),
+        "{first}"
+    );
+    let rc_path = "/api/v1/namespaces/default/replicationcontrollers/legacy";
+    wait_for("the status to count 3 ready", WAIT, || {
+        let rc = get_json(&cp, rc_path)?;
+        Ok((rc.pointer("/status/readyReplicas") == Some(&Value::from(3))).then_some(()))
+    })?;
+    // A deleted pod is replaced.
+    let victim = pods[0].0.clone();
+    cp.ok(&["delete", "pod", &victim, "--wait=false"], None)?;
+    wait_for("a replacement", WAIT, || {
+        let pods = ready_pods(&cp, "default", "app=legacy")?;
+        Ok((pods.len() == 3 && pods.iter().all(|(n, _)| *n != victim)).then_some(()))
+    })?;
+    // The scale subresource scales it down.
+    cp.ok(&["scale", "rc/legacy", "--replicas=1"], None)?;
+    wait_for("one pod and a status that says so", WAIT, || {
+        let pods = items(&get_json(
+            &cp,
+            "/api/v1/namespaces/default/pods?labelSelector=app=legacy",
+        )?);
+        let rc = get_json(&cp, rc_path)?;
+        Ok(
+            (pods.len() == 1 && rc.pointer("/status/replicas") == Some(&Value::from(1)))
+                .then_some(()),
+        )
+    })?;
+    Ok(())
+}
+
 #[test]
 fn a_statefulset_scales_up_in_order_and_down_in_reverse() -> Result<()> {
     let dir = tempfile::tempdir()?;

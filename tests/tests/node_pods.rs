@@ -30,14 +30,20 @@ struct Cluster {
 /// lot for the 2-core machines CI uses.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A test host of its own: the one-cluster-at-a-time turn, a network namespace this thread
+/// has entered, and a directory.
+fn isolated() -> Result<(std::sync::MutexGuard<'static, ()>, Netns, tempfile::TempDir)> {
+    let serial = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ns = Netns::new("skt-node")?;
+    ns.enter()?;
+    Ok((serial, ns, tempfile::tempdir()?))
+}
+
 impl Cluster {
     fn start(test: &str) -> Result<Self> {
-        let serial = ONE_AT_A_TIME
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ns = Netns::new("skt-node")?;
-        ns.enter()?;
-        let dir = tempfile::tempdir()?;
+        let (serial, ns, dir) = isolated()?;
         let registry = Registry::start()?;
         let tar = busybox_oci_layout(dir.path(), "busybox:1")?;
         registry.push(&tar, "busybox:1")?;
@@ -182,6 +188,59 @@ fn skip(test: &str) -> bool {
 }
 
 #[test]
+fn a_node_without_a_pod_cidr_says_what_it_waits_for_and_goes_on_once_it_has_one() -> Result<()> {
+    const WAITING: &str = "waiting for spec.podCIDR from node IPAM; pass --pod-cidr or start control with --cluster-cidr";
+    if skip("a_node_without_a_pod_cidr_says_what_it_waits_for_and_goes_on_once_it_has_one") {
+        return Ok(());
+    }
+    let (_serial, _ns, dir) = isolated()?;
+    // No controllers, so no node IPAM hands out pod CIDRs.
+    let cp = ControlPlane::start_with(&dir.path().join("control"), &["--no-controllers"])?;
+    let name = "skt-nocidr";
+    let mut node = NodeDaemon::spawn(&cp, &dir.path().join("node"), name, &[])?;
+    let ready = |cp: &ControlPlane| -> Result<Value> {
+        let node: Value = serde_json::from_str(&cp.http_get(&format!("/api/v1/nodes/{name}"))?)?;
+        Ok(node["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+            .unwrap_or_default())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let condition = loop {
+        let condition = ready(&cp).unwrap_or_default();
+        if condition["message"] == WAITING {
+            break condition;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "Ready says {condition}\nnode log:\n{}",
+                tail(&node.log(), 40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(condition["status"], "False", "{condition}");
+    assert_eq!(condition["reason"], "KubeletNotReady", "{condition}");
+    assert!(node.log().contains(WAITING), "{}", tail(&node.log(), 40));
+    // Its Lease is renewed meanwhile, so nothing marks it Unknown over its message.
+    let lease = cp.http_get(&format!(
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
+    ))?;
+    assert!(lease.contains("renewTime"), "{lease}");
+    // Node IPAM's part, by hand: the node sets its network up and becomes Ready.
+    let (code, body) = cp.http(
+        "PATCH",
+        &format!("/api/v1/nodes/{name}"),
+        "application/merge-patch+json",
+        br#"{"spec": {"podCIDR": "10.244.9.0/24", "podCIDRs": ["10.244.9.0/24"]}}"#,
+    )?;
+    assert_eq!(code, 200, "{body}");
+    node.wait_ready(&cp)?;
+    node.stop();
+    Ok(())
+}
+
+#[test]
 fn pods_share_volumes_and_localhost_reach_each_other_by_ip_and_clean_up() -> Result<()> {
     if skip("pods_share_volumes_and_localhost_reach_each_other_by_ip_and_clean_up") {
         return Ok(());
@@ -277,19 +336,23 @@ fn exec_and_follow_logs(c: &Cluster) -> Result<()> {
     )?;
     assert_eq!(echoed, "ping\n");
     // A terminal: kubectl wants its own stdin to be one, so it runs under `script`.
-    let tty = std::process::Command::new("script")
-        .args([
-            "-qec",
-            "kubectl exec -it web -c server -- sh -c '[ -t 0 ] && [ -t 1 ] && echo on-a-terminal; echo ok'",
-            "/dev/null",
-        ])
-        .env("KUBECONFIG", c.cp.kubeconfig())
-        .env("HOME", c.dir.path())
-        .stdin(std::process::Stdio::null())
-        .output()?;
+    let tty = in_a_terminal(
+        std::process::Command::new("script")
+            .args([
+                "-qec",
+                "kubectl exec -it web -c server -- sh -c '[ -t 0 ] && [ -t 1 ] && echo on-a-terminal; echo ok'",
+                "/dev/null",
+            ])
+            .env("KUBECONFIG", c.cp.kubeconfig())
+            .env("HOME", c.dir.path()),
+    )?;
     let text = String::from_utf8_lossy(&tty.stdout);
     assert!(tty.status.success(), "{tty:?}");
-    assert!(text.contains("on-a-terminal\r\nok"), "{text:?}");
+    assert!(
+        text.contains("on-a-terminal\r\nok"),
+        "{text:?} ({tty:?})\nnode log tail:\n{}",
+        tail(&c.node.log(), 30)
+    );
     c.apply(
         r"
 apiVersion: v1
@@ -354,6 +417,41 @@ spec:
         "{server}"
     );
     Ok(())
+}
+
+/// Runs `script` with a standard input that stays open until it exits. With `/dev/null`
+/// there, `script` writes an end-of-file to its terminal at once; when that lands before
+/// kubectl switches the terminal to raw mode, the terminal hands kubectl the end-of-file
+/// marker as a NUL byte, which kubectl sends as input and the container's terminal echoes
+/// (`^@`), now and then between two lines of the command's output.
+fn in_a_terminal(script: &mut std::process::Command) -> Result<std::process::Output> {
+    use std::io::Read as _;
+    let mut child = script
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting script")?;
+    let stdin = child.stdin.take();
+    let mut stderr = child.stderr.take().context("script stderr")?;
+    let errors = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .context("script stdout")?
+        .read_to_end(&mut stdout)?;
+    let status = child.wait()?;
+    drop(stdin);
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr: errors.join().unwrap_or_default(),
+    })
 }
 
 /// `kubectl attach -i`: input reaches the container's own process, its output comes back.

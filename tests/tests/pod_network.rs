@@ -17,7 +17,6 @@ use nix::{
 };
 use skiff_node_net::{
     BridgeNetwork, NetworkConfig, NetworkError, PodNetwork as _, Sandbox, SandboxRequest,
-    parse_cidr,
 };
 use skiff_tests::{netns::Netns, require_program, require_root};
 
@@ -165,7 +164,7 @@ fn pods_get_addresses_reach_each_other_and_survive_a_restart() -> Result<()> {
     let bridge = format!("skt{}", &random_hex()[..8]);
     let config = NetworkConfig {
         bridge: bridge.clone(),
-        pod_cidr: parse_cidr(POD_CIDR)?,
+        pod_cidr: POD_CIDR.parse()?,
         state_dir: state.dir.path().to_owned(),
         masquerade: true,
         mtu: Some(1400),
@@ -235,7 +234,7 @@ async fn scenario(config: NetworkConfig) -> Result<()> {
 /// Bridge with the gateway address and MTU, forwarding on, the masquerade rule.
 fn check_node_side(config: &NetworkConfig) -> Result<()> {
     let bridge = &config.bridge;
-    let prefix = config.pod_cidr.1;
+    let prefix = config.pod_cidr.prefix();
     let addr = run("ip", &["-o", "-4", "addr", "show", "dev", bridge])?;
     ensure!(
         addr.contains(&format!("inet {GATEWAY}/{prefix}")),
@@ -255,7 +254,7 @@ fn check_node_side(config: &NetworkConfig) -> Result<()> {
 
 /// Two pods that reach each other; the first is removed again. Returns the second.
 async fn two_pods(net: &BridgeNetwork, config: &NetworkConfig) -> Result<Sandbox> {
-    let prefix = config.pod_cidr.1;
+    let prefix = config.pod_cidr.prefix();
     let bridge_mac = link_mac(&config.bridge)?;
     let a = net.create_sandbox(&request("pod-a-uid", "pod-a")).await?;
     let b = net.create_sandbox(&request("pod-b-uid", "pod-b")).await?;
@@ -321,7 +320,7 @@ async fn after_restart(config: NetworkConfig, b: Sandbox) -> Result<()> {
     run("ip", &["link", "del", "dev", &b.host_veth])?;
     let rebuilt = net.create_sandbox(&request(&b.uid, "pod-b")).await?;
     ensure!(rebuilt.ip == b.ip, "rebuilt sandbox keeps its address");
-    check_pod_side(&rebuilt, config.pod_cidr.1)?;
+    check_pod_side(&rebuilt, config.pod_cidr.prefix())?;
     let c = net.create_sandbox(&request("pod-c-uid", "pod-c")).await?;
     ensure!(c.ip != b.ip, "no address handed out twice");
     ping(&c, b.ip)?;

@@ -10,20 +10,20 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use skiff_node_runtime::{
-    ContainerConfig, ContainerRuntime, ExitStatus, Libcontainer, PodNamespaces, ResourceSpec,
-    SecuritySpec,
+    ContainerConfig, ContainerRuntime, ExitStatus, Libcontainer, ResourceSpec,
 };
-use skiff_tests::{netns::Netns, require_root, unique_name};
+use skiff_tests::{
+    container::{CGROUP_ROOT, Sandbox},
+    require_root,
+};
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: [&str; 7] = ["sh", "echo", "sleep", "cat", "true", "head", "yes"];
 
 /// A rootfs, a state directory, a netns and a cgroup subtree, all removed on drop.
 struct Fixture {
+    // Dropped first: its cgroups go before the directory holding the containers' state.
+    sandbox: Sandbox,
     dir: tempfile::TempDir,
-    netns: Netns,
-    cgroup_parent: String,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -38,18 +38,9 @@ impl Fixture {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir()?;
-        let rootfs = dir.path().join("rootfs");
-        for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-            fs::create_dir_all(rootfs.join(d))?;
-        }
-        fs::copy(BUSYBOX, rootfs.join("bin/busybox")).context("copying busybox")?;
-        for applet in APPLETS {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
-        }
         Ok(Self {
+            sandbox: Sandbox::new(dir.path(), &APPLETS, "skt-rt")?,
             dir,
-            netns: Netns::new("skt-rt")?,
-            cgroup_parent: unique_name("skiff-test"),
             _serial: serial,
         })
     }
@@ -60,83 +51,13 @@ impl Fixture {
 
     fn config(&self, name: &str, script: &str) -> ContainerConfig {
         let id = format!("pod-{name}-0");
-        ContainerConfig {
-            bundle_dir: self.dir.path().join("containers").join(&id),
-            rootfs: self.dir.path().join("rootfs"),
-            args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            env: vec!["PATH=/bin".into()],
-            cwd: "/".into(),
-            namespaces: PodNamespaces {
-                net: Some(PathBuf::from("/run/netns").join(self.netns.name())),
-                ..PodNamespaces::default()
-            },
-            security: SecuritySpec {
-                masked_paths: true,
-                ..SecuritySpec::default()
-            },
-            cgroups_path: format!("/{}/{id}", self.cgroup_parent),
-            cgroup_v2_path: Some(self.v2_parent().join(&id)),
-            log_path: self.dir.path().join("logs").join(format!("{id}.log")),
-            id,
-            ..ContainerConfig::default()
-        }
-    }
-
-    fn v2_parent(&self) -> PathBuf {
-        Path::new(CGROUP_ROOT)
-            .join("unified")
-            .join(&self.cgroup_parent)
+        self.sandbox.config(&id, &["/bin/sh", "-c", script])
     }
 
     /// Every cgroup directory this fixture's containers may have made.
     fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = fs::read_dir(CGROUP_ROOT)
-            .map(|e| {
-                e.flatten()
-                    .map(|e| e.path().join(&self.cgroup_parent))
-                    .collect()
-            })
-            .unwrap_or_default();
-        dirs.retain(|d| d.is_dir());
-        dirs
+        self.sandbox.cgroups().dirs()
     }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for top in self.cgroup_dirs() {
-            remove_cgroup_tree(&top);
-        }
-    }
-}
-
-/// Kills what is left in a cgroup subtree the test made (ours by construction), then
-/// removes its directories bottom-up.
-fn remove_cgroup_tree(dir: &Path) {
-    let children: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|e| {
-            e.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    for child in children {
-        remove_cgroup_tree(&child);
-    }
-    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-        for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
-            // SAFETY: kill has no memory arguments; the pid is in the test's own cgroup.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-    for _ in 0..100 {
-        if fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("cleanup: could not remove cgroup {}", dir.display());
 }
 
 async fn wait(rt: &Libcontainer, id: &str) -> Result<ExitStatus> {
@@ -322,8 +243,18 @@ async fn failed_start_leaves_nothing_behind() -> Result<()> {
     let fx = Fixture::new()?;
     let rt = fx.runtime();
     let mut config = fx.config("bad", "true");
+    // The init fails joining the namespace, after libcontainer made its processes.
     config.namespaces.net = Some("/run/netns/skt-does-not-exist".into());
+    let before = children();
     ensure!(rt.start(&config).await.is_err());
+    let left: Vec<i32> = children()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    ensure!(
+        left.is_empty(),
+        "processes of the failed start left: {left:?}"
+    );
     ensure!(!config.bundle_dir.exists(), "bundle left behind");
     ensure!(
         !rt.state_root().join(&config.id).exists(),
@@ -331,6 +262,124 @@ async fn failed_start_leaves_nothing_behind() -> Result<()> {
     );
     ensure!(rt.list().await?.is_empty());
     Ok(())
+}
+
+/// Every child process of this test process (running or zombie), from
+/// `/proc/self/task/*/children`.
+fn children() -> Vec<i32> {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// Set in the copy of this test binary that runs in a mount namespace of its own.
+const OWN_MOUNT_NAMESPACE: &str = "SKIFF_TEST_OWN_MOUNT_NAMESPACE";
+
+/// A file system that is neither tmpfs nor cgroup2 over `/sys/fs/cgroup`, which is what a
+/// node sees under `ip netns exec` (a fresh `/sys`): libcontainer then fails with "failed to
+/// detect cgroup setup". Mounted only in the test's own mount namespace; unmounted on drop.
+struct HiddenCgroups;
+
+impl HiddenCgroups {
+    fn mount() -> Result<Self> {
+        nix::mount::mount(
+            Some("skt-no-cgroups"),
+            CGROUP_ROOT,
+            Some("ramfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting ramfs over the cgroup root")?;
+        Ok(Self)
+    }
+}
+
+impl Drop for HiddenCgroups {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(CGROUP_ROOT, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_failing_to_detect_cgroups_leaves_nothing_and_its_retry_starts() -> Result<()> {
+    const TEST: &str = "create_failing_to_detect_cgroups_leaves_nothing_and_its_retry_starts";
+    if !require_root(TEST) {
+        return Ok(());
+    }
+    if std::env::var_os(OWN_MOUNT_NAMESPACE).is_none() {
+        // Hiding the cgroup root must never reach the host: run this test again in a copy
+        // of the binary inside a private mount namespace.
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--"])
+            .arg(std::env::current_exe()?)
+            .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .env(OWN_MOUNT_NAMESPACE, "1")
+            .output()
+            .context("running unshare")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && text.contains("1 passed"),
+            "{}\n{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return Ok(());
+    }
+    let fx = Fixture::new()?;
+    let rt = fx.runtime();
+    let config = fx.config("nocgroups", "echo started");
+    let hidden = HiddenCgroups::mount()?;
+    for attempt in 0..3 {
+        let err = rt
+            .start(&config)
+            .await
+            .err()
+            .context("start succeeded without a cgroup setup")?;
+        ensure!(
+            err.to_string().contains("cgroup"),
+            "attempt {attempt}: {err}"
+        );
+        let left = children();
+        ensure!(
+            left.is_empty(),
+            "attempt {attempt}: processes left: {left:?}"
+        );
+        ensure!(
+            !config.bundle_dir.exists(),
+            "attempt {attempt}: bundle left"
+        );
+        ensure!(
+            !rt.state_root().join(&config.id).exists(),
+            "attempt {attempt}: libcontainer state left"
+        );
+    }
+    // The cause goes away: the same container now starts.
+    drop(hidden);
+    for top in fx.cgroup_dirs() {
+        ensure!(
+            !top.join(&config.id).exists(),
+            "cgroup {} left by the failed creates",
+            top.display()
+        );
+    }
+    rt.start(&config).await.context("the retry")?;
+    let status = wait(&rt, &config.id).await?;
+    ensure!(status.code == Some(0), "{status:?}");
+    ensure!(
+        log(&config).contains("stdout F started"),
+        "{}",
+        log(&config)
+    );
+    delete_and_check(&fx, &rt, &config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

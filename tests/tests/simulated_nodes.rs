@@ -425,6 +425,44 @@ fn exit_code_annotations_end_or_restart_containers_as_the_restart_policy_says() 
 }
 
 #[test]
+fn a_jobs_pod_completes_without_an_annotation_and_a_sidecar_runs_beside_the_app() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = api_only(dir.path())?;
+    let _nodes = SimNodes::start(&cp, 1, "sim-", &["--job-run-ms", "500"])?;
+    let mut job_pod = pod("job-pod", "sim-0", "Never", &[]);
+    job_pod["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "batch/v1", "kind": "Job", "name": "j",
+        "uid": "6f1c3e1a-2b7d-4c55-9a0e-1d2f3a4b5c6d", "controller": true,
+    }]);
+    job_pod["spec"]["initContainers"] =
+        json!([{"name": "proxy", "image": "envoy", "restartPolicy": "Always"}]);
+    create_pod(&cp, &job_pod)?;
+    let done = wait_pod(&cp, "job-pod", "Succeeded", |p| phase(p) == "Succeeded")?;
+    ensure!(
+        done.pointer("/status/containerStatuses/0/state/terminated/exitCode") == Some(&json!(0)),
+        "{done}"
+    );
+    // The sidecar did not hold the pod back, and was stopped once the app was done.
+    let proxy = &done["status"]["initContainerStatuses"][0];
+    ensure!(proxy["name"] == "proxy", "{done}");
+    ensure!(proxy["state"]["terminated"].is_object(), "{proxy}");
+
+    // Not a Job's: runs until deleted, its sidecar started and ready beside it.
+    let mut server = pod("server", "sim-0", "Always", &[]);
+    server["spec"]["initContainers"] =
+        json!([{"name": "proxy", "image": "envoy", "restartPolicy": "Always"}]);
+    create_pod(&cp, &server)?;
+    let running = wait_pod(&cp, "server", "Running", |p| phase(p) == "Running")?;
+    let proxy = &running["status"]["initContainerStatuses"][0];
+    ensure!(
+        proxy["state"]["running"].is_object() && proxy["ready"] == true && proxy["started"] == true,
+        "{proxy}"
+    );
+    ensure!(condition(&running, "Ready") == Some("True"), "{running}");
+    Ok(())
+}
+
+#[test]
 fn deleting_a_bound_pod_removes_it_once_its_containers_stopped() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let cp = api_only(dir.path())?;

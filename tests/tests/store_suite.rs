@@ -76,6 +76,8 @@ suite!(
     concurrent_writers_get_unique_revisions,
     a_snapshot_is_taken,
     an_unlimited_list_returns_every_key_beyond_one_page,
+    concurrent_compare_and_swaps_on_one_key_let_exactly_one_win,
+    concurrent_writes_take_gapless_revisions_a_watch_sees_in_order,
 );
 
 async fn next(watch: &mut WatchStream) -> Result<skiff_store::Event> {
@@ -352,6 +354,92 @@ async fn concurrent_writers_get_unique_revisions(s: &dyn Store) -> Result<()> {
     Ok(())
 }
 
+async fn concurrent_compare_and_swaps_on_one_key_let_exactly_one_win(s: &dyn Store) -> Result<()> {
+    let v1 = s.create("/cas/k", b"0".to_vec()).await?;
+    let updates = futures::future::join_all(
+        (0..16).map(|i| s.update("/cas/k", i.to_string().into_bytes(), v1.mod_revision)),
+    )
+    .await;
+    let (won, lost): (Vec<_>, Vec<_>) = updates.into_iter().partition(Result::is_ok);
+    assert_eq!(won.len(), 1, "exactly one update wins");
+    let winner = won.into_iter().next().expect("one")?;
+    for err in lost.into_iter().filter_map(Result::err) {
+        assert!(
+            matches!(err, StoreError::Conflict { actual, .. } if actual == winner.mod_revision),
+            "{err}"
+        );
+    }
+    assert_eq!(s.get("/cas/k", 0).await?, Some(winner));
+
+    let creates = futures::future::join_all(
+        (0..16).map(|i| s.create("/cas/new", i.to_string().into_bytes())),
+    )
+    .await;
+    let (won, lost): (Vec<_>, Vec<_>) = creates.into_iter().partition(Result::is_ok);
+    assert_eq!(won.len(), 1, "exactly one create wins");
+    for err in lost.into_iter().filter_map(Result::err) {
+        assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
+    }
+    Ok(())
+}
+
+async fn concurrent_writes_take_gapless_revisions_a_watch_sees_in_order(
+    s: &dyn Store,
+) -> Result<()> {
+    let start = s.current_revision().await?;
+    let mut watch = s.watch("/gap/", start).await?;
+    // Each writer creates, fails a stale update, updates and deletes its keys, so refused
+    // writes sit among accepted ones in whatever batches form.
+    let acknowledged = futures::future::try_join_all((0..8).map(|w| async move {
+        let mut mine = Vec::new();
+        for i in 0..20 {
+            let key = format!("/gap/{w}/{i}");
+            let created = s.create(&key, b"1".to_vec()).await?;
+            let stale = s
+                .update(&key, b"x".to_vec(), created.mod_revision - 1)
+                .await;
+            assert!(
+                matches!(stale, Err(StoreError::Conflict { .. })),
+                "{stale:?}"
+            );
+            let updated = s.update(&key, b"2".to_vec(), created.mod_revision).await?;
+            let deleted = s.delete(&key, Some(updated.mod_revision)).await?;
+            mine.extend([created, updated, deleted]);
+        }
+        Ok::<_, StoreError>(mine)
+    }))
+    .await?;
+    let mut revisions: Vec<i64> = acknowledged
+        .iter()
+        .flatten()
+        .map(|kv| kv.mod_revision)
+        .collect();
+    revisions.sort_unstable();
+    let expected: Vec<i64> = (start + 1..=start + 480).collect();
+    assert_eq!(
+        revisions, expected,
+        "one revision per accepted write, no gaps"
+    );
+    assert_eq!(s.current_revision().await?, start + 480);
+
+    let by_revision: std::collections::BTreeMap<i64, &skiff_store::KeyValue> = acknowledged
+        .iter()
+        .flatten()
+        .map(|kv| (kv.mod_revision, kv))
+        .collect();
+    let mut seen = Vec::new();
+    while seen.len() < revisions.len() {
+        let event = next(&mut watch).await?;
+        assert_eq!(Some(&&event.kv), by_revision.get(&event.kv.mod_revision));
+        seen.push(event.kv.mod_revision);
+    }
+    assert_eq!(
+        seen, expected,
+        "the watch sees every write in revision order"
+    );
+    Ok(())
+}
+
 async fn an_unlimited_list_returns_every_key_beyond_one_page(s: &dyn Store) -> Result<()> {
     futures::future::try_join_all((0..4).map(|w| async move {
         for i in 0..300 {
@@ -423,23 +511,20 @@ fn a_killed_writer_loses_no_acknowledged_write() -> Result<()> {
     for line in BufReader::new(stdout).lines().take(300) {
         acknowledged.push(line?);
     }
-    // SIGKILL mid-stream: the writer is still committing when it dies.
+    // SIGKILL mid-stream: the writers are still committing when they die.
     drop(writer);
     assert_eq!(acknowledged.len(), 300);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let s = RedbStore::open(dir.path())?;
+        let mut last = 0;
         for line in &acknowledged {
             let (key, revision) = line.split_once(' ').expect("key revision");
+            let revision: i64 = revision.parse()?;
             let kv = s.get(key, 0).await?.unwrap_or_else(|| panic!("{key} lost"));
-            assert_eq!(kv.mod_revision, revision.parse::<i64>()?);
+            assert_eq!(kv.mod_revision, revision);
+            last = last.max(revision);
         }
-        let last: i64 = acknowledged
-            .last()
-            .and_then(|l| l.split_once(' '))
-            .expect("a line")
-            .1
-            .parse()?;
         assert!(s.current_revision().await? >= last);
         Ok(())
     })

@@ -1,6 +1,7 @@
 //! Pod volumes against the real kernel: a `medium: Memory` emptyDir is a tmpfs of its
-//! `sizeLimit`, a secret volume is a tmpfs, teardown unmounts them, and a configMap update
-//! reaches a bind mount made before it (what a running container sees).
+//! `sizeLimit`, a secret volume is a tmpfs, teardown unmounts them, a configMap update
+//! reaches a bind mount made before it (what a running container sees), and sub paths are
+//! bound once per container and detached on teardown.
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +14,8 @@ use std::{
 
 use k8s_openapi::{
     api::core::v1::{
-        ConfigMapVolumeSource, EmptyDirVolumeSource, Pod, PodSpec, SecretVolumeSource, Volume,
+        ConfigMapVolumeSource, Container, EmptyDirVolumeSource, Pod, PodSpec, SecretVolumeSource,
+        Volume, VolumeMount,
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
 };
@@ -302,4 +304,60 @@ async fn config_map_update_reaches_an_existing_bind_mount() {
 
     nix::mount::umount2(&view, nix::mount::MntFlags::MNT_DETACH).unwrap();
     volumes.teardown(uid).await.unwrap();
+}
+
+#[tokio::test]
+async fn sub_paths_are_bound_once_per_container_and_detached_on_teardown() {
+    if !require_root("sub_paths_are_bound_once_per_container_and_detached_on_teardown") {
+        return;
+    }
+    let pods = PodsDir::new();
+    let (volumes, _) = manager(pods.path());
+    let uid = "skt-pod-4";
+    let mount = |volume: &str, path: &str, sub: &str| VolumeMount {
+        name: volume.to_owned(),
+        mount_path: path.to_owned(),
+        sub_path: Some(sub.to_owned()),
+        ..VolumeMount::default()
+    };
+    let app = Container {
+        name: "app".to_owned(),
+        volume_mounts: Some(vec![
+            mount("disk", "/logs", "logs/app"),
+            mount("config", "/etc/app.conf", "app.conf"),
+        ]),
+        ..Container::default()
+    };
+    let mut p = pod(uid);
+    if let Some(spec) = p.spec.as_mut() {
+        spec.containers = vec![app.clone()];
+    }
+    volumes.setup(&p, None).await.unwrap();
+    let env = std::collections::HashMap::new();
+    let first = volumes.mounts(&p, &app, &env).unwrap();
+    // A restart of the container: the same targets, not a second mount stacked on each.
+    let again = volumes.mounts(&p, &app, &env).unwrap();
+    assert_eq!(first, again);
+    let (logs, conf) = (&first[0].source, &first[1].source);
+    for target in [logs, conf] {
+        let root = fs::canonicalize(target).unwrap();
+        let stacked = mounts().iter().filter(|m| m.point == root).count();
+        assert_eq!(stacked, 1, "{}", target.display());
+    }
+    // The targets show the volume's files: what the node writes into the volume is there.
+    let disk = pods
+        .path()
+        .join(uid)
+        .join("volumes/kubernetes.io~empty-dir/disk/logs/app");
+    fs::write(disk.join("line"), "x").unwrap();
+    assert_eq!(fs::read_to_string(logs.join("line")).unwrap(), "x");
+    assert_eq!(fs::read_to_string(conf).unwrap(), "v1");
+
+    volumes.teardown(uid).await.unwrap();
+    let root = fs::canonicalize(pods.path()).unwrap();
+    assert!(
+        !mounts().iter().any(|m| m.point.starts_with(&root)),
+        "nothing mounted under the pods dir"
+    );
+    assert!(!pods.path().join(uid).join("volume-subpaths").exists());
 }

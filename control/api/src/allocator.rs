@@ -1,30 +1,26 @@
 //! Service cluster IPs and node ports, handed out without duplicates and taken back when a
-//! Service goes, rebuilt from the stored Services at start.
+//! Service goes, rebuilt from the stored Services at start: the API server's side of the
+//! [`Pools`] the Service kind allocates from.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, sync::Mutex};
+use std::{collections::BTreeSet, net::Ipv4Addr, ops::RangeInclusive, sync::Mutex};
 
-use thiserror::Error;
+use skiff_resources::{AllocError, Pools};
+use skiff_types::Ipv4Cidr;
 
-/// Why an address or port could not be given.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum AllocError {
-    /// The requested one is in use.
-    #[error("provided {0} is already allocated")]
-    Taken(String),
-    /// The requested one is outside the range.
-    #[error("provided {what} is not in the valid range. The range of valid {what}s is {range}")]
-    OutOfRange {
-        /// `IP` or `port`.
-        what: &'static str,
-        /// The configured range.
-        range: String,
+/// Why a range cannot be allocated from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    /// The Service range is outside /8 to /30 (too large to track, or without room).
+    #[error("service cluster IP range {0} must have a prefix between /8 and /30")]
+    ServiceRange(Ipv4Cidr),
+    /// The node port range is empty.
+    #[error("node port range {first}-{last} is empty")]
+    NodePorts {
+        /// The first port.
+        first: u16,
+        /// The last port.
+        last: u16,
     },
-    /// Nothing is left.
-    #[error("range is full")]
-    Full,
-    /// The range flag does not parse.
-    #[error("invalid range {0:?}")]
-    BadRange(String),
 }
 
 /// A range of integers (IPv4 addresses as u32, or ports) with a used set.
@@ -36,6 +32,14 @@ struct Range {
 }
 
 impl Range {
+    fn new(first: u32, last: u32) -> Self {
+        Self {
+            first,
+            last,
+            used: Mutex::new(BTreeSet::new()),
+        }
+    }
+
     fn take(&self, wanted: Option<u32>) -> Result<u32, AllocError> {
         let mut used = self
             .used
@@ -68,64 +72,55 @@ impl Range {
 /// Cluster IPs from a CIDR (network, first and broadcast addresses never given out).
 #[derive(Debug)]
 pub struct ClusterIps {
-    cidr: String,
-    network: u32,
-    mask: u32,
+    cidr: Ipv4Cidr,
     range: Range,
 }
 
 impl ClusterIps {
-    pub fn new(cidr: &str) -> Result<Self, AllocError> {
-        let bad = || AllocError::BadRange(cidr.to_owned());
-        let (ip, bits) = cidr.split_once('/').ok_or_else(bad)?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-        let bits: u32 = bits.parse().map_err(|_| bad())?;
-        if !(8..=30).contains(&bits) {
-            return Err(bad());
+    /// Cluster IPs from `cidr`.
+    ///
+    /// # Errors
+    /// When the prefix is outside /8 to /30.
+    pub fn new(cidr: Ipv4Cidr) -> Result<Self, RangeError> {
+        if !(8..=30).contains(&cidr.prefix()) {
+            return Err(RangeError::ServiceRange(cidr));
         }
-        let mask = u32::MAX << (32 - bits);
-        let network = u32::from(ip) & mask;
+        let network = u32::from(cidr.network());
         Ok(Self {
-            cidr: cidr.to_owned(),
-            network,
-            mask,
+            cidr,
             // .1 is reserved for the `kubernetes` Service, which asks for it by name.
-            range: Range {
-                first: network + 2,
-                last: (network | !mask) - 1,
-                used: Mutex::new(BTreeSet::new()),
-            },
+            range: Range::new(network + 2, u32::from(cidr.last()) - 1),
         })
     }
 
     /// The first usable address, for the `kubernetes` Service.
     pub fn first(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.network + 1)
+        Ipv4Addr::from(u32::from(self.cidr.network()) + 1)
     }
 
+    /// Takes `wanted`, or any free address.
+    ///
+    /// # Errors
+    /// When `wanted` is taken or outside the range, or the range is full.
     pub fn allocate(&self, wanted: Option<Ipv4Addr>) -> Result<Ipv4Addr, AllocError> {
-        let wanted = wanted.map(u32::from);
         if let Some(w) = wanted
-            && (w & self.mask != self.network
-                || w == self.network
-                || w == self.network | !self.mask)
+            && (!self.cidr.contains(w) || w == self.cidr.network() || w == self.cidr.last())
         {
             return Err(AllocError::OutOfRange {
                 what: "IP",
-                range: self.cidr.clone(),
+                range: self.cidr.to_string(),
             });
         }
         self.range
-            .take(wanted)
+            .take(wanted.map(u32::from))
             .map(Ipv4Addr::from)
             .map_err(|e| match (e, wanted) {
-                (AllocError::Taken(_), Some(w)) => {
-                    AllocError::Taken(format!("IP {}", Ipv4Addr::from(w)))
-                }
+                (AllocError::Taken(_), Some(w)) => AllocError::Taken(format!("IP {w}")),
                 (e, _) => e,
             })
     }
 
+    /// Gives an address back.
     pub fn release(&self, ip: Ipv4Addr) {
         self.range.release(u32::from(ip));
     }
@@ -138,16 +133,24 @@ pub struct NodePorts {
 }
 
 impl NodePorts {
-    pub fn new(first: u16, last: u16) -> Self {
-        Self {
-            range: Range {
-                first: u32::from(first),
-                last: u32::from(last),
-                used: Mutex::new(BTreeSet::new()),
-            },
+    /// Node ports from `ports`.
+    ///
+    /// # Errors
+    /// When the range is empty.
+    pub fn new(ports: RangeInclusive<u16>) -> Result<Self, RangeError> {
+        let (first, last) = (*ports.start(), *ports.end());
+        if first > last {
+            return Err(RangeError::NodePorts { first, last });
         }
+        Ok(Self {
+            range: Range::new(u32::from(first), u32::from(last)),
+        })
     }
 
+    /// Takes `wanted`, or any free port.
+    ///
+    /// # Errors
+    /// When `wanted` is taken or outside the range, or the range is full.
     pub fn allocate(&self, wanted: Option<u16>) -> Result<u16, AllocError> {
         let w = wanted.map(u32::from);
         if let Some(w) = w
@@ -167,8 +170,52 @@ impl NodePorts {
             })
     }
 
+    /// Gives a port back.
     pub fn release(&self, port: u16) {
         self.range.release(u32::from(port));
+    }
+}
+
+/// Both pools, as the Service kind's allocation hooks see them.
+#[derive(Debug)]
+pub struct ServicePools {
+    /// Cluster IPs.
+    pub cluster_ips: ClusterIps,
+    /// Node ports.
+    pub node_ports: NodePorts,
+}
+
+impl ServicePools {
+    /// Pools over `service_cidr` and `node_ports`.
+    ///
+    /// # Errors
+    /// When either range is unusable.
+    pub fn new(
+        service_cidr: Ipv4Cidr,
+        node_ports: RangeInclusive<u16>,
+    ) -> Result<Self, RangeError> {
+        Ok(Self {
+            cluster_ips: ClusterIps::new(service_cidr)?,
+            node_ports: NodePorts::new(node_ports)?,
+        })
+    }
+}
+
+impl Pools for ServicePools {
+    fn take_cluster_ip(&self, wanted: Option<Ipv4Addr>) -> Result<Ipv4Addr, AllocError> {
+        self.cluster_ips.allocate(wanted)
+    }
+
+    fn release_cluster_ip(&self, ip: Ipv4Addr) {
+        self.cluster_ips.release(ip);
+    }
+
+    fn take_node_port(&self, wanted: Option<u16>) -> Result<u16, AllocError> {
+        self.node_ports.allocate(wanted)
+    }
+
+    fn release_node_port(&self, port: u16) {
+        self.node_ports.release(port);
     }
 }
 
@@ -176,9 +223,13 @@ impl NodePorts {
 mod tests {
     use super::*;
 
+    fn cidr(text: &str) -> Ipv4Cidr {
+        Ipv4Cidr::parse_masked(text).unwrap()
+    }
+
     #[test]
     fn cluster_ips_are_unique_and_inside_the_range() {
-        let ips = ClusterIps::new("10.96.0.0/28").unwrap();
+        let ips = ClusterIps::new(cidr("10.96.0.0/28")).unwrap();
         let mut seen = BTreeSet::new();
         for _ in 0..13 {
             let ip = ips.allocate(None).unwrap();
@@ -193,7 +244,7 @@ mod tests {
 
     #[test]
     fn a_requested_ip_that_is_taken_or_outside_is_refused() {
-        let ips = ClusterIps::new("10.96.0.0/12").unwrap();
+        let ips = ClusterIps::new(cidr("10.96.0.0/12")).unwrap();
         let wanted = "10.96.0.10".parse().unwrap();
         assert_eq!(ips.allocate(Some(wanted)).unwrap(), wanted);
         assert_eq!(
@@ -204,12 +255,24 @@ mod tests {
             ips.allocate(Some("192.168.0.1".parse().unwrap())),
             Err(AllocError::OutOfRange { .. })
         ));
+        assert!(matches!(
+            ips.allocate(Some("10.111.255.255".parse().unwrap())),
+            Err(AllocError::OutOfRange { .. })
+        ));
         assert_eq!(ips.first(), "10.96.0.1".parse::<Ipv4Addr>().unwrap());
     }
 
     #[test]
+    fn ranges_too_large_or_too_small_are_refused() {
+        assert!(ClusterIps::new(cidr("10.0.0.0/7")).is_err());
+        assert!(ClusterIps::new(cidr("10.0.0.0/31")).is_err());
+        let (first, last) = (30001, 30000);
+        assert!(NodePorts::new(first..=last).is_err());
+    }
+
+    #[test]
     fn node_ports_stay_in_range() {
-        let ports = NodePorts::new(30000, 30001);
+        let ports = NodePorts::new(30000..=30001).unwrap();
         let a = ports.allocate(None).unwrap();
         let b = ports.allocate(None).unwrap();
         assert_ne!(a, b);

@@ -1,18 +1,17 @@
-//! What exists from the first start: the four default namespaces and the `kubernetes`
-//! Service, plus the Service addresses already taken in the store.
+//! What exists from the first start: the system namespaces and the `kubernetes` Service,
+//! plus what stored objects already hold from the pools (Service addresses and ports).
 
 use serde_json::{Value, json};
 use skiff_machinery::status::StatusError;
+use skiff_types::namespace;
 
 use crate::{
+    ctx::Ctx,
     http::Query,
     objects,
     route::ResourceRoute,
-    server::Ctx,
-    verbs::{create_object, list_objects, reserve_service},
+    verbs::{create_object, list_objects},
 };
-
-const NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 fn route(
     api_version: &str,
@@ -49,22 +48,32 @@ async fn ensure(ctx: &Ctx, route: &ResourceRoute, obj: Value) -> Result<(), Stat
     Ok(())
 }
 
-pub async fn run(ctx: &Ctx) -> Result<(), StatusError> {
-    let services = route("v1", "Service", None)?;
-    for svc in list_objects(ctx, services.info, None, &Query::default())
-        .await?
-        .items
+/// Marks what stored objects hold from the pools as taken.
+async fn reserve_allocations(ctx: &Ctx) -> Result<(), StatusError> {
+    for info in skiff_resources::all()
+        .iter()
+        .filter(|i| i.strategy.holds_allocations())
     {
-        reserve_service(ctx, &svc);
+        for obj in list_objects(ctx, info, None, &Query::default())
+            .await?
+            .items
+        {
+            info.strategy.reserve(&obj, &ctx.pools);
+        }
     }
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx) -> Result<(), StatusError> {
+    reserve_allocations(ctx).await?;
     let namespaces = route("v1", "Namespace", None)?;
-    for ns in NAMESPACES {
+    for ns in namespace::SYSTEM {
         ensure(ctx, &namespaces, json!({"metadata": {"name": ns}})).await?;
     }
-    let first = ctx.cluster_ips.first().to_string();
+    let first = ctx.pools.cluster_ips.first().to_string();
     ensure(
         ctx,
-        &route("v1", "Service", Some("default"))?,
+        &route("v1", "Service", Some(namespace::DEFAULT))?,
         json!({
             "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"clusterIP": first, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},

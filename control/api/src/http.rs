@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use serde_json::Value;
 use skiff_machinery::status::StatusError;
+use skiff_resources::wire;
 
 /// The response body every handler returns: whole or streamed.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -179,8 +180,14 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
 }
 
+/// A JSON answer, written as the Go apiserver writes it ([`skiff_resources::wire`]).
 pub fn json(code: StatusCode, value: &Value) -> Response<Body> {
-    let mut resp = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
+    json_bytes(code, wire::encode(value))
+}
+
+/// A JSON answer already encoded.
+pub fn json_bytes(code: StatusCode, bytes: Vec<u8>) -> Response<Body> {
+    let mut resp = Response::new(full(bytes));
     *resp.status_mut() = code;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,15 +1,19 @@
 //! skiff-api is the API server: it serves the Kubernetes REST API (discovery, OpenAPI,
 //! create/read/update/patch/delete, watch, tables, subresources) over hyper on top of a
 //! [`skiff_store::Store`], so kubectl and every other Kubernetes client work against skiff
-//! unchanged.
+//! unchanged. The verbs are generic over kinds (what differs lives with each kind's
+//! strategy in `skiff-resources`); the node proxy (`log`, `exec`, `attach`) sits beside
+//! them, relaying streams from the pod's node.
 
 #![forbid(unsafe_code)]
 
 mod allocator;
 mod bootstrap;
+mod ctx;
 mod discovery;
 mod http;
 mod metrics;
+mod node_proxy;
 mod objects;
 mod protobuf;
 mod route;

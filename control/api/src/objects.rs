@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use skiff_machinery::status::StatusError;
 use skiff_resources::ResourceInfo;
-use skiff_store::{KeyValue, StoreError};
+use skiff_store::{KeyValue, Store, StoreError};
 
 /// The store key prefix of a kind, optionally narrowed to one namespace.
 pub fn prefix(info: &ResourceInfo, namespace: Option<&str>) -> String {
@@ -22,6 +22,22 @@ pub fn prefix(info: &ResourceInfo, namespace: Option<&str>) -> String {
 /// The store key of one object.
 pub fn key(info: &ResourceInfo, namespace: Option<&str>, name: &str) -> String {
     format!("{}{name}", prefix(info, namespace))
+}
+
+/// The current object `name` (in `namespace`) of `info`'s kind and its mod revision, or
+/// 404.
+pub async fn fetch(
+    store: &dyn Store,
+    info: &ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<(Value, i64), StatusError> {
+    let kv = store
+        .get(&key(info, namespace, name), 0)
+        .await
+        .map_err(|e| store_error(e, info, name))?
+        .ok_or_else(|| StatusError::not_found(info.group, info.plural, name))?;
+    Ok((decode(&kv)?, kv.mod_revision))
 }
 
 /// The object stored under `kv`, with its `resourceVersion`.

@@ -15,14 +15,18 @@ use hyper_util::{
     server::conn::auto,
 };
 use skiff_machinery::status::StatusError;
+use skiff_resources::wire::{self, Untyped};
 use skiff_store::Store;
+use skiff_types::{CidrError, Ipv4Cidr};
 use tokio::net::TcpListener;
 
 use crate::{
-    allocator::{AllocError, ClusterIps, NodePorts},
-    bootstrap, discovery,
+    allocator::RangeError,
+    bootstrap,
+    ctx::Ctx,
+    discovery,
     http::{self as h, Body, Query},
-    metrics::Metrics,
+    node_proxy,
     route::{Route, route},
     verbs,
 };
@@ -68,27 +72,13 @@ pub enum ServerError {
     },
     /// The Service range flag is not a CIDR.
     #[error("service cluster IP range")]
-    ServiceRange(#[source] AllocError),
+    ServiceCidr(#[source] CidrError),
+    /// The Service range or the node port range cannot be allocated from.
+    #[error("allocation ranges")]
+    Ranges(#[source] RangeError),
     /// Creating the default namespaces or the `kubernetes` Service failed.
     #[error("bootstrapping default objects: {0}")]
     Bootstrap(String),
-}
-
-/// What every request handler shares.
-pub struct Ctx {
-    pub store: Arc<dyn Store>,
-    pub cluster_ips: ClusterIps,
-    pub node_ports: NodePorts,
-    pub metrics: Metrics,
-    pub address: String,
-}
-
-impl std::fmt::Debug for Ctx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ctx")
-            .field("address", &self.address)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A bound, bootstrapped API server.
@@ -116,14 +106,17 @@ impl Server {
             addr: config.listen,
             source,
         })?;
-        let ctx = Arc::new(Ctx {
-            store,
-            cluster_ips: ClusterIps::new(&config.service_cidr)
-                .map_err(ServerError::ServiceRange)?,
-            node_ports: NodePorts::new(config.node_ports.0, config.node_ports.1),
-            metrics: Metrics::default(),
-            address: local.to_string(),
-        });
+        let service_cidr =
+            Ipv4Cidr::parse_masked(&config.service_cidr).map_err(ServerError::ServiceCidr)?;
+        let ctx = Arc::new(
+            Ctx::new(
+                store,
+                service_cidr,
+                config.node_ports.0..=config.node_ports.1,
+                local.to_string(),
+            )
+            .map_err(ServerError::Ranges)?,
+        );
         bootstrap::run(&ctx)
             .await
             .map_err(|e| ServerError::Bootstrap(e.message))?;
@@ -264,8 +257,14 @@ async fn route_request(
     let ok_json =
         |v: Option<serde_json::Value>| v.map_or_else(not_found, |v| h::json(StatusCode::OK, &v));
     let resp = match route(path) {
-        Route::Version => get_only(h::json(StatusCode::OK, &discovery::version())),
-        Route::Api => get_only(h::json(StatusCode::OK, &discovery::api(&ctx.address))),
+        Route::Version => get_only(h::json_bytes(
+            StatusCode::OK,
+            wire::encode_indented_as(&discovery::version(), Untyped::VersionInfo),
+        )),
+        Route::Api => get_only(h::json_bytes(
+            StatusCode::OK,
+            wire::encode_as(&discovery::api(&ctx.address), Untyped::ApiVersions),
+        )),
         Route::Apis => get_only(h::json(StatusCode::OK, &discovery::apis())),
         Route::ApiGroup(g) => get_only(ok_json(discovery::api_group(&g))),
         Route::GroupVersion { group, version } => {
@@ -288,9 +287,9 @@ async fn route_request(
             }
             Err(err) => h::error(&StatusError::internal(format!("snapshot: {err}"))),
         }),
-        Route::Resource(r) if verbs::node_proxy::handles(&r) => {
+        Route::Resource(r) if node_proxy::handles(&r) => {
             let verb = verbs::verb(method, &r, query);
-            let resp = match verbs::node_proxy::serve(ctx, req, &r, query).await {
+            let resp = match node_proxy::serve(ctx, req, &r, query).await {
                 Ok(resp) => resp,
                 Err(err) => h::error(&err),
             };
@@ -300,12 +299,16 @@ async fn route_request(
             let verb = verbs::verb(method, &r, query);
             let plural = r.info.plural.to_owned();
             let headers = req.headers().clone();
-            let resp =
-                match verbs::dispatch(ctx, method, &r, query, &headers, req.into_body()).await {
-                    Ok(resp) => resp,
-                    Err(err) => h::error(&err),
-                };
-            return (verb, plural, resp);
+            let body = if verbs::has_body(method) {
+                h::read_body(&headers, req.into_body()).await
+            } else {
+                Ok(bytes::Bytes::new())
+            };
+            let resp = match body {
+                Ok(body) => verbs::dispatch(ctx, method, &r, query, &headers, body).await,
+                Err(err) => Err(err),
+            };
+            return (verb, plural, resp.unwrap_or_else(|err| h::error(&err)));
         }
         Route::NotFound => not_found(),
     };

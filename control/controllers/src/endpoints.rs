@@ -2,181 +2,44 @@
 //! its pods' addresses (ready ones and not-ready ones apart) and target ports, named ports
 //! resolved per pod.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, sync::Arc};
 
-use futures::{Stream, StreamExt};
 use k8s_openapi::{
-    api::core::v1::{
-        EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
-    },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Pod, Service},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, ResourceExt,
     api::PostParams,
     runtime::{
-        Controller,
         controller::Action,
         reflector::{ObjectRef, Store},
-        watcher,
     },
 };
+use skiff_control_runtime::{Clock, Context, Informers, ownership};
 
-use crate::{Error, Shared, pods};
+use crate::{
+    Error,
+    backends::{PortMapping, backends, has_selector, service_controller},
+};
 
-/// A Service port resolved for one pod: (name, port, protocol).
-pub type PortMapping = (Option<String>, i32, String);
+const COMPONENT: &str = "endpoints-controller";
 
-/// One pod behind a Service, as both the Endpoints and the EndpointSlice controllers see it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Backend {
-    /// The pod's IP.
-    pub ip: String,
-    /// The node it runs on.
-    pub node: Option<String>,
-    /// Who it is.
-    pub target: ObjectReference,
-    /// Ready condition True.
-    pub ready: bool,
-    /// Being deleted.
-    pub terminating: bool,
-    /// The Service's ports resolved for this pod: (name, port, protocol).
-    pub ports: Vec<PortMapping>,
+/// What to write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// The Service has no Endpoints yet.
+    Create(Endpoints),
+    /// The Service's Endpoints differ (carries the resourceVersion read).
+    Replace(Endpoints),
 }
 
-/// Resolves a Service port's `targetPort` for `pod` (a name looks up the container port).
-fn resolve(target: Option<&IntOrString>, port: i32, pod: &Pod) -> Option<i32> {
-    match target {
-        None => Some(port),
-        Some(IntOrString::Int(p)) => Some(*p),
-        Some(IntOrString::String(name)) => pod
-            .spec
-            .as_ref()?
-            .containers
-            .iter()
-            .flat_map(|c| c.ports.iter().flatten())
-            .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .map(|p| p.container_port),
-    }
-}
-
-/// The pods behind `svc` (selector match, an IP, not finished), with their ports.
+/// The Endpoints `svc` should have given `pods`, and whether `current` must change.
 #[must_use]
-pub fn backends(svc: &Service, all: &[Arc<Pod>]) -> Vec<Backend> {
-    let Some(selector) = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.as_ref())
-        .filter(|s| !s.is_empty())
-    else {
-        return Vec::new();
-    };
-    let ns = svc.namespace();
-    let service_ports = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.clone())
-        .unwrap_or_default();
-    let mut out: Vec<Backend> = all
-        .iter()
-        .filter(|p| p.namespace() == ns)
-        .filter(|p| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
-        .filter(|p| !pods::is_terminal(p))
-        .filter_map(|p| {
-            let ip = p
-                .status
-                .as_ref()?
-                .pod_ip
-                .clone()
-                .filter(|ip| !ip.is_empty())?;
-            let ports = service_ports
-                .iter()
-                .filter_map(|sp| {
-                    Some((
-                        sp.name.clone(),
-                        resolve(sp.target_port.as_ref(), sp.port, p)?,
-                        sp.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
-                    ))
-                })
-                .collect();
-            Some(Backend {
-                ip,
-                node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
-                target: ObjectReference {
-                    kind: Some("Pod".to_owned()),
-                    name: p.metadata.name.clone(),
-                    namespace: p.metadata.namespace.clone(),
-                    uid: p.metadata.uid.clone(),
-                    ..ObjectReference::default()
-                },
-                ready: pods::is_ready(p),
-                terminating: p.metadata.deletion_timestamp.is_some(),
-                ports,
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.ip.cmp(&b.ip));
-    out
-}
-
-/// Services in `pod`'s namespace whose selector matches it.
-pub(crate) fn services_of(services: &Store<Service>, pod: &Pod) -> Vec<ObjectRef<Service>> {
-    let ns = pod.namespace();
-    services
-        .state()
-        .iter()
-        .filter(|s| s.namespace() == ns)
-        .filter(|s| {
-            s.spec
-                .as_ref()
-                .and_then(|spec| spec.selector.as_ref())
-                .is_some_and(|sel| {
-                    !sel.is_empty() && sel.iter().all(|(k, v)| pod.labels().get(k) == Some(v))
-                })
-        })
-        .map(|s| ObjectRef::from_obj(s.as_ref()))
-        .collect()
-}
-
-/// Runs the controller until dropped.
-pub async fn run(
-    shared: Arc<Shared>,
-    pods: impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
-) {
-    let api: Api<Service> = Api::all(shared.client.clone());
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
-    let services = controller.store();
-    controller
-        .watches_stream(pods, move |pod: Pod| services_of(&services, &pod))
-        .run(reconcile, error_policy, shared)
-        .for_each(|_| futures::future::ready(()))
-        .await;
-}
-
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the signature kube-runtime calls"
-)]
-fn error_policy(svc: Arc<Service>, err: &Error, _ctx: Arc<Shared>) -> Action {
-    tracing::warn!(service = %svc.name_any(), ?err, "endpoints update failed");
-    Action::requeue(Duration::from_secs(2))
-}
-
-/// Writes the Service's Endpoints from its pods.
-///
-/// # Errors
-/// When the API server refuses the write.
-pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Shared>) -> Result<Action, Error> {
-    let ns = svc.namespace().unwrap_or_default();
-    let name = svc.name_any();
-    let has_selector = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.as_ref())
-        .is_some_and(|s| !s.is_empty());
-    if !has_selector {
-        // Endpoints of selector-less Services are the user's.
-        return Ok(Action::await_change());
+pub fn plan(svc: &Service, pods: &[Arc<Pod>], current: Option<&Endpoints>) -> Option<Write> {
+    // Endpoints of selector-less Services are the user's.
+    if !has_selector(svc) {
+        return None;
     }
     let publish_not_ready = svc
         .spec
@@ -185,7 +48,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Shared>) -> Result<Action, Er
         .unwrap_or(false);
     // Pods with the same port mapping share a subset.
     let mut subsets: BTreeMap<Vec<PortMapping>, EndpointSubset> = BTreeMap::new();
-    for b in backends(&svc, &ctx.pods.state()) {
+    for b in backends(svc, pods) {
         if b.terminating && !publish_not_ready {
             continue;
         }
@@ -211,29 +74,23 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Shared>) -> Result<Action, Er
                 ),
                 ..EndpointSubset::default()
             });
-        if b.ready || publish_not_ready {
-            subset.addresses.get_or_insert_with(Vec::new).push(address);
+        let list = if b.ready || publish_not_ready {
+            &mut subset.addresses
         } else {
-            subset
-                .not_ready_addresses
-                .get_or_insert_with(Vec::new)
-                .push(address);
-        }
+            &mut subset.not_ready_addresses
+        };
+        list.get_or_insert_with(Vec::new).push(address);
     }
     let subsets: Vec<EndpointSubset> = subsets.into_values().collect();
-    let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
-    let current = api.get_opt(&name).await?;
     let wanted = Endpoints {
         metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(ns.clone()),
+            name: svc.metadata.name.clone(),
+            namespace: svc.metadata.namespace.clone(),
             labels: svc.metadata.labels.clone(),
             // Kubernetes deletes Endpoints with their Service itself; here the garbage
             // collector does, through this reference.
-            owner_references: Some(vec![crate::ownership::controller_ref(svc.as_ref())]),
-            resource_version: current
-                .as_ref()
-                .and_then(|c| c.metadata.resource_version.clone()),
+            owner_references: Some(vec![ownership::controller_ref(svc)]),
+            resource_version: current.and_then(|c| c.metadata.resource_version.clone()),
             ..ObjectMeta::default()
         },
         subsets: (!subsets.is_empty()).then_some(subsets),
@@ -242,15 +99,163 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Shared>) -> Result<Action, Er
         Some(c)
             if c.subsets == wanted.subsets
                 && c.metadata.labels == wanted.metadata.labels
-                && c.metadata.owner_references == wanted.metadata.owner_references => {}
-        Some(_) => {
-            api.replace(&name, &PostParams::default(), &wanted).await?;
+                && c.metadata.owner_references == wanted.metadata.owner_references =>
+        {
+            None
         }
-        None => {
-            if svc.metadata.deletion_timestamp.is_none() {
-                api.create(&PostParams::default(), &wanted).await?;
-            }
+        Some(_) => Some(Write::Replace(wanted)),
+        None if svc.metadata.deletion_timestamp.is_none() => Some(Write::Create(wanted)),
+        None => None,
+    }
+}
+
+/// The controller's own caches and bookkeeping.
+#[derive(Debug)]
+pub struct State {
+    pods: Store<Pod>,
+    endpoints: Store<Endpoints>,
+}
+
+/// The controller's context.
+pub type Ctx = Context<State>;
+
+/// The controller over the process's informers; runs until dropped.
+pub fn start(
+    informers: &Informers,
+    clock: Arc<dyn Clock>,
+) -> impl Future<Output = ()> + Send + use<> {
+    let controller = service_controller(informers);
+    let pods = informers.get::<Pod>();
+    let endpoints = informers.get::<Endpoints>();
+    let ctx = Context::new(
+        informers,
+        COMPONENT,
+        clock,
+        State {
+            pods: pods.store(),
+            endpoints: endpoints.store(),
+        },
+    );
+    async move {
+        let _ = ctx.state.pods.wait_until_ready().await;
+        let _ = ctx.state.endpoints.wait_until_ready().await;
+        skiff_control_runtime::controller::run(controller(), reconcile, ctx).await;
+    }
+}
+
+/// Writes the Service's Endpoints from its pods.
+///
+/// # Errors
+/// When the API server refuses the write (a stale cache's conflict included).
+pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let name = svc.name_any();
+    let current = ctx.state.endpoints.get(&ObjectRef::new(&name).within(&ns));
+    let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
+    match plan(&svc, &ctx.state.pods.state(), current.as_deref()) {
+        Some(Write::Create(e)) => {
+            api.create(&PostParams::default(), &e).await?;
         }
+        Some(Write::Replace(e)) => {
+            api.replace(&name, &PostParams::default(), &e).await?;
+        }
+        None => {}
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{pod, service, web};
+
+    fn ips(list: Option<&Vec<EndpointAddress>>) -> Vec<&str> {
+        list.into_iter().flatten().map(|a| a.ip.as_str()).collect()
+    }
+
+    fn addresses(e: &Endpoints) -> (Vec<&str>, Vec<&str>) {
+        let subset = &e.subsets.as_ref().unwrap()[0];
+        (
+            ips(subset.addresses.as_ref()),
+            ips(subset.not_ready_addresses.as_ref()),
+        )
+    }
+
+    #[test]
+    fn ready_and_not_ready_pods_are_listed_apart_with_the_resolved_port() {
+        let mut not_ready = (*web("c", "10.0.0.3", 8080)).clone();
+        not_ready.status.as_mut().unwrap().conditions = None;
+        let pods = [
+            web("a", "10.0.0.1", 8080),
+            Arc::new(not_ready),
+            web("b", "10.0.0.2", 8080),
+        ];
+        let Some(Write::Create(e)) = plan(&service(), &pods, None) else {
+            panic!("no create");
+        };
+        assert_eq!(
+            addresses(&e),
+            (vec!["10.0.0.1", "10.0.0.2"], vec!["10.0.0.3"])
+        );
+        let ports = e.subsets.as_ref().unwrap()[0].ports.as_ref().unwrap();
+        assert_eq!(
+            (ports[0].port, ports[0].name.as_deref()),
+            (8080, Some("http"))
+        );
+        assert_eq!(
+            e.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "Service"
+        );
+    }
+
+    #[test]
+    fn pods_with_other_ports_get_their_own_subset() {
+        let pods = [web("a", "10.0.0.1", 8080), web("b", "10.0.0.2", 9090)];
+        let Some(Write::Create(e)) = plan(&service(), &pods, None) else {
+            panic!("no create");
+        };
+        assert_eq!(e.subsets.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn unchanged_endpoints_are_not_written_and_changed_ones_replaced() {
+        let pods = [web("a", "10.0.0.1", 8080)];
+        let Some(Write::Create(mut current)) = plan(&service(), &pods, None) else {
+            panic!("no create");
+        };
+        current.metadata.resource_version = Some("5".into());
+        assert_eq!(plan(&service(), &pods, Some(&current)), None);
+        let more = [web("a", "10.0.0.1", 8080), web("b", "10.0.0.2", 8080)];
+        let Some(Write::Replace(e)) = plan(&service(), &more, Some(&current)) else {
+            panic!("no replace");
+        };
+        assert_eq!(e.metadata.resource_version.as_deref(), Some("5"));
+    }
+
+    #[test]
+    fn terminating_pods_leave_unless_not_ready_addresses_are_published() {
+        let going = pod("a")
+            .labels(&[("app", "web")])
+            .ready_since(0)
+            .ip("10.0.0.1")
+            .terminating()
+            .build();
+        let Some(Write::Create(e)) = plan(&service(), std::slice::from_ref(&going), None) else {
+            panic!("no create");
+        };
+        assert_eq!(e.subsets, None);
+        let mut svc = service();
+        svc.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
+        let Some(Write::Create(e)) = plan(&svc, &[going], None) else {
+            panic!("no create");
+        };
+        assert_eq!(e.subsets.unwrap()[0].addresses.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_service_without_a_selector_is_left_to_its_user() {
+        let mut svc = service();
+        svc.spec.as_mut().unwrap().selector = None;
+        assert_eq!(plan(&svc, &[web("a", "10.0.0.1", 80)], None), None);
+    }
 }

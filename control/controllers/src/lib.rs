@@ -1,44 +1,47 @@
 //! skiff-controllers keeps every object at its declared state: one level-triggered,
-//! idempotent reconciler per concern (ReplicaSet, Deployment, StatefulSet, DaemonSet, Job,
-//! CronJob, Endpoints, nodes, namespaces, garbage collection, quotas), each talking to the
-//! API server through the `kube` crate like any client.
+//! idempotent reconciler per concern (ReplicaSet and `ReplicationController`, Deployment,
+//! StatefulSet, DaemonSet, Job, CronJob, Endpoints, EndpointSlices, nodes, namespaces,
+//! garbage collection, quotas, default `ServiceAccounts`), each talking to the API server
+//! through the `kube` crate like any client, over the shared informers of
+//! skiff-control-runtime.
+//!
+//! Each controller decides in a pure `plan` (observed state and the time in, steps out,
+//! unit-tested on a fake clock) and carries the steps out in a thin `apply`. Controllers
+//! share only the modules here that are not controllers ([`pods`], [`revision`],
+//! [`backends`], [`kinds`]), never each other's internals.
 
 #![forbid(unsafe_code)]
 
+pub mod backends;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
-pub mod events;
-pub mod expectations;
+#[cfg(test)]
+mod fixtures;
 pub mod garbage_collector;
-pub mod informers;
 pub mod job;
 pub mod kinds;
-pub mod leader;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
-pub mod ownership;
-pub mod placement;
 pub mod pods;
 pub mod replicaset;
 pub mod resourcequota;
+pub mod revision;
 pub mod serviceaccount;
 pub mod statefulset;
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use k8s_openapi::api::{
-    apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
-    batch::v1::Job,
-    coordination::v1::Lease,
-    core::v1::{Node, Pod},
-};
-use kube::{Api, Client};
+use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::ReplicationController};
+use skiff_control_runtime::{Clock, Informers, SystemClock};
+use skiff_types::Ipv4Cidr;
 
-use crate::informers::Informer;
+/// The pod network node IPAM splits when `control` is not told otherwise: k3s' default,
+/// clear of the default Service range (10.96.0.0/12).
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
 
 /// Settings shared by the controllers (flags of the `control` binary).
 #[derive(Clone, Debug)]
@@ -48,7 +51,7 @@ pub struct Config {
     /// Toleration seconds given to pods for the not-ready/unreachable taints by default.
     pub default_toleration_seconds: i64,
     /// The pod network that node IPAM splits into per-node `spec.podCIDR`s (none: off).
-    pub cluster_cidr: Option<String>,
+    pub cluster_cidr: Option<Ipv4Cidr>,
     /// Prefix length of each node's pod CIDR.
     pub node_cidr_mask_size: u8,
 }
@@ -58,31 +61,9 @@ impl Default for Config {
         Self {
             node_monitor_grace_period: Duration::from_secs(40),
             default_toleration_seconds: 300,
-            cluster_cidr: None,
+            cluster_cidr: Ipv4Cidr::parse_masked(DEFAULT_CLUSTER_CIDR).ok(),
             node_cidr_mask_size: 24,
         }
-    }
-}
-
-/// What every controller reaches: the client, the settings and the shared caches.
-pub struct Shared {
-    /// The API client.
-    pub client: Client,
-    /// Settings.
-    pub config: Config,
-    /// Every pod in the cluster.
-    pub pods: kube::runtime::reflector::Store<Pod>,
-    /// Every node.
-    pub nodes: kube::runtime::reflector::Store<Node>,
-    /// Every ReplicaSet in the cluster.
-    pub replica_sets: kube::runtime::reflector::Store<ReplicaSet>,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
     }
 }
 
@@ -97,80 +78,49 @@ pub enum Error {
     Invalid(String),
 }
 
-/// Runs every controller until the returned future is dropped.
-pub async fn run(client: Client, config: Config) {
-    let mut pods = Informer::<Pod>::new(Api::all(client.clone()));
-    let mut replica_sets = Informer::<ReplicaSet>::new(Api::all(client.clone()));
-    let mut nodes = Informer::<Node>::new(Api::all(client.clone()));
-    let shared = Arc::new(Shared {
-        client: client.clone(),
-        config,
-        pods: pods.store(),
-        nodes: nodes.store(),
-        replica_sets: replica_sets.store(),
-    });
-    let rs = replicaset::run(
-        shared.clone(),
-        replica_sets.subscribe(),
-        pods.subscribe(),
-        pods.subscribe(),
-    );
-    let mut deployments = Informer::<Deployment>::new(Api::all(client.clone()));
-    let deploy = deployment::run(
-        shared.clone(),
-        deployments.store(),
-        deployments.subscribe(),
-        replica_sets.subscribe(),
-        pods.subscribe(),
-    );
-    let mut jobs = Informer::<Job>::new(Api::all(client.clone()));
-    let cron = cronjob::run(shared.clone(), jobs.store(), jobs.subscribe());
-    let job = job::run(
-        shared.clone(),
-        jobs.store(),
-        jobs.subscribe(),
-        pods.subscribe(),
-    );
-    let mut stateful_sets = Informer::<StatefulSet>::new(Api::all(client.clone()));
-    let sts = statefulset::run(
-        shared.clone(),
-        stateful_sets.store(),
-        stateful_sets.subscribe(),
-        pods.subscribe(),
-    );
-    let mut daemon_sets = Informer::<DaemonSet>::new(Api::all(client.clone()));
-    let ds = daemonset::run(
-        shared.clone(),
-        daemon_sets.store(),
-        daemon_sets.subscribe(),
-        pods.subscribe(),
-        nodes.subscribe(),
-    );
-    let mut leases = Informer::<Lease>::new(Api::namespaced(client.clone(), "kube-node-lease"));
-    let lifecycle = node_lifecycle::run(shared.clone(), leases.store());
-    let quotas = resourcequota::run(shared.clone(), pods.subscribe());
-    tokio::join!(
-        endpoints::run(shared.clone(), pods.subscribe()),
-        endpointslice::run(shared.clone(), pods.subscribe()),
-        quotas,
-        leases.run(),
-        lifecycle,
-        node_ipam::run(shared.clone()),
-        nodes.run(),
-        daemon_sets.run(),
-        ds,
-        stateful_sets.run(),
-        sts,
-        jobs.run(),
-        job,
-        cron,
-        pods.run(),
-        replica_sets.run(),
-        deployments.run(),
-        rs,
-        deploy,
-        garbage_collector::run(client.clone()),
-        namespace::run(shared.clone()),
-        serviceaccount::run(shared.clone()),
-    );
+/// Every controller over `informers`; the returned future runs them until dropped (run
+/// `informers` beside it).
+pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> + Send + use<> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let replica_sets = replicaset::start::<ReplicaSet>(informers, clock.clone());
+    let replication_controllers =
+        replicaset::start::<ReplicationController>(informers, clock.clone());
+    let deployments = deployment::start(informers, clock.clone());
+    let stateful_sets = statefulset::start(informers, clock.clone());
+    let daemon_sets = daemonset::start(informers, clock.clone());
+    let jobs = job::start(informers, clock.clone());
+    let cron_jobs = cronjob::start(informers, clock.clone());
+    let endpoints = endpoints::start(informers, clock.clone());
+    let endpoint_slices = endpointslice::start(informers, clock.clone());
+    let garbage_collector = garbage_collector::start(informers);
+    let namespaces = namespace::start(informers, clock.clone());
+    let service_accounts = serviceaccount::start(informers, clock.clone());
+    let quotas = resourcequota::start(informers, clock.clone());
+    let node_lifecycle = node_lifecycle::start(informers, config, clock.clone());
+    let node_ipam = config
+        .cluster_cidr
+        .map(|cidr| node_ipam::start(informers, cidr, config.node_cidr_mask_size, clock.clone()));
+    async move {
+        tokio::join!(
+            replica_sets,
+            replication_controllers,
+            deployments,
+            stateful_sets,
+            daemon_sets,
+            jobs,
+            cron_jobs,
+            endpoints,
+            endpoint_slices,
+            garbage_collector,
+            namespaces,
+            service_accounts,
+            quotas,
+            node_lifecycle,
+            async {
+                if let Some(ipam) = node_ipam {
+                    ipam.await;
+                }
+            },
+        );
+    }
 }

@@ -2,110 +2,108 @@
 //! one another node holds.
 
 use std::{
-    collections::HashSet,
-    net::Ipv4Addr,
+    collections::{BTreeSet, HashSet},
+    future::Future,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
 };
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{Controller, controller::Action, watcher},
+    runtime::{
+        Controller,
+        controller::{Action, Config as ControllerConfig},
+        reflector::Store,
+    },
 };
+use skiff_control_runtime::{Clock, Context, Informers};
+use skiff_types::Ipv4Cidr;
 
-use crate::{Error, Shared};
+use crate::Error;
 
-/// An IPv4 network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    base: u32,
-    prefix: u8,
+const COMPONENT: &str = "node-ipam-controller";
+
+/// The pod CIDR a node holds, if any.
+fn pod_cidr(node: &Node) -> Option<Ipv4Cidr> {
+    let text = node.spec.as_ref()?.pod_cidr.as_deref()?;
+    Ipv4Cidr::parse_masked(text).ok()
 }
 
-impl Cidr {
-    /// Parses `10.244.0.0/16`.
-    #[must_use]
-    pub fn parse(text: &str) -> Option<Self> {
-        let (ip, prefix) = text.trim().split_once('/')?;
-        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
-        let ip: Ipv4Addr = ip.parse().ok()?;
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        };
-        Some(Self {
-            base: u32::from(ip) & mask,
-            prefix,
+/// The pod CIDR to give `node`: `Ok(None)` when it has one, else the first subnet of
+/// `cluster` with `mask` bits that no node in `nodes` holds and that is not in `given`
+/// (handed out by this process but maybe not in the cache yet).
+///
+/// # Errors
+/// [`Error::Invalid`] when every subnet is taken.
+pub fn allocate(
+    node: &Node,
+    nodes: &[Arc<Node>],
+    given: &BTreeSet<Ipv4Cidr>,
+    cluster: Ipv4Cidr,
+    mask: u8,
+) -> Result<Option<Ipv4Cidr>, Error> {
+    if pod_cidr(node).is_some() {
+        return Ok(None);
+    }
+    let used: HashSet<Ipv4Cidr> = nodes.iter().filter_map(|n| pod_cidr(n)).collect();
+    (0..cluster.subnet_count(mask))
+        .filter_map(|i| cluster.subnet(mask, i))
+        .find(|c| !used.contains(c) && !given.contains(c))
+        .map(Some)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "no /{mask} pod CIDR left in {cluster} for node {}",
+                node.name_any()
+            ))
         })
-    }
-
-    /// The `index`-th subnet of length `prefix` inside this network.
-    #[must_use]
-    pub fn subnet(&self, prefix: u8, index: u32) -> Option<Self> {
-        if prefix < self.prefix || prefix > 32 {
-            return None;
-        }
-        let count = 1_u64 << (prefix - self.prefix);
-        if u64::from(index) >= count {
-            return None;
-        }
-        let size = 1_u64 << (32 - prefix);
-        let base = u64::from(self.base) + u64::from(index) * size;
-        Some(Self {
-            base: u32::try_from(base).ok()?,
-            prefix,
-        })
-    }
 }
 
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
-    }
-}
-
-/// The IPAM controller's state: CIDRs handed out by this process but maybe not yet seen
-/// in the node cache.
+/// The controller's own caches and bookkeeping.
 #[derive(Debug)]
-pub struct Ctx {
-    shared: Arc<Shared>,
-    cluster: Cidr,
-    given: Mutex<HashSet<String>>,
+pub struct State {
+    nodes: Store<Node>,
+    cluster: Ipv4Cidr,
+    mask: u8,
+    given: Mutex<BTreeSet<Ipv4Cidr>>,
 }
 
-/// Runs the controller until dropped; does nothing without a cluster CIDR.
-pub async fn run(shared: Arc<Shared>) {
-    let Some(text) = shared.config.cluster_cidr.clone() else {
-        return;
-    };
-    let Some(cluster) = Cidr::parse(&text) else {
-        tracing::error!(cidr = %text, "invalid --cluster-cidr; node IPAM is off");
-        return;
-    };
-    let api: Api<Node> = Api::all(shared.client.clone());
-    let ctx = Arc::new(Ctx {
-        shared,
-        cluster,
-        given: Mutex::new(HashSet::new()),
-    });
-    Controller::new(api, watcher::Config::default().any_semantic())
-        .with_config(kube::runtime::controller::Config::default().concurrency(1))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
-}
+/// The controller's context.
+pub type Ctx = Context<State>;
 
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the signature kube-runtime calls"
-)]
-fn error_policy(node: Arc<Node>, err: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(node = %node.name_any(), ?err, "pod CIDR allocation failed");
-    Action::requeue(Duration::from_secs(2))
+/// The controller over the process's informers, splitting `cluster` into per-node CIDRs
+/// of `mask` bits; runs until dropped.
+pub fn start(
+    informers: &Informers,
+    cluster: Ipv4Cidr,
+    mask: u8,
+    clock: Arc<dyn Clock>,
+) -> impl Future<Output = ()> + Send + use<> {
+    let nodes = informers.get::<Node>();
+    let ctx = Context::new(
+        informers,
+        COMPONENT,
+        clock,
+        State {
+            nodes: nodes.store(),
+            cluster,
+            mask,
+            given: Mutex::default(),
+        },
+    );
+    let changes = nodes.changes();
+    async move {
+        tracing::info!(
+            cluster_cidr = %cluster,
+            node_cidr_mask_size = mask,
+            nodes = cluster.subnet_count(mask),
+            "node IPAM gives each node a pod CIDR"
+        );
+        let store = ctx.state.nodes.clone();
+        let controller = Controller::for_shared_stream(changes, store)
+            .with_config(ControllerConfig::default().concurrency(1));
+        skiff_control_runtime::controller::run(controller, reconcile, ctx).await;
+    }
 }
 
 /// Gives a node without a pod CIDR the first free one.
@@ -113,50 +111,41 @@ fn error_policy(node: Arc<Node>, err: &Error, _ctx: Arc<Ctx>) -> Action {
 /// # Errors
 /// When the range is exhausted or the API server refuses the write.
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    if node
-        .spec
-        .as_ref()
-        .and_then(|s| s.pod_cidr.as_ref())
-        .is_some_and(|c| !c.is_empty())
-    {
-        return Ok(Action::await_change());
-    }
-    let mask = ctx.shared.config.node_cidr_mask_size;
-    let mut used: HashSet<String> = ctx
-        .shared
-        .nodes
-        .state()
-        .iter()
-        .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
-        .collect();
-    used.extend(
-        ctx.given
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .cloned(),
-    );
-    let free = (0..u32::MAX)
-        .map_while(|i| ctx.cluster.subnet(mask, i))
-        .map(|c| c.to_string())
-        .find(|c| !used.contains(c))
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "no pod CIDR left in {} for node {}",
-                ctx.cluster,
-                node.name_any()
-            ))
-        })?;
-    let api: Api<Node> = Api::all(ctx.shared.client.clone());
-    let patch = serde_json::json!({"spec": {"podCIDR": free, "podCIDRs": [free]}});
+    let given = ctx
+        .state
+        .given
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let free = match allocate(
+        &node,
+        &ctx.state.nodes.state(),
+        &given,
+        ctx.state.cluster,
+        ctx.state.mask,
+    ) {
+        Ok(Some(free)) => free,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(err) => {
+            let message = format!("Node {} has no pod CIDR: {err}", node.name_any());
+            ctx.recorder
+                .warning(node.as_ref(), "CIDRNotAvailable", &message)
+                .await;
+            return Err(err);
+        }
+    };
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let cidr = free.to_string();
+    let patch = serde_json::json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
     api.patch(
         &node.name_any(),
         &PatchParams::default(),
         &Patch::Merge(&patch),
     )
     .await?;
-    tracing::info!(node = %node.name_any(), cidr = %free, "allocated a pod CIDR");
-    ctx.given
+    tracing::info!(node = %node.name_any(), %cidr, "allocated a pod CIDR");
+    ctx.state
+        .given
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(free);
@@ -165,18 +154,40 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> 
 
 #[cfg(test)]
 mod tests {
-    use super::Cidr;
+    use super::*;
+    use crate::fixtures::node;
+
+    fn cidr(text: &str) -> Ipv4Cidr {
+        text.parse().unwrap()
+    }
+
+    fn holding(name: &str, pod_cidr: &str) -> Arc<Node> {
+        let mut n = (*node(name, &[])).clone();
+        n.spec.as_mut().unwrap().pod_cidr = Some(pod_cidr.into());
+        Arc::new(n)
+    }
 
     #[test]
-    fn subnets_tile_the_cluster_range_without_overlap() {
-        let c = Cidr::parse("10.244.0.0/16").unwrap();
-        assert_eq!(c.subnet(24, 0).unwrap().to_string(), "10.244.0.0/24");
-        assert_eq!(c.subnet(24, 255).unwrap().to_string(), "10.244.255.0/24");
-        assert!(c.subnet(24, 256).is_none());
-        assert!(c.subnet(8, 0).is_none());
+    fn a_new_node_gets_the_first_subnet_nobody_holds() {
+        let cluster = cidr("10.42.0.0/16");
+        let nodes = [holding("a", "10.42.0.0/24"), holding("b", "10.42.2.0/24")];
+        let given = BTreeSet::from([cidr("10.42.1.0/24")]);
+        let new = node("c", &[]);
         assert_eq!(
-            Cidr::parse("10.244.7.9/16").unwrap().to_string(),
-            "10.244.0.0/16"
+            allocate(&new, &nodes, &given, cluster, 24).unwrap(),
+            Some(cidr("10.42.3.0/24"))
         );
+        assert_eq!(
+            allocate(&nodes[0], &nodes, &given, cluster, 24).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn an_exhausted_range_is_an_error_naming_it() {
+        let cluster = cidr("10.42.0.0/23");
+        let nodes = [holding("a", "10.42.0.0/24"), holding("b", "10.42.1.0/24")];
+        let err = allocate(&node("c", &[]), &nodes, &BTreeSet::new(), cluster, 24).unwrap_err();
+        assert!(err.to_string().contains("10.42.0.0/23"), "{err}");
     }
 }

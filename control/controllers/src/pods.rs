@@ -1,13 +1,15 @@
 //! Pod facts every workload controller asks (active, ready, available) and the pod a
 //! template stamps out.
 
-use std::cmp::Ordering;
+use std::{cell::OnceCell, cmp::Ordering, collections::HashSet, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::core::v1::{Pod, PodTemplateSpec},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
     jiff::Timestamp,
 };
+use kube::runtime::reflector::{ObjectRef, Store};
+use skiff_control_runtime::{expectations::Expectations, ownership};
 
 /// Not finished and not being deleted: counts toward a workload's replicas.
 #[must_use]
@@ -60,6 +62,47 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
         min_ready_seconds <= 0
             || now.as_second() - since.as_second() >= i64::from(min_ready_seconds)
     })
+}
+
+/// How long until a ready pod has been ready for `min_ready_seconds` (`None`: not ready, or
+/// available already).
+#[must_use]
+pub fn available_in(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> Option<Duration> {
+    let since = ready_since(pod)?;
+    let left = since.as_second() + i64::from(min_ready_seconds) - now.as_second();
+    (min_ready_seconds > 0 && left > 0).then(|| Duration::from_secs(left.unsigned_abs()))
+}
+
+/// Whether the pod cache shows what the owner with `owner_uid` last created and deleted
+/// under `key` in `ns` (see [`Expectations`]): every created name cached, every deleted
+/// pod gone from `pods` (the namespace's cached pods) or terminating.
+#[must_use]
+pub fn expectations_met(
+    expectations: &Expectations,
+    key: &str,
+    cache: &Store<Pod>,
+    ns: &str,
+    pods: &[Arc<Pod>],
+    owner_uid: &str,
+) -> bool {
+    // Built only when a deletion is pending.
+    let live: OnceCell<HashSet<&str>> = OnceCell::new();
+    expectations.satisfied(
+        key,
+        |name| cache.get(&ObjectRef::new(name).within(ns)).is_some(),
+        |uid| {
+            live.get_or_init(|| {
+                pods.iter()
+                    .filter(|p| {
+                        p.metadata.deletion_timestamp.is_none()
+                            && ownership::is_controlled_by(&p.metadata, owner_uid)
+                    })
+                    .filter_map(|p| p.metadata.uid.as_deref())
+                    .collect()
+            })
+            .contains(uid)
+        },
+    )
 }
 
 /// A pod from `template` owned by `owner`, named `name` or generated from `generate_name`.
@@ -171,6 +214,19 @@ mod tests {
             })
             .collect();
         assert_eq!(order, [10, 50, 200, 100]);
+    }
+
+    #[test]
+    fn a_ready_pod_becomes_available_after_min_ready_seconds() {
+        let p = pod(Some("n"), "Running", true, 100);
+        let now = Timestamp::from_second(104).unwrap();
+        assert_eq!(available_in(&p, 10, now), Some(Duration::from_secs(6)));
+        assert_eq!(available_in(&p, 4, now), None);
+        assert_eq!(available_in(&p, 0, now), None);
+        assert_eq!(
+            available_in(&pod(Some("n"), "Running", false, 100), 10, now),
+            None
+        );
     }
 
     #[test]

@@ -217,6 +217,16 @@ fn remove(obj: &mut Value, path: &[Elem]) {
     }
 }
 
+/// Whether going from `before` to `after` changes the field at `path`: its value for a
+/// field, its presence for a list item (whose own fields are compared one by one).
+fn changes(before: &Value, after: &Value, path: &[Elem]) -> bool {
+    if path.last() == Some(&Elem::Itself) {
+        lookup(before, path).is_some() != lookup(after, path).is_some()
+    } else {
+        lookup(before, path) != lookup(after, path)
+    }
+}
+
 fn display(path: &[Elem]) -> String {
     path.iter()
         .filter(|e| **e != Elem::Itself)
@@ -340,15 +350,37 @@ pub fn apply(
     let base = live.cloned().unwrap_or_else(|| json!({}));
     let wanted = leaves(applied, kind);
     let mut list = entries(&base);
+    let mine = |e: &Entry| e.manager == manager && e.operation == "Apply";
+    let previous: BTreeSet<Path> = list
+        .iter()
+        .filter(|e| mine(e))
+        .flat_map(|e| e.fields.iter().cloned())
+        .collect();
+    let owned_by_others: BTreeSet<Path> = list
+        .iter()
+        .filter(|e| !mine(e))
+        .flat_map(|e| e.fields.iter().cloned())
+        .collect();
+    let mut merged = base.clone();
+    // Whole list items first: once an item's key field is gone it can no longer be found.
+    let mut dropped: Vec<&Path> = previous
+        .difference(&wanted)
+        .filter(|p| !owned_by_others.contains(*p))
+        .collect();
+    dropped.sort_by_key(|p| (p.last() != Some(&Elem::Itself), p.len()));
+    for path in dropped {
+        remove(&mut merged, path);
+    }
+    let mut merged = strategic(&merged, &without_nulls(applied), api_version, kind)
+        .map_err(|e| ApplyError::Merge(e.to_string()))?;
+    // Only a field the apply changes conflicts: one set to the value it already has becomes
+    // shared between the managers, as in Kubernetes' structured-merge-diff.
     let mut conflicts = Vec::new();
-    for entry in list
-        .iter_mut()
-        .filter(|e| !(e.manager == manager && e.operation == "Apply"))
-    {
+    for entry in list.iter_mut().filter(|e| !mine(e)) {
         let clashing: Vec<Path> = entry
             .fields
             .intersection(&wanted)
-            .filter(|p| lookup(&base, p) != lookup(applied, p))
+            .filter(|p| changes(&base, &merged, p))
             .cloned()
             .collect();
         for path in clashing {
@@ -365,29 +397,7 @@ pub fn apply(
     if !conflicts.is_empty() {
         return Err(ApplyError::Conflicts(conflicts));
     }
-    let previous: BTreeSet<Path> = list
-        .iter()
-        .filter(|e| e.manager == manager && e.operation == "Apply")
-        .flat_map(|e| e.fields.iter().cloned())
-        .collect();
-    let owned_by_others: BTreeSet<Path> = list
-        .iter()
-        .filter(|e| !(e.manager == manager && e.operation == "Apply"))
-        .flat_map(|e| e.fields.iter().cloned())
-        .collect();
-    let mut merged = base;
-    // Whole list items first: once an item's key field is gone it can no longer be found.
-    let mut dropped: Vec<&Path> = previous
-        .difference(&wanted)
-        .filter(|p| !owned_by_others.contains(*p))
-        .collect();
-    dropped.sort_by_key(|p| (p.last() != Some(&Elem::Itself), p.len()));
-    for path in dropped {
-        remove(&mut merged, path);
-    }
-    let mut merged = strategic(&merged, &without_nulls(applied), api_version, kind)
-        .map_err(|e| ApplyError::Merge(e.to_string()))?;
-    list.retain(|e| !(e.manager == manager && e.operation == "Apply"));
+    list.retain(|e| !mine(e));
     list.push(Entry {
         manager: manager.to_owned(),
         operation: "Apply".into(),
@@ -558,6 +568,85 @@ mod tests {
             .map(|e| e["manager"].as_str().unwrap())
             .collect();
         assert_eq!(managers, ["me"], "the scaler lost its only field");
+    }
+
+    /// A Deployment as the API server stores it after a POST: the client's fields plus
+    /// defaults, all owned by the creating manager.
+    fn created_by_post(manager: &str) -> Value {
+        let mut live = deploy(2, &json!([{"name": "A", "value": "1"}]));
+        live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("Always");
+        live["spec"]["template"]["spec"]["containers"][0]["resources"] = json!({});
+        live["spec"]["revisionHistoryLimit"] = json!(10);
+        record_update(None, &mut live, manager, NOW);
+        live
+    }
+
+    fn managers(obj: &Value) -> Vec<(&str, &str)> {
+        obj["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["manager"].as_str().unwrap(),
+                    e["operation"].as_str().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn applying_the_values_another_manager_set_shares_the_fields() {
+        let live = created_by_post("kubectl-create");
+        let applied = apply(
+            Some(&live),
+            &deploy(2, &json!([{"name": "A", "value": "1"}])),
+            "kubectl",
+            false,
+            NOW,
+        )
+        .expect("an unchanged apply does not conflict");
+        assert_eq!(
+            managers(&applied),
+            [("kubectl-create", "Update"), ("kubectl", "Apply")]
+        );
+        let owns_replicas = |m: &str| {
+            entries(&applied)
+                .iter()
+                .find(|e| e.manager == m)
+                .unwrap()
+                .fields
+                .contains(&vec![
+                    Elem::Field("spec".into()),
+                    Elem::Field("replicas".into()),
+                ])
+        };
+        assert!(owns_replicas("kubectl") && owns_replicas("kubectl-create"));
+        assert_eq!(
+            applied["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "Always",
+            "defaults stay"
+        );
+    }
+
+    #[test]
+    fn applying_another_value_for_a_field_still_conflicts() {
+        let live = created_by_post("kubectl-create");
+        let mut changed = deploy(3, &json!([{"name": "A", "value": "2"}]));
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("y");
+        let err = apply(Some(&live), &changed, "kubectl", false, NOW).unwrap_err();
+        let ApplyError::Conflicts(conflicts) = err else {
+            panic!("{err}")
+        };
+        let fields: Vec<&str> = conflicts.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                ".spec.replicas",
+                r#".spec.template.spec.containers[{"name":"app"}].env[{"name":"A"}].value"#,
+                r#".spec.template.spec.containers[{"name":"app"}].image"#,
+            ]
+        );
+        assert!(conflicts.iter().all(|c| c.manager == "kubectl-create"));
     }
 
     #[test]

@@ -6,6 +6,8 @@ use k8s_openapi::{
     ClusterResourceScope, ListableResource, NamespaceResourceScope, Resource, api as k8s,
 };
 
+use crate::{Strategy, kinds};
+
 /// A subresource served under `/{plural}/{name}/{subresource}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subresource {
@@ -93,18 +95,16 @@ pub struct ResourceInfo {
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
     /// The schema's name, e.g. `io.k8s.api.apps.v1.Deployment`.
     pub schema_name: fn() -> std::borrow::Cow<'static, str>,
+    /// What is particular to the kind: defaults, validation, allocation, deletion rules,
+    /// table columns.
+    pub strategy: &'static dyn Strategy,
 }
 
 impl ResourceInfo {
     /// The verbs discovery lists for the main resource.
     #[must_use]
     pub fn verbs(&self) -> &'static [&'static str] {
-        if self.kind == "Namespace" {
-            // Kubernetes has no deletecollection for namespaces.
-            &[
-                "create", "delete", "get", "list", "patch", "update", "watch",
-            ]
-        } else {
+        if self.strategy.delete_collection() {
             &[
                 "create",
                 "delete",
@@ -114,6 +114,10 @@ impl ResourceInfo {
                 "patch",
                 "update",
                 "watch",
+            ]
+        } else {
+            &[
+                "create", "delete", "get", "list", "patch", "update", "watch",
             ]
         }
     }
@@ -147,6 +151,7 @@ fn entry<T>(
     short_names: &'static [&'static str],
     categories: &'static [&'static str],
     subresources: &'static [Subresource],
+    strategy: &'static dyn Strategy,
 ) -> ResourceInfo
 where
     T: ListableResource + serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema,
@@ -167,6 +172,7 @@ where
         roundtrip: roundtrip::<T>,
         schema: schemars::SchemaGenerator::subschema_for::<T>,
         schema_name: T::schema_name,
+        strategy,
     }
 }
 
@@ -186,32 +192,38 @@ static CATALOG: LazyLock<Vec<ResourceInfo>> = LazyLock::new(|| {
     use Subresource as S;
     vec![
         // core/v1
-        entry::<k8s::core::v1::Namespace>(&["ns"], NONE, &[S::Status]),
-        entry::<k8s::core::v1::Pod>(&["po"], ALL, POD),
-        entry::<k8s::core::v1::Service>(&["svc"], ALL, STATUS),
-        entry::<k8s::core::v1::Endpoints>(&["ep"], NONE, &[]),
-        entry::<k8s::core::v1::Node>(&["no"], NONE, STATUS),
-        entry::<k8s::core::v1::ConfigMap>(&["cm"], NONE, &[]),
-        entry::<k8s::core::v1::Secret>(NONE, NONE, &[]),
-        entry::<k8s::core::v1::Event>(&["ev"], NONE, &[]),
-        entry::<k8s::core::v1::ServiceAccount>(&["sa"], NONE, &[]),
-        entry::<k8s::core::v1::ResourceQuota>(&["quota"], NONE, STATUS),
+        entry::<k8s::core::v1::Namespace>(&["ns"], NONE, &[S::Status], &kinds::Namespace),
+        entry::<k8s::core::v1::Pod>(&["po"], ALL, POD, &kinds::Pod),
+        entry::<k8s::core::v1::Service>(&["svc"], ALL, STATUS, &kinds::Service),
+        entry::<k8s::core::v1::Endpoints>(&["ep"], NONE, &[], &kinds::Endpoints),
+        entry::<k8s::core::v1::Node>(&["no"], NONE, STATUS, &kinds::Node),
+        entry::<k8s::core::v1::ConfigMap>(&["cm"], NONE, &[], &kinds::ConfigMap),
+        entry::<k8s::core::v1::Secret>(NONE, NONE, &[], &kinds::Secret),
+        entry::<k8s::core::v1::Event>(&["ev"], NONE, &[], &kinds::Event),
+        entry::<k8s::core::v1::ServiceAccount>(&["sa"], NONE, &[], &kinds::Plain),
+        entry::<k8s::core::v1::ResourceQuota>(&["quota"], NONE, STATUS, &kinds::ResourceQuota),
+        entry::<k8s::core::v1::ReplicationController>(
+            &["rc"],
+            ALL,
+            STATUS_SCALE,
+            &kinds::ReplicationController,
+        ),
         // apps/v1
-        entry::<k8s::apps::v1::Deployment>(&["deploy"], ALL, STATUS_SCALE),
-        entry::<k8s::apps::v1::ReplicaSet>(&["rs"], ALL, STATUS_SCALE),
-        entry::<k8s::apps::v1::StatefulSet>(&["sts"], ALL, STATUS_SCALE),
-        entry::<k8s::apps::v1::DaemonSet>(&["ds"], ALL, STATUS),
+        entry::<k8s::apps::v1::Deployment>(&["deploy"], ALL, STATUS_SCALE, &kinds::DEPLOYMENT),
+        entry::<k8s::apps::v1::ReplicaSet>(&["rs"], ALL, STATUS_SCALE, &kinds::REPLICA_SET),
+        entry::<k8s::apps::v1::StatefulSet>(&["sts"], ALL, STATUS_SCALE, &kinds::STATEFUL_SET),
+        entry::<k8s::apps::v1::DaemonSet>(&["ds"], ALL, STATUS, &kinds::DAEMON_SET),
         // batch/v1
-        entry::<k8s::batch::v1::Job>(NONE, ALL, STATUS),
-        entry::<k8s::batch::v1::CronJob>(&["cj"], ALL, STATUS),
+        entry::<k8s::batch::v1::Job>(NONE, ALL, STATUS, &kinds::Job),
+        entry::<k8s::batch::v1::CronJob>(&["cj"], ALL, STATUS, &kinds::CronJob),
         // coordination.k8s.io/v1
-        entry::<k8s::coordination::v1::Lease>(NONE, NONE, &[]),
+        entry::<k8s::coordination::v1::Lease>(NONE, NONE, &[], &kinds::Plain),
         // discovery.k8s.io/v1
-        entry::<k8s::discovery::v1::EndpointSlice>(NONE, NONE, &[]),
+        entry::<k8s::discovery::v1::EndpointSlice>(NONE, NONE, &[], &kinds::Plain),
         // scheduling.k8s.io/v1
-        entry::<k8s::scheduling::v1::PriorityClass>(&["pc"], NONE, &[]),
+        entry::<k8s::scheduling::v1::PriorityClass>(&["pc"], NONE, &[], &kinds::Plain),
         // apps/v1 revision history (StatefulSet, DaemonSet)
-        entry::<k8s::apps::v1::ControllerRevision>(NONE, NONE, &[]),
+        entry::<k8s::apps::v1::ControllerRevision>(NONE, NONE, &[], &kinds::Plain),
     ]
 });
 
@@ -256,6 +268,30 @@ mod tests {
         assert!(!by_kind("v1", "Node").expect("nodes").namespaced);
         assert!(!by_kind("v1", "Namespace").expect("namespaces").namespaced);
         assert!(by_kind("v1", "Pod").expect("pods").namespaced);
+    }
+
+    #[test]
+    fn replication_controllers_are_served_with_status_and_scale() {
+        let rc = by_plural("", "v1", "replicationcontrollers").expect("served");
+        assert_eq!(rc.kind, "ReplicationController");
+        assert!(rc.namespaced && rc.has(Subresource::Scale) && rc.has(Subresource::Status));
+        assert_eq!((rc.short_names, rc.categories), (&["rc"][..], &["all"][..]));
+    }
+
+    #[test]
+    fn namespaces_have_no_deletecollection() {
+        assert!(
+            !by_kind("v1", "Namespace")
+                .unwrap()
+                .verbs()
+                .contains(&"deletecollection")
+        );
+        assert!(
+            by_kind("v1", "Pod")
+                .unwrap()
+                .verbs()
+                .contains(&"deletecollection")
+        );
     }
 
     #[test]

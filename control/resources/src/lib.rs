@@ -1,15 +1,18 @@
 //! skiff-resources is the catalog of the kinds the API server serves. Each kind is one entry
-//! in [`catalog`], built from its `k8s-openapi` type, so adding a resource is one line; the
-//! API server routes, discovers, defaults, validates, describes (OpenAPI) and prints
-//! (tables) by this catalog alone.
+//! in [`catalog`], built from its `k8s-openapi` type and tied to the kind's [`Strategy`] in
+//! `kinds/` (defaults, validation, allocation, deletion rules, table columns), so the API
+//! server routes, discovers, defaults, validates, describes (OpenAPI), prints (tables) and
+//! writes (the Go wire format, [`wire`]) every kind by this catalog alone.
 
 #![forbid(unsafe_code)]
 
 mod catalog;
-pub mod defaults;
 pub mod fields;
+mod kinds;
 pub mod openapi;
+mod strategy;
 pub mod table;
-pub mod validate;
+pub mod wire;
 
 pub use catalog::{ResourceInfo, Subresource, all, by_kind, by_plural};
+pub use strategy::{AllocError, Deletion, Pools, Strategy};

@@ -261,9 +261,9 @@ fn schedulable_change(old: &Node, new: &Node) -> bool {
 impl Cache {
     /// Adds or replaces a node, keeping its pods; returns whether the change can make a
     /// waiting pod fit.
-    pub fn upsert_node(&mut self, node: Node) -> bool {
+    pub fn upsert_node(&mut self, node: impl Into<Arc<Node>>) -> bool {
+        let node: Arc<Node> = node.into();
         let name = node.metadata.name.clone().unwrap_or_default();
-        let node = Arc::new(node);
         if let Some(info) = self.nodes.get_mut(&name) {
             let changed = schedulable_change(&info.node, &node);
             if info.node.metadata.labels != node.metadata.labels {

@@ -9,7 +9,7 @@ use std::sync::{
 };
 
 use k8s_openapi::api::core::v1::Pod;
-use skiff_controllers::events::{EventType, Recorder, reference};
+use skiff_control_runtime::events::{EventType, Recorder, reference};
 use tokio::sync::{Semaphore, mpsc};
 
 /// Events waiting to be written before new ones are dropped: enough for a burst of tens

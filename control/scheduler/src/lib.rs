@@ -1,5 +1,6 @@
-//! skiff-scheduler places pods on nodes like kube-scheduler: it watches pods, nodes,
-//! `PriorityClasses` and namespaces into an incrementally kept cache, runs each unscheduled
+//! skiff-scheduler places pods on nodes like kube-scheduler: it follows pods, nodes,
+//! `PriorityClasses` and namespaces through the process's shared informers
+//! (skiff-control-runtime) into an incrementally kept cache, runs each unscheduled
 //! pod through filter and score plugins, binds it to the best node through
 //! `pods/binding`, and preempts lower-priority pods when nothing fits.
 
@@ -53,7 +54,7 @@ impl Default for Config {
 /// Why the scheduler stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A watch on the API server ended for good.
+    /// An informer's stream ended (its informers were dropped).
     #[error("watch of {0} ended")]
     WatchEnded(&'static str),
 }

@@ -14,12 +14,8 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod},
     scheduling::v1::PriorityClass,
 };
-use kube::{
-    Api, Client, Resource, ResourceExt,
-    runtime::{WatchStreamExt, watcher},
-};
-use serde::de::DeserializeOwned;
-use skiff_controllers::events::Recorder;
+use kube::{Client, ResourceExt, runtime::watcher::Event};
+use skiff_control_runtime::{Informers, Recorder};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::{
@@ -89,76 +85,70 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
     shared.0.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Runs the scheduler until the future is dropped.
+/// The scheduler over the process's shared informers (pods, nodes, `PriorityClasses` and
+/// namespaces); the returned future schedules until dropped.
 ///
 /// # Errors
-/// When a watch ends for good (it retries with back-off otherwise).
-pub async fn run(client: Client, config: Config) -> Result<(), Error> {
-    let shared: Shared = Arc::new((
-        Mutex::new(State {
-            cache: Cache::default(),
-            queue: Queue::new(Backoff {
-                initial: config.initial_backoff,
-                max: config.max_backoff,
+/// The future fails when an informer's stream ends (the process is going down).
+pub fn run(
+    informers: &Informers,
+    config: Config,
+) -> impl Future<Output = Result<(), Error>> + Send + use<> {
+    let client = informers.client();
+    let pods = informers.get::<Pod>().events();
+    let nodes = informers.get::<Node>().events();
+    let classes = informers.get::<PriorityClass>().events();
+    let namespaces = informers.get::<Namespace>().events();
+    async move {
+        let shared: Shared = Arc::new((
+            Mutex::new(State {
+                cache: Cache::default(),
+                queue: Queue::new(Backoff {
+                    initial: config.initial_backoff,
+                    max: config.max_backoff,
+                }),
+                assumed: HashMap::new(),
+                classes: HashMap::new(),
+                default_class: None,
+                synced: Synced::default(),
+                relist_pods: None,
+                relist_nodes: None,
+                cursor: Cursor::default(),
+                preempt_start: 0,
             }),
-            assumed: HashMap::new(),
-            classes: HashMap::new(),
-            default_class: None,
-            synced: Synced::default(),
-            relist_pods: None,
-            relist_nodes: None,
-            cursor: Cursor::default(),
-            preempt_start: 0,
-        }),
-        Notify::new(),
-    ));
-    tracing::info!(scheduler = %config.scheduler_name, "scheduler started");
-    let ours = config.scheduler_name.clone();
-    tokio::select! {
-        r = watch(client.clone(), shared.clone(), "pods", move |s, e| on_pod_event(s, e, &ours)) => r,
-        r = watch(client.clone(), shared.clone(), "nodes", on_node_event) => r,
-        r = watch(client.clone(), shared.clone(), "priorityclasses", on_class_event) => r,
-        r = watch(client.clone(), shared.clone(), "namespaces", on_namespace_event) => r,
-        () = schedule_loop(client, shared, config) => Ok(()),
+            Notify::new(),
+        ));
+        tracing::info!(scheduler = %config.scheduler_name, "scheduler started");
+        let ours = config.scheduler_name.clone();
+        tokio::select! {
+            r = feed(pods, shared.clone(), "pods", move |s, e| on_pod_event(s, e, &ours)) => r,
+            r = feed(nodes, shared.clone(), "nodes", on_node_event) => r,
+            r = feed(classes, shared.clone(), "priorityclasses", on_class_event) => r,
+            r = feed(namespaces, shared.clone(), "namespaces", on_namespace_event) => r,
+            () = schedule_loop(client, shared, config) => Ok(()),
+        }
     }
 }
 
-/// Feeds one informer's events to `apply` under the lock, waking the loop after each.
-async fn watch<K>(
-    client: Client,
+/// Events applied per lock hold, so a burst of watch events takes the lock once per batch
+/// and the scheduling loop gets it between batches.
+const FEED_BATCH: usize = 256;
+
+/// Applies one informer's events to the state under the lock, waking the loop after each
+/// batch.
+async fn feed<K>(
+    events: impl Stream<Item = Event<Arc<K>>>,
     shared: Shared,
     what: &'static str,
-    apply: impl Fn(&mut State, watcher::Event<K>),
-) -> Result<(), Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    let api: Api<K> = Api::all(client);
-    let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
-    let mut events: std::pin::Pin<Box<dyn Stream<Item = _> + Send>> = Box::pin(events);
-    let mut missing = false;
-    while let Some(event) = events.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
-                if status.code == 404 =>
-            {
-                // A kind the API server does not serve (yet) must not hold scheduling back
-                // forever: count it as listed and empty, and keep trying.
-                if !missing {
-                    tracing::warn!(what, "not served by the API server; scheduling without it");
-                    missing = true;
-                    apply(&mut lock(&shared), watcher::Event::InitDone);
-                    shared.1.notify_one();
-                }
-                continue;
-            }
-            Err(err) => {
-                tracing::debug!(what, ?err, "watch error; retrying");
-                continue;
-            }
-        };
-        apply(&mut lock(&shared), event);
+    apply: impl Fn(&mut State, Event<Arc<K>>),
+) -> Result<(), Error> {
+    let mut batches = std::pin::pin!(events.ready_chunks(FEED_BATCH));
+    while let Some(batch) = batches.next().await {
+        let mut state = lock(&shared);
+        for event in batch {
+            apply(&mut state, event);
+        }
+        drop(state);
         shared.1.notify_one();
     }
     Err(Error::WatchEnded(what))
@@ -182,16 +172,16 @@ fn priority_of(state: &State, pod: &Pod) -> (i32, bool) {
     (priority, policy != Some("Never"))
 }
 
-fn on_pod_event(state: &mut State, event: watcher::Event<Pod>, ours: &str) {
+fn on_pod_event(state: &mut State, event: Event<Arc<Pod>>, ours: &str) {
     match event {
-        watcher::Event::Init => state.relist_pods = Some(HashSet::new()),
-        watcher::Event::InitApply(pod) => {
+        Event::Init => state.relist_pods = Some(HashSet::new()),
+        Event::InitApply(pod) => {
             if let Some(seen) = state.relist_pods.as_mut() {
                 seen.insert(pod.uid().unwrap_or_default());
             }
             on_pod(state, pod, ours);
         }
-        watcher::Event::InitDone => {
+        Event::InitDone => {
             if let Some(seen) = state.relist_pods.take() {
                 let gone: Vec<String> = state
                     .cache
@@ -206,15 +196,13 @@ fn on_pod_event(state: &mut State, event: watcher::Event<Pod>, ours: &str) {
             }
             state.synced.pods = true;
         }
-        watcher::Event::Apply(pod) => on_pod(state, pod, ours),
-        watcher::Event::Delete(pod) => on_pod_gone(state, &pod.uid().unwrap_or_default()),
+        Event::Apply(pod) => on_pod(state, pod, ours),
+        Event::Delete(pod) => on_pod_gone(state, &pod.uid().unwrap_or_default()),
     }
 }
 
-fn on_pod(state: &mut State, mut pod: Pod, ours: &str) {
-    // Field ownership is the biggest part of a pod and nothing here reads it; dropping it
-    // roughly halves what the cache holds (client-go informers strip it the same way).
-    pod.metadata.managed_fields = None;
+fn on_pod(state: &mut State, pod: Arc<Pod>, ours: &str) {
+    // The informer hands pods out without managedFields, the biggest part of a pod.
     let uid = pod.uid().unwrap_or_default();
     let terminal = matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -235,7 +223,7 @@ fn on_pod(state: &mut State, mut pod: Pod, ours: &str) {
         state.queue.remove(&uid);
         state.cache.clear_nomination(&uid);
         let new = state.cache.node_of(&uid).is_none();
-        let info = PodInfo::new(Arc::new(pod), priority, may_preempt);
+        let info = PodInfo::new(pod, priority, may_preempt);
         state.cache.add_pod(Arc::new(info), &node);
         if new {
             state.queue.on_event(ClusterEvent::PodPlaced);
@@ -256,7 +244,7 @@ fn on_pod(state: &mut State, mut pod: Pod, ours: &str) {
         // An older version of a pod whose binding is in flight.
         return;
     }
-    let info = Arc::new(PodInfo::new(Arc::new(pod), priority, may_preempt));
+    let info = Arc::new(PodInfo::new(pod, priority, may_preempt));
     if let Some(node) = info.nominated_node() {
         let node = node.to_owned();
         state.cache.nominate(info.clone(), &node);
@@ -273,16 +261,16 @@ fn on_pod_gone(state: &mut State, uid: &str) {
     }
 }
 
-fn on_node_event(state: &mut State, event: watcher::Event<Node>) {
+fn on_node_event(state: &mut State, event: Event<Arc<Node>>) {
     match event {
-        watcher::Event::Init => state.relist_nodes = Some(HashSet::new()),
-        watcher::Event::InitApply(node) => {
+        Event::Init => state.relist_nodes = Some(HashSet::new()),
+        Event::InitApply(node) => {
             if let Some(seen) = state.relist_nodes.as_mut() {
                 seen.insert(node.name_any());
             }
             on_node(state, node);
         }
-        watcher::Event::InitDone => {
+        Event::InitDone => {
             if let Some(seen) = state.relist_nodes.take() {
                 let gone: Vec<String> = state
                     .cache
@@ -296,22 +284,22 @@ fn on_node_event(state: &mut State, event: watcher::Event<Node>) {
             }
             state.synced.nodes = true;
         }
-        watcher::Event::Apply(node) => on_node(state, node),
-        watcher::Event::Delete(node) => state.cache.remove_node(&node.name_any()),
+        Event::Apply(node) => on_node(state, node),
+        Event::Delete(node) => state.cache.remove_node(&node.name_any()),
     }
 }
 
-fn on_node(state: &mut State, node: Node) {
+fn on_node(state: &mut State, node: Arc<Node>) {
     if state.cache.upsert_node(node) {
         state.queue.on_event(ClusterEvent::NodeChanged);
     }
 }
 
-fn on_class_event(state: &mut State, event: watcher::Event<PriorityClass>) {
+fn on_class_event(state: &mut State, event: Event<Arc<PriorityClass>>) {
     match event {
-        watcher::Event::Init => {}
-        watcher::Event::InitDone => state.synced.classes = true,
-        watcher::Event::Apply(pc) | watcher::Event::InitApply(pc) => {
+        Event::Init => {}
+        Event::InitDone => state.synced.classes = true,
+        Event::Apply(pc) | Event::InitApply(pc) => {
             let class = (pc.value, pc.preemption_policy.clone());
             let name = pc.name_any();
             if pc.global_default == Some(true) {
@@ -319,7 +307,7 @@ fn on_class_event(state: &mut State, event: watcher::Event<PriorityClass>) {
             }
             state.classes.insert(name, class);
         }
-        watcher::Event::Delete(pc) => {
+        Event::Delete(pc) => {
             state.classes.remove(&pc.name_any());
             if pc.global_default == Some(true) {
                 state.default_class = None;
@@ -328,15 +316,15 @@ fn on_class_event(state: &mut State, event: watcher::Event<PriorityClass>) {
     }
 }
 
-fn on_namespace_event(state: &mut State, event: watcher::Event<Namespace>) {
+fn on_namespace_event(state: &mut State, event: Event<Arc<Namespace>>) {
     match event {
-        watcher::Event::Init => {}
-        watcher::Event::InitDone => state.synced.namespaces = true,
-        watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
+        Event::Init => {}
+        Event::InitDone => state.synced.namespaces = true,
+        Event::Apply(ns) | Event::InitApply(ns) => {
             let labels = ns.metadata.labels.clone().unwrap_or_default();
             state.cache.upsert_namespace(ns.name_any(), labels);
         }
-        watcher::Event::Delete(ns) => state.cache.remove_namespace(&ns.name_any()),
+        Event::Delete(ns) => state.cache.remove_namespace(&ns.name_any()),
     }
 }
 

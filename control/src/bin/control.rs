@@ -7,11 +7,19 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use skiff_api::{Config, Server};
-use skiff_controllers::leader::{Elector, LeaderConfig};
-use skiff_store::{EtcdStore, RedbStore, Store};
+use skiff_control_runtime::{
+    Informers,
+    leader::{Elector, LeaderConfig},
+};
+use skiff_store::{EtcdStore, RedbOptions, RedbStore, Store};
+use skiff_types::Ipv4Cidr;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one switch per part of the process, as kube-controller-manager's flags"
+)]
 #[command(
     name = "control",
     about = "skiff's control plane: API server, scheduler and controllers"
@@ -29,6 +37,14 @@ struct Args {
     /// The Service cluster IP range.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cluster_ip_range: String,
+    /// MiB of page cache for the embedded store; colder pages are read through the kernel's
+    /// page cache.
+    #[arg(
+        long,
+        env = "SKIFF_STORE_CACHE_MIB",
+        default_value_t = skiff_store::DEFAULT_CACHE_BYTES >> 20
+    )]
+    store_cache_mib: usize,
     /// Restore the embedded store from this backup (made by `ctl backup`) before starting.
     #[arg(long)]
     restore: Option<PathBuf>,
@@ -63,12 +79,42 @@ struct Args {
     /// Seconds pods tolerate the not-ready/unreachable taints unless they say otherwise.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: i64,
-    /// The pod network; each node gets a `spec.podCIDR` from it (none: no node IPAM).
-    #[arg(long)]
-    cluster_cidr: Option<String>,
+    /// The pod network node IPAM splits into one `spec.podCIDR` per node (`""` turns node
+    /// IPAM off; nodes then need `--pod-cidr` of their own).
+    #[arg(long, default_value = skiff_controllers::DEFAULT_CLUSTER_CIDR)]
+    cluster_cidr: String,
+    /// Give nodes pod CIDRs from --cluster-cidr (`false`: nodes bring their own).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    allocate_node_cidrs: bool,
     /// Prefix length of each node's pod CIDR.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
+}
+
+impl Args {
+    /// The cluster CIDR node IPAM splits, if it is on; refuses a range that cannot hold
+    /// one node's CIDR or that overlaps the Service range.
+    fn node_ipam(&self) -> Result<Option<Ipv4Cidr>> {
+        if !self.allocate_node_cidrs || self.cluster_cidr.trim().is_empty() {
+            return Ok(None);
+        }
+        let cluster = Ipv4Cidr::parse_masked(&self.cluster_cidr).context("--cluster-cidr")?;
+        let services = Ipv4Cidr::parse_masked(&self.service_cluster_ip_range)
+            .context("--service-cluster-ip-range")?;
+        if cluster.overlaps(&services) {
+            bail!(
+                "--cluster-cidr {cluster} overlaps --service-cluster-ip-range {services}; pick                  disjoint ranges"
+            );
+        }
+        if cluster.subnet_count(self.node_cidr_mask_size) == 0 {
+            bail!(
+                "--node-cidr-mask-size {} does not fit in --cluster-cidr {cluster}: it must be                  between {} and 32",
+                self.node_cidr_mask_size,
+                cluster.prefix()
+            );
+        }
+        Ok(Some(cluster))
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -94,15 +140,20 @@ async fn open_store(args: &Args) -> Result<Arc<dyn Store>> {
         return Ok(Arc::new(store));
     }
     let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let options = RedbOptions {
+        cache_bytes: args.store_cache_mib << 20,
+    };
     if let Some(backup) = &args.restore {
         let bytes = std::fs::read(backup)
             .with_context(|| format!("reading backup {}", backup.display()))?;
-        RedbStore::restore(&bytes, &dir)
+        let restored = RedbStore::restore_with(&bytes, &dir, &options)
             .with_context(|| format!("restoring {} into {}", backup.display(), dir.display()))?;
+        // Closed before the open below takes the file.
+        drop(restored);
         tracing::info!(backup = %backup.display(), dir = %dir.display(), "restored the store");
     }
-    let store =
-        RedbStore::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))?;
+    let store = RedbStore::open_with(&dir, &options)
+        .with_context(|| format!("opening the store in {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), "using the embedded store");
     Ok(Arc::new(store))
 }
@@ -116,6 +167,18 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let cluster_cidr = args.node_ipam()?;
+    if !args.no_controllers {
+        if let Some(cidr) = cluster_cidr {
+            tracing::info!(
+                cluster_cidr = %cidr,
+                node_cidr_mask_size = args.node_cidr_mask_size,
+                "node IPAM gives nodes pod CIDRs from the cluster CIDR"
+            );
+        } else {
+            tracing::info!("node IPAM is off: each node needs --pod-cidr");
+        }
+    }
     let store = open_store(&args).await?;
     let config = Config {
         listen: args.listen,
@@ -145,7 +208,7 @@ async fn main() -> Result<()> {
             }
         };
         tokio::select! {
-            () = act(client, &args, stop_rx) => {}
+            () = act(client, &args, cluster_cidr, stop_rx) => {}
             () = stopped => {}
         }
         serving.await.context("API server task")?;
@@ -173,43 +236,50 @@ fn self_client(addr: SocketAddr) -> Result<kube::Client> {
 }
 
 /// Runs the scheduler and the controllers, under leader election unless it is off; returns
-/// when the process is told to stop (after handing the Lease back).
-async fn act(client: kube::Client, args: &Args, stop: tokio::sync::watch::Receiver<bool>) {
+/// when the process is told to stop (after handing the Lease back). Each term of
+/// leadership starts the process's informers afresh, shared by the scheduler and every
+/// controller (one watch per kind).
+async fn act(
+    client: kube::Client,
+    args: &Args,
+    cluster_cidr: Option<Ipv4Cidr>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let controllers = skiff_controllers::Config {
         node_monitor_grace_period: Duration::from_secs(args.node_monitor_grace_period_seconds),
         default_toleration_seconds: args.default_toleration_seconds,
-        cluster_cidr: args.cluster_cidr.clone(),
+        cluster_cidr,
         node_cidr_mask_size: args.node_cidr_mask_size,
     };
     let (run_scheduler, run_controllers) = (!args.no_scheduler, !args.no_controllers);
     let elector_client = client.clone();
     let work = move || {
-        let client = client.clone();
-        let controllers = controllers.clone();
+        let informers = Informers::new(client.clone());
+        let scheduler = run_scheduler
+            .then(|| skiff_scheduler::run(&informers, skiff_scheduler::Config::default()));
+        let reconcilers = run_controllers.then(|| skiff_controllers::run(&informers, &controllers));
         let mut stop = stop.clone();
         async move {
             let scheduler = async {
-                if run_scheduler {
-                    if let Err(err) =
-                        skiff_scheduler::run(client.clone(), skiff_scheduler::Config::default())
-                            .await
-                    {
-                        tracing::error!(?err, "scheduler stopped");
+                match scheduler {
+                    Some(scheduler) => {
+                        if let Err(err) = scheduler.await {
+                            tracing::error!(?err, "scheduler stopped");
+                        }
                     }
-                } else {
-                    std::future::pending::<()>().await;
+                    None => std::future::pending::<()>().await,
                 }
             };
-            let controllers = async {
-                if run_controllers {
-                    Box::pin(skiff_controllers::run(client.clone(), controllers)).await;
-                } else {
-                    std::future::pending::<()>().await;
+            let reconcilers = async {
+                match reconcilers {
+                    Some(reconcilers) => Box::pin(reconcilers).await,
+                    None => std::future::pending::<()>().await,
                 }
             };
             tokio::select! {
+                () = informers.run() => {}
                 () = scheduler => {}
-                () = controllers => {}
+                () = reconcilers => {}
                 _ = stop.wait_for(|stop| *stop) => {}
             }
         }
@@ -238,5 +308,42 @@ async fn shutdown() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_cluster_cidr_is_k3s_and_clear_of_the_default_service_range() {
+        let args = Args::parse_from(["control"]);
+        let cidr = args.node_ipam().unwrap().expect("node IPAM on by default");
+        assert_eq!(cidr.to_string(), "10.42.0.0/16");
+        assert_eq!(cidr.subnet_count(args.node_cidr_mask_size), 256);
+    }
+
+    #[test]
+    fn an_empty_cluster_cidr_or_allocate_false_turns_node_ipam_off() {
+        let off = Args::parse_from(["control", "--cluster-cidr", ""]);
+        assert_eq!(off.node_ipam().unwrap(), None);
+        let off = Args::parse_from(["control", "--allocate-node-cidrs=false"]);
+        assert_eq!(off.node_ipam().unwrap(), None);
+    }
+
+    #[test]
+    fn overlapping_or_too_small_ranges_are_refused() {
+        let overlap = Args::parse_from(["control", "--cluster-cidr", "10.96.0.0/16"]);
+        assert!(
+            overlap
+                .node_ipam()
+                .unwrap_err()
+                .to_string()
+                .contains("overlaps")
+        );
+        let small = Args::parse_from(["control", "--cluster-cidr", "10.42.0.0/25"]);
+        assert!(small.node_ipam().is_err());
+        let bad = Args::parse_from(["control", "--cluster-cidr", "10.42.0.0"]);
+        assert!(bad.node_ipam().is_err());
     }
 }

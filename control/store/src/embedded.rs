@@ -8,14 +8,16 @@ use std::{
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Builder, Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
 
 use crate::{
     Event, EventKind, KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchStream,
 };
+
+mod committer;
+
+use committer::{Committer, Write};
 
 /// (key, revision) -> record; a record is a put (value) or a tombstone.
 const HISTORY: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("history");
@@ -33,17 +35,45 @@ const WATCH_BUFFER: usize = 16_384;
 const PUT: u8 = 0;
 const TOMBSTONE: u8 = 1;
 
+/// redb's page cache when the caller does not choose: enough for the hot pages of tens of
+/// thousands of objects, where redb's own default (1 GiB) would let the cache alone grow
+/// past the whole control plane's memory goal. Pages beyond it are read through the kernel's
+/// page cache.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// How the embedded store is opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedbOptions {
+    /// Bytes of redb's page cache (read cache and write buffer together).
+    pub cache_bytes: usize,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
 /// The embedded store: one redb file under a data directory.
+///
+/// Writes go through one commit thread: the writes that queue while a transaction is being
+/// made durable share the next transaction and its one fsync, and each is acknowledged only
+/// after that fsync.
 #[derive(Clone, Debug)]
 pub struct RedbStore {
     inner: Arc<Inner>,
+    // Dropped with the last handle, which stops the commit thread and closes the file.
+    committer: Arc<Committer>,
 }
 
 #[derive(Debug)]
 struct Inner {
     db: Database,
     path: PathBuf,
-    // Held from begin_write to broadcast so events leave in revision order.
+    // Held by each commit, by compaction and by snapshots, so a snapshot never sees a
+    // commit half done.
     write: Mutex<()>,
     events: broadcast::Sender<Event>,
 }
@@ -97,9 +127,20 @@ impl RedbStore {
     /// # Errors
     /// When the directory or file cannot be created or is not a skiff store.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, &RedbOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir` with `options`.
+    ///
+    /// # Errors
+    /// When the directory or file cannot be created or is not a skiff store.
+    pub fn open_with(dir: &Path, options: &RedbOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let path = dir.join(FILE);
-        let db = Database::create(&path).map_err(backend)?;
+        let db = Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create(&path)
+            .map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(HISTORY).map_err(backend)?;
@@ -114,14 +155,14 @@ impl RedbStore {
         }
         txn.commit().map_err(backend)?;
         let (events, _) = broadcast::channel(WATCH_BUFFER);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                db,
-                path,
-                write: Mutex::new(()),
-                events,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            db,
+            path,
+            write: Mutex::new(()),
+            events,
+        });
+        let committer = Arc::new(Committer::start(Arc::clone(&inner))?);
+        Ok(Self { inner, committer })
     }
 
     /// Creates a store in `dir` from a [`Store::snapshot`] taken earlier.
@@ -129,6 +170,18 @@ impl RedbStore {
     /// # Errors
     /// When `dir` already holds a store, or the snapshot is not a skiff store.
     pub fn restore(snapshot: &[u8], dir: &Path) -> Result<Self, StoreError> {
+        Self::restore_with(snapshot, dir, &RedbOptions::default())
+    }
+
+    /// [`RedbStore::restore`], then opens the store with `options`.
+    ///
+    /// # Errors
+    /// When `dir` already holds a store, or the snapshot is not a skiff store.
+    pub fn restore_with(
+        snapshot: &[u8],
+        dir: &Path,
+        options: &RedbOptions,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let path = dir.join(FILE);
         if path.exists() {
@@ -146,7 +199,7 @@ impl RedbStore {
             txn.open_table(META).map_err(backend)?;
         }
         std::fs::rename(&partial, &path).map_err(backend)?;
-        Self::open(dir)
+        Self::open_with(dir, options)
     }
 
     async fn blocking<T: Send + 'static>(
@@ -164,69 +217,6 @@ impl Inner {
     fn meta(txn: &ReadTransaction, name: &str) -> Result<i64, StoreError> {
         let meta = txn.open_table(META).map_err(backend)?;
         Ok(meta.get(name).map_err(backend)?.map_or(0, |v| v.value()))
-    }
-
-    /// Runs one write at the next revision. `f` returns the result and the event to
-    /// publish, or an error, in which case nothing is written.
-    fn write<T>(
-        &self,
-        key: &str,
-        f: impl FnOnce(&WriteTransaction, Revision) -> Result<(T, Event), StoreError>,
-    ) -> Result<T, StoreError> {
-        let _guard = self.write.lock().map_err(backend)?;
-        let txn = self.db.begin_write().map_err(backend)?;
-        let revision = {
-            let meta = txn.open_table(META).map_err(backend)?;
-            meta.get("revision")
-                .map_err(backend)?
-                .map_or(0, |v| v.value())
-                + 1
-        };
-        let (result, event) = f(&txn, revision)?;
-        {
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            meta.insert("revision", revision).map_err(backend)?;
-            let mut log = txn.open_table(LOG).map_err(backend)?;
-            log.insert(revision, key).map_err(backend)?;
-        }
-        txn.commit().map_err(backend)?;
-        // No receiver is fine: nobody watches.
-        let _ = self.events.send(event);
-        Ok(result)
-    }
-
-    fn latest(txn: &WriteTransaction, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let latest = txn.open_table(LATEST).map_err(backend)?;
-        let Some((_, mod_rev)) = latest.get(key).map_err(backend)?.map(|v| v.value()) else {
-            return Ok(None);
-        };
-        let history = txn.open_table(HISTORY).map_err(backend)?;
-        let record = history
-            .get((key, mod_rev))
-            .map_err(backend)?
-            .ok_or_else(|| StoreError::Backend(format!("history of {key} is missing")))?;
-        Ok(Some(Record::decode(record.value())?.into_kv(key, mod_rev)))
-    }
-
-    fn put(
-        txn: &WriteTransaction,
-        key: &str,
-        value: &[u8],
-        create_revision: Revision,
-        revision: Revision,
-    ) -> Result<(), StoreError> {
-        let mut history = txn.open_table(HISTORY).map_err(backend)?;
-        history
-            .insert(
-                (key, revision),
-                Record::encode(false, create_revision, value).as_slice(),
-            )
-            .map_err(backend)?;
-        let mut latest = txn.open_table(LATEST).map_err(backend)?;
-        latest
-            .insert(key, (create_revision, revision))
-            .map_err(backend)?;
-        Ok(())
     }
 
     fn check_revision(txn: &ReadTransaction, revision: Revision) -> Result<Revision, StoreError> {
@@ -475,27 +465,7 @@ impl Store for RedbStore {
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
         let key = key.to_owned();
-        self.blocking(move |inner| {
-            inner.write(&key, |txn, revision| {
-                if Inner::latest(txn, &key)?.is_some() {
-                    return Err(StoreError::AlreadyExists(key.clone()));
-                }
-                Inner::put(txn, &key, &value, revision, revision)?;
-                let kv = KeyValue {
-                    key: key.clone(),
-                    value,
-                    create_revision: revision,
-                    mod_revision: revision,
-                };
-                let event = Event {
-                    kind: EventKind::Put,
-                    kv: kv.clone(),
-                    prev: None,
-                };
-                Ok((kv, event))
-            })
-        })
-        .await
+        self.committer.submit(Write::Create { key, value }).await
     }
 
     async fn update(
@@ -505,74 +475,18 @@ impl Store for RedbStore {
         expected: Revision,
     ) -> Result<KeyValue, StoreError> {
         let key = key.to_owned();
-        self.blocking(move |inner| {
-            inner.write(&key, |txn, revision| {
-                let prev =
-                    Inner::latest(txn, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                if prev.mod_revision != expected {
-                    return Err(StoreError::Conflict {
-                        key: key.clone(),
-                        expected,
-                        actual: prev.mod_revision,
-                    });
-                }
-                Inner::put(txn, &key, &value, prev.create_revision, revision)?;
-                let kv = KeyValue {
-                    key: key.clone(),
-                    value,
-                    create_revision: prev.create_revision,
-                    mod_revision: revision,
-                };
-                let event = Event {
-                    kind: EventKind::Put,
-                    kv: kv.clone(),
-                    prev: Some(prev),
-                };
-                Ok((kv, event))
+        self.committer
+            .submit(Write::Update {
+                key,
+                value,
+                expected,
             })
-        })
-        .await
+            .await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
         let key = key.to_owned();
-        self.blocking(move |inner| {
-            inner.write(&key, |txn, revision| {
-                let prev =
-                    Inner::latest(txn, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                if let Some(expected) = expected
-                    && prev.mod_revision != expected
-                {
-                    return Err(StoreError::Conflict {
-                        key: key.clone(),
-                        expected,
-                        actual: prev.mod_revision,
-                    });
-                }
-                {
-                    let mut history = txn.open_table(HISTORY).map_err(backend)?;
-                    history
-                        .insert(
-                            (key.as_str(), revision),
-                            Record::encode(true, prev.create_revision, &[]).as_slice(),
-                        )
-                        .map_err(backend)?;
-                    let mut latest = txn.open_table(LATEST).map_err(backend)?;
-                    latest.remove(key.as_str()).map_err(backend)?;
-                }
-                let kv = KeyValue {
-                    mod_revision: revision,
-                    ..prev.clone()
-                };
-                let event = Event {
-                    kind: EventKind::Delete,
-                    kv: kv.clone(),
-                    prev: Some(prev),
-                };
-                Ok((kv, event))
-            })
-        })
-        .await
+        self.committer.submit(Write::Delete { key, expected }).await
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {

@@ -14,7 +14,7 @@ use futures::Stream;
 mod embedded;
 mod etcd;
 
-pub use embedded::RedbStore;
+pub use embedded::{DEFAULT_CACHE_BYTES, RedbOptions, RedbStore};
 pub use etcd::EtcdStore;
 
 /// A store revision: etcd's `int64` revision, which the API server shows as `resourceVersion`.

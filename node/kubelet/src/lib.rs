@@ -7,5 +7,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod node;
 pub mod pod;

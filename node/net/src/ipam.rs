@@ -10,6 +10,7 @@ use std::{
     sync::Mutex,
 };
 
+use skiff_types::Ipv4Cidr;
 use tracing::debug;
 
 /// The file that remembers the last address handed out, so allocation walks the range
@@ -21,20 +22,16 @@ const LAST_RESERVED: &str = "last_reserved_ip";
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
     /// The range has no address left for a pod.
-    #[error("no free address left in {network}/{prefix}")]
+    #[error("no free address left in {cidr}")]
     Exhausted {
-        /// The range's network address.
-        network: Ipv4Addr,
-        /// The range's prefix length.
-        prefix: u8,
+        /// The range.
+        cidr: Ipv4Cidr,
     },
     /// The range is too small to hold a gateway and a pod.
-    #[error("pod cidr {network}/{prefix} is too small: it needs a gateway and pod addresses")]
+    #[error("pod cidr {cidr} is too small: it needs a gateway and pod addresses")]
     TooSmall {
-        /// The range's network address.
-        network: Ipv4Addr,
-        /// The range's prefix length.
-        prefix: u8,
+        /// The range.
+        cidr: Ipv4Cidr,
     },
     /// The state directory could not be read or written.
     #[error("ipam state {path}: {source}")]
@@ -50,21 +47,19 @@ pub enum IpamError {
 #[derive(Debug)]
 pub struct Ipam {
     dir: PathBuf,
-    network: Ipv4Addr,
-    prefix: u8,
+    cidr: Ipv4Cidr,
     /// Serializes allocations of this process so two calls for one uid cannot both miss
     /// each other's file; files created with `O_EXCL` guard against everyone else.
     lock: Mutex<()>,
 }
 
 impl Ipam {
-    /// An allocator for `network/prefix` over `dir`, which is created on first allocation.
+    /// An allocator for `cidr` over `dir`, which is created on first allocation.
     #[must_use]
-    pub fn new(dir: impl Into<PathBuf>, (network, prefix): (Ipv4Addr, u8)) -> Self {
+    pub fn new(dir: impl Into<PathBuf>, cidr: Ipv4Cidr) -> Self {
         Self {
             dir: dir.into(),
-            network,
-            prefix,
+            cidr,
             lock: Mutex::new(()),
         }
     }
@@ -72,7 +67,7 @@ impl Ipam {
     /// The gateway: the first host of the range.
     #[must_use]
     pub fn gateway(&self) -> Ipv4Addr {
-        gateway((self.network, self.prefix))
+        gateway(self.cidr)
     }
 
     /// The address of `uid`: its existing one, else the next free one after the last
@@ -85,11 +80,8 @@ impl Ipam {
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.prefix > 30 {
-            return Err(IpamError::TooSmall {
-                network: self.network,
-                prefix: self.prefix,
-            });
+        if self.cidr.prefix() > 30 {
+            return Err(IpamError::TooSmall { cidr: self.cidr });
         }
         if let Some(ip) = self.lookup_unlocked(uid)? {
             return Ok(ip);
@@ -128,10 +120,7 @@ impl Ipam {
                 Err(source) => return Err(IpamError::Io { path, source }),
             }
         }
-        Err(IpamError::Exhausted {
-            network: self.network,
-            prefix: self.prefix,
-        })
+        Err(IpamError::Exhausted { cidr: self.cidr })
     }
 
     /// The address allocated to `uid`, if any.
@@ -217,8 +206,8 @@ impl Ipam {
 
     /// First and last assignable host as integers (gateway, network and broadcast excluded).
     fn host_range(&self) -> (u32, u32) {
-        let network = u32::from(self.network);
-        let broadcast = network | host_mask(self.prefix);
+        let network = u32::from(self.cidr.network());
+        let broadcast = u32::from(self.cidr.last());
         (network + 2, broadcast - 1)
     }
 
@@ -249,23 +238,18 @@ fn read_holder(path: &Path) -> Result<Option<String>, IpamError> {
     }
 }
 
-/// The host bits of a prefix length as a mask.
-pub(super) fn host_mask(prefix: u8) -> u32 {
-    u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0)
-}
-
 /// The gateway of a pod range: its first host.
 #[must_use]
-pub(super) fn gateway((network, _): (Ipv4Addr, u8)) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(network) + 1)
+pub(super) fn gateway(cidr: Ipv4Cidr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(cidr.network()).wrapping_add(1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn cidr(s: &str) -> (Ipv4Addr, u8) {
-        super::super::parse_cidr(s).unwrap()
+    fn cidr(s: &str) -> Ipv4Cidr {
+        s.parse().unwrap()
     }
 
     #[test]

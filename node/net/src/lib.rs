@@ -27,6 +27,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use skiff_types::Ipv4Cidr;
 use tracing::{info, warn};
 
 pub use self::{
@@ -41,9 +42,6 @@ const MAX_HOSTNAME: usize = 64;
 /// Errors of pod networking.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    /// A CIDR string is not `a.b.c.d/len` with the host bits clear.
-    #[error("invalid cidr {0:?}")]
-    InvalidCidr(String),
     /// A pod uid cannot name files in the state directory.
     #[error("invalid pod uid {0:?}")]
     InvalidUid(String),
@@ -87,7 +85,7 @@ pub struct NetworkConfig {
     /// The bridge's name, e.g. `skiff0`; also names the nftables table (`skiff-<bridge>`).
     pub bridge: String,
     /// The node's pod CIDR; its first host is the gateway on the bridge.
-    pub pod_cidr: (Ipv4Addr, u8),
+    pub pod_cidr: Ipv4Cidr,
     /// Where namespace files, allocations and sandbox records live.
     pub state_dir: PathBuf,
     /// Whether to masquerade pod traffic leaving the pod CIDR.
@@ -250,7 +248,7 @@ impl BridgeNetwork {
             PodSide {
                 netns: paths.net.clone(),
                 ip,
-                prefix: self.config.pod_cidr.1,
+                prefix: self.config.pod_cidr.prefix(),
                 gateway: self.gateway(),
                 mtu: self.config.mtu,
             },
@@ -275,11 +273,10 @@ impl PodNetwork for BridgeNetwork {
     async fn setup(&self) -> Result<(), NetworkError> {
         self.ensure_dirs()?;
         let handle = link::connect()?;
-        let (network, prefix) = self.config.pod_cidr;
         bridge::ensure(
             &handle,
             &self.config.bridge,
-            (self.gateway(), prefix),
+            (self.gateway(), self.config.pod_cidr.prefix()),
             self.config.mtu,
         )
         .await?;
@@ -293,7 +290,7 @@ impl PodNetwork for BridgeNetwork {
         }
         info!(
             bridge = self.config.bridge,
-            pod_cidr = %format_args!("{network}/{prefix}"),
+            pod_cidr = %self.config.pod_cidr,
             gateway = %self.gateway(),
             masquerade = self.config.masquerade,
             "pod network ready"
@@ -387,21 +384,6 @@ impl PodNetwork for BridgeNetwork {
     }
 }
 
-/// Parses an IPv4 CIDR such as `10.244.1.0/24`; the host bits must be clear.
-///
-/// # Errors
-/// If `s` is not an IPv4 network in CIDR notation.
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), NetworkError> {
-    let invalid = || NetworkError::InvalidCidr(s.to_owned());
-    let (addr, len) = s.trim().split_once('/').ok_or_else(invalid)?;
-    let addr: Ipv4Addr = addr.parse().map_err(|_| invalid())?;
-    let len: u8 = len.parse().map_err(|_| invalid())?;
-    if len > 32 || u32::from(addr) & ipam::host_mask(len) != 0 {
-        return Err(invalid());
-    }
-    Ok((addr, len))
-}
-
 /// Pod uids name files: they must not be empty, hidden, or reach elsewhere.
 fn validate_uid(uid: &str) -> Result<(), NetworkError> {
     let ok = !uid.is_empty()
@@ -467,36 +449,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_cidr_reads_network_and_prefix() {
-        assert_eq!(
-            parse_cidr("10.244.1.0/24").unwrap(),
-            (Ipv4Addr::new(10, 244, 1, 0), 24)
-        );
-        assert_eq!(parse_cidr("0.0.0.0/0").unwrap(), (Ipv4Addr::UNSPECIFIED, 0));
-        assert_eq!(
-            parse_cidr("192.168.7.7/32").unwrap(),
-            (Ipv4Addr::new(192, 168, 7, 7), 32)
-        );
-    }
-
-    #[test]
-    fn parse_cidr_rejects_malformed_input_and_host_bits() {
-        for bad in [
-            "10.244.1.0",
-            "10.244.1.0/33",
-            "10.244.1.1/24",
-            "x/24",
-            "10.244.1.0/",
-            "::1/64",
-        ] {
-            assert!(
-                matches!(parse_cidr(bad), Err(NetworkError::InvalidCidr(_))),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
     fn uids_that_could_escape_the_state_directory_are_rejected() {
         for bad in ["", "..", ".hidden", "a/b", "a b"] {
             assert!(validate_uid(bad).is_err(), "{bad:?}");
@@ -508,7 +460,7 @@ mod tests {
     fn sandbox_paths_sit_under_the_state_directory() {
         let net = BridgeNetwork::new(NetworkConfig {
             bridge: "skiff0".into(),
-            pod_cidr: (Ipv4Addr::new(10, 244, 1, 0), 24),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
             state_dir: "/var/lib/skiff".into(),
             masquerade: true,
             mtu: None,

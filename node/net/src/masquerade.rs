@@ -6,7 +6,7 @@
 //! peer's: traffic between pods of different nodes keeps its source pod IP, and a peer
 //! coming or going changes one set element, never the rule.
 
-use std::{borrow::Cow, collections::HashSet, net::Ipv4Addr};
+use std::{borrow::Cow, collections::HashSet};
 
 use nftables::{
     batch::Batch,
@@ -18,6 +18,7 @@ use nftables::{
     stmt::{Match, Operator, Statement},
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
 };
+use skiff_types::Ipv4Cidr;
 use tracing::info;
 
 /// The NAT chain's name.
@@ -46,14 +47,14 @@ pub fn table_name(bridge: &str) -> String {
     format!("skiff-{bridge}")
 }
 
-fn prefix((network, prefix): (Ipv4Addr, u8)) -> Expression<'static> {
+fn prefix(cidr: Ipv4Cidr) -> Expression<'static> {
     Expression::Named(NamedExpression::Prefix(Prefix {
-        addr: Box::new(Expression::String(Cow::Owned(network.to_string()))),
-        len: u32::from(prefix),
+        addr: Box::new(Expression::String(Cow::Owned(cidr.network().to_string()))),
+        len: u32::from(cidr.prefix()),
     }))
 }
 
-fn set_element(table: &str, cidr: (Ipv4Addr, u8)) -> NfListObject<'static> {
+fn set_element(table: &str, cidr: Ipv4Cidr) -> NfListObject<'static> {
     NfListObject::Element(Element {
         family: NfFamily::IP,
         table: Cow::Owned(table.to_owned()),
@@ -67,7 +68,7 @@ fn set_element(table: &str, cidr: (Ipv4Addr, u8)) -> NfListObject<'static> {
 /// table before deleting it makes the delete succeed whether or not it existed, all in one
 /// transaction.
 #[must_use]
-pub fn ruleset(bridge: &str, (network, prefix_len): (Ipv4Addr, u8)) -> Nftables<'static> {
+pub fn ruleset(bridge: &str, pod_cidr: Ipv4Cidr) -> Nftables<'static> {
     let table = table_name(bridge);
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(table_object(&table)));
@@ -81,7 +82,7 @@ pub fn ruleset(bridge: &str, (network, prefix_len): (Ipv4Addr, u8)) -> Nftables<
         flags: Some(HashSet::from([SetFlag::Interval])),
         ..Set::default()
     })));
-    batch.add(set_element(&table, (network, prefix_len)));
+    batch.add(set_element(&table, pod_cidr));
     batch.add(NfListObject::Chain(Chain {
         family: NfFamily::IP,
         table: Cow::Owned(table.clone()),
@@ -107,7 +108,7 @@ pub fn ruleset(bridge: &str, (network, prefix_len): (Ipv4Addr, u8)) -> Nftables<
         expr: Cow::Owned(vec![
             Statement::Match(Match {
                 left: ip_field("saddr"),
-                right: prefix((network, prefix_len)),
+                right: prefix(pod_cidr),
                 op: Operator::EQ,
             }),
             Statement::Match(Match {
@@ -136,8 +137,8 @@ pub fn ruleset(bridge: &str, (network, prefix_len): (Ipv4Addr, u8)) -> Nftables<
 #[must_use]
 pub fn pod_networks_change(
     bridge: &str,
-    add: &[(Ipv4Addr, u8)],
-    remove: &[(Ipv4Addr, u8)],
+    add: &[Ipv4Cidr],
+    remove: &[Ipv4Cidr],
 ) -> Nftables<'static> {
     let table = table_name(bridge);
     let mut batch = Batch::new();
@@ -157,8 +158,8 @@ pub fn pod_networks_change(
 /// If `nft` fails.
 pub fn change_pod_networks(
     bridge: &str,
-    add: &[(Ipv4Addr, u8)],
-    remove: &[(Ipv4Addr, u8)],
+    add: &[Ipv4Cidr],
+    remove: &[Ipv4Cidr],
 ) -> Result<(), MasqueradeError> {
     if add.is_empty() && remove.is_empty() {
         return Ok(());
@@ -196,7 +197,7 @@ fn table_object(name: &str) -> Table<'static> {
 ///
 /// # Errors
 /// If `nft` fails.
-pub(super) fn apply(bridge: &str, pod_cidr: (Ipv4Addr, u8)) -> Result<(), MasqueradeError> {
+pub(super) fn apply(bridge: &str, pod_cidr: Ipv4Cidr) -> Result<(), MasqueradeError> {
     helper::apply_ruleset(&ruleset(bridge, pod_cidr)).map_err(|source| MasqueradeError::Nft {
         table: table_name(bridge),
         source,
@@ -228,7 +229,7 @@ mod tests {
     #[test]
     fn ruleset_replaces_only_the_nodes_own_table_with_one_masquerade_rule() {
         let doc =
-            serde_json::to_value(ruleset("skiff0", (Ipv4Addr::new(10, 244, 1, 0), 24))).unwrap();
+            serde_json::to_value(ruleset("skiff0", "10.244.1.0/24".parse().unwrap())).unwrap();
         let cmds = doc["nftables"].as_array().unwrap();
         let table = json!({"family": "ip", "name": "skiff-skiff0"});
         assert_eq!(cmds[0], json!({"add": {"table": table}}));
@@ -270,8 +271,8 @@ mod tests {
     fn a_peer_change_touches_only_set_elements() {
         let doc = serde_json::to_value(pod_networks_change(
             "skiff0",
-            &[(Ipv4Addr::new(10, 244, 2, 0), 24)],
-            &[(Ipv4Addr::new(10, 244, 3, 0), 24)],
+            &["10.244.2.0/24".parse().unwrap()],
+            &["10.244.3.0/24".parse().unwrap()],
         ))
         .unwrap();
         let cmds = doc["nftables"].as_array().unwrap();

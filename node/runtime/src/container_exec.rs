@@ -413,10 +413,6 @@ fn start(
         command: command.to_vec(),
         message,
     };
-    let before: Vec<i32> = libcontainer_children()
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .collect();
     let build = || {
         let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_root_path(state_root)
@@ -440,75 +436,13 @@ fn start(
             .map(i32::from)
             .map_err(|e| e.to_string())
     };
-    let outcome = super::forked::in_forked_copy(build)
+    // A failed build's intermediate and init processes are reaped by the forked copy: left
+    // as zombies, the init one would sit in the container's PID namespace and keep the
+    // container's own init from ever finishing its exit.
+    super::forked::in_forked_copy(build)
         .map_err(|e| start_err(format!("forking: {e}")))
-        .and_then(|r| r.map_err(start_err));
-    outcome
+        .and_then(|r| r.map_err(start_err))
         .map(Pid::from_raw)
-        .inspect_err(|_| reap_failed_tenant(&before))
-}
-
-/// How long a failed tenant's processes get to finish exiting before they are left alone.
-const REAP_WAIT: Duration = Duration::from_secs(2);
-
-/// Our children still named `youki:[..]` (libcontainer's processes before they exec the
-/// workload), with their state letter.
-fn libcontainer_children() -> Vec<(i32, char)> {
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let (comm, state, parent) = parse_stat(&stat)?;
-            (parent == me && comm.starts_with("youki:[")).then_some((pid, state))
-        })
-        .collect()
-}
-
-/// Reaps what a failed tenant build left: when the tenant's init fails before it is ready
-/// (e.g. the command does not exist), libcontainer returns without waiting for its
-/// intermediate and init processes, which are our children. Left as zombies, the init one
-/// sits in the container's PID namespace and keeps the container's own init from ever
-/// finishing its exit. Only processes that appeared during the build (`before` holds the
-/// earlier ones) and only once they are zombies, so a concurrent build keeps its own.
-fn reap_failed_tenant(before: &[i32]) {
-    let deadline = std::time::Instant::now() + REAP_WAIT;
-    loop {
-        let mut waiting = false;
-        for (pid, state) in libcontainer_children() {
-            if before.contains(&pid) {
-                continue;
-            }
-            if state == 'Z' {
-                let reaped = waitpid(
-                    Pid::from_raw(pid),
-                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-                );
-                tracing::debug!(pid, ?reaped, "reaped a failed exec's process");
-            } else {
-                waiting = true;
-            }
-        }
-        if !waiting || std::time::Instant::now() > deadline {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// `(comm, state, ppid)` from `/proc/<pid>/stat`; the name may hold spaces and parentheses.
-fn parse_stat(stat: &str) -> Option<(&str, char, u32)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?;
-    let mut rest = stat.get(close + 1..)?.split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    Some((comm, state, ppid))
 }
 
 /// Reaps the tenant: its exit code, or 128 + signal as a shell reports it.
@@ -604,16 +538,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(&buf[..n], b"x");
-    }
-
-    #[test]
-    fn proc_stat_parsing_survives_names_with_spaces_and_parentheses() {
-        assert_eq!(
-            parse_stat("42 (youki:[2:INIT]) Z 7 42 42 0 -1"),
-            Some(("youki:[2:INIT]", 'Z', 7))
-        );
-        assert_eq!(parse_stat("9 (a) b (c)) S 1 2"), Some(("a) b (c)", 'S', 1)));
-        assert_eq!(parse_stat("garbage"), None);
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 use std::{
     fs::{self, OpenOptions},
     os::{fd::OwnedFd, unix::fs::OpenOptionsExt},
-    path::Path,
+    path::{Path, PathBuf},
     time::SystemTime,
 };
 
@@ -61,14 +61,16 @@ impl Libcontainer {
             }
         };
 
-        let state_root = self.state_root.clone();
-        let v2 = config.cgroup_v2_path.clone();
-        let created = blocking(&id, {
-            let id = id.clone();
-            let bundle = bundle.clone();
-            move || create_and_start(&id, &state_root, &bundle, v2.as_deref(), stdin)
-        })
-        .await;
+        let attempt = Attempt {
+            id: id.clone(),
+            state_root: self.state_root.clone(),
+            bundle: bundle.clone(),
+            cgroup_root: self.cgroup_root.clone(),
+            cgroups_path: config.cgroups_path.clone(),
+            cgroup_v2: config.cgroup_v2_path.clone(),
+            stdin,
+        };
+        let created = blocking(&id, move || attempt.create_and_start()).await;
         let pid = match created {
             Ok(pid) => pid,
             Err(err) => {
@@ -177,95 +179,164 @@ fn open_fifo(path: &Path) -> std::io::Result<OwnedFd> {
     Ok(file.into())
 }
 
-fn create_and_start(
-    id: &str,
-    state_root: &Path,
-    bundle: &Path,
-    cgroup_v2: Option<&Path>,
+/// One create-and-start of a container, with what its cleanup needs after a failure.
+struct Attempt {
+    id: String,
+    state_root: PathBuf,
+    bundle: PathBuf,
+    cgroup_root: PathBuf,
+    cgroups_path: String,
+    cgroup_v2: Option<PathBuf>,
     stdin: bool,
-) -> Result<i32, RuntimeError> {
-    fs::create_dir_all(state_root)
-        .map_err(|e| RuntimeError::io(id, format!("creating {}", state_root.display()), e))?;
-    let open_stdio = |name: &str| {
-        open_fifo(&bundle.join(name))
-            .map_err(|e| RuntimeError::io(id, format!("opening {name}"), e))
-    };
-    let stdout = open_stdio(STDOUT_FIFO)?;
-    let stderr = open_stdio(STDERR_FIFO)?;
-    let stdin_fd: OwnedFd = if stdin {
-        open_stdio(STDIN_FIFO)?
-    } else {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open("/dev/null")
-            .map_err(|e| RuntimeError::io(id, "opening /dev/null", e))?
-            .into()
-    };
+}
 
-    let build = || {
-        let container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-            .with_root_path(state_root)
-            .map_err(|e| format!("root path: {e}"))?
-            .with_stdin(stdin_fd)
-            .with_stdout(stdout)
-            .with_stderr(stderr)
-            .with_executor(EnvExecutor::default())
-            .validate_id()
-            .map_err(|e| format!("validate id: {e}"))?
-            .as_init(bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build()
-            .map_err(|e| e.to_string())?;
-        container
-            .pid()
-            .map(i32::from)
-            .ok_or_else(|| "no init pid in state".to_owned())
-    };
-    let pid = super::forked::in_forked_copy(build)
-        .map_err(|e| RuntimeError::io(id, "forking to create", e))?
-        .map_err(|message| RuntimeError::Libcontainer {
-            id: id.to_owned(),
-            op: "create",
-            message,
+impl Attempt {
+    fn create_and_start(&self) -> Result<i32, RuntimeError> {
+        let id = self.id.as_str();
+        fs::create_dir_all(&self.state_root).map_err(|e| {
+            RuntimeError::io(id, format!("creating {}", self.state_root.display()), e)
         })?;
-
-    let mut loaded = None;
-    let start_lock = super::start_guard();
-    let started = (|| {
-        let container = loaded.insert(
-            Container::load(state_root.join(id)).map_err(|e| RuntimeError::lc(id, "load", &e))?,
-        );
-        if let Some(dir) = cgroup_v2 {
-            join_v2_cgroup(dir, pid)
-                .map_err(|e| RuntimeError::io(id, format!("joining {}", dir.display()), e))?;
+        // A state directory from before is another container's (or one a later daemon
+        // adopts); only what this attempt makes is removed when it fails.
+        if self.state_dir().exists() {
+            return Err(RuntimeError::AlreadyExists { id: id.to_owned() });
         }
-        container
-            .start()
-            .map_err(|e| RuntimeError::lc(id, "start", &e))?;
-        Ok(pid)
-    })();
-    drop(start_lock);
-    if started.is_err() {
-        match loaded.as_mut().map(|c| c.delete(true)) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => tracing::warn!(id, error = %e, "deleting container after failed start"),
-            None => {
-                // Not even its state could be read: end the waiting init by its pid.
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+        let created = self.create();
+        let pid = match created {
+            Ok(pid) => pid,
+            Err(err) => {
+                self.remove_leftovers();
+                return Err(err);
+            }
+        };
+
+        let mut loaded = None;
+        let start_lock = super::start_guard();
+        let started = (|| {
+            let container = loaded.insert(
+                Container::load(self.state_dir()).map_err(|e| RuntimeError::lc(id, "load", &e))?,
+            );
+            if let Some(dir) = &self.cgroup_v2 {
+                join_v2_cgroup(dir, pid)
+                    .map_err(|e| RuntimeError::io(id, format!("joining {}", dir.display()), e))?;
+            }
+            container
+                .start()
+                .map_err(|e| RuntimeError::lc(id, "start", &e))?;
+            Ok(pid)
+        })();
+        drop(start_lock);
+        if started.is_err() {
+            if let Some(Err(e)) = loaded.as_mut().map(|c| c.delete(true)) {
+                tracing::warn!(id, error = %e, "deleting container after failed start");
+            }
+            // Whatever libcontainer managed, the init is ended by its pid and reaped: it is
+            // our child (re-parented to us, the subreaper), and must not stay a zombie.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            self.remove_leftovers();
+        }
+        started
+    }
+
+    /// Creates the container in a forked copy (see `forked`); the init waits for `start`.
+    fn create(&self) -> Result<i32, RuntimeError> {
+        let id = self.id.as_str();
+        let open_stdio = |name: &str| {
+            open_fifo(&self.bundle.join(name))
+                .map_err(|e| RuntimeError::io(id, format!("opening {name}"), e))
+        };
+        let stdout = open_stdio(STDOUT_FIFO)?;
+        let stderr = open_stdio(STDERR_FIFO)?;
+        let stdin_fd: OwnedFd = if self.stdin {
+            open_stdio(STDIN_FIFO)?
+        } else {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open("/dev/null")
+                .map_err(|e| RuntimeError::io(id, "opening /dev/null", e))?
+                .into()
+        };
+
+        let build = || {
+            let container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+                .with_root_path(&self.state_root)
+                .map_err(|e| format!("root path: {e}"))?
+                .with_stdin(stdin_fd)
+                .with_stdout(stdout)
+                .with_stderr(stderr)
+                .with_executor(EnvExecutor::default())
+                .validate_id()
+                .map_err(|e| format!("validate id: {e}"))?
+                .as_init(&self.bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(|e| e.to_string())?;
+            container
+                .pid()
+                .map(i32::from)
+                .ok_or_else(|| "no init pid in state".to_owned())
+        };
+        // The copy has ended and reaped the processes of a failed build before it returns.
+        super::forked::in_forked_copy(build)
+            .map_err(|e| RuntimeError::io(id, "forking to create", e))?
+            .map_err(|message| RuntimeError::Libcontainer {
+                id: id.to_owned(),
+                op: "create",
+                message,
+            })
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.state_root.join(&self.id)
+    }
+
+    /// Removes what a failed attempt may have left once its processes are gone: its
+    /// libcontainer state (libcontainer's own cleanup gives up before removing it when it
+    /// cannot read the cgroup setup, and every retry would then find the container
+    /// "already exists") and the container's cgroup in every hierarchy and in v2.
+    fn remove_leftovers(&self) {
+        let state = self.state_dir();
+        match fs::remove_dir_all(&state) {
+            Ok(()) => tracing::debug!(id = self.id, "removed the state of a failed create"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(id = self.id, dir = %state.display(), error = %e, "removing state of a failed create");
             }
         }
-        // The init is our child (re-parented to us, the subreaper): do not leave a zombie.
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        if let Some(dir) = cgroup_v2 {
-            remove_cgroup_dir(dir);
+        for dir in container_cgroup_dirs(&self.cgroup_root, &self.cgroups_path)
+            .into_iter()
+            .chain(self.cgroup_v2.clone())
+        {
+            if dir.exists() {
+                remove_cgroup_dir(&dir);
+            }
         }
     }
-    started
+}
+
+/// The container's directory in every cgroup hierarchy mounted under `cgroup_root` (v1
+/// controllers, the hybrid `unified` mount, or the root itself on a pure v2 host).
+fn container_cgroup_dirs(cgroup_root: &Path, cgroups_path: &str) -> Vec<PathBuf> {
+    let relative = cgroups_path.trim_start_matches('/');
+    if relative.is_empty() {
+        return Vec::new();
+    }
+    let mut dirs = vec![cgroup_root.join(relative)];
+    if let Ok(entries) = fs::read_dir(cgroup_root) {
+        dirs.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path().join(relative)),
+        );
+    }
+    dirs
 }
 
 /// Moves `pid` into the cgroup v2 directory `dir` (created if missing), so cgroup-attached

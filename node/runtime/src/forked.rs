@@ -7,6 +7,12 @@
 //! can allocate, and with a single thread its own clones are safe. The copy exits as soon as
 //! the container is created; the container's init, its child, is then re-parented to this
 //! process, a child subreaper, which reaps it as before.
+//!
+//! A create that fails ends and reaps, in the copy, every process it made: libcontainer
+//! returns from a failed create without waiting for its intermediate and init processes,
+//! and left alone they would turn into zombies of this process (one `[youki:[1:INTER]]`
+//! per failed try). Only the copy's own children are touched, so a concurrent create or
+//! exec keeps its processes.
 
 use std::{
     io::Read,
@@ -16,8 +22,8 @@ use std::{
 
 use nix::{
     errno::Errno,
-    sys::wait::{WaitStatus, waitpid},
-    unistd::{ForkResult, fork},
+    sys::wait::{WaitPidFlag, WaitStatus, waitpid},
+    unistd::{ForkResult, Pid, fork},
 };
 
 /// Makes this process the reaper of its orphaned descendants, so that containers created
@@ -37,7 +43,8 @@ pub fn become_subreaper() -> std::io::Result<()> {
 /// Runs `create` in a forked copy of this process and returns what it returned: the pid
 /// of the process it created, or its error message. Several may run at once: each copy has
 /// its own working directory and locks. The caller must be a child subreaper
-/// ([`become_subreaper`]) to reap the created process.
+/// ([`become_subreaper`]) to reap the created process. When `create` fails, every process
+/// it started is killed and reaped before this returns.
 ///
 /// # Errors
 /// If the fork, the result pipe or the wait fails.
@@ -53,6 +60,9 @@ pub(crate) fn in_forked_copy(
             drop(read);
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(create))
                 .unwrap_or_else(|_| Err("libcontainer panicked".to_owned()));
+            if outcome.is_err() {
+                end_children();
+            }
             let message = match outcome {
                 Ok(pid) => format!("ok {pid}"),
                 Err(err) => format!("err {err}"),
@@ -77,6 +87,42 @@ pub(crate) fn in_forked_copy(
             read_message(read)
         }
     }
+}
+
+/// Kills and reaps every child of this process, the forked copy: after a failed create
+/// these are the attempt's intermediate and init processes and nothing else. Repeats until
+/// none is left, so a process cloned while the previous round was killing is caught too.
+fn end_children() {
+    loop {
+        for pid in children() {
+            // ESRCH: it ended meanwhile; it is reaped below all the same.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        // __WALL: the init is cloned with CLONE_PARENT and no exit signal, which plain
+        // waitpid does not wait for.
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            // ECHILD: none left.
+            Err(_) => return,
+        }
+    }
+}
+
+/// The children of every thread of this process, from `/proc/self/task/*/children`.
+fn children() -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .map(Pid::from_raw)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 fn read_message(read: OwnedFd) -> std::io::Result<Result<i32, String>> {
@@ -117,6 +163,43 @@ mod tests {
             in_forked_copy(|| Err("no such file".to_owned())).unwrap(),
             Err("no such file".to_owned())
         );
+    }
+
+    /// Whether `pid` is still around (running, or a zombie nobody reaped).
+    fn exists(pid: i32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn a_failed_create_leaves_no_process_and_no_zombie() {
+        // What a failed libcontainer create leaves: a child still running (an init waiting
+        // to start) and one that has already exited (the intermediate process).
+        let failed = in_forked_copy(|| {
+            let spawn = |exit_at_once: bool| {
+                // SAFETY: the copy is single-threaded; the child only sleeps or exits.
+                match unsafe { fork() } {
+                    Ok(ForkResult::Child) => {
+                        if !exit_at_once {
+                            std::thread::sleep(std::time::Duration::from_mins(1));
+                        }
+                        // SAFETY: ends the child without running the copy's destructors.
+                        unsafe { libc::_exit(1) }
+                    }
+                    Ok(ForkResult::Parent { child }) => child.as_raw(),
+                    Err(_) => 0,
+                }
+            };
+            let (running, exited) = (spawn(false), spawn(true));
+            Err(format!("{running} {exited}"))
+        })
+        .unwrap()
+        .unwrap_err();
+        let pids: Vec<i32> = failed.split(' ').map(|p| p.parse().unwrap()).collect();
+        assert_eq!(pids.len(), 2);
+        for pid in pids {
+            assert!(pid > 0);
+            assert!(!exists(pid), "process {pid} of the failed create is left");
+        }
     }
 
     #[test]

@@ -156,11 +156,46 @@ pub(super) async fn serve(
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
+/// How the client's side of a session ended, as the input pump saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ClientEnd {
+    /// A close frame, with its code (`None`: a close without a status code).
+    Close(Option<u16>),
+    /// The connection ended without a close frame.
+    Eof,
+    /// Reading failed (a reset, a protocol error).
+    Error(String),
+    /// Still open when the session stopped waiting for it.
+    Open,
+}
+
+/// What happened to the final status and close on their way out.
+#[derive(Debug, Default)]
+struct Farewell {
+    status: Option<String>,
+    close: Option<String>,
+    flush: Option<String>,
+}
+
+impl Farewell {
+    fn sent(&self) -> bool {
+        self.status.is_none() && self.close.is_none() && self.flush.is_none()
+    }
+}
+
+/// Counts of what a session carried, for its end-of-session log line.
+#[derive(Debug, Default, Clone, Copy)]
+struct Carried {
+    frames: u64,
+    bytes: u64,
+}
+
 /// Pumps a session until its process has exited and its output drained (or the client left),
-/// then sends the exit status.
+/// then sends the exit status. Logs one line saying how the session ended: which side ended
+/// first, whether the status and close went out, and how the client closed.
 async fn run(ws: Ws, mut session: Session, protocol: Protocol, target: &ContainerRef) {
     let (mut sink, source) = ws.split();
-    let input = tokio::spawn(pump_input(
+    let mut input = tokio::spawn(pump_input(
         source,
         session.stdin.take(),
         session.resize.take(),
@@ -179,17 +214,26 @@ async fn run(ws: Ws, mut session: Session, protocol: Protocol, target: &Containe
     let mut exit = session.exit;
     let mut exited = None;
     let mut drained = false;
+    let mut out = Carried::default();
+    let mut client_first = None;
     let grace = tokio::time::sleep(Duration::MAX);
     tokio::pin!(grace);
     while !(drained && exited.is_some()) {
         tokio::select! {
             frame = rx.recv(), if !drained => match frame {
                 Some(frame) => {
-                    if sink.send(Message::binary(frame)).await.is_err() {
-                        tracing::debug!(%target, "client left before the session ended");
+                    let len = frame.len() as u64;
+                    if let Err(err) = sink.send(Message::binary(frame)).await {
                         input.abort();
+                        tracing::debug!(
+                            %target, frames = out.frames, bytes = out.bytes,
+                            unsent_frames = rx.len() + 1, %err,
+                            "stream session ended: the client left before the process ended"
+                        );
                         return;
                     }
+                    out.frames += 1;
+                    out.bytes += len;
                 }
                 None => drained = true,
             },
@@ -198,47 +242,87 @@ async fn run(ws: Ws, mut session: Session, protocol: Protocol, target: &Containe
                 grace.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
             },
             () = &mut grace, if exited.is_some() && !drained => drained = true,
+            end = &mut input, if client_first.is_none() => {
+                // The client stopped sending (closed stdin's stream, or the socket): the
+                // process may still run and its output still go out.
+                client_first = Some(end.unwrap_or_else(|e| ClientEnd::Error(e.to_string())));
+            },
         }
     }
-    let status = match exited {
-        Some(Ok(code)) => {
-            tracing::debug!(%target, ?code, "session ended");
-            channel::exit_status(code)
-        }
-        Some(Err(err)) => channel::error_status(&err.to_string()),
-        None => channel::exit_status(None),
+    let (status, code) = match exited {
+        Some(Ok(code)) => (channel::exit_status(code), code),
+        Some(Err(err)) => (channel::error_status(&err.to_string()), None),
+        None => (channel::exit_status(None), None),
     };
-    send_status(&mut sink, &status).await;
+    let farewell = send_status(&mut sink, &status).await;
     // Read on until the client answers the close: a socket closed with unread frames in it
     // (a late resize or stdin) is reset, and the reset can overtake the status on its way
     // to the client, which then sees the connection end without it.
-    let mut input = input;
-    if tokio::time::timeout(CLOSE_WAIT, &mut input).await.is_err() {
-        input.abort();
+    let client = match client_first.clone() {
+        Some(end) => end,
+        None => {
+            if let Ok(end) = tokio::time::timeout(CLOSE_WAIT, &mut input).await {
+                end.unwrap_or_else(|e| ClientEnd::Error(e.to_string()))
+            } else {
+                input.abort();
+                ClientEnd::Open
+            }
+        }
+    };
+    let log = |message: &str| {
+        tracing::debug!(
+            %target,
+            exit_code = ?code,
+            first = if client_first.is_some() { "client" } else { "process" },
+            status_sent = farewell.status.is_none(),
+            close_sent = farewell.close.is_none(),
+            flushed = farewell.flush.is_none(),
+            send_error = ?farewell.status.as_ref().or(farewell.close.as_ref()).or(farewell.flush.as_ref()),
+            client_end = ?client,
+            frames = out.frames,
+            bytes = out.bytes,
+            "{message}"
+        );
+    };
+    if farewell.sent() && matches!(client, ClientEnd::Close(Some(_))) {
+        log("stream session ended");
+    } else {
+        log("stream session ended uncleanly");
     }
 }
 
 /// Sends the final status and closes the connection.
 async fn finish(ws: Ws, status: &serde_json::Value) {
     let (mut sink, _source) = ws.split();
-    send_status(&mut sink, status).await;
+    let farewell = send_status(&mut sink, status).await;
+    tracing::debug!(?farewell, "refused stream session ended");
 }
 
-async fn send_status<S>(sink: &mut S, status: &serde_json::Value)
+async fn send_status<S>(sink: &mut S, status: &serde_json::Value) -> Farewell
 where
-    S: futures::Sink<Message> + Unpin,
+    S: futures::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
     let body = serde_json::to_vec(status).unwrap_or_default();
-    let _ = sink
+    let mut farewell = Farewell::default();
+    if let Err(err) = sink
         .send(Message::binary(channel::frame(channel::ERROR, &body)))
-        .await;
-    let _ = sink
+        .await
+    {
+        farewell.status = Some(err.to_string());
+    }
+    if let Err(err) = sink
         .send(Message::Close(Some(CloseFrame {
             code: CloseCode::Normal,
             reason: "".into(),
         })))
-        .await;
-    let _ = sink.close().await;
+        .await
+    {
+        farewell.close = Some(err.to_string());
+    }
+    if let Err(err) = sink.close().await {
+        farewell.flush = Some(err.to_string());
+    }
+    farewell
 }
 
 /// Copies one output of the process into channel frames.
@@ -257,13 +341,19 @@ async fn pump_output(mut reader: SessionOutput, ch: u8, tx: mpsc::Sender<Vec<u8>
 }
 
 /// Feeds client frames to the process: stdin bytes, resizes, and the v5 close of stdin.
+/// Returns how the client's side ended.
 async fn pump_input(
     mut source: SplitStream<Ws>,
     mut stdin: Option<SessionInput>,
     mut resize: Option<Box<dyn FnMut(TerminalSize) + Send>>,
     protocol: Protocol,
-) {
-    while let Some(Ok(msg)) = source.next().await {
+) -> ClientEnd {
+    let end = loop {
+        let msg = match source.next().await {
+            Some(Ok(msg)) => msg,
+            Some(Err(err)) => break ClientEnd::Error(err.to_string()),
+            None => break ClientEnd::Eof,
+        };
         match msg {
             Message::Binary(data) => match channel::parse(&data) {
                 Frame::Stdin(bytes) => {
@@ -290,13 +380,14 @@ async fn pump_input(
                 }
                 Frame::Close(_) | Frame::Ignored => {}
             },
-            Message::Close(_) => break,
+            Message::Close(frame) => break ClientEnd::Close(frame.map(|f| f.code.into())),
             _ => {}
         }
-    }
+    };
     if let Some(mut w) = stdin.take() {
         let _ = w.shutdown().await;
     }
+    end
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use std::{
     net::Ipv4Addr,
 };
 
+use skiff_types::Ipv4Cidr;
+
 /// The `InternalIP` of node `index`: the base address plus the index.
 pub(super) fn node_ip(base: Ipv4Addr, index: usize) -> Ipv4Addr {
     let offset = u32::try_from(index).unwrap_or(u32::MAX);
@@ -25,14 +27,11 @@ fn node_range(index: usize, pod_cidr: Option<&str>) -> (u32, u32) {
 
 /// An IPv4 CIDR as (first address, size); `None` for IPv6 or ranges too small for pods.
 fn parse_v4_cidr(cidr: &str) -> Option<(u32, u32)> {
-    let (addr, len) = cidr.split_once('/')?;
-    let addr: Ipv4Addr = addr.parse().ok()?;
-    let len: u32 = len.parse().ok()?;
-    if !(8..=29).contains(&len) {
+    let cidr = Ipv4Cidr::parse_masked(cidr).ok()?;
+    if !(8..=29).contains(&cidr.prefix()) {
         return None;
     }
-    let size = 1_u32 << (32 - len);
-    Some((u32::from(addr) & !(size - 1), size))
+    Some((u32::from(cidr.network()), u32::try_from(cidr.size()).ok()?))
 }
 
 /// One node's pod range and the addresses handed out from it.

@@ -1,19 +1,22 @@
-//! skiff-node-sim serves simulated nodes (in the spirit of kwok): many Node objects served
-//! by one process, with Leases renewed and bound pods moved through their phases without running anything, so
-//! the scheduler and controllers can be exercised at scale without root.
+//! skiff-node-sim serves simulated nodes (in the spirit of kwok): many Nodes in one process
+//! for scheduler and controller work at scale, without containers or root. Each simulated
+//! node runs the real kubelet of `skiff-kubelet` (registration, status, Lease, one worker
+//! per pod with the real status builder) over a scripted backend whose containers are
+//! timers, so everything the control plane sees is what a real node does.
 //!
-//! One process serves thousands of nodes with a handful of tasks: one Node watch, one pod
-//! watch for every node, a pacing loop for Leases and one for status reports, and all
-//! requests share one bound on how many are in flight.
+//! One process serves thousands of nodes: one Node watch and one pod watch for all of them
+//! (the pod events go to each node's own pod dispatch through a channel), pacing loops
+//! that spread Lease renewals and status checks over their periods, and one bound on the
+//! requests in flight over everything the process sends.
 
 #![forbid(unsafe_code)]
 
 mod addresses;
-mod lease;
+mod backend;
+mod host;
+mod nodes;
 mod pace;
-mod pod_status;
 mod pods;
-mod registry;
 
 use std::{
     collections::BTreeMap,
@@ -22,10 +25,13 @@ use std::{
     time::Duration,
 };
 
+pub use backend::{EXIT_CODE, RUN_SECONDS};
+pub use host::KUBELET_VERSION;
+use k8s_openapi::api::core::v1::Taint;
 use kube::Client;
-pub use pod_status::{EXIT_CODE, RUN_SECONDS};
-pub use registry::KUBELET_VERSION;
-use tokio::sync::Semaphore;
+use skiff_kubelet::api::Inflight;
+
+use crate::{backend::SimBackend, nodes::NodeState};
 
 /// What the simulated nodes look like and how they behave.
 #[derive(Clone, Debug)]
@@ -46,8 +52,14 @@ pub struct SimConfig {
     pub lease_duration: Duration,
     /// How often each Lease is renewed.
     pub lease_renew_interval: Duration,
-    /// Delay between a pod being bound and it running.
+    /// How long a pod's sandbox takes to make: the delay between a pod being bound and its
+    /// containers starting.
     pub pod_startup: Duration,
+    /// How long the containers of a Job's pods run when no annotation says (then they
+    /// exit 0), as kwok completes Job pods by default.
+    pub job_run: Duration,
+    /// The restart back-off: a container that exited is started again after this.
+    pub restart_backoff: Duration,
     /// The `InternalIP` of node 0; node `i` gets this address plus `i` (text only).
     pub node_ip_base: Ipv4Addr,
     /// Requests in flight at once, over everything the process does.
@@ -63,6 +75,19 @@ pub struct SimTaint {
     pub value: String,
     /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
     pub effect: String,
+}
+
+impl SimTaint {
+    /// The taint as the Node carries it (an empty value is left out).
+    #[must_use]
+    pub fn to_taint(&self) -> Taint {
+        Taint {
+            key: self.key.clone(),
+            value: (!self.value.is_empty()).then(|| self.value.clone()),
+            effect: self.effect.clone(),
+            time_added: None,
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -82,6 +107,8 @@ impl Default for SimConfig {
             lease_duration: Duration::from_secs(40),
             lease_renew_interval: Duration::from_secs(10),
             pod_startup: Duration::ZERO,
+            job_run: Duration::from_secs(1),
+            restart_backoff: Duration::from_secs(1),
             node_ip_base: Ipv4Addr::new(127, 64, 0, 1),
             concurrency: 32,
         }
@@ -101,32 +128,53 @@ pub enum SimError {
         node: String,
         /// Why.
         #[source]
-        source: kube::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A watch stream ended, which the watcher's back-off never lets happen.
     #[error("the {0} watch ended")]
     WatchEnded(&'static str),
 }
 
-/// A simulated node that is still registered.
+/// The names of one process's nodes: `<prefix><index>` for index below `count`.
 #[derive(Clone, Debug)]
-struct LiveNode {
-    /// The Node's uid, for the Lease's owner reference.
-    uid: String,
-    /// `spec.podCIDR` once node IPAM gave one.
-    pod_cidr: Option<String>,
+pub(crate) struct Naming {
+    pub(crate) prefix: String,
+    pub(crate) count: usize,
+}
+
+impl Naming {
+    /// The name of node `index`.
+    pub(crate) fn name(&self, index: usize) -> String {
+        format!("{}{index}", self.prefix)
+    }
+
+    /// The index of `name` if it is one of this process's nodes.
+    pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
+        let digits = name.strip_prefix(self.prefix.as_str())?;
+        // `sim-01` is not node 1: only the canonical spelling is ours.
+        if digits.is_empty()
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || (digits.len() > 1 && digits.starts_with('0'))
+        {
+            return None;
+        }
+        let index: usize = digits.parse().ok()?;
+        (index < self.count).then_some(index)
+    }
 }
 
 /// State shared by the simulation's loops.
-struct Sim {
+pub(crate) struct Sim {
     client: Client,
     config: SimConfig,
-    /// Indexed by node index; `None` once the Node was deleted from the API (it is not
-    /// simulated again until the process restarts).
-    nodes: RwLock<Vec<Option<LiveNode>>>,
+    naming: Naming,
+    /// Indexed by node index; `None` until registered and once the Node was deleted from
+    /// the API (it is not simulated again until the process restarts).
+    nodes: RwLock<Vec<Option<Arc<NodeState>>>>,
+    backend: Arc<SimBackend>,
     /// Bounds the requests in flight over every loop (fair, so Lease renewals queue
     /// behind at most one round of pod updates).
-    limit: Semaphore,
+    inflight: Inflight,
 }
 
 impl std::fmt::Debug for Sim {
@@ -138,71 +186,57 @@ impl std::fmt::Debug for Sim {
 }
 
 impl Sim {
-    /// The name of node `index`.
-    fn name(&self, index: usize) -> String {
-        format!("{}{index}", self.config.prefix)
-    }
-
-    /// The index of `name` if it is one of this process's nodes (live or not).
-    fn index_of(&self, name: &str) -> Option<usize> {
-        let digits = name.strip_prefix(self.config.prefix.as_str())?;
-        // `sim-01` is not node 1: only the canonical spelling is ours.
-        if digits.is_empty()
-            || !digits.bytes().all(|b| b.is_ascii_digit())
-            || (digits.len() > 1 && digits.starts_with('0'))
-        {
-            return None;
+    fn new(client: Client, config: SimConfig) -> Self {
+        let naming = Naming {
+            prefix: config.prefix.clone(),
+            count: config.count,
+        };
+        Self {
+            backend: Arc::new(SimBackend::new(
+                naming.clone(),
+                config.node_ip_base,
+                config.pod_startup,
+                config.job_run,
+            )),
+            inflight: Inflight::bounded(config.concurrency),
+            nodes: RwLock::new(vec![None; config.count]),
+            naming,
+            client,
+            config,
         }
-        let index: usize = digits.parse().ok()?;
-        (index < self.config.count).then_some(index)
     }
 
-    /// The live node called `name`, with its index.
-    fn live(&self, name: &str) -> Option<(usize, LiveNode)> {
-        let index = self.index_of(name)?;
-        let nodes = self.nodes.read().unwrap_or_else(PoisonError::into_inner);
-        nodes.get(index)?.clone().map(|n| (index, n))
-    }
-
-    fn is_live(&self, index: usize) -> bool {
+    /// The live node `index`.
+    fn node(&self, index: usize) -> Option<Arc<NodeState>> {
         self.nodes
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(index)
-            .is_some_and(Option::is_some)
+            .cloned()
+            .flatten()
     }
 
-    fn update_node(&self, index: usize, f: impl FnOnce(&mut Option<LiveNode>)) {
-        let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = nodes.get_mut(index) {
-            f(slot);
-        }
-    }
-
-    /// Waits for a request slot.
-    async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
-        // The semaphore is never closed.
-        self.limit
-            .acquire()
-            .await
-            .unwrap_or_else(|_| unreachable!("the request semaphore is never closed"))
+    /// Every live node.
+    fn live(&self) -> Vec<Arc<NodeState>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 }
 
-/// Registers the nodes, then renews their Leases, reports their status and drives their
+/// Registers the nodes, then renews their Leases, reports their status and runs their
 /// pods until the future is dropped.
 ///
 /// # Errors
 /// When the nodes cannot be registered, or a watch ends.
 pub async fn run(client: Client, config: SimConfig) -> Result<(), SimError> {
-    let sim = Arc::new(Sim {
-        limit: Semaphore::new(config.concurrency.max(1)),
-        nodes: RwLock::new(vec![None; config.count]),
-        client,
-        config,
-    });
+    let sim = Arc::new(Sim::new(client, config));
     let started = std::time::Instant::now();
-    registry::register_all(&sim).await?;
+    nodes::register_all(&sim).await?;
     tracing::info!(
         nodes = sim.config.count,
         prefix = %sim.config.prefix,
@@ -210,78 +244,35 @@ pub async fn run(client: Client, config: SimConfig) -> Result<(), SimError> {
         "simulated nodes registered"
     );
     tokio::select! {
-        () = lease::renew_forever(sim.clone()) => Ok(()),
-        r = registry::report_forever(sim.clone()) => r,
-        r = pods::drive(sim.clone()) => r,
+        () = nodes::renew_leases(sim.clone()) => Ok(()),
+        () = nodes::report_status(sim.clone()) => Ok(()),
+        r = nodes::follow(sim.clone()) => r,
+        r = pods::route(sim.clone()) => r,
     }
 }
 
 /// Whether a failure may pass when tried again: no answer, 429, or a server error.
-fn transient(err: &kube::Error) -> bool {
-    api_code(err).is_none_or(|code| code == 429 || code >= 500)
-}
-
-/// Runs `attempt` until it succeeds, fails for good, or failed six times, pausing longer
-/// after each failure.
-async fn retry<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, kube::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, kube::Error>>,
-{
-    const TRIES: u32 = 6;
-    let mut pause = Duration::from_millis(200);
-    for tried in 1.. {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(err) if tried < TRIES && transient(&err) => {
-                tracing::warn!(what, tried, ?err, "request failed, trying again");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-            Err(err) => return Err(err),
-        }
-    }
-    unreachable!("the loop returns by the last try")
-}
-
-/// A kube error's HTTP status code, when the API server answered.
-fn api_code(err: &kube::Error) -> Option<u16> {
-    match err {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
+fn transient(code: Option<u16>) -> bool {
+    code.is_none_or(|code| code == 429 || code >= 500)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sim(count: usize) -> Sim {
-        let config = SimConfig {
-            count,
+    #[test]
+    fn only_canonical_names_in_range_belong_to_the_process() {
+        let naming = Naming {
             prefix: "sim-".to_owned(),
-            ..SimConfig::default()
+            count: 12,
         };
-        Sim {
-            client: Client::try_from(kube::Config::new(
-                "http://127.0.0.1:1".parse().expect("a URL"),
-            ))
-            .expect("a client"),
-            nodes: RwLock::new(vec![None; count]),
-            limit: Semaphore::new(1),
-            config,
-        }
-    }
-
-    #[tokio::test]
-    async fn only_canonical_names_in_range_belong_to_the_process() {
-        let sim = sim(12);
-        assert_eq!(sim.index_of("sim-0"), Some(0));
-        assert_eq!(sim.index_of("sim-11"), Some(11));
-        assert_eq!(sim.index_of("sim-12"), None);
-        assert_eq!(sim.index_of("sim-01"), None);
-        assert_eq!(sim.index_of("sim-"), None);
-        assert_eq!(sim.index_of("other-1"), None);
-        assert_eq!(sim.index_of("sim-+1"), None);
+        assert_eq!(naming.index_of("sim-0"), Some(0));
+        assert_eq!(naming.index_of("sim-11"), Some(11));
+        assert_eq!(naming.index_of("sim-12"), None);
+        assert_eq!(naming.index_of("sim-01"), None);
+        assert_eq!(naming.index_of("sim-"), None);
+        assert_eq!(naming.index_of("other-1"), None);
+        assert_eq!(naming.index_of("sim-+1"), None);
+        assert_eq!(naming.name(3), "sim-3");
     }
 }

@@ -20,6 +20,7 @@ use skiff_node_server::{
     NodeBackend, NodeStats, PodReference, PodStats, RunningFn, Session, SessionExit, SessionInput,
     SessionOutput, StreamOptions, Summary, TerminalSize, stream_log,
 };
+use skiff_types::ContainerId;
 use tokio::io::AsyncWriteExt as _;
 
 use super::backend::LocalBackend;
@@ -65,7 +66,7 @@ impl Endpoint {
     }
 
     /// The runs of a container that left a log, oldest first.
-    fn runs(&self, pod: &Pod, container: &str) -> Result<Vec<i32>, BackendError> {
+    fn runs(&self, pod: &Pod, container: &str) -> Result<Vec<u32>, BackendError> {
         let spec = pod.spec.as_ref();
         let known = spec.is_some_and(|s| {
             s.containers.iter().any(|c| c.name == container)
@@ -84,7 +85,7 @@ impl Endpoint {
             .parent()
             .map(Path::to_owned)
             .unwrap_or_default();
-        let mut runs: Vec<i32> = std::fs::read_dir(&dir)
+        let mut runs: Vec<u32> = std::fs::read_dir(&dir)
             .map(|d| {
                 d.flatten()
                     .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
@@ -95,11 +96,13 @@ impl Endpoint {
         Ok(runs)
     }
 
-    fn id(pod: &Pod, container: &str, run: i32) -> String {
-        format!(
-            "{}-{container}-{run}",
-            pod.metadata.uid.as_deref().unwrap_or_default()
+    fn id(pod: &Pod, container: &str, run: u32) -> String {
+        ContainerId::new(
+            pod.metadata.uid.as_deref().unwrap_or_default(),
+            container,
+            run,
         )
+        .to_string()
     }
 
     fn running(&self, id: &str) -> bool {

@@ -3,6 +3,9 @@
 //! lets a restarted daemon adopt what still runs.
 
 pub mod backend;
+pub mod cgroups;
 pub mod endpoint;
+pub mod oci;
 pub mod peers;
 pub mod run;
+pub mod sources;

@@ -159,15 +159,8 @@ impl Peers {
             );
         }
         let wanted: BTreeSet<Ipv4Cidr> = plan.routes.keys().copied().collect();
-        let add: Vec<(Ipv4Addr, u8)> = wanted
-            .difference(&self.exempt)
-            .map(|c| (c.network(), c.prefix()))
-            .collect();
-        let remove: Vec<(Ipv4Addr, u8)> = self
-            .exempt
-            .difference(&wanted)
-            .map(|c| (c.network(), c.prefix()))
-            .collect();
+        let add: Vec<Ipv4Cidr> = wanted.difference(&self.exempt).copied().collect();
+        let remove: Vec<Ipv4Cidr> = self.exempt.difference(&wanted).copied().collect();
         // `nft` runs as a child process, which must start in this node's namespace: a
         // blocking call on this thread, as the masquerade setup does.
         match masquerade::change_pod_networks(&self.bridge, &add, &remove) {

@@ -2,13 +2,14 @@
 //! Lease, report status, run a worker per bound pod, and clean up what no pod owns.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
+use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Taint};
 use kube::{
@@ -16,28 +17,39 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use skiff_kubelet::{
+    api::{Inflight, KubePodApi},
     node::{
         capacity::Reservations,
         host::ProcHost,
-        lease,
-        register::{Identity, RegisterError, Registration},
+        lease::NodeLease,
+        register::{CHECK_EVERY, Identity, RegisterError, Registration},
     },
     pod::{
         backend::PodBackend,
+        backoff,
         command::NodeLimits,
+        dispatch::{Dispatch, Housekeeping, PodEvent},
+        records::DiskRecords,
         volume::{SystemMounter, VolumeManager},
-        worker::{self, WorkerConfig, WorkerHandle},
+        worker::WorkerConfig,
     },
 };
-use skiff_node_net::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork, parse_cidr};
+use skiff_node_net::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork};
 use skiff_node_runtime::{ContainerRuntime, Libcontainer, image::ImageStore};
+use skiff_types::{CidrError, ContainerId, Ipv4Cidr};
+use tokio::sync::mpsc::{self, UnboundedSender};
 
-use super::backend::{ApiSources, Layout, LocalBackend};
+use super::{
+    backend::{Layout, LocalBackend},
+    cgroups,
+    sources::ApiSources,
+};
 
-/// How often the Node's status is checked (and sent when it changed).
-const STATUS_EVERY: Duration = Duration::from_secs(10);
-/// How long to wait for the control plane to assign a pod CIDR.
-const CIDR_WAIT: Duration = Duration::from_mins(1);
+/// What a node without a pod CIDR waits for, in its log and its Ready condition.
+pub const WAITING_FOR_POD_CIDR: &str =
+    "waiting for spec.podCIDR from node IPAM; pass --pod-cidr or start control with --cluster-cidr";
+/// How often a node that still waits says so again.
+const SAY_AGAIN: Duration = Duration::from_secs(30);
 
 /// Errors that stop the node daemon.
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +69,12 @@ pub enum DaemonError {
     /// Registration failed.
     #[error(transparent)]
     Register(#[from] RegisterError),
-    /// The Node has no pod CIDR and none was given.
-    #[error("node {0} has no spec.podCIDR (start control with --cluster-cidr or pass --pod-cidr)")]
-    NoPodCidr(String),
+    /// The watch of the Node ended, which the watcher's back-off never lets happen.
+    #[error("the watch of node {0} ended")]
+    NodeWatchEnded(String),
+    /// The Node's `spec.podCIDR` is not an IPv4 network.
+    #[error("spec.podCIDR: {0}")]
+    PodCidr(#[from] CidrError),
     /// The pod network could not be set up.
     #[error("pod network: {0}")]
     Network(#[from] NetworkError),
@@ -85,7 +100,7 @@ pub struct NodeConfig {
     /// The pod bridge's name.
     pub bridge: String,
     /// The pod CIDR, when the control plane does not assign one.
-    pub pod_cidr: Option<String>,
+    pub pod_cidr: Option<Ipv4Cidr>,
     /// Extra node labels.
     pub labels: std::collections::BTreeMap<String, String>,
     /// Taints to register with.
@@ -98,27 +113,48 @@ pub struct NodeConfig {
     pub cleanup_on_exit: bool,
 }
 
-/// What the running node shares with its endpoint.
-#[derive(Clone)]
+/// A node set up and registered, not running pods yet.
 pub struct Node {
-    /// The pod backend (runtime, images, logs).
+    /// The pod backend (runtime, images, logs), which the endpoint serves too.
     pub backend: Arc<LocalBackend>,
-    /// Pods this node runs, by UID (namespace, name, pod).
-    pub pods: Arc<std::sync::Mutex<HashMap<String, Arc<Pod>>>>,
+    /// The pods' workers; [`Dispatch::pods`] is what the endpoint serves.
+    pub dispatch: Dispatch,
+    /// The Node's Lease and status reports, running since registration.
+    pub heartbeat: Heartbeat,
     /// The node's pod CIDR.
-    pub pod_cidr: skiff_types::Ipv4Cidr,
+    pub pod_cidr: Ipv4Cidr,
 }
 
-impl Node {
-    /// The pods this node runs now.
-    #[must_use]
-    pub fn snapshot(&self) -> Vec<Arc<Pod>> {
-        self.pods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+/// What keeps the Node alive in the API while the node sets up and runs: its Lease and
+/// its status reports, whose Ready condition says what the node waits for.
+#[derive(Debug)]
+pub struct Heartbeat {
+    lease: tokio::task::JoinHandle<()>,
+    status: tokio::task::JoinHandle<()>,
+    ready: tokio::sync::watch::Sender<Result<(), String>>,
+}
+
+impl Heartbeat {
+    /// Starts renewing the Lease and reporting status for `registration`, not Ready
+    /// because of `waiting`.
+    fn start(client: &Client, registration: Registration, waiting: &str) -> Self {
+        let lease = NodeLease::new(registration.name(), registration.uid().unwrap_or_default());
+        let (ready, said) = tokio::sync::watch::channel(Err(waiting.to_owned()));
+        Self {
+            lease: tokio::spawn(lease.renew_forever(client.clone())),
+            status: tokio::spawn(report_forever(client.clone(), registration, said)),
+            ready,
+        }
+    }
+
+    /// The node is Ready (`Ok`) or waits for something.
+    fn set(&self, ready: Result<(), String>) {
+        let _ = self.ready.send_replace(ready);
+    }
+
+    fn stop(self) {
+        self.lease.abort();
+        self.status.abort();
     }
 }
 
@@ -164,14 +200,86 @@ fn v2_parent(cgroup_parent: &str) -> Option<PathBuf> {
         .then(|| unified.join(cgroup_parent.trim_start_matches('/')))
 }
 
+/// The Node's registration, with the host's facts and the configured identity.
+fn registration(client: Client, config: &NodeConfig, state: &Path) -> Registration {
+    let id = Identity {
+        name: config.name.clone(),
+        address: config.address,
+        port: config.port,
+        labels: config.labels.clone(),
+        annotations: std::collections::BTreeMap::new(),
+        taints: config.taints.clone(),
+        pod_cidr: config.pod_cidr,
+        provider_id: None,
+    };
+    Registration::new(
+        client,
+        id,
+        Box::new(ProcHost::new(state, config.reserved)),
+        Inflight::unbounded(),
+    )
+}
+
+fn pod_cidr_of(node: &k8s_openapi::api::core::v1::Node) -> Result<Option<Ipv4Cidr>, CidrError> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_deref())
+        .map(str::parse)
+        .transpose()
+}
+
+/// The Node's `spec.podCIDR` from `node` or, once the control plane assigns it, from the
+/// Node's watch `updates`. Waits as long as it takes, saying so every [`SAY_AGAIN`].
+async fn wait_for_pod_cidr(
+    name: &str,
+    node: &k8s_openapi::api::core::v1::Node,
+    updates: impl futures::Stream<Item = k8s_openapi::api::core::v1::Node>,
+) -> Result<Ipv4Cidr, DaemonError> {
+    if let Some(cidr) = pod_cidr_of(node)? {
+        return Ok(cidr);
+    }
+    let started = tokio::time::Instant::now();
+    tracing::warn!(node = %name, "{WAITING_FOR_POD_CIDR}");
+    let mut again = tokio::time::interval_at(started + SAY_AGAIN, SAY_AGAIN);
+    let mut updates = std::pin::pin!(updates);
+    loop {
+        tokio::select! {
+            _ = again.tick() => {
+                let waited_s = started.elapsed().as_secs();
+                tracing::warn!(node = %name, waited_s, "{WAITING_FOR_POD_CIDR}");
+            }
+            node = updates.next() => match node {
+                Some(node) => if let Some(cidr) = pod_cidr_of(&node)? {
+                    tracing::info!(node = %name, pod_cidr = %cidr, "pod CIDR assigned");
+                    return Ok(cidr);
+                },
+                None => return Err(DaemonError::NodeWatchEnded(name.to_owned())),
+            },
+        }
+    }
+}
+
+/// The Node's own versions as they change.
+fn own_node(
+    client: &Client,
+    name: &str,
+) -> impl futures::Stream<Item = k8s_openapi::api::core::v1::Node> + use<> {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let own = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    watcher(api, own)
+        .default_backoff()
+        .applied_objects()
+        .filter_map(|node| async move {
+            node.inspect_err(|err| tracing::debug!(%err, "node watch"))
+                .ok()
+        })
+}
+
 /// Sets the node up: state, images, runtime, registration, pod CIDR, network.
 ///
 /// # Errors
 /// Anything that leaves the node unable to run pods.
-pub async fn prepare(
-    client: Client,
-    config: &NodeConfig,
-) -> Result<(Node, Registration), DaemonError> {
+pub async fn prepare(client: Client, config: &NodeConfig) -> Result<Node, DaemonError> {
     let state = dir(&config.state_dir)?;
     let images = ImageStore::open(
         &dir(&state.join("images"))?,
@@ -183,44 +291,33 @@ pub async fn prepare(
         runtime_state.clone(),
         PathBuf::from("/sys/fs/cgroup"),
     ));
-    let id = Identity {
-        name: config.name.clone(),
-        address: config.address,
-        port: config.port,
-        labels: config.labels.clone(),
-        taints: config.taints.clone(),
-        pod_cidr: config.pod_cidr.clone(),
-        reserved: config.reserved,
+    let mut registration = registration(client.clone(), config, &state);
+    let waiting = if config.pod_cidr.is_some() {
+        "the pod network is being set up"
+    } else {
+        WAITING_FOR_POD_CIDR
     };
-    let mut registration = Registration::new(client.clone(), id, Box::new(ProcHost::new(&state)));
-    let mut node = registration
-        .register(Err("the pod network is being set up".to_owned()))
+    let mut node = registration.register(Err(waiting.to_owned())).await?;
+    // Alive in the API from now on, and saying what it waits for.
+    let heartbeat = Heartbeat::start(&client, registration, waiting);
+    let cidr = if let Some(cidr) = config.pod_cidr {
+        cidr
+    } else {
+        let updates = own_node(&client, &config.name);
+        let mut latest = node.clone();
+        let cidr = wait_for_pod_cidr(
+            &config.name,
+            &node,
+            updates.inspect(|n| latest.clone_from(n)),
+        )
         .await?;
-    let started = tokio::time::Instant::now();
-    let cidr = loop {
-        if let Some(c) = config
-            .pod_cidr
-            .clone()
-            .or_else(|| node.spec.as_ref().and_then(|s| s.pod_cidr.clone()))
-        {
-            break c;
-        }
-        if started.elapsed() > CIDR_WAIT {
-            return Err(DaemonError::NoPodCidr(config.name.clone()));
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        node = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
-            .get(&config.name)
-            .await
-            .map_err(|source| RegisterError::Api {
-                node: config.name.clone(),
-                action: "get",
-                source,
-            })?;
+        node = latest;
+        cidr
     };
+    heartbeat.set(Err("the pod network is being set up".to_owned()));
     let network = Arc::new(BridgeNetwork::new(NetworkConfig {
         bridge: config.bridge.clone(),
-        pod_cidr: parse_cidr(&cidr)?,
+        pod_cidr: cidr,
         state_dir: dir(&state.join("network"))?,
         masquerade: true,
         mtu: config.pod_network.pod_mtu(),
@@ -230,13 +327,12 @@ pub async fn prepare(
     let node_limits = limits(&node);
     let pods_dir = dir(&state.join("pods"))?;
     let volumes = VolumeManager::new(
-        pods_dir,
+        pods_dir.clone(),
         sources.clone(),
         Arc::new(SystemMounter),
         node_limits,
     );
     let backend = Arc::new(LocalBackend {
-        client,
         layout: Layout {
             node: config.name.clone(),
             host_ip: config.address.to_string(),
@@ -253,33 +349,30 @@ pub async fn prepare(
         sources,
         limits: node_limits,
     });
-    let (network, prefix) = parse_cidr(&cidr)?;
-    Ok((
-        Node {
-            backend,
-            pods: Arc::default(),
-            pod_cidr: skiff_types::Ipv4Cidr::containing(network, prefix)
-                .map_err(|_| NetworkError::InvalidCidr(cidr.clone()))?,
-        },
-        registration,
-    ))
-}
-
-fn uid_of(pod: &Pod) -> String {
-    pod.metadata.uid.clone().unwrap_or_default()
-}
-
-fn terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+    let worker_config = Arc::new(WorkerConfig {
+        host_ip: config.address.to_string(),
+        records: Arc::new(DiskRecords::new(&pods_dir)),
+        volume_refresh: Duration::from_secs(10),
+        backoff: backoff::Policy::default(),
+    });
+    let api = Arc::new(KubePodApi::new(
+        client,
+        &config.name,
+        Inflight::unbounded(),
+        true,
+    ));
+    let dispatch = Dispatch::new(backend.clone(), api, worker_config);
+    Ok(Node {
+        backend,
+        dispatch,
+        heartbeat,
+        pod_cidr: cidr,
+    })
 }
 
 /// Removes containers, sandboxes and pod directories no known pod owns.
 async fn collect_orphans(backend: &LocalBackend, known: &HashSet<String>) {
-    // Container IDs are `<pod-uid>-<container>-<restart>`; UIDs are 36 characters.
-    let owner = |id: &str| id.get(..36).unwrap_or(id).to_owned();
+    let owner = |id: &str| ContainerId::owner_of(id).to_owned();
     if let Ok(containers) = backend.runtime.list().await {
         for c in containers {
             if !known.contains(&owner(&c.id)) {
@@ -366,128 +459,162 @@ pub async fn clean_up(backend: &LocalBackend) {
     if let Err(err) = backend.network.teardown().await {
         tracing::warn!(%err, "network not torn down");
     }
-    super::backend::remove_node_cgroups(&backend.layout.cgroup_parent);
+    cgroups::remove_node_cgroups(&backend.layout.cgroup_parent);
 }
 
-/// Reports the Node's status every [`STATUS_EVERY`] (sent when it changed).
-async fn report_forever(mut registration: Registration) {
-    let mut tick = tokio::time::interval(STATUS_EVERY);
+/// Reports the Node's status every [`CHECK_EVERY`] (sent when it changed), at once when
+/// the node's readiness changes, and when the Node's own watch shows someone else changed
+/// its conditions.
+async fn report_forever(
+    client: Client,
+    mut registration: Registration,
+    mut ready: tokio::sync::watch::Receiver<Result<(), String>>,
+) {
+    let mut nodes = std::pin::pin!(own_node(&client, registration.name()));
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        if let Err(err) = registration.report(Ok(()), false).await {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = ready.changed() => if changed.is_err() {
+                return;
+            },
+            node = nodes.next() => match node {
+                Some(node) => registration.observe(&node),
+                None => return,
+            },
+        }
+        let now = ready.borrow_and_update().clone();
+        if let Err(err) = registration.report(now, false).await {
             tracing::warn!(%err, "node status not reported");
         }
+    }
+}
+
+/// Forwards the events of the watch of pods bound to `node` until the receiver is gone.
+async fn watch_pods(client: Client, node: String, tx: UnboundedSender<PodEvent>) {
+    let api: Api<Pod> = Api::all(client);
+    let bound = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let mut events = std::pin::pin!(watcher(api, bound).default_backoff());
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => {
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+            Err(err) => tracing::warn!(%err, "pod watch"),
+        }
+    }
+}
+
+/// What a real node does beside its pods: it removes what no pod owns after its first
+/// list, and collects images when the disk fills.
+struct Housekeeper {
+    backend: Arc<LocalBackend>,
+    state_dir: PathBuf,
+}
+
+#[async_trait]
+impl Housekeeping for Housekeeper {
+    async fn first_sync(&self, known: &HashSet<String>) {
+        collect_orphans(&self.backend, known).await;
+    }
+
+    async fn tick(&self, pods: &[Arc<Pod>]) {
+        collect_images(&self.backend, pods, &self.state_dir);
     }
 }
 
 /// Runs the node until `shutdown` resolves.
 ///
 /// # Errors
-/// When the node cannot be set up.
+/// When the node cannot report its status.
 pub async fn run(
     client: Client,
     config: NodeConfig,
     node: Node,
-    mut registration: Registration,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let backend = node.backend.clone();
-    let stored = registration.report(Ok(()), true).await?;
-    let node_uid = stored.metadata.uid.clone().unwrap_or_default();
-    let lease = tokio::spawn(lease::renew_forever(
-        client.clone(),
-        config.name.clone(),
-        node_uid,
-    ));
-    let status = tokio::spawn(report_forever(registration));
+    let Node {
+        backend,
+        dispatch,
+        heartbeat,
+        pod_cidr,
+    } = node;
+    heartbeat.set(Ok(()));
     let peers = tokio::spawn(super::peers::run(
         client.clone(),
         config.name.clone(),
         config.pod_network.clone(),
-        node.pod_cidr,
+        pod_cidr,
         config.bridge.clone(),
     ));
-    let worker_config = Arc::new(WorkerConfig {
-        host_ip: config.address.to_string(),
-        pods_dir: backend.volumes.pods_dir().to_owned(),
-        volume_refresh: Duration::from_secs(10),
-    });
-    let api: Api<Pod> = Api::all(client.clone());
-    let watch = watcher::Config::default().fields(&format!("spec.nodeName={}", config.name));
-    let mut events = std::pin::pin!(watcher(api, watch).default_backoff());
-    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut initial = true;
-    let mut reap = tokio::time::interval(Duration::from_secs(5));
-    let mut shutdown = std::pin::pin!(shutdown);
-    let dyn_backend: Arc<dyn PodBackend> = backend.clone();
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            _ = reap.tick() => {
-                collect_images(&backend, &node.snapshot(), &config.state_dir);
-                workers.retain(|uid, w| {
-                    let keep = !w.finished();
-                    if !keep {
-                        node.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(uid);
-                    }
-                    keep
-                });
-            }
-            event = events.next() => {
-                let Some(event) = event else { break };
-                match event {
-                    Ok(watcher::Event::Init) => seen.clear(),
-                    Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
-                        let uid = uid_of(&pod);
-                        seen.insert(uid.clone());
-                        let pod = Arc::new(pod);
-                        node.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(uid.clone(), pod.clone());
-                        if let Some(w) = workers.get(&uid) {
-                            w.update(pod);
-                        } else if terminal(&pod)
-                            && !worker_config.pods_dir.join(&uid).join("record.json").exists()
-                        {
-                            // Finished before this daemon knew it: nothing to run again.
-                            if pod.metadata.deletion_timestamp.is_some() {
-                                let _ = backend.delete_pod(&pod).await;
-                            }
-                        } else {
-                            tracing::info!(pod = ?pod.metadata.name, %uid, "pod bound here");
-                            workers.insert(uid, worker::spawn(pod, dyn_backend.clone(), worker_config.clone()));
-                        }
-                    }
-                    Ok(watcher::Event::Delete(pod)) => {
-                        let uid = uid_of(&pod);
-                        if let Some(w) = workers.get(&uid) {
-                            w.gone();
-                        }
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        for (uid, w) in &workers {
-                            if !seen.contains(uid) {
-                                w.gone();
-                            }
-                        }
-                        if initial {
-                            initial = false;
-                            collect_orphans(&backend, &seen).await;
-                        }
-                    }
-                    Err(err) => tracing::warn!(%err, "pod watch"),
-                }
-            }
-        }
-    }
-    lease.abort();
-    status.abort();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let watch = tokio::spawn(watch_pods(client, config.name.clone(), tx));
+    let housekeeper = Housekeeper {
+        backend: backend.clone(),
+        state_dir: config.state_dir.clone(),
+    };
+    dispatch.run(rx, &housekeeper, shutdown).await;
+    watch.abort();
     peers.abort();
-    for (_, w) in workers.drain() {
-        w.detach();
-    }
+    heartbeat.stop();
     if config.cleanup_on_exit {
         clean_up(&backend).await;
         super::peers::remove().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Node as KubeNode, NodeSpec};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    fn node(cidr: Option<&str>) -> KubeNode {
+        KubeNode {
+            spec: Some(NodeSpec {
+                pod_cidr: cidr.map(str::to_owned),
+                ..NodeSpec::default()
+            }),
+            ..KubeNode::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_waits_for_its_pod_cidr_as_long_as_it_takes() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let updates =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|n| (n, rx)) });
+        let waiting =
+            tokio::spawn(async move { wait_for_pod_cidr("n1", &node(None), updates).await });
+        tx.send(node(None)).unwrap();
+        tokio::time::sleep(Duration::from_mins(5)).await;
+        assert!(!waiting.is_finished(), "it gave up");
+        tx.send(node(Some("10.244.3.0/24"))).unwrap();
+        let cidr = waiting.await.unwrap().unwrap();
+        assert_eq!(cidr.to_string(), "10.244.3.0/24");
+    }
+
+    #[tokio::test]
+    async fn a_pod_cidr_already_there_is_taken_at_once_and_a_bad_one_refused() {
+        let cidr = wait_for_pod_cidr(
+            "n1",
+            &node(Some("10.244.1.0/24")),
+            futures::stream::pending(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(cidr.to_string(), "10.244.1.0/24");
+        let bad = wait_for_pod_cidr(
+            "n1",
+            &node(Some("10.244.1.1/24")),
+            futures::stream::pending(),
+        )
+        .await;
+        assert!(matches!(bad, Err(DaemonError::PodCidr(_))), "{bad:?}");
+    }
 }

@@ -6,7 +6,8 @@
 //!
 //! Two more rows separate the scheduler from the API server it shares two cores with: a
 //! backlog of pods created while no scheduler runs, then bound by `skiff_scheduler::run`
-//! started in this process; and the scheduling decisions alone on an in-memory cache.
+//! started in this process on informers of its own; and the scheduling decisions alone on
+//! an in-memory cache.
 
 use std::{
     collections::HashMap,
@@ -427,10 +428,15 @@ async fn run_backlog(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<(f6
     let pid = cp.pid().context("control is running")?;
     let cpu_before = cpu_seconds(pid)? + cpu_seconds(std::process::id())?;
     let started = Instant::now();
-    let scheduler = tokio::spawn(skiff_scheduler::run(
-        client,
-        skiff_scheduler::Config::default(),
-    ));
+    // The scheduler over informers of its own, as `control` runs it.
+    let informers = skiff_control_runtime::Informers::new(client);
+    let schedule = skiff_scheduler::run(&informers, skiff_scheduler::Config::default());
+    let scheduler = tokio::spawn(async move {
+        tokio::select! {
+            () = informers.run() => Ok(()),
+            result = schedule => result,
+        }
+    });
     let (mut seen, mut progress) = (0, Instant::now());
     loop {
         let now = bound.lock().expect("bound").len();
@@ -470,7 +476,9 @@ async fn run_backlog(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<(f6
 fn run_memory(nodes: usize, pods: usize) -> Result<(f64, usize)> {
     let mut cache = skiff_scheduler::cache::Cache::default();
     for i in 0..nodes {
-        cache.upsert_node(serde_json::from_value(node(i))?);
+        cache.upsert_node(serde_json::from_value::<k8s_openapi::api::core::v1::Node>(
+            node(i),
+        )?);
     }
     let infos: Vec<skiff_scheduler::pod_info::PodInfo> = (0..pods)
         .map(|i| {

@@ -1,12 +1,13 @@
 //! What every write passes through: kind and namespace checks, unknown fields
-//! (`fieldValidation`), defaults, validation, and the update rules on metadata.
+//! (`fieldValidation`), the kind's defaults and validation, and the update rules on
+//! metadata.
 
 use serde_json::{Value, json};
 use skiff_machinery::{
     status::{Cause, StatusError},
     validation::object_meta,
 };
-use skiff_resources::{ResourceInfo, defaults, fields, validate};
+use skiff_resources::{ResourceInfo, fields};
 
 use crate::{http::Query, objects};
 
@@ -93,39 +94,16 @@ pub fn unknown_fields(
     }
 }
 
-fn name_is_label(info: &ResourceInfo) -> bool {
-    matches!(info.kind, "Namespace" | "Service")
-}
-
 fn invalid(info: &ResourceInfo, obj: &Value, causes: Vec<Cause>) -> StatusError {
     StatusError::invalid(info.group, info.kind, objects::name_of(obj), causes)
 }
 
-/// Folds a Secret's write-only `stringData` into `data`, as the Go apiserver does.
-fn fold_string_data(info: &ResourceInfo, obj: &mut Value) {
-    use base64::Engine;
-    if !(info.group.is_empty() && info.kind == "Secret") {
-        return;
-    }
-    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData"))
-    else {
-        return;
-    };
-    if !obj.get("data").is_some_and(Value::is_object) {
-        obj["data"] = json!({});
-    }
-    for (k, v) in strings {
-        let text = v.as_str().unwrap_or_default();
-        obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
-    }
-}
-
 /// Defaults and validates a new object.
 pub fn admit_create(info: &ResourceInfo, obj: &mut Value) -> Result<(), StatusError> {
-    fold_string_data(info, obj);
-    defaults::apply(info, obj);
-    let mut causes = object_meta(&obj["metadata"], info.namespaced, name_is_label(info));
-    causes.extend(validate::create(info, obj));
+    let strategy = info.strategy;
+    strategy.default(obj);
+    let mut causes = object_meta(&obj["metadata"], info.namespaced, strategy.name_is_label());
+    causes.extend(strategy.validate(obj));
     if causes.is_empty() {
         Ok(())
     } else {
@@ -153,15 +131,15 @@ pub fn admit_update(info: &ResourceInfo, old: &Value, new: &mut Value) -> Result
             }
         }
     }
-    fold_string_data(info, new);
-    defaults::apply(info, new);
+    let strategy = info.strategy;
+    strategy.default(new);
     if objects::spec_part(old) != objects::spec_part(new)
         && let Some(generation) = old.pointer("/metadata/generation").and_then(Value::as_i64)
     {
         new["metadata"]["generation"] = json!(generation + 1);
     }
-    let mut causes = object_meta(&new["metadata"], info.namespaced, name_is_label(info));
-    causes.extend(validate::update(info, old, new));
+    let mut causes = object_meta(&new["metadata"], info.namespaced, strategy.name_is_label());
+    causes.extend(strategy.validate_update(old, new));
     if causes.is_empty() {
         Ok(())
     } else {

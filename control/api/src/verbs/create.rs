@@ -1,16 +1,15 @@
 //! POST: a new object, named or generated, defaulted, validated and stored.
 
 use http::{HeaderMap, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 use skiff_machinery::status::StatusError;
 
-use super::{admit, service};
+use super::admit;
 use crate::{
+    ctx::Ctx,
     http::{self as h, Body, Query},
     objects,
     route::ResourceRoute,
-    server::Ctx,
 };
 
 /// Lower-case consonants and digits, as the Go apiserver's generateName suffix uses.
@@ -32,10 +31,9 @@ pub async fn create(
     route: &ResourceRoute,
     query: &Query,
     headers: &HeaderMap,
-    body: Incoming,
+    body: &[u8],
 ) -> Result<Response<Body>, StatusError> {
-    let body = h::read_body(headers, body).await?;
-    let obj = h::decode_object(headers, &body)?;
+    let obj = h::decode_object(headers, body)?;
     let (created, warnings) = create_object(ctx, route, query, obj).await?;
     Ok(h::with_warnings(
         h::json(StatusCode::CREATED, &created),
@@ -86,20 +84,16 @@ pub async fn create_object(
     if obj.get("spec").is_some() {
         obj["metadata"]["generation"] = json!(1);
     }
-    if info.kind == "Pod" && obj.pointer("/status/phase").is_none() {
-        obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
-    }
+    let strategy = info.strategy;
+    strategy.prepare_for_create(&mut obj);
     if obj.pointer("/metadata/managedFields").is_none() {
         skiff_machinery::apply::record_update(None, &mut obj, query.manager(), &objects::now());
     }
-    let is_service = info.group.is_empty() && info.kind == "Service";
-    if is_service {
-        service::allocate(ctx, &mut obj)?;
-    }
+    strategy.allocate(&mut obj, &ctx.pools).map_err(|cause| {
+        StatusError::invalid(info.group, info.kind, objects::name_of(&obj), vec![cause])
+    })?;
     if query.dry_run() {
-        if is_service {
-            service::release(ctx, &obj);
-        }
+        strategy.release(&obj, &ctx.pools);
         return Ok((obj, warnings));
     }
     let name = objects::name_of(&obj).to_owned();
@@ -111,9 +105,7 @@ pub async fn create_object(
             Ok((obj, warnings))
         }
         Err(err) => {
-            if is_service {
-                service::release(ctx, &obj);
-            }
+            strategy.release(&obj, &ctx.pools);
             Err(objects::store_error(err, info, &name))
         }
     }
@@ -123,15 +115,7 @@ pub async fn create_object(
 async fn ensure_namespace_open(ctx: &Ctx, namespace: &str) -> Result<(), StatusError> {
     let ns_info = skiff_resources::by_kind("v1", "Namespace")
         .ok_or_else(|| StatusError::internal("namespaces are not served"))?;
-    let kv = ctx
-        .store
-        .get(&objects::key(ns_info, None, namespace), 0)
-        .await
-        .map_err(|e| objects::store_error(e, ns_info, namespace))?;
-    let Some(kv) = kv else {
-        return Err(StatusError::not_found("", "namespaces", namespace));
-    };
-    let ns = objects::decode(&kv)?;
+    let (ns, _) = objects::fetch(ctx.store.as_ref(), ns_info, None, namespace).await?;
     if ns.pointer("/metadata/deletionTimestamp").is_some() {
         return Err(StatusError::forbidden(format!(
             "unable to create new content in namespace {namespace} because it is being terminated"

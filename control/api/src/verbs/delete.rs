@@ -1,29 +1,34 @@
-//! DELETE of one object (graceful for bound pods, deferred while finalizers remain, with
-//! the propagation policy recorded for the garbage collector) and of collections.
+//! DELETE of one object (deferred while finalizers remain, graceful or finalizing where the
+//! kind says so, with the propagation policy recorded for the garbage collector) and of
+//! collections. The read-modify-write is retried on a fresh read when another writer got in
+//! between, so only the client's own preconditions can conflict.
 
-use http::{HeaderMap, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{Response, StatusCode};
 use serde_json::{Value, json};
 use skiff_machinery::status::{self as st, StatusError};
+use skiff_resources::Deletion;
 
-use super::{read, service};
+use super::{
+    read,
+    update::{self, Failed},
+};
 use crate::{
+    ctx::Ctx,
     http::{self as h, Body, Query},
     objects,
     route::ResourceRoute,
-    server::Ctx,
 };
 
 /// `DeleteOptions` from the body and the query.
 #[derive(Debug, Default)]
-struct Options {
+pub struct Options {
     propagation: Option<String>,
     grace: Option<i64>,
     uid: Option<String>,
     resource_version: Option<String>,
 }
 
-fn options(query: &Query, body: &[u8]) -> Result<Options, StatusError> {
+pub fn options(query: &Query, body: &[u8]) -> Result<Options, StatusError> {
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -47,135 +52,119 @@ pub async fn delete(
     ctx: &Ctx,
     route: &ResourceRoute,
     query: &Query,
-    headers: &HeaderMap,
-    body: Incoming,
+    body: &[u8],
 ) -> Result<Response<Body>, StatusError> {
-    let body = h::read_body(headers, body).await?;
-    let opts = options(query, &body)?;
+    let opts = options(query, body)?;
     let (obj, code) = delete_one(ctx, route, query, &opts).await?;
     Ok(h::json(code, &obj))
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "preconditions, finalizers and grace read best in order"
-)]
-async fn delete_one(
+/// The finalizer a propagation policy leaves for the garbage collector.
+fn propagation_finalizer(opts: &Options) -> Result<Option<&'static str>, StatusError> {
+    match opts.propagation.as_deref() {
+        Some("Foreground") => Ok(Some("foregroundDeletion")),
+        Some("Orphan") => Ok(Some("orphan")),
+        Some("Background") | None => Ok(None),
+        Some(other) => Err(StatusError::bad_request(format!(
+            "unsupported propagationPolicy {other:?}"
+        ))),
+    }
+}
+
+/// Deletes (or marks for deletion) the object the route names; the status code says which.
+pub async fn delete_one(
     ctx: &Ctx,
     route: &ResourceRoute,
     query: &Query,
     opts: &Options,
 ) -> Result<(Value, StatusCode), StatusError> {
     let info = route.info;
+    let strategy = info.strategy;
     let name = route.name.as_deref().unwrap_or("");
-    let (mut obj, rev) = read::fetch(ctx, route).await?;
-    let conflict = |what: &str| {
-        StatusError::conflict(
-            info.group,
-            info.plural,
-            name,
-            &format!("Precondition failed: {what}"),
-        )
-    };
-    if let Some(uid) = &opts.uid
-        && obj.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid)
-    {
-        return Err(conflict("UID in precondition does not match the object"));
-    }
-    if let Some(rv) = &opts.resource_version
-        && obj
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            != Some(rv)
-    {
-        return Err(conflict(
-            "ResourceVersion in precondition does not match the object",
-        ));
-    }
-    let mut finalizers: Vec<Value> = obj
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let marker = match opts.propagation.as_deref() {
-        Some("Foreground") => Some("foregroundDeletion"),
-        Some("Orphan") => Some("orphan"),
-        Some("Background") | None => None,
-        Some(other) => {
-            return Err(StatusError::bad_request(format!(
-                "unsupported propagationPolicy {other:?}"
-            )));
+    let key = objects::key(info, route.namespace.as_deref(), name);
+    let marker = propagation_finalizer(opts)?;
+    let key = &key;
+    update::guaranteed(ctx, route, |mut obj, rev| async move {
+        let precondition =
+            |what: &str| update::stale(route, &format!("Precondition failed: {what}"));
+        if let Some(uid) = &opts.uid
+            && obj.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid)
+        {
+            return Err(precondition(
+                "UID in precondition does not match the object",
+            ));
         }
-    };
-    if let Some(marker) = marker
-        && !finalizers.iter().any(|f| f == marker)
-    {
-        finalizers.push(json!(marker));
-    }
-    let bound_pod = info.kind == "Pod"
-        && info.group.is_empty()
-        && obj
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .is_some_and(|n| !n.is_empty());
-    let grace = opts.grace.unwrap_or_else(|| {
-        obj.pointer("/spec/terminationGracePeriodSeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(30)
-    });
-    // A bound pod is stopped by its node, which deletes it with grace 0 when done.
-    let graceful = bound_pod && grace > 0;
-    // A namespace is emptied by the namespace controller, which then drops its
-    // `spec.finalizers`; until then it is Terminating.
-    let namespace_finalizing = info.group.is_empty()
-        && info.kind == "Namespace"
-        && obj
-            .pointer("/spec/finalizers")
+        if let Some(rv) = &opts.resource_version
+            && obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                != Some(rv)
+        {
+            return Err(precondition(
+                "ResourceVersion in precondition does not match the object",
+            ));
+        }
+        strategy.check_delete(&obj).map_err(|why| {
+            StatusError::forbidden(format!("{} {name:?} is forbidden: {why}", info.plural))
+        })?;
+        let mut finalizers: Vec<Value> = obj
+            .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
-    if namespace_finalizing {
-        obj["status"]["phase"] = json!("Terminating");
-    }
-    if !finalizers.is_empty() || graceful || namespace_finalizing {
-        if obj.pointer("/metadata/deletionTimestamp").is_none() {
-            obj["metadata"]["deletionTimestamp"] = json!(objects::now());
-            obj["metadata"]["deletionGracePeriodSeconds"] = json!(if graceful { grace } else { 0 });
+            .cloned()
+            .unwrap_or_default();
+        if let Some(marker) = marker
+            && !finalizers.iter().any(|f| f == marker)
+        {
+            finalizers.push(json!(marker));
         }
-        obj["metadata"]["finalizers"] = Value::Array(finalizers);
+        let deletion = strategy.deletion(&mut obj, opts.grace);
+        if !finalizers.is_empty() || deletion != Deletion::Immediate {
+            if obj.pointer("/metadata/deletionTimestamp").is_none() {
+                let grace = match deletion {
+                    Deletion::Graceful(grace) => grace,
+                    Deletion::Immediate | Deletion::Finalizing => 0,
+                };
+                obj["metadata"]["deletionTimestamp"] = json!(objects::now());
+                obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            }
+            obj["metadata"]["finalizers"] = Value::Array(finalizers);
+            if query.dry_run() {
+                return Ok((obj, StatusCode::OK));
+            }
+            let kv = ctx
+                .store
+                .update(key, objects::encode(&obj), rev)
+                .await
+                .map_err(|e| update::store_failed(e, route))?;
+            objects::set_resource_version(&mut obj, kv.mod_revision);
+            return Ok((obj, StatusCode::ACCEPTED));
+        }
         if query.dry_run() {
             return Ok((obj, StatusCode::OK));
         }
-        let key = objects::key(info, route.namespace.as_deref(), name);
-        let kv = ctx
+        let gone = ctx
             .store
-            .update(&key, objects::encode(&obj), rev)
+            .delete(key, Some(rev))
             .await
-            .map_err(|e| objects::store_error(e, info, name))?;
-        objects::set_resource_version(&mut obj, kv.mod_revision);
-        return Ok((obj, StatusCode::ACCEPTED));
-    }
-    if query.dry_run() {
-        return Ok((obj, StatusCode::OK));
-    }
-    let key = objects::key(info, route.namespace.as_deref(), name);
-    let gone = ctx
-        .store
-        .delete(&key, Some(rev))
-        .await
-        .map_err(|e| objects::store_error(e, info, name))?;
-    if info.group.is_empty() && info.kind == "Service" {
-        service::release(ctx, &obj);
-    }
-    objects::set_resource_version(&mut obj, gone.mod_revision);
-    Ok((obj, StatusCode::OK))
+            .map_err(|e| update::store_failed(e, route))?;
+        strategy.release(&obj, &ctx.pools);
+        objects::set_resource_version(&mut obj, gone.mod_revision);
+        Ok::<_, Failed>((obj, StatusCode::OK))
+    })
+    .await
 }
 
 pub async fn delete_collection(
     ctx: &Ctx,
     route: &ResourceRoute,
     query: &Query,
-    _headers: &HeaderMap,
 ) -> Result<Response<Body>, StatusError> {
+    if !route.info.strategy.delete_collection() {
+        return Err(StatusError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource (DELETE {})",
+            route.info.plural
+        )));
+    }
     let page = read::list_objects(ctx, route.info, route.namespace.as_deref(), query).await?;
     let opts = options(query, b"")?;
     for obj in page.items {

@@ -1,30 +1,28 @@
 //! The verbs on resources, one file each, and the dispatch from method and path to them.
+//! Verbs take the request body already read, so they run the same with or without a socket.
 
 mod admit;
 mod create;
 mod delete;
-pub mod node_proxy;
 mod patch;
 mod quota;
 mod read;
-mod service;
 mod subresource;
+#[cfg(test)]
+mod tests;
 mod update;
 mod watch;
 
-use std::sync::Arc;
-
+use bytes::Bytes;
 pub use create::create_object;
 use http::{HeaderMap, Method, Response};
-use hyper::body::Incoming;
 pub use read::list_objects;
-pub use service::reserve as reserve_service;
 use skiff_machinery::status::StatusError;
 
 use crate::{
+    ctx::Ctx,
     http::{Body, Query},
     route::ResourceRoute,
-    server::Ctx,
 };
 
 /// The Kubernetes verb a request maps to, for metrics and errors.
@@ -42,13 +40,22 @@ pub fn verb(method: &Method, route: &ResourceRoute, query: &Query) -> &'static s
     }
 }
 
+/// Whether a request with `method` carries a body the verbs read.
+pub fn has_body(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
+
+/// Serves one request on a resource.
 pub async fn dispatch(
-    ctx: &Arc<Ctx>,
+    ctx: &Ctx,
     method: &Method,
     route: &ResourceRoute,
     query: &Query,
     headers: &HeaderMap,
-    body: Incoming,
+    body: Bytes,
 ) -> Result<Response<Body>, StatusError> {
     let not_allowed = || {
         StatusError::method_not_allowed(format!(
@@ -57,7 +64,7 @@ pub async fn dispatch(
         ))
     };
     if let Some(sub) = route.subresource.as_deref() {
-        return subresource::dispatch(ctx, method, route, sub, query, headers, body).await;
+        return subresource::dispatch(ctx, method, route, sub, query, headers, &body).await;
     }
     let named = route.name.is_some();
     match (method, named) {
@@ -67,12 +74,12 @@ pub async fn dispatch(
         (&Method::GET, false) => read::list(ctx, route, query, headers).await,
         (&Method::GET, true) => read::get(ctx, route, headers).await,
         (&Method::POST, false) if route.namespace.is_some() || !route.info.namespaced => {
-            create::create(ctx, route, query, headers, body).await
+            create::create(ctx, route, query, headers, &body).await
         }
-        (&Method::PUT, true) => update::update(ctx, route, query, headers, body).await,
-        (&Method::PATCH, true) => patch::patch(ctx, route, query, headers, body).await,
-        (&Method::DELETE, true) => delete::delete(ctx, route, query, headers, body).await,
-        (&Method::DELETE, false) => delete::delete_collection(ctx, route, query, headers).await,
+        (&Method::PUT, true) => update::update(ctx, route, query, headers, &body).await,
+        (&Method::PATCH, true) => patch::patch(ctx, route, query, headers, &body).await,
+        (&Method::DELETE, true) => delete::delete(ctx, route, query, &body).await,
+        (&Method::DELETE, false) => delete::delete_collection(ctx, route, query).await,
         _ => Err(not_allowed()),
     }
 }

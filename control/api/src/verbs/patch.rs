@@ -1,8 +1,8 @@
 //! PATCH in all four formats kubectl and clients send: JSON patch, JSON merge patch,
-//! strategic merge patch, and server-side apply; retried on write conflicts.
+//! strategic merge patch, and server-side apply; re-applied on a fresh read when the write
+//! loses a race.
 
 use http::{HeaderMap, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::Value;
 use skiff_machinery::{
     apply, patch as p,
@@ -10,32 +10,28 @@ use skiff_machinery::{
 };
 
 use super::{
-    create, read,
-    update::{self, Part, Written},
+    create,
+    update::{self, MODIFIED, Part, Written},
 };
 use crate::{
+    ctx::Ctx,
     http::{self as h, Body, PatchType, Query},
     objects,
     route::ResourceRoute,
-    server::Ctx,
 };
-
-/// How often a patch is re-applied on a fresh read after losing a write race.
-const ATTEMPTS: usize = 5;
 
 pub async fn patch(
     ctx: &Ctx,
     route: &ResourceRoute,
     query: &Query,
     headers: &HeaderMap,
-    body: Incoming,
+    body: &[u8],
 ) -> Result<Response<Body>, StatusError> {
     let kind = h::patch_type(headers)?;
-    let body = h::read_body(headers, body).await?;
-    let written = patch_object(ctx, route, query, kind, &body, Part::Main).await?;
+    let (code, written) = patch_object(ctx, route, query, kind, body, Part::Main).await?;
     Ok(h::with_warnings(
-        h::json(written.0, &written.1.object),
-        &written.1.warnings,
+        h::json(code, &written.object),
+        &written.warnings,
     ))
 }
 
@@ -67,64 +63,55 @@ pub async fn patch_object(
         ));
     }
     let force = query.flag("force");
-    let mut last_err = None;
-    for _ in 0..ATTEMPTS {
-        let (old, old_rev) = match read::fetch(ctx, route).await {
-            Ok(found) => found,
-            Err(err) if err.code == 404 && kind == PatchType::Apply && part == Part::Main => {
-                let obj = apply::apply(None, &patch, manager, force, &objects::now())
-                    .map_err(|e| apply_error(route, &e))?;
-                let (created, warnings) = create::create_object(ctx, route, query, obj).await?;
-                return Ok((
-                    StatusCode::CREATED,
-                    Written {
-                        object: created,
-                        warnings,
-                    },
-                ));
-            }
-            Err(err) => return Err(err),
-        };
-        let invalid = |e: p::PatchError| {
-            StatusError::invalid(
-                info.group,
-                info.kind,
-                name,
-                vec![Cause {
-                    reason: "FieldValueInvalid".into(),
-                    message: e.to_string(),
-                    field: String::new(),
-                }],
-            )
-        };
+    // A resourceVersion in the patch is a precondition, as in the Go apiserver.
+    let precondition = objects::resource_version(&patch)?;
+    let invalid = |e: p::PatchError| {
+        StatusError::invalid(
+            info.group,
+            info.kind,
+            name,
+            vec![Cause {
+                reason: "FieldValueInvalid".into(),
+                message: e.to_string(),
+                field: String::new(),
+            }],
+        )
+    };
+    let (patch_ref, invalid) = (&patch, &invalid);
+    let patched = update::guaranteed(ctx, route, |old, old_rev| async move {
+        let patch = patch_ref;
         let new = match kind {
-            PatchType::Json => p::json(&old, &patch).map_err(invalid)?,
-            PatchType::Merge => p::merge(&old, &patch),
+            PatchType::Json => p::json(&old, patch).map_err(invalid)?,
+            PatchType::Merge => p::merge(&old, patch),
             PatchType::Strategic => {
-                p::strategic(&old, &patch, info.api_version, info.kind).map_err(invalid)?
+                p::strategic(&old, patch, info.api_version, info.kind).map_err(invalid)?
             }
-            PatchType::Apply => apply::apply(Some(&old), &patch, manager, force, &objects::now())
+            PatchType::Apply => apply::apply(Some(&old), patch, manager, force, &objects::now())
                 .map_err(|e| apply_error(route, &e))?,
         };
-        // A resourceVersion in the patch is a precondition, as in the Go apiserver.
-        if let Some(rv) = objects::resource_version(&patch)?
-            && rv != old_rev
-        {
-            return Err(StatusError::conflict(
-                info.group,
-                info.plural,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
+        if precondition.is_some_and(|rv| rv != old_rev) {
+            return Err(update::stale(route, MODIFIED));
         }
         let applied = kind == PatchType::Apply;
-        match update::write(ctx, route, query, &old, old_rev, new, part, applied).await {
-            Ok(written) => return Ok((StatusCode::OK, written)),
-            Err(err) if err.code == 409 && err.reason == "Conflict" => last_err = Some(err),
-            Err(err) => return Err(err),
+        update::write(ctx, route, query, &old, old_rev, new, part, applied).await
+    })
+    .await;
+    match patched {
+        Ok(written) => Ok((StatusCode::OK, written)),
+        Err(err) if err.code == 404 && kind == PatchType::Apply && part == Part::Main => {
+            let obj = apply::apply(None, &patch, manager, force, &objects::now())
+                .map_err(|e| apply_error(route, &e))?;
+            let (created, warnings) = create::create_object(ctx, route, query, obj).await?;
+            Ok((
+                StatusCode::CREATED,
+                Written {
+                    object: created,
+                    warnings,
+                },
+            ))
         }
+        Err(err) => Err(err),
     }
-    Err(last_err.unwrap_or_else(|| StatusError::internal("patch retries exhausted")))
 }
 
 /// A refused apply as the 409 Conflict (with one cause per field) kubectl reports.

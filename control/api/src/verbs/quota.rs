@@ -5,7 +5,7 @@ use serde_json::Value;
 use skiff_machinery::{quota, status::StatusError};
 use skiff_resources::ResourceInfo;
 
-use crate::{http::Query, objects, server::Ctx, verbs::read};
+use crate::{ctx::Ctx, http::Query, objects, verbs::read};
 
 /// A resource over its limit: (name, requested, used, limit), milli-units.
 type Excess = (String, i64, i64, i64);

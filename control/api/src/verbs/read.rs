@@ -13,10 +13,10 @@ use skiff_resources::{ResourceInfo, table};
 use skiff_store::ListOptions;
 
 use crate::{
+    ctx::Ctx,
     http::{self as h, Body, Format, Query},
     objects,
     route::ResourceRoute,
-    server::Ctx,
 };
 
 pub async fn get(
@@ -37,16 +37,13 @@ pub async fn get(
 
 /// The current object named by the route and its mod revision, or 404.
 pub async fn fetch(ctx: &Ctx, route: &ResourceRoute) -> Result<(Value, i64), StatusError> {
-    let info = route.info;
-    let name = route.name.as_deref().unwrap_or("");
-    let key = objects::key(info, route.namespace.as_deref(), name);
-    let kv = ctx
-        .store
-        .get(&key, 0)
-        .await
-        .map_err(|e| objects::store_error(e, info, name))?
-        .ok_or_else(|| StatusError::not_found(info.group, info.plural, name))?;
-    Ok((objects::decode(&kv)?, kv.mod_revision))
+    objects::fetch(
+        ctx.store.as_ref(),
+        route.info,
+        route.namespace.as_deref(),
+        route.name.as_deref().unwrap_or(""),
+    )
+    .await
 }
 
 /// Selectors of a list or watch request.

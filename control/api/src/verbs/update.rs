@@ -1,17 +1,28 @@
-//! PUT, and the compare-and-swap write every update path (PUT, PATCH, status, scale) ends in.
+//! PUT, the compare-and-swap write every update path (PUT, PATCH, status, scale) ends in,
+//! and the retry loop around read-modify-writes (the Go apiserver's `GuaranteedUpdate`):
+//! a write that loses a race with another writer is redone on a fresh read, so only a
+//! precondition the client itself sent can end in 409 Conflict.
 
 use http::{HeaderMap, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::Value;
 use skiff_machinery::status::StatusError;
+use skiff_store::StoreError;
 
-use super::{admit, read, service};
+use super::admit;
 use crate::{
+    ctx::Ctx,
     http::{self as h, Body, Query},
     objects,
     route::ResourceRoute,
-    server::Ctx,
 };
+
+/// How many fresh reads a read-modify-write gets before it gives up with 409; a racing
+/// writer would have to win this many times in a row.
+const ATTEMPTS: usize = 64;
+
+/// The message of a 409 for a stale `resourceVersion`.
+pub const MODIFIED: &str =
+    "the object has been modified; please apply your changes to the latest version and try again";
 
 /// Which part of the object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +37,88 @@ pub enum Part {
 pub struct Written {
     pub object: Value,
     pub warnings: Vec<String>,
+}
+
+/// Why one attempt of a read-modify-write did not write.
+#[derive(Debug)]
+pub enum Failed {
+    /// Another write changed the object after it was read: read again and retry.
+    Raced,
+    /// The request is refused; no retry changes that.
+    Refused(StatusError),
+}
+
+impl From<StatusError> for Failed {
+    fn from(err: StatusError) -> Self {
+        Self::Refused(err)
+    }
+}
+
+/// A store failure of a compare-and-swap write: a lost race, or a refusal.
+pub fn store_failed(err: StoreError, route: &ResourceRoute) -> Failed {
+    match err {
+        StoreError::Conflict { .. } => Failed::Raced,
+        other => Failed::Refused(objects::store_error(
+            other,
+            route.info,
+            route.name.as_deref().unwrap_or(""),
+        )),
+    }
+}
+
+/// The 409 for a `resourceVersion` (or other precondition) the client sent that no longer
+/// holds.
+pub fn stale(route: &ResourceRoute, detail: &str) -> Failed {
+    Failed::Refused(StatusError::conflict(
+        route.info.group,
+        route.info.plural,
+        route.name.as_deref().unwrap_or(""),
+        detail,
+    ))
+}
+
+/// Reads the object the route names and hands it with its revision to `attempt`, which
+/// writes compare-and-swap on that revision; when the write lost a race, reads again and
+/// retries, as the Go apiserver's `GuaranteedUpdate` does.
+///
+/// `attempt` returns a future that owns what it needs (or borrows from outside the
+/// closure), so one attempt can be made after another.
+pub async fn guaranteed<T, F, Fut>(
+    ctx: &Ctx,
+    route: &ResourceRoute,
+    mut attempt: F,
+) -> Result<T, StatusError>
+where
+    F: FnMut(Value, i64) -> Fut,
+    Fut: Future<Output = Result<T, Failed>>,
+{
+    let name = route.name.as_deref().unwrap_or("");
+    for _ in 0..ATTEMPTS {
+        let (current, revision) = objects::fetch(
+            ctx.store.as_ref(),
+            route.info,
+            route.namespace.as_deref(),
+            name,
+        )
+        .await?;
+        match attempt(current, revision).await {
+            Ok(done) => return Ok(done),
+            Err(Failed::Raced) => {
+                tracing::debug!(
+                    kind = route.info.kind,
+                    name,
+                    "write raced another; retrying"
+                );
+            }
+            Err(Failed::Refused(err)) => return Err(err),
+        }
+    }
+    Err(StatusError::conflict(
+        route.info.group,
+        route.info.plural,
+        name,
+        MODIFIED,
+    ))
 }
 
 /// Writes `new` over `old` (stored at `old_rev`) under the update rules, compare-and-swap.
@@ -44,7 +137,7 @@ pub async fn write(
     mut new: Value,
     part: Part,
     applied: bool,
-) -> Result<Written, StatusError> {
+) -> Result<Written, Failed> {
     let info = route.info;
     let name = route.name.as_deref().unwrap_or("");
     admit::check_kind(info, &mut new)?;
@@ -52,7 +145,8 @@ pub async fn write(
         return Err(StatusError::bad_request(format!(
             "the name of the object ({}) does not match the name on the URL ({name})",
             objects::name_of(&new)
-        )));
+        ))
+        .into());
     }
     admit::check_namespace(info, &mut new, route.namespace.as_deref())?;
     let warnings = admit::unknown_fields(info, &new, query)?;
@@ -91,15 +185,12 @@ pub async fn write(
         );
     }
     let key = objects::key(info, route.namespace.as_deref(), name);
-    let empty = |path: &str| {
-        new.pointer(path)
+    let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
+        && new
+            .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_none_or(Vec::is_empty)
-    };
-    let namespace = info.group.is_empty() && info.kind == "Namespace";
-    let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
-        && empty("/metadata/finalizers")
-        && (!namespace || empty("/spec/finalizers"));
+        && !info.strategy.finalizing(&new);
     if query.dry_run() {
         objects::set_resource_version(&mut new, old_rev);
         return Ok(Written {
@@ -112,26 +203,24 @@ pub async fn write(
             .store
             .delete(&key, Some(old_rev))
             .await
-            .map_err(|e| objects::store_error(e, info, name))?;
-        if info.group.is_empty() && info.kind == "Service" {
-            service::release(ctx, old);
-        }
+            .map_err(|e| store_failed(e, route))?;
+        info.strategy.release(old, &ctx.pools);
         objects::set_resource_version(&mut new, gone.mod_revision);
         return Ok(Written {
             object: new,
             warnings,
         });
     }
-    match ctx.store.update(&key, objects::encode(&new), old_rev).await {
-        Ok(kv) => {
-            objects::set_resource_version(&mut new, kv.mod_revision);
-            Ok(Written {
-                object: new,
-                warnings,
-            })
-        }
-        Err(err) => Err(objects::store_error(err, info, name)),
-    }
+    let kv = ctx
+        .store
+        .update(&key, objects::encode(&new), old_rev)
+        .await
+        .map_err(|e| store_failed(e, route))?;
+    objects::set_resource_version(&mut new, kv.mod_revision);
+    Ok(Written {
+        object: new,
+        warnings,
+    })
 }
 
 pub async fn update(
@@ -139,10 +228,9 @@ pub async fn update(
     route: &ResourceRoute,
     query: &Query,
     headers: &HeaderMap,
-    body: Incoming,
+    body: &[u8],
 ) -> Result<Response<Body>, StatusError> {
-    let body = h::read_body(headers, body).await?;
-    let new = h::decode_object(headers, &body)?;
+    let new = h::decode_object(headers, body)?;
     let written = put(ctx, route, query, new, Part::Main).await?;
     Ok(h::with_warnings(
         h::json(StatusCode::OK, &written.object),
@@ -150,7 +238,8 @@ pub async fn update(
     ))
 }
 
-/// A full replacement: conditional on the body's resourceVersion when it has one.
+/// A full replacement: conditional on the body's resourceVersion when it has one, retried
+/// on a fresh read when it has none.
 pub async fn put(
     ctx: &Ctx,
     route: &ResourceRoute,
@@ -158,17 +247,13 @@ pub async fn put(
     new: Value,
     part: Part,
 ) -> Result<Written, StatusError> {
-    let info = route.info;
-    let name = route.name.as_deref().unwrap_or("");
-    let (old, old_rev) = read::fetch(ctx, route).await?;
     let sent = objects::resource_version(&new)?;
-    if sent.is_some_and(|rv| rv != old_rev) {
-        return Err(StatusError::conflict(
-            info.group,
-            info.plural,
-            name,
-            "the object has been modified; please apply your changes to the latest version and try again",
-        ));
-    }
-    write(ctx, route, query, &old, old_rev, new, part, false).await
+    let new = &new;
+    guaranteed(ctx, route, |old, old_rev| async move {
+        if sent.is_some_and(|rv| rv != old_rev) {
+            return Err(stale(route, MODIFIED));
+        }
+        write(ctx, route, query, &old, old_rev, new.clone(), part, false).await
+    })
+    .await
 }

@@ -11,15 +11,18 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
 use skiff_machinery::status::StatusError;
-use skiff_resources::{ResourceInfo, table};
+use skiff_resources::{
+    ResourceInfo, table,
+    wire::{self, Untyped},
+};
 use skiff_store::{EventKind, StoreError, WatchStream};
 
 use super::read::{self, Selectors};
 use crate::{
+    ctx::Ctx,
     http::{self as h, Body, Format, Query},
     objects,
     route::ResourceRoute,
-    server::Ctx,
 };
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_mins(30);
@@ -52,9 +55,10 @@ impl State {
             t["metadata"]["resourceVersion"] = object["metadata"]["resourceVersion"].clone();
             object = t;
         }
-        let mut line =
-            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-        line.push(b'\n');
+        let line = wire::encode_as(
+            &json!({"type": kind, "object": object}),
+            Untyped::WatchEvent,
+        );
         self.pending.push_back(Bytes::from(line));
     }
 

@@ -1,7 +1,7 @@
 //! `NodeAffinity`: `nodeSelector` and required node affinity rule nodes out; preferred
 //! node affinity terms add their weights to a node's score.
 
-pub use skiff_controllers::placement::{requirement_matches, term_matches};
+pub use skiff_control_runtime::placement::{requirement_matches, term_matches};
 
 use crate::{
     cache::{Cache, NodeInfo},
@@ -15,7 +15,7 @@ pub fn required_matches(pod: &PodInfo, node: &NodeInfo) -> bool {
     pod.pod
         .spec
         .as_ref()
-        .is_none_or(|spec| skiff_controllers::placement::admits(spec, &node.node))
+        .is_none_or(|spec| skiff_control_runtime::placement::admits(spec, &node.node))
 }
 
 /// Whether the pod restricts nodes at all (a `nodeSelector` or required node affinity).

@@ -2,7 +2,7 @@
 //! them; PreferNoSchedule taints only lower a node's score.
 
 use k8s_openapi::api::core::v1::Toleration;
-pub use skiff_controllers::placement::tolerates;
+pub use skiff_control_runtime::placement::tolerates;
 
 use crate::{
     cache::NodeInfo,

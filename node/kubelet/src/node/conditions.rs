@@ -1,5 +1,6 @@
-//! The Node's conditions from real readings: memory, disk and PID pressure against the
-//! eviction thresholds, and Ready when the daemon can run pods. Transition times move only
+//! The Node's conditions: memory, disk and PID pressure (from real readings against the
+//! eviction thresholds, or none on a simulated node), and Ready when the daemon can run
+//! pods. Transition times move only
 //! when a status flips, as the kubelet keeps them.
 
 use k8s_openapi::{
@@ -11,15 +12,20 @@ use super::{capacity::Reservations, host::Reading};
 /// Share of `pid_max` in use above which the node reports PID pressure (percent).
 const PID_PRESSURE_PERCENT: u64 = 90;
 
-/// One condition's verdict before timestamps: (type, pressure or not ready, reason, message).
-struct Verdict {
-    type_: &'static str,
-    status: &'static str,
-    reason: &'static str,
-    message: String,
+/// Resource pressure on the node: `Some(message)` for each kind under pressure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pressure {
+    /// `memory.available` below the eviction threshold.
+    pub memory: Option<String>,
+    /// `nodefs.available` below the eviction threshold.
+    pub disk: Option<String>,
+    /// Nearly every PID in use.
+    pub pid: Option<String>,
 }
 
-fn verdicts(reading: &Reading, reserved: &Reservations, ready: Result<(), String>) -> Vec<Verdict> {
+/// The pressure one reading shows against the eviction thresholds.
+#[must_use]
+pub fn pressure(reading: &Reading, reserved: &Reservations) -> Pressure {
     let memory = reading.memory_available < reserved.eviction_memory;
     let disk = reading.fs_total > 0
         && reading.fs_available.saturating_mul(100)
@@ -28,18 +34,41 @@ fn verdicts(reading: &Reading, reserved: &Reservations, ready: Result<(), String
                 .saturating_mul(reserved.eviction_nodefs_percent);
     let pids =
         reading.pids.saturating_mul(100) > reading.pid_max.saturating_mul(PID_PRESSURE_PERCENT);
-    let pressure = |on: bool, yes: &'static str, no: &'static str| {
-        if on { ("True", yes) } else { ("False", no) }
+    Pressure {
+        memory: memory.then(|| {
+            format!(
+                "kubelet has insufficient memory available ({} bytes)",
+                reading.memory_available
+            )
+        }),
+        disk: disk.then(|| "kubelet has disk pressure".to_owned()),
+        pid: pids.then(|| "kubelet has insufficient PID available".to_owned()),
+    }
+}
+
+/// One condition's verdict before timestamps.
+struct Verdict {
+    type_: &'static str,
+    status: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+fn verdicts(pressure: &Pressure, ready: Result<(), String>) -> Vec<Verdict> {
+    let verdict = |type_, on: &Option<String>, yes, no, calm: &str| match on {
+        Some(message) => Verdict {
+            type_,
+            status: "True",
+            reason: yes,
+            message: message.clone(),
+        },
+        None => Verdict {
+            type_,
+            status: "False",
+            reason: no,
+            message: calm.to_owned(),
+        },
     };
-    let (mem_status, mem_reason) = pressure(
-        memory,
-        "KubeletHasInsufficientMemory",
-        "KubeletHasSufficientMemory",
-    );
-    let (disk_status, disk_reason) =
-        pressure(disk, "KubeletHasDiskPressure", "KubeletHasNoDiskPressure");
-    let (pid_status, pid_reason) =
-        pressure(pids, "KubeletHasInsufficientPID", "KubeletHasSufficientPID");
     let (ready_status, ready_reason, ready_message) = match ready {
         Ok(()) => (
             "True",
@@ -49,39 +78,27 @@ fn verdicts(reading: &Reading, reserved: &Reservations, ready: Result<(), String
         Err(why) => ("False", "KubeletNotReady", why),
     };
     vec![
-        Verdict {
-            type_: "MemoryPressure",
-            status: mem_status,
-            reason: mem_reason,
-            message: if memory {
-                format!(
-                    "kubelet has insufficient memory available ({} bytes)",
-                    reading.memory_available
-                )
-            } else {
-                "kubelet has sufficient memory available".to_owned()
-            },
-        },
-        Verdict {
-            type_: "DiskPressure",
-            status: disk_status,
-            reason: disk_reason,
-            message: if disk {
-                "kubelet has disk pressure".to_owned()
-            } else {
-                "kubelet has no disk pressure".to_owned()
-            },
-        },
-        Verdict {
-            type_: "PIDPressure",
-            status: pid_status,
-            reason: pid_reason,
-            message: if pids {
-                "kubelet has insufficient PID available".to_owned()
-            } else {
-                "kubelet has sufficient PID available".to_owned()
-            },
-        },
+        verdict(
+            "MemoryPressure",
+            &pressure.memory,
+            "KubeletHasInsufficientMemory",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        verdict(
+            "DiskPressure",
+            &pressure.disk,
+            "KubeletHasDiskPressure",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        verdict(
+            "PIDPressure",
+            &pressure.pid,
+            "KubeletHasInsufficientPID",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
         Verdict {
             type_: "Ready",
             status: ready_status,
@@ -95,13 +112,12 @@ fn verdicts(reading: &Reading, reserved: &Reservations, ready: Result<(), String
 /// `ready` is `Err(why)` while the daemon cannot run pods (no pod CIDR yet, network down).
 #[must_use]
 pub fn conditions(
-    reading: &Reading,
-    reserved: &Reservations,
+    pressure: &Pressure,
     ready: Result<(), String>,
     previous: &[NodeCondition],
     now: Timestamp,
 ) -> Vec<NodeCondition> {
-    verdicts(reading, reserved, ready)
+    verdicts(pressure, ready)
         .into_iter()
         .map(|v| {
             let transition = previous
@@ -162,8 +178,7 @@ mod tests {
     #[test]
     fn a_healthy_host_reports_no_pressure_and_ready() {
         let c = conditions(
-            &healthy(),
-            &Reservations::default(),
+            &pressure(&healthy(), &Reservations::default()),
             Ok(()),
             &[],
             Timestamp::now(),
@@ -183,8 +198,7 @@ mod tests {
             ..healthy()
         };
         let c = conditions(
-            &reading,
-            &Reservations::default(),
+            &pressure(&reading, &Reservations::default()),
             Err("no pod CIDR".into()),
             &[],
             Timestamp::now(),
@@ -201,19 +215,14 @@ mod tests {
     fn transition_time_moves_only_when_the_status_flips() {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t1: Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
-        let first = conditions(&healthy(), &Reservations::default(), Ok(()), &[], t0);
-        let again = conditions(&healthy(), &Reservations::default(), Ok(()), &first, t1);
+        let calm = pressure(&healthy(), &Reservations::default());
+        let first = conditions(&calm, Ok(()), &[], t0);
+        let again = conditions(&calm, Ok(()), &first, t1);
         let ready = again.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.last_transition_time, Some(Time(t0)));
         assert_eq!(ready.last_heartbeat_time, Some(Time(t1)));
         assert!(same(&first, &again));
-        let flipped = conditions(
-            &healthy(),
-            &Reservations::default(),
-            Err("down".into()),
-            &first,
-            t1,
-        );
+        let flipped = conditions(&calm, Err("down".into()), &first, t1);
         let ready = flipped.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.last_transition_time, Some(Time(t1)));
         assert!(!same(&first, &flipped));

@@ -1,9 +1,20 @@
-//! What the host has and how much of it is free, read from `/proc` and `statvfs`, behind a
-//! trait so capacity and pressure logic is tested without the real numbers.
+//! What the node is and has: on a real node the host, read from `/proc` and `statvfs`
+//! (capacity, allocatable and pressure by the kubelet's rules); on a simulated node fixed
+//! figures. Behind a trait, so registration and status are the same code for both.
 
 use std::{fs, path::Path};
 
 use nix::sys::statvfs::statvfs;
+
+use super::{
+    capacity::{Reservations, Resources, resources},
+    conditions::{Pressure, pressure},
+};
+
+/// The version the node reports as its kubelet's.
+pub const KUBELET_VERSION: &str = "v1.33.0-skiff";
+/// The runtime a real node reports.
+pub const RUNTIME_VERSION: &str = "skiff://0.1.0 (libcontainer 0.7)";
 
 /// Errors reading the host.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +64,12 @@ pub struct Reading {
 /// Facts about the machine that do not change while it runs (`status.nodeInfo`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MachineInfo {
+    /// The kubelet's version (`v1.33.0-skiff`).
+    pub kubelet_version: String,
+    /// `<runtime>://<version>`.
+    pub runtime_version: String,
+    /// `amd64`, `arm64`, ... (Go's names).
+    pub architecture: String,
     /// `/etc/machine-id`.
     pub machine_id: String,
     /// The DMI product UUID when readable, else the machine ID.
@@ -65,13 +82,22 @@ pub struct MachineInfo {
     pub os_image: String,
 }
 
-/// Where readings come from.
+/// What the node has now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    /// `capacity` and `allocatable`.
+    pub resources: Resources,
+    /// Memory, disk and PID pressure.
+    pub pressure: Pressure,
+}
+
+/// Where a node's facts come from.
 pub trait Host: Send + Sync {
-    /// Reads the host now.
+    /// What the node has now.
     ///
     /// # Errors
-    /// When `/proc` or `statvfs` cannot be read.
-    fn read(&self) -> Result<Reading, HostError>;
+    /// When the host cannot be read.
+    fn observe(&self) -> Result<Observed, HostError>;
     /// The machine's identity.
     fn machine(&self) -> MachineInfo;
 }
@@ -80,15 +106,58 @@ pub trait Host: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct ProcHost {
     state_dir: std::path::PathBuf,
+    reserved: Reservations,
+}
+
+/// Go's name for this machine's architecture.
+fn architecture() -> String {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64".to_owned(),
+        "aarch64" => "arm64".to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 impl ProcHost {
-    /// Reads the host and measures the filesystem that holds `state_dir`.
+    /// Reads the host and measures the filesystem that holds `state_dir`; `reserved` is
+    /// kept back from pods.
     #[must_use]
-    pub fn new(state_dir: &Path) -> Self {
+    pub fn new(state_dir: &Path, reserved: Reservations) -> Self {
         Self {
             state_dir: state_dir.to_owned(),
+            reserved,
         }
+    }
+
+    /// Reads the host now.
+    ///
+    /// # Errors
+    /// When `/proc` or `statvfs` cannot be read.
+    pub fn read(&self) -> Result<Reading, HostError> {
+        let meminfo = read("/proc/meminfo")?;
+        let (memory_total, memory_available) =
+            parse_meminfo(&meminfo).ok_or_else(|| HostError::Parse("/proc/meminfo".into()))?;
+        let pids = parse_loadavg_threads(&read("/proc/loadavg")?)
+            .ok_or_else(|| HostError::Parse("/proc/loadavg".into()))?;
+        let pid_max = read("/proc/sys/kernel/pid_max")?
+            .trim()
+            .parse()
+            .map_err(|_| HostError::Parse("/proc/sys/kernel/pid_max".into()))?;
+        let fs = statvfs(&self.state_dir).map_err(|source| HostError::Statvfs {
+            path: self.state_dir.display().to_string(),
+            source,
+        })?;
+        let block = fs.fragment_size();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        Ok(Reading {
+            cpus,
+            memory_total,
+            memory_available,
+            fs_total: fs.blocks() * block,
+            fs_available: fs.blocks_available() * block,
+            pids,
+            pid_max,
+        })
     }
 }
 
@@ -130,30 +199,11 @@ fn parse_os_release(text: &str) -> Option<String> {
 }
 
 impl Host for ProcHost {
-    fn read(&self) -> Result<Reading, HostError> {
-        let meminfo = read("/proc/meminfo")?;
-        let (memory_total, memory_available) =
-            parse_meminfo(&meminfo).ok_or_else(|| HostError::Parse("/proc/meminfo".into()))?;
-        let pids = parse_loadavg_threads(&read("/proc/loadavg")?)
-            .ok_or_else(|| HostError::Parse("/proc/loadavg".into()))?;
-        let pid_max = read("/proc/sys/kernel/pid_max")?
-            .trim()
-            .parse()
-            .map_err(|_| HostError::Parse("/proc/sys/kernel/pid_max".into()))?;
-        let fs = statvfs(&self.state_dir).map_err(|source| HostError::Statvfs {
-            path: self.state_dir.display().to_string(),
-            source,
-        })?;
-        let block = fs.fragment_size();
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-        Ok(Reading {
-            cpus,
-            memory_total,
-            memory_available,
-            fs_total: fs.blocks() * block,
-            fs_available: fs.blocks_available() * block,
-            pids,
-            pid_max,
+    fn observe(&self) -> Result<Observed, HostError> {
+        let reading = self.read()?;
+        Ok(Observed {
+            resources: resources(&reading, &self.reserved),
+            pressure: pressure(&reading, &self.reserved),
         })
     }
 
@@ -162,6 +212,9 @@ impl Host for ProcHost {
         let machine_id = text("/etc/machine-id");
         let uuid = text("/sys/class/dmi/id/product_uuid");
         MachineInfo {
+            kubelet_version: KUBELET_VERSION.to_owned(),
+            runtime_version: RUNTIME_VERSION.to_owned(),
+            architecture: architecture(),
             system_uuid: if uuid.is_empty() {
                 machine_id.clone()
             } else {
@@ -211,10 +264,14 @@ mod tests {
 
     #[test]
     fn the_real_host_reads_sane_numbers() {
-        let reading = ProcHost::new(Path::new("/")).read().expect("read /proc");
+        let host = ProcHost::new(Path::new("/"), Reservations::default());
+        let reading = host.read().expect("read /proc");
         assert!(reading.cpus >= 1);
         assert!(reading.memory_available <= reading.memory_total);
         assert!(reading.fs_available <= reading.fs_total);
         assert!(reading.pids >= 1 && reading.pids <= reading.pid_max);
+        let observed = host.observe().expect("observe");
+        assert!(observed.resources.allocatable.contains_key("memory"));
+        assert_eq!(host.machine().kubelet_version, KUBELET_VERSION);
     }
 }

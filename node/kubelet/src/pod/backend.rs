@@ -1,14 +1,16 @@
-//! What a pod worker asks of the node: sandboxes, volumes, images, containers and the API,
-//! behind one trait so the lifecycle logic is tested without root or a cluster.
+//! What a pod worker asks of the node: sandboxes, volumes, images and containers, behind
+//! one trait so the lifecycle logic is tested without root, and simulated nodes drive the
+//! same worker with timers.
 
 use std::{path::PathBuf, time::Duration};
 
 use async_trait::async_trait;
 use k8s_openapi::{
-    api::core::v1::{Container, Pod, PodStatus},
+    api::core::v1::{Container, Pod},
     jiff::Timestamp,
 };
 use serde::{Deserialize, Serialize};
+use skiff_types::ContainerId;
 
 /// A failure of the node's machinery, with the words a user should read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +93,8 @@ pub struct Exit {
     pub finished_at: Timestamp,
 }
 
-/// Everything the pod worker needs from the node and the API server.
+/// Everything the pod worker needs from the node's machinery (the API side is
+/// [`crate::api::PodApi`]).
 #[async_trait]
 pub trait PodBackend: Send + Sync + 'static {
     /// Creates (or returns the existing) sandbox of the pod.
@@ -104,9 +107,15 @@ pub trait PodBackend: Send + Sync + 'static {
     async fn pull_image(&self, pod: &Pod, container: &Container)
     -> Result<ImageInfo, BackendError>;
     /// Creates and starts one run of a container; returns its runtime ID.
-    async fn start_container(&self, run: Run<'_>) -> Result<String, BackendError>;
+    async fn start_container(&self, run: Run<'_>) -> Result<ContainerId, BackendError>;
+    /// How pod status names a run (`containerID`): `<runtime>://<id>`.
+    fn status_id(&self, id: &ContainerId) -> String {
+        id.status_form()
+    }
+    /// Takes over the sandbox an earlier daemon made for the pod.
+    async fn adopt_sandbox(&self, _pod: &Pod, _sandbox: &SandboxInfo) {}
     /// Takes over a container an earlier daemon started; `false` when it is gone.
-    async fn adopt_container(&self, id: &str) -> bool;
+    async fn adopt_container(&self, pod: &Pod, id: &str) -> bool;
     /// Resolves when the container's process has ended.
     async fn wait_container(&self, id: &str) -> Exit;
     /// Sends a signal to the container's init; no error when it is gone.
@@ -120,10 +129,9 @@ pub trait PodBackend: Send + Sync + 'static {
         command: &[String],
         timeout: Duration,
     ) -> Result<i32, BackendError>;
-    /// Writes the pod's status.
-    async fn patch_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), BackendError>;
-    /// Deletes the pod object for good (grace 0, UID precondition) once it has stopped.
-    async fn delete_pod(&self, pod: &Pod) -> Result<(), BackendError>;
-    /// Records an event about the pod (`Normal` or `Warning`).
-    async fn event(&self, pod: &Pod, type_: &str, reason: &str, message: &str);
+    /// Whether probes and hooks may reach the pod over the network (`httpGet`, `tcpSocket`,
+    /// `grpc`). Simulated pods have no network: their checks pass without a packet sent.
+    fn network_checks(&self) -> bool {
+        true
+    }
 }

@@ -1,5 +1,6 @@
 //! Restart back-off per container: 10 s doubling to 5 min, reset after a container ran
-//! cleanly for 10 min, as the kubelet's `CrashLoopBackOff`.
+//! cleanly for 10 min, as the kubelet's `CrashLoopBackOff` (simulated nodes use shorter
+//! delays through [`Policy`]).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -12,6 +13,28 @@ pub const MAX: Duration = Duration::from_mins(5);
 /// A container that ran this long before exiting starts over at [`INITIAL`].
 pub const RESET_AFTER: Duration = Duration::from_mins(10);
 
+/// The delays of a node's back-off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The first delay.
+    pub initial: Duration,
+    /// The longest delay.
+    pub max: Duration,
+    /// A container that ran this long before exiting starts over at `initial`.
+    pub reset_after: Duration,
+}
+
+impl Default for Policy {
+    /// The kubelet's.
+    fn default() -> Self {
+        Self {
+            initial: INITIAL,
+            max: MAX,
+            reset_after: RESET_AFTER,
+        }
+    }
+}
+
 /// One container's back-off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
@@ -22,16 +45,26 @@ struct Entry {
 /// Back-off of every container of one pod, by container name.
 #[derive(Debug, Default)]
 pub struct Backoff {
+    policy: Policy,
     entries: HashMap<String, Entry>,
 }
 
 impl Backoff {
+    /// Back-off with `policy`'s delays.
+    #[must_use]
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            entries: HashMap::new(),
+        }
+    }
+
     /// Records that `container` exited at `now` after running `ran`; returns when it may
     /// start again.
     pub fn exited(&mut self, container: &str, ran: Duration, now: Instant) -> Instant {
         let delay = match self.entries.get(container) {
-            Some(e) if ran < RESET_AFTER => (e.delay * 2).min(MAX),
-            _ => INITIAL,
+            Some(e) if ran < self.policy.reset_after => (e.delay * 2).min(self.policy.max),
+            _ => self.policy.initial,
         };
         let until = now + delay;
         self.entries
@@ -81,6 +114,20 @@ mod tests {
         assert_eq!(b.delay("c"), Some(Duration::from_secs(20)));
         b.exited("c", Duration::from_mins(11), now);
         assert_eq!(b.delay("c"), Some(INITIAL));
+    }
+
+    #[test]
+    fn a_policy_sets_the_delays() {
+        let second = Duration::from_secs(1);
+        let mut b = Backoff::new(Policy {
+            initial: second,
+            max: second,
+            reset_after: second,
+        });
+        let now = Instant::now();
+        b.exited("c", Duration::ZERO, now);
+        b.exited("c", Duration::ZERO, now);
+        assert_eq!(b.delay("c"), Some(second));
     }
 
     #[test]

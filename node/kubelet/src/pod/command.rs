@@ -137,7 +137,7 @@ fn field(pod: &Pod, selector: &ObjectFieldSelector) -> Result<String, ConfigErro
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
         "spec.serviceAccountName" => spec
             .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".to_owned()),
+            .unwrap_or_else(|| skiff_types::namespace::DEFAULT.to_owned()),
         "status.hostIP" | "status.hostIPs" => {
             status.and_then(|s| s.host_ip.clone()).unwrap_or_default()
         }
@@ -261,7 +261,11 @@ pub async fn environment(
     sources: &dyn Sources,
     node: NodeLimits,
 ) -> Result<Vec<(String, String)>, ConfigError> {
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let namespace = pod
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(skiff_types::namespace::DEFAULT);
     let mut order: Vec<String> = Vec::new();
     let mut vars: HashMap<String, String> = HashMap::new();
     let set =

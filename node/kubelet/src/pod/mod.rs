@@ -4,7 +4,9 @@
 pub mod backend;
 pub mod backoff;
 pub mod command;
+pub mod dispatch;
 pub mod probe;
+pub mod records;
 pub mod status;
 pub mod volume;
 pub mod worker;

@@ -9,6 +9,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
+use skiff_types::RestartPolicy;
 
 /// How a run of a container ended.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -58,7 +59,7 @@ pub struct Record {
     pub image: String,
     /// The image's ID (`docker.io/library/busybox@sha256:...`), once pulled.
     pub image_id: String,
-    /// `skiff://<runtime id>` of the current or last run.
+    /// `<runtime>://<runtime id>` of the current or last run.
     pub container_id: Option<String>,
     /// Restarts so far.
     pub restart_count: i32,
@@ -70,6 +71,10 @@ pub struct Record {
     pub ready: bool,
     /// Past its startup probe (or running without one).
     pub started: bool,
+    /// An init container with `restartPolicy: Always`: a native sidecar, which keeps
+    /// running beside the app containers.
+    #[serde(default)]
+    pub sidecar: bool,
 }
 
 impl Record {
@@ -89,6 +94,7 @@ impl Record {
             last_state: None,
             ready: false,
             started: false,
+            sidecar: false,
         }
     }
 
@@ -121,6 +127,10 @@ pub struct PodRecord {
     pub sandbox_ready: bool,
     /// The pod failed as a whole (deadline, admission): (reason, message).
     pub failed: Option<(String, String)>,
+    /// Every container was stopped for good (the pod is being deleted): the phase is
+    /// terminal, Succeeded when every app container ended with 0, else Failed.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 fn terminated_status(t: &Terminated) -> ContainerStateTerminated {
@@ -176,13 +186,25 @@ fn container_status(r: &Record) -> ContainerStatus {
     }
 }
 
-/// Whether every init container finished successfully.
+/// Whether the pod is initialized: every init container finished successfully and every
+/// sidecar has started. Once an app container has started the pod stays initialized, as
+/// the kubelet keeps it, whatever its sidecars do later.
 #[must_use]
 pub fn initialized(record: &PodRecord) -> bool {
-    record
-        .init
-        .iter()
-        .all(|r| r.terminated().is_some_and(|t| t.exit_code == 0))
+    record.containers.iter().any(|r| r.container_id.is_some())
+        || record.init.iter().all(|r| {
+            if r.sidecar {
+                r.started && r.running()
+            } else {
+                r.terminated().is_some_and(|t| t.exit_code == 0)
+            }
+        })
+}
+
+/// The pod's restart policy; one the API would not have accepted counts as the default.
+#[must_use]
+pub fn restart_policy(spec: Option<&PodSpec>) -> RestartPolicy {
+    RestartPolicy::from_field(spec.and_then(|s| s.restart_policy.as_deref())).unwrap_or_default()
 }
 
 /// The pod's phase by the kubelet's rules.
@@ -191,15 +213,22 @@ pub fn phase(spec: &PodSpec, record: &PodRecord) -> &'static str {
     if record.failed.is_some() {
         return "Failed";
     }
-    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
-    // An init container that failed for good fails the pod.
-    if policy == "Never"
+    let policy = restart_policy(Some(spec));
+    // An init container that failed for good fails the pod (a sidecar is restarted).
+    if policy == RestartPolicy::Never
         && record
             .init
             .iter()
-            .any(|r| r.terminated().is_some_and(|t| t.exit_code != 0))
+            .any(|r| !r.sidecar && r.terminated().is_some_and(|t| t.exit_code != 0))
     {
         return "Failed";
+    }
+    if record.stopped {
+        let succeeded = record
+            .containers
+            .iter()
+            .all(|r| r.terminated().is_some_and(|t| t.exit_code == 0));
+        return if succeeded { "Succeeded" } else { "Failed" };
     }
     if !initialized(record) || record.containers.is_empty() {
         return "Pending";
@@ -222,8 +251,8 @@ pub fn phase(spec: &PodSpec, record: &PodRecord) -> &'static str {
         return "Running";
     }
     match policy {
-        "Always" => "Running",
-        "OnFailure" if failed > 0 => "Running",
+        RestartPolicy::Always => "Running",
+        RestartPolicy::OnFailure if failed > 0 => "Running",
         _ if failed > 0 => "Failed",
         _ => "Succeeded",
     }
@@ -263,9 +292,14 @@ pub fn pod_status(
     let phase = phase(spec, record);
     let done = matches!(phase, "Succeeded" | "Failed");
     let init_ok = initialized(record);
+    // Sidecars count: a pod whose proxy is not ready is not ready either.
     let containers_ready = !done
         && !record.containers.is_empty()
-        && record.containers.iter().all(|r| r.ready && r.running());
+        && record
+            .containers
+            .iter()
+            .chain(record.init.iter().filter(|r| r.sidecar))
+            .all(|r| r.ready && r.running());
     let not_ready_reason = if init_ok {
         "ContainersNotReady"
     } else {
@@ -288,6 +322,16 @@ pub fn pod_status(
     } else {
         Some("ContainersNotInitialized")
     };
+    // A pod bound at creation never went through the scheduler: the kubelet says it is
+    // scheduled.
+    if !conditions.iter().any(|c| c.type_ == "PodScheduled") {
+        conditions.push(PodCondition {
+            type_: "PodScheduled".to_owned(),
+            status: "True".to_owned(),
+            last_transition_time: record.start_time.map(Time),
+            ..PodCondition::default()
+        });
+    }
     conditions.extend([
         condition(
             "PodReadyToStartContainers",
@@ -339,7 +383,7 @@ pub fn pod_status(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn spec(policy: &str) -> PodSpec {
@@ -494,6 +538,120 @@ mod tests {
         r.containers[1].ready = true;
         let status = pod_status(&spec("Always"), &r, Some(&status), now);
         assert_eq!(ready(&status), "True");
+    }
+
+    fn sidecar(state: State, started: bool, ready: bool) -> Record {
+        Record {
+            state,
+            started,
+            ready,
+            sidecar: true,
+            container_id: Some("skiff://s".into()),
+            ..Record::new("proxy", "envoy", "PodInitializing")
+        }
+    }
+
+    fn running() -> State {
+        State::Running {
+            started_at: Timestamp::now(),
+        }
+    }
+
+    /// The status of condition `type_`, empty when there is none.
+    pub(crate) fn condition_of(status: &PodStatus, type_: &str) -> String {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_started_sidecar_initializes_the_pod_and_its_readiness_counts() {
+        let mut r = record(vec![State::Waiting {
+            reason: "PodInitializing".into(),
+            message: None,
+        }]);
+        r.init = vec![sidecar(running(), false, false)];
+        assert!(!initialized(&r), "not past its startup probe yet");
+        r.init[0].started = true;
+        assert!(initialized(&r));
+        r.containers[0].state = running();
+        r.containers[0].container_id = Some("skiff://c".into());
+        r.containers[0].ready = true;
+        let status = pod_status(&spec("Always"), &r, None, Timestamp::now());
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(
+            condition_of(&status, "Ready"),
+            "False",
+            "the sidecar is not ready"
+        );
+        r.init[0].ready = true;
+        let status = pod_status(&spec("Always"), &r, None, Timestamp::now());
+        assert_eq!(condition_of(&status, "Ready"), "True");
+        let init = &status.init_container_statuses.unwrap()[0];
+        assert!(init.ready && init.started == Some(true));
+    }
+
+    #[test]
+    fn sidecars_neither_hold_completion_nor_undo_initialization() {
+        let mut r = record(vec![ended(0)]);
+        r.containers[0].container_id = Some("skiff://c".into());
+        // Stopped after the app finished: the pod stays initialized and completes.
+        r.init = vec![sidecar(ended(143), false, false)];
+        assert!(initialized(&r));
+        assert_eq!(phase(&spec("Never"), &r), "Succeeded");
+        // Still running beside a finished app: the pod is complete all the same.
+        r.init = vec![sidecar(running(), true, true)];
+        assert_eq!(phase(&spec("Never"), &r), "Succeeded");
+        // A sidecar that crashed during initialization fails nothing: it is restarted.
+        let mut r = record(vec![State::Waiting {
+            reason: "PodInitializing".into(),
+            message: None,
+        }]);
+        r.init = vec![Record {
+            container_id: None,
+            ..sidecar(ended(1), false, false)
+        }];
+        assert_eq!(phase(&spec("Never"), &r), "Pending");
+    }
+
+    #[test]
+    fn a_stopped_pod_is_terminal_whatever_its_policy() {
+        let mut r = record(vec![ended(0), ended(0)]);
+        assert_eq!(phase(&spec("Always"), &r), "Running");
+        r.stopped = true;
+        assert_eq!(phase(&spec("Always"), &r), "Succeeded");
+        r.containers[1].state = ended(143);
+        assert_eq!(phase(&spec("Always"), &r), "Failed");
+        // A container that never ran did not succeed.
+        r.containers[1].state = State::Waiting {
+            reason: "ContainerCreating".into(),
+            message: None,
+        };
+        assert_eq!(phase(&spec("OnFailure"), &r), "Failed");
+    }
+
+    #[test]
+    fn a_pod_bound_at_creation_is_reported_scheduled() {
+        let mut r = record(vec![State::Running {
+            started_at: Timestamp::now(),
+        }]);
+        r.start_time = Some(Timestamp::UNIX_EPOCH);
+        let status = pod_status(&spec("Always"), &r, None, Timestamp::now());
+        let scheduled = status
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled")
+            .unwrap();
+        assert_eq!(scheduled.status, "True");
+        assert_eq!(
+            scheduled.last_transition_time,
+            Some(Time(Timestamp::UNIX_EPOCH))
+        );
     }
 
     #[test]

@@ -2,18 +2,13 @@
 //! order, app containers, restarts with back-off, probes, hooks, graceful termination, the
 //! pod's status, and a record on disk so a restarted daemon adopts what still runs.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::core::v1::{Container, Pod, PodStatus},
     jiff::Timestamp,
 };
-use serde::{Deserialize, Serialize};
+use skiff_types::{ContainerRestartPolicy, EventType, RestartPolicy, namespace};
 use tokio::{
     sync::mpsc::{self, UnboundedReceiver, UnboundedSender},
     task::JoinHandle,
@@ -22,13 +17,21 @@ use tokio::{
 
 use super::{
     backend::{BackendError, Exit, ImageInfo, PodBackend, Run, SandboxInfo},
-    backoff::Backoff,
+    backoff::{self, Backoff},
     probe::{self, Check, ProbeKind, ProbeResult, Target},
-    status::{PodRecord, Record, State, Terminated, phase, pod_status},
+    records::{RecordStore, Saved},
+    status::{
+        PodRecord, Record, State, Terminated, initialized, phase, pod_status, restart_policy,
+    },
 };
+use crate::api::PodApi;
 
 const SIGTERM: i32 = 15;
 const SIGKILL: i32 = 9;
+/// The least time a stop gives a container between SIGTERM and SIGKILL, as the kubelet's
+/// `minimumGracePeriodInSeconds`, so sidecars stopped after slow app containers still get
+/// their SIGTERM handled.
+const MIN_GRACE: Duration = Duration::from_secs(2);
 /// How long to wait for a process after SIGKILL before giving up on it.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Retry delay after a sandbox, volume or status failure.
@@ -37,14 +40,26 @@ const RETRY: Duration = Duration::from_secs(2);
 const START_RETRY_MAX: Duration = Duration::from_mins(5);
 
 /// Settings shared by every pod worker of a node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// The node's address, for `status.hostIP`.
     pub host_ip: String,
-    /// Where the workers keep their records: `<dir>/<uid>/record.json`.
-    pub pods_dir: PathBuf,
+    /// Where the workers keep what a restarted daemon needs.
+    pub records: Arc<dyn RecordStore>,
     /// How often configMap, secret and downward API volumes are refreshed.
     pub volume_refresh: Duration,
+    /// The restart back-off's delays.
+    pub backoff: backoff::Policy,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("host_ip", &self.host_ip)
+            .field("volume_refresh", &self.volume_refresh)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the daemon tells a worker.
@@ -101,28 +116,34 @@ impl WorkerHandle {
 pub fn spawn(
     pod: Arc<Pod>,
     backend: Arc<dyn PodBackend>,
+    api: Arc<dyn PodApi>,
     config: Arc<WorkerConfig>,
 ) -> WorkerHandle {
     let (tx, rx) = mpsc::unbounded_channel();
-    let worker = Worker::new(pod, backend, config, tx.clone(), rx);
+    let worker = Worker::new(pod, backend, api, config, tx.clone(), rx);
     let task = tokio::spawn(worker.run());
     WorkerHandle { tx, task }
 }
 
-/// The record kept on disk.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Saved {
-    record: PodRecord,
-    sandbox: Option<SandboxInfo>,
-    /// Running containers: name -> runtime ID.
-    live: HashMap<String, String>,
+/// What a container is to its pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// An init container: runs to completion before the next one starts.
+    Init,
+    /// A native sidecar (an init container with `restartPolicy: Always`): started in order
+    /// with the init containers, then kept running beside the app containers.
+    Sidecar,
+    /// An app container.
+    App,
 }
 
 /// A container run in progress.
 struct Live {
     id: String,
-    init: bool,
+    kind: Kind,
     since: Instant,
+    /// A stop (preStop, SIGTERM, SIGKILL) is under way.
+    stopping: bool,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -136,6 +157,7 @@ impl Drop for Live {
 
 struct Worker {
     backend: Arc<dyn PodBackend>,
+    api: Arc<dyn PodApi>,
     config: Arc<WorkerConfig>,
     pod: Arc<Pod>,
     uid: String,
@@ -159,17 +181,18 @@ struct Worker {
 fn name_of(pod: &Pod) -> String {
     format!(
         "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(namespace::DEFAULT),
         pod.metadata.name.as_deref().unwrap_or_default()
     )
 }
 
-fn should_restart(policy: &str, exit_code: i32) -> bool {
-    match policy {
-        "Never" => false,
-        "OnFailure" => exit_code != 0,
-        _ => true,
-    }
+/// Whether an init container is a native sidecar.
+pub(crate) fn is_sidecar(container: &Container) -> bool {
+    ContainerRestartPolicy::from_field(container.restart_policy.as_deref())
+        .is_ok_and(ContainerRestartPolicy::is_sidecar)
 }
 
 fn terminated(exit: &Exit, started_at: Option<Timestamp>, id: Option<String>) -> Terminated {
@@ -202,6 +225,7 @@ impl Worker {
     fn new(
         pod: Arc<Pod>,
         backend: Arc<dyn PodBackend>,
+        api: Arc<dyn PodApi>,
         config: Arc<WorkerConfig>,
         tx: UnboundedSender<Message>,
         rx: UnboundedReceiver<Message>,
@@ -213,8 +237,9 @@ impl Worker {
                 .init_containers
                 .iter()
                 .flatten()
-                .map(|c| {
-                    Record::new(
+                .map(|c| Record {
+                    sidecar: is_sidecar(c),
+                    ..Record::new(
                         &c.name,
                         c.image.as_deref().unwrap_or_default(),
                         "PodInitializing",
@@ -238,7 +263,9 @@ impl Worker {
             ..PodRecord::default()
         };
         Self {
+            backoff: Backoff::new(config.backoff),
             backend,
+            api,
             config,
             pod,
             uid,
@@ -246,7 +273,6 @@ impl Worker {
             sandbox: None,
             live: HashMap::new(),
             images: HashMap::new(),
-            backoff: Backoff::default(),
             start_retry: HashMap::new(),
             retry_at: None,
             wake: Vec::new(),
@@ -258,11 +284,10 @@ impl Worker {
         }
     }
 
-    fn record_path(&self) -> PathBuf {
-        self.config.pods_dir.join(&self.uid).join("record.json")
-    }
-
     fn save(&self) {
+        if !self.config.records.persists() {
+            return;
+        }
         let saved = Saved {
             record: self.record.clone(),
             sandbox: self.sandbox.clone(),
@@ -272,29 +297,12 @@ impl Worker {
                 .map(|(n, l)| (n.clone(), l.id.clone()))
                 .collect(),
         };
-        let path = self.record_path();
-        let write = || -> std::io::Result<()> {
-            // Only the pod's own directory: the pods directory is the daemon's, and a worker
-            // outliving it (a test's temporary directory) must not bring it back.
-            match std::fs::create_dir(path.parent().unwrap_or(Path::new("/"))) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-                _ => {}
-            }
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&saved).unwrap_or_default())?;
-            std::fs::rename(&tmp, &path)
-        };
-        if let Err(err) = write() {
-            tracing::warn!(pod = %name_of(&self.pod), ?err, "could not save the pod record");
-        }
+        self.config.records.save(&self.uid, &saved);
     }
 
     /// Takes back what an earlier daemon left: the record, and the containers still running.
     async fn restore(&mut self) {
-        let Ok(bytes) = std::fs::read(self.record_path()) else {
-            return;
-        };
-        let Ok(saved) = serde_json::from_slice::<Saved>(&bytes) else {
+        let Some(saved) = self.config.records.load(&self.pod) else {
             return;
         };
         // Containers of the spec keep their order; the saved states fill them in.
@@ -314,12 +322,16 @@ impl Worker {
         self.record.failed = saved.record.failed;
         self.sandbox = saved.sandbox;
         self.record.sandbox_ready = self.sandbox.is_some();
-        let init_names: Vec<String> = self.record.init.iter().map(|r| r.name.clone()).collect();
+        if let Some(sandbox) = &self.sandbox {
+            self.backend.adopt_sandbox(&self.pod, sandbox).await;
+        }
         for (name, id) in saved.live {
-            let init = init_names.contains(&name);
-            if self.backend.adopt_container(&id).await {
+            let Some((_, kind)) = self.spec_container(&name) else {
+                continue;
+            };
+            if self.backend.adopt_container(&self.pod, &id).await {
                 tracing::info!(pod = %name_of(&self.pod), container = %name, %id, "adopted running container");
-                self.watch(&name, &id, init);
+                self.watch(&name, &id, kind);
             } else {
                 let exit = Exit {
                     code: None,
@@ -332,8 +344,9 @@ impl Worker {
                     name.clone(),
                     Live {
                         id: id.clone(),
-                        init,
+                        kind,
                         since: Instant::now(),
+                        stopping: false,
                         tasks: Vec::new(),
                     },
                 );
@@ -343,14 +356,17 @@ impl Worker {
     }
 
     async fn run(mut self) {
-        self.restore().await;
+        // The steps are boxed so that a waiting worker (most of them, most of the time, and
+        // 50,000 on a simulated fleet) holds only this loop's small state, not the largest
+        // step's.
+        Box::pin(self.restore()).await;
         loop {
             if self.gone || self.pod.metadata.deletion_timestamp.is_some() {
-                self.terminate().await;
+                Box::pin(self.terminate()).await;
                 return;
             }
-            self.sync().await;
-            self.publish().await;
+            Box::pin(self.sync()).await;
+            Box::pin(self.publish()).await;
             self.save();
             let wake = self.next_wake();
             let message = tokio::select! {
@@ -358,10 +374,10 @@ impl Worker {
                 () = tokio::time::sleep_until(wake) => None,
             };
             if let Some(m) = message {
-                self.handle(m).await;
+                Box::pin(self.handle(m)).await;
             }
             while let Ok(m) = self.rx.try_recv() {
-                self.handle(m).await;
+                Box::pin(self.handle(m)).await;
             }
         }
     }
@@ -414,7 +430,7 @@ impl Worker {
             Message::HookFailed { name, id, message } => {
                 if self.live.get(&name).is_some_and(|l| l.id == id) {
                     self.event(
-                        "Warning",
+                        EventType::Warning,
                         "FailedPostStartHook",
                         &format!("PostStartHook failed: {message}"),
                     )
@@ -433,27 +449,30 @@ impl Worker {
             .find(|r| r.name == name)
     }
 
-    fn spec_container(&self, name: &str) -> Option<(Container, bool)> {
+    fn spec_container(&self, name: &str) -> Option<(Container, Kind)> {
         let spec = self.pod.spec.as_ref()?;
         spec.init_containers
             .iter()
             .flatten()
             .find(|c| c.name == name)
-            .map(|c| (c.clone(), true))
+            .map(|c| {
+                let kind = if is_sidecar(c) {
+                    Kind::Sidecar
+                } else {
+                    Kind::Init
+                };
+                (c.clone(), kind)
+            })
             .or_else(|| {
                 spec.containers
                     .iter()
                     .find(|c| c.name == name)
-                    .map(|c| (c.clone(), false))
+                    .map(|c| (c.clone(), Kind::App))
             })
     }
 
-    fn policy(&self) -> String {
-        self.pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.clone())
-            .unwrap_or_else(|| "Always".to_owned())
+    fn policy(&self) -> RestartPolicy {
+        restart_policy(self.pod.spec.as_ref())
     }
 
     fn grace(&self) -> Duration {
@@ -466,14 +485,14 @@ impl Worker {
         Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
     }
 
-    async fn event(&self, type_: &str, reason: &str, message: &str) {
+    async fn event(&self, type_: EventType, reason: &str, message: &str) {
         if !self.gone {
-            self.backend.event(&self.pod, type_, reason, message).await;
+            self.api.event(&self.pod, type_, reason, message).await;
         }
     }
 
-    /// Watches a run: its exit, and its probes.
-    fn watch(&mut self, name: &str, id: &str, init: bool) {
+    /// Watches a run: its exit, and its probes (sidecars and app containers have them).
+    fn watch(&mut self, name: &str, id: &str, kind: Kind) {
         let mut tasks = Vec::new();
         let backend = self.backend.clone();
         let tx = self.tx.clone();
@@ -490,18 +509,14 @@ impl Worker {
             name.to_owned(),
             Live {
                 id: id.to_owned(),
-                init,
+                kind,
                 since: Instant::now(),
+                stopping: false,
                 tasks,
             },
         );
-        if !init {
-            let started = self
-                .record
-                .containers
-                .iter()
-                .find(|r| r.name == name)
-                .is_some_and(|r| r.started);
+        if kind != Kind::Init {
+            let started = self.record_mut(name).is_some_and(|r| r.started);
             if started {
                 self.start_probes(name, &[ProbeKind::Liveness, ProbeKind::Readiness]);
             } else {
@@ -573,7 +588,7 @@ impl Worker {
         }
         if !r.ok {
             self.event(
-                "Warning",
+                EventType::Warning,
                 "Unhealthy",
                 &format!("{} probe failed: {}", r.kind.word(), r.message),
             )
@@ -593,7 +608,7 @@ impl Worker {
             }
             (ProbeKind::Liveness | ProbeKind::Startup, false) => {
                 self.event(
-                    "Normal",
+                    EventType::Normal,
                     "Killing",
                     &format!(
                         "Container {} failed {} probe, will be restarted",
@@ -611,9 +626,11 @@ impl Worker {
     /// Stops a run in the background: preStop hook, SIGTERM, SIGKILL after `grace`. Its
     /// exit arrives as a message like any other.
     fn kill(&mut self, name: &str, grace: Duration) {
-        let Some(id) = self.live.get(name).map(|l| l.id.clone()) else {
+        let Some(live) = self.live.get_mut(name).filter(|l| !l.stopping) else {
             return;
         };
+        live.stopping = true;
+        let id = live.id.clone();
         let backend = self.backend.clone();
         let pre_stop = self
             .spec_container(name)
@@ -658,7 +675,7 @@ impl Worker {
             return;
         };
         let ran = live.since.elapsed();
-        let init = live.init;
+        let kind = live.kind;
         drop(live);
         let policy = self.policy();
         let Some(rec) = self.record_mut(name) else {
@@ -669,7 +686,12 @@ impl Worker {
             _ => None,
         };
         let t = terminated(&exit, started_at, rec.container_id.clone());
-        let restart = should_restart(&policy, t.exit_code) && !(init && t.exit_code == 0);
+        let restart = match kind {
+            // Restarted whatever the pod's policy, unless the pod is done (sync decides).
+            Kind::Sidecar => true,
+            Kind::Init => policy.restarts_after(t.exit_code) && t.exit_code != 0,
+            Kind::App => policy.restarts_after(t.exit_code),
+        };
         tracing::info!(container = %name, %id, code = t.exit_code, reason = %t.reason, "container exited");
         rec.state = State::Terminated(t);
         rec.ready = false;
@@ -694,6 +716,8 @@ impl Worker {
         let done = matches!(phase(&spec, &self.record), "Succeeded" | "Failed");
         if done {
             self.volumes_at = None;
+            // Sidecars outlive the app containers only until these are done.
+            self.stop_next_sidecar();
             if self.live.is_empty() && self.sandbox.is_some() {
                 self.remove_sandbox().await;
             }
@@ -709,7 +733,7 @@ impl Worker {
                 "Pod was active on the node longer than the specified deadline".to_owned(),
             ));
             self.event(
-                "Normal",
+                EventType::Normal,
                 "DeadlineExceeded",
                 "Pod was active on the node longer than the specified deadline",
             )
@@ -733,7 +757,7 @@ impl Worker {
                 }
                 Err(err) => {
                     self.event(
-                        "Warning",
+                        EventType::Warning,
                         "FailedCreatePodSandBox",
                         &format!("Failed to create pod sandbox: {err}"),
                     )
@@ -749,7 +773,8 @@ impl Worker {
             match self.backend.setup_volumes(&self.pod, &sandbox).await {
                 Ok(()) => self.volumes_at = Some(now + self.config.volume_refresh),
                 Err(err) => {
-                    self.event("Warning", "FailedMount", &err.message).await;
+                    self.event(EventType::Warning, "FailedMount", &err.message)
+                        .await;
                     if first {
                         self.retry_at = Some(now + RETRY);
                         return;
@@ -759,17 +784,32 @@ impl Worker {
             }
         }
         let policy = self.policy();
-        // Init containers, one at a time and in order.
+        let initialized = initialized(&self.record);
+        // Init containers one at a time and in order; a sidecar holds the next one back only
+        // until it has started (past its startup probe), then keeps running.
         for i in 0..self.record.init.len() {
             let name = self.record.init[i].name.clone();
+            if self.record.init[i].sidecar {
+                if !self.live.contains_key(&name) {
+                    self.start(&name, Kind::Sidecar).await;
+                }
+                let started = self.live.contains_key(&name) && self.record.init[i].started;
+                if started || initialized {
+                    continue;
+                }
+                return;
+            }
+            if initialized {
+                continue;
+            }
             if self.live.contains_key(&name) {
                 return;
             }
             match &self.record.init[i].state {
                 State::Terminated(t) if t.exit_code == 0 => {}
-                State::Terminated(t) if !should_restart(&policy, t.exit_code) => return,
+                State::Terminated(t) if !policy.restarts_after(t.exit_code) => return,
                 _ => {
-                    self.start(&name, true).await;
+                    self.start(&name, Kind::Init).await;
                     return;
                 }
             }
@@ -780,11 +820,34 @@ impl Worker {
                 continue;
             }
             if let State::Terminated(t) = &self.record.containers[i].state
-                && !should_restart(&policy, t.exit_code)
+                && !policy.restarts_after(t.exit_code)
             {
                 continue;
             }
-            self.start(&name, false).await;
+            self.start(&name, Kind::App).await;
+        }
+    }
+
+    /// Stops the last running sidecar (in spec order) once no other stop is under way:
+    /// sidecars go in reverse order, each after the one declared after it.
+    fn stop_next_sidecar(&mut self) {
+        if self
+            .live
+            .values()
+            .any(|l| l.kind == Kind::Sidecar && l.stopping)
+        {
+            return;
+        }
+        let last = self
+            .record
+            .init
+            .iter()
+            .rev()
+            .find(|r| r.sidecar && self.live.contains_key(&r.name))
+            .map(|r| r.name.clone());
+        if let Some(name) = last {
+            let grace = self.grace();
+            self.kill(&name, grace);
         }
     }
 
@@ -793,7 +856,7 @@ impl Worker {
         clippy::too_many_lines,
         reason = "a container start reads best as one sequence"
     )]
-    async fn start(&mut self, name: &str, init: bool) {
+    async fn start(&mut self, name: &str, kind: Kind) {
         let now = Instant::now();
         let Some((container, _)) = self.spec_container(name) else {
             return;
@@ -868,21 +931,21 @@ impl Worker {
             image: &image,
             restart,
         };
-        let id = match self.backend.start_container(run).await {
-            Ok(id) => id,
+        let (id, status_id) = match self.backend.start_container(run).await {
+            Ok(id) => (id.to_string(), self.backend.status_id(&id)),
             Err(err) => {
                 self.start_failed(name, err, "Failed").await;
                 return;
             }
         };
         self.start_retry.remove(name);
-        let has_startup = container.startup_probe.is_some() && !init;
-        let has_readiness = container.readiness_probe.is_some() && !init;
+        let has_startup = container.startup_probe.is_some() && kind != Kind::Init;
+        let has_readiness = container.readiness_probe.is_some() && kind != Kind::Init;
         {
             let rec = self
                 .record_mut(name)
                 .expect("the spec's container has a record");
-            rec.container_id = Some(format!("skiff://{id}"));
+            rec.container_id = Some(status_id);
             rec.image_id.clone_from(&image.image_ref);
             rec.restart_count = restart;
             rec.last_state = last;
@@ -892,9 +955,13 @@ impl Worker {
             rec.started = !has_startup;
             rec.ready = !has_readiness;
         }
-        self.event("Normal", "Started", &format!("Started container {name}"))
-            .await;
-        self.watch(name, &id, init);
+        self.event(
+            EventType::Normal,
+            "Started",
+            &format!("Started container {name}"),
+        )
+        .await;
+        self.watch(name, &id, kind);
         if let Some(hook) = container.lifecycle.and_then(|l| l.post_start) {
             let backend = self.backend.clone();
             let tx = self.tx.clone();
@@ -933,7 +1000,7 @@ impl Worker {
         self.start_retry
             .insert(name.to_owned(), (now + delay, delay));
         self.wake.push(now + Duration::from_secs(1));
-        self.event("Warning", event, &err.message).await;
+        self.event(EventType::Warning, event, &err.message).await;
         if let Some(rec) = self.record_mut(name) {
             rec.state = State::Waiting {
                 reason: err.reason,
@@ -967,7 +1034,12 @@ impl Worker {
         if self.published.as_ref() == Some(&status) {
             return;
         }
-        match self.backend.patch_status(&self.pod, &status).await {
+        // A worker taking over a pod whose stored status already says it all writes nothing.
+        if self.published.is_none() && self.pod.status.as_ref() == Some(&status) {
+            self.published = Some(status);
+            return;
+        }
+        match self.api.patch_status(&self.pod, &status).await {
             Ok(()) => self.published = Some(status),
             Err(err) => {
                 tracing::warn!(pod = %name_of(&self.pod), ?err, "status update failed");
@@ -976,21 +1048,24 @@ impl Worker {
         }
     }
 
-    /// Stops every container within the grace period, removes the sandbox, reports, and
-    /// deletes the pod object.
-    async fn terminate(&mut self) {
-        let grace = self.grace();
-        let names: Vec<String> = self.live.keys().cloned().collect();
-        for name in &names {
-            self.event("Normal", "Killing", &format!("Stopping container {name}"))
-                .await;
-            self.kill(name, grace);
-        }
-        let deadline = Instant::now() + grace + KILL_WAIT;
-        while !self.live.is_empty() {
+    /// Tells the user a container is being stopped, and stops it within `grace`.
+    async fn stop(&mut self, name: &str, grace: Duration) {
+        self.event(
+            EventType::Normal,
+            "Killing",
+            &format!("Stopping container {name}"),
+        )
+        .await;
+        self.kill(name, grace);
+    }
+
+    /// Handles messages until no run `matches` is left; at `until`, those still there are
+    /// given up as killed.
+    async fn wait_stopped(&mut self, matches: impl Fn(&str, &Live) -> bool, until: Instant) {
+        while self.live.iter().any(|(n, l)| matches(n, l)) {
             let message = tokio::select! {
                 m = self.rx.recv() => m,
-                () = tokio::time::sleep_until(deadline) => None,
+                () = tokio::time::sleep_until(until) => None,
             };
             match message {
                 Some(Message::Exit { name, id, exit }) => self.exited(&name, &id, exit).await,
@@ -1002,6 +1077,7 @@ impl Worker {
                     let ids: Vec<(String, String)> = self
                         .live
                         .iter()
+                        .filter(|(n, l)| matches(n, l))
                         .map(|(n, l)| (n.clone(), l.id.clone()))
                         .collect();
                     for (name, id) in ids {
@@ -1016,6 +1092,46 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Stops every container within the grace period, removes the sandbox, reports, and
+    /// deletes the pod object.
+    async fn terminate(&mut self) {
+        let grace = self.grace();
+        let deadline = Instant::now() + grace;
+        // App containers (and an init container still running) first, then the sidecars
+        // in reverse order, each with what is left of the grace period.
+        let first: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.kind != Kind::Sidecar)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &first {
+            self.stop(name, grace).await;
+        }
+        self.wait_stopped(|_, l| l.kind != Kind::Sidecar, deadline + KILL_WAIT)
+            .await;
+        let sidecars: Vec<String> = self
+            .record
+            .init
+            .iter()
+            .rev()
+            .filter(|r| r.sidecar)
+            .map(|r| r.name.clone())
+            .collect();
+        for name in sidecars {
+            if !self.live.contains_key(&name) {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.stop(&name, left.max(MIN_GRACE)).await;
+            self.wait_stopped(|n, _| n == name, deadline + KILL_WAIT)
+                .await;
+        }
+        // Stopped for good: the phase is terminal from now on, as the kubelet reports a
+        // deleted pod before it goes.
+        self.record.stopped = true;
         // Containers that never ran are reported as never started.
         for rec in self
             .record
@@ -1029,13 +1145,13 @@ impl Worker {
         self.save();
         if !self.gone {
             self.publish().await;
-            if let Err(err) = self.backend.delete_pod(&self.pod).await {
+            if let Err(err) = self.api.delete_pod(&self.pod).await {
                 tracing::warn!(pod = %name_of(&self.pod), ?err, "final delete failed");
             }
         }
-        let _ = std::fs::remove_dir_all(self.config.pods_dir.join(&self.uid));
+        self.config.records.remove(&self.uid);
     }
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

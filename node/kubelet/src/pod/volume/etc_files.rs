@@ -41,7 +41,11 @@ pub fn hostname_and_domain(pod: &Pod, cluster_domain: &str) -> (String, Option<S
         .and_then(|s| s.subdomain.as_deref())
         .filter(|s| !s.is_empty())
         .map(|sub| {
-            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let ns = pod
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or(skiff_types::namespace::DEFAULT);
             format!("{sub}.{ns}.svc.{cluster_domain}")
         });
     (host, domain)

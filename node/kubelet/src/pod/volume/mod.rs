@@ -15,11 +15,12 @@ pub mod etc_files;
 pub mod host_path;
 pub mod projected;
 pub mod secret;
+mod sub_path;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt, fs, io,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    os::unix::fs::DirBuilderExt as _,
     path::{Component, Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -167,6 +168,11 @@ pub trait Mounter: Send + Sync {
     /// # Errors
     /// The mount failed.
     fn mount_tmpfs(&self, dir: &Path, size: Option<u64>) -> Result<(), VolumeError>;
+    /// Bind-mounts `source` on `target` (a `subPath`'s opened file, as `/proc/self/fd/N`).
+    ///
+    /// # Errors
+    /// The mount failed.
+    fn bind(&self, source: &Path, target: &Path) -> Result<(), VolumeError>;
     /// Detaches the mount on `dir`; succeeds when nothing is mounted there.
     ///
     /// # Errors
@@ -245,6 +251,22 @@ impl Mounter for SystemMounter {
         })?;
         tracing::debug!(dir = %dir.display(), size, "tmpfs mounted");
         Ok(())
+    }
+
+    fn bind(&self, source: &Path, target: &Path) -> Result<(), VolumeError> {
+        use nix::mount::{MsFlags, mount};
+        mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|source| VolumeError::Mount {
+            op: "bind-mounting a sub path on",
+            path: target.to_owned(),
+            source,
+        })
     }
 
     fn unmount(&self, dir: &Path) -> Result<(), VolumeError> {
@@ -485,7 +507,11 @@ impl VolumeManager {
             &self.inner.host_resolv_conf,
         )?;
 
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let namespace = pod
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(skiff_types::namespace::DEFAULT);
         let volumes = pod
             .spec
             .as_ref()
@@ -593,10 +619,14 @@ impl VolumeManager {
     /// The bind mounts for `container`: its `volumeMounts` (with `subPath`, or `subPathExpr`
     /// expanded from `env`), then the pod's `/etc/hosts` (not for hostNetwork pods),
     /// `/etc/hostname` and `/etc/resolv.conf` unless the container mounts over them itself.
-    /// A missing `subPath` directory is created, as the kubelet does.
+    /// A missing `subPath` directory is created, as the kubelet does. A `subPath` is opened
+    /// beneath its volume and bound here, onto a target in the pod's directory that the
+    /// returned mount names (see `sub_path`), so a container sharing the volume cannot
+    /// redirect it with a symlink before the runtime mounts it.
     ///
     /// # Errors
-    /// A mount of an undeclared volume, a `subPath` that is absolute or leaves its volume.
+    /// A mount of an undeclared volume, a `subPath` that is absolute or leaves its volume,
+    /// a failed bind of a `subPath`.
     pub fn mounts(
         &self,
         pod: &Pod,
@@ -607,7 +637,14 @@ impl VolumeManager {
         let spec = pod.spec.as_ref();
         let volumes = spec.and_then(|s| s.volumes.as_deref()).unwrap_or_default();
         let mut out = Vec::new();
-        for vm in container.volume_mounts.as_deref().unwrap_or_default() {
+        let pod_dir = self.pod_dir(uid);
+        for (index, vm) in container
+            .volume_mounts
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
             let no_such = || VolumeError::NoSuchVolume {
                 container: container.name.clone(),
                 volume: vm.name.clone(),
@@ -628,7 +665,10 @@ impl VolumeManager {
                 _ => None,
             };
             let source = match sub {
-                Some(sub) if !sub.is_empty() => sub_path(&base, &sub)?,
+                Some(sub) if !sub.is_empty() => {
+                    let target = sub_path::target(&pod_dir, &volume.name, &container.name, index)?;
+                    sub_path::bind(self.inner.mounter.as_ref(), &base, &sub, &target)?
+                }
                 _ => base,
             };
             out.push(VolumeMount {
@@ -643,7 +683,6 @@ impl VolumeManager {
             .map(|m| normalize_destination(&m.destination).to_owned())
             .collect();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
-        let pod_dir = self.pod_dir(uid);
         for (destination, file) in [
             ("/etc/hosts", etc_files::HOSTS),
             ("/etc/hostname", etc_files::HOSTNAME),
@@ -689,7 +728,10 @@ impl VolumeManager {
         let volumes_dir = pod_dir.join("volumes");
         let mounter = self.inner.mounter.as_ref();
         let mut points: Vec<PathBuf> = mounter.mounts_under(&pod_dir);
-        for dir in volume_dirs(&volumes_dir) {
+        for dir in volume_dirs(&volumes_dir)
+            .into_iter()
+            .chain(sub_path::targets(&pod_dir))
+        {
             // mounts_under reports resolved paths; compare like with like so one mount is
             // never detached twice (the second could hit a mount stacked below it).
             let dir = fs::canonicalize(&dir).unwrap_or(dir);
@@ -706,6 +748,7 @@ impl VolumeManager {
         if let Some(still) = points.iter().find(|d| mounter.is_mounted(d)) {
             return Err(VolumeError::StillMounted(still.clone()));
         }
+        sub_path::remove_targets(&pod_dir)?;
         match fs::remove_dir_all(&volumes_dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -761,37 +804,6 @@ fn normalize_destination(path: &str) -> &str {
     if trimmed.is_empty() { "/" } else { trimmed }
 }
 
-/// Resolves `sub` inside `base`, creating it as a directory (with the volume's mode) when
-/// missing, and refuses anything that ends up outside `base` through `..` or symlinks.
-fn sub_path(base: &Path, sub: &str) -> Result<PathBuf, VolumeError> {
-    let invalid = |reason| VolumeError::InvalidSubPath {
-        path: sub.to_owned(),
-        reason,
-    };
-    if Path::new(sub).is_absolute() {
-        return Err(invalid("must be relative"));
-    }
-    if Path::new(sub)
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(invalid("must not contain '..'"));
-    }
-    let path = base.join(sub);
-    if fs::symlink_metadata(&path).is_err() {
-        let mode = fs::metadata(base).map_or(0o755, |m| m.permissions().mode() & 0o7777);
-        ensure_dir(&path)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-            .map_err(io_err("setting the mode of", &path))?;
-    }
-    let real_base = fs::canonicalize(base).map_err(io_err("resolving", base))?;
-    let real = fs::canonicalize(&path).map_err(io_err("resolving", &path))?;
-    if !real.starts_with(&real_base) {
-        return Err(invalid("leaves the volume"));
-    }
-    Ok(real)
-}
-
 /// Fakes for unprivileged tests: a mounter that records, sources from memory.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -810,6 +822,8 @@ pub(crate) mod testing {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum Call {
         Mount(PathBuf, Option<u64>),
+        /// A sub path bind: what the opened descriptor named, and the target.
+        Bind(PathBuf, PathBuf),
         Unmount(PathBuf),
     }
 
@@ -845,6 +859,17 @@ pub(crate) mod testing {
     }
 
     impl Mounter for FakeMounter {
+        fn bind(&self, source: &Path, target: &Path) -> Result<(), VolumeError> {
+            // What the opened sub path is, while its descriptor is still open.
+            let opened = std::fs::read_link(source).unwrap_or_else(|_| source.to_owned());
+            self.calls
+                .lock()
+                .unwrap()
+                .push(Call::Bind(opened, target.to_owned()));
+            self.mounted.lock().unwrap().insert(target.to_owned());
+            Ok(())
+        }
+
         fn mount_tmpfs(&self, dir: &Path, size: Option<u64>) -> Result<(), VolumeError> {
             self.calls
                 .lock()
@@ -1241,17 +1266,83 @@ mod tests {
         let mounts = f.manager.mounts(&p, &c, &env).unwrap();
         let scratch =
             fs::canonicalize(f.pods.join("uid-1/volumes/kubernetes.io~empty-dir/scratch")).unwrap();
-        assert_eq!(mounts[0].source, scratch.join("logs"));
-        assert!(mounts[0].source.is_dir(), "missing subPath created");
-        assert_eq!(mounts[1].source, scratch.join("data/web"));
+        let config =
+            fs::canonicalize(f.pods.join("uid-1/volumes/kubernetes.io~configmap/config")).unwrap();
+        // Each sub path is bound onto its own target in the pod's directory, and the
+        // container mounts the target.
+        let targets = f.pods.join("uid-1/volume-subpaths");
+        let expected = [
+            targets.join("scratch/app/0"),
+            targets.join("scratch/app/1"),
+            targets.join("config/app/2"),
+        ];
+        let sources: Vec<&Path> = mounts[..3].iter().map(|m| m.source.as_path()).collect();
+        assert_eq!(
+            sources,
+            expected.iter().map(PathBuf::as_path).collect::<Vec<_>>()
+        );
+        let binds: Vec<(PathBuf, PathBuf)> = f
+            .mounter
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Bind(opened, target) => Some((opened, target)),
+                Call::Mount(..) | Call::Unmount(_) => None,
+            })
+            .collect();
+        assert_eq!(binds.len(), 3);
+        assert_eq!(binds[0], (scratch.join("logs"), expected[0].clone()));
+        assert!(scratch.join("logs").is_dir(), "missing subPath created");
+        assert!(expected[0].is_dir(), "a directory's target is a directory");
+        assert_eq!(binds[1], (scratch.join("data/web"), expected[1].clone()));
         assert!(!mounts[1].read_only);
-        let conf = &mounts[2];
-        assert!(conf.read_only);
-        assert!(conf.source.is_file());
-        assert_eq!(fs::read_to_string(&conf.source).unwrap(), "v1");
-        assert!(conf.source.starts_with(
-            fs::canonicalize(f.pods.join("uid-1/volumes/kubernetes.io~configmap/config")).unwrap()
-        ));
+        // A configMap key is a symlink into its data directory: followed inside the volume.
+        let (opened, target) = &binds[2];
+        assert!(opened.starts_with(&config), "{}", opened.display());
+        assert_eq!(fs::read_to_string(opened).unwrap(), "v1");
+        assert!(target.is_file(), "a file's target is a file");
+        assert!(mounts[2].read_only);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_container_binds_its_sub_path_target_again() {
+        let f = fixture();
+        let c = container(vec![K8sVolumeMount {
+            sub_path: Some("logs".to_owned()),
+            ..mount("scratch", "/logs")
+        }]);
+        let p = pod(
+            vec![Volume {
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..volume("scratch")
+            }],
+            vec![c.clone()],
+        );
+        f.manager.setup(&p, None).await.unwrap();
+        let first = f.manager.mounts(&p, &c, &HashMap::new()).unwrap();
+        let second = f.manager.mounts(&p, &c, &HashMap::new()).unwrap();
+        assert_eq!(first, second);
+        let target = f.pods.join("uid-1/volume-subpaths/scratch/app/0");
+        // The fake's target is not the opened directory, so the old bind goes first.
+        let calls: Vec<Call> = f
+            .mounter
+            .calls()
+            .into_iter()
+            .filter(|c| !matches!(c, Call::Mount(..)))
+            .collect();
+        let logs = fs::canonicalize(
+            f.pods
+                .join("uid-1/volumes/kubernetes.io~empty-dir/scratch/logs"),
+        )
+        .unwrap();
+        assert_eq!(
+            calls,
+            [
+                Call::Bind(logs.clone(), target.clone()),
+                Call::Unmount(target.clone()),
+                Call::Bind(logs, target),
+            ]
+        );
     }
 
     #[tokio::test]
@@ -1325,6 +1416,12 @@ mod tests {
         // A symlink to the host inside an emptyDir must not lead removal outside.
         let scratch = f.pods.join("uid-1/volumes/kubernetes.io~empty-dir/scratch");
         std::os::unix::fs::symlink(&host_dir, scratch.join("escape")).unwrap();
+        let c = container(vec![K8sVolumeMount {
+            sub_path: Some("logs".to_owned()),
+            ..mount("scratch", "/logs")
+        }]);
+        f.manager.mounts(&p, &c, &HashMap::new()).unwrap();
+        let target = f.pods.join("uid-1/volume-subpaths/scratch/app/0");
 
         f.manager.teardown("uid-1").await.unwrap();
         let vols = f.pods.join("uid-1/volumes");
@@ -1338,10 +1435,12 @@ mod tests {
         assert_eq!(
             unmounted,
             [
+                Call::Unmount(target),
                 Call::Unmount(vols.join("kubernetes.io~empty-dir/mem")),
                 Call::Unmount(vols.join("kubernetes.io~secret/creds")),
             ]
         );
+        assert!(!f.pods.join("uid-1/volume-subpaths").exists());
         assert!(!f.pods.join("uid-1").exists());
         assert_eq!(fs::read_to_string(host_dir.join("keep")).unwrap(), "x");
 

@@ -27,7 +27,11 @@ pub async fn payload(
     sources: &dyn Sources,
     node: NodeLimits,
 ) -> Result<Payload, VolumeError> {
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let namespace = pod
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(skiff_types::namespace::DEFAULT);
     let default_mode = mode_bits(source.default_mode, DEFAULT_MODE);
     let mut out = Payload::new();
     for projection in source.sources.as_deref().unwrap_or_default() {

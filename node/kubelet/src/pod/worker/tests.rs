@@ -1,19 +1,21 @@
 //! The pod worker against a scripted backend, on tokio's paused clock.
 
-use std::sync::Mutex;
+use std::{path::Path, sync::Mutex};
 
 use async_trait::async_trait;
 use k8s_openapi::{
-    api::core::v1::{ExecAction, PodSpec, Probe},
+    api::core::v1::{ExecAction, PodSpec, PodStatus, Probe},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
+use skiff_types::ContainerId;
 use tokio::sync::watch;
 
 use super::*;
+use crate::pod::{records::DiskRecords, status::tests::condition_of as condition};
 
 /// How a fake container behaves.
 #[derive(Clone, Copy, Debug)]
-enum Script {
+pub(crate) enum Script {
     /// Exits at once with this code.
     Exit(i32),
     /// Runs until signalled; SIGTERM ends it unless it ignores it.
@@ -21,7 +23,7 @@ enum Script {
 }
 
 #[derive(Default)]
-struct Fake {
+pub(crate) struct Fake {
     scripts: Mutex<HashMap<String, Script>>,
     /// Every start: (container, restart, when).
     starts: Mutex<Vec<(String, i32, Instant)>>,
@@ -29,7 +31,7 @@ struct Fake {
     signals: Mutex<Vec<(String, i32, Instant)>>,
     exec_code: Mutex<i32>,
     statuses: Mutex<Vec<PodStatus>>,
-    deleted: Mutex<bool>,
+    pub(crate) deleted: Mutex<bool>,
     sandboxes_removed: Mutex<u32>,
     pull_error: Mutex<Option<String>>,
     adoptable: Mutex<Vec<String>>,
@@ -45,10 +47,19 @@ fn exit(code: i32, signal: Option<i32>) -> Exit {
 }
 
 impl Fake {
-    fn script(&self, container: &str, s: Script) {
+    pub(crate) fn script(&self, container: &str, s: Script) {
         self.scripts.lock().unwrap().insert(container.into(), s);
     }
-    fn starts_of(&self, container: &str) -> Vec<(i32, Instant)> {
+    /// The containers started, in order.
+    fn order(&self) -> Vec<String> {
+        self.starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(c, ..)| c.clone())
+            .collect()
+    }
+    pub(crate) fn starts_of(&self, container: &str) -> Vec<(i32, Instant)> {
         self.starts
             .lock()
             .unwrap()
@@ -57,7 +68,7 @@ impl Fake {
             .map(|(_, r, t)| (*r, *t))
             .collect()
     }
-    fn last(&self) -> PodStatus {
+    pub(crate) fn last(&self) -> PodStatus {
         self.statuses
             .lock()
             .unwrap()
@@ -97,9 +108,10 @@ impl PodBackend for Fake {
             ..ImageInfo::default()
         })
     }
-    async fn start_container(&self, run: Run<'_>) -> Result<String, BackendError> {
+    async fn start_container(&self, run: Run<'_>) -> Result<ContainerId, BackendError> {
         let name = run.container.name.clone();
-        let id = format!("uid-{name}-{}", run.restart);
+        let typed = ContainerId::new("uid", &name, u32::try_from(run.restart).unwrap());
+        let id = typed.to_string();
         self.starts
             .lock()
             .unwrap()
@@ -117,10 +129,10 @@ impl PodBackend for Fake {
         if let Script::Exit(code) = script {
             tx.send_replace(Some(exit(code, None)));
         }
-        self.exits.lock().unwrap().insert(id.clone(), tx);
-        Ok(id)
+        self.exits.lock().unwrap().insert(id, tx);
+        Ok(typed)
     }
-    async fn adopt_container(&self, id: &str) -> bool {
+    async fn adopt_container(&self, _pod: &Pod, id: &str) -> bool {
         if self.adoptable.lock().unwrap().iter().any(|a| a == id) {
             let (tx, _) = watch::channel(None);
             self.exits.lock().unwrap().insert(id.to_owned(), tx);
@@ -168,6 +180,10 @@ impl PodBackend for Fake {
     async fn exec(&self, _id: &str, _c: &[String], _t: Duration) -> Result<i32, BackendError> {
         Ok(*self.exec_code.lock().unwrap())
     }
+}
+
+#[async_trait]
+impl PodApi for Fake {
     async fn patch_status(&self, _pod: &Pod, status: &PodStatus) -> Result<(), BackendError> {
         self.statuses.lock().unwrap().push(status.clone());
         Ok(())
@@ -176,10 +192,10 @@ impl PodBackend for Fake {
         *self.deleted.lock().unwrap() = true;
         Ok(())
     }
-    async fn event(&self, _pod: &Pod, _t: &str, _r: &str, _m: &str) {}
+    async fn event(&self, _pod: &Pod, _t: EventType, _r: &str, _m: &str) {}
 }
 
-fn container(name: &str) -> Container {
+pub(crate) fn container(name: &str) -> Container {
     Container {
         name: name.into(),
         image: Some("busybox:1".into()),
@@ -187,7 +203,7 @@ fn container(name: &str) -> Container {
     }
 }
 
-fn pod(spec: PodSpec) -> Pod {
+pub(crate) fn pod(spec: PodSpec) -> Pod {
     Pod {
         metadata: ObjectMeta {
             name: Some("p".into()),
@@ -219,24 +235,15 @@ fn start(spec: PodSpec, fake: Arc<Fake>) -> Setup {
 fn start_in(pod: &Pod, fake: Arc<Fake>, dir: &Path) -> WorkerHandle {
     let config = Arc::new(WorkerConfig {
         host_ip: "192.0.2.1".into(),
-        pods_dir: dir.to_owned(),
+        records: Arc::new(DiskRecords::new(dir)),
         volume_refresh: Duration::from_secs(10),
+        backoff: backoff::Policy::default(),
     });
-    spawn(Arc::new(pod.clone()), fake, config)
+    spawn(Arc::new(pod.clone()), fake.clone(), fake, config)
 }
 
-async fn settle(d: Duration) {
+pub(crate) async fn settle(d: Duration) {
     tokio::time::sleep(d).await;
-}
-
-fn condition(status: &PodStatus, type_: &str) -> String {
-    status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
-        .unwrap_or_default()
 }
 
 #[tokio::test(start_paused = true)]
@@ -253,14 +260,7 @@ async fn init_containers_run_in_order_before_app_containers() {
         fake,
     );
     settle(Duration::from_secs(1)).await;
-    let order: Vec<String> = s
-        .fake
-        .starts
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(c, ..)| c.clone())
-        .collect();
+    let order = s.fake.order();
     assert_eq!(order, ["init-a", "init-b", "app"]);
     let status = s.fake.last();
     assert_eq!(status.phase.as_deref(), Some("Running"));
@@ -497,4 +497,248 @@ async fn a_restarted_worker_adopts_running_containers_instead_of_starting_them()
     settle(Duration::from_secs(11)).await;
     assert_eq!(again.starts_of("app").len(), 1);
     assert_eq!(again.starts_of("app")[0].0, 1);
+}
+
+fn sidecar(name: &str) -> Container {
+    Container {
+        restart_policy: Some("Always".into()),
+        ..container(name)
+    }
+}
+
+fn init_status<'a>(
+    status: &'a PodStatus,
+    name: &str,
+) -> &'a k8s_openapi::api::core::v1::ContainerStatus {
+    status
+        .init_container_statuses
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap()
+}
+
+fn init_terminated(status: &PodStatus, name: &str) -> bool {
+    init_status(status, name)
+        .state
+        .as_ref()
+        .is_some_and(|s| s.terminated.is_some())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_starts_in_order_and_keeps_running_beside_the_app() {
+    let fake = Arc::new(Fake::default());
+    fake.script("init-a", Script::Exit(0));
+    fake.script("init-b", Script::Exit(0));
+    let s = start(
+        PodSpec {
+            init_containers: Some(vec![
+                container("init-a"),
+                sidecar("proxy"),
+                container("init-b"),
+            ]),
+            containers: vec![container("app")],
+            ..PodSpec::default()
+        },
+        fake,
+    );
+    settle(Duration::from_secs(1)).await;
+    let order = s.fake.order();
+    assert_eq!(order, ["init-a", "proxy", "init-b", "app"]);
+    let status = s.fake.last();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(condition(&status, "Initialized"), "True");
+    assert_eq!(condition(&status, "Ready"), "True");
+    let proxy = init_status(&status, "proxy");
+    assert!(proxy.state.as_ref().unwrap().running.is_some(), "{proxy:?}");
+    assert!(proxy.ready);
+    assert_eq!(proxy.started, Some(true));
+    assert!(init_terminated(&status, "init-b"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_init_container_waits_for_the_sidecars_startup_probe() {
+    let fake = Arc::new(Fake::default());
+    *fake.exec_code.lock().unwrap() = 1;
+    let mut proxy = sidecar("proxy");
+    proxy.startup_probe = Some(exec_probe(1, 30));
+    let s = start(
+        PodSpec {
+            init_containers: Some(vec![proxy]),
+            containers: vec![container("app")],
+            ..PodSpec::default()
+        },
+        fake,
+    );
+    settle(Duration::from_secs(3)).await;
+    assert!(s.fake.starts_of("app").is_empty());
+    let status = s.fake.last();
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    assert_eq!(condition(&status, "Initialized"), "False");
+    assert_eq!(init_status(&status, "proxy").started, Some(false));
+    *s.fake.exec_code.lock().unwrap() = 0;
+    settle(Duration::from_secs(2)).await;
+    assert_eq!(s.fake.starts_of("app").len(), 1);
+    let status = s.fake.last();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(init_status(&status, "proxy").started, Some(true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_is_restarted_whatever_the_pod_restart_policy() {
+    let fake = Arc::new(Fake::default());
+    let s = start(
+        PodSpec {
+            init_containers: Some(vec![sidecar("proxy")]),
+            containers: vec![container("app")],
+            restart_policy: Some("Never".into()),
+            ..PodSpec::default()
+        },
+        fake,
+    );
+    settle(Duration::from_secs(1)).await;
+    s.fake.end("uid-proxy-0", exit(0, None));
+    settle(Duration::from_secs(12)).await;
+    let starts = s.fake.starts_of("proxy");
+    assert_eq!(starts.iter().map(|(r, _)| *r).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(s.fake.starts_of("app").len(), 1, "the app runs on");
+    let status = s.fake.last();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(init_status(&status, "proxy").restart_count, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sidecars_do_not_block_completion_and_stop_after_the_app_in_reverse_order() {
+    let fake = Arc::new(Fake::default());
+    fake.script("app", Script::Exit(0));
+    let s = start(
+        PodSpec {
+            init_containers: Some(vec![sidecar("logs"), sidecar("proxy")]),
+            containers: vec![container("app")],
+            restart_policy: Some("Never".into()),
+            ..PodSpec::default()
+        },
+        fake,
+    );
+    settle(Duration::from_secs(2)).await;
+    let status = s.fake.last();
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+    let signalled: Vec<String> = s
+        .fake
+        .signals
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, sig, _)| format!("{id}:{sig}"))
+        .collect();
+    assert_eq!(signalled, ["uid-proxy-0:15", "uid-logs-0:15"]);
+    assert_eq!(*s.fake.sandboxes_removed.lock().unwrap(), 1);
+    assert_eq!(
+        s.fake.starts_of("proxy").len(),
+        1,
+        "not restarted once done"
+    );
+    assert!(init_terminated(&status, "proxy"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_deletion_sidecars_stop_after_the_app_containers() {
+    let fake = Arc::new(Fake::default());
+    fake.script("app", Script::Serve { ignores_term: true });
+    let spec = PodSpec {
+        init_containers: Some(vec![sidecar("proxy")]),
+        containers: vec![container("app")],
+        ..PodSpec::default()
+    };
+    let s = start(spec.clone(), fake);
+    settle(Duration::from_secs(1)).await;
+    let mut deleting = pod(spec);
+    deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    deleting.metadata.deletion_grace_period_seconds = Some(5);
+    s.handle.update(Arc::new(deleting));
+    settle(Duration::from_secs(30)).await;
+    let signals = s.fake.signals.lock().unwrap().clone();
+    let order: Vec<(String, i32)> = signals
+        .iter()
+        .map(|(id, sig, _)| (id.clone(), *sig))
+        .collect();
+    assert_eq!(
+        order[..3],
+        [
+            ("uid-app-0".to_owned(), SIGTERM),
+            ("uid-app-0".to_owned(), SIGKILL),
+            ("uid-proxy-0".to_owned(), SIGTERM),
+        ]
+    );
+    assert!(signals[2].2 >= signals[1].2);
+    // The grace period was spent on the app: the sidecar still gets the least one.
+    assert_eq!(order[3], ("uid-proxy-0".to_owned(), SIGKILL));
+    assert_eq!((signals[3].2 - signals[2].2).as_secs(), 2);
+    assert!(*s.fake.deleted.lock().unwrap());
+}
+
+/// Simulated fleets hold 50,000 waiting workers in one process: the steps are boxed so a
+/// waiting worker's future stays near the size of its own state.
+#[test]
+fn a_waiting_worker_holds_little_more_than_its_state() {
+    let fake = Arc::new(Fake::default());
+    let config = Arc::new(WorkerConfig {
+        host_ip: "192.0.2.1".into(),
+        records: Arc::new(crate::pod::records::StatusRecords),
+        volume_refresh: Duration::from_secs(10),
+        backoff: backoff::Policy::default(),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let worker = Worker::new(
+        Arc::new(pod(PodSpec::default())),
+        fake.clone(),
+        fake,
+        config,
+        tx,
+        rx,
+    );
+    let state = std::mem::size_of_val(&worker);
+    let future = worker.run();
+    let size = std::mem::size_of_val(&future);
+    assert!(
+        size < state + 2048,
+        "{size} bytes for {state} bytes of state"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_taking_over_from_the_pods_status_writes_nothing_new() {
+    let spec = PodSpec {
+        containers: vec![container("app")],
+        ..PodSpec::default()
+    };
+    let fake = Arc::new(Fake::default());
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_in(&pod(spec.clone()), fake.clone(), dir.path());
+    settle(Duration::from_secs(1)).await;
+    first.detach();
+    // What the API holds now; a new process knows nothing but that.
+    let mut stored = pod(spec);
+    stored.status = Some(fake.last());
+    let again = Arc::new(Fake::default());
+    again.adoptable.lock().unwrap().push("uid-app-0".into());
+    let config = Arc::new(WorkerConfig {
+        host_ip: "192.0.2.1".into(),
+        records: Arc::new(crate::pod::records::StatusRecords),
+        volume_refresh: Duration::from_secs(10),
+        backoff: backoff::Policy::default(),
+    });
+    let _second = spawn(Arc::new(stored), again.clone(), again.clone(), config);
+    settle(Duration::from_secs(1)).await;
+    assert!(again.starts_of("app").is_empty(), "adopted, not started");
+    assert!(
+        again.statuses.lock().unwrap().is_empty(),
+        "the stored status already said it all"
+    );
+    // The adopted run still ends and restarts as usual.
+    again.end("uid-app-0", exit(1, None));
+    settle(Duration::from_secs(11)).await;
+    assert_eq!(again.starts_of("app").len(), 1);
+    assert_eq!(again.last().container_statuses.unwrap()[0].restart_count, 1);
 }

@@ -1,0 +1,479 @@
+//! The node proxy beside the server: `pods/log`, `pods/exec` and `pods/attach` are not
+//! verbs on stored objects but streams the pod's node serves, so the API server finds the
+//! node and relays its answer, streaming a log body or pumping WebSocket frames both ways,
+//! as the Go apiserver proxies these subresources to the kubelet.
+
+use std::{convert::Infallible, fmt::Write as _, time::Duration};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, BodyStream, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use skiff_machinery::status::StatusError;
+use skiff_resources::{Subresource, by_kind};
+use skiff_types::namespace;
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        self, Message, client::IntoClientRequest, handshake::derive_accept_key, protocol::Role,
+    },
+};
+
+use crate::{
+    ctx::Ctx,
+    http::{self as h, Body, Query},
+    objects,
+    route::ResourceRoute,
+};
+
+/// The kubelet port a Node without `daemonEndpoints` is assumed to serve on.
+const DEFAULT_NODE_PORT: u16 = 10250;
+/// How long the node may take to answer before the client hears of it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one side of a relayed stream may linger after the other side has ended.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// The channel protocols relayed; the node picks among those the client offered.
+const CHANNEL_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// Log options passed on to the node.
+const LOG_PARAMS: [&str; 7] = [
+    "follow",
+    "tailLines",
+    "sinceSeconds",
+    "sinceTime",
+    "timestamps",
+    "previous",
+    "limitBytes",
+];
+
+/// Why the node could not be reached.
+#[derive(Debug, thiserror::Error)]
+enum NodeError {
+    /// No TCP connection to the node endpoint.
+    #[error("dialing node endpoint {addr}: {source}")]
+    Dial {
+        /// `host:port`.
+        addr: String,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The node did not answer in time.
+    #[error("node endpoint {0} did not answer in time")]
+    Timeout(String),
+    /// The HTTP exchange with the node failed.
+    #[error("talking to node endpoint: {0}")]
+    Http(#[from] hyper::Error),
+    /// The WebSocket handshake with the node failed for another reason than an HTTP answer.
+    #[error("websocket to node endpoint: {0}")]
+    WebSocket(#[from] tungstenite::Error),
+}
+
+impl From<NodeError> for StatusError {
+    fn from(err: NodeError) -> Self {
+        StatusError::unavailable(err.to_string())
+    }
+}
+
+/// The subresources a node serves.
+const NODE_SERVED: [Subresource; 3] = [Subresource::Log, Subresource::Exec, Subresource::Attach];
+
+/// Whether the route names a subresource the node serves (`log`, `exec`, `attach`) of a
+/// kind that has it.
+pub fn handles(route: &ResourceRoute) -> bool {
+    route.name.is_some()
+        && route.subresource.as_deref().is_some_and(|sub| {
+            NODE_SERVED
+                .iter()
+                .any(|s| s.name() == sub && route.info.has(*s))
+        })
+}
+
+/// Serves `pods/{log,exec,attach}`.
+pub async fn serve(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    route: &ResourceRoute,
+    query: &Query,
+) -> Result<Response<Body>, StatusError> {
+    let sub = route.subresource.as_deref().unwrap_or("");
+    let method = req.method();
+    let allowed = match sub {
+        "log" => method == Method::GET,
+        _ => method == Method::GET || method == Method::POST,
+    };
+    if !allowed {
+        return Err(StatusError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} pods/{sub})"
+        )));
+    }
+    let namespace = route.namespace.as_deref().unwrap_or(namespace::DEFAULT);
+    let name = route.name.as_deref().unwrap_or("");
+    let (pod, _) = objects::fetch(ctx.store.as_ref(), route.info, Some(namespace), name).await?;
+    let container = container_of(&pod, query.get("container"))?;
+    let node = node_address(ctx, &pod).await?;
+    let kind = if sub == "log" { "containerLogs" } else { sub };
+    let path = format!("/{kind}/{namespace}/{name}/{container}");
+    if sub == "log" {
+        let forwarded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(
+                LOG_PARAMS
+                    .iter()
+                    .filter_map(|k| query.get(k).map(|v| (*k, v))),
+            )
+            .finish();
+        logs(&node, &format!("{path}?{forwarded}")).await
+    } else {
+        // Keep repeated `command` keys in order: re-encode the raw query without `container`.
+        let forwarded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(
+                form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                    .filter(|(k, _)| k != "container"),
+            )
+            .finish();
+        stream(&node, &format!("{path}?{forwarded}"), req).await
+    }
+}
+
+/// The container a request names, defaulted when the pod has exactly one.
+fn container_of(pod: &Value, asked: Option<&str>) -> Result<String, StatusError> {
+    let names = |field: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_array)
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| c.get("name").and_then(Value::as_str))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let pod_name = objects::name_of(pod);
+    let containers = names("containers");
+    let init = names("initContainers");
+    match asked.filter(|c| !c.is_empty()) {
+        Some(c) => {
+            if containers
+                .iter()
+                .chain(&init)
+                .chain(&names("ephemeralContainers"))
+                .any(|n| n == c)
+            {
+                Ok(c.to_owned())
+            } else {
+                Err(StatusError::bad_request(format!(
+                    "container {c} is not valid for pod {pod_name}"
+                )))
+            }
+        }
+        None => match containers.as_slice() {
+            [only] => Ok(only.clone()),
+            [] => Err(StatusError::bad_request(format!(
+                "the pod {pod_name:?} does not have a container"
+            ))),
+            many => {
+                let mut msg = format!(
+                    "a container name must be specified for pod {pod_name}, choose one of: [{}]",
+                    many.join(" ")
+                );
+                if !init.is_empty() {
+                    let _ = write!(msg, " or one of the init containers: [{}]", init.join(" "));
+                }
+                Err(StatusError::bad_request(msg))
+            }
+        },
+    }
+}
+
+/// `host:port` of the node endpoint serving the pod.
+async fn node_address(ctx: &Ctx, pod: &Value) -> Result<String, StatusError> {
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            StatusError::bad_request(format!(
+                "pod {} does not have a host assigned",
+                objects::name_of(pod)
+            ))
+        })?;
+    let info = by_kind("v1", "Node")
+        .ok_or_else(|| StatusError::internal("the resource catalog has no Node kind"))?;
+    let (node, _) = objects::fetch(ctx.store.as_ref(), info, None, node_name).await?;
+    endpoint_of(&node).ok_or_else(|| {
+        StatusError::bad_request(format!("node {node_name} has no address to reach it at"))
+    })
+}
+
+/// The node's preferred address (`InternalIP`, then `Hostname`, then `ExternalIP`) and port.
+fn endpoint_of(node: &Value) -> Option<String> {
+    let addresses = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)?;
+    let host = ["InternalIP", "Hostname", "ExternalIP"]
+        .iter()
+        .find_map(|kind| {
+            addresses
+                .iter()
+                .find(|a| a.get("type").and_then(Value::as_str) == Some(kind))
+                .and_then(|a| a.get("address").and_then(Value::as_str))
+                .filter(|a| !a.is_empty())
+        })?;
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .unwrap_or(DEFAULT_NODE_PORT);
+    Some(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+async fn dial(node: &str) -> Result<TcpStream, NodeError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(node)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(NodeError::Dial {
+            addr: node.to_owned(),
+            source,
+        }),
+        Err(_) => Err(NodeError::Timeout(node.to_owned())),
+    }
+}
+
+/// Relays the node's log body: its status and body as they are, streamed.
+async fn logs(node: &str, path_and_query: &str) -> Result<Response<Body>, StatusError> {
+    let stream = dial(node).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(NodeError::from)?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.await {
+            tracing::debug!(%err, "node log connection ended with an error");
+        }
+    });
+    let req = Request::get(path_and_query)
+        .header(header::HOST, node)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| StatusError::internal(format!("building the node request: {e}")))?;
+    let resp = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| NodeError::Timeout(node.to_owned()))?
+        .map_err(NodeError::from)?;
+    let status = resp.status();
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let body = BodyStream::new(resp.into_body())
+        .take_while(|frame| {
+            if let Err(err) = frame {
+                tracing::debug!(%err, "node log stream broke off");
+            }
+            std::future::ready(frame.is_ok())
+        })
+        .filter_map(|frame| {
+            std::future::ready(
+                frame
+                    .ok()
+                    .and_then(|f| f.into_data().ok())
+                    .map(|d| Ok::<_, Infallible>(Frame::data(d))),
+            )
+        });
+    let mut out = Response::new(StreamBody::new(body).boxed_unsync());
+    *out.status_mut() = status;
+    let default_type = HeaderValue::from_static(if status.is_success() {
+        "text/plain"
+    } else {
+        "application/json"
+    });
+    out.headers_mut()
+        .insert(header::CONTENT_TYPE, content_type.unwrap_or(default_type));
+    Ok(out)
+}
+
+/// Opens a WebSocket to the node with the client's channel protocols, then upgrades the client
+/// with the protocol the node chose and relays frames both ways. A node refusal reaches the
+/// client as the node's own status, before any upgrade.
+async fn stream(
+    node: &str,
+    path_and_query: &str,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, StatusError> {
+    let headers = req.headers();
+    let is_websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok());
+    let (true, Some(key)) = (is_websocket, key) else {
+        return Err(StatusError::bad_request(
+            "upgrade request required: exec and attach are served over websocket (v5.channel.k8s.io) only",
+        ));
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| CHANNEL_PROTOCOLS.contains(p))
+        .collect();
+    if offered.is_empty() {
+        return Err(StatusError::bad_request(
+            "unsupported websocket sub-protocol: expected v5.channel.k8s.io or v4.channel.k8s.io",
+        ));
+    }
+    let mut node_req = format!("ws://{node}{path_and_query}")
+        .into_client_request()
+        .map_err(|e| StatusError::internal(format!("building the node request: {e}")))?;
+    if let Ok(v) = HeaderValue::from_str(&offered.join(", ")) {
+        node_req
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+    }
+    let tcp = dial(node).await?;
+    let handshake = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::client_async(node_req, tcp),
+    )
+    .await
+    .map_err(|_| NodeError::Timeout(node.to_owned()))?;
+    let (node_ws, node_resp) = match handshake {
+        Ok(pair) => pair,
+        Err(tungstenite::Error::Http(resp)) => return Ok(relay_refusal(&resp)),
+        Err(err) => return Err(NodeError::from(err).into()),
+    };
+    let protocol = node_resp
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(CHANNEL_PROTOCOLS[0]));
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let client =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                relay(client, node_ws).await;
+            }
+            Err(err) => tracing::warn!(%err, "client websocket upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(h::full(""));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let out = resp.headers_mut();
+    out.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    out.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        out.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(resp)
+}
+
+/// The node's non-101 answer, passed on with its status and body.
+fn relay_refusal(resp: &tungstenite::handshake::client::Response) -> Response<Body> {
+    let body = resp.body().clone().unwrap_or_default();
+    let mut out = Response::new(h::full(body));
+    *out.status_mut() = resp.status();
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        resp.headers()
+            .get(header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("application/json")),
+    );
+    out
+}
+
+/// Pumps messages between the client and the node until both ends have closed (or one end
+/// has and the other lingers past the grace period). A side that ends without a close frame
+/// (a half-closed or reset connection) does not close the other: the node still sends its
+/// exit status and its own close, which reach the client if it is still there.
+async fn relay<C, N>(client: WebSocketStream<C>, node: WebSocketStream<N>)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    N: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let (mut client_sink, client_source) = client.split();
+    let (mut node_sink, node_source) = node.split();
+    {
+        let up = pump(client_source, &mut node_sink);
+        let down = pump(node_source, &mut client_sink);
+        tokio::pin!(up, down);
+        tokio::select! {
+            () = &mut up => { let _ = tokio::time::timeout(CLOSE_GRACE, down).await; }
+            () = &mut down => { let _ = tokio::time::timeout(CLOSE_GRACE, up).await; }
+        }
+    }
+    let _ = node_sink.close().await;
+    let _ = client_sink.close().await;
+}
+
+/// Forwards data and close messages from one side to the other until the source ends or
+/// sends its close; pings stay per connection.
+async fn pump<S, K>(mut source: S, sink: &mut K)
+where
+    S: futures::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    K: futures::Sink<Message> + Unpin,
+{
+    while let Some(Ok(msg)) = source.next().await {
+        match msg {
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Message::Close(frame) => {
+                let _ = sink.send(Message::Close(frame)).await;
+                return;
+            }
+            data => {
+                if sink.send(data).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_only_container_is_the_default_and_several_need_a_name() {
+        let one = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app"}]}});
+        assert_eq!(container_of(&one, None).unwrap(), "app");
+        assert_eq!(container_of(&one, Some("")).unwrap(), "app");
+        let two = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "a"}, {"name": "b"}],
+            "initContainers": [{"name": "i"}],
+        }});
+        assert_eq!(
+            container_of(&two, None).unwrap_err().message,
+            "a container name must be specified for pod p, choose one of: [a b] or one of the init containers: [i]"
+        );
+        assert_eq!(container_of(&two, Some("i")).unwrap(), "i");
+        assert_eq!(
+            container_of(&two, Some("x")).unwrap_err().message,
+            "container x is not valid for pod p"
+        );
+    }
+
+    #[test]
+    fn the_node_endpoint_prefers_the_internal_ip_and_the_advertised_port() {
+        let node = json!({"status": {
+            "addresses": [{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 4321}},
+        }});
+        assert_eq!(endpoint_of(&node).as_deref(), Some("127.0.0.1:4321"));
+        let bare = json!({"status": {"addresses": [{"type": "InternalIP", "address": "fd00::1"}]}});
+        assert_eq!(endpoint_of(&bare).as_deref(), Some("[fd00::1]:10250"));
+        assert_eq!(endpoint_of(&json!({"status": {}})), None);
+    }
+}

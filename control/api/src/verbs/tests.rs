@@ -1,0 +1,894 @@
+//! The verbs driven directly (no socket) against a real embedded store in a temp dir.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use skiff_store::{
+    KeyValue, ListOptions, ListResult, RedbStore, Revision, Store, StoreError, WatchStream,
+};
+use skiff_types::Ipv4Cidr;
+
+use crate::{
+    bootstrap,
+    ctx::Ctx,
+    http::Query,
+    route::{Route, route},
+};
+
+const JSON: &str = "application/json";
+const MERGE: &str = "application/merge-patch+json";
+const CMS: &str = "/api/v1/namespaces/default/configmaps";
+const DEPLOYS: &str = "/apis/apps/v1/namespaces/default/deployments";
+
+/// A store that lets another writer in before some compare-and-swap writes: before each of
+/// the next `races` conditional writes it rewrites the key (as a controller writing status
+/// would), so that the write finds a newer revision than the one it read.
+struct RacingStore {
+    inner: RedbStore,
+    races: AtomicUsize,
+    raced: AtomicUsize,
+}
+
+impl RacingStore {
+    async fn interfere(&self, key: &str) {
+        let take = self
+            .races
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if take.is_err() {
+            return;
+        }
+        if let Ok(Some(kv)) = self.inner.get(key, 0).await {
+            let mut obj: Value = serde_json::from_slice(&kv.value).unwrap();
+            let seen = obj
+                .pointer("/status/observedGeneration")
+                .and_then(Value::as_i64);
+            obj["status"]["observedGeneration"] = json!(seen.unwrap_or(0) + 1);
+            let bytes = serde_json::to_vec(&obj).unwrap();
+            self.inner
+                .update(key, bytes, kv.mod_revision)
+                .await
+                .unwrap();
+            self.raced.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RacingStore {
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        self.inner.current_revision().await
+    }
+    async fn get(&self, key: &str, revision: Revision) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.get(key, revision).await
+    }
+    async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, StoreError> {
+        self.inner.list(prefix, opts).await
+    }
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
+        self.inner.create(key, value).await
+    }
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Revision,
+    ) -> Result<KeyValue, StoreError> {
+        self.interfere(key).await;
+        self.inner.update(key, value, expected).await
+    }
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
+        if expected.is_some() {
+            self.interfere(key).await;
+        }
+        self.inner.delete(key, expected).await
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        self.inner.watch(prefix, after).await
+    }
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        self.inner.compact(revision).await
+    }
+    async fn compacted_revision(&self) -> Result<Revision, StoreError> {
+        self.inner.compacted_revision().await
+    }
+}
+
+/// An API server without a socket on a fresh store.
+struct Api {
+    ctx: Arc<Ctx>,
+    racing: Option<Arc<RacingStore>>,
+    _dir: tempfile::TempDir,
+}
+
+/// An answer: status code and body.
+struct Answer {
+    code: u16,
+    bytes: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.bytes)))
+    }
+}
+
+impl Api {
+    async fn start() -> Self {
+        Self::on(false).await
+    }
+
+    async fn racing() -> Self {
+        Self::on(true).await
+    }
+
+    async fn on(racing: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let redb = RedbStore::open(dir.path()).unwrap();
+        let (store, racing): (Arc<dyn Store>, _) = if racing {
+            let r = Arc::new(RacingStore {
+                inner: redb,
+                races: AtomicUsize::new(0),
+                raced: AtomicUsize::new(0),
+            });
+            (r.clone(), Some(r))
+        } else {
+            (Arc::new(redb), None)
+        };
+        let cidr = Ipv4Cidr::parse_masked("10.96.0.0/24").unwrap();
+        let ctx = Ctx::new(store, cidr, 30000..=30009, "127.0.0.1:6443".into()).unwrap();
+        bootstrap::run(&ctx).await.unwrap();
+        Self {
+            ctx: Arc::new(ctx),
+            racing,
+            _dir: dir,
+        }
+    }
+
+    /// Lets another writer in before each of the next `n` compare-and-swap writes.
+    fn race(&self, n: usize) {
+        self.racing
+            .as_ref()
+            .expect("a racing store")
+            .races
+            .store(n, Ordering::SeqCst);
+    }
+
+    fn raced(&self) -> usize {
+        self.racing.as_ref().unwrap().raced.load(Ordering::SeqCst)
+    }
+
+    async fn send(&self, method: Method, uri: &str, content_type: &str, body: &[u8]) -> Answer {
+        self.send_with(method, uri, content_type, body, None).await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        uri: &str,
+        content_type: &str,
+        body: &[u8],
+        accept: Option<&str>,
+    ) -> Answer {
+        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+        let Route::Resource(r) = route(path) else {
+            panic!("{path} is not a resource")
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).unwrap(),
+        );
+        if let Some(accept) = accept {
+            headers.insert(header::ACCEPT, HeaderValue::from_str(accept).unwrap());
+        }
+        let query = Query::parse(Some(query)).with_agent("unit-test/1.0");
+        let resp = super::dispatch(
+            &self.ctx,
+            &method,
+            &r,
+            &query,
+            &headers,
+            Bytes::copy_from_slice(body),
+        )
+        .await
+        .unwrap_or_else(|err| crate::http::error(&err));
+        let code = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Answer { code, bytes }
+    }
+
+    async fn call(&self, method: Method, uri: &str, content_type: &str, body: &Value) -> Answer {
+        let raw = if body.is_null() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(body).unwrap()
+        };
+        self.send(method, uri, content_type, &raw).await
+    }
+
+    async fn get(&self, uri: &str) -> Answer {
+        self.call(Method::GET, uri, JSON, &Value::Null).await
+    }
+
+    async fn post(&self, uri: &str, body: &Value) -> Answer {
+        self.call(Method::POST, uri, JSON, body).await
+    }
+
+    async fn delete(&self, uri: &str, options: &Value) -> Answer {
+        self.call(Method::DELETE, uri, JSON, options).await
+    }
+
+    async fn merge(&self, uri: &str, patch: &Value) -> Answer {
+        self.call(Method::PATCH, uri, MERGE, patch).await
+    }
+}
+
+fn cm(name: &str, labels: &Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": {"k": "v"}})
+}
+
+fn deployment(name: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}]}}}})
+}
+
+/// `spec.replicas` and `status.replicas`.
+fn replicas(obj: &Value) -> (Option<i64>, Option<i64>) {
+    (
+        obj.pointer("/spec/replicas").and_then(Value::as_i64),
+        obj.pointer("/status/replicas").and_then(Value::as_i64),
+    )
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn create_generates_names_defaults_and_resets_status() {
+    let api = Api::start().await;
+    let mut d = deployment("");
+    d["metadata"] = json!({"generateName": "web-"});
+    d["status"] = json!({"replicas": 7});
+    let made = api.post(DEPLOYS, &d).await;
+    assert_eq!(made.code, 201);
+    let made = made.json();
+    let name = made["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+    assert_eq!(made["metadata"]["generation"], 1);
+    assert!(
+        made["metadata"]["uid"].is_string() && made["metadata"]["creationTimestamp"].is_string()
+    );
+    assert_eq!(made["spec"]["replicas"], 1, "defaulted");
+    assert_eq!(
+        made["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    assert_eq!(made["status"], json!({}), "a client may not set the status");
+    assert_eq!(
+        made["metadata"]["managedFields"][0]["manager"], "unit-test",
+        "the User-Agent's product manages what it created"
+    );
+    let got = api.get(&format!("{DEPLOYS}/{name}")).await;
+    assert_eq!(got.code, 200);
+    assert_eq!(got.json()["metadata"]["uid"], made["metadata"]["uid"]);
+}
+
+#[tokio::test]
+async fn get_of_a_missing_object_is_a_404_status_written_as_go_writes_it() {
+    let api = Api::start().await;
+    let missing = api.get(&format!("{CMS}/nope")).await;
+    assert_eq!(missing.code, 404);
+    assert_eq!(
+        std::str::from_utf8(&missing.bytes).unwrap(),
+        "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\
+         \"message\":\"configmaps \\\"nope\\\" not found\",\"reason\":\"NotFound\",\
+         \"details\":{\"name\":\"nope\",\"kind\":\"configmaps\"},\"code\":404}\n"
+    );
+}
+
+#[tokio::test]
+async fn a_created_service_is_written_with_the_structs_go_always_writes() {
+    let api = Api::start().await;
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
+    let made = api.post("/api/v1/namespaces/default/services", &svc).await;
+    assert_eq!(made.code, 201);
+    let text = std::str::from_utf8(&made.bytes).unwrap();
+    assert!(text.starts_with(r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"web","namespace":"default","uid":"#), "{text}");
+    assert!(
+        text.ends_with(",\"status\":{\"loadBalancer\":{}}}\n"),
+        "{text}"
+    );
+    let ip: std::net::Ipv4Addr = made.json()["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(Ipv4Cidr::parse_masked("10.96.0.0/24").unwrap().contains(ip));
+}
+
+#[tokio::test]
+async fn lists_select_by_labels_and_fields_and_page_with_continue() {
+    let api = Api::start().await;
+    for i in 0..5 {
+        let tier = if i % 2 == 0 { "web" } else { "db" };
+        assert_eq!(
+            api.post(CMS, &cm(&format!("c{i}"), &json!({"tier": tier})))
+                .await
+                .code,
+            201
+        );
+    }
+    let web = api
+        .get(&format!("{CMS}?labelSelector=tier%3Dweb"))
+        .await
+        .json();
+    assert_eq!(names(&web), ["c0", "c2", "c4"]);
+    assert_eq!(web["kind"], "ConfigMapList");
+    let one = api
+        .get(&format!("{CMS}?fieldSelector=metadata.name%3Dc3"))
+        .await
+        .json();
+    assert_eq!(names(&one), ["c3"]);
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = api
+            .get(&format!("{CMS}?limit=2&continue={token}"))
+            .await
+            .json();
+        assert!(names(&page).len() <= 2);
+        seen.extend(names(&page));
+        match page["metadata"]["continue"].as_str() {
+            Some(t) if !t.is_empty() => t.clone_into(&mut token),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, ["c0", "c1", "c2", "c3", "c4"]);
+}
+
+#[tokio::test]
+async fn an_update_with_a_stale_resource_version_conflicts() {
+    let api = Api::start().await;
+    let made = api.post(CMS, &cm("c", &json!({}))).await.json();
+    let mut first = made.clone();
+    first["data"]["k"] = json!("first");
+    let updated = api
+        .call(Method::PUT, &format!("{CMS}/c"), JSON, &first)
+        .await;
+    assert_eq!(updated.code, 200);
+    let mut stale = made.clone();
+    stale["data"]["k"] = json!("second");
+    let refused = api
+        .call(Method::PUT, &format!("{CMS}/c"), JSON, &stale)
+        .await;
+    assert_eq!(refused.code, 409);
+    assert_eq!(refused.json()["reason"], "Conflict");
+    let mut unconditional = made;
+    unconditional["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    unconditional["data"]["k"] = json!("third");
+    let forced = api
+        .call(Method::PUT, &format!("{CMS}/c"), JSON, &unconditional)
+        .await;
+    assert_eq!(forced.code, 200, "no resourceVersion: no precondition");
+    assert_eq!(forced.json()["data"]["k"], "third");
+}
+
+#[tokio::test]
+async fn every_patch_format_applies() {
+    let api = Api::start().await;
+    api.post(DEPLOYS, &deployment("d")).await;
+    let path = format!("{DEPLOYS}/d");
+    let merged = api
+        .merge(&path, &json!({"spec": {"replicas": 3}}))
+        .await
+        .json();
+    assert_eq!(
+        (
+            merged["spec"]["replicas"].as_i64(),
+            merged["metadata"]["generation"].as_i64()
+        ),
+        (Some(3), Some(2))
+    );
+    let json_patch = api
+        .call(
+            Method::PATCH,
+            &path,
+            "application/json-patch+json",
+            &json!([{"op": "replace", "path": "/spec/replicas", "value": 4}]),
+        )
+        .await
+        .json();
+    assert_eq!(json_patch["spec"]["replicas"], 4);
+    let strategic = api
+        .call(
+            Method::PATCH,
+            &path,
+            "application/strategic-merge-patch+json",
+            &json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "busybox:1.37"}]}}}}),
+        )
+        .await
+        .json();
+    let containers = &strategic["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers.as_array().unwrap().len(), 1, "merged by name");
+    assert_eq!(containers[0]["image"], "busybox:1.37");
+    assert_eq!(containers[0]["imagePullPolicy"], "IfNotPresent", "kept");
+    let bad = api
+        .call(Method::PATCH, &path, "text/plain", &json!({}))
+        .await;
+    assert_eq!(bad.code, 415);
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_then_shares_fields_set_to_the_same_value() {
+    let api = Api::start().await;
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: applied}\ndata: {k: v}\n";
+    let path = format!("{CMS}/applied?fieldManager=tool");
+    let created = api
+        .send(
+            Method::PATCH,
+            &path,
+            "application/apply-patch+yaml",
+            yaml.as_bytes(),
+        )
+        .await;
+    assert_eq!(created.code, 201);
+    // Another manager created this one with a POST; applying the same values is no conflict.
+    api.post(DEPLOYS, &deployment("posted")).await;
+    let manifest = serde_json::to_vec(&deployment("posted")).unwrap();
+    let applied = api
+        .send(
+            Method::PATCH,
+            &format!("{DEPLOYS}/posted?fieldManager=kubectl"),
+            "application/apply-patch+yaml",
+            &manifest,
+        )
+        .await;
+    assert_eq!(
+        applied.code,
+        200,
+        "{}",
+        String::from_utf8_lossy(&applied.bytes)
+    );
+    let mut changed = deployment("posted");
+    changed["spec"]["replicas"] = json!(5);
+    let conflict = api
+        .send(
+            Method::PATCH,
+            &format!("{DEPLOYS}/posted?fieldManager=kubectl"),
+            "application/apply-patch+yaml",
+            &serde_json::to_vec(&changed).unwrap(),
+        )
+        .await;
+    assert_eq!(conflict.code, 409);
+    assert_eq!(
+        conflict.json()["details"]["causes"][0]["field"],
+        ".spec.replicas"
+    );
+}
+
+#[tokio::test]
+async fn delete_checks_preconditions_and_waits_for_finalizers() {
+    let api = Api::start().await;
+    let made = api.post(CMS, &cm("c", &json!({}))).await.json();
+    let path = format!("{CMS}/c");
+    let wrong_uid = api
+        .delete(&path, &json!({"preconditions": {"uid": "other"}}))
+        .await;
+    assert_eq!(wrong_uid.code, 409);
+    assert!(
+        wrong_uid.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("Precondition failed: UID")
+    );
+    let stale_rv = api
+        .delete(&path, &json!({"preconditions": {"resourceVersion": "1"}}))
+        .await;
+    assert_eq!(stale_rv.code, 409);
+    let ok = api
+        .delete(&path, &json!({"preconditions": {"uid": made["metadata"]["uid"], "resourceVersion": made["metadata"]["resourceVersion"]}}))
+        .await;
+    assert_eq!(ok.code, 200);
+    assert_eq!(api.get(&path).await.code, 404);
+
+    let mut held = cm("held", &json!({}));
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    api.post(CMS, &held).await;
+    let marked = api
+        .delete(
+            &format!("{CMS}/held"),
+            &json!({"propagationPolicy": "Foreground"}),
+        )
+        .await;
+    assert_eq!(marked.code, 202);
+    let marked = marked.json();
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(
+        marked["metadata"]["finalizers"],
+        json!(["example.com/hold", "foregroundDeletion"])
+    );
+    api.merge(
+        &format!("{CMS}/held"),
+        &json!({"metadata": {"finalizers": null}}),
+    )
+    .await;
+    assert_eq!(
+        api.get(&format!("{CMS}/held")).await.code,
+        404,
+        "gone with its finalizers"
+    );
+}
+
+#[tokio::test]
+async fn kinds_keep_their_own_deletion_rules() {
+    let api = Api::start().await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}});
+    api.post("/api/v1/namespaces/default/pods", &pod).await;
+    let graceful = api
+        .delete("/api/v1/namespaces/default/pods/p", &Value::Null)
+        .await;
+    assert_eq!(graceful.code, 202, "a bound pod waits for its node");
+    assert_eq!(
+        graceful.json()["metadata"]["deletionGracePeriodSeconds"],
+        30
+    );
+    let now = api
+        .delete(
+            "/api/v1/namespaces/default/pods/p?gracePeriodSeconds=0",
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(now.code, 200);
+
+    let forbidden = api
+        .delete("/api/v1/namespaces/kube-system", &Value::Null)
+        .await;
+    assert_eq!(forbidden.code, 403);
+    assert_eq!(
+        forbidden.json()["message"],
+        r#"namespaces "kube-system" is forbidden: this namespace may not be deleted"#
+    );
+    api.post("/api/v1/namespaces", &json!({"metadata": {"name": "team"}}))
+        .await;
+    let terminating = api.delete("/api/v1/namespaces/team", &Value::Null).await;
+    assert_eq!(terminating.code, 202);
+    assert_eq!(terminating.json()["status"]["phase"], "Terminating");
+    let refused = api
+        .post("/api/v1/namespaces/team/configmaps", &cm("x", &json!({})))
+        .await;
+    assert_eq!(
+        refused.code, 403,
+        "no new objects in a terminating namespace"
+    );
+    assert_eq!(
+        api.delete("/api/v1/namespaces", &Value::Null).await.code,
+        405,
+        "namespaces have no deletecollection"
+    );
+}
+
+#[tokio::test]
+async fn services_take_addresses_and_ports_and_give_them_back() {
+    let api = Api::start().await;
+    let svc = |name: &str, ip: &str| {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"type": "NodePort", "clusterIP": ip, "ports": [{"port": 80}]}})
+    };
+    let services = "/api/v1/namespaces/default/services";
+    let made = api.post(services, &svc("a", "10.96.0.50")).await.json();
+    assert_eq!(made["spec"]["clusterIP"], "10.96.0.50");
+    let port = made["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=30009).contains(&port));
+    let taken = api.post(services, &svc("b", "10.96.0.50")).await;
+    assert_eq!(taken.code, 422);
+    assert!(
+        taken.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("already allocated")
+    );
+    api.delete(&format!("{services}/a"), &Value::Null).await;
+    assert_eq!(
+        api.post(services, &svc("b", "10.96.0.50")).await.code,
+        201,
+        "given back"
+    );
+}
+
+#[tokio::test]
+async fn the_status_subresource_writes_only_status() {
+    let api = Api::start().await;
+    api.post(DEPLOYS, &deployment("d")).await;
+    let status = api
+        .merge(
+            &format!("{DEPLOYS}/d/status"),
+            &json!({"status": {"replicas": 4}, "spec": {"replicas": 9}}),
+        )
+        .await
+        .json();
+    assert_eq!(replicas(&status), (Some(1), Some(4)));
+    let mut main = status.clone();
+    main["status"]["replicas"] = json!(0);
+    main["spec"]["replicas"] = json!(2);
+    let updated = api
+        .call(Method::PUT, &format!("{DEPLOYS}/d"), JSON, &main)
+        .await
+        .json();
+    assert_eq!(replicas(&updated), (Some(2), Some(4)));
+    let mut put_status = updated.clone();
+    put_status["status"]["replicas"] = json!(2);
+    let put = api
+        .call(
+            Method::PUT,
+            &format!("{DEPLOYS}/d/status"),
+            JSON,
+            &put_status,
+        )
+        .await;
+    assert_eq!(put.code, 200);
+    assert_eq!(put.json()["status"]["replicas"], 2);
+}
+
+#[tokio::test]
+async fn a_watch_from_a_revision_sees_what_happened_after_it() {
+    let api = Api::start().await;
+    let first = api.post(CMS, &cm("before", &json!({}))).await.json();
+    let rv = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.post(CMS, &cm("after", &json!({}))).await;
+    api.merge(&format!("{CMS}/before"), &json!({"data": {"k": "w"}}))
+        .await;
+    api.delete(&format!("{CMS}/after"), &Value::Null).await;
+    let (path, query) = (CMS, format!("watch=true&resourceVersion={rv}"));
+    let Route::Resource(r) = route(path) else {
+        unreachable!()
+    };
+    let resp = super::dispatch(
+        &api.ctx,
+        &Method::GET,
+        &r,
+        &Query::parse(Some(&query)),
+        &HeaderMap::new(),
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    let mut body = resp.into_body();
+    let mut lines = Vec::new();
+    while lines.len() < 3 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("watch events arrive")
+            .unwrap()
+            .unwrap();
+        let data = frame.into_data().unwrap();
+        assert!(data.ends_with(b"\n"));
+        let event: Value = serde_json::from_slice(&data).unwrap();
+        lines.push((
+            event["type"].as_str().unwrap().to_owned(),
+            event["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ));
+    }
+    let expected: Vec<(String, String)> = [
+        ("ADDED", "after"),
+        ("MODIFIED", "before"),
+        ("DELETED", "after"),
+    ]
+    .iter()
+    .map(|(t, n)| ((*t).to_owned(), (*n).to_owned()))
+    .collect();
+    assert_eq!(lines, expected);
+}
+
+#[tokio::test]
+async fn tables_use_the_kinds_own_columns() {
+    let api = Api::start().await;
+    let rc = json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": "rc"},
+        "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "rc"}},
+            "spec": {"containers": [{"name": "app", "image": "busybox"}]}}}});
+    let rcs = "/api/v1/namespaces/default/replicationcontrollers";
+    let made = api.post(rcs, &rc).await;
+    assert_eq!(made.code, 201, "{}", String::from_utf8_lossy(&made.bytes));
+    assert_eq!(
+        made.json()["spec"]["selector"],
+        json!({"app": "rc"}),
+        "from the template"
+    );
+    assert_eq!(made.json()["status"], json!({"replicas": 0}));
+    let table = api
+        .send_with(
+            Method::GET,
+            rcs,
+            JSON,
+            b"",
+            Some("application/json;as=Table;v=v1;g=meta.k8s.io"),
+        )
+        .await
+        .json();
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["priority"] == 0)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Name", "Desired", "Current", "Ready", "Age"]);
+    assert_eq!(table["rows"][0]["cells"][1], 2);
+    let scale = api.get(&format!("{rcs}/rc/scale")).await.json();
+    assert_eq!(
+        (
+            scale["spec"]["replicas"].as_i64(),
+            scale["status"]["selector"].as_str()
+        ),
+        (Some(2), Some("app=rc"))
+    );
+    let scaled = api
+        .merge(
+            &format!("{rcs}/rc/scale"),
+            &json!({"spec": {"replicas": 5}}),
+        )
+        .await
+        .json();
+    assert_eq!(scaled["spec"]["replicas"], 5);
+}
+
+#[tokio::test]
+async fn a_delete_without_preconditions_retries_when_a_controller_writes_meanwhile() {
+    let api = Api::racing().await;
+    api.post(DEPLOYS, &deployment("d")).await;
+    api.race(3);
+    let deleted = api.delete(&format!("{DEPLOYS}/d"), &Value::Null).await;
+    assert_eq!(
+        deleted.code,
+        200,
+        "{}",
+        String::from_utf8_lossy(&deleted.bytes)
+    );
+    assert_eq!(api.raced(), 3, "every attempt but the last lost its race");
+    assert_eq!(api.get(&format!("{DEPLOYS}/d")).await.code, 404);
+
+    // A precondition the client sent still conflicts once the object moved on.
+    let made = api.post(DEPLOYS, &deployment("e")).await.json();
+    api.race(1);
+    let stale = api
+        .delete(
+            &format!("{DEPLOYS}/e"),
+            &json!({"preconditions": {"resourceVersion": made["metadata"]["resourceVersion"]}}),
+        )
+        .await;
+    assert_eq!(stale.code, 409);
+}
+
+#[tokio::test]
+async fn every_internal_read_modify_write_retries_a_lost_race() {
+    let api = Api::racing().await;
+    let mut held = cm("held", &json!({}));
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    api.post(CMS, &held).await;
+    let path = format!("{CMS}/held");
+    api.race(2);
+    assert_eq!(api.delete(&path, &Value::Null).await.code, 202);
+    api.race(2);
+    let patched = api
+        .merge(&path, &json!({"metadata": {"finalizers": null}}))
+        .await;
+    assert_eq!(patched.code, 200);
+    assert_eq!(
+        api.get(&path).await.code,
+        404,
+        "finalized despite the races"
+    );
+
+    let made = api.post(CMS, &cm("c", &json!({}))).await.json();
+    let mut unconditional = made.clone();
+    unconditional["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    api.race(2);
+    assert_eq!(
+        api.call(Method::PUT, &format!("{CMS}/c"), JSON, &unconditional)
+            .await
+            .code,
+        200
+    );
+
+    api.post(DEPLOYS, &deployment("d")).await;
+    api.race(2);
+    let scaled = api
+        .merge(
+            &format!("{DEPLOYS}/d/scale"),
+            &json!({"spec": {"replicas": 3}}),
+        )
+        .await;
+    assert_eq!(scaled.code, 200);
+
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    api.post("/api/v1/namespaces/default/pods", &pod).await;
+    api.race(2);
+    let bound = api
+        .post(
+            "/api/v1/namespaces/default/pods/p/binding",
+            &json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"name": "n1"}}),
+        )
+        .await;
+    assert_eq!(bound.code, 201);
+    assert_eq!(
+        api.get("/api/v1/namespaces/default/pods/p").await.json()["spec"]["nodeName"],
+        "n1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_races_a_real_concurrent_status_writer_without_conflict() {
+    let api = Arc::new(Api::start().await);
+    let codes = Arc::new(Mutex::new(HashMap::<u16, usize>::new()));
+    for round in 0..5 {
+        let name = format!("d{round}");
+        api.post(DEPLOYS, &deployment(&name)).await;
+        let helper = Arc::clone(&api);
+        let status_path = format!("{DEPLOYS}/{name}/status");
+        let counts = Arc::clone(&codes);
+        let writer = tokio::spawn(async move {
+            for i in 0..50 {
+                let code = helper
+                    .merge(&status_path, &json!({"status": {"observedGeneration": i}}))
+                    .await
+                    .code;
+                *counts.lock().unwrap().entry(code).or_default() += 1;
+                if code == 404 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::task::yield_now().await;
+        let deleted = api.delete(&format!("{DEPLOYS}/{name}"), &Value::Null).await;
+        assert_eq!(
+            deleted.code,
+            200,
+            "{}",
+            String::from_utf8_lossy(&deleted.bytes)
+        );
+        writer.await.unwrap();
+    }
+    assert!(
+        codes
+            .lock()
+            .unwrap()
+            .keys()
+            .all(|code| [200, 404].contains(code)),
+        "status writes never conflict either: {codes:?}"
+    );
+}

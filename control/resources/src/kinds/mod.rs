@@ -1,0 +1,69 @@
+//! One file per served kind with what is particular to it (defaults, validation, status on
+//! create, allocation, deletion rules, table columns), as its [`Strategy`]; pod specs and
+//! the workloads that template them share their rules.
+
+mod configmap;
+mod cronjob;
+mod daemonset;
+mod deployment;
+mod endpoints;
+mod event;
+mod job;
+mod namespace;
+mod node;
+mod plain;
+mod pod;
+mod pod_spec;
+mod replicaset;
+mod replicationcontroller;
+mod resourcequota;
+mod secret;
+mod service;
+mod statefulset;
+mod workload;
+
+pub use configmap::ConfigMap;
+pub use cronjob::CronJob;
+pub use daemonset::DAEMON_SET;
+pub use deployment::DEPLOYMENT;
+pub use endpoints::Endpoints;
+pub use event::Event;
+pub use job::Job;
+pub use namespace::Namespace;
+pub use node::Node;
+pub use plain::Plain;
+pub use pod::Pod;
+pub use replicaset::REPLICA_SET;
+pub use replicationcontroller::ReplicationController;
+pub use resourcequota::ResourceQuota;
+pub use secret::Secret;
+use serde_json::{Map, Value};
+pub use service::Service;
+pub use statefulset::STATEFUL_SET;
+
+#[cfg(doc)]
+use crate::Strategy;
+
+/// Sets `obj[key]` to `value` if absent or null.
+fn or_set(obj: &mut Map<String, Value>, key: &str, value: Value) {
+    if obj.get(key).is_none_or(Value::is_null) {
+        obj.insert(key.to_owned(), value);
+    }
+}
+
+/// The map at `path` inside `value`, if there is one.
+fn object<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Map<String, Value>> {
+    let mut cur = value;
+    for key in path {
+        cur = cur.get_mut(*key)?;
+    }
+    cur.as_object_mut()
+}
+
+/// Empties the status: a client may not set it on create (what `PrepareForCreate` does for
+/// most kinds; the wire format then shows the status struct's zero values).
+fn reset_status(obj: &mut Value) {
+    if let Some(o) = obj.as_object_mut() {
+        o.insert("status".into(), Value::Object(Map::new()));
+    }
+}
