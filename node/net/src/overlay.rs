@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     AddressFamily,
+    link::{LinkAttribute, LinkFlags},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope},
 };
@@ -281,18 +282,44 @@ impl PeerLinks for Netlink {
                     source: rtnetlink::Error::RequestFailed,
                 })?
         };
-        self.handle
+        // Only what differs is set: setting the address, even to the same value, flushes
+        // the device's neighbours, and with them every tunnelled peer until the next sync.
+        let mac = vtep_mac(spec.local);
+        let current = self
+            .handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .address(vtep_mac(spec.local).to_vec())
-                    .mtu(spec.mtu)
-                    .up()
-                    .build(),
-            )
+            .get()
+            .match_index(index)
             .execute()
+            .try_next()
             .await
-            .map_err(request(format!("configuring {VXLAN_DEVICE}")))?;
+            .map_err(request(format!("looking up {VXLAN_DEVICE}")))?;
+        let (mut same_mac, mut same_mtu, mut up) = (false, false, false);
+        if let Some(link) = current {
+            up = link.header.flags.contains(LinkFlags::Up);
+            for attr in &link.attributes {
+                match attr {
+                    LinkAttribute::Address(a) => same_mac = a.as_slice() == mac,
+                    LinkAttribute::Mtu(m) => same_mtu = *m == spec.mtu,
+                    _ => {}
+                }
+            }
+        }
+        if !(same_mac && same_mtu && up) {
+            let mut change = LinkUnspec::new_with_index(index).up();
+            if !same_mac {
+                change = change.address(mac.to_vec());
+            }
+            if !same_mtu {
+                change = change.mtu(spec.mtu);
+            }
+            self.handle
+                .link()
+                .set(change.build())
+                .execute()
+                .await
+                .map_err(request(format!("configuring {VXLAN_DEVICE}")))?;
+        }
         let vtep = vtep_address(spec.pod_cidr);
         self.handle
             .address()
@@ -417,6 +444,12 @@ impl PeerLinks for Netlink {
                     match attr {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
                             ip = Some(*a);
+                        }
+                        // The bridge family's destination is not decoded as an address.
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                            ip = <[u8; 4]>::try_from(bytes.as_slice())
+                                .ok()
+                                .map(Ipv4Addr::from);
                         }
                         NeighbourAttribute::LinkLayerAddress(l) => {
                             mac = <[u8; 6]>::try_from(l.as_slice()).ok();
