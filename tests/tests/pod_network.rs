@@ -245,8 +245,8 @@ fn check_node_side(config: &NetworkConfig) -> Result<()> {
     let rules = run("nft", &["list", "table", "ip", &format!("skiff-{bridge}")])?;
     ensure!(
         rules.contains(&format!(
-            "ip saddr {POD_CIDR} ip daddr != {POD_CIDR} oifname != \"{bridge}\" masquerade"
-        )),
+            "ip saddr {POD_CIDR} ip daddr != @pod-networks oifname != \"{bridge}\" masquerade"
+        )) && rules.contains(&format!("elements = {{ {POD_CIDR} }}")),
         "masquerade rule: {rules}"
     );
     Ok(())

@@ -437,7 +437,11 @@ fn a_jobs_pod_completes_without_an_annotation_and_a_sidecar_runs_beside_the_app(
     job_pod["spec"]["initContainers"] =
         json!([{"name": "proxy", "image": "envoy", "restartPolicy": "Always"}]);
     create_pod(&cp, &job_pod)?;
-    let done = wait_pod(&cp, "job-pod", "Succeeded", |p| phase(p) == "Succeeded")?;
+    // Succeeded once the app is done; the sidecar is stopped then, reported a moment later.
+    let done = wait_pod(&cp, "job-pod", "Succeeded with its sidecar stopped", |p| {
+        phase(p) == "Succeeded"
+            && p["status"]["initContainerStatuses"][0]["state"]["terminated"].is_object()
+    })?;
     ensure!(
         done.pointer("/status/containerStatuses/0/state/terminated/exitCode") == Some(&json!(0)),
         "{done}"

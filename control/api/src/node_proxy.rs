@@ -395,7 +395,10 @@ fn relay_refusal(resp: &tungstenite::handshake::client::Response) -> Response<Bo
 /// Pumps messages between the client and the node until both ends have closed (or one end
 /// has and the other lingers past the grace period). A side that ends without a close frame
 /// (a half-closed or reset connection) does not close the other: the node still sends its
-/// exit status and its own close, which reach the client if it is still there.
+/// exit status and its own close, which reach the client if it is still there. When the
+/// node's side ends without its close reaching the client (the node died, the connection
+/// was reset), the client gets a Failure status on the error channel saying so and a normal
+/// close, instead of a close without a code that kubectl can only call "no status".
 async fn relay<C, N>(client: WebSocketStream<C>, node: WebSocketStream<N>)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
@@ -403,36 +406,110 @@ where
 {
     let (mut client_sink, client_source) = client.split();
     let (mut node_sink, node_source) = node.split();
-    {
+    let (up_end, down_end) = {
         let up = pump(client_source, &mut node_sink);
-        let down = pump(node_source, &mut client_sink);
+        let down = async {
+            let end = pump(node_source, &mut client_sink).await;
+            if matches!(end, PumpEnd::Eof | PumpEnd::Error(_)) {
+                // Tell the client at once: the node will not send its status now.
+                let why = match &end {
+                    PumpEnd::Error(e) => format!("the node's stream failed: {e}"),
+                    _ => "the node closed the connection without a status".to_owned(),
+                };
+                send_lost_status(&mut client_sink, &why).await;
+            }
+            end
+        };
         tokio::pin!(up, down);
         tokio::select! {
-            () = &mut up => { let _ = tokio::time::timeout(CLOSE_GRACE, down).await; }
-            () = &mut down => { let _ = tokio::time::timeout(CLOSE_GRACE, up).await; }
+            end = &mut up => {
+                let other = tokio::time::timeout(CLOSE_GRACE, down).await.ok();
+                (Some(end), other)
+            }
+            end = &mut down => {
+                let other = tokio::time::timeout(CLOSE_GRACE, up).await.ok();
+                (other, Some(end))
+            }
         }
-    }
+    };
+    tracing::debug!(client = ?up_end, node = ?down_end, "exec/attach relay ended");
     let _ = node_sink.close().await;
+    if down_end.is_none() {
+        let why = format!(
+            "the node sent no status within {} s of the client's end",
+            CLOSE_GRACE.as_secs()
+        );
+        send_lost_status(&mut client_sink, &why).await;
+    }
     let _ = client_sink.close().await;
+}
+
+/// Sends the client a Failure status on the error channel and a normal close.
+async fn send_lost_status<K>(sink: &mut K, why: &str)
+where
+    K: futures::Sink<Message> + Unpin,
+{
+    let _ = sink.send(Message::binary(lost_node_status(why))).await;
+    let _ = sink
+        .send(Message::Close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "".into(),
+        })))
+        .await;
+}
+
+/// The error-channel frame (channel 3, a `metav1.Status`) telling the client its session's
+/// end was lost on the node's side.
+fn lost_node_status(why: &str) -> Vec<u8> {
+    let status = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": why,
+        "reason": "InternalError",
+        "code": 500,
+    });
+    let mut frame = vec![3];
+    frame.extend(serde_json::to_vec(&status).unwrap_or_default());
+    frame
+}
+
+/// How one direction of a relay ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PumpEnd {
+    /// The source sent its close, which was passed on.
+    Closed,
+    /// The source ended without a close frame.
+    Eof,
+    /// Reading the source failed.
+    Error(String),
+    /// The other side could not be written to.
+    SinkFailed,
 }
 
 /// Forwards data and close messages from one side to the other until the source ends or
 /// sends its close; pings stay per connection.
-async fn pump<S, K>(mut source: S, sink: &mut K)
+async fn pump<S, K>(mut source: S, sink: &mut K) -> PumpEnd
 where
     S: futures::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     K: futures::Sink<Message> + Unpin,
 {
-    while let Some(Ok(msg)) = source.next().await {
-        match msg {
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-            Message::Close(frame) => {
-                let _ = sink.send(Message::Close(frame)).await;
-                return;
+    loop {
+        match source.next().await {
+            None => return PumpEnd::Eof,
+            Some(Err(e)) => return PumpEnd::Error(e.to_string()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Close(frame))) => {
+                return if sink.send(Message::Close(frame)).await.is_ok() {
+                    PumpEnd::Closed
+                } else {
+                    PumpEnd::SinkFailed
+                };
             }
-            data => {
+            Some(Ok(data)) => {
                 if sink.send(data).await.is_err() {
-                    return;
+                    return PumpEnd::SinkFailed;
                 }
             }
         }
@@ -444,6 +521,84 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_node_stream_that_ends_without_a_close_gives_the_client_a_status() {
+        let (client_io, client_far) = tokio::io::duplex(4096);
+        let (node_io, node_far) = tokio::io::duplex(4096);
+        let client =
+            WebSocketStream::from_raw_socket(client_io, tungstenite::protocol::Role::Server, None)
+                .await;
+        let node =
+            WebSocketStream::from_raw_socket(node_io, tungstenite::protocol::Role::Client, None)
+                .await;
+        let mut kubectl =
+            WebSocketStream::from_raw_socket(client_far, tungstenite::protocol::Role::Client, None)
+                .await;
+        let relayed = tokio::spawn(relay(client, node));
+        // The node's end of the connection goes away without a close frame.
+        drop(node_far);
+        let mut frames = Vec::new();
+        while let Some(Ok(msg)) = kubectl.next().await {
+            frames.push(msg);
+        }
+        relayed.await.unwrap();
+        let status = frames
+            .iter()
+            .find_map(|m| match m {
+                Message::Binary(b) if b.first() == Some(&3) => {
+                    serde_json::from_slice::<serde_json::Value>(&b[1..]).ok()
+                }
+                _ => None,
+            })
+            .expect("a status on the error channel");
+        assert_eq!(status["status"], "Failure");
+        assert!(
+            status["message"].as_str().unwrap().contains("node"),
+            "{status}"
+        );
+        assert!(
+            frames.iter().any(|m| matches!(
+                m,
+                Message::Close(Some(f)) if f.code == tungstenite::protocol::frame::coding::CloseCode::Normal
+            )),
+            "{frames:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_close_is_passed_on_without_a_made_up_status() {
+        let (client_io, client_far) = tokio::io::duplex(4096);
+        let (node_io, node_far) = tokio::io::duplex(4096);
+        let client =
+            WebSocketStream::from_raw_socket(client_io, tungstenite::protocol::Role::Server, None)
+                .await;
+        let node =
+            WebSocketStream::from_raw_socket(node_io, tungstenite::protocol::Role::Client, None)
+                .await;
+        let mut kubectl =
+            WebSocketStream::from_raw_socket(client_far, tungstenite::protocol::Role::Client, None)
+                .await;
+        let mut node_side =
+            WebSocketStream::from_raw_socket(node_far, tungstenite::protocol::Role::Server, None)
+                .await;
+        let relayed = tokio::spawn(relay(client, node));
+        node_side
+            .send(Message::binary(vec![3, b'{', b'}']))
+            .await
+            .unwrap();
+        node_side.close(None).await.unwrap();
+        let mut frames = Vec::new();
+        while let Some(Ok(msg)) = kubectl.next().await {
+            frames.push(msg);
+        }
+        relayed.await.unwrap();
+        let statuses = frames
+            .iter()
+            .filter(|m| matches!(m, Message::Binary(b) if b.first() == Some(&3)))
+            .count();
+        assert_eq!(statuses, 1, "{frames:?}");
+    }
 
     #[test]
     fn the_only_container_is_the_default_and_several_need_a_name() {

@@ -17,7 +17,16 @@ use serde_json::json;
 use skiff_types::{EventType, namespace};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::pod::backend::BackendError;
+/// Why a write about a pod failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The status patch was refused or did not reach the API server.
+    #[error("status update failed: {0}")]
+    Status(#[source] kube::Error),
+    /// The final delete was refused or did not reach the API server.
+    #[error("delete failed: {0}")]
+    Delete(#[source] kube::Error),
+}
 
 /// Bounds the API requests in flight. A real node leaves it unbounded; the simulated nodes
 /// of one process share one bound, so thousands of nodes cannot flood the API server.
@@ -51,9 +60,9 @@ impl Inflight {
 #[async_trait]
 pub trait PodApi: Send + Sync + 'static {
     /// Writes the pod's status.
-    async fn patch_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), BackendError>;
+    async fn patch_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), ApiError>;
     /// Deletes the pod object for good (grace 0, UID precondition) once it has stopped.
-    async fn delete_pod(&self, pod: &Pod) -> Result<(), BackendError>;
+    async fn delete_pod(&self, pod: &Pod) -> Result<(), ApiError>;
     /// Records an event about the pod.
     async fn event(&self, pod: &Pod, type_: EventType, reason: &str, message: &str);
 }
@@ -103,7 +112,7 @@ fn names(pod: &Pod) -> (&str, &str, &str) {
 
 #[async_trait]
 impl PodApi for KubePodApi {
-    async fn patch_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), BackendError> {
+    async fn patch_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), ApiError> {
         let (ns, name, uid) = names(pod);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         // The UID in the patch makes it fail on a newer pod of the same name.
@@ -112,10 +121,10 @@ impl PodApi for KubePodApi {
         api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map(drop)
-            .map_err(|e| BackendError::new("StatusUpdateFailed", e.to_string()))
+            .map_err(ApiError::Status)
     }
 
-    async fn delete_pod(&self, pod: &Pod) -> Result<(), BackendError> {
+    async fn delete_pod(&self, pod: &Pod) -> Result<(), ApiError> {
         let (ns, name, uid) = names(pod);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let params = DeleteParams {
@@ -131,7 +140,7 @@ impl PodApi for KubePodApi {
             Ok(_) => Ok(()),
             // Gone already, or a newer pod took the name (the UID precondition failed).
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-            Err(e) => Err(BackendError::new("DeleteFailed", e.to_string())),
+            Err(e) => Err(ApiError::Delete(e)),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Which way each other node's pods are reached: a direct route via the peer when it shares
 //! the node's link (host-gw), a VXLAN tunnel when it does not (or when asked), as flannel's
-//! two backends do. Pure planning; [`crate::overlay`] puts the plan into the kernel.
+//! two backends do. Pure planning; the `overlay` module puts the plan into the kernel.
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, str::FromStr};
 

@@ -22,7 +22,6 @@ use crate::{build_ebpf, prereq, shell};
 const API: &str = "127.0.0.1:6443";
 const API_PORT: u16 = 6443;
 const NODE: &str = "skiff-node";
-const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 /// Options of `cargo xtask up`.
 #[derive(Debug, clap::Args)]
@@ -199,7 +198,7 @@ fn start_control(p: &Prepared, api: &str) -> Result<Child> {
     );
     let mut control = spawn(
         Command::new(p.bin.join("control"))
-            .args(["--listen", api, "--cluster-cidr", CLUSTER_CIDR])
+            .args(["--listen", api])
             .arg("--data-dir")
             .arg(p.dir.join("control")),
         &p.dir.join("control.log"),

@@ -94,7 +94,7 @@ pub struct Exit {
 }
 
 /// Everything the pod worker needs from the node's machinery (the API side is
-/// [`crate::api::PodApi`]).
+/// `PodApi` in the `api` module).
 #[async_trait]
 pub trait PodBackend: Send + Sync + 'static {
     /// Creates (or returns the existing) sandbox of the pod.

@@ -11,7 +11,10 @@ use skiff_types::ContainerId;
 use tokio::sync::watch;
 
 use super::*;
-use crate::pod::{records::DiskRecords, status::tests::condition_of as condition};
+use crate::{
+    api::ApiError,
+    pod::{records::DiskRecords, status::tests::condition_of as condition},
+};
 
 /// How a fake container behaves.
 #[derive(Clone, Copy, Debug)]
@@ -184,11 +187,11 @@ impl PodBackend for Fake {
 
 #[async_trait]
 impl PodApi for Fake {
-    async fn patch_status(&self, _pod: &Pod, status: &PodStatus) -> Result<(), BackendError> {
+    async fn patch_status(&self, _pod: &Pod, status: &PodStatus) -> Result<(), ApiError> {
         self.statuses.lock().unwrap().push(status.clone());
         Ok(())
     }
-    async fn delete_pod(&self, _pod: &Pod) -> Result<(), BackendError> {
+    async fn delete_pod(&self, _pod: &Pod) -> Result<(), ApiError> {
         *self.deleted.lock().unwrap() = true;
         Ok(())
     }
