@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use serde_json::Value;
-use skiff_machinery::status::StatusError;
+use skiff_machinery::{response, status::StatusError};
 use skiff_resources::wire;
 
 /// The response body every handler returns: whole or streamed.
@@ -187,30 +187,15 @@ pub fn json(code: StatusCode, value: &Value) -> Response<Body> {
 
 /// A JSON answer already encoded.
 pub fn json_bytes(code: StatusCode, bytes: Vec<u8>) -> Response<Body> {
-    let mut resp = Response::new(full(bytes));
-    *resp.status_mut() = code;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    response::typed(code, response::JSON, full(bytes))
 }
 
 pub fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = code;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    response::typed(code, response::TEXT, full(body))
 }
 
 pub fn error(err: &StatusError) -> Response<Body> {
-    json(
-        StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        &err.to_json(),
-    )
+    json(err.http_status(), &err.to_json())
 }
 
 /// Adds `Warning: 299 - "..."` headers, as the Go apiserver reports unknown fields.

@@ -7,12 +7,15 @@ use std::{convert::Infallible, fmt::Write as _, time::Duration};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use skiff_machinery::status::StatusError;
+use skiff_machinery::{
+    channel::{self, Protocol, Upgrade},
+    status::StatusError,
+};
 use skiff_resources::{Subresource, by_kind};
 use skiff_types::namespace;
 use tokio::net::TcpStream;
@@ -36,8 +39,6 @@ const DEFAULT_NODE_PORT: u16 = 10250;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one side of a relayed stream may linger after the other side has ended.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// The channel protocols relayed; the node picks among those the client offered.
-const CHANNEL_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// Log options passed on to the node.
 const LOG_PARAMS: [&str; 7] = [
     "follow",
@@ -301,33 +302,10 @@ async fn stream(
     path_and_query: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, StatusError> {
-    let headers = req.headers();
-    let is_websocket = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok());
-    let (true, Some(key)) = (is_websocket, key) else {
-        return Err(StatusError::bad_request(
-            "upgrade request required: exec and attach are served over websocket (v5.channel.k8s.io) only",
-        ));
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| CHANNEL_PROTOCOLS.contains(p))
-        .collect();
-    if offered.is_empty() {
-        return Err(StatusError::bad_request(
-            "unsupported websocket sub-protocol: expected v5.channel.k8s.io or v4.channel.k8s.io",
-        ));
-    }
+    let upgrade =
+        Upgrade::read(req.headers()).map_err(|e| StatusError::bad_request(e.to_string()))?;
+    let accept = derive_accept_key(upgrade.key.as_bytes());
+    let offered: Vec<&str> = upgrade.offered.iter().map(|p| p.name()).collect();
     let mut node_req = format!("ws://{node}{path_and_query}")
         .into_client_request()
         .map_err(|e| StatusError::internal(format!("building the node request: {e}")))?;
@@ -352,7 +330,7 @@ async fn stream(
         .headers()
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static(CHANNEL_PROTOCOLS[0]));
+        .unwrap_or_else(|| HeaderValue::from_static(Protocol::V5.name()));
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
@@ -365,16 +343,7 @@ async fn stream(
             Err(err) => tracing::warn!(%err, "client websocket upgrade failed"),
         }
     });
-    let mut resp = Response::new(h::full(""));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let out = resp.headers_mut();
-    out.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    out.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        out.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    Ok(resp)
+    Ok(channel::switching_protocols(h::full(""), protocol, &accept))
 }
 
 /// The node's non-101 answer, passed on with its status and body.
@@ -461,18 +430,10 @@ where
 /// The error-channel frame (channel 3, a `metav1.Status`) telling the client its session's
 /// end was lost on the node's side.
 fn lost_node_status(why: &str) -> Vec<u8> {
-    let status = serde_json::json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": why,
-        "reason": "InternalError",
-        "code": 500,
-    });
-    let mut frame = vec![3];
-    frame.extend(serde_json::to_vec(&status).unwrap_or_default());
-    frame
+    channel::frame(
+        channel::ERROR,
+        &serde_json::to_vec(&StatusError::internal(why).to_json()).unwrap_or_default(),
+    )
 }
 
 /// How one direction of a relay ended.

@@ -124,7 +124,9 @@ fn qualified(group: &str, plural: &str) -> String {
 }
 
 impl StatusError {
-    fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
+    /// A failure with any code and reason (the named constructors below cover the usual ones).
+    #[must_use]
+    pub fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
         Self {
             code,
             reason: reason.into(),
@@ -271,6 +273,12 @@ impl StatusError {
     #[must_use]
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(504, "Timeout", message)
+    }
+
+    /// The HTTP status of the answer (500 for a code HTTP does not know).
+    #[must_use]
+    pub fn http_status(&self) -> http::StatusCode {
+        http::StatusCode::from_u16(self.code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     /// The `metav1.Status` JSON.

@@ -12,33 +12,7 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
-
-/// `value` without null, zero, false, empty-string, empty-list and empty-object fields
-/// (at any depth; list items are kept, only pruned inside).
-#[must_use]
-pub fn pruned(value: Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k, pruned(v)))
-                .filter(|(_, v)| !is_zero(v))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(pruned).collect()),
-        other => other,
-    }
-}
-
-fn is_zero(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Bool(b) => !b,
-        Value::Number(n) => n.as_f64() == Some(0.0),
-        Value::String(s) => s.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty(),
-    }
-}
+use skiff_machinery::omitempty::pruned;
 
 fn json<S: Serialize>(status: &S) -> Value {
     serde_json::to_value(status).unwrap_or(Value::Null)

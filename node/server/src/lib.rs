@@ -6,7 +6,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod channel;
 mod images;
 pub mod logs;
 mod reply;

@@ -4,9 +4,10 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
-use serde_json::{Value, json};
+use serde_json::Value;
+use skiff_machinery::{response, status::StatusError};
 
 use super::BackendError;
 
@@ -18,43 +19,20 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 pub fn json(code: StatusCode, value: &Value) -> Response<Body> {
-    let mut resp = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
-    *resp.status_mut() = code;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    response::typed(
+        code,
+        response::JSON,
+        full(serde_json::to_vec(value).unwrap_or_default()),
+    )
 }
 
 pub fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = code;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-/// A failed `metav1.Status` with the given code, reason and message.
-pub fn status(code: u16, reason: &str, message: &str) -> Value {
-    json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    })
+    response::typed(code, response::TEXT, full(body))
 }
 
 pub fn error(code: u16, reason: &str, message: &str) -> Response<Body> {
-    json(
-        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        &status(code, reason, message),
-    )
+    let err = StatusError::new(code, reason, message);
+    json(err.http_status(), &err.to_json())
 }
 
 pub fn bad_request(message: &str) -> Response<Body> {

@@ -189,16 +189,14 @@ mod tests {
 
     use async_trait::async_trait;
     use futures::{SinkExt, StreamExt};
+    use skiff_machinery::channel::{self, Protocol};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::{
         self, Message, client::IntoClientRequest, http::HeaderValue,
     };
 
     use super::*;
-    use crate::{
-        BackendError, LogSource, Session, StreamOptions, Summary, TerminalSize,
-        channel::{self, Protocol},
-    };
+    use crate::{BackendError, LogSource, Session, StreamOptions, Summary, TerminalSize};
 
     /// One pod `ns/p` with container `c`: a log, an exec that echoes stdin and exits 3,
     /// resizes recorded, imports that report the tarball's size.

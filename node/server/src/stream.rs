@@ -4,9 +4,10 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::{SinkExt, StreamExt, stream::SplitStream};
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response};
 use hyper::{body::Incoming, upgrade::Upgraded};
 use hyper_util::rt::TokioIo;
+use skiff_machinery::channel::{self, Incoming as Frame, Protocol, Upgrade, UpgradeError};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::mpsc,
@@ -22,7 +23,6 @@ use tokio_tungstenite::{
 
 use super::{
     ContainerRef, NodeBackend, Session, SessionInput, SessionOutput, StreamOptions, TerminalSize,
-    channel::{self, Incoming as Frame, Protocol},
     reply::{self, Body, Params},
 };
 
@@ -51,12 +51,9 @@ pub(super) enum StreamError {
     /// None of stdin, stdout, stderr was asked for.
     #[error("you must specify at least 1 of stdin, stdout, stderr")]
     NoStreams,
-    /// Not a WebSocket upgrade (SPDY is not served).
-    #[error("upgrade request required: this node serves exec and attach over websocket only")]
-    NotWebSocket,
-    /// The client offered no channel protocol this node speaks.
-    #[error("unsupported websocket sub-protocol: expected v5.channel.k8s.io or v4.channel.k8s.io")]
-    Protocol,
+    /// Not a WebSocket upgrade (SPDY is not served), or no channel protocol offered.
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
 }
 
 /// Reads which streams the client wants, the way the kubelet does.
@@ -80,25 +77,10 @@ pub(super) fn options(params: &Params, kind: Kind) -> Result<StreamOptions, Stre
     Ok(opts)
 }
 
-/// The WebSocket key and negotiated protocol of an upgrade request.
+/// The WebSocket accept key and negotiated protocol of an upgrade request.
 fn handshake<B>(req: &Request<B>) -> Result<(String, Protocol), StreamError> {
-    let headers = req.headers();
-    let is_websocket = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok());
-    let (true, Some(key)) = (is_websocket, key) else {
-        return Err(StreamError::NotWebSocket);
-    };
-    let offered = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    let protocol = Protocol::negotiate(offered).ok_or(StreamError::Protocol)?;
-    Ok((derive_accept_key(key.as_bytes()), protocol))
+    let upgrade = Upgrade::read(req.headers())?;
+    Ok((derive_accept_key(upgrade.key.as_bytes()), upgrade.best()))
 }
 
 /// Serves `/exec/...` or `/attach/...`: starts the session, then upgrades and pumps it.
@@ -139,19 +121,11 @@ pub(super) async fn serve(
             }
         }
     });
-    let mut resp = Response::new(reply::full(""));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
+    channel::switching_protocols(
+        reply::full(""),
         HeaderValue::from_static(protocol.name()),
-    );
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    resp
+        &accept,
+    )
 }
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -428,12 +402,15 @@ mod tests {
         assert_eq!(p, Protocol::V5);
         assert_eq!(
             handshake(&req("SPDY/3.1")).unwrap_err(),
-            StreamError::Protocol
+            StreamError::Upgrade(UpgradeError::Protocol)
         );
         let spdy = Request::builder()
             .header("upgrade", "SPDY/3.1")
             .body(())
             .unwrap();
-        assert_eq!(handshake(&spdy).unwrap_err(), StreamError::NotWebSocket);
+        assert_eq!(
+            handshake(&spdy).unwrap_err(),
+            StreamError::Upgrade(UpgradeError::NotWebSocket)
+        );
     }
 }

@@ -11,6 +11,7 @@ use std::{io, sync::LazyLock};
 
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value, ser::Formatter};
+use skiff_machinery::omitempty::is_empty;
 
 /// One Go struct: its fields in declaration order (inline structs flattened).
 #[derive(Debug)]
@@ -296,17 +297,6 @@ impl Serialize for ZeroOf {
             Zero::False => s.serialize_bool(false),
             Zero::Fill(id) => Struct { id, map: None }.serialize(s),
         }
-    }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Bool(b) => !b,
-        Value::Number(n) => n.as_f64() == Some(0.0),
-        Value::String(s) => s.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty(),
     }
 }
 
