@@ -206,18 +206,7 @@ impl Fabric {
             sw.ip(&["link", "add", "br0", "type", "bridge"])?;
             sw.ip(&["link", "set", "br0", "up"])?;
             let leg = format!("r{i}");
-            sw.ip(&[
-                "link",
-                "add",
-                "rt",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &leg,
-                "netns",
-                router.name(),
-            ])?;
+            sw.veth_to("rt", &router, &leg)?;
             sw.ip(&["link", "set", "rt", "master", "br0", "up"])?;
             let subnet = if i == 0 { Subnet::A } else { Subnet::B };
             let address = format!("{}/24", subnet.host(ROUTER));
@@ -238,18 +227,7 @@ impl Fabric {
         let sw = &self.switches[subnet.index()];
         let port = format!("p{}", self.ports);
         self.ports += 1;
-        sw.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        sw.veth_to(&port, &ns, "eth0")?;
         sw.ip(&["link", "set", &port, "master", "br0", "up"])?;
         let address = subnet.host(n);
         ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
@@ -642,28 +620,6 @@ impl Cluster {
         }
         text
     }
-}
-
-/// Runs `f` on a thread inside the network namespace bound at `path` (a pod's sandbox
-/// namespace file, say): sockets it opens live there.
-///
-/// # Errors
-/// If the namespace cannot be entered.
-///
-/// # Panics
-/// If `f` panics.
-pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(path)
-                .with_context(|| format!("opening netns {}", path.display()))?;
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering netns {}", path.display()))?;
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }
 
 /// Waits until `check` returns `Ok(Some(value))`, polling every 200 ms for `timeout`.

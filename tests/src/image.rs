@@ -115,7 +115,11 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(gz.finish()?)
 }
 
-fn add_file(b: &mut tar::Builder<std::fs::File>, path: &str, data: &[u8]) -> Result<()> {
+/// Adds a regular file owned by root, mode 0644, to a tarball being built.
+///
+/// # Errors
+/// If the tarball cannot be written.
+pub fn add_file<W: std::io::Write>(b: &mut tar::Builder<W>, path: &str, data: &[u8]) -> Result<()> {
     let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
     b.append_data(&mut h, path, data)?;
     Ok(())

@@ -1,6 +1,10 @@
 //! Network namespaces that tests create as isolated test hosts, deleted on drop.
 
-use std::process::Command;
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -46,10 +50,56 @@ impl Netns {
     /// # Errors
     /// If the namespace file cannot be opened or `setns` fails.
     pub fn enter(&self) -> Result<()> {
-        let file = std::fs::File::open(format!("/run/netns/{}", self.name))
-            .with_context(|| format!("opening netns {}", self.name))?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering netns {}", self.name))
+        enter(&self.path())
+    }
+
+    /// The namespace's file, `/run/netns/<name>`.
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Links this namespace to `peer` with a veth pair: `local` here, `remote` in `peer`.
+    /// The pair goes away with either namespace.
+    ///
+    /// # Errors
+    /// If `ip` fails.
+    pub fn veth_to(&self, local: &str, peer: &Netns, remote: &str) -> Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            local,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            remote,
+            "netns",
+            peer.name(),
+        ])
+    }
+
+    /// Runs `body` to completion on a thread inside the namespace, with its own
+    /// current-thread runtime, so every socket, netlink handle and process the code under
+    /// test makes belongs to this namespace.
+    ///
+    /// # Errors
+    /// If the namespace cannot be entered, the runtime not built, or `body` fails.
+    ///
+    /// # Panics
+    /// If `body` panics.
+    pub fn block_on<F, Fut, T>(&self, body: F) -> Result<T>
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = Result<T>>,
+        T: Send,
+    {
+        in_netns(&self.path(), || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(body())
+        })?
     }
 
     /// A command that runs `program` inside the namespace (`ip netns exec`).
@@ -67,6 +117,33 @@ impl Drop for Netns {
             eprintln!("cleanup: deleting netns {}: {err:#}", self.name);
         }
     }
+}
+
+/// Moves the calling thread into the network namespace bound at `path`.
+fn enter(path: &Path) -> Result<()> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("opening netns {}", path.display()))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering netns {}", path.display()))
+}
+
+/// Runs `f` on a thread inside the network namespace bound at `path` (a pod's sandbox
+/// namespace file, say): sockets it opens live there.
+///
+/// # Errors
+/// If the namespace cannot be entered.
+///
+/// # Panics
+/// If `f` panics.
+pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(path)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 fn ip(args: &[&str]) -> Result<()> {

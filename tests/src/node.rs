@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use skiff_types::mountinfo;
 
 use crate::control::ControlPlane;
 
@@ -282,14 +283,12 @@ pub fn leftover_cgroups(parent: &str) -> Vec<PathBuf> {
     left
 }
 
-/// Mount points under `dir`.
+/// Mount points under `dir` (itself included), from the kernel's table.
 #[must_use]
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let dir = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    mountinfo::mount_points(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+        .into_iter()
         .filter(|m| m.starts_with(&dir))
         .collect()
 }

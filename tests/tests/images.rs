@@ -10,7 +10,7 @@ use std::{
 
 use skiff_node_runtime::image::{ImageStore, PullError, PullPolicy, RegistryAuth};
 use skiff_tests::{
-    image::{busybox_docker_archive, busybox_layer, busybox_oci_layout, digest},
+    image::{add_file, busybox_docker_archive, busybox_layer, busybox_oci_layout, digest},
     registry::Registry,
     require_program, require_root,
 };
@@ -225,14 +225,7 @@ fn whiteout_archive(dir: &Path) -> PathBuf {
         ("etc/.wh..wh..opq", b""),
         ("etc/hostname", b"skt\n"),
     ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        top.append_data(&mut h, path, data)
-            .expect("building the test archive");
+        add_file(&mut top, path, data).expect("building the test archive");
     }
     let top = top.into_inner().expect("building the test archive");
     let config = serde_json::to_vec(&serde_json::json!({
@@ -253,14 +246,7 @@ fn whiteout_archive(dir: &Path) -> PathBuf {
         ("bottom/layer.tar", &bottom),
         ("top/layer.tar", &top),
     ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, path, &data[..])
-            .expect("building the test archive");
+        add_file(&mut b, path, data).expect("building the test archive");
     }
     let path = dir.join("whiteouts.tar");
     std::fs::write(&path, b.into_inner().expect("building the test archive"))

@@ -18,8 +18,9 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use libtest_mimic::{Arguments, Failed, Trial};
 use skiff_tests::{
-    cluster::{Cluster, ClusterConfig, in_netns, wait_for},
+    cluster::{Cluster, ClusterConfig, wait_for},
     image::busybox_oci_layout,
+    netns::in_netns,
 };
 
 /// The busybox image every node gets by `ctl image import`.

@@ -2,19 +2,10 @@
 //! namespaces that survive a daemon restart, and teardown; all inside a network namespace
 //! the test made as its "test host", so nothing touches the machine's own network.
 
-use std::{
-    hash::BuildHasher as _,
-    net::Ipv4Addr,
-    os::fd::AsFd as _,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{hash::BuildHasher as _, net::Ipv4Addr, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use nix::{
-    mount::{MntFlags, umount2},
-    sched::{CloneFlags, setns},
-};
+use nix::mount::{MntFlags, umount2};
 use skiff_node_net::{
     BridgeNetwork, NetworkConfig, NetworkError, PodNetwork as _, Sandbox, SandboxRequest,
 };
@@ -40,28 +31,6 @@ impl Drop for State {
             }
         }
     }
-}
-
-/// Runs `body` on a thread that has entered the test host's network namespace, with its
-/// own current-thread runtime, so every netlink socket, `nft` and namespace the code under
-/// test makes belongs to the test host.
-fn in_test_host<F, Fut>(host: &Netns, body: F) -> Result<()>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<()>>,
-{
-    let path = PathBuf::from("/run/netns").join(host.name());
-    std::thread::spawn(move || {
-        let file =
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        setns(file.as_fd(), CloneFlags::CLONE_NEWNET).context("entering the test host")?;
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(body())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("test host thread panicked"))?
 }
 
 /// Runs a command and returns its stdout, or fails with its stderr.
@@ -169,7 +138,7 @@ fn pods_get_addresses_reach_each_other_and_survive_a_restart() -> Result<()> {
         masquerade: true,
         mtu: Some(1400),
     };
-    let result = in_test_host(&host, move || scenario(config));
+    let result = host.block_on(move || scenario(config));
     drop(state);
     drop(outside);
     drop(host);
@@ -192,18 +161,7 @@ const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 /// Links the test host (192.0.2.1) to `outside` (192.0.2.2) with a veth pair that goes
 /// away with `outside`.
 fn connect_outside(host: &Netns, outside: &Netns) -> Result<()> {
-    host.ip(&[
-        "link",
-        "add",
-        "sktout0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        outside.name(),
-    ])?;
+    host.veth_to("sktout0", outside, "eth0")?;
     host.ip(&["addr", "add", "192.0.2.1/24", "dev", "sktout0"])?;
     host.ip(&["link", "set", "sktout0", "up"])?;
     outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])?;

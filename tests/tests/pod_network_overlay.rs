@@ -3,10 +3,9 @@
 //! routes and the VXLAN device with its entries, finds them again (so a second sync and a
 //! restarted node write nothing), and removes a departed peer's route and entries.
 
-use std::{net::Ipv4Addr, os::fd::AsFd as _, path::PathBuf};
+use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result, ensure};
-use nix::sched::{CloneFlags, setns};
 use skiff_node_net::{
     overlay::{self, Netlink, PeerLinks as _, TunnelEntry, TunnelSpec},
     peers::{Local, Mode, Peer, plan},
@@ -38,17 +37,7 @@ fn routes_and_tunnel_entries_are_installed_found_again_and_removed() -> Result<(
     host.ip(&["link", "set", "eth1", "up"])?;
     host.ip(&["addr", "add", "192.168.50.20/24", "dev", "eth0"])?;
     host.ip(&["link", "set", "eth0", "up"])?;
-    let path = PathBuf::from("/run/netns").join(host.name());
-    std::thread::spawn(move || -> Result<()> {
-        let file = std::fs::File::open(&path)?;
-        setns(file.as_fd(), CloneFlags::CLONE_NEWNET).context("entering the test host")?;
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(scenario())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the test thread panicked"))?
+    host.block_on(scenario)
 }
 
 async fn scenario() -> Result<()> {

@@ -20,9 +20,10 @@ use skiff_kubelet::pod::{
     command::{ConfigError, NodeLimits, Sources},
     volume::{SystemMounter, VolumeError, VolumeManager},
 };
-use skiff_node_runtime::{ContainerConfig, ContainerRuntime, Libcontainer, MountKind, MountSpec};
+use skiff_node_runtime::{ContainerConfig, ContainerRuntime, Libcontainer, MountSpec};
 use skiff_tests::{
     container::{CGROUP_ROOT, Sandbox},
+    node::mounts_under,
     require_root, unique_name,
 };
 
@@ -127,24 +128,7 @@ impl Containers {
 fn bind_mounts(mounts: Vec<skiff_kubelet::pod::volume::VolumeMount>) -> Vec<MountSpec> {
     mounts
         .into_iter()
-        .map(|m| MountSpec {
-            destination: m.destination,
-            source: m.source,
-            read_only: m.read_only,
-            kind: MountKind::Bind,
-        })
-        .collect()
-}
-
-/// Mount points under `dir`, from the kernel's table.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-    let dir = dir.display().to_string();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-        .filter(|m| m.starts_with(&dir))
+        .map(|m| MountSpec::bind(m.destination, m.source, m.read_only))
         .collect()
 }
 

@@ -24,34 +24,13 @@ use skiff_kubelet::pod::{
     volume::{Mounter, SystemMounter, VolumeManager},
 };
 use skiff_tests::require_root;
+use skiff_types::mountinfo::{self, Mount};
 
-/// A mount as `/proc/self/mountinfo` shows it.
-#[derive(Debug)]
-struct MountEntry {
-    point: PathBuf,
-    fstype: String,
-    super_options: String,
+fn mounts() -> Vec<Mount> {
+    mountinfo::mounts(&fs::read_to_string("/proc/self/mountinfo").expect("mountinfo is readable"))
 }
 
-fn mounts() -> Vec<MountEntry> {
-    let text = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo is readable");
-    text.lines()
-        .filter_map(|line| {
-            let (head, tail) = line.split_once(" - ")?;
-            let point = head.split(' ').nth(4)?.replace("\\040", " ");
-            let mut tail = tail.split(' ');
-            let fstype = tail.next()?.to_owned();
-            let super_options = tail.nth(1)?.to_owned();
-            Some(MountEntry {
-                point: PathBuf::from(point),
-                fstype,
-                super_options,
-            })
-        })
-        .collect()
-}
-
-fn mount_at(path: &Path) -> Option<MountEntry> {
+fn mount_at(path: &Path) -> Option<Mount> {
     let path = fs::canonicalize(path).ok()?;
     mounts().into_iter().rfind(|m| m.point == path)
 }
@@ -209,7 +188,7 @@ async fn memory_empty_dir_and_secret_are_tmpfs_until_teardown() {
     let vols = pods.path().join(uid).join("volumes");
     let mem = vols.join("kubernetes.io~empty-dir/mem");
     let entry = mount_at(&mem).expect("memory emptyDir is a mount point");
-    assert_eq!(entry.fstype, "tmpfs");
+    assert_eq!(entry.fs_type, "tmpfs");
     assert!(
         entry.super_options.split(',').any(|o| o == "size=16384k"),
         "{entry:?}"
@@ -230,7 +209,7 @@ async fn memory_empty_dir_and_secret_are_tmpfs_until_teardown() {
 
     let creds = vols.join("kubernetes.io~secret/creds");
     let entry = mount_at(&creds).expect("secret volume is a mount point");
-    assert_eq!(entry.fstype, "tmpfs");
+    assert_eq!(entry.fs_type, "tmpfs");
     assert_eq!(fs::read_to_string(creds.join("token")).unwrap(), "s3cr3t");
     assert!(SystemMounter.is_mounted(&creds));
 

@@ -1,13 +1,15 @@
 //! skiff-types holds the small value types that both the control plane and the node use
 //! where the Kubernetes API carries a string: IPv4 CIDRs, restart policies, event types,
-//! the runtime's container IDs and the well-known namespace names. Each is parsed once,
-//! here, so the two sides cannot drift apart on what a value means.
+//! the runtime's container IDs and the well-known namespace names; and, for the node's
+//! parts, the kernel's mount table. Each is parsed once, here, so the users cannot drift
+//! apart on what a value means.
 
 #![forbid(unsafe_code)]
 
 pub mod cidr;
 pub mod container_id;
 pub mod event_type;
+pub mod mountinfo;
 pub mod namespace;
 pub mod restart_policy;
 

@@ -81,6 +81,19 @@ pub struct MountSpec {
     pub kind: MountKind,
 }
 
+impl MountSpec {
+    /// A recursive bind of the host's `source` at `destination`.
+    #[must_use]
+    pub fn bind(destination: String, source: PathBuf, read_only: bool) -> Self {
+        Self {
+            destination,
+            source,
+            read_only,
+            kind: MountKind::Bind,
+        }
+    }
+}
+
 /// The kind of a caller mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MountKind {

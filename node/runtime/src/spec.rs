@@ -616,12 +616,7 @@ mod tests {
     fn caller_mounts_follow_the_defaults() {
         let mut c = config();
         c.mounts = vec![
-            MountSpec {
-                destination: "/etc/hosts".into(),
-                source: "/state/pods/x/hosts".into(),
-                read_only: true,
-                kind: MountKind::Bind,
-            },
+            MountSpec::bind("/etc/hosts".into(), "/state/pods/x/hosts".into(), true),
             MountSpec {
                 destination: "/scratch".into(),
                 source: PathBuf::new(),

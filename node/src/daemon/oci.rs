@@ -11,8 +11,7 @@ use skiff_kubelet::pod::{
     volume::VolumeMount,
 };
 use skiff_node_runtime::{
-    ContainerConfig, MountKind, MountSpec, PodNamespaces, ResourceSpec, SeccompMode, SecuritySpec,
-    UserSpec,
+    ContainerConfig, MountSpec, PodNamespaces, ResourceSpec, SeccompMode, SecuritySpec, UserSpec,
 };
 
 /// The pod's hostname: `spec.hostname`, else its name cut to 63 characters.
@@ -258,12 +257,7 @@ pub fn container_config(run: Run<'_>, resolved: Resolved, place: Placement) -> C
         mounts: resolved
             .mounts
             .into_iter()
-            .map(|m| MountSpec {
-                destination: m.destination,
-                source: m.source,
-                read_only: m.read_only,
-                kind: MountKind::Bind,
-            })
+            .map(|m| MountSpec::bind(m.destination, m.source, m.read_only))
             .collect(),
         security: security(run.pod, run.container),
         resources: resources(run.container),

@@ -6,6 +6,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use skiff_types::mountinfo;
+
 use super::ImageError;
 
 /// The mount point under the container directory.
@@ -78,43 +80,8 @@ impl Mounter for OverlayMounter {
     fn is_mounted(&self, target: &Path) -> Result<bool, ImageError> {
         let text = fs::read_to_string("/proc/self/mountinfo")
             .map_err(ImageError::io("read", Path::new("/proc/self/mountinfo")))?;
-        Ok(mountinfo_has(&text, target))
+        Ok(mountinfo::is_mount_point(&text, target))
     }
-}
-
-/// Whether `/proc/self/mountinfo` text lists a mount at `target`.
-pub(super) fn mountinfo_has(text: &str, target: &Path) -> bool {
-    let Some(target) = target.to_str() else {
-        return false;
-    };
-    text.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|point| unescape_octal(point) == target)
-}
-
-/// Undoes mountinfo's `\040`-style escapes of spaces, tabs, newlines and backslashes.
-fn unescape_octal(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value = bytes[i + 1..i + 4]
-                .iter()
-                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-            out.push(u8::try_from(value).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// overlayfs mount options: lower directories top first.
@@ -242,15 +209,6 @@ mod tests {
             overlay_options(&layers, Path::new("/c/upper"), Path::new("/c/work")),
             "lowerdir=/l/top:/l/bottom,upperdir=/c/upper,workdir=/c/work"
         );
-    }
-
-    #[test]
-    fn mountinfo_lookup_undoes_escapes() {
-        let text = "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n\
-                    37 35 0:5 / /proc rw - proc proc rw\n";
-        assert!(mountinfo_has(text, Path::new("/mnt/a b")));
-        assert!(mountinfo_has(text, Path::new("/proc")));
-        assert!(!mountinfo_has(text, Path::new("/mnt")));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
+use skiff_types::mountinfo;
 
 pub use self::atomic_writer::{FileProjection, Payload, WriterError};
 use crate::pod::command::{ConfigError, NodeLimits, Sources};
@@ -200,37 +201,9 @@ pub struct SystemMounter;
 impl SystemMounter {
     fn mount_points() -> Vec<PathBuf> {
         fs::read_to_string("/proc/self/mountinfo")
-            .map(|text| parse_mountinfo(&text))
+            .map(|text| mountinfo::mount_points(&text))
             .unwrap_or_default()
     }
-}
-
-/// The mount points (fifth field, octal escapes undone) of a mountinfo text.
-fn parse_mountinfo(text: &str) -> Vec<PathBuf> {
-    text.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape_mountinfo(field)))
-        .collect()
-}
-
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Ok(digits) = std::str::from_utf8(&bytes[i + 1..i + 4])
-            && let Ok(v) = u8::from_str_radix(digits, 8)
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Mounter for SystemMounter {
@@ -1457,15 +1430,5 @@ mod tests {
         f.manager.teardown("uid-1").await.unwrap();
         assert!(f.pods.join("uid-1/record.json").exists());
         assert!(!f.pods.join("uid-1/etc-hosts").exists());
-    }
-
-    #[test]
-    fn mountinfo_mount_points_are_unescaped() {
-        let text = "36 35 98:0 /mnt1 /mnt\\040two rw,noatime master:1 - ext3 /dev/root rw\n\
-                    37 35 0:5 / /proc rw - proc proc rw\n";
-        assert_eq!(
-            parse_mountinfo(text),
-            [PathBuf::from("/mnt two"), PathBuf::from("/proc")]
-        );
     }
 }

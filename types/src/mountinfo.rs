@@ -1,0 +1,115 @@
+//! The kernel's mount table as `/proc/self/mountinfo` lists it, read by every part of the
+//! node that must know what is mounted (volumes, image root filesystems) and by the tests
+//! that check nothing stays mounted.
+
+use std::{
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+/// One mount of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Where it is mounted, escapes undone.
+    pub point: PathBuf,
+    /// The filesystem type, e.g. `tmpfs`.
+    pub fs_type: String,
+    /// The filesystem's own options, e.g. `rw,size=16384k`.
+    pub super_options: String,
+}
+
+/// The mounts of a mountinfo text, in its order (later mounts over earlier ones); lines that
+/// do not parse are skipped.
+#[must_use]
+pub fn mounts(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" - ")?;
+            let mut tail = tail.split(' ');
+            let fs_type = tail.next()?.to_owned();
+            let super_options = tail.nth(1)?.to_owned();
+            Some(Mount {
+                point: point(head)?,
+                fs_type,
+                super_options,
+            })
+        })
+        .collect()
+}
+
+/// The mount points (fifth field) of a mountinfo text, in its order.
+#[must_use]
+pub fn mount_points(text: &str) -> Vec<PathBuf> {
+    text.lines().filter_map(point).collect()
+}
+
+/// Whether a mountinfo text lists a mount at `target`.
+#[must_use]
+pub fn is_mount_point(text: &str, target: &Path) -> bool {
+    text.lines().filter_map(point).any(|p| p == target)
+}
+
+fn point(line: &str) -> Option<PathBuf> {
+    line.split(' ').nth(4).map(unescape)
+}
+
+/// Undoes mountinfo's `\040`-style octal escapes of spaces, tabs, newlines and backslashes.
+fn unescape(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let digits = bytes.get(i + 1..i + 4);
+        match digits {
+            Some(d) if bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)) => {
+                let value = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+                out.push(u8::try_from(value).unwrap_or(b'?'));
+                i += 4;
+            }
+            _ => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(OsStr::from_bytes(&out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "36 35 98:0 /mnt1 /mnt\\040two rw,noatime master:1 - ext3 /dev/root rw\n\
+                        37 35 0:5 / /proc rw - proc proc rw\n\
+                        38 35 0:6 / /run/a\\134b rw - tmpfs tmpfs rw,size=16384k\n";
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(
+            mount_points(TEXT),
+            [
+                PathBuf::from("/mnt two"),
+                PathBuf::from("/proc"),
+                PathBuf::from("/run/a\\b")
+            ]
+        );
+        assert!(is_mount_point(TEXT, Path::new("/mnt two")));
+        assert!(is_mount_point(TEXT, Path::new("/proc")));
+        assert!(!is_mount_point(TEXT, Path::new("/mnt")));
+    }
+
+    #[test]
+    fn mounts_carry_their_type_and_options() {
+        let all = mounts(TEXT);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[2].point, PathBuf::from("/run/a\\b"));
+        assert_eq!(all[2].fs_type, "tmpfs");
+        assert_eq!(all[2].super_options, "rw,size=16384k");
+    }
+
+    #[test]
+    fn a_backslash_without_three_octal_digits_stays() {
+        assert_eq!(unescape("/a\\09x\\"), PathBuf::from("/a\\09x\\"));
+    }
+}
