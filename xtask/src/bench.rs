@@ -5,7 +5,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Result, bail};
 
-use crate::{build_ebpf, prereq, shell};
+use crate::{release, shell};
 
 /// The benchmarks and the harness binary each runs.
 const BENCHES: &[(&str, &str)] = &[
@@ -20,13 +20,8 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
         let known: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
         bail!("unknown benchmark {name:?}; known: {}", known.join(", "));
     };
-    // The harnesses start etcd, runc and busybox-static images: the test suite's packages.
-    prereq::debian_packages()?;
-    build_ebpf::run(root)?;
-    shell::run(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["build", "--release", "--bins"]),
-    )?;
-    shell::run(&mut Command::new(root.join("target/release").join(harness)))
+    // The harnesses start etcd, runc and busybox-static images: the test suite's packages,
+    // which the release build checks for.
+    let bin = release::binaries(root)?;
+    shell::run(&mut Command::new(bin.join(harness)))
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod build_ebpf;
 mod prereq;
+mod release;
 mod shell;
 mod test;
 mod up;

@@ -5,7 +5,9 @@
 
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+
+use crate::shell;
 
 /// The switch's namespace.
 const SWITCH: &str = "skiff-sw";
@@ -141,16 +143,5 @@ fn host_address(number: u8) -> std::net::Ipv4Addr {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    shell::quiet(Command::new("ip").args(args))
 }

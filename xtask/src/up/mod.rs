@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{build_ebpf, prereq, shell};
+use crate::{release, shell};
 
 const API: &str = "127.0.0.1:6443";
 const API_PORT: u16 = 6443;
@@ -163,14 +163,7 @@ fn prepare(root: &Path) -> Result<Prepared> {
         bail!("`cargo xtask up` runs real nodes (containers, bridges, cgroups): run it as root");
     }
     eprintln!("xtask: checking Debian packages, the eBPF object and building release binaries");
-    prereq::debian_packages()?;
-    build_ebpf::run(root)?;
-    shell::run(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["build", "--release", "--bins"]),
-    )?;
-    let bin = root.join("target/release");
+    let bin = release::binaries(root)?;
     let dir = root.join("target/skiff-up");
     std::fs::create_dir_all(&dir)?;
     let image = dir.join("busybox.tar");
