@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::{Value, json};
 use skiff_tests::{
+    bench::percentile,
     control::ControlPlane,
     etcd::Etcd,
     http::{Http, send},
@@ -35,21 +36,6 @@ struct Figures {
     list_all: (f64, f64),
     watch: (f64, f64),
     rss_mib: f64,
-}
-
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    samples.sort_by(f64::total_cmp);
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index into a sample of a few thousand"
-    )]
-    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[i]
 }
 
 /// Creates `PER_NAMESPACE` objects per namespace with `CONCURRENCY` clients; returns
@@ -111,10 +97,7 @@ async fn list_latency(http: &Http, base: &str, path: &str, rounds: usize) -> Res
             bail!("{path} listed nothing");
         }
     }
-    Ok((
-        percentile(&mut samples, 0.5),
-        percentile(&mut samples, 0.99),
-    ))
+    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
 }
 
 /// 100 watchers on one namespace; each event's delay from just before its create was sent.
@@ -199,7 +182,7 @@ async fn watch_latency(http: &Http, base: &str) -> Result<(f64, f64)> {
             WATCHERS * WATCH_EVENTS
         );
     }
-    Ok((percentile(&mut all, 0.5), percentile(&mut all, 0.99)))
+    Ok((percentile(&all, 0.5), percentile(&all, 0.99)))
 }
 
 async fn run(cp: &ControlPlane) -> Result<Figures> {
@@ -228,7 +211,7 @@ async fn run(cp: &ControlPlane) -> Result<Figures> {
     })
     .await?;
     cm_lat.extend(pod_lat);
-    let create_p99_ms = percentile(&mut cm_lat, 0.99);
+    let create_p99_ms = percentile(&cm_lat, 0.99);
     let list_ns = list_latency(&http, &base, "/api/v1/namespaces/bench-0/pods", 50).await?;
     let list_all = list_latency(&http, &base, "/api/v1/pods", 10).await?;
     let watch = watch_latency(&http, &base).await?;

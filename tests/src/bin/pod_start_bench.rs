@@ -30,6 +30,7 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use libcontainer::{container::builder::ContainerBuilder, syscall::syscall::SyscallType};
 use serde_json::{Value, json};
 use skiff_tests::{
+    bench::percentile,
     control::ControlPlane,
     http::{Http, send, watch_lines},
     netns::Netns,
@@ -53,22 +54,6 @@ struct Args {
     /// Copy the node daemon's log here at the end.
     #[arg(long)]
     node_log: Option<PathBuf>,
-}
-
-fn percentile(samples: &[f64], p: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index into a sample of at most a few hundred"
-    )]
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn ms(d: Duration) -> f64 {

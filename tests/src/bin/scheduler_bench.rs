@@ -24,6 +24,7 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use skiff_tests::{
+    bench::percentile,
     control::ControlPlane,
     etcd::Etcd,
     http::{Http, send, watch_lines},
@@ -66,21 +67,6 @@ struct Figures {
     /// `Scheduled` events the API server holds once binding is done (the scheduler drops
     /// events rather than fall behind, as client-go's broadcaster does).
     scheduled_events: usize,
-}
-
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    samples.sort_by(f64::total_cmp);
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index into a sample of at most tens of thousands"
-    )]
-    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[i]
 }
 
 fn node(i: usize) -> Value {
@@ -349,7 +335,7 @@ async fn run(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<Figures> {
     let events = scheduled_events(&http, &base, pods).await?;
     let bound = bound.lock().expect("bound");
     let last = bound.values().max().copied().unwrap_or(started);
-    let mut latencies: Vec<f64> = bound
+    let latencies: Vec<f64> = bound
         .iter()
         .map(|(i, at)| at.saturating_duration_since(created[*i]).as_secs_f64() * 1e3)
         .collect();
@@ -366,9 +352,9 @@ async fn run(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<Figures> {
         pods,
         create_per_s,
         scheduled_per_s,
-        p50_ms: percentile(&mut latencies, 0.5),
-        p99_ms: percentile(&mut latencies, 0.99),
-        max_ms: percentile(&mut latencies, 1.0),
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: percentile(&latencies, 1.0),
         #[expect(clippy::cast_precision_loss, reason = "a pod count")]
         cpu_ms_per_pod: cpu * 1e3 / pods as f64,
         rss_mib: rss,
