@@ -5,11 +5,12 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
 use anyhow::{Context, Result};
-use skiff_node_runtime::{ContainerConfig, PodNamespaces, SecuritySpec};
+use skiff_node_runtime::{ContainerConfig, Libcontainer, PodNamespaces, SecuritySpec};
 
 use crate::netns::Netns;
 
@@ -84,6 +85,56 @@ impl Sandbox {
             log_path: self.dir.join("logs").join(format!("{id}.log")),
             ..ContainerConfig::default()
         }
+    }
+}
+
+/// One container test at a time: libcontainer clones the test process, and a clone taken
+/// while another test thread spawns `ip` (holding the environment lock) deadlocks in the
+/// child when it sets the container's environment.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A [`Sandbox`] in a temporary directory with the containers' state beside it, all
+/// removed on drop; while it lives, no other fixture of this process does.
+#[derive(Debug)]
+pub struct Fixture {
+    // Dropped first: its cgroups go before the directory holding the containers' state.
+    sandbox: Sandbox,
+    dir: tempfile::TempDir,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Fixture {
+    /// Waits for any other fixture of this process to go, then makes a sandbox with
+    /// `applets`, named after `prefix`.
+    ///
+    /// # Errors
+    /// If the directory or the sandbox cannot be made.
+    pub fn new(applets: &[&str], prefix: &str) -> Result<Self> {
+        let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+        let dir = tempfile::tempdir()?;
+        Ok(Self {
+            sandbox: Sandbox::new(dir.path(), applets, prefix)?,
+            dir,
+            _serial: serial,
+        })
+    }
+
+    /// The sandbox the containers run in.
+    #[must_use]
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Where the runtime keeps the containers' state.
+    #[must_use]
+    pub fn state_root(&self) -> PathBuf {
+        self.dir.path().join("containers-state")
+    }
+
+    /// A runtime over the fixture's state, with cgroups under the host's hierarchies.
+    #[must_use]
+    pub fn runtime(&self) -> Libcontainer {
+        Libcontainer::new(self.state_root(), CGROUP_ROOT.into())
     }
 }
 

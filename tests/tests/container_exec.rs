@@ -2,60 +2,24 @@
 //! runtime: exit codes, stdin, split stdout/stderr, extra environment, a TTY, and a probe
 //! killed at its timeout. Needs root.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use skiff_node_runtime::{
-    ContainerConfig, ContainerRuntime, Libcontainer,
+    ContainerConfig, ContainerRuntime,
     container_exec::{ExecError, ExecIo, exec, exec_status},
 };
-use skiff_tests::{
-    container::{CGROUP_ROOT, Sandbox},
-    require_root, unique_name,
-};
+use skiff_tests::{container::Fixture, require_root, unique_name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const APPLETS: [&str; 4] = ["sh", "echo", "sleep", "cat"];
 
-/// A rootfs, a state directory, a netns and a cgroup subtree, all removed on drop.
-struct Fixture {
-    // Dropped first: its cgroups go before the directory holding the containers' state.
-    sandbox: Sandbox,
-    dir: tempfile::TempDir,
-    _serial: std::sync::MutexGuard<'static, ()>,
-}
-
-/// One container test at a time: libcontainer clones the test process, and a clone taken
-/// while another test thread spawns `ip` (holding the environment lock) deadlocks in the
-/// child when it sets the container's environment.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-impl Fixture {
-    fn new() -> Result<Self> {
-        let serial = SERIAL
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let dir = tempfile::tempdir()?;
-        Ok(Self {
-            sandbox: Sandbox::new(dir.path(), &APPLETS, "skt-ex")?,
-            dir,
-            _serial: serial,
-        })
-    }
-
-    fn state_root(&self) -> PathBuf {
-        self.dir.path().join("containers-state")
-    }
-
-    fn config(&self, id: &str) -> ContainerConfig {
-        ContainerConfig {
-            env: vec!["PATH=/bin".into(), "FROM_SPEC=spec".into()],
-            cwd: "/tmp".into(),
-            ..self.sandbox.config(id, &["/bin/sleep", "60"])
-        }
+/// A container sleeping for a minute in `/tmp`, with one variable set by its spec.
+fn sleeping_config(fx: &Fixture, id: &str) -> ContainerConfig {
+    ContainerConfig {
+        env: vec!["PATH=/bin".into(), "FROM_SPEC=spec".into()],
+        cwd: "/tmp".into(),
+        ..fx.sandbox().config(id, &["/bin/sleep", "60"])
     }
 }
 
@@ -78,9 +42,9 @@ async fn exec_runs_commands_in_a_running_container_with_its_streams_and_exit_cod
     if !require_root("container exec") {
         return Ok(());
     }
-    let fx = Fixture::new()?;
-    let rt = Libcontainer::new(fx.state_root(), CGROUP_ROOT.into());
-    let config = fx.config(&unique_name("skt-exec"));
+    let fx = Fixture::new(&APPLETS, "skt-ex")?;
+    let rt = fx.runtime();
+    let config = sleeping_config(&fx, &unique_name("skt-exec"));
     rt.start(&config).await?;
     let result = checks(&fx.state_root(), &config.id).await;
     rt.kill(&config.id, libc::SIGKILL).await?;

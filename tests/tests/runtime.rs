@@ -2,62 +2,23 @@
 //! cgroup subtree the test made, checked for exit codes, signals, OOM kills, CRI logs,
 //! clean deletion and adoption by a second runtime over the same state.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{fs, path::Path, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use skiff_node_runtime::{
     ContainerConfig, ContainerRuntime, ExitStatus, Libcontainer, ResourceSpec,
 };
 use skiff_tests::{
-    container::{CGROUP_ROOT, Sandbox},
+    container::{CGROUP_ROOT, Fixture},
     require_root,
 };
 
 const APPLETS: [&str; 7] = ["sh", "echo", "sleep", "cat", "true", "head", "yes"];
 
-/// A rootfs, a state directory, a netns and a cgroup subtree, all removed on drop.
-struct Fixture {
-    // Dropped first: its cgroups go before the directory holding the containers' state.
-    sandbox: Sandbox,
-    dir: tempfile::TempDir,
-    _serial: std::sync::MutexGuard<'static, ()>,
-}
-
-/// One container test at a time: libcontainer clones the test process, and a clone taken
-/// while another test thread spawns `ip` (holding the environment lock) deadlocks in the
-/// child when it sets the container's environment.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-impl Fixture {
-    fn new() -> Result<Self> {
-        let serial = SERIAL
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let dir = tempfile::tempdir()?;
-        Ok(Self {
-            sandbox: Sandbox::new(dir.path(), &APPLETS, "skt-rt")?,
-            dir,
-            _serial: serial,
-        })
-    }
-
-    fn runtime(&self) -> Libcontainer {
-        Libcontainer::new(self.dir.path().join("containers-state"), CGROUP_ROOT.into())
-    }
-
-    fn config(&self, name: &str, script: &str) -> ContainerConfig {
-        let id = format!("pod-{name}-0");
-        self.sandbox.config(&id, &["/bin/sh", "-c", script])
-    }
-
-    /// Every cgroup directory this fixture's containers may have made.
-    fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        self.sandbox.cgroups().dirs()
-    }
+/// Container `pod-<name>-0` running `script` in `sh`.
+fn script_config(fx: &Fixture, name: &str, script: &str) -> ContainerConfig {
+    let id = format!("pod-{name}-0");
+    fx.sandbox().config(&id, &["/bin/sh", "-c", script])
 }
 
 async fn wait(rt: &Libcontainer, id: &str) -> Result<ExitStatus> {
@@ -79,7 +40,7 @@ async fn delete_and_check(fx: &Fixture, rt: &Libcontainer, config: &ContainerCon
         !rt.state_root().join(&config.id).exists(),
         "libcontainer state left behind"
     );
-    for top in fx.cgroup_dirs() {
+    for top in fx.sandbox().cgroups().dirs() {
         ensure!(
             !top.join(&config.id).exists(),
             "cgroup {} left behind",
@@ -97,9 +58,9 @@ async fn echo_logs_to_cri_file_exits_zero_and_delete_leaves_nothing() -> Result<
     if !require_root("runtime echo") {
         return Ok(());
     }
-    let fx = Fixture::new()?;
+    let fx = Fixture::new(&APPLETS, "skt-rt")?;
     let rt = fx.runtime();
-    let config = fx.config("echo", "echo hello; echo oops >&2; echo -n tail");
+    let config = script_config(&fx, "echo", "echo hello; echo oops >&2; echo -n tail");
     let started = rt.start(&config).await?;
     ensure!(started.pid > 0);
     let status = wait(&rt, &config.id).await?;
@@ -124,9 +85,9 @@ async fn exit_code_is_reported() -> Result<()> {
     if !require_root("runtime exit code") {
         return Ok(());
     }
-    let fx = Fixture::new()?;
+    let fx = Fixture::new(&APPLETS, "skt-rt")?;
     let rt = fx.runtime();
-    let config = fx.config("exit3", "exit 3");
+    let config = script_config(&fx, "exit3", "exit 3");
     rt.start(&config).await?;
     let status = wait(&rt, &config.id).await?;
     ensure!(
@@ -141,10 +102,11 @@ async fn sigterm_reaches_a_trapping_init_and_usage_is_read() -> Result<()> {
     if !require_root("runtime sigterm") {
         return Ok(());
     }
-    let fx = Fixture::new()?;
+    let fx = Fixture::new(&APPLETS, "skt-rt")?;
     let rt = fx.runtime();
     // PID 1 of a PID namespace only receives signals it handles, so the init traps TERM.
-    let config = fx.config(
+    let config = script_config(
+        &fx,
         "term",
         "trap 'echo bye; exit 143' TERM; echo up; while :; do sleep 0.1; done",
     );
@@ -178,9 +140,9 @@ async fn init_ignoring_sigterm_dies_by_sigkill() -> Result<()> {
     if !require_root("runtime sigkill") {
         return Ok(());
     }
-    let fx = Fixture::new()?;
+    let fx = Fixture::new(&APPLETS, "skt-rt")?;
     let rt = fx.runtime();
-    let config = fx.config("ignore", "trap '' TERM; while :; do sleep 0.1; done");
+    let config = script_config(&fx, "ignore", "trap '' TERM; while :; do sleep 0.1; done");
     rt.start(&config).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     rt.kill(&config.id, libc::SIGTERM).await?;
@@ -202,9 +164,9 @@ async fn memory_limit_exceeded_is_oom_killed() -> Result<()> {
     if !require_root("runtime oom") {
         return Ok(());
     }
-    let fx = Fixture::new()?;
+    let fx = Fixture::new(&APPLETS, "skt-rt")?;
     let rt = fx.runtime();
-    let mut config = fx.config("oom", "x=a; while :; do x=$x$x; done");
+    let mut config = script_config(&fx, "oom", "x=a; while :; do x=$x$x; done");
     config.resources = ResourceSpec {
         memory_limit: Some(16 << 20),
         ..ResourceSpec::default()
@@ -220,9 +182,9 @@ async fn delete_kills_a_running_container() -> Result<()> {
     if !require_root("runtime delete running") {
         return Ok(());
     }
-    let fx = Fixture::new()?;
+    let fx = Fixture::new(&APPLETS, "skt-rt")?;
     let rt = fx.runtime();
-    let config = fx.config("running", "sleep 1000");
+    let config = script_config(&fx, "running", "sleep 1000");
     let started = rt.start(&config).await?;
     delete_and_check(&fx, &rt, &config).await?;
     ensure!(
@@ -240,9 +202,9 @@ async fn failed_start_leaves_nothing_behind() -> Result<()> {
     if !require_root("runtime failed start") {
         return Ok(());
     }
-    let fx = Fixture::new()?;
+    let fx = Fixture::new(&APPLETS, "skt-rt")?;
     let rt = fx.runtime();
-    let mut config = fx.config("bad", "true");
+    let mut config = script_config(&fx, "bad", "true");
     // The init fails joining the namespace, after libcontainer made its processes.
     config.namespaces.net = Some("/run/netns/skt-does-not-exist".into());
     let before = children();
@@ -334,9 +296,9 @@ async fn create_failing_to_detect_cgroups_leaves_nothing_and_its_retry_starts() 
         );
         return Ok(());
     }
-    let fx = Fixture::new()?;
+    let fx = Fixture::new(&APPLETS, "skt-rt")?;
     let rt = fx.runtime();
-    let config = fx.config("nocgroups", "echo started");
+    let config = script_config(&fx, "nocgroups", "echo started");
     let hidden = HiddenCgroups::mount()?;
     for attempt in 0..3 {
         let err = rt
@@ -364,7 +326,7 @@ async fn create_failing_to_detect_cgroups_leaves_nothing_and_its_retry_starts() 
     }
     // The cause goes away: the same container now starts.
     drop(hidden);
-    for top in fx.cgroup_dirs() {
+    for top in fx.sandbox().cgroups().dirs() {
         ensure!(
             !top.join(&config.id).exists(),
             "cgroup {} left by the failed creates",
@@ -387,8 +349,9 @@ async fn second_runtime_adopts_a_running_container_and_keeps_its_log() -> Result
     if !require_root("runtime adopt") {
         return Ok(());
     }
-    let fx = Fixture::new()?;
-    let config = fx.config(
+    let fx = Fixture::new(&APPLETS, "skt-rt")?;
+    let config = script_config(
+        &fx,
         "adopt",
         "echo before; sleep 1; echo during; sleep 1; echo after",
     );
