@@ -480,30 +480,39 @@ where
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use tokio::{io::DuplexStream, task::JoinHandle};
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_node_stream_that_ends_without_a_close_gives_the_client_a_status() {
+    /// kubectl's socket, the relay between it and the node, and the node's raw end.
+    async fn relayed() -> (WebSocketStream<DuplexStream>, JoinHandle<()>, DuplexStream) {
         let (client_io, client_far) = tokio::io::duplex(4096);
         let (node_io, node_far) = tokio::io::duplex(4096);
-        let client =
-            WebSocketStream::from_raw_socket(client_io, tungstenite::protocol::Role::Server, None)
-                .await;
-        let node =
-            WebSocketStream::from_raw_socket(node_io, tungstenite::protocol::Role::Client, None)
-                .await;
-        let mut kubectl =
-            WebSocketStream::from_raw_socket(client_far, tungstenite::protocol::Role::Client, None)
-                .await;
-        let relayed = tokio::spawn(relay(client, node));
-        // The node's end of the connection goes away without a close frame.
-        drop(node_far);
+        let client = WebSocketStream::from_raw_socket(client_io, Role::Server, None).await;
+        let node = WebSocketStream::from_raw_socket(node_io, Role::Client, None).await;
+        let kubectl = WebSocketStream::from_raw_socket(client_far, Role::Client, None).await;
+        (kubectl, tokio::spawn(relay(client, node)), node_far)
+    }
+
+    /// Every frame kubectl receives until the relay closes its socket.
+    async fn frames(
+        mut kubectl: WebSocketStream<DuplexStream>,
+        relayed: JoinHandle<()>,
+    ) -> Vec<Message> {
         let mut frames = Vec::new();
         while let Some(Ok(msg)) = kubectl.next().await {
             frames.push(msg);
         }
         relayed.await.unwrap();
+        frames
+    }
+
+    #[tokio::test]
+    async fn a_node_stream_that_ends_without_a_close_gives_the_client_a_status() {
+        let (kubectl, relayed, node_far) = relayed().await;
+        // The node's end of the connection goes away without a close frame.
+        drop(node_far);
+        let frames = frames(kubectl, relayed).await;
         let status = frames
             .iter()
             .find_map(|m| match m {
@@ -529,31 +538,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_close_is_passed_on_without_a_made_up_status() {
-        let (client_io, client_far) = tokio::io::duplex(4096);
-        let (node_io, node_far) = tokio::io::duplex(4096);
-        let client =
-            WebSocketStream::from_raw_socket(client_io, tungstenite::protocol::Role::Server, None)
-                .await;
-        let node =
-            WebSocketStream::from_raw_socket(node_io, tungstenite::protocol::Role::Client, None)
-                .await;
-        let mut kubectl =
-            WebSocketStream::from_raw_socket(client_far, tungstenite::protocol::Role::Client, None)
-                .await;
-        let mut node_side =
-            WebSocketStream::from_raw_socket(node_far, tungstenite::protocol::Role::Server, None)
-                .await;
-        let relayed = tokio::spawn(relay(client, node));
+        let (kubectl, relayed, node_far) = relayed().await;
+        let mut node_side = WebSocketStream::from_raw_socket(node_far, Role::Server, None).await;
         node_side
             .send(Message::binary(vec![3, b'{', b'}']))
             .await
             .unwrap();
         node_side.close(None).await.unwrap();
-        let mut frames = Vec::new();
-        while let Some(Ok(msg)) = kubectl.next().await {
-            frames.push(msg);
-        }
-        relayed.await.unwrap();
+        let frames = frames(kubectl, relayed).await;
         let statuses = frames
             .iter()
             .filter(|m| matches!(m, Message::Binary(b) if b.first() == Some(&3)))
