@@ -114,26 +114,36 @@ pub fn argv<S: BuildHasher>(
     }
 }
 
-fn field(pod: &Pod, selector: &ObjectFieldSelector) -> Result<String, ConfigError> {
-    let path = selector.field_path.as_str();
+/// The `fieldRef` paths every downward API user resolves the same way: one label or
+/// annotation (`metadata.labels['key']`, empty when absent), and the pod's name, namespace
+/// and UID. `None` for any other path.
+pub(crate) fn metadata_field(pod: &Pod, path: &str) -> Option<String> {
     let meta = &pod.metadata;
-    let status = pod.status.as_ref();
-    let spec = pod.spec.as_ref();
     let keyed = |prefix: &str, map: Option<&BTreeMap<String, String>>| {
         path.strip_prefix(prefix)
             .and_then(|k| k.strip_suffix("']"))
             .map(|k| map.and_then(|m| m.get(k)).cloned().unwrap_or_default())
     };
-    if let Some(v) = keyed("metadata.labels['", meta.labels.as_ref()) {
+    keyed("metadata.labels['", meta.labels.as_ref())
+        .or_else(|| keyed("metadata.annotations['", meta.annotations.as_ref()))
+        .or_else(|| match path {
+            "metadata.name" => Some(meta.name.clone().unwrap_or_default()),
+            "metadata.namespace" => Some(meta.namespace.clone().unwrap_or_default()),
+            "metadata.uid" => Some(meta.uid.clone().unwrap_or_default()),
+            _ => None,
+        })
+}
+
+/// A `fieldRef` as an environment variable allows it: metadata, the node, the service
+/// account and the pod's and host's addresses.
+fn field(pod: &Pod, selector: &ObjectFieldSelector) -> Result<String, ConfigError> {
+    let path = selector.field_path.as_str();
+    if let Some(v) = metadata_field(pod, path) {
         return Ok(v);
     }
-    if let Some(v) = keyed("metadata.annotations['", meta.annotations.as_ref()) {
-        return Ok(v);
-    }
+    let status = pod.status.as_ref();
+    let spec = pod.spec.as_ref();
     Ok(match path {
-        "metadata.name" => meta.name.clone().unwrap_or_default(),
-        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
         "spec.serviceAccountName" => spec
             .and_then(|s| s.service_account_name.clone())
@@ -411,6 +421,27 @@ mod tests {
         );
         c.args = None;
         assert_eq!(argv(&c, &ep, &cmd, &env), ["sh", "-c"]);
+    }
+
+    #[test]
+    fn metadata_fields_resolve_keys_and_leave_other_paths_to_the_caller() {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("web".into());
+        pod.metadata.labels = Some(BTreeMap::from([("app".into(), "shop".into())]));
+        assert_eq!(
+            metadata_field(&pod, "metadata.labels['app']").as_deref(),
+            Some("shop")
+        );
+        assert_eq!(
+            metadata_field(&pod, "metadata.annotations['none']").as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            metadata_field(&pod, "metadata.name").as_deref(),
+            Some("web")
+        );
+        assert_eq!(metadata_field(&pod, "metadata.labels"), None);
+        assert_eq!(metadata_field(&pod, "spec.nodeName"), None);
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use super::{
     config_map::{DEFAULT_MODE, mode_bits},
     ensure_dir,
 };
-use crate::pod::command::{ConfigError, NodeLimits, resource};
+use crate::pod::command::{ConfigError, NodeLimits, metadata_field, resource};
 
 /// The kubelet's plugin directory name.
 pub const PLUGIN: &str = "kubernetes.io~downward-api";
@@ -58,24 +58,14 @@ pub fn render_map(map: Option<&BTreeMap<String, String>>) -> String {
         .join("\n")
 }
 
-/// A `fieldRef` as a downwardAPI volume allows it: metadata only.
+/// A `fieldRef` as a downwardAPI volume allows it: metadata only, and the whole label and
+/// annotation maps besides single keys.
 fn field(pod: &Pod, path: &str) -> Result<String, ConfigError> {
+    if let Some(v) = metadata_field(pod, path) {
+        return Ok(v);
+    }
     let meta = &pod.metadata;
-    let keyed = |prefix: &str, map: Option<&BTreeMap<String, String>>| {
-        path.strip_prefix(prefix)
-            .and_then(|k| k.strip_suffix("']"))
-            .map(|k| map.and_then(|m| m.get(k)).cloned().unwrap_or_default())
-    };
-    if let Some(v) = keyed("metadata.labels['", meta.labels.as_ref()) {
-        return Ok(v);
-    }
-    if let Some(v) = keyed("metadata.annotations['", meta.annotations.as_ref()) {
-        return Ok(v);
-    }
     Ok(match path {
-        "metadata.name" => meta.name.clone().unwrap_or_default(),
-        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "metadata.labels" => render_map(meta.labels.as_ref()),
         "metadata.annotations" => render_map(meta.annotations.as_ref()),
         _ => {
