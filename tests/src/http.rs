@@ -1,6 +1,6 @@
 //! A plain HTTP/1 client for the benchmark harnesses: JSON requests to the API server.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
@@ -39,6 +39,18 @@ pub async fn send(
         );
     }
     Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// The `resourceVersion` of the list at `path`: where a watch that must miss nothing from
+/// now on starts.
+///
+/// # Errors
+/// As [`send`], and when the list carries no `resourceVersion`.
+pub async fn list_revision(http: &Http, base: &str, path: &str) -> Result<String> {
+    send(http, base, "GET", path, None).await?["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("the list at {path} has no resourceVersion"))
 }
 
 /// Follows the watch at `url` (`...?watch=true`) and hands each event, one JSON line, to

@@ -18,7 +18,7 @@ use skiff_tests::{
     bench::percentile,
     control::ControlPlane,
     etcd::Etcd,
-    http::{Http, send},
+    http::{Http, list_revision, send},
     process::rss_mib,
 };
 
@@ -110,17 +110,7 @@ async fn watch_latency(http: &Http, base: &str) -> Result<(f64, f64)> {
         Some(&json!({"metadata": {"name": "bench-watch"}})),
     )
     .await?;
-    let rv = send(
-        http,
-        base,
-        "GET",
-        "/api/v1/namespaces/bench-watch/configmaps",
-        None,
-    )
-    .await?["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .to_owned();
+    let rv = list_revision(http, base, "/api/v1/namespaces/bench-watch/configmaps").await?;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let mut watchers = Vec::new();
     for _ in 0..WATCHERS {

@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use skiff_tests::{
     bench::percentile,
     control::ControlPlane,
-    http::{Http, send, watch_lines},
+    http::{Http, list_revision, send, watch_lines},
     netns::Netns,
     node::NodeDaemon,
     process::{cpu_seconds, rss_mib},
@@ -261,11 +261,7 @@ async fn start_pods(
     round: usize,
     count: usize,
 ) -> Result<(PodFigures, Vec<String>)> {
-    let list = send(http, base, "GET", "/api/v1/namespaces/default/pods", None).await?;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .to_owned();
+    let rv = list_revision(http, base, "/api/v1/namespaces/default/pods").await?;
     let seen: Seen = Arc::default();
     let watch = tokio::spawn(watch_running(
         http.clone(),

@@ -27,7 +27,7 @@ use skiff_tests::{
     bench::percentile,
     control::ControlPlane,
     etcd::Etcd,
-    http::{Http, send, watch_lines},
+    http::{Http, list_revision, send, watch_lines},
     process::{cpu_seconds, rss_mib},
 };
 
@@ -209,9 +209,29 @@ struct WatchedSpec<'a> {
 /// When the watch first saw each pod bound, by pod index.
 type Bound = Arc<Mutex<HashMap<usize, Instant>>>;
 
-/// Watches the namespace's pods from `rv` and records when each pod's `spec.nodeName`
-/// first shows up.
-async fn watch_bindings(http: Http, base: String, rv: String, bound: Bound) -> Result<()> {
+/// Starts watching the namespace's pods from now on; the watch records when each pod's
+/// `spec.nodeName` first shows up.
+async fn watch_bindings(
+    http: &Http,
+    base: &str,
+) -> Result<(Bound, tokio::task::JoinHandle<Result<()>>)> {
+    let rv = list_revision(
+        http,
+        base,
+        &format!("/api/v1/namespaces/{NAMESPACE}/pods?limit=1"),
+    )
+    .await?;
+    let bound = Bound::default();
+    let watch = tokio::spawn(follow_bindings(
+        http.clone(),
+        base.to_owned(),
+        rv,
+        bound.clone(),
+    ));
+    Ok((bound, watch))
+}
+
+async fn follow_bindings(http: Http, base: String, rv: String, bound: Bound) -> Result<()> {
     let url = format!("{base}/api/v1/namespaces/{NAMESPACE}/pods?watch=true&resourceVersion={rv}");
     watch_lines(&http, &url, |line| {
         let Ok(event) = serde_json::from_slice::<WatchEvent>(line) else {
@@ -280,24 +300,7 @@ async fn run(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<Figures> {
         "  {nodes} nodes created in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let rv = send(
-        &http,
-        &base,
-        "GET",
-        &format!("/api/v1/namespaces/{NAMESPACE}/pods?limit=1"),
-        None,
-    )
-    .await?["metadata"]["resourceVersion"]
-        .as_str()
-        .context("list without resourceVersion")?
-        .to_owned();
-    let bound: Bound = Arc::default();
-    let watch = tokio::spawn(watch_bindings(
-        http.clone(),
-        base.clone(),
-        rv,
-        bound.clone(),
-    ));
+    let (bound, watch) = watch_bindings(&http, &base).await?;
     let pid = cp.pid().context("control is running")?;
     let cpu_before = cpu_seconds(pid)?;
     let started = Instant::now();
@@ -392,24 +395,7 @@ async fn run_backlog(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<(f6
         "  {pods} pending pods created in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let rv = send(
-        &http,
-        &base,
-        "GET",
-        &format!("/api/v1/namespaces/{NAMESPACE}/pods?limit=1"),
-        None,
-    )
-    .await?["metadata"]["resourceVersion"]
-        .as_str()
-        .context("list without resourceVersion")?
-        .to_owned();
-    let bound: Bound = Arc::default();
-    let watch = tokio::spawn(watch_bindings(
-        http.clone(),
-        base.clone(),
-        rv,
-        bound.clone(),
-    ));
+    let (bound, watch) = watch_bindings(&http, &base).await?;
     let client = kube::Client::try_from(kube::Config::new(base.parse()?))?;
     let pid = cp.pid().context("control is running")?;
     let cpu_before = cpu_seconds(pid)? + cpu_seconds(std::process::id())?;
