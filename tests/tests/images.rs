@@ -36,6 +36,16 @@ fn can_pull(test: &str) -> bool {
     has_busybox(test) && require_program(test, "docker-registry") && require_program(test, "skopeo")
 }
 
+/// Pushes the busybox image to `registry` as `<repo>:1`, built under `dir`; returns its
+/// reference there.
+fn push_busybox(registry: &Registry, dir: &Path, repo: &str) -> String {
+    let tar = busybox_oci_layout(dir, "busybox:1").expect("building the busybox image");
+    registry
+        .push(&tar, &format!("{repo}:1"))
+        .expect("pushing to the test registry");
+    format!("{}/{repo}:1", registry.host())
+}
+
 #[test]
 fn imported_images_are_found_by_reference_and_by_id() {
     if !has_busybox("imported_images_are_found_by_reference_and_by_id") {
@@ -71,9 +81,7 @@ async fn pull_if_not_present_pulls_once_and_records_the_repo_digest() {
     }
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start().unwrap();
-    let tar = busybox_oci_layout(dir.path(), "busybox:1").unwrap();
-    registry.push(&tar, "skiff/busybox:1").unwrap();
-    let reference = format!("{}/skiff/busybox:1", registry.host());
+    let reference = push_busybox(&registry, dir.path(), "skiff/busybox");
 
     let images = ImageStore::open(&dir.path().join("images"), vec![registry.host()]).unwrap();
     let gets_before = registry.manifest_gets();
@@ -129,8 +137,7 @@ async fn missing_tag_fails_with_the_registrys_reason() {
     }
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start().unwrap();
-    let tar = busybox_oci_layout(dir.path(), "busybox:1").unwrap();
-    registry.push(&tar, "skiff/busybox:1").unwrap();
+    push_busybox(&registry, dir.path(), "skiff/busybox");
     let images = ImageStore::open(dir.path(), vec![registry.host()]).unwrap();
     let err = images
         .ensure(
@@ -156,9 +163,7 @@ async fn registry_with_auth_refuses_anonymous_pulls_and_accepts_the_pull_secret(
     }
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start_with_auth("skt-user", "skt-pass").unwrap();
-    let tar = busybox_oci_layout(dir.path(), "busybox:1").unwrap();
-    registry.push(&tar, "private/busybox:1").unwrap();
-    let reference = format!("{}/private/busybox:1", registry.host());
+    let reference = push_busybox(&registry, dir.path(), "private/busybox");
     let images = ImageStore::open(dir.path(), vec![registry.host()]).unwrap();
 
     let err = images
