@@ -53,3 +53,15 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_run_fails_with_the_commands_stderr() {
+        let err = quiet(Command::new("sh").args(["-c", "echo oops >&2; exit 3"])).unwrap_err();
+        assert!(err.to_string().contains("oops"), "{err}");
+        quiet(Command::new("sh").args(["-c", "echo fine"])).unwrap();
+    }
+}
