@@ -8,8 +8,11 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
     jiff::Timestamp,
 };
-use kube::runtime::reflector::{ObjectRef, Store};
-use skiff_control_runtime::{expectations::Expectations, ownership};
+use kube::{
+    ResourceExt,
+    runtime::reflector::{ObjectRef, Store},
+};
+use skiff_control_runtime::{expectations::Expectations, informers::in_namespace, ownership};
 
 /// Not finished and not being deleted: counts toward a workload's replicas.
 #[must_use]
@@ -73,36 +76,52 @@ pub fn available_in(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> Option
     (min_ready_seconds > 0 && left > 0).then(|| Duration::from_secs(left.unsigned_abs()))
 }
 
-/// Whether the pod cache shows what the owner with `owner_uid` last created and deleted
-/// under `key` in `ns` (see [`Expectations`]): every created name cached, every deleted
-/// pod gone from `pods` (the namespace's cached pods) or terminating.
+/// What a controller that creates and deletes pods reads before it plans for one owner.
+#[derive(Debug)]
+pub struct ForOwner {
+    /// The owner's expectations key, `namespace/name`.
+    pub key: String,
+    /// The cached pods of the owner's namespace.
+    pub pods: Vec<Arc<Pod>>,
+    /// Whether the cache shows what the owner last created and deleted (see
+    /// [`Expectations`]): every created name cached, every deleted pod gone or terminating.
+    pub caught_up: bool,
+}
+
+/// The pods of `owner`'s namespace in `cache`, and whether its expectations are met.
 #[must_use]
-pub fn expectations_met(
-    expectations: &Expectations,
-    key: &str,
+pub fn for_owner<K: ResourceExt>(
+    owner: &K,
     cache: &Store<Pod>,
-    ns: &str,
-    pods: &[Arc<Pod>],
-    owner_uid: &str,
-) -> bool {
+    expectations: &Expectations,
+) -> ForOwner {
+    let ns = owner.namespace().unwrap_or_default();
+    let key = format!("{ns}/{}", owner.name_any());
+    let owner_uid = owner.uid().unwrap_or_default();
+    let pods = in_namespace(cache, &ns);
     // Built only when a deletion is pending.
     let live: OnceCell<HashSet<&str>> = OnceCell::new();
-    expectations.satisfied(
-        key,
-        |name| cache.get(&ObjectRef::new(name).within(ns)).is_some(),
+    let caught_up = expectations.satisfied(
+        &key,
+        |name| cache.get(&ObjectRef::new(name).within(&ns)).is_some(),
         |uid| {
             live.get_or_init(|| {
                 pods.iter()
                     .filter(|p| {
                         p.metadata.deletion_timestamp.is_none()
-                            && ownership::is_controlled_by(&p.metadata, owner_uid)
+                            && ownership::is_controlled_by(&p.metadata, &owner_uid)
                     })
                     .filter_map(|p| p.metadata.uid.as_deref())
                     .collect()
             })
             .contains(uid)
         },
-    )
+    );
+    ForOwner {
+        key,
+        pods,
+        caught_up,
+    }
 }
 
 /// A pod from `template` owned by `owner`, named `name` or generated from `generate_name`.

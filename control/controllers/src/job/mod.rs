@@ -9,13 +9,8 @@ pub mod plan;
 use std::{future::Future, sync::Arc};
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
-use kube::{
-    ResourceExt,
-    runtime::{Controller, controller::Action, reflector::Store},
-};
-use skiff_control_runtime::{
-    Clock, Context, Informers, expectations::Expectations, informers::in_namespace,
-};
+use kube::runtime::{Controller, controller::Action, reflector::Store};
+use skiff_control_runtime::{Clock, Context, Informers, expectations::Expectations};
 
 use self::plan::Observed;
 use crate::{Error, pods};
@@ -64,18 +59,11 @@ pub fn start(
 /// # Errors
 /// When the API server refuses a write; the controller retries.
 pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let ns = job.namespace().unwrap_or_default();
-    let key = format!("{ns}/{}", job.name_any());
-    let uid = job.uid().unwrap_or_default();
-    let pods = in_namespace(&ctx.state.pods, &ns);
-    let caught_up = pods::expectations_met(
-        &ctx.state.expectations,
-        &key,
-        &ctx.state.pods,
-        &ns,
-        &pods,
-        &uid,
-    );
+    let pods::ForOwner {
+        key,
+        pods,
+        caught_up,
+    } = pods::for_owner(job.as_ref(), &ctx.state.pods, &ctx.state.expectations);
     let plan = plan::plan(&Observed {
         job: job.as_ref(),
         pods: &pods,

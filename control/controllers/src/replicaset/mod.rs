@@ -18,9 +18,7 @@ use kube::{
         reflector::{ObjectRef, Store},
     },
 };
-use skiff_control_runtime::{
-    Clock, Context, Informers, expectations::Expectations, informers::in_namespace,
-};
+use skiff_control_runtime::{Clock, Context, Informers, expectations::Expectations};
 
 pub use self::kinds::Replicated;
 use self::plan::Observed;
@@ -91,18 +89,11 @@ fn orphan_owners<K: Replicated>(owners: &Store<K>, pod: &Pod) -> Vec<ObjectRef<K
 /// # Errors
 /// When the API server refuses a write; the controller retries.
 pub async fn reconcile<K: Replicated>(owner: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, Error> {
-    let ns = owner.namespace().unwrap_or_default();
-    let key = format!("{ns}/{}", owner.name_any());
-    let uid = owner.uid().unwrap_or_default();
-    let pods = in_namespace(&ctx.state.pods, &ns);
-    let caught_up = pods::expectations_met(
-        &ctx.state.expectations,
-        &key,
-        &ctx.state.pods,
-        &ns,
-        &pods,
-        &uid,
-    );
+    let pods::ForOwner {
+        key,
+        pods,
+        caught_up,
+    } = pods::for_owner(owner.as_ref(), &ctx.state.pods, &ctx.state.expectations);
     let plan = plan::plan(&Observed {
         owner: owner.as_ref(),
         pods: &pods,
