@@ -14,10 +14,43 @@ use sha2::{Digest as _, Sha256};
 /// Where Debian's busybox-static puts the binary.
 pub const BUSYBOX: &str = "/bin/busybox";
 
-/// The applets linked to busybox in the test image's `/bin`.
+/// The applets linked to busybox in the test image's `/bin` (also the image `xtask up`
+/// imports, so the everyday ones a user types in `kubectl exec` are there too).
 pub const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "httpd", "wget", "ls", "mkdir", "env", "id", "hostname", "ip",
-    "ifconfig", "nc", "true", "false", "head", "tail", "printf", "kill", "date",
+    "sh",
+    "echo",
+    "cat",
+    "sleep",
+    "httpd",
+    "wget",
+    "ls",
+    "mkdir",
+    "env",
+    "id",
+    "hostname",
+    "ip",
+    "ifconfig",
+    "nc",
+    "true",
+    "false",
+    "head",
+    "tail",
+    "printf",
+    "kill",
+    "date",
+    "ping",
+    "ps",
+    "grep",
+    "sed",
+    "wc",
+    "netstat",
+    "nslookup",
+    "traceroute",
+    "rm",
+    "cp",
+    "mv",
+    "touch",
+    "uname",
 ];
 
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

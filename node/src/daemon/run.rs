@@ -2,11 +2,11 @@
 //! Lease, report status, run a worker per bound pod, and clean up what no pod owns.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -410,20 +410,41 @@ async fn collect_orphans(backend: &LocalBackend, known: &HashSet<String>) {
 /// the kubelet's `imageGCHighThresholdPercent`.
 const IMAGE_GC_HIGH_PERCENT: u64 = 85;
 
-/// Removes images no pod of this node uses when the disk is fuller than
-/// [`IMAGE_GC_HIGH_PERCENT`].
-fn collect_images(backend: &LocalBackend, pods: &[Arc<Pod>], state_dir: &Path) {
-    let Ok(fs) = nix::sys::statvfs::statvfs(state_dir) else {
-        return;
-    };
-    let total = fs.blocks();
-    if total == 0 {
-        return;
+/// How long an image stays after it was last used or first seen, the kubelet's
+/// `--minimum-image-ttl-duration`: an image imported for pods not created yet survives a
+/// disk that is already over [`IMAGE_GC_HIGH_PERCENT`].
+const IMAGE_MIN_AGE: Duration = Duration::from_mins(2);
+
+/// Notes when each listed image was last used (or first seen) and returns the ids that
+/// were in use within [`IMAGE_MIN_AGE`] of `now`; images no longer listed are forgotten.
+fn recently_used(
+    last_used: &mut HashMap<String, Instant>,
+    listed: &HashSet<String>,
+    in_use: &HashSet<String>,
+    now: Instant,
+) -> HashSet<String> {
+    last_used.retain(|id, _| listed.contains(id));
+    for id in listed {
+        let seen = last_used.entry(id.clone()).or_insert(now);
+        if in_use.contains(id) {
+            *seen = now;
+        }
     }
-    let used_percent = (total - fs.blocks_available()) * 100 / total;
-    if used_percent < IMAGE_GC_HIGH_PERCENT {
-        return;
-    }
+    last_used
+        .iter()
+        .filter(|(_, seen)| now.saturating_duration_since(**seen) < IMAGE_MIN_AGE)
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// Removes images no pod of this node used for [`IMAGE_MIN_AGE`] when the disk is fuller
+/// than [`IMAGE_GC_HIGH_PERCENT`].
+fn collect_images(
+    backend: &LocalBackend,
+    pods: &[Arc<Pod>],
+    state_dir: &Path,
+    last_used: &mut HashMap<String, Instant>,
+) {
     let in_use: HashSet<String> = pods
         .iter()
         .filter_map(|p| p.spec.as_ref())
@@ -435,7 +456,21 @@ fn collect_images(backend: &LocalBackend, pods: &[Arc<Pod>], state_dir: &Path) {
         .filter_map(|c| backend.images.lookup(c.image.as_deref()?))
         .map(|i| i.id)
         .collect();
-    match backend.images.gc(&in_use) {
+    let listed: HashSet<String> = backend.images.list().into_iter().map(|i| i.id).collect();
+    // Noted on every tick, so an image's age is known when the disk crosses the threshold.
+    let keep = recently_used(last_used, &listed, &in_use, Instant::now());
+    let Ok(fs) = nix::sys::statvfs::statvfs(state_dir) else {
+        return;
+    };
+    let total = fs.blocks();
+    if total == 0 {
+        return;
+    }
+    let used_percent = (total - fs.blocks_available()) * 100 / total;
+    if used_percent < IMAGE_GC_HIGH_PERCENT {
+        return;
+    }
+    match backend.images.gc(&keep) {
         Ok(removed) if !removed.is_empty() => {
             tracing::info!(used_percent, ?removed, "removed unused images");
         }
@@ -513,6 +548,8 @@ async fn watch_pods(client: Client, node: String, tx: UnboundedSender<PodEvent>)
 struct Housekeeper {
     backend: Arc<LocalBackend>,
     state_dir: PathBuf,
+    /// Image id -> when a pod last used it (or it was first seen).
+    image_last_used: Mutex<HashMap<String, Instant>>,
 }
 
 #[async_trait]
@@ -522,7 +559,11 @@ impl Housekeeping for Housekeeper {
     }
 
     async fn tick(&self, pods: &[Arc<Pod>]) {
-        collect_images(&self.backend, pods, &self.state_dir);
+        let mut last_used = self
+            .image_last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        collect_images(&self.backend, pods, &self.state_dir, &mut last_used);
     }
 }
 
@@ -555,6 +596,7 @@ pub async fn run(
     let housekeeper = Housekeeper {
         backend: backend.clone(),
         state_dir: config.state_dir.clone(),
+        image_last_used: Mutex::default(),
     };
     dispatch.run(rx, &housekeeper, shutdown).await;
     watch.abort();
@@ -582,6 +624,49 @@ mod tests {
             }),
             ..KubeNode::default()
         }
+    }
+
+    fn ids(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn an_image_is_kept_for_the_minimum_age_after_it_was_first_seen_or_last_used() {
+        let mut last_used = HashMap::new();
+        let start = Instant::now();
+        let listed = ids(&["imported", "used"]);
+        let kept = recently_used(&mut last_used, &listed, &ids(&["used"]), start);
+        assert_eq!(kept, listed, "a new image is young");
+
+        let later = start + IMAGE_MIN_AGE;
+        let kept = recently_used(&mut last_used, &listed, &ids(&["used"]), later);
+        assert_eq!(kept, ids(&["used"]), "the unused image aged out");
+
+        // No longer used: it stays for the minimum age after its last use, then goes.
+        let kept = recently_used(
+            &mut last_used,
+            &listed,
+            &ids(&[]),
+            later + IMAGE_MIN_AGE / 2,
+        );
+        assert_eq!(kept, ids(&["used"]));
+        let kept = recently_used(&mut last_used, &listed, &ids(&[]), later + IMAGE_MIN_AGE);
+        assert!(kept.is_empty(), "{kept:?}");
+    }
+
+    #[test]
+    fn an_image_removed_and_imported_again_is_young_again() {
+        let mut last_used = HashMap::new();
+        let start = Instant::now();
+        recently_used(&mut last_used, &ids(&["a"]), &ids(&[]), start);
+        recently_used(&mut last_used, &ids(&[]), &ids(&[]), start + IMAGE_MIN_AGE);
+        let kept = recently_used(
+            &mut last_used,
+            &ids(&["a"]),
+            &ids(&[]),
+            start + IMAGE_MIN_AGE * 2,
+        );
+        assert_eq!(kept, ids(&["a"]));
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,6 +15,9 @@ const SWITCH: &str = "skiff-sw";
 const HOST_PREFIX: &str = "skiff-h";
 /// This machine's end of the link to the switch.
 const UPLINK: &str = "skiff-up0";
+/// The switch's end of that link. Not `up`: `ip link set up ...` reads a device named
+/// `up` as the keyword.
+const SWITCH_PORT: &str = "machine";
 /// The hosts' subnet; this machine is `.1`, node `i` is `.(10 + i)`.
 const SUBNET: [u8; 3] = [192, 168, 77];
 
@@ -36,9 +39,28 @@ impl Hosts {
         ip(&["-n", SWITCH, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", SWITCH, "link", "set", "br0", "up"])?;
         ip(&[
-            "link", "add", UPLINK, "type", "veth", "peer", "name", "up", "netns", SWITCH,
+            "link",
+            "add",
+            UPLINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SWITCH_PORT,
+            "netns",
+            SWITCH,
         ])?;
-        ip(&["-n", SWITCH, "link", "set", "up", "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            SWITCH,
+            "link",
+            "set",
+            "dev",
+            SWITCH_PORT,
+            "master",
+            "br0",
+            "up",
+        ])?;
         ip(&[
             "addr",
             "add",

@@ -372,6 +372,8 @@ fn print_multi_next_steps(dir: &Path, kubeconfig: &Path, api: &str, count: usize
          \x20 kubectl create deployment web --image=busybox:local --replicas={count} -- httpd -f -p 8080 -h /etc\n\
          \x20 kubectl get pods -o wide          # note the pod IPs and nodes\n\
          \x20 nsenter --net=/run/netns/skiff-h0 wget -qO- http://<pod IP>:8080/hostname\n\n\
+         Images: busybox:local is on every node; the hosts have no route out, so `image: busybox`\n\
+         cannot be pulled. Add one with: target/release/ctl image import TAR --node NAME\n\
          A shell in a host (and so in the cluster network): nsenter --net=/run/netns/skiff-h0 bash\n\
          A shell in a pod: kubectl exec -it deploy/web -- sh\n\n\
          Logs: {}/*.log. Ctrl-C stops the nodes (they remove their containers), control, and\n\

@@ -55,7 +55,7 @@ pub(super) fn gc(store: &Store, in_use: &HashSet<String>) -> Result<Vec<String>,
     }
     sweep(&store.blobs_dir(), &blobs, false)?;
     sweep(&store.layers_dir(), &layers, true)?;
-    tracing::info!(removed = removed_ids.len(), "image garbage collection done");
+    tracing::debug!(removed = removed_ids.len(), "image garbage collection done");
     Ok(removed_ids)
 }
 
