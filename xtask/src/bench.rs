@@ -12,6 +12,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("api", "api_bench"),
     ("scheduler", "scheduler_bench"),
     ("pod-start", "pod_start_bench"),
+    ("pod-network", "pod_network_bench"),
 ];
 
 /// Builds and runs one benchmark.
@@ -23,5 +24,17 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
     // The harnesses start etcd, runc and busybox-static images: the test suite's packages,
     // which the release build checks for.
     let bin = release::binaries(root)?;
+    // Ctrl-C reaches the harness too (one process group): it removes what it made and
+    // exits. xtask waits for that instead of returning the prompt while it still runs.
+    // SAFETY: installing a handler that does nothing, which is signal-safe; the harness
+    // gets the default disposition back on exec.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            keep_waiting as *const () as libc::sighandler_t,
+        );
+    }
     shell::run(&mut Command::new(bin.join(harness)))
 }
+
+extern "C" fn keep_waiting(_: libc::c_int) {}
