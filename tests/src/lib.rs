@@ -2,6 +2,7 @@
 //! workspace's binaries, and guards that remove what a test made (network namespaces,
 //! cgroups, child processes) even when the test fails.
 
+pub mod bpffs;
 pub mod cgroup;
 pub mod cluster;
 pub mod container;
