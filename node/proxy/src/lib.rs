@@ -10,6 +10,7 @@
 pub mod ebpf;
 pub mod entries;
 pub mod maps;
+pub mod plan;
 pub mod table;
 #[cfg(test)]
 mod testing;
@@ -19,4 +20,5 @@ pub use entries::{
     Endpoint, Frontend, FrontendEntry, GroupKey, Kind, Protocol, Scope, ServiceEntries, ServiceRef,
 };
 pub use maps::{Dump, MapsError, ServiceMaps};
+pub use plan::{NodeView, Plan, Warning, plan};
 pub use table::{Applied, Occupancy, ServiceTable};
