@@ -11,6 +11,7 @@ pub mod ebpf;
 pub mod entries;
 pub mod maps;
 pub mod plan;
+pub mod sync;
 pub mod table;
 #[cfg(test)]
 mod testing;
@@ -21,4 +22,5 @@ pub use entries::{
 };
 pub use maps::{Dump, MapsError, ServiceMaps};
 pub use plan::{NodeView, Plan, Warning, plan};
+pub use sync::{Mirror, Synced};
 pub use table::{Applied, Occupancy, ServiceTable};

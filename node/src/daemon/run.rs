@@ -35,6 +35,7 @@ use skiff_kubelet::{
     },
 };
 use skiff_node_net::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork};
+use skiff_node_proxy::DatapathHandle;
 use skiff_node_runtime::{ContainerRuntime, Libcontainer, image::ImageStore};
 use skiff_types::{CidrError, ContainerId, Ipv4Cidr};
 use tokio::sync::mpsc::{self, UnboundedSender};
@@ -78,6 +79,9 @@ pub enum DaemonError {
     /// The pod network could not be set up.
     #[error("pod network: {0}")]
     Network(#[from] NetworkError),
+    /// The Service proxy could not be set up.
+    #[error("Service proxy: {0}")]
+    Proxy(#[from] super::services::ProxyError),
 }
 
 /// What the node daemon is told at start.
@@ -111,6 +115,8 @@ pub struct NodeConfig {
     pub insecure_registries: Vec<String>,
     /// On exit, stop every container and remove sandboxes, the bridge and the rules.
     pub cleanup_on_exit: bool,
+    /// The Service proxy, unless it is switched off.
+    pub proxy: Option<super::services::ProxyConfig>,
 }
 
 /// A node set up and registered, not running pods yet.
@@ -542,6 +548,25 @@ pub async fn run(
         heartbeat,
         pod_cidr,
     } = node;
+    let proxy = match &config.proxy {
+        Some(proxy_config) => {
+            let proxy = super::services::attach(&config.name, config.address, proxy_config)
+                .inspect_err(|_| heartbeat.set(Err("the Service proxy failed".to_owned())))?;
+            Some(proxy)
+        }
+        None => None,
+    };
+    let (proxy_handle, services) = match proxy {
+        Some((proxy, handle)) => {
+            let task = tokio::spawn(super::services::run(
+                client.clone(),
+                config.name.clone(),
+                proxy,
+            ));
+            (Some(handle), Some(task))
+        }
+        None => (None, None),
+    };
     heartbeat.set(Ok(()));
     let peers = tokio::spawn(super::peers::run(
         client.clone(),
@@ -559,10 +584,18 @@ pub async fn run(
     dispatch.run(rx, &housekeeper, shutdown).await;
     watch.abort();
     peers.abort();
+    if let Some(task) = services {
+        task.abort();
+        // The task owns the maps: they are closed before the pins go.
+        let _ = task.await;
+    }
     heartbeat.stop();
     if config.cleanup_on_exit {
         clean_up(&backend).await;
         super::peers::remove().await;
+        if let Some(Err(err)) = proxy_handle.map(DatapathHandle::remove) {
+            tracing::warn!(%err, "Service datapath pins not removed");
+        }
     }
     Ok(())
 }
