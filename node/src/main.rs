@@ -316,23 +316,27 @@ async fn real(cli: Cli) -> Result<()> {
         },
         insecure_registries: args.insecure_registries,
         cleanup_on_exit: args.cleanup_on_exit,
-        proxy,
     };
     let client = client(&cli.api, skiff_kubelet::node::host::KUBELET_VERSION).await?;
     let node = daemon::run::prepare(client.clone(), &config)
         .await
         .context("setting the node up")?;
     let listen = std::net::SocketAddr::from((config.address, config.port));
+    let proxy = proxy
+        .map(|p| daemon::services::attach(&config.name, config.address, &p))
+        .transpose()
+        .context("setting the Service proxy up")?;
     let endpoint = Arc::new(daemon::endpoint::Endpoint::new(
         node.backend.clone(),
         node.dispatch.pods(),
+        proxy.as_ref().map(|(p, _)| p.metrics()),
     ));
     let server = skiff_node_server::NodeServer::bind(listen, endpoint)
         .await
         .with_context(|| format!("binding the node endpoint on {listen}"))?;
     let serving = tokio::spawn(server.serve(std::future::pending()));
     tracing::info!(node = %config.name, %listen, "node running");
-    let result = Box::pin(daemon::run::run(client, config, node, async {
+    let result = Box::pin(daemon::run::run(client, config, node, proxy, async {
         if let Err(err) = shutdown().await {
             tracing::error!(?err, "signal handling");
         }

@@ -438,6 +438,44 @@ fn cluster_ip_from_every_node(f: &Fixture) -> Result<()> {
     Ok(())
 }
 
+/// A container's own process (busybox wget), not a test client, reaches the Service: the
+/// node puts containers where its socket hooks are.
+fn container_reaches_cluster_ip(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let ip = cluster_ip(c, "web")?;
+    apply(
+        c,
+        &format!(
+            "
+apiVersion: v1
+kind: Pod
+metadata: {{name: wget}}
+spec:
+  containers:
+  - name: main
+    image: '{IMAGE}'
+    imagePullPolicy: Never
+    command: [sh, -c, 'until wget -O- http://{ip}:80/; do sleep 0.2; done; sleep 3600']
+"
+        ),
+    )?;
+    let logs = || c.kubectl(&["logs", "wget"], None).unwrap_or_default();
+    let answer = wait_for(
+        "the wget container's answer",
+        Duration::from_mins(1),
+        || {
+            Ok(logs()
+                .lines()
+                .find(|l| l.starts_with("web-"))
+                .map(str::to_owned))
+        },
+    )
+    .with_context(|| format!("the container's log:\n{}", logs()));
+    c.kubectl(&["delete", "pod", "wget", "--wait=false"], None)?;
+    answer?;
+    Ok(())
+}
+
 fn udp_cluster_ip_answers_from_the_service_address(f: &Fixture) -> Result<()> {
     let c = &f.cluster;
     // The backend is a socket of this test in the client pod on node 1, behind a Service
@@ -701,6 +739,47 @@ fn unsupported_protocol_event(f: &Fixture) -> Result<()> {
     Ok(())
 }
 
+/// The node's `/metrics` after the trials above: per-Service translations and refusals.
+fn metrics_count_per_service(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let host = &c.node_hosts()[0];
+    let port = c.node(0).port();
+    let address = host.address();
+    let text = host.run(|| -> Result<String> {
+        use std::io::Write as _;
+        let mut s = std::net::TcpStream::connect((address, port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        Ok(resp)
+    })?;
+    let value = |name: &str, service: &str| -> Option<u64> {
+        let prefix = format!("{name}{{namespace=\"default\",service=\"{service}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let web = value("skiff_proxy_translations_total", "web");
+    ensure!(
+        web.is_some_and(|n| n >= 12),
+        "web translations {web:?}:\n{text}"
+    );
+    let refused = value("skiff_proxy_no_endpoint_refusals_total", "empty");
+    ensure!(
+        refused.is_some_and(|n| n >= 2),
+        "empty refusals {refused:?}:\n{text}"
+    );
+    ensure!(
+        text.contains("skiff_proxy_last_sync_seconds "),
+        "no sync duration:\n{text}"
+    );
+    Ok(())
+}
+
 /// The time from the API accepting a new Service to a client's first connection through
 /// it, printed (not asserted: performance is for benchmarks).
 fn new_service_latency(f: &Fixture) -> Result<()> {
@@ -780,6 +859,10 @@ fn main() -> ExitCode {
             cluster_ip_from_every_node,
         ),
         trial(
+            "a_containers_own_process_reaches_a_cluster_ip",
+            container_reaches_cluster_ip,
+        ),
+        trial(
             "a_udp_cluster_ip_answers_an_unconnected_sendto_from_the_service_address",
             udp_cluster_ip_answers_from_the_service_address,
         ),
@@ -806,6 +889,10 @@ fn main() -> ExitCode {
         trial(
             "an_sctp_port_gets_a_warning_event_and_the_other_ports_are_served",
             unsupported_protocol_event,
+        ),
+        trial(
+            "the_nodes_metrics_count_translations_and_refusals_per_service",
+            metrics_count_per_service,
         ),
         trial(
             "a_new_service_is_reached_moments_after_the_api_accepts_it",

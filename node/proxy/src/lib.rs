@@ -10,6 +10,7 @@
 pub mod ebpf;
 pub mod entries;
 pub mod maps;
+pub mod metrics;
 pub mod plan;
 pub mod sync;
 pub mod table;

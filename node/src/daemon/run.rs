@@ -79,9 +79,6 @@ pub enum DaemonError {
     /// The pod network could not be set up.
     #[error("pod network: {0}")]
     Network(#[from] NetworkError),
-    /// The Service proxy could not be set up.
-    #[error("Service proxy: {0}")]
-    Proxy(#[from] super::services::ProxyError),
 }
 
 /// What the node daemon is told at start.
@@ -115,8 +112,6 @@ pub struct NodeConfig {
     pub insecure_registries: Vec<String>,
     /// On exit, stop every container and remove sandboxes, the bridge and the rules.
     pub cleanup_on_exit: bool,
-    /// The Service proxy, unless it is switched off.
-    pub proxy: Option<super::services::ProxyConfig>,
 }
 
 /// A node set up and registered, not running pods yet.
@@ -540,6 +535,7 @@ pub async fn run(
     client: Client,
     config: NodeConfig,
     node: Node,
+    proxy: Option<(super::services::Proxy, DatapathHandle)>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let Node {
@@ -548,14 +544,6 @@ pub async fn run(
         heartbeat,
         pod_cidr,
     } = node;
-    let proxy = match &config.proxy {
-        Some(proxy_config) => {
-            let proxy = super::services::attach(&config.name, config.address, proxy_config)
-                .inspect_err(|_| heartbeat.set(Err("the Service proxy failed".to_owned())))?;
-            Some(proxy)
-        }
-        None => None,
-    };
     let (proxy_handle, services) = match proxy {
         Some((proxy, handle)) => {
             let task = tokio::spawn(super::services::run(

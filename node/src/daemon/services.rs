@@ -3,9 +3,10 @@
 //! maps equal to them, one changed Service at a time.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -24,8 +25,10 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 use skiff_node_proxy::{
-    Datapath, DatapathHandle, Mirror, NodeView, ServiceRef, ServiceTable, Synced, Warning,
-    ebpf::{EbpfMaps, Features, LoadError, MapStats, ProbeError, cookie},
+    Datapath, DatapathHandle, Mirror, NodeView, Occupancy, ServiceRef, ServiceTable, Synced,
+    Warning,
+    ebpf::{DatapathStats as _, EbpfMaps, Features, LoadError, MapStats, ProbeError, cookie},
+    metrics,
 };
 use skiff_types::EventType;
 
@@ -72,9 +75,57 @@ pub struct ProxyConfig {
 #[derive(Debug)]
 pub struct Proxy {
     mirror: Mirror<EbpfMaps>,
-    /// Counters and LRU fill for `/metrics` (not served yet).
-    #[expect(dead_code, reason = "read by /metrics once the node serves it")]
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl Proxy {
+    /// What the node's `/metrics` serves of the proxy.
+    #[must_use]
+    pub fn metrics(&self) -> Arc<ProxyMetrics> {
+        self.metrics.clone()
+    }
+}
+
+/// What the sync loop last knew, for `/metrics`.
+#[derive(Debug, Default)]
+struct SyncState {
+    owners: BTreeMap<u32, ServiceRef>,
+    occupancy: Occupancy,
+    last_sync: Duration,
+}
+
+/// The proxy's metrics: the kernel's counters read at scrape time, the table's state as
+/// the last sync left it.
+#[derive(Debug)]
+pub struct ProxyMetrics {
     stats: MapStats,
+    state: Mutex<SyncState>,
+}
+
+impl ProxyMetrics {
+    fn synced(&self, mirror: &Mirror<EbpfMaps>, took: Duration) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.owners = mirror.table().group_owners().into_iter().collect();
+        state.occupancy = mirror.occupancy();
+        state.last_sync = took;
+    }
+
+    /// The Prometheus text.
+    ///
+    /// # Errors
+    /// When the kernel's maps cannot be read.
+    pub fn render(&self) -> Result<String, skiff_node_proxy::MapsError> {
+        let counters = self.stats.counters()?.into_iter().collect();
+        let fill = self.stats.fill()?;
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(metrics::render(&metrics::Snapshot {
+            counters,
+            owners: state.owners.clone(),
+            occupancy: state.occupancy,
+            fill,
+            last_sync: state.last_sync,
+        }))
+    }
 }
 
 /// The addresses node ports are served on: the node's own, unless it runs on loopback
@@ -135,7 +186,10 @@ pub fn attach(
     Ok((
         Proxy {
             mirror: Mirror::new(table, node_view(name, address)),
-            stats: datapath.stats,
+            metrics: Arc::new(ProxyMetrics {
+                stats: datapath.stats,
+                state: Mutex::default(),
+            }),
         },
         datapath.handle,
     ))
@@ -158,7 +212,10 @@ struct Listing {
 
 /// Keeps the maps equal to the API's Services and EndpointSlices until dropped.
 pub async fn run(client: Client, node: String, proxy: Proxy) {
-    let Proxy { mut mirror, .. } = proxy;
+    let Proxy {
+        mut mirror,
+        metrics,
+    } = proxy;
     let mut services = std::pin::pin!(
         watcher(
             Api::<Service>::all(client.clone()),
@@ -215,7 +272,9 @@ pub async fn run(client: Client, node: String, proxy: Proxy) {
         let started = Instant::now();
         match mirror.sync() {
             Ok(synced) => {
-                report(&client, &node, &synced, started.elapsed()).await;
+                let took = started.elapsed();
+                metrics.synced(&mirror, took);
+                report(&client, &node, &synced, took).await;
                 if !adopted {
                     match mirror.finish_adoption() {
                         Ok(removed) => {
