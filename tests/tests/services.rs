@@ -33,7 +33,8 @@ const IMAGE: &str = "example.org/skiff/busybox:services";
 /// see it), then makes `count` TCP requests or UDP exchanges to ip:port and prints one JSON
 /// list of results: the peer its socket reports, the answer, or the error's errno name, and
 /// the time each took. Mode `until` connects every few milliseconds until it succeeds and
-/// prints when (Unix time).
+/// prints when (Unix time), and when it was first refused (the Service there, its
+/// endpoints not yet).
 const CLIENT: &str = r#"
 import errno, json, os, socket, sys, time
 with open(sys.argv[1], "w") as f:
@@ -66,15 +67,16 @@ def udp():
         s.close()
 
 if mode == "until":
-    last = None
+    refused = None
     deadline = time.time() + count
     while time.time() < deadline:
         try:
             tcp(0.02)
-            print(json.dumps({"at": time.time(), "last_error": last}))
+            print(json.dumps({"at": time.time(), "refused_at": refused}))
             sys.exit(0)
         except OSError as e:
-            last = errno.errorcode.get(e.errno, str(e))
+            if e.errno == errno.ECONNREFUSED and refused is None:
+                refused = time.time()
             time.sleep(0.001)
     print(json.dumps({"error": "never connected"}))
     sys.exit(0)
@@ -739,6 +741,123 @@ fn unsupported_protocol_event(f: &Fixture) -> Result<()> {
     Ok(())
 }
 
+fn internal_traffic_policy_local(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let web = running(c, "app%3Dweb", 3)?;
+    let ip = service(
+        c,
+        "web-local",
+        "app: web",
+        "internalTrafficPolicy: Local",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    served(f, 0, "tcp", (&ip, 80))?;
+    for node in 0..c.node_count() {
+        let names = bodies(&request(
+            f,
+            node,
+            &f.clients[node].netns,
+            "tcp",
+            (&ip, 80),
+            8,
+        )?)?;
+        let local: BTreeSet<String> = web
+            .iter()
+            .filter(|p| p.node == node)
+            .map(|p| p.name.clone())
+            .collect();
+        ensure!(
+            names == local,
+            "node {node}'s client reached {names:?}, its local web pods are {local:?}"
+        );
+    }
+    Ok(())
+}
+
+fn external_ip_from_host_processes(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    // An address on the test switch's subnet that no host has: untranslated, a packet to
+    // it would stay on the switch.
+    service(
+        c,
+        "web-ext",
+        "app: web",
+        "externalIPs: ['192.168.50.200']",
+        "[{port: 8000, targetPort: 8080}]",
+    )?;
+    let host = &c.node_hosts()[2];
+    let r = wait_for(
+        "externalIP 192.168.50.200:8000 from node-2's host",
+        Duration::from_secs(20),
+        || {
+            let r =
+                request(f, 2, &host.netns_path(), "tcp", ("192.168.50.200", 8000), 1)?.remove(0);
+            Ok(r.error.is_empty().then_some(r))
+        },
+    )?;
+    ensure!(r.body.starts_with("web-"), "{r:?}");
+    ensure!(
+        r.peer == "192.168.50.200:8000",
+        "getpeername shows {}",
+        r.peer
+    );
+    Ok(())
+}
+
+/// SIGKILL a node: its pinned datapath keeps serving while it is down; a Service deleted
+/// meanwhile is gone from its maps once it is back, and the others stay.
+fn killed_node_keeps_serving_and_drops_what_was_deleted(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let survivor = service(
+        c,
+        "survivor",
+        "app: web",
+        "",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    let doomed = service(
+        c,
+        "doomed",
+        "app: web",
+        "",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    served(f, 1, "tcp", (&survivor, 80))?;
+    served(f, 1, "tcp", (&doomed, 80))?;
+    c.kill_node(1);
+    let down = request(f, 1, &f.clients[1].netns, "tcp", (&survivor, 80), 4);
+    c.kubectl(&["delete", "service", "doomed"], None)?;
+    let restarted = c.restart_node(1);
+    let down = down?;
+    ensure!(
+        bodies(&down).is_ok_and(|b| b.iter().all(|n| n.starts_with("web-"))),
+        "with its node daemon dead, the client got {down:?}"
+    );
+    restarted?;
+    let gone = wait_for(
+        "the deleted Service's address to stop answering on node-1",
+        Duration::from_secs(30),
+        || {
+            let r = request(f, 1, &f.clients[1].netns, "tcp", (&doomed, 80), 1)?.remove(0);
+            Ok((!r.error.is_empty()).then_some(r))
+        },
+    )?;
+    ensure!(
+        gone.error != "ECONNREFUSED",
+        "a deleted Service should be no frontend at all, not one without endpoints: {gone:?}"
+    );
+    served(f, 1, "tcp", (&survivor, 80))?;
+    // The line's fields carry colour codes: `restarted=true` is the line's last word.
+    let log = c.node(1).log();
+    ensure!(
+        log.lines()
+            .filter(|l| l.contains("socket load balancer attached"))
+            .any(|l| l.trim_end().ends_with("true")),
+        "the restarted node did not find its pinned maps"
+    );
+    Ok(())
+}
+
 /// The node's `/metrics` after the trials above: per-Service translations and refusals.
 fn metrics_count_per_service(f: &Fixture) -> Result<()> {
     let c = &f.cluster;
@@ -821,11 +940,16 @@ fn new_service_latency(f: &Fixture) -> Result<()> {
     let Some(at) = result["at"].as_f64() else {
         bail!("the client never connected: {result}");
     };
+    let ms = |t: f64| (t - accepted) * 1000.0;
+    let refused = result["refused_at"]
+        .as_f64()
+        .map_or_else(|| "never".to_owned(), |t| format!("{:.1} ms", ms(t)));
     eprintln!(
-        "services: a new Service answered {:.1} ms after the API accepted it ({:.1} ms after the request was sent; the client redials every ~1 ms, each failed dial before it ended with {})",
-        (at - accepted) * 1000.0,
-        (at - sent) * 1000.0,
-        result["last_error"]
+        "services: after the API accepted a new Service (the request took {:.1} ms), its \
+         address refused connections (no endpoints yet) from {refused} and answered from \
+         {:.1} ms (the client redials every ~1 ms)",
+        (accepted - sent) * 1000.0,
+        ms(at)
     );
     Ok(())
 }
@@ -891,12 +1015,24 @@ fn main() -> ExitCode {
             unsupported_protocol_event,
         ),
         trial(
+            "internal_traffic_policy_local_keeps_clients_on_their_nodes_endpoints",
+            internal_traffic_policy_local,
+        ),
+        trial(
+            "an_external_ip_answers_host_processes",
+            external_ip_from_host_processes,
+        ),
+        trial(
             "the_nodes_metrics_count_translations_and_refusals_per_service",
             metrics_count_per_service,
         ),
         trial(
             "a_new_service_is_reached_moments_after_the_api_accepts_it",
             new_service_latency,
+        ),
+        trial(
+            "a_killed_node_keeps_serving_and_drops_services_deleted_while_it_was_down",
+            killed_node_keeps_serving_and_drops_what_was_deleted,
         ),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
