@@ -230,3 +230,28 @@ fn a_failed_write_is_tried_again_at_the_next_sync() {
     m.sync().unwrap();
     assert_eq!(reachable(&m, key([10, 96, 0, 10], 80)), ["10.244.0.5:8080"]);
 }
+
+#[test]
+fn one_change_among_a_thousand_services_plans_and_writes_only_that_service() {
+    let mut m = mirror();
+    for i in 0..1000u16 {
+        let [hi, lo] = i.to_be_bytes();
+        let name = format!("svc-{i}");
+        m.service_applied(service(
+            &name,
+            &format!("10.96.{hi}.{lo}"),
+            &json!([{"port": 80, "targetPort": 8080}]),
+        ));
+        m.slice_applied(slice(&format!("{name}-1"), &name, &["10.244.0.5"]));
+    }
+    assert_eq!(m.sync().unwrap().services, 1000);
+    let before = m.table().maps().log.len();
+    m.slice_applied(slice("svc-500-1", "svc-500", &["10.244.0.5", "10.244.0.6"]));
+    let synced = m.sync().unwrap();
+    assert_eq!((synced.services, synced.writes), (1, 2));
+    assert_eq!(m.table().maps().log.len() - before, 2);
+    assert_eq!(
+        reachable(&m, key([10, 96, 1, 244], 80)),
+        ["10.244.0.5:8080", "10.244.0.6:8080"]
+    );
+}
