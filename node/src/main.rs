@@ -84,6 +84,18 @@ struct RealArgs {
     /// (otherwise containers keep running and the next start adopts them).
     #[arg(long)]
     cleanup_on_exit: bool,
+    /// The cgroup v2 directory whose processes reach Services through the socket load
+    /// balancer: pods and, in production, host processes (default: the cgroup v2 root).
+    /// Several nodes on one machine each give their own subtree.
+    #[arg(long, value_name = "DIR")]
+    socket_lb_cgroup: Option<PathBuf>,
+    /// Where the Service datapath's programs and maps are pinned, so a restarted node
+    /// finds them (default /sys/fs/bpf/skiff/<name>).
+    #[arg(long, value_name = "DIR")]
+    bpf_pin_dir: Option<PathBuf>,
+    /// Run without the Service proxy (no eBPF programs, Services unreachable from here).
+    #[arg(long)]
+    no_service_proxy: bool,
 }
 
 /// How to reach the API server.
@@ -276,6 +288,12 @@ async fn real(cli: Cli) -> Result<()> {
         daemon::peers::PodNetwork::choose(args.node_ip, args.pod_network_iface, args.pod_network)
             .await
             .context("choosing the node's address")?;
+    let proxy = (!args.no_service_proxy).then(|| daemon::services::ProxyConfig {
+        cgroup: args.socket_lb_cgroup,
+        pin_dir: args
+            .bpf_pin_dir
+            .unwrap_or_else(|| daemon::services::default_pin_dir(&name)),
+    });
     let config = NodeConfig {
         log_dir,
         cgroup_parent: args
@@ -304,16 +322,21 @@ async fn real(cli: Cli) -> Result<()> {
         .await
         .context("setting the node up")?;
     let listen = std::net::SocketAddr::from((config.address, config.port));
+    let proxy = proxy
+        .map(|p| daemon::services::attach(&config.name, config.address, &p))
+        .transpose()
+        .context("setting the Service proxy up")?;
     let endpoint = Arc::new(daemon::endpoint::Endpoint::new(
         node.backend.clone(),
         node.dispatch.pods(),
+        proxy.as_ref().map(|(p, _)| p.metrics()),
     ));
     let server = skiff_node_server::NodeServer::bind(listen, endpoint)
         .await
         .with_context(|| format!("binding the node endpoint on {listen}"))?;
     let serving = tokio::spawn(server.serve(std::future::pending()));
     tracing::info!(node = %config.name, %listen, "node running");
-    let result = Box::pin(daemon::run::run(client, config, node, async {
+    let result = Box::pin(daemon::run::run(client, config, node, proxy, async {
         if let Err(err) = shutdown().await {
             tracing::error!(?err, "signal handling");
         }

@@ -3,6 +3,7 @@
 //! cgroups, child processes) even when the test fails.
 
 pub mod bench;
+pub mod bpffs;
 pub mod cgroup;
 pub mod cluster;
 pub mod container;

@@ -20,6 +20,9 @@ pub struct NodeDaemon {
     dir: PathBuf,
     args: Vec<String>,
     restarts: u32,
+    /// The private bpffs its Service datapath is pinned on; unmounted (pins and all) after
+    /// the daemon stops.
+    bpffs: Option<crate::bpffs::BpfFs>,
 }
 
 impl NodeDaemon {
@@ -42,6 +45,13 @@ impl NodeDaemon {
         let port = crate::etcd::free_port()?;
         let suffix = crate::unique_name("");
         let short: String = suffix.chars().rev().take(6).collect();
+        let cgroup_parent = format!("/skiff-test-{short}/{name}");
+        // The socket hooks go on the node's own cgroup v2 subtree, never the machine's
+        // root, and the pins on a bpffs of the test's own.
+        let socket_lb = cgroup2_root()
+            .context("no cgroup v2 hierarchy mounted")?
+            .join(cgroup_parent.trim_start_matches('/'));
+        let bpffs = crate::bpffs::BpfFs::new()?;
         let mut args: Vec<String> = vec![
             "--server".into(),
             cp.url(),
@@ -56,7 +66,11 @@ impl NodeDaemon {
             "--bridge".into(),
             format!("skt{short}"),
             "--cgroup-parent".into(),
-            format!("/skiff-test-{short}/{name}"),
+            cgroup_parent,
+            "--socket-lb-cgroup".into(),
+            socket_lb.display().to_string(),
+            "--bpf-pin-dir".into(),
+            bpffs.path().join(name).display().to_string(),
             "--cleanup-on-exit".into(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
@@ -66,6 +80,7 @@ impl NodeDaemon {
             dir: dir.to_owned(),
             args,
             restarts: 0,
+            bpffs: Some(bpffs),
         };
         node.launch()?;
         Ok(node)
@@ -140,6 +155,18 @@ impl NodeDaemon {
             .position(|a| a == "--cgroup-parent")
             .unwrap_or(0);
         self.args.get(i + 1).cloned().unwrap_or_default()
+    }
+
+    /// The cgroup v2 directory the node's socket load balancer hooks: processes put in it
+    /// (or below) reach Services.
+    #[must_use]
+    pub fn socket_lb_cgroup(&self) -> PathBuf {
+        let i = self
+            .args
+            .iter()
+            .position(|a| a == "--socket-lb-cgroup")
+            .unwrap_or(0);
+        PathBuf::from(self.args.get(i + 1).cloned().unwrap_or_default())
     }
 
     /// The port of the node's endpoint (logs, exec, stats).
@@ -237,7 +264,19 @@ impl Drop for NodeDaemon {
                 remove_cgroup_tree(&root.join(&top));
             }
         }
+        // Last, once the daemon is gone: the pins of its datapath, with their mount.
+        drop(self.bpffs.take());
     }
+}
+
+/// Where the cgroup v2 hierarchy is mounted.
+#[must_use]
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+    })
 }
 
 /// Every mounted cgroup hierarchy (v1 controllers and the v2 unified one).

@@ -1,13 +1,27 @@
-//! skiff-node-proxy is the Service data plane on a node: the slot bookkeeping above the BPF
-//! maps, and the aya loader that puts the socket-level programs on the node's cgroup
-//! subtree. (The nftables mode will sit beside it.)
+//! skiff-node-proxy is the Service data plane on a node: from Services and EndpointSlices to
+//! the eBPF maps. A pure planner turns one Service and its slices into frontends and backend
+//! groups; the table writes one Service's change into the maps with the fewest writes; the
+//! aya loader pins the programs and maps per node and attaches the socket hooks to the
+//! node's cgroup subtree. (The nftables mode will sit beside it.)
 
-#![forbid(unsafe_code)]
+// One syscall has no safe wrapper: ebpf::cookie allows it for itself.
+#![deny(unsafe_code)]
 
 pub mod ebpf;
+pub mod entries;
 pub mod maps;
+pub mod metrics;
+pub mod plan;
+pub mod sync;
 pub mod table;
+#[cfg(test)]
+mod testing;
 
-pub use ebpf::{EbpfLoadBalancer, LoadError};
-pub use maps::{MapsError, ServiceMaps};
-pub use table::{Frontend, Protocol, ServiceTable};
+pub use ebpf::{AttachConfig, Datapath, DatapathHandle, LoadError};
+pub use entries::{
+    Endpoint, Frontend, FrontendEntry, GroupKey, Kind, Protocol, Scope, ServiceEntries, ServiceRef,
+};
+pub use maps::{Dump, MapsError, ServiceMaps};
+pub use plan::{NodeView, Plan, Warning, plan};
+pub use sync::{Mirror, Synced};
+pub use table::{Applied, Occupancy, ServiceTable};

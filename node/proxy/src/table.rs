@@ -1,88 +1,205 @@
-//! Which backend sits in which slot of which Service, changed with the fewest map writes so
-//! one Service change touches only its own entries and no reader sees a removed backend
-//! once the change is done.
+//! Which backend sits in which slot of which group, and which frontend points at which
+//! group, changed with the fewest map writes: one Service change touches only that
+//! Service's own entries, and a reader of the maps never finds a slot missing.
+//!
+//! A Service's writes go in this order: its groups' new slots (holes refilled, new backends
+//! appended, survivors moved down into holes), then its frontends (internal twins before the
+//! external entries that point readers at them), then the frontends it no longer has, then
+//! the slots past each group's new count and the groups it no longer has.
+//!
+//! After a restart the table adopts what the maps hold ([`ServiceTable::adopt`]): a
+//! Service's first apply takes over its old frontends and groups and rewrites only what
+//! changed, and [`ServiceTable::finish_adoption`] removes what no Service claimed.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::{Ipv4Addr, SocketAddrV4},
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use skiff_ebpf_common::{Backend, BackendKey, FrontendValue};
+
+use super::{
+    entries::{Endpoint, Frontend, FrontendEntry, GroupKey, Scope, ServiceEntries, ServiceRef},
+    maps::{MapsError, ServiceMaps},
 };
 
-use skiff_ebpf_common::{Backend, BackendKey, ServiceKey, ServiceValue};
-
-use super::maps::{MapsError, ServiceMaps};
-
-/// Transport protocol of a Service port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    /// TCP (IP protocol 6).
-    Tcp,
-    /// UDP (IP protocol 17).
-    Udp,
-}
-
-impl Protocol {
-    fn number(self) -> u8 {
-        match self {
-            Self::Tcp => 6,
-            Self::Udp => 17,
-        }
-    }
-}
-
-/// A Service frontend: VIP, port, protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Frontend {
-    /// The Service's virtual IP.
-    pub vip: Ipv4Addr,
-    /// The Service port.
-    pub port: u16,
-    /// The port's protocol.
-    pub protocol: Protocol,
-}
-
-impl Frontend {
-    fn key(self) -> ServiceKey {
-        ServiceKey {
-            vip: u32::from_ne_bytes(self.vip.octets()),
-            port: self.port.to_be(),
-            protocol: self.protocol.number(),
-            pad: 0,
-        }
-    }
-}
-
-fn backend_value(addr: SocketAddrV4) -> Backend {
-    Backend {
-        ip: u32::from_ne_bytes(addr.ip().octets()),
-        port: addr.port().to_be(),
-        pad: 0,
-    }
-}
-
-#[derive(Debug)]
-struct Entry {
+/// A group's slots as the backend map holds them.
+#[derive(Debug, Clone)]
+struct Group {
     id: u32,
-    slots: Vec<SocketAddrV4>,
+    /// Every slot present in the map, in slot order; `live` of them are counted.
+    slots: Vec<Backend>,
+    /// How many slots the frontends count once this Service's change is done.
+    live: usize,
 }
 
-/// The node's Services and their backend slots, mirrored into [`ServiceMaps`].
+/// What one Service owns in the maps.
+#[derive(Debug, Default)]
+struct Owned {
+    groups: BTreeMap<GroupKey, Group>,
+    frontends: BTreeMap<Frontend, FrontendValue>,
+}
+
+impl Owned {
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.frontends.is_empty()
+    }
+}
+
+/// What the maps held at start that no Service has claimed yet.
+#[derive(Debug, Default)]
+struct Adopted {
+    frontends: BTreeMap<Frontend, FrontendValue>,
+    groups: HashMap<u32, Group>,
+    /// Frontend keys this version cannot read (written by another version).
+    foreign: Vec<skiff_ebpf_common::FrontendKey>,
+    /// Groups with counters and no slots.
+    counted: BTreeSet<u32>,
+}
+
+/// Group ids: dense, reused, so counters can be keyed by them.
+#[derive(Debug, Default)]
+struct Ids {
+    next: u32,
+    free: Vec<u32>,
+}
+
+impl Ids {
+    fn take(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    fn give_back(&mut self, id: u32) {
+        self.free.push(id);
+    }
+}
+
+/// What one change did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Map writes and deletions made.
+    pub writes: usize,
+    /// Frontends the Service wants that another Service owns (left alone).
+    pub conflicts: Vec<(Frontend, ServiceRef)>,
+    /// Frontends the Service gave up, which a Service in conflict may now take.
+    pub released: Vec<Frontend>,
+}
+
+/// How full the table is.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Services with entries.
+    pub services: usize,
+    /// Frontend entries (both scopes).
+    pub frontends: usize,
+    /// Backend slot groups.
+    pub groups: usize,
+    /// Backend slots.
+    pub backends: usize,
+}
+
+/// The node's Services mirrored into [`ServiceMaps`].
 #[derive(Debug)]
 pub struct ServiceTable<M> {
     maps: M,
-    services: BTreeMap<Frontend, Entry>,
-    free_ids: Vec<u32>,
-    next_id: u32,
+    services: HashMap<ServiceRef, Owned>,
+    owners: HashMap<Frontend, ServiceRef>,
+    ids: Ids,
+    adopted: Adopted,
 }
 
 impl<M: ServiceMaps> ServiceTable<M> {
-    /// A table with no Services over (empty) maps.
+    /// A table over maps that hold nothing of interest (nothing is read back).
     pub fn new(maps: M) -> Self {
         Self {
             maps,
-            services: BTreeMap::new(),
-            free_ids: Vec::new(),
-            next_id: 0,
+            services: HashMap::new(),
+            owners: HashMap::new(),
+            ids: Ids::default(),
+            adopted: Adopted::default(),
         }
+    }
+
+    /// A table over maps a previous run filled: their entries stay in place and are taken
+    /// over by the Services that still want them.
+    ///
+    /// # Errors
+    /// When the maps cannot be read.
+    pub fn adopt(maps: M) -> Result<Self, MapsError> {
+        let dump = maps.dump()?;
+        let mut adopted = Adopted::default();
+        for (key, value) in dump.frontends {
+            match Frontend::from_key(key) {
+                Some(f) => {
+                    adopted.frontends.insert(f, value);
+                }
+                None => adopted.foreign.push(key),
+            }
+        }
+        let mut slots: HashMap<u32, BTreeMap<u32, Backend>> = HashMap::new();
+        for (key, backend) in dump.backends {
+            slots
+                .entry(key.group)
+                .or_default()
+                .insert(key.slot, backend);
+        }
+        for (id, by_slot) in slots {
+            let len = by_slot
+                .keys()
+                .next_back()
+                .map_or(0, |last| *last as usize + 1);
+            // A slot missing below the last one reads as no backend at all: a hole that
+            // the first apply refills or trims.
+            let mut group_slots = vec![
+                Backend {
+                    address: 0,
+                    port: 0,
+                    flags: 0,
+                    pad: 0,
+                };
+                len
+            ];
+            for (slot, backend) in by_slot {
+                group_slots[slot as usize] = backend;
+            }
+            adopted.groups.insert(
+                id,
+                Group {
+                    id,
+                    slots: group_slots,
+                    live: len,
+                },
+            );
+        }
+        // Groups whose frontends point at them but hold no slot (Services without
+        // endpoints) are groups too.
+        for value in adopted.frontends.values() {
+            adopted.groups.entry(value.group).or_insert(Group {
+                id: value.group,
+                slots: Vec::new(),
+                live: 0,
+            });
+        }
+        adopted.counted = dump
+            .counted_groups
+            .into_iter()
+            .filter(|id| !adopted.groups.contains_key(id))
+            .collect();
+        let in_use: BTreeSet<u32> = adopted
+            .groups
+            .keys()
+            .chain(adopted.counted.iter())
+            .copied()
+            .collect();
+        let next = in_use.last().map_or(0, |last| last + 1);
+        let free = (0..next).rev().filter(|id| !in_use.contains(id)).collect();
+        Ok(Self {
+            maps,
+            services: HashMap::new(),
+            owners: HashMap::new(),
+            ids: Ids { next, free },
+            adopted,
+        })
     }
 
     /// The maps underneath.
@@ -90,318 +207,366 @@ impl<M: ServiceMaps> ServiceTable<M> {
         &self.maps
     }
 
-    /// The backends of a Service in slot order.
-    pub fn backends(&self, frontend: Frontend) -> Option<&[SocketAddrV4]> {
-        self.services.get(&frontend).map(|e| e.slots.as_slice())
+    /// How many entries the table holds.
+    #[must_use]
+    pub fn occupancy(&self) -> Occupancy {
+        let mut o = Occupancy {
+            services: self.services.len(),
+            ..Occupancy::default()
+        };
+        for owned in self.services.values() {
+            o.frontends += owned.frontends.len();
+            o.groups += owned.groups.len();
+            o.backends += owned.groups.values().map(|g| g.slots.len()).sum::<usize>();
+        }
+        o.frontends += self.adopted.frontends.len();
+        o.groups += self.adopted.groups.len();
+        o.backends += self
+            .adopted
+            .groups
+            .values()
+            .map(|g| g.slots.len())
+            .sum::<usize>();
+        o
     }
 
-    /// Makes `frontend` balance over exactly `backends` (duplicates ignored). An empty list
-    /// keeps the Service and makes connections to it fail, as kube-proxy does.
-    ///
-    /// # Errors
-    /// When a map write fails; the table then still describes what the maps hold up to
-    /// the failed write only for this Service, so callers retry the whole Service.
-    ///
-    /// # Panics
-    /// Never in practice: only if a Service had more than `u32::MAX` backends.
-    pub fn set_backends(
-        &mut self,
-        frontend: Frontend,
-        backends: &[SocketAddrV4],
-    ) -> Result<(), MapsError> {
-        let mut wanted: Vec<SocketAddrV4> = Vec::with_capacity(backends.len());
-        for b in backends {
-            if !wanted.contains(b) {
-                wanted.push(*b);
-            }
-        }
-        let key = frontend.key();
-        let Some(entry) = self.services.get_mut(&frontend) else {
-            let id = self.free_ids.pop().unwrap_or_else(|| {
-                self.next_id += 1;
-                self.next_id - 1
-            });
-            // Slots first, then the frontend: a reader never finds a slot missing.
-            for (slot, addr) in wanted.iter().enumerate() {
-                self.maps
-                    .set_backend(slot_key(id, slot), backend_value(*addr))?;
-            }
-            self.maps
-                .set_service(key, service_value(id, wanted.len()))?;
-            self.services.insert(frontend, Entry { id, slots: wanted });
-            return Ok(());
-        };
-        let id = entry.id;
-        let old_len = entry.slots.len();
-        let new_len = wanted.len();
-        let position: HashMap<SocketAddrV4, usize> = entry
-            .slots
+    /// Which Service each group belongs to (for per-Service counters).
+    #[must_use]
+    pub fn group_owners(&self) -> HashMap<u32, ServiceRef> {
+        self.services
             .iter()
-            .enumerate()
-            .map(|(i, a)| (*a, i))
-            .collect();
-        let mut additions = wanted.iter().filter(|a| !position.contains_key(a)).copied();
-        let mut slots = entry.slots.clone();
-        // Holes: slots whose backend is gone. Refill them with additions first.
-        let holes: Vec<usize> = (0..old_len)
-            .filter(|&i| !wanted.contains(&entry.slots[i]))
-            .collect();
-        let mut unfilled = Vec::new();
-        for hole in holes {
-            if let Some(addr) = additions.next() {
-                self.maps
-                    .set_backend(slot_key(id, hole), backend_value(addr))?;
-                slots[hole] = addr;
-            } else {
-                unfilled.push(hole);
-            }
-        }
-        // More additions than holes: append behind the live slots.
-        for addr in additions {
-            self.maps
-                .set_backend(slot_key(id, slots.len()), backend_value(addr))?;
-            slots.push(addr);
-        }
-        // More removals than additions: move kept backends from the tail into the holes
-        // below the new length, then shrink.
-        let below: Vec<usize> = unfilled.iter().copied().filter(|&h| h < new_len).collect();
-        let mut tail_kept = (new_len..slots.len()).filter(|&i| !unfilled.contains(&i));
-        for hole in below {
-            let from = tail_kept
-                .next()
-                .expect("a kept backend sits above every hole below the new length");
-            let addr = slots[from];
-            self.maps
-                .set_backend(slot_key(id, hole), backend_value(addr))?;
-            slots[hole] = addr;
-        }
-        slots.truncate(new_len);
-        if new_len != old_len {
-            self.maps.set_service(key, service_value(id, new_len))?;
-        }
-        for slot in new_len..old_len {
-            self.maps.delete_backend(slot_key(id, slot))?;
-        }
-        entry.slots = slots;
-        Ok(())
+            .flat_map(|(svc, owned)| owned.groups.values().map(move |g| (g.id, svc.clone())))
+            .collect()
     }
 
-    /// Removes a Service and its slots. Unknown Services are ignored.
+    /// The Service that owns `frontend`.
+    #[must_use]
+    pub fn owner(&self, frontend: &Frontend) -> Option<&ServiceRef> {
+        self.owners.get(frontend)
+    }
+
+    /// The backends a frontend currently counts, in slot order.
+    #[must_use]
+    pub fn backends(&self, frontend: &Frontend) -> Option<Vec<Backend>> {
+        let owned = self.services.get(self.owners.get(frontend)?)?;
+        let value = owned.frontends.get(frontend)?;
+        let group = owned.groups.values().find(|g| g.id == value.group)?;
+        Some(group.slots[..value.count as usize].to_vec())
+    }
+
+    /// Makes the maps hold exactly `entries` for `service`, writing only what differs from
+    /// what they hold for it now. Frontends another Service owns are left to it and
+    /// reported in [`Applied::conflicts`].
     ///
     /// # Errors
-    /// When a map deletion fails.
-    pub fn remove(&mut self, frontend: Frontend) -> Result<(), MapsError> {
-        let Some(entry) = self.services.remove(&frontend) else {
-            return Ok(());
-        };
-        // Frontend first, so no reader looks up a slot that is about to vanish.
-        self.maps.delete_service(frontend.key())?;
-        for slot in 0..entry.slots.len() {
-            self.maps.delete_backend(slot_key(entry.id, slot))?;
+    /// When a map write fails; the table then describes exactly the writes that were made,
+    /// so applying the Service again finishes the change.
+    pub fn apply(
+        &mut self,
+        service: &ServiceRef,
+        entries: &ServiceEntries,
+    ) -> Result<Applied, MapsError> {
+        let mut owned = self.services.remove(service).unwrap_or_default();
+        let mut applied = Applied::default();
+        let result = self.apply_owned(service, &mut owned, entries, &mut applied);
+        if !owned.is_empty() {
+            self.services.insert(service.clone(), owned);
         }
-        self.free_ids.push(entry.id);
+        result.map(|()| applied)
+    }
+
+    /// Removes everything `service` has in the maps. Unknown Services are ignored.
+    ///
+    /// # Errors
+    /// When a map deletion fails (the table keeps what was not deleted).
+    pub fn remove(&mut self, service: &ServiceRef) -> Result<Applied, MapsError> {
+        self.apply(service, &ServiceEntries::default())
+    }
+
+    /// Removes what the maps held at start that no Service claimed since. Call once every
+    /// Service the API has was applied.
+    ///
+    /// # Errors
+    /// When a map deletion fails (call again to finish).
+    pub fn finish_adoption(&mut self) -> Result<usize, MapsError> {
+        let mut writes = 0;
+        let stale: Vec<(Frontend, FrontendValue)> = order_for_removal(&self.adopted.frontends);
+        for (frontend, _) in stale {
+            self.maps.delete_frontend(frontend.key())?;
+            self.adopted.frontends.remove(&frontend);
+            writes += 1;
+        }
+        while let Some(key) = self.adopted.foreign.pop() {
+            if let Err(err) = self.maps.delete_frontend(key) {
+                self.adopted.foreign.push(key);
+                return Err(err);
+            }
+            writes += 1;
+        }
+        let ids: Vec<u32> = self.adopted.groups.keys().copied().collect();
+        for id in ids {
+            if let Some(mut group) = self.adopted.groups.remove(&id) {
+                group.live = 0;
+                let result = self.drop_group(&mut group, &mut writes);
+                if result.is_err() {
+                    self.adopted.groups.insert(id, group);
+                }
+                result?;
+            }
+        }
+        while let Some(id) = self.adopted.counted.pop_first() {
+            if let Err(err) = self.maps.remove_group(id) {
+                self.adopted.counted.insert(id);
+                return Err(err);
+            }
+            self.ids.give_back(id);
+            writes += 1;
+        }
+        Ok(writes)
+    }
+
+    fn apply_owned(
+        &mut self,
+        service: &ServiceRef,
+        owned: &mut Owned,
+        entries: &ServiceEntries,
+        applied: &mut Applied,
+    ) -> Result<(), MapsError> {
+        // The frontends this Service may have: not another Service's.
+        let mut wanted = BTreeMap::new();
+        for (frontend, entry) in &entries.frontends {
+            match self.owners.get(frontend) {
+                Some(holder) if holder != service => {
+                    applied.conflicts.push((*frontend, holder.clone()));
+                }
+                _ => {
+                    wanted.insert(*frontend, *entry);
+                    if let Some(old) = self.adopted.frontends.remove(frontend) {
+                        owned.frontends.insert(*frontend, old);
+                        self.owners.insert(*frontend, service.clone());
+                    }
+                }
+            }
+        }
+        let needed: BTreeSet<GroupKey> = wanted.values().map(|e| e.group).collect();
+
+        // 1. Slots: new groups whole, changed groups up to their new count.
+        for key in &needed {
+            let endpoints = entries.groups.get(key).map_or(&[][..], Vec::as_slice);
+            if !owned.groups.contains_key(key) {
+                let group = self.take_over_group(owned, *key, &wanted, &mut applied.writes)?;
+                owned.groups.insert(*key, group);
+            }
+            let group = owned.groups.get_mut(key).expect("inserted above");
+            update_slots(&mut self.maps, group, endpoints, &mut applied.writes)?;
+        }
+
+        // 2. Frontends, internal twins first.
+        for scope in [Scope::Internal, Scope::External] {
+            for (frontend, entry) in wanted.iter().filter(|(f, _)| f.scope == scope) {
+                let group = &owned.groups[&entry.group];
+                let value = FrontendValue {
+                    group: group.id,
+                    count: u32::try_from(group.live).expect("slot counts fit u32"),
+                    affinity_timeout: entry.affinity_timeout,
+                    flags: entry.flags,
+                    kind: entry.kind.number(),
+                    pad: 0,
+                };
+                if owned.frontends.get(frontend) != Some(&value) {
+                    self.maps.set_frontend(frontend.key(), value)?;
+                    applied.writes += 1;
+                    owned.frontends.insert(*frontend, value);
+                    self.owners.insert(*frontend, service.clone());
+                }
+            }
+        }
+
+        // 3. Frontends it no longer has, external entries before their twins.
+        let gone: BTreeMap<Frontend, FrontendValue> = owned
+            .frontends
+            .iter()
+            .filter(|(f, _)| !wanted.contains_key(f))
+            .map(|(f, v)| (*f, *v))
+            .collect();
+        for (frontend, _) in order_for_removal(&gone) {
+            self.maps.delete_frontend(frontend.key())?;
+            applied.writes += 1;
+            owned.frontends.remove(&frontend);
+            self.owners.remove(&frontend);
+            applied.released.push(frontend);
+        }
+
+        // 4. Slots past the new counts, and groups it no longer has.
+        let keys: Vec<GroupKey> = owned.groups.keys().copied().collect();
+        for key in keys {
+            let group = owned.groups.get_mut(&key).expect("listed above");
+            if needed.contains(&key) {
+                trim(&mut self.maps, group, &mut applied.writes)?;
+            } else {
+                group.live = 0;
+                let mut group = owned.groups.remove(&key).expect("listed above");
+                let result = self.drop_group(&mut group, &mut applied.writes);
+                if result.is_err() {
+                    owned.groups.insert(key, group);
+                }
+                result?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A group for `key`: the adopted group one of its frontends pointed at before a
+    /// restart, or a new one.
+    fn take_over_group(
+        &mut self,
+        owned: &Owned,
+        key: GroupKey,
+        wanted: &BTreeMap<Frontend, FrontendEntry>,
+        writes: &mut usize,
+    ) -> Result<Group, MapsError> {
+        let adopted = wanted
+            .iter()
+            .filter(|(_, e)| e.group == key)
+            .filter_map(|(f, _)| owned.frontends.get(f))
+            .find_map(|old| self.adopted.groups.remove(&old.group));
+        if let Some(group) = adopted {
+            return Ok(group);
+        }
+        let id = self.ids.take();
+        if let Err(err) = self.maps.add_group(id) {
+            self.ids.give_back(id);
+            return Err(err);
+        }
+        *writes += 1;
+        Ok(Group {
+            id,
+            slots: Vec::new(),
+            live: 0,
+        })
+    }
+
+    /// Deletes every slot of a group no frontend points at any more, its counters, and
+    /// frees its id.
+    fn drop_group(&mut self, group: &mut Group, writes: &mut usize) -> Result<(), MapsError> {
+        trim(&mut self.maps, group, writes)?;
+        self.maps.remove_group(group.id)?;
+        *writes += 1;
+        self.ids.give_back(group.id);
         Ok(())
     }
 }
 
-fn slot_key(service_id: u32, slot: usize) -> BackendKey {
-    BackendKey {
-        service_id,
-        slot: u32::try_from(slot).expect("slot count fits the map's u32 slots"),
-    }
+/// External entries before internal ones: a reader that finds no external entry never
+/// looks for the twin.
+fn order_for_removal(
+    frontends: &BTreeMap<Frontend, FrontendValue>,
+) -> Vec<(Frontend, FrontendValue)> {
+    let mut out: Vec<(Frontend, FrontendValue)> = frontends.iter().map(|(f, v)| (*f, *v)).collect();
+    out.sort_by_key(|(f, _)| f.scope != Scope::External);
+    out
 }
 
-fn service_value(id: u32, count: usize) -> ServiceValue {
-    ServiceValue {
-        id,
-        count: u32::try_from(count).expect("backend count fits u32"),
+fn same_endpoint(a: Backend, b: Backend) -> bool {
+    a.address == b.address && a.port == b.port
+}
+
+/// Makes slots `0..endpoints.len()` of `group` hold exactly `endpoints` (in any order),
+/// leaving stale slots past that for [`trim`].
+fn update_slots(
+    maps: &mut impl ServiceMaps,
+    group: &mut Group,
+    endpoints: &[Endpoint],
+    writes: &mut usize,
+) -> Result<(), MapsError> {
+    let mut wanted: Vec<Backend> = Vec::with_capacity(endpoints.len());
+    for e in endpoints {
+        let value = e.value();
+        if !wanted.iter().any(|w| same_endpoint(*w, value)) {
+            wanted.push(value);
+        }
+    }
+    let n = wanted.len();
+    let mut placed: HashSet<(u32, u16)> = HashSet::new();
+    let mut holes = Vec::new();
+    for i in 0..group.slots.len() {
+        let current = group.slots[i];
+        let key = (current.address, current.port);
+        match wanted.iter().find(|w| same_endpoint(**w, current)) {
+            Some(w) if placed.insert(key) => {
+                if *w != current {
+                    // Same endpoint, new flags (it started terminating, say): in place.
+                    set_slot(maps, group, i, *w, writes)?;
+                }
+            }
+            _ => holes.push(i),
+        }
+    }
+    let mut additions = wanted
+        .iter()
+        .filter(|w| !placed.contains(&(w.address, w.port)))
+        .copied();
+    let mut unfilled = Vec::new();
+    for hole in holes {
+        match additions.next() {
+            Some(b) => set_slot(maps, group, hole, b, writes)?,
+            None => unfilled.push(hole),
+        }
+    }
+    for b in additions {
+        let slot = group.slots.len();
+        maps.set_backend(slot_key(group.id, slot), b)?;
+        *writes += 1;
+        group.slots.push(b);
+    }
+    // Fewer additions than removals: move survivors from above the new count down into
+    // the holes below it. Each hole below n has one survivor above n to fill it.
+    let unfilled_set: HashSet<usize> = unfilled.iter().copied().collect();
+    let survivors: Vec<usize> = (n..group.slots.len())
+        .filter(|i| !unfilled_set.contains(i))
+        .collect();
+    for (hole, from) in unfilled.iter().filter(|&&h| h < n).zip(survivors) {
+        let b = group.slots[from];
+        set_slot(maps, group, *hole, b, writes)?;
+    }
+    group.live = n;
+    Ok(())
+}
+
+fn set_slot(
+    maps: &mut impl ServiceMaps,
+    group: &mut Group,
+    slot: usize,
+    backend: Backend,
+    writes: &mut usize,
+) -> Result<(), MapsError> {
+    maps.set_backend(slot_key(group.id, slot), backend)?;
+    *writes += 1;
+    group.slots[slot] = backend;
+    Ok(())
+}
+
+/// Deletes the slots past the group's count, last first.
+fn trim(
+    maps: &mut impl ServiceMaps,
+    group: &mut Group,
+    writes: &mut usize,
+) -> Result<(), MapsError> {
+    while group.slots.len() > group.live {
+        let last = group.slots.len() - 1;
+        maps.delete_backend(slot_key(group.id, last))?;
+        *writes += 1;
+        group.slots.pop();
+    }
+    Ok(())
+}
+
+fn slot_key(group: u32, slot: usize) -> BackendKey {
+    BackendKey {
+        group,
+        slot: u32::try_from(slot).expect("slot indices fit the map's u32 slots"),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::*;
-
-    /// Maps in memory that count every write, to check the table's incremental promise.
-    #[derive(Default, Debug)]
-    struct FakeMaps {
-        services: HashMap<ServiceKey, ServiceValue>,
-        backends: HashMap<BackendKey, Backend>,
-        writes: usize,
-    }
-
-    impl ServiceMaps for FakeMaps {
-        fn set_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), MapsError> {
-            self.writes += 1;
-            self.services.insert(key, value);
-            Ok(())
-        }
-        fn delete_service(&mut self, key: ServiceKey) -> Result<(), MapsError> {
-            self.writes += 1;
-            self.services.remove(&key);
-            Ok(())
-        }
-        fn set_backend(&mut self, key: BackendKey, backend: Backend) -> Result<(), MapsError> {
-            self.writes += 1;
-            self.backends.insert(key, backend);
-            Ok(())
-        }
-        fn delete_backend(&mut self, key: BackendKey) -> Result<(), MapsError> {
-            self.writes += 1;
-            self.backends.remove(&key);
-            Ok(())
-        }
-    }
-
-    impl FakeMaps {
-        /// What the kernel program would pick from: the backends of a frontend's slots.
-        fn reachable(&self, frontend: Frontend) -> Vec<SocketAddrV4> {
-            let Some(svc) = self.services.get(&frontend.key()) else {
-                return Vec::new();
-            };
-            let mut out: Vec<SocketAddrV4> = (0..svc.count)
-                .map(|slot| {
-                    let b = self.backends[&BackendKey {
-                        service_id: svc.id,
-                        slot,
-                    }];
-                    SocketAddrV4::new(Ipv4Addr::from(b.ip.to_ne_bytes()), u16::from_be(b.port))
-                })
-                .collect();
-            out.sort();
-            out
-        }
-    }
-
-    fn web() -> Frontend {
-        Frontend {
-            vip: Ipv4Addr::new(10, 96, 0, 10),
-            port: 80,
-            protocol: Protocol::Tcp,
-        }
-    }
-
-    fn pod(n: u8) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, n), 8080)
-    }
-
-    fn sorted(mut v: Vec<SocketAddrV4>) -> Vec<SocketAddrV4> {
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn new_service_writes_each_slot_then_the_frontend() {
-        let mut t = ServiceTable::new(FakeMaps::default());
-        t.set_backends(web(), &[pod(1), pod(2), pod(3)]).unwrap();
-        assert_eq!(t.maps().writes, 4);
-        assert_eq!(t.maps().reachable(web()), vec![pod(1), pod(2), pod(3)]);
-    }
-
-    #[test]
-    fn keys_are_in_network_byte_order() {
-        let mut t = ServiceTable::new(FakeMaps::default());
-        t.set_backends(web(), &[pod(1)]).unwrap();
-        let key = *t.maps().services.keys().next().unwrap();
-        assert_eq!(key.vip.to_ne_bytes(), [10, 96, 0, 10]);
-        assert_eq!(key.port.to_ne_bytes(), [0, 80]);
-        assert_eq!(key.protocol, 6);
-    }
-
-    #[test]
-    fn adding_one_backend_costs_one_slot_and_the_count() {
-        let mut t = ServiceTable::new(FakeMaps::default());
-        t.set_backends(web(), &[pod(1), pod(2)]).unwrap();
-        let before = t.maps().writes;
-        t.set_backends(web(), &[pod(1), pod(2), pod(3)]).unwrap();
-        assert_eq!(t.maps().writes - before, 2);
-        assert_eq!(t.maps().reachable(web()), vec![pod(1), pod(2), pod(3)]);
-    }
-
-    #[test]
-    fn replacing_a_backend_reuses_its_slot_without_touching_the_frontend() {
-        let mut t = ServiceTable::new(FakeMaps::default());
-        t.set_backends(web(), &[pod(1), pod(2), pod(3)]).unwrap();
-        let before = t.maps().writes;
-        t.set_backends(web(), &[pod(1), pod(4), pod(3)]).unwrap();
-        assert_eq!(t.maps().writes - before, 1);
-        assert_eq!(t.maps().reachable(web()), vec![pod(1), pod(3), pod(4)]);
-    }
-
-    #[test]
-    fn removing_backends_compacts_slots_and_deletes_the_tail() {
-        let mut t = ServiceTable::new(FakeMaps::default());
-        t.set_backends(web(), &[pod(1), pod(2), pod(3), pod(4), pod(5)])
-            .unwrap();
-        t.set_backends(web(), &[pod(4), pod(5)]).unwrap();
-        assert_eq!(t.maps().reachable(web()), vec![pod(4), pod(5)]);
-        assert_eq!(t.maps().backends.len(), 2, "tail slots are deleted");
-        assert_eq!(
-            sorted(t.backends(web()).unwrap().to_vec()),
-            vec![pod(4), pod(5)]
-        );
-    }
-
-    #[test]
-    fn any_sequence_of_changes_leaves_the_maps_equal_to_the_wanted_set() {
-        let mut t = ServiceTable::new(FakeMaps::default());
-        let steps: &[&[u8]] = &[
-            &[1, 2, 3],
-            &[3, 2, 1],
-            &[5],
-            &[],
-            &[1, 2, 3, 4, 5, 6, 7],
-            &[7, 1],
-            &[2, 4, 6, 8],
-            &[8, 6, 4, 2, 9, 10],
-            &[10],
-        ];
-        for step in steps {
-            let wanted: Vec<SocketAddrV4> = step.iter().map(|&n| pod(n)).collect();
-            t.set_backends(web(), &wanted).unwrap();
-            assert_eq!(
-                t.maps().reachable(web()),
-                sorted(wanted.clone()),
-                "{step:?}"
-            );
-            assert_eq!(t.maps().backends.len(), wanted.len(), "{step:?}");
-        }
-    }
-
-    #[test]
-    fn a_service_without_backends_stays_so_connections_are_refused() {
-        let mut t = ServiceTable::new(FakeMaps::default());
-        t.set_backends(web(), &[]).unwrap();
-        let svc = t.maps().services[&web().key()];
-        assert_eq!(svc.count, 0);
-    }
-
-    #[test]
-    fn removing_a_service_deletes_its_entries_and_recycles_its_id() {
-        let mut t = ServiceTable::new(FakeMaps::default());
-        t.set_backends(web(), &[pod(1), pod(2)]).unwrap();
-        t.remove(web()).unwrap();
-        assert!(t.maps().services.is_empty());
-        assert!(t.maps().backends.is_empty());
-        let other = Frontend { port: 443, ..web() };
-        t.set_backends(other, &[pod(1)]).unwrap();
-        assert_eq!(t.maps().services[&other.key()].id, 0);
-    }
-
-    #[test]
-    fn other_services_are_untouched_by_a_change() {
-        let mut t = ServiceTable::new(FakeMaps::default());
-        let dns = Frontend {
-            vip: Ipv4Addr::new(10, 96, 0, 53),
-            port: 53,
-            protocol: Protocol::Udp,
-        };
-        t.set_backends(dns, &[pod(9)]).unwrap();
-        t.set_backends(web(), &[pod(1)]).unwrap();
-        t.set_backends(web(), &[pod(2)]).unwrap();
-        t.remove(web()).unwrap();
-        assert_eq!(t.maps().reachable(dns), vec![pod(9)]);
-    }
-}
+mod tests;

@@ -176,6 +176,14 @@ pub trait NodeBackend: Send + Sync + 'static {
     /// When the readings cannot be taken.
     async fn stats(&self) -> Result<Summary, BackendError>;
 
+    /// The node's metrics in the Prometheus text format (empty by default).
+    ///
+    /// # Errors
+    /// When the readings cannot be taken.
+    async fn metrics(&self) -> Result<String, BackendError> {
+        Ok(String::new())
+    }
+
     /// Imports an OCI layout or docker-archive tarball into the image store; returns the
     /// names of the imported images.
     ///

@@ -121,6 +121,10 @@ async fn handle(backend: Arc<dyn NodeBackend>, req: Request<Incoming>) -> Respon
         (&Method::GET | &Method::POST, ["attach", ns, pod, container]) => {
             stream::serve(backend, req, target(ns, pod, container), Kind::Attach).await
         }
+        (&Method::GET, ["metrics"]) => match backend.metrics().await {
+            Ok(text) => reply::text(StatusCode::OK, text),
+            Err(err) => reply::backend_error(&err),
+        },
         (&Method::GET, ["stats", "summary"]) => match backend.stats().await {
             Ok(summary) => match serde_json::to_value(&summary) {
                 Ok(v) => reply::json(StatusCode::OK, &v),

@@ -31,6 +31,8 @@ pub struct Endpoint {
     pods: Arc<Mutex<HashMap<String, Arc<Pod>>>>,
     /// Last CPU reading per container, for a rate.
     cpu: Mutex<HashMap<String, (u64, SystemTime)>>,
+    /// The Service proxy's metrics, when it runs.
+    proxy: Option<Arc<super::services::ProxyMetrics>>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -42,13 +44,19 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Serves `backend`'s containers for the pods in `pods` (by UID).
+    /// Serves `backend`'s containers for the pods in `pods` (by UID), and the Service
+    /// proxy's metrics.
     #[must_use]
-    pub fn new(backend: Arc<LocalBackend>, pods: Arc<Mutex<HashMap<String, Arc<Pod>>>>) -> Self {
+    pub fn new(
+        backend: Arc<LocalBackend>,
+        pods: Arc<Mutex<HashMap<String, Arc<Pod>>>>,
+        proxy: Option<Arc<super::services::ProxyMetrics>>,
+    ) -> Self {
         Self {
             backend,
             pods,
             cpu: Mutex::default(),
+            proxy,
         }
     }
 
@@ -322,6 +330,15 @@ impl NodeBackend for Endpoint {
             resize: None,
             exit,
         })
+    }
+
+    async fn metrics(&self) -> Result<String, BackendError> {
+        match &self.proxy {
+            Some(proxy) => proxy
+                .render()
+                .map_err(|e| BackendError::Internal(e.to_string())),
+            None => Ok(String::new()),
+        }
     }
 
     async fn stats(&self) -> Result<Summary, BackendError> {

@@ -8,4 +8,5 @@ pub mod endpoint;
 pub mod oci;
 pub mod peers;
 pub mod run;
+pub mod services;
 pub mod sources;

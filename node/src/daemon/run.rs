@@ -35,6 +35,7 @@ use skiff_kubelet::{
     },
 };
 use skiff_node_net::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork};
+use skiff_node_proxy::DatapathHandle;
 use skiff_node_runtime::{ContainerRuntime, Libcontainer, image::ImageStore};
 use skiff_types::{CidrError, ContainerId, Ipv4Cidr};
 use tokio::sync::mpsc::{self, UnboundedSender};
@@ -575,6 +576,7 @@ pub async fn run(
     client: Client,
     config: NodeConfig,
     node: Node,
+    proxy: Option<(super::services::Proxy, DatapathHandle)>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let Node {
@@ -583,6 +585,17 @@ pub async fn run(
         heartbeat,
         pod_cidr,
     } = node;
+    let (proxy_handle, services) = match proxy {
+        Some((proxy, handle)) => {
+            let task = tokio::spawn(super::services::run(
+                client.clone(),
+                config.name.clone(),
+                proxy,
+            ));
+            (Some(handle), Some(task))
+        }
+        None => (None, None),
+    };
     heartbeat.set(Ok(()));
     let peers = tokio::spawn(super::peers::run(
         client.clone(),
@@ -601,10 +614,18 @@ pub async fn run(
     dispatch.run(rx, &housekeeper, shutdown).await;
     watch.abort();
     peers.abort();
+    if let Some(task) = services {
+        task.abort();
+        // The task owns the maps: they are closed before the pins go.
+        let _ = task.await;
+    }
     heartbeat.stop();
     if config.cleanup_on_exit {
         clean_up(&backend).await;
         super::peers::remove().await;
+        if let Some(Err(err)) = proxy_handle.map(DatapathHandle::remove) {
+            tracing::warn!(%err, "Service datapath pins not removed");
+        }
     }
     Ok(())
 }

@@ -235,6 +235,21 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     }
 }
 
+/// The node's own cgroup v2 subtree (beside its `--cgroup-parent`), which its Service
+/// socket hooks attach to: never the machine's cgroup root, which would hook every process
+/// on this host.
+fn socket_lb_cgroup(node: &str) -> Result<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let root = mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| std::path::PathBuf::from(f[1]))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no cgroup v2 hierarchy is mounted"))?;
+    Ok(root.join("skiff").join(node))
+}
+
 /// One node on this host, as `up` always did.
 fn single(p: &Prepared) -> Result<()> {
     let kubeconfig = write_kubeconfig(&p.dir, API)?;
@@ -248,6 +263,9 @@ fn single(p: &Prepared) -> Result<()> {
             .args(["--server", &format!("http://{API}"), "--name", NODE])
             .arg("--state-dir")
             .arg(p.dir.join("node"))
+            .args(["--cgroup-parent", &format!("/skiff/{NODE}")])
+            .arg("--socket-lb-cgroup")
+            .arg(socket_lb_cgroup(NODE)?)
             .args(["--cleanup-on-exit", "--insecure-registry", "127.0.0.1:5000"])
             .env("RUST_LOG", "info"),
         &p.dir.join("node.log"),
@@ -298,6 +316,8 @@ fn multi(p: &Prepared, count: usize) -> Result<()> {
                     .arg("--log-dir")
                     .arg(state.join("logs"))
                     .args(["--cgroup-parent", &format!("/skiff/{name}")])
+                    .arg("--socket-lb-cgroup")
+                    .arg(socket_lb_cgroup(&name)?)
                     .arg("--cleanup-on-exit")
                     .env("RUST_LOG", "info"),
                 &p.dir.join(format!("{name}.log")),

@@ -1,0 +1,296 @@
+//! The node's picture of the cluster's Services and EndpointSlices, fed by two watches, and
+//! the Services it marks changed so that only their own entries are planned and written.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::{
+    entries::ServiceRef,
+    maps::{MapsError, ServiceMaps},
+    plan::{NodeView, Warning, plan},
+    table::{Applied, Occupancy, ServiceTable},
+};
+
+/// The label an EndpointSlice names its Service with.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// What one [`Mirror::sync`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Synced {
+    /// Services planned and applied (or removed).
+    pub services: usize,
+    /// Map writes and deletions made.
+    pub writes: usize,
+    /// Warnings a Service has now that it did not have at the last sync: each one is said
+    /// once, as an Event on the Service.
+    pub warnings: Vec<(ServiceRef, Warning)>,
+    /// Frontends a Service wants that another Service holds, with the holder.
+    pub conflicts: Vec<(ServiceRef, String, ServiceRef)>,
+}
+
+/// An EndpointSlice by namespace and name.
+type SliceRef = (String, String);
+
+/// Services and EndpointSlices as the watches last showed them, over the table that mirrors
+/// them into the maps.
+#[derive(Debug)]
+pub struct Mirror<M> {
+    table: ServiceTable<M>,
+    node: NodeView,
+    services: HashMap<ServiceRef, Arc<Service>>,
+    /// Each Service's slices, by slice name.
+    slices: HashMap<ServiceRef, BTreeMap<String, Arc<EndpointSlice>>>,
+    /// Which Service each slice was filed under (its label may change).
+    slice_owner: HashMap<SliceRef, ServiceRef>,
+    /// Services whose entries may differ from what they want.
+    dirty: BTreeSet<ServiceRef>,
+    /// Services that wanted a frontend another Service held: tried again when one is freed.
+    conflicted: BTreeSet<ServiceRef>,
+    /// The warnings each Service was last told about.
+    warned: HashMap<ServiceRef, Vec<Warning>>,
+}
+
+fn service_ref(service: &Service) -> Option<ServiceRef> {
+    Some(ServiceRef::new(
+        service.metadata.namespace.as_deref()?,
+        service.metadata.name.as_deref()?,
+    ))
+}
+
+fn slice_ref(slice: &EndpointSlice) -> Option<SliceRef> {
+    Some((
+        slice.metadata.namespace.clone()?,
+        slice.metadata.name.clone()?,
+    ))
+}
+
+/// The Service a slice belongs to, from its label.
+fn slice_service(slice: &EndpointSlice) -> Option<ServiceRef> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ServiceRef::new(slice.metadata.namespace.as_deref()?, name))
+}
+
+impl<M: ServiceMaps> Mirror<M> {
+    /// A mirror of nothing yet over `table` (new, or adopting a previous run's maps).
+    pub fn new(table: ServiceTable<M>, node: NodeView) -> Self {
+        Self {
+            table,
+            node,
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slice_owner: HashMap::new(),
+            dirty: BTreeSet::new(),
+            conflicted: BTreeSet::new(),
+            warned: HashMap::new(),
+        }
+    }
+
+    /// The table underneath.
+    pub fn table(&self) -> &ServiceTable<M> {
+        &self.table
+    }
+
+    /// How full the maps are.
+    #[must_use]
+    pub fn occupancy(&self) -> Occupancy {
+        self.table.occupancy()
+    }
+
+    /// Whether a change waits for [`Self::sync`].
+    #[must_use]
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// A Service was created or changed.
+    pub fn service_applied(&mut self, service: Service) {
+        if let Some(key) = service_ref(&service) {
+            let changed = self
+                .services
+                .get(&key)
+                .is_none_or(|old| old.spec != service.spec || old.status != service.status);
+            if changed {
+                self.dirty.insert(key.clone());
+            }
+            self.services.insert(key, Arc::new(service));
+        }
+    }
+
+    /// A Service was deleted.
+    pub fn service_deleted(&mut self, service: &Service) {
+        if let Some(key) = service_ref(service) {
+            self.services.remove(&key);
+            self.dirty.insert(key);
+        }
+    }
+
+    /// A full list of Services (the watch started or restarted): it replaces what was known,
+    /// so Services deleted while the watch was down go too.
+    pub fn services_listed(&mut self, services: Vec<Service>) {
+        let old: Vec<ServiceRef> = self.services.keys().cloned().collect();
+        self.dirty.extend(old);
+        self.services.clear();
+        for service in services {
+            if let Some(key) = service_ref(&service) {
+                self.dirty.insert(key.clone());
+                self.services.insert(key, Arc::new(service));
+            }
+        }
+    }
+
+    /// An EndpointSlice was created or changed.
+    pub fn slice_applied(&mut self, slice: EndpointSlice) {
+        let Some(id) = slice_ref(&slice) else {
+            return;
+        };
+        let owner = slice_service(&slice);
+        if self.slice_owner.get(&id) != owner.as_ref() {
+            self.forget_slice(&id);
+        }
+        if let Some(owner) = owner {
+            let changed = self
+                .slices
+                .get(&owner)
+                .and_then(|s| s.get(&id.1))
+                .is_none_or(|old| {
+                    old.endpoints != slice.endpoints
+                        || old.ports != slice.ports
+                        || old.address_type != slice.address_type
+                });
+            if changed {
+                self.dirty.insert(owner.clone());
+            }
+            self.slices
+                .entry(owner.clone())
+                .or_default()
+                .insert(id.1.clone(), Arc::new(slice));
+            self.slice_owner.insert(id, owner);
+        }
+    }
+
+    /// An EndpointSlice was deleted.
+    pub fn slice_deleted(&mut self, slice: &EndpointSlice) {
+        if let Some(id) = slice_ref(slice) {
+            self.forget_slice(&id);
+        }
+    }
+
+    /// A full list of EndpointSlices, replacing what was known.
+    pub fn slices_listed(&mut self, slices: Vec<EndpointSlice>) {
+        let known: Vec<SliceRef> = self.slice_owner.keys().cloned().collect();
+        for id in known {
+            self.forget_slice(&id);
+        }
+        for slice in slices {
+            self.slice_applied(slice);
+        }
+    }
+
+    fn forget_slice(&mut self, id: &SliceRef) {
+        if let Some(owner) = self.slice_owner.remove(id) {
+            if let Some(slices) = self.slices.get_mut(&owner) {
+                slices.remove(&id.1);
+                if slices.is_empty() {
+                    self.slices.remove(&owner);
+                }
+            }
+            self.dirty.insert(owner);
+        }
+    }
+
+    /// Plans and writes every changed Service; a Service whose write failed stays changed
+    /// and is tried again at the next call.
+    ///
+    /// # Errors
+    /// The first failed map write (the other changed Services were still written).
+    pub fn sync(&mut self) -> Result<Synced, MapsError> {
+        let mut out = Synced::default();
+        let mut first_error = None;
+        let mut failed = BTreeSet::new();
+        while let Some(key) = self.dirty.pop_first() {
+            out.services += 1;
+            let result = self.apply_one(&key, &mut out.warnings);
+            match result {
+                Ok(applied) => {
+                    out.writes += applied.writes;
+                    if applied.conflicts.is_empty() {
+                        self.conflicted.remove(&key);
+                    } else {
+                        self.conflicted.insert(key.clone());
+                    }
+                    for (frontend, holder) in applied.conflicts {
+                        out.conflicts
+                            .push((key.clone(), frontend.to_string(), holder));
+                    }
+                    if !applied.released.is_empty() {
+                        // A freed frontend may be one a Service in conflict waits for.
+                        let waiting: Vec<ServiceRef> = self
+                            .conflicted
+                            .iter()
+                            .filter(|s| **s != key)
+                            .cloned()
+                            .collect();
+                        self.dirty.extend(waiting);
+                    }
+                }
+                Err(err) => {
+                    // The others are still tried; this one waits for the next sync.
+                    failed.insert(key);
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        self.dirty = failed;
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(out),
+        }
+    }
+
+    /// Plans `key` (or removes it when the Service is gone) and writes it; new warnings go
+    /// to `warnings`.
+    fn apply_one(
+        &mut self,
+        key: &ServiceRef,
+        warnings: &mut Vec<(ServiceRef, Warning)>,
+    ) -> Result<Applied, MapsError> {
+        let Some(service) = self.services.get(key).cloned() else {
+            self.warned.remove(key);
+            return self.table.remove(key);
+        };
+        let slices = self.slices.get(key);
+        let planned = plan(
+            &service,
+            slices
+                .into_iter()
+                .flat_map(|s| s.values().map(AsRef::as_ref)),
+            &self.node,
+        );
+        let old = self.warned.remove(key).unwrap_or_default();
+        for w in &planned.warnings {
+            if !old.contains(w) {
+                warnings.push((key.clone(), w.clone()));
+            }
+        }
+        if !planned.warnings.is_empty() {
+            self.warned.insert(key.clone(), planned.warnings);
+        }
+        self.table.apply(key, &planned.entries)
+    }
+
+    /// Removes what a previous run left in the maps that no Service wants. Call after the
+    /// first sync of complete lists of Services and EndpointSlices.
+    ///
+    /// # Errors
+    /// When a map deletion fails (call again).
+    pub fn finish_adoption(&mut self) -> Result<usize, MapsError> {
+        self.table.finish_adoption()
+    }
+}
+
+#[cfg(test)]
+mod tests;

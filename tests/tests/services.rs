@@ -1,0 +1,1053 @@
+//! Services end to end on the socket load balancer: one multi-host cluster (three real nodes
+//! in network-namespace hosts on one switch) shared by every trial, with a `web` Deployment
+//! (busybox httpd answering its pod name) and a `client` Deployment, one pod of each per
+//! node. Clients are real processes: Python in a client pod's network namespace, moved into
+//! the node's own cgroup v2 subtree (where the node's socket hooks are, as its containers
+//! are), or in a node's host namespace for node ports. Trials run one at a time in order;
+//! the cluster is removed after the last one, and a final check fails the run if any test
+//! packet left through the machine's uplink.
+
+use std::{
+    collections::BTreeSet,
+    io::Read as _,
+    net::{Ipv4Addr, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    sync::{Arc, OnceLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::{Value, json};
+use skiff_tests::{
+    cluster::{Cluster, ClusterConfig, in_netns, wait_for},
+    image::busybox_oci_layout,
+    process::ChildGuard,
+};
+
+/// The busybox image every node gets by `ctl image import`.
+const IMAGE: &str = "example.org/skiff/busybox:services";
+
+/// The client: joins the cgroup whose `cgroup.procs` is argv[1] (so the node's socket hooks
+/// see it), then makes `count` TCP requests or UDP exchanges to ip:port and prints one JSON
+/// list of results: the peer its socket reports, the answer, or the error's errno name, and
+/// the time each took. Mode `until` connects every few milliseconds until it succeeds and
+/// prints when (Unix time), and when it was first refused (the Service there, its
+/// endpoints not yet).
+const CLIENT: &str = r#"
+import errno, json, os, socket, sys, time
+with open(sys.argv[1], "w") as f:
+    f.write(str(os.getpid()))
+mode, ip, port, count = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+
+def tcp(timeout):
+    s = socket.create_connection((ip, port), timeout=timeout)
+    try:
+        peer = "%s:%d" % s.getpeername()
+        s.sendall(b"GET / HTTP/1.0\r\nHost: skiff\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return {"peer": peer, "body": data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip()}
+    finally:
+        s.close()
+
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    try:
+        s.sendto(b"ping", (ip, port))
+        data, addr = s.recvfrom(4096)
+        return {"peer": "%s:%d" % addr, "body": data.decode(errors="replace")}
+    finally:
+        s.close()
+
+if mode == "until":
+    refused = None
+    deadline = time.time() + count
+    while time.time() < deadline:
+        try:
+            tcp(0.02)
+            print(json.dumps({"at": time.time(), "refused_at": refused}))
+            sys.exit(0)
+        except OSError as e:
+            if e.errno == errno.ECONNREFUSED and refused is None:
+                refused = time.time()
+            time.sleep(0.001)
+    print(json.dumps({"error": "never connected"}))
+    sys.exit(0)
+
+out = []
+for _ in range(count):
+    start = time.monotonic()
+    try:
+        r = tcp(3) if mode == "tcp" else udp()
+    except OSError as e:
+        r = {"error": errno.errorcode.get(e.errno, str(e))}
+    r["ms"] = (time.monotonic() - start) * 1000
+    out.append(r)
+print(json.dumps(out))
+"#;
+
+/// A pod and its sandbox's network namespace file.
+#[derive(Debug, Clone)]
+struct PodAt {
+    name: String,
+    node: usize,
+    ip: Ipv4Addr,
+    netns: PathBuf,
+}
+
+/// The cluster with its `web` and `client` pods, one of each per node.
+struct Fixture {
+    cluster: Cluster,
+    clients: Vec<PodAt>,
+    python: PathBuf,
+}
+
+struct Shared {
+    fixture: OnceLock<Result<Fixture, String>>,
+}
+
+impl Shared {
+    fn get(&self) -> Result<&Fixture, Failed> {
+        self.fixture
+            .get_or_init(|| start().map_err(|err| format!("{err:#}")))
+            .as_ref()
+            .map_err(|err| Failed::from(format!("the test cluster did not start: {err}")))
+    }
+}
+
+fn start() -> Result<Fixture> {
+    let c = Cluster::start(&ClusterConfig::one_switch(3))?;
+    let pods = (|| {
+        deploy(&c, "web", 3, true, &httpd("8080", "http"))?;
+        deploy(&c, "client", 3, true, "command: [sleep, '3600']")?;
+        // The image goes in once pods that use it are bound: a node whose disk is fuller
+        // than the kubelet's image GC threshold removes an image no pod uses at once.
+        wait_for("six pods bound", Duration::from_mins(1), || {
+            let list = c.get_json("/api/v1/namespaces/default/pods")?;
+            let bound = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["spec"]["nodeName"].is_string())
+                .count();
+            Ok((bound == 6).then_some(()))
+        })?;
+        import_image(&c)?;
+        let clients = running(&c, "app%3Dclient", 3)?;
+        running(&c, "app%3Dweb", 3)?;
+        anyhow::Ok(clients)
+    })();
+    let clients = match pods {
+        Ok(clients) => clients,
+        Err(err) => {
+            let pods = c
+                .get_json("/api/v1/namespaces/default/pods")
+                .unwrap_or_default();
+            bail!("{err:#}\npods: {pods:#}\n{}", c.logs());
+        }
+    };
+    // The shim pyenv puts on PATH is a script: the client must be python itself, whose
+    // own PID joins the cgroup.
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .context("running python3")?;
+    let python = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    Ok(Fixture {
+        cluster: c,
+        clients,
+        python,
+    })
+}
+
+fn import_image(c: &Cluster) -> Result<()> {
+    let tar = busybox_oci_layout(c.dir(), IMAGE)?;
+    for host in c.node_hosts() {
+        let out = c.control_host().run(|| {
+            Command::new(skiff_tests::bin("ctl"))
+                .arg("--kubeconfig")
+                .arg(c.control().kubeconfig())
+                .args(["image", "import"])
+                .arg(&tar)
+                .args(["--node", host.label()])
+                .output()
+        })?;
+        ensure!(
+            out.status.success(),
+            "ctl image import onto {}: {}",
+            host.label(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A busybox httpd answering its pod name on `port`, the container port named `name`.
+fn httpd(port: &str, name: &str) -> String {
+    format!(
+        "command: [sh, -c, 'mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p {port} -h /tmp/www']
+        ports: [{{name: {name}, containerPort: {port}}}]"
+    )
+}
+
+/// A Deployment `name` (label `app: name`, plus `tier: name`'s prefix before `-`), one
+/// container of the busybox image with `container` (YAML at the container's indentation).
+fn deploy(c: &Cluster, name: &str, replicas: usize, spread: bool, container: &str) -> Result<()> {
+    let tier = name.split('-').next().unwrap_or(name);
+    let affinity = if spread {
+        format!(
+            "affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - topologyKey: kubernetes.io/hostname
+            labelSelector: {{matchLabels: {{app: {name}}}}}"
+        )
+    } else {
+        String::new()
+    };
+    let manifest = format!(
+        r"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}, tier: {tier}}}}}
+    spec:
+      {affinity}
+      containers:
+      - name: main
+        image: '{IMAGE}'
+        imagePullPolicy: Never
+        {container}
+"
+    );
+    c.kubectl(&["apply", "-f", "-"], Some(&manifest))?;
+    Ok(())
+}
+
+/// The `count` running pods the label selector (URL-encoded) picks, by node.
+fn running(c: &Cluster, selector: &str, count: usize) -> Result<Vec<PodAt>> {
+    wait_for(
+        &format!("{count} running pods {selector}"),
+        Duration::from_mins(2),
+        || {
+            let list = c.get_json(&format!(
+                "/api/v1/namespaces/default/pods?labelSelector={selector}"
+            ))?;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            let up: Vec<&Value> = items
+                .iter()
+                .filter(|p| {
+                    p["status"]["phase"] == "Running"
+                        && p["status"]["podIP"].is_string()
+                        && p["metadata"]["deletionTimestamp"].is_null()
+                        && p["status"]["conditions"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+                .collect();
+            if up.len() != count || items.len() != count {
+                return Ok(None);
+            }
+            let mut out = Vec::new();
+            for p in up {
+                let node_name = p["spec"]["nodeName"].as_str().unwrap_or_default();
+                let node = c
+                    .node_hosts()
+                    .iter()
+                    .position(|h| h.label() == node_name)
+                    .with_context(|| format!("pod on unknown node {node_name:?}"))?;
+                let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+                out.push(PodAt {
+                    name: p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    node,
+                    ip: p["status"]["podIP"].as_str().unwrap_or_default().parse()?,
+                    netns: c.node(node).state_dir().join("network/netns").join(uid),
+                });
+            }
+            out.sort_by_key(|p| p.node);
+            Ok(Some(out))
+        },
+    )
+}
+
+/// `cgroup.procs` of a cgroup inside node `node`'s socket load balancer subtree, for test
+/// clients (removed with the node's cgroups when the cluster goes).
+fn clients_cgroup(c: &Cluster, node: usize) -> Result<PathBuf> {
+    let dir = c.node(node).socket_lb_cgroup().join("test-clients");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.join("cgroup.procs"))
+}
+
+/// The client command in network namespace `netns`, hooked by node `node`.
+fn client_command(f: &Fixture, node: usize, netns: &Path, args: &[&str]) -> Result<Command> {
+    let procs = clients_cgroup(&f.cluster, node)?;
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(&f.python)
+        .args(["-c", CLIENT])
+        .arg(procs)
+        .args(args);
+    Ok(cmd)
+}
+
+/// One result of the client.
+#[derive(Debug, Clone)]
+struct Reply {
+    peer: String,
+    body: String,
+    error: String,
+    ms: f64,
+}
+
+/// Runs the client `count` times against `ip:port` over `mode` (`tcp`, `udp`).
+fn request(
+    f: &Fixture,
+    node: usize,
+    netns: &Path,
+    mode: &str,
+    target: (&str, u16),
+    count: usize,
+) -> Result<Vec<Reply>> {
+    let out = client_command(
+        f,
+        node,
+        netns,
+        &[mode, target.0, &target.1.to_string(), &count.to_string()],
+    )?
+    .output()
+    .context("running the client")?;
+    ensure!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "client output {:?} {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok(list
+        .iter()
+        .map(|r| Reply {
+            peer: r["peer"].as_str().unwrap_or_default().to_owned(),
+            body: r["body"].as_str().unwrap_or_default().to_owned(),
+            error: r["error"].as_str().unwrap_or_default().to_owned(),
+            ms: r["ms"].as_f64().unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Waits until a request from the client pod on `node` succeeds, and returns it.
+fn served(f: &Fixture, node: usize, mode: &str, target: (&str, u16)) -> Result<Reply> {
+    let pod = &f.clients[node];
+    wait_for(
+        &format!("{mode} {}:{} from {}", target.0, target.1, pod.name),
+        Duration::from_secs(20),
+        || {
+            let r = request(f, node, &pod.netns, mode, target, 1)?.remove(0);
+            Ok(r.error.is_empty().then_some(r))
+        },
+    )
+}
+
+/// Creates (or replaces) objects from YAML.
+fn apply(c: &Cluster, yaml: &str) -> Result<()> {
+    c.kubectl(&["apply", "-f", "-"], Some(yaml))?;
+    Ok(())
+}
+
+/// The Service's cluster IP.
+fn cluster_ip(c: &Cluster, name: &str) -> Result<String> {
+    let svc = c.get_json(&format!("/api/v1/namespaces/default/services/{name}"))?;
+    svc["spec"]["clusterIP"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("service {name} has no clusterIP: {svc}"))
+}
+
+fn service(c: &Cluster, name: &str, selector: &str, extra: &str, ports: &str) -> Result<String> {
+    apply(
+        c,
+        &format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{{selector}}}
+  {extra}
+  ports: {ports}
+"
+        ),
+    )?;
+    cluster_ip(c, name)
+}
+
+fn bodies(replies: &[Reply]) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for r in replies {
+        ensure!(r.error.is_empty(), "a request failed: {r:?}");
+        out.insert(r.body.clone());
+    }
+    Ok(out)
+}
+
+fn cluster_ip_from_every_node(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let ip = service(c, "web", "app: web", "", "[{port: 80, targetPort: 8080}]")?;
+    let mut seen = BTreeSet::new();
+    for node in 0..c.node_count() {
+        let first = served(f, node, "tcp", (&ip, 80))?;
+        ensure!(
+            first.peer == format!("{ip}:80"),
+            "getpeername shows {}, not the Service address",
+            first.peer
+        );
+        let replies = request(f, node, &f.clients[node].netns, "tcp", (&ip, 80), 12)?;
+        for r in &replies {
+            ensure!(r.peer == format!("{ip}:80"), "peer {} in {r:?}", r.peer);
+        }
+        let names = bodies(&replies)?;
+        ensure!(
+            names.iter().all(|n| n.starts_with("web-")),
+            "answers from something else than web pods: {names:?}"
+        );
+        seen.extend(names);
+    }
+    ensure!(
+        seen.len() == 3,
+        "36 connections reached {seen:?}, not all three web pods"
+    );
+    Ok(())
+}
+
+/// A container's own process (busybox wget), not a test client, reaches the Service: the
+/// node puts containers where its socket hooks are.
+fn container_reaches_cluster_ip(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let ip = cluster_ip(c, "web")?;
+    apply(
+        c,
+        &format!(
+            "
+apiVersion: v1
+kind: Pod
+metadata: {{name: wget}}
+spec:
+  containers:
+  - name: main
+    image: '{IMAGE}'
+    imagePullPolicy: Never
+    command: [sh, -c, 'until wget -O- http://{ip}:80/; do sleep 0.2; done; sleep 3600']
+"
+        ),
+    )?;
+    let logs = || c.kubectl(&["logs", "wget"], None).unwrap_or_default();
+    let answer = wait_for(
+        "the wget container's answer",
+        Duration::from_mins(1),
+        || {
+            Ok(logs()
+                .lines()
+                .find(|l| l.starts_with("web-"))
+                .map(str::to_owned))
+        },
+    )
+    .with_context(|| format!("the container's log:\n{}", logs()));
+    c.kubectl(&["delete", "pod", "wget", "--wait=false"], None)?;
+    answer?;
+    Ok(())
+}
+
+fn udp_cluster_ip_answers_from_the_service_address(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    // The backend is a socket of this test in the client pod on node 1, behind a Service
+    // without selector and an EndpointSlice written by hand.
+    let backend = &f.clients[1];
+    apply(
+        c,
+        &format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: dns}}
+spec:
+  ports: [{{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dns-by-hand
+  labels: {{kubernetes.io/service-name: dns}}
+addressType: IPv4
+ports: [{{name: dns, port: 5353, protocol: UDP}}]
+endpoints:
+- addresses: ['{}']
+  nodeName: {}
+  conditions: {{ready: true}}
+",
+            backend.ip,
+            c.node_hosts()[backend.node].label()
+        ),
+    )?;
+    let ip = cluster_ip(c, "dns")?;
+    let server = in_netns(&backend.netns, || UdpSocket::bind((backend.ip, 5353)))??;
+    server.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (reply, sources) = std::thread::scope(|s| {
+        let echo = s.spawn(|| {
+            let mut sources = BTreeSet::new();
+            let mut buf = [0; 64];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((n, peer)) = server.recv_from(&mut buf)
+                    && &buf[..n] == b"ping"
+                {
+                    sources.insert(peer.ip());
+                    let _ = server.send_to(b"pong", peer);
+                }
+            }
+            sources
+        });
+        let reply = served(f, 0, "udp", (&ip, 53));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sources = echo.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (reply, sources)
+    });
+    let reply = reply?;
+    ensure!(reply.body == "pong", "answer {reply:?}");
+    ensure!(
+        reply.peer == format!("{ip}:53"),
+        "recvfrom shows {}, not the Service address {ip}:53",
+        reply.peer
+    );
+    let client_ip = std::net::IpAddr::V4(f.clients[0].ip);
+    ensure!(
+        sources.contains(&client_ip),
+        "the backend saw {sources:?}, not the client pod's own address {client_ip}"
+    );
+    Ok(())
+}
+
+fn no_endpoints_refuses_at_once(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let ip = service(
+        c,
+        "empty",
+        "app: nobody",
+        "",
+        "[{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}]",
+    )?;
+    let tcp = wait_for(
+        "a refused connection to a Service without endpoints",
+        Duration::from_secs(20),
+        || {
+            let r = request(f, 0, &f.clients[0].netns, "tcp", (&ip, 80), 1)?.remove(0);
+            Ok((r.error == "ECONNREFUSED").then_some(r))
+        },
+    )?;
+    let udp = request(f, 0, &f.clients[0].netns, "udp", (&ip, 53), 1)?.remove(0);
+    ensure!(udp.error == "ECONNREFUSED", "UDP sendto: {udp:?}");
+    eprintln!(
+        "services: refused at connect after {:.2} ms (TCP), at sendto after {:.2} ms (UDP)",
+        tcp.ms, udp.ms
+    );
+    Ok(())
+}
+
+fn scale_to_zero_and_back(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let ip = service(
+        c,
+        "scaled",
+        "app: scaled",
+        "",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    deploy(c, "scaled", 2, false, &httpd("8080", "http"))?;
+    running(c, "app%3Dscaled", 2)?;
+    served(f, 2, "tcp", (&ip, 80))?;
+    c.kubectl(&["scale", "deployment", "scaled", "--replicas=0"], None)?;
+    wait_for(
+        "refused connections once scaled to 0",
+        Duration::from_mins(1),
+        || {
+            let r = request(f, 2, &f.clients[2].netns, "tcp", (&ip, 80), 1)?.remove(0);
+            Ok((r.error == "ECONNREFUSED").then_some(()))
+        },
+    )?;
+    c.kubectl(&["scale", "deployment", "scaled", "--replicas=1"], None)?;
+    let pods = running(c, "app%3Dscaled", 1)?;
+    let r = served(f, 2, "tcp", (&ip, 80))?;
+    ensure!(
+        r.body == pods[0].name,
+        "answer {r:?} from a pod not running"
+    );
+    Ok(())
+}
+
+fn named_target_port_per_pod(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    // Two Deployments name their port "web" on different numbers: each endpoint gets its
+    // own.
+    deploy(c, "named-a", 1, false, &httpd("8081", "web"))?;
+    deploy(c, "named-b", 1, false, &httpd("9090", "web"))?;
+    running(c, "tier%3Dnamed", 2)?;
+    let ip = service(
+        c,
+        "named",
+        "tier: named",
+        "",
+        "[{port: 80, targetPort: web}]",
+    )?;
+    let names = wait_for(
+        "both named-port Deployments answering",
+        Duration::from_secs(20),
+        || {
+            let replies = request(f, 1, &f.clients[1].netns, "tcp", (&ip, 80), 16)?;
+            let names = bodies(&replies)?;
+            Ok((names.len() == 2).then_some(names))
+        },
+    )?;
+    ensure!(
+        names.iter().any(|n| n.starts_with("named-a-"))
+            && names.iter().any(|n| n.starts_with("named-b-")),
+        "{names:?}"
+    );
+    Ok(())
+}
+
+fn client_ip_affinity(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let ip = service(
+        c,
+        "sticky",
+        "app: web",
+        "sessionAffinity: ClientIP",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    served(f, 0, "tcp", (&ip, 80))?;
+    for node in 0..c.node_count() {
+        let replies = request(f, node, &f.clients[node].netns, "tcp", (&ip, 80), 12)?;
+        let names = bodies(&replies)?;
+        ensure!(
+            names.len() == 1,
+            "the client on node {node} reached {names:?} through a ClientIP Service"
+        );
+    }
+    // The same backends without affinity spread (so one backend above is affinity's work).
+    let web = cluster_ip(c, "web")?;
+    let spread = bodies(&request(f, 0, &f.clients[0].netns, "tcp", (&web, 80), 12)?)?;
+    ensure!(spread.len() > 1, "without affinity: {spread:?}");
+    Ok(())
+}
+
+fn node_port_from_host_processes(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    service(
+        c,
+        "web-np",
+        "app: web",
+        "type: NodePort",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    let svc = c.get_json("/api/v1/namespaces/default/services/web-np")?;
+    let node_port = svc["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .with_context(|| format!("no nodePort: {svc}"))?;
+    let host = &c.node_hosts()[0];
+    let address = host.address().to_string();
+    for target in ["127.0.0.1", address.as_str()] {
+        let r = wait_for(
+            &format!("NodePort {target}:{node_port} from node-0's host"),
+            Duration::from_secs(20),
+            || {
+                let r = request(f, 0, &host.netns_path(), "tcp", (target, node_port), 1)?.remove(0);
+                Ok(r.error.is_empty().then_some(r))
+            },
+        )?;
+        ensure!(r.body.starts_with("web-"), "{target}: {r:?}");
+        ensure!(
+            r.peer == format!("{target}:{node_port}"),
+            "{target}: getpeername shows {}",
+            r.peer
+        );
+    }
+    // 127.0.0.1 is the host's only: a pod's loopback stays its own.
+    let r = request(
+        f,
+        0,
+        &f.clients[0].netns,
+        "tcp",
+        ("127.0.0.1", node_port),
+        1,
+    )?
+    .remove(0);
+    ensure!(
+        r.error == "ECONNREFUSED",
+        "a pod's own 127.0.0.1:{node_port} answered: {r:?}"
+    );
+    Ok(())
+}
+
+fn unsupported_protocol_event(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let ip = service(
+        c,
+        "signalling",
+        "app: web",
+        "",
+        "[{name: sig, port: 3868, protocol: SCTP, targetPort: 3868}, {name: http, port: 80, targetPort: 8080}]",
+    )?;
+    let message = wait_for(
+        "an UnsupportedProtocol event on the Service",
+        Duration::from_secs(20),
+        || {
+            let events = c.get_json("/api/v1/namespaces/default/events")?;
+            Ok(events["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| {
+                    e["involvedObject"]["name"] == "signalling"
+                        && e["reason"] == "UnsupportedProtocol"
+                        && e["type"] == "Warning"
+                })
+                .and_then(|e| e["message"].as_str().map(str::to_owned)))
+        },
+    )?;
+    ensure!(message.contains("SCTP"), "{message}");
+    // The TCP port is still served.
+    served(f, 0, "tcp", (&ip, 80))?;
+    Ok(())
+}
+
+fn internal_traffic_policy_local(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let web = running(c, "app%3Dweb", 3)?;
+    let ip = service(
+        c,
+        "web-local",
+        "app: web",
+        "internalTrafficPolicy: Local",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    served(f, 0, "tcp", (&ip, 80))?;
+    for node in 0..c.node_count() {
+        let names = bodies(&request(
+            f,
+            node,
+            &f.clients[node].netns,
+            "tcp",
+            (&ip, 80),
+            8,
+        )?)?;
+        let local: BTreeSet<String> = web
+            .iter()
+            .filter(|p| p.node == node)
+            .map(|p| p.name.clone())
+            .collect();
+        ensure!(
+            names == local,
+            "node {node}'s client reached {names:?}, its local web pods are {local:?}"
+        );
+    }
+    Ok(())
+}
+
+fn external_ip_from_host_processes(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    // An address on the test switch's subnet that no host has: untranslated, a packet to
+    // it would stay on the switch.
+    service(
+        c,
+        "web-ext",
+        "app: web",
+        "externalIPs: ['192.168.50.200']",
+        "[{port: 8000, targetPort: 8080}]",
+    )?;
+    let host = &c.node_hosts()[2];
+    let r = wait_for(
+        "externalIP 192.168.50.200:8000 from node-2's host",
+        Duration::from_secs(20),
+        || {
+            let r =
+                request(f, 2, &host.netns_path(), "tcp", ("192.168.50.200", 8000), 1)?.remove(0);
+            Ok(r.error.is_empty().then_some(r))
+        },
+    )?;
+    ensure!(r.body.starts_with("web-"), "{r:?}");
+    ensure!(
+        r.peer == "192.168.50.200:8000",
+        "getpeername shows {}",
+        r.peer
+    );
+    Ok(())
+}
+
+/// SIGKILL a node: its pinned datapath keeps serving while it is down; a Service deleted
+/// meanwhile is gone from its maps once it is back, and the others stay.
+fn killed_node_keeps_serving_and_drops_what_was_deleted(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let survivor = service(
+        c,
+        "survivor",
+        "app: web",
+        "",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    let doomed = service(
+        c,
+        "doomed",
+        "app: web",
+        "",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    served(f, 1, "tcp", (&survivor, 80))?;
+    served(f, 1, "tcp", (&doomed, 80))?;
+    c.kill_node(1);
+    let down = request(f, 1, &f.clients[1].netns, "tcp", (&survivor, 80), 4);
+    c.kubectl(&["delete", "service", "doomed"], None)?;
+    let restarted = c.restart_node(1);
+    let down = down?;
+    ensure!(
+        bodies(&down).is_ok_and(|b| b.iter().all(|n| n.starts_with("web-"))),
+        "with its node daemon dead, the client got {down:?}"
+    );
+    restarted?;
+    let gone = wait_for(
+        "the deleted Service's address to stop answering on node-1",
+        Duration::from_secs(30),
+        || {
+            let r = request(f, 1, &f.clients[1].netns, "tcp", (&doomed, 80), 1)?.remove(0);
+            Ok((!r.error.is_empty()).then_some(r))
+        },
+    )?;
+    ensure!(
+        gone.error != "ECONNREFUSED",
+        "a deleted Service should be no frontend at all, not one without endpoints: {gone:?}"
+    );
+    served(f, 1, "tcp", (&survivor, 80))?;
+    // The line's fields carry colour codes: `restarted=true` is the line's last word.
+    let log = c.node(1).log();
+    ensure!(
+        log.lines()
+            .filter(|l| l.contains("socket load balancer attached"))
+            .any(|l| l.trim_end().ends_with("true")),
+        "the restarted node did not find its pinned maps"
+    );
+    Ok(())
+}
+
+/// The node's `/metrics` after the trials above: per-Service translations and refusals.
+fn metrics_count_per_service(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let host = &c.node_hosts()[0];
+    let port = c.node(0).port();
+    let address = host.address();
+    let text = host.run(|| -> Result<String> {
+        use std::io::Write as _;
+        let mut s = std::net::TcpStream::connect((address, port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        Ok(resp)
+    })?;
+    let value = |name: &str, service: &str| -> Option<u64> {
+        let prefix = format!("{name}{{namespace=\"default\",service=\"{service}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let web = value("skiff_proxy_translations_total", "web");
+    ensure!(
+        web.is_some_and(|n| n >= 12),
+        "web translations {web:?}:\n{text}"
+    );
+    let refused = value("skiff_proxy_no_endpoint_refusals_total", "empty");
+    ensure!(
+        refused.is_some_and(|n| n >= 2),
+        "empty refusals {refused:?}:\n{text}"
+    );
+    ensure!(
+        text.contains("skiff_proxy_last_sync_seconds "),
+        "no sync duration:\n{text}"
+    );
+    Ok(())
+}
+
+/// The time from the API accepting a new Service to a client's first connection through
+/// it, printed (not asserted: performance is for benchmarks).
+fn new_service_latency(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    // A fixed address in the Service range, so the client can dial it before it exists.
+    let ip = "10.111.222.33";
+    let mut client = ChildGuard::spawn(
+        client_command(f, 0, &f.clients[0].netns, &["until", ip, "80", "30"])?
+            .stdout(Stdio::piped()),
+    )?;
+    // Let it start dialling first: its start-up is not part of the measure.
+    std::thread::sleep(Duration::from_millis(500));
+    let body = serde_json::to_vec(&json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "fresh"},
+        "spec": {"clusterIP": ip, "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }))?;
+    let sent = now();
+    let (code, answer) = c.control_host().run(|| {
+        c.control().http(
+            "POST",
+            "/api/v1/namespaces/default/services",
+            "application/json",
+            &body,
+        )
+    })?;
+    let accepted = now();
+    ensure!(code == 201, "creating the Service: {code} {answer}");
+    let mut out = String::new();
+    client
+        .child_mut()
+        .stdout
+        .take()
+        .context("the client's output")?
+        .read_to_string(&mut out)?;
+    let result: Value =
+        serde_json::from_str(&out).with_context(|| format!("client output {out:?}"))?;
+    let Some(at) = result["at"].as_f64() else {
+        bail!("the client never connected: {result}");
+    };
+    let ms = |t: f64| (t - accepted) * 1000.0;
+    let refused = result["refused_at"]
+        .as_f64()
+        .map_or_else(|| "never".to_owned(), |t| format!("{:.1} ms", ms(t)));
+    eprintln!(
+        "services: after the API accepted a new Service (the request took {:.1} ms), its \
+         address refused connections (no endpoints yet) from {refused} and answered from \
+         {:.1} ms (the client redials every ~1 ms)",
+        (accepted - sent) * 1000.0,
+        ms(at)
+    );
+    Ok(())
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn main() -> ExitCode {
+    let mut args = Arguments::from_args();
+    if !args.list && !skiff_tests::require_root("services") {
+        return ExitCode::SUCCESS;
+    }
+    // The trials share one cluster: one at a time, in order.
+    args.test_threads = Some(1);
+    let shared = Arc::new(Shared {
+        fixture: OnceLock::new(),
+    });
+    let trial = |name: &str, body: fn(&Fixture) -> Result<()>| {
+        let shared = shared.clone();
+        Trial::test(name, move || {
+            let f = shared.get()?;
+            body(f).map_err(|err| Failed::from(format!("{err:#}\n{}", f.cluster.logs())))
+        })
+    };
+    let trials = vec![
+        trial(
+            "a_cluster_ip_reaches_every_backend_from_a_pod_on_every_node",
+            cluster_ip_from_every_node,
+        ),
+        trial(
+            "a_containers_own_process_reaches_a_cluster_ip",
+            container_reaches_cluster_ip,
+        ),
+        trial(
+            "a_udp_cluster_ip_answers_an_unconnected_sendto_from_the_service_address",
+            udp_cluster_ip_answers_from_the_service_address,
+        ),
+        trial(
+            "a_service_without_endpoints_refuses_at_once",
+            no_endpoints_refuses_at_once,
+        ),
+        trial(
+            "scaling_to_zero_refuses_and_scaling_back_serves_again",
+            scale_to_zero_and_back,
+        ),
+        trial(
+            "a_named_target_port_resolves_to_each_pods_own_port",
+            named_target_port_per_pod,
+        ),
+        trial(
+            "client_ip_affinity_keeps_a_client_on_one_backend",
+            client_ip_affinity,
+        ),
+        trial(
+            "a_node_port_answers_host_processes_on_loopback_and_the_node_address",
+            node_port_from_host_processes,
+        ),
+        trial(
+            "an_sctp_port_gets_a_warning_event_and_the_other_ports_are_served",
+            unsupported_protocol_event,
+        ),
+        trial(
+            "internal_traffic_policy_local_keeps_clients_on_their_nodes_endpoints",
+            internal_traffic_policy_local,
+        ),
+        trial(
+            "an_external_ip_answers_host_processes",
+            external_ip_from_host_processes,
+        ),
+        trial(
+            "the_nodes_metrics_count_translations_and_refusals_per_service",
+            metrics_count_per_service,
+        ),
+        trial(
+            "a_new_service_is_reached_moments_after_the_api_accepts_it",
+            new_service_latency,
+        ),
+        trial(
+            "a_killed_node_keeps_serving_and_drops_services_deleted_while_it_was_down",
+            killed_node_keeps_serving_and_drops_what_was_deleted,
+        ),
+    ];
+    let conclusion = libtest_mimic::run(&args, trials);
+    let mut failed = conclusion.has_failed();
+    if let Some(Ok(f)) = shared.fixture.get()
+        && let Err(err) = f.cluster.check_nothing_escaped()
+    {
+        eprintln!("services: {err:#}");
+        failed = true;
+    }
+    // The trials are done and dropped: this drops the cluster (nodes, control, hosts).
+    drop(shared);
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
