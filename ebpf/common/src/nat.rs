@@ -3,17 +3,17 @@
 //! the RST answer) the programs and their host-side tests share.
 //!
 //! # Flows
-//! A packet from outside the node to an external-scope frontend (NodePort, externalIP,
-//! LoadBalancer) gets a backend once; two entries in [`CT_MAP`] then carry the flow:
+//! A packet from outside the node to an external-scope frontend (NodePort, `externalIPs`,
+//! `LoadBalancer`) gets a backend once; two entries in [`CT_MAP`] then carry the flow:
 //! - [`CT_FORWARD`], keyed by the tuple as it arrives (client -> frontend): the tuple to
 //!   rewrite it to (client or node address -> backend);
 //! - [`CT_REPLY`], keyed by the tuple the backend answers with (backend -> client, or backend
 //!   -> node address and SNAT port): the tuple to rewrite it to (frontend -> client).
 //!
 //! A reply of a flow without SNAT (a local backend, or `externalTrafficPolicy: Local`) leaves
-//! through the uplink's egress, where it is rewritten in place; a reply of a SNATed flow
+//! through the uplink's egress, where it is rewritten in place; a reply of a SNAT-ed flow
 //! arrives at the uplink's ingress addressed to the node and is rewritten and sent straight
-//! back out ([`CT_SNAT`]), as is the SNATed forward direction, since the kernel would drop
+//! back out ([`CT_SNAT`]), as is the SNAT-ed forward direction, since the kernel would drop
 //! either as a martian (a packet arriving with the node's own address as source).
 //!
 //! Byte order as in [`crate::service`]: addresses and ports in network byte order.
@@ -37,15 +37,15 @@ pub const CT_REPLY: u8 = 1;
 /// (a forwarded SNAT packet, or a SNAT reply) instead of being handed to the stack.
 pub const CT_SNAT: u8 = 1;
 
-/// Lowest port a SNATed flow gets on the node address.
+/// Lowest port a SNAT-ed flow gets on the node address.
 ///
 /// SNAT ports stay below the default NodePort range (30000-32767) and the kernel's default
-/// ephemeral range (32768-60999): a reply to a SNATed flow is told from a client of a
+/// ephemeral range (32768-60999): a reply to a SNAT-ed flow is told from a client of a
 /// NodePort, and from a connection the node itself opened to a backend, by its port.
 pub const SNAT_PORT_MIN: u16 = 1024;
 /// Highest SNAT port.
 pub const SNAT_PORT_MAX: u16 = 29999;
-/// How many ports a new SNATed flow tries before it is dropped.
+/// How many ports a new SNAT-ed flow tries before it is dropped.
 pub const SNAT_ATTEMPTS: u32 = 16;
 
 /// TCP header flag bits (byte 13 of the header).
@@ -57,7 +57,7 @@ pub const TCP_RST: u8 = 0x04;
 /// ACK.
 pub const TCP_ACK: u8 = 0x10;
 
-/// An interface the TC programs serve, and the address SNATed flows leave it with.
+/// An interface the TC programs serve, and the address SNAT-ed flows leave it with.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Uplink {
