@@ -206,6 +206,24 @@ pub fn checksum(bytes: &[u8]) -> u16 {
     fold(sum_words(bytes, 0))
 }
 
+/// A value for the checksum field of a packet still marked `CHECKSUM_PARTIAL` that the
+/// kernel's (or a NIC's) completion leaves as it is, given `sum`, the unfolded sum of the
+/// other bytes the completion covers.
+///
+/// An ICMP error built from a partial UDP datagram quotes the datagram's UDP header, which
+/// the completion still rewrites (the packet's checksum start points at it); with this
+/// value there, the completion changes nothing and the ICMP checksum over the quote holds
+/// whether or not the packet was partial. The completion stores `!fold(v + sum)` (0 sent as
+/// 0xffff); `v + sum + v = 0xffff` makes that `v`, and doubling in ones' complement is a
+/// rotation.
+#[must_use]
+#[inline]
+pub const fn settled_partial_checksum(sum: u32) -> u16 {
+    let folded = !fold(sum);
+    let v = (!folded).rotate_right(1);
+    if v == 0 { 0xffff } else { v }
+}
+
 /// The sequence number, acknowledgement number and flags of the RST that refuses a TCP
 /// segment (RFC 9293 3.10.7.1, "CLOSED"): `seq`, `ack` in host order, `payload` the
 /// segment's data length.
@@ -338,6 +356,25 @@ mod tests {
     fn an_odd_length_is_padded_with_zero() {
         assert_eq!(sum_words(&[0x01, 0x02, 0x03], 0), 0x0102 + 0x0300);
         assert_eq!(checksum(&[]), 0xffff);
+    }
+
+    /// What `skb_checksum_help` does to a partial packet's checksum field.
+    fn complete(field: u16, sum: u32) -> u16 {
+        match fold(sum + u32::from(field)) {
+            0 => 0xffff,
+            v => v,
+        }
+    }
+
+    #[test]
+    fn the_settled_checksum_survives_the_completion_of_a_partial_packet() {
+        for sum in (0..=0x2_ffffu32)
+            .step_by(7)
+            .chain([0, 0xffff, 0x1_fffe, 0xfffe])
+        {
+            let v = settled_partial_checksum(sum);
+            assert_eq!(complete(v, sum), v, "sum {sum:#x}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use core::{mem::size_of, ptr::null_mut};
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_adj_room_mode,
         bpf_fib_lookup,
     },
@@ -27,7 +27,7 @@ use skiff_ebpf_common::{
     BackendKey, CtKey, CtValue,
     nat::{
         CT_FORWARD, CT_REPLY, CT_SNAT, SNAT_ATTEMPTS, TCP_ACK, TCP_SYN, checksum, rst_answer,
-        snat_port,
+        settled_partial_checksum, snat_port, sum_words,
     },
     service::{
         BACKEND_LOCAL, CLIENT_ADDRESS, FLAG_EXTERNAL_LOCAL, KIND_CLUSTER_IP, PROTO_TCP, PROTO_UDP,
@@ -402,7 +402,12 @@ fn unreachable(ctx: &TcContext, p: &Packet) -> Result<(), i64> {
     // word stay 0 for now.
     quote[0] = 3;
     quote[1] = 3;
-    let original: [u8; IP_HLEN + UDP_HLEN] = ctx.load(ETH_HLEN)?;
+    let mut original: [u8; IP_HLEN + UDP_HLEN] = ctx.load(ETH_HLEN)?;
+    // A datagram from a local socket over a veth is CHECKSUM_PARTIAL with its checksum start
+    // at the UDP header, which stays so below: the quoted header gets a checksum field the
+    // completion leaves alone (the receiver matches the quote by its ports only).
+    let settled = settled_partial_checksum(sum_words(&original[IP_HLEN..IP_HLEN + 6], 0));
+    original[IP_HLEN + 6..].copy_from_slice(&settled.to_be_bytes());
     quote[8..].copy_from_slice(&original);
     let sum = checksum(&quote).to_be_bytes();
     quote[2] = sum[0];
@@ -434,6 +439,8 @@ fn unreachable(ctx: &TcContext, p: &Packet) -> Result<(), i64> {
         reason = "28 bytes"
     )]
     ctx.adjust_room(ICMP_ROOM as i32, bpf_adj_room_mode::BPF_ADJ_ROOM_NET, 0)?;
-    ctx.store(L4, &quote, 0)?;
-    ctx.store(ETH_HLEN, &header, 0)
+    // Keeps a CHECKSUM_COMPLETE packet's sum right (L3 onwards is covered, not the MACs).
+    let recompute = u64::from(BPF_F_RECOMPUTE_CSUM);
+    ctx.store(L4, &quote, recompute)?;
+    ctx.store(ETH_HLEN, &header, recompute)
 }
