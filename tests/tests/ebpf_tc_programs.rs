@@ -176,6 +176,25 @@ impl Uplinks {
         Ok(())
     }
 
+    /// Gives the frontend at `at` session affinity for `seconds`.
+    fn affinity(&mut self, at: SocketAddrV4, protocol: u8, seconds: u32) -> Result<()> {
+        let mut map: HashMap<&mut MapData, FrontendKey, FrontendValue> = self
+            .ebpf
+            .map_mut(FRONTENDS_MAP)
+            .context("frontends")?
+            .try_into()?;
+        let key = FrontendKey {
+            address: be32(*at.ip()),
+            port: at.port().to_be(),
+            protocol,
+            scope: SCOPE_EXTERNAL,
+        };
+        let mut value = map.get(&key, 0)?;
+        value.affinity_timeout = seconds;
+        map.insert(key, value, 0)?;
+        Ok(())
+    }
+
     /// Runs `program` on `packet`; the verdict and the packet as the program left it.
     fn run(&self, program: &str, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
         let program: &SchedClassifier = self
@@ -555,5 +574,99 @@ fn traffic_that_is_not_for_an_external_frontend_passes_untouched() -> Result<()>
     let syn = packet(PROTO_TCP, client, node_port(30087), SYN, &[]);
     let (verdict, out) = lb.run("uplink_ingress", &syn)?;
     assert_eq!((verdict, &out), (NEXT, &syn), "not an uplink");
+    Ok(())
+}
+
+#[test]
+fn a_new_connection_leaves_a_backend_that_is_gone_while_its_flow_keeps_it() -> Result<()> {
+    if !require_root("a_new_connection_leaves_a_backend_that_is_gone") {
+        return Ok(());
+    }
+    let mut lb = Uplinks::new()?;
+    let old = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 20), 8080);
+    let new = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 21), 8080);
+    lb.frontend(
+        node_port(30088),
+        PROTO_TCP,
+        KIND_NODE_PORT,
+        0,
+        10,
+        &[(old, true)],
+    )?;
+    let client = SocketAddrV4::new(CLIENT, 40008);
+    let (_, first) = lb.run(
+        "uplink_ingress",
+        &packet(PROTO_TCP, client, node_port(30088), SYN, &[]),
+    )?;
+    assert_eq!(destination(&first), old);
+    // The slot now holds another backend (the old pod is terminating or gone).
+    lb.frontend(
+        node_port(30088),
+        PROTO_TCP,
+        KIND_NODE_PORT,
+        0,
+        10,
+        &[(new, true)],
+    )?;
+    let (_, segment) = lb.run(
+        "uplink_ingress",
+        &packet(PROTO_TCP, client, node_port(30088), ACK, b"x"),
+    )?;
+    assert_eq!(
+        destination(&segment),
+        old,
+        "an established flow keeps its backend"
+    );
+    let (_, again) = lb.run(
+        "uplink_ingress",
+        &packet(PROTO_TCP, client, node_port(30088), SYN, &[]),
+    )?;
+    assert_eq!(
+        destination(&again),
+        new,
+        "a new SYN on the same tuple re-picks"
+    );
+    let (_, answer) = lb.run(
+        "uplink_egress",
+        &packet(PROTO_TCP, new, client, SYN | ACK, &[]),
+    )?;
+    assert_eq!(source(&answer), node_port(30088));
+    checksums_hold(&answer)?;
+    Ok(())
+}
+
+#[test]
+fn session_affinity_sends_every_connection_of_a_client_to_one_backend() -> Result<()> {
+    if !require_root("session_affinity_sends_every_connection_of_a_client_to_one_backend") {
+        return Ok(());
+    }
+    let mut lb = Uplinks::new()?;
+    let backends: Vec<(SocketAddrV4, bool)> = (1..=8)
+        .map(|i| (SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, i), 8080), true))
+        .collect();
+    lb.frontend(
+        node_port(30089),
+        PROTO_TCP,
+        KIND_NODE_PORT,
+        0,
+        11,
+        &backends,
+    )?;
+    lb.affinity(node_port(30089), PROTO_TCP, 60)?;
+    let mut chosen = std::collections::BTreeSet::new();
+    for port in 42000..42016 {
+        let (_, out) = lb.run(
+            "uplink_ingress",
+            &packet(
+                PROTO_TCP,
+                SocketAddrV4::new(CLIENT, port),
+                node_port(30089),
+                SYN,
+                &[],
+            ),
+        )?;
+        chosen.insert(destination(&out));
+    }
+    assert_eq!(chosen.len(), 1, "one client, several backends: {chosen:?}");
     Ok(())
 }
