@@ -2,7 +2,7 @@
 //! network namespace the test made, the client and the nodes on one bridge (the "LAN", in a
 //! namespace of its own). Node A's loader attaches the programs to A's side of the LAN only;
 //! frontends and backends are written straight into the maps. The client dials node A's
-//! NodePorts over real TCP and UDP; servers in the pods answer with the peer address they
+//! NodePort Services over real TCP and UDP; servers in the pods answer with the peer address they
 //! saw, so the test sees whether the client's address was kept or SNAT-ed to node A.
 //!
 //! Client and pods send with checksum offload, so node A's programs rewrite
