@@ -36,6 +36,7 @@ const LOCAL_POD: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 10),
 const REMOTE_POD: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 10), 8080);
 
 const SYN: u8 = 0x02;
+const FIN: u8 = 0x01;
 const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
 
@@ -668,5 +669,44 @@ fn session_affinity_sends_every_connection_of_a_client_to_one_backend() -> Resul
         chosen.insert(destination(&out));
     }
     assert_eq!(chosen.len(), 1, "one client, several backends: {chosen:?}");
+    Ok(())
+}
+
+#[test]
+fn a_new_connection_after_a_fin_gets_a_fresh_snat_port() -> Result<()> {
+    if !require_root("a_new_connection_after_a_fin_gets_a_fresh_snat_port") {
+        return Ok(());
+    }
+    let mut lb = Uplinks::new()?;
+    lb.frontend(
+        node_port(30090),
+        PROTO_TCP,
+        KIND_NODE_PORT,
+        0,
+        12,
+        &[(REMOTE_POD, false)],
+    )?;
+    let client = SocketAddrV4::new(CLIENT, 40010);
+    let syn = packet(PROTO_TCP, client, node_port(30090), SYN, &[]);
+    let (_, first) = lb.run("uplink_ingress", &syn)?;
+    let port = source(&first).port();
+    let (_, retransmitted) = lb.run("uplink_ingress", &syn)?;
+    assert_eq!(
+        source(&retransmitted).port(),
+        port,
+        "a repeated SYN of an open flow keeps its port"
+    );
+    let (_, fin) = lb.run(
+        "uplink_ingress",
+        &packet(PROTO_TCP, client, node_port(30090), FIN | ACK, &[]),
+    )?;
+    assert_eq!(source(&fin).port(), port, "the FIN still belongs to the flow");
+    let (_, reopened) = lb.run("uplink_ingress", &syn)?;
+    assert_eq!(destination(&reopened), REMOTE_POD);
+    assert_ne!(
+        source(&reopened).port(),
+        port,
+        "a SYN after the FIN reuses a port the closing flow still holds"
+    );
     Ok(())
 }

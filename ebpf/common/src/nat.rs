@@ -37,6 +37,16 @@ pub const CT_REPLY: u8 = 1;
 /// (a forwarded SNAT packet, or a SNAT reply) instead of being handed to the stack.
 pub const CT_SNAT: u8 = 1;
 
+/// The direction has seen a TCP FIN or RST: the flow is closing.
+pub const CT_CLOSING: u8 = 1 << 1;
+
+/// Seconds an idle TCP flow keeps its SNAT port (Cilium's default lifetime).
+pub const CT_LIFETIME_TCP: u32 = 21_600;
+/// Seconds an idle UDP flow keeps its SNAT port.
+pub const CT_LIFETIME_OTHER: u32 = 60;
+/// Seconds a closing flow keeps its SNAT port after its last packet.
+pub const CT_CLOSE_TIMEOUT: u32 = 10;
+
 /// Lowest port a SNAT-ed flow gets on the node address.
 ///
 /// SNAT ports stay below the default NodePort range (30000-32767) and the kernel's default
@@ -108,6 +118,8 @@ pub struct CtValue {
     pub flags: u8,
     /// Explicit padding; always 0.
     pub pad: [u8; 3],
+    /// When a packet last used the entry, in seconds of `bpf_ktime_get_ns`.
+    pub seen: u32,
 }
 
 impl CtKey {
@@ -152,6 +164,7 @@ impl CtKey {
             slot: 0,
             flags,
             pad: [0; 3],
+            seen: 0,
         }
     }
 }
@@ -169,6 +182,29 @@ pub const fn snat_port(seed: u32, attempt: u32) -> u16 {
     )]
     let port = SNAT_PORT_MIN + offset as u16;
     port.to_be()
+}
+
+/// Whether a flow whose entries together carry `flags` and were last used at `seen` has
+/// ended by `now` (seconds), so its SNAT port may go to a new flow. Entries are never
+/// deleted on close: the LRU map evicts them, and this decides only about port reuse.
+#[must_use]
+#[inline]
+pub const fn ct_expired(protocol: u8, flags: u8, seen: u32, now: u32) -> bool {
+    let limit = if flags & CT_CLOSING != 0 {
+        CT_CLOSE_TIMEOUT
+    } else if protocol == crate::service::PROTO_TCP {
+        CT_LIFETIME_TCP
+    } else {
+        CT_LIFETIME_OTHER
+    };
+    // Signed: an entry another CPU touched a moment after this one read the clock is not
+    // idle.
+    #[expect(
+        clippy::cast_possible_wrap,
+        reason = "idle times and limits are far below 2^31 seconds"
+    )]
+    let idle = now.wrapping_sub(seen) as i32;
+    idle > limit as i32
 }
 
 /// The ones' complement sum of `bytes` as 16-bit big-endian words (an odd last byte is
@@ -270,7 +306,8 @@ mod tests {
     fn tracking_entries_have_no_implicit_padding() {
         assert_eq!(size_of::<Uplink>(), 4 + 4);
         assert_eq!(size_of::<CtKey>(), 4 + 4 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<CtValue>(), 4 + 4 + 2 + 2 + 4 + 4 + 1 + 3);
+        assert_eq!(size_of::<CtValue>(), 4 + 4 + 2 + 2 + 4 + 4 + 1 + 3 + 4);
+        assert_eq!(offset_of!(CtValue, seen), 24);
         assert_eq!(offset_of!(CtKey, protocol), 12);
         assert_eq!(offset_of!(CtKey, direction), 13);
         assert_eq!(offset_of!(CtValue, group), 12);
@@ -302,6 +339,7 @@ mod tests {
             slot: 0,
             flags: CT_SNAT,
             pad: [0; 3],
+            seen: 0,
         };
         let reply = CtKey::reply_to(&to, 6);
         assert_eq!(
@@ -319,6 +357,21 @@ mod tests {
             (seen.saddr, seen.sport, seen.daddr, seen.dport),
             (forward.saddr, forward.sport, forward.daddr, forward.dport)
         );
+    }
+
+    #[test]
+    fn a_snat_port_is_freed_after_its_flow_closed_or_idled() {
+        let tcp = crate::service::PROTO_TCP;
+        let udp = crate::service::PROTO_UDP;
+        assert!(!ct_expired(tcp, CT_SNAT, 100, 100 + CT_LIFETIME_TCP));
+        assert!(ct_expired(tcp, CT_SNAT, 100, 101 + CT_LIFETIME_TCP));
+        assert!(!ct_expired(tcp, CT_CLOSING, 100, 110));
+        assert!(ct_expired(tcp, CT_CLOSING, 100, 111));
+        assert!(!ct_expired(udp, 0, 100, 160));
+        assert!(ct_expired(udp, 0, 100, 161));
+        // A clock that has not moved, or an entry another CPU saw a moment "later".
+        assert!(!ct_expired(udp, 0, 100, 100));
+        assert!(!ct_expired(udp, 0, 101, 100));
     }
 
     #[test]

@@ -17,8 +17,8 @@ use aya_ebpf::{
         bpf_fib_lookup,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_redirect, bpf_redirect_neigh,
-        bpf_skb_change_tail,
+        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
+        bpf_redirect_neigh, bpf_skb_change_tail,
     },
     macros::classifier,
     programs::TcContext,
@@ -26,8 +26,8 @@ use aya_ebpf::{
 use skiff_ebpf_common::{
     BackendKey, CtKey, CtValue,
     nat::{
-        CT_FORWARD, CT_REPLY, CT_SNAT, SNAT_ATTEMPTS, TCP_ACK, TCP_SYN, checksum, rst_answer,
-        settled_partial_checksum, snat_port, sum_words,
+        CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT, SNAT_ATTEMPTS, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN, checksum, ct_expired, rst_answer, settled_partial_checksum, snat_port, sum_words,
     },
     service::{
         BACKEND_LOCAL, CLIENT_ADDRESS, FLAG_EXTERNAL_LOCAL, KIND_CLUSTER_IP, PROTO_TCP, PROTO_UDP,
@@ -138,14 +138,18 @@ fn ingress(ctx: &TcContext) -> i32 {
     // The answer of a backend on another node to a SNATed flow.
     if p.daddr == uplink.address {
         let key = CtKey::new(p.saddr, p.sport, p.daddr, p.dport, p.protocol, CT_REPLY);
-        if let Some(to) = tracked(&key) {
+        if let Some((entry, to)) = tracked(&key) {
+            touch(entry, p);
             return apply(ctx, p, &to);
         }
     }
     let key = CtKey::new(p.saddr, p.sport, p.daddr, p.dport, p.protocol, CT_FORWARD);
-    if let Some(to) = tracked(&key)
-        && (!opens(p) || still_holds(&to))
+    // A new connection on a tracked tuple keeps the backend while its slot holds it, unless
+    // the old connection closed (its SNAT port may go to another flow soon).
+    if let Some((entry, to)) = tracked(&key)
+        && (!opens(p) || (still_holds(&to) && to.flags & CT_CLOSING == 0))
     {
+        touch(entry, p);
         return apply(ctx, p, &to);
     }
     let Some(frontend) = lb::frontend(p.daddr, p.dport, p.protocol, false) else {
@@ -168,6 +172,7 @@ fn ingress(ctx: &TcContext) -> i32 {
                 slot,
                 flags: if snat { CT_SNAT } else { 0 },
                 pad: [0; 3],
+                seen: now(),
             };
             match track(p, &key, to) {
                 Some(to) => apply(ctx, p, &to),
@@ -190,7 +195,8 @@ fn egress(ctx: &TcContext) -> i32 {
     // A local backend's answer (SNATed answers arrive at ingress instead).
     let key = CtKey::new(p.saddr, p.sport, p.daddr, p.dport, p.protocol, CT_REPLY);
     match tracked(&key) {
-        Some(to) if to.flags & CT_SNAT == 0 => {
+        Some((entry, to)) if to.flags & CT_SNAT == 0 => {
+            touch(entry, &p);
             if rewrite(ctx, &p, &to).is_err() {
                 return DROP;
             }
@@ -200,10 +206,74 @@ fn egress(ctx: &TcContext) -> i32 {
     }
 }
 
+/// The entry for `key`, and a copy of it.
 #[inline(always)]
-fn tracked(key: &CtKey) -> Option<CtValue> {
-    // SAFETY: copied out at once; an LRU element may be reused after the read, never during.
-    unsafe { CT.get(key) }.copied()
+fn tracked(key: &CtKey) -> Option<(*mut CtValue, CtValue)> {
+    let entry = CT.get_ptr_mut(key)?;
+    // SAFETY: the map's element for the key, valid during the program (LRU elements are
+    // freed under RCU); copied at once.
+    Some((entry, unsafe { *entry }))
+}
+
+/// Seconds since boot, the clock of [`CtValue::seen`].
+#[inline(always)]
+fn now() -> u32 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let nanos = unsafe { bpf_ktime_get_ns() };
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "seconds since boot fit 32 bits"
+    )]
+    let seconds = (nanos / 1_000_000_000) as u32;
+    seconds
+}
+
+/// Marks the entry used now, and closing once a FIN or RST passed.
+#[inline(always)]
+fn touch(entry: *mut CtValue, p: &Packet) {
+    let now = now();
+    // SAFETY: the element `tracked` returned, valid during the program; plain stores, and a
+    // racing CPU at worst writes the same second or flag.
+    unsafe {
+        if (*entry).seen != now {
+            (*entry).seen = now;
+        }
+        if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && (*entry).flags & CT_CLOSING == 0 {
+            (*entry).flags |= CT_CLOSING;
+        }
+    }
+}
+
+/// Whether the flow holding the SNAT reply entry `key` has ended, so its port may go to a
+/// new flow; its forward entry is removed then (a late packet of it picks anew).
+#[inline(always)]
+fn reclaim(key: &CtKey) -> bool {
+    let Some((_, old)) = tracked(key) else {
+        // Evicted since the insert failed: free.
+        return true;
+    };
+    // `old` rewrites answers to frontend -> client; the flow's first direction is that turned
+    // around.
+    let forward = CtKey::new(
+        old.daddr,
+        old.dport,
+        old.saddr,
+        old.sport,
+        key.protocol,
+        CT_FORWARD,
+    );
+    let Some((_, first)) = tracked(&forward) else {
+        return true;
+    };
+    let flags = old.flags | first.flags;
+    let now = now();
+    if ct_expired(key.protocol, flags, old.seen, now)
+        && ct_expired(key.protocol, flags, first.seen, now)
+    {
+        let _ = CT.remove(&forward);
+        return true;
+    }
+    false
 }
 
 /// Whether the packet starts a connection, which must not follow a tracked backend that is
@@ -228,7 +298,8 @@ fn still_holds(to: &CtValue) -> bool {
 /// its forward translation, with the SNAT port it got.
 #[inline(always)]
 fn track(p: &Packet, key: &CtKey, mut to: CtValue) -> Option<CtValue> {
-    let back = key.restore(to.flags);
+    let mut back = key.restore(to.flags);
+    back.seen = to.seen;
     if to.flags & CT_SNAT == 0 {
         CT.insert(&CtKey::reply_to(&to, p.protocol), &back, 0)
             .ok()?;
@@ -239,7 +310,9 @@ fn track(p: &Packet, key: &CtKey, mut to: CtValue) -> Option<CtValue> {
         for attempt in 0..SNAT_ATTEMPTS {
             to.sport = snat_port(seed, attempt);
             let reply = CtKey::reply_to(&to, p.protocol);
-            if CT.insert(&reply, &back, u64::from(BPF_NOEXIST)).is_ok() {
+            if CT.insert(&reply, &back, u64::from(BPF_NOEXIST)).is_ok()
+                || (reclaim(&reply) && CT.insert(&reply, &back, 0).is_ok())
+            {
                 placed = true;
                 break;
             }
