@@ -199,12 +199,8 @@ pub const fn ct_expired(protocol: u8, flags: u8, seen: u32, now: u32) -> bool {
     };
     // Signed: an entry another CPU touched a moment after this one read the clock is not
     // idle.
-    #[expect(
-        clippy::cast_possible_wrap,
-        reason = "idle times and limits are far below 2^31 seconds"
-    )]
-    let idle = now.wrapping_sub(seen) as i32;
-    idle > limit as i32
+    let idle = now.wrapping_sub(seen).cast_signed();
+    idle > limit.cast_signed()
 }
 
 /// The ones' complement sum of `bytes` as 16-bit big-endian words (an odd last byte is
