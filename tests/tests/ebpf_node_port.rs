@@ -30,7 +30,10 @@ use skiff_ebpf_common::{
         BACKEND_LOCAL, FLAG_EXTERNAL_LOCAL, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
     },
 };
-use skiff_node_proxy::{AttachConfig, Datapath, ServiceMaps, Uplink, ebpf::EbpfMaps};
+use skiff_node_proxy::{
+    AttachConfig, Datapath, ServiceMaps, Uplink,
+    ebpf::{DatapathStats, EbpfMaps},
+};
 use skiff_tests::{bpffs::BpfFs, cgroup::Cgroup, netns::Netns, require_root};
 
 const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
@@ -498,6 +501,16 @@ fn a_node_port_reaches_a_backend_on_another_node_through_snat() -> Result<()> {
         assert!(answer.starts_with("pod-b "), "{answer}");
         assert_eq!(peer_ip(&answer)?, NODE_A);
     }
+    let tracked = datapath
+        .stats
+        .fill()?
+        .into_iter()
+        .find(|f| f.map == "SKIFF_CT")
+        .context("no connection tracking fill")?;
+    assert_eq!(
+        tracked.entries, 4,
+        "two entries per flow, one TCP and one UDP flow"
+    );
     Ok(())
 }
 

@@ -700,7 +700,11 @@ fn a_new_connection_after_a_fin_gets_a_fresh_snat_port() -> Result<()> {
         "uplink_ingress",
         &packet(PROTO_TCP, client, node_port(30090), FIN | ACK, &[]),
     )?;
-    assert_eq!(source(&fin).port(), port, "the FIN still belongs to the flow");
+    assert_eq!(
+        source(&fin).port(),
+        port,
+        "the FIN still belongs to the flow"
+    );
     let (_, reopened) = lb.run("uplink_ingress", &syn)?;
     assert_eq!(destination(&reopened), REMOTE_POD);
     assert_ne!(

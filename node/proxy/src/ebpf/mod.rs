@@ -22,6 +22,7 @@ use aya::{
 };
 use skiff_ebpf_common::{
     Config,
+    nat::CT_MAP,
     service::{AFFINITY_MAP, BACKENDS_MAP, CONFIG_MAP, COUNTERS_MAP, FRONTENDS_MAP},
     socket::SOCK_REV_NAT_MAP,
 };
@@ -257,6 +258,7 @@ impl Datapath {
                 .map_err(map_err(COUNTERS_MAP))?,
             affinity: take_map(&mut ebpf, AFFINITY_MAP)?,
             rev_nat: take_map(&mut ebpf, SOCK_REV_NAT_MAP)?,
+            ct: take_map(&mut ebpf, CT_MAP)?,
         };
         tracing::info!(
             cgroup = %dir.display(),
