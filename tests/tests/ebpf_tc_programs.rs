@@ -47,7 +47,36 @@ fn be32(a: Ipv4Addr) -> u32 {
 /// The programs of one fresh object, in a network namespace of their own.
 struct Uplinks {
     ebpf: Ebpf,
-    _netns: Netns,
+    _inside: Inside,
+}
+
+/// This thread inside a test's namespace; on drop, back where it was (the harness may run
+/// every test on one thread) and the namespace deleted.
+struct Inside {
+    netns: Option<Netns>,
+    home: Option<std::fs::File>,
+}
+
+impl Inside {
+    fn enter(netns: Netns) -> Result<Self> {
+        let home = std::fs::File::open("/proc/thread-self/ns/net").context("this netns")?;
+        netns.enter()?;
+        Ok(Self {
+            netns: Some(netns),
+            home: Some(home),
+        })
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.take()
+            && let Err(err) = nix::sched::setns(home, nix::sched::CloneFlags::CLONE_NEWNET)
+        {
+            eprintln!("cleanup: returning to the test's network namespace: {err}");
+        }
+        drop(self.netns.take());
+    }
 }
 
 impl Uplinks {
@@ -78,7 +107,7 @@ impl Uplinks {
             "via",
             &NEXT_HOP.to_string(),
         ])?;
-        netns.enter()?;
+        let inside = Inside::enter(netns)?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("ip_forward")?;
         let mut ebpf = Ebpf::load(skiff_node_proxy::ebpf::object())?;
         for name in ["uplink_ingress", "uplink_egress"] {
@@ -90,7 +119,7 @@ impl Uplinks {
         }
         let mut uplinks = Self {
             ebpf,
-            _netns: netns,
+            _inside: inside,
         };
         uplinks.uplink(LOOPBACK, NODE)?;
         Ok(uplinks)
