@@ -1,8 +1,8 @@
 //! Loads the embedded eBPF object, attaches its socket hooks to a cgroup v2 subtree and its
-//! TC programs to the node's uplinks ([`tc`]) through `bpf_link`s, and hands out its maps: [`EbpfMaps`] for the table, [`MapStats`] for
-//! `/metrics`. With a pin directory the links and maps outlive the process (a restarted node
-//! finds them, [`DatapathHandle::remove`] takes them away); without one everything is
-//! detached when the handle drops.
+//! TC programs to the node's uplinks ([`tc`]) through `bpf_link`s, and hands out its maps:
+//! [`EbpfMaps`] for the table, [`MapStats`] for `/metrics`. With a pin directory the links
+//! and maps outlive the process (a restarted node finds them, [`DatapathHandle::remove`]
+//! takes them away); without one everything is detached when the handle drops.
 
 pub mod cookie;
 pub mod maps;
