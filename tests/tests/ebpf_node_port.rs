@@ -651,3 +651,45 @@ fn flows_survive_the_loader_going_away_and_a_restart_adopts_the_pinned_links() -
     );
     Ok(())
 }
+
+#[test]
+fn a_backend_port_nobody_listens_on_is_reported_to_the_client_at_once() -> Result<()> {
+    if !require_root("a_backend_port_nobody_listens_on_is_reported_to_the_client_at_once") {
+        return Ok(());
+    }
+    let hosts = Hosts::new()?;
+    let cgroup = Cgroup::new("skiff-np")?;
+    let mut datapath = hosts.attach(&cgroup, None)?;
+    let closed_a = SocketAddrV4::new(*POD_A.ip(), 9999);
+    let closed_b = SocketAddrV4::new(*POD_B.ip(), 9999);
+    node_port(
+        &mut datapath.maps,
+        30085,
+        PROTO_UDP,
+        0,
+        1,
+        &[(closed_a, true)],
+    )?;
+    node_port(
+        &mut datapath.maps,
+        30086,
+        PROTO_UDP,
+        0,
+        2,
+        &[(closed_b, false)],
+    )?;
+    for (port, which) in [(30085, "a local backend"), (30086, "a backend on node B")] {
+        let started = std::time::Instant::now();
+        match datagram(&hosts.udp(port)?) {
+            Err(err) => {
+                let refused = err
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == ErrorKind::ConnectionRefused);
+                ensure!(refused, "{which}: expected port unreachable, got {err:#}");
+            }
+            Ok(answer) => bail!("{which}: an answer from a closed port: {answer}"),
+        }
+        ensure!(started.elapsed() < TIMEOUT, "{which}: only a timeout");
+    }
+    Ok(())
+}

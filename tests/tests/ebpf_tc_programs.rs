@@ -743,3 +743,123 @@ fn a_new_connection_after_a_fin_gets_a_fresh_snat_port() -> Result<()> {
     );
     Ok(())
 }
+
+/// An ICMP error of `kind`/`code` from `from` to `to`, quoting `quoted` (from its IP header
+/// on) as the kernel would.
+fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0xbb, 0x08, 0x00]);
+    let total = u16::try_from(20 + 8 + quoted.len()).expect("small packet");
+    p.extend_from_slice(&[0x45, 0xc0]);
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+    p.extend_from_slice(&from.octets());
+    p.extend_from_slice(&to.octets());
+    let ip_sum = skiff_ebpf_common::nat::checksum(&p[14..34]);
+    p[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    // Type, code, checksum, and the next-hop MTU for "fragmentation needed".
+    p.extend_from_slice(&[kind, code, 0, 0, 0, 0, 0x05, 0xaa]);
+    p.extend_from_slice(quoted);
+    let sum = skiff_ebpf_common::nat::checksum(&p[34..]);
+    p[36..38].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+/// The quoted packet's source and destination in an ICMP error.
+fn quoted_tuple(p: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
+    let q = &p[42..];
+    (
+        SocketAddrV4::new(
+            Ipv4Addr::new(q[12], q[13], q[14], q[15]),
+            u16::from_be_bytes([q[20], q[21]]),
+        ),
+        SocketAddrV4::new(
+            Ipv4Addr::new(q[16], q[17], q[18], q[19]),
+            u16::from_be_bytes([q[22], q[23]]),
+        ),
+    )
+}
+
+#[test]
+fn an_icmp_error_about_a_snat_ed_packet_reaches_the_client_about_its_own_packet() -> Result<()> {
+    if !require_root("an_icmp_error_about_a_snat_ed_packet_reaches_the_client") {
+        return Ok(());
+    }
+    let mut lb = Uplinks::new()?;
+    lb.frontend(
+        node_port(30091),
+        PROTO_TCP,
+        KIND_NODE_PORT,
+        0,
+        13,
+        &[(REMOTE_POD, false)],
+    )?;
+    let client = SocketAddrV4::new(CLIENT, 40011);
+    let (_, sent) = lb.run(
+        "uplink_ingress",
+        &packet(PROTO_TCP, client, node_port(30091), ACK, &[9; 1200]),
+    )?;
+    // Node B cannot forward it without fragmenting: it tells node A, quoting the packet.
+    let error = icmp_error(NEXT_HOP, NODE, 3, 4, &sent[14..]);
+    let (verdict, out) = lb.run("uplink_ingress", &error)?;
+    assert_eq!(verdict, REDIRECT);
+    assert_eq!(
+        out[26..30],
+        NEXT_HOP.octets(),
+        "the router still reports it"
+    );
+    assert_eq!(out[30..34], CLIENT.octets());
+    assert_eq!(quoted_tuple(&out), (client, node_port(30091)));
+    assert_eq!(
+        skiff_ebpf_common::nat::checksum(&out[42..62]),
+        0,
+        "quoted IP header checksum"
+    );
+    checksums_hold(&out)?;
+
+    // An error about a flow nobody tracks is left alone.
+    let stray = packet(
+        PROTO_TCP,
+        SocketAddrV4::new(NODE, 2000),
+        REMOTE_POD,
+        ACK,
+        &[],
+    );
+    let error = icmp_error(NEXT_HOP, NODE, 3, 4, &stray[14..]);
+    let (verdict, out) = lb.run("uplink_ingress", &error)?;
+    assert_eq!((verdict, &out), (NEXT, &error));
+    Ok(())
+}
+
+#[test]
+fn a_local_backend_s_port_unreachable_reaches_the_client_from_the_node_port() -> Result<()> {
+    if !require_root("a_local_backend_s_port_unreachable_reaches_the_client") {
+        return Ok(());
+    }
+    let mut lb = Uplinks::new()?;
+    lb.frontend(
+        node_port(30092),
+        PROTO_UDP,
+        KIND_NODE_PORT,
+        0,
+        14,
+        &[(LOCAL_POD, true)],
+    )?;
+    let client = SocketAddrV4::new(CLIENT, 40012);
+    let (_, sent) = lb.run(
+        "uplink_ingress",
+        &packet(PROTO_UDP, client, node_port(30092), 0, b"query"),
+    )?;
+    let error = icmp_error(*LOCAL_POD.ip(), CLIENT, 3, 3, &sent[14..]);
+    let (verdict, out) = lb.run("uplink_egress", &error)?;
+    assert_eq!(verdict, NEXT);
+    assert_eq!(
+        out[26..30],
+        NODE.octets(),
+        "from the frontend, as its answers"
+    );
+    assert_eq!(out[30..34], CLIENT.octets());
+    assert_eq!(quoted_tuple(&out), (client, node_port(30092)));
+    checksums_hold(&out)?;
+    Ok(())
+}

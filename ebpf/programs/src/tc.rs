@@ -17,8 +17,8 @@ use aya_ebpf::{
         bpf_fib_lookup,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
-        bpf_redirect_neigh, bpf_skb_change_tail,
+        bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail,
     },
     macros::classifier,
     programs::TcContext,
@@ -61,6 +61,14 @@ const TCP_OFF_FLAGS: usize = L4 + 12;
 const TCP_CSUM: usize = L4 + 16;
 const UDP_CSUM: usize = L4 + 6;
 const UDP_HLEN: usize = 8;
+const ICMP_CSUM: usize = L4 + 2;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+/// The packet an ICMP error quotes: its IP header and the first 8 bytes after it.
+const QUOTED: usize = L4 + 8;
+const PROTO_ICMP: u8 = 1;
+#[expect(clippy::cast_possible_truncation, reason = "28 bytes")]
+const QUOTE_LEN: u32 = (IP_HLEN + 8) as u32;
 /// The ICMP error's header and the offending packet's IP header, inserted before its UDP
 /// header.
 const ICMP_QUOTE: usize = 8 + IP_HLEN + UDP_HLEN;
@@ -132,7 +140,7 @@ fn ingress(ctx: &TcContext) -> i32 {
         return NEXT;
     };
     let Some(packet) = parse(ctx) else {
-        return NEXT;
+        return related(ctx, Some(uplink.address)).unwrap_or(NEXT);
     };
     let p = &packet;
     // The answer of a backend on another node to a SNATed flow.
@@ -190,7 +198,7 @@ fn egress(ctx: &TcContext) -> i32 {
         return NEXT;
     }
     let Some(p) = parse(ctx) else {
-        return NEXT;
+        return related(ctx, None).unwrap_or(NEXT);
     };
     // A local backend's answer (SNATed answers arrive at ingress instead).
     let key = CtKey::new(p.saddr, p.sport, p.daddr, p.dport, p.protocol, CT_REPLY);
@@ -274,6 +282,118 @@ fn reclaim(key: &CtKey) -> bool {
         return true;
     }
     false
+}
+
+/// The quoted IP header and ports of an ICMP error, 4-byte aligned for `bpf_csum_diff`.
+#[repr(C, align(4))]
+#[derive(Clone, Copy)]
+struct Quote([u8; IP_HLEN + 8]);
+
+/// Translates an ICMP error (destination unreachable, time exceeded) about a packet of a
+/// tracked flow the way the flow's answers are: at ingress (`node` is the uplink's address)
+/// one addressed to the node about a SNAT-ed packet, at egress one from a local backend's
+/// side. The client then sees the error about the packet it sent, from the frontend when the
+/// backend itself reported it, and learns a smaller path MTU or a closed port. `None` when
+/// the packet is no such error.
+#[inline(always)]
+fn related(ctx: &TcContext, node: Option<u32>) -> Option<i32> {
+    let ethertype: u16 = ctx.load(12).ok()?;
+    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let frag: u16 = ctx.load(IP_FRAG).ok()?;
+    let protocol: u8 = ctx.load(IP_PROTO).ok()?;
+    if ethertype != ETH_P_IP.to_be()
+        || version_ihl != 0x45
+        || u16::from_be(frag) & 0x3fff != 0
+        || protocol != PROTO_ICMP
+    {
+        return None;
+    }
+    let kind: u8 = ctx.load(L4).ok()?;
+    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED {
+        return None;
+    }
+    let saddr: u32 = ctx.load(IP_SRC).ok()?;
+    let daddr: u32 = ctx.load(IP_DST).ok()?;
+    if node.is_some_and(|node| node != daddr) {
+        return None;
+    }
+    let old: Quote = ctx.load(QUOTED).ok()?;
+    let q = &old.0;
+    let inner_protocol = q[9];
+    if q[0] != 0x45 || (inner_protocol != PROTO_TCP && inner_protocol != PROTO_UDP) {
+        return None;
+    }
+    let word = |at: usize| u32::from_ne_bytes([q[at], q[at + 1], q[at + 2], q[at + 3]]);
+    let half = |at: usize| u16::from_ne_bytes([q[at], q[at + 1]]);
+    let (inner_saddr, inner_daddr) = (word(12), word(16));
+    let (inner_sport, inner_dport) = (half(IP_HLEN), half(IP_HLEN + 2));
+    // The quoted packet went towards the backend; its answer's entry names the flow.
+    let key = CtKey::new(
+        inner_daddr,
+        inner_dport,
+        inner_saddr,
+        inner_sport,
+        inner_protocol,
+        CT_REPLY,
+    );
+    let (_, to) = tracked(&key)?;
+    if (to.flags & CT_SNAT != 0) != node.is_some() {
+        return None;
+    }
+    // What the client sent: client -> frontend.
+    let mut new = old;
+    let n = &mut new.0;
+    n[12..16].copy_from_slice(&to.daddr.to_ne_bytes());
+    n[16..20].copy_from_slice(&to.saddr.to_ne_bytes());
+    n[IP_HLEN..IP_HLEN + 2].copy_from_slice(&to.dport.to_ne_bytes());
+    n[IP_HLEN + 2..IP_HLEN + 4].copy_from_slice(&to.sport.to_ne_bytes());
+    n[10] = 0;
+    n[11] = 0;
+    let sum = checksum(&n[..IP_HLEN]).to_be_bytes();
+    n[10] = sum[0];
+    n[11] = sum[1];
+    // The ICMP checksum covers the quote: move it by the quote's change.
+    // SAFETY: both buffers are 4-byte aligned stack memory of the size given.
+    let diff = unsafe {
+        bpf_csum_diff(
+            (&raw const old).cast_mut().cast(),
+            QUOTE_LEN,
+            (&raw mut new).cast(),
+            QUOTE_LEN,
+            0,
+        )
+    };
+    if diff < 0 {
+        return Some(DROP);
+    }
+    #[expect(clippy::cast_sign_loss, reason = "checked non-negative above")]
+    let diff = diff as u64;
+    let translated = ctx.store(QUOTED, &new, 0).is_ok()
+        && ctx.l4_csum_replace(ICMP_CSUM, 0, diff, 0).is_ok()
+        && ctx.store(IP_DST, &to.daddr, 0).is_ok()
+        && ctx
+            .l3_csum_replace(IP_CSUM, u64::from(daddr), u64::from(to.daddr), 4)
+            .is_ok();
+    if !translated {
+        return Some(DROP);
+    }
+    // The backend itself reported it: from the frontend, as its answers are.
+    let mut source = saddr;
+    if saddr == inner_daddr {
+        source = to.saddr;
+        if ctx.store(IP_SRC, &source, 0).is_err()
+            || ctx
+                .l3_csum_replace(IP_CSUM, u64::from(saddr), u64::from(source), 4)
+                .is_err()
+        {
+            return Some(DROP);
+        }
+    }
+    Some(if node.is_some() {
+        send(ctx, source, to.daddr)
+    } else {
+        NEXT
+    })
 }
 
 /// Whether the packet starts a connection, which must not follow a tracked backend that is
