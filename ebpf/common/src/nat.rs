@@ -14,7 +14,15 @@
 //! through the uplink's egress, where it is rewritten in place; a reply of a SNAT-ed flow
 //! arrives at the uplink's ingress addressed to the node and is rewritten and sent straight
 //! back out ([`CT_SNAT`]), as is the SNAT-ed forward direction, since the kernel would drop
-//! either as a martian (a packet arriving with the node's own address as source).
+//! either as a martian (a packet arriving with the node's own address as source). An ICMP
+//! error about a packet of the flow (fragmentation needed, port unreachable) is found by the
+//! reply entry of the tuple it quotes and reaches the client the same way, about the packet
+//! the client sent.
+//!
+//! Entries are not deleted when a flow ends: the LRU evicts them. Each carries when it was
+//! last used and whether a FIN or RST passed ([`CT_CLOSING`]), which decides when a SNAT port
+//! may go to a new flow ([`ct_expired`]) and makes a new connection on a closed tuple choose
+//! its backend again.
 //!
 //! Byte order as in [`crate::service`]: addresses and ports in network byte order.
 

@@ -1,8 +1,8 @@
 //! The TC programs on the node's uplinks: traffic from outside the node to an external-scope
-//! frontend (NodePort, externalIP, LoadBalancer) is sent to a backend here, with connection
+//! frontend (NodePort, externalIPs, LoadBalancer) is sent to a backend here, with connection
 //! tracking, SNAT when the backend is on another node, reverse translation of the replies,
-//! and a TCP RST or ICMP port unreachable for a frontend without backends. The flow model
-//! is described in `skiff_ebpf_common::nat`.
+//! ICMP errors about tracked flows translated alike, and a TCP RST or ICMP port unreachable
+//! for a frontend without backends. The flow model is described in `skiff_ebpf_common::nat`.
 //!
 //! Only IPv4 without options and without fragmentation is translated; everything else, and
 //! every packet that is not Service traffic, goes on untouched (`TC_ACT_UNSPEC`, so other
