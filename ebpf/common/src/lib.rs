@@ -5,14 +5,15 @@
 //!
 //! - [`service`]: what every Service datapath reads (frontends, backend slot groups,
 //!   session affinity, counters, the node's configuration);
-//! - [`socket`]: the socket hooks' reverse translation.
-//!
-//! The TC path's connection tracking and NAT maps get a module of their own beside these.
+//! - [`socket`]: the socket hooks' reverse translation;
+//! - [`nat`]: the TC path's uplinks, connection tracking and packet arithmetic.
 #![no_std]
 
+pub mod nat;
 pub mod service;
 pub mod socket;
 
+pub use nat::{CtKey, CtValue, Uplink};
 pub use service::{
     AffinityKey, AffinityValue, Backend, BackendKey, Config, Counters, FrontendKey, FrontendValue,
 };

@@ -48,6 +48,17 @@ pub fn frontend(address: u32, port: u16, protocol: u8, internal: bool) -> Option
 /// A backend of `frontend` for `client` (`(id, CLIENT_*)`, used for session affinity).
 #[inline(always)]
 pub fn pick(frontend: &FrontendValue, client: u64, origin: u8) -> Result<Backend, Miss> {
+    pick_slot(frontend, client, origin).map(|(_, backend)| backend)
+}
+
+/// [`pick`], with the slot the backend is in (connection tracking keeps it to see later
+/// whether the slot still holds the backend).
+#[inline(always)]
+pub fn pick_slot(
+    frontend: &FrontendValue,
+    client: u64,
+    origin: u8,
+) -> Result<(u32, Backend), Miss> {
     let group = frontend.group;
     if frontend.count == 0 {
         count(group, false);
@@ -62,10 +73,10 @@ pub fn pick(frontend: &FrontendValue, client: u64, origin: u8) -> Result<Backend
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if frontend.affinity_timeout != 0
-        && let Some(backend) = affine(frontend, &affinity_key, now)
+        && let Some(found) = affine(frontend, &affinity_key, now)
     {
         count(group, true);
-        return Ok(backend);
+        return Ok(found);
     }
     // SAFETY: bpf_get_prandom_u32 has no preconditions.
     let slot = unsafe { bpf_get_prandom_u32() } % frontend.count;
@@ -83,13 +94,13 @@ pub fn pick(frontend: &FrontendValue, client: u64, origin: u8) -> Result<Backend
         let _ = AFFINITY.insert(&affinity_key, &value, 0);
     }
     count(group, true);
-    Ok(backend)
+    Ok((slot, backend))
 }
 
 /// The backend `key`'s client used last, while the timeout has not passed and its slot
-/// still holds it; refreshes the entry's time.
+/// still holds it, with that slot; refreshes the entry's time.
 #[inline(always)]
-fn affine(frontend: &FrontendValue, key: &AffinityKey, now: u64) -> Option<Backend> {
+fn affine(frontend: &FrontendValue, key: &AffinityKey, now: u64) -> Option<(u32, Backend)> {
     let entry = AFFINITY.get_ptr_mut(key)?;
     // SAFETY: the pointer is the map's element for this key, valid during the program; a
     // concurrent update of the same client's entry at worst loses one refresh.
@@ -109,7 +120,7 @@ fn affine(frontend: &FrontendValue, key: &AffinityKey, now: u64) -> Option<Backe
     }
     // SAFETY: as above; a plain store of the refreshed time.
     unsafe { (*entry).last_used_ns = now };
-    Some(backend)
+    Some((seen.slot, backend))
 }
 
 /// Adds one translation or refusal to `group`'s counters on this CPU.

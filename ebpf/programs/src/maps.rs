@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
 };
 use skiff_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, Config, Counters, FrontendKey, FrontendValue,
-    SockRevNatKey, SockRevNatValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, Config, Counters, CtKey, CtValue, FrontendKey,
+    FrontendValue, SockRevNatKey, SockRevNatValue, Uplink,
+    nat::{MAX_CT, MAX_UPLINKS},
     service::{MAX_AFFINITY, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, NO_PREALLOC},
     socket::MAX_SOCK_REV_NAT,
 };
@@ -34,3 +35,9 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "SKIFF_SOCK_RNAT")]
 pub static SOCK_REV_NAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::with_max_entries(MAX_SOCK_REV_NAT, 0);
+
+#[map(name = "SKIFF_UPLINKS")]
+pub static UPLINKS: HashMap<u32, Uplink> = HashMap::with_max_entries(MAX_UPLINKS, 0);
+
+#[map(name = "SKIFF_CT")]
+pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(MAX_CT, 0);

@@ -2,7 +2,8 @@
 //! the eBPF maps. A pure planner turns one Service and its slices into frontends and backend
 //! groups; the table writes one Service's change into the maps with the fewest writes; the
 //! aya loader pins the programs and maps per node and attaches the socket hooks to the
-//! node's cgroup subtree. (The nftables mode will sit beside it.)
+//! node's cgroup subtree and the TC programs to its uplinks. (The nftables mode will sit
+//! beside it.)
 
 // One syscall has no safe wrapper: ebpf::cookie allows it for itself.
 #![deny(unsafe_code)]
@@ -17,7 +18,7 @@ pub mod table;
 #[cfg(test)]
 mod testing;
 
-pub use ebpf::{AttachConfig, Datapath, DatapathHandle, LoadError};
+pub use ebpf::{AttachConfig, Datapath, DatapathHandle, LoadError, Uplink};
 pub use entries::{
     Endpoint, Frontend, FrontendEntry, GroupKey, Kind, Protocol, Scope, ServiceEntries, ServiceRef,
 };

@@ -5,8 +5,9 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use skiff_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, Counters, FrontendKey, FrontendValue,
-    SockRevNatKey, SockRevNatValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, Counters, CtKey, CtValue, FrontendKey,
+    FrontendValue, SockRevNatKey, SockRevNatValue,
+    nat::{CT_MAP, MAX_CT},
     service::{AFFINITY_MAP, BACKENDS_MAP, COUNTERS_MAP, FRONTENDS_MAP, MAX_AFFINITY},
     socket::{MAX_SOCK_REV_NAT, SOCK_REV_NAT_MAP},
 };
@@ -125,7 +126,7 @@ pub trait DatapathStats: Send + Sync {
     /// When the map cannot be read.
     fn counters(&self) -> Result<StdHashMap<u32, Counters>, MapsError>;
 
-    /// The fill of the LRU maps (affinity, reverse translation).
+    /// The fill of the LRU maps (affinity, reverse translation, connection tracking).
     ///
     /// # Errors
     /// When a map cannot be read.
@@ -137,6 +138,7 @@ pub struct MapStats {
     pub(super) counters: PerCpuHashMap<MapData, u32, Counters>,
     pub(super) affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub(super) rev_nat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
+    pub(super) ct: HashMap<MapData, CtKey, CtValue>,
 }
 
 impl DatapathStats for MapStats {
@@ -165,6 +167,11 @@ impl DatapathStats for MapStats {
                 map: SOCK_REV_NAT_MAP,
                 entries: self.rev_nat.keys().flatten().count(),
                 capacity: MAX_SOCK_REV_NAT,
+            },
+            Fill {
+                map: CT_MAP,
+                entries: self.ct.keys().flatten().count(),
+                capacity: MAX_CT,
             },
         ])
     }

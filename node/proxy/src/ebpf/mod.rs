@@ -1,13 +1,14 @@
-//! Loads the embedded eBPF object, attaches its socket hooks to a cgroup v2 subtree through
-//! `bpf_link`s, and hands out its maps: [`EbpfMaps`] for the table, [`MapStats`] for
-//! `/metrics`. With a pin directory the links and maps outlive the process (a restarted node
-//! finds them, [`DatapathHandle::remove`] takes them away); without one everything is
-//! detached when the handle drops.
+//! Loads the embedded eBPF object, attaches its socket hooks to a cgroup v2 subtree and its
+//! TC programs to the node's uplinks ([`tc`]) through `bpf_link`s, and hands out its maps:
+//! [`EbpfMaps`] for the table, [`MapStats`] for `/metrics`. With a pin directory the links
+//! and maps outlive the process (a restarted node finds them, [`DatapathHandle::remove`]
+//! takes them away); without one everything is detached when the handle drops.
 
 pub mod cookie;
 pub mod maps;
 pub mod pins;
 pub mod probe;
+pub mod tc;
 
 use std::{
     fs::File,
@@ -21,6 +22,7 @@ use aya::{
 };
 use skiff_ebpf_common::{
     Config,
+    nat::CT_MAP,
     service::{AFFINITY_MAP, BACKENDS_MAP, CONFIG_MAP, COUNTERS_MAP, FRONTENDS_MAP},
     socket::SOCK_REV_NAT_MAP,
 };
@@ -29,10 +31,18 @@ pub use self::{
     maps::{DatapathStats, EbpfMaps, Fill, MapStats},
     pins::{PinDir, PinError},
     probe::{Features, ProbeError},
+    tc::{TcError, Uplink},
 };
 
 /// The object `cargo xtask build-ebpf` produced, embedded at build time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_OBJECT"));
+
+/// The embedded object, for tools and tests that load its programs themselves (for
+/// `BPF_PROG_TEST_RUN`).
+#[must_use]
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
 
 /// The socket hooks, in the order they are attached.
 pub const SOCKET_PROGRAMS: [&str; 4] = ["connect4", "sendmsg4", "recvmsg4", "getpeername4"];
@@ -86,6 +96,9 @@ pub enum LoadError {
         #[source]
         source: aya::programs::links::LinkError,
     },
+    /// The TC programs could not be attached to the uplinks.
+    #[error(transparent)]
+    Tc(#[from] TcError),
     /// A map has another type than expected, or could not be opened or written.
     #[error("map {name}")]
     Map {
@@ -164,6 +177,19 @@ impl Datapath {
     /// # Errors
     /// When the cgroup or pin directory is unusable or the kernel refuses the object.
     pub fn attach(config: &AttachConfig) -> Result<Self, LoadError> {
+        Self::attach_with_uplinks(config, &[])
+    }
+
+    /// [`Datapath::attach`], and the TC programs on `uplinks` (in this thread's network
+    /// namespace) for traffic from outside the node; TC links of interfaces an earlier run
+    /// pinned and `uplinks` no longer names are removed.
+    ///
+    /// # Errors
+    /// As [`Datapath::attach`], and when an uplink is missing or refuses the programs.
+    pub fn attach_with_uplinks(
+        config: &AttachConfig,
+        uplinks: &[Uplink],
+    ) -> Result<Self, LoadError> {
         let cgroup_err = |source| LoadError::Cgroup {
             path: config.cgroup.clone(),
             source,
@@ -198,6 +224,7 @@ impl Datapath {
                 None => links.push(link),
             }
         }
+        links.extend(tc::attach(&mut ebpf, pins.as_ref(), uplinks)?);
         let mut config_map: Array<&mut MapData, Config> = ebpf
             .map_mut(CONFIG_MAP)
             .ok_or(LoadError::MissingMap(CONFIG_MAP))?
@@ -231,11 +258,13 @@ impl Datapath {
                 .map_err(map_err(COUNTERS_MAP))?,
             affinity: take_map(&mut ebpf, AFFINITY_MAP)?,
             rev_nat: take_map(&mut ebpf, SOCK_REV_NAT_MAP)?,
+            ct: take_map(&mut ebpf, CT_MAP)?,
         };
         tracing::info!(
             cgroup = %dir.display(),
             pins = ?pins.as_ref().map(PinDir::root),
             restarted,
+            uplinks = ?uplinks.iter().map(|u| &u.interface).collect::<Vec<_>>(),
             "socket load balancer attached"
         );
         Ok(Self {

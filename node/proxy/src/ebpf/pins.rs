@@ -17,8 +17,9 @@ use nix::{
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 use skiff_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, Config, Counters, FrontendKey, FrontendValue,
-    SockRevNatKey, SockRevNatValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, Config, Counters, CtKey, CtValue, FrontendKey,
+    FrontendValue, SockRevNatKey, SockRevNatValue, Uplink,
+    nat::{CT_MAP, MAX_CT, MAX_UPLINKS, UPLINKS_MAP},
     service::{
         AFFINITY_MAP, BACKENDS_MAP, CONFIG_MAP, COUNTERS_MAP, FRONTENDS_MAP, MAX_AFFINITY,
         MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, NO_PREALLOC,
@@ -76,7 +77,7 @@ struct Shape {
     flags: u32,
 }
 
-const SHAPES: [Shape; 6] = [
+const SHAPES: [Shape; 8] = [
     Shape {
         name: FRONTENDS_MAP,
         map_type: MapType::Hash,
@@ -123,6 +124,22 @@ const SHAPES: [Shape; 6] = [
         key_size: size_of::<SockRevNatKey>(),
         value_size: size_of::<SockRevNatValue>(),
         max_entries: MAX_SOCK_REV_NAT,
+        flags: 0,
+    },
+    Shape {
+        name: UPLINKS_MAP,
+        map_type: MapType::Hash,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<Uplink>(),
+        max_entries: MAX_UPLINKS,
+        flags: 0,
+    },
+    Shape {
+        name: CT_MAP,
+        map_type: MapType::LruHash,
+        key_size: size_of::<CtKey>(),
+        value_size: size_of::<CtValue>(),
+        max_entries: MAX_CT,
         flags: 0,
     },
 ];

@@ -18,6 +18,16 @@ pub enum ProbeError {
          (kernel option CONFIG_CGROUPS; mount -t cgroup2 none /sys/fs/cgroup/unified)"
     )]
     NoCgroup2,
+    /// The kernel is older than a feature needs.
+    #[error("the kernel {found} is older than {need}: {why}")]
+    TooOld {
+        /// `uname -r`.
+        found: String,
+        /// The release needed.
+        need: &'static str,
+        /// What needs it.
+        why: &'static str,
+    },
     /// The kernel was built without an option the datapath needs.
     #[error("the kernel lacks {option}: {why}")]
     Missing {
@@ -146,6 +156,42 @@ impl Features {
         Ok(())
     }
 
+    /// Whether the TC programs can run on the uplinks: TC classifiers attached through TCX
+    /// links (Linux 6.6, `CONFIG_NET_XGRESS`), which the node pins to survive a restart.
+    ///
+    /// # Errors
+    /// The first missing piece, naming its kernel option or release.
+    pub fn require_uplink_programs(&self) -> Result<(), ProbeError> {
+        const WHY: &str = "the uplink's NodePort programs attach through TCX links";
+        if let Some((major, minor)) = release(&self.kernel)
+            && (major, minor) < (6, 6)
+        {
+            return Err(ProbeError::TooOld {
+                found: self.kernel.clone(),
+                need: "6.6",
+                why: WHY,
+            });
+        }
+        for (option, why) in [
+            ("CONFIG_NET_XGRESS", WHY),
+            (
+                "CONFIG_NET_CLS_BPF",
+                "the uplink's programs are TC classifiers",
+            ),
+        ] {
+            if self.config.enabled(option) == Some(false) {
+                return Err(ProbeError::Missing { option, why });
+            }
+        }
+        if self.tc == Some(false) {
+            return Err(ProbeError::Missing {
+                option: "CONFIG_NET_CLS_BPF",
+                why: "the kernel refuses TC classifier programs",
+            });
+        }
+        Ok(())
+    }
+
     /// One line saying what the datapath uses.
     #[must_use]
     pub fn summary(&self) -> String {
@@ -166,6 +212,12 @@ impl Features {
             yes_no(self.tc),
         )
     }
+}
+
+/// `(major, minor)` of a kernel release such as `6.18.44-foo`.
+fn release(kernel: &str) -> Option<(u32, u32)> {
+    let mut parts = kernel.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup` on unified hosts, `.../unified` on hybrid).
@@ -225,6 +277,29 @@ mod tests {
             cgroup2_in(mounts),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+    }
+
+    #[test]
+    fn uplink_programs_need_tcx_from_linux_6_6() {
+        let old = Features {
+            kernel: "6.1.90-generic".into(),
+            ..Features::default()
+        };
+        let err = old.require_uplink_programs().unwrap_err().to_string();
+        assert!(err.contains("6.6") && err.contains("TCX"), "{err}");
+        let new = Features {
+            kernel: "6.18.44-fc-v1098".into(),
+            tc: Some(true),
+            ..Features::default()
+        };
+        assert!(new.require_uplink_programs().is_ok());
+        let without = Features {
+            kernel: "6.18.0".into(),
+            config: KernelConfig::parse("CONFIG_NET_CLS_BPF=y\n"),
+            ..Features::default()
+        };
+        let err = without.require_uplink_programs().unwrap_err().to_string();
+        assert!(err.contains("CONFIG_NET_XGRESS"), "{err}");
     }
 
     #[test]
