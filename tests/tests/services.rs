@@ -21,8 +21,9 @@ use anyhow::{Context, Result, bail, ensure};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{Value, json};
 use skiff_tests::{
-    cluster::{Cluster, ClusterConfig, in_netns, wait_for},
+    cluster::{Cluster, ClusterConfig, wait_for},
     image::busybox_oci_layout,
+    netns::in_netns,
     process::ChildGuard,
 };
 

@@ -36,8 +36,9 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use serde_json::{Value, json};
 use skiff_tests::{
-    cluster::{Cluster, ClusterConfig, Subnet, in_netns, wait_for},
+    cluster::{Cluster, ClusterConfig, Subnet, wait_for},
     image::busybox_oci_layout,
+    netns::in_netns,
 };
 
 const IMAGE: &str = "bench.local/busybox:pod-network";
