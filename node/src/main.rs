@@ -323,7 +323,17 @@ async fn real(cli: Cli) -> Result<()> {
         .context("setting the node up")?;
     let listen = std::net::SocketAddr::from((config.address, config.port));
     let proxy = proxy
-        .map(|p| daemon::services::attach(&config.name, config.address, &p))
+        .map(|p| {
+            let uplink = config
+                .pod_network
+                .uplink
+                .as_ref()
+                .map(|u| skiff_node_proxy::Uplink {
+                    interface: u.name.clone(),
+                    address: u.address,
+                });
+            daemon::services::attach(&config.name, config.address, uplink, &p)
+        })
         .transpose()
         .context("setting the Service proxy up")?;
     let endpoint = Arc::new(daemon::endpoint::Endpoint::new(

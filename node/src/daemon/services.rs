@@ -25,8 +25,8 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 use skiff_node_proxy::{
-    Datapath, DatapathHandle, Mirror, NodeView, Occupancy, ServiceRef, ServiceTable, Synced,
-    Warning,
+    AttachConfig, Datapath, DatapathHandle, Mirror, NodeView, Occupancy, ServiceRef, ServiceTable,
+    Synced, Uplink, Warning,
     ebpf::{DatapathStats as _, EbpfMaps, Features, LoadError, MapStats, ProbeError, cookie},
     metrics,
 };
@@ -142,16 +142,43 @@ fn node_view(name: &str, address: Ipv4Addr) -> NodeView {
     }
 }
 
-/// Probes the kernel, attaches the socket hooks to the configured cgroup and opens (or
-/// adopts) the maps. The handle keeps the programs attached and removes them on a clean-up
-/// exit.
+/// The uplinks that get the TC programs: the pod network's interface, when there is one
+/// and the kernel can run them; otherwise none, said in one line (Services stay reachable
+/// through the socket load balancer, only traffic from outside the node is not translated).
+fn tc_uplinks(features: &Features, uplink: Option<Uplink>) -> Vec<Uplink> {
+    let Some(uplink) = uplink else {
+        tracing::info!(
+            "node on loopback: no uplink for NodePort, externalIPs and LoadBalancer traffic \
+             from outside"
+        );
+        return Vec::new();
+    };
+    match features.require_uplink_programs() {
+        Ok(()) => vec![uplink],
+        Err(err) => {
+            tracing::warn!(
+                uplink = %uplink.interface,
+                "traffic from outside the node to NodePort, externalIPs and LoadBalancer \
+                 addresses is not translated ({err}); the socket load balancer still serves \
+                 pods and host processes"
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// Probes the kernel, attaches the socket hooks to the configured cgroup and the TC
+/// programs to `uplink` (the pod network's interface and the node's address on it), and
+/// opens (or adopts) the maps. The handle keeps the programs attached and removes them on a
+/// clean-up exit. A kernel that refuses the TC programs leaves the socket path working.
 ///
 /// # Errors
-/// When the kernel lacks a feature, the cgroup or pins are unusable, or the programs are
-/// refused.
+/// When the kernel lacks a feature, the cgroup or pins are unusable, or the socket programs
+/// are refused.
 pub fn attach(
     name: &str,
     address: Ipv4Addr,
+    uplink: Option<Uplink>,
     config: &ProxyConfig,
 ) -> Result<(Proxy, DatapathHandle), ProxyError> {
     let features = Features::probe();
@@ -170,14 +197,26 @@ pub fn attach(
         None => features.cgroup2.clone().ok_or(ProbeError::NoCgroup2)?,
     };
     let host_netns = cookie::current_netns_cookie().map_err(ProxyError::Cookie)?;
-    let datapath = Datapath::attach(&skiff_node_proxy::AttachConfig {
+    let attach = AttachConfig {
         cgroup,
         // Either the operator named the directory, or it is the documented default (the
         // root, so host processes reach Services too).
         allow_cgroup_root: true,
         pin_dir: Some(config.pin_dir.clone()),
         host_netns,
-    })?;
+    };
+    let uplinks = tc_uplinks(&features, uplink);
+    let datapath = match Datapath::attach_with_uplinks(&attach, &uplinks) {
+        Err(LoadError::Tc(err)) if !uplinks.is_empty() => {
+            tracing::warn!(
+                "the uplink's TC programs were refused ({:#}); traffic from outside the node to \
+                 NodePort, externalIPs and LoadBalancer addresses is not translated",
+                anyhow::Error::new(err)
+            );
+            Datapath::attach(&attach)?
+        }
+        other => other?,
+    };
     let table = if datapath.handle.restarted() {
         ServiceTable::adopt(datapath.maps).map_err(ProxyError::Adopt)?
     } else {
@@ -425,5 +464,33 @@ mod tests {
         assert!(view.addresses.is_empty() && view.loopback_node_ports);
         let view = node_view("n1", Ipv4Addr::new(192, 168, 50, 20));
         assert_eq!(view.addresses, [Ipv4Addr::new(192, 168, 50, 20)]);
+    }
+
+    fn eth0() -> Uplink {
+        Uplink {
+            interface: "eth0".into(),
+            address: Ipv4Addr::new(192, 168, 50, 20),
+        }
+    }
+
+    #[test]
+    fn the_pod_networks_uplink_gets_the_tc_programs_when_the_kernel_runs_them() {
+        let able = Features {
+            kernel: "6.18.0".into(),
+            tc: Some(true),
+            ..Features::default()
+        };
+        assert_eq!(tc_uplinks(&able, Some(eth0())), [eth0()]);
+        assert!(tc_uplinks(&able, None).is_empty());
+    }
+
+    #[test]
+    fn a_kernel_without_tcx_keeps_the_socket_path_only() {
+        let old = Features {
+            kernel: "6.1.0".into(),
+            tc: Some(true),
+            ..Features::default()
+        };
+        assert!(tc_uplinks(&old, Some(eth0())).is_empty());
     }
 }
