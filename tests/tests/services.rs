@@ -9,11 +9,14 @@
 
 use std::{
     collections::BTreeSet,
-    io::Read as _,
-    net::{Ipv4Addr, UdpSocket},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpListener, UdpSocket},
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -298,6 +301,11 @@ fn clients_cgroup(c: &Cluster, node: usize) -> Result<PathBuf> {
 /// The client command in network namespace `netns`, hooked by node `node`.
 fn client_command(f: &Fixture, node: usize, netns: &Path, args: &[&str]) -> Result<Command> {
     let procs = clients_cgroup(&f.cluster, node)?;
+    Ok(python_client(f, netns, &procs, args))
+}
+
+/// The client command in network namespace `netns`, writing its PID to `procs`.
+fn python_client(f: &Fixture, netns: &Path, procs: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net={}", netns.display()))
         .arg("--")
@@ -305,7 +313,7 @@ fn client_command(f: &Fixture, node: usize, netns: &Path, args: &[&str]) -> Resu
         .args(["-c", CLIENT])
         .arg(procs)
         .args(args);
-    Ok(cmd)
+    cmd
 }
 
 /// One result of the client.
@@ -326,12 +334,31 @@ fn request(
     target: (&str, u16),
     count: usize,
 ) -> Result<Vec<Reply>> {
-    let out = client_command(
+    let procs = clients_cgroup(&f.cluster, node)?;
+    run_client(f, netns, &procs, mode, target, count)
+}
+
+/// Runs the client from the outside client host, which no node's socket hooks see.
+fn from_outside(f: &Fixture, mode: &str, target: (&str, u16), count: usize) -> Result<Vec<Reply>> {
+    let netns = f.cluster.client().netns_path();
+    // Its PID goes nowhere: it stays in the test's own cgroup.
+    run_client(f, &netns, Path::new("/dev/null"), mode, target, count)
+}
+
+fn run_client(
+    f: &Fixture,
+    netns: &Path,
+    procs: &Path,
+    mode: &str,
+    target: (&str, u16),
+    count: usize,
+) -> Result<Vec<Reply>> {
+    let out = python_client(
         f,
-        node,
         netns,
+        procs,
         &[mode, target.0, &target.1.to_string(), &count.to_string()],
-    )?
+    )
     .output()
     .context("running the client")?;
     ensure!(
@@ -805,7 +832,297 @@ fn external_ip_from_host_processes(f: &Fixture) -> Result<()> {
     Ok(())
 }
 
-/// SIGKILL a node: its pinned datapath keeps serving while it is down; a Service deleted
+/// The port the peer echo servers listen on, TCP and UDP, in the client pods.
+const ECHO_PORT: u16 = 9000;
+
+/// Servers in pods that answer every TCP connection and UDP datagram with
+/// `<pod name> <the address they saw the client at>`; stopped on drop.
+struct PeerEcho {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl PeerEcho {
+    fn start(pods: &[PodAt]) -> Result<Self> {
+        let mut echo = Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        for pod in pods {
+            let tcp = in_netns(&pod.netns, || TcpListener::bind((pod.ip, ECHO_PORT)))??;
+            let udp = in_netns(&pod.netns, || UdpSocket::bind((pod.ip, ECHO_PORT)))??;
+            tcp.set_nonblocking(true)?;
+            udp.set_read_timeout(Some(Duration::from_millis(50)))?;
+            let (name, stop) = (pod.name.clone(), echo.stop.clone());
+            echo.threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match tcp.accept() {
+                        Ok((mut conn, peer)) => {
+                            // The request is read before the answer and the close, so the
+                            // close is a FIN, not a reset over unread data.
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+                            let mut buf = [0; 512];
+                            let _ = conn.read(&mut buf);
+                            let _ = conn.write_all(format!("{name} {}", peer.ip()).as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            }));
+            let (name, stop) = (pod.name.clone(), echo.stop.clone());
+            echo.threads.push(std::thread::spawn(move || {
+                let mut buf = [0; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                        let _ = udp.send_to(format!("{name} {}", peer.ip()).as_bytes(), peer);
+                    }
+                }
+            }));
+        }
+        Ok(echo)
+    }
+}
+
+impl Drop for PeerEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A Service `name` without selector, TCP and UDP on [`ECHO_PORT`], its endpoints the given
+/// pods (written by hand, with their nodes), and `extra` in its spec. Returns the node port
+/// of TCP and of UDP.
+fn echo_service(c: &Cluster, name: &str, extra: &str, pods: &[&PodAt]) -> Result<(u16, u16)> {
+    let endpoints: String = pods
+        .iter()
+        .map(|p| {
+            format!(
+                "- addresses: ['{}']\n  nodeName: {}\n  conditions: {{ready: true}}\n",
+                p.ip,
+                c.node_hosts()[p.node].label()
+            )
+        })
+        .collect();
+    apply(
+        c,
+        &format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  {extra}
+  ports:
+  - {{name: tcp, port: {ECHO_PORT}, protocol: TCP, targetPort: {ECHO_PORT}}}
+  - {{name: udp, port: {ECHO_PORT}, protocol: UDP, targetPort: {ECHO_PORT}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-by-hand
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports:
+- {{name: tcp, port: {ECHO_PORT}, protocol: TCP}}
+- {{name: udp, port: {ECHO_PORT}, protocol: UDP}}
+endpoints:
+{endpoints}"
+        ),
+    )?;
+    let svc = c.get_json(&format!("/api/v1/namespaces/default/services/{name}"))?;
+    let port = |i: usize| {
+        svc["spec"]["ports"][i]["nodePort"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .with_context(|| format!("no nodePort: {svc}"))
+    };
+    Ok((port(0)?, port(1)?))
+}
+
+/// Splits an echo answer into the pod that gave it and the address it saw.
+fn echoed(r: &Reply) -> Result<(String, String)> {
+    ensure!(r.error.is_empty(), "a request failed: {r:?}");
+    let (pod, seen) = r
+        .body
+        .split_once(' ')
+        .with_context(|| format!("answer {r:?}"))?;
+    Ok((pod.to_owned(), seen.to_owned()))
+}
+
+/// Waits until the outside client host gets an answer from `target`.
+fn served_outside(f: &Fixture, mode: &str, target: (&str, u16)) -> Result<Reply> {
+    wait_for(
+        &format!("{mode} {}:{} from the client host", target.0, target.1),
+        Duration::from_secs(20),
+        || {
+            let r = from_outside(f, mode, target, 1)?.remove(0);
+            Ok(r.error.is_empty().then_some(r))
+        },
+    )
+}
+
+/// From the outside client host, every node's address and node port reaches the backends on
+/// every node, over TCP and UDP: a local backend sees the client, one on another node sees
+/// the node the client dialled (SNAT), and the answers come from the node port.
+fn node_port_from_outside(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let _echo = PeerEcho::start(&f.clients)?;
+    let pods: Vec<&PodAt> = f.clients.iter().collect();
+    let (tcp, udp) = echo_service(c, "echo-np", "type: NodePort", &pods)?;
+    let outside = c.client().address().to_string();
+    for (node, host) in c.node_hosts().iter().enumerate() {
+        let address = host.address().to_string();
+        for (mode, port) in [("tcp", tcp), ("udp", udp)] {
+            served_outside(f, mode, (&address, port))?;
+            let replies = from_outside(f, mode, (&address, port), 30)?;
+            let mut reached = BTreeSet::new();
+            for r in &replies {
+                let (pod, seen) = echoed(r)?;
+                ensure!(
+                    r.peer == format!("{address}:{port}"),
+                    "{mode} to node-{node}: the answer came from {}",
+                    r.peer
+                );
+                let local = f.clients.iter().any(|p| p.name == pod && p.node == node);
+                let expect = if local { &outside } else { &address };
+                ensure!(
+                    &seen == expect,
+                    "{mode} to node-{node}: {pod} saw the client at {seen}, not {expect}"
+                );
+                reached.insert(pod);
+            }
+            ensure!(
+                reached.len() == f.clients.len(),
+                "{mode} to node-{node}:{port} reached only {reached:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `externalTrafficPolicy: Local`: only nodes with an endpoint of their own answer from
+/// outside, always with a local one, and the backend sees the client host's address.
+fn external_traffic_policy_local_from_outside(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let _echo = PeerEcho::start(&f.clients)?;
+    // Endpoints on node-0 and node-1; node-2 has none.
+    let pods: Vec<&PodAt> = f.clients.iter().filter(|p| p.node < 2).collect();
+    let (tcp, udp) = echo_service(
+        c,
+        "echo-local",
+        "type: NodePort\n  externalTrafficPolicy: Local",
+        &pods,
+    )?;
+    let outside = c.client().address().to_string();
+    for (node, host) in c.node_hosts().iter().enumerate().take(2) {
+        let address = host.address().to_string();
+        for (mode, port) in [("tcp", tcp), ("udp", udp)] {
+            served_outside(f, mode, (&address, port))?;
+            for r in from_outside(f, mode, (&address, port), 6)? {
+                let (pod, seen) = echoed(&r)?;
+                ensure!(
+                    f.clients.iter().any(|p| p.name == pod && p.node == node),
+                    "{mode} to node-{node} reached {pod}, not node-{node}'s own endpoint"
+                );
+                ensure!(
+                    seen == outside,
+                    "{mode} to node-{node}: the backend saw {seen}, not the client {outside}"
+                );
+            }
+        }
+    }
+    let address = c.node_hosts()[2].address().to_string();
+    for r in from_outside(f, "tcp", (&address, tcp), 3)? {
+        ensure!(
+            !r.error.is_empty(),
+            "node-2 has no local endpoint, yet answered {r:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A NodePort Service without endpoints refuses a connection from outside at once (a TCP
+/// reset from the node's uplink program, not a timeout).
+fn node_port_without_endpoints_refuses_outside(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    service(
+        c,
+        "empty-np",
+        "app: nobody",
+        "type: NodePort",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    let svc = c.get_json("/api/v1/namespaces/default/services/empty-np")?;
+    let port = svc["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .with_context(|| format!("no nodePort: {svc}"))?;
+    let address = c.node_hosts()[1].address().to_string();
+    let r = wait_for(
+        "a refused connection from outside to a NodePort without endpoints",
+        Duration::from_secs(20),
+        || {
+            let r = from_outside(f, "tcp", (&address, port), 1)?.remove(0);
+            Ok((r.error == "ECONNREFUSED").then_some(r))
+        },
+    )?;
+    eprintln!(
+        "services: a NodePort without endpoints refused the outside client after {:.2} ms",
+        r.ms
+    );
+    Ok(())
+}
+
+/// Removes a route from a host when dropped.
+struct RouteGuard<'a> {
+    host: &'a skiff_tests::cluster::Host,
+    to: String,
+}
+
+impl Drop for RouteGuard<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = self.host.ip(&["route", "del", &self.to]) {
+            eprintln!("cleanup: {err:#}");
+        }
+    }
+}
+
+/// An externalIP routed to a node by the outside client host reaches the backends.
+fn external_ip_from_outside(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    // An address on the switch's subnet no host has; the client host routes it via node-0
+    // (inside the test's namespaces only).
+    let ip = "192.168.50.201";
+    service(
+        c,
+        "web-ext-out",
+        "app: web",
+        &format!("externalIPs: ['{ip}']"),
+        "[{port: 8001, targetPort: 8080}]",
+    )?;
+    let client = c.client();
+    let via = c.node_hosts()[0].address().to_string();
+    let to = format!("{ip}/32");
+    client.ip(&["route", "add", &to, "via", &via])?;
+    let _route = RouteGuard { host: client, to };
+    let r = served_outside(f, "tcp", (ip, 8001))?;
+    ensure!(r.body.starts_with("web-"), "{r:?}");
+    ensure!(
+        r.peer == format!("{ip}:8001"),
+        "getpeername shows {}",
+        r.peer
+    );
+    let names = bodies(&from_outside(f, "tcp", (ip, 8001), 24)?)?;
+    ensure!(names.len() > 1, "the externalIP reached only {names:?}");
+    Ok(())
+}
+
+/// SIGKILL a node: its pinned datapath keeps serving while it is down (the socket path to a
+/// cluster IP, and the uplink's TC programs to a node port from outside); a Service deleted
 /// meanwhile is gone from its maps once it is back, and the others stay.
 fn killed_node_keeps_serving_and_drops_what_was_deleted(f: &Fixture) -> Result<()> {
     let c = &f.cluster;
@@ -813,9 +1130,15 @@ fn killed_node_keeps_serving_and_drops_what_was_deleted(f: &Fixture) -> Result<(
         c,
         "survivor",
         "app: web",
-        "",
+        "type: NodePort",
         "[{port: 80, targetPort: 8080}]",
     )?;
+    let svc = c.get_json("/api/v1/namespaces/default/services/survivor")?;
+    let node_port = svc["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .with_context(|| format!("no nodePort: {svc}"))?;
+    let node_address = c.node_hosts()[1].address().to_string();
     let doomed = service(
         c,
         "doomed",
@@ -825,14 +1148,21 @@ fn killed_node_keeps_serving_and_drops_what_was_deleted(f: &Fixture) -> Result<(
     )?;
     served(f, 1, "tcp", (&survivor, 80))?;
     served(f, 1, "tcp", (&doomed, 80))?;
+    served_outside(f, "tcp", (&node_address, node_port))?;
     c.kill_node(1);
     let down = request(f, 1, &f.clients[1].netns, "tcp", (&survivor, 80), 4);
+    let down_outside = from_outside(f, "tcp", (&node_address, node_port), 4);
     c.kubectl(&["delete", "service", "doomed"], None)?;
     let restarted = c.restart_node(1);
     let down = down?;
     ensure!(
         bodies(&down).is_ok_and(|b| b.iter().all(|n| n.starts_with("web-"))),
         "with its node daemon dead, the client got {down:?}"
+    );
+    let down_outside = down_outside?;
+    ensure!(
+        bodies(&down_outside).is_ok_and(|b| b.iter().all(|n| n.starts_with("web-"))),
+        "with its node daemon dead, the node port from outside gave {down_outside:?}"
     );
     restarted?;
     let gone = wait_for(
@@ -848,15 +1178,35 @@ fn killed_node_keeps_serving_and_drops_what_was_deleted(f: &Fixture) -> Result<(
         "a deleted Service should be no frontend at all, not one without endpoints: {gone:?}"
     );
     served(f, 1, "tcp", (&survivor, 80))?;
-    // The line's fields carry colour codes: `restarted=true` is the line's last word.
+    served_outside(f, "tcp", (&node_address, node_port))?;
     let log = c.node(1).log();
     ensure!(
         log.lines()
+            .map(without_colours)
             .filter(|l| l.contains("socket load balancer attached"))
-            .any(|l| l.trim_end().ends_with("true")),
-        "the restarted node did not find its pinned maps"
+            .any(|l| l.contains("restarted=true") && l.contains("uplinks=[\"eth0\"]")),
+        "the restarted node did not find its pinned maps, or left its uplink"
     );
     Ok(())
+}
+
+/// A log line without the terminal colour codes its fields carry.
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // `ESC [ ... m`
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The node's `/metrics` after the trials above: per-Service translations and refusals.
@@ -1022,6 +1372,22 @@ fn main() -> ExitCode {
         trial(
             "an_external_ip_answers_host_processes",
             external_ip_from_host_processes,
+        ),
+        trial(
+            "a_node_port_from_outside_reaches_backends_on_every_node_over_tcp_and_udp",
+            node_port_from_outside,
+        ),
+        trial(
+            "external_traffic_policy_local_answers_on_nodes_with_endpoints_and_keeps_the_client_ip",
+            external_traffic_policy_local_from_outside,
+        ),
+        trial(
+            "a_node_port_without_endpoints_refuses_outside_clients_at_once",
+            node_port_without_endpoints_refuses_outside,
+        ),
+        trial(
+            "an_external_ip_routed_to_a_node_answers_outside_clients",
+            external_ip_from_outside,
         ),
         trial(
             "the_nodes_metrics_count_translations_and_refusals_per_service",
