@@ -118,14 +118,43 @@ fn cluster_ip(obj: &Value) -> Option<Ipv4Addr> {
         .and_then(|s| s.parse().ok())
 }
 
-/// The node ports a stored Service holds.
+/// The node ports a stored Service holds: its ports' and its health check's.
 fn node_ports(obj: &Value) -> impl Iterator<Item = u16> + '_ {
     obj.pointer("/spec/ports")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+        .chain(
+            obj.pointer("/spec/healthCheckNodePort")
+                .and_then(Value::as_u64),
+        )
         .filter_map(|p| u16::try_from(p).ok())
+}
+
+/// Whether a Service needs a health check node port: a `LoadBalancer` whose external
+/// traffic stays on nodes with a local endpoint, which load balancers must learn.
+fn needs_health_check(spec: &Value) -> bool {
+    service_type(spec) == "LoadBalancer"
+        && spec.get("externalTrafficPolicy").and_then(Value::as_str) == Some("Local")
+}
+
+/// Takes the health check node port a `LoadBalancer` Service with `externalTrafficPolicy:
+/// Local` asks for, or any from the node port range, as the Go apiserver does.
+fn allocate_health_check_port(obj: &mut Value, pools: &dyn Pools) -> Result<(), Cause> {
+    if !needs_health_check(obj.get("spec").unwrap_or(&Value::Null)) {
+        return Ok(());
+    }
+    let wanted = obj
+        .pointer("/spec/healthCheckNodePort")
+        .and_then(Value::as_u64)
+        .filter(|p| *p != 0)
+        .and_then(|p| u16::try_from(p).ok());
+    let port = pools
+        .take_node_port(wanted)
+        .map_err(|e| Cause::invalid("spec.healthCheckNodePort", &json!(wanted), &e.to_string()))?;
+    obj["spec"]["healthCheckNodePort"] = json!(port);
+    Ok(())
 }
 
 /// Takes the cluster IP a new Service asks for (or any), unless it is headless.
@@ -235,12 +264,29 @@ impl Strategy for Service {
             return Ok(());
         }
         let ip = allocate_ip(obj, pools)?;
+        let release_ip = || {
+            if let Some(ip) = ip {
+                pools.release_cluster_ip(ip);
+            }
+        };
         if kind == "NodePort" || kind == "LoadBalancer" {
-            allocate_node_ports(obj, pools).inspect_err(|_| {
-                if let Some(ip) = ip {
-                    pools.release_cluster_ip(ip);
-                }
-            })?;
+            allocate_node_ports(obj, pools).inspect_err(|_| release_ip())?;
+        }
+        if let Err(cause) = allocate_health_check_port(obj, pools) {
+            release_ip();
+            // The ports' node ports only: the health check port asked for was not taken.
+            let taken: Vec<u16> = obj
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+                .filter_map(|p| u16::try_from(p).ok())
+                .collect();
+            for port in taken {
+                pools.release_node_port(port);
+            }
+            return Err(cause);
         }
         Ok(())
     }
@@ -398,6 +444,36 @@ mod tests {
         let cause = Service.allocate(&mut three, &pools).unwrap_err();
         assert_eq!(cause.field, "spec.ports[2].nodePort");
         assert!(pools.ips.lock().unwrap().is_empty() && pools.ports.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_local_load_balancer_takes_a_health_check_node_port_and_gives_it_back() {
+        let pools = Few::default();
+        let mut svc = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80}]}});
+        Service.allocate(&mut svc, &pools).unwrap();
+        assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30000);
+        assert_eq!(svc["spec"]["healthCheckNodePort"], 30001);
+        Service.release(&svc, &pools);
+        assert!(pools.ips.lock().unwrap().is_empty() && pools.ports.lock().unwrap().is_empty());
+
+        // No port left for the health check: everything taken is given back.
+        let mut two = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80}, {"port": 81}]}});
+        let cause = Service.allocate(&mut two, &pools).unwrap_err();
+        assert_eq!(cause.field, "spec.healthCheckNodePort");
+        assert!(pools.ips.lock().unwrap().is_empty() && pools.ports.lock().unwrap().is_empty());
+
+        // Cluster policy, or a NodePort: no health check port.
+        for spec in [
+            json!({"type": "LoadBalancer", "ports": [{"port": 80}]}),
+            json!({"type": "NodePort", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}),
+        ] {
+            let mut svc = json!({ "spec": spec });
+            Service.allocate(&mut svc, &pools).unwrap();
+            assert!(svc["spec"].get("healthCheckNodePort").is_none(), "{svc}");
+            Service.release(&svc, &pools);
+        }
     }
 
     #[test]
