@@ -9,6 +9,7 @@
 
 use std::{
     collections::BTreeSet,
+    fmt::Write as _,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpListener, UdpSocket},
     path::{Path, PathBuf},
@@ -897,16 +898,15 @@ impl Drop for PeerEcho {
 /// pods (written by hand, with their nodes), and `extra` in its spec. Returns the node port
 /// of TCP and of UDP.
 fn echo_service(c: &Cluster, name: &str, extra: &str, pods: &[&PodAt]) -> Result<(u16, u16)> {
-    let endpoints: String = pods
-        .iter()
-        .map(|p| {
-            format!(
-                "- addresses: ['{}']\n  nodeName: {}\n  conditions: {{ready: true}}\n",
-                p.ip,
-                c.node_hosts()[p.node].label()
-            )
-        })
-        .collect();
+    let mut endpoints = String::new();
+    for p in pods {
+        writeln!(
+            endpoints,
+            "- addresses: ['{}']\n  nodeName: {}\n  conditions: {{ready: true}}",
+            p.ip,
+            c.node_hosts()[p.node].label()
+        )?;
+    }
     apply(
         c,
         &format!(
@@ -1074,6 +1074,75 @@ fn node_port_without_endpoints_refuses_outside(f: &Fixture) -> Result<()> {
         "services: a NodePort without endpoints refused the outside client after {:.2} ms",
         r.ms
     );
+    Ok(())
+}
+
+/// `GET /` on `address:port` from the outside client host: the status code and the body.
+fn get_from_outside(c: &Cluster, address: Ipv4Addr, port: u16) -> Result<(u16, String)> {
+    let resp = c.client().run(|| -> Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((address, port)),
+            Duration::from_secs(3),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        Ok(resp)
+    })?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("answer {resp:?}"))?;
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_owned()))
+}
+
+/// A `LoadBalancer` with `externalTrafficPolicy: Local` gets a health check node port from
+/// the API server, and every node answers on it: 200 and its local endpoint count where it
+/// has endpoints, 503 where it has none, following the endpoints as they change.
+fn health_check_node_port_answers(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let extra = "type: LoadBalancer\n  externalTrafficPolicy: Local";
+    let on = |nodes: &[usize]| -> Vec<&PodAt> {
+        f.clients
+            .iter()
+            .filter(|p| nodes.contains(&p.node))
+            .collect()
+    };
+    echo_service(c, "echo-lb", extra, &on(&[0, 1]))?;
+    let svc = c.get_json("/api/v1/namespaces/default/services/echo-lb")?;
+    let port = svc["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .with_context(|| format!("no healthCheckNodePort: {svc}"))?;
+    let expect = |node: usize, status: u16, count: u64| -> Result<()> {
+        let address = c.node_hosts()[node].address();
+        let (code, body) = wait_for(
+            &format!("{status} from node-{node}'s health check port {port}"),
+            Duration::from_secs(20),
+            || {
+                let answer = get_from_outside(c, address, port).ok();
+                Ok(answer.filter(|(code, _)| *code == status))
+            },
+        )?;
+        let json: Value =
+            serde_json::from_str(&body).with_context(|| format!("{code} body {body:?}"))?;
+        ensure!(
+            json["service"] == json!({"namespace": "default", "name": "echo-lb"})
+                && json["localEndpoints"] == count,
+            "node-{node} answered {code} {json}"
+        );
+        Ok(())
+    };
+    expect(0, 200, 1)?;
+    expect(1, 200, 1)?;
+    expect(2, 503, 0)?;
+    // node-1's endpoint goes: it turns unhealthy.
+    echo_service(c, "echo-lb", extra, &on(&[0]))?;
+    expect(1, 503, 0)?;
+    expect(0, 200, 1)?;
     Ok(())
 }
 
@@ -1311,6 +1380,89 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// A trial's body.
+type Body = fn(&Fixture) -> Result<()>;
+
+/// The trials, in the order they run (the killed node last: it restarts a node).
+const TRIALS: &[(&str, Body)] = &[
+    (
+        "a_cluster_ip_reaches_every_backend_from_a_pod_on_every_node",
+        cluster_ip_from_every_node,
+    ),
+    (
+        "a_containers_own_process_reaches_a_cluster_ip",
+        container_reaches_cluster_ip,
+    ),
+    (
+        "a_udp_cluster_ip_answers_an_unconnected_sendto_from_the_service_address",
+        udp_cluster_ip_answers_from_the_service_address,
+    ),
+    (
+        "a_service_without_endpoints_refuses_at_once",
+        no_endpoints_refuses_at_once,
+    ),
+    (
+        "scaling_to_zero_refuses_and_scaling_back_serves_again",
+        scale_to_zero_and_back,
+    ),
+    (
+        "a_named_target_port_resolves_to_each_pods_own_port",
+        named_target_port_per_pod,
+    ),
+    (
+        "client_ip_affinity_keeps_a_client_on_one_backend",
+        client_ip_affinity,
+    ),
+    (
+        "a_node_port_answers_host_processes_on_loopback_and_the_node_address",
+        node_port_from_host_processes,
+    ),
+    (
+        "an_sctp_port_gets_a_warning_event_and_the_other_ports_are_served",
+        unsupported_protocol_event,
+    ),
+    (
+        "internal_traffic_policy_local_keeps_clients_on_their_nodes_endpoints",
+        internal_traffic_policy_local,
+    ),
+    (
+        "an_external_ip_answers_host_processes",
+        external_ip_from_host_processes,
+    ),
+    (
+        "a_node_port_from_outside_reaches_backends_on_every_node_over_tcp_and_udp",
+        node_port_from_outside,
+    ),
+    (
+        "external_traffic_policy_local_answers_on_nodes_with_endpoints_and_keeps_the_client_ip",
+        external_traffic_policy_local_from_outside,
+    ),
+    (
+        "a_node_port_without_endpoints_refuses_outside_clients_at_once",
+        node_port_without_endpoints_refuses_outside,
+    ),
+    (
+        "an_external_ip_routed_to_a_node_answers_outside_clients",
+        external_ip_from_outside,
+    ),
+    (
+        "a_local_load_balancers_health_check_node_port_answers_with_the_local_endpoint_count",
+        health_check_node_port_answers,
+    ),
+    (
+        "the_nodes_metrics_count_translations_and_refusals_per_service",
+        metrics_count_per_service,
+    ),
+    (
+        "a_new_service_is_reached_moments_after_the_api_accepts_it",
+        new_service_latency,
+    ),
+    (
+        "a_killed_node_keeps_serving_and_drops_services_deleted_while_it_was_down",
+        killed_node_keeps_serving_and_drops_what_was_deleted,
+    ),
+];
+
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
     if !args.list && !skiff_tests::require_root("services") {
@@ -1321,87 +1473,17 @@ fn main() -> ExitCode {
     let shared = Arc::new(Shared {
         fixture: OnceLock::new(),
     });
-    let trial = |name: &str, body: fn(&Fixture) -> Result<()>| {
+    let trial = |name: &str, body: Body| {
         let shared = shared.clone();
         Trial::test(name, move || {
             let f = shared.get()?;
             body(f).map_err(|err| Failed::from(format!("{err:#}\n{}", f.cluster.logs())))
         })
     };
-    let trials = vec![
-        trial(
-            "a_cluster_ip_reaches_every_backend_from_a_pod_on_every_node",
-            cluster_ip_from_every_node,
-        ),
-        trial(
-            "a_containers_own_process_reaches_a_cluster_ip",
-            container_reaches_cluster_ip,
-        ),
-        trial(
-            "a_udp_cluster_ip_answers_an_unconnected_sendto_from_the_service_address",
-            udp_cluster_ip_answers_from_the_service_address,
-        ),
-        trial(
-            "a_service_without_endpoints_refuses_at_once",
-            no_endpoints_refuses_at_once,
-        ),
-        trial(
-            "scaling_to_zero_refuses_and_scaling_back_serves_again",
-            scale_to_zero_and_back,
-        ),
-        trial(
-            "a_named_target_port_resolves_to_each_pods_own_port",
-            named_target_port_per_pod,
-        ),
-        trial(
-            "client_ip_affinity_keeps_a_client_on_one_backend",
-            client_ip_affinity,
-        ),
-        trial(
-            "a_node_port_answers_host_processes_on_loopback_and_the_node_address",
-            node_port_from_host_processes,
-        ),
-        trial(
-            "an_sctp_port_gets_a_warning_event_and_the_other_ports_are_served",
-            unsupported_protocol_event,
-        ),
-        trial(
-            "internal_traffic_policy_local_keeps_clients_on_their_nodes_endpoints",
-            internal_traffic_policy_local,
-        ),
-        trial(
-            "an_external_ip_answers_host_processes",
-            external_ip_from_host_processes,
-        ),
-        trial(
-            "a_node_port_from_outside_reaches_backends_on_every_node_over_tcp_and_udp",
-            node_port_from_outside,
-        ),
-        trial(
-            "external_traffic_policy_local_answers_on_nodes_with_endpoints_and_keeps_the_client_ip",
-            external_traffic_policy_local_from_outside,
-        ),
-        trial(
-            "a_node_port_without_endpoints_refuses_outside_clients_at_once",
-            node_port_without_endpoints_refuses_outside,
-        ),
-        trial(
-            "an_external_ip_routed_to_a_node_answers_outside_clients",
-            external_ip_from_outside,
-        ),
-        trial(
-            "the_nodes_metrics_count_translations_and_refusals_per_service",
-            metrics_count_per_service,
-        ),
-        trial(
-            "a_new_service_is_reached_moments_after_the_api_accepts_it",
-            new_service_latency,
-        ),
-        trial(
-            "a_killed_node_keeps_serving_and_drops_services_deleted_while_it_was_down",
-            killed_node_keeps_serving_and_drops_what_was_deleted,
-        ),
-    ];
+    let trials = TRIALS
+        .iter()
+        .map(|(name, body)| trial(name, *body))
+        .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     let mut failed = conclusion.has_failed();
     if let Some(Ok(f)) = shared.fixture.get()

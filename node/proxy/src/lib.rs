@@ -10,6 +10,7 @@
 
 pub mod ebpf;
 pub mod entries;
+pub mod health;
 pub mod maps;
 pub mod metrics;
 pub mod plan;
@@ -22,6 +23,7 @@ pub use ebpf::{AttachConfig, Datapath, DatapathHandle, LoadError, Uplink};
 pub use entries::{
     Endpoint, Frontend, FrontendEntry, GroupKey, Kind, Protocol, Scope, ServiceEntries, ServiceRef,
 };
+pub use health::HealthCheck;
 pub use maps::{Dump, MapsError, ServiceMaps};
 pub use plan::{NodeView, Plan, Warning, plan};
 pub use sync::{Mirror, Synced};

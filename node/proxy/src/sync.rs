@@ -10,6 +10,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::{
     entries::ServiceRef,
+    health::{HealthCheck, health_checks},
     maps::{MapsError, ServiceMaps},
     plan::{NodeView, Warning, plan},
     table::{Applied, Occupancy, ServiceTable},
@@ -118,6 +119,19 @@ impl<M: ServiceMaps> Mirror<M> {
             }
             self.services.insert(key, Arc::new(service));
         }
+    }
+
+    /// The health check node ports this node answers on, with each Service's local endpoint
+    /// count.
+    #[must_use]
+    pub fn health_checks(&self) -> BTreeMap<u16, HealthCheck> {
+        health_checks(
+            self.services.iter().map(|(key, service)| {
+                let slices = self.slices.get(key).into_iter().flat_map(|s| s.values());
+                (key.clone(), service.as_ref(), slices.map(AsRef::as_ref))
+            }),
+            &self.node.name,
+        )
     }
 
     /// A Service was deleted.

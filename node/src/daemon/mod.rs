@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod cgroups;
 pub mod endpoint;
+pub mod health;
 pub mod oci;
 pub mod peers;
 pub mod run;

@@ -1,6 +1,7 @@
 //! The Service proxy on a real node: the socket load balancer attached to the node's cgroup
-//! subtree, and one watch of Services and one of EndpointSlices (all namespaces) keeping its
-//! maps equal to them, one changed Service at a time.
+//! subtree and the TC programs to its uplink, one watch of Services and one of
+//! EndpointSlices (all namespaces) keeping its maps equal to them, one changed Service at a
+//! time, and the health check node ports of local-traffic load balancers.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -31,6 +32,8 @@ use skiff_node_proxy::{
     metrics,
 };
 use skiff_types::EventType;
+
+use super::health::HealthServers;
 
 /// Pause before a failed map write is tried again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -76,6 +79,7 @@ pub struct ProxyConfig {
 pub struct Proxy {
     mirror: Mirror<EbpfMaps>,
     metrics: Arc<ProxyMetrics>,
+    health: HealthServers,
 }
 
 impl Proxy {
@@ -229,6 +233,7 @@ pub fn attach(
                 stats: datapath.stats,
                 state: Mutex::default(),
             }),
+            health: HealthServers::new(address),
         },
         datapath.handle,
     ))
@@ -254,6 +259,7 @@ pub async fn run(client: Client, node: String, proxy: Proxy) {
     let Proxy {
         mut mirror,
         metrics,
+        mut health,
     } = proxy;
     let mut services = std::pin::pin!(
         watcher(
@@ -308,6 +314,7 @@ pub async fn run(client: Client, node: String, proxy: Proxy) {
         if !listed || (adopted && !mirror.is_dirty()) {
             continue;
         }
+        health.update(mirror.health_checks());
         let started = Instant::now();
         match mirror.sync() {
             Ok(synced) => {
