@@ -597,6 +597,31 @@ impl Cluster {
         self.escape.check()
     }
 
+    /// Where a pod (as the API returns it) runs: its node's index and its sandbox's
+    /// network namespace file, so a test can open sockets as the pod.
+    ///
+    /// # Errors
+    /// When the pod has no IP yet or is bound to a node that is not one of the cluster's.
+    pub fn pod_at(&self, pod: &serde_json::Value) -> Result<PodAt> {
+        let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        let node = self
+            .node_hosts()
+            .iter()
+            .position(|h| h.label() == node_name)
+            .with_context(|| format!("pod on unknown node {node_name:?}"))?;
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+        let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
+        Ok(PodAt {
+            name: pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            node,
+            ip: ip.parse().with_context(|| format!("pod IP {ip:?}"))?,
+            netns: self.node(node).state_dir().join("network/netns").join(uid),
+        })
+    }
+
     /// The router's namespace name (for tests that look at routing between the subnets).
     #[must_use]
     pub fn router_netns(&self) -> &str {
@@ -620,6 +645,19 @@ impl Cluster {
         }
         text
     }
+}
+
+/// A pod, the index of the node it runs on, and its sandbox's network namespace file.
+#[derive(Debug, Clone)]
+pub struct PodAt {
+    /// The pod's name.
+    pub name: String,
+    /// The index of its node among [`Cluster::node_hosts`].
+    pub node: usize,
+    /// Its pod IP.
+    pub ip: Ipv4Addr,
+    /// Its sandbox's network namespace file under the node's state directory.
+    pub netns: PathBuf,
 }
 
 /// Waits until `check` returns `Ok(Some(value))`, polling every 200 ms for `timeout`.

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use libtest_mimic::{Arguments, Failed, Trial};
 use skiff_tests::{
-    cluster::{Cluster, ClusterConfig, wait_for},
+    cluster::{Cluster, ClusterConfig, PodAt, wait_for},
     image::busybox_oci_layout,
     netns::in_netns,
 };
@@ -146,15 +146,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// A running pod, where it runs, and its sandbox's network namespace file.
-#[derive(Debug, Clone)]
-struct PodAt {
-    name: String,
-    node: usize,
-    ip: Ipv4Addr,
-    netns: PathBuf,
-}
-
 /// One pod of an `httpd` Deployment on every node (required anti-affinity by hostname).
 fn spread(c: &Cluster, app: &str) -> Result<Vec<PodAt>> {
     let count = c.node_count();
@@ -203,22 +194,7 @@ spec:
             }
             let mut out = Vec::new();
             for p in running {
-                let node_name = p["spec"]["nodeName"].as_str().unwrap_or_default();
-                let node = c
-                    .node_hosts()
-                    .iter()
-                    .position(|h| h.label() == node_name)
-                    .with_context(|| format!("pod on unknown node {node_name:?}"))?;
-                let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
-                out.push(PodAt {
-                    name: p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    node,
-                    ip: p["status"]["podIP"].as_str().unwrap_or_default().parse()?,
-                    netns: c.node(node).state_dir().join("network/netns").join(uid),
-                });
+                out.push(c.pod_at(p)?);
             }
             out.sort_by_key(|p| p.node);
             Ok(Some(out))

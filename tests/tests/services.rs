@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail, ensure};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{Value, json};
 use skiff_tests::{
-    cluster::{Cluster, ClusterConfig, wait_for},
+    cluster::{Cluster, ClusterConfig, PodAt, wait_for},
     image::busybox_oci_layout,
     netns::in_netns,
     process::ChildGuard,
@@ -97,15 +97,6 @@ for _ in range(count):
     out.append(r)
 print(json.dumps(out))
 "#;
-
-/// A pod and its sandbox's network namespace file.
-#[derive(Debug, Clone)]
-struct PodAt {
-    name: String,
-    node: usize,
-    ip: Ipv4Addr,
-    netns: PathBuf,
-}
 
 /// The cluster with its `web` and `client` pods, one of each per node.
 struct Fixture {
@@ -268,22 +259,7 @@ fn running(c: &Cluster, selector: &str, count: usize) -> Result<Vec<PodAt>> {
             }
             let mut out = Vec::new();
             for p in up {
-                let node_name = p["spec"]["nodeName"].as_str().unwrap_or_default();
-                let node = c
-                    .node_hosts()
-                    .iter()
-                    .position(|h| h.label() == node_name)
-                    .with_context(|| format!("pod on unknown node {node_name:?}"))?;
-                let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
-                out.push(PodAt {
-                    name: p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    node,
-                    ip: p["status"]["podIP"].as_str().unwrap_or_default().parse()?,
-                    netns: c.node(node).state_dir().join("network/netns").join(uid),
-                });
+                out.push(c.pod_at(p)?);
             }
             out.sort_by_key(|p| p.node);
             Ok(Some(out))
@@ -689,6 +665,15 @@ fn client_ip_affinity(f: &Fixture) -> Result<()> {
     Ok(())
 }
 
+/// The node port the API server gave port `index` of Service `name`.
+fn node_port(c: &Cluster, name: &str, index: usize) -> Result<u16> {
+    let svc = c.get_json(&format!("/api/v1/namespaces/default/services/{name}"))?;
+    svc["spec"]["ports"][index]["nodePort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .with_context(|| format!("no nodePort: {svc}"))
+}
+
 fn node_port_from_host_processes(f: &Fixture) -> Result<()> {
     let c = &f.cluster;
     service(
@@ -698,11 +683,7 @@ fn node_port_from_host_processes(f: &Fixture) -> Result<()> {
         "type: NodePort",
         "[{port: 80, targetPort: 8080}]",
     )?;
-    let svc = c.get_json("/api/v1/namespaces/default/services/web-np")?;
-    let node_port = svc["spec"]["ports"][0]["nodePort"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .with_context(|| format!("no nodePort: {svc}"))?;
+    let node_port = node_port(c, "web-np", 0)?;
     let host = &c.node_hosts()[0];
     let address = host.address().to_string();
     for target in ["127.0.0.1", address.as_str()] {
@@ -933,14 +914,7 @@ endpoints:
 {endpoints}"
         ),
     )?;
-    let svc = c.get_json(&format!("/api/v1/namespaces/default/services/{name}"))?;
-    let port = |i: usize| {
-        svc["spec"]["ports"][i]["nodePort"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .with_context(|| format!("no nodePort: {svc}"))
-    };
-    Ok((port(0)?, port(1)?))
+    Ok((node_port(c, name, 0)?, node_port(c, name, 1)?))
 }
 
 /// Splits an echo answer into the pod that gave it and the address it saw.
@@ -1056,11 +1030,7 @@ fn node_port_without_endpoints_refuses_outside(f: &Fixture) -> Result<()> {
         "type: NodePort",
         "[{port: 80, targetPort: 8080}]",
     )?;
-    let svc = c.get_json("/api/v1/namespaces/default/services/empty-np")?;
-    let port = svc["spec"]["ports"][0]["nodePort"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .with_context(|| format!("no nodePort: {svc}"))?;
+    let port = node_port(c, "empty-np", 0)?;
     let address = c.node_hosts()[1].address().to_string();
     let r = wait_for(
         "a refused connection from outside to a NodePort without endpoints",
@@ -1202,11 +1172,7 @@ fn killed_node_keeps_serving_and_drops_what_was_deleted(f: &Fixture) -> Result<(
         "type: NodePort",
         "[{port: 80, targetPort: 8080}]",
     )?;
-    let svc = c.get_json("/api/v1/namespaces/default/services/survivor")?;
-    let node_port = svc["spec"]["ports"][0]["nodePort"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .with_context(|| format!("no nodePort: {svc}"))?;
+    let node_port = node_port(c, "survivor", 0)?;
     let node_address = c.node_hosts()[1].address().to_string();
     let doomed = service(
         c,
