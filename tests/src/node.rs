@@ -267,6 +267,16 @@ impl Drop for NodeDaemon {
                 remove_cgroup_tree(&dir);
             }
         }
+        // A killed daemon also leaves its pods' namespace files and root filesystems
+        // mounted in its state directory, which would keep the test's directory from going;
+        // deepest first, as one may lie inside another.
+        let mut mounts = mounts_under(&self.state_dir());
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for mount in mounts {
+            if let Err(err) = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH) {
+                eprintln!("cleanup: unmounting {}: {err}", mount.display());
+            }
+        }
         // Last, once the daemon is gone: the pins of its datapath, with their mount.
         drop(self.bpffs.take());
     }
