@@ -251,7 +251,8 @@ impl NodeDaemon {
 impl Drop for NodeDaemon {
     fn drop(&mut self) {
         self.stop();
-        // Whatever the daemon could not remove: its cgroup parent.
+        // Whatever the daemon could not remove: its cgroup parent, and the containers in
+        // it when the daemon was killed (and not restarted) and so never cleaned up.
         let parent = self.cgroup_parent();
         let top = parent
             .trim_start_matches('/')
@@ -261,7 +262,19 @@ impl Drop for NodeDaemon {
             .to_owned();
         if !top.is_empty() {
             for root in cgroup_roots() {
-                remove_cgroup_tree(&root.join(&top));
+                let dir = root.join(&top);
+                crate::cgroup::kill_tree(&dir);
+                remove_cgroup_tree(&dir);
+            }
+        }
+        // A killed daemon also leaves its pods' namespace files and root filesystems
+        // mounted in its state directory, which would keep the test's directory from going;
+        // deepest first, as one may lie inside another.
+        let mut mounts = mounts_under(&self.state_dir());
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for mount in mounts {
+            if let Err(err) = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH) {
+                eprintln!("cleanup: unmounting {}: {err}", mount.display());
             }
         }
         // Last, once the daemon is gone: the pins of its datapath, with their mount.

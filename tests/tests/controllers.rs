@@ -738,3 +738,85 @@ spec:
     ensure!(!events.is_empty(), "no Preempted event");
     Ok(())
 }
+
+/// Every `podCIDR` each Node named `<prefix><digits>` had in the watch history from `rv`.
+fn pod_cidr_history(cp: &ControlPlane, rv: &str) -> Result<BTreeMap<String, Vec<String>>> {
+    let (code, body) = cp.http(
+        "GET",
+        &format!("/api/v1/nodes?watch=true&resourceVersion={rv}&timeoutSeconds=2"),
+        "application/json",
+        b"",
+    )?;
+    ensure!(code == 200, "watch answered {code}: {body}");
+    let mut history: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in body.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let event: Value = serde_json::from_str(line)?;
+        let node = &event["object"];
+        if let Some(cidr) = node.pointer("/spec/podCIDR").and_then(Value::as_str) {
+            let seen = history.entry(name(node).to_owned()).or_default();
+            if seen.last().map(String::as_str) != Some(cidr) {
+                seen.push(cidr.to_owned());
+            }
+        }
+    }
+    Ok(history)
+}
+
+#[test]
+fn nodes_registering_at_once_each_get_one_pod_cidr_that_never_changes() -> Result<()> {
+    const NODES: usize = 40;
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let rv = get_json(&cp, "/api/v1/nodes")?["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_owned();
+    // Other writers keep touching the Nodes while node IPAM allocates, so its cache often
+    // holds a copy older than its own last write.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let nodes = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut round = 0_u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                round += 1;
+                for i in 0..NODES {
+                    let patch = format!(r#"{{"metadata":{{"labels":{{"touched":"{round}"}}}}}}"#);
+                    let _ = cp.http(
+                        "PATCH",
+                        &format!("/api/v1/nodes/ipam-{i}"),
+                        "application/merge-patch+json",
+                        patch.as_bytes(),
+                    );
+                }
+            }
+        });
+        let nodes = SimNodes::start(&cp, NODES, "ipam-", &[]);
+        let all = nodes.as_ref().map_or(Ok(()), |_| {
+            wait_for("a pod CIDR on every node", WAIT, || {
+                let list = get_json(&cp, "/api/v1/nodes")?;
+                Ok((items(&list)
+                    .iter()
+                    .filter(|n| n.pointer("/spec/podCIDR").is_some())
+                    .count()
+                    == NODES)
+                    .then_some(()))
+            })
+        });
+        // A moment more for any late second allocation to land.
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        all.and(nodes)
+    })?;
+    let history = pod_cidr_history(&cp, &rv)?;
+    let changed: Vec<_> = history.iter().filter(|(_, seen)| seen.len() > 1).collect();
+    ensure!(changed.is_empty(), "pod CIDRs changed: {changed:?}");
+    let held: BTreeSet<&String> = history.values().flatten().collect();
+    ensure!(
+        history.len() == NODES && held.len() == NODES,
+        "{} nodes hold {} distinct pod CIDRs: {history:?}",
+        history.len(),
+        held.len()
+    );
+    drop(nodes);
+    Ok(())
+}

@@ -655,6 +655,79 @@ async fn the_status_subresource_writes_only_status() {
 }
 
 #[tokio::test]
+async fn a_node_pod_cidr_is_set_once_and_then_refused_as_invalid() {
+    let api = Api::start().await;
+    let nodes = "/api/v1/nodes";
+    let made = api
+        .post(
+            nodes,
+            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n0"}}),
+        )
+        .await;
+    assert_eq!(made.code, 201);
+    let rv = made.json()["metadata"]["resourceVersion"].clone();
+    let set = |cidr: &str, rv: &Value| json!({"metadata": {"resourceVersion": rv}, "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+    // Two allocators racing from the same read: the first wins, the second is told its
+    // copy is stale.
+    let first = api
+        .merge("/api/v1/nodes/n0", &set("10.244.0.0/24", &rv))
+        .await;
+    assert_eq!(first.code, 200);
+    assert_eq!(first.json()["spec"]["podCIDRs"], json!(["10.244.0.0/24"]));
+    let second = api
+        .merge("/api/v1/nodes/n0", &set("10.244.1.0/24", &rv))
+        .await;
+    assert_eq!(second.code, 409);
+    // Without a precondition the change itself is refused, in every write verb.
+    let changed = api
+        .merge(
+            "/api/v1/nodes/n0",
+            &json!({"spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]}}),
+        )
+        .await;
+    assert_eq!(changed.code, 422);
+    let status = changed.json();
+    assert_eq!(status["reason"], "Invalid");
+    assert_eq!(status["details"]["causes"][0]["field"], "spec.podCIDRs");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("may not change podCIDR"),
+        "{status}"
+    );
+    let single = api
+        .merge(
+            "/api/v1/nodes/n0",
+            &json!({"spec": {"podCIDR": "10.244.1.0/24"}}),
+        )
+        .await;
+    assert_eq!(single.code, 422);
+    let mut put = api.get("/api/v1/nodes/n0").await.json();
+    put["spec"] = json!({});
+    let cleared = api.call(Method::PUT, "/api/v1/nodes/n0", JSON, &put).await;
+    assert_eq!(cleared.code, 422, "{}", cleared.json());
+    // Writing what it holds, or leaving it alone, is fine.
+    let same = api
+        .merge(
+            "/api/v1/nodes/n0",
+            &json!({"spec": {"podCIDR": "10.244.0.0/24"}}),
+        )
+        .await;
+    assert_eq!(same.code, 200);
+    let labelled = api
+        .merge(
+            "/api/v1/nodes/n0",
+            &json!({"metadata": {"labels": {"a": "b"}}}),
+        )
+        .await;
+    assert_eq!(labelled.code, 200);
+    let stored = api.get("/api/v1/nodes/n0").await.json();
+    assert_eq!(stored["spec"]["podCIDR"], "10.244.0.0/24");
+    assert_eq!(stored["spec"]["podCIDRs"], json!(["10.244.0.0/24"]));
+}
+
+#[tokio::test]
 async fn a_watch_from_a_revision_sees_what_happened_after_it() {
     let api = Api::start().await;
     let first = api.post(CMS, &cm("before", &json!({}))).await.json();
