@@ -4,9 +4,14 @@
 //!
 //! The pod network is a set (`pod-networks`) holding the node's own pod CIDR and every
 //! peer's: traffic between pods of different nodes keeps its source pod IP, and a peer
-//! coming or going changes one set element, never the rule.
+//! coming or going changes one set element, never the rule. A restarted node keeps the
+//! peers' elements it finds in the table, so its pods' traffic to other nodes is never
+//! masqueraded while the peer controller has not synced yet.
 
-use std::{borrow::Cow, collections::HashSet};
+use std::{
+    borrow::Cow,
+    collections::{BTreeSet, HashSet},
+};
 
 use nftables::{
     batch::Batch,
@@ -19,7 +24,7 @@ use nftables::{
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
 };
 use skiff_types::Ipv4Cidr;
-use tracing::info;
+use tracing::{debug, info};
 
 /// The NAT chain's name.
 const CHAIN: &str = "postrouting";
@@ -64,11 +69,11 @@ fn set_element(table: &str, cidr: Ipv4Cidr) -> NfListObject<'static> {
 }
 
 /// The batch that replaces the node's table with one masquerading traffic from `pod_cidr`
-/// that leaves the pod networks through another interface than the bridge. Adding the
-/// table before deleting it makes the delete succeed whether or not it existed, all in one
-/// transaction.
+/// that leaves the pod networks (`pod_cidr` and `peers`) through another interface than the
+/// bridge. Adding the table before deleting it makes the delete succeed whether or not it
+/// existed, all in one transaction.
 #[must_use]
-pub fn ruleset(bridge: &str, pod_cidr: Ipv4Cidr) -> Nftables<'static> {
+pub fn ruleset(bridge: &str, pod_cidr: Ipv4Cidr, peers: &BTreeSet<Ipv4Cidr>) -> Nftables<'static> {
     let table = table_name(bridge);
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(table_object(&table)));
@@ -82,7 +87,9 @@ pub fn ruleset(bridge: &str, pod_cidr: Ipv4Cidr) -> Nftables<'static> {
         flags: Some(HashSet::from([SetFlag::Interval])),
         ..Set::default()
     })));
-    batch.add(set_element(&table, pod_cidr));
+    for cidr in std::iter::once(pod_cidr).chain(peers.iter().copied()) {
+        batch.add(set_element(&table, cidr));
+    }
     batch.add(NfListObject::Chain(Chain {
         family: NfFamily::IP,
         table: Cow::Owned(table.clone()),
@@ -198,15 +205,63 @@ fn table_object(name: &str) -> Table<'static> {
 /// # Errors
 /// If `nft` fails.
 pub(super) fn apply(bridge: &str, pod_cidr: Ipv4Cidr) -> Result<(), MasqueradeError> {
-    helper::apply_ruleset(&ruleset(bridge, pod_cidr)).map_err(|source| MasqueradeError::Nft {
-        table: table_name(bridge),
-        source,
+    let mut peers = pod_networks(bridge);
+    peers.remove(&pod_cidr);
+    helper::apply_ruleset(&ruleset(bridge, pod_cidr, &peers)).map_err(|source| {
+        MasqueradeError::Nft {
+            table: table_name(bridge),
+            source,
+        }
     })?;
     info!(
         table = table_name(bridge),
+        peers_kept = peers.len(),
         "installed pod egress masquerade"
     );
     Ok(())
+}
+
+/// The pod networks now in the node's table, in the calling thread's network namespace;
+/// none when the table does not exist (or `nft` cannot list it).
+#[must_use]
+pub fn pod_networks(bridge: &str) -> BTreeSet<Ipv4Cidr> {
+    let table = table_name(bridge);
+    match helper::get_current_ruleset_with_args(
+        helper::DEFAULT_NFT,
+        ["list", "set", "ip", table.as_str(), POD_NETWORKS],
+    ) {
+        Ok(listed) => set_elements(&listed),
+        Err(err) => {
+            debug!(%table, %err, "no pod networks to keep");
+            BTreeSet::new()
+        }
+    }
+}
+
+/// The IPv4 prefixes and addresses listed as elements of the pod networks set.
+fn set_elements(listed: &Nftables<'_>) -> BTreeSet<Ipv4Cidr> {
+    let element = |e: &Expression<'_>| match e {
+        Expression::Named(NamedExpression::Prefix(p)) => match p.addr.as_ref() {
+            Expression::String(addr) => format!("{addr}/{}", p.len).parse().ok(),
+            _ => None,
+        },
+        Expression::String(addr) => format!("{addr}/32").parse().ok(),
+        _ => None,
+    };
+    listed
+        .objects
+        .iter()
+        .filter_map(|o| match o {
+            nftables::schema::NfObject::ListObject(NfListObject::Set(set))
+                if set.name == POD_NETWORKS =>
+            {
+                set.elem.as_deref()
+            }
+            _ => None,
+        })
+        .flatten()
+        .filter_map(element)
+        .collect()
 }
 
 /// Deletes the masquerade table if it exists, in the calling thread's network namespace.
@@ -228,8 +283,12 @@ mod tests {
 
     #[test]
     fn ruleset_replaces_only_the_nodes_own_table_with_one_masquerade_rule() {
-        let doc =
-            serde_json::to_value(ruleset("skiff0", "10.244.1.0/24".parse().unwrap())).unwrap();
+        let doc = serde_json::to_value(ruleset(
+            "skiff0",
+            "10.244.1.0/24".parse().unwrap(),
+            &BTreeSet::new(),
+        ))
+        .unwrap();
         let cmds = doc["nftables"].as_array().unwrap();
         let table = json!({"family": "ip", "name": "skiff-skiff0"});
         assert_eq!(cmds[0], json!({"add": {"table": table}}));
@@ -265,6 +324,46 @@ mod tests {
         assert_eq!(expr[2]["match"]["op"], "!=");
         assert!(expr[3].get("masquerade").is_some());
         assert_eq!(cmds.len(), 7);
+    }
+
+    #[test]
+    fn a_replaced_table_keeps_the_peers_it_is_given_beside_the_nodes_own_cidr() {
+        let peers = BTreeSet::from(["10.244.2.0/24".parse().unwrap()]);
+        let doc = serde_json::to_value(ruleset("skiff0", "10.244.1.0/24".parse().unwrap(), &peers))
+            .unwrap();
+        let elements: Vec<_> = doc["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["add"]["element"].get("elem"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            elements,
+            [
+                json!([{"prefix": {"addr": "10.244.1.0", "len": 24}}]),
+                json!([{"prefix": {"addr": "10.244.2.0", "len": 24}}]),
+            ]
+        );
+    }
+
+    #[test]
+    fn listed_set_elements_are_read_back_as_cidrs() {
+        // What `nft -j list set ip skiff-skiff0 pod-networks` prints.
+        let listed: Nftables<'_> = serde_json::from_value(json!({"nftables": [
+            {"metainfo": {"version": "1.0.9", "release_name": "Old Doc Yak #3", "json_schema_version": 1}},
+            {"set": {"family": "ip", "name": "pod-networks", "table": "skiff-skiff0",
+                     "type": "ipv4_addr", "handle": 1, "flags": ["interval"],
+                     "elem": [{"prefix": {"addr": "10.244.1.0", "len": 24}},
+                              {"prefix": {"addr": "10.244.2.0", "len": 24}},
+                              "10.9.9.9"]}}
+        ]}))
+        .unwrap();
+        let cidrs: Vec<String> = set_elements(&listed)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(cidrs, ["10.9.9.9/32", "10.244.1.0/24", "10.244.2.0/24"]);
     }
 
     #[test]

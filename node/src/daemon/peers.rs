@@ -190,6 +190,13 @@ pub async fn run(
             return;
         }
     };
+    // What an earlier run left in the set is the baseline, so the first sync removes the
+    // pod CIDRs of nodes deleted meanwhile; until then they keep the restarted node's
+    // pods' traffic to its peers unmasqueraded.
+    let exempt = masquerade::pod_networks(&bridge)
+        .into_iter()
+        .filter(|cidr| *cidr != pod_cidr)
+        .collect();
     let mut state = Peers {
         local: Local {
             name,
@@ -206,7 +213,7 @@ pub async fn run(
         },
         bridge,
         nodes: BTreeMap::new(),
-        exempt: BTreeSet::new(),
+        exempt,
         unreachable: Vec::new(),
     };
     let mut events = std::pin::pin!(
