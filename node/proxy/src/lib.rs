@@ -14,6 +14,7 @@ pub mod health;
 pub mod maps;
 pub mod metrics;
 pub mod plan;
+pub mod reap;
 pub mod sync;
 pub mod table;
 #[cfg(test)]
@@ -26,5 +27,6 @@ pub use entries::{
 pub use health::HealthCheck;
 pub use maps::{Dump, MapsError, ServiceMaps};
 pub use plan::{NodeView, Plan, Warning, plan};
+pub use reap::{Reaped, SocketReaper, UdpSocket};
 pub use sync::{Mirror, Synced};
 pub use table::{Applied, Occupancy, ServiceTable};

@@ -13,6 +13,7 @@ use super::{
     health::{HealthCheck, health_checks},
     maps::{MapsError, ServiceMaps},
     plan::{NodeView, Warning, plan},
+    reap::{Reaped, SocketReaper, reap},
     table::{Applied, Occupancy, ServiceTable},
 };
 
@@ -294,6 +295,22 @@ impl<M: ServiceMaps> Mirror<M> {
             self.warned.insert(key.clone(), planned.warnings);
         }
         self.table.apply(key, &planned.entries)
+    }
+
+    /// Destroys the connected UDP sockets pinned to a backend their frontend no longer
+    /// offers: among the sockets connected to a backend that left a UDP group since the
+    /// last call, or among every connected UDP socket when `everything` (after a restart,
+    /// when backends may have gone while the node was down). Does nothing when no UDP
+    /// backend left and `everything` is false.
+    pub fn reap_stale_udp(&mut self, reaper: &mut impl SocketReaper, everything: bool) -> Reaped {
+        let removed = self.table.take_removed_udp();
+        if removed.is_empty() && !everything {
+            return Reaped::default();
+        }
+        let peers = (!everything).then_some(&removed);
+        reap(reaper, peers, |frontend| {
+            self.table.udp_backends_of(frontend)
+        })
     }
 
     /// Removes what a previous run left in the maps that no Service wants. Call after the

@@ -11,12 +11,17 @@
 //! Service's first apply takes over its old frontends and groups and rewrites only what
 //! changed, and [`ServiceTable::finish_adoption`] removes what no Service claimed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use skiff_ebpf_common::{Backend, BackendKey, FrontendValue};
 
 use super::{
-    entries::{Endpoint, Frontend, FrontendEntry, GroupKey, Scope, ServiceEntries, ServiceRef},
+    entries::{
+        Endpoint, Frontend, FrontendEntry, GroupKey, Protocol, Scope, ServiceEntries, ServiceRef,
+    },
     maps::{MapsError, ServiceMaps},
 };
 
@@ -106,6 +111,9 @@ pub struct ServiceTable<M> {
     owners: HashMap<Frontend, ServiceRef>,
     ids: Ids,
     adopted: Adopted,
+    /// Backends that left a UDP group since [`ServiceTable::take_removed_udp`]: connected
+    /// sockets pinned to them are stale.
+    removed_udp: BTreeSet<SocketAddrV4>,
 }
 
 impl<M: ServiceMaps> ServiceTable<M> {
@@ -117,6 +125,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             owners: HashMap::new(),
             ids: Ids::default(),
             adopted: Adopted::default(),
+            removed_udp: BTreeSet::new(),
         }
     }
 
@@ -199,6 +208,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             owners: HashMap::new(),
             ids: Ids { next, free },
             adopted,
+            removed_udp: BTreeSet::new(),
         })
     }
 
@@ -245,6 +255,29 @@ impl<M: ServiceMaps> ServiceTable<M> {
         self.owners.get(frontend)
     }
 
+    /// The backends that left a UDP group since the last call (the Service lost the
+    /// endpoint, the port or went away), whatever other groups still hold them.
+    pub fn take_removed_udp(&mut self) -> BTreeSet<SocketAddrV4> {
+        std::mem::take(&mut self.removed_udp)
+    }
+
+    /// The backends a socket on this node that dialled `address:port` over UDP may be
+    /// given now: the internal view of the frontend where it has two, as the socket hooks
+    /// look it up; `None` when no Service has that frontend.
+    #[must_use]
+    pub fn udp_backends_of(&self, address: SocketAddrV4) -> Option<Vec<SocketAddrV4>> {
+        let frontend = |scope| Frontend {
+            address: *address.ip(),
+            port: address.port(),
+            protocol: Protocol::Udp,
+            scope,
+        };
+        let backends = self
+            .backends(&frontend(Scope::Internal))
+            .or_else(|| self.backends(&frontend(Scope::External)))?;
+        Some(backends.into_iter().map(backend_address).collect())
+    }
+
     /// The backends a frontend currently counts, in slot order.
     #[must_use]
     pub fn backends(&self, frontend: &Frontend) -> Option<Vec<Backend>> {
@@ -268,7 +301,19 @@ impl<M: ServiceMaps> ServiceTable<M> {
     ) -> Result<Applied, MapsError> {
         let mut owned = self.services.remove(service).unwrap_or_default();
         let mut applied = Applied::default();
+        let before = udp_backends(&owned);
         let result = self.apply_owned(service, &mut owned, entries, &mut applied);
+        // Counted whether or not every write went through: what was written is what
+        // clients see.
+        let after = udp_backends(&owned);
+        for (key, backends) in before {
+            let kept = after.get(&key);
+            self.removed_udp.extend(
+                backends
+                    .into_iter()
+                    .filter(|b| kept.is_none_or(|k| !k.contains(b))),
+            );
+        }
         if !owned.is_empty() {
             self.services.insert(service.clone(), owned);
         }
@@ -465,6 +510,27 @@ fn order_for_removal(
     let mut out: Vec<(Frontend, FrontendValue)> = frontends.iter().map(|(f, v)| (*f, *v)).collect();
     out.sort_by_key(|(f, _)| f.scope != Scope::External);
     out
+}
+
+/// A backend slot's address and port.
+fn backend_address(b: Backend) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(b.address.to_ne_bytes()),
+        u16::from_be(b.port),
+    )
+}
+
+/// The counted backends of each UDP group a Service owns.
+fn udp_backends(owned: &Owned) -> BTreeMap<GroupKey, BTreeSet<SocketAddrV4>> {
+    owned
+        .groups
+        .iter()
+        .filter(|(key, _)| key.protocol == Protocol::Udp)
+        .map(|(key, group)| {
+            let live = &group.slots[..group.live.min(group.slots.len())];
+            (*key, live.iter().copied().map(backend_address).collect())
+        })
+        .collect()
 }
 
 fn same_endpoint(a: Backend, b: Backend) -> bool {
