@@ -8,6 +8,7 @@ pub mod cookie;
 pub mod maps;
 pub mod pins;
 pub mod probe;
+pub mod reaper;
 pub mod tc;
 
 use std::{
@@ -17,7 +18,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, PerCpuHashMap},
+    maps::{Array, HashMap, Map, MapData, PerCpuHashMap},
     programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
 };
 use skiff_ebpf_common::{
@@ -31,6 +32,7 @@ pub use self::{
     maps::{DatapathStats, EbpfMaps, Fill, MapStats},
     pins::{PinDir, PinError},
     probe::{Features, ProbeError},
+    reaper::{NetlinkReaper, SockDiag},
     tc::{TcError, Uplink},
 };
 
@@ -166,6 +168,8 @@ pub struct Datapath {
     pub maps: EbpfMaps,
     /// Counters and LRU fill, read on handles of their own.
     pub stats: MapStats,
+    /// Destroys connected UDP sockets pinned to backends that are gone.
+    pub reaper: NetlinkReaper,
     /// Keeps it attached; removes it.
     pub handle: DatapathHandle,
 }
@@ -253,13 +257,27 @@ impl Datapath {
             backends: take_map(&mut ebpf, BACKENDS_MAP)?,
             counters: PerCpuHashMap::try_from(counters).map_err(map_err(COUNTERS_MAP))?,
         };
+        let rev_nat = ebpf
+            .take_map(SOCK_REV_NAT_MAP)
+            .ok_or(LoadError::MissingMap(SOCK_REV_NAT_MAP))?;
+        // The socket reaper gets a descriptor of its own on the same map.
+        let rev_nat_again = match &rev_nat {
+            Map::LruHashMap(data) => {
+                let id = data.info().map_err(map_err(SOCK_REV_NAT_MAP))?.id();
+                MapData::from_id(id).map_err(map_err(SOCK_REV_NAT_MAP))?
+            }
+            _ => return Err(LoadError::MissingMap(SOCK_REV_NAT_MAP)),
+        };
         let stats = MapStats {
             counters: PerCpuHashMap::try_from(Map::PerCpuHashMap(counters_again))
                 .map_err(map_err(COUNTERS_MAP))?,
             affinity: take_map(&mut ebpf, AFFINITY_MAP)?,
-            rev_nat: take_map(&mut ebpf, SOCK_REV_NAT_MAP)?,
+            rev_nat: HashMap::try_from(rev_nat).map_err(map_err(SOCK_REV_NAT_MAP))?,
             ct: take_map(&mut ebpf, CT_MAP)?,
         };
+        let reaper = NetlinkReaper::new(
+            HashMap::try_from(Map::LruHashMap(rev_nat_again)).map_err(map_err(SOCK_REV_NAT_MAP))?,
+        );
         tracing::info!(
             cgroup = %dir.display(),
             pins = ?pins.as_ref().map(PinDir::root),
@@ -270,6 +288,7 @@ impl Datapath {
         Ok(Self {
             maps,
             stats,
+            reaper,
             handle: DatapathHandle {
                 pins,
                 links,
