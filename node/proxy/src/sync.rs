@@ -297,6 +297,12 @@ impl<M: ServiceMaps> Mirror<M> {
         self.table.apply(key, &planned.entries)
     }
 
+    /// Whether a UDP backend left since the last [`Self::reap_stale_udp`].
+    #[must_use]
+    pub fn udp_backends_removed(&self) -> bool {
+        self.table.has_removed_udp()
+    }
+
     /// Destroys the connected UDP sockets pinned to a backend their frontend no longer
     /// offers: among the sockets connected to a backend that left a UDP group since the
     /// last call, or among every connected UDP socket when `everything` (after a restart,

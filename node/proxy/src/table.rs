@@ -261,6 +261,12 @@ impl<M: ServiceMaps> ServiceTable<M> {
         std::mem::take(&mut self.removed_udp)
     }
 
+    /// Whether a backend left a UDP group since the last [`Self::take_removed_udp`].
+    #[must_use]
+    pub fn has_removed_udp(&self) -> bool {
+        !self.removed_udp.is_empty()
+    }
+
     /// The backends a socket on this node that dialled `address:port` over UDP may be
     /// given now: the internal view of the frontend where it has two, as the socket hooks
     /// look it up; `None` when no Service has that frontend.

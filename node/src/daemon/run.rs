@@ -591,6 +591,7 @@ pub async fn run(
                 client.clone(),
                 config.name.clone(),
                 proxy,
+                backend.network.clone(),
             ));
             (Some(handle), Some(task))
         }

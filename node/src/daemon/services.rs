@@ -25,10 +25,14 @@ use kube::{
     api::PostParams,
     runtime::{WatchStreamExt as _, watcher},
 };
+use skiff_node_net::PodNetwork;
 use skiff_node_proxy::{
     AttachConfig, Datapath, DatapathHandle, Mirror, NodeView, Occupancy, ServiceRef, ServiceTable,
     Synced, Uplink, Warning,
-    ebpf::{DatapathStats as _, EbpfMaps, Features, LoadError, MapStats, ProbeError, cookie},
+    ebpf::{
+        DatapathStats as _, EbpfMaps, Features, LoadError, MapStats, NetlinkReaper, ProbeError,
+        cookie,
+    },
     metrics,
 };
 use skiff_types::EventType;
@@ -80,6 +84,7 @@ pub struct Proxy {
     mirror: Mirror<EbpfMaps>,
     metrics: Arc<ProxyMetrics>,
     health: HealthServers,
+    reaper: NetlinkReaper,
 }
 
 impl Proxy {
@@ -234,6 +239,7 @@ pub fn attach(
                 state: Mutex::default(),
             }),
             health: HealthServers::new(address),
+            reaper: datapath.reaper,
         },
         datapath.handle,
     ))
@@ -254,12 +260,15 @@ struct Listing {
     slices_done: bool,
 }
 
-/// Keeps the maps equal to the API's Services and EndpointSlices until dropped.
-pub async fn run(client: Client, node: String, proxy: Proxy) {
+/// Keeps the maps equal to the API's Services and EndpointSlices until dropped; connected
+/// UDP sockets of the node and of the pods in `network`'s sandboxes that are pinned to a
+/// backend their Service lost are destroyed after each sync.
+pub async fn run(client: Client, node: String, proxy: Proxy, network: Arc<dyn PodNetwork>) {
     let Proxy {
         mut mirror,
         metrics,
         mut health,
+        mut reaper,
     } = proxy;
     let mut services = std::pin::pin!(
         watcher(
@@ -316,7 +325,12 @@ pub async fn run(client: Client, node: String, proxy: Proxy) {
         }
         health.update(mirror.health_checks());
         let started = Instant::now();
-        match mirror.sync() {
+        let synced = mirror.sync();
+        // What was written is what clients see, even when some writes failed; after a
+        // restart every connected UDP socket is checked, as backends may have gone while
+        // the node was down.
+        reap_stale_udp(&mut mirror, &mut reaper, network.as_ref(), !adopted).await;
+        match synced {
             Ok(synced) => {
                 let took = started.elapsed();
                 metrics.synced(&mirror, took);
@@ -343,6 +357,43 @@ pub async fn run(client: Client, node: String, proxy: Proxy) {
                 retry_at = Some(tokio::time::Instant::now() + RETRY);
             }
         }
+    }
+}
+
+/// Destroys the connected UDP sockets pinned to a backend their frontend no longer offers,
+/// in the node's namespace and every pod sandbox's.
+async fn reap_stale_udp(
+    mirror: &mut Mirror<EbpfMaps>,
+    reaper: &mut NetlinkReaper,
+    network: &dyn PodNetwork,
+    everything: bool,
+) {
+    if !everything && !mirror.udp_backends_removed() {
+        return;
+    }
+    match network.list_sandboxes().await {
+        Ok(sandboxes) => {
+            reaper.set_pod_namespaces(sandboxes.into_iter().map(|s| s.netns).collect());
+        }
+        // The node's own namespace and the pods known last time are still searched.
+        Err(err) => tracing::warn!(%err, "pod sandboxes not listed for the UDP socket reaper"),
+    }
+    // Blocking netlink calls, a short-lived thread per pod namespace.
+    let done = tokio::task::block_in_place(|| mirror.reap_stale_udp(reaper, everything));
+    for (socket, frontend) in &done.destroyed {
+        tracing::info!(
+            %frontend,
+            backend = %socket.peer,
+            local = %socket.local,
+            netns = socket.netns,
+            "destroyed a connected UDP socket pinned to a backend its Service no longer has"
+        );
+    }
+    for err in done.errors {
+        tracing::warn!(
+            "stale UDP sockets not all destroyed: {:#}",
+            anyhow::Error::new(err)
+        );
     }
 }
 
