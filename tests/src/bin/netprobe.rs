@@ -40,6 +40,14 @@ enum Command {
         #[arg(long)]
         to: SocketAddr,
     },
+    /// Connect a UDP socket to ADDR (as a resolver does), ask once and print
+    /// `reply=<answer> peer=<address the socket reports>`; then for each line on stdin ask
+    /// again on the same socket and print `reply=<answer>`, or `error=<errno>` when the
+    /// socket has an error or fails, and then connect it again and print `again=<answer>`.
+    Hold {
+        #[arg(long)]
+        to: SocketAddr,
+    },
 }
 
 fn main() -> Result<()> {
@@ -61,6 +69,7 @@ fn main() -> Result<()> {
         Command::Serve { listen, token } => serve_tcp(listen, &token),
         Command::Connect { to } if cli.udp => connect_udp(to),
         Command::Connect { to } => connect_tcp(to),
+        Command::Hold { to } => hold_udp(to),
     }
 }
 
@@ -109,5 +118,43 @@ fn connect_udp(to: SocketAddr) -> Result<()> {
     let (n, from) = socket.recv_from(&mut buf).context("receiving the reply")?;
     let reply = String::from_utf8_lossy(&buf[..n]);
     println!("reply={reply} peer={from}");
+    Ok(())
+}
+
+fn ask(socket: &UdpSocket) -> std::io::Result<String> {
+    socket.send(b"ping")?;
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn hold_udp(to: SocketAddr) -> Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0").context("binding a client socket")?;
+    socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+    socket
+        .connect(to)
+        .with_context(|| format!("connecting to {to}"))?;
+    let reply = ask(&socket).context("asking")?;
+    let peer = socket.peer_addr().context("getpeername")?;
+    println!("reply={reply} peer={peer}");
+    for line in std::io::stdin().lock().lines() {
+        line.context("reading stdin")?;
+        // An error the kernel left on the socket (SO_ERROR) comes first, as a resolver
+        // blocked in recv would see it.
+        let answer = match socket.take_error() {
+            Ok(Some(err)) | Err(err) => Err(err),
+            Ok(None) => ask(&socket),
+        };
+        match answer {
+            Ok(reply) => println!("reply={reply}"),
+            Err(err) => {
+                println!("error={}", err.raw_os_error().unwrap_or(0));
+                socket
+                    .connect(to)
+                    .with_context(|| format!("connecting to {to} again"))?;
+                println!("again={}", ask(&socket).context("asking again")?);
+            }
+        }
+    }
     Ok(())
 }
