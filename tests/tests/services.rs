@@ -552,6 +552,167 @@ endpoints:
     Ok(())
 }
 
+/// A resolver: joins the cgroup whose `cgroup.procs` is argv[1], connects one UDP socket to
+/// ip:port and asks once (`reply=<answer> peer=<getpeername>`); then for each line on stdin
+/// asks again on the same socket (`reply=<answer>`), or, when the socket has an error
+/// (SO_ERROR, as a resolver blocked in recv sees it) or fails, prints `error=<errno name>`,
+/// connects again and asks (`again=<answer>`).
+const RESOLVER: &str = r#"
+import errno, os, socket, sys
+with open(sys.argv[1], "w") as f:
+    f.write(str(os.getpid()))
+ip, port = sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((ip, port))
+
+def ask():
+    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+    s.send(b"ping")
+    return s.recv(4096).decode(errors="replace")
+
+def name(e):
+    return errno.errorcode.get(e.errno, str(e))
+
+try:
+    print("reply=%s peer=%s:%d" % ((ask(),) + s.getpeername()), flush=True)
+except OSError as e:
+    print("error=" + name(e), flush=True)
+for _ in sys.stdin:
+    try:
+        print("reply=" + ask(), flush=True)
+    except OSError as e:
+        print("error=" + name(e), flush=True)
+        try:
+            s.connect((ip, port))
+            print("again=" + ask(), flush=True)
+        except OSError as e:
+            print("again-error=" + name(e), flush=True)
+"#;
+
+/// Service `resolver` (UDP 53 -> 5353) over the one endpoint `backend`, by hand.
+fn resolver_endpoint(c: &Cluster, backend: &PodAt) -> Result<()> {
+    apply(
+        c,
+        &format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: resolver}}
+spec:
+  ports: [{{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: resolver-by-hand
+  labels: {{kubernetes.io/service-name: resolver}}
+addressType: IPv4
+ports: [{{name: dns, port: 5353, protocol: UDP}}]
+endpoints:
+- addresses: ['{}']
+  nodeName: {}
+  conditions: {{ready: true}}
+",
+            backend.ip,
+            c.node_hosts()[backend.node].label()
+        ),
+    )
+}
+
+/// Answers every datagram on `server` with `token` until `stop`.
+fn answer_udp(server: &UdpSocket, token: &str, stop: &AtomicBool) {
+    let mut buf = [0; 64];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, peer)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(token.as_bytes(), peer);
+        }
+    }
+}
+
+fn resolver_reconnects_after_its_backend_is_replaced(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    // Two backends: sockets of this test in the client pods of nodes 1 and 2; the resolver
+    // in the client pod of node 0.
+    let (old, new) = (&f.clients[1], &f.clients[2]);
+    let bind = |pod: &PodAt| -> Result<UdpSocket> {
+        let socket = in_netns(&pod.netns, || UdpSocket::bind((pod.ip, 5353)))??;
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        Ok(socket)
+    };
+    let (old_server, new_server) = (bind(old)?, bind(new)?);
+    resolver_endpoint(c, old)?;
+    let ip = cluster_ip(c, "resolver")?;
+    let stop = AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        s.spawn(|| answer_udp(&old_server, "old", &stop));
+        s.spawn(|| answer_udp(&new_server, "new", &stop));
+        let result = resolver_trial(f, &ip, new);
+        stop.store(true, Ordering::Relaxed);
+        result
+    });
+    c.kubectl(
+        &[
+            "delete",
+            "service/resolver",
+            "endpointslice/resolver-by-hand",
+        ],
+        None,
+    )?;
+    result
+}
+
+fn resolver_trial(f: &Fixture, ip: &str, new: &PodAt) -> Result<()> {
+    let c = &f.cluster;
+    served(f, 0, "udp", (ip, 53))?;
+    let procs = clients_cgroup(c, 0)?;
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", f.clients[0].netns.display()))
+        .arg("--")
+        .arg(&f.python)
+        .args(["-c", RESOLVER])
+        .arg(&procs)
+        .args([ip, "53"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut resolver = ChildGuard::spawn(&mut cmd)?;
+    let mut stdin = resolver
+        .child_mut()
+        .stdin
+        .take()
+        .context("resolver stdin")?;
+    let stdout = resolver
+        .child_mut()
+        .stdout
+        .take()
+        .context("resolver stdout")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let mut next = move || -> Result<String> { Ok(lines.next().context("the resolver exited")??) };
+    let first = next()?;
+    ensure!(first == format!("reply=old peer={ip}:53"), "first: {first}");
+
+    resolver_endpoint(c, new)?;
+    // Until the node syncs, the pinned socket still reaches the old backend (it is up);
+    // then its socket is destroyed and a new connect reaches the new one.
+    let (error, again) = wait_for(
+        "the resolver's socket destroyed",
+        Duration::from_secs(20),
+        || {
+            writeln!(stdin)?;
+            let line = next()?;
+            if line == "reply=old" {
+                return Ok(None);
+            }
+            Ok(Some((line, next()?)))
+        },
+    )?;
+    ensure!(error == "error=ECONNABORTED", "the resolver saw {error:?}");
+    ensure!(again == "again=new", "after connecting again: {again:?}");
+    Ok(())
+}
+
 fn no_endpoints_refuses_at_once(f: &Fixture) -> Result<()> {
     let c = &f.cluster;
     let ip = service(
@@ -1362,6 +1523,10 @@ const TRIALS: &[(&str, Body)] = &[
     (
         "a_udp_cluster_ip_answers_an_unconnected_sendto_from_the_service_address",
         udp_cluster_ip_answers_from_the_service_address,
+    ),
+    (
+        "a_resolver_pinned_to_a_replaced_udp_backend_is_destroyed_and_reconnects_to_the_new_one",
+        resolver_reconnects_after_its_backend_is_replaced,
     ),
     (
         "a_service_without_endpoints_refuses_at_once",
