@@ -483,26 +483,24 @@ spec:
     Ok(())
 }
 
-fn udp_cluster_ip_answers_from_the_service_address(f: &Fixture) -> Result<()> {
-    let c = &f.cluster;
-    // The backend is a socket of this test in the client pod on node 1, behind a Service
-    // without selector and an EndpointSlice written by hand.
-    let backend = &f.clients[1];
+/// Service `name` (UDP 53 -> 5353) without selector over the one endpoint `backend`, in
+/// the EndpointSlice `<name>-by-hand` (replaced when applied again).
+fn udp_service_by_hand(c: &Cluster, name: &str, backend: &PodAt) -> Result<()> {
     apply(
         c,
         &format!(
             "
 apiVersion: v1
 kind: Service
-metadata: {{name: dns}}
+metadata: {{name: {name}}}
 spec:
   ports: [{{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: dns-by-hand
-  labels: {{kubernetes.io/service-name: dns}}
+  name: {name}-by-hand
+  labels: {{kubernetes.io/service-name: {name}}}
 addressType: IPv4
 ports: [{{name: dns, port: 5353, protocol: UDP}}]
 endpoints:
@@ -513,7 +511,15 @@ endpoints:
             backend.ip,
             c.node_hosts()[backend.node].label()
         ),
-    )?;
+    )
+}
+
+fn udp_cluster_ip_answers_from_the_service_address(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    // The backend is a socket of this test in the client pod on node 1, behind a Service
+    // without selector and an EndpointSlice written by hand.
+    let backend = &f.clients[1];
+    udp_service_by_hand(c, "dns", backend)?;
     let ip = cluster_ip(c, "dns")?;
     let server = in_netns(&backend.netns, || UdpSocket::bind((backend.ip, 5353)))??;
     server.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -555,7 +561,7 @@ endpoints:
 /// A resolver: joins the cgroup whose `cgroup.procs` is argv[1], connects one UDP socket to
 /// ip:port and asks once (`reply=<answer> peer=<getpeername>`); then for each line on stdin
 /// asks again on the same socket (`reply=<answer>`), or, when the socket has an error
-/// (SO_ERROR, as a resolver blocked in recv sees it) or fails, prints `error=<errno name>`,
+/// (`SO_ERROR`, as a resolver blocked in recv sees it) or fails, prints `error=<errno name>`,
 /// connects again and asks (`again=<answer>`).
 const RESOLVER: &str = r#"
 import errno, os, socket, sys
@@ -592,36 +598,6 @@ for _ in sys.stdin:
             print("again-error=" + name(e), flush=True)
 "#;
 
-/// Service `resolver` (UDP 53 -> 5353) over the one endpoint `backend`, by hand.
-fn resolver_endpoint(c: &Cluster, backend: &PodAt) -> Result<()> {
-    apply(
-        c,
-        &format!(
-            "
-apiVersion: v1
-kind: Service
-metadata: {{name: resolver}}
-spec:
-  ports: [{{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: resolver-by-hand
-  labels: {{kubernetes.io/service-name: resolver}}
-addressType: IPv4
-ports: [{{name: dns, port: 5353, protocol: UDP}}]
-endpoints:
-- addresses: ['{}']
-  nodeName: {}
-  conditions: {{ready: true}}
-",
-            backend.ip,
-            c.node_hosts()[backend.node].label()
-        ),
-    )
-}
-
 /// Answers every datagram on `server` with `token` until `stop`.
 fn answer_udp(server: &UdpSocket, token: &str, stop: &AtomicBool) {
     let mut buf = [0; 64];
@@ -643,7 +619,7 @@ fn resolver_reconnects_after_its_backend_is_replaced(f: &Fixture) -> Result<()> 
         Ok(socket)
     };
     let (old_server, new_server) = (bind(old)?, bind(new)?);
-    resolver_endpoint(c, old)?;
+    udp_service_by_hand(c, "resolver", old)?;
     let ip = cluster_ip(c, "resolver")?;
     let stop = AtomicBool::new(false);
     let result = std::thread::scope(|s| {
@@ -693,7 +669,7 @@ fn resolver_trial(f: &Fixture, ip: &str, new: &PodAt) -> Result<()> {
     let first = next()?;
     ensure!(first == format!("reply=old peer={ip}:53"), "first: {first}");
 
-    resolver_endpoint(c, new)?;
+    udp_service_by_hand(c, "resolver", new)?;
     // Until the node syncs, the pinned socket still reaches the old backend (it is up);
     // then its socket is destroyed and a new connect reaches the new one.
     let (error, again) = wait_for(
