@@ -331,6 +331,19 @@ mod tests {
     }
 
     #[test]
+    fn load_balancer_addresses_are_off_unless_a_cidr_or_range_is_given() {
+        assert_eq!(Args::parse_from(["control"]).loadbalancer_ip_range, None);
+        for text in ["192.168.1.240/28", "192.168.1.240-192.168.1.255"] {
+            let args = Args::parse_from(["control", "--loadbalancer-ip-range", text]);
+            let range = args.loadbalancer_ip_range.expect("a range");
+            assert_eq!(range.to_string(), "192.168.1.240-192.168.1.255");
+        }
+        assert!(
+            Args::try_parse_from(["control", "--loadbalancer-ip-range", "10.0.0.5/24"]).is_err()
+        );
+    }
+
+    #[test]
     fn an_empty_cluster_cidr_or_allocate_false_turns_node_ipam_off() {
         let off = Args::parse_from(["control", "--cluster-cidr", ""]);
         assert_eq!(off.node_ipam().unwrap(), None);
