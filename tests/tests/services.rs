@@ -31,6 +31,11 @@ use skiff_tests::{
     process::ChildGuard,
 };
 
+/// The addresses `control` gives `LoadBalancer` Services: on the switch's subnet, which
+/// exists only inside the test's namespaces, clear of every host (control .10, nodes .20+,
+/// client .100, router .254) and of the external IP trial's .201.
+const LB_RANGE: &str = "192.168.50.220-192.168.50.223";
+
 /// The busybox image every node gets by `ctl image import`.
 const IMAGE: &str = "example.org/skiff/busybox:services";
 
@@ -119,7 +124,10 @@ impl Shared {
 }
 
 fn start() -> Result<Fixture> {
-    let c = Cluster::start(&ClusterConfig::one_switch(3))?;
+    let c = Cluster::start(&ClusterConfig {
+        control_args: vec!["--loadbalancer-ip-range".into(), LB_RANGE.into()],
+        ..ClusterConfig::one_switch(3)
+    })?;
     let pods = (|| {
         deploy(&c, "web", 3, true, &httpd("8080", "http"))?;
         deploy(&c, "client", 3, true, "command: [sleep, '3600']")?;
@@ -1362,6 +1370,134 @@ fn killed_node_keeps_serving_and_drops_what_was_deleted(f: &Fixture) -> Result<(
     Ok(())
 }
 
+/// The `LoadBalancer` address of Service `name`, once `control` has given it one, with its
+/// `ipMode`.
+fn load_balancer_ip(c: &Cluster, name: &str) -> Result<(String, String)> {
+    wait_for(
+        &format!("an address for {name}"),
+        Duration::from_secs(30),
+        || {
+            let svc = c.get_json(&format!("/api/v1/namespaces/default/services/{name}"))?;
+            let ingress = &svc["status"]["loadBalancer"]["ingress"][0];
+            Ok(ingress["ip"].as_str().map(|ip| {
+                let mode = ingress["ipMode"].as_str().unwrap_or_default();
+                (ip.to_owned(), mode.to_owned())
+            }))
+        },
+    )
+}
+
+/// The node holding the announcement Lease of `ip`, if one does.
+fn announcer(c: &Cluster, ip: &str) -> Option<String> {
+    let lease = c.get_json(&format!(
+        "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/skiff-lb-{}",
+        ip.replace('.', "-")
+    ));
+    lease
+        .ok()
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+}
+
+/// The Ethernet address the client host has for `ip` in its neighbour table (it resolves
+/// `ip` by ARP on the switch).
+fn client_neighbour(c: &Cluster, ip: &str) -> Result<String> {
+    let out = c.client().output("ip", &["-j", "neigh", "show", ip])?;
+    let json: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(json[0]["lladdr"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The Ethernet address of node `node`'s `eth0`.
+fn node_mac(c: &Cluster, node: usize) -> Result<String> {
+    let out = c.node_hosts()[node].output("ip", &["-j", "link", "show", "eth0"])?;
+    let json: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(json[0]["address"].as_str().unwrap_or_default().to_owned())
+}
+
+/// A `LoadBalancer` Service gets an address from `--loadbalancer-ip-range`; the client
+/// host on the switch resolves it by ARP to the one node holding its Lease and reaches the
+/// backends through that node's TC path; SIGKILL that node and another takes the Lease,
+/// tells the switch by gratuitous ARP, and serves; deleting the Service frees the address
+/// for the next Service that asks for it.
+fn load_balancer_address_announced_and_moved(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    service(
+        c,
+        "web-lb",
+        "app: web",
+        "type: LoadBalancer",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    let (ip, mode) = load_balancer_ip(c, "web-lb")?;
+    let last: u8 = ip.rsplit('.').next().unwrap_or_default().parse()?;
+    ensure!(
+        ip.starts_with("192.168.50.") && (220..=223).contains(&last) && mode == "VIP",
+        "web-lb got {ip} ({mode}), not a VIP from {LB_RANGE}"
+    );
+    let reply = served_outside(f, "tcp", (&ip, 80))?;
+    ensure!(reply.body.starts_with("web-"), "{ip}:80 answered {reply:?}");
+    let names: Vec<String> = (0..c.node_count())
+        .map(|i| c.node(i).name().to_owned())
+        .collect();
+    let holder = wait_for(
+        "a node to announce the address",
+        Duration::from_secs(20),
+        || Ok(announcer(c, &ip)),
+    )?;
+    let first = names
+        .iter()
+        .position(|n| *n == holder)
+        .with_context(|| format!("the Lease holder {holder} is no node"))?;
+    let mac = client_neighbour(c, &ip)?;
+    ensure!(
+        mac == node_mac(c, first)?,
+        "the client resolved {ip} to {mac}, not to the announcing node-{first}"
+    );
+    c.kill_node(first);
+    let moved = (|| {
+        let next = wait_for(
+            "another node to take the address",
+            Duration::from_secs(30),
+            || Ok(announcer(c, &ip).filter(|h| *h != holder)),
+        )?;
+        let next = names
+            .iter()
+            .position(|n| *n == next)
+            .context("no node holds it")?;
+        let mac = node_mac(c, next)?;
+        // The gratuitous ARP of the new holder, not a timeout, moves the client over.
+        wait_for(
+            "the client to learn the new announcer",
+            Duration::from_secs(10),
+            || Ok((client_neighbour(c, &ip)? == mac).then_some(())),
+        )?;
+        let reply = served_outside(f, "tcp", (&ip, 80))?;
+        ensure!(
+            reply.body.starts_with("web-"),
+            "after the move {ip}:80 answered {reply:?}"
+        );
+        anyhow::Ok(())
+    })();
+    let restarted = c.restart_node(first);
+    moved?;
+    restarted?;
+    c.kubectl(&["delete", "service", "web-lb"], None)?;
+    service(
+        c,
+        "web-lb-again",
+        "app: web",
+        &format!("type: LoadBalancer\n  loadBalancerIP: {ip}"),
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    let (again, _) = load_balancer_ip(c, "web-lb-again")?;
+    ensure!(
+        again == ip,
+        "the freed {ip} was not given again, {again} was"
+    );
+    served_outside(f, "tcp", (&ip, 80))?;
+    c.kubectl(&["delete", "service", "web-lb-again"], None)?;
+    Ok(())
+}
+
 /// A log line without the terminal colour codes its fields carry.
 fn without_colours(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
@@ -1567,6 +1703,10 @@ const TRIALS: &[(&str, Body)] = &[
     (
         "a_killed_node_keeps_serving_and_drops_services_deleted_while_it_was_down",
         killed_node_keeps_serving_and_drops_what_was_deleted,
+    ),
+    (
+        "a_load_balancer_address_from_the_range_is_announced_by_one_node_and_moves_when_it_dies",
+        load_balancer_address_announced_and_moved,
     ),
 ];
 

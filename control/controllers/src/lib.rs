@@ -1,9 +1,9 @@
 //! skiff-controllers keeps every object at its declared state: one level-triggered,
 //! idempotent reconciler per concern (ReplicaSet and `ReplicationController`, Deployment,
 //! StatefulSet, DaemonSet, Job, CronJob, Endpoints, EndpointSlices, nodes, namespaces,
-//! garbage collection, quotas, default `ServiceAccounts`), each talking to the API server
-//! through the `kube` crate like any client, over the shared informers of
-//! skiff-control-runtime.
+//! garbage collection, quotas, default `ServiceAccounts`, `LoadBalancer` addresses), each
+//! talking to the API server through the `kube` crate like any client, over the shared
+//! informers of skiff-control-runtime.
 //!
 //! Each controller decides in a pure `plan` (observed state and the time in, steps out,
 //! unit-tested on a fake clock) and carries the steps out in a thin `apply`. Controllers
@@ -30,6 +30,7 @@ pub mod pods;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod revision;
+pub mod service_lb;
 pub mod serviceaccount;
 pub mod statefulset;
 
@@ -54,6 +55,9 @@ pub struct Config {
     pub cluster_cidr: Option<Ipv4Cidr>,
     /// Prefix length of each node's pod CIDR.
     pub node_cidr_mask_size: u8,
+    /// The addresses `LoadBalancer` Services get (none: they get none, and an Event on each
+    /// says so).
+    pub loadbalancer_ip_range: Option<service_lb::IpRange>,
 }
 
 impl Default for Config {
@@ -63,6 +67,7 @@ impl Default for Config {
             default_toleration_seconds: 300,
             cluster_cidr: Ipv4Cidr::parse_masked(DEFAULT_CLUSTER_CIDR).ok(),
             node_cidr_mask_size: 24,
+            loadbalancer_ip_range: None,
         }
     }
 }
@@ -97,6 +102,7 @@ pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> +
     let service_accounts = serviceaccount::start(informers, clock.clone());
     let quotas = resourcequota::start(informers, clock.clone());
     let node_lifecycle = node_lifecycle::start(informers, config, clock.clone());
+    let service_lb = service_lb::start(informers, config.loadbalancer_ip_range, clock.clone());
     let node_ipam = config
         .cluster_cidr
         .map(|cidr| node_ipam::start(informers, cidr, config.node_cidr_mask_size, clock.clone()));
@@ -116,6 +122,7 @@ pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> +
             service_accounts,
             quotas,
             node_lifecycle,
+            service_lb,
             async {
                 if let Some(ipam) = node_ipam {
                     ipam.await;

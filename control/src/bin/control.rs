@@ -89,6 +89,12 @@ struct Args {
     /// Prefix length of each node's pod CIDR.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
+    /// The addresses `type: LoadBalancer` Services get, as a CIDR (192.168.1.240/28) or a
+    /// range (192.168.1.240-192.168.1.250), announced by one node each on its link. Off
+    /// by default: which addresses are free on the nodes' link only the operator knows,
+    /// so without it `LoadBalancer` Services get no address and an Event on each says why.
+    #[arg(long)]
+    loadbalancer_ip_range: Option<skiff_controllers::service_lb::IpRange>,
 }
 
 impl Args {
@@ -250,6 +256,7 @@ async fn act(
         default_toleration_seconds: args.default_toleration_seconds,
         cluster_cidr,
         node_cidr_mask_size: args.node_cidr_mask_size,
+        loadbalancer_ip_range: args.loadbalancer_ip_range,
     };
     let (run_scheduler, run_controllers) = (!args.no_scheduler, !args.no_controllers);
     let elector_client = client.clone();
@@ -321,6 +328,19 @@ mod tests {
         let cidr = args.node_ipam().unwrap().expect("node IPAM on by default");
         assert_eq!(cidr.to_string(), "10.42.0.0/16");
         assert_eq!(cidr.subnet_count(args.node_cidr_mask_size), 256);
+    }
+
+    #[test]
+    fn load_balancer_addresses_are_off_unless_a_cidr_or_range_is_given() {
+        assert_eq!(Args::parse_from(["control"]).loadbalancer_ip_range, None);
+        for text in ["192.168.1.240/28", "192.168.1.240-192.168.1.255"] {
+            let args = Args::parse_from(["control", "--loadbalancer-ip-range", text]);
+            let range = args.loadbalancer_ip_range.expect("a range");
+            assert_eq!(range.to_string(), "192.168.1.240-192.168.1.255");
+        }
+        assert!(
+            Args::try_parse_from(["control", "--loadbalancer-ip-range", "10.0.0.5/24"]).is_err()
+        );
     }
 
     #[test]

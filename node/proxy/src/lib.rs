@@ -8,6 +8,7 @@
 // One syscall has no safe wrapper: ebpf::cookie allows it for itself.
 #![deny(unsafe_code)]
 
+pub mod arp;
 pub mod ebpf;
 pub mod entries;
 pub mod health;

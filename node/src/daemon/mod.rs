@@ -2,6 +2,7 @@
 //! image store, the endpoint's backend, and the main loop with its state directory that
 //! lets a restarted daemon adopt what still runs.
 
+pub mod announce;
 pub mod backend;
 pub mod cgroups;
 pub mod endpoint;

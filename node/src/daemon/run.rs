@@ -35,7 +35,7 @@ use skiff_kubelet::{
     },
 };
 use skiff_node_net::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork};
-use skiff_node_proxy::DatapathHandle;
+use skiff_node_proxy::{DatapathHandle, arp::ArpResponder};
 use skiff_node_runtime::{ContainerRuntime, Libcontainer, image::ImageStore};
 use skiff_types::{CidrError, ContainerId, Ipv4Cidr};
 use tokio::sync::mpsc::{self, UnboundedSender};
@@ -597,6 +597,24 @@ pub async fn run(
         }
         None => (None, None),
     };
+    let announcer = match (&proxy_handle, config.pod_network.uplink.as_ref()) {
+        (Some(_), Some(uplink)) => match ArpResponder::open(&uplink.name) {
+            Ok(responder) => Some(tokio::spawn(super::announce::run(
+                client.clone(),
+                config.name.clone(),
+                uplink.subnets.clone(),
+                responder,
+            ))),
+            Err(err) => {
+                tracing::warn!(
+                    ?err,
+                    "LoadBalancer addresses are not announced on this node"
+                );
+                None
+            }
+        },
+        _ => None,
+    };
     heartbeat.set(Ok(()));
     let peers = tokio::spawn(super::peers::run(
         client.clone(),
@@ -615,6 +633,9 @@ pub async fn run(
     dispatch.run(rx, &housekeeper, shutdown).await;
     watch.abort();
     peers.abort();
+    if let Some(task) = announcer {
+        task.abort();
+    }
     if let Some(task) = services {
         task.abort();
         // The task owns the maps: they are closed before the pins go.
