@@ -597,6 +597,33 @@ impl Cluster {
         self.escape.check()
     }
 
+    /// Builds the test busybox image as `image` and imports it onto every node with
+    /// `ctl image import --node`, as a user would on hosts that cannot pull.
+    ///
+    /// # Errors
+    /// When the image cannot be built or a node refuses it.
+    pub fn import_busybox(&self, image: &str) -> Result<()> {
+        let tar = crate::image::busybox_oci_layout(self.dir(), image)?;
+        for host in self.node_hosts() {
+            let out = self.control_host.run(|| {
+                Command::new(crate::bin("ctl"))
+                    .arg("--kubeconfig")
+                    .arg(self.control.kubeconfig())
+                    .args(["image", "import"])
+                    .arg(&tar)
+                    .args(["--node", host.label()])
+                    .output()
+            })?;
+            ensure!(
+                out.status.success(),
+                "ctl image import onto {}: {}",
+                host.label(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Where a pod (as the API returns it) runs: its node's index and its sandbox's
     /// network namespace file, so a test can open sockets as the pod.
     ///

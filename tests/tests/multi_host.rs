@@ -19,7 +19,6 @@ use anyhow::{Context, Result, bail, ensure};
 use libtest_mimic::{Arguments, Failed, Trial};
 use skiff_tests::{
     cluster::{Cluster, ClusterConfig, PodAt, wait_for},
-    image::busybox_oci_layout,
     netns::in_netns,
 };
 
@@ -52,24 +51,7 @@ impl Shared {
 
 fn start(config: &ClusterConfig) -> Result<Cluster> {
     let c = Cluster::start(config)?;
-    let tar = busybox_oci_layout(c.dir(), IMAGE)?;
-    for host in c.node_hosts() {
-        let out = c.control_host().run(|| {
-            Command::new(skiff_tests::bin("ctl"))
-                .arg("--kubeconfig")
-                .arg(c.control().kubeconfig())
-                .args(["image", "import"])
-                .arg(&tar)
-                .args(["--node", host.label()])
-                .output()
-        })?;
-        ensure!(
-            out.status.success(),
-            "ctl image import onto {}: {}",
-            host.label(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    c.import_busybox(IMAGE)?;
     Ok(c)
 }
 

@@ -26,7 +26,6 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{Value, json};
 use skiff_tests::{
     cluster::{Cluster, ClusterConfig, PodAt, wait_for},
-    image::busybox_oci_layout,
     netns::in_netns,
     process::ChildGuard,
 };
@@ -143,7 +142,7 @@ fn start() -> Result<Fixture> {
                 .count();
             Ok((bound == 6).then_some(()))
         })?;
-        import_image(&c)?;
+        c.import_busybox(IMAGE)?;
         let clients = running(&c, "app%3Dclient", 3)?;
         running(&c, "app%3Dweb", 3)?;
         anyhow::Ok(clients)
@@ -169,28 +168,6 @@ fn start() -> Result<Fixture> {
         clients,
         python,
     })
-}
-
-fn import_image(c: &Cluster) -> Result<()> {
-    let tar = busybox_oci_layout(c.dir(), IMAGE)?;
-    for host in c.node_hosts() {
-        let out = c.control_host().run(|| {
-            Command::new(skiff_tests::bin("ctl"))
-                .arg("--kubeconfig")
-                .arg(c.control().kubeconfig())
-                .args(["image", "import"])
-                .arg(&tar)
-                .args(["--node", host.label()])
-                .output()
-        })?;
-        ensure!(
-            out.status.success(),
-            "ctl image import onto {}: {}",
-            host.label(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 /// A busybox httpd answering its pod name on `port`, the container port named `name`.

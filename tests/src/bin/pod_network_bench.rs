@@ -37,7 +37,6 @@ use clap::Parser;
 use serde_json::{Value, json};
 use skiff_tests::{
     cluster::{Cluster, ClusterConfig, Subnet, wait_for},
-    image::busybox_oci_layout,
     netns::in_netns,
 };
 
@@ -258,24 +257,7 @@ fn start_cluster(backend: &str) -> Result<Cluster> {
     config.node_args = vec!["--pod-network".into(), backend.into()];
     let c = Cluster::start(&config)?;
     not_interrupted()?;
-    let tar = busybox_oci_layout(c.dir(), IMAGE)?;
-    let kubeconfig = c.control().kubeconfig();
-    for host in c.node_hosts() {
-        let mut import = Command::new(skiff_tests::bin("ctl"));
-        import
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["image", "import"])
-            .arg(&tar)
-            .args(["--node", host.label()]);
-        let out = c.control_host().run(|| import.output())?;
-        ensure!(
-            out.status.success(),
-            "importing the image onto {}: {}",
-            host.label(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    c.import_busybox(IMAGE)?;
     Ok(c)
 }
 
