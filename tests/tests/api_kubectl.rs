@@ -393,7 +393,9 @@ fn a_killed_server_restarts_with_every_object_at_the_same_resource_version() -> 
         "-o",
         "jsonpath={range .items[*]}{.kind}/{.metadata.name}@{.metadata.resourceVersion} {end}",
     ];
-    let before = cp.ok(&query, None)?;
+    // The deployment and ReplicaSet controllers keep writing status until the scale-up has
+    // settled; a snapshot taken before that would race their writes, not the restart.
+    let before = settled(&cp, &query)?;
     assert!(before.contains("Deployment/web@"), "{before}");
     cp.kill();
     cp.restart()?;
@@ -591,4 +593,35 @@ spec:
         "{err}"
     );
     Ok(())
+}
+
+/// The output of `query` once the scaled deployment's status has caught up and two reads
+/// half a second apart agree.
+fn settled(cp: &ControlPlane, query: &[&str]) -> Result<String> {
+    let status = [
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={.metadata.generation}/{.status.observedGeneration}/{.status.replicas}",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    loop {
+        let generation = cp.ok(&status, None)?;
+        let current = cp.ok(query, None)?;
+        let parts: Vec<&str> = generation.split('/').collect();
+        let caught_up = matches!(parts.as_slice(), [g, o, "4"] if g == o);
+        if caught_up && current == last {
+            return Ok(current);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the deployment never settled: {generation}, {current}"
+        );
+        last = current;
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
