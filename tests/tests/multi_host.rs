@@ -94,6 +94,11 @@ fn main() -> ExitCode {
             nodes_and_pods_reach_each_other,
         ),
         trial(
+            "without_an_address_range_a_load_balancer_answers_on_every_node_address",
+            &flat,
+            load_balancer_on_node_addresses,
+        ),
+        trial(
             "a_node_killed_and_restarted_keeps_traffic_to_its_pods_flowing",
             &flat,
             killed_node_keeps_traffic_flowing,
@@ -433,6 +438,111 @@ fn nodes_and_pods_reach_each_other(c: &Cluster) -> Result<()> {
             .with_context(|| format!("pod {} (node {}) -> node {i}", pod.ip, pod.node))?;
         }
     }
+    Ok(())
+}
+
+/// An HTTP/1.0 GET of `path` from the outside client host; the body.
+fn get_from_outside(c: &Cluster, ip: Ipv4Addr, port: u16, path: &str) -> Result<String> {
+    c.client().run(|| {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), CONNECT)
+            .with_context(|| format!("connecting to {ip}:{port}"))?;
+        s.set_read_timeout(Some(CONNECT))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.trim().to_owned())
+            .unwrap_or_default())
+    })
+}
+
+/// `control` runs without `--loadbalancer-ip-range` here: a `LoadBalancer` Service gets the
+/// node addresses (k3s `ServiceLB`), and its port answers on each of them from outside; a
+/// port the nodes' own endpoint uses is refused with a reason instead.
+fn load_balancer_on_node_addresses(c: &Cluster) -> Result<()> {
+    let pods = spread(c, "mesh")?;
+    let manifest = |name: &str, port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  type: LoadBalancer\n  selector: {{app: mesh}}\n  ports: [{{port: {port}, targetPort: 8080}}]\n"
+        )
+    };
+    c.kubectl(&["apply", "-f", "-"], Some(&manifest("mesh-lb", 8081)))?;
+    // The harness gives every node endpoint a port of its own: ask for node-0's.
+    let node0 = c.get_json(&format!("/api/v1/nodes/{}", c.node(0).name()))?;
+    let endpoint = node0["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .with_context(|| format!("no node endpoint port: {node0}"))?;
+    c.kubectl(
+        &["apply", "-f", "-"],
+        Some(&manifest("mesh-lb-kubelet", endpoint)),
+    )?;
+    let mut wanted: Vec<String> = c
+        .node_hosts()
+        .iter()
+        .map(|h| h.address().to_string())
+        .collect();
+    wanted.sort();
+    let ingress = wait_for(
+        "the node addresses in the Service's status",
+        Duration::from_secs(20),
+        || {
+            let svc = c.get_json("/api/v1/namespaces/default/services/mesh-lb")?;
+            let mut ips: Vec<String> = svc["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().map(str::to_owned))
+                .collect();
+            ips.sort();
+            Ok((ips == wanted).then_some(ips))
+        },
+    )?;
+    let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+    for ip in &ingress {
+        let ip: Ipv4Addr = ip.parse()?;
+        let body = wait_for(
+            &format!("an answer on {ip}:8081 from the outside client"),
+            Duration::from_secs(20),
+            || Ok(get_from_outside(c, ip, 8081, "/hostname").ok()),
+        )?;
+        ensure!(
+            names.contains(&body.as_str()),
+            "{ip}:8081 answered {body:?}"
+        );
+    }
+    let refusal = wait_for(
+        "a PortInUse event on the Service asking for the node endpoint's port",
+        Duration::from_secs(20),
+        || {
+            let events = c.get_json(
+                "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dmesh-lb-kubelet",
+            )?;
+            Ok(events["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["reason"] == "PortInUse")
+                .map(|e| e["message"].as_str().unwrap_or_default().to_owned()))
+        },
+    )?;
+    ensure!(refusal.contains("node endpoint"), "{refusal}");
+    let held = c.get_json("/api/v1/namespaces/default/services/mesh-lb-kubelet")?;
+    ensure!(
+        held["status"]["loadBalancer"]["ingress"].is_null(),
+        "the refused Service has addresses: {held}"
+    );
+    // The node endpoint still answers on its port (httpd in the pods would not say "ok"):
+    // the Service did not capture it.
+    let node = c.node_hosts()[0].address();
+    let health = get_from_outside(c, node, endpoint, "/healthz")
+        .with_context(|| format!("the node endpoint at {node}:{endpoint}"))?;
+    ensure!(
+        health == "ok",
+        "{node}:{endpoint}/healthz answered {health:?}"
+    );
+    c.kubectl(&["delete", "service", "mesh-lb", "mesh-lb-kubelet"], None)?;
     Ok(())
 }
 

@@ -1,12 +1,17 @@
 //! Which node answers ARP for a `LoadBalancer` address: the holder of the address's Lease
 //! in kube-system, taken by a node on the address's subnet when free or expired and renewed
-//! while it lives, so a dead node's addresses move to another (`MetalLB`'s L2 mode).
+//! while it lives, so a dead node's addresses move to another (`MetalLB`'s L2 mode). A node
+//! that is not Ready, or is labelled out of load balancers, takes no Lease and gives back
+//! those it holds; a node's own address is never announced by another.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use futures::StreamExt as _;
 use k8s_openapi::{
-    api::{coordination::v1::Lease, core::v1::Service},
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Node, Service},
+    },
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
     jiff::{SignedDuration, Timestamp},
 };
@@ -63,17 +68,60 @@ pub fn claim(lease: Option<&Lease>, me: &str, now: Timestamp) -> Claim {
     }
 }
 
-/// The `LoadBalancer` addresses among `services` this node may announce: those on one of
-/// its uplink's `subnets`, where its ARP replies reach the askers.
+/// The label that keeps a node out of every external load balancer (Kubernetes' own).
+const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// Why `node` (this one) may not announce load-balancer addresses, if it may not.
 #[must_use]
-pub fn addresses(services: &[std::sync::Arc<Service>], subnets: &[Ipv4Cidr]) -> BTreeSet<Ipv4Addr> {
+pub fn unfit(node: Option<&Node>) -> Option<&'static str> {
+    let Some(node) = node else {
+        return Some("its Node object is not there");
+    };
+    if node
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(EXCLUDE_LABEL))
+    {
+        return Some("it has the node.kubernetes.io/exclude-from-external-load-balancers label");
+    }
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    (!ready).then_some("it is not Ready")
+}
+
+/// Every address of every node: a `LoadBalancer` on the node addresses (no range) needs no
+/// announcement, and another node answering ARP for them would steal their traffic.
+fn node_addresses(nodes: &[std::sync::Arc<Node>]) -> BTreeSet<Ipv4Addr> {
+    nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref()?.addresses.as_ref())
+        .flatten()
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
+}
+
+/// The `LoadBalancer` addresses among `services` this node may announce: those on one of
+/// its uplink's `subnets`, where its ARP replies reach the askers, that are no node's.
+#[must_use]
+pub fn addresses(
+    services: &[std::sync::Arc<Service>],
+    subnets: &[Ipv4Cidr],
+    nodes: &[std::sync::Arc<Node>],
+) -> BTreeSet<Ipv4Addr> {
+    let owned = node_addresses(nodes);
     services
         .iter()
         .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))
         .filter_map(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref())
         .flatten()
         .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .filter(|ip| subnets.iter().any(|n| n.contains(*ip)))
+        .filter(|ip| subnets.iter().any(|n| n.contains(*ip)) && !owned.contains(ip))
         .collect()
 }
 
@@ -160,12 +208,41 @@ pub async fn run(client: Client, me: String, subnets: Vec<Ipv4Cidr>, announce: i
     )
     .default_backoff()
     .for_each(|_| futures::future::ready(()));
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let node_watch = reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|_| futures::future::ready(()));
     let leases: Api<Lease> = Api::namespaced(client, KUBE_SYSTEM);
     let announcing = async {
         let _ = services.wait_until_ready().await;
+        let _ = nodes.wait_until_ready().await;
         let mut held = BTreeSet::new();
+        let mut was_unfit = None;
         loop {
-            let wanted = addresses(&services.state(), &subnets);
+            let all_nodes = nodes.state();
+            let mine = all_nodes
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(&me));
+            let why = unfit(mine.map(AsRef::as_ref));
+            if why != was_unfit {
+                if let Some(reason) = why {
+                    tracing::info!(
+                        reason,
+                        "this node announces no LoadBalancer address and gives back its Leases"
+                    );
+                } else {
+                    tracing::info!("this node may announce LoadBalancer addresses");
+                }
+                was_unfit = why;
+            }
+            let wanted = if why.is_some() {
+                BTreeSet::new()
+            } else {
+                addresses(&services.state(), &subnets, &all_nodes)
+            };
             let mut now_held = BTreeSet::new();
             for ip in &wanted {
                 match hold(&leases, *ip, &me).await {
@@ -193,6 +270,7 @@ pub async fn run(client: Client, me: String, subnets: Vec<Ipv4Cidr>, announce: i
     };
     tokio::select! {
         () = watch => {}
+        () = node_watch => {}
         () = announcing => {}
     }
 }
@@ -203,8 +281,12 @@ mod tests {
 
     use k8s_openapi::api::{
         coordination::v1::LeaseSpec,
-        core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus},
+        core::v1::{
+            LoadBalancerIngress, LoadBalancerStatus, NodeAddress, NodeCondition, NodeStatus,
+            ServiceSpec, ServiceStatus,
+        },
     };
+    use kube::api::ObjectMeta as Meta;
 
     use super::*;
 
@@ -255,12 +337,53 @@ mod tests {
             svc("LoadBalancer", "192.168.50.200"),
             svc("LoadBalancer", "10.1.2.3"),
             svc("ClusterIP", "192.168.50.201"),
+            svc("LoadBalancer", "192.168.50.21"),
         ];
         let subnets = [Ipv4Cidr::parse_masked("192.168.50.0/24").unwrap()];
+        let nodes = [Arc::new(node(true, &[], "192.168.50.21"))];
         assert_eq!(
-            addresses(&services, &subnets),
+            addresses(&services, &subnets, &nodes),
             BTreeSet::from([Ipv4Addr::new(192, 168, 50, 200)])
         );
+    }
+
+    fn node(ready: bool, labels: &[&str], ip: &str) -> Node {
+        Node {
+            metadata: Meta {
+                name: Some("n1".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|l| ((*l).to_owned(), String::new()))
+                        .collect(),
+                ),
+                ..Meta::default()
+            },
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "Unknown" }.into(),
+                    ..NodeCondition::default()
+                }]),
+                addresses: Some(vec![NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: ip.into(),
+                }]),
+                ..NodeStatus::default()
+            }),
+            ..Node::default()
+        }
+    }
+
+    #[test]
+    fn a_node_that_is_not_ready_or_is_excluded_announces_nothing() {
+        assert_eq!(unfit(Some(&node(true, &[], "192.168.50.21"))), None);
+        assert_eq!(
+            unfit(Some(&node(false, &[], "192.168.50.21"))),
+            Some("it is not Ready")
+        );
+        assert!(unfit(Some(&node(true, &[EXCLUDE_LABEL], "192.168.50.21"))).is_some());
+        assert!(unfit(None).is_some());
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! `LoadBalancer` IP allocation (k3s `ServiceLB`, `MetalLB`'s IPAM): every `type: LoadBalancer`
+//! `LoadBalancer` addresses (`MetalLB`'s IPAM, k3s `ServiceLB`): every `type: LoadBalancer`
 //! Service of no other `loadBalancerClass` gets one address from `--loadbalancer-ip-range`
-//! in `status.loadBalancer.ingress`, never one another Service holds.
+//! in `status.loadBalancer.ingress`, never one another Service holds; without a range, the
+//! addresses of the nodes that serve load-balancer traffic.
+
+pub mod nodes;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,14 +15,14 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
         Controller,
         controller::{Action, Config as ControllerConfig},
-        reflector::Store,
+        reflector::{ObjectRef, Store},
     },
 };
 use skiff_control_runtime::{Clock, Context, Informers};
@@ -114,6 +117,8 @@ pub enum Plan {
     Holds(Ipv4Addr),
     /// Write this address as the Service's only ingress.
     Assign(Ipv4Addr),
+    /// Without a range: write these node addresses as the Service's ingress.
+    Nodes(Vec<Ipv4Addr>),
     /// The Service is no `LoadBalancer` (any more): clear its ingress, freeing the address.
     Clear,
     /// No address can be given; the Event says why.
@@ -201,8 +206,7 @@ fn seniority(svc: &Service) -> (Option<jiff::Timestamp>, String) {
 }
 
 impl Allocator {
-    /// Hands out addresses from `range`; without one, every `LoadBalancer` Service is told
-    /// why it gets none.
+    /// Hands out addresses from `range`; without one, the serving nodes' addresses.
     #[must_use]
     pub fn new(range: Option<IpRange>) -> Self {
         Self {
@@ -212,11 +216,11 @@ impl Allocator {
     }
 
     /// What to do for `svc` given every cached Service (`svc` among them, possibly older
-    /// than what the API server holds). Every address in the range another Service of
+    /// than what the API server holds) and Node (used without a range). Every address in the range another Service of
     /// ours holds, or is known to hold, is taken; of two Services showing the same
     /// address the senior keeps it and the other is given a new one. An assignment is
     /// remembered at once; [`Self::failed`] forgets it when its write fails.
-    pub fn plan(&mut self, svc: &Service, services: &[Arc<Service>]) -> Plan {
+    pub fn plan(&mut self, svc: &Service, services: &[Arc<Service>], nodes: &[Arc<Node>]) -> Plan {
         self.forget_shown(services);
         let me = key(svc);
         if !is_load_balancer(svc) {
@@ -231,15 +235,7 @@ impl Allocator {
             return Plan::Nothing;
         }
         let Some(range) = self.range else {
-            if has_ingress(svc) {
-                return Plan::Nothing;
-            }
-            return Plan::Pending {
-                reason: "NoLoadBalancerIPRange",
-                message: "control runs without --loadbalancer-ip-range, so no address is \
-                          given to LoadBalancer Services"
-                    .to_owned(),
-            };
+            return nodes::plan(svc, services, nodes);
         };
         let (my_uid, my_seniority) = (uid(svc), seniority(svc));
         // Addresses others hold: a cached holder junior to this Service yields to it.
@@ -340,46 +336,64 @@ impl Allocator {
 #[derive(Debug)]
 pub struct State {
     services: Store<Service>,
+    nodes: Store<Node>,
     allocator: Mutex<Allocator>,
 }
 
 /// The controller's context.
 pub type Ctx = Context<State>;
 
-/// The controller over the process's informers, giving addresses from `range` (none: it
-/// only says on each `LoadBalancer` Service why it has no address); runs until dropped.
+/// The controller over the process's informers, giving addresses from `range` (none: the
+/// serving nodes' addresses); runs until dropped.
 pub fn start(
     informers: &Informers,
     range: Option<IpRange>,
     clock: Arc<dyn Clock>,
 ) -> impl Future<Output = ()> + Send + use<> {
     let services = informers.get::<Service>();
+    let node_informer = informers.get::<Node>();
     let ctx = Context::new(
         informers,
         COMPONENT,
         clock,
         State {
             services: services.store(),
+            nodes: node_informer.store(),
             allocator: Mutex::new(Allocator::new(range)),
         },
     );
-    let changes = services.changes();
+    let (changes, node_changes) = (services.changes(), node_informer.changes());
     async move {
-        match range {
-            Some(range) => tracing::info!(
+        if let Some(range) = range {
+            tracing::info!(
                 loadbalancer_ip_range = %range,
                 addresses = range.size(),
                 "LoadBalancer Services get addresses from the range"
-            ),
-            None => {
-                tracing::info!("no --loadbalancer-ip-range: LoadBalancer Services get no address");
-            }
+            );
+        } else {
+            tracing::info!(
+                "no --loadbalancer-ip-range: LoadBalancer Services get the addresses of the \
+                 Ready nodes"
+            );
         }
         let store = ctx.state.services.clone();
         // The first plan must count every address handed out before this process started.
         let _ = store.wait_until_ready().await;
+        let _ = ctx.state.nodes.wait_until_ready().await;
+        let all = store.clone();
         let controller = Controller::for_shared_stream(changes, store)
-            .with_config(ControllerConfig::default().concurrency(1));
+            .with_config(ControllerConfig::default().concurrency(1))
+            // Without a range a node turning Ready or not changes every Service's addresses.
+            .watches_shared_stream(node_changes, move |_node: Arc<Node>| {
+                if range.is_some() {
+                    return Vec::new();
+                }
+                all.state()
+                    .iter()
+                    .filter(|s| is_ours(s))
+                    .map(|s| ObjectRef::from_obj(s.as_ref()))
+                    .collect::<Vec<_>>()
+            });
         skiff_control_runtime::controller::run(controller, reconcile, ctx).await;
     }
 }
@@ -400,7 +414,8 @@ impl State {
 pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let plan = {
         let services = ctx.state.services.state();
-        ctx.state.allocator().plan(&svc, &services)
+        let nodes = ctx.state.nodes.state();
+        ctx.state.allocator().plan(&svc, &services, &nodes)
     };
     let name = svc.name_any();
     let api: Api<Service> =
@@ -409,15 +424,18 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
         Plan::Nothing | Plan::Holds(_) => return Ok(Action::await_change()),
         Plan::Pending { reason, message } => {
             ctx.recorder.warning(svc.as_ref(), reason, message).await;
-            return Ok(if *reason == "NoLoadBalancerIPRange" {
-                Action::await_change()
-            } else {
-                Action::requeue(RETRY)
-            });
+            return Ok(Action::requeue(RETRY));
         }
         Plan::Assign(ip) => serde_json::json!({
             "status": {"loadBalancer": {"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]}},
         }),
+        Plan::Nodes(ips) => {
+            let ingress: Vec<_> = ips
+                .iter()
+                .map(|ip| serde_json::json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+                .collect();
+            serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}})
+        }
         Plan::Clear => serde_json::json!({"status": {"loadBalancer": {"ingress": null}}}),
     };
     if let Err(err) = api
@@ -430,17 +448,33 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
             err => Err(err.into()),
         };
     }
-    if let Plan::Assign(ip) = plan {
-        tracing::info!(service = %key(&svc), %ip, "allocated a LoadBalancer address");
-        ctx.recorder
-            .normal(
-                svc.as_ref(),
-                "IPAllocated",
-                &format!("Assigned IP {ip} from --loadbalancer-ip-range"),
-            )
-            .await;
-    } else {
-        tracing::info!(service = %key(&svc), "cleared the LoadBalancer address");
+    match plan {
+        Plan::Assign(ip) => {
+            tracing::info!(service = %key(&svc), %ip, "allocated a LoadBalancer address");
+            ctx.recorder
+                .normal(
+                    svc.as_ref(),
+                    "IPAllocated",
+                    &format!("Assigned IP {ip} from --loadbalancer-ip-range"),
+                )
+                .await;
+        }
+        Plan::Nodes(ips) => {
+            let list = ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::info!(service = %key(&svc), addresses = %list, "LoadBalancer on the node addresses");
+            ctx.recorder
+                .normal(
+                    svc.as_ref(),
+                    "UpdatedLoadBalancer",
+                    &format!("Node addresses {list} (no --loadbalancer-ip-range)"),
+                )
+                .await;
+        }
+        _ => tracing::info!(service = %key(&svc), "cleared the LoadBalancer address"),
     }
     Ok(Action::await_change())
 }
@@ -448,12 +482,15 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
 #[cfg(test)]
 mod tests {
     use k8s_openapi::{
-        api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus},
+        api::core::v1::{
+            DaemonEndpoint, LoadBalancerIngress, LoadBalancerStatus, NodeAddress,
+            NodeDaemonEndpoints, ServicePort, ServiceStatus,
+        },
         apimachinery::pkg::apis::meta::v1::Time,
     };
 
     use super::*;
-    use crate::fixtures::{at, service};
+    use crate::fixtures::{at, node, service};
 
     fn range() -> IpRange {
         "10.0.0.10-10.0.0.12".parse().unwrap()
@@ -503,16 +540,16 @@ mod tests {
         let held = Arc::new(holding(lb("a", 0), "10.0.0.10"));
         let (b, c) = (Arc::new(lb("b", 1)), Arc::new(lb("c", 2)));
         let all = [held.clone(), b.clone(), c.clone()];
-        assert_eq!(alloc.plan(&held, &all), Plan::Holds(ip("10.0.0.10")));
-        assert_eq!(alloc.plan(&b, &all), Plan::Assign(ip("10.0.0.11")));
+        assert_eq!(alloc.plan(&held, &all, &[]), Plan::Holds(ip("10.0.0.10")));
+        assert_eq!(alloc.plan(&b, &all, &[]), Plan::Assign(ip("10.0.0.11")));
         // The cache does not show b's address yet: c still gets another one.
-        assert_eq!(alloc.plan(&c, &all), Plan::Assign(ip("10.0.0.12")));
+        assert_eq!(alloc.plan(&c, &all, &[]), Plan::Assign(ip("10.0.0.12")));
         // Planned again before the cache caught up, b is given the same address again.
-        assert_eq!(alloc.plan(&b, &all), Plan::Assign(ip("10.0.0.11")));
+        assert_eq!(alloc.plan(&b, &all, &[]), Plan::Assign(ip("10.0.0.11")));
         let d = Arc::new(lb("d", 3));
         let all = [held, b, c, d.clone()];
         assert!(matches!(
-            alloc.plan(&d, &all),
+            alloc.plan(&d, &all, &[]),
             Plan::Pending {
                 reason: "AllocationFailed",
                 ..
@@ -528,7 +565,10 @@ mod tests {
             Arc::new(holding(lb("b", 1), "10.0.0.10")),
             Arc::new(lb("c", 2)),
         ];
-        assert_eq!(fresh.plan(&all[2], &all), Plan::Assign(ip("10.0.0.12")));
+        assert_eq!(
+            fresh.plan(&all[2], &all, &[]),
+            Plan::Assign(ip("10.0.0.12"))
+        );
     }
 
     #[test]
@@ -536,13 +576,13 @@ mod tests {
         let mut alloc = Allocator::new(Some(range()));
         let a = Arc::new(lb("a", 0));
         assert_eq!(
-            alloc.plan(&a, std::slice::from_ref(&a)),
+            alloc.plan(&a, std::slice::from_ref(&a), &[]),
             Plan::Assign(ip("10.0.0.10"))
         );
         let b = Arc::new(lb("b", 1));
         // a is gone from the cache: its address is free again.
         assert_eq!(
-            alloc.plan(&b, std::slice::from_ref(&b)),
+            alloc.plan(&b, std::slice::from_ref(&b), &[]),
             Plan::Assign(ip("10.0.0.10"))
         );
 
@@ -550,13 +590,13 @@ mod tests {
         turned.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
         let turned = Arc::new(turned);
         assert_eq!(
-            alloc.plan(&turned, &[b.clone(), turned.clone()]),
+            alloc.plan(&turned, &[b.clone(), turned.clone()], &[]),
             Plan::Clear
         );
         let cleared = Arc::new(lb("c", 2));
         let mut clusterip = (*cleared).clone();
         clusterip.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
-        assert_eq!(alloc.plan(&clusterip, &[b]), Plan::Nothing);
+        assert_eq!(alloc.plan(&clusterip, &[b], &[]), Plan::Nothing);
     }
 
     #[test]
@@ -570,12 +610,12 @@ mod tests {
         let a = Arc::new(holding(lb("a", 0), "10.0.0.10"));
         let b = ask("b", 1, "10.0.0.12");
         assert_eq!(
-            alloc.plan(&b, &[a.clone(), b.clone()]),
+            alloc.plan(&b, &[a.clone(), b.clone()], &[]),
             Plan::Assign(ip("10.0.0.12"))
         );
         let c = ask("c", 2, "10.0.0.10");
         assert!(matches!(
-            alloc.plan(&c, &[a.clone(), c.clone()]),
+            alloc.plan(&c, &[a.clone(), c.clone()], &[]),
             Plan::Pending {
                 reason: "LoadBalancerIPInUse",
                 ..
@@ -583,7 +623,7 @@ mod tests {
         ));
         let d = ask("d", 3, "10.0.1.1");
         assert!(matches!(
-            alloc.plan(&d, std::slice::from_ref(&d)),
+            alloc.plan(&d, std::slice::from_ref(&d), &[]),
             Plan::Pending {
                 reason: "LoadBalancerIPNotInRange",
                 ..
@@ -597,29 +637,149 @@ mod tests {
         let old = Arc::new(holding(lb("old", 0), "10.0.0.10"));
         let young = Arc::new(holding(lb("young", 5), "10.0.0.10"));
         let all = [old.clone(), young.clone()];
-        assert_eq!(alloc.plan(&young, &all), Plan::Assign(ip("10.0.0.11")));
-        assert_eq!(alloc.plan(&old, &all), Plan::Holds(ip("10.0.0.10")));
+        assert_eq!(alloc.plan(&young, &all, &[]), Plan::Assign(ip("10.0.0.11")));
+        assert_eq!(alloc.plan(&old, &all, &[]), Plan::Holds(ip("10.0.0.10")));
     }
 
     #[test]
-    fn another_class_is_left_alone_and_no_range_says_why() {
+    fn another_class_is_left_alone() {
         let mut alloc = Allocator::new(Some(range()));
         let mut other = lb("a", 0);
         other.spec.as_mut().unwrap().load_balancer_class = Some("example.com/lb".into());
         let other = Arc::new(other);
         assert_eq!(
-            alloc.plan(&other, std::slice::from_ref(&other)),
+            alloc.plan(&other, std::slice::from_ref(&other), &[]),
             Plan::Nothing
         );
+    }
 
-        let mut off = Allocator::new(None);
+    /// A Ready node `name` at `ip`, with its node endpoint on `port`.
+    fn at_address(name: &str, ip: &str, port: i32) -> Arc<Node> {
+        let mut node = (*node(name, &[])).clone();
+        let status = node.status.get_or_insert_with(Default::default);
+        status.addresses = Some(vec![NodeAddress {
+            type_: "InternalIP".into(),
+            address: ip.into(),
+        }]);
+        status.daemon_endpoints = Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint { port }),
+        });
+        Arc::new(node)
+    }
+
+    fn on_port(mut svc: Service, port: i32, protocol: &str) -> Service {
+        svc.spec.as_mut().unwrap().ports = Some(vec![ServicePort {
+            port,
+            protocol: Some(protocol.into()),
+            ..ServicePort::default()
+        }]);
+        svc
+    }
+
+    #[test]
+    fn without_a_range_a_load_balancer_gets_every_serving_nodes_address() {
+        let mut alloc = Allocator::new(None);
+        let mut gone = (*at_address("n3", "192.168.1.3", 10250)).clone();
+        gone.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
+        let mut excluded = (*at_address("n4", "192.168.1.4", 10250)).clone();
+        excluded
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(nodes::EXCLUDE_LABEL.into(), String::new());
+        let mut external = (*at_address("n5", "192.168.1.5", 10250)).clone();
+        external
+            .status
+            .as_mut()
+            .unwrap()
+            .addresses
+            .as_mut()
+            .unwrap()
+            .push(NodeAddress {
+                type_: "ExternalIP".into(),
+                address: "203.0.113.5".into(),
+            });
+        let all_nodes = [
+            at_address("n2", "192.168.1.2", 10250),
+            at_address("n1", "192.168.1.1", 10250),
+            Arc::new(gone),
+            Arc::new(excluded),
+            Arc::new(external),
+        ];
         let a = Arc::new(lb("a", 0));
+        let wanted = vec![ip("192.168.1.1"), ip("192.168.1.2"), ip("203.0.113.5")];
+        assert_eq!(
+            alloc.plan(&a, std::slice::from_ref(&a), &all_nodes),
+            Plan::Nodes(wanted)
+        );
+        // Written in another order, the same addresses are left alone.
+        let mut held = holding(lb("a", 0), "203.0.113.5");
+        held.status
+            .as_mut()
+            .unwrap()
+            .load_balancer
+            .as_mut()
+            .unwrap()
+            .ingress
+            .as_mut()
+            .unwrap()
+            .extend(
+                ["192.168.1.2", "192.168.1.1"].map(|ip| LoadBalancerIngress {
+                    ip: Some(ip.into()),
+                    ..LoadBalancerIngress::default()
+                }),
+            );
+        let held = Arc::new(held);
+        assert_eq!(
+            alloc.plan(&held, std::slice::from_ref(&held), &all_nodes),
+            Plan::Nothing
+        );
+        // Once n1 is gone, it is dropped from the list.
+        assert_eq!(
+            alloc.plan(&held, std::slice::from_ref(&held), &all_nodes[..1]),
+            Plan::Nodes(vec![ip("192.168.1.2")])
+        );
+        // With no serving node at all, a Service with no address is told why.
         assert!(matches!(
-            off.plan(&a, std::slice::from_ref(&a)),
+            alloc.plan(&a, std::slice::from_ref(&a), &all_nodes[2..4]),
             Plan::Pending {
-                reason: "NoLoadBalancerIPRange",
+                reason: "NoServingNodes",
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn without_a_range_a_port_taken_on_the_node_addresses_is_refused() {
+        let mut alloc = Allocator::new(None);
+        let nodes = [at_address("n1", "192.168.1.1", 10250)];
+        let old = Arc::new(on_port(lb("old", 0), 80, "TCP"));
+        let young = Arc::new(on_port(lb("young", 5), 80, "TCP"));
+        let udp = Arc::new(on_port(lb("udp", 6), 80, "UDP"));
+        let all = [old.clone(), young.clone(), udp.clone()];
+        assert_eq!(
+            alloc.plan(&old, &all, &nodes),
+            Plan::Nodes(vec![ip("192.168.1.1")])
+        );
+        assert!(matches!(
+            alloc.plan(&young, &all, &nodes),
+            Plan::Pending { reason: "PortInUse", message } if message.contains("default/old")
+        ));
+        assert_eq!(
+            alloc.plan(&udp, &all, &nodes),
+            Plan::Nodes(vec![ip("192.168.1.1")])
+        );
+        // A younger Service that somehow holds the addresses gives them up.
+        let young_holding = Arc::new(holding(on_port(lb("young", 5), 80, "TCP"), "192.168.1.1"));
+        assert_eq!(
+            alloc.plan(&young_holding, &[old, young_holding.clone()], &nodes),
+            Plan::Clear
+        );
+        // The node endpoint's port, as the node reports it, is never opened.
+        let kubelet = Arc::new(on_port(lb("k", 7), 10255, "TCP"));
+        assert!(matches!(
+            alloc.plan(&kubelet, std::slice::from_ref(&kubelet), &[at_address("n1", "192.168.1.1", 10255)]),
+            Plan::Pending { reason: "PortInUse", message } if message.contains("node endpoint")
         ));
     }
 }
