@@ -80,6 +80,14 @@ struct RealArgs {
     /// A registry reached over plain HTTP (`host:port`); repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Registry mirrors and per-registry credentials and TLS, in k3s's `registries.yaml`
+    /// form (default: /etc/skiff/registries.yaml when it exists).
+    #[arg(long, value_name = "FILE")]
+    registry_config: Option<PathBuf>,
+    /// Pull a registry that has mirrors from its mirrors only, never from the registry
+    /// itself (air-gapped hosts; k3s's --disable-default-registry-endpoint).
+    #[arg(long)]
+    disable_default_registry_endpoint: bool,
     /// On exit, stop every container and remove sandboxes, the bridge and the rules
     /// (otherwise containers keep running and the next start adopts them).
     #[arg(long)]
@@ -254,6 +262,27 @@ async fn client(api: &ApiArgs, version: &str) -> Result<kube::Client> {
     kube::Client::try_from(config).context("building the API client")
 }
 
+/// Where k3s users keep theirs is `/etc/rancher/k3s/registries.yaml`; skiff's own.
+const DEFAULT_REGISTRY_CONFIG: &str = "/etc/skiff/registries.yaml";
+
+/// The registries config: `--registry-config` (which must exist), else the default file
+/// when there is one, plus `--insecure-registry` hosts.
+fn registries(
+    file: Option<&std::path::Path>,
+    insecure: Vec<String>,
+) -> Result<skiff_node_runtime::image::Registries> {
+    let default = std::path::Path::new(DEFAULT_REGISTRY_CONFIG);
+    let Some(path) = file.or_else(|| default.exists().then_some(default)) else {
+        return Ok(insecure.into());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the registry config {}", path.display()))?;
+    let registries = skiff_node_runtime::image::Registries::from_yaml(&text, insecure)
+        .with_context(|| format!("in {}", path.display()))?;
+    tracing::info!(file = %path.display(), ?registries, "registry mirrors and settings");
+    Ok(registries)
+}
+
 async fn shutdown() -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("listening for SIGTERM")?;
@@ -314,7 +343,14 @@ async fn real(cli: Cli) -> Result<()> {
             max_pods: args.max_pods,
             ..Reservations::default()
         },
-        insecure_registries: args.insecure_registries,
+        registries: {
+            let r = registries(args.registry_config.as_deref(), args.insecure_registries)?;
+            if args.disable_default_registry_endpoint {
+                r.mirrors_only()
+            } else {
+                r
+            }
+        },
         cleanup_on_exit: args.cleanup_on_exit,
     };
     let client = client(&cli.api, skiff_kubelet::node::host::KUBELET_VERSION).await?;

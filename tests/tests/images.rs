@@ -8,7 +8,7 @@ use std::{
     process::Command,
 };
 
-use skiff_node_runtime::image::{ImageStore, PullError, PullPolicy, RegistryAuth};
+use skiff_node_runtime::image::{ImageStore, PullError, PullPolicy, Registries, RegistryAuth};
 use skiff_tests::{
     image::{add_file, busybox_docker_archive, busybox_layer, busybox_oci_layout, digest},
     registry::Registry,
@@ -312,4 +312,64 @@ fn gc_removes_unused_images_and_keeps_used_ones() {
         .unwrap()
         .count();
     assert_eq!(blobs, 0);
+}
+
+#[tokio::test]
+async fn a_docker_hub_name_is_pulled_through_the_first_mirror_that_answers() {
+    let test = "a_docker_hub_name_is_pulled_through_the_first_mirror_that_answers";
+    if !can_pull(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Registry::start_with_auth("mirror-user", "mirror-pw").unwrap();
+    push_busybox(&mirror, dir.path(), "library/busybox");
+    // A port nothing listens on: the first mirror is down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        "mirrors:\n  docker.io:\n    endpoint:\n      - http://127.0.0.1:{dead}\n      - http://{host}\nconfigs:\n  {host}:\n    auth: {{username: mirror-user, password: mirror-pw}}\n",
+        host = mirror.host()
+    );
+    // Mirrors only: the test must never reach Docker Hub, whatever fails.
+    let registries = Registries::from_yaml(&config, Vec::new())
+        .unwrap()
+        .mirrors_only();
+    let images = ImageStore::open(&dir.path().join("images"), registries).unwrap();
+    let image = images
+        .ensure("busybox:1", PullPolicy::IfNotPresent, &[])
+        .await
+        .unwrap();
+    assert_eq!(image.reference, "docker.io/library/busybox:1");
+    let repo_digest = image.repo_digest.clone().unwrap();
+    assert!(
+        repo_digest.starts_with("docker.io/library/busybox@sha256:"),
+        "{repo_digest}"
+    );
+    assert!(image.layers[0].join("bin/busybox").is_file());
+    assert_eq!(mirror.manifest_gets(), 1, "{}", mirror.log());
+    // Found by the name the pod spec uses.
+    assert_eq!(images.lookup("busybox:1").unwrap().id, image.id);
+
+    // Without the mirror's credentials, the pull fails and says why for each endpoint.
+    let no_auth = format!(
+        "mirrors:\n  docker.io:\n    endpoint: [\"http://127.0.0.1:{dead}\", \"http://{}\"]\n",
+        mirror.host()
+    );
+    let registries = Registries::from_yaml(&no_auth, Vec::new())
+        .unwrap()
+        .mirrors_only();
+    let fresh = ImageStore::open(&dir.path().join("images-2"), registries).unwrap();
+    let err = fresh
+        .ensure("busybox:1", PullPolicy::Always, &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("127.0.0.1:{dead}:")) && err.contains(&mirror.host()),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("unauthorized"), "{err}");
 }

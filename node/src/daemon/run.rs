@@ -36,7 +36,10 @@ use skiff_kubelet::{
 };
 use skiff_node_net::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork};
 use skiff_node_proxy::{DatapathHandle, arp::ArpResponder};
-use skiff_node_runtime::{ContainerRuntime, Libcontainer, image::ImageStore};
+use skiff_node_runtime::{
+    ContainerRuntime, Libcontainer,
+    image::{ImageStore, Registries},
+};
 use skiff_types::{CidrError, ContainerId, Ipv4Cidr};
 use tokio::sync::mpsc::{self, UnboundedSender};
 
@@ -108,8 +111,8 @@ pub struct NodeConfig {
     pub taints: Vec<Taint>,
     /// Reservations and limits.
     pub reserved: Reservations,
-    /// Registries reached over plain HTTP.
-    pub insecure_registries: Vec<String>,
+    /// Where images are pulled from: mirrors, credentials, TLS, plain-HTTP hosts.
+    pub registries: Registries,
     /// On exit, stop every container and remove sandboxes, the bridge and the rules.
     pub cleanup_on_exit: bool,
 }
@@ -282,11 +285,8 @@ fn own_node(
 /// Anything that leaves the node unable to run pods.
 pub async fn prepare(client: Client, config: &NodeConfig) -> Result<Node, DaemonError> {
     let state = dir(&config.state_dir)?;
-    let images = ImageStore::open(
-        &dir(&state.join("images"))?,
-        config.insecure_registries.clone(),
-    )
-    .map_err(|e| DaemonError::Images(e.to_string()))?;
+    let images = ImageStore::open(&dir(&state.join("images"))?, config.registries.clone())
+        .map_err(|e| DaemonError::Images(e.to_string()))?;
     let runtime_state = dir(&state.join("containers-state"))?;
     let runtime = Arc::new(Libcontainer::new(
         runtime_state.clone(),

@@ -92,7 +92,7 @@ impl RegistryAuth {
 
 /// The registry's host as references name it: no scheme, no path, Docker Hub's aliases
 /// folded to `docker.io`.
-fn host_of(registry: &str) -> String {
+pub(super) fn host_of(registry: &str) -> String {
     let rest = registry
         .strip_prefix("https://")
         .or_else(|| registry.strip_prefix("http://"))

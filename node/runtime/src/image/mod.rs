@@ -8,6 +8,7 @@ mod import;
 mod manifest;
 mod pull;
 mod reference;
+mod registries;
 mod rootfs;
 mod store;
 mod unpack;
@@ -22,6 +23,7 @@ use std::{
 pub use auth::RegistryAuth;
 pub use pull::PullError;
 pub use reference::{PullPolicy, normalize};
+pub use registries::{Endpoint, HostConfig, Registries, RegistriesError};
 pub use rootfs::{Mounter, OverlayMounter};
 pub use unpack::{OverlayWhiteouts, Whiteouts};
 
@@ -134,7 +136,7 @@ pub struct ImageStore {
 
 struct Inner {
     store: store::Store,
-    insecure_registries: Vec<String>,
+    registries: Registries,
     mounter: Arc<dyn Mounter>,
     whiteouts: Arc<dyn Whiteouts>,
     /// One lock per normalized reference, so concurrent `ensure` calls pull once.
@@ -145,21 +147,21 @@ impl fmt::Debug for ImageStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ImageStore")
             .field("root", &self.inner.store.root())
-            .field("insecure_registries", &self.inner.insecure_registries)
+            .field("registries", &self.inner.registries)
             .finish_non_exhaustive()
     }
 }
 
 impl ImageStore {
-    /// Opens (creating if needed) the store under `root`; `insecure_registries` are
-    /// `host:port` names reached over plain HTTP.
+    /// Opens (creating if needed) the store under `root`, pulling as `registries` say
+    /// (a `Vec` of `host:port` names reached over plain HTTP is the simplest).
     ///
     /// # Errors
     /// If the directories cannot be made or `refs.json` cannot be read.
-    pub fn open(root: &Path, insecure_registries: Vec<String>) -> Result<Self, ImageError> {
+    pub fn open(root: &Path, registries: impl Into<Registries>) -> Result<Self, ImageError> {
         Self::open_with(
             root,
-            insecure_registries,
+            registries,
             Arc::new(OverlayMounter),
             Arc::new(OverlayWhiteouts),
         )
@@ -172,7 +174,7 @@ impl ImageStore {
     /// If the directories cannot be made or `refs.json` cannot be read.
     pub fn open_with(
         root: &Path,
-        insecure_registries: Vec<String>,
+        registries: impl Into<Registries>,
         mounter: Arc<dyn Mounter>,
         whiteouts: Arc<dyn Whiteouts>,
     ) -> Result<Self, ImageError> {
@@ -180,7 +182,7 @@ impl ImageStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
-                insecure_registries,
+                registries: registries.into(),
                 mounter,
                 whiteouts,
                 pulls: Mutex::default(),

@@ -1,6 +1,7 @@
-//! Pulls images from registries with `oci-client`: the manifest (this platform's, from an
-//! index), then each config and layer blob not already stored, digests verified, one pull
-//! per reference at a time.
+//! Pulls images from registries with `oci-client`: from each mirror the registries config
+//! names, then the registry itself, the manifest (this platform's, from an index), then
+//! each config and layer blob not already stored, digests verified, one pull per reference
+//! at a time.
 
 use std::{
     sync::{Arc, PoisonError},
@@ -9,14 +10,14 @@ use std::{
 
 use oci_client::{
     Client, Reference,
-    client::{ClientConfig, ClientProtocol},
+    client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
     errors::OciDistributionError,
     secrets::RegistryAuth as OciAuth,
 };
 use serde::Deserialize;
 
 use super::{
-    Image, ImageError, ImageStore, PullPolicy, RegistryAuth,
+    Endpoint, Image, ImageError, ImageStore, PullPolicy, RegistryAuth,
     manifest::{self, Index, Manifest, from_json},
     reference::{self, normalize},
     store::digest_of,
@@ -88,29 +89,101 @@ async fn pull(
     name: &str,
     auths: &[RegistryAuth],
 ) -> Result<Image, PullError> {
-    let store = &images.inner.store;
-    let _busy = store.begin();
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(images.inner.insecure_registries.clone()),
+    let endpoints = images.inner.registries.endpoints(parsed.registry());
+    let mut failures = Vec::new();
+    for endpoint in &endpoints {
+        match pull_from(images, parsed, name, auths, endpoint).await {
+            Ok(image) => return Ok(image),
+            // The store failing is no reason to try elsewhere.
+            Err(err @ PullError::Store(_)) => return Err(err),
+            Err(err) => {
+                if endpoints.len() > 1 {
+                    tracing::info!(image = name, endpoint = %endpoint.host, %err, "pull failed, trying the next endpoint");
+                }
+                failures.push((endpoint.host.clone(), err));
+            }
+        }
+    }
+    Err(match failures.len() {
+        0 | 1 => failures.pop().map_or_else(
+            || PullError::Registry("no endpoint to pull from".into()),
+            |(_, e)| e,
+        ),
+        _ => PullError::Registry(
+            failures
+                .iter()
+                .map(|(host, err)| format!("{host}: {err}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    })
+}
+
+/// The reference `parsed` names, on `host` instead of its own registry.
+fn on_endpoint(parsed: &Reference, host: &str) -> Reference {
+    let (registry, repository) = (host.to_owned(), parsed.repository().to_owned());
+    match (parsed.tag(), parsed.digest()) {
+        (Some(tag), Some(digest)) => {
+            Reference::with_tag_and_digest(registry, repository, tag.to_owned(), digest.to_owned())
+        }
+        (None, Some(digest)) => Reference::with_digest(registry, repository, digest.to_owned()),
+        (tag, None) => {
+            Reference::with_tag(registry, repository, tag.unwrap_or("latest").to_owned())
+        }
+    }
+}
+
+/// A client for `endpoint` as the registries config says to reach it.
+fn client_for(images: &ImageStore, endpoint: &Endpoint) -> Result<Client, PullError> {
+    let config = images.inner.registries.config(&endpoint.host);
+    let mut extra_root_certificates = Vec::new();
+    for pem in &config.ca_pem {
+        extra_root_certificates.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data: pem.clone(),
+        });
+    }
+    let client_config = ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(images.inner.registries.plain_http_hosts()),
+        accept_invalid_certificates: config.insecure_skip_verify,
+        extra_root_certificates,
         // A registry that stops answering must fail the pull (ErrImagePull, retried with
         // back-off) rather than hold the container in ContainerCreating forever.
         connect_timeout: Some(Duration::from_secs(10)),
         read_timeout: Some(Duration::from_mins(1)),
         ..ClientConfig::default()
-    });
-    let auth = auths
-        .iter()
-        .find(|a| a.matches(parsed.registry()))
-        .map_or(OciAuth::Anonymous, |a| {
-            OciAuth::Basic(a.username.clone(), a.password.clone())
-        });
+    };
+    Client::try_from(client_config).map_err(registry_error)
+}
+
+async fn pull_from(
+    images: &ImageStore,
+    original: &Reference,
+    name: &str,
+    auths: &[RegistryAuth],
+    endpoint: &Endpoint,
+) -> Result<Image, PullError> {
+    let store = &images.inner.store;
+    let _busy = store.begin();
+    let client = client_for(images, endpoint)?;
+    let parsed = &on_endpoint(original, &endpoint.host);
+    // The registries config's credentials for the endpoint, else a pull secret for it.
+    let auth = match images.inner.registries.config(&endpoint.host).credentials {
+        Some((user, password)) => OciAuth::Basic(user, password),
+        None => auths
+            .iter()
+            .find(|a| a.matches(&endpoint.host))
+            .map_or(OciAuth::Anonymous, |a| {
+                OciAuth::Basic(a.username.clone(), a.password.clone())
+            }),
+    };
     let accepted = [
         manifest::OCI_MANIFEST,
         manifest::DOCKER_MANIFEST,
         manifest::OCI_INDEX,
         manifest::DOCKER_LIST,
     ];
-    tracing::info!(image = name, "pulling image");
+    tracing::info!(image = name, endpoint = %endpoint.host, "pulling image");
     let (mut bytes, _) = client
         .pull_manifest_raw(parsed, &auth, &accepted)
         .await
@@ -146,7 +219,7 @@ async fn pull(
     let fetches = wanted.map(|descriptor| fetch_blob(images, &client, parsed, &descriptor.digest));
     futures::future::try_join_all(fetches).await?;
 
-    let repo_digest = format!("{}@{manifest_digest}", reference::repository(parsed));
+    let repo_digest = format!("{}@{manifest_digest}", reference::repository(original));
     let owned = images.clone();
     let names = [name.to_owned()];
     let image = tokio::task::spawn_blocking(move || {
