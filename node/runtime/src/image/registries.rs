@@ -195,7 +195,8 @@ impl Registries {
             host: registry,
         };
         let mut all = mirrors;
-        if !all.contains(&itself) && !(self.mirrors_only && !all.is_empty()) {
+        let fallback = !self.mirrors_only || all.is_empty();
+        if fallback && !all.contains(&itself) {
             all.push(itself);
         }
         all
