@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use skiff_tests::{
     control::ControlPlane,
@@ -644,7 +644,8 @@ spec:
     Ok(())
 }
 
-/// An image loaded with `ctl image import` runs with `imagePullPolicy: Never`.
+/// An image loaded with `ctl image import` runs with `imagePullPolicy: Never`; then the
+/// other `ctl image` verbs.
 fn imported_image_runs(c: &Cluster) -> Result<()> {
     let tar = busybox_oci_layout(c.dir.path(), "example.org/tools/busybox:imported")?;
     let out = std::process::Command::new(skiff_tests::bin("ctl"))
@@ -677,6 +678,69 @@ spec:
         (p["status"]["phase"] == "Succeeded").then_some(())
     })?;
     assert_eq!(c.logs(&["imported"])?.trim(), "from-an-imported-image");
+    node_images_are_listed_pulled_and_removed(c)
+}
+
+fn ctl(c: &Cluster, args: &[&str]) -> Result<std::process::Output> {
+    Ok(std::process::Command::new(skiff_tests::bin("ctl"))
+        .arg("--kubeconfig")
+        .arg(c.cp.kubeconfig())
+        .args(args)
+        .output()?)
+}
+
+/// `ctl image ls|rm|pull` on the node: an image a pod uses is listed as in use and not
+/// removed; once its pod is gone it is, and the other pods' images (sharing its layer) keep
+/// running; a pull goes through the node's registry settings.
+fn node_images_are_listed_pulled_and_removed(c: &Cluster) -> Result<()> {
+    let imported = "example.org/tools/busybox:imported";
+    let out = ctl(c, &["image", "ls"])?;
+    ensure!(out.status.success(), "ctl image ls: {out:?}");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = |name: &str, listing: &str| {
+        listing
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(str::to_owned)
+    };
+    ensure!(listing.starts_with("IMAGE"), "{listing}");
+    let row = line(imported, &listing).with_context(|| listing.clone())?;
+    ensure!(row.trim_end().ends_with("yes"), "{row}");
+    let out = ctl(c, &["image", "rm", imported])?;
+    ensure!(!out.status.success(), "removed an image in use: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("used by pod default/imported"), "{err}");
+    c.cp.ok(&["delete", "pod", "imported", "--wait=true"], None)?;
+    // The node forgets the pod moments after the API does.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = ctl(c, &["image", "rm", imported])?;
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    ensure!(out.status.success(), "ctl image rm: {out:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).starts_with("Deleted: sha256:"),
+        "{out:?}"
+    );
+    let listing = String::from_utf8_lossy(&ctl(c, &["image", "ls"])?.stdout).into_owned();
+    ensure!(line(imported, &listing).is_none(), "{listing}");
+    ensure!(line(&c.image, &listing).is_some(), "{listing}");
+    let out = ctl(c, &["image", "rm", "example.org/nothing:1"])?;
+    ensure!(!out.status.success(), "{out:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{out:?}"
+    );
+    let out = ctl(c, &["image", "pull", &c.image])?;
+    ensure!(out.status.success(), "ctl image pull: {out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        said.starts_with(&format!("Image is up to date for {} (sha256:", c.image)),
+        "{said}"
+    );
     Ok(())
 }
 

@@ -19,7 +19,8 @@ use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use skiff_node_server::{
-    BackendError, ContainerRef, LogSource, NodeBackend, NodeServer, Session, StreamOptions, Summary,
+    BackendError, ContainerRef, ImageSummary, LogSource, NodeBackend, NodeServer, Session,
+    StreamOptions, Summary,
 };
 use skiff_tests::{control::ControlPlane, process::ChildGuard, require_program};
 use tokio::io::AsyncWriteExt;
@@ -136,6 +137,20 @@ impl NodeBackend for FakeNode {
 
     async fn import_image(&self, _tarball: &Path) -> Result<Vec<String>, BackendError> {
         Err(BackendError::BadRequest("import is not faked".into()))
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageSummary>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<String, BackendError> {
+        Err(BackendError::NotFound(format!(
+            "image {reference:?} not found"
+        )))
+    }
+
+    async fn pull_image(&self, _reference: &str) -> Result<ImageSummary, BackendError> {
+        Err(BackendError::BadRequest("pull is not faked".into()))
     }
 }
 

@@ -1,5 +1,6 @@
-//! `ctl image import FILE`: loads an OCI layout or docker-archive tarball into a node's
-//! image store, for nodes with no registry to pull from.
+//! `ctl image import|ls|rm|pull`: a node's image store through its endpoint, as `crictl`
+//! gives it on a kubelet's host: load a tarball (for nodes with no registry), list, remove,
+//! and pull through the node's registry configuration.
 
 use std::path::PathBuf;
 
@@ -27,6 +28,31 @@ enum Command {
         /// The tarball.
         file: PathBuf,
         /// The node to load it on (default: the only node that is not simulated).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// List the images on a node.
+    #[command(alias = "list")]
+    Ls {
+        /// The node (default: the only node that is not simulated).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Remove images from a node (refused for images its pods use).
+    #[command(alias = "rmi")]
+    Rm {
+        /// Image names or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The node (default: the only node that is not simulated).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Pull an image onto a node through its registry mirrors and credentials.
+    Pull {
+        /// The image reference.
+        image: String,
+        /// The node (default: the only node that is not simulated).
         #[arg(long)]
         node: Option<String>,
     },
@@ -58,61 +84,156 @@ fn simulated(node: &Node) -> bool {
         .is_some_and(|i| i.container_runtime_version.starts_with("skiff-sim://"))
 }
 
-pub async fn run(conn: &Connection, args: &Args) -> Result<()> {
-    let Command::Import { file, node } = &args.command;
+/// The node `name` names, or the only real one.
+async fn target(conn: &Connection, name: Option<&str>) -> Result<Node> {
     let nodes: Api<Node> = Api::all(conn.client.clone());
-    let target = if let Some(name) = node {
-        nodes
+    if let Some(name) = name {
+        return nodes
             .get(name)
             .await
-            .with_context(|| format!("node {name:?}"))?
-    } else {
-        let real: Vec<Node> = nodes
-            .list(&ListParams::default())
-            .await
-            .context("listing nodes")?
-            .items
-            .into_iter()
-            .filter(|n| !simulated(n))
-            .collect();
-        match <[Node; 1]>::try_from(real) {
-            Ok([only]) => only,
-            Err(many) => bail!(
-                "{} nodes could take the image: name one with --node",
-                many.len()
-            ),
-        }
-    };
-    let name = target.metadata.name.clone().unwrap_or_default();
-    let (ip, port) =
-        endpoint(&target).with_context(|| format!("node {name} reports no endpoint"))?;
-    let body = tokio::fs::read(file)
+            .with_context(|| format!("node {name:?}"));
+    }
+    let real: Vec<Node> = nodes
+        .list(&ListParams::default())
         .await
-        .with_context(|| format!("reading {}", file.display()))?;
+        .context("listing nodes")?
+        .items
+        .into_iter()
+        .filter(|n| !simulated(n))
+        .collect();
+    match <[Node; 1]>::try_from(real) {
+        Ok([only]) => Ok(only),
+        Err(many) => bail!("{} nodes could be meant: name one with --node", many.len()),
+    }
+}
+
+/// One request to the node's endpoint; the body of a 200 answer, else an error with the
+/// node's reason.
+async fn call(node: &Node, head: &str, body: &[u8]) -> Result<serde_json::Value> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let (ip, port) = endpoint(node).with_context(|| format!("node {name} reports no endpoint"))?;
     let mut stream = TcpStream::connect((ip.as_str(), port))
         .await
         .with_context(|| format!("connecting to node {name} at {ip}:{port}"))?;
     let head = format!(
-        "POST /images/import HTTP/1.1\r\nHost: {ip}:{port}\r\nContent-Type: application/x-tar\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        "{head}\r\nHost: {ip}:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(&body).await?;
+    stream.write_all(body).await?;
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).await?;
     let reply = String::from_utf8_lossy(&reply);
     let (status_line, rest) = reply.split_once("\r\n").unwrap_or((&reply, ""));
-    let body = rest.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let body = rest.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
     if !status_line.contains(" 200 ") {
-        bail!("node {name} refused the image: {status_line}: {body}");
+        let reason = value["message"].as_str().unwrap_or(body);
+        bail!("node {name}: {reason}");
     }
-    let images: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
-    for image in images["images"].as_array().into_iter().flatten() {
-        println!(
-            "{} imported on node {name}",
-            image.as_str().unwrap_or_default()
-        );
+    Ok(value)
+}
+
+fn query(image: &str) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("image", image)
+        .finish()
+}
+
+/// `1.2MB`, as crictl prints sizes.
+fn human(bytes: u64) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "a size shown with one decimal")]
+    let b = bytes as f64;
+    match bytes {
+        0..1_000 => format!("{bytes}B"),
+        1_000..1_000_000 => format!("{:.1}kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}MB", b / 1e6),
+        _ => format!("{:.1}GB", b / 1e9),
+    }
+}
+
+pub async fn run(conn: &Connection, args: &Args) -> Result<()> {
+    match &args.command {
+        Command::Import { file, node } => {
+            let node = target(conn, node.as_deref()).await?;
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let body = tokio::fs::read(file)
+                .await
+                .with_context(|| format!("reading {}", file.display()))?;
+            let answer = call(
+                &node,
+                "POST /images/import HTTP/1.1\r\nContent-Type: application/x-tar",
+                &body,
+            )
+            .await
+            .context("the node refused the image")?;
+            for image in answer["images"].as_array().into_iter().flatten() {
+                println!(
+                    "{} imported on node {name}",
+                    image.as_str().unwrap_or_default()
+                );
+            }
+        }
+        Command::Ls { node } => {
+            let node = target(conn, node.as_deref()).await?;
+            let answer = call(&node, "GET /images HTTP/1.1", b"").await?;
+            let mut rows = vec![[
+                "IMAGE".to_owned(),
+                "IMAGE ID".to_owned(),
+                "SIZE".to_owned(),
+                "IN USE".to_owned(),
+            ]];
+            for image in answer["images"].as_array().into_iter().flatten() {
+                let id = image["id"].as_str().unwrap_or_default();
+                rows.push([
+                    image["reference"].as_str().unwrap_or_default().to_owned(),
+                    id.trim_start_matches("sha256:").chars().take(13).collect(),
+                    human(image["size"].as_u64().unwrap_or_default()),
+                    if image["inUse"] == true { "yes" } else { "no" }.to_owned(),
+                ]);
+            }
+            let widths: Vec<usize> = (0..4)
+                .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+                .collect();
+            for row in rows {
+                let line: Vec<String> = row
+                    .iter()
+                    .zip(&widths)
+                    .map(|(cell, w)| format!("{cell:<w$}"))
+                    .collect();
+                println!("{}", line.join("   ").trim_end());
+            }
+        }
+        Command::Rm { images, node } => {
+            let node = target(conn, node.as_deref()).await?;
+            let mut failed = 0;
+            for image in images {
+                let head = format!("DELETE /images?{} HTTP/1.1", query(image));
+                match call(&node, &head, b"").await {
+                    Ok(answer) => {
+                        println!("Deleted: {}", answer["removed"].as_str().unwrap_or(image));
+                    }
+                    Err(err) => {
+                        eprintln!("error: {image}: {err:#}");
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} of {} images not removed", images.len());
+            }
+        }
+        Command::Pull { image, node } => {
+            let node = target(conn, node.as_deref()).await?;
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let head = format!("POST /images/pull?{} HTTP/1.1", query(image));
+            let answer = call(&node, &head, b"").await?;
+            println!(
+                "Image is up to date for {} ({}) on node {name}",
+                answer["reference"].as_str().unwrap_or(image),
+                answer["id"].as_str().unwrap_or_default()
+            );
+        }
     }
     Ok(())
 }

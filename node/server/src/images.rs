@@ -1,5 +1,6 @@
-//! `POST /images/import`: a tarball in the body goes to a scratch file, then into the image
-//! store through the backend, so images reach a node without a registry.
+//! The node's images over HTTP: `POST /images/import` (a tarball in the body goes to a
+//! scratch file, then into the store, so images reach a node without a registry),
+//! `GET /images`, `DELETE /images?image=REF` and `POST /images/pull?image=REF`.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{
     NodeBackend,
-    reply::{self, Body},
+    reply::{self, Body, Params},
 };
 
 /// Why an import request failed before the backend saw it.
@@ -36,6 +37,51 @@ pub(super) async fn serve(backend: Arc<dyn NodeBackend>, req: Request<Incoming>)
             tracing::info!(?images, "imported images");
             reply::json(StatusCode::OK, &json!({"images": images}))
         }
+        Err(err) => reply::backend_error(&err),
+    }
+}
+
+/// `GET /images`: `{"images": [ImageSummary...]}`.
+pub(super) async fn list(backend: &dyn NodeBackend) -> Response<Body> {
+    match backend.list_images().await {
+        Ok(images) => reply::json(StatusCode::OK, &json!({ "images": images })),
+        Err(err) => reply::backend_error(&err),
+    }
+}
+
+/// The `image` query parameter, if given.
+fn image_param(req: &Request<Incoming>) -> Option<String> {
+    Params::parse(req.uri().query())
+        .get("image")
+        .filter(|i| !i.is_empty())
+        .map(str::to_owned)
+}
+
+fn missing_image() -> Response<Body> {
+    reply::bad_request("the image query parameter is required")
+}
+
+/// `DELETE /images?image=REF`: `{"removed": ID}`.
+pub(super) async fn remove(backend: &dyn NodeBackend, req: &Request<Incoming>) -> Response<Body> {
+    let Some(image) = image_param(req) else {
+        return missing_image();
+    };
+    match backend.remove_image(&image).await {
+        Ok(id) => {
+            tracing::info!(%image, %id, "removed image");
+            reply::json(StatusCode::OK, &json!({ "removed": id }))
+        }
+        Err(err) => reply::backend_error(&err),
+    }
+}
+
+/// `POST /images/pull?image=REF`: the pulled image's summary.
+pub(super) async fn pull(backend: &dyn NodeBackend, req: &Request<Incoming>) -> Response<Body> {
+    let Some(image) = image_param(req) else {
+        return missing_image();
+    };
+    match backend.pull_image(&image).await {
+        Ok(summary) => reply::json(StatusCode::OK, &json!(summary)),
         Err(err) => reply::backend_error(&err),
     }
 }

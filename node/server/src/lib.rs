@@ -190,6 +190,41 @@ pub trait NodeBackend: Send + Sync + 'static {
     /// # Errors
     /// [`BackendError::BadRequest`] for a tarball that is not an image archive.
     async fn import_image(&self, tarball: &Path) -> Result<Vec<String>, BackendError>;
+
+    /// Every image in the store.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    async fn list_images(&self) -> Result<Vec<ImageSummary>, BackendError>;
+
+    /// Removes the image `reference` names (a name or an id) and whatever of its data no
+    /// other image needs; returns its id.
+    ///
+    /// # Errors
+    /// [`BackendError::NotFound`] for an unknown image, [`BackendError::Conflict`] for one a
+    /// pod of the node uses.
+    async fn remove_image(&self, reference: &str) -> Result<String, BackendError>;
+
+    /// Pulls `reference` (always, as `crictl pull` does) through the node's registry
+    /// configuration.
+    ///
+    /// # Errors
+    /// [`BackendError::BadRequest`] with the registry's reason when the pull fails.
+    async fn pull_image(&self, reference: &str) -> Result<ImageSummary, BackendError>;
+}
+
+/// One image of a node's store, as `ctl image ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSummary {
+    /// Its normalized name (`docker.io/library/busybox:1.36`), or its id when unnamed.
+    pub reference: String,
+    /// `sha256:<config digest>`.
+    pub id: String,
+    /// Config plus compressed layer bytes.
+    pub size: u64,
+    /// Whether a pod of the node uses it.
+    pub in_use: bool,
 }
 
 /// Why the backend could not serve a request; each maps onto an HTTP status.
@@ -204,6 +239,9 @@ pub enum BackendError {
     /// Something on the node failed (500).
     #[error("{0}")]
     Internal(String),
+    /// The request conflicts with what the node runs (409), e.g. removing an image in use.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl BackendError {
@@ -226,6 +264,7 @@ impl BackendError {
             Self::NotFound(_) => (404, "NotFound"),
             Self::BadRequest(_) => (400, "BadRequest"),
             Self::Internal(_) => (500, "InternalError"),
+            Self::Conflict(_) => (409, "Conflict"),
         }
     }
 }

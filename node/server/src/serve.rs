@@ -133,6 +133,9 @@ async fn handle(backend: Arc<dyn NodeBackend>, req: Request<Incoming>) -> Respon
             Err(err) => reply::backend_error(&err),
         },
         (&Method::POST, ["images", "import"]) => images::serve(backend, req).await,
+        (&Method::GET, ["images"]) => images::list(backend.as_ref()).await,
+        (&Method::DELETE, ["images"]) => images::remove(backend.as_ref(), &req).await,
+        (&Method::POST, ["images", "pull"]) => images::pull(backend.as_ref(), &req).await,
         (
             _,
             [
@@ -200,7 +203,9 @@ mod tests {
     };
 
     use super::*;
-    use crate::{BackendError, LogSource, Session, StreamOptions, Summary, TerminalSize};
+    use crate::{
+        BackendError, ImageSummary, LogSource, Session, StreamOptions, Summary, TerminalSize,
+    };
 
     /// One pod `ns/p` with container `c`: a log, an exec that echoes stdin and exits 3,
     /// resizes recorded, imports that report the tarball's size.
@@ -278,6 +283,31 @@ mod tests {
                 .len();
             Ok(vec![format!("imported:{len}")])
         }
+
+        async fn list_images(&self) -> Result<Vec<ImageSummary>, BackendError> {
+            Ok(vec![summary("docker.io/library/busybox:1", true)])
+        }
+
+        async fn remove_image(&self, reference: &str) -> Result<String, BackendError> {
+            match reference {
+                "busybox:1" => Err(BackendError::Conflict("in use by pod ns/p".into())),
+                "unused:1" => Ok("sha256:unused".into()),
+                other => Err(BackendError::NotFound(format!("no image {other}"))),
+            }
+        }
+
+        async fn pull_image(&self, reference: &str) -> Result<ImageSummary, BackendError> {
+            Ok(summary(reference, false))
+        }
+    }
+
+    fn summary(reference: &str, in_use: bool) -> ImageSummary {
+        ImageSummary {
+            reference: reference.into(),
+            id: "sha256:abc".into(),
+            size: 7,
+            in_use,
+        }
     }
 
     async fn start() -> (SocketAddr, Arc<Mutex<Vec<TerminalSize>>>, tempfile::TempDir) {
@@ -339,6 +369,29 @@ mod tests {
         assert_eq!(code, 404);
         let (code, _) = http(addr, &get("/images/import"), b"").await;
         assert_eq!(code, 405);
+        let (code, resp) = http(addr, &get("/images"), b"").await;
+        assert_eq!(code, 200);
+        assert!(
+            resp.contains(r#""reference":"docker.io/library/busybox:1""#)
+                && resp.contains(r#""inUse":true"#),
+            "{resp}"
+        );
+        let delete = |q: &str| {
+            format!("DELETE /images?{q} HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n")
+        };
+        assert_eq!(http(addr, &delete("image=busybox%3A1"), b"").await.0, 409);
+        assert_eq!(http(addr, &delete("image=nope"), b"").await.0, 404);
+        assert_eq!(http(addr, &delete(""), b"").await.0, 400);
+        let (code, resp) = http(addr, &delete("image=unused%3A1"), b"").await;
+        assert_eq!(code, 200);
+        assert!(resp.contains(r#""removed":"sha256:unused""#), "{resp}");
+        let pull = "POST /images/pull?image=registry.local%2Fa%3A2 HTTP/1.1\r\nHost: n\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        let (code, resp) = http(addr, pull, b"").await;
+        assert_eq!(code, 200);
+        assert!(
+            resp.contains(r#""reference":"registry.local/a:2""#),
+            "{resp}"
+        );
         // Exec without a WebSocket upgrade (SPDY, or a plain GET) is refused before any work.
         let (code, resp) = http(addr, &get("/exec/ns/p/c?command=ls&stdout=1"), b"").await;
         assert_eq!(code, 400);

@@ -1,8 +1,9 @@
 //! What the node's HTTP endpoint serves on a real node: the log files, exec and attach
-//! sessions of this node's containers, their cgroup usage, and image import into the store.
+//! sessions of this node's containers, their cgroup usage, and the image store (import,
+//! list, remove, pull).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::SystemTime,
@@ -14,16 +15,24 @@ use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use skiff_node_runtime::{
     ContainerRuntime,
     container_exec::{self, ExecIo, ExecProcess},
+    image::PullPolicy,
 };
 use skiff_node_server::{
-    BackendError, ContainerRef, ContainerStats, CpuStats, LogOptions, LogSource, MemoryStats,
-    NodeBackend, NodeStats, PodReference, PodStats, RunningFn, Session, SessionExit, SessionInput,
-    SessionOutput, StreamOptions, Summary, TerminalSize, stream_log,
+    BackendError, ContainerRef, ContainerStats, CpuStats, ImageSummary, LogOptions, LogSource,
+    MemoryStats, NodeBackend, NodeStats, PodReference, PodStats, RunningFn, Session, SessionExit,
+    SessionInput, SessionOutput, StreamOptions, Summary, TerminalSize, stream_log,
 };
 use skiff_types::ContainerId;
 use tokio::io::AsyncWriteExt as _;
 
 use super::backend::LocalBackend;
+
+/// Images the node's pods use, each with one pod that uses it.
+#[derive(Debug, Default)]
+struct InUse {
+    ids: HashMap<String, String>,
+    names: HashMap<String, String>,
+}
 
 /// The real node's endpoint backend.
 pub struct Endpoint {
@@ -58,6 +67,39 @@ impl Endpoint {
             cpu: Mutex::default(),
             proxy,
         }
+    }
+
+    /// What the node's pods use: by image id and by stored name, a pod using each.
+    fn images_in_use(&self) -> InUse {
+        let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut used = InUse::default();
+        for pod in pods.values() {
+            let Some(spec) = pod.spec.as_ref() else {
+                continue;
+            };
+            let name = format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                pod.metadata.name.as_deref().unwrap_or_default()
+            );
+            for container in spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+            {
+                if let Some(image) = container
+                    .image
+                    .as_deref()
+                    .and_then(|i| self.backend.images.lookup(i))
+                {
+                    used.ids.entry(image.id).or_insert_with(|| name.clone());
+                    used.names
+                        .entry(image.reference)
+                        .or_insert_with(|| name.clone());
+                }
+            }
+        }
+        used
     }
 
     fn pod(&self, namespace: &str, name: &str) -> Result<Arc<Pod>, BackendError> {
@@ -417,5 +459,69 @@ impl NodeBackend for Endpoint {
             .map_err(|e| BackendError::Internal(e.to_string()))?
             .map_err(|e| BackendError::BadRequest(e.to_string()))?;
         Ok(imported.into_iter().map(|i| i.reference).collect())
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageSummary>, BackendError> {
+        let used: HashSet<String> = self.images_in_use().ids.into_keys().collect();
+        Ok(self
+            .backend
+            .images
+            .list()
+            .into_iter()
+            .map(|i| ImageSummary {
+                in_use: used.contains(&i.id),
+                reference: i.reference,
+                id: i.id,
+                size: i.size,
+            })
+            .collect())
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<String, BackendError> {
+        let images = self.backend.images.clone();
+        let image = images
+            .lookup(reference)
+            .ok_or_else(|| BackendError::NotFound(format!("image {reference:?} not found")))?;
+        // Removing one name of an image that keeps another is harmless unless a pod runs it
+        // by that name; removing by id, or the last name, takes the data its pods run on.
+        let used = self.images_in_use();
+        let by_id = image.id == reference || image.id == format!("sha256:{reference}");
+        let other_names = images
+            .list()
+            .iter()
+            .any(|i| i.id == image.id && i.reference != image.reference);
+        let holder = if by_id || !other_names {
+            used.ids.get(&image.id)
+        } else {
+            used.names.get(&image.reference)
+        };
+        if let Some(pod) = holder {
+            return Err(BackendError::Conflict(format!(
+                "image {reference:?} ({}) is used by pod {pod}",
+                image.id
+            )));
+        }
+        let owned = reference.to_owned();
+        let removed = tokio::task::spawn_blocking(move || images.remove(&owned))
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))?
+            .map_err(|e| BackendError::Internal(e.to_string()))?;
+        Ok(removed.id)
+    }
+
+    async fn pull_image(&self, reference: &str) -> Result<ImageSummary, BackendError> {
+        let image = self
+            .backend
+            .images
+            .ensure(reference, PullPolicy::Always, &[])
+            .await
+            .map_err(|e| BackendError::BadRequest(e.to_string()))?;
+        let in_use = self.images_in_use().ids.contains_key(&image.id);
+        Ok(ImageSummary {
+            reference: image.reference,
+            id: image.id,
+            size: image.size,
+            in_use,
+        })
     }
 }

@@ -29,12 +29,27 @@ pub(super) fn gc(store: &Store, in_use: &HashSet<String>) -> Result<Vec<String>,
     if !removed_refs.is_empty() {
         store.remove_refs(&removed_refs)?;
     }
-    if *in_flight > 0 {
+    sweep_unreferenced(store, *in_flight)?;
+    Ok(removed_ids)
+}
+
+/// Forgets `reference` (one name; its id stays while another name points at it), then
+/// removes what no image needs any more.
+pub(super) fn remove(store: &Store, reference: &str) -> Result<(), ImageError> {
+    let in_flight = store.quiesce();
+    store.remove_refs(&[reference.to_owned()])?;
+    sweep_unreferenced(store, *in_flight)
+}
+
+/// Removes the blobs and unpacked layers no recorded image needs, unless pulls or imports
+/// are in flight (their blobs are not recorded yet).
+fn sweep_unreferenced(store: &Store, in_flight: u32) -> Result<(), ImageError> {
+    if in_flight > 0 {
         tracing::info!(
-            in_flight = *in_flight,
+            in_flight,
             "pulls in flight; leaving blobs and layers for the next collection"
         );
-        return Ok(removed_ids);
+        return Ok(());
     }
 
     let mut blobs = HashSet::new();
@@ -45,7 +60,7 @@ pub(super) fn gc(store: &Store, in_use: &HashSet<String>) -> Result<Vec<String>,
             Err(error) => {
                 // Keeping everything is safer than guessing what an unreadable image needs.
                 tracing::warn!(reference = %name, %error, "unreadable image; skipping the sweep");
-                return Ok(removed_ids);
+                return Ok(());
             }
         };
         blobs.extend(parsed.blobs(&entry.manifest).map(str::to_owned));
@@ -55,8 +70,8 @@ pub(super) fn gc(store: &Store, in_use: &HashSet<String>) -> Result<Vec<String>,
     }
     sweep(&store.blobs_dir(), &blobs, false)?;
     sweep(&store.layers_dir(), &layers, true)?;
-    tracing::debug!(removed = removed_ids.len(), "image garbage collection done");
-    Ok(removed_ids)
+    tracing::debug!("image sweep done");
+    Ok(())
 }
 
 /// Removes every entry of `dir` whose `sha256:<name>` is not in `keep`.

@@ -273,6 +273,32 @@ impl ImageStore {
         gc::gc(&self.inner.store, in_use)
     }
 
+    /// Removes the image `reference` names (a name, or an id: then every name of it) and the
+    /// blobs and layers no other image needs; returns what was removed. The caller checks
+    /// that no container uses it.
+    ///
+    /// # Errors
+    /// [`ImageError::NotFound`] for an unknown image; a store error otherwise.
+    pub fn remove(&self, reference: &str) -> Result<Image, ImageError> {
+        let image = self
+            .lookup(reference)
+            .ok_or_else(|| ImageError::NotFound(reference.to_owned()))?;
+        let by_id = image.id == reference || image.id == format!("sha256:{reference}");
+        let names: Vec<String> = if by_id {
+            self.list()
+                .into_iter()
+                .filter(|i| i.id == image.id)
+                .map(|i| i.reference)
+                .collect()
+        } else {
+            vec![image.reference.clone()]
+        };
+        for name in names {
+            gc::remove(&self.inner.store, &name)?;
+        }
+        Ok(image)
+    }
+
     /// Records `names` for the manifest stored under `manifest_digest`, unpacking the
     /// layers it needs.
     fn install(
