@@ -48,6 +48,17 @@ impl Cluster {
         let tar = busybox_oci_layout(dir.path(), "busybox:1")?;
         registry.push(&tar, "busybox:1")?;
         let image = format!("{}/busybox:1", registry.host());
+        // Docker Hub's `nginx:1.15.4` comes from this registry as its mirror, and only from
+        // it: the node never reaches Docker Hub.
+        registry.push(&tar, "library/nginx:1.15.4")?;
+        let registries = dir.path().join("registries.yaml");
+        std::fs::write(
+            &registries,
+            format!(
+                "mirrors:\n  docker.io:\n    endpoint: [\"http://{}\"]\n",
+                registry.host()
+            ),
+        )?;
         let cp = ControlPlane::start_with(
             &dir.path().join("control"),
             &["--cluster-cidr", "10.244.0.0/16"],
@@ -56,7 +67,13 @@ impl Cluster {
             &cp,
             &dir.path().join("node"),
             &format!("skt-{test}"),
-            &["--insecure-registry", &registry.host()],
+            &[
+                "--insecure-registry",
+                &registry.host(),
+                "--registry-config",
+                &registries.to_string_lossy(),
+                "--disable-default-registry-endpoint",
+            ],
         )?;
         Ok(Self {
             node,
@@ -734,6 +751,37 @@ fn node_images_are_listed_pulled_and_removed(c: &Cluster) -> Result<()> {
         String::from_utf8_lossy(&out.stderr).contains("not found"),
         "{out:?}"
     );
+    // A Deployment of a Docker Hub image pulls through the mirror.
+    c.apply(
+        r"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hub}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: hub}}
+  template:
+    metadata: {labels: {app: hub}}
+    spec:
+      nodeName: NODE
+      containers:
+      - {name: web, image: 'nginx:1.15.4', command: [sh, -c, 'echo pulled-through-the-mirror; sleep 3600']}
+",
+    )?;
+    let deadline = Instant::now() + Duration::from_mins(1);
+    let listing = loop {
+        let listing = String::from_utf8_lossy(&ctl(c, &["image", "ls"])?.stdout).into_owned();
+        if line("docker.io/library/nginx:1.15.4", &listing).is_some_and(|l| l.ends_with("yes")) {
+            break listing;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "nginx:1.15.4 never ran: {listing}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    ensure!(listing.contains("nginx"), "{listing}");
+    c.cp.ok(&["delete", "deployment", "hub", "--wait=true"], None)?;
     let out = ctl(c, &["image", "pull", &c.image])?;
     ensure!(out.status.success(), "ctl image pull: {out:?}");
     let said = String::from_utf8_lossy(&out.stdout);
