@@ -99,6 +99,11 @@ fn main() -> ExitCode {
             load_balancer_on_node_addresses,
         ),
         trial(
+            "kubectl_top_shows_the_cpu_a_busy_pod_burns_and_every_node",
+            &flat,
+            top_shows_a_busy_pod,
+        ),
+        trial(
             "a_node_killed_and_restarted_keeps_traffic_to_its_pods_flowing",
             &flat,
             killed_node_keeps_traffic_flowing,
@@ -543,6 +548,89 @@ fn load_balancer_on_node_addresses(c: &Cluster) -> Result<()> {
         "{node}:{endpoint}/healthz answered {health:?}"
     );
     c.kubectl(&["delete", "service", "mesh-lb", "mesh-lb-kubelet"], None)?;
+    Ok(())
+}
+
+/// `kubectl top` reads the metrics API, which reads the nodes' cgroup statistics: a pod
+/// spinning a shell loop shows most of a core, an idle one next to nothing.
+fn top_shows_a_busy_pod(c: &Cluster) -> Result<()> {
+    let node = c.node(0).name().to_owned();
+    let manifest = format!(
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {{name: burner, labels: {{top: busy}}}}
+spec:
+  nodeName: {node}
+  containers:
+  - {{name: spin, image: '{IMAGE}', imagePullPolicy: Never, command: [sh, -c, 'while :; do :; done']}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: idler, labels: {{top: idle}}}}
+spec:
+  nodeName: {node}
+  containers:
+  - {{name: rest, image: '{IMAGE}', imagePullPolicy: Never, command: [sleep, '3600']}}
+"
+    );
+    c.kubectl(&["apply", "-f", "-"], Some(&manifest))?;
+    // Millicores of `pod` in `kubectl top pod` output.
+    let millicores = |out: &str, pod: &str| -> Option<u64> {
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(pod))?;
+        line.split_whitespace()
+            .nth(1)?
+            .strip_suffix('m')?
+            .parse()
+            .ok()
+    };
+    let out = wait_for(
+        "kubectl top pod to show the burner busy",
+        Duration::from_mins(1),
+        || {
+            let Ok(out) = c.kubectl(&["top", "pod", "--no-headers"], None) else {
+                return Ok(None);
+            };
+            Ok(millicores(&out, "burner")
+                .is_some_and(|m| m >= 300)
+                .then_some(out))
+        },
+    )
+    .with_context(|| {
+        c.kubectl(&["top", "pod"], None)
+            .unwrap_or_else(|e| format!("{e:#}"))
+    })?;
+    let idle = millicores(&out, "idler").with_context(|| out.clone())?;
+    ensure!(idle < 100, "the idle pod shows {idle}m: {out}");
+    // A label selector picks the pods, as metrics-server's does.
+    let selected = c.kubectl(&["top", "pod", "-l", "top=busy", "--no-headers"], None)?;
+    ensure!(
+        selected.lines().count() == 1 && selected.starts_with("burner"),
+        "{selected}"
+    );
+    let nodes = c.kubectl(&["top", "node", "--no-headers"], None)?;
+    for i in 0..c.node_count() {
+        let name = c.node(i).name().to_owned();
+        ensure!(
+            nodes
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name.as_str())),
+            "{name} missing from kubectl top node: {nodes}"
+        );
+    }
+    c.kubectl(
+        &[
+            "delete",
+            "pod",
+            "burner",
+            "idler",
+            "--grace-period=0",
+            "--force",
+        ],
+        None,
+    )?;
     Ok(())
 }
 

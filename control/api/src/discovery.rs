@@ -54,7 +54,8 @@ pub fn apis() -> Value {
             names.push(g);
         }
     }
-    let groups: Vec<Value> = names.into_iter().filter_map(group).collect();
+    let mut groups: Vec<Value> = names.into_iter().filter_map(group).collect();
+    groups.push(crate::metrics_api::group());
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 

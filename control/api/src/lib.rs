@@ -13,6 +13,7 @@ mod ctx;
 mod discovery;
 mod http;
 mod metrics;
+mod metrics_api;
 mod node_proxy;
 mod objects;
 mod protobuf;

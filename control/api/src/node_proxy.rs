@@ -209,7 +209,7 @@ async fn node_address(ctx: &Ctx, pod: &Value) -> Result<String, StatusError> {
 }
 
 /// The node's preferred address (`InternalIP`, then `Hostname`, then `ExternalIP`) and port.
-fn endpoint_of(node: &Value) -> Option<String> {
+pub(crate) fn endpoint_of(node: &Value) -> Option<String> {
     let addresses = node
         .pointer("/status/addresses")
         .and_then(Value::as_array)?;

@@ -26,7 +26,7 @@ use crate::{
     ctx::Ctx,
     discovery,
     http::{self as h, Body, Query},
-    node_proxy,
+    metrics_api, node_proxy,
     route::{Route, route},
     verbs,
 };
@@ -230,6 +230,45 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     response
 }
 
+/// `/apis/metrics.k8s.io...`: discovery, then node and pod metrics read from the nodes.
+async fn metrics(
+    ctx: &Arc<Ctx>,
+    method: &Method,
+    under_group: &str,
+    query: &Query,
+) -> (&'static str, String, Response<Body>) {
+    let segments: Vec<&str> = under_group.split('/').filter(|s| !s.is_empty()).collect();
+    let resource = match segments.as_slice() {
+        [_, .., "nodes"] | [_, "nodes", _] => "nodes",
+        _ => "pods",
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let err = StatusError::method_not_allowed(format!(
+            "{method} is not allowed on {}",
+            metrics_api::GROUP
+        ));
+        return ("other", resource.to_owned(), h::error(&err));
+    }
+    let answer = match segments.as_slice() {
+        [] => {
+            let mut g = metrics_api::group();
+            g["kind"] = serde_json::json!("APIGroup");
+            g["apiVersion"] = serde_json::json!("v1");
+            h::json(StatusCode::OK, &g)
+        }
+        [metrics_api::VERSION] => h::json(StatusCode::OK, &metrics_api::resources()),
+        [metrics_api::VERSION, rest @ ..] => match metrics_api::target(rest) {
+            Some(target) => match metrics_api::serve(ctx, target, query).await {
+                Ok(v) => h::json(StatusCode::OK, &v),
+                Err(err) => h::error(&err),
+            },
+            None => h::error(&StatusError::not_found(metrics_api::GROUP, rest[0], "")),
+        },
+        _ => h::error(&StatusError::not_found(metrics_api::GROUP, "", "")),
+    };
+    ("get", resource.to_owned(), answer)
+}
+
 async fn route_request(
     ctx: &Arc<Ctx>,
     req: Request<Incoming>,
@@ -256,6 +295,13 @@ async fn route_request(
     };
     let ok_json =
         |v: Option<serde_json::Value>| v.map_or_else(not_found, |v| h::json(StatusCode::OK, &v));
+    if let Some(rest) = path
+        .strip_prefix("/apis/")
+        .and_then(|p| p.strip_prefix(metrics_api::GROUP))
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+    {
+        return metrics(ctx, method, rest, query).await;
+    }
     let resp = match route(path) {
         Route::Version => get_only(h::json_bytes(
             StatusCode::OK,
