@@ -3,6 +3,7 @@
 //! transaction per sync (see [`rules`] for the layout, [`table`] for the bookkeeping).
 
 pub mod conntrack;
+pub mod counters;
 pub mod kernel;
 pub mod rules;
 pub mod table;
