@@ -324,7 +324,7 @@ fn attach_nft(
              being deleted"
         );
     }
-    tracing::info!(table = %table_name, "Service proxy in nftables mode");
+    tracing::info!(table = %table_name, found = table.found(), "Service proxy in nftables mode");
     Ok((
         Proxy {
             datapath: Datapaths::Nft {

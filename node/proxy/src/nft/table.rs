@@ -53,6 +53,8 @@ pub struct NftTable<N> {
     /// Chains and sets emptied by an earlier transaction: deleted by the next one.
     due: BTreeSet<Stale>,
     removed_udp: BTreeSet<SocketAddrV4>,
+    /// The table was there at start (an earlier run's, adopted).
+    found: bool,
 }
 
 /// A chain or set no Service uses any more.
@@ -83,8 +85,9 @@ impl<N: Nft> NftTable<N> {
             emptied: BTreeSet::new(),
             due: BTreeSet::new(),
             removed_udp: BTreeSet::new(),
+            found: false,
         };
-        table.read_back()?;
+        table.found = table.read_back()?;
         let skeleton = rules::skeleton(name, table.outside());
         table.nft.apply(&skeleton)?;
         Ok(table)
@@ -107,8 +110,15 @@ impl<N: Nft> NftTable<N> {
         }
     }
 
+    /// Whether an earlier run's table was found at start (and adopted).
+    #[must_use]
+    pub fn found(&self) -> bool {
+        self.found
+    }
+
     /// Replaces the picture of the kernel with what it holds; nothing is owned afterwards.
-    fn read_back(&mut self) -> Result<(), NftError> {
+    /// Returns whether the table exists.
+    fn read_back(&mut self) -> Result<bool, NftError> {
         self.services.clear();
         self.owners.clear();
         self.chains.clear();
@@ -118,7 +128,7 @@ impl<N: Nft> NftTable<N> {
         self.emptied.clear();
         self.due.clear();
         let Some(objects) = self.nft.list()? else {
-            return Ok(());
+            return Ok(false);
         };
         for object in &objects {
             if let Some(chain) = object.get("chain") {
@@ -142,7 +152,7 @@ impl<N: Nft> NftTable<N> {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn table_json(&self, name: &str) -> Value {
