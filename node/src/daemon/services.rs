@@ -271,12 +271,7 @@ pub fn attach(
     if config.mode == ProxyMode::Ebpf {
         let features = Features::probe();
         tracing::info!("{}", features.summary());
-        match features
-            .require_socket_lb()
-            .and_then(|()| match &config.cgroup {
-                Some(dir) => Ok(dir.clone()),
-                None => features.cgroup2.clone().ok_or(ProbeError::NoCgroup2),
-            }) {
+        match ebpf_cgroup(&features, config.cgroup.as_deref()) {
             Ok(cgroup) => {
                 remove_nft_table(name);
                 return attach_ebpf(name, address, uplink, config, &features, cgroup);
@@ -287,6 +282,15 @@ pub fn attach(
         }
     }
     attach_nft(name, address, uplink.as_ref())
+}
+
+/// The cgroup the socket hooks go to, or why this kernel cannot run the eBPF datapath.
+fn ebpf_cgroup(features: &Features, configured: Option<&Path>) -> Result<PathBuf, ProbeError> {
+    features.require_socket_lb()?;
+    match configured {
+        Some(dir) => Ok(dir.to_owned()),
+        None => features.cgroup2.clone().ok_or(ProbeError::NoCgroup2),
+    }
 }
 
 /// A table an earlier nftables-mode run left would translate before the eBPF programs.
@@ -788,6 +792,30 @@ mod tests {
         };
         assert_eq!(tc_uplinks(&able, Some(eth0())), [eth0()]);
         assert!(tc_uplinks(&able, None).is_empty());
+    }
+
+    #[test]
+    fn a_kernel_without_cgroup_sock_addr_programs_is_a_reason_for_the_nftables_mode() {
+        let lacking = Features {
+            kernel: "4.9.0".into(),
+            cgroup2: Some("/sys/fs/cgroup".into()),
+            sock_addr: Some(false),
+            ..Features::default()
+        };
+        let why = ebpf_cgroup(&lacking, None).unwrap_err().to_string();
+        assert!(why.contains("CONFIG_CGROUP_BPF"), "{why}");
+        let able = Features {
+            sock_addr: Some(true),
+            ..lacking
+        };
+        assert_eq!(
+            ebpf_cgroup(&able, None).unwrap(),
+            Path::new("/sys/fs/cgroup")
+        );
+        assert_eq!(
+            ebpf_cgroup(&able, Some(Path::new("/skiff/n1"))).unwrap(),
+            Path::new("/skiff/n1")
+        );
     }
 
     #[test]

@@ -357,3 +357,43 @@ fn a_removed_udp_backend_is_reported_for_its_conntrack_entries() {
         BTreeSet::from(["10.244.1.6:8080".parse().unwrap()])
     );
 }
+
+#[test]
+fn external_policy_local_keeps_the_client_ip_and_sends_the_node_to_every_endpoint() {
+    let mut m = mirror(None);
+    let mut svc = service(
+        "local",
+        "10.96.0.15",
+        &json!({"type": "NodePort", "externalTrafficPolicy": "Local"}),
+    );
+    svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(30081);
+    m.service_applied(svc);
+    let mut s = slice("local", &["10.244.0.5", "10.244.1.6"]);
+    s.endpoints[0].node_name = Some("n1".into());
+    m.slice_applied(s);
+    m.sync().unwrap();
+    let target = |map: &str, ip: &str| {
+        last(&m)
+            .iter()
+            .filter_map(|c| c.get("add")?.get("element"))
+            .find(|e| e["name"] == map && e["elem"][0][0]["concat"][0] == ip)
+            .map(|e| e["elem"][0][1].clone())
+    };
+    // From outside: straight to the local group, no chain that marks for masquerade.
+    assert_eq!(
+        target("service-nodeports", "192.168.50.20"),
+        Some(json!({"goto": {"target": "svc/default/local/tcp/80/local"}}))
+    );
+    // From the node and its pods: the internal twin, over every endpoint.
+    assert_eq!(
+        target("internal-services", "192.168.50.20"),
+        Some(json!({"goto": {"target": "svc/default/local/tcp/80"}}))
+    );
+    let local_group = last(&m)
+        .iter()
+        .filter_map(|c| c.get("add")?.get("rule"))
+        .filter(|r| r["chain"] == "svc/default/local/tcp/80/local")
+        .map(ToString::to_string)
+        .collect::<String>();
+    assert!(local_group.contains("10.244.0.5") && !local_group.contains("10.244.1.6"));
+}
