@@ -526,3 +526,39 @@ pub fn rule(table: &str, chain: &str, expr: Rule) -> Value {
         ]),
     )
 }
+
+/// The prefix of the comment a Service chain's first rule carries.
+const FINGERPRINT: &str = "skiff:";
+
+/// The `add rule` commands that fill a Service chain with `rules`, the first one commented
+/// with their fingerprint, so that a restarted node finds which chains already hold what
+/// it wants without reading the rules back (nft lists them in another form than it takes).
+#[must_use]
+pub fn chain_rules(table: &str, chain: &str, rules: &[Rule]) -> Vec<Value> {
+    let mut out: Vec<Value> = rules
+        .iter()
+        .map(|r| rule(table, chain, r.clone()))
+        .collect();
+    if let Some(first) = out.first_mut() {
+        first["add"]["rule"]["comment"] =
+            json!(format!("{FINGERPRINT}{:016x}", fingerprint(rules)));
+    }
+    out
+}
+
+/// The fingerprint a listed rule's comment carries, if it is one of ours.
+#[must_use]
+pub fn listed_fingerprint(rule: &Value) -> Option<u64> {
+    let comment = rule.get("comment")?.as_str()?;
+    u64::from_str_radix(comment.strip_prefix(FINGERPRINT)?, 16).ok()
+}
+
+/// FNV-1a over the rules' JSON: stable across runs and versions of Rust (a mismatch after
+/// an upgrade only rewrites the chain).
+#[must_use]
+pub fn fingerprint(rules: &[Rule]) -> u64 {
+    let text = Value::Array(rules.iter().cloned().map(Value::Array).collect()).to_string();
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

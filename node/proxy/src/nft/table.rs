@@ -5,8 +5,10 @@
 //!
 //! On start the table is read back: the skeleton is refilled in place, each Service's
 //! first apply takes over what it finds (elements rewritten only when they differ, chains
-//! refilled atomically), and [`NftTable::finish_adoption`] empties what none claimed. The
-//! table is never flushed, so Services keep working across a restart.
+//! only when the fingerprint their first rule's comment carries differs, then refilled in
+//! the same transaction), and [`NftTable::finish_adoption`] empties what none claimed. The
+//! table is never flushed, so Services keep working across a restart, and a restart with
+//! nothing changed writes nothing but the skeleton.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -42,6 +44,8 @@ pub struct NftTable<N> {
     owners: HashMap<Frontend, ServiceRef>,
     /// The chains the kernel holds with their rules (`None`: read back, rules unknown).
     chains: HashMap<String, Option<Vec<Rule>>>,
+    /// The fingerprints of read-back chains' rules.
+    fingerprints: HashMap<String, u64>,
     /// The elements the kernel holds.
     elements: HashMap<ElementKey, Verdict>,
     /// The sets the kernel holds.
@@ -79,6 +83,7 @@ impl<N: Nft> NftTable<N> {
             services: HashMap::new(),
             owners: HashMap::new(),
             chains: HashMap::new(),
+            fingerprints: HashMap::new(),
             elements: HashMap::new(),
             sets: HashSet::new(),
             pending: Vec::new(),
@@ -122,6 +127,7 @@ impl<N: Nft> NftTable<N> {
         self.services.clear();
         self.owners.clear();
         self.chains.clear();
+        self.fingerprints.clear();
         self.elements.clear();
         self.sets.clear();
         self.pending.clear();
@@ -136,6 +142,12 @@ impl<N: Nft> NftTable<N> {
                     && !BASE_CHAINS.contains(&name)
                 {
                     self.chains.insert(name.to_owned(), None);
+                }
+            } else if let Some(rule) = object.get("rule") {
+                if let (Some(chain), Some(print)) =
+                    (rule["chain"].as_str(), rules::listed_fingerprint(rule))
+                {
+                    self.fingerprints.entry(chain.to_owned()).or_insert(print);
                 }
             } else if let Some(set) = object.get("set") {
                 if let Some(name) = set["name"].as_str() {
@@ -197,18 +209,25 @@ impl<N: Nft> NftTable<N> {
             }
         }
         for (name, rules) in &new.chains {
-            let held = self.chains.get(name).cloned().flatten();
-            if held.as_ref() == Some(rules) {
-                continue;
-            }
-            if held.as_ref().is_none_or(|h| !h.is_empty()) {
+            let held = match self.chains.get(name) {
+                Some(Some(held)) if held == rules => continue,
+                Some(Some(held)) => !held.is_empty(),
+                // Read back: its rules are known by their fingerprint only.
+                Some(None) => {
+                    if self.fingerprints.remove(name) == Some(rules::fingerprint(rules)) {
+                        self.chains.insert(name.clone(), Some(rules.clone()));
+                        continue;
+                    }
+                    true
+                }
+                None => false,
+            };
+            if held {
                 self.pending
                     .push(command("flush", "chain", self.table_json(name)));
             }
-            for rule in rules {
-                self.pending
-                    .push(rules::rule(&self.name, name, rule.clone()));
-            }
+            let fill = rules::chain_rules(&self.name, name, rules);
+            self.pending.extend(fill);
             self.chains.insert(name.clone(), Some(rules.clone()));
         }
         for key in old.elements.keys() {
