@@ -1643,6 +1643,110 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Waits until `target` stops answering the client pod on `node` (any error will do: the
+/// address is no frontend any more).
+fn stops_answering(f: &Fixture, node: usize, target: (&str, u16)) -> Result<Reply> {
+    wait_for(
+        &format!(
+            "{}:{} to stop answering node-{node}'s client",
+            target.0, target.1
+        ),
+        Duration::from_secs(20),
+        || {
+            let r = request(f, node, &f.clients[node].netns, "tcp", target, 1)?.remove(0);
+            Ok((!r.error.is_empty()).then_some(r))
+        },
+    )
+}
+
+/// Waits until `target` stops answering the outside client host.
+fn stops_answering_outside(f: &Fixture, target: (&str, u16)) -> Result<Reply> {
+    wait_for(
+        &format!(
+            "{}:{} to stop answering the client host",
+            target.0, target.1
+        ),
+        Duration::from_secs(30),
+        || {
+            let r = from_outside(f, "tcp", target, 1)?.remove(0);
+            Ok((!r.error.is_empty()).then_some(r))
+        },
+    )
+}
+
+/// Service `morph` over the web pods as `kind` (`extra` for its spec), applied as a user
+/// changes a manifest.
+fn morph(c: &Cluster, extra: &str) -> Result<()> {
+    apply(
+        c,
+        &format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: morph}}
+spec:
+  selector: {{app: web}}
+  {extra}
+  ports: [{{port: 80, targetPort: 8080}}]
+"
+        ),
+    )
+}
+
+/// Changing a Service's type with `kubectl apply`, `ClusterIP` -> `NodePort` ->
+/// `LoadBalancer` -> `ExternalName` -> `ClusterIP`, changes what answers each time: the
+/// cluster IP, then also the node port from outside, then also the load balancer address
+/// from outside; as an `ExternalName` none of them; back to `ClusterIP` a (new) cluster IP.
+fn type_changes_update_the_data_path(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    morph(c, "")?;
+    let ip = cluster_ip(c, "morph")?;
+    served(f, 0, "tcp", (&ip, 80))?;
+
+    morph(c, "type: NodePort")?;
+    ensure!(
+        cluster_ip(c, "morph")? == ip,
+        "the cluster IP changed with the type"
+    );
+    let port = node_port(c, "morph", 0)?;
+    let address = c.node_hosts()[1].address().to_string();
+    let r = served_outside(f, "tcp", (&address, port))?;
+    ensure!(r.body.starts_with("web-"), "node port answered {r:?}");
+    served(f, 0, "tcp", (&ip, 80))?;
+
+    morph(c, "type: LoadBalancer")?;
+    ensure!(
+        node_port(c, "morph", 0)? == port,
+        "the node port changed from NodePort to LoadBalancer"
+    );
+    let (lb, _) = load_balancer_ip(c, "morph")?;
+    let r = served_outside(f, "tcp", (&lb, 80))?;
+    ensure!(r.body.starts_with("web-"), "{lb}:80 answered {r:?}");
+    served_outside(f, "tcp", (&address, port))?;
+
+    morph(c, "type: ExternalName\n  externalName: web.example.org")?;
+    let svc = c.get_json("/api/v1/namespaces/default/services/morph")?;
+    ensure!(
+        svc["spec"]["clusterIP"].is_null() && svc["spec"]["ports"][0]["nodePort"].is_null(),
+        "an ExternalName Service kept its cluster IP or node port: {svc}"
+    );
+    stops_answering(f, 0, (&ip, 80))?;
+    stops_answering_outside(f, (&address, port))?;
+    stops_answering_outside(f, (&lb, 80))?;
+
+    morph(c, "")?;
+    let again = cluster_ip(c, "morph")?;
+    let r = served(f, 0, "tcp", (&again, 80))?;
+    ensure!(r.body.starts_with("web-"), "{again}:80 answered {r:?}");
+    let svc = c.get_json("/api/v1/namespaces/default/services/morph")?;
+    ensure!(
+        svc["spec"]["ports"][0]["nodePort"].is_null(),
+        "back to ClusterIP, the Service kept a node port: {svc}"
+    );
+    c.kubectl(&["delete", "service", "morph"], None)?;
+    Ok(())
+}
+
 /// A web server as users write it for zero-downtime rollouts: ready once it answers, and a
 /// `preStop` pause so that it still serves while the proxies drop it.
 fn zero_downtime_httpd(pause: u32) -> String {
@@ -2224,6 +2328,10 @@ const TRIALS: &[(&str, Body)] = &[
     (
         "a_local_load_balancers_health_check_node_port_answers_with_the_local_endpoint_count",
         health_check_node_port_answers,
+    ),
+    (
+        "changing_the_type_clusterip_nodeport_loadbalancer_externalname_clusterip_updates_the_data_path",
+        type_changes_update_the_data_path,
     ),
     (
         "a_rolling_update_with_readiness_and_prestop_refuses_no_connection_of_a_looping_client",
