@@ -1747,6 +1747,57 @@ fn type_changes_update_the_data_path(f: &Fixture) -> Result<()> {
     Ok(())
 }
 
+/// A pod reaches itself through a Service whose only endpoint it is (hairpin), from a
+/// process of its own container (`kubectl exec`).
+fn hairpin_pod_reaches_itself(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let web = running(c, "app%3Dweb", 3)?;
+    let me = &web[1];
+    apply(
+        c,
+        &format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: hairpin}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: hairpin-by-hand
+  labels: {{kubernetes.io/service-name: hairpin}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- addresses: ['{}']
+  nodeName: {}
+  conditions: {{ready: true}}
+",
+            me.ip,
+            c.node_hosts()[me.node].label()
+        ),
+    )?;
+    let ip = cluster_ip(c, "hairpin")?;
+    let url = format!("http://{ip}:80/");
+    let answer = wait_for(
+        &format!("{} reaching itself at {url}", me.name),
+        Duration::from_secs(20),
+        || {
+            // (This busybox's wget crashes on `-T`: the connect has the kernel's timeout.)
+            let out = c.kubectl(&["exec", &me.name, "--", "wget", "-q", "-O-", &url], None)?;
+            Ok(Some(out.trim().to_owned()).filter(|o| !o.is_empty()))
+        },
+    )?;
+    ensure!(answer == me.name, "{} reached {answer:?} at {url}", me.name);
+    c.kubectl(
+        &["delete", "service/hairpin", "endpointslice/hairpin-by-hand"],
+        None,
+    )?;
+    Ok(())
+}
+
 /// A web server as users write it for zero-downtime rollouts: ready once it answers, and a
 /// `preStop` pause so that it still serves while the proxies drop it.
 fn zero_downtime_httpd(pause: u32) -> String {
@@ -2332,6 +2383,10 @@ const TRIALS: &[(&str, Body)] = &[
     (
         "changing_the_type_clusterip_nodeport_loadbalancer_externalname_clusterip_updates_the_data_path",
         type_changes_update_the_data_path,
+    ),
+    (
+        "a_pod_reaches_itself_through_a_service_whose_only_endpoint_it_is",
+        hairpin_pod_reaches_itself,
     ),
     (
         "a_rolling_update_with_readiness_and_prestop_refuses_no_connection_of_a_looping_client",
