@@ -687,6 +687,36 @@ mod tests {
     }
 
     #[test]
+    fn a_type_change_takes_what_the_new_type_needs_or_nothing() {
+        let pools = Few::default();
+        let ports = |n: u16| (80..80 + n).map(|p| json!({"port": p})).collect::<Vec<_>>();
+        let old = json!({"spec": {"type": "ExternalName", "externalName": "x.example",
+            "ports": ports(3)}});
+        // Three node ports from a pool of two: nothing stays taken, the cluster IP neither.
+        let mut three = json!({"spec": {"type": "NodePort", "ports": ports(3)}});
+        let cause = Service
+            .allocate_update(&old, &mut three, &pools)
+            .unwrap_err();
+        assert_eq!(cause.field, "spec.ports[2].nodePort");
+        assert!(pools.ips.lock().unwrap().is_empty() && pools.ports.lock().unwrap().is_empty());
+
+        let mut two = json!({"spec": {"type": "NodePort", "ports": ports(2)}});
+        Service.allocate_update(&old, &mut two, &pools).unwrap();
+        assert_eq!(two["spec"]["clusterIP"], "10.96.0.10");
+        assert_eq!(two["spec"]["ports"][1]["nodePort"], 30001);
+        // Written as NodePort and changed back to ExternalName: prepare drops what it held,
+        // and the write gives it back.
+        let mut back = json!({"spec": {"type": "ExternalName", "externalName": "x.example",
+            "ports": two["spec"]["ports"].clone(), "clusterIP": "10.96.0.10",
+            "clusterIPs": ["10.96.0.10"]}});
+        Service.prepare_for_update(&two, &mut back);
+        assert!(back["spec"].get("clusterIP").is_none(), "{back}");
+        assert!(back["spec"]["ports"][0].get("nodePort").is_none(), "{back}");
+        Service.release_update(&two, &back, &pools);
+        assert!(pools.ips.lock().unwrap().is_empty() && pools.ports.lock().unwrap().is_empty());
+    }
+
+    #[test]
     fn headless_and_external_name_services_take_nothing() {
         let pools = Few::default();
         let mut headless = json!({"spec": {"clusterIP": "None"}});
