@@ -2053,6 +2053,19 @@ fn publish_not_ready_addresses_reaches_an_unready_pod(f: &Fixture) -> Result<()>
             .flatten()
             .any(|c| c["type"] == "Ready" && c["status"] == "True");
         ensure!(!ready, "the pod turned ready: {status}");
+        // The slices say so too, as Kubernetes writes them: ready for the Service that
+        // publishes not-ready addresses (DNS and other readers of slices follow it), not
+        // serving for either.
+        for (name, expect) in [
+            ("unready-published", (true, false, false)),
+            ("unready-plain", (false, false, false)),
+        ] {
+            let conditions = endpoint_conditions(c, name)?;
+            ensure!(
+                conditions == [expect],
+                "{name}'s endpoints (ready, serving, terminating): {conditions:?}"
+            );
+        }
         anyhow::Ok(r)
     })();
     c.kubectl(
