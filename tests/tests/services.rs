@@ -9,7 +9,7 @@
 //! packet left through the machine's uplink.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpListener, UdpSocket},
@@ -42,17 +42,22 @@ const IMAGE: &str = "example.org/skiff/busybox:services";
 /// The client: joins the cgroup whose `cgroup.procs` is argv[1] (so the node's socket hooks
 /// see it), then makes `count` TCP requests or UDP exchanges to ip:port and prints one JSON
 /// list of results: the peer its socket reports, the answer, or the error's errno name, and
-/// the time each took. Mode `until` connects every few milliseconds until it succeeds and
-/// prints when (Unix time), and when it was first refused (the Service there, its
-/// endpoints not yet).
+/// the time each took. Mode `udpc` exchanges over a connected UDP socket (which sees ICMP
+/// errors). Mode `until` connects every few milliseconds until it succeeds and prints when
+/// (Unix time), and when it was first refused (the Service there, its endpoints not yet).
+/// Mode `loop` makes TCP requests every few milliseconds until its stdin closes (at most
+/// `count` seconds). Mode `rounds` makes `count` rounds, `idle` seconds apart, of `burst`
+/// TCP requests from each of the `sources` addresses (argv: burst idle sources...) and
+/// prints one `{source: [result...]}` per round.
 const CLIENT: &str = r#"
-import errno, json, os, socket, sys, time
+import errno, json, os, select, socket, sys, time
 with open(sys.argv[1], "w") as f:
     f.write(str(os.getpid()))
 mode, ip, port, count = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 
-def tcp(timeout):
-    s = socket.create_connection((ip, port), timeout=timeout)
+def tcp(timeout, source=None):
+    s = socket.create_connection((ip, port), timeout=timeout,
+                                 source_address=(source, 0) if source else None)
     try:
         peer = "%s:%d" % s.getpeername()
         s.sendall(b"GET / HTTP/1.0\r\nHost: skiff\r\n\r\n")
@@ -76,6 +81,45 @@ def udp():
     finally:
         s.close()
 
+def udp_connected():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    try:
+        s.connect((ip, port))
+        s.send(b"ping")
+        data = s.recv(4096)
+        return {"peer": "%s:%d" % s.getpeername(), "body": data.decode(errors="replace")}
+    finally:
+        s.close()
+
+def timed(call):
+    start = time.monotonic()
+    try:
+        r = call()
+    except OSError as e:
+        r = {"error": errno.errorcode.get(e.errno, str(e))}
+    r["ms"] = (time.monotonic() - start) * 1000
+    return r
+
+if mode == "loop":
+    out = []
+    deadline = time.time() + count
+    while time.time() < deadline and not select.select([sys.stdin], [], [], 0)[0]:
+        out.append(timed(lambda: tcp(3)))
+        time.sleep(0.005)
+    print(json.dumps(out))
+    sys.exit(0)
+
+if mode == "rounds":
+    burst, idle, sources = int(sys.argv[6]), float(sys.argv[7]), sys.argv[8:]
+    rounds = []
+    for n in range(count):
+        if n:
+            time.sleep(idle)
+        rounds.append({src: [timed(lambda: tcp(3, src)) for _ in range(burst)] for src in sources})
+    print(json.dumps(rounds))
+    sys.exit(0)
+
 if mode == "until":
     refused = None
     deadline = time.time() + count
@@ -91,16 +135,8 @@ if mode == "until":
     print(json.dumps({"error": "never connected"}))
     sys.exit(0)
 
-out = []
-for _ in range(count):
-    start = time.monotonic()
-    try:
-        r = tcp(3) if mode == "tcp" else udp()
-    except OSError as e:
-        r = {"error": errno.errorcode.get(e.errno, str(e))}
-    r["ms"] = (time.monotonic() - start) * 1000
-    out.append(r)
-print(json.dumps(out))
+calls = {"tcp": lambda: tcp(3), "udp": udp, "udpc": udp_connected}
+print(json.dumps([timed(calls[mode]) for _ in range(count)]))
 "#;
 
 /// The cluster with its `web` and `client` pods, one of each per node.
@@ -285,7 +321,6 @@ fn httpd(port: &str, name: &str) -> String {
 /// A Deployment `name` (label `app: name`, plus `tier: name`'s prefix before `-`), one
 /// container of the busybox image with `container` (YAML at the container's indentation).
 fn deploy(c: &Cluster, name: &str, replicas: usize, spread: bool, container: &str) -> Result<()> {
-    let tier = name.split('-').next().unwrap_or(name);
     let affinity = if spread {
         format!(
             "affinity:
@@ -297,6 +332,12 @@ fn deploy(c: &Cluster, name: &str, replicas: usize, spread: bool, container: &st
     } else {
         String::new()
     };
+    deploy_pods(c, name, replicas, &affinity, container)
+}
+
+/// [`deploy`] with `pod` (YAML at the pod spec's indentation) in the pod spec.
+fn deploy_pods(c: &Cluster, name: &str, replicas: usize, pod: &str, container: &str) -> Result<()> {
+    let tier = name.split('-').next().unwrap_or(name);
     let manifest = format!(
         r"
 apiVersion: apps/v1
@@ -308,7 +349,7 @@ spec:
   template:
     metadata: {{labels: {{app: {name}, tier: {tier}}}}}
     spec:
-      {affinity}
+      {pod}
       containers:
       - name: main
         image: '{IMAGE}'
@@ -432,22 +473,28 @@ fn run_client(
         "client: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let list: Vec<Value> = serde_json::from_slice(&out.stdout).with_context(|| {
+    let list: Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "client output {:?} {:?}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
-    Ok(list
-        .iter()
+    Ok(replies(&list))
+}
+
+/// The client's JSON list of results.
+fn replies(list: &Value) -> Vec<Reply> {
+    list.as_array()
+        .into_iter()
+        .flatten()
         .map(|r| Reply {
             peer: r["peer"].as_str().unwrap_or_default().to_owned(),
             body: r["body"].as_str().unwrap_or_default().to_owned(),
             error: r["error"].as_str().unwrap_or_default().to_owned(),
             ms: r["ms"].as_f64().unwrap_or_default(),
         })
-        .collect())
+        .collect()
 }
 
 /// Waits until a request from the client pod on `node` succeeds, and returns it.
@@ -1700,6 +1747,683 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Waits until `target` stops answering the client pod on `node` (any error will do: the
+/// address is no frontend any more).
+fn stops_answering(f: &Fixture, node: usize, target: (&str, u16)) -> Result<Reply> {
+    wait_for(
+        &format!(
+            "{}:{} to stop answering node-{node}'s client",
+            target.0, target.1
+        ),
+        Duration::from_secs(20),
+        || {
+            let r = request(f, node, &f.clients[node].netns, "tcp", target, 1)?.remove(0);
+            Ok((!r.error.is_empty()).then_some(r))
+        },
+    )
+}
+
+/// Waits until `target` stops answering the outside client host.
+fn stops_answering_outside(f: &Fixture, target: (&str, u16)) -> Result<Reply> {
+    wait_for(
+        &format!(
+            "{}:{} to stop answering the client host",
+            target.0, target.1
+        ),
+        Duration::from_secs(30),
+        || {
+            let r = from_outside(f, "tcp", target, 1)?.remove(0);
+            Ok((!r.error.is_empty()).then_some(r))
+        },
+    )
+}
+
+/// Service `morph` over the web pods as `kind` (`extra` for its spec), applied as a user
+/// changes a manifest.
+fn morph(c: &Cluster, extra: &str) -> Result<()> {
+    apply(
+        c,
+        &format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: morph}}
+spec:
+  selector: {{app: web}}
+  {extra}
+  ports: [{{port: 80, targetPort: 8080}}]
+"
+        ),
+    )
+}
+
+/// Changing a Service's type with `kubectl apply`, `ClusterIP` -> `NodePort` ->
+/// `LoadBalancer` -> `ExternalName` -> `ClusterIP`, changes what answers each time: the
+/// cluster IP, then also the node port from outside, then also the load balancer address
+/// from outside; as an `ExternalName` none of them; back to `ClusterIP` a (new) cluster IP.
+fn type_changes_update_the_data_path(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    morph(c, "")?;
+    let ip = cluster_ip(c, "morph")?;
+    served(f, 0, "tcp", (&ip, 80))?;
+
+    morph(c, "type: NodePort")?;
+    ensure!(
+        cluster_ip(c, "morph")? == ip,
+        "the cluster IP changed with the type"
+    );
+    let port = node_port(c, "morph", 0)?;
+    let address = c.node_hosts()[1].address().to_string();
+    let r = served_outside(f, "tcp", (&address, port))?;
+    ensure!(r.body.starts_with("web-"), "node port answered {r:?}");
+    served(f, 0, "tcp", (&ip, 80))?;
+
+    morph(c, "type: LoadBalancer")?;
+    ensure!(
+        node_port(c, "morph", 0)? == port,
+        "the node port changed from NodePort to LoadBalancer"
+    );
+    let (lb, _) = load_balancer_ip(c, "morph")?;
+    let r = served_outside(f, "tcp", (&lb, 80))?;
+    ensure!(r.body.starts_with("web-"), "{lb}:80 answered {r:?}");
+    served_outside(f, "tcp", (&address, port))?;
+
+    morph(c, "type: ExternalName\n  externalName: web.example.org")?;
+    let svc = c.get_json("/api/v1/namespaces/default/services/morph")?;
+    ensure!(
+        svc["spec"]["clusterIP"].is_null() && svc["spec"]["ports"][0]["nodePort"].is_null(),
+        "an ExternalName Service kept its cluster IP or node port: {svc}"
+    );
+    stops_answering(f, 0, (&ip, 80))?;
+    stops_answering_outside(f, (&address, port))?;
+    stops_answering_outside(f, (&lb, 80))?;
+
+    morph(c, "")?;
+    let again = cluster_ip(c, "morph")?;
+    let r = served(f, 0, "tcp", (&again, 80))?;
+    ensure!(r.body.starts_with("web-"), "{again}:80 answered {r:?}");
+    let svc = c.get_json("/api/v1/namespaces/default/services/morph")?;
+    ensure!(
+        svc["spec"]["ports"][0]["nodePort"].is_null(),
+        "back to ClusterIP, the Service kept a node port: {svc}"
+    );
+    c.kubectl(&["delete", "service", "morph"], None)?;
+    Ok(())
+}
+
+/// A pod reaches itself through a Service whose only endpoint it is (hairpin), from a
+/// process of its own container (`kubectl exec`).
+fn hairpin_pod_reaches_itself(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let web = running(c, "app%3Dweb", 3)?;
+    let me = &web[1];
+    apply(
+        c,
+        &format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: hairpin}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: hairpin-by-hand
+  labels: {{kubernetes.io/service-name: hairpin}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- addresses: ['{}']
+  nodeName: {}
+  conditions: {{ready: true}}
+",
+            me.ip,
+            c.node_hosts()[me.node].label()
+        ),
+    )?;
+    let ip = cluster_ip(c, "hairpin")?;
+    let url = format!("http://{ip}:80/");
+    let answer = wait_for(
+        &format!("{} reaching itself at {url}", me.name),
+        Duration::from_secs(20),
+        || {
+            // (This busybox's wget crashes on `-T`: the connect has the kernel's timeout.)
+            let out = c.kubectl(&["exec", &me.name, "--", "wget", "-q", "-O-", &url], None)?;
+            Ok(Some(out.trim().to_owned()).filter(|o| !o.is_empty()))
+        },
+    )?;
+    ensure!(answer == me.name, "{} reached {answer:?} at {url}", me.name);
+    c.kubectl(
+        &["delete", "service/hairpin", "endpointslice/hairpin-by-hand"],
+        None,
+    )?;
+    Ok(())
+}
+
+/// A web server as users write it for zero-downtime rollouts: ready once it answers, and a
+/// `preStop` pause so that it still serves while the proxies drop it.
+fn zero_downtime_httpd(pause: u32) -> String {
+    format!(
+        "{}
+        readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+        lifecycle: {{preStop: {{exec: {{command: [sleep, '{pause}']}}}}}}",
+        httpd("8080", "http")
+    )
+}
+
+/// A client looping over TCP requests until [`Looping::finish`].
+struct Looping {
+    child: ChildGuard,
+    what: String,
+}
+
+impl Looping {
+    fn start(mut cmd: Command, what: &str) -> Result<Self> {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        Ok(Self {
+            child: ChildGuard::spawn(&mut cmd)?,
+            what: what.to_owned(),
+        })
+    }
+
+    /// Stops the loop and returns every result.
+    fn finish(mut self) -> Result<Vec<Reply>> {
+        drop(self.child.child_mut().stdin.take());
+        let mut out = String::new();
+        self.child
+            .child_mut()
+            .stdout
+            .take()
+            .context("the loop's output")?
+            .read_to_string(&mut out)?;
+        let list: Value =
+            serde_json::from_str(&out).with_context(|| format!("{} output {out:?}", self.what))?;
+        Ok(replies(&list))
+    }
+}
+
+/// `kubectl rollout restart` of a Deployment with a readiness probe and a `preStop` pause,
+/// while a pod (socket path) and the outside client host (node port, TC path) connect in a
+/// loop: not one connection is refused, reset or timed out, and the loops reach the new
+/// pods.
+fn rolling_update_loses_no_connection(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    deploy_pods(
+        c,
+        "rolling",
+        2,
+        "terminationGracePeriodSeconds: 5",
+        &zero_downtime_httpd(2),
+    )?;
+    let old: BTreeSet<String> = running(c, "app%3Drolling", 2)?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    let ip = service(
+        c,
+        "rolling",
+        "app: rolling",
+        "type: NodePort",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    let port = node_port(c, "rolling", 0)?;
+    let address = c.node_hosts()[1].address().to_string();
+    served(f, 0, "tcp", (&ip, 80))?;
+    served_outside(f, "tcp", (&address, port))?;
+    let inside = Looping::start(
+        client_command(f, 0, &f.clients[0].netns, &["loop", &ip, "80", "120"])?,
+        "the pod's loop",
+    )?;
+    let outside_netns = c.client().netns_path();
+    let outside = Looping::start(
+        python_client(
+            f,
+            &outside_netns,
+            Path::new("/dev/null"),
+            &["loop", &address, &port.to_string(), "120"],
+        ),
+        "the outside loop",
+    )?;
+    let rolled = (|| {
+        c.kubectl(&["rollout", "restart", "deployment/rolling"], None)?;
+        c.kubectl(
+            &["rollout", "status", "deployment/rolling", "--timeout=90s"],
+            None,
+        )?;
+        // Until the old pods are gone: their termination is part of the rollout.
+        let new = running(c, "app%3Drolling", 2)?;
+        anyhow::Ok(new.into_iter().map(|p| p.name).collect::<BTreeSet<_>>())
+    })();
+    let inside = inside.finish();
+    let outside = outside.finish();
+    let new = rolled?;
+    ensure!(new.is_disjoint(&old), "the rollout left {old:?} in {new:?}");
+    for (what, replies) in [("the pod", inside?), ("the outside client", outside?)] {
+        let failed: Vec<&Reply> = replies
+            .iter()
+            .filter(|r| !r.error.is_empty() || !r.body.starts_with("rolling-"))
+            .collect();
+        ensure!(
+            failed.is_empty(),
+            "{what} saw {} of {} requests fail during the rollout: {failed:?}",
+            failed.len(),
+            replies.len()
+        );
+        let reached: BTreeSet<String> = replies.iter().map(|r| r.body.clone()).collect();
+        ensure!(
+            reached.iter().any(|n| new.contains(n)),
+            "{what}'s loop never reached a new pod ({reached:?}, new {new:?}): it did not span \
+             the rollout"
+        );
+    }
+    c.kubectl(&["delete", "deployment/rolling", "service/rolling"], None)?;
+    Ok(())
+}
+
+/// The endpoints of Service `name` as its EndpointSlices list them: (ready, serving,
+/// terminating) each.
+fn endpoint_conditions(c: &Cluster, name: &str) -> Result<Vec<(bool, bool, bool)>> {
+    let slices = c.get_json(&format!(
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3D{name}"
+    ))?;
+    let flag = |e: &Value, field: &str| e["conditions"][field].as_bool().unwrap_or(false);
+    Ok(slices["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+        .map(|e| (flag(e, "ready"), flag(e, "serving"), flag(e, "terminating")))
+        .collect())
+}
+
+/// KEP-1669: when every endpoint of a Service is terminating but still serving (scaled to 0,
+/// pods in a long `preStop`), the Service still answers, from those pods.
+fn fallback_to_terminating_endpoints(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    deploy_pods(
+        c,
+        "draining",
+        2,
+        "terminationGracePeriodSeconds: 120",
+        &zero_downtime_httpd(120),
+    )?;
+    let pods: BTreeSet<String> = running(c, "app%3Ddraining", 2)?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    let ip = service(
+        c,
+        "draining",
+        "app: draining",
+        "",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    served(f, 0, "tcp", (&ip, 80))?;
+    c.kubectl(&["scale", "deployment", "draining", "--replicas=0"], None)?;
+    let result = (|| {
+        wait_for(
+            "both endpoints terminating and serving",
+            Duration::from_secs(30),
+            || {
+                let e = endpoint_conditions(c, "draining")?;
+                Ok((e.len() == 2 && e.iter().all(|&(r, s, t)| !r && s && t)).then_some(()))
+            },
+        )?;
+        let replies = request(f, 0, &f.clients[0].netns, "tcp", (&ip, 80), 20)?;
+        let reached = bodies(&replies)?;
+        ensure!(
+            reached.is_subset(&pods),
+            "with every endpoint terminating, {ip}:80 answered {reached:?}, not from {pods:?}"
+        );
+        anyhow::Ok(())
+    })();
+    c.kubectl(&["delete", "deployment/draining", "service/draining"], None)?;
+    c.kubectl(
+        &[
+            "delete",
+            "pod",
+            "-l",
+            "app=draining",
+            "--grace-period=0",
+            "--force",
+        ],
+        None,
+    )?;
+    result
+}
+
+/// `publishNotReadyAddresses: true` reaches a pod that is not ready; a Service without it,
+/// on the same pod, refuses.
+fn publish_not_ready_addresses_reaches_an_unready_pod(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    deploy(
+        c,
+        "unready",
+        1,
+        false,
+        &format!(
+            "{}\n        readinessProbe: {{exec: {{command: ['false']}}, periodSeconds: 1}}",
+            httpd("8080", "http")
+        ),
+    )?;
+    let pod = wait_for("a running unready pod", Duration::from_mins(1), || {
+        let list = c.get_json("/api/v1/namespaces/default/pods?labelSelector=app%3Dunready")?;
+        Ok(list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned)))
+    })?;
+    let published = service(
+        c,
+        "unready-published",
+        "app: unready",
+        "publishNotReadyAddresses: true",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    let plain = service(
+        c,
+        "unready-plain",
+        "app: unready",
+        "",
+        "[{port: 80, targetPort: 8080}]",
+    )?;
+    let result = (|| {
+        let r = served(f, 0, "tcp", (&published, 80))?;
+        ensure!(
+            r.body == pod,
+            "the published Service answered {r:?}, not {pod}"
+        );
+        let r = wait_for(
+            "the plain Service to refuse",
+            Duration::from_secs(20),
+            || {
+                let r = request(f, 0, &f.clients[0].netns, "tcp", (&plain, 80), 1)?.remove(0);
+                ensure!(
+                    !r.error.is_empty(),
+                    "a Service without publishNotReadyAddresses reached the unready pod: {r:?}"
+                );
+                Ok((r.error == "ECONNREFUSED").then_some(r))
+            },
+        )?;
+        // It stays so: the pod is still not ready.
+        let status = c.get_json(&format!("/api/v1/namespaces/default/pods/{pod}"))?;
+        let ready = status["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        ensure!(!ready, "the pod turned ready: {status}");
+        // The slices say so too, as Kubernetes writes them: ready for the Service that
+        // publishes not-ready addresses (DNS and other readers of slices follow it), not
+        // serving for either.
+        for (name, expect) in [
+            ("unready-published", (true, false, false)),
+            ("unready-plain", (false, false, false)),
+        ] {
+            let conditions = endpoint_conditions(c, name)?;
+            ensure!(
+                conditions == [expect],
+                "{name}'s endpoints (ready, serving, terminating): {conditions:?}"
+            );
+        }
+        anyhow::Ok(r)
+    })();
+    c.kubectl(
+        &[
+            "delete",
+            "deployment/unready",
+            "service/unready-published",
+            "service/unready-plain",
+        ],
+        None,
+    )?;
+    result.map(drop)
+}
+
+/// One Service with named ports to different container ports: TCP 80 and 81 to two httpd
+/// (8080, 8081) in one container, UDP 80 and 81 to two sockets in the same pod (5301,
+/// 5302); each Service port reaches its own.
+fn multiport_service_reaches_each_ports_own_target(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    deploy(
+        c,
+        "multi",
+        1,
+        false,
+        "command: [sh, -c, 'mkdir -p /tmp/a /tmp/b && echo \"a $(hostname)\" > /tmp/a/index.html && echo \"b $(hostname)\" > /tmp/b/index.html && httpd -p 8080 -h /tmp/a && exec httpd -f -p 8081 -h /tmp/b']
+        ports: [{name: http-a, containerPort: 8080}, {name: http-b, containerPort: 8081}]",
+    )?;
+    let pod = running(c, "app%3Dmulti", 1)?.remove(0);
+    let bind = |port: u16| -> Result<UdpSocket> {
+        let socket = in_netns(&pod.netns, || UdpSocket::bind((pod.ip, port)))??;
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        Ok(socket)
+    };
+    let (udp_a, udp_b) = (bind(5301)?, bind(5302)?);
+    let ip = service(
+        c,
+        "multi",
+        "app: multi",
+        "",
+        "[{name: a, port: 80, targetPort: http-a}, {name: b, port: 81, targetPort: http-b}, \
+         {name: udp-a, port: 80, protocol: UDP, targetPort: 5301}, \
+         {name: udp-b, port: 81, protocol: UDP, targetPort: 5302}]",
+    )?;
+    let stop = AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        s.spawn(|| answer_udp(&udp_a, "udp-a", &stop));
+        s.spawn(|| answer_udp(&udp_b, "udp-b", &stop));
+        let result = (|| {
+            for (mode, port, expect) in [
+                ("tcp", 80, format!("a {}", pod.name)),
+                ("tcp", 81, format!("b {}", pod.name)),
+                ("udp", 80, "udp-a".to_owned()),
+                ("udp", 81, "udp-b".to_owned()),
+            ] {
+                served(f, 2, mode, (&ip, port))?;
+                let got = bodies(&request(f, 2, &f.clients[2].netns, mode, (&ip, port), 4)?)?;
+                ensure!(
+                    got == BTreeSet::from([expect.clone()]),
+                    "{mode} {ip}:{port} answered {got:?}, not {expect:?}"
+                );
+            }
+            anyhow::Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        result
+    });
+    c.kubectl(&["delete", "deployment/multi", "service/multi"], None)?;
+    result
+}
+
+/// A UDP node port without endpoints answers an outside client with ICMP port unreachable
+/// (its connected socket gets ECONNREFUSED), not silence: even with a socket of the node's
+/// own bound on that port, which would otherwise take the datagram and stay silent.
+fn udp_node_port_without_endpoints_is_port_unreachable(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    service(
+        c,
+        "empty-udp-np",
+        "app: nobody",
+        "type: NodePort",
+        "[{name: dns, port: 53, protocol: UDP, targetPort: 5353}]",
+    )?;
+    let port = node_port(c, "empty-udp-np", 0)?;
+    let host = &c.node_hosts()[1];
+    let address = host.address().to_string();
+    let decoy = host
+        .run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
+        .with_context(|| format!("binding node-1's own UDP socket on {port}"))?;
+    decoy.set_nonblocking(true)?;
+    let result = (|| {
+        wait_for(
+            "the UDP node port without endpoints to refuse",
+            Duration::from_secs(30),
+            || {
+                let r = from_outside(f, "udpc", (&address, port), 1)?.remove(0);
+                Ok((r.error == "ECONNREFUSED").then_some(r))
+            },
+        )?;
+        // What the node's socket took before the proxy had the Service does not count.
+        let mut buf = [0; 64];
+        while decoy.recv_from(&mut buf).is_ok() {}
+        let replies = from_outside(f, "udpc", (&address, port), 5)?;
+        ensure!(
+            replies.iter().all(|r| r.error == "ECONNREFUSED"),
+            "the outside client got {replies:?}"
+        );
+        ensure!(
+            decoy.recv_from(&mut buf).is_err(),
+            "a datagram to the node port reached the node's own socket"
+        );
+        anyhow::Ok(())
+    })();
+    c.kubectl(&["delete", "service", "empty-udp-np"], None)?;
+    result
+}
+
+/// Adds addresses to the outside client host's `eth0`, removed when dropped.
+struct ExtraAddresses<'a> {
+    host: &'a skiff_tests::cluster::Host,
+    added: Vec<String>,
+}
+
+impl<'a> ExtraAddresses<'a> {
+    fn add(host: &'a skiff_tests::cluster::Host, addresses: &[Ipv4Addr]) -> Result<Self> {
+        let mut out = Self {
+            host,
+            added: Vec::new(),
+        };
+        for a in addresses {
+            let cidr = format!("{a}/24");
+            host.ip(&["addr", "add", &cidr, "dev", "eth0"])?;
+            out.added.push(cidr);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for ExtraAddresses<'_> {
+    fn drop(&mut self) {
+        for cidr in &self.added {
+            if let Err(err) = self.host.ip(&["addr", "del", cidr, "dev", "eth0"]) {
+                eprintln!("cleanup: {err:#}");
+            }
+        }
+    }
+}
+
+/// The backends each source reached in each round of the `rounds` client.
+type Rounds = Vec<BTreeMap<String, BTreeSet<String>>>;
+
+/// Runs the `rounds` client from the outside client host against `target`.
+fn rounds_from_outside(
+    f: &Fixture,
+    target: (&str, u16),
+    rounds: usize,
+    burst: usize,
+    idle_seconds: u32,
+    sources: &[String],
+) -> Result<Rounds> {
+    let netns = f.cluster.client().netns_path();
+    let (port, rounds, burst, idle) = (
+        target.1.to_string(),
+        rounds.to_string(),
+        burst.to_string(),
+        idle_seconds.to_string(),
+    );
+    let mut args = vec!["rounds", target.0, &port, &rounds, &burst, &idle];
+    args.extend(sources.iter().map(String::as_str));
+    let out = python_client(f, &netns, Path::new("/dev/null"), &args)
+        .output()
+        .context("running the client")?;
+    ensure!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Vec<BTreeMap<String, Value>> = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("client output {:?}", String::from_utf8_lossy(&out.stdout)))?;
+    list.iter()
+        .map(|round| {
+            round
+                .iter()
+                .map(|(source, results)| Ok((source.clone(), bodies(&replies(results))?)))
+                .collect()
+        })
+        .collect()
+}
+
+/// The `timeoutSeconds` of the affinity trial: short, so that clients idle past it.
+const AFFINITY_TIMEOUT: u32 = 2;
+
+/// `sessionAffinity: ClientIP` on a node port, from outside: a client sticks to one backend;
+/// with affinity switched off it spreads, on again it sticks; and once a client has been
+/// idle past `timeoutSeconds` it may get another backend.
+fn node_port_affinity_switches_and_expires(f: &Fixture) -> Result<()> {
+    let c = &f.cluster;
+    let sticky = format!(
+        "type: NodePort\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {AFFINITY_TIMEOUT}}}}}"
+    );
+    let ports = "[{port: 80, targetPort: 8080}]";
+    service(c, "sticky-np", "app: web", &sticky, ports)?;
+    let port = node_port(c, "sticky-np", 0)?;
+    let address = c.node_hosts()[0].address().to_string();
+    let target = (address.as_str(), port);
+    served_outside(f, "tcp", target)?;
+    let stuck = bodies(&from_outside(f, "tcp", target, 12)?)?;
+    ensure!(stuck.len() == 1, "with affinity: {stuck:?}");
+
+    service(c, "sticky-np", "app: web", "type: NodePort", ports)?;
+    // 30 connections over 3 backends all on one: 3 * 3^-30 by chance.
+    let spread = wait_for(
+        "connections to spread with affinity off",
+        Duration::from_secs(20),
+        || {
+            let names = bodies(&from_outside(f, "tcp", target, 30)?)?;
+            Ok((names.len() > 1).then_some(names))
+        },
+    )?;
+    ensure!(spread.len() > 1, "{spread:?}");
+
+    service(c, "sticky-np", "app: web", &sticky, ports)?;
+    wait_for("affinity on again", Duration::from_secs(20), || {
+        let names = bodies(&from_outside(f, "tcp", target, 12)?)?;
+        Ok((names.len() == 1).then_some(names))
+    })?;
+
+    // Six clients (addresses of the outside host), three rounds of four requests each,
+    // idle past the timeout between rounds. Within a round each sticks (without affinity:
+    // 3^-3 per client and round); across rounds at least one changes (with a working
+    // timeout, all 6 * 2 changes miss with probability 3^-12, about 2e-6).
+    let sources: Vec<Ipv4Addr> = (101..=106).map(|n| c.client().subnet().host(n)).collect();
+    let _added = ExtraAddresses::add(c.client(), &sources)?;
+    let sources: Vec<String> = sources.iter().map(ToString::to_string).collect();
+    let rounds = rounds_from_outside(f, target, 3, 4, AFFINITY_TIMEOUT + 1, &sources)?;
+    let mut changed = false;
+    for (n, round) in rounds.iter().enumerate() {
+        for (source, names) in round {
+            ensure!(
+                names.len() == 1,
+                "round {n}: {source} reached {names:?} within the affinity timeout"
+            );
+            if n > 0 && rounds[n - 1].get(source) != Some(names) {
+                changed = true;
+            }
+        }
+    }
+    ensure!(
+        changed,
+        "no client got another backend after idling past the {AFFINITY_TIMEOUT} s timeout: {rounds:?}"
+    );
+    c.kubectl(&["delete", "service", "sticky-np"], None)?;
+    Ok(())
+}
+
 /// A trial's body.
 type Body = fn(&Fixture) -> Result<()>;
 
@@ -1772,6 +2496,38 @@ const TRIALS: &[(&str, Body)] = &[
     (
         "a_local_load_balancers_health_check_node_port_answers_with_the_local_endpoint_count",
         health_check_node_port_answers,
+    ),
+    (
+        "changing_the_type_clusterip_nodeport_loadbalancer_externalname_clusterip_updates_the_data_path",
+        type_changes_update_the_data_path,
+    ),
+    (
+        "a_pod_reaches_itself_through_a_service_whose_only_endpoint_it_is",
+        hairpin_pod_reaches_itself,
+    ),
+    (
+        "a_rolling_update_with_readiness_and_prestop_refuses_no_connection_of_a_looping_client",
+        rolling_update_loses_no_connection,
+    ),
+    (
+        "a_service_whose_endpoints_are_all_terminating_still_answers_from_them",
+        fallback_to_terminating_endpoints,
+    ),
+    (
+        "publish_not_ready_addresses_reaches_an_unready_pod_and_a_plain_service_refuses",
+        publish_not_ready_addresses_reaches_an_unready_pod,
+    ),
+    (
+        "a_multiport_service_reaches_each_ports_own_target_over_tcp_and_udp",
+        multiport_service_reaches_each_ports_own_target,
+    ),
+    (
+        "a_udp_node_port_without_endpoints_answers_outside_clients_port_unreachable",
+        udp_node_port_without_endpoints_is_port_unreachable,
+    ),
+    (
+        "node_port_client_ip_affinity_switches_off_and_on_and_expires_after_its_timeout",
+        node_port_affinity_switches_and_expires,
     ),
     (
         "the_nodes_metrics_count_translations_and_refusals_per_service",

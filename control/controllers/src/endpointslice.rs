@@ -47,12 +47,15 @@ pub enum Step {
     Delete(Arc<EndpointSlice>),
 }
 
-fn endpoint(b: &Backend) -> Endpoint {
+/// The endpoint of `b`; `publish_not_ready` is the Service's `publishNotReadyAddresses`.
+fn endpoint(b: &Backend, publish_not_ready: bool) -> Endpoint {
     Endpoint {
         addresses: vec![b.ip.clone()],
         conditions: Some(EndpointConditions {
-            // Ready means serving and not terminating, as Kubernetes defines it.
-            ready: Some(b.ready && !b.terminating),
+            // Ready means serving and not terminating, as Kubernetes defines it, unless the
+            // Service publishes every address: then every endpoint is ready to its readers
+            // (DNS among them), as the Go controller writes it.
+            ready: Some(publish_not_ready || (b.ready && !b.terminating)),
             serving: Some(b.ready),
             terminating: Some(b.terminating),
         }),
@@ -77,12 +80,17 @@ pub fn plan(svc: &Service, pods: &[Arc<Pod>], existing: &[Arc<EndpointSlice>]) -
         return Vec::new();
     }
     let name = svc.name_any();
+    let publish_not_ready = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.publish_not_ready_addresses)
+        .unwrap_or(false);
     let mut groups: BTreeMap<Vec<PortMapping>, Vec<Endpoint>> = BTreeMap::new();
     for b in backends(svc, pods) {
         groups
             .entry(b.ports.clone())
             .or_default()
-            .push(endpoint(&b));
+            .push(endpoint(&b, publish_not_ready));
     }
     if groups.is_empty() {
         // A Service without pods still has one (empty) slice with its ports.
@@ -296,6 +304,47 @@ mod tests {
         let extra = Arc::new(extra);
         let steps = plan(&service(), &pods, &[extra.clone(), current]);
         assert_eq!(steps, [Step::Delete(extra)]);
+    }
+
+    #[test]
+    fn a_service_publishing_not_ready_addresses_lists_every_endpoint_ready() {
+        let mut unready = (*web("a", "10.0.0.1", 8080)).clone();
+        if let Some(conditions) = unready.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            conditions.retain(|c| c.type_ != "Ready");
+        }
+        let mut going = (*web("b", "10.0.0.2", 8080)).clone();
+        going.metadata.deletion_timestamp = going.metadata.creation_timestamp.clone();
+        let pods = [Arc::new(unready), Arc::new(going)];
+        let conditions = |svc: &Service| -> Vec<(Option<bool>, Option<bool>, Option<bool>)> {
+            slice_of(&plan(svc, &pods, &[])[0])
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let c = e.conditions.clone().unwrap();
+                    (c.ready, c.serving, c.terminating)
+                })
+                .collect()
+        };
+        assert_eq!(
+            conditions(&service()),
+            [
+                (Some(false), Some(false), Some(false)),
+                (Some(false), Some(true), Some(true))
+            ]
+        );
+        let mut publishing = service();
+        publishing
+            .spec
+            .as_mut()
+            .unwrap()
+            .publish_not_ready_addresses = Some(true);
+        assert_eq!(
+            conditions(&publishing),
+            [
+                (Some(true), Some(false), Some(false)),
+                (Some(true), Some(true), Some(true))
+            ]
+        );
     }
 
     #[test]

@@ -84,6 +84,11 @@ pub trait Strategy: std::fmt::Debug + Send + Sync {
         Vec::new()
     }
 
+    /// Adjusts an update before it is checked (`PrepareForUpdate`): fills in what the
+    /// client left out that the old object had allocated, and clears what the new object
+    /// no longer uses.
+    fn prepare_for_update(&self, _old: &Value, _new: &mut Value) {}
+
     /// Checks an update: by default the create rules on the new object.
     fn validate_update(&self, _old: &Value, new: &Value) -> Vec<Cause> {
         self.validate(new)
@@ -102,6 +107,26 @@ pub trait Strategy: std::fmt::Debug + Send + Sync {
     fn allocate(&self, _obj: &mut Value, _pools: &dyn Pools) -> Result<(), Cause> {
         Ok(())
     }
+
+    /// Takes what an updated object needs from the pools beyond what its old version
+    /// holds (a Service turned `NodePort` gets node ports); on failure nothing stays taken.
+    /// What the old version held and the new one drops is given back once the update is
+    /// written ([`Self::release_update`]).
+    ///
+    /// # Errors
+    /// The field that could not be allocated, as a validation cause.
+    fn allocate_update(
+        &self,
+        _old: &Value,
+        _new: &mut Value,
+        _pools: &dyn Pools,
+    ) -> Result<(), Cause> {
+        Ok(())
+    }
+
+    /// Gives back what `held` holds that `kept` does not: the old version's after an update
+    /// is written, the new version's when it is not.
+    fn release_update(&self, _held: &Value, _kept: &Value, _pools: &dyn Pools) {}
 
     /// Gives back what an object held (it was deleted, or its create failed).
     fn release(&self, _obj: &Value, _pools: &dyn Pools) {}

@@ -30,6 +30,8 @@ use tokio::{
     sync::oneshot,
 };
 
+use crate::{container_start::join_v2_cgroup, libcontainer::BundleMeta};
+
 /// A process's standard input, as the caller writes it.
 pub type ProcessInput = std::pin::Pin<Box<dyn AsyncWrite + Send>>;
 /// A process's standard output or error (or its terminal), as the caller reads it.
@@ -403,6 +405,10 @@ fn start(
     };
     let container = Container::load(state_root.join(id)).map_err(load_err)?;
     let inherited = inherited(&container, id)?;
+    // On a hybrid host libcontainer puts the tenant in the container's v1 cgroups only; it
+    // joins the container's v2 directory too, where the node's socket hooks see it (a
+    // `kubectl exec` of `wget <service>` reaches the Service as the container does).
+    let cgroup_v2 = BundleMeta::load(container.bundle()).and_then(|m| m.cgroup_v2_path);
     let env: HashMap<String, String> = env
         .iter()
         .filter_map(|kv| kv.split_once('='))
@@ -414,6 +420,11 @@ fn start(
         message,
     };
     let build = || {
+        if let Some(dir) = &cgroup_v2 {
+            // This forked copy joins; the tenant it forks inherits the membership.
+            join_v2_cgroup(dir, nix::unistd::getpid().as_raw())
+                .map_err(|e| format!("joining {}: {e}", dir.display()))?;
+        }
         let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_root_path(state_root)
             .map_err(|e| e.to_string())?

@@ -341,7 +341,7 @@ fn container_cgroup_dirs(cgroup_root: &Path, cgroups_path: &str) -> Vec<PathBuf>
 
 /// Moves `pid` into the cgroup v2 directory `dir` (created if missing), so cgroup-attached
 /// BPF programs of the node see the container on hybrid hosts.
-fn join_v2_cgroup(dir: &Path, pid: i32) -> std::io::Result<()> {
+pub(super) fn join_v2_cgroup(dir: &Path, pid: i32) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
     fs::write(dir.join("cgroup.procs"), pid.to_string())
 }

@@ -133,6 +133,7 @@ pub fn admit_update(info: &ResourceInfo, old: &Value, new: &mut Value) -> Result
     }
     let strategy = info.strategy;
     strategy.default(new);
+    strategy.prepare_for_update(old, new);
     if objects::spec_part(old) != objects::spec_part(new)
         && let Some(generation) = old.pointer("/metadata/generation").and_then(Value::as_i64)
     {

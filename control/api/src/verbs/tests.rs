@@ -621,6 +621,83 @@ async fn services_take_addresses_and_ports_and_give_them_back() {
 }
 
 #[tokio::test]
+async fn a_service_changing_type_takes_and_gives_back_its_addresses_and_ports() {
+    let api = Api::start().await;
+    let services = "/api/v1/namespaces/default/services";
+    let morph = &format!("{services}/morph");
+    let made = api
+        .post(
+            services,
+            &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "morph"},
+                "spec": {"ports": [{"name": "http", "port": 80}]}}),
+        )
+        .await
+        .json();
+    let ip = made["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    let set_type = |kind: &str| json!({"spec": {"type": kind}});
+
+    let node_port = api.merge(morph, &set_type("NodePort")).await.json();
+    assert_eq!(node_port["spec"]["clusterIP"], ip.as_str());
+    let port = node_port["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=30009).contains(&port), "{node_port}");
+
+    let lb = api.merge(morph, &set_type("LoadBalancer")).await.json();
+    assert_eq!(lb["spec"]["ports"][0]["nodePort"], port, "{lb}");
+    let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.168.1.240"}]}}});
+    assert_eq!(
+        api.merge(&format!("{morph}/status"), &status).await.code,
+        200
+    );
+
+    let external = api
+        .merge(
+            morph,
+            &json!({"spec": {"type": "ExternalName", "externalName": "web.example.org"}}),
+        )
+        .await;
+    assert_eq!(external.code, 200, "{}", external.json());
+    let external = external.json();
+    assert!(
+        external["spec"].get("clusterIP").is_none()
+            && external["spec"]["ports"][0].get("nodePort").is_none(),
+        "{external}"
+    );
+    assert_eq!(external["status"]["loadBalancer"], json!({}));
+    // Both were given back.
+    let claim = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "taker"},
+        "spec": {"type": "NodePort", "clusterIP": ip, "ports": [{"port": 80, "nodePort": port}]}});
+    let taken = api.post(services, &claim).await;
+    assert_eq!(taken.code, 201, "{}", taken.json());
+
+    let back = api
+        .merge(
+            morph,
+            &json!({"spec": {"type": "ClusterIP", "externalName": null}}),
+        )
+        .await;
+    assert_eq!(back.code, 200, "{}", back.json());
+    let back = back.json();
+    let again = back["spec"]["clusterIP"].as_str().unwrap();
+    assert!(
+        again.parse::<std::net::Ipv4Addr>().is_ok() && again != ip,
+        "{back}"
+    );
+    assert!(back["spec"]["ports"][0].get("nodePort").is_none(), "{back}");
+
+    // A PUT of the user's own manifest (no allocated values) keeps what the Service holds.
+    let mut put = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "taker"},
+        "spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+    put["metadata"]["resourceVersion"] = json!(null);
+    let kept = api
+        .call(Method::PUT, &format!("{services}/taker"), JSON, &put)
+        .await;
+    assert_eq!(kept.code, 200, "{}", kept.json());
+    let kept = kept.json();
+    assert_eq!(kept["spec"]["clusterIP"], ip.as_str());
+    assert_eq!(kept["spec"]["ports"][0]["nodePort"], port);
+}
+
+#[tokio::test]
 async fn the_status_subresource_writes_only_status() {
     let api = Api::start().await;
     api.post(DEPLOYS, &deployment("d")).await;

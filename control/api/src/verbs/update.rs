@@ -175,14 +175,55 @@ pub async fn write(
         Part::Main => {}
     }
     admit::admit_update(info, old, &mut new)?;
+    info.strategy
+        .allocate_update(old, &mut new, &ctx.pools)
+        .map_err(|cause| {
+            StatusError::invalid(info.group, info.kind, objects::name_of(&new), vec![cause])
+        })?;
+    let stored = store(ctx, route, query, old, old_rev, &mut new, applied).await;
+    let strategy = info.strategy;
+    match &stored {
+        // What the old version held and the new one dropped goes back.
+        Ok(Stored::Updated) => strategy.release_update(old, &new, &ctx.pools),
+        // What the new version took beyond the old one was never stored.
+        Ok(Stored::DryRun) | Err(_) => strategy.release_update(&new, old, &ctx.pools),
+        Ok(Stored::Deleted) => {
+            strategy.release(old, &ctx.pools);
+            strategy.release_update(&new, old, &ctx.pools);
+        }
+    }
+    stored.map(|_| Written {
+        object: new,
+        warnings,
+    })
+}
+
+/// What [`store`] did with an admitted update.
+enum Stored {
+    /// Written over the old version.
+    Updated,
+    /// Marked for deletion with no finalizer left: deleted.
+    Deleted,
+    /// Nothing: a dry run.
+    DryRun,
+}
+
+/// Records ownership and writes `new` over `old` compare-and-swap, or deletes it when it
+/// is finalized; `new` gets the resulting resourceVersion.
+async fn store(
+    ctx: &Ctx,
+    route: &ResourceRoute,
+    query: &Query,
+    old: &Value,
+    old_rev: i64,
+    new: &mut Value,
+    applied: bool,
+) -> Result<Stored, Failed> {
+    let info = route.info;
+    let name = route.name.as_deref().unwrap_or("");
     // Server-side apply has already recorded its own ownership.
     if !applied {
-        skiff_machinery::apply::record_update(
-            Some(old),
-            &mut new,
-            query.manager(),
-            &objects::now(),
-        );
+        skiff_machinery::apply::record_update(Some(old), new, query.manager(), &objects::now());
     }
     let key = objects::key(info, route.namespace.as_deref(), name);
     let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
@@ -190,13 +231,10 @@ pub async fn write(
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_none_or(Vec::is_empty)
-        && !info.strategy.finalizing(&new);
+        && !info.strategy.finalizing(new);
     if query.dry_run() {
-        objects::set_resource_version(&mut new, old_rev);
-        return Ok(Written {
-            object: new,
-            warnings,
-        });
+        objects::set_resource_version(new, old_rev);
+        return Ok(Stored::DryRun);
     }
     if finalized {
         let gone = ctx
@@ -204,23 +242,16 @@ pub async fn write(
             .delete(&key, Some(old_rev))
             .await
             .map_err(|e| store_failed(e, route))?;
-        info.strategy.release(old, &ctx.pools);
-        objects::set_resource_version(&mut new, gone.mod_revision);
-        return Ok(Written {
-            object: new,
-            warnings,
-        });
+        objects::set_resource_version(new, gone.mod_revision);
+        return Ok(Stored::Deleted);
     }
     let kv = ctx
         .store
-        .update(&key, objects::encode(&new), old_rev)
+        .update(&key, objects::encode(new), old_rev)
         .await
         .map_err(|e| store_failed(e, route))?;
-    objects::set_resource_version(&mut new, kv.mod_revision);
-    Ok(Written {
-        object: new,
-        warnings,
-    })
+    objects::set_resource_version(new, kv.mod_revision);
+    Ok(Stored::Updated)
 }
 
 pub async fn update(

@@ -40,9 +40,11 @@ const COLUMNS: &[Column] = &[
 fn default_spec(spec: &mut Map<String, Value>) {
     or_set(spec, "type", json!("ClusterIP"));
     or_set(spec, "sessionAffinity", json!("None"));
-    or_set(spec, "internalTrafficPolicy", json!("Cluster"));
-    or_set(spec, "ipFamilyPolicy", json!("SingleStack"));
-    or_set(spec, "ipFamilies", json!(["IPv4"]));
+    if spec.get("type").and_then(Value::as_str) != Some("ExternalName") {
+        or_set(spec, "internalTrafficPolicy", json!("Cluster"));
+        or_set(spec, "ipFamilyPolicy", json!("SingleStack"));
+        or_set(spec, "ipFamilies", json!(["IPv4"]));
+    }
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
             or_set(p, "protocol", json!("TCP"));
@@ -109,6 +111,121 @@ fn service_type(spec: &Value) -> &str {
     spec.get("type")
         .and_then(Value::as_str)
         .unwrap_or("ClusterIP")
+}
+
+/// Every type but `ExternalName` has a cluster IP (or is headless).
+fn needs_cluster_ip(spec: &Value) -> bool {
+    service_type(spec) != "ExternalName"
+}
+
+fn needs_node_ports(spec: &Value) -> bool {
+    matches!(service_type(spec), "NodePort" | "LoadBalancer")
+}
+
+/// Reached from outside the cluster, so `externalTrafficPolicy` applies.
+fn externally_accessible(spec: &Value) -> bool {
+    needs_node_ports(spec)
+        || (service_type(spec) == "ClusterIP"
+            && spec
+                .get("externalIPs")
+                .and_then(Value::as_array)
+                .is_some_and(|ips| !ips.is_empty()))
+}
+
+/// A port's `nodePort`, 0 when unset.
+fn port_node_port(port: &Value) -> u64 {
+    port.get("nodePort").and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn ports_of(spec: &Value) -> &[Value] {
+    spec.get("ports")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// Fills in what a client that does not send allocated values (a PUT of its own manifest)
+/// left out and the old version holds, as the Go apiserver's `patchAllocatedValues`: the
+/// cluster IP, node ports by port name, the health check node port.
+fn patch_allocated_values(old: &Value, new: &mut Map<String, Value>) {
+    let new_spec = Value::Object(new.clone());
+    let unset = |v: Option<&Value>| v.and_then(Value::as_str).is_none_or(str::is_empty);
+    if needs_cluster_ip(old) && needs_cluster_ip(&new_spec) && unset(new.get("clusterIP")) {
+        for field in ["clusterIP", "clusterIPs"] {
+            if let Some(v) = old.get(field) {
+                new.insert(field.to_owned(), v.clone());
+            }
+        }
+    }
+    if needs_node_ports(old) && needs_node_ports(&new_spec) {
+        let used: Vec<u64> = ports_of(&new_spec).iter().map(port_node_port).collect();
+        if let Some(Value::Array(ports)) = new.get_mut("ports") {
+            for p in ports.iter_mut().filter(|p| port_node_port(p) == 0) {
+                let name = p.get("name").cloned().unwrap_or(Value::Null);
+                let before = ports_of(old)
+                    .iter()
+                    .find(|o| o.get("name").cloned().unwrap_or(Value::Null) == name)
+                    .map_or(0, port_node_port);
+                if before != 0 && !used.contains(&before) {
+                    p["nodePort"] = json!(before);
+                }
+            }
+        }
+    }
+    if needs_health_check(old)
+        && needs_health_check(&new_spec)
+        && new
+            .get("healthCheckNodePort")
+            .and_then(Value::as_u64)
+            .is_none_or(|p| p == 0)
+        && let Some(port) = old.get("healthCheckNodePort")
+    {
+        new.insert("healthCheckNodePort".to_owned(), port.clone());
+    }
+}
+
+/// Clears what the new type does not use, when the client left it as it was (so it was
+/// allocated or defaulted, not asked for), as the Go apiserver's `dropTypeDependentFields`:
+/// an `ExternalName` has no cluster IP, a `ClusterIP` no node ports.
+fn drop_type_dependent_fields(old: &Value, new: &mut Map<String, Value>) {
+    let new_spec = Value::Object(new.clone());
+    let same = |field: &str| old.get(field) == new_spec.get(field);
+    if needs_cluster_ip(old) && !needs_cluster_ip(&new_spec) {
+        if same("clusterIP") && same("clusterIPs") {
+            new.remove("clusterIP");
+            new.remove("clusterIPs");
+        }
+        for field in ["ipFamilies", "ipFamilyPolicy"] {
+            if same(field) {
+                new.remove(field);
+            }
+        }
+    }
+    if needs_node_ports(old) && !needs_node_ports(&new_spec) {
+        let node_ports =
+            |spec: &Value| -> Vec<u64> { ports_of(spec).iter().map(port_node_port).collect() };
+        if node_ports(old) == node_ports(&new_spec)
+            && let Some(Value::Array(ports)) = new.get_mut("ports")
+        {
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                p.remove("nodePort");
+            }
+        }
+    }
+    if needs_health_check(old) && !needs_health_check(&new_spec) && same("healthCheckNodePort") {
+        new.remove("healthCheckNodePort");
+    }
+    if service_type(old) == "LoadBalancer"
+        && service_type(&new_spec) != "LoadBalancer"
+        && same("loadBalancerClass")
+    {
+        new.remove("loadBalancerClass");
+    }
+    if externally_accessible(old)
+        && !externally_accessible(&new_spec)
+        && same("externalTrafficPolicy")
+    {
+        new.remove("externalTrafficPolicy");
+    }
 }
 
 /// The cluster IP a stored Service holds, if any.
@@ -240,11 +357,32 @@ impl Strategy for Service {
         causes
     }
 
+    fn prepare_for_update(&self, old: &Value, new: &mut Value) {
+        let old_spec = old.get("spec").unwrap_or(&Value::Null);
+        if let Some(spec) = object(new, &["spec"]) {
+            patch_allocated_values(old_spec, spec);
+            drop_type_dependent_fields(old_spec, spec);
+        }
+        // Only a LoadBalancer has a load balancer status; the controller that gave the
+        // address sees it freed.
+        let kind = service_type(new.get("spec").unwrap_or(&Value::Null));
+        if kind != "LoadBalancer"
+            && let Some(status) = object(new, &["status"])
+            && status.contains_key("loadBalancer")
+        {
+            status.insert("loadBalancer".to_owned(), json!({}));
+        }
+    }
+
     fn validate_update(&self, old: &Value, new: &Value) -> Vec<Cause> {
         let mut causes = self.validate(new);
         let old_ip = old.pointer("/spec/clusterIP").and_then(Value::as_str);
         let new_ip = new.pointer("/spec/clusterIP").and_then(Value::as_str);
-        if old_ip.is_some_and(|ip| !ip.is_empty()) && new_ip != old_ip {
+        // A change to or from ExternalName gives the cluster IP up or takes a new one.
+        let keeps_type_with_ip = [old, new]
+            .iter()
+            .all(|o| needs_cluster_ip(o.get("spec").unwrap_or(&Value::Null)));
+        if keeps_type_with_ip && old_ip.is_some_and(|ip| !ip.is_empty()) && new_ip != old_ip {
             causes.push(Cause::invalid(
                 "spec.clusterIP",
                 &Value::from(new_ip.unwrap_or("")),
@@ -289,6 +427,78 @@ impl Strategy for Service {
             return Err(cause);
         }
         Ok(())
+    }
+
+    fn allocate_update(
+        &self,
+        old: &Value,
+        new: &mut Value,
+        pools: &dyn Pools,
+    ) -> Result<(), Cause> {
+        let spec = new.get("spec").cloned().unwrap_or(Value::Null);
+        let held: Vec<u16> = node_ports(old).collect();
+        let mut ip = None;
+        let mut taken = Vec::new();
+        let give_back = |ip: Option<Ipv4Addr>, taken: &[u16]| {
+            if let Some(ip) = ip {
+                pools.release_cluster_ip(ip);
+            }
+            for port in taken {
+                pools.release_node_port(*port);
+            }
+        };
+        // From ExternalName: a cluster IP (the one asked for, or any).
+        if needs_cluster_ip(&spec) && cluster_ip(old).is_none() {
+            ip = allocate_ip(new, pools)?;
+        }
+        // (field, the port's index or none for the health check, the port asked for)
+        let mut wanted: Vec<(String, Option<usize>, Option<u16>)> = Vec::new();
+        let number = |p: Option<&Value>| {
+            p.and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+        };
+        if needs_node_ports(&spec) {
+            for (i, p) in ports_of(&spec).iter().enumerate() {
+                let field = format!("spec.ports[{i}].nodePort");
+                wanted.push((field, Some(i), number(p.get("nodePort"))));
+            }
+        }
+        if needs_health_check(&spec) {
+            let port = number(spec.get("healthCheckNodePort"));
+            wanted.push(("spec.healthCheckNodePort".to_owned(), None, port));
+        }
+        for (field, index, port) in wanted {
+            if port.is_some_and(|p| held.contains(&p)) {
+                continue;
+            }
+            match pools.take_node_port(port) {
+                Ok(got) => {
+                    taken.push(got);
+                    match index {
+                        Some(i) => new["spec"]["ports"][i]["nodePort"] = json!(got),
+                        None => new["spec"]["healthCheckNodePort"] = json!(got),
+                    }
+                }
+                Err(e) => {
+                    give_back(ip, &taken);
+                    return Err(Cause::invalid(&field, &json!(port), &e.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release_update(&self, held: &Value, kept: &Value, pools: &dyn Pools) {
+        if let Some(ip) = cluster_ip(held)
+            && cluster_ip(kept) != Some(ip)
+        {
+            pools.release_cluster_ip(ip);
+        }
+        let still: Vec<u16> = node_ports(kept).collect();
+        for port in node_ports(held).filter(|p| !still.contains(p)) {
+            pools.release_node_port(port);
+        }
     }
 
     fn release(&self, obj: &Value, pools: &dyn Pools) {
@@ -474,6 +684,36 @@ mod tests {
             assert!(svc["spec"].get("healthCheckNodePort").is_none(), "{svc}");
             Service.release(&svc, &pools);
         }
+    }
+
+    #[test]
+    fn a_type_change_takes_what_the_new_type_needs_or_nothing() {
+        let pools = Few::default();
+        let ports = |n: u16| (80..80 + n).map(|p| json!({"port": p})).collect::<Vec<_>>();
+        let old = json!({"spec": {"type": "ExternalName", "externalName": "x.example",
+            "ports": ports(3)}});
+        // Three node ports from a pool of two: nothing stays taken, the cluster IP neither.
+        let mut three = json!({"spec": {"type": "NodePort", "ports": ports(3)}});
+        let cause = Service
+            .allocate_update(&old, &mut three, &pools)
+            .unwrap_err();
+        assert_eq!(cause.field, "spec.ports[2].nodePort");
+        assert!(pools.ips.lock().unwrap().is_empty() && pools.ports.lock().unwrap().is_empty());
+
+        let mut two = json!({"spec": {"type": "NodePort", "ports": ports(2)}});
+        Service.allocate_update(&old, &mut two, &pools).unwrap();
+        assert_eq!(two["spec"]["clusterIP"], "10.96.0.10");
+        assert_eq!(two["spec"]["ports"][1]["nodePort"], 30001);
+        // Written as NodePort and changed back to ExternalName: prepare drops what it held,
+        // and the write gives it back.
+        let mut back = json!({"spec": {"type": "ExternalName", "externalName": "x.example",
+            "ports": two["spec"]["ports"].clone(), "clusterIP": "10.96.0.10",
+            "clusterIPs": ["10.96.0.10"]}});
+        Service.prepare_for_update(&two, &mut back);
+        assert!(back["spec"].get("clusterIP").is_none(), "{back}");
+        assert!(back["spec"]["ports"][0].get("nodePort").is_none(), "{back}");
+        Service.release_update(&two, &back, &pools);
+        assert!(pools.ips.lock().unwrap().is_empty() && pools.ports.lock().unwrap().is_empty());
     }
 
     #[test]
