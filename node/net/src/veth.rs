@@ -7,7 +7,7 @@ use std::{
     path::PathBuf,
 };
 
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
@@ -129,6 +129,17 @@ pub(super) async fn create(
             .await
             .map_err(LinkError::request(format!(
                 "attaching {host} to the bridge"
+            )))?;
+        // A pod reaching itself through a Service it backs (hairpin): with the bridge's
+        // netfilter hooks, the DNATed frame is bridged back out of the port it came in on,
+        // which a bridge port does only in hairpin mode (kubelet's `hairpin-veth`).
+        handle
+            .link()
+            .set_port(LinkBridgePort::new(index).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(LinkError::request(format!(
+                "setting hairpin mode on {host}"
             )))
     }
     .await;
