@@ -11,7 +11,9 @@
 //! `crr` (connect, one request and answer of `--message` bytes, close; netperf's TCP_CRR),
 //! `rr` (request and answer on kept-alive connections; TCP_RR), `udp` (request and answer
 //! datagrams), `stream` (one bulk TCP stream). `watch` dials its one target in a loop and
-//! prints a line (Unix time, backend address) whenever the backend that answers changes.
+//! prints a line (Unix time, backend address) whenever the backend that answers changes;
+//! `who` asks every target once and prints the list of answers (backend address, or the
+//! error).
 //! With `--cgroup-procs` the client first joins that cgroup, where a node's socket hooks see
 //! it.
 
@@ -82,6 +84,7 @@ enum Test {
     Udp,
     Stream,
     Watch,
+    Who,
 }
 
 /// A small xorshift generator: the choice of target needs no more.
@@ -227,18 +230,23 @@ async fn stream(target: SocketAddr, run: Duration) -> Result<f64> {
     Ok(bytes * 8.0 / began.elapsed().as_secs_f64() / 1e9)
 }
 
+/// The backend that answers a connection to `target`, or the error.
+async fn who(target: SocketAddr) -> String {
+    timed(async {
+        let mut s = TcpStream::connect(target).await?;
+        s.write_all(b"?").await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    })
+    .await
+    .unwrap_or_else(|err| format!("error:{err:#}"))
+}
+
 async fn watch(target: SocketAddr) -> Result<()> {
     let mut last = String::new();
     loop {
-        let answer = timed(async {
-            let mut s = TcpStream::connect(target).await?;
-            s.write_all(b"?").await?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).await?;
-            Ok(out)
-        })
-        .await
-        .unwrap_or_else(|err| format!("error:{err}"));
+        let answer = who(target).await;
         if answer != last {
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
             let mut out = std::io::stdout().lock();
@@ -276,6 +284,13 @@ async fn client(
         Test::Watch => {
             watch(targets[0]).await?;
             return Ok(json!({}));
+        }
+        Test::Who => {
+            let mut answers = Vec::new();
+            for t in targets.iter() {
+                answers.push(who(*t).await);
+            }
+            return Ok(json!(answers));
         }
         Test::Stream => {
             let target = targets[Rng::new(0).below(targets.len())];

@@ -28,9 +28,11 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use sha2::{Digest as _, Sha256};
-use skiff_tests::{netns::Netns, process::ChildGuard};
-
-use crate::{BACKEND_TCP, BACKEND_UDP, Svc};
+use skiff_tests::{
+    many_services::{BACKEND_TCP, BACKEND_UDP, Svc, TCP_PORT, UDP_PORT, services},
+    netns::Netns,
+    process::ChildGuard,
+};
 
 /// The cluster CIDR of the kube-proxy node (`--cluster-cidr`).
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -189,7 +191,7 @@ fn ports(svc: &Svc) -> [Port<'_>; 2] {
             svc,
             name: name("tcp"),
             proto: "tcp",
-            port: crate::TCP_PORT,
+            port: TCP_PORT,
             target: BACKEND_TCP,
             node_port: svc.node_ports.map(|(t, _)| t),
         },
@@ -197,7 +199,7 @@ fn ports(svc: &Svc) -> [Port<'_>; 2] {
             svc,
             name: name("udp"),
             proto: "udp",
-            port: crate::UDP_PORT,
+            port: UDP_PORT,
             target: BACKEND_UDP,
             node_port: svc.node_ports.map(|(_, u)| u),
         },
@@ -474,7 +476,7 @@ pub fn measure(
     };
     let backends = world.backend_ips();
     let max = args.services.last().copied().unwrap_or(1);
-    let mut all = crate::services(max, &backends);
+    let mut all = services(max, &backends);
     for &n in &args.services {
         let took = restore(&world.node(), &full_sync(&all[..n]), true)?;
         results.note(
@@ -483,14 +485,8 @@ pub fn measure(
             format!("{:.1} ms", took.as_secs_f64() * 1000.0),
         );
         let svcs = &all[..n];
-        let tcp: Vec<SocketAddr> = svcs
-            .iter()
-            .map(|s| (s.vip, crate::TCP_PORT).into())
-            .collect();
-        let udp: Vec<SocketAddr> = svcs
-            .iter()
-            .map(|s| (s.vip, crate::UDP_PORT).into())
-            .collect();
+        let tcp: Vec<SocketAddr> = svcs.iter().map(|s| (s.vip, TCP_PORT).into()).collect();
+        let udp: Vec<SocketAddr> = svcs.iter().map(|s| (s.vip, UDP_PORT).into()).collect();
         let np: Vec<SocketAddr> = svcs
             .iter()
             .filter_map(|s| s.node_ports.map(|(t, _)| node_port_target(t)))
@@ -520,14 +516,14 @@ pub fn measure(
         let original = all[0].endpoints.clone();
         let (a, b) = (backends[0], backends[1]);
         let mut current = original.clone();
-        let mut apply = |all: &mut Vec<crate::Svc>, to: Ipv4Addr| -> Result<Duration> {
+        let mut apply = |all: &mut Vec<Svc>, to: Ipv4Addr| -> Result<Duration> {
             all[0].endpoints = vec![to];
             let rules = partial_sync(&all[..n], 0, &current);
             current = vec![to];
             restore(&world.node(), &rules, true)
         };
         apply(&mut all, a)?;
-        let mut watcher = inside.watch(SocketAddr::from((all[0].vip, crate::TCP_PORT)), args)?;
+        let mut watcher = inside.watch(SocketAddr::from((all[0].vip, TCP_PORT)), args)?;
         let rx = watch_lines(&mut watcher)?;
         seen(&rx, a)?;
         for k in 0..args.changes {

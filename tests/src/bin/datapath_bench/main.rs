@@ -38,14 +38,6 @@ use clap::Parser;
 use serde_json::Value;
 use skiff_tests::process::ChildGuard;
 
-/// The Service ports and the backends' ports.
-const TCP_PORT: u16 = 80;
-const UDP_PORT: u16 = 53;
-const BACKEND_TCP: u16 = 8080;
-const BACKEND_UDP: u16 = 8053;
-/// Services with index below this are NodePorts (TCP 30000+i, UDP 31000+i): the node port
-/// range holds fewer than 10,000.
-const NODE_PORTS: usize = 1000;
 /// Backend pods every Service's endpoints come from.
 const BACKENDS: usize = 4;
 
@@ -82,38 +74,6 @@ pub struct Args {
     /// Where the CSV and chart go.
     #[arg(long, default_value = "target/bench/datapath")]
     out: PathBuf,
-}
-
-/// A Service as the bench makes it: ClusterIP, node ports for the first [`NODE_PORTS`],
-/// TCP 80 -> 8080 and UDP 53 -> 8053.
-#[derive(Debug, Clone)]
-pub struct Svc {
-    index: usize,
-    vip: Ipv4Addr,
-    node_ports: Option<(u16, u16)>,
-    endpoints: Vec<Ipv4Addr>,
-}
-
-/// Services `0..n` over `backends`: 2, 3 or 4 endpoints each, starting at a different
-/// backend.
-fn services(n: usize, backends: &[Ipv4Addr]) -> Vec<Svc> {
-    (0..n)
-        .map(|i| {
-            let count = 2 + i % 3;
-            let base = u32::from(Ipv4Addr::new(10, 100, 0, 0));
-            Svc {
-                index: i,
-                vip: Ipv4Addr::from(base + u32::try_from(i).unwrap_or(0) + 1),
-                node_ports: (i < NODE_PORTS).then(|| {
-                    let i = u16::try_from(i).unwrap_or(0);
-                    (30000 + i, 31000 + i)
-                }),
-                endpoints: (0..count)
-                    .map(|k| backends[(i + k) % backends.len()])
-                    .collect(),
-            }
-        })
-        .collect()
 }
 
 /// Runs `sysctl -w` in the namespace at `netns`.

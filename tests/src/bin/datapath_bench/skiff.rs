@@ -6,28 +6,28 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::Path,
     process::Command,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::Ordering,
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail, ensure};
-use serde_json::{Value, json};
+use anyhow::{Context, Result, bail};
 use skiff_tests::{
     cluster::{Cluster, ClusterConfig, PodAt, wait_for},
+    many_services::{
+        BACKEND_TCP, BACKEND_UDP, NODE_PORTS, Svc, TCP_PORT, UDP_PORT, create, services,
+        set_endpoints,
+    },
     process::ChildGuard,
 };
 
 use crate::{
-    Args, BACKEND_TCP, BACKEND_UDP, BACKENDS, Changes, INTERRUPTED, Launcher, NODE_PORTS, Results,
-    Svc, TCP_PORT, UDP_PORT, measure as measure_mode, not_interrupted, now, seen, services,
-    spawn_server, tune_client, watch_lines,
+    Args, BACKENDS, Changes, INTERRUPTED, Launcher, Results, measure as measure_mode,
+    not_interrupted, now, seen, spawn_server, tune_client, watch_lines,
 };
 
 const IMAGE: &str = "bench.local/busybox:datapath";
 /// What the node logs once its Service maps equal the API.
 const SYNCED: &str = "Service maps in sync with the API";
-/// Parallel API requests when creating Services.
-const WRITERS: usize = 16;
 
 /// Whether the node binary has `--proxy-mode` (the nftables mode).
 ///
@@ -107,115 +107,6 @@ spec:
         pods.push(c.pod_at(&pod)?);
     }
     Ok(pods)
-}
-
-fn service_json(svc: &Svc) -> Value {
-    let mut tcp =
-        json!({"name": "tcp", "protocol": "TCP", "port": TCP_PORT, "targetPort": BACKEND_TCP});
-    let mut udp =
-        json!({"name": "udp", "protocol": "UDP", "port": UDP_PORT, "targetPort": BACKEND_UDP});
-    if let Some((t, u)) = svc.node_ports {
-        tcp["nodePort"] = t.into();
-        udp["nodePort"] = u.into();
-    }
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": format!("svc-{}", svc.index)},
-        "spec": {
-            "type": if svc.node_ports.is_some() { "NodePort" } else { "ClusterIP" },
-            "clusterIP": svc.vip.to_string(),
-            "ports": [tcp, udp],
-        },
-    })
-}
-
-/// The backends all run on the one node, which the TC path needs to know (local backends
-/// are reached without SNAT).
-const NODE: &str = "node-0";
-
-fn endpoints_json(endpoints: &[Ipv4Addr]) -> Value {
-    endpoints
-        .iter()
-        .map(|ip| json!({"addresses": [ip.to_string()], "nodeName": NODE, "conditions": {"ready": true}}))
-        .collect()
-}
-
-fn slice_json(svc: &Svc) -> Value {
-    let name = format!("svc-{}", svc.index);
-    json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": name}},
-        "addressType": "IPv4",
-        "endpoints": endpoints_json(&svc.endpoints),
-        "ports": [
-            {"name": "tcp", "protocol": "TCP", "port": BACKEND_TCP},
-            {"name": "udp", "protocol": "UDP", "port": BACKEND_UDP},
-        ],
-    })
-}
-
-const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
-
-/// One API request from the calling thread (which must be in the control host).
-fn request(c: &Cluster, method: &str, path: &str, ctype: &str, body: &Value) -> Result<()> {
-    let body = serde_json::to_vec(body)?;
-    let (code, answer) = c.control().http(method, path, ctype, &body)?;
-    ensure!(
-        (200..300).contains(&code),
-        "{method} {path}: {code} {answer}"
-    );
-    Ok(())
-}
-
-/// Creates the Services and their slices with parallel requests.
-fn create(c: &Cluster, svcs: &[Svc]) -> Result<()> {
-    let next = AtomicUsize::new(0);
-    c.control_host().run(|| {
-        std::thread::scope(|s| {
-            let writers: Vec<_> = (0..WRITERS)
-                .map(|_| {
-                    s.spawn(|| -> Result<()> {
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(svc) = svcs.get(i) else {
-                                return Ok(());
-                            };
-                            not_interrupted()?;
-                            let json = "application/json";
-                            request(
-                                c,
-                                "POST",
-                                "/api/v1/namespaces/default/services",
-                                json,
-                                &service_json(svc),
-                            )?;
-                            request(c, "POST", SLICES, json, &slice_json(svc))?;
-                        }
-                    })
-                })
-                .collect();
-            for w in writers {
-                w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-            }
-            Ok(())
-        })
-    })
-}
-
-/// Replaces Service `index`'s endpoints (a merge patch of its slice).
-fn set_endpoints(c: &Cluster, index: usize, endpoints: &[Ipv4Addr]) -> Result<()> {
-    let body = json!({"endpoints": endpoints_json(endpoints)});
-    c.control_host().run(|| {
-        request(
-            c,
-            "PATCH",
-            &format!("{SLICES}/svc-{index}"),
-            "application/merge-patch+json",
-            &body,
-        )
-    })
 }
 
 /// Times `args.changes` switches of Service 0 between two single backends, each from the
@@ -388,7 +279,7 @@ fn run(
     let mut created = 0;
     for &n in &args.services {
         let began = std::time::Instant::now();
-        create(c, &all[created..n])?;
+        create(c, &all[created..n], &INTERRUPTED)?;
         eprintln!(
             "datapath bench: {mode}: created Services {created}..{n} in {:.1} s",
             began.elapsed().as_secs_f64()
