@@ -93,6 +93,11 @@ struct RealArgs {
     /// finds them (default /sys/fs/bpf/skiff/<name>).
     #[arg(long, value_name = "DIR")]
     bpf_pin_dir: Option<PathBuf>,
+    /// The Service datapath: `ebpf` (socket load balancer and TC programs; when the kernel
+    /// lacks what they need, the node says why and uses `nftables`) or `nftables` (a table
+    /// of the node's own in kube-proxy's nftables layout).
+    #[arg(long, value_enum, default_value_t = daemon::services::ProxyMode::Ebpf)]
+    proxy_mode: daemon::services::ProxyMode,
     /// Run without the Service proxy (no eBPF programs, Services unreachable from here).
     #[arg(long)]
     no_service_proxy: bool,
@@ -289,6 +294,7 @@ async fn real(cli: Cli) -> Result<()> {
             .await
             .context("choosing the node's address")?;
     let proxy = (!args.no_service_proxy).then(|| daemon::services::ProxyConfig {
+        mode: args.proxy_mode,
         cgroup: args.socket_lb_cgroup,
         pin_dir: args
             .bpf_pin_dir

@@ -1,5 +1,6 @@
-//! Services end to end on the socket load balancer: one multi-host cluster (three real nodes
-//! in network-namespace hosts on one switch) shared by every trial, with a `web` Deployment
+//! Services end to end, on each Service datapath in turn (the eBPF socket load balancer,
+//! then the nftables mode): one multi-host cluster per mode (three real nodes in
+//! network-namespace hosts on one switch) shared by every trial, with a `web` Deployment
 //! (busybox httpd answering its pod name) and a `client` Deployment, one pod of each per
 //! node. Clients are real processes: Python in a client pod's network namespace, moved into
 //! the node's own cgroup v2 subtree (where the node's socket hooks are, as its containers
@@ -15,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -109,22 +110,125 @@ struct Fixture {
     python: PathBuf,
 }
 
+/// The Service datapaths the trials run against: one shared cluster each, in turn (the
+/// first is dropped before the second starts), with the node flags that choose it. The
+/// first mode's trials keep their plain names; the others' are prefixed `<mode>::`.
+const MODES: &[(&str, &[&str])] = &[("ebpf", &[]), ("nftables", &["--proxy-mode", "nftables"])];
+
+/// Trials that check what only the eBPF datapath does, with why: in the other modes they
+/// are ignored, or a stand-in with the same name checks the rest (later trials rely on
+/// what these leave behind).
+const EBPF_ONLY: &[(&str, &str, Option<Body>)] = &[
+    (
+        "a_resolver_pinned_to_a_replaced_udp_backend_is_destroyed_and_reconnects_to_the_new_one",
+        "the socket load balancer pins a connected UDP socket to its backend and destroys it \
+         (ECONNABORTED); nftables keeps the socket on the Service address and moves the flow \
+         by deleting its conntrack entry (with the conntrack tool, which the test machine \
+         lacks)",
+        None,
+    ),
+    (
+        "a_service_without_endpoints_refuses_at_once",
+        "its UDP half: the socket hook refuses at sendto; nftables rejects with an ICMP port \
+         unreachable, which an unconnected UDP socket never sees. The stand-in checks the TCP \
+         half",
+        Some(refuses_tcp_without_endpoints),
+    ),
+    (
+        "a_killed_node_keeps_serving_and_drops_services_deleted_while_it_was_down",
+        "its last check reads the eBPF loader's line about finding its pinned maps; the \
+         stand-in runs the trial and checks instead that the restarted node found and \
+         adopted its nftables table",
+        Some(killed_node_adopts_its_table),
+    ),
+];
+
+/// The TCP half of `no_endpoints_refuses_at_once`, on the same Service (the metrics trial
+/// counts its refusals).
+fn refuses_tcp_without_endpoints(f: &Fixture) -> Result<()> {
+    let ip = service(
+        &f.cluster,
+        "empty",
+        "app: nobody",
+        "",
+        "[{name: http, port: 80}]",
+    )?;
+    wait_for(
+        "two refused connections to a Service without endpoints",
+        Duration::from_secs(20),
+        || {
+            let r = request(f, 0, &f.clients[0].netns, "tcp", (&ip, 80), 2)?;
+            Ok(r.iter().all(|r| r.error == "ECONNREFUSED").then_some(()))
+        },
+    )
+}
+
+/// `killed_node_keeps_serving_and_drops_what_was_deleted` with its eBPF-only last check
+/// replaced: the restarted node found its table.
+fn killed_node_adopts_its_table(f: &Fixture) -> Result<()> {
+    const EBPF_CHECK: &str = "the restarted node did not find its pinned maps";
+    match killed_node_keeps_serving_and_drops_what_was_deleted(f) {
+        Err(err) if err.to_string().starts_with(EBPF_CHECK) => {}
+        Err(err) => return Err(err),
+        Ok(()) => bail!("the restarted node logged the eBPF loader's line in nftables mode"),
+    }
+    let log = f.cluster.node(1).log();
+    ensure!(
+        log.lines()
+            .map(without_colours)
+            .filter(|l| l.contains("Service proxy in nftables mode"))
+            .any(|l| l.contains("found=true")),
+        "the restarted node did not find its nftables table"
+    );
+    Ok(())
+}
+
+/// The index in [`MODES`] of the cluster being run, and the cluster (or why it did not
+/// start).
+type Current = Option<(usize, Result<Arc<Fixture>, String>)>;
+
+/// The cluster of the mode being run, started by its first trial.
 struct Shared {
-    fixture: OnceLock<Result<Fixture, String>>,
+    current: Mutex<Current>,
+    /// Packets that left through the machine's uplink, per dropped cluster.
+    escaped: Mutex<Vec<String>>,
 }
 
 impl Shared {
-    fn get(&self) -> Result<&Fixture, Failed> {
-        self.fixture
-            .get_or_init(|| start().map_err(|err| format!("{err:#}")))
-            .as_ref()
-            .map_err(|err| Failed::from(format!("the test cluster did not start: {err}")))
+    fn get(&self, mode: usize) -> Result<Arc<Fixture>, Failed> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_some_and(|(m, _)| *m != mode) {
+            self.drop_cluster(current.take());
+        }
+        let (_, fixture) = current.get_or_insert_with(|| {
+            let started = start(MODES[mode].1).map_err(|err| format!("{err:#}"));
+            (mode, started.map(Arc::new))
+        });
+        fixture.clone().map_err(|err| {
+            Failed::from(format!(
+                "the {} test cluster did not start: {err}",
+                MODES[mode].0
+            ))
+        })
+    }
+
+    /// Checks that nothing escaped, then drops the cluster (nodes, control, hosts).
+    fn drop_cluster(&self, current: Current) {
+        if let Some((mode, Ok(f))) = current
+            && let Err(err) = f.cluster.check_nothing_escaped()
+        {
+            self.escaped
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(format!("{}: {err:#}", MODES[mode].0));
+        }
     }
 }
 
-fn start() -> Result<Fixture> {
+fn start(node_args: &[&str]) -> Result<Fixture> {
     let c = Cluster::start(&ClusterConfig {
         control_args: vec!["--loadbalancer-ip-range".into(), LB_RANGE.into()],
+        node_args: node_args.iter().map(|a| (*a).to_owned()).collect(),
         ..ClusterConfig::one_switch(3)
     })?;
     let pods = (|| {
@@ -1692,32 +1796,51 @@ fn main() -> ExitCode {
     if !args.list && !skiff_tests::require_root("services") {
         return ExitCode::SUCCESS;
     }
-    // The trials share one cluster: one at a time, in order.
+    // The trials share one cluster per mode: one at a time, in order.
     args.test_threads = Some(1);
     let shared = Arc::new(Shared {
-        fixture: OnceLock::new(),
+        current: Mutex::new(None),
+        escaped: Mutex::new(Vec::new()),
     });
-    let trial = |name: &str, body: Body| {
+    let trial = |mode: usize, name: &str, body: Body| {
         let shared = shared.clone();
-        Trial::test(name, move || {
-            let f = shared.get()?;
-            body(f).map_err(|err| Failed::from(format!("{err:#}\n{}", f.cluster.logs())))
+        let full = if mode == 0 {
+            name.to_owned()
+        } else {
+            format!("{}::{name}", MODES[mode].0)
+        };
+        let (body, ignored) = match EBPF_ONLY.iter().find(|(n, ..)| *n == name) {
+            Some((_, _, Some(stand_in))) if mode != 0 => (*stand_in, false),
+            Some((_, _, None)) if mode != 0 => (body, true),
+            _ => (body, false),
+        };
+        Trial::test(full, move || {
+            let f = shared.get(mode)?;
+            body(&f).map_err(|err| Failed::from(format!("{err:#}\n{}", f.cluster.logs())))
         })
+        .with_ignored_flag(ignored)
     };
-    let trials = TRIALS
-        .iter()
-        .map(|(name, body)| trial(name, *body))
+    let trials = (0..MODES.len())
+        .flat_map(|mode| TRIALS.iter().map(move |(name, body)| (mode, name, body)))
+        .map(|(mode, name, body)| trial(mode, name, *body))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     let mut failed = conclusion.has_failed();
-    if let Some(Ok(f)) = shared.fixture.get()
-        && let Err(err) = f.cluster.check_nothing_escaped()
+    let last = shared
+        .current
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    shared.drop_cluster(last);
+    for err in shared
+        .escaped
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
     {
-        eprintln!("services: {err:#}");
+        eprintln!("services: {err}");
         failed = true;
     }
-    // The trials are done and dropped: this drops the cluster (nodes, control, hosts).
-    drop(shared);
     if failed {
         ExitCode::FAILURE
     } else {

@@ -3,19 +3,120 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddrV4,
     sync::Arc,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::{
-    entries::ServiceRef,
+    entries::{Frontend, ServiceEntries, ServiceRef},
     health::{HealthCheck, health_checks},
     maps::{MapsError, ServiceMaps},
     plan::{NodeView, Warning, plan},
     reap::{Reaped, SocketReaper, reap},
     table::{Applied, Occupancy, ServiceTable},
 };
+
+/// What the mirror writes through: the eBPF maps' [`ServiceTable`] or the nftables table
+/// ([`crate::nft::NftTable`]). Both take one Service's planned entries at a time; a
+/// datapath that writes in transactions gathers them until [`ProxyTable::commit`].
+pub trait ProxyTable {
+    /// Why a write failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Makes the datapath hold exactly `entries` for `service` (or queues the change until
+    /// [`ProxyTable::commit`]).
+    ///
+    /// # Errors
+    /// When a write fails.
+    fn apply(
+        &mut self,
+        service: &ServiceRef,
+        entries: &ServiceEntries,
+    ) -> Result<Applied, Self::Error>;
+
+    /// Removes everything `service` has.
+    ///
+    /// # Errors
+    /// When a write fails.
+    fn remove(&mut self, service: &ServiceRef) -> Result<Applied, Self::Error> {
+        self.apply(service, &ServiceEntries::default())
+    }
+
+    /// Sends what [`ProxyTable::apply`] queued as one transaction. When it fails, nothing
+    /// of it was applied: every Service is to be applied again.
+    ///
+    /// # Errors
+    /// When the transaction is refused.
+    fn commit(&mut self) -> Result<usize, Self::Error> {
+        Ok(0)
+    }
+
+    /// Whether work waits for a later [`ProxyTable::commit`] even with no Service changed
+    /// (stale chains removed a batch after they were emptied).
+    fn has_deferred(&self) -> bool {
+        false
+    }
+
+    /// How much the datapath holds.
+    fn occupancy(&self) -> Occupancy;
+
+    /// Backends that left a UDP group since the last call.
+    fn take_removed_udp(&mut self) -> BTreeSet<SocketAddrV4>;
+
+    /// Whether a backend left a UDP group since the last call of
+    /// [`ProxyTable::take_removed_udp`].
+    fn has_removed_udp(&self) -> bool;
+
+    /// The backends a socket on this node that dialled `address` over UDP may be given.
+    fn udp_backends_of(&self, address: SocketAddrV4) -> Option<Vec<SocketAddrV4>>;
+
+    /// Removes what a previous run left that no Service claimed.
+    ///
+    /// # Errors
+    /// When a deletion fails.
+    fn finish_adoption(&mut self) -> Result<usize, Self::Error>;
+
+    /// The Service that holds `frontend`.
+    fn owner(&self, frontend: &Frontend) -> Option<&ServiceRef>;
+}
+
+impl<M: ServiceMaps> ProxyTable for ServiceTable<M> {
+    type Error = MapsError;
+
+    fn apply(
+        &mut self,
+        service: &ServiceRef,
+        entries: &ServiceEntries,
+    ) -> Result<Applied, MapsError> {
+        ServiceTable::apply(self, service, entries)
+    }
+
+    fn occupancy(&self) -> Occupancy {
+        ServiceTable::occupancy(self)
+    }
+
+    fn take_removed_udp(&mut self) -> BTreeSet<SocketAddrV4> {
+        ServiceTable::take_removed_udp(self)
+    }
+
+    fn has_removed_udp(&self) -> bool {
+        ServiceTable::has_removed_udp(self)
+    }
+
+    fn udp_backends_of(&self, address: SocketAddrV4) -> Option<Vec<SocketAddrV4>> {
+        ServiceTable::udp_backends_of(self, address)
+    }
+
+    fn finish_adoption(&mut self) -> Result<usize, MapsError> {
+        ServiceTable::finish_adoption(self)
+    }
+
+    fn owner(&self, frontend: &Frontend) -> Option<&ServiceRef> {
+        ServiceTable::owner(self, frontend)
+    }
+}
 
 /// The label an EndpointSlice names its Service with.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -40,8 +141,8 @@ type SliceRef = (String, String);
 /// Services and EndpointSlices as the watches last showed them, over the table that mirrors
 /// them into the maps.
 #[derive(Debug)]
-pub struct Mirror<M> {
-    table: ServiceTable<M>,
+pub struct Mirror<T> {
+    table: T,
     node: NodeView,
     services: HashMap<ServiceRef, Arc<Service>>,
     /// Each Service's slices, by slice name.
@@ -54,6 +155,9 @@ pub struct Mirror<M> {
     conflicted: BTreeSet<ServiceRef>,
     /// The warnings each Service was last told about.
     warned: HashMap<ServiceRef, Vec<Warning>>,
+    /// A transaction failed: once every Service is applied again, what no Service claims
+    /// is removed.
+    readopt: bool,
 }
 
 fn service_ref(service: &Service) -> Option<ServiceRef> {
@@ -76,9 +180,9 @@ fn slice_service(slice: &EndpointSlice) -> Option<ServiceRef> {
     Some(ServiceRef::new(slice.metadata.namespace.as_deref()?, name))
 }
 
-impl<M: ServiceMaps> Mirror<M> {
+impl<T: ProxyTable> Mirror<T> {
     /// A mirror of nothing yet over `table` (new, or adopting a previous run's maps).
-    pub fn new(table: ServiceTable<M>, node: NodeView) -> Self {
+    pub fn new(table: T, node: NodeView) -> Self {
         Self {
             table,
             node,
@@ -88,12 +192,24 @@ impl<M: ServiceMaps> Mirror<M> {
             dirty: BTreeSet::new(),
             conflicted: BTreeSet::new(),
             warned: HashMap::new(),
+            readopt: false,
         }
     }
 
     /// The table underneath.
-    pub fn table(&self) -> &ServiceTable<M> {
+    pub fn table(&self) -> &T {
         &self.table
+    }
+
+    /// The table underneath, to change.
+    pub fn table_mut(&mut self) -> &mut T {
+        &mut self.table
+    }
+
+    /// Whether a sync is due with no Service changed (deferred clean-up).
+    #[must_use]
+    pub fn has_deferred(&self) -> bool {
+        self.table.has_deferred()
     }
 
     /// How full the maps are.
@@ -222,7 +338,7 @@ impl<M: ServiceMaps> Mirror<M> {
     ///
     /// # Errors
     /// The first failed map write (the other changed Services were still written).
-    pub fn sync(&mut self) -> Result<Synced, MapsError> {
+    pub fn sync(&mut self) -> Result<Synced, T::Error> {
         let mut out = Synced::default();
         let mut first_error = None;
         let mut failed = BTreeSet::new();
@@ -260,10 +376,24 @@ impl<M: ServiceMaps> Mirror<M> {
             }
         }
         self.dirty = failed;
-        match first_error {
-            Some(err) => Err(err),
-            None => Ok(out),
+        match self.table.commit() {
+            Ok(writes) => out.writes += writes,
+            Err(err) => {
+                // Nothing of the batch went in: every Service is applied again, and what
+                // none of them claims afterwards is removed.
+                self.dirty.extend(self.services.keys().cloned());
+                self.readopt = true;
+                return Err(err);
+            }
         }
+        if let Some(err) = first_error {
+            return Err(err);
+        }
+        if self.readopt {
+            out.writes += self.table.finish_adoption()?;
+            self.readopt = false;
+        }
+        Ok(out)
     }
 
     /// Plans `key` (or removes it when the Service is gone) and writes it; new warnings go
@@ -272,7 +402,7 @@ impl<M: ServiceMaps> Mirror<M> {
         &mut self,
         key: &ServiceRef,
         warnings: &mut Vec<(ServiceRef, Warning)>,
-    ) -> Result<Applied, MapsError> {
+    ) -> Result<Applied, T::Error> {
         let Some(service) = self.services.get(key).cloned() else {
             self.warned.remove(key);
             return self.table.remove(key);
@@ -324,7 +454,7 @@ impl<M: ServiceMaps> Mirror<M> {
     ///
     /// # Errors
     /// When a map deletion fails (call again).
-    pub fn finish_adoption(&mut self) -> Result<usize, MapsError> {
+    pub fn finish_adoption(&mut self) -> Result<usize, T::Error> {
         self.table.finish_adoption()
     }
 }

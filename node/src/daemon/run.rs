@@ -35,7 +35,7 @@ use skiff_kubelet::{
     },
 };
 use skiff_node_net::{BridgeNetwork, NetworkConfig, NetworkError, PodNetwork};
-use skiff_node_proxy::{DatapathHandle, arp::ArpResponder};
+use skiff_node_proxy::arp::ArpResponder;
 use skiff_node_runtime::{ContainerRuntime, Libcontainer, image::ImageStore};
 use skiff_types::{CidrError, ContainerId, Ipv4Cidr};
 use tokio::sync::mpsc::{self, UnboundedSender};
@@ -576,7 +576,7 @@ pub async fn run(
     client: Client,
     config: NodeConfig,
     node: Node,
-    proxy: Option<(super::services::Proxy, DatapathHandle)>,
+    proxy: Option<(super::services::Proxy, super::services::ProxyHandle)>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let Node {
@@ -645,8 +645,8 @@ pub async fn run(
     if config.cleanup_on_exit {
         clean_up(&backend).await;
         super::peers::remove().await;
-        if let Some(Err(err)) = proxy_handle.map(DatapathHandle::remove) {
-            tracing::warn!(%err, "Service datapath pins not removed");
+        if let Some(Err(err)) = proxy_handle.map(super::services::ProxyHandle::remove) {
+            tracing::warn!("Service datapath not removed: {err:#}");
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! The Service proxy on a real node: the socket load balancer attached to the node's cgroup
-//! subtree and the TC programs to its uplink, one watch of Services and one of
-//! EndpointSlices (all namespaces) keeping its maps equal to them, one changed Service at a
-//! time, and the health check node ports of local-traffic load balancers.
+//! subtree and the TC programs to its uplink (or, in the nftables mode, the node's nftables
+//! table), one watch of Services and one of EndpointSlices (all namespaces) keeping the
+//! datapath equal to them, one changed Service at a time, and the health check node ports
+//! of local-traffic load balancers.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -27,27 +28,37 @@ use kube::{
 };
 use skiff_node_net::PodNetwork;
 use skiff_node_proxy::{
-    AttachConfig, Datapath, DatapathHandle, Mirror, NodeView, Occupancy, ServiceRef, ServiceTable,
-    Synced, Uplink, Warning,
+    AttachConfig, Datapath, DatapathHandle, Mirror, NodeView, Occupancy, ProxyTable, ServiceRef,
+    ServiceTable, Synced, Uplink, Warning,
     ebpf::{
         DatapathStats as _, EbpfMaps, Features, LoadError, MapStats, NetlinkReaper, ProbeError,
         cookie,
     },
     metrics,
+    nft::{self, Nft as _, NftCli, NftError, NftTable},
 };
 use skiff_types::EventType;
 
 use super::health::HealthServers;
 
-/// Pause before a failed map write is tried again.
+/// Pause before a failed write is tried again, and before chains a sync emptied are
+/// deleted.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Which datapath translates Services on this node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyMode {
+    /// The eBPF socket load balancer and TC programs (falls back to `nftables` when the
+    /// kernel lacks what they need).
+    #[default]
+    Ebpf,
+    /// An nftables table of the node's own, in kube-proxy's nftables layout.
+    Nftables,
+}
 
 /// Failures setting the Service proxy up.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// The kernel lacks what the socket load balancer needs.
-    #[error(transparent)]
-    Probe(#[from] ProbeError),
     /// The cgroup directory could not be made.
     #[error("socket load balancer cgroup {path}")]
     Cgroup {
@@ -66,11 +77,16 @@ pub enum ProxyError {
     /// The maps of an earlier run could not be read back.
     #[error("reading back the pinned Service maps")]
     Adopt(#[source] skiff_node_proxy::MapsError),
+    /// The nftables table could not be read or set up.
+    #[error("setting the nftables Service table up")]
+    Nft(#[from] NftError),
 }
 
 /// How the node's Service proxy is set up.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
+    /// The datapath asked for.
+    pub mode: ProxyMode,
     /// The cgroup v2 directory whose processes get the socket hooks; `None` is the cgroup
     /// v2 root (every process on the host).
     pub cgroup: Option<PathBuf>,
@@ -78,13 +94,25 @@ pub struct ProxyConfig {
     pub pin_dir: PathBuf,
 }
 
+/// The mirror over the datapath in use, with what cleans stale UDP flows up after it.
+#[derive(Debug)]
+enum Datapaths {
+    Ebpf {
+        mirror: Box<Mirror<ServiceTable<EbpfMaps>>>,
+        reaper: NetlinkReaper,
+    },
+    Nft {
+        mirror: Box<Mirror<NftTable<NftCli>>>,
+        conntrack: Option<PathBuf>,
+    },
+}
+
 /// The attached proxy, before its watches start.
 #[derive(Debug)]
 pub struct Proxy {
-    mirror: Mirror<EbpfMaps>,
+    datapath: Datapaths,
     metrics: Arc<ProxyMetrics>,
     health: HealthServers,
-    reaper: NetlinkReaper,
 }
 
 impl Proxy {
@@ -92,6 +120,28 @@ impl Proxy {
     #[must_use]
     pub fn metrics(&self) -> Arc<ProxyMetrics> {
         self.metrics.clone()
+    }
+}
+
+/// What keeps the datapath in place, removed on a clean-up exit.
+#[derive(Debug)]
+pub enum ProxyHandle {
+    /// The pinned programs and maps.
+    Ebpf(DatapathHandle),
+    /// The nftables table.
+    Nft(NftCli),
+}
+
+impl ProxyHandle {
+    /// Removes the datapath: the pins, or the table.
+    ///
+    /// # Errors
+    /// When the pins or the table cannot be removed.
+    pub fn remove(self) -> anyhow::Result<()> {
+        match self {
+            Self::Ebpf(handle) => Ok(handle.remove()?),
+            Self::Nft(mut nft) => Ok(nft.delete_table()?),
+        }
     }
 }
 
@@ -103,33 +153,63 @@ struct SyncState {
     last_sync: Duration,
 }
 
+/// Where the per-Service counters come from.
+#[derive(Debug)]
+enum Counting {
+    /// The eBPF counter map, by group.
+    Ebpf(Box<MapStats>),
+    /// The nftables table's chain counters.
+    Nft(NftCli),
+}
+
 /// The proxy's metrics: the kernel's counters read at scrape time, the table's state as
 /// the last sync left it.
 #[derive(Debug)]
 pub struct ProxyMetrics {
-    stats: MapStats,
+    counting: Counting,
     state: Mutex<SyncState>,
 }
 
 impl ProxyMetrics {
-    fn synced(&self, mirror: &Mirror<EbpfMaps>, took: Duration) {
+    fn synced(&self, owners: BTreeMap<u32, ServiceRef>, occupancy: Occupancy, took: Duration) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.owners = mirror.table().group_owners().into_iter().collect();
-        state.occupancy = mirror.occupancy();
+        state.owners = owners;
+        state.occupancy = occupancy;
         state.last_sync = took;
     }
 
     /// The Prometheus text.
     ///
     /// # Errors
-    /// When the kernel's maps cannot be read.
-    pub fn render(&self) -> Result<String, skiff_node_proxy::MapsError> {
-        let counters = self.stats.counters()?.into_iter().collect();
-        let fill = self.stats.fill()?;
+    /// When the kernel's maps or table cannot be read.
+    pub fn render(&self) -> anyhow::Result<String> {
+        let (counters, owners, fill) = match &self.counting {
+            Counting::Ebpf(stats) => {
+                let counters = stats.counters()?.into_iter().collect();
+                let owners = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .owners
+                    .clone();
+                (counters, owners, stats.fill()?)
+            }
+            Counting::Nft(nft) => {
+                // One made-up group per Service: the counters are summed per Service.
+                let per_service = nft::counters::per_service(&nft.list()?.unwrap_or_default());
+                let mut counters = BTreeMap::new();
+                let mut owners = BTreeMap::new();
+                for (id, (service, counts)) in (0u32..).zip(per_service) {
+                    counters.insert(id, counts);
+                    owners.insert(id, service);
+                }
+                (counters, owners, Vec::new())
+            }
+        };
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(metrics::render(&metrics::Snapshot {
             counters,
-            owners: state.owners.clone(),
+            owners,
             occupancy: state.occupancy,
             fill,
             last_sync: state.last_sync,
@@ -176,35 +256,113 @@ fn tc_uplinks(features: &Features, uplink: Option<Uplink>) -> Vec<Uplink> {
     }
 }
 
-/// Probes the kernel, attaches the socket hooks to the configured cgroup and the TC
-/// programs to `uplink` (the pod network's interface and the node's address on it), and
-/// opens (or adopts) the maps. The handle keeps the programs attached and removes them on a
-/// clean-up exit. A kernel that refuses the TC programs leaves the socket path working.
+/// Sets the Service proxy up in the mode `config` asks for: the eBPF datapath when the
+/// kernel can run it (otherwise the node says why in one line and uses nftables), or the
+/// nftables table.
 ///
 /// # Errors
-/// When the kernel lacks a feature, the cgroup or pins are unusable, or the socket programs
-/// are refused.
+/// When the chosen datapath cannot be set up.
 pub fn attach(
     name: &str,
     address: Ipv4Addr,
     uplink: Option<Uplink>,
     config: &ProxyConfig,
-) -> Result<(Proxy, DatapathHandle), ProxyError> {
-    let features = Features::probe();
-    tracing::info!("{}", features.summary());
-    features.require_socket_lb()?;
-    let cgroup = match &config.cgroup {
-        Some(dir) => {
-            if !dir.exists() {
-                std::fs::create_dir_all(dir).map_err(|source| ProxyError::Cgroup {
-                    path: dir.clone(),
-                    source,
-                })?;
+) -> Result<(Proxy, ProxyHandle), ProxyError> {
+    if config.mode == ProxyMode::Ebpf {
+        let features = Features::probe();
+        tracing::info!("{}", features.summary());
+        match ebpf_cgroup(&features, config.cgroup.as_deref()) {
+            Ok(cgroup) => {
+                remove_nft_table(name);
+                return attach_ebpf(name, address, uplink, config, &features, cgroup);
             }
-            dir.clone()
+            Err(err) => tracing::warn!(
+                "the kernel cannot run the eBPF Service proxy ({err}); using the nftables mode"
+            ),
         }
-        None => features.cgroup2.clone().ok_or(ProbeError::NoCgroup2)?,
-    };
+    }
+    attach_nft(name, address, uplink.as_ref())
+}
+
+/// The cgroup the socket hooks go to, or why this kernel cannot run the eBPF datapath.
+fn ebpf_cgroup(features: &Features, configured: Option<&Path>) -> Result<PathBuf, ProbeError> {
+    features.require_socket_lb()?;
+    match configured {
+        Some(dir) => Ok(dir.to_owned()),
+        None => features.cgroup2.clone().ok_or(ProbeError::NoCgroup2),
+    }
+}
+
+/// A table an earlier nftables-mode run left would translate before the eBPF programs.
+fn remove_nft_table(name: &str) {
+    let mut nft = NftCli::new(&nft::table_name(name));
+    if let Ok(Some(_)) = nft.list() {
+        match nft.delete_table() {
+            Ok(()) => tracing::info!("removed the nftables Service table of an earlier run"),
+            Err(err) => tracing::warn!(%err, "the nftables Service table of an earlier run stays"),
+        }
+    }
+}
+
+/// The nftables mode: the node's table, adopted when an earlier run left it.
+fn attach_nft(
+    name: &str,
+    address: Ipv4Addr,
+    uplink: Option<&Uplink>,
+) -> Result<(Proxy, ProxyHandle), ProxyError> {
+    // As kube-proxy: node ports on 127.0.0.1 are DNATed to pods, which the kernel routes
+    // only with route_localnet (in the node's own network namespace).
+    if let Err(err) = std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1") {
+        tracing::warn!(%err, "route_localnet not set: node ports on 127.0.0.1 reach local pods only");
+    }
+    let table_name = nft::table_name(name);
+    let table = NftTable::open(
+        NftCli::new(&table_name),
+        &table_name,
+        uplink.map(|u| u.interface.as_str()),
+    )?;
+    let conntrack = nft::conntrack::tool();
+    if conntrack.is_none() {
+        tracing::info!(
+            "no conntrack tool: UDP flows to a removed backend expire on their own instead of \
+             being deleted"
+        );
+    }
+    tracing::info!(table = %table_name, found = table.found(), "Service proxy in nftables mode");
+    Ok((
+        Proxy {
+            datapath: Datapaths::Nft {
+                mirror: Box::new(Mirror::new(table, node_view(name, address))),
+                conntrack,
+            },
+            metrics: Arc::new(ProxyMetrics {
+                counting: Counting::Nft(NftCli::new(&table_name)),
+                state: Mutex::default(),
+            }),
+            health: HealthServers::new(address),
+        },
+        ProxyHandle::Nft(NftCli::new(&table_name)),
+    ))
+}
+
+/// Attaches the socket hooks to `cgroup` and the TC programs to `uplink` (the pod
+/// network's interface and the node's address on it), and opens (or adopts) the maps. The
+/// handle keeps the programs attached and removes them on a clean-up exit. A kernel that
+/// refuses the TC programs leaves the socket path working.
+fn attach_ebpf(
+    name: &str,
+    address: Ipv4Addr,
+    uplink: Option<Uplink>,
+    config: &ProxyConfig,
+    features: &Features,
+    cgroup: PathBuf,
+) -> Result<(Proxy, ProxyHandle), ProxyError> {
+    if config.cgroup.is_some() && !cgroup.exists() {
+        std::fs::create_dir_all(&cgroup).map_err(|source| ProxyError::Cgroup {
+            path: cgroup.clone(),
+            source,
+        })?;
+    }
     let host_netns = cookie::current_netns_cookie().map_err(ProxyError::Cookie)?;
     let attach = AttachConfig {
         cgroup,
@@ -214,7 +372,7 @@ pub fn attach(
         pin_dir: Some(config.pin_dir.clone()),
         host_netns,
     };
-    let uplinks = tc_uplinks(&features, uplink);
+    let uplinks = tc_uplinks(features, uplink);
     let datapath = match Datapath::attach_with_uplinks(&attach, &uplinks) {
         Err(LoadError::Tc(err)) if !uplinks.is_empty() => {
             tracing::warn!(
@@ -233,15 +391,17 @@ pub fn attach(
     };
     Ok((
         Proxy {
-            mirror: Mirror::new(table, node_view(name, address)),
+            datapath: Datapaths::Ebpf {
+                mirror: Box::new(Mirror::new(table, node_view(name, address))),
+                reaper: datapath.reaper,
+            },
             metrics: Arc::new(ProxyMetrics {
-                stats: datapath.stats,
+                counting: Counting::Ebpf(Box::new(datapath.stats)),
                 state: Mutex::default(),
             }),
             health: HealthServers::new(address),
-            reaper: datapath.reaper,
         },
-        datapath.handle,
+        ProxyHandle::Ebpf(datapath.handle),
     ))
 }
 
@@ -260,16 +420,100 @@ struct Listing {
     slices_done: bool,
 }
 
-/// Keeps the maps equal to the API's Services and EndpointSlices until dropped; connected
-/// UDP sockets of the node and of the pods in `network`'s sandboxes that are pinned to a
-/// backend their Service lost are destroyed after each sync.
+/// What differs between the datapaths once a sync is written: cleaning stale UDP flows up
+/// and naming each counter group's Service.
+trait Cleanup<T> {
+    /// Cleans up after UDP backends that left (or, after a restart, every flow).
+    fn stale_udp(
+        &mut self,
+        mirror: &mut Mirror<T>,
+        everything: bool,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Which Service each counter group belongs to.
+    fn owners(&self, mirror: &Mirror<T>) -> BTreeMap<u32, ServiceRef>;
+}
+
+/// The eBPF mode: connected UDP sockets pinned to a gone backend are destroyed, in the
+/// node's namespace and every pod sandbox's.
+struct SocketCleanup {
+    reaper: NetlinkReaper,
+    network: Arc<dyn PodNetwork>,
+}
+
+impl Cleanup<ServiceTable<EbpfMaps>> for SocketCleanup {
+    async fn stale_udp(&mut self, mirror: &mut Mirror<ServiceTable<EbpfMaps>>, everything: bool) {
+        reap_stale_udp(mirror, &mut self.reaper, self.network.as_ref(), everything).await;
+    }
+
+    fn owners(&self, mirror: &Mirror<ServiceTable<EbpfMaps>>) -> BTreeMap<u32, ServiceRef> {
+        mirror.table().group_owners().into_iter().collect()
+    }
+}
+
+/// The nftables mode: conntrack entries of UDP flows to a gone backend are deleted.
+struct ConntrackCleanup {
+    tool: Option<PathBuf>,
+}
+
+impl Cleanup<NftTable<NftCli>> for ConntrackCleanup {
+    async fn stale_udp(&mut self, mirror: &mut Mirror<NftTable<NftCli>>, _everything: bool) {
+        let removed = mirror.table_mut().take_removed_udp();
+        let Some(tool) = &self.tool else {
+            return;
+        };
+        if removed.is_empty() {
+            return;
+        }
+        match tokio::task::block_in_place(|| nft::conntrack::forget_udp(tool, &removed)) {
+            Ok(n) => tracing::info!(
+                backends = n,
+                "deleted the conntrack entries of UDP flows to removed backends"
+            ),
+            Err(err) => tracing::warn!(
+                "stale UDP conntrack entries not deleted: {:#}",
+                anyhow::Error::new(err)
+            ),
+        }
+    }
+
+    fn owners(&self, _mirror: &Mirror<NftTable<NftCli>>) -> BTreeMap<u32, ServiceRef> {
+        // Read with the counters, from the chains' names.
+        BTreeMap::new()
+    }
+}
+
+/// Keeps the datapath equal to the API's Services and EndpointSlices until dropped; after
+/// each sync, what UDP flows are pinned to a backend their Service lost is cleaned up
+/// (sockets in the eBPF mode, across the pods in `network`'s sandboxes; conntrack entries
+/// in the nftables mode).
 pub async fn run(client: Client, node: String, proxy: Proxy, network: Arc<dyn PodNetwork>) {
     let Proxy {
-        mut mirror,
+        datapath,
         metrics,
-        mut health,
-        mut reaper,
+        health,
     } = proxy;
+    match datapath {
+        Datapaths::Ebpf { mirror, reaper } => {
+            let cleanup = SocketCleanup { reaper, network };
+            drive(client, node, *mirror, metrics, health, cleanup).await;
+        }
+        Datapaths::Nft { mirror, conntrack } => {
+            let cleanup = ConntrackCleanup { tool: conntrack };
+            drive(client, node, *mirror, metrics, health, cleanup).await;
+        }
+    }
+}
+
+/// The sync loop over either datapath.
+async fn drive<T: ProxyTable + Send, C: Cleanup<T> + Send>(
+    client: Client,
+    node: String,
+    mut mirror: Mirror<T>,
+    metrics: Arc<ProxyMetrics>,
+    mut health: HealthServers,
+    mut cleanup: C,
+) {
     let mut services = std::pin::pin!(
         watcher(
             Api::<Service>::all(client.clone()),
@@ -294,6 +538,7 @@ pub async fn run(client: Client, node: String, proxy: Proxy, network: Arc<dyn Po
                 None => std::future::pending().await,
             }
         };
+        let mut due = false;
         tokio::select! {
             event = services.next() => match event {
                 Some(event) => service_event(&mut mirror, &mut listing, event),
@@ -303,7 +548,10 @@ pub async fn run(client: Client, node: String, proxy: Proxy, network: Arc<dyn Po
                 Some(event) => slice_event(&mut mirror, &mut listing, event),
                 None => return,
             },
-            () = retry => retry_at = None,
+            () = retry => {
+                retry_at = None;
+                due = true;
+            }
         }
         // Everything already delivered goes into the same sync.
         loop {
@@ -320,7 +568,7 @@ pub async fn run(client: Client, node: String, proxy: Proxy, network: Arc<dyn Po
         // remove the entries of Services whose slices it has not seen yet. The first sync
         // runs even with nothing to write, to remove what a previous run left.
         let listed = listing.services_done && listing.slices_done;
-        if !listed || (adopted && !mirror.is_dirty()) {
+        if !listed || (adopted && !mirror.is_dirty() && !due) {
             continue;
         }
         health.update(mirror.health_checks());
@@ -329,11 +577,11 @@ pub async fn run(client: Client, node: String, proxy: Proxy, network: Arc<dyn Po
         // What was written is what clients see, even when some writes failed; after a
         // restart every connected UDP socket is checked, as backends may have gone while
         // the node was down.
-        reap_stale_udp(&mut mirror, &mut reaper, network.as_ref(), !adopted).await;
+        cleanup.stale_udp(&mut mirror, !adopted).await;
         match synced {
             Ok(synced) => {
                 let took = started.elapsed();
-                metrics.synced(&mirror, took);
+                metrics.synced(cleanup.owners(&mirror), mirror.occupancy(), took);
                 report(&client, &node, &synced, took).await;
                 if !adopted {
                     match mirror.finish_adoption() {
@@ -345,15 +593,19 @@ pub async fn run(client: Client, node: String, proxy: Proxy, network: Arc<dyn Po
                                 services = o.services,
                                 frontends = o.frontends,
                                 backends = o.backends,
-                                "Service maps in sync with the API"
+                                "Service datapath in sync with the API"
                             );
                         }
                         Err(err) => tracing::warn!(%err, "stale Service entries not removed"),
                     }
                 }
+                // Chains a sync emptied are deleted by a later one.
+                if mirror.has_deferred() && retry_at.is_none() {
+                    retry_at = Some(tokio::time::Instant::now() + RETRY);
+                }
             }
             Err(err) => {
-                tracing::warn!(%err, "Service maps not fully written; trying again");
+                tracing::warn!(%err, "Service datapath not fully written; trying again");
                 retry_at = Some(tokio::time::Instant::now() + RETRY);
             }
         }
@@ -363,7 +615,7 @@ pub async fn run(client: Client, node: String, proxy: Proxy, network: Arc<dyn Po
 /// Destroys the connected UDP sockets pinned to a backend their frontend no longer offers,
 /// in the node's namespace and every pod sandbox's.
 async fn reap_stale_udp(
-    mirror: &mut Mirror<EbpfMaps>,
+    mirror: &mut Mirror<ServiceTable<EbpfMaps>>,
     reaper: &mut NetlinkReaper,
     network: &dyn PodNetwork,
     everything: bool,
@@ -397,8 +649,8 @@ async fn reap_stale_udp(
     }
 }
 
-fn service_event(
-    mirror: &mut Mirror<EbpfMaps>,
+fn service_event<T: ProxyTable>(
+    mirror: &mut Mirror<T>,
     listing: &mut Listing,
     event: Result<watcher::Event<Service>, watcher::Error>,
 ) {
@@ -421,8 +673,8 @@ fn service_event(
     }
 }
 
-fn slice_event(
-    mirror: &mut Mirror<EbpfMaps>,
+fn slice_event<T: ProxyTable>(
+    mirror: &mut Mirror<T>,
     listing: &mut Listing,
     event: Result<watcher::Event<EndpointSlice>, watcher::Error>,
 ) {
@@ -540,6 +792,30 @@ mod tests {
         };
         assert_eq!(tc_uplinks(&able, Some(eth0())), [eth0()]);
         assert!(tc_uplinks(&able, None).is_empty());
+    }
+
+    #[test]
+    fn a_kernel_without_cgroup_sock_addr_programs_is_a_reason_for_the_nftables_mode() {
+        let lacking = Features {
+            kernel: "4.9.0".into(),
+            cgroup2: Some("/sys/fs/cgroup".into()),
+            sock_addr: Some(false),
+            ..Features::default()
+        };
+        let why = ebpf_cgroup(&lacking, None).unwrap_err().to_string();
+        assert!(why.contains("CONFIG_CGROUP_BPF"), "{why}");
+        let able = Features {
+            sock_addr: Some(true),
+            ..lacking
+        };
+        assert_eq!(
+            ebpf_cgroup(&able, None).unwrap(),
+            Path::new("/sys/fs/cgroup")
+        );
+        assert_eq!(
+            ebpf_cgroup(&able, Some(Path::new("/skiff/n1"))).unwrap(),
+            Path::new("/skiff/n1")
+        );
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl SocketReaper for FakeReaper {
     }
 }
 
-fn mirror() -> Mirror<FakeMaps> {
+fn mirror() -> Mirror<ServiceTable<FakeMaps>> {
     Mirror::new(
         ServiceTable::new(FakeMaps::default()),
         NodeView {
@@ -127,7 +127,7 @@ fn slice(name: &str, service: &str, ips: &[&str]) -> EndpointSlice {
 }
 
 /// `kube-dns` at 10.96.0.10 over two pods, synced, with the removals of that sync taken.
-fn two_resolvers() -> Mirror<FakeMaps> {
+fn two_resolvers() -> Mirror<ServiceTable<FakeMaps>> {
     let mut m = mirror();
     m.service_applied(dns("kube-dns", "10.96.0.10"));
     m.slice_applied(slice(

@@ -19,7 +19,7 @@ fn node() -> NodeView {
     }
 }
 
-fn mirror() -> Mirror<FakeMaps> {
+fn mirror() -> Mirror<ServiceTable<FakeMaps>> {
     Mirror::new(ServiceTable::new(FakeMaps::default()), node())
 }
 
@@ -65,7 +65,7 @@ fn key(ip: [u8; 4], port: u16) -> FrontendKey {
 }
 
 /// The backends the kernel would pick from for a frontend, as `a.b.c.d:port`, sorted.
-fn reachable(m: &Mirror<FakeMaps>, frontend: FrontendKey) -> Vec<String> {
+fn reachable(m: &Mirror<ServiceTable<FakeMaps>>, frontend: FrontendKey) -> Vec<String> {
     let mut v: Vec<String> = m
         .table()
         .maps()
