@@ -27,7 +27,7 @@ use crate::{
 
 const IMAGE: &str = "bench.local/busybox:datapath";
 /// What the node logs once its Service maps equal the API.
-const SYNCED: &str = "Service maps in sync with the API";
+const SYNCED: &str = "Service datapath in sync with the API";
 
 /// Whether the node binary has `--proxy-mode` (the nftables mode).
 ///
@@ -345,6 +345,20 @@ fn run(
             label,
             &format!("BPF maps held by the node at {max} Services"),
             format!("{maps} maps, {mib:.1} MiB memlock"),
+        );
+    }
+    if mode != "ebpf" {
+        let out = c.node_hosts()[0].output("nft", &["list", "ruleset"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        #[expect(clippy::cast_precision_loss, reason = "bytes of a listing")]
+        let mib = out.stdout.len() as f64 / 1_048_576.0;
+        results.note(
+            label,
+            &format!("the node's nftables ruleset at {max} Services"),
+            format!(
+                "{} lines, {mib:.1} MiB as `nft list ruleset` text",
+                text.lines().count()
+            ),
         );
     }
     let synced = time_to_sync(c, || c.restart_node(0))?;
