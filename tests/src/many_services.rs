@@ -21,7 +21,7 @@ pub const BACKEND_TCP: u16 = 8080;
 pub const BACKEND_UDP: u16 = 8053;
 /// Parallel API requests when creating Services.
 const WRITERS: usize = 16;
-/// Services with index below this are NodePorts (TCP 30000+i, UDP 31000+i): the node port
+/// Services with index below this are of type `NodePort` (TCP 30000+i, UDP 31000+i): the node port
 /// range holds fewer than 10,000.
 pub const NODE_PORTS: usize = 1000;
 

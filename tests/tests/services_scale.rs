@@ -6,6 +6,7 @@
 //! 1,000 Services to stay near two minutes; `SKIFF_SCALE_SERVICES` sets the count.
 
 use std::{
+    fmt::Write as _,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -29,7 +30,8 @@ static STOP: AtomicBool = AtomicBool::new(false);
 fn pods(c: &Cluster, names: &[&str]) -> Result<Vec<PodAt>> {
     let mut yaml = String::new();
     for name in names {
-        yaml.push_str(&format!(
+        let _ = write!(
+            yaml,
             "---
 apiVersion: v1
 kind: Pod
@@ -40,7 +42,7 @@ spec:
   containers:
   - {{name: idle, image: '{IMAGE}', imagePullPolicy: Never, command: [sleep, '3600']}}
 "
-        ));
+        );
     }
     c.kubectl(&["apply", "-f", "-"], Some(&yaml))?;
     names

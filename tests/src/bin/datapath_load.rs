@@ -8,8 +8,8 @@
 //!
 //! `client` runs one test for `--seconds` against targets chosen at random per connection
 //! (or per datagram) from `--targets` (one `ip:port` a line) and prints one JSON object:
-//! `crr` (connect, one request and answer of `--message` bytes, close; netperf's TCP_CRR),
-//! `rr` (request and answer on kept-alive connections; TCP_RR), `udp` (request and answer
+//! `crr` (connect, one request and answer of `--message` bytes, close; netperf's `TCP_CRR`),
+//! `rr` (request and answer on kept-alive connections; `TCP_RR`), `udp` (request and answer
 //! datagrams), `stream` (one bulk TCP stream). `watch` dials its one target in a loop and
 //! prints a line (Unix time, backend address) whenever the backend that answers changes;
 //! `who` asks every target once and prints the list of answers (backend address, or the

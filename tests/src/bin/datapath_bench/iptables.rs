@@ -73,13 +73,13 @@ fn hash(text: &str) -> String {
 
 /// One Service port's chains.
 struct Port<'a> {
-    svc: &'a Svc,
+    service: &'a Svc,
     /// `default/svc-N:tcp`.
     name: String,
     proto: &'static str,
-    port: u16,
+    number: u16,
     target: u16,
-    node_port: Option<u16>,
+    external: Option<u16>,
 }
 
 impl Port<'_> {
@@ -105,15 +105,15 @@ impl Port<'_> {
             out,
             "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m {p} -p {p} -d {}/32 --dport {} -j {}",
             self.name,
-            self.svc.vip,
-            self.port,
+            self.service.vip,
+            self.number,
             self.svc_chain(),
             p = self.proto
         );
     }
 
     fn node_port_rule(&self, out: &mut String) {
-        if let Some(np) = self.node_port {
+        if let Some(np) = self.external {
             let _ = writeln!(
                 out,
                 "-A KUBE-NODEPORTS -m comment --comment {} -m {p} -p {p} --dport {np} -j {}",
@@ -126,10 +126,10 @@ impl Port<'_> {
 
     fn declare(&self, out: &mut String) {
         let _ = writeln!(out, ":{} - [0:0]", self.svc_chain());
-        if self.node_port.is_some() {
+        if self.external.is_some() {
             let _ = writeln!(out, ":{} - [0:0]", self.ext_chain());
         }
-        for ep in &self.svc.endpoints {
+        for ep in &self.service.endpoints {
             let _ = writeln!(out, ":{} - [0:0]", self.sep_chain(*ep));
         }
     }
@@ -141,12 +141,12 @@ impl Port<'_> {
             out,
             "-A {svc} -m comment --comment \"{} cluster IP\" -m {p} -p {p} -d {}/32 --dport {} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ",
             self.name,
-            self.svc.vip,
-            self.port,
+            self.service.vip,
+            self.number,
             p = self.proto
         );
-        let n = self.svc.endpoints.len();
-        for (i, ep) in self.svc.endpoints.iter().enumerate() {
+        let n = self.service.endpoints.len();
+        for (i, ep) in self.service.endpoints.iter().enumerate() {
             let sep = self.sep_chain(*ep);
             let comment = format!("\"{} -> {ep}:{}\"", self.name, self.target);
             if i + 1 < n {
@@ -172,7 +172,7 @@ impl Port<'_> {
                 p = self.proto
             );
         }
-        if self.node_port.is_some() {
+        if self.external.is_some() {
             let ext = self.ext_chain();
             let _ = writeln!(
                 out,
@@ -188,20 +188,20 @@ fn ports(svc: &Svc) -> [Port<'_>; 2] {
     let name = |p: &str| format!("default/svc-{}:{p}", svc.index);
     [
         Port {
-            svc,
+            service: svc,
             name: name("tcp"),
             proto: "tcp",
-            port: TCP_PORT,
+            number: TCP_PORT,
             target: BACKEND_TCP,
-            node_port: svc.node_ports.map(|(t, _)| t),
+            external: svc.node_ports.map(|(t, _)| t),
         },
         Port {
-            svc,
+            service: svc,
             name: name("udp"),
             proto: "udp",
-            port: UDP_PORT,
+            number: UDP_PORT,
             target: BACKEND_UDP,
-            node_port: svc.node_ports.map(|(_, u)| u),
+            external: svc.node_ports.map(|(_, u)| u),
         },
     ]
 }
@@ -447,6 +447,10 @@ mod tests {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one mode's measurement, step by step"
+)]
 /// Measures mode 5: kube-proxy's rules on a node of their own, for every Service count.
 ///
 /// # Errors

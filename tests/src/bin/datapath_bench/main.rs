@@ -2,8 +2,8 @@
 //! kube-proxy, side by side in one run, at 1, 1,000 and 10,000 Services.
 //!
 //! Modes: (1) direct to a pod IP; (2) skiff's eBPF socket load balancer (a client in a pod,
-//! joined to the node's cgroup, to ClusterIPs); (3) skiff's eBPF TC path (the cluster's
-//! outside client host to NodePorts); (4) skiff's nftables mode, ClusterIP and NodePort, when
+//! joined to the node's cgroup, to cluster IPs); (3) skiff's eBPF TC path (the cluster's
+//! outside client host to node ports); (4) skiff's nftables mode, ClusterIP and NodePort, when
 //! the node binary has `--proxy-mode` (else "not available in this build"); (5) kube-proxy's
 //! iptables mode, its rules generated for the same Services and applied with
 //! `iptables-restore` in a node namespace of its own ([`iptables`]); (6) IPVS when the kernel
@@ -121,15 +121,15 @@ pub struct Launcher {
 
 impl Launcher {
     fn command(&self, test: &str, targets: &[SocketAddr], args: &Args) -> Result<Command> {
-        let file = self.scratch.join(format!("targets-{}", std::process::id()));
-        let text: Vec<String> = targets.iter().map(ToString::to_string).collect();
-        std::fs::write(&file, text.join("\n"))?;
+        let list = self.scratch.join(format!("targets-{}", std::process::id()));
+        let lines: Vec<String> = targets.iter().map(ToString::to_string).collect();
+        std::fs::write(&list, lines.join("\n"))?;
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.netns.display()))
             .arg("--")
             .arg(&self.load)
             .args(["client", "--test", test, "--targets"])
-            .arg(&file)
+            .arg(&list)
             .args([
                 "--seconds",
                 &args.seconds.to_string(),

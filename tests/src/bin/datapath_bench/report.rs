@@ -208,6 +208,10 @@ const COLOURS: &[&str] = &[
     "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
 ];
 
+#[expect(
+    clippy::many_single_char_names,
+    reason = "chart geometry: x, y, w, h as in every plotting text"
+)]
 /// A line chart: x the Service count (log scale), y microseconds, a line pair per mode.
 fn chart(args: &Args, r: &Results, title: &str, pick: fn(&Figures) -> (f64, f64)) -> String {
     let (w, h, left, right, top, bottom) = (900.0, 480.0, 70.0, 300.0, 40.0, 50.0);
@@ -249,7 +253,7 @@ fn chart(args: &Args, r: &Results, title: &str, pick: fn(&Figures) -> (f64, f64)
         w - right,
         h - bottom,
         h - bottom,
-        (w - right + left) / 2.0 - 50.0,
+        f64::midpoint(w - right, left) - 50.0,
         h - 12.0,
         h / 2.0,
         h / 2.0

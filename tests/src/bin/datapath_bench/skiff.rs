@@ -2,6 +2,7 @@
 //! Services and EndpointSlices written through the API.
 
 use std::{
+    fmt::Write as _,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr},
     path::Path,
@@ -77,7 +78,8 @@ fn create_pods(c: &Cluster) -> Result<Vec<PodAt>> {
         .chain(["client".to_owned()])
         .collect();
     for name in &names {
-        yaml.push_str(&format!(
+        let _ = write!(
+            yaml,
             "---
 apiVersion: v1
 kind: Pod
@@ -89,7 +91,7 @@ spec:
   - {{name: idle, image: '{IMAGE}', imagePullPolicy: Never, command: [sleep, '36000']}}
 ",
             node = c.node_hosts()[0].label()
-        ));
+        );
     }
     c.kubectl(&["apply", "-f", "-"], Some(&yaml))?;
     let mut pods = Vec::new();
@@ -236,6 +238,10 @@ fn time_to_sync(c: &Cluster, restart: impl FnOnce() -> Result<()>) -> Result<f64
     Ok(took)
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one mode's measurement, step by step"
+)]
 fn run(
     args: &Args,
     mode: &str,
