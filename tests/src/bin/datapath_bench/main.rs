@@ -260,6 +260,15 @@ fn measure(
             crr["first_error"], rr["first_error"]
         );
     }
+    eprintln!(
+        "datapath bench: {mode}, {services}: CRR {:.0}/s p50 {:.1} p99 {:.1} us; RR p50 {:.1} p99 {:.1} us; UDP p50 {udp_p50:.1} p99 {udp_p99:.1} us; {:.2} Gbit/s",
+        f64_of(&crr, "rate"),
+        f64_of(&crr, "p50_us"),
+        f64_of(&crr, "p99_us"),
+        f64_of(&rr, "p50_us"),
+        f64_of(&rr, "p99_us"),
+        f64_of(&stream, "gbits"),
+    );
     Ok(Figures {
         mode: mode.to_owned(),
         services,
