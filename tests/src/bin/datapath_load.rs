@@ -245,9 +245,13 @@ async fn who(target: SocketAddr) -> String {
 
 async fn watch(target: SocketAddr) -> Result<()> {
     let mut last = String::new();
+    let mut printed = Instant::now();
     loop {
         let answer = who(target).await;
-        if answer != last {
+        // A line every 100 ms even without a change: a reader waiting for an answer after
+        // a point in time is not left waiting when the answer had flipped before it.
+        if answer != last || printed.elapsed() > Duration::from_millis(100) {
+            printed = Instant::now();
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
             let mut out = std::io::stdout().lock();
             writeln!(out, "{now:.6} {answer}")?;

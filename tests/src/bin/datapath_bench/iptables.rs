@@ -529,7 +529,7 @@ pub fn measure(
         apply(&mut all, a)?;
         let mut watcher = inside.watch(SocketAddr::from((all[0].vip, TCP_PORT)), args)?;
         let rx = watch_lines(&mut watcher)?;
-        seen(&rx, a)?;
+        seen(&rx, a, 0.0)?;
         // At 10,000 Services one restore takes seconds: the changes stop after a minute
         // (at least five are timed), and the table says how many there were.
         let began = std::time::Instant::now();
@@ -541,7 +541,7 @@ pub fn measure(
             let target = if k % 2 == 0 { b } else { a };
             let sent = now();
             let took = apply(&mut all, target)?;
-            let t = seen(&rx, target)?;
+            let t = seen(&rx, target, sent)?;
             changes.live_ms.push((t - sent) * 1000.0);
             changes.apply_ms.push(took.as_secs_f64() * 1000.0);
         }

@@ -350,8 +350,10 @@ fn watch_lines(child: &mut ChildGuard) -> Result<std::sync::mpsc::Receiver<(f64,
     Ok(rx)
 }
 
-/// Waits (5 s at most) for the watcher to report `ip` answering; returns when it did.
-fn seen(rx: &std::sync::mpsc::Receiver<(f64, String)>, ip: Ipv4Addr) -> Result<f64> {
+/// Waits (5 s at most) for the watcher to report `ip` answering at or after `since` (Unix
+/// time); returns when it did. Earlier lines (a datapath that flapped between backends after
+/// the previous change) do not count.
+fn seen(rx: &std::sync::mpsc::Receiver<(f64, String)>, ip: Ipv4Addr, since: f64) -> Result<f64> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let want = ip.to_string();
     loop {
@@ -359,7 +361,7 @@ fn seen(rx: &std::sync::mpsc::Receiver<(f64, String)>, ip: Ipv4Addr) -> Result<f
         let (t, answer) = rx
             .recv_timeout(left)
             .with_context(|| format!("the watcher never saw {want} answer"))?;
-        if answer == want {
+        if answer == want && t >= since {
             return Ok(t);
         }
     }

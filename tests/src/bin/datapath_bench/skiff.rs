@@ -126,7 +126,7 @@ fn change_latency(
     set_endpoints(c, 0, &[a])?;
     let mut watcher = client.watch(SocketAddr::from((svc.vip, TCP_PORT)), args)?;
     let rx = watch_lines(&mut watcher)?;
-    seen(&rx, a)?;
+    seen(&rx, a, 0.0)?;
     let mut out = Changes {
         mode: label.to_owned(),
         services: svcs.len(),
@@ -138,7 +138,7 @@ fn change_latency(
         let sent = now();
         set_endpoints(c, 0, &[target])?;
         let accepted = now();
-        let t = seen(&rx, target)?;
+        let t = seen(&rx, target, sent)?;
         out.live_ms.push((t - sent) * 1000.0);
         out.apply_ms.push((accepted - sent) * 1000.0);
     }
@@ -343,7 +343,7 @@ fn run(
         results.changes.push(changes);
     }
     let label = if mode == "ebpf" { "eBPF" } else { "nftables" };
-    if let Some(pid) = c.node(0).pid() {
+    if let Some(pid) = c.node(0).pid().filter(|_| mode == "ebpf") {
         let (maps, bytes) = bpf_maps(pid);
         #[expect(clippy::cast_precision_loss, reason = "bytes of maps")]
         let mib = bytes as f64 / 1_048_576.0;
