@@ -11,6 +11,7 @@ pub mod control;
 pub mod etcd;
 pub mod http;
 pub mod image;
+pub mod many_services;
 pub mod netns;
 pub mod node;
 pub mod process;
