@@ -435,18 +435,6 @@ pub fn restore(netns: &Path, rules: &str, noflush: bool) -> Result<Duration> {
     Ok(took)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chain_names_are_kube_proxys() {
-        // kube-proxy's own test vector (pkg/proxy/iptables: servicePortChainName of
-        // "ns1/svc1:p80" over TCP).
-        assert_eq!(hash("ns1/svc1:p80tcp"), "XPGD46QRK7WJZT7O");
-    }
-}
-
 #[expect(
     clippy::too_many_lines,
     reason = "one mode's measurement, step by step"
@@ -572,4 +560,16 @@ pub fn measure(
         format!("{rules} rules, {mib:.1} MiB as iptables-save text"),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_names_are_kube_proxys() {
+        // kube-proxy's own test vector (pkg/proxy/iptables: servicePortChainName of
+        // "ns1/svc1:p80" over TCP).
+        assert_eq!(hash("ns1/svc1:p80tcp"), "XPGD46QRK7WJZT7O");
+    }
 }
