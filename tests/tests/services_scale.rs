@@ -96,7 +96,7 @@ fn answered_by(
 }
 
 #[test]
-fn with_ten_thousand_services_programmed_one_more_added_or_changed_is_served() -> Result<()> {
+fn with_many_services_programmed_one_more_added_or_changed_is_served() -> Result<()> {
     if !skiff_tests::require_root("services_scale") {
         return Ok(());
     }
