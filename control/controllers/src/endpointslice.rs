@@ -58,6 +58,7 @@ fn endpoint(b: &Backend) -> Endpoint {
         }),
         node_name: b.node.clone(),
         target_ref: Some(b.target.clone()),
+        hostname: b.hostname.clone(),
         ..Endpoint::default()
     }
 }
