@@ -96,6 +96,32 @@ struct RealArgs {
     /// Run without the Service proxy (no eBPF programs, Services unreachable from here).
     #[arg(long)]
     no_service_proxy: bool,
+    /// The cluster domain: pods' search path, the names the node's DNS answers.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The `kube-system/kube-dns` Service's address, the nameserver of `ClusterFirst` pods.
+    #[arg(long, default_value = "10.96.0.10")]
+    cluster_dns: Ipv4Addr,
+    /// A resolver for names outside the cluster (`addr` or `addr:port`), repeatable
+    /// (default: the nameservers of the host's /etc/resolv.conf).
+    #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = parse_upstream)]
+    dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Serve no cluster DNS on this node; `ClusterFirst` pods get the host's resolver.
+    #[arg(long)]
+    no_cluster_dns: bool,
+}
+
+fn parse_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
+    skiff_node_dns::upstream::parse(text).ok_or_else(|| format!("{text:?} is not an address"))
+}
+
+/// Where the node's DNS forwards other names: the operator's resolvers, else the host's.
+fn dns_upstreams(given: Vec<std::net::SocketAddr>) -> Vec<std::net::SocketAddr> {
+    if !given.is_empty() {
+        return given;
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    skiff_node_dns::upstream::from_resolv_conf(&text)
 }
 
 /// How to reach the API server.
@@ -294,7 +320,19 @@ async fn real(cli: Cli) -> Result<()> {
             .bpf_pin_dir
             .unwrap_or_else(|| daemon::services::default_pin_dir(&name)),
     });
+    // Pods must reach the server at the node's address: a node on loopback serves none.
+    let serve_dns = !args.no_cluster_dns && !pod_network.address.is_loopback();
+    if !args.no_cluster_dns && !serve_dns {
+        tracing::info!("node on loopback: no cluster DNS; pods get the host's resolver");
+    }
+    let dns = serve_dns.then(|| daemon::dns::DnsConfig {
+        listen: std::net::SocketAddr::from((pod_network.address, skiff_node_dns::upstream::PORT)),
+        domain: args.cluster_domain.clone(),
+        upstreams: dns_upstreams(args.dns_upstreams),
+    });
     let config = NodeConfig {
+        cluster_domain: args.cluster_domain,
+        cluster_dns: serve_dns.then_some(args.cluster_dns),
         log_dir,
         cgroup_parent: args
             .cgroup_parent
@@ -345,6 +383,14 @@ async fn real(cli: Cli) -> Result<()> {
         .await
         .with_context(|| format!("binding the node endpoint on {listen}"))?;
     let serving = tokio::spawn(server.serve(std::future::pending()));
+    let dns = match dns {
+        Some(dns) => Some(
+            daemon::dns::start(client.clone(), config.name.clone(), dns)
+                .await
+                .context("starting the cluster DNS")?,
+        ),
+        None => None,
+    };
     tracing::info!(node = %config.name, %listen, "node running");
     let result = Box::pin(daemon::run::run(client, config, node, proxy, async {
         if let Err(err) = shutdown().await {
@@ -353,6 +399,9 @@ async fn real(cli: Cli) -> Result<()> {
     }))
     .await;
     serving.abort();
+    if let Some(dns) = dns {
+        dns.abort();
+    }
     result.context("node daemon")
 }
 

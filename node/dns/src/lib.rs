@@ -13,5 +13,5 @@ pub mod upstream;
 pub mod zone;
 
 pub use answer::{Outcome, TTL, answer};
-pub use server::{DnsServer, ServerError};
+pub use server::{DnsServer, ServerError, SharedZone};
 pub use zone::{Data, Source, Zone};

@@ -304,6 +304,12 @@ impl Zone {
         self.by_source.insert(source.clone(), records);
     }
 
+    /// Every object that contributed records.
+    #[must_use]
+    pub fn sources(&self) -> Vec<Source> {
+        self.by_source.keys().cloned().collect()
+    }
+
     /// Forgets what `source` contributed.
     pub fn remove(&mut self, source: &Source) {
         let Some(old) = self.by_source.remove(source) else {
