@@ -290,6 +290,42 @@ async fn shutdown() -> Result<()> {
     Ok(())
 }
 
+/// The node's DNS server, unless it is off or the node runs on loopback (pods reach the
+/// server at the node's address, which loopback is not for them).
+fn dns_config(
+    off: bool,
+    domain: &str,
+    upstreams: Vec<std::net::SocketAddr>,
+    address: Ipv4Addr,
+) -> Option<daemon::dns::DnsConfig> {
+    if off {
+        return None;
+    }
+    if address.is_loopback() {
+        tracing::info!("node on loopback: no cluster DNS; pods get the host's resolver");
+        return None;
+    }
+    Some(daemon::dns::DnsConfig {
+        listen: std::net::SocketAddr::from((address, skiff_node_dns::upstream::PORT)),
+        domain: domain.to_owned(),
+        upstreams: dns_upstreams(upstreams),
+    })
+}
+
+async fn start_dns(
+    client: &kube::Client,
+    node: &str,
+    config: Option<daemon::dns::DnsConfig>,
+) -> Result<Option<daemon::dns::Dns>> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    daemon::dns::start(client.clone(), node.to_owned(), config)
+        .await
+        .map(Some)
+        .context("starting the cluster DNS")
+}
+
 async fn real(cli: Cli) -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("a real node runs containers and needs root (use --simulate N without root)");
@@ -320,19 +356,15 @@ async fn real(cli: Cli) -> Result<()> {
             .bpf_pin_dir
             .unwrap_or_else(|| daemon::services::default_pin_dir(&name)),
     });
-    // Pods must reach the server at the node's address: a node on loopback serves none.
-    let serve_dns = !args.no_cluster_dns && !pod_network.address.is_loopback();
-    if !args.no_cluster_dns && !serve_dns {
-        tracing::info!("node on loopback: no cluster DNS; pods get the host's resolver");
-    }
-    let dns = serve_dns.then(|| daemon::dns::DnsConfig {
-        listen: std::net::SocketAddr::from((pod_network.address, skiff_node_dns::upstream::PORT)),
-        domain: args.cluster_domain.clone(),
-        upstreams: dns_upstreams(args.dns_upstreams),
-    });
+    let dns = dns_config(
+        args.no_cluster_dns,
+        &args.cluster_domain,
+        args.dns_upstreams,
+        pod_network.address,
+    );
     let config = NodeConfig {
         cluster_domain: args.cluster_domain,
-        cluster_dns: serve_dns.then_some(args.cluster_dns),
+        cluster_dns: dns.is_some().then_some(args.cluster_dns),
         log_dir,
         cgroup_parent: args
             .cgroup_parent
@@ -383,14 +415,7 @@ async fn real(cli: Cli) -> Result<()> {
         .await
         .with_context(|| format!("binding the node endpoint on {listen}"))?;
     let serving = tokio::spawn(server.serve(std::future::pending()));
-    let dns = match dns {
-        Some(dns) => Some(
-            daemon::dns::start(client.clone(), config.name.clone(), dns)
-                .await
-                .context("starting the cluster DNS")?,
-        ),
-        None => None,
-    };
+    let dns = start_dns(&client, &config.name, dns).await?;
     tracing::info!(node = %config.name, %listen, "node running");
     let result = Box::pin(daemon::run::run(client, config, node, proxy, async {
         if let Err(err) = shutdown().await {
@@ -399,9 +424,7 @@ async fn real(cli: Cli) -> Result<()> {
     }))
     .await;
     serving.abort();
-    if let Some(dns) = dns {
-        dns.abort();
-    }
+    drop(dns);
     result.context("node daemon")
 }
 

@@ -13,11 +13,11 @@ use hickory_proto::{
 
 use crate::zone::{Data, Found, Kind, Zone, normalize};
 
-/// Seconds clients may keep an answer: CoreDNS's `kubernetes` plugin default, so a moved
+/// Seconds clients may keep an answer: the default of `CoreDNS`'s `kubernetes` plugin, so a moved
 /// Service is seen within seconds.
 pub const TTL: u32 = 5;
 
-/// Aliases followed inside the cluster before giving up (a loop of ExternalNames).
+/// Aliases followed inside the cluster before giving up (a loop of `ExternalName` Services).
 const MAX_ALIASES: usize = 8;
 
 /// The largest UDP reply offered to EDNS clients (the DNS flag day's size).
@@ -169,7 +169,7 @@ pub fn answer(zone: &Zone, request: &Message) -> Outcome {
     Outcome::Reply(reply_to(request, ResponseCode::ServFail))
 }
 
-/// The addresses of SRV targets, in the additional section as CoreDNS gives them.
+/// The addresses of SRV targets, in the additional section as `CoreDNS` gives them.
 fn add_srv_addresses(zone: &Zone, records: &[(String, Data)], reply: &mut Message) {
     let mut targets: Vec<&str> = records
         .iter()

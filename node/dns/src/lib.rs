@@ -1,5 +1,5 @@
 //! skiff-node-dns is the cluster DNS every node daemon serves to its own pods, as
-//! NodeLocal DNSCache and CoreDNS's `kubernetes` plugin do together: [`zone`] turns
+//! the node-local DNS cache and the `kubernetes` plugin of `CoreDNS` together do: [`zone`] turns
 //! Services, EndpointSlices and Pods into records (pure, no sockets), [`answer`] answers a
 //! query from them with hickory-proto messages (NXDOMAIN and NODATA told apart, 5 s TTLs),
 //! and [`server`] serves UDP and TCP and forwards every other name to the node's upstream

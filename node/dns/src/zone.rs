@@ -16,7 +16,7 @@ use k8s_openapi::api::{
 pub enum Data {
     /// An IPv4 address.
     A(Ipv4Addr),
-    /// An alias (ExternalName Services).
+    /// An alias (`ExternalName` Services).
     Cname(String),
     /// A named port: the port and the name serving it.
     Srv {
@@ -165,7 +165,7 @@ impl Zone {
 
     /// The records of `svc` with its `slices`: the cluster IP (A, PTR) or, for a headless
     /// Service, every ready endpoint (A at the Service's name and at the endpoint's own
-    /// `hostname`/`a-b-c-d` name, PTR); SRV for named ports; CNAME for ExternalName.
+    /// `hostname`/`a-b-c-d` name, PTR); SRV for named ports; CNAME for `ExternalName`.
     #[must_use]
     pub fn service_records(&self, svc: &Service, slices: &[EndpointSlice]) -> Vec<(String, Data)> {
         let (Some(namespace), Some(name), Some(spec)) = (
@@ -360,7 +360,7 @@ impl Zone {
 
     /// What `name` holds of `kind`. An alias answers every type but CNAME with itself (the
     /// caller follows it). Reverse names the cluster does not know are forwarded, as
-    /// CoreDNS's `fallthrough in-addr.arpa` does.
+    /// `CoreDNS`'s `fallthrough in-addr.arpa` does.
     #[must_use]
     pub fn lookup(&self, name: &str, kind: Kind) -> Found {
         let name = normalize(name);
@@ -504,7 +504,7 @@ mod tests {
         };
         assert_eq!(
             records(zone.lookup("_http._tcp.api.prod.svc.cluster.local", Kind::Srv)),
-            [srv.clone()]
+            std::slice::from_ref(&srv)
         );
         // The unnamed port has no SRV name; the Service's own SRV lists the named ones.
         assert_eq!(
@@ -609,7 +609,7 @@ mod tests {
         let alias = Data::Cname("example.com".to_owned());
         assert_eq!(
             records(zone.lookup("ext.prod.svc.cluster.local", Kind::A)),
-            [alias.clone()]
+            std::slice::from_ref(&alias)
         );
         assert_eq!(
             records(zone.lookup("ext.prod.svc.cluster.local", Kind::Cname)),

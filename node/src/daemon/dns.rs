@@ -48,15 +48,14 @@ pub struct DnsConfig {
     pub upstreams: Vec<SocketAddr>,
 }
 
-/// The running DNS: abort it to stop serving.
+/// The running DNS: the server, the watches and the slice writer stop when it is dropped.
 #[derive(Debug)]
 pub struct Dns {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl Dns {
-    /// Stops the server, the watches and the slice writer.
-    pub fn abort(&self) {
+impl Drop for Dns {
+    fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
         }
@@ -238,7 +237,7 @@ async fn watch(client: Client, zone: SharedZone) {
         let mut zone = zone.write().unwrap_or_else(PoisonError::into_inner);
         match touched {
             Touched::Service(namespace, name) => {
-                stores.render_service(&mut zone, &namespace, &name)
+                stores.render_service(&mut zone, &namespace, &name);
             }
             Touched::Pod(namespace, name) => stores.render_pod(&mut zone, &namespace, &name),
             Touched::All => stores.render_all(&mut zone),
