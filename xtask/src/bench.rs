@@ -13,6 +13,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("scheduler", "scheduler_bench"),
     ("pod-start", "pod_start_bench"),
     ("pod-network", "pod_network_bench"),
+    ("dns", "dns_bench"),
 ];
 
 /// Builds and runs one benchmark.
