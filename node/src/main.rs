@@ -323,7 +323,7 @@ async fn start_dns(
     daemon::dns::start(client.clone(), node.to_owned(), config)
         .await
         .map(Some)
-        .context("starting the cluster DNS")
+        .context("starting the cluster DNS (--no-cluster-dns runs the node without it)")
 }
 
 async fn real(cli: Cli) -> Result<()> {
