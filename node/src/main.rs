@@ -32,6 +32,10 @@ struct Cli {
 /// The real node: its name, its slice of the host, and its endpoint.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Real node")]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each is a command-line switch of its own"
+)]
 struct RealArgs {
     /// The Node's name (default: the host name).
     #[arg(long)]
@@ -109,6 +113,32 @@ struct RealArgs {
     /// Run without the Service proxy (no eBPF programs, Services unreachable from here).
     #[arg(long)]
     no_service_proxy: bool,
+    /// The cluster domain: pods' search path, the names the node's DNS answers.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The `kube-system/kube-dns` Service's address, the nameserver of `ClusterFirst` pods.
+    #[arg(long, default_value = "10.96.0.10")]
+    cluster_dns: Ipv4Addr,
+    /// A resolver for names outside the cluster (`addr` or `addr:port`), repeatable
+    /// (default: the nameservers of the host's /etc/resolv.conf).
+    #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = parse_upstream)]
+    dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Serve no cluster DNS on this node; `ClusterFirst` pods get the host's resolver.
+    #[arg(long)]
+    no_cluster_dns: bool,
+}
+
+fn parse_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
+    skiff_node_dns::upstream::parse(text).ok_or_else(|| format!("{text:?} is not an address"))
+}
+
+/// Where the node's DNS forwards other names: the operator's resolvers, else the host's.
+fn dns_upstreams(given: Vec<std::net::SocketAddr>) -> Vec<std::net::SocketAddr> {
+    if !given.is_empty() {
+        return given;
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    skiff_node_dns::upstream::from_resolv_conf(&text)
 }
 
 /// How to reach the API server.
@@ -275,17 +305,21 @@ const DEFAULT_REGISTRY_CONFIG: &str = "/etc/skiff/registries.yaml";
 fn registries(
     file: Option<&std::path::Path>,
     insecure: Vec<String>,
+    mirrors_only: bool,
 ) -> Result<skiff_node_runtime::image::Registries> {
+    let only = |r: skiff_node_runtime::image::Registries| {
+        if mirrors_only { r.mirrors_only() } else { r }
+    };
     let default = std::path::Path::new(DEFAULT_REGISTRY_CONFIG);
     let Some(path) = file.or_else(|| default.exists().then_some(default)) else {
-        return Ok(insecure.into());
+        return Ok(only(insecure.into()));
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the registry config {}", path.display()))?;
     let registries = skiff_node_runtime::image::Registries::from_yaml(&text, insecure)
         .with_context(|| format!("in {}", path.display()))?;
     tracing::info!(file = %path.display(), ?registries, "registry mirrors and settings");
-    Ok(registries)
+    Ok(only(registries))
 }
 
 async fn shutdown() -> Result<()> {
@@ -296,6 +330,69 @@ async fn shutdown() -> Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// The node's DNS server, unless it is off or the node runs on loopback (pods reach the
+/// server at the node's address, which loopback is not for them).
+fn dns_config(
+    off: bool,
+    domain: &str,
+    upstreams: Vec<std::net::SocketAddr>,
+    address: Ipv4Addr,
+) -> Option<daemon::dns::DnsConfig> {
+    if off {
+        return None;
+    }
+    if address.is_loopback() {
+        tracing::info!("node on loopback: no cluster DNS; pods get the host's resolver");
+        return None;
+    }
+    Some(daemon::dns::DnsConfig {
+        listen: std::net::SocketAddr::from((address, skiff_node_dns::upstream::PORT)),
+        domain: domain.to_owned(),
+        upstreams: dns_upstreams(upstreams),
+    })
+}
+
+async fn start_dns(
+    client: &kube::Client,
+    node: &str,
+    config: Option<daemon::dns::DnsConfig>,
+) -> Result<Option<daemon::dns::Dns>> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let listen = config.listen;
+    // A port 53 some other server holds costs this node's pods cluster names, not the
+    // node: it still runs pods and Services, and says why names fail.
+    match daemon::dns::start(client.clone(), node.to_owned(), config).await {
+        Ok(dns) => Ok(Some(dns)),
+        Err(err) => {
+            tracing::error!(
+                %listen,
+                %err,
+                "cluster DNS not served on this node: its pods cannot resolve cluster names \
+                 (free the port, or pass --no-cluster-dns to give pods the host's resolver)"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The state and log directories, absolute: libcontainer changes the process's working
+/// directory for moments.
+fn directories(
+    state_dir: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
+    name: &str,
+) -> Result<(PathBuf, PathBuf)> {
+    let state_dir = std::path::absolute(
+        state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/skiff/node").join(name)),
+    )
+    .context("resolving --state-dir")?;
+    let log_dir = std::path::absolute(log_dir.unwrap_or_else(|| state_dir.join("logs")))
+        .context("resolving --log-dir")?;
+    Ok((state_dir, log_dir))
 }
 
 async fn real(cli: Cli) -> Result<()> {
@@ -310,14 +407,7 @@ async fn real(cli: Cli) -> Result<()> {
             .to_string_lossy()
             .to_lowercase(),
     };
-    // Absolute, because libcontainer changes the process's working directory for moments.
-    let state_dir = std::path::absolute(
-        args.state_dir
-            .unwrap_or_else(|| PathBuf::from("/var/lib/skiff/node").join(&name)),
-    )
-    .context("resolving --state-dir")?;
-    let log_dir = std::path::absolute(args.log_dir.unwrap_or_else(|| state_dir.join("logs")))
-        .context("resolving --log-dir")?;
+    let (state_dir, log_dir) = directories(args.state_dir, args.log_dir, &name)?;
     let pod_network =
         daemon::peers::PodNetwork::choose(args.node_ip, args.pod_network_iface, args.pod_network)
             .await
@@ -329,7 +419,15 @@ async fn real(cli: Cli) -> Result<()> {
             .bpf_pin_dir
             .unwrap_or_else(|| daemon::services::default_pin_dir(&name)),
     });
+    let dns = dns_config(
+        args.no_cluster_dns,
+        &args.cluster_domain,
+        args.dns_upstreams,
+        pod_network.address,
+    );
     let config = NodeConfig {
+        cluster_domain: args.cluster_domain,
+        cluster_dns: dns.is_some().then_some(args.cluster_dns),
         log_dir,
         cgroup_parent: args
             .cgroup_parent
@@ -349,14 +447,11 @@ async fn real(cli: Cli) -> Result<()> {
             max_pods: args.max_pods,
             ..Reservations::default()
         },
-        registries: {
-            let r = registries(args.registry_config.as_deref(), args.insecure_registries)?;
-            if args.disable_default_registry_endpoint {
-                r.mirrors_only()
-            } else {
-                r
-            }
-        },
+        registries: registries(
+            args.registry_config.as_deref(),
+            args.insecure_registries,
+            args.disable_default_registry_endpoint,
+        )?,
         cleanup_on_exit: args.cleanup_on_exit,
     };
     let client = client(&cli.api, skiff_kubelet::node::host::KUBELET_VERSION).await?;
@@ -387,6 +482,7 @@ async fn real(cli: Cli) -> Result<()> {
         .await
         .with_context(|| format!("binding the node endpoint on {listen}"))?;
     let serving = tokio::spawn(server.serve(std::future::pending()));
+    let dns = start_dns(&client, &config.name, dns).await?;
     tracing::info!(node = %config.name, %listen, "node running");
     let result = Box::pin(daemon::run::run(client, config, node, proxy, async {
         if let Err(err) = shutdown().await {
@@ -395,6 +491,7 @@ async fn real(cli: Cli) -> Result<()> {
     }))
     .await;
     serving.abort();
+    drop(dns);
     result.context("node daemon")
 }
 

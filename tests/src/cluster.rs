@@ -503,6 +503,11 @@ impl Cluster {
         let host = &self.node_hosts[i];
         let address = host.address().to_string();
         let mut args = vec!["--node-ip", address.as_str()];
+        // Names outside the cluster go nowhere unless the test starts a resolver of its own:
+        // never to the machine's.
+        if !extra.iter().any(|a| a == "--dns-upstream") {
+            args.extend(["--dns-upstream", "127.0.0.1:1"]);
+        }
         args.extend(extra.iter().map(String::as_str));
         let dir = self.dir.path().join(host.label());
         let name = host.label().to_owned();

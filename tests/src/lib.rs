@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod cluster;
 pub mod container;
 pub mod control;
+pub mod dns;
 pub mod etcd;
 pub mod http;
 pub mod image;

@@ -14,6 +14,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("pod-start", "pod_start_bench"),
     ("pod-network", "pod_network_bench"),
     ("datapath", "datapath_bench"),
+    ("dns", "dns_bench"),
 ];
 
 /// Builds and runs one benchmark.

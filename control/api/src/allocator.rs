@@ -98,6 +98,13 @@ impl ClusterIps {
         Ipv4Addr::from(u32::from(self.cidr.network()) + 1)
     }
 
+    /// The tenth address, for the `kube-system/kube-dns` Service (kubeadm's choice:
+    /// 10.96.0.10 in the default range); `None` in a range too small to hold it.
+    pub fn dns(&self) -> Option<Ipv4Addr> {
+        let ip = Ipv4Addr::from(u32::from(self.cidr.network()) + 10);
+        (self.cidr.contains(ip) && ip != self.cidr.last()).then_some(ip)
+    }
+
     /// Takes `wanted`, or any free address.
     ///
     /// # Errors
@@ -260,6 +267,8 @@ mod tests {
             Err(AllocError::OutOfRange { .. })
         ));
         assert_eq!(ips.first(), "10.96.0.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(ips.dns(), Some("10.96.0.10".parse::<Ipv4Addr>().unwrap()));
+        assert_eq!(ClusterIps::new(cidr("10.96.0.0/29")).unwrap().dns(), None);
     }
 
     #[test]

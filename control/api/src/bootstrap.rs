@@ -79,5 +79,39 @@ pub async fn run(ctx: &Ctx) -> Result<(), StatusError> {
             "spec": {"clusterIP": first, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
         }),
     )
-    .await
+    .await?;
+    if let Some(dns) = ctx.pools.cluster_ips.dns() {
+        // A cluster that gave the address to another Service still starts; its pods resolve
+        // through whatever `--cluster-dns` the nodes are told.
+        if let Err(err) = ensure(
+            ctx,
+            &route("v1", "Service", Some(namespace::KUBE_SYSTEM))?,
+            kube_dns(dns),
+        )
+        .await
+        {
+            tracing::warn!(%dns, err = %err.message, "kube-dns Service not created");
+        }
+    }
+    Ok(())
+}
+
+/// The `kube-system/kube-dns` Service. It has no selector: every node daemon serves DNS
+/// itself and publishes its own EndpointSlice, and `internalTrafficPolicy: Local` makes each
+/// node's Service path pick its own server, so DNS traffic never leaves the node.
+fn kube_dns(ip: std::net::Ipv4Addr) -> Value {
+    json!({
+        "metadata": {
+            "name": "kube-dns",
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"},
+        },
+        "spec": {
+            "clusterIP": ip.to_string(),
+            "internalTrafficPolicy": "Local",
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            ],
+        },
+    })
 }

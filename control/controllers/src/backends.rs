@@ -36,6 +36,9 @@ pub struct Backend {
     pub terminating: bool,
     /// The Service's ports resolved for this pod.
     pub ports: Vec<PortMapping>,
+    /// The pod's `hostname` when its `subdomain` names this Service, as Kubernetes
+    /// publishes it (cluster DNS answers `<hostname>.<service>.<ns>.svc`).
+    pub hostname: Option<String>,
 }
 
 /// Whether `svc` has a selector (Services without one have user-managed endpoints).
@@ -79,6 +82,16 @@ pub fn service_ports(svc: &Service) -> Vec<PortMapping> {
             )
         })
         .collect()
+}
+
+/// The pod's hostname, when it has one and its `subdomain` is `svc`'s name.
+fn hostname_for(svc: &Service, pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let subdomain = spec.subdomain.as_deref()?;
+    (svc.metadata.name.as_deref() == Some(subdomain))
+        .then(|| spec.hostname.clone())
+        .flatten()
+        .filter(|h| !h.is_empty())
 }
 
 /// The pods behind `svc` (selector match, an IP, not finished), sorted by IP.
@@ -133,6 +146,7 @@ pub fn backends(svc: &Service, all: &[Arc<Pod>]) -> Vec<Backend> {
                 ready: pods::is_ready(p),
                 terminating: p.metadata.deletion_timestamp.is_some(),
                 ports,
+                hostname: hostname_for(svc, p),
             })
         })
         .collect();
@@ -201,6 +215,25 @@ mod tests {
         assert_eq!(summary, [("10.0.0.1", 9090), ("10.0.0.2", 8080)]);
         assert!(found[0].ready && !found[0].terminating);
         assert_eq!(found[0].node.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn a_pod_whose_subdomain_names_the_service_publishes_its_hostname() {
+        let named = |name: &str, ip: &str, subdomain: &str| {
+            let p = web(name, ip, 80);
+            let mut p = Arc::unwrap_or_clone(p);
+            let spec = p.spec.get_or_insert_with(Default::default);
+            spec.hostname = Some(name.to_owned());
+            spec.subdomain = Some(subdomain.to_owned());
+            Arc::new(p)
+        };
+        let pods = [
+            named("web-0", "10.0.0.1", "web"),
+            named("web-1", "10.0.0.2", "other"),
+        ];
+        let found = backends(&service(), &pods);
+        let hostnames: Vec<Option<&str>> = found.iter().map(|b| b.hostname.as_deref()).collect();
+        assert_eq!(hostnames, [Some("web-0"), None]);
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub fn plan(svc: &Service, pods: &[Arc<Pod>], current: Option<&Endpoints>) -> Op
             ip: b.ip.clone(),
             node_name: b.node.clone(),
             target_ref: Some(b.target.clone()),
-            hostname: None,
+            hostname: b.hostname.clone(),
         };
         let subset = subsets
             .entry(b.ports.clone())

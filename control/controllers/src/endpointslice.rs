@@ -61,6 +61,7 @@ fn endpoint(b: &Backend, publish_not_ready: bool) -> Endpoint {
         }),
         node_name: b.node.clone(),
         target_ref: Some(b.target.clone()),
+        hostname: b.hostname.clone(),
         ..Endpoint::default()
     }
 }

@@ -5,6 +5,7 @@
 pub mod announce;
 pub mod backend;
 pub mod cgroups;
+pub mod dns;
 pub mod endpoint;
 pub mod health;
 pub mod oci;

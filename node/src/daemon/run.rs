@@ -115,6 +115,10 @@ pub struct NodeConfig {
     pub registries: Registries,
     /// On exit, stop every container and remove sandboxes, the bridge and the rules.
     pub cleanup_on_exit: bool,
+    /// The cluster domain (pods' search path and `/etc/hosts` names).
+    pub cluster_domain: String,
+    /// The nameserver of `ClusterFirst` pods, when the node serves cluster DNS.
+    pub cluster_dns: Option<Ipv4Addr>,
 }
 
 /// A node set up and registered, not running pods yet.
@@ -332,7 +336,9 @@ pub async fn prepare(client: Client, config: &NodeConfig) -> Result<Node, Daemon
         sources.clone(),
         Arc::new(SystemMounter),
         node_limits,
-    );
+    )
+    .with_cluster_domain(&config.cluster_domain)
+    .with_cluster_dns(config.cluster_dns);
     let backend = Arc::new(LocalBackend {
         layout: Layout {
             node: config.name.clone(),

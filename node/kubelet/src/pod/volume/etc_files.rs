@@ -85,37 +85,74 @@ pub fn hosts_content(pod: &Pod, pod_ip: Option<&str>, cluster_domain: &str) -> S
     out
 }
 
-/// The pod's resolver configuration: the host's, merged with `dnsConfig` when given, or
-/// `dnsConfig` alone for `dnsPolicy: None`. (`ClusterFirst` has no cluster DNS to point at
-/// yet, so it behaves as `Default`.)
+/// The cluster DNS pods of `dnsPolicy: ClusterFirst` use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDns {
+    /// The `kube-dns` Service's address (`--cluster-dns`).
+    pub server: String,
+    /// The cluster domain (`cluster.local`).
+    pub domain: String,
+}
+
+/// The pod's resolver configuration, as the kubelet builds it: the cluster DNS with the
+/// namespace's search path and `ndots:5` for `ClusterFirst` (and `ClusterFirstWithHostNet`
+/// on the host's network), the host's for `Default` (and for `ClusterFirst` on the host's
+/// network or without a cluster DNS), nothing for `None`; then `dnsConfig` merged in
+/// (servers and searches appended without repeats, options replaced by name).
 #[must_use]
-pub fn resolv_content(pod: &Pod, host: &str) -> String {
+pub fn resolv_content(pod: &Pod, host: &str, cluster: Option<&ClusterDns>) -> String {
     let spec = pod.spec.as_ref();
     let config = spec.and_then(|s| s.dns_config.as_ref());
-    let policy_none = spec.and_then(|s| s.dns_policy.as_deref()) == Some("None");
-    let Some(config) = config else {
-        return if policy_none {
-            String::new()
-        } else {
-            host.to_owned()
-        };
+    let policy = spec
+        .and_then(|s| s.dns_policy.as_deref())
+        .unwrap_or("ClusterFirst");
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let cluster = match policy {
+        "ClusterFirstWithHostNet" => cluster,
+        "ClusterFirst" if !host_network => cluster,
+        _ => None,
     };
-    let (mut servers, mut searches, mut options) = if policy_none {
+    let (mut servers, mut searches, mut options) = if policy == "None" {
         (Vec::new(), Vec::new(), Vec::new())
+    } else if let Some(dns) = cluster {
+        let (_, host_searches, _) = parse_resolv(host);
+        let ns = pod
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(skiff_types::namespace::DEFAULT);
+        let mut searches = vec![
+            format!("{ns}.svc.{}", dns.domain),
+            format!("svc.{}", dns.domain),
+            dns.domain.clone(),
+        ];
+        for s in host_searches {
+            if !searches.contains(&s) {
+                searches.push(s);
+            }
+        }
+        (
+            vec![dns.server.clone()],
+            searches,
+            vec!["ndots:5".to_owned()],
+        )
+    } else if config.is_none() {
+        // The host's file as it is.
+        return host.to_owned();
     } else {
         parse_resolv(host)
     };
-    for s in config.nameservers.iter().flatten() {
+    for s in config.iter().flat_map(|c| c.nameservers.iter().flatten()) {
         if !servers.contains(s) {
             servers.push(s.clone());
         }
     }
-    for s in config.searches.iter().flatten() {
+    for s in config.iter().flat_map(|c| c.searches.iter().flatten()) {
         if !searches.contains(s) {
             searches.push(s.clone());
         }
     }
-    for o in config.options.iter().flatten() {
+    for o in config.iter().flat_map(|c| c.options.iter().flatten()) {
         let Some(name) = o.name.as_deref().filter(|n| !n.is_empty()) else {
             continue;
         };
@@ -182,6 +219,7 @@ pub fn write(
     pod_ip: Option<&str>,
     cluster_domain: &str,
     host_resolv_conf: &Path,
+    cluster_dns: Option<&ClusterDns>,
 ) -> Result<(), VolumeError> {
     let host_network = pod
         .spec
@@ -205,7 +243,10 @@ pub fn write(
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io_err("reading", host_resolv_conf)(e)),
     };
-    write_if_changed(&pod_dir.join(RESOLV_CONF), &resolv_content(pod, &host))
+    write_if_changed(
+        &pod_dir.join(RESOLV_CONF),
+        &resolv_content(pod, &host, cluster_dns),
+    )
 }
 
 #[cfg(test)]
@@ -271,10 +312,66 @@ mod tests {
         assert_eq!(host, "a".repeat(62));
     }
 
+    fn cluster() -> ClusterDns {
+        ClusterDns {
+            server: "10.96.0.10".to_owned(),
+            domain: "cluster.local".to_owned(),
+        }
+    }
+
+    #[test]
+    fn cluster_first_points_at_the_cluster_dns_with_the_namespace_search_path() {
+        let host = "nameserver 192.0.2.1\nsearch host.example\noptions rotate\n";
+        let expected = "search prod.svc.cluster.local svc.cluster.local cluster.local host.example\nnameserver 10.96.0.10\noptions ndots:5\n";
+        assert_eq!(
+            resolv_content(&pod(PodSpec::default()), host, Some(&cluster())),
+            expected
+        );
+        let with_host_net = PodSpec {
+            dns_policy: Some("ClusterFirstWithHostNet".to_owned()),
+            host_network: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolv_content(&pod(with_host_net), host, Some(&cluster())),
+            expected
+        );
+        // ClusterFirst on the host's network and Default take the host's file.
+        let host_net = PodSpec {
+            host_network: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(resolv_content(&pod(host_net), host, Some(&cluster())), host);
+        let default = PodSpec {
+            dns_policy: Some("Default".to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(resolv_content(&pod(default), host, Some(&cluster())), host);
+    }
+
+    #[test]
+    fn dns_config_merges_into_the_cluster_resolver() {
+        let spec = PodSpec {
+            dns_config: Some(PodDNSConfig {
+                nameservers: Some(vec!["192.0.2.9".to_owned()]),
+                searches: Some(vec!["svc.cluster.local".to_owned(), "x.example".to_owned()]),
+                options: Some(vec![PodDNSConfigOption {
+                    name: Some("ndots".to_owned()),
+                    value: Some("2".to_owned()),
+                }]),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolv_content(&pod(spec), "", Some(&cluster())),
+            "search prod.svc.cluster.local svc.cluster.local cluster.local x.example\nnameserver 10.96.0.10\nnameserver 192.0.2.9\noptions ndots:2\n"
+        );
+    }
+
     #[test]
     fn resolv_conf_is_the_hosts_without_dns_config() {
         let host = "nameserver 192.0.2.1\nsearch example.com\n";
-        assert_eq!(resolv_content(&pod(PodSpec::default()), host), host);
+        assert_eq!(resolv_content(&pod(PodSpec::default()), host, None), host);
     }
 
     #[test]
@@ -297,7 +394,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let text = resolv_content(&pod(spec), "nameserver 192.0.2.1\n");
+        let text = resolv_content(&pod(spec), "nameserver 192.0.2.1\n", Some(&cluster()));
         assert_eq!(
             text,
             "search a.example b.example\nnameserver 1.2.3.4\nnameserver 5.6.7.8\noptions ndots:2 edns0\n"
@@ -319,7 +416,7 @@ mod tests {
         };
         let host = "nameserver 192.0.2.1\nsearch host.example\noptions ndots:5 rotate\n";
         assert_eq!(
-            resolv_content(&pod(spec), host),
+            resolv_content(&pod(spec), host, None),
             "search host.example extra.example\nnameserver 192.0.2.1\nnameserver 192.0.2.2\noptions rotate ndots:1\n"
         );
     }
@@ -331,7 +428,15 @@ mod tests {
         let resolv = tmp.path().join("host-resolv");
         fs::write(&resolv, "nameserver 192.0.2.1\n").unwrap();
         let p = pod(PodSpec::default());
-        write(tmp.path(), &p, Some("10.0.0.1"), "cluster.local", &resolv).unwrap();
+        write(
+            tmp.path(),
+            &p,
+            Some("10.0.0.1"),
+            "cluster.local",
+            &resolv,
+            None,
+        )
+        .unwrap();
         let hosts = tmp.path().join(HOSTS);
         let inode = fs::metadata(&hosts).unwrap().ino();
         assert_eq!(
@@ -342,7 +447,15 @@ mod tests {
             fs::read_to_string(tmp.path().join(RESOLV_CONF)).unwrap(),
             "nameserver 192.0.2.1\n"
         );
-        write(tmp.path(), &p, Some("10.0.0.2"), "cluster.local", &resolv).unwrap();
+        write(
+            tmp.path(),
+            &p,
+            Some("10.0.0.2"),
+            "cluster.local",
+            &resolv,
+            None,
+        )
+        .unwrap();
         assert_eq!(fs::metadata(&hosts).unwrap().ino(), inode, "same inode");
         assert!(
             fs::read_to_string(&hosts)
@@ -364,6 +477,7 @@ mod tests {
             None,
             "cluster.local",
             &tmp.path().join("none"),
+            Some(&cluster()),
         )
         .unwrap();
         assert!(!tmp.path().join(HOSTS).exists());

@@ -283,6 +283,8 @@ struct Inner {
     node: NodeLimits,
     cluster_domain: String,
     host_resolv_conf: PathBuf,
+    /// The `kube-dns` address `ClusterFirst` pods resolve through, when the node has one.
+    cluster_dns: Option<std::net::Ipv4Addr>,
     /// Disk emptyDir size limits by pod UID and volume, for an eviction manager to enforce.
     disk_limits: Mutex<HashMap<String, BTreeMap<String, u64>>>,
 }
@@ -386,6 +388,7 @@ impl VolumeManager {
                 node,
                 cluster_domain: "cluster.local".to_owned(),
                 host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
+                cluster_dns: None,
                 disk_limits: Mutex::new(HashMap::new()),
             }),
         }
@@ -405,6 +408,13 @@ impl VolumeManager {
         self.rebuild(|inner| inner.host_resolv_conf = path)
     }
 
+    /// Sets the cluster DNS address `ClusterFirst` pods get as their nameserver (none by
+    /// default: they get the host's resolver). Call before cloning.
+    #[must_use]
+    pub fn with_cluster_dns(self, server: Option<std::net::Ipv4Addr>) -> Self {
+        self.rebuild(|inner| inner.cluster_dns = server)
+    }
+
     fn rebuild(self, change: impl FnOnce(&mut Inner)) -> Self {
         let old = &self.inner;
         let mut inner = Inner {
@@ -414,6 +424,7 @@ impl VolumeManager {
             node: old.node,
             cluster_domain: old.cluster_domain.clone(),
             host_resolv_conf: old.host_resolv_conf.clone(),
+            cluster_dns: old.cluster_dns,
             disk_limits: Mutex::new(
                 old.disk_limits
                     .lock()
@@ -472,12 +483,17 @@ impl VolumeManager {
         let pod_ip = pod_ip
             .map(str::to_owned)
             .or_else(|| pod.status.as_ref().and_then(|s| s.pod_ip.clone()));
+        let cluster_dns = self.inner.cluster_dns.map(|ip| etc_files::ClusterDns {
+            server: ip.to_string(),
+            domain: self.inner.cluster_domain.clone(),
+        });
         etc_files::write(
             &pod_dir,
             pod,
             pod_ip.as_deref(),
             &self.inner.cluster_domain,
             &self.inner.host_resolv_conf,
+            cluster_dns.as_ref(),
         )?;
 
         let namespace = pod
