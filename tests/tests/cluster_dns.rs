@@ -218,7 +218,17 @@ fn start() -> Result<Fixture> {
 /// `nslookup ARGS` run by `pod`'s own process, with its output whatever the exit status.
 /// (busybox's nslookup applies the search path only to names without a dot.)
 fn lookup(f: &Fixture, pod: &str, args: &[&str]) -> Result<String> {
-    run_in(f, pod, &format!("busybox nslookup {}", args.join(" ")))
+    // This busybox's nslookup now and then exits printing nothing at all (no answer, no
+    // error); a silent run says nothing about the server, so it is asked again.
+    let command = format!("busybox nslookup {}", args.join(" "));
+    let mut out = String::new();
+    for _ in 0..3 {
+        out = run_in(f, pod, &command)?;
+        if !out.trim().is_empty() {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// The address `name` resolves to through the C library's resolver (busybox `ping`, whose
@@ -233,18 +243,32 @@ fn run_in(f: &Fixture, pod: &str, command: &str) -> Result<String> {
     let n = LOOKUPS.fetch_add(1, Ordering::Relaxed);
     let drop_script =
         format!("echo '{command}' > /tmp/q/{n}.tmp && busybox mv /tmp/q/{n}.tmp /tmp/q/{n}.sh");
-    f.cluster.kubectl(
-        &["exec", "-n", NS, pod, "--", "sh", "-c", &drop_script],
-        None,
-    )?;
+    // kubectl's exec stream now and then ends with "Unknown stream id" under load (an exec
+    // relay flake not yet understood, see the closing note); dropping the script twice
+    // is harmless.
+    let mut dropped = Err(anyhow::anyhow!("not tried"));
+    for _ in 0..3 {
+        dropped = f.cluster.kubectl(
+            &["exec", "-n", NS, pod, "--", "sh", "-c", &drop_script],
+            None,
+        );
+        if dropped.is_ok() {
+            break;
+        }
+    }
+    dropped?;
     let read = format!("cat /tmp/q/{n}.done 2>/dev/null || echo PENDING");
     wait_for(
         &format!("{command:?} in {pod}"),
         Duration::from_secs(30),
         || {
-            let out = f
+            // A flaky exec stream (see above) reads again on the next round.
+            let Ok(out) = f
                 .cluster
-                .kubectl(&["exec", "-n", NS, pod, "--", "sh", "-c", &read], None)?;
+                .kubectl(&["exec", "-n", NS, pod, "--", "sh", "-c", &read], None)
+            else {
+                return Ok(None);
+            };
             Ok((out.trim() != "PENDING").then_some(out))
         },
     )
