@@ -71,6 +71,10 @@ pub struct Args {
     /// EndpointSlice changes timed per Service count.
     #[arg(long, default_value_t = 100)]
     changes: usize,
+    /// Which data paths to measure: `ebpf` (with the direct pod-IP floor), `nftables`,
+    /// `iptables`.
+    #[arg(long, default_value = "ebpf,nftables,iptables", value_delimiter = ',')]
+    modes: Vec<String>,
     /// Where the CSV and chart go.
     #[arg(long, default_value = "target/bench/datapath")]
     out: PathBuf,
@@ -400,8 +404,12 @@ fn main() -> Result<()> {
         .tempdir()?;
     let before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut results = Results::default();
-    skiff::measure(&args, "ebpf", &load, scratch.path(), &mut results)?;
-    if skiff::has_proxy_mode()? {
+    let wanted = |mode: &str| args.modes.iter().any(|m| m == mode);
+    if wanted("ebpf") {
+        skiff::measure(&args, "ebpf", &load, scratch.path(), &mut results)?;
+    }
+    if !wanted("nftables") {
+    } else if skiff::has_proxy_mode()? {
         skiff::measure(&args, "nftables", &load, scratch.path(), &mut results)?;
     } else {
         results.note(
@@ -410,7 +418,9 @@ fn main() -> Result<()> {
             "not available in this build (the node has no --proxy-mode)".to_owned(),
         );
     }
-    iptables::measure(&args, &load, scratch.path(), &mut results)?;
+    if wanted("iptables") {
+        iptables::measure(&args, &load, scratch.path(), &mut results)?;
+    }
     results.note("6 IPVS", "status", ipvs_status());
     let after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     report::print(&args, &results, (&before, &after));
