@@ -311,15 +311,8 @@ impl<M: ServiceMaps> ServiceTable<M> {
         let result = self.apply_owned(service, &mut owned, entries, &mut applied);
         // Counted whether or not every write went through: what was written is what
         // clients see.
-        let after = udp_backends(&owned);
-        for (key, backends) in before {
-            let kept = after.get(&key);
-            self.removed_udp.extend(
-                backends
-                    .into_iter()
-                    .filter(|b| kept.is_none_or(|k| !k.contains(b))),
-            );
-        }
+        self.removed_udp
+            .extend(gone_udp(before, &udp_backends(&owned)));
         if !owned.is_empty() {
             self.services.insert(service.clone(), owned);
         }
@@ -524,6 +517,21 @@ fn backend_address(b: Backend) -> SocketAddrV4 {
         Ipv4Addr::from(b.address.to_ne_bytes()),
         u16::from_be(b.port),
     )
+}
+
+/// The backends of each UDP group in `before` that the same group in `after` no longer
+/// has (a group gone from `after` lost all of them); both tables count these for the
+/// stale-UDP sweep.
+pub(crate) fn gone_udp(
+    before: BTreeMap<GroupKey, BTreeSet<SocketAddrV4>>,
+    after: &BTreeMap<GroupKey, BTreeSet<SocketAddrV4>>,
+) -> impl Iterator<Item = SocketAddrV4> + use<'_> {
+    before.into_iter().flat_map(move |(key, backends)| {
+        let kept = after.get(&key);
+        backends
+            .into_iter()
+            .filter(move |b| kept.is_none_or(|k| !k.contains(b)))
+    })
 }
 
 /// The counted backends of each UDP group a Service owns.

@@ -381,16 +381,9 @@ impl<N: Nft> ProxyTable for NftTable<N> {
         }
         let objects = rules::service_objects(service, &mine, self.outside());
         applied.writes = self.change(&old.objects, &objects);
-        let before = udp_backends(&old.entries);
         let after = udp_backends(&mine);
-        for (key, backends) in before {
-            let kept = after.get(&key);
-            self.removed_udp.extend(
-                backends
-                    .into_iter()
-                    .filter(|b| kept.is_none_or(|k| !k.contains(b))),
-            );
-        }
+        self.removed_udp
+            .extend(crate::table::gone_udp(udp_backends(&old.entries), &after));
         if !mine.frontends.is_empty() {
             self.services.insert(
                 service.clone(),

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use skiff_tests::{
+    bench::percentile,
     cluster::{Cluster, ClusterConfig, PodAt, wait_for},
     many_services::{
         BACKEND_TCP, BACKEND_UDP, NODE_PORTS, Svc, TCP_PORT, UDP_PORT, create, services,
@@ -145,28 +146,16 @@ fn change_latency(
     drop(watcher);
     set_endpoints(c, 0, &svc.endpoints)?;
     // Printed as measured, so a run cut off later still shows it.
-    let mut live = out.live_ms.clone();
-    live.sort_by(f64::total_cmp);
-    if let (Some(p50), Some(p99)) = (percentile(&live, 0.5), percentile(&live, 0.99)) {
+    if !out.live_ms.is_empty() {
         eprintln!(
-            "datapath bench: {label}, {}: slice change to the new backend p50 {p50:.1} ms p99 {p99:.1} ms ({} changes)",
+            "datapath bench: {label}, {}: slice change to the new backend p50 {:.1} ms p99 {:.1} ms ({} changes)",
             svcs.len(),
-            live.len()
+            percentile(&out.live_ms, 0.5),
+            percentile(&out.live_ms, 0.99),
+            out.live_ms.len()
         );
     }
     Ok(out)
-}
-
-/// The `q` quantile of sorted `values`, nearest rank.
-fn percentile(values: &[f64], q: f64) -> Option<f64> {
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index into a short list"
-    )]
-    let rank = ((values.len() as f64 * q).ceil() as usize).max(1);
-    values.get(rank - 1).copied()
 }
 
 /// The node's `/metrics` text.
