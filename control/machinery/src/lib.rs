@@ -15,6 +15,8 @@ pub mod patch;
 pub mod quantity;
 pub mod quota;
 pub mod response;
+pub mod portforward;
 pub mod selector;
+pub mod spdy;
 pub mod status;
 pub mod validation;
