@@ -51,6 +51,8 @@ pub const APPLETS: &[&str] = &[
     "mv",
     "touch",
     "uname",
+    "tar",
+    "chmod",
 ];
 
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -22,6 +22,9 @@ use skiff_tests::{
     netns::in_netns,
 };
 
+#[path = "multi_host/streams.rs"]
+mod streams;
+
 /// The busybox image every node gets by `ctl image import`.
 const IMAGE: &str = "example.org/skiff/busybox:multi-host";
 /// How long a connection attempt may take.
@@ -102,6 +105,16 @@ fn main() -> ExitCode {
             "kubectl_top_shows_the_cpu_a_busy_pod_burns_and_every_node",
             &flat,
             top_shows_a_busy_pod,
+        ),
+        trial(
+            "kubectl_port_forward_reaches_pods_deployments_and_services",
+            &flat,
+            streams::port_forward_reaches_pods_deployments_and_services,
+        ),
+        trial(
+            "kubectl_cp_round_trips_a_file_both_ways",
+            &flat,
+            streams::kubectl_cp_round_trips_a_file_both_ways,
         ),
         trial(
             "a_node_killed_and_restarted_keeps_traffic_to_its_pods_flowing",

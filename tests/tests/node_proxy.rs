@@ -19,8 +19,8 @@ use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use skiff_node_server::{
-    BackendError, ContainerRef, ImageSummary, LogSource, NodeBackend, NodeServer, Session,
-    StreamOptions, Summary,
+    BackendError, ContainerRef, ImageSummary, LogSource, NodeBackend, NodeServer, PortConnection,
+    Session, StreamOptions, Summary,
 };
 use skiff_tests::{control::ControlPlane, process::ChildGuard, require_program};
 use tokio::io::AsyncWriteExt;
@@ -30,6 +30,8 @@ use tokio::io::AsyncWriteExt;
 struct FakeNode {
     log: PathBuf,
     running: Arc<AtomicBool>,
+    /// Where the pod's port 80 is served (an echo server); other ports refuse.
+    echo: std::net::SocketAddr,
 }
 
 impl FakeNode {
@@ -149,6 +151,26 @@ impl NodeBackend for FakeNode {
         )))
     }
 
+    async fn port_forward(
+        &self,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> Result<PortConnection, BackendError> {
+        if (namespace, pod) != ("default", "web") {
+            return Err(BackendError::pod_not_found(namespace, pod));
+        }
+        if port != 80 {
+            return Err(BackendError::Internal(format!(
+                "connecting to localhost:{port}: connection refused"
+            )));
+        }
+        let conn = tokio::net::TcpStream::connect(self.echo)
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))?;
+        Ok(Box::pin(conn))
+    }
+
     async fn pull_image(&self, _reference: &str) -> Result<ImageSummary, BackendError> {
         Err(BackendError::BadRequest("pull is not faked".into()))
     }
@@ -216,6 +238,16 @@ fn node_and_pod(cp: &ControlPlane, port: u16) -> Result<()> {
             "spec": {"nodeName": "skt-node", "containers": [{"name": "app", "image": "busybox"}]},
         }),
     )?;
+    // kubectl port-forward wants a running pod.
+    let (code, text) = cp.http(
+        "PATCH",
+        "/api/v1/namespaces/default/pods/web/status",
+        "application/merge-patch+json",
+        br#"{"status": {"phase": "Running"}}"#,
+    )?;
+    if code != 200 {
+        bail!("marking the pod running: {code}: {text}");
+    }
     Ok(())
 }
 
@@ -282,9 +314,11 @@ async fn kubectl_logs_and_exec_reach_the_node_through_the_api_server() -> Result
          2026-01-01T00:00:03Z stdout F ee\n",
     )?;
     let running = Arc::new(AtomicBool::new(true));
+    let echo = echo_server().await?;
     let backend = Arc::new(FakeNode {
         log: log.clone(),
         running: Arc::clone(&running),
+        echo,
     });
     let server = NodeServer::bind(([127, 0, 0, 1], 0).into(), backend).await?;
     let port = server.local_addr()?.port();
@@ -322,6 +356,7 @@ async fn kubectl_logs_and_exec_reach_the_node_through_the_api_server() -> Result
     follow(&cp, &log, &running).await?;
 
     exec_and_attach(&cp).await?;
+    port_forward(&cp).await?;
 
     let _ = stop.send(());
     serving.await?;
@@ -367,4 +402,97 @@ async fn follow(cp: &Arc<ControlPlane>, log: &Path, running: &AtomicBool) -> Res
     };
     assert!(status.success());
     Ok(())
+}
+
+/// An echo server on loopback: what a connection sends comes back, and its end ends it.
+async fn echo_server() -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// `kubectl port-forward` through the API server: two connections at once echo what they
+/// send (several frames' worth each) and end when the client ends; a refused port is
+/// reported by kubectl.
+async fn port_forward(cp: &Arc<ControlPlane>) -> Result<()> {
+    let cp = Arc::clone(cp);
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut child = ChildGuard::spawn(
+            cp.kubectl()
+                .args(["port-forward", "--address", "127.0.0.1", "pod/web", ":80", ":81"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )?;
+        let stdout = child.child_mut().stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut ports = Vec::new();
+        while ports.len() < 2 {
+            let line = lines.next().context("kubectl port-forward ended")??;
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                let port: u16 = rest.split_whitespace().next().unwrap_or_default().parse()?;
+                ports.push(port);
+            }
+        }
+        let connect = |port: u16| -> Result<std::net::TcpStream> {
+            let s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            Ok(s)
+        };
+        let payload = |tag: &str| -> Vec<u8> {
+            (0..30_000).flat_map(|i| format!("{tag}{i};").into_bytes()).collect()
+        };
+        let (a_sent, b_sent) = (payload("a"), payload("b"));
+        let mut a = connect(ports[0])?;
+        let mut b = connect(ports[0])?;
+        let writer = {
+            let (mut a, mut b) = (a.try_clone()?, b.try_clone()?);
+            let (a_sent, b_sent) = (a_sent.clone(), b_sent.clone());
+            std::thread::spawn(move || -> std::io::Result<()> {
+                a.write_all(&a_sent)?;
+                b.write_all(&b_sent)?;
+                a.shutdown(std::net::Shutdown::Write)?;
+                b.shutdown(std::net::Shutdown::Write)
+            })
+        };
+        let (mut a_got, mut b_got) = (Vec::new(), Vec::new());
+        std::io::Read::read_to_end(&mut b, &mut b_got)?;
+        std::io::Read::read_to_end(&mut a, &mut a_got)?;
+        writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        assert!(a_got == a_sent, "connection a echoed {} of {} bytes", a_got.len(), a_sent.len());
+        assert!(b_got == b_sent, "connection b echoed {} of {} bytes", b_got.len(), b_sent.len());
+
+        // Port 81 refuses: the connection closes and kubectl reports it.
+        let mut refused = connect(ports[1])?;
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut refused, &mut got);
+        assert!(got.is_empty(), "a refused port sent {got:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline
+            && child.child_mut().try_wait()?.is_none()
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.child_mut().kill();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(
+            &mut child.child_mut().stderr.take().context("stderr")?,
+            &mut stderr,
+        )?;
+        assert!(
+            stderr.contains("error forwarding port 81 to pod default/web"),
+            "kubectl stderr: {stderr}"
+        );
+        Ok(())
+    })
+    .await?
 }

@@ -1,7 +1,7 @@
-//! The node proxy beside the server: `pods/log`, `pods/exec` and `pods/attach` are not
-//! verbs on stored objects but streams the pod's node serves, so the API server finds the
-//! node and relays its answer, streaming a log body or pumping WebSocket frames both ways,
-//! as the Go apiserver proxies these subresources to the kubelet.
+//! The node proxy beside the server: `pods/log`, `pods/exec`, `pods/attach` and
+//! `pods/portforward` are not verbs on stored objects but streams the pod's node serves, so
+//! the API server finds the node and relays its answer, streaming a log body or pumping
+//! WebSocket frames both ways, as the Go apiserver proxies these subresources to the kubelet.
 
 use std::{convert::Infallible, fmt::Write as _, time::Duration};
 
@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use skiff_machinery::{
     channel::{self, Protocol, Upgrade},
+    portforward,
     status::StatusError,
 };
 use skiff_resources::{Subresource, by_kind};
@@ -79,9 +80,15 @@ impl From<NodeError> for StatusError {
 }
 
 /// The subresources a node serves.
-const NODE_SERVED: [Subresource; 3] = [Subresource::Log, Subresource::Exec, Subresource::Attach];
+const NODE_SERVED: [Subresource; 4] = [
+    Subresource::Log,
+    Subresource::Exec,
+    Subresource::Attach,
+    Subresource::PortForward,
+];
 
-/// Whether the route names a subresource the node serves (`log`, `exec`, `attach`) of a
+/// Whether the route names a subresource the node serves (`log`, `exec`, `attach`,
+/// `portforward`) of a
 /// kind that has it.
 pub fn handles(route: &ResourceRoute) -> bool {
     route.name.is_some()
@@ -92,7 +99,7 @@ pub fn handles(route: &ResourceRoute) -> bool {
         })
 }
 
-/// Serves `pods/{log,exec,attach}`.
+/// Serves `pods/{log,exec,attach,portforward}`.
 pub async fn serve(
     ctx: &Ctx,
     req: Request<Incoming>,
@@ -113,6 +120,19 @@ pub async fn serve(
     let namespace = route.namespace.as_deref().unwrap_or(namespace::DEFAULT);
     let name = route.name.as_deref().unwrap_or("");
     let (pod, _) = objects::fetch(ctx.store.as_ref(), route.info, Some(namespace), name).await?;
+    if sub == "portforward" {
+        let node = node_address(ctx, &pod).await?;
+        // The node's query names each port `port`, as the kubelet's does.
+        let forwarded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(
+                form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                    .filter(|(k, _)| k == "ports" || k == "port")
+                    .map(|(_, v)| ("port", v)),
+            )
+            .finish();
+        let path = format!("/portForward/{namespace}/{name}?{forwarded}");
+        return stream(&node, &path, req, Relay::PortForward).await;
+    }
     let container = container_of(&pod, query.get("container"))?;
     let node = node_address(ctx, &pod).await?;
     let kind = if sub == "log" { "containerLogs" } else { sub };
@@ -134,7 +154,7 @@ pub async fn serve(
                     .filter(|(k, _)| k != "container"),
             )
             .finish();
-        stream(&node, &format!("{path}?{forwarded}"), req).await
+        stream(&node, &format!("{path}?{forwarded}"), req, Relay::Channel).await
     }
 }
 
@@ -294,18 +314,59 @@ async fn logs(node: &str, path_and_query: &str) -> Result<Response<Body>, Status
     Ok(out)
 }
 
-/// Opens a WebSocket to the node with the client's channel protocols, then upgrades the client
+/// What a relayed WebSocket speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    /// The exec/attach channel protocol: a session the node ends with a status, which the
+    /// relay makes up when the node's is lost.
+    Channel,
+    /// Port-forward (SPDY tunnel or channel protocol): no status to make up.
+    PortForward,
+}
+
+/// The client's WebSocket key and the sub-protocols to offer the node.
+fn offer(req: &Request<Incoming>, relay: Relay) -> Result<(String, Vec<String>), StatusError> {
+    let headers = req.headers();
+    match relay {
+        Relay::Channel => {
+            let upgrade =
+                Upgrade::read(headers).map_err(|e| StatusError::bad_request(e.to_string()))?;
+            let offered = upgrade.offered.iter().map(|p| p.name().to_owned()).collect();
+            Ok((upgrade.key.to_owned(), offered))
+        }
+        Relay::PortForward => {
+            let key = channel::websocket_key(headers).ok_or_else(|| {
+                StatusError::bad_request(
+                    "upgrade request required: port-forward is served over websocket only",
+                )
+            })?;
+            if portforward::Protocol::negotiate(channel::offered_protocols(headers)).is_none() {
+                return Err(StatusError::bad_request(format!(
+                    "unsupported websocket sub-protocol: expected {} or {}",
+                    portforward::TUNNEL,
+                    portforward::CHANNEL
+                )));
+            }
+            let offered = channel::offered_protocols(headers)
+                .flat_map(|h| h.split(','))
+                .map(|p| p.trim().to_owned())
+                .collect();
+            Ok((key.to_owned(), offered))
+        }
+    }
+}
+
+/// Opens a WebSocket to the node with the client's sub-protocols, then upgrades the client
 /// with the protocol the node chose and relays frames both ways. A node refusal reaches the
 /// client as the node's own status, before any upgrade.
 async fn stream(
     node: &str,
     path_and_query: &str,
     mut req: Request<Incoming>,
+    kind: Relay,
 ) -> Result<Response<Body>, StatusError> {
-    let upgrade =
-        Upgrade::read(req.headers()).map_err(|e| StatusError::bad_request(e.to_string()))?;
-    let accept = derive_accept_key(upgrade.key.as_bytes());
-    let offered: Vec<&str> = upgrade.offered.iter().map(|p| p.name()).collect();
+    let (key, offered) = offer(&req, kind)?;
+    let accept = derive_accept_key(key.as_bytes());
     let mut node_req = format!("ws://{node}{path_and_query}")
         .into_client_request()
         .map_err(|e| StatusError::internal(format!("building the node request: {e}")))?;
@@ -338,7 +399,7 @@ async fn stream(
                 let client =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
                         .await;
-                relay(client, node_ws).await;
+                relay(client, node_ws, kind).await;
             }
             Err(err) => tracing::warn!(%err, "client websocket upgrade failed"),
         }
@@ -368,7 +429,7 @@ fn relay_refusal(resp: &tungstenite::handshake::client::Response) -> Response<Bo
 /// node's side ends without its close reaching the client (the node died, the connection
 /// was reset), the client gets a Failure status on the error channel saying so and a normal
 /// close, instead of a close without a code that kubectl can only call "no status".
-async fn relay<C, N>(client: WebSocketStream<C>, node: WebSocketStream<N>)
+async fn relay<C, N>(client: WebSocketStream<C>, node: WebSocketStream<N>, kind: Relay)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     N: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
@@ -379,7 +440,7 @@ where
         let up = pump(client_source, &mut node_sink);
         let down = async {
             let end = pump(node_source, &mut client_sink).await;
-            if matches!(end, PumpEnd::Eof | PumpEnd::Error(_)) {
+            if kind == Relay::Channel && matches!(end, PumpEnd::Eof | PumpEnd::Error(_)) {
                 // Tell the client at once: the node will not send its status now.
                 let why = match &end {
                     PumpEnd::Error(e) => format!("the node's stream failed: {e}"),
@@ -401,9 +462,9 @@ where
             }
         }
     };
-    tracing::debug!(client = ?up_end, node = ?down_end, "exec/attach relay ended");
+    tracing::debug!(client = ?up_end, node = ?down_end, ?kind, "node stream relay ended");
     let _ = node_sink.close().await;
-    if down_end.is_none() {
+    if down_end.is_none() && kind == Relay::Channel {
         let why = format!(
             "the node sent no status within {} s of the client's end",
             CLOSE_GRACE.as_secs()
@@ -491,7 +552,7 @@ mod tests {
         let client = WebSocketStream::from_raw_socket(client_io, Role::Server, None).await;
         let node = WebSocketStream::from_raw_socket(node_io, Role::Client, None).await;
         let kubectl = WebSocketStream::from_raw_socket(client_far, Role::Client, None).await;
-        (kubectl, tokio::spawn(relay(client, node)), node_far)
+        (kubectl, tokio::spawn(relay(client, node, Relay::Channel)), node_far)
     }
 
     /// Every frame kubectl receives until the relay closes its socket.

@@ -77,6 +77,27 @@ pub enum UpgradeError {
     Protocol,
 }
 
+/// The `Sec-WebSocket-Key` of a WebSocket upgrade request; `None` for any other request.
+#[must_use]
+pub fn websocket_key(headers: &HeaderMap) -> Option<&str> {
+    let is_websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| is_websocket)
+}
+
+/// The values of every `Sec-WebSocket-Protocol` header of a request.
+pub fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+}
+
 /// A WebSocket upgrade request for the channel protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upgrade<'a> {
@@ -93,22 +114,8 @@ impl<'a> Upgrade<'a> {
     /// [`UpgradeError::NotWebSocket`] without `Upgrade: websocket` and a key,
     /// [`UpgradeError::Protocol`] when no channel protocol is offered.
     pub fn read(headers: &'a HeaderMap) -> Result<Self, UpgradeError> {
-        let is_websocket = headers
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        let key = headers
-            .get(header::SEC_WEBSOCKET_KEY)
-            .and_then(|v| v.to_str().ok());
-        let (true, Some(key)) = (is_websocket, key) else {
-            return Err(UpgradeError::NotWebSocket);
-        };
-        let offered = Protocol::offered(
-            headers
-                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
+        let key = websocket_key(headers).ok_or(UpgradeError::NotWebSocket)?;
+        let offered = Protocol::offered(offered_protocols(headers));
         if offered.is_empty() {
             return Err(UpgradeError::Protocol);
         }

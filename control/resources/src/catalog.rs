@@ -23,6 +23,8 @@ pub enum Subresource {
     Exec,
     /// `attach` (pods): attaches to a running container, proxied to the node.
     Attach,
+    /// `portforward` (pods): connections to the pod's ports, proxied to the node.
+    PortForward,
 }
 
 impl Subresource {
@@ -36,6 +38,7 @@ impl Subresource {
             Self::Log => "log",
             Self::Exec => "exec",
             Self::Attach => "attach",
+            Self::PortForward => "portforward",
         }
     }
 
@@ -46,7 +49,7 @@ impl Subresource {
             Self::Status | Self::Scale => &["get", "patch", "update"],
             Self::Binding => &["create"],
             Self::Log => &["get"],
-            Self::Exec | Self::Attach => &["create", "get"],
+            Self::Exec | Self::Attach | Self::PortForward => &["create", "get"],
         }
     }
 
@@ -57,7 +60,7 @@ impl Subresource {
             Self::Status => parent_kind,
             Self::Scale => "Scale",
             Self::Binding => "Binding",
-            Self::Log | Self::Exec | Self::Attach => "Pod",
+            Self::Log | Self::Exec | Self::Attach | Self::PortForward => "Pod",
         }
     }
 }
@@ -186,6 +189,7 @@ const POD: &[Subresource] = &[
     Subresource::Log,
     Subresource::Exec,
     Subresource::Attach,
+    Subresource::PortForward,
 ];
 
 static CATALOG: LazyLock<Vec<ResourceInfo>> = LazyLock::new(|| {

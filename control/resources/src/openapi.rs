@@ -319,7 +319,7 @@ fn paths(info: &ResourceInfo) -> Vec<(String, Value)> {
             Subresource::Log => json!({
                 "get": operation(info, "get", "read", "Log", &[]),
             }),
-            Subresource::Exec | Subresource::Attach => json!({
+            Subresource::Exec | Subresource::Attach | Subresource::PortForward => json!({
                 "get": operation(info, "connect", "connectGet", &suffix, &[]),
                 "post": operation(info, "connect", "connectPost", &suffix, &[]),
             }),

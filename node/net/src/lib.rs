@@ -137,6 +137,9 @@ pub trait PodNetwork: Send + Sync {
     async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, NetworkError>;
     /// Removes the bridge and the nftables table.
     async fn teardown(&self) -> Result<(), NetworkError>;
+    /// A TCP connection to `localhost:port` inside `uid`'s network namespace, as the
+    /// kubelet's port-forward makes (a server bound to the pod's loopback is reached too).
+    async fn connect(&self, uid: &str, port: u16) -> Result<std::net::TcpStream, NetworkError>;
 }
 
 /// Pod networking on a Linux bridge, configured with rtnetlink in the network namespace of
@@ -381,6 +384,11 @@ impl PodNetwork for BridgeNetwork {
         }
         info!(bridge = self.config.bridge, "pod network removed");
         Ok(())
+    }
+
+    async fn connect(&self, uid: &str, port: u16) -> Result<std::net::TcpStream, NetworkError> {
+        validate_uid(uid)?;
+        Ok(sandbox::connect_local(self.paths(uid).net, port).await?)
     }
 }
 

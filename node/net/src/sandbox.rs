@@ -43,6 +43,14 @@ pub enum NamespaceError {
     /// The dedicated thread could not be started or died before answering.
     #[error("namespace thread: {0}")]
     Thread(String),
+    /// Nothing accepted a connection to the port inside the namespace.
+    #[error("connecting to localhost:{port} in the pod: {source}")]
+    Connect {
+        /// The port.
+        port: u16,
+        /// The cause.
+        source: io::Error,
+    },
     /// The runtime inside the network namespace could not be built.
     #[error("runtime in network namespace: {0}")]
     Runtime(#[source] io::Error),
@@ -169,6 +177,39 @@ pub(super) fn is_mounted(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
 }
 
+/// How long a port-forward's connection inside a pod may take to be accepted.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A TCP connection to `localhost:port` in the network namespace mounted at `path`. The
+/// socket is made on a thread inside the namespace and keeps it after the thread is gone.
+///
+/// # Errors
+/// If the namespace cannot be entered ([`NamespaceError`]), or the connection is refused
+/// ([`NamespaceError::Connect`]).
+pub(super) async fn connect_local(
+    path: PathBuf,
+    port: u16,
+) -> Result<std::net::TcpStream, NamespaceError> {
+    on_thread("skiff-netns-dial", move || {
+        enter_net(&path)?;
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            .map_err(|source| NamespaceError::Connect { port, source })
+    })
+    .await
+}
+
+fn enter_net(path: &Path) -> Result<(), NamespaceError> {
+    let file = fs::File::open(path).map_err(|source| NamespaceError::File {
+        path: path.to_owned(),
+        source,
+    })?;
+    setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NamespaceError::Sys {
+        what: format!("entering network namespace {}", path.display()),
+        source,
+    })
+}
+
 /// Runs `f` inside the network namespace mounted at `path`, on a dedicated thread with its
 /// own current-thread runtime, so sockets `f` opens (rtnetlink included) belong to it.
 ///
@@ -182,14 +223,7 @@ where
     T: Send + 'static,
 {
     on_thread("skiff-netns", move || {
-        let file = fs::File::open(&path).map_err(|source| NamespaceError::File {
-            path: path.clone(),
-            source,
-        })?;
-        setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NamespaceError::Sys {
-            what: format!("entering network namespace {}", path.display()),
-            source,
-        })?;
+        enter_net(&path)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -1,5 +1,6 @@
-//! skiff-node-server is the node's HTTP endpoint: container logs, exec and attach, usage
-//! and image import, reached by the API server's `pods/log`, `pods/exec` and `pods/attach`.
+//! skiff-node-server is the node's HTTP endpoint: container logs, exec and attach, usage,
+//! image import and port-forward, reached by the API server's `pods/log`, `pods/exec`,
+//! `pods/attach` and `pods/portforward`.
 //!
 //! The server knows HTTP and the Kubernetes streaming protocols; everything it serves comes
 //! from a [`NodeBackend`], which the daemon implements over its pods, runtime and image store.
@@ -8,6 +9,7 @@
 
 mod images;
 pub mod logs;
+mod portforward;
 mod reply;
 mod serve;
 pub mod stats;
@@ -80,6 +82,11 @@ pub struct TerminalSize {
 pub type SessionInput = Pin<Box<dyn AsyncWrite + Send>>;
 /// A boxed standard output or error of a session.
 pub type SessionOutput = Pin<Box<dyn AsyncRead + Send>>;
+/// Both directions of a connection to a pod's port; shutting it down ends what is written.
+pub trait PortStream: AsyncRead + AsyncWrite + Send {}
+impl<T: AsyncRead + AsyncWrite + Send> PortStream for T {}
+/// A boxed connection to a pod's port.
+pub type PortConnection = Pin<Box<dyn PortStream>>;
 /// Resolves when the session's process is gone: `Some(code)` for an exec'd command,
 /// `None` when no code is known (attach, or an adopted container).
 pub type SessionExit = Pin<Box<dyn Future<Output = Result<Option<i32>, BackendError>> + Send>>;
@@ -169,6 +176,24 @@ pub trait NodeBackend: Send + Sync + 'static {
         target: &ContainerRef,
         opts: &StreamOptions,
     ) -> Result<Session, BackendError>;
+
+    /// A connection to `port` inside the pod's network namespace, for port-forward.
+    ///
+    /// # Errors
+    /// [`BackendError::NotFound`] for an unknown pod, [`BackendError::Internal`] when
+    /// nothing accepts the connection. Nodes that cannot forward say so with
+    /// [`BackendError::BadRequest`] (the default).
+    async fn port_forward(
+        &self,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> Result<PortConnection, BackendError> {
+        let _ = (namespace, pod, port);
+        Err(BackendError::BadRequest(
+            "this node does not forward ports".to_owned(),
+        ))
+    }
 
     /// Cumulative usage of the node, its pods and their containers.
     ///

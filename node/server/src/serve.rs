@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use super::{
     ContainerRef, NodeBackend, images,
+    portforward,
     logs::{LogOptions, stream_log},
     reply::{self, Body, Params},
     stream::{self, Kind},
@@ -121,6 +122,13 @@ async fn handle(backend: Arc<dyn NodeBackend>, req: Request<Incoming>) -> Respon
         (&Method::GET | &Method::POST, ["attach", ns, pod, container]) => {
             stream::serve(backend, req, target(ns, pod, container), Kind::Attach).await
         }
+        (&Method::GET | &Method::POST, ["portForward", ns, pod]) => {
+            let target = portforward::PodRef {
+                namespace: (*ns).to_owned(),
+                pod: (*pod).to_owned(),
+            };
+            portforward::serve(backend, req, target).await
+        }
         (&Method::GET, ["metrics"]) => match backend.metrics().await {
             Ok(text) => reply::text(StatusCode::OK, text),
             Err(err) => reply::backend_error(&err),
@@ -139,7 +147,8 @@ async fn handle(backend: Arc<dyn NodeBackend>, req: Request<Incoming>) -> Respon
         (
             _,
             [
-                "healthz" | "containerLogs" | "exec" | "attach" | "stats" | "images",
+                "healthz" | "containerLogs" | "exec" | "attach" | "portForward" | "stats"
+                | "images",
                 ..,
             ],
         ) => reply::error(

@@ -19,7 +19,7 @@ use skiff_node_runtime::{
 };
 use skiff_node_server::{
     BackendError, ContainerRef, ContainerStats, CpuStats, ImageSummary, LogOptions, LogSource,
-    MemoryStats, NodeBackend, NodeStats, PodReference, PodStats, RunningFn, Session, SessionExit,
+    MemoryStats, NodeBackend, NodeStats, PortConnection, PodReference, PodStats, RunningFn, Session, SessionExit,
     SessionInput, SessionOutput, StreamOptions, Summary, TerminalSize, stream_log,
 };
 use skiff_types::ContainerId;
@@ -287,6 +287,39 @@ impl NodeBackend for Endpoint {
                 .await
                 .map_err(|e| BackendError::Internal(e.to_string()))?;
         Ok(session(process, opts))
+    }
+
+    async fn port_forward(
+        &self,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> Result<PortConnection, BackendError> {
+        let pod = self.pod(namespace, pod)?;
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let internal = |e: String| BackendError::Internal(e);
+        let stream = if host_network {
+            // The daemon runs in the node's network namespace, which such a pod shares.
+            tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+                .await
+                .map_err(|e| internal(format!("connecting to localhost:{port}: {e}")))?
+        } else {
+            let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+            let std = self
+                .backend
+                .network
+                .connect(uid, port)
+                .await
+                .map_err(|e| internal(e.to_string()))?;
+            std.set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(std))
+                .map_err(|e| internal(e.to_string()))?
+        };
+        Ok(Box::pin(stream))
     }
 
     async fn attach(

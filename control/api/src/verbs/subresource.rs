@@ -73,7 +73,10 @@ pub async fn dispatch(
             let binding = h::decode_object(headers, body)?;
             bind(ctx, route, query, &binding).await
         }
-        (Subresource::Log | Subresource::Exec | Subresource::Attach, _) => {
+        (
+            Subresource::Log | Subresource::Exec | Subresource::Attach | Subresource::PortForward,
+            _,
+        ) => {
             Err(StatusError::internal(format!(
                 "{}/{sub} is served by the node proxy and should not reach here",
                 info.plural
