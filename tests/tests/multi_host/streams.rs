@@ -87,7 +87,6 @@ impl PortForward {
     fn start(c: &Cluster, target: &str, remotes: &[u16]) -> Result<Self> {
         let mut args = vec![
             "port-forward".to_owned(),
-            "-v=6".to_owned(),
             "--address".to_owned(),
             "127.0.0.1".to_owned(),
             target.to_owned(),
@@ -105,12 +104,12 @@ impl PortForward {
         })?;
         let stdout = child.child_mut().stdout.take().context("stdout")?;
         let (tx, rx) = mpsc::channel();
+        // Reads to the end: kubectl writes a line per connection, and a closed pipe would
+        // kill it (SIGPIPE).
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
+                let _ = tx.send(line);
             }
         });
         let mut ports = Vec::new();
@@ -177,10 +176,10 @@ fn get(port: u16, path: &str) -> Result<String> {
 fn two_at_once_and_a_body_both_ways(port: u16) -> Result<()> {
     let mut first = connect(port)?;
     first.write_all(b"GET /index.html HTTP/1.0\r\n")?;
-    let second = get(port, "/index.html")?;
+    let second = get(port, "/index.html").context("the second connection")?;
     ensure!(second.contains("pod-page"), "second connection: {second:?}");
     first.write_all(b"\r\n")?;
-    let first = read_answer(first)?;
+    let first = read_answer(first).context("the first connection")?;
     ensure!(first.contains("pod-page"), "first connection: {first:?}");
     let body: String = (0..4000).map(|i| format!("{i:05}")).collect();
     let mut post = connect(port)?;
@@ -189,7 +188,7 @@ fn two_at_once_and_a_body_both_ways(port: u16) -> Result<()> {
         "POST /cgi-bin/echo HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
-    let echoed = read_answer(post)?;
+    let echoed = read_answer(post).context("the POST")?;
     ensure!(
         echoed.contains(&format!("got:{body}")),
         "the CGI's answer ({} bytes) does not carry the {} bytes posted: {:?}",
@@ -208,13 +207,15 @@ pub fn port_forward_reaches_pods_deployments_and_services(c: &Cluster) -> Result
     let pf = PortForward::start(c, &format!("pod/{pod}"), &[80, 8081])?;
     let (web, alt) = (pf.ports[0], pf.ports[1]);
     let exchanged = c.control_host().run(|| -> Result<()> {
+        let page = get(web, "/index.html").context("a first single GET")?;
+        ensure!(page.contains("pod-page"), "port 80: {page:?}");
         two_at_once_and_a_body_both_ways(web)?;
         let page = get(alt, "/index.html")?;
         ensure!(page.contains("alt-page"), "port 8081: {page:?}");
         Ok(())
     });
     if let Err(err) = exchanged {
-        bail!("{err:#}\nkubectl: {}", pf.stderr_after(Duration::ZERO));
+        bail!("{err:#}\nkubectl: {}", pf.stderr_after(Duration::from_secs(1)));
     }
     drop(pf);
 

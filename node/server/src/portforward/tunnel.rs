@@ -96,6 +96,7 @@ impl Streams {
                         };
                         format!("stream-{error_id}")
                     });
+                tracing::debug!(stream_id, kind, port, request = %key, "port-forward stream opened");
                 let pending = self.pending.entry(key.clone()).or_default();
                 pending.port = port;
                 if kind == STREAM_DATA {
@@ -246,6 +247,7 @@ async fn forward(
             return;
         }
     };
+    tracing::debug!(%target, port, data, "port-forward connection made");
     let (mut reader, mut writer) = tokio::io::split(conn);
     let upstream = tokio::spawn(async move {
         while let Some(Inbound::Data(bytes)) = from_client.recv().await {
