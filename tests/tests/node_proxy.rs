@@ -428,7 +428,14 @@ async fn port_forward(cp: &Arc<ControlPlane>) -> Result<()> {
     tokio::task::spawn_blocking(move || -> Result<()> {
         let mut child = ChildGuard::spawn(
             cp.kubectl()
-                .args(["port-forward", "--address", "127.0.0.1", "pod/web", ":80", ":81"])
+                .args([
+                    "port-forward",
+                    "--address",
+                    "127.0.0.1",
+                    "pod/web",
+                    ":80",
+                    ":81",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
@@ -449,7 +456,9 @@ async fn port_forward(cp: &Arc<ControlPlane>) -> Result<()> {
             Ok(s)
         };
         let payload = |tag: &str| -> Vec<u8> {
-            (0..30_000).flat_map(|i| format!("{tag}{i};").into_bytes()).collect()
+            (0..30_000)
+                .flat_map(|i| format!("{tag}{i};").into_bytes())
+                .collect()
         };
         let (a_sent, b_sent) = (payload("a"), payload("b"));
         let mut a = connect(ports[0])?;
@@ -467,9 +476,21 @@ async fn port_forward(cp: &Arc<ControlPlane>) -> Result<()> {
         let (mut a_got, mut b_got) = (Vec::new(), Vec::new());
         std::io::Read::read_to_end(&mut b, &mut b_got)?;
         std::io::Read::read_to_end(&mut a, &mut a_got)?;
-        writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
-        assert!(a_got == a_sent, "connection a echoed {} of {} bytes", a_got.len(), a_sent.len());
-        assert!(b_got == b_sent, "connection b echoed {} of {} bytes", b_got.len(), b_sent.len());
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        assert!(
+            a_got == a_sent,
+            "connection a echoed {} of {} bytes",
+            a_got.len(),
+            a_sent.len()
+        );
+        assert!(
+            b_got == b_sent,
+            "connection b echoed {} of {} bytes",
+            b_got.len(),
+            b_sent.len()
+        );
 
         // Port 81 refuses: the connection closes and kubectl reports it.
         let mut refused = connect(ports[1])?;
@@ -477,9 +498,7 @@ async fn port_forward(cp: &Arc<ControlPlane>) -> Result<()> {
         let _ = std::io::Read::read_to_end(&mut refused, &mut got);
         assert!(got.is_empty(), "a refused port sent {got:?}");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline
-            && child.child_mut().try_wait()?.is_none()
-        {
+        while std::time::Instant::now() < deadline && child.child_mut().try_wait()?.is_none() {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = child.child_mut().kill();

@@ -331,7 +331,11 @@ fn offer(req: &Request<Incoming>, relay: Relay) -> Result<(String, Vec<String>),
         Relay::Channel => {
             let upgrade =
                 Upgrade::read(headers).map_err(|e| StatusError::bad_request(e.to_string()))?;
-            let offered = upgrade.offered.iter().map(|p| p.name().to_owned()).collect();
+            let offered = upgrade
+                .offered
+                .iter()
+                .map(|p| p.name().to_owned())
+                .collect();
             Ok((upgrade.key.to_owned(), offered))
         }
         Relay::PortForward => {
@@ -552,7 +556,11 @@ mod tests {
         let client = WebSocketStream::from_raw_socket(client_io, Role::Server, None).await;
         let node = WebSocketStream::from_raw_socket(node_io, Role::Client, None).await;
         let kubectl = WebSocketStream::from_raw_socket(client_far, Role::Client, None).await;
-        (kubectl, tokio::spawn(relay(client, node, Relay::Channel)), node_far)
+        (
+            kubectl,
+            tokio::spawn(relay(client, node, Relay::Channel)),
+            node_far,
+        )
     }
 
     /// Every frame kubectl receives until the relay closes its socket.

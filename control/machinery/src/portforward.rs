@@ -116,7 +116,7 @@ pub fn port_frame(channel: u8, port: u16) -> Vec<u8> {
 #[must_use]
 pub fn data_port_index(channel: u8, count: usize) -> Option<usize> {
     let index = usize::from(channel) / 2;
-    (channel % 2 == 0 && index < count).then_some(index)
+    (channel.is_multiple_of(2) && index < count).then_some(index)
 }
 
 #[cfg(test)]

@@ -585,7 +585,10 @@ mod tests {
             let (frame, used) = server.decode(&bytes).unwrap().unwrap();
             assert_eq!(used, bytes.len());
             assert_eq!(frame, syn);
-            assert_eq!(header(&headers(&[("streamType", kind)]), "streamtype"), Some(kind));
+            assert_eq!(
+                header(&headers(&[("streamType", kind)]), "streamtype"),
+                Some(kind)
+            );
             let reply = server
                 .encode(&Frame::SynReply {
                     stream_id: id,
@@ -602,7 +605,10 @@ mod tests {
     fn data_frames_carry_a_stream_id_flags_and_bytes() {
         let mut codec = Codec::new();
         let bytes = codec.encode(&Frame::data(3, b"hello")).unwrap();
-        assert_eq!(bytes, [0, 0, 0, 3, 0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']);
+        assert_eq!(
+            bytes,
+            [0, 0, 0, 3, 0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']
+        );
         let fin = codec.encode(&Frame::fin(3)).unwrap();
         assert_eq!(fin, [0, 0, 0, 3, 1, 0, 0, 0]);
         // Two frames and half of a third in one buffer decode one at a time.

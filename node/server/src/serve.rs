@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 
 use super::{
     ContainerRef, NodeBackend, images,
-    portforward,
     logs::{LogOptions, stream_log},
+    portforward,
     reply::{self, Body, Params},
     stream::{self, Kind},
 };
@@ -127,7 +127,7 @@ async fn handle(backend: Arc<dyn NodeBackend>, req: Request<Incoming>) -> Respon
                 namespace: (*ns).to_owned(),
                 pod: (*pod).to_owned(),
             };
-            portforward::serve(backend, req, target).await
+            portforward::serve(backend, req, target)
         }
         (&Method::GET, ["metrics"]) => match backend.metrics().await {
             Ok(text) => reply::text(StatusCode::OK, text),

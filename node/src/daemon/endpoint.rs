@@ -19,8 +19,9 @@ use skiff_node_runtime::{
 };
 use skiff_node_server::{
     BackendError, ContainerRef, ContainerStats, CpuStats, ImageSummary, LogOptions, LogSource,
-    MemoryStats, NodeBackend, NodeStats, PortConnection, PodReference, PodStats, RunningFn, Session, SessionExit,
-    SessionInput, SessionOutput, StreamOptions, Summary, TerminalSize, stream_log,
+    MemoryStats, NodeBackend, NodeStats, PodReference, PodStats, PortConnection, RunningFn,
+    Session, SessionExit, SessionInput, SessionOutput, StreamOptions, Summary, TerminalSize,
+    stream_log,
 };
 use skiff_types::ContainerId;
 use tokio::io::AsyncWriteExt as _;

@@ -2,6 +2,7 @@
 //! and a Service (and from the Python client), and `kubectl cp` both ways.
 
 use std::{
+    fmt::Write as _,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
     process::Stdio,
@@ -151,6 +152,15 @@ impl PortForward {
     }
 }
 
+/// `count` zero-padded numbers, each followed by `sep`.
+fn numbered(count: u32, sep: &str) -> String {
+    let mut out = String::new();
+    for i in 0..count {
+        let _ = write!(out, "{i:05}{sep}");
+    }
+    out
+}
+
 fn connect(port: u16) -> Result<TcpStream> {
     let s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(EXCHANGE))?;
@@ -161,7 +171,8 @@ fn connect(port: u16) -> Result<TcpStream> {
 /// The whole answer to `request` (HTTP/1.0: the server closes after it).
 fn read_answer(mut s: TcpStream) -> Result<String> {
     let mut answer = Vec::new();
-    s.read_to_end(&mut answer).context("reading the forwarded answer")?;
+    s.read_to_end(&mut answer)
+        .context("reading the forwarded answer")?;
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
@@ -181,14 +192,14 @@ fn two_at_once_and_a_body_both_ways(port: u16) -> Result<()> {
     first.write_all(b"\r\n")?;
     let first = read_answer(first).context("the first connection")?;
     ensure!(first.contains("pod-page"), "first connection: {first:?}");
-    let body: String = (0..4000).map(|i| format!("{i:05}")).collect();
-    let mut post = connect(port)?;
+    let body = numbered(4000, "");
+    let mut posting = connect(port)?;
     write!(
-        post,
+        posting,
         "POST /cgi-bin/echo HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
-    let echoed = read_answer(post).context("the POST")?;
+    let echoed = read_answer(posting).context("the POST")?;
     ensure!(
         echoed.contains(&format!("got:{body}")),
         "the CGI's answer ({} bytes) does not carry the {} bytes posted: {:?}",
@@ -215,7 +226,10 @@ pub fn port_forward_reaches_pods_deployments_and_services(c: &Cluster) -> Result
         Ok(())
     });
     if let Err(err) = exchanged {
-        bail!("{err:#}\nkubectl: {}", pf.stderr_after(Duration::from_secs(1)));
+        bail!(
+            "{err:#}\nkubectl: {}",
+            pf.stderr_after(Duration::from_secs(1))
+        );
     }
     drop(pf);
 
@@ -227,7 +241,10 @@ pub fn port_forward_reaches_pods_deployments_and_services(c: &Cluster) -> Result
     drop(pf);
     let pf = PortForward::start(c, &format!("deployment/{APP}"), &[8081])?;
     let page = c.control_host().run(|| get(pf.ports[0], "/index.html"))?;
-    ensure!(page.contains("alt-page"), "through the Deployment: {page:?}");
+    ensure!(
+        page.contains("alt-page"),
+        "through the Deployment: {page:?}"
+    );
     drop(pf);
 
     // Nothing listens on 9: the connection closes and kubectl says why.
@@ -299,7 +316,7 @@ pub fn kubectl_cp_round_trips_a_file_both_ways(c: &Cluster) -> Result<()> {
     let pod = deploy(c)?;
     let dir = tempfile::tempdir()?;
     let sent = dir.path().join("sent.txt");
-    let content: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    let content = numbered(20_000, "\n");
     std::fs::write(&sent, &content)?;
     let sent_arg = sent.display().to_string();
     c.kubectl(&["cp", &sent_arg, &format!("{pod}:/tmp/copied.txt")], None)?;

@@ -76,12 +76,10 @@ pub async fn dispatch(
         (
             Subresource::Log | Subresource::Exec | Subresource::Attach | Subresource::PortForward,
             _,
-        ) => {
-            Err(StatusError::internal(format!(
-                "{}/{sub} is served by the node proxy and should not reach here",
-                info.plural
-            )))
-        }
+        ) => Err(StatusError::internal(format!(
+            "{}/{sub} is served by the node proxy and should not reach here",
+            info.plural
+        ))),
         _ => Err(not_allowed()),
     }
 }

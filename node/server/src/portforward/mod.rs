@@ -43,7 +43,7 @@ fn forward_error(target: &PodRef, port: u16, err: &super::BackendError) -> Strin
 
 /// Serves `/portForward/{namespace}/{pod}`: ports come from `port` (or `ports`) query values
 /// for the channel protocol, and from each stream's headers in the SPDY tunnel.
-pub(super) async fn serve(
+pub(super) fn serve(
     backend: Arc<dyn NodeBackend>,
     mut req: Request<Incoming>,
     target: PodRef,
@@ -95,3 +95,6 @@ pub(super) async fn serve(
         &accept,
     )
 }
+
+#[cfg(test)]
+mod tests;

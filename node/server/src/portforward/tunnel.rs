@@ -8,9 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use futures::{SinkExt, StreamExt};
 use skiff_machinery::{
-    portforward::{
-        HEADER_PORT, HEADER_REQUEST_ID, HEADER_STREAM_TYPE, STREAM_DATA, STREAM_ERROR,
-    },
+    portforward::{HEADER_PORT, HEADER_REQUEST_ID, HEADER_STREAM_TYPE, STREAM_DATA, STREAM_ERROR},
     spdy::{self, Codec, FLAG_FIN, Frame},
 };
 use tokio::{
@@ -86,16 +84,17 @@ impl Streams {
                     headers: Vec::new(),
                 });
                 // Clients without request ids open the error stream two before the data one.
-                let key = spdy::header(&headers, HEADER_REQUEST_ID)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| {
+                let key = spdy::header(&headers, HEADER_REQUEST_ID).map_or_else(
+                    || {
                         let error_id = if kind == STREAM_DATA {
                             stream_id.saturating_sub(2)
                         } else {
                             stream_id
                         };
                         format!("stream-{error_id}")
-                    });
+                    },
+                    str::to_owned,
+                );
                 tracing::debug!(stream_id, kind, port, request = %key, "port-forward stream opened");
                 let pending = self.pending.entry(key.clone()).or_default();
                 pending.port = port;
@@ -106,7 +105,8 @@ impl Streams {
                 } else {
                     pending.error = Some(stream_id);
                 }
-                if pending.data.is_some() && pending.error.is_some()
+                if pending.data.is_some()
+                    && pending.error.is_some()
                     && let Some(Pending {
                         port,
                         data: Some((data, from_client)),
@@ -264,7 +264,11 @@ async fn forward(
         match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if to_client.send(Frame::data(data, &chunk[..n])).await.is_err() {
+                if to_client
+                    .send(Frame::data(data, &chunk[..n]))
+                    .await
+                    .is_err()
+                {
                     upstream.abort();
                     return;
                 }
