@@ -96,13 +96,6 @@ pub(super) async fn serve(
         Ok(p) => p,
         Err(err) => return reply::bad_request(&err.to_string()),
     };
-    // A refusal goes out on the error channel after the upgrade, as the kubelet reports a
-    // failed start: a refused upgrade would make kubectl retry over SPDY, and the message
-    // it then printed would be about SPDY instead of this.
-    let session = match kind {
-        Kind::Exec => backend.exec(&target, &opts).await,
-        Kind::Attach => backend.attach(&target, &opts).await,
-    };
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let upgraded = match upgrade.await {
@@ -113,6 +106,17 @@ pub(super) async fn serve(
             }
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        // The process starts once the client holds the upgraded connection, as the kubelet
+        // orders it: kubectl before 1.34 reads frames before it has made its streams, and
+        // drops the ones that come too early ("Unknown stream id 3, discarding message"), so
+        // a command that ended before the upgrade lost its exit status. A refusal goes out
+        // on the error channel after the upgrade, as the kubelet reports a failed start: a
+        // refused upgrade would make kubectl retry over SPDY, and the message it then
+        // printed would be about SPDY instead of this.
+        let session = match kind {
+            Kind::Exec => backend.exec(&target, &opts).await,
+            Kind::Attach => backend.attach(&target, &opts).await,
+        };
         match session {
             Ok(session) => run(ws, session, protocol, &target).await,
             Err(err) => {
