@@ -1,7 +1,7 @@
-//! `kubectl logs` and `kubectl exec` through the real `control` binary to a node endpoint
-//! served in-process over a fake backend: the API server finds the pod's node by its Node
-//! object and relays the log stream and the exec WebSocket, exit code included. Unprivileged:
-//! everything runs on loopback.
+//! `kubectl logs`, `kubectl exec` and `kubectl port-forward` through the real `control`
+//! binary to a node endpoint served in-process over a fake backend: the API server finds
+//! the pod's node by its Node object and relays the log stream, the exec WebSocket (exit
+//! code included) and the port-forward tunnel. Unprivileged: everything runs on loopback.
 
 use std::{
     io::{BufRead, BufReader, Write},
