@@ -356,7 +356,8 @@ async fn kubectl_logs_and_exec_reach_the_node_through_the_api_server() -> Result
     follow(&cp, &log, &running).await?;
 
     exec_and_attach(&cp).await?;
-    port_forward(&cp).await?;
+    port_forward(&cp, true).await?;
+    port_forward(&cp, false).await?;
 
     let _ = stop.send(());
     serving.await?;
@@ -420,14 +421,16 @@ async fn echo_server() -> Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
-/// `kubectl port-forward` through the API server: two connections at once echo what they
-/// send (several frames' worth each) and end when the client ends; a refused port is
-/// reported by kubectl.
-async fn port_forward(cp: &Arc<ControlPlane>) -> Result<()> {
+/// `kubectl port-forward` through the API server, over the WebSocket tunnel or (as kubectl
+/// falls back to, and older ones speak) a raw SPDY upgrade: two connections at once echo
+/// what they send (several frames' worth each) and end when the client ends; a refused
+/// port is reported by kubectl.
+async fn port_forward(cp: &Arc<ControlPlane>, websockets: bool) -> Result<()> {
     let cp = Arc::clone(cp);
     tokio::task::spawn_blocking(move || -> Result<()> {
         let mut child = ChildGuard::spawn(
             cp.kubectl()
+                .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets.to_string())
                 .args([
                     "port-forward",
                     "--address",

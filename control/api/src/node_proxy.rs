@@ -131,6 +131,9 @@ pub async fn serve(
             )
             .finish();
         let path = format!("/portForward/{namespace}/{name}?{forwarded}");
+        if portforward::is_spdy_upgrade(req.headers()) {
+            return spdy(&node, &path, req).await;
+        }
         return stream(&node, &path, req, Relay::PortForward).await;
     }
     let container = container_of(&pod, query.get("container"))?;
@@ -409,6 +412,72 @@ async fn stream(
         }
     });
     Ok(channel::switching_protocols(h::full(""), protocol, &accept))
+}
+
+/// Relays kubectl's raw SPDY upgrade (its fallback when the WebSocket tunnel is refused, and
+/// what kubectl before 1.31 sends): the node's 101 is passed on and the two upgraded
+/// connections are joined byte for byte; a refusal comes back as the node's status and body.
+async fn spdy(
+    node: &str,
+    path_and_query: &str,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, StatusError> {
+    let tcp = dial(node).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(NodeError::from)?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.with_upgrades().await {
+            tracing::debug!(%err, "node spdy connection ended with an error");
+        }
+    });
+    let mut node_req = Request::post(path_and_query)
+        .header(header::HOST, node)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, portforward::SPDY_UPGRADE);
+    for v in req.headers().get_all(portforward::PROTOCOL_HEADER) {
+        node_req = node_req.header(portforward::PROTOCOL_HEADER, v);
+    }
+    let node_req = node_req
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| StatusError::internal(format!("building the node request: {e}")))?;
+    let mut resp = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(node_req))
+        .await
+        .map_err(|_| NodeError::Timeout(node.to_owned()))?
+        .map_err(NodeError::from)?;
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        let status = resp.status();
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .unwrap_or_default();
+        let mut out = Response::new(h::full(body));
+        *out.status_mut() = status;
+        if let Some(t) = content_type {
+            out.headers_mut().insert(header::CONTENT_TYPE, t);
+        }
+        return Ok(out);
+    }
+    let node_side = hyper::upgrade::on(&mut resp);
+    let client_side = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match (client_side.await, node_side.await) {
+            (Ok(client), Ok(node)) => {
+                let (mut client, mut node) = (TokioIo::new(client), TokioIo::new(node));
+                let copied = tokio::io::copy_bidirectional(&mut client, &mut node).await;
+                tracing::debug!(?copied, "port-forward spdy relay ended");
+            }
+            (client, node) => tracing::warn!(
+                client = ?client.err(),
+                node = ?node.err(),
+                "port-forward spdy upgrade failed"
+            ),
+        }
+    });
+    Ok(portforward::spdy_switching_protocols(h::full("")))
 }
 
 /// The node's non-101 answer, passed on with its status and body.

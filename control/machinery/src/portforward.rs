@@ -7,6 +7,52 @@
 pub const TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 /// The WebSocket channel protocol: per port a data and an error channel.
 pub const CHANNEL: &str = "v4.channel.k8s.io";
+/// The `Upgrade` token of kubectl's fallback (and pre-1.31) port-forward: SPDY on the raw
+/// connection.
+pub const SPDY_UPGRADE: &str = "SPDY/3.1";
+/// The port-forward protocol a SPDY upgrade negotiates in [`PROTOCOL_HEADER`].
+pub const SPDY_PROTOCOL: &str = "portforward.k8s.io";
+/// The header a SPDY upgrade negotiates its protocol in.
+pub const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+
+/// Whether a request asks for the raw SPDY upgrade of port-forward (`Upgrade: SPDY/3.1`
+/// offering `portforward.k8s.io`).
+#[must_use]
+pub fn is_spdy_upgrade(headers: &http::HeaderMap) -> bool {
+    let upgrade = headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(SPDY_UPGRADE));
+    upgrade
+        && headers
+            .get_all(PROTOCOL_HEADER)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == SPDY_PROTOCOL)
+}
+
+/// The `101 Switching Protocols` answer to a SPDY upgrade.
+#[must_use]
+pub fn spdy_switching_protocols<B>(body: B) -> http::Response<B> {
+    let mut resp = http::Response::new(body);
+    *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static(SPDY_UPGRADE),
+    );
+    h.insert(
+        PROTOCOL_HEADER,
+        http::HeaderValue::from_static(SPDY_PROTOCOL),
+    );
+    resp
+}
+
 /// SPDY stream header naming the stream's role ([`STREAM_DATA`] or [`STREAM_ERROR`]).
 pub const HEADER_STREAM_TYPE: &str = "streamtype";
 /// SPDY stream header naming the pod's port.
@@ -134,6 +180,20 @@ mod tests {
             Some(Protocol::Channel)
         );
         assert_eq!(Protocol::negotiate(["v5.channel.k8s.io"]), None);
+    }
+
+    #[test]
+    fn a_spdy_upgrade_offers_the_port_forward_protocol() {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::UPGRADE, "SPDY/3.1".parse().unwrap());
+        assert!(!is_spdy_upgrade(&h));
+        h.insert(PROTOCOL_HEADER, "portforward.k8s.io".parse().unwrap());
+        assert!(is_spdy_upgrade(&h));
+        h.insert(http::header::UPGRADE, "websocket".parse().unwrap());
+        assert!(!is_spdy_upgrade(&h));
+        let resp = spdy_switching_protocols(());
+        assert_eq!(resp.status(), 101);
+        assert_eq!(resp.headers()[PROTOCOL_HEADER], SPDY_PROTOCOL);
     }
 
     #[test]

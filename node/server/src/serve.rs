@@ -117,10 +117,10 @@ async fn handle(backend: Arc<dyn NodeBackend>, req: Request<Incoming>) -> Respon
             logs(backend, &req, target(ns, pod, container)).await
         }
         (&Method::GET | &Method::POST, ["exec", ns, pod, container]) => {
-            stream::serve(backend, req, target(ns, pod, container), Kind::Exec).await
+            stream::serve(backend, req, target(ns, pod, container), Kind::Exec)
         }
         (&Method::GET | &Method::POST, ["attach", ns, pod, container]) => {
-            stream::serve(backend, req, target(ns, pod, container), Kind::Attach).await
+            stream::serve(backend, req, target(ns, pod, container), Kind::Attach)
         }
         (&Method::GET | &Method::POST, ["portForward", ns, pod]) => {
             let target = portforward::PodRef {

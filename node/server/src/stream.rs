@@ -84,7 +84,7 @@ fn handshake<B>(req: &Request<B>) -> Result<(String, Protocol), StreamError> {
 }
 
 /// Serves `/exec/...` or `/attach/...`: starts the session, then upgrades and pumps it.
-pub(super) async fn serve(
+pub(super) fn serve(
     backend: Arc<dyn NodeBackend>,
     mut req: Request<Incoming>,
     target: ContainerRef,

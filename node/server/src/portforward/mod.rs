@@ -58,9 +58,19 @@ pub(super) fn serve(
         Ok(p) => p,
         Err(err) => return reply::bad_request(&err.to_string()),
     };
+    if portforward::is_spdy_upgrade(req.headers()) {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => tunnel::run_raw(TokioIo::new(upgraded), backend, target).await,
+                Err(err) => tracing::warn!(%target, %err, "port-forward spdy upgrade failed"),
+            }
+        });
+        return portforward::spdy_switching_protocols(reply::full(""));
+    }
     let Some(key) = websocket_key(req.headers()) else {
         return reply::bad_request(
-            "upgrade request required: port-forward is served over websocket only",
+            "upgrade request required: port-forward is served over websocket or a SPDY/3.1 upgrade",
         );
     };
     let accept = derive_accept_key(key.as_bytes());

@@ -1,4 +1,5 @@
-//! kubectl's port-forward: SPDY/3.1 carried in WebSocket binary messages. Each local
+//! kubectl's port-forward: SPDY/3.1 carried in WebSocket binary messages (or, from clients
+//! that do not tunnel, on the raw upgraded connection). Each local
 //! connection opens an error stream and a data stream paired by their `requestID` header;
 //! once both are there the pod's port is dialled. Data flows both ways, a FIN from the
 //! client half-closes the pod connection, and the pod's end becomes FIN on both streams (with
@@ -152,12 +153,73 @@ impl Streams {
     }
 }
 
-/// Serves one tunnel until the client closes it (or says GOAWAY).
+/// Serves one tunnel over a WebSocket until the client closes it (or says GOAWAY).
 pub(super) async fn run<S>(ws: WebSocketStream<S>, backend: Arc<dyn NodeBackend>, target: PodRef)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (mut sink, mut source) = ws.split();
+    let (sink, source) = ws.split();
+    // Only binary messages carry frames; a close (or an error) ends the byte stream.
+    let source = source
+        .take_while(|msg| {
+            std::future::ready(matches!(
+                msg,
+                Ok(Message::Binary(_)
+                    | Message::Ping(_)
+                    | Message::Pong(_)
+                    | Message::Frame(_)
+                    | Message::Text(_))
+            ))
+        })
+        .filter_map(|msg| {
+            std::future::ready(match msg {
+                Ok(Message::Binary(data)) => Some(data.to_vec()),
+                _ => None,
+            })
+        });
+    let sink = sink.with(|bytes: Vec<u8>| {
+        std::future::ready(Ok::<_, tokio_tungstenite::tungstenite::Error>(
+            Message::binary(bytes),
+        ))
+    });
+    serve_frames(Box::pin(source), Box::pin(sink), backend, target).await;
+}
+
+/// Serves one tunnel over a raw upgraded connection (the `SPDY/3.1` upgrade).
+pub(super) async fn run_raw<S>(io: S, backend: Arc<dyn NodeBackend>, target: PodRef)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(io);
+    let source = futures::stream::unfold(reader, |mut reader| async move {
+        let mut buf = vec![0; 32 * 1024];
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((buf, reader))
+            }
+        }
+    });
+    let sink = futures::sink::unfold(writer, |mut writer, bytes: Vec<u8>| async move {
+        writer.write_all(&bytes).await?;
+        writer.flush().await?;
+        Ok::<_, std::io::Error>(writer)
+    });
+    serve_frames(Box::pin(source), Box::pin(sink), backend, target).await;
+}
+
+/// The frame loop of a tunnel, over whatever carries its bytes.
+async fn serve_frames<Src, Snk, E>(
+    mut source: Src,
+    mut sink: Snk,
+    backend: Arc<dyn NodeBackend>,
+    target: PodRef,
+) where
+    Src: futures::Stream<Item = Vec<u8>> + Unpin,
+    Snk: futures::Sink<Vec<u8>, Error = E> + Unpin,
+    E: std::fmt::Display,
+{
     let mut codec = Codec::new();
     let (tx, mut rx) = mpsc::channel::<Frame>(64);
     let mut streams = Streams::default();
@@ -168,7 +230,7 @@ where
         let outgoing = tokio::select! {
             Some(frame) = rx.recv() => vec![frame],
             msg = source.next() => match msg {
-                Some(Ok(Message::Binary(data))) => {
+                Some(data) => {
                     buf.extend_from_slice(&data);
                     let mut replies = Vec::new();
                     loop {
@@ -195,9 +257,7 @@ where
                     }
                     replies
                 }
-                Some(Ok(Message::Close(_))) | None => break 'session "closed".to_owned(),
-                Some(Err(err)) => break 'session err.to_string(),
-                Some(Ok(_)) => Vec::new(),
+                None => break 'session "closed".to_owned(),
             },
         };
         for frame in outgoing {
@@ -205,7 +265,7 @@ where
                 Ok(b) => b,
                 Err(err) => break 'session format!("encoding: {err}"),
             };
-            if let Err(err) = sink.send(Message::binary(bytes)).await {
+            if let Err(err) = sink.send(bytes).await {
                 break 'session format!("sending: {err}");
             }
         }
