@@ -341,5 +341,7 @@ pub fn kubectl_cp_round_trips_a_file_both_ways(c: &Cluster) -> Result<()> {
         returned.len(),
         content.len()
     );
+    // The later trials kill and delete nodes: leave them no pods of ours.
+    c.kubectl(&["delete", "deployment,service", APP], None)?;
     Ok(())
 }
