@@ -14,5 +14,5 @@ mod strategy;
 pub mod table;
 pub mod wire;
 
-pub use catalog::{ResourceInfo, Subresource, all, by_kind, by_plural};
+pub use catalog::{Conversion, ResourceInfo, Subresource, all, by_kind, by_plural};
 pub use strategy::{AllocError, Deletion, Pools, Strategy};

@@ -193,7 +193,7 @@ async fn bind(
         // apiserver does.
         if !query.dry_run() {
             ctx.store
-                .update(key, objects::encode(&new), rev)
+                .update(key, objects::encode(route.info, &new), rev)
                 .await
                 .map_err(|e| update::store_failed(e, route))?;
         }

@@ -247,7 +247,7 @@ async fn store(
     }
     let kv = ctx
         .store
-        .update(&key, objects::encode(new), old_rev)
+        .update(&key, objects::encode(info, new), old_rev)
         .await
         .map_err(|e| store_failed(e, route))?;
     objects::set_resource_version(new, kv.mod_revision);
