@@ -151,10 +151,10 @@ mod tests {
 
     #[test]
     fn another_version_of_a_kind_is_stored_in_the_storage_version_and_read_back() {
-        let v1 = skiff_resources::by_plural("autoscaling", "v1", "horizontalpodautoscalers")
-            .unwrap();
-        let v2 = skiff_resources::by_plural("autoscaling", "v2", "horizontalpodautoscalers")
-            .unwrap();
+        let v1 =
+            skiff_resources::by_plural("autoscaling", "v1", "horizontalpodautoscalers").unwrap();
+        let v2 =
+            skiff_resources::by_plural("autoscaling", "v2", "horizontalpodautoscalers").unwrap();
         assert_eq!(key(v1, Some("ns"), "h"), key(v2, Some("ns"), "h"));
         let obj = json!({
             "apiVersion": "autoscaling/v1",
@@ -189,6 +189,9 @@ mod tests {
             create_revision: 3,
             mod_revision: 9,
         };
-        assert_eq!(decode(pods, &kv).unwrap()["metadata"]["resourceVersion"], "9");
+        assert_eq!(
+            decode(pods, &kv).unwrap()["metadata"]["resourceVersion"],
+            "9"
+        );
     }
 }

@@ -330,7 +330,12 @@ mod tests {
         let v1 = by_plural("autoscaling", "v1", "horizontalpodautoscalers").expect("v1");
         assert!(v2.conversion.is_none() && v1.conversion.is_some());
         let order: Vec<_> = all().iter().map(|r| (r.group, r.version)).collect();
-        let at = |v| order.iter().position(|gv| *gv == ("autoscaling", v)).unwrap();
+        let at = |v| {
+            order
+                .iter()
+                .position(|gv| *gv == ("autoscaling", v))
+                .unwrap()
+        };
         assert!(at("v2") < at("v1"), "discovery prefers the first version");
     }
 

@@ -248,8 +248,11 @@ fn target(spec: &Value, status: Option<&Value>) -> String {
     let target = spec.pointer(&format!("/{source}/target"));
     let current = status.and_then(|s| s.pointer(&format!("/{source}/current")));
     let quantity = |v: Option<&Value>, field: &str| {
-        v.and_then(|v| v.get(field))
-            .and_then(|q| q.as_str().map(str::to_owned).or_else(|| Some(q.to_string())))
+        v.and_then(|v| v.get(field)).and_then(|q| {
+            q.as_str()
+                .map(str::to_owned)
+                .or_else(|| Some(q.to_string()))
+        })
     };
     let unknown = || "<unknown>".to_owned();
     let (current, wanted) = match target.and_then(|t| t.get("type")).and_then(Value::as_str) {
@@ -294,7 +297,8 @@ mod tests {
 
     #[test]
     fn an_autoscaler_without_metrics_aims_at_80_percent_cpu_from_one_replica() {
-        let mut o = hpa(json!({"scaleTargetRef": {"kind": "Deployment", "name": "d"}, "maxReplicas": 3}));
+        let mut o =
+            hpa(json!({"scaleTargetRef": {"kind": "Deployment", "name": "d"}, "maxReplicas": 3}));
         HorizontalPodAutoscaler.default(&mut o);
         assert_eq!(o["spec"]["minReplicas"], 1);
         assert_eq!(

@@ -120,7 +120,10 @@ fn to_v1(v2: Value) -> Value {
             );
         }
         if let Some(c) = status["conditions"].as_array().filter(|c| !c.is_empty()) {
-            annotations.insert(CONDITIONS.into(), json!(Value::Array(c.clone()).to_string()));
+            annotations.insert(
+                CONDITIONS.into(),
+                json!(Value::Array(c.clone()).to_string()),
+            );
         }
         out.insert("status".into(), Value::Object(v1_status));
     }
