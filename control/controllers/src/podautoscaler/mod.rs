@@ -13,7 +13,7 @@ use std::{
     collections::HashMap,
     future::Future,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::api::{autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod};
@@ -66,6 +66,10 @@ pub struct State {
     /// Per autoscaler (`namespace/name`): recent recommendations and rescales, which the
     /// stabilisation windows and scaling policies look back on.
     histories: Mutex<HashMap<String, History>>,
+    /// When each autoscaler was last synced: changes seen in between (its own status
+    /// writes among them) wait for the sync period, as kube-controller-manager's fixed
+    /// interval queue makes them.
+    synced: Mutex<HashMap<String, Instant>>,
 }
 
 /// The controller's context.
@@ -84,6 +88,7 @@ pub fn start(
         pods: pods.store(),
         settings,
         histories: Mutex::new(HashMap::new()),
+        synced: Mutex::new(HashMap::new()),
     };
     let ctx = Context::new(informers, COMPONENT, clock, state);
     let store = autoscalers.store();
@@ -102,6 +107,22 @@ pub fn start(
 pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = hpa.namespace().unwrap_or_default();
     let key = format!("{ns}/{}", hpa.name_any());
+    let period = ctx.state.settings.sync_period;
+    {
+        let mut synced = ctx
+            .state
+            .synced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let instant = ctx.clock.instant();
+        if let Some(last) = synced.get(&key)
+            && let Some(wait) = period.checked_sub(instant.duration_since(*last))
+            && !wait.is_zero()
+        {
+            return Ok(Action::requeue(wait));
+        }
+        synced.insert(key.clone(), instant);
+    }
     let now = ctx.clock.now();
     let scale = apply::scale(&ctx, &hpa).await;
     let all_pods = in_namespace(&ctx.state.pods, &ns);
@@ -149,5 +170,5 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
         plan::plan(&observed, history)
     };
     apply::apply(&ctx, &hpa, &key, plan).await?;
-    Ok(Action::requeue(ctx.state.settings.sync_period))
+    Ok(Action::requeue(period))
 }
