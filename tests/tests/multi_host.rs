@@ -645,36 +645,14 @@ spec:
     Ok(())
 }
 
-/// `kubectl autoscale` makes a HorizontalPodAutoscaler (autoscaling/v1 from kubectl 1.32)
+/// `kubectl autoscale` makes a `HorizontalPodAutoscaler` (autoscaling/v1 from kubectl 1.32)
 /// that the controller reads as v2: a Deployment whose pods burn twice the CPU they
 /// request grows to its maximum, and once its pods idle (a new template) shrinks back after
 /// the short scale-down window its `behavior` sets; `kubectl get hpa` prints the targets.
 fn autoscaler_follows_cpu_load(c: &Cluster) -> Result<()> {
-    let deployment = |command: &str| {
-        format!(
-            r"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: hpa-burner}}
-spec:
-  # No replicas: the autoscaler owns them, and a re-apply must not reset them.
-  selector: {{matchLabels: {{app: hpa-burner}}}}
-  template:
-    metadata: {{labels: {{app: hpa-burner}}}}
-    spec:
-      terminationGracePeriodSeconds: 0
-      containers:
-      - name: spin
-        image: '{IMAGE}'
-        imagePullPolicy: Never
-        command: [sh, -c, '{command}']
-        resources: {{requests: {{cpu: 100m}}, limits: {{cpu: 200m}}}}
-"
-        )
-    };
     c.kubectl(
         &["apply", "-f", "-"],
-        Some(&deployment("while :; do :; done")),
+        Some(&hpa_deployment("while :; do :; done")),
     )?;
     let made = c.kubectl(
         &[
@@ -700,34 +678,12 @@ spec:
         ],
         None,
     )?;
-    let replicas = || -> Result<Option<u32>> {
-        let out = c.kubectl(
-            &[
-                "get",
-                "deployment",
-                "hpa-burner",
-                "-o",
-                "jsonpath={.spec.replicas}",
-            ],
-            None,
-        )?;
-        Ok(out.trim().parse().ok())
-    };
-    let hpa_state = || {
-        let table = c
-            .kubectl(&["get", "hpa", "hpa-burner"], None)
-            .unwrap_or_else(|e| format!("{e:#}"));
-        let yaml = c
-            .kubectl(&["get", "hpa", "hpa-burner", "-o", "yaml"], None)
-            .unwrap_or_else(|e| format!("{e:#}"));
-        format!("{table}\n{yaml}")
-    };
     wait_for(
         "the autoscaler to scale up to 3",
         Duration::from_mins(2),
-        || Ok((replicas()? == Some(3)).then_some(())),
+        || Ok((hpa_replicas(c)? == Some(3)).then_some(())),
     )
-    .with_context(&hpa_state)?;
+    .with_context(|| hpa_state(c))?;
     let table = c.kubectl(&["get", "hpa", "hpa-burner", "--no-headers"], None)?;
     let cells: Vec<&str> = table.split_whitespace().collect();
     ensure!(
@@ -762,13 +718,13 @@ spec:
         "{events}"
     );
     // Idle pods: the autoscaler goes back to its minimum once the window has passed.
-    c.kubectl(&["apply", "-f", "-"], Some(&deployment("sleep 3600")))?;
+    c.kubectl(&["apply", "-f", "-"], Some(&hpa_deployment("sleep 3600")))?;
     wait_for(
         "the autoscaler to scale down to 1",
         Duration::from_mins(2),
-        || Ok((replicas()? == Some(1)).then_some(())),
+        || Ok((hpa_replicas(c)? == Some(1)).then_some(())),
     )
-    .with_context(&hpa_state)?;
+    .with_context(|| hpa_state(c))?;
     let limited = c.kubectl(
         &[
             "get",
@@ -779,15 +735,65 @@ spec:
         ],
         None,
     )?;
-    ensure!(limited == "ValidMetricFound", "{}", hpa_state());
-    eprintln!("DEBUGHPA {}\n{table}\n{events}", hpa_state());
-    eprintln!(
-        "DEBUGHPA {}",
-        c.kubectl(&["describe", "hpa", "hpa-burner"], None)?
+    ensure!(limited == "ValidMetricFound", "{}", hpa_state(c));
+    let described = c.kubectl(&["describe", "hpa", "hpa-burner"], None)?;
+    ensure!(
+        described.contains("New size: 1; reason: All metrics below target"),
+        "{described}"
     );
     c.kubectl(&["delete", "hpa", "hpa-burner"], None)?;
     c.kubectl(&["delete", "deployment", "hpa-burner"], None)?;
     Ok(())
+}
+
+/// The autoscaled Deployment, its container running `command`.
+fn hpa_deployment(command: &str) -> String {
+    format!(
+        r"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: hpa-burner}}
+spec:
+  # No replicas: the autoscaler owns them, and a re-apply must not reset them.
+  selector: {{matchLabels: {{app: hpa-burner}}}}
+  template:
+    metadata: {{labels: {{app: hpa-burner}}}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: spin
+        image: '{IMAGE}'
+        imagePullPolicy: Never
+        command: [sh, -c, '{command}']
+        resources: {{requests: {{cpu: 100m}}, limits: {{cpu: 200m}}}}
+"
+    )
+}
+
+/// The autoscaled Deployment's `spec.replicas`.
+fn hpa_replicas(c: &Cluster) -> Result<Option<u32>> {
+    let out = c.kubectl(
+        &[
+            "get",
+            "deployment",
+            "hpa-burner",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+        None,
+    )?;
+    Ok(out.trim().parse().ok())
+}
+
+/// The autoscaler as `kubectl get` prints it and in full, for failure messages.
+fn hpa_state(c: &Cluster) -> String {
+    let table = c
+        .kubectl(&["get", "hpa", "hpa-burner"], None)
+        .unwrap_or_else(|e| format!("{e:#}"));
+    let yaml = c
+        .kubectl(&["get", "hpa", "hpa-burner", "-o", "yaml"], None)
+        .unwrap_or_else(|e| format!("{e:#}"));
+    format!("{table}\n{yaml}")
 }
 
 fn killed_node_keeps_traffic_flowing(c: &Cluster) -> Result<()> {

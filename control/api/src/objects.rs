@@ -45,7 +45,7 @@ pub fn decode(info: &ResourceInfo, kv: &KeyValue) -> Result<Value, StatusError> 
     let mut obj: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| StatusError::internal(format!("stored object {} is corrupt: {e}", kv.key)))?;
     if let Some(conversion) = info.conversion {
-        obj = (conversion.from_storage)(obj);
+        obj = (conversion.from_storage)(&obj);
     }
     set_resource_version(&mut obj, kv.mod_revision);
     Ok(obj)
@@ -61,7 +61,7 @@ pub fn set_resource_version(obj: &mut Value, revision: i64) {
 /// `resourceVersion`.
 pub fn encode(info: &ResourceInfo, obj: &Value) -> Vec<u8> {
     let mut obj = match info.conversion {
-        Some(conversion) => (conversion.to_storage)(obj.clone()),
+        Some(conversion) => (conversion.to_storage)(obj),
         None => obj.clone(),
     };
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {

@@ -27,9 +27,8 @@ pub fn parse_milli(text: &str) -> Option<i64> {
         _ => 1,
     };
     let multiplier_milli: i128 = match suffix {
-        "n" | "u" => 1,
         "" => 1000,
-        "m" => 1,
+        "m" | "n" | "u" => 1,
         "k" => 1000 * 1000,
         "M" => 1000 * 1_000_000,
         "G" => 1000 * 1_000_000_000,

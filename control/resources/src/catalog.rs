@@ -108,9 +108,9 @@ pub struct ResourceInfo {
 #[derive(Debug)]
 pub struct Conversion {
     /// An object of this version, in the storage version.
-    pub to_storage: fn(serde_json::Value) -> serde_json::Value,
+    pub to_storage: fn(&serde_json::Value) -> serde_json::Value,
     /// A stored object, in this version.
-    pub from_storage: fn(serde_json::Value) -> serde_json::Value,
+    pub from_storage: fn(&serde_json::Value) -> serde_json::Value,
 }
 
 impl ResourceInfo {

@@ -95,11 +95,11 @@ struct Args {
     /// so without it `LoadBalancer` Services get no address and an Event on each says why.
     #[arg(long)]
     loadbalancer_ip_range: Option<skiff_controllers::service_lb::IpRange>,
-    /// How often each HorizontalPodAutoscaler is synced (kube-controller-manager's
+    /// How often each `HorizontalPodAutoscaler` is synced (kube-controller-manager's
     /// `--horizontal-pod-autoscaler-sync-period`).
     #[arg(long, default_value_t = 15)]
     horizontal_pod_autoscaler_sync_period_seconds: u64,
-    /// How long a HorizontalPodAutoscaler without its own scale-down window looks back on
+    /// How long a `HorizontalPodAutoscaler` without its own scale-down window looks back on
     /// higher recommendations before scaling down
     /// (`--horizontal-pod-autoscaler-downscale-stabilization`).
     #[arg(long, default_value_t = 300)]

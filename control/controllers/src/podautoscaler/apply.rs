@@ -43,7 +43,10 @@ fn target_api(
     Ok((api, target.name))
 }
 
-/// The target's scale, or why it could not be read.
+/// The target's scale.
+///
+/// # Errors
+/// Why it could not be read, as the `FailedGetScale` event says.
 pub async fn scale(ctx: &Ctx, hpa: &HorizontalPodAutoscaler) -> Result<ScaleView, String> {
     let (api, name) = target_api(ctx, hpa)?;
     let scale = api.get_scale(&name).await.map_err(|e| api_message(&e))?;
@@ -91,6 +94,9 @@ fn window(text: &str) -> Duration {
 }
 
 /// The usage of the pods `selector` matches in `ns`, by pod name.
+///
+/// # Errors
+/// Why the metrics API did not answer.
 pub async fn usage(
     ctx: &Ctx,
     ns: &str,

@@ -452,7 +452,7 @@ mod tests {
     fn a_scale_down_waits_for_the_highest_recommendation_of_the_window() {
         let mut h = History::starting_at(4, at(0));
         let b = default_behavior(None);
-        let window = Duration::from_secs(300);
+        let window = Duration::from_mins(5);
         let n = h.normalize(counts(4, 1), &b, window, at(10));
         assert_eq!(
             (n.replicas, n.able_to_scale.reason),
@@ -473,7 +473,7 @@ mod tests {
     fn a_short_scale_down_window_lets_the_count_fall_soon() {
         let mut h = History::starting_at(4, at(0));
         let b = default_behavior(Some(5));
-        let n = h.normalize(counts(4, 1), &b, Duration::from_secs(300), at(6));
+        let n = h.normalize(counts(4, 1), &b, Duration::from_mins(5), at(6));
         assert_eq!(n.replicas, 1);
         assert_eq!(n.able_to_scale.reason, "ReadyForNewScale");
         assert_eq!(n.scaling_limited.status, "False");
@@ -488,16 +488,16 @@ mod tests {
             "Max",
             &[("Pods", 1, 60), ("Percent", 50, 60)],
         ));
-        let n = h.normalize(counts(2, 10), &b, Duration::from_secs(300), at(1));
+        let n = h.normalize(counts(2, 10), &b, Duration::from_mins(5), at(1));
         assert_eq!(n.replicas, 3);
         assert_eq!(n.scaling_limited.reason, "ScaleUpLimit");
         assert_eq!(n.scaling_limited.status, "True");
         h.rescaled(Some(&b), 2, 3, at(1));
         // Within the same 60 s period, the period started at 2: Percent 50 % of 2 -> 3.
-        let n = h.normalize(counts(3, 10), &b, Duration::from_secs(300), at(30));
+        let n = h.normalize(counts(3, 10), &b, Duration::from_mins(5), at(30));
         assert_eq!(n.replicas, 3);
         // After the period, 50 % of 3 rounds up to 5.
-        let n = h.normalize(counts(3, 10), &b, Duration::from_secs(300), at(62));
+        let n = h.normalize(counts(3, 10), &b, Duration::from_mins(5), at(62));
         assert_eq!(n.replicas, 5);
     }
 
@@ -575,7 +575,7 @@ mod tests {
     #[test]
     fn without_behavior_scale_up_at_most_doubles_and_down_waits_the_window() {
         let mut h = History::starting_at(3, at(0));
-        let window = Duration::from_secs(300);
+        let window = Duration::from_mins(5);
         let n = h.normalize_legacy(
             Counts {
                 min: 1,

@@ -10,7 +10,7 @@ pub mod plan;
 pub mod replicas;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     future::Future,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
@@ -37,7 +37,7 @@ const COMPONENT: &str = "horizontal-pod-autoscaler";
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(15);
 /// The scale-down stabilisation window when not told otherwise
 /// (`--horizontal-pod-autoscaler-downscale-stabilization`).
-pub const DEFAULT_DOWNSCALE_STABILIZATION: Duration = Duration::from_secs(300);
+pub const DEFAULT_DOWNSCALE_STABILIZATION: Duration = Duration::from_mins(5);
 
 /// The controller's settings.
 #[derive(Debug, Clone, Copy)]
@@ -140,7 +140,7 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
                 Err(err) => (Vec::new(), Err(err.to_string())),
             }
         }
-        _ => (Vec::new(), Ok(Default::default())),
+        _ => (Vec::new(), Ok(BTreeMap::new())),
     };
     let observed = Observed {
         hpa: &hpa,

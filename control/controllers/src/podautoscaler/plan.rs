@@ -3,15 +3,16 @@
 //! first, then every metric's proposal (the highest wins), then normalization; with the
 //! status, conditions and events it writes.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{cmp::Ordering, collections::BTreeMap, time::Duration};
 
 use jiff::Timestamp;
 use k8s_openapi::{
     api::{
         autoscaling::v2::{
             ContainerResourceMetricStatus, HorizontalPodAutoscaler,
-            HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus, MetricSpec,
-            MetricStatus, MetricTarget, MetricValueStatus, ResourceMetricStatus,
+            HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerSpec,
+            HorizontalPodAutoscalerStatus, MetricSpec, MetricStatus, MetricTarget,
+            MetricValueStatus, ResourceMetricStatus,
         },
         core::v1::Pod,
     },
@@ -322,40 +323,43 @@ fn samples(
     Ok(out)
 }
 
+/// The plan when the target's scale could not be read: say so, change nothing else.
+fn unable_to_get_scale(
+    err: &str,
+    mut status: HorizontalPodAutoscalerStatus,
+    now: Timestamp,
+) -> Plan {
+    set_condition(
+        &mut status,
+        "AbleToScale",
+        &reason(
+            "False",
+            "FailedGetScale",
+            &format!("the HPA controller was unable to get the target's current scale: {err}"),
+        ),
+        now,
+    );
+    Plan {
+        events: vec![(EventType::Warning, "FailedGetScale", err.to_owned())],
+        rescale: None,
+        status,
+    }
+}
+
 /// Plans one sync of `o.hpa`; `history` is what the controller remembers of it.
 #[must_use]
 pub fn plan(o: &Observed<'_>, history: &mut History) -> Plan {
     let hpa = o.hpa;
     let spec = hpa.spec.clone().unwrap_or_default();
-    let previous = hpa.status.clone().unwrap_or_default();
     let mut status = HorizontalPodAutoscalerStatus {
         observed_generation: hpa.metadata.generation,
-        ..previous.clone()
+        ..hpa.status.clone().unwrap_or_default()
     };
     let mut events = Vec::new();
     let now = o.now;
     let scale = match &o.scale {
         Ok(s) => s,
-        Err(err) => {
-            events.push((EventType::Warning, "FailedGetScale", err.clone()));
-            set_condition(
-                &mut status,
-                "AbleToScale",
-                &reason(
-                    "False",
-                    "FailedGetScale",
-                    &format!(
-                        "the HPA controller was unable to get the target's current scale: {err}"
-                    ),
-                ),
-                now,
-            );
-            return Plan {
-                events,
-                rescale: None,
-                status,
-            };
-        }
+        Err(err) => return unable_to_get_scale(err, status, now),
     };
     set_condition(
         &mut status,
@@ -395,116 +399,25 @@ pub fn plan(o: &Observed<'_>, history: &mut History) -> Plan {
             "Current number of replicas below Spec.MinReplicas".to_owned(),
         )
     } else {
-        if scale.selector.is_empty() {
-            events.push((
-                EventType::Warning,
-                "SelectorRequired",
-                "selector is required".to_owned(),
-            ));
-            set_condition(
-                &mut status,
-                "ScalingActive",
-                &reason(
-                    "False",
-                    "InvalidSelector",
-                    "the HPA target's scale is missing a selector",
-                ),
-                now,
-            );
-            return Plan {
-                events,
-                rescale: None,
-                status,
-            };
-        }
-        let metrics = spec.metrics.clone().unwrap_or_default();
-        let mut statuses = vec![MetricStatus::default(); metrics.len()];
-        let mut best: Option<(i32, String)> = None;
-        let mut invalid: Vec<(&'static str, String)> = Vec::new();
-        for (i, m) in metrics.iter().enumerate() {
-            match read_metric(o, current, m) {
-                Ok((replicas, name, s)) => {
-                    statuses[i] = s;
-                    if best.as_ref().is_none_or(|(r, _)| replicas > *r) {
-                        best = Some((replicas, name));
-                    }
-                }
-                Err((why, err)) => {
-                    events.push((EventType::Warning, why, err.clone()));
-                    invalid.push((why, err));
-                }
-            }
-        }
-        status.current_metrics = Some(statuses);
-        let proposed = best.as_ref().map_or(0, |(r, _)| *r);
-        if let Some((why, err)) = invalid.first()
-            && (invalid.len() >= metrics.len() || proposed < current)
-        {
-            set_condition(
-                &mut status,
-                "ScalingActive",
-                &reason(
-                    "False",
-                    why,
-                    &format!("the HPA was unable to compute the replica count: {err}"),
-                ),
-                now,
-            );
-            events.push((
-                EventType::Warning,
-                "FailedComputeMetricsReplicas",
-                format!(
-                    "invalid metrics ({} invalid out of {}), first error is: {err}",
-                    invalid.len(),
-                    metrics.len()
-                ),
-            ));
-            return Plan {
-                events,
-                rescale: None,
-                status,
-            };
-        }
-        let metric = best.map(|(_, name)| name).unwrap_or_default();
-        set_condition(
-            &mut status,
-            "ScalingActive",
-            &reason(
-                "True",
-                "ValidMetricFound",
-                &format!(
-                    "the HPA was able to successfully calculate a replica count from {metric}"
-                ),
-            ),
-            now,
-        );
-        let why = if proposed > current {
-            format!("{metric} above target")
-        } else if proposed < current {
-            "All metrics below target".to_owned()
-        } else {
-            String::new()
+        let mut partial = Plan {
+            events,
+            rescale: None,
+            status,
         };
         let counts = Counts {
             min,
             max,
             current,
-            desired: proposed,
+            desired: 0,
         };
-        let normalized = match &spec.behavior {
-            Some(b) => history.normalize(counts, b, o.downscale_window, now),
-            None => history.normalize_legacy(counts, o.downscale_window, now),
+        let Some(found) = from_metrics(o, &spec, counts, &scale.selector, &mut partial, history)
+        else {
+            return partial;
         };
-        set_condition(&mut status, "AbleToScale", &normalized.able_to_scale, now);
-        set_condition(
-            &mut status,
-            "ScalingLimited",
-            &normalized.scaling_limited,
-            now,
-        );
-        (normalized.replicas, why)
+        (events, status) = (partial.events, partial.status);
+        found
     };
-    let rescale = (desired != current && !(current == 0 && min != 0)).then(|| Rescale {
+    let rescale = (desired != current && !(current == 0 && min != 0)).then_some(Rescale {
         from: current,
         to: desired,
         reason: why,
@@ -520,6 +433,118 @@ pub fn plan(o: &Observed<'_>, history: &mut History) -> Plan {
         rescale,
         status,
     }
+}
+
+/// The count `spec`'s metrics ask for, normalized, and why it differs from the current
+/// one; `None` when the metrics could not be read (`plan`'s status and events say why).
+fn from_metrics(
+    o: &Observed<'_>,
+    spec: &HorizontalPodAutoscalerSpec,
+    counts: Counts,
+    selector: &str,
+    plan: &mut Plan,
+    history: &mut History,
+) -> Option<(i32, String)> {
+    let (now, current) = (o.now, counts.current);
+    if selector.is_empty() {
+        plan.events.push((
+            EventType::Warning,
+            "SelectorRequired",
+            "selector is required".to_owned(),
+        ));
+        set_condition(
+            &mut plan.status,
+            "ScalingActive",
+            &reason(
+                "False",
+                "InvalidSelector",
+                "the HPA target's scale is missing a selector",
+            ),
+            now,
+        );
+        return None;
+    }
+    let metrics = spec.metrics.clone().unwrap_or_default();
+    let mut statuses = vec![MetricStatus::default(); metrics.len()];
+    let mut best: Option<(i32, String)> = None;
+    let mut invalid: Vec<(&'static str, String)> = Vec::new();
+    for (i, m) in metrics.iter().enumerate() {
+        match read_metric(o, current, m) {
+            Ok((replicas, name, s)) => {
+                statuses[i] = s;
+                if best.as_ref().is_none_or(|(r, _)| replicas > *r) {
+                    best = Some((replicas, name));
+                }
+            }
+            Err((why, err)) => {
+                plan.events.push((EventType::Warning, why, err.clone()));
+                invalid.push((why, err));
+            }
+        }
+    }
+    plan.status.current_metrics = Some(statuses);
+    let proposed = best.as_ref().map_or(0, |(r, _)| *r);
+    if let Some((why, err)) = invalid.first()
+        && (invalid.len() >= metrics.len() || proposed < current)
+    {
+        set_condition(
+            &mut plan.status,
+            "ScalingActive",
+            &reason(
+                "False",
+                why,
+                &format!("the HPA was unable to compute the replica count: {err}"),
+            ),
+            now,
+        );
+        plan.events.push((
+            EventType::Warning,
+            "FailedComputeMetricsReplicas",
+            format!(
+                "invalid metrics ({} invalid out of {}), first error is: {err}",
+                invalid.len(),
+                metrics.len()
+            ),
+        ));
+        return None;
+    }
+    let metric = best.map(|(_, name)| name).unwrap_or_default();
+    set_condition(
+        &mut plan.status,
+        "ScalingActive",
+        &reason(
+            "True",
+            "ValidMetricFound",
+            &format!("the HPA was able to successfully calculate a replica count from {metric}"),
+        ),
+        now,
+    );
+    let why = match proposed.cmp(&current) {
+        Ordering::Greater => format!("{metric} above target"),
+        Ordering::Less => "All metrics below target".to_owned(),
+        Ordering::Equal => String::new(),
+    };
+    let counts = Counts {
+        desired: proposed,
+        ..counts
+    };
+    let normalized = match &spec.behavior {
+        Some(b) => history.normalize(counts, b, o.downscale_window, now),
+        None => history.normalize_legacy(counts, o.downscale_window, now),
+    };
+    set_condition(
+        &mut plan.status,
+        "AbleToScale",
+        &normalized.able_to_scale,
+        now,
+    );
+    set_condition(
+        &mut plan.status,
+        "ScalingLimited",
+        &normalized.scaling_limited,
+        now,
+    );
+    Some((normalized.replicas, why))
 }
 
 #[cfg(test)]
@@ -603,7 +628,7 @@ mod tests {
             pods: pods.iter().collect(),
             usage: Ok(usage(cpu)),
             now: Timestamp::from_second(NOW).unwrap(),
-            downscale_window: Duration::from_secs(300),
+            downscale_window: Duration::from_mins(5),
         }
     }
 

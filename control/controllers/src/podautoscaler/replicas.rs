@@ -12,7 +12,7 @@ use skiff_machinery::quantity::parse_milli;
 /// How far the usage may stray from the target before the replica count changes.
 pub const TOLERANCE: f64 = 0.1;
 /// How long after a pod starts its CPU readings may still be start-up noise.
-pub const CPU_INITIALIZATION_PERIOD: Duration = Duration::from_secs(5 * 60);
+pub const CPU_INITIALIZATION_PERIOD: Duration = Duration::from_mins(5);
 /// How long after a pod starts its first readiness change may still come.
 pub const INITIAL_READINESS_DELAY: Duration = Duration::from_secs(30);
 

@@ -56,7 +56,7 @@ fn take(annotations: &mut Map<String, Value>, key: &str) -> Option<Value> {
 }
 
 /// A stored v2 object as v1 shows it.
-fn to_v1(v2: Value) -> Value {
+fn to_v1(v2: &Value) -> Value {
     let mut out = v2.as_object().cloned().unwrap_or_default();
     out.insert("apiVersion".into(), json!("autoscaling/v1"));
     let mut annotations = v2
@@ -132,7 +132,7 @@ fn to_v1(v2: Value) -> Value {
 }
 
 /// A v1 object in the stored v2 form, defaulted as v2.
-fn to_v2(v1: Value) -> Value {
+fn to_v2(v1: &Value) -> Value {
     let mut out = v1.as_object().cloned().unwrap_or_default();
     out.insert("apiVersion".into(), json!("autoscaling/v2"));
     let mut annotations = v1
@@ -232,7 +232,7 @@ impl Strategy for HorizontalPodAutoscalerV1 {
     }
 
     fn validate(&self, obj: &Value) -> Vec<Cause> {
-        let mut causes = HorizontalPodAutoscaler.validate(&to_v2(obj.clone()));
+        let mut causes = HorizontalPodAutoscaler.validate(&to_v2(obj));
         if let Some(cpu) = obj
             .pointer("/spec/targetCPUUtilizationPercentage")
             .and_then(Value::as_i64)
@@ -253,7 +253,7 @@ impl Strategy for HorizontalPodAutoscalerV1 {
     }
 
     fn row(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
-        HorizontalPodAutoscaler.row(&to_v2(obj.clone()), now)
+        HorizontalPodAutoscaler.row(&to_v2(obj), now)
     }
 }
 
@@ -274,13 +274,13 @@ mod tests {
                 "targetCPUUtilizationPercentage": 50,
             },
         });
-        let v2 = to_v2(v1.clone());
+        let v2 = to_v2(&v1);
         assert_eq!(v2["apiVersion"], "autoscaling/v2");
         assert_eq!(
             v2["spec"]["metrics"][0]["resource"]["target"],
             json!({"type": "Utilization", "averageUtilization": 50})
         );
-        assert_eq!(to_v1(v2), v1);
+        assert_eq!(to_v1(&v2), v1);
     }
 
     #[test]
@@ -311,11 +311,11 @@ mod tests {
                 "conditions": [{"type": "AbleToScale", "status": "True", "reason": "SucceededRescale"}],
             },
         });
-        let v1 = to_v1(v2.clone());
+        let v1 = to_v1(&v2);
         assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 50);
         assert_eq!(v1["status"]["currentCPUUtilizationPercentage"], 90);
         assert!(v1["metadata"]["annotations"][BEHAVIOR].is_string());
-        let back = to_v2(v1);
+        let back = to_v2(&v1);
         assert_eq!(back["spec"], v2["spec"]);
         assert_eq!(back["status"]["conditions"], v2["status"]["conditions"]);
         assert!(back["metadata"].get("annotations").is_none());
