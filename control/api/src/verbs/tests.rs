@@ -1042,3 +1042,57 @@ async fn a_delete_races_a_real_concurrent_status_writer_without_conflict() {
         "status writes never conflict either: {codes:?}"
     );
 }
+
+#[tokio::test]
+async fn an_autoscaler_written_in_v1_is_read_patched_and_listed_in_both_versions() {
+    const V1: &str = "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers";
+    const V2: &str = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers";
+    let api = Api::start().await;
+    let hpa = json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "web"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "maxReplicas": 3,
+            "targetCPUUtilizationPercentage": 50,
+        },
+    });
+    let made = api.post(V1, &hpa).await;
+    assert_eq!(made.code, 201, "{}", made.json());
+    let made = made.json();
+    assert_eq!(made["apiVersion"], "autoscaling/v1");
+    assert_eq!(made["spec"]["minReplicas"], 1);
+    let v2 = api.get(&format!("{V2}/web")).await.json();
+    assert_eq!(v2["apiVersion"], "autoscaling/v2");
+    assert_eq!(
+        v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        50
+    );
+    // A v2 behavior survives being read and written back through v1.
+    let patched = api
+        .merge(
+            &format!("{V2}/web"),
+            &json!({"spec": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 5}}}}),
+        )
+        .await;
+    assert_eq!(patched.code, 200, "{}", patched.json());
+    let through_v1 = api
+        .merge(&format!("{V1}/web"), &json!({"spec": {"maxReplicas": 4}}))
+        .await
+        .json();
+    assert_eq!(through_v1["spec"]["maxReplicas"], 4);
+    assert!(through_v1["spec"].get("behavior").is_none());
+    let v2 = api.get(&format!("{V2}/web")).await.json();
+    assert_eq!(v2["spec"]["maxReplicas"], 4);
+    assert_eq!(
+        v2["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+        5
+    );
+    assert!(v2["metadata"].get("annotations").is_none());
+    let listed = api.get(V1).await.json();
+    assert_eq!(
+        listed["items"][0]["spec"]["targetCPUUtilizationPercentage"],
+        50
+    );
+}
