@@ -23,6 +23,8 @@ pub enum Subresource {
     Exec,
     /// `attach` (pods): attaches to a running container, proxied to the node.
     Attach,
+    /// `ephemeralcontainers` (pods): adds debugging containers to a running pod.
+    EphemeralContainers,
 }
 
 impl Subresource {
@@ -36,6 +38,7 @@ impl Subresource {
             Self::Log => "log",
             Self::Exec => "exec",
             Self::Attach => "attach",
+            Self::EphemeralContainers => "ephemeralcontainers",
         }
     }
 
@@ -43,7 +46,7 @@ impl Subresource {
     #[must_use]
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
-            Self::Status | Self::Scale => &["get", "patch", "update"],
+            Self::Status | Self::Scale | Self::EphemeralContainers => &["get", "patch", "update"],
             Self::Binding => &["create"],
             Self::Log => &["get"],
             Self::Exec | Self::Attach => &["create", "get"],
@@ -57,7 +60,7 @@ impl Subresource {
             Self::Status => parent_kind,
             Self::Scale => "Scale",
             Self::Binding => "Binding",
-            Self::Log | Self::Exec | Self::Attach => "Pod",
+            Self::Log | Self::Exec | Self::Attach | Self::EphemeralContainers => "Pod",
         }
     }
 }
@@ -200,6 +203,7 @@ const POD: &[Subresource] = &[
     Subresource::Log,
     Subresource::Exec,
     Subresource::Attach,
+    Subresource::EphemeralContainers,
 ];
 
 static CATALOG: LazyLock<Vec<ResourceInfo>> = LazyLock::new(|| {

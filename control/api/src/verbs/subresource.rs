@@ -1,5 +1,6 @@
 //! Subresources: `status` (only `.status` changes), `scale` (an autoscaling/v1 Scale view of
-//! replicas) and `binding` (the scheduler's bind of a pod). The node-proxied `log`, `exec`
+//! replicas), `binding` (the scheduler's bind of a pod) and `ephemeralcontainers` (only
+//! additions to a pod's `spec.ephemeralContainers`). The node-proxied `log`, `exec`
 //! and `attach` are routed to the node proxy before they reach here.
 
 use http::{HeaderMap, Method, Response, StatusCode};
@@ -55,6 +56,21 @@ pub async fn dispatch(
             let kind = h::patch_type(headers)?;
             let (code, written) =
                 patch::patch_object(ctx, route, query, kind, body, Part::Status).await?;
+            Ok(h::json(code, &written.object))
+        }
+        (Subresource::EphemeralContainers, &Method::GET) => {
+            Ok(h::json(StatusCode::OK, &read::fetch(ctx, route).await?.0))
+        }
+        (Subresource::EphemeralContainers, &Method::PUT) => {
+            let new = h::decode_object(headers, body)?;
+            let written = update::put(ctx, route, query, new, Part::EphemeralContainers).await?;
+            Ok(h::json(StatusCode::OK, &written.object))
+        }
+        (Subresource::EphemeralContainers, &Method::PATCH) => {
+            let kind = h::patch_type(headers)?;
+            let (code, written) =
+                patch::patch_object(ctx, route, query, kind, body, Part::EphemeralContainers)
+                    .await?;
             Ok(h::json(code, &written.object))
         }
         (Subresource::Scale, &Method::GET) => {

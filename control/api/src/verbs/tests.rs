@@ -1096,3 +1096,60 @@ async fn an_autoscaler_written_in_v1_is_read_patched_and_listed_in_both_versions
         50
     );
 }
+
+#[tokio::test]
+async fn ephemeral_containers_are_only_added_through_their_subresource() {
+    const POD: &str = "/api/v1/namespaces/default/pods/web";
+    let api = Api::start().await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}]}});
+    assert_eq!(
+        api.post("/api/v1/namespaces/default/pods", &pod).await.code,
+        201
+    );
+    let debugger = json!({"name": "debugger", "image": "busybox:1.36", "command": ["sh"]});
+    // kubectl debug's patch.
+    let added = api
+        .call(
+            Method::PATCH,
+            &format!("{POD}/ephemeralcontainers"),
+            "application/strategic-merge-patch+json",
+            &json!({"spec": {"ephemeralContainers": [debugger]}}),
+        )
+        .await;
+    assert_eq!(added.code, 200, "{}", added.json());
+    let added = added.json();
+    assert_eq!(added["spec"]["ephemeralContainers"][0]["name"], "debugger");
+    assert_eq!(
+        added["spec"]["ephemeralContainers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    // A change to an existing one, or a name taken by another container, is refused.
+    let changed = api
+        .merge(
+            &format!("{POD}/ephemeralcontainers"),
+            &json!({"spec": {"ephemeralContainers": [{"name": "debugger", "image": "busybox:1.37"}]}}),
+        )
+        .await;
+    assert_eq!(changed.code, 422, "{}", changed.json());
+    let mut clash = added.clone();
+    clash["spec"]["ephemeralContainers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "app", "image": "busybox:1.36"}));
+    let put = api
+        .call(
+            Method::PUT,
+            &format!("{POD}/ephemeralcontainers"),
+            JSON,
+            &clash,
+        )
+        .await;
+    assert_eq!(put.code, 422, "{}", put.json());
+    // The main resource keeps them as they are.
+    let main = api
+        .merge(POD, &json!({"spec": {"ephemeralContainers": null}}))
+        .await
+        .json();
+    assert_eq!(main["spec"]["ephemeralContainers"][0]["name"], "debugger");
+}

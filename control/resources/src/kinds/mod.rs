@@ -36,7 +36,7 @@ pub use job::Job;
 pub use namespace::Namespace;
 pub use node::Node;
 pub use plain::Plain;
-pub use pod::Pod;
+pub use pod::{Pod, ephemeral_container_changes};
 pub use replicaset::REPLICA_SET;
 pub use replicationcontroller::ReplicationController;
 pub use resourcequota::ResourceQuota;
