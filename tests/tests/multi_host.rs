@@ -115,6 +115,11 @@ fn main() -> ExitCode {
             autoscaler_follows_cpu_load,
         ),
         trial(
+            "kubectl_debug_runs_an_ephemeral_container_in_a_running_pod",
+            &flat,
+            debug_adds_an_ephemeral_container,
+        ),
+        trial(
             "a_node_killed_and_restarted_keeps_traffic_to_its_pods_flowing",
             &flat,
             killed_node_keeps_traffic_flowing,
@@ -794,6 +799,87 @@ fn hpa_state(c: &Cluster) -> String {
         .kubectl(&["get", "hpa", "hpa-burner", "-o", "yaml"], None)
         .unwrap_or_else(|e| format!("{e:#}"));
     format!("{table}\n{yaml}")
+}
+
+/// `kubectl debug` adds an ephemeral container to a running pod through
+/// `pods/ephemeralcontainers`; its node runs it in the pod's namespaces (it sees the pod's
+/// hostname and address) and reports it in `ephemeralContainerStatuses`, and its log reads
+/// like any container's.
+fn debug_adds_an_ephemeral_container(c: &Cluster) -> Result<()> {
+    c.kubectl(
+        &[
+            "run",
+            "dbg-target",
+            &format!("--image={IMAGE}"),
+            "--image-pull-policy=Never",
+            "--restart=Never",
+            "--",
+            "sleep",
+            "3600",
+        ],
+        None,
+    )?;
+    c.kubectl(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/dbg-target",
+            "--timeout=60s",
+        ],
+        None,
+    )?;
+    let ip = c.kubectl(
+        &["get", "pod", "dbg-target", "-o", "jsonpath={.status.podIP}"],
+        None,
+    )?;
+    let made = c.kubectl(
+        &[
+            "debug",
+            "dbg-target",
+            &format!("--image={IMAGE}"),
+            "--image-pull-policy=Never",
+            "--container=debugger",
+            "--",
+            "sh",
+            "-c",
+            "echo debugged from $(hostname); ip -4 addr",
+        ],
+        None,
+    )?;
+    let status = || {
+        c.kubectl(
+            &[
+                "get",
+                "pod",
+                "dbg-target",
+                "-o",
+                "jsonpath={.status.ephemeralContainerStatuses[0].state.terminated.exitCode}",
+            ],
+            None,
+        )
+    };
+    wait_for(
+        "the ephemeral container to run to completion",
+        Duration::from_mins(1),
+        || Ok((status()?.trim() == "0").then_some(())),
+    )
+    .with_context(|| {
+        let pod = c
+            .kubectl(&["get", "pod", "dbg-target", "-o", "yaml"], None)
+            .unwrap_or_else(|e| format!("{e:#}"));
+        format!("kubectl debug said: {made}\n{pod}")
+    })?;
+    let log = c.kubectl(&["logs", "dbg-target", "-c", "debugger"], None)?;
+    ensure!(log.contains("debugged from dbg-target"), "{log}");
+    ensure!(
+        log.contains(ip.trim()),
+        "the debugger is not in the pod's network namespace ({ip}): {log}"
+    );
+    c.kubectl(
+        &["delete", "pod", "dbg-target", "--grace-period=0", "--force"],
+        None,
+    )?;
+    Ok(())
 }
 
 fn killed_node_keeps_traffic_flowing(c: &Cluster) -> Result<()> {
