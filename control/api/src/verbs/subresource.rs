@@ -44,33 +44,18 @@ pub async fn dispatch(
         ))
     };
     match (served, method) {
-        (Subresource::Status, &Method::GET) => {
+        (Subresource::Status | Subresource::EphemeralContainers, &Method::GET) => {
             Ok(h::json(StatusCode::OK, &read::fetch(ctx, route).await?.0))
         }
-        (Subresource::Status, &Method::PUT) => {
+        (Subresource::Status | Subresource::EphemeralContainers, &Method::PUT) => {
             let new = h::decode_object(headers, body)?;
-            let written = update::put(ctx, route, query, new, Part::Status).await?;
+            let written = update::put(ctx, route, query, new, part_of(*served)).await?;
             Ok(h::json(StatusCode::OK, &written.object))
         }
-        (Subresource::Status, &Method::PATCH) => {
+        (Subresource::Status | Subresource::EphemeralContainers, &Method::PATCH) => {
             let kind = h::patch_type(headers)?;
             let (code, written) =
-                patch::patch_object(ctx, route, query, kind, body, Part::Status).await?;
-            Ok(h::json(code, &written.object))
-        }
-        (Subresource::EphemeralContainers, &Method::GET) => {
-            Ok(h::json(StatusCode::OK, &read::fetch(ctx, route).await?.0))
-        }
-        (Subresource::EphemeralContainers, &Method::PUT) => {
-            let new = h::decode_object(headers, body)?;
-            let written = update::put(ctx, route, query, new, Part::EphemeralContainers).await?;
-            Ok(h::json(StatusCode::OK, &written.object))
-        }
-        (Subresource::EphemeralContainers, &Method::PATCH) => {
-            let kind = h::patch_type(headers)?;
-            let (code, written) =
-                patch::patch_object(ctx, route, query, kind, body, Part::EphemeralContainers)
-                    .await?;
+                patch::patch_object(ctx, route, query, kind, body, part_of(*served)).await?;
             Ok(h::json(code, &written.object))
         }
         (Subresource::Scale, &Method::GET) => {
@@ -96,6 +81,15 @@ pub async fn dispatch(
             )))
         }
         _ => Err(not_allowed()),
+    }
+}
+
+/// The part of the object a subresource writes.
+fn part_of(sub: Subresource) -> Part {
+    if sub == Subresource::EphemeralContainers {
+        Part::EphemeralContainers
+    } else {
+        Part::Status
     }
 }
 

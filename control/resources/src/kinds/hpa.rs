@@ -291,14 +291,14 @@ fn target(spec: &Value, status: Option<&Value>) -> String {
 mod tests {
     use super::*;
 
-    fn hpa(spec: Value) -> Value {
+    fn hpa(spec: &Value) -> Value {
         json!({"metadata": {"name": "h"}, "spec": spec})
     }
 
     #[test]
     fn an_autoscaler_without_metrics_aims_at_80_percent_cpu_from_one_replica() {
         let mut o =
-            hpa(json!({"scaleTargetRef": {"kind": "Deployment", "name": "d"}, "maxReplicas": 3}));
+            hpa(&json!({"scaleTargetRef": {"kind": "Deployment", "name": "d"}, "maxReplicas": 3}));
         HorizontalPodAutoscaler.default(&mut o);
         assert_eq!(o["spec"]["minReplicas"], 1);
         assert_eq!(
@@ -310,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_partial_behavior_gets_the_missing_rules_and_keeps_its_own() {
-        let mut o = hpa(json!({
+        let mut o = hpa(&json!({
             "maxReplicas": 3,
             "behavior": {"scaleDown": {"stabilizationWindowSeconds": 5}},
         }));
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn max_replicas_below_min_replicas_is_refused() {
-        let o = hpa(json!({
+        let o = hpa(&json!({
             "scaleTargetRef": {"kind": "Deployment", "name": "d"},
             "minReplicas": 3,
             "maxReplicas": 2,
