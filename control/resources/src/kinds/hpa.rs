@@ -125,6 +125,9 @@ impl Strategy for HorizontalPodAutoscaler {
 
     fn prepare_for_create(&self, obj: &mut Value) {
         reset_status(obj);
+        // Go always writes `desiredReplicas` (not omitempty); clients such as Python's
+        // refuse a status without it.
+        obj["status"]["desiredReplicas"] = json!(0);
     }
 
     fn validate(&self, obj: &Value) -> Vec<Cause> {

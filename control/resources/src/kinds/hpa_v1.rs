@@ -89,7 +89,10 @@ fn to_v1(v2: &Value) -> Value {
     }
     out.insert("spec".into(), Value::Object(v1_spec));
     if let Some(status) = v2.get("status").filter(|s| s.is_object()) {
+        // v1 always writes both counts (not omitempty).
         let mut v1_status = Map::new();
+        v1_status.insert("currentReplicas".into(), json!(0));
+        v1_status.insert("desiredReplicas".into(), json!(0));
         copy(
             status,
             &mut v1_status,
@@ -229,6 +232,7 @@ impl Strategy for HorizontalPodAutoscalerV1 {
 
     fn prepare_for_create(&self, obj: &mut Value) {
         super::reset_status(obj);
+        obj["status"]["desiredReplicas"] = json!(0);
     }
 
     fn validate(&self, obj: &Value) -> Vec<Cause> {
