@@ -4,6 +4,7 @@ Run by tests/tests/api_python.rs with KUBECONFIG pointing at a fresh control pla
 Exits non-zero (with an assertion message) on any mismatch.
 """
 import threading
+import time
 
 from kubernetes import client, config, watch
 
@@ -52,6 +53,35 @@ dep = client.V1Deployment(
             spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox:1.36")]))))
 apps.create_namespaced_deployment("default", dep)
 assert apps.read_namespaced_deployment("pyweb", "default").spec.strategy.type == "RollingUpdate"
+
+# An autoscaler made in v2 reads back in v1; the controller says why it cannot scale yet
+# (the Deployment's pods have no node, so no metrics).
+auto_v2 = client.AutoscalingV2Api()
+hpa = client.V2HorizontalPodAutoscaler(
+    metadata=client.V1ObjectMeta(name="pyweb"),
+    spec=client.V2HorizontalPodAutoscalerSpec(
+        scale_target_ref=client.V2CrossVersionObjectReference(
+            api_version="apps/v1", kind="Deployment", name="pyweb"),
+        max_replicas=3,
+        metrics=[client.V2MetricSpec(type="Resource", resource=client.V2ResourceMetricSource(
+            name="cpu", target=client.V2MetricTarget(type="Utilization", average_utilization=60)))],
+        behavior=client.V2HorizontalPodAutoscalerBehavior(
+            scale_down=client.V2HPAScalingRules(stabilization_window_seconds=5))))
+made = auto_v2.create_namespaced_horizontal_pod_autoscaler("default", hpa)
+assert made.spec.min_replicas == 1, made.spec
+assert made.spec.behavior.scale_up.policies[0].type == "Pods", made.spec.behavior
+v1 = client.AutoscalingV1Api().read_namespaced_horizontal_pod_autoscaler("pyweb", "default")
+assert v1.spec.target_cpu_utilization_percentage == 60, v1.spec
+reason = None
+for _ in range(100):
+    status = auto_v2.read_namespaced_horizontal_pod_autoscaler("pyweb", "default").status
+    active = [c for c in (status.conditions or []) if c.type == "ScalingActive"]
+    if active:
+        reason = active[0].reason
+        break
+    time.sleep(0.2)
+assert reason == "FailedGetResourceMetric", reason
+auto_v2.delete_namespaced_horizontal_pod_autoscaler("pyweb", "default")
 
 try:
     core.create_namespaced_config_map("default", cm)

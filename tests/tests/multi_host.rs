@@ -73,7 +73,13 @@ fn main() -> ExitCode {
     }
     // The trials share clusters and some kill or delete nodes: one at a time, in order.
     args.test_threads = Some(1);
-    let flat = Shared::new(ClusterConfig::one_switch(3));
+    let mut flat = ClusterConfig::one_switch(3);
+    // Autoscalers sync every 5 s instead of 15 s, so the autoscaling trial is short.
+    flat.control_args = vec![
+        "--horizontal-pod-autoscaler-sync-period-seconds".into(),
+        "5".into(),
+    ];
+    let flat = Shared::new(flat);
     let routed = Shared::new(ClusterConfig::two_subnets());
     let trials = vec![
         trial(
@@ -115,6 +121,16 @@ fn main() -> ExitCode {
             "kubectl_cp_round_trips_a_file_both_ways",
             &flat,
             streams::kubectl_cp_round_trips_a_file_both_ways,
+        ),
+        trial(
+            "kubectl_autoscale_scales_a_cpu_burning_deployment_up_and_back_down",
+            &flat,
+            autoscaler_follows_cpu_load,
+        ),
+        trial(
+            "kubectl_debug_runs_an_ephemeral_container_in_a_running_pod",
+            &flat,
+            debug_adds_an_ephemeral_container,
         ),
         trial(
             "a_node_killed_and_restarted_keeps_traffic_to_its_pods_flowing",
@@ -642,6 +658,238 @@ spec:
             "--grace-period=0",
             "--force",
         ],
+        None,
+    )?;
+    Ok(())
+}
+
+/// `kubectl autoscale` makes a `HorizontalPodAutoscaler` (autoscaling/v1 from kubectl 1.32)
+/// that the controller reads as v2: a Deployment whose pods burn twice the CPU they
+/// request grows to its maximum, and once its pods idle (a new template) shrinks back after
+/// the short scale-down window its `behavior` sets; `kubectl get hpa` prints the targets.
+fn autoscaler_follows_cpu_load(c: &Cluster) -> Result<()> {
+    c.kubectl(
+        &["apply", "-f", "-"],
+        Some(&hpa_deployment("while :; do :; done")),
+    )?;
+    let made = c.kubectl(
+        &[
+            "autoscale",
+            "deployment",
+            "hpa-burner",
+            "--cpu-percent=50",
+            "--min=1",
+            "--max=3",
+        ],
+        None,
+    )?;
+    ensure!(made.contains("hpa-burner autoscaled"), "{made}");
+    // The v1 object read and patched as v2: a 5 s scale-down window instead of 300 s.
+    c.kubectl(
+        &[
+            "patch",
+            "hpa.v2.autoscaling",
+            "hpa-burner",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":5}}}}"#,
+        ],
+        None,
+    )?;
+    wait_for(
+        "the autoscaler to scale up to 3",
+        Duration::from_mins(2),
+        || Ok((hpa_replicas(c)? == Some(3)).then_some(())),
+    )
+    .with_context(|| hpa_state(c))?;
+    let table = c.kubectl(&["get", "hpa", "hpa-burner", "--no-headers"], None)?;
+    let cells: Vec<&str> = table.split_whitespace().collect();
+    ensure!(
+        cells.get(1) == Some(&"Deployment/hpa-burner") && cells.get(2) == Some(&"cpu:"),
+        "{table}"
+    );
+    let current: u32 = cells
+        .get(3)
+        .and_then(|t| t.strip_suffix("/50%"))
+        .and_then(|t| t.strip_suffix('%'))
+        .and_then(|t| t.parse().ok())
+        .with_context(|| format!("no current utilisation in {table}"))?;
+    ensure!(
+        current > 55,
+        "the burners show {current}% of their request: {table}"
+    );
+    let events = c.kubectl(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=hpa-burner,reason=SuccessfulRescale",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        None,
+    )?;
+    ensure!(
+        events.contains(
+            "New size: 3; reason: cpu resource utilization (percentage of request) above target"
+        ),
+        "{events}"
+    );
+    // Idle pods: the autoscaler goes back to its minimum once the window has passed.
+    c.kubectl(&["apply", "-f", "-"], Some(&hpa_deployment("sleep 3600")))?;
+    wait_for(
+        "the autoscaler to scale down to 1",
+        Duration::from_mins(2),
+        || Ok((hpa_replicas(c)? == Some(1)).then_some(())),
+    )
+    .with_context(|| hpa_state(c))?;
+    let limited = c.kubectl(
+        &[
+            "get",
+            "hpa.v2.autoscaling",
+            "hpa-burner",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="ScalingActive")].reason}"#,
+        ],
+        None,
+    )?;
+    ensure!(limited == "ValidMetricFound", "{}", hpa_state(c));
+    let described = c.kubectl(&["describe", "hpa", "hpa-burner"], None)?;
+    ensure!(
+        described.contains("New size: 1; reason: All metrics below target"),
+        "{described}"
+    );
+    c.kubectl(&["delete", "hpa", "hpa-burner"], None)?;
+    c.kubectl(&["delete", "deployment", "hpa-burner"], None)?;
+    Ok(())
+}
+
+/// The autoscaled Deployment, its container running `command`.
+fn hpa_deployment(command: &str) -> String {
+    format!(
+        r"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: hpa-burner}}
+spec:
+  # No replicas: the autoscaler owns them, and a re-apply must not reset them.
+  selector: {{matchLabels: {{app: hpa-burner}}}}
+  template:
+    metadata: {{labels: {{app: hpa-burner}}}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: spin
+        image: '{IMAGE}'
+        imagePullPolicy: Never
+        command: [sh, -c, '{command}']
+        resources: {{requests: {{cpu: 100m}}, limits: {{cpu: 200m}}}}
+"
+    )
+}
+
+/// The autoscaled Deployment's `spec.replicas`.
+fn hpa_replicas(c: &Cluster) -> Result<Option<u32>> {
+    let out = c.kubectl(
+        &[
+            "get",
+            "deployment",
+            "hpa-burner",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+        None,
+    )?;
+    Ok(out.trim().parse().ok())
+}
+
+/// The autoscaler as `kubectl get` prints it and in full, for failure messages.
+fn hpa_state(c: &Cluster) -> String {
+    let table = c
+        .kubectl(&["get", "hpa", "hpa-burner"], None)
+        .unwrap_or_else(|e| format!("{e:#}"));
+    let yaml = c
+        .kubectl(&["get", "hpa", "hpa-burner", "-o", "yaml"], None)
+        .unwrap_or_else(|e| format!("{e:#}"));
+    format!("{table}\n{yaml}")
+}
+
+/// `kubectl debug` adds an ephemeral container to a running pod through
+/// `pods/ephemeralcontainers`; its node runs it in the pod's namespaces (it sees the pod's
+/// hostname and address) and reports it in `ephemeralContainerStatuses`, and its log reads
+/// like any container's.
+fn debug_adds_an_ephemeral_container(c: &Cluster) -> Result<()> {
+    c.kubectl(
+        &[
+            "run",
+            "dbg-target",
+            &format!("--image={IMAGE}"),
+            "--image-pull-policy=Never",
+            "--restart=Never",
+            "--",
+            "sleep",
+            "3600",
+        ],
+        None,
+    )?;
+    c.kubectl(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/dbg-target",
+            "--timeout=60s",
+        ],
+        None,
+    )?;
+    let ip = c.kubectl(
+        &["get", "pod", "dbg-target", "-o", "jsonpath={.status.podIP}"],
+        None,
+    )?;
+    let made = c.kubectl(
+        &[
+            "debug",
+            "dbg-target",
+            &format!("--image={IMAGE}"),
+            "--image-pull-policy=Never",
+            "--container=debugger",
+            "--",
+            "sh",
+            "-c",
+            "echo debugged from $(hostname); ip -4 addr",
+        ],
+        None,
+    )?;
+    let status = || {
+        c.kubectl(
+            &[
+                "get",
+                "pod",
+                "dbg-target",
+                "-o",
+                "jsonpath={.status.ephemeralContainerStatuses[0].state.terminated.exitCode}",
+            ],
+            None,
+        )
+    };
+    wait_for(
+        "the ephemeral container to run to completion",
+        Duration::from_mins(1),
+        || Ok((status()?.trim() == "0").then_some(())),
+    )
+    .with_context(|| {
+        let pod = c
+            .kubectl(&["get", "pod", "dbg-target", "-o", "yaml"], None)
+            .unwrap_or_else(|e| format!("{e:#}"));
+        format!("kubectl debug said: {made}\n{pod}")
+    })?;
+    let log = c.kubectl(&["logs", "dbg-target", "-c", "debugger"], None)?;
+    ensure!(log.contains("debugged from dbg-target"), "{log}");
+    ensure!(
+        log.contains(ip.trim()),
+        "the debugger is not in the pod's network namespace ({ip}): {log}"
+    );
+    c.kubectl(
+        &["delete", "pod", "dbg-target", "--grace-period=0", "--force"],
         None,
     )?;
     Ok(())

@@ -190,7 +190,11 @@ async fn list(ctx: &Ctx, kind: &str, namespace: Option<&str>) -> Result<Vec<Valu
         .list(&objects::prefix(info, namespace), ListOptions::default())
         .await
         .map_err(|e| StatusError::unavailable(e.to_string()))?;
-    result.items.iter().map(objects::decode).collect()
+    result
+        .items
+        .iter()
+        .map(|kv| objects::decode(info, kv))
+        .collect()
 }
 
 /// Whether a summary has a pod or container without a CPU rate.

@@ -37,13 +37,16 @@ pub async fn fetch(
         .await
         .map_err(|e| store_error(e, info, name))?
         .ok_or_else(|| StatusError::not_found(info.group, info.plural, name))?;
-    Ok((decode(&kv)?, kv.mod_revision))
+    Ok((decode(info, &kv)?, kv.mod_revision))
 }
 
-/// The object stored under `kv`, with its `resourceVersion`.
-pub fn decode(kv: &KeyValue) -> Result<Value, StatusError> {
+/// The object stored under `kv`, in `info`'s version, with its `resourceVersion`.
+pub fn decode(info: &ResourceInfo, kv: &KeyValue) -> Result<Value, StatusError> {
     let mut obj: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| StatusError::internal(format!("stored object {} is corrupt: {e}", kv.key)))?;
+    if let Some(conversion) = info.conversion {
+        obj = (conversion.from_storage)(&obj);
+    }
     set_resource_version(&mut obj, kv.mod_revision);
     Ok(obj)
 }
@@ -54,9 +57,13 @@ pub fn set_resource_version(obj: &mut Value, revision: i64) {
     }
 }
 
-/// The bytes to store: the object without `resourceVersion`.
-pub fn encode(obj: &Value) -> Vec<u8> {
-    let mut obj = obj.clone();
+/// The bytes to store: the object of `info`'s version in the storage version, without
+/// `resourceVersion`.
+pub fn encode(info: &ResourceInfo, obj: &Value) -> Vec<u8> {
+    let mut obj = match info.conversion {
+        Some(conversion) => (conversion.to_storage)(obj),
+        None => obj.clone(),
+    };
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
@@ -143,9 +150,38 @@ mod tests {
     }
 
     #[test]
+    fn another_version_of_a_kind_is_stored_in_the_storage_version_and_read_back() {
+        let v1 =
+            skiff_resources::by_plural("autoscaling", "v1", "horizontalpodautoscalers").unwrap();
+        let v2 =
+            skiff_resources::by_plural("autoscaling", "v2", "horizontalpodautoscalers").unwrap();
+        assert_eq!(key(v1, Some("ns"), "h"), key(v2, Some("ns"), "h"));
+        let obj = json!({
+            "apiVersion": "autoscaling/v1",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "h"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "d"}, "maxReplicas": 3, "targetCPUUtilizationPercentage": 50},
+        });
+        let kv = KeyValue {
+            key: "k".into(),
+            value: encode(v1, &obj),
+            create_revision: 3,
+            mod_revision: 4,
+        };
+        let stored = decode(v2, &kv).unwrap();
+        assert_eq!(stored["apiVersion"], "autoscaling/v2");
+        assert_eq!(stored["spec"]["metrics"][0]["resource"]["name"], "cpu");
+        assert_eq!(
+            decode(v1, &kv).unwrap()["spec"]["targetCPUUtilizationPercentage"],
+            50
+        );
+    }
+
+    #[test]
     fn resource_version_is_not_stored_but_set_on_read() {
+        let pods = skiff_resources::by_kind("v1", "Pod").unwrap();
         let obj = json!({"metadata": {"name": "a", "resourceVersion": "7"}});
-        let bytes = encode(&obj);
+        let bytes = encode(pods, &obj);
         assert!(!String::from_utf8_lossy(&bytes).contains("resourceVersion"));
         let kv = KeyValue {
             key: "k".into(),
@@ -153,6 +189,9 @@ mod tests {
             create_revision: 3,
             mod_revision: 9,
         };
-        assert_eq!(decode(&kv).unwrap()["metadata"]["resourceVersion"], "9");
+        assert_eq!(
+            decode(pods, &kv).unwrap()["metadata"]["resourceVersion"],
+            "9"
+        );
     }
 }

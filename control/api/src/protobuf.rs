@@ -335,9 +335,74 @@ const RESOURCE_QUOTA: Schema = Schema {
     ],
 };
 
-/// The kinds decoded from protobuf, by `kind`.
-fn schema_of(kind: &str) -> Option<&'static Schema> {
+const CROSS_VERSION_REFERENCE: Schema = Schema {
+    name: "CrossVersionObjectReference",
+    fields: &[
+        f(1, "kind", Ty::Str),
+        f(2, "name", Ty::Str),
+        f(3, "apiVersion", Ty::Str),
+    ],
+};
+const HPA_V1_SPEC: Schema = Schema {
+    name: "HorizontalPodAutoscalerSpec",
+    fields: &[
+        f(1, "scaleTargetRef", Ty::Msg(&CROSS_VERSION_REFERENCE)),
+        ptr(2, "minReplicas", Ty::Int),
+        f(3, "maxReplicas", Ty::Int),
+        ptr(4, "targetCPUUtilizationPercentage", Ty::Int),
+    ],
+};
+/// `autoscaling/v1` (what `kubectl autoscale` sends).
+const HPA_V1: Schema = Schema {
+    name: "HorizontalPodAutoscaler",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&HPA_V1_SPEC)),
+        f(3, "status", Ty::Msg(&EMPTY)),
+    ],
+};
+const METRIC_TARGET: Schema = Schema {
+    name: "MetricTarget",
+    fields: &[f(1, "type", Ty::Str), ptr(4, "averageUtilization", Ty::Int)],
+};
+const RESOURCE_METRIC_SOURCE: Schema = Schema {
+    name: "ResourceMetricSource",
+    fields: &[
+        f(1, "name", Ty::Str),
+        f(2, "target", Ty::Msg(&METRIC_TARGET)),
+    ],
+};
+const METRIC_SPEC: Schema = Schema {
+    name: "MetricSpec",
+    fields: &[
+        f(1, "type", Ty::Str),
+        f(4, "resource", Ty::Msg(&RESOURCE_METRIC_SOURCE)),
+    ],
+};
+const HPA_V2_SPEC: Schema = Schema {
+    name: "HorizontalPodAutoscalerSpec",
+    fields: &[
+        f(1, "scaleTargetRef", Ty::Msg(&CROSS_VERSION_REFERENCE)),
+        ptr(2, "minReplicas", Ty::Int),
+        f(3, "maxReplicas", Ty::Int),
+        list(4, "metrics", Ty::Msg(&METRIC_SPEC)),
+    ],
+};
+/// `autoscaling/v2`, resource utilisation metrics only (what newer kubectl autoscale sends).
+const HPA_V2: Schema = Schema {
+    name: "HorizontalPodAutoscaler",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&HPA_V2_SPEC)),
+        f(3, "status", Ty::Msg(&EMPTY)),
+    ],
+};
+
+/// The kinds decoded from protobuf, by `apiVersion` and `kind`.
+fn schema_of(api_version: &str, kind: &str) -> Option<&'static Schema> {
     Some(match kind {
+        "HorizontalPodAutoscaler" if api_version == "autoscaling/v1" => &HPA_V1,
+        "HorizontalPodAutoscaler" if api_version == "autoscaling/v2" => &HPA_V2,
         "Namespace" => &NAMESPACE,
         "ConfigMap" => &CONFIG_MAP,
         "Secret" => &SECRET,
@@ -580,7 +645,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
             _ => {}
         }
     }
-    let schema = schema_of(&kind).ok_or_else(|| ProtobufError::Kind(kind.clone()))?;
+    let schema = schema_of(&api_version, &kind).ok_or_else(|| ProtobufError::Kind(kind.clone()))?;
     let mut obj = message(schema, raw)?;
     obj["apiVersion"] = json!(api_version);
     obj["kind"] = json!(kind);
@@ -638,6 +703,37 @@ mod tests {
             obj,
             json!({"apiVersion": "v1", "kind": "Namespace",
                    "metadata": {"name": "demo", "labels": {"team": "web"}}, "spec": {}})
+        );
+    }
+
+    #[test]
+    fn kubectl_autoscale_s_v1_autoscaler_decodes_with_its_cpu_target() {
+        let target = [
+            field_bytes(1, b"Deployment"),
+            field_bytes(2, b"web"),
+            field_bytes(3, b"apps/v1"),
+        ]
+        .concat();
+        // Varint fields: minReplicas 1, maxReplicas 3, targetCPUUtilizationPercentage 50.
+        let spec = [
+            field_bytes(1, &target),
+            vec![2 << 3, 1, 3 << 3, 3, 4 << 3, 50],
+        ]
+        .concat();
+        let raw = [
+            field_bytes(1, &field_bytes(1, b"web")),
+            field_bytes(2, &spec),
+        ]
+        .concat();
+        let obj = decode(&envelope("autoscaling/v1", "HorizontalPodAutoscaler", &raw)).unwrap();
+        assert_eq!(
+            obj["spec"],
+            json!({
+                "scaleTargetRef": {"kind": "Deployment", "name": "web", "apiVersion": "apps/v1"},
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "targetCPUUtilizationPercentage": 50,
+            })
         );
     }
 

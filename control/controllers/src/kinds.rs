@@ -7,8 +7,9 @@ use std::sync::Arc;
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::{
     api::{
-        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
-        discovery::v1 as discovery, scheduling::v1 as scheduling,
+        apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
+        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+        scheduling::v1 as scheduling,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -58,6 +59,7 @@ fn kind<K: Watched>(namespaced: bool) -> Kind {
 #[must_use]
 pub fn all() -> Vec<Kind> {
     vec![
+        kind::<autoscaling::HorizontalPodAutoscaler>(true),
         kind::<apps::Deployment>(true),
         kind::<apps::StatefulSet>(true),
         kind::<apps::DaemonSet>(true),

@@ -1,7 +1,8 @@
 //! skiff-controllers keeps every object at its declared state: one level-triggered,
 //! idempotent reconciler per concern (ReplicaSet and `ReplicationController`, Deployment,
 //! StatefulSet, DaemonSet, Job, CronJob, Endpoints, EndpointSlices, nodes, namespaces,
-//! garbage collection, quotas, default `ServiceAccounts`, `LoadBalancer` addresses), each
+//! garbage collection, quotas, default `ServiceAccounts`, `LoadBalancer` addresses,
+//! horizontal pod autoscaling), each
 //! talking to the API server through the `kube` crate like any client, over the shared
 //! informers of skiff-control-runtime.
 //!
@@ -26,6 +27,7 @@ pub mod kinds;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod podautoscaler;
 pub mod pods;
 pub mod replicaset;
 pub mod resourcequota;
@@ -58,6 +60,8 @@ pub struct Config {
     /// The addresses `LoadBalancer` Services get (none: they get none, and an Event on each
     /// says so).
     pub loadbalancer_ip_range: Option<service_lb::IpRange>,
+    /// The horizontal pod autoscaler's sync period and default scale-down window.
+    pub autoscaling: podautoscaler::Settings,
 }
 
 impl Default for Config {
@@ -68,6 +72,7 @@ impl Default for Config {
             cluster_cidr: Ipv4Cidr::parse_masked(DEFAULT_CLUSTER_CIDR).ok(),
             node_cidr_mask_size: 24,
             loadbalancer_ip_range: None,
+            autoscaling: podautoscaler::Settings::default(),
         }
     }
 }
@@ -102,6 +107,7 @@ pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> +
     let service_accounts = serviceaccount::start(informers, clock.clone());
     let quotas = resourcequota::start(informers, clock.clone());
     let node_lifecycle = node_lifecycle::start(informers, config, clock.clone());
+    let autoscalers = podautoscaler::start(informers, config.autoscaling, clock.clone());
     let service_lb = service_lb::start(informers, config.loadbalancer_ip_range, clock.clone());
     let node_ipam = config
         .cluster_cidr
@@ -123,6 +129,7 @@ pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> +
             quotas,
             node_lifecycle,
             service_lb,
+            autoscalers,
             async {
                 if let Some(ipam) = node_ipam {
                     ipam.await;

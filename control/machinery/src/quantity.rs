@@ -20,9 +20,15 @@ pub fn parse_milli(text: &str) -> Option<i64> {
     } else {
         (number, 0)
     };
+    // Nano- and micro-units (what the metrics API writes CPU usage in) divide instead.
+    let divisor: i128 = match suffix {
+        "n" => 1_000_000,
+        "u" => 1000,
+        _ => 1,
+    };
     let multiplier_milli: i128 = match suffix {
         "" => 1000,
-        "m" => 1,
+        "m" | "n" | "u" => 1,
         "k" => 1000 * 1000,
         "M" => 1000 * 1_000_000,
         "G" => 1000 * 1_000_000_000,
@@ -42,7 +48,7 @@ pub fn parse_milli(text: &str) -> Option<i64> {
     let negative = mantissa.starts_with('-');
     let digits = mantissa.trim_start_matches(['-', '+']);
     let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    let scale = 10_i128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+    let scale = 10_i128.checked_pow(u32::try_from(fraction.len()).ok()?)? * divisor;
     let value: i128 = format!("{whole}{fraction}").parse().ok()?;
     // Round up like the apiserver does for sub-milli precision.
     let milli = (value * multiplier_milli + scale - 1) / scale;
@@ -63,6 +69,8 @@ mod tests {
         assert_eq!(parse_milli("1G"), Some(1_000_000_000_000));
         assert_eq!(parse_milli("1e3"), Some(1_000_000));
         assert_eq!(parse_milli("0.5Gi"), Some(512 * 1024 * 1024 * 1000));
+        assert_eq!(parse_milli("250000000n"), Some(250));
+        assert_eq!(parse_milli("1500u"), Some(2));
         assert_eq!(parse_milli("x"), None);
         assert_eq!(parse_milli(""), None);
     }

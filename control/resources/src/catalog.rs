@@ -25,6 +25,8 @@ pub enum Subresource {
     Attach,
     /// `portforward` (pods): connections to the pod's ports, proxied to the node.
     PortForward,
+    /// `ephemeralcontainers` (pods): adds debugging containers to a running pod.
+    EphemeralContainers,
 }
 
 impl Subresource {
@@ -39,6 +41,7 @@ impl Subresource {
             Self::Exec => "exec",
             Self::Attach => "attach",
             Self::PortForward => "portforward",
+            Self::EphemeralContainers => "ephemeralcontainers",
         }
     }
 
@@ -46,7 +49,7 @@ impl Subresource {
     #[must_use]
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
-            Self::Status | Self::Scale => &["get", "patch", "update"],
+            Self::Status | Self::Scale | Self::EphemeralContainers => &["get", "patch", "update"],
             Self::Binding => &["create"],
             Self::Log => &["get"],
             Self::Exec | Self::Attach | Self::PortForward => &["create", "get"],
@@ -60,7 +63,7 @@ impl Subresource {
             Self::Status => parent_kind,
             Self::Scale => "Scale",
             Self::Binding => "Binding",
-            Self::Log | Self::Exec | Self::Attach | Self::PortForward => "Pod",
+            Self::Log | Self::Exec | Self::Attach | Self::PortForward | Self::EphemeralContainers => "Pod",
         }
     }
 }
@@ -101,6 +104,19 @@ pub struct ResourceInfo {
     /// What is particular to the kind: defaults, validation, allocation, deletion rules,
     /// table columns.
     pub strategy: &'static dyn Strategy,
+    /// For a kind also served in another version that is the one stored: how objects of
+    /// this version are converted on the way to the store and back. `None`: stored as is.
+    pub conversion: Option<&'static Conversion>,
+}
+
+/// How objects of a version that is not the storage version reach the store and back, so
+/// that every version of a kind reads and writes the same stored objects.
+#[derive(Debug)]
+pub struct Conversion {
+    /// An object of this version, in the storage version.
+    pub to_storage: fn(&serde_json::Value) -> serde_json::Value,
+    /// A stored object, in this version.
+    pub from_storage: fn(&serde_json::Value) -> serde_json::Value,
 }
 
 impl ResourceInfo {
@@ -176,6 +192,7 @@ where
         schema: schemars::SchemaGenerator::subschema_for::<T>,
         schema_name: T::schema_name,
         strategy,
+        conversion: None,
     }
 }
 
@@ -190,6 +207,7 @@ const POD: &[Subresource] = &[
     Subresource::Exec,
     Subresource::Attach,
     Subresource::PortForward,
+    Subresource::EphemeralContainers,
 ];
 
 static CATALOG: LazyLock<Vec<ResourceInfo>> = LazyLock::new(|| {
@@ -217,6 +235,22 @@ static CATALOG: LazyLock<Vec<ResourceInfo>> = LazyLock::new(|| {
         entry::<k8s::apps::v1::ReplicaSet>(&["rs"], ALL, STATUS_SCALE, &kinds::REPLICA_SET),
         entry::<k8s::apps::v1::StatefulSet>(&["sts"], ALL, STATUS_SCALE, &kinds::STATEFUL_SET),
         entry::<k8s::apps::v1::DaemonSet>(&["ds"], ALL, STATUS, &kinds::DAEMON_SET),
+        // autoscaling/v2, stored, then v1 (converted)
+        entry::<k8s::autoscaling::v2::HorizontalPodAutoscaler>(
+            &["hpa"],
+            ALL,
+            STATUS,
+            &kinds::HorizontalPodAutoscaler,
+        ),
+        ResourceInfo {
+            conversion: Some(&kinds::HPA_V1_CONVERSION),
+            ..entry::<k8s::autoscaling::v1::HorizontalPodAutoscaler>(
+                &["hpa"],
+                ALL,
+                STATUS,
+                &kinds::HorizontalPodAutoscalerV1,
+            )
+        },
         // batch/v1
         entry::<k8s::batch::v1::Job>(NONE, ALL, STATUS, &kinds::Job),
         entry::<k8s::batch::v1::CronJob>(&["cj"], ALL, STATUS, &kinds::CronJob),
@@ -296,6 +330,21 @@ mod tests {
                 .verbs()
                 .contains(&"deletecollection")
         );
+    }
+
+    #[test]
+    fn autoscalers_are_served_in_v2_first_and_v1_converted() {
+        let v2 = by_plural("autoscaling", "v2", "horizontalpodautoscalers").expect("v2");
+        let v1 = by_plural("autoscaling", "v1", "horizontalpodautoscalers").expect("v1");
+        assert!(v2.conversion.is_none() && v1.conversion.is_some());
+        let order: Vec<_> = all().iter().map(|r| (r.group, r.version)).collect();
+        let at = |v| {
+            order
+                .iter()
+                .position(|gv| *gv == ("autoscaling", v))
+                .unwrap()
+        };
+        assert!(at("v2") < at("v1"), "discovery prefers the first version");
     }
 
     #[test]

@@ -14,5 +14,6 @@ mod strategy;
 pub mod table;
 pub mod wire;
 
-pub use catalog::{ResourceInfo, Subresource, all, by_kind, by_plural};
+pub use catalog::{Conversion, ResourceInfo, Subresource, all, by_kind, by_plural};
+pub use kinds::ephemeral_container_changes;
 pub use strategy::{AllocError, Deletion, Pools, Strategy};

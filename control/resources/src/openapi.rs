@@ -308,7 +308,7 @@ fn paths(info: &ResourceInfo) -> Vec<(String, Value)> {
         let suffix = capitalize(sub.name());
         let path = format!("{item}/{}", sub.name());
         let ops = match sub {
-            Subresource::Status | Subresource::Scale => json!({
+            Subresource::Status | Subresource::Scale | Subresource::EphemeralContainers => json!({
                 "get": operation(info, "get", "read", &format!("{}{suffix}", info.kind), &[]),
                 "put": operation(info, "put", "replace", &format!("{}{suffix}", info.kind), &write_params(false)),
                 "patch": operation(info, "patch", "patch", &format!("{}{suffix}", info.kind), &write_params(true)),

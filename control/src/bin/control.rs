@@ -95,6 +95,15 @@ struct Args {
     /// so without it `LoadBalancer` Services get no address and an Event on each says why.
     #[arg(long)]
     loadbalancer_ip_range: Option<skiff_controllers::service_lb::IpRange>,
+    /// How often each `HorizontalPodAutoscaler` is synced (kube-controller-manager's
+    /// `--horizontal-pod-autoscaler-sync-period`).
+    #[arg(long, default_value_t = 15)]
+    horizontal_pod_autoscaler_sync_period_seconds: u64,
+    /// How long a `HorizontalPodAutoscaler` without its own scale-down window looks back on
+    /// higher recommendations before scaling down
+    /// (`--horizontal-pod-autoscaler-downscale-stabilization`).
+    #[arg(long, default_value_t = 300)]
+    horizontal_pod_autoscaler_downscale_stabilization_seconds: u64,
 }
 
 impl Args {
@@ -257,6 +266,12 @@ async fn act(
         cluster_cidr,
         node_cidr_mask_size: args.node_cidr_mask_size,
         loadbalancer_ip_range: args.loadbalancer_ip_range,
+        autoscaling: skiff_controllers::podautoscaler::Settings {
+            sync_period: Duration::from_secs(args.horizontal_pod_autoscaler_sync_period_seconds),
+            downscale_stabilization: Duration::from_secs(
+                args.horizontal_pod_autoscaler_downscale_stabilization_seconds,
+            ),
+        },
     };
     let (run_scheduler, run_controllers) = (!args.no_scheduler, !args.no_controllers);
     let elector_client = client.clone();

@@ -125,6 +125,10 @@ impl Endpoint {
                     .iter()
                     .flatten()
                     .any(|c| c.name == container)
+                || s.ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .any(|c| c.name == container)
         });
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         if !known {

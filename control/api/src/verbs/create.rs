@@ -98,7 +98,7 @@ pub async fn create_object(
     }
     let name = objects::name_of(&obj).to_owned();
     let key = objects::key(info, objects::namespace_of(&obj), &name);
-    match ctx.store.create(&key, objects::encode(&obj)).await {
+    match ctx.store.create(&key, objects::encode(info, &obj)).await {
         Ok(kv) => {
             objects::set_resource_version(&mut obj, kv.mod_revision);
             tracing::debug!(kind = info.kind, name = %name, rv = kv.mod_revision, "created");

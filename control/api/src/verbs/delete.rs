@@ -133,7 +133,7 @@ pub async fn delete_one(
             }
             let kv = ctx
                 .store
-                .update(key, objects::encode(&obj), rev)
+                .update(key, objects::encode(info, &obj), rev)
                 .await
                 .map_err(|e| update::store_failed(e, route))?;
             objects::set_resource_version(&mut obj, kv.mod_revision);

@@ -161,7 +161,7 @@ pub async fn list_objects(
             .map_err(|e| objects::store_error(e, info, ""))?;
         revision = page.revision;
         for kv in &page.items {
-            let mut obj = objects::decode(kv)?;
+            let mut obj = objects::decode(info, kv)?;
             start_after = Some(kv.key.clone());
             if !selectors.matches(&obj) {
                 continue;

@@ -1,5 +1,6 @@
 //! Subresources: `status` (only `.status` changes), `scale` (an autoscaling/v1 Scale view of
-//! replicas) and `binding` (the scheduler's bind of a pod). The node-proxied `log`, `exec`
+//! replicas), `binding` (the scheduler's bind of a pod) and `ephemeralcontainers` (only
+//! additions to a pod's `spec.ephemeralContainers`). The node-proxied `log`, `exec`
 //! and `attach` are routed to the node proxy before they reach here.
 
 use http::{HeaderMap, Method, Response, StatusCode};
@@ -43,18 +44,18 @@ pub async fn dispatch(
         ))
     };
     match (served, method) {
-        (Subresource::Status, &Method::GET) => {
+        (Subresource::Status | Subresource::EphemeralContainers, &Method::GET) => {
             Ok(h::json(StatusCode::OK, &read::fetch(ctx, route).await?.0))
         }
-        (Subresource::Status, &Method::PUT) => {
+        (Subresource::Status | Subresource::EphemeralContainers, &Method::PUT) => {
             let new = h::decode_object(headers, body)?;
-            let written = update::put(ctx, route, query, new, Part::Status).await?;
+            let written = update::put(ctx, route, query, new, part_of(*served)).await?;
             Ok(h::json(StatusCode::OK, &written.object))
         }
-        (Subresource::Status, &Method::PATCH) => {
+        (Subresource::Status | Subresource::EphemeralContainers, &Method::PATCH) => {
             let kind = h::patch_type(headers)?;
             let (code, written) =
-                patch::patch_object(ctx, route, query, kind, body, Part::Status).await?;
+                patch::patch_object(ctx, route, query, kind, body, part_of(*served)).await?;
             Ok(h::json(code, &written.object))
         }
         (Subresource::Scale, &Method::GET) => {
@@ -81,6 +82,15 @@ pub async fn dispatch(
             info.plural
         ))),
         _ => Err(not_allowed()),
+    }
+}
+
+/// The part of the object a subresource writes.
+fn part_of(sub: Subresource) -> Part {
+    if sub == Subresource::EphemeralContainers {
+        Part::EphemeralContainers
+    } else {
+        Part::Status
     }
 }
 
@@ -194,7 +204,7 @@ async fn bind(
         // apiserver does.
         if !query.dry_run() {
             ctx.store
-                .update(key, objects::encode(&new), rev)
+                .update(key, objects::encode(route.info, &new), rev)
                 .await
                 .map_err(|e| update::store_failed(e, route))?;
         }

@@ -1042,3 +1042,114 @@ async fn a_delete_races_a_real_concurrent_status_writer_without_conflict() {
         "status writes never conflict either: {codes:?}"
     );
 }
+
+#[tokio::test]
+async fn an_autoscaler_written_in_v1_is_read_patched_and_listed_in_both_versions() {
+    const V1: &str = "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers";
+    const V2: &str = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers";
+    let api = Api::start().await;
+    let hpa = json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "web"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "maxReplicas": 3,
+            "targetCPUUtilizationPercentage": 50,
+        },
+    });
+    let made = api.post(V1, &hpa).await;
+    assert_eq!(made.code, 201, "{}", made.json());
+    let made = made.json();
+    assert_eq!(made["apiVersion"], "autoscaling/v1");
+    assert_eq!(made["spec"]["minReplicas"], 1);
+    let v2 = api.get(&format!("{V2}/web")).await.json();
+    assert_eq!(v2["apiVersion"], "autoscaling/v2");
+    assert_eq!(
+        v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        50
+    );
+    // A v2 behavior survives being read and written back through v1.
+    let patched = api
+        .merge(
+            &format!("{V2}/web"),
+            &json!({"spec": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 5}}}}),
+        )
+        .await;
+    assert_eq!(patched.code, 200, "{}", patched.json());
+    let through_v1 = api
+        .merge(&format!("{V1}/web"), &json!({"spec": {"maxReplicas": 4}}))
+        .await
+        .json();
+    assert_eq!(through_v1["spec"]["maxReplicas"], 4);
+    assert!(through_v1["spec"].get("behavior").is_none());
+    let v2 = api.get(&format!("{V2}/web")).await.json();
+    assert_eq!(v2["spec"]["maxReplicas"], 4);
+    assert_eq!(
+        v2["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+        5
+    );
+    assert!(v2["metadata"].get("annotations").is_none());
+    let listed = api.get(V1).await.json();
+    assert_eq!(
+        listed["items"][0]["spec"]["targetCPUUtilizationPercentage"],
+        50
+    );
+}
+
+#[tokio::test]
+async fn ephemeral_containers_are_only_added_through_their_subresource() {
+    const POD: &str = "/api/v1/namespaces/default/pods/web";
+    let api = Api::start().await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}]}});
+    assert_eq!(
+        api.post("/api/v1/namespaces/default/pods", &pod).await.code,
+        201
+    );
+    let debugger = json!({"name": "debugger", "image": "busybox:1.36", "command": ["sh"]});
+    // kubectl debug's patch.
+    let added = api
+        .call(
+            Method::PATCH,
+            &format!("{POD}/ephemeralcontainers"),
+            "application/strategic-merge-patch+json",
+            &json!({"spec": {"ephemeralContainers": [debugger]}}),
+        )
+        .await;
+    assert_eq!(added.code, 200, "{}", added.json());
+    let added = added.json();
+    assert_eq!(added["spec"]["ephemeralContainers"][0]["name"], "debugger");
+    assert_eq!(
+        added["spec"]["ephemeralContainers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    // A change to an existing one, or a name taken by another container, is refused.
+    let changed = api
+        .merge(
+            &format!("{POD}/ephemeralcontainers"),
+            &json!({"spec": {"ephemeralContainers": [{"name": "debugger", "image": "busybox:1.37"}]}}),
+        )
+        .await;
+    assert_eq!(changed.code, 422, "{}", changed.json());
+    let mut clash = added.clone();
+    clash["spec"]["ephemeralContainers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "app", "image": "busybox:1.36"}));
+    let put = api
+        .call(
+            Method::PUT,
+            &format!("{POD}/ephemeralcontainers"),
+            JSON,
+            &clash,
+        )
+        .await;
+    assert_eq!(put.code, 422, "{}", put.json());
+    // The main resource keeps them as they are.
+    let main = api
+        .merge(POD, &json!({"spec": {"ephemeralContainers": null}}))
+        .await
+        .json();
+    assert_eq!(main["spec"]["ephemeralContainers"][0]["name"], "debugger");
+}

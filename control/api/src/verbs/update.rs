@@ -31,6 +31,8 @@ pub enum Part {
     Main,
     /// Only `.status`.
     Status,
+    /// Only a pod's `spec.ephemeralContainers`, and only additions.
+    EphemeralContainers,
 }
 
 /// The outcome of an update: the object as stored (or deleted) and warnings.
@@ -151,28 +153,37 @@ pub async fn write(
     admit::check_namespace(info, &mut new, route.namespace.as_deref())?;
     let warnings = admit::unknown_fields(info, &new, query)?;
     let has_status = info.has(skiff_resources::Subresource::Status);
+    let has_ephemeral = info.has(skiff_resources::Subresource::EphemeralContainers);
     match part {
-        Part::Main if has_status => match old.get("status") {
-            Some(s) => new["status"] = s.clone(),
-            None => {
-                if let Some(m) = new.as_object_mut() {
-                    m.remove("status");
-                }
+        Part::Main => {
+            if has_status {
+                keep(old, &mut new, "/status");
             }
-        },
-        Part::Status => {
-            let status = new.get("status").cloned();
-            new = old.clone();
-            match status {
-                Some(s) => new["status"] = s,
-                None => {
-                    if let Some(m) = new.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
+            // Ephemeral containers are added through their subresource only.
+            if has_ephemeral {
+                keep(old, &mut new, "/spec/ephemeralContainers");
             }
         }
-        Part::Main => {}
+        Part::Status => {
+            let mut only = old.clone();
+            keep(&new, &mut only, "/status");
+            new = only;
+        }
+        Part::EphemeralContainers => {
+            let mut only = old.clone();
+            keep(&new, &mut only, "/spec/ephemeralContainers");
+            new = only;
+            let causes = skiff_resources::ephemeral_container_changes(old, &new);
+            if !causes.is_empty() {
+                return Err(StatusError::invalid(
+                    info.group,
+                    info.kind,
+                    objects::name_of(&new),
+                    causes,
+                )
+                .into());
+            }
+        }
     }
     admit::admit_update(info, old, &mut new)?;
     info.strategy
@@ -196,6 +207,29 @@ pub async fn write(
         object: new,
         warnings,
     })
+}
+
+/// Sets the field at `pointer` (`/a` or `/a/b`) of `to` to its value in `from`, or removes it
+/// from `to` when `from` has none.
+fn keep(from: &Value, to: &mut Value, pointer: &str) {
+    let (parent, field) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+    let value = from.pointer(pointer).cloned();
+    let Some(parent) = (if parent.is_empty() {
+        Some(&mut *to)
+    } else {
+        to.pointer_mut(parent)
+    })
+    .and_then(Value::as_object_mut) else {
+        return;
+    };
+    match value {
+        Some(v) => {
+            parent.insert(field.to_owned(), v);
+        }
+        None => {
+            parent.remove(field);
+        }
+    }
 }
 
 /// What [`store`] did with an admitted update.
@@ -247,7 +281,7 @@ async fn store(
     }
     let kv = ctx
         .store
-        .update(&key, objects::encode(new), old_rev)
+        .update(&key, objects::encode(info, new), old_rev)
         .await
         .map_err(|e| store_failed(e, route))?;
     objects::set_resource_version(new, kv.mod_revision);

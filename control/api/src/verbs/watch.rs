@@ -77,14 +77,14 @@ impl State {
             Err(err) => return self.error(&StatusError::gone(err.to_string())),
         };
         self.last_rv = event.kv.mod_revision;
-        let Ok(obj) = objects::decode(&event.kv) else {
+        let Ok(obj) = objects::decode(self.info, &event.kv) else {
             return;
         };
         let now = self.selectors.matches(&obj);
         let before = event
             .prev
             .as_ref()
-            .and_then(|p| objects::decode(p).ok())
+            .and_then(|p| objects::decode(self.info, p).ok())
             .map(|p| self.selectors.matches(&p));
         let kind = match (event.kind, before, now) {
             // Deleted, or changed so that it left the selection.

@@ -116,11 +116,60 @@ fn without_mutable_fields(spec: &Value) -> Value {
             "terminationGracePeriodSeconds",
             "nodeName",
             "schedulingGates",
+            // Changed through the ephemeralcontainers subresource only, under its own rules.
+            "ephemeralContainers",
         ] {
             s.remove(mutable);
         }
     }
     spec
+}
+
+/// What is wrong with an update of a pod's ephemeral containers (Go's
+/// `ValidatePodEphemeralContainersUpdate`): they may only be added, each with a name no
+/// other container of the pod has and an image, never changed or removed.
+#[must_use]
+pub fn ephemeral_container_changes(old: &Value, new: &Value) -> Vec<Cause> {
+    let list = |o: &Value| {
+        o.pointer("/spec/ephemeralContainers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (before, after) = (list(old), list(new));
+    let mut causes = Vec::new();
+    for (i, was) in before.iter().enumerate() {
+        if !after.iter().any(|c| c == was) {
+            causes.push(Cause::forbidden(
+                &format!("spec.ephemeralContainers[{i}]"),
+                "existing ephemeral containers may not be changed",
+            ));
+        }
+    }
+    let mut names: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|l| {
+            new.pointer(&format!("/spec/{l}"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for (i, c) in after.iter().enumerate() {
+        let field = format!("spec.ephemeralContainers[{i}]");
+        let name = c["name"].as_str().unwrap_or("");
+        if name.is_empty() {
+            causes.push(Cause::required(&format!("{field}.name")));
+        } else if names.contains(&name) {
+            causes.push(Cause::duplicate(&format!("{field}.name"), &json!(name)));
+        }
+        names.push(name);
+        if c["image"].as_str().is_none_or(str::is_empty) {
+            causes.push(Cause::required(&format!("{field}.image")));
+        }
+    }
+    causes
 }
 
 impl Strategy for Pod {

@@ -31,7 +31,7 @@ pub fn default(spec: &mut Map<String, Value>, restart: Option<&str>) {
     or_set(spec, "terminationGracePeriodSeconds", json!(30));
     or_set(spec, "securityContext", json!({}));
     or_set(spec, "enableServiceLinks", json!(true));
-    for list in ["initContainers", "containers"] {
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
         if let Some(Value::Array(containers)) = spec.get_mut(list) {
             for c in containers.iter_mut().filter_map(Value::as_object_mut) {
                 container(c);

@@ -117,6 +117,9 @@ pub struct PodRecord {
     pub init: Vec<Record>,
     /// App containers, in spec order.
     pub containers: Vec<Record>,
+    /// Ephemeral (debugging) containers, in the order they were added.
+    #[serde(default)]
+    pub ephemeral: Vec<Record>,
     /// The pod's address.
     pub pod_ip: Option<String>,
     /// The node's address.
@@ -374,6 +377,8 @@ pub fn pod_status(
         init_container_statuses: (!record.init.is_empty())
             .then(|| record.init.iter().map(container_status).collect()),
         container_statuses: Some(record.containers.iter().map(container_status).collect()),
+        ephemeral_container_statuses: (!record.ephemeral.is_empty())
+            .then(|| record.ephemeral.iter().map(container_status).collect()),
         qos_class: existing.and_then(|s| s.qos_class.clone()),
         nominated_node_name: existing.and_then(|s| s.nominated_node_name.clone()),
         reason,

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
-    api::core::v1::{Container, Pod, PodStatus},
+    api::core::v1::{Container, EphemeralContainer, Pod, PodSpec, PodStatus},
     jiff::Timestamp,
 };
 use skiff_types::{ContainerRestartPolicy, EventType, RestartPolicy, namespace};
@@ -135,6 +135,9 @@ enum Kind {
     Sidecar,
     /// An app container.
     App,
+    /// An ephemeral container (`kubectl debug`): started once in the running pod, never
+    /// restarted.
+    Ephemeral,
 }
 
 /// A container run in progress.
@@ -190,6 +193,28 @@ fn name_of(pod: &Pod) -> String {
 }
 
 /// Whether an init container is a native sidecar.
+/// An ephemeral container as the container it runs as (the same fields, less its target).
+fn as_container(ephemeral: &EphemeralContainer) -> Container {
+    Container {
+        name: ephemeral.name.clone(),
+        image: ephemeral.image.clone(),
+        image_pull_policy: ephemeral.image_pull_policy.clone(),
+        command: ephemeral.command.clone(),
+        args: ephemeral.args.clone(),
+        env: ephemeral.env.clone(),
+        env_from: ephemeral.env_from.clone(),
+        working_dir: ephemeral.working_dir.clone(),
+        stdin: ephemeral.stdin,
+        stdin_once: ephemeral.stdin_once,
+        tty: ephemeral.tty,
+        security_context: ephemeral.security_context.clone(),
+        volume_mounts: ephemeral.volume_mounts.clone(),
+        termination_message_path: ephemeral.termination_message_path.clone(),
+        termination_message_policy: ephemeral.termination_message_policy.clone(),
+        ..Container::default()
+    }
+}
+
 pub(crate) fn is_sidecar(container: &Container) -> bool {
     ContainerRestartPolicy::from_field(container.restart_policy.as_deref())
         .is_ok_and(ContainerRestartPolicy::is_sidecar)
@@ -399,7 +424,13 @@ impl Worker {
         if let Some(t) = self.volumes_at {
             consider(t);
         }
-        for r in self.record.init.iter().chain(&self.record.containers) {
+        for r in self
+            .record
+            .init
+            .iter()
+            .chain(&self.record.containers)
+            .chain(&self.record.ephemeral)
+        {
             if let Some(t) = self.backoff.waiting(&r.name, now) {
                 consider(t);
             }
@@ -446,6 +477,7 @@ impl Worker {
             .init
             .iter_mut()
             .chain(self.record.containers.iter_mut())
+            .chain(self.record.ephemeral.iter_mut())
             .find(|r| r.name == name)
     }
 
@@ -468,6 +500,14 @@ impl Worker {
                     .iter()
                     .find(|c| c.name == name)
                     .map(|c| (c.clone(), Kind::App))
+            })
+            .or_else(|| {
+                let ephemeral = spec
+                    .ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .find(|c| c.name == name)?;
+                Some((as_container(ephemeral), Kind::Ephemeral))
             })
     }
 
@@ -691,6 +731,7 @@ impl Worker {
             Kind::Sidecar => true,
             Kind::Init => policy.restarts_after(t.exit_code) && t.exit_code != 0,
             Kind::App => policy.restarts_after(t.exit_code),
+            Kind::Ephemeral => false,
         };
         tracing::info!(container = %name, %id, code = t.exit_code, reason = %t.reason, "container exited");
         rec.state = State::Terminated(t);
@@ -825,6 +866,27 @@ impl Worker {
                 continue;
             }
             self.start(&name, Kind::App).await;
+        }
+        self.start_ephemeral(&spec).await;
+    }
+
+    /// Starts the ephemeral containers added since the last sync, each once.
+    async fn start_ephemeral(&mut self, spec: &PodSpec) {
+        for c in spec.ephemeral_containers.iter().flatten() {
+            if !self.record.ephemeral.iter().any(|r| r.name == c.name) {
+                let image = c.image.as_deref().unwrap_or_default();
+                self.record
+                    .ephemeral
+                    .push(Record::new(&c.name, image, "ContainerCreating"));
+            }
+        }
+        for i in 0..self.record.ephemeral.len() {
+            let name = self.record.ephemeral[i].name.clone();
+            let ran = self.record.ephemeral[i].container_id.is_some();
+            if self.live.contains_key(&name) || ran {
+                continue;
+            }
+            self.start(&name, Kind::Ephemeral).await;
         }
     }
 

@@ -745,3 +745,38 @@ async fn a_worker_taking_over_from_the_pods_status_writes_nothing_new() {
     assert_eq!(again.starts_of("app").len(), 1);
     assert_eq!(again.last().container_statuses.unwrap()[0].restart_count, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ephemeral_container_added_to_a_running_pod_runs_once_and_is_reported() {
+    let fake = Arc::new(Fake::default());
+    fake.script("debugger", Script::Exit(3));
+    let spec = PodSpec {
+        containers: vec![container("app")],
+        ..PodSpec::default()
+    };
+    let s = start(spec.clone(), fake);
+    settle(Duration::from_secs(1)).await;
+    let mut debugged = spec;
+    debugged.ephemeral_containers = Some(vec![k8s_openapi::api::core::v1::EphemeralContainer {
+        name: "debugger".into(),
+        image: Some("busybox:1".into()),
+        ..Default::default()
+    }]);
+    s.handle.update(Arc::new(pod(debugged)));
+    settle(Duration::from_mins(1)).await;
+    assert_eq!(s.fake.starts_of("debugger").len(), 1, "never restarted");
+    let status = s.fake.last();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    let ephemeral = status.ephemeral_container_statuses.unwrap();
+    let ended = ephemeral[0]
+        .state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (ephemeral[0].name.as_str(), ended.exit_code),
+        ("debugger", 3)
+    );
+}
