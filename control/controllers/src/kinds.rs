@@ -8,7 +8,7 @@ use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::{
     api::{
         apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
-        discovery::v1 as discovery, scheduling::v1 as scheduling,
+        discovery::v1 as discovery, scheduling::v1 as scheduling, storage::v1 as storage,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -67,6 +67,7 @@ pub fn all() -> Vec<Kind> {
         kind::<core::ReplicationController>(true),
         kind::<apps::ControllerRevision>(true),
         kind::<core::Pod>(true),
+        kind::<core::PersistentVolumeClaim>(true),
         kind::<core::Service>(true),
         kind::<core::Endpoints>(true),
         kind::<discovery::EndpointSlice>(true),
@@ -79,6 +80,8 @@ pub fn all() -> Vec<Kind> {
         kind::<core::Node>(false),
         kind::<core::Namespace>(false),
         kind::<scheduling::PriorityClass>(false),
+        kind::<core::PersistentVolume>(false),
+        kind::<storage::StorageClass>(false),
     ]
 }
 

@@ -15,4 +15,5 @@ pub mod table;
 pub mod wire;
 
 pub use catalog::{ResourceInfo, Subresource, all, by_kind, by_plural};
+pub use kinds::{IS_DEFAULT_CLASS, is_default_class};
 pub use strategy::{AllocError, Deletion, Pools, Strategy};

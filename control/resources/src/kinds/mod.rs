@@ -11,6 +11,8 @@ mod event;
 mod job;
 mod namespace;
 mod node;
+mod persistentvolume;
+mod persistentvolumeclaim;
 mod plain;
 mod pod;
 mod pod_spec;
@@ -20,6 +22,7 @@ mod resourcequota;
 mod secret;
 mod service;
 mod statefulset;
+mod storageclass;
 mod workload;
 
 pub use configmap::ConfigMap;
@@ -31,6 +34,8 @@ pub use event::Event;
 pub use job::Job;
 pub use namespace::Namespace;
 pub use node::Node;
+pub use persistentvolume::PersistentVolume;
+pub use persistentvolumeclaim::PersistentVolumeClaim;
 pub use plain::Plain;
 pub use pod::Pod;
 pub use replicaset::REPLICA_SET;
@@ -40,6 +45,7 @@ pub use secret::Secret;
 use serde_json::{Map, Value};
 pub use service::Service;
 pub use statefulset::STATEFUL_SET;
+pub use storageclass::{IS_DEFAULT_CLASS, StorageClass, is_default as is_default_class};
 
 #[cfg(doc)]
 use crate::Strategy;
