@@ -81,7 +81,12 @@ pub async fn run(ctx: &Ctx) -> Result<(), StatusError> {
         }),
     )
     .await?;
-    ensure(ctx, &route("storage.k8s.io/v1", "StorageClass", None)?, local_path()).await?;
+    ensure(
+        ctx,
+        &route("storage.k8s.io/v1", "StorageClass", None)?,
+        local_path(),
+    )
+    .await?;
     if let Some(dns) = ctx.pools.cluster_ips.dns() {
         // A cluster that gave the address to another Service still starts; its pods resolve
         // through whatever `--cluster-dns` the nodes are told.

@@ -1,7 +1,8 @@
 //! skiff-controllers keeps every object at its declared state: one level-triggered,
 //! idempotent reconciler per concern (ReplicaSet and `ReplicationController`, Deployment,
 //! StatefulSet, DaemonSet, Job, CronJob, Endpoints, EndpointSlices, nodes, namespaces,
-//! garbage collection, quotas, default `ServiceAccounts`, `LoadBalancer` addresses), each
+//! garbage collection, quotas, default `ServiceAccounts`, `LoadBalancer` addresses,
+//! PersistentVolume binding), each
 //! talking to the API server through the `kube` crate like any client, over the shared
 //! informers of skiff-control-runtime.
 //!
@@ -26,6 +27,7 @@ pub mod kinds;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod persistentvolume;
 pub mod pods;
 pub mod replicaset;
 pub mod resourcequota;
@@ -100,6 +102,7 @@ pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> +
     let garbage_collector = garbage_collector::start(informers);
     let namespaces = namespace::start(informers, clock.clone());
     let service_accounts = serviceaccount::start(informers, clock.clone());
+    let volumes = persistentvolume::start(informers, clock.clone());
     let quotas = resourcequota::start(informers, clock.clone());
     let node_lifecycle = node_lifecycle::start(informers, config, clock.clone());
     let service_lb = service_lb::start(informers, config.loadbalancer_ip_range, clock.clone());
@@ -120,6 +123,7 @@ pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> +
             garbage_collector,
             namespaces,
             service_accounts,
+            volumes,
             quotas,
             node_lifecycle,
             service_lb,

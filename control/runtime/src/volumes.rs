@@ -161,7 +161,11 @@ pub fn best_match<'a>(
         if volume.metadata.deletion_timestamp.is_some() || !satisfies(volume, claim) {
             continue;
         }
-        let bound = volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_some();
+        let bound = volume
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .is_some();
         let reachable = node.is_none_or(|n| admits_node(volume, n));
         if refers_to(volume, claim) {
             if reachable {

@@ -19,11 +19,26 @@ const COLUMNS: &[Column] = &[
     NAME,
     col("Capacity", "string", 0, "Capacity of the volume."),
     col("Access Modes", "string", 0, "Access modes of the volume."),
-    col("Reclaim Policy", "string", 0, "What happens to the volume once it is released."),
+    col(
+        "Reclaim Policy",
+        "string",
+        0,
+        "What happens to the volume once it is released.",
+    ),
     col("Status", "string", 0, "The phase of the volume."),
     col("Claim", "string", 0, "The claim bound to the volume."),
-    col("StorageClass", "string", 0, "The storage class of the volume."),
-    col("VolumeAttributesClass", "string", 0, "The volume attributes class of the volume."),
+    col(
+        "StorageClass",
+        "string",
+        0,
+        "The storage class of the volume.",
+    ),
+    col(
+        "VolumeAttributesClass",
+        "string",
+        0,
+        "The volume attributes class of the volume.",
+    ),
     col("Reason", "string", 0, "Why the volume is in its phase."),
     AGE,
     col("VolumeMode", "string", 1, "Filesystem or Block."),
@@ -75,11 +90,19 @@ pub fn access_modes(modes: Option<&Value>) -> String {
 }
 
 /// The access modes Kubernetes knows.
-pub const MODES: &[&str] = &["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"];
+pub const MODES: &[&str] = &[
+    "ReadWriteOnce",
+    "ReadOnlyMany",
+    "ReadWriteMany",
+    "ReadWriteOncePod",
+];
 
 /// Checks `accessModes` at `field`: at least one, each known.
 pub fn check_access_modes(modes: Option<&Value>, field: &str, causes: &mut Vec<Cause>) {
-    let modes = modes.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let modes = modes
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     if modes.is_empty() {
         causes.push(Cause::required(field));
     }
@@ -124,7 +147,11 @@ impl Strategy for PersistentVolume {
     fn validate(&self, obj: &Value) -> Vec<Cause> {
         let mut causes = Vec::new();
         let spec = obj.get("spec").cloned().unwrap_or_else(|| json!({}));
-        check_storage(spec.pointer("/capacity/storage"), "spec.capacity", &mut causes);
+        check_storage(
+            spec.pointer("/capacity/storage"),
+            "spec.capacity",
+            &mut causes,
+        );
         check_access_modes(spec.get("accessModes"), "spec.accessModes", &mut causes);
         let sources = SOURCES
             .iter()
@@ -133,7 +160,10 @@ impl Strategy for PersistentVolume {
         match sources {
             0 => causes.push(Cause::required("spec")),
             1 => {}
-            _ => causes.push(Cause::forbidden("spec", "may not specify more than 1 volume type")),
+            _ => causes.push(Cause::forbidden(
+                "spec",
+                "may not specify more than 1 volume type",
+            )),
         }
         if let Some(policy) = spec.get("persistentVolumeReclaimPolicy")
             && !matches!(policy.as_str(), Some("Retain" | "Delete" | "Recycle"))

@@ -23,9 +23,24 @@ const COLUMNS: &[Column] = &[
     col("Status", "string", 0, "The phase of the claim."),
     col("Volume", "string", 0, "The volume bound to the claim."),
     col("Capacity", "string", 0, "The capacity of the bound volume."),
-    col("Access Modes", "string", 0, "Access modes of the bound volume."),
-    col("StorageClass", "string", 0, "The storage class of the claim."),
-    col("VolumeAttributesClass", "string", 0, "The volume attributes class of the claim."),
+    col(
+        "Access Modes",
+        "string",
+        0,
+        "Access modes of the bound volume.",
+    ),
+    col(
+        "StorageClass",
+        "string",
+        0,
+        "The storage class of the claim.",
+    ),
+    col(
+        "VolumeAttributesClass",
+        "string",
+        0,
+        "The volume attributes class of the claim.",
+    ),
     AGE,
     col("VolumeMode", "string", 1, "Filesystem or Block."),
 ];
@@ -47,7 +62,11 @@ impl Strategy for PersistentVolumeClaim {
 
     fn validate(&self, obj: &Value) -> Vec<Cause> {
         let mut causes = Vec::new();
-        check_access_modes(obj.pointer("/spec/accessModes"), "spec.accessModes", &mut causes);
+        check_access_modes(
+            obj.pointer("/spec/accessModes"),
+            "spec.accessModes",
+            &mut causes,
+        );
         check_storage(
             obj.pointer("/spec/resources/requests/storage"),
             "spec.resources[storage]",

@@ -30,10 +30,25 @@ pub fn is_default(class: &Value) -> bool {
 
 const COLUMNS: &[Column] = &[
     NAME,
-    col("Provisioner", "string", 0, "Who provisions volumes of the class."),
-    col("ReclaimPolicy", "string", 0, "What happens to released volumes."),
+    col(
+        "Provisioner",
+        "string",
+        0,
+        "Who provisions volumes of the class.",
+    ),
+    col(
+        "ReclaimPolicy",
+        "string",
+        0,
+        "What happens to released volumes.",
+    ),
     col("VolumeBindingMode", "string", 0, "When claims are bound."),
-    col("AllowVolumeExpansion", "string", 0, "Whether volumes may grow."),
+    col(
+        "AllowVolumeExpansion",
+        "string",
+        0,
+        "Whether volumes may grow.",
+    ),
     AGE,
 ];
 
@@ -62,14 +77,23 @@ impl Strategy for StorageClass {
         if let Some(policy) = obj.get("reclaimPolicy")
             && !matches!(policy.as_str(), Some("Retain" | "Delete"))
         {
-            causes.push(Cause::not_supported("reclaimPolicy", policy, &["Delete", "Retain"]));
+            causes.push(Cause::not_supported(
+                "reclaimPolicy",
+                policy,
+                &["Delete", "Retain"],
+            ));
         }
         causes
     }
 
     fn validate_update(&self, old: &Value, new: &Value) -> Vec<Cause> {
         let mut causes = self.validate(new);
-        for field in ["provisioner", "parameters", "reclaimPolicy", "volumeBindingMode"] {
+        for field in [
+            "provisioner",
+            "parameters",
+            "reclaimPolicy",
+            "volumeBindingMode",
+        ] {
             if old.get(field) != new.get(field) {
                 causes.push(Cause::forbidden(
                     field,
@@ -96,7 +120,12 @@ impl Strategy for StorageClass {
             json!(table::text(o, "/provisioner")),
             json!(table::text(o, "/reclaimPolicy")),
             json!(table::text(o, "/volumeBindingMode")),
-            json!(o.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false).to_string()),
+            json!(
+                o.get("allowVolumeExpansion")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                    .to_string()
+            ),
             table::age(o, now),
         ]
     }
