@@ -63,6 +63,10 @@ struct RealArgs {
     /// Container logs (default <state-dir>/logs).
     #[arg(long)]
     log_dir: Option<PathBuf>,
+    /// Where the built-in local-path provisioner makes volumes, a directory each
+    /// (default <state-dir>/storage).
+    #[arg(long, value_name = "DIR")]
+    storage_dir: Option<PathBuf>,
     /// cgroup parent of every pod (default /skiff/<name>).
     #[arg(long)]
     cgroup_parent: Option<String>,
@@ -425,7 +429,13 @@ async fn real(cli: Cli) -> Result<()> {
         args.dns_upstreams,
         pod_network.address,
     );
+    let storage_dir = std::path::absolute(
+        args.storage_dir
+            .unwrap_or_else(|| state_dir.join("storage")),
+    )
+    .context("resolving --storage-dir")?;
     let config = NodeConfig {
+        storage_dir,
         cluster_domain: args.cluster_domain,
         cluster_dns: dns.is_some().then_some(args.cluster_dns),
         log_dir,
