@@ -647,15 +647,8 @@ fn row<'a>(out: &'a str, name: &str) -> Option<Vec<&'a str>> {
         .find(|cells| cells.first() == Some(&name))
 }
 
-fn statefulset_keeps_its_volume(c: &Cluster) -> Result<()> {
-    let classes = c.kubectl(&["get", "storageclass", "--no-headers"], None)?;
-    ensure!(
-        classes.contains("local-path (default)")
-            && classes.contains("rancher.io/local-path")
-            && classes.contains("WaitForFirstConsumer"),
-        "{classes}"
-    );
-    // A pod whose claim does not exist waits with kube-scheduler's words.
+/// A pod whose claim does not exist waits with kube-scheduler's words.
+fn claimless_pod_is_unschedulable(c: &Cluster) -> Result<()> {
     c.kubectl(
         &["apply", "-f", "-"],
         Some(&format!(
@@ -693,6 +686,51 @@ spec:
         &["delete", "pod", "claimless", "--grace-period=0", "--force"],
         None,
     )?;
+    Ok(())
+}
+
+/// The volume bound to `data-keeper-0` and its directory, checked: selected for and pinned
+/// to `node`, in that node's storage directory.
+fn provisioned_volume(c: &Cluster, node: &str) -> Result<(String, PathBuf)> {
+    let claim = c.get_json("/api/v1/namespaces/default/persistentvolumeclaims/data-keeper-0")?;
+    let volume = claim["spec"]["volumeName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        claim["spec"]["storageClassName"] == "local-path"
+            && claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == node
+            && claim["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] == "yes",
+        "{claim:#}"
+    );
+    let pv = c.get_json(&format!("/api/v1/persistentvolumes/{volume}"))?;
+    ensure!(
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+            [0]
+            == node,
+        "{pv:#}"
+    );
+    let dir = PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap_or_default());
+    let index = (0..c.node_count())
+        .find(|i| c.node(*i).name() == node)
+        .context("the pod's node")?;
+    ensure!(
+        dir.parent() == Some(c.node(index).state_dir().join("storage").as_path()),
+        "{} is not in the node's storage directory",
+        dir.display()
+    );
+    Ok((volume, dir))
+}
+
+fn statefulset_keeps_its_volume(c: &Cluster) -> Result<()> {
+    let classes = c.kubectl(&["get", "storageclass", "--no-headers"], None)?;
+    ensure!(
+        classes.contains("local-path (default)")
+            && classes.contains("rancher.io/local-path")
+            && classes.contains("WaitForFirstConsumer"),
+        "{classes}"
+    );
+    claimless_pod_is_unschedulable(c)?;
 
     c.kubectl(
         &["apply", "-f", "-"],
@@ -729,34 +767,7 @@ spec:
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let claim = c.get_json("/api/v1/namespaces/default/persistentvolumeclaims/data-keeper-0")?;
-    let volume = claim["spec"]["volumeName"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    ensure!(
-        claim["spec"]["storageClassName"] == "local-path"
-            && claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"]
-                == node.as_str()
-            && claim["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] == "yes",
-        "{claim:#}"
-    );
-    let pv = c.get_json(&format!("/api/v1/persistentvolumes/{volume}"))?;
-    ensure!(
-        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
-            [0]
-            == node.as_str(),
-        "{pv:#}"
-    );
-    let dir = PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap_or_default());
-    let index = (0..c.node_count())
-        .find(|i| c.node(*i).name() == node)
-        .context("the pod's node")?;
-    ensure!(
-        dir.parent() == Some(c.node(index).state_dir().join("storage").as_path()),
-        "{} is not in the node's storage directory",
-        dir.display()
-    );
+    let (volume, dir) = provisioned_volume(c, &node)?;
 
     c.kubectl(
         &[
@@ -771,15 +782,15 @@ spec:
     )?;
     ensure!(std::fs::read_to_string(dir.join("note"))? == "kept\n");
     let listed = c.kubectl(&["get", "pv,pvc,sc", "--no-headers"], None)?;
-    let pv_row = row(&listed, &format!("persistentvolume/{volume}")).context(listed.clone())?;
-    let pvc_row = row(&listed, "persistentvolumeclaim/data-keeper-0").context(listed.clone())?;
+    let volume_row = row(&listed, &format!("persistentvolume/{volume}")).context(listed.clone())?;
+    let claim_row = row(&listed, "persistentvolumeclaim/data-keeper-0").context(listed.clone())?;
     ensure!(
-        pv_row.contains(&"Bound")
-            && pv_row.contains(&"default/data-keeper-0")
-            && pv_row.contains(&"Delete")
-            && pvc_row.contains(&"Bound")
-            && pvc_row.contains(&volume.as_str())
-            && pvc_row.contains(&"RWO"),
+        volume_row.contains(&"Bound")
+            && volume_row.contains(&"default/data-keeper-0")
+            && volume_row.contains(&"Delete")
+            && claim_row.contains(&"Bound")
+            && claim_row.contains(&volume.as_str())
+            && claim_row.contains(&"RWO"),
         "{listed}"
     );
 
@@ -804,7 +815,15 @@ spec:
     )?;
     ensure!(read == "kept\n", "the recreated pod read {read:?}");
 
-    // The claim outlives its set; deleting it deletes the volume and its directory.
+    deleting_the_claim_removes_the_volume(c, &volume, &dir)
+}
+
+/// The claim outlives its set; deleting it deletes the volume and its directory.
+fn deleting_the_claim_removes_the_volume(
+    c: &Cluster,
+    volume: &str,
+    dir: &std::path::Path,
+) -> Result<()> {
     c.kubectl(&["delete", "statefulset", "keeper"], None)?;
     wait_for("keeper-0 to go", Duration::from_mins(1), || {
         Ok(c.kubectl(&["get", "pod", "keeper-0"], None)
@@ -816,7 +835,7 @@ spec:
         "the volume and its directory to go",
         Duration::from_secs(45),
         || {
-            let gone = c.kubectl(&["get", "pv", &volume], None).is_err();
+            let gone = c.kubectl(&["get", "pv", volume], None).is_err();
             Ok((gone && !dir.exists()).then_some(()))
         },
     )?;

@@ -2,7 +2,7 @@
 //! provisioner, and the annotations the binder, the scheduler and the provisioner write on
 //! claims and volumes (Kubernetes' own keys, so its tools read them).
 
-/// The default StorageClass every cluster gets (k3s' name for it).
+/// The default `StorageClass` every cluster gets (k3s' name for it).
 pub const LOCAL_PATH_CLASS: &str = "local-path";
 
 /// The provisioner of the local-path class, as k3s names it, so manifests written for k3s

@@ -1,5 +1,5 @@
 //! What exists from the first start: the system namespaces, the `kubernetes` Service and
-//! the default `local-path` StorageClass,
+//! the default `local-path` `StorageClass`,
 //! plus what stored objects already hold from the pools (Service addresses and ports).
 
 use serde_json::{Value, json};
@@ -103,7 +103,7 @@ pub async fn run(ctx: &Ctx) -> Result<(), StatusError> {
     Ok(())
 }
 
-/// The default StorageClass: volumes the node daemons make as directories, bound where
+/// The default `StorageClass`: volumes the node daemons make as directories, bound where
 /// their first pod is scheduled, removed with their claim (k3s' `local-path`).
 fn local_path() -> Value {
     json!({

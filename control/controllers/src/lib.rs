@@ -2,7 +2,7 @@
 //! idempotent reconciler per concern (ReplicaSet and `ReplicationController`, Deployment,
 //! StatefulSet, DaemonSet, Job, CronJob, Endpoints, EndpointSlices, nodes, namespaces,
 //! garbage collection, quotas, default `ServiceAccounts`, `LoadBalancer` addresses,
-//! PersistentVolume binding), each
+//! `PersistentVolume` binding), each
 //! talking to the API server through the `kube` crate like any client, over the shared
 //! informers of skiff-control-runtime.
 //!

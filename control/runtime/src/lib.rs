@@ -6,7 +6,7 @@
 //! typed status diffs ([`status`]), per-object exponential back-off and the loop that runs a
 //! controller ([`controller`]), leader election on a Lease ([`leader`]), a clock tests can
 //! move ([`clock`]), the node-selector, affinity and taint rules ([`placement`]), and how
-//! claims match PersistentVolumes ([`volumes`]).
+//! claims match `PersistentVolumes` ([`volumes`]).
 //!
 //! It depends on no scheduler or controller; both depend on it.
 

@@ -1,5 +1,5 @@
-//! Which PersistentVolume may serve which claim, as Kubernetes' binder matches them, shared
-//! by the binder controller and the scheduler's VolumeBinding filter: class, volume mode,
+//! Which `PersistentVolume` may serve which claim, as Kubernetes' binder matches them, shared
+//! by the binder controller and the scheduler's `VolumeBinding` filter: class, volume mode,
 //! access modes, capacity, selector, a volume pre-bound to the claim, and a volume's node
 //! affinity.
 

@@ -240,7 +240,7 @@ pub struct Cache {
     /// Placed pods per priority, so preemption knows at once whether anything ranks
     /// below a pod.
     priorities: BTreeMap<i32, usize>,
-    /// Claims, volumes and StorageClasses (VolumeBinding).
+    /// Claims, volumes and `StorageClasses` (`VolumeBinding`).
     pub storage: Storage,
 }
 

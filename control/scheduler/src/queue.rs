@@ -86,7 +86,7 @@ pub enum ClusterEvent {
     PodGone,
     /// A pod was placed: only pods waiting for other pods (affinity, spread) may fit now.
     PodPlaced,
-    /// A claim, volume or StorageClass appeared or changed.
+    /// A claim, volume or `StorageClass` appeared or changed.
     StorageChanged,
 }
 

@@ -1,4 +1,4 @@
-//! The claims, PersistentVolumes and StorageClasses the VolumeBinding filter reads, kept
+//! The claims, `PersistentVolumes` and `StorageClasses` the `VolumeBinding` filter reads, kept
 //! from watch events; a re-list replaces a table whole once it is complete, so a decision
 //! never sees a half-filled one.
 
@@ -82,7 +82,7 @@ pub struct Storage {
     pub claims: Table<PersistentVolumeClaim>,
     /// Volumes by name.
     pub volumes: Table<PersistentVolume>,
-    /// StorageClasses by name.
+    /// `StorageClasses` by name.
     pub classes: Table<StorageClass>,
 }
 

@@ -1,6 +1,6 @@
 //! The built-in local-path provisioner (k3s' `rancher.io/local-path`): a claim whose first
 //! pod was scheduled to this node gets a directory under the node's storage directory and a
-//! PersistentVolume pinned to the node and pre-bound to the claim; a released volume of
+//! `PersistentVolume` pinned to the node and pre-bound to the claim; a released volume of
 //! this node whose reclaim policy is `Delete` loses its directory, then the volume object.
 
 use std::{
@@ -71,7 +71,7 @@ pub struct Observed<'a> {
     pub claims: &'a [Arc<PersistentVolumeClaim>],
     /// Every volume.
     pub volumes: &'a [Arc<PersistentVolume>],
-    /// Every StorageClass.
+    /// Every `StorageClass`.
     pub classes: &'a [Arc<StorageClass>],
 }
 
@@ -346,7 +346,7 @@ pub async fn run(client: Client, node: String, root: PathBuf) {
     };
     tokio::select! {
         () = ready => {}
-        _ = async { while changes.next().await.is_some() {} } => return,
+        () = async { while changes.next().await.is_some() {} } => return,
     }
     loop {
         let (claim_list, volume_list, class_list) =

@@ -1,4 +1,4 @@
-//! DefaultStorageClass admission: a new claim that names no class gets the cluster's
+//! `DefaultStorageClass` admission: a new claim that names no class gets the cluster's
 //! default one, as Kubernetes' admission plugin of that name does. A claim with
 //! `storageClassName: ""` asks for no class and is left alone.
 

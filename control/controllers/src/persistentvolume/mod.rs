@@ -1,4 +1,4 @@
-//! The PersistentVolume binder, as kube-controller-manager's `persistentvolume-binder`:
+//! The `PersistentVolume` binder, as kube-controller-manager's `persistentvolume-binder`:
 //! binds claims to volumes (pre-created ones too), waits for the first consumer of
 //! `WaitForFirstConsumer` claims, asks a class's provisioner for a volume, and moves
 //! volumes through `Available`, `Bound` and `Released`. Two reconcilers, one over claims and

@@ -28,7 +28,7 @@ pub struct ClaimObserved<'a> {
     pub claim: &'a PersistentVolumeClaim,
     /// Every volume.
     pub volumes: &'a [Arc<PersistentVolume>],
-    /// Every StorageClass.
+    /// Every `StorageClass`.
     pub classes: &'a [Arc<StorageClass>],
     /// Every node (for the node a delayed claim's first pod was scheduled to).
     pub nodes: &'a [Arc<Node>],
@@ -224,11 +224,11 @@ pub fn plan_claim(o: &ClaimObserved<'_>) -> Plan {
     }
     let delay = waits_for_consumer(class);
     let selected = claim.annotations().get(SELECTED_NODE);
-    let node = selected.and_then(|n| o.nodes.iter().find(|x| &x.name_any() == n));
+    let chosen = selected.and_then(|n| o.nodes.iter().find(|x| &x.name_any() == n));
     if let Some(volume) = best_match(
         claim,
         o.volumes.iter().map(AsRef::as_ref),
-        node.map(AsRef::as_ref),
+        chosen.map(AsRef::as_ref),
         delay,
     ) {
         return Plan {
@@ -548,7 +548,7 @@ mod tests {
     fn a_bound_pair_needs_nothing_more() {
         let c = claim(Some(""));
         let pv = volume("pv1", "");
-        let mut plan = run(&c, &[pv.clone()], &[]);
+        let mut plan = run(&c, std::slice::from_ref(&pv), &[]);
         let mut pv = pv;
         let mut c = c;
         for step in plan.steps.drain(..) {

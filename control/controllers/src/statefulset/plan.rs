@@ -36,7 +36,7 @@ pub struct Observed<'a> {
     pub revisions: &'a [Arc<ControllerRevision>],
     /// Pods of its namespace (others are ignored).
     pub pods: &'a [Arc<Pod>],
-    /// PersistentVolumeClaims of its namespace.
+    /// `PersistentVolumeClaims` of its namespace.
     pub claims: &'a [Arc<PersistentVolumeClaim>],
     /// The time.
     pub now: Timestamp,

@@ -1,4 +1,4 @@
-//! PersistentVolume: a new volume starts `Pending` until the binder looks at it, keeps its
+//! `PersistentVolume`: a new volume starts `Pending` until the binder looks at it, keeps its
 //! reclaim policy `Retain` unless told otherwise, and has kubectl's CAPACITY / ACCESS MODES /
 //! RECLAIM POLICY / STATUS / CLAIM columns.
 
@@ -44,7 +44,7 @@ const COLUMNS: &[Column] = &[
     col("VolumeMode", "string", 1, "Filesystem or Block."),
 ];
 
-/// The volume sources a PersistentVolume may have, as the API names them.
+/// The volume sources a `PersistentVolume` may have, as the API names them.
 const SOURCES: &[&str] = &[
     "hostPath",
     "local",

@@ -1,4 +1,4 @@
-//! PersistentVolumeClaim: a new claim starts `Pending`, must ask for access modes and a
+//! `PersistentVolumeClaim`: a new claim starts `Pending`, must ask for access modes and a
 //! storage size, keeps its spec once made (but for a bigger size and the binder's
 //! `volumeName`), and has kubectl's STATUS / VOLUME / CAPACITY / STORAGECLASS columns.
 

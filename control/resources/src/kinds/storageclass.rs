@@ -1,4 +1,4 @@
-//! StorageClass: reclaim policy `Delete` and binding mode `Immediate` unless told, a
+//! `StorageClass`: reclaim policy `Delete` and binding mode `Immediate` unless told, a
 //! provisioner and parameters that never change, and kubectl's columns with `(default)`
 //! after the default class's name.
 

@@ -64,7 +64,7 @@ pub trait Sources: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, ConfigError>;
-    /// A PersistentVolumeClaim with the volume it is bound to (when it names one that
+    /// A `PersistentVolumeClaim` with the volume it is bound to (when it names one that
     /// exists), `None` when the claim does not exist. Sources that know no claims (the
     /// default) say none exists.
     async fn claim(

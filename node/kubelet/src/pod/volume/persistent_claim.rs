@@ -1,5 +1,5 @@
-//! persistentVolumeClaim: the directory of the PersistentVolume bound to the claim
-//! (`hostPath` or `local`), bound into the container as it is; the pod waits (FailedMount)
+//! persistentVolumeClaim: the directory of the `PersistentVolume` bound to the claim
+//! (`hostPath` or `local`), bound into the container as it is; the pod waits (`FailedMount`)
 //! while the claim is missing or unbound.
 
 use std::path::PathBuf;
