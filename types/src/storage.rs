@@ -30,3 +30,9 @@ pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 
 /// The node label volumes' node affinity names (the node's name).
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// The finalizer that keeps a claim while a pod uses it.
+pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+
+/// The finalizer that keeps a volume while a claim is bound to it.
+pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";

@@ -2,7 +2,7 @@
 //! idempotent reconciler per concern (ReplicaSet and `ReplicationController`, Deployment,
 //! StatefulSet, DaemonSet, Job, CronJob, Endpoints, EndpointSlices, nodes, namespaces,
 //! garbage collection, quotas, default `ServiceAccounts`, `LoadBalancer` addresses,
-//! `PersistentVolume` binding), each
+//! `PersistentVolume` binding and claim and volume protection), each
 //! talking to the API server through the `kube` crate like any client, over the shared
 //! informers of skiff-control-runtime.
 //!
@@ -29,6 +29,8 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod persistentvolume;
 pub mod pods;
+pub mod pv_protection;
+pub mod pvc_protection;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod revision;
@@ -103,6 +105,8 @@ pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> +
     let namespaces = namespace::start(informers, clock.clone());
     let service_accounts = serviceaccount::start(informers, clock.clone());
     let volumes = persistentvolume::start(informers, clock.clone());
+    let claim_protection = pvc_protection::start(informers, clock.clone());
+    let volume_protection = pv_protection::start(informers, clock.clone());
     let quotas = resourcequota::start(informers, clock.clone());
     let node_lifecycle = node_lifecycle::start(informers, config, clock.clone());
     let service_lb = service_lb::start(informers, config.loadbalancer_ip_range, clock.clone());
@@ -124,6 +128,8 @@ pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> +
             namespaces,
             service_accounts,
             volumes,
+            claim_protection,
+            volume_protection,
             quotas,
             node_lifecycle,
             service_lb,

@@ -66,6 +66,25 @@ fn object<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Map<String,
     cur.as_object_mut()
 }
 
+/// Adds `finalizer` to the object's finalizers unless it is there (what Kubernetes'
+/// `StorageObjectInUseProtection` admission does for claims and volumes).
+fn add_finalizer(obj: &mut Value, finalizer: &str) {
+    let Some(meta) = object(obj, &["metadata"]) else {
+        return;
+    };
+    let list = meta
+        .entry("finalizers")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if list.is_null() {
+        *list = Value::Array(Vec::new());
+    }
+    if let Some(items) = list.as_array_mut()
+        && !items.iter().any(|f| f.as_str() == Some(finalizer))
+    {
+        items.push(Value::from(finalizer));
+    }
+}
+
 /// Empties the status: a client may not set it on create (what `PrepareForCreate` does for
 /// most kinds; the wire format then shows the status struct's zero values).
 fn reset_status(obj: &mut Value) {

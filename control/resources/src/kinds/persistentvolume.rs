@@ -1,11 +1,12 @@
-//! `PersistentVolume`: a new volume starts `Pending` until the binder looks at it, keeps its
-//! reclaim policy `Retain` unless told otherwise, and has kubectl's CAPACITY / ACCESS MODES /
-//! RECLAIM POLICY / STATUS / CLAIM columns.
+//! `PersistentVolume`: a new volume starts `Pending` until the binder looks at it, held by
+//! the `pv-protection` finalizer while bound, keeps its reclaim policy `Retain` unless told
+//! otherwise, and has kubectl's CAPACITY / ACCESS MODES / RECLAIM POLICY / STATUS / CLAIM
+//! columns.
 
 use serde_json::{Map, Value, json};
 use skiff_machinery::status::Cause;
 
-use super::{object, or_set};
+use super::{add_finalizer, object, or_set};
 use crate::{
     Strategy,
     table::{self, AGE, Column, NAME, col},
@@ -137,6 +138,7 @@ impl Strategy for PersistentVolume {
     }
 
     fn prepare_for_create(&self, obj: &mut Value) {
+        add_finalizer(obj, skiff_types::storage::PV_PROTECTION);
         if let Some(o) = obj.as_object_mut() {
             let mut status = Map::new();
             status.insert("phase".into(), json!("Pending"));

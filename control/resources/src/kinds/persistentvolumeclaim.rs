@@ -1,4 +1,5 @@
-//! `PersistentVolumeClaim`: a new claim starts `Pending`, must ask for access modes and a
+//! `PersistentVolumeClaim`: a new claim starts `Pending`, held by the `pvc-protection`
+//! finalizer while a pod uses it, must ask for access modes and a
 //! storage size, keeps its spec once made (but for a bigger size and the binder's
 //! `volumeName`), and has kubectl's STATUS / VOLUME / CAPACITY / STORAGECLASS columns.
 
@@ -6,7 +7,7 @@ use serde_json::{Map, Value, json};
 use skiff_machinery::status::Cause;
 
 use super::{
-    object, or_set,
+    add_finalizer, object, or_set,
     persistentvolume::{access_modes, check_access_modes, check_storage},
 };
 use crate::{
@@ -53,6 +54,7 @@ impl Strategy for PersistentVolumeClaim {
     }
 
     fn prepare_for_create(&self, obj: &mut Value) {
+        add_finalizer(obj, skiff_types::storage::PVC_PROTECTION);
         if let Some(o) = obj.as_object_mut() {
             let mut status = Map::new();
             status.insert("phase".into(), json!("Pending"));
