@@ -824,18 +824,20 @@ fn deleting_the_claim_removes_the_volume(
     volume: &str,
     dir: &std::path::Path,
 ) -> Result<()> {
+    // The claim waits for its pod (pvc-protection) before its volume is released.
+    c.kubectl(&["delete", "pvc", "data-keeper-0", "--wait=false"], None)?;
+    let claim = c.get_json("/api/v1/namespaces/default/persistentvolumeclaims/data-keeper-0")?;
+    ensure!(
+        claim["metadata"]["deletionTimestamp"].is_string() && dir.exists(),
+        "the claim in use went: {claim:#}"
+    );
     c.kubectl(&["delete", "statefulset", "keeper"], None)?;
-    wait_for("keeper-0 to go", Duration::from_mins(1), || {
-        Ok(c.kubectl(&["get", "pod", "keeper-0"], None)
-            .is_err()
-            .then_some(()))
-    })?;
-    c.kubectl(&["delete", "pvc", "data-keeper-0"], None)?;
     wait_for(
-        "the volume and its directory to go",
+        "the claim, the volume and its directory to go",
         Duration::from_secs(45),
         || {
-            let gone = c.kubectl(&["get", "pv", volume], None).is_err();
+            let gone = c.kubectl(&["get", "pv", volume], None).is_err()
+                && c.kubectl(&["get", "pvc", "data-keeper-0"], None).is_err();
             Ok((gone && !dir.exists()).then_some(()))
         },
     )?;

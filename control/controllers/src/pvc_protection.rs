@@ -106,7 +106,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
             .await
         {
             Ok(_) => {
-                tracing::debug!(claim = %claim.name_any(), namespace = %ns, "claim released by pvc-protection")
+                tracing::debug!(claim = %claim.name_any(), namespace = %ns, "claim released by pvc-protection");
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(err) => return Err(err.into()),
