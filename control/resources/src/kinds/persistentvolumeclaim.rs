@@ -80,26 +80,23 @@ impl Strategy for PersistentVolumeClaim {
     fn validate_update(&self, old: &Value, new: &Value) -> Vec<Cause> {
         let mut causes = self.validate(new);
         // What may change: the requested size, and the volume name while it is unset.
-        let comparable = |spec: Option<&Value>, volume_from: Option<&Value>| {
+        // A claim not yet bound may get its volume name; a bound one keeps it.
+        let unbound = old
+            .pointer("/spec/volumeName")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty);
+        let comparable = |spec: Option<&Value>| {
             let mut spec = spec.cloned().unwrap_or_else(|| json!({}));
             if let Some(s) = spec.as_object_mut() {
                 s.remove("resources");
                 s.remove("volumeAttributesClassName");
-                match volume_from.and_then(Value::as_str) {
-                    Some(v) if !v.is_empty() => {
-                        s.insert("volumeName".into(), json!(v));
-                    }
-                    _ => {
-                        s.remove("volumeName");
-                    }
+                if unbound {
+                    s.remove("volumeName");
                 }
             }
             spec
         };
-        let old_spec = old.get("spec");
-        let new_spec = new.get("spec");
-        let old_volume = old.pointer("/spec/volumeName");
-        if comparable(old_spec, old_volume) != comparable(new_spec, old_volume) {
+        if comparable(old.get("spec")) != comparable(new.get("spec")) {
             causes.push(Cause::forbidden(
                 "spec",
                 "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
@@ -133,5 +130,63 @@ impl Strategy for PersistentVolumeClaim {
             table::age(o, now),
             json!(table::text(o, "/spec/volumeMode")),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim() -> Value {
+        json!({"metadata": {"name": "data"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-path",
+                        "resources": {"requests": {"storage": "1Gi"}}}})
+    }
+
+    #[test]
+    fn a_new_claim_is_pending_protected_and_filesystem() {
+        let mut c = claim();
+        PersistentVolumeClaim.default(&mut c);
+        PersistentVolumeClaim.prepare_for_create(&mut c);
+        assert_eq!(c["status"]["phase"], "Pending");
+        assert_eq!(c["spec"]["volumeMode"], "Filesystem");
+        assert_eq!(
+            c["metadata"]["finalizers"],
+            json!(["kubernetes.io/pvc-protection"])
+        );
+        assert!(PersistentVolumeClaim.validate(&c).is_empty());
+        assert_eq!(
+            PersistentVolumeClaim.validate(&json!({"spec": {}})).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn only_the_size_and_an_unset_volume_name_may_change() {
+        let old = claim();
+        let mut bound = old.clone();
+        bound["spec"]["volumeName"] = json!("pv1");
+        bound["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
+        assert!(
+            PersistentVolumeClaim
+                .validate_update(&old, &bound)
+                .is_empty()
+        );
+        let mut rebound = bound.clone();
+        rebound["spec"]["volumeName"] = json!("pv2");
+        assert_eq!(
+            PersistentVolumeClaim
+                .validate_update(&bound, &rebound)
+                .len(),
+            1
+        );
+        let mut reclassed = old.clone();
+        reclassed["spec"]["storageClassName"] = json!("fast");
+        assert_eq!(
+            PersistentVolumeClaim
+                .validate_update(&old, &reclassed)
+                .len(),
+            1
+        );
     }
 }

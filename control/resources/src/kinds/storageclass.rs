@@ -130,3 +130,23 @@ impl Strategy for StorageClass {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_class_is_marked_in_its_name_cell_and_defaults_are_filled() {
+        let mut class = json!({"metadata": {"name": "local-path",
+            "annotations": {IS_DEFAULT_CLASS: "true"}}, "provisioner": "rancher.io/local-path"});
+        StorageClass.default(&mut class);
+        assert_eq!(class["reclaimPolicy"], "Delete");
+        assert_eq!(class["volumeBindingMode"], "Immediate");
+        let row = StorageClass.row(&class, jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(row[0], "local-path (default)");
+        assert_eq!(row[4], "false");
+        let mut changed = class.clone();
+        changed["provisioner"] = json!("other");
+        assert_eq!(StorageClass.validate_update(&class, &changed).len(), 1);
+    }
+}
