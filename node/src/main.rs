@@ -63,6 +63,10 @@ struct RealArgs {
     /// Container logs (default <state-dir>/logs).
     #[arg(long)]
     log_dir: Option<PathBuf>,
+    /// Where the built-in local-path provisioner makes volumes, a directory each
+    /// (default <state-dir>/storage).
+    #[arg(long, value_name = "DIR")]
+    storage_dir: Option<PathBuf>,
     /// cgroup parent of every pod (default /skiff/<name>).
     #[arg(long)]
     cgroup_parent: Option<String>,
@@ -379,20 +383,34 @@ async fn start_dns(
     }
 }
 
-/// The state and log directories, absolute: libcontainer changes the process's working
-/// directory for moments.
+/// `--name`, else the host name in lower case.
+fn node_name(name: Option<String>) -> Result<String> {
+    Ok(match name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("reading the host name")?
+            .to_string_lossy()
+            .to_lowercase(),
+    })
+}
+
+/// The state, log and storage directories, absolute: libcontainer changes the process's
+/// working directory for moments.
 fn directories(
     state_dir: Option<PathBuf>,
     log_dir: Option<PathBuf>,
+    storage_dir: Option<PathBuf>,
     name: &str,
-) -> Result<(PathBuf, PathBuf)> {
+) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let state_dir = std::path::absolute(
         state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/skiff/node").join(name)),
     )
     .context("resolving --state-dir")?;
     let log_dir = std::path::absolute(log_dir.unwrap_or_else(|| state_dir.join("logs")))
         .context("resolving --log-dir")?;
-    Ok((state_dir, log_dir))
+    let storage_dir = std::path::absolute(storage_dir.unwrap_or_else(|| state_dir.join("storage")))
+        .context("resolving --storage-dir")?;
+    Ok((state_dir, log_dir, storage_dir))
 }
 
 async fn real(cli: Cli) -> Result<()> {
@@ -400,14 +418,9 @@ async fn real(cli: Cli) -> Result<()> {
         bail!("a real node runs containers and needs root (use --simulate N without root)");
     }
     let args = cli.real;
-    let name = match args.name {
-        Some(n) => n,
-        None => nix::unistd::gethostname()
-            .context("reading the host name")?
-            .to_string_lossy()
-            .to_lowercase(),
-    };
-    let (state_dir, log_dir) = directories(args.state_dir, args.log_dir, &name)?;
+    let name = node_name(args.name)?;
+    let (state_dir, log_dir, storage_dir) =
+        directories(args.state_dir, args.log_dir, args.storage_dir, &name)?;
     let pod_network =
         daemon::peers::PodNetwork::choose(args.node_ip, args.pod_network_iface, args.pod_network)
             .await
@@ -426,6 +439,7 @@ async fn real(cli: Cli) -> Result<()> {
         pod_network.address,
     );
     let config = NodeConfig {
+        storage_dir,
         cluster_domain: args.cluster_domain,
         cluster_dns: dns.is_some().then_some(args.cluster_dns),
         log_dir,

@@ -1,4 +1,5 @@
-"""The official Python kubernetes client against skiff: list, create, patch, watch, delete.
+"""The official Python kubernetes client against skiff: list, create, patch, watch, delete;
+the default StorageClass, and a claim bound to a volume made beforehand.
 
 Run by tests/tests/api_python.rs with KUBECONFIG pointing at a fresh control plane.
 Exits non-zero (with an assertion message) on any mismatch.
@@ -94,4 +95,40 @@ t.join(timeout=15)
 kinds = [(e[0], e[1]) for e in events]
 assert kinds == [("ADDED", "py"), ("MODIFIED", "py"), ("DELETED", "py")], events
 assert events[1][2] == {"a": "1", "b": "2"}, events[1]
+
+storage = client.StorageV1Api()
+default = [c for c in storage.list_storage_class().items
+           if (c.metadata.annotations or {}).get("storageclass.kubernetes.io/is-default-class") == "true"]
+assert [(c.metadata.name, c.provisioner, c.volume_binding_mode) for c in default] == \
+    [("local-path", "rancher.io/local-path", "WaitForFirstConsumer")], default
+
+core.create_persistent_volume(client.V1PersistentVolume(
+    metadata=client.V1ObjectMeta(name="py-pv"),
+    spec=client.V1PersistentVolumeSpec(
+        capacity={"storage": "2Gi"}, access_modes=["ReadWriteOnce"], storage_class_name="",
+        host_path=client.V1HostPathVolumeSource(path="/srv/py-pv"))))
+core.create_namespaced_persistent_volume_claim("default", client.V1PersistentVolumeClaim(
+    metadata=client.V1ObjectMeta(name="py-claim"),
+    spec=client.V1PersistentVolumeClaimSpec(
+        access_modes=["ReadWriteOnce"], storage_class_name="",
+        resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}))))
+deadline = time.time() + 30
+while True:
+    claim = core.read_namespaced_persistent_volume_claim("py-claim", "default")
+    pv = core.read_persistent_volume("py-pv")
+    if claim.status.phase == "Bound" and pv.status.phase == "Bound":
+        break
+    assert time.time() < deadline, (claim.status, pv.status)
+    time.sleep(0.2)
+assert claim.spec.volume_name == "py-pv", claim.spec
+assert claim.metadata.annotations["pv.kubernetes.io/bind-completed"] == "yes", claim.metadata
+assert claim.status.capacity == {"storage": "2Gi"}, claim.status
+assert pv.spec.claim_ref.name == "py-claim" and pv.spec.claim_ref.uid == claim.metadata.uid
+assert pv.spec.persistent_volume_reclaim_policy == "Retain", pv.spec
+
+core.delete_namespaced_persistent_volume_claim("py-claim", "default")
+deadline = time.time() + 30
+while core.read_persistent_volume("py-pv").status.phase != "Released":
+    assert time.time() < deadline, core.read_persistent_volume("py-pv").status
+    time.sleep(0.2)
 print("python client: ok")

@@ -1,5 +1,6 @@
 //! The official Python `kubernetes` client against the real `control` binary: list, create,
-//! patch, label selection, watch, conflict and delete.
+//! patch, label selection, watch, conflict and delete; storage classes, and a claim bound to a
+//! volume made beforehand.
 
 use anyhow::Result;
 use skiff_tests::{control::ControlPlane, require_program};

@@ -4,7 +4,8 @@
 //! `node-2` and the client on a second subnet behind a router, so its pods are reached
 //! through the VXLAN tunnel. Trials run one at a time in the order below (later ones kill
 //! and delete nodes); the clusters are removed after the last one, and a final check fails
-//! the run if any test packet left through the machine's uplink.
+//! the run if any test packet left through the machine's uplink. A StatefulSet keeps its
+//! local-path volume across a pod deletion on the flat cluster.
 
 use std::{
     io::{Read as _, Write as _},
@@ -131,6 +132,11 @@ fn main() -> ExitCode {
             "kubectl_debug_runs_an_ephemeral_container_in_a_running_pod",
             &flat,
             debug_adds_an_ephemeral_container,
+        ),
+        trial(
+            "a_statefulset_keeps_its_local_path_volume_across_a_pod_deletion",
+            &flat,
+            statefulset_keeps_its_volume,
         ),
         trial(
             "a_node_killed_and_restarted_keeps_traffic_to_its_pods_flowing",
@@ -891,6 +897,210 @@ fn debug_adds_an_ephemeral_container(c: &Cluster) -> Result<()> {
     c.kubectl(
         &["delete", "pod", "dbg-target", "--grace-period=0", "--force"],
         None,
+    )?;
+    Ok(())
+}
+
+/// The `kubectl get` row of `name` in `out`, split into cells.
+fn row<'a>(out: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&name))
+}
+
+/// A pod whose claim does not exist waits with kube-scheduler's words.
+fn claimless_pod_is_unschedulable(c: &Cluster) -> Result<()> {
+    c.kubectl(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r"
+apiVersion: v1
+kind: Pod
+metadata: {{name: claimless}}
+spec:
+  containers:
+  - {{name: c, image: '{IMAGE}', imagePullPolicy: Never, command: [sleep, '3600'], volumeMounts: [{{name: d, mountPath: /d}}]}}
+  volumes:
+  - {{name: d, persistentVolumeClaim: {{claimName: nope}}}}
+"
+        )),
+    )?;
+    wait_for(
+        "the claimless pod to be unschedulable",
+        Duration::from_secs(30),
+        || {
+            let pod = c.get_json("/api/v1/namespaces/default/pods/claimless")?;
+            let message = pod["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|cond| cond["type"] == "PodScheduled")
+                .and_then(|cond| cond["message"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            Ok(message
+                .contains("persistentvolumeclaim \"nope\" not found")
+                .then_some(()))
+        },
+    )?;
+    c.kubectl(
+        &["delete", "pod", "claimless", "--grace-period=0", "--force"],
+        None,
+    )?;
+    Ok(())
+}
+
+/// The volume bound to `data-keeper-0` and its directory, checked: selected for and pinned
+/// to `node`, in that node's storage directory.
+fn provisioned_volume(c: &Cluster, node: &str) -> Result<(String, PathBuf)> {
+    let claim = c.get_json("/api/v1/namespaces/default/persistentvolumeclaims/data-keeper-0")?;
+    let volume = claim["spec"]["volumeName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        claim["spec"]["storageClassName"] == "local-path"
+            && claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == node
+            && claim["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] == "yes",
+        "{claim:#}"
+    );
+    let pv = c.get_json(&format!("/api/v1/persistentvolumes/{volume}"))?;
+    ensure!(
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+            [0]
+            == node,
+        "{pv:#}"
+    );
+    let dir = PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap_or_default());
+    let index = (0..c.node_count())
+        .find(|i| c.node(*i).name() == node)
+        .context("the pod's node")?;
+    ensure!(
+        dir.parent() == Some(c.node(index).state_dir().join("storage").as_path()),
+        "{} is not in the node's storage directory",
+        dir.display()
+    );
+    Ok((volume, dir))
+}
+
+fn statefulset_keeps_its_volume(c: &Cluster) -> Result<()> {
+    let classes = c.kubectl(&["get", "storageclass", "--no-headers"], None)?;
+    ensure!(
+        classes.contains("local-path (default)")
+            && classes.contains("rancher.io/local-path")
+            && classes.contains("WaitForFirstConsumer"),
+        "{classes}"
+    );
+    claimless_pod_is_unschedulable(c)?;
+
+    c.kubectl(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: keeper}}
+spec:
+  serviceName: keeper
+  replicas: 1
+  selector: {{matchLabels: {{app: keeper}}}}
+  template:
+    metadata: {{labels: {{app: keeper}}}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - {{name: c, image: '{IMAGE}', imagePullPolicy: Never, command: [sleep, '3600'], volumeMounts: [{{name: data, mountPath: /data}}]}}
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 16Mi}}}}}}
+"
+        )),
+    )?;
+    let running = |not_uid: &str| -> Result<Option<serde_json::Value>> {
+        let pod = c.get_json("/api/v1/namespaces/default/pods/keeper-0")?;
+        Ok(
+            (pod["status"]["phase"] == "Running" && pod["metadata"]["uid"] != not_uid)
+                .then_some(pod),
+        )
+    };
+    let first = wait_for("keeper-0 to run", Duration::from_mins(1), || running(""))?;
+    let node = first["spec"]["nodeName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (volume, dir) = provisioned_volume(c, &node)?;
+
+    c.kubectl(
+        &[
+            "exec",
+            "keeper-0",
+            "--",
+            "sh",
+            "-c",
+            "echo kept > /data/note",
+        ],
+        None,
+    )?;
+    ensure!(std::fs::read_to_string(dir.join("note"))? == "kept\n");
+    let listed = c.kubectl(&["get", "pv,pvc,sc", "--no-headers"], None)?;
+    let volume_row = row(&listed, &format!("persistentvolume/{volume}")).context(listed.clone())?;
+    let claim_row = row(&listed, "persistentvolumeclaim/data-keeper-0").context(listed.clone())?;
+    ensure!(
+        volume_row.contains(&"Bound")
+            && volume_row.contains(&"default/data-keeper-0")
+            && volume_row.contains(&"Delete")
+            && claim_row.contains(&"Bound")
+            && claim_row.contains(&volume.as_str())
+            && claim_row.contains(&"RWO"),
+        "{listed}"
+    );
+
+    let uid = first["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    c.kubectl(&["delete", "pod", "keeper-0"], None)?;
+    let second = wait_for("keeper-0 to come back", Duration::from_mins(1), || {
+        running(&uid)
+    })?;
+    ensure!(second["spec"]["nodeName"] == node.as_str(), "{second:#}");
+    let read = wait_for(
+        "the new pod to read the note",
+        Duration::from_secs(30),
+        || {
+            Ok(
+                c.kubectl(&["exec", "keeper-0", "--", "cat", "/data/note"], None)
+                    .ok(),
+            )
+        },
+    )?;
+    ensure!(read == "kept\n", "the recreated pod read {read:?}");
+
+    deleting_the_claim_removes_the_volume(c, &volume, &dir)
+}
+
+/// The claim outlives its set; deleting it deletes the volume and its directory.
+fn deleting_the_claim_removes_the_volume(
+    c: &Cluster,
+    volume: &str,
+    dir: &std::path::Path,
+) -> Result<()> {
+    // The claim waits for its pod (pvc-protection) before its volume is released.
+    c.kubectl(&["delete", "pvc", "data-keeper-0", "--wait=false"], None)?;
+    let claim = c.get_json("/api/v1/namespaces/default/persistentvolumeclaims/data-keeper-0")?;
+    ensure!(
+        claim["metadata"]["deletionTimestamp"].is_string() && dir.exists(),
+        "the claim in use went: {claim:#}"
+    );
+    c.kubectl(&["delete", "statefulset", "keeper"], None)?;
+    wait_for(
+        "the claim, the volume and its directory to go",
+        Duration::from_secs(45),
+        || {
+            let gone = c.kubectl(&["get", "pv", volume], None).is_err()
+                && c.kubectl(&["get", "pvc", "data-keeper-0"], None).is_err();
+            Ok((gone && !dir.exists()).then_some(()))
+        },
     )?;
     Ok(())
 }

@@ -1,9 +1,10 @@
-//! What exists from the first start: the system namespaces and the `kubernetes` Service,
+//! What exists from the first start: the system namespaces, the `kubernetes` Service and
+//! the default `local-path` `StorageClass`,
 //! plus what stored objects already hold from the pools (Service addresses and ports).
 
 use serde_json::{Value, json};
 use skiff_machinery::status::StatusError;
-use skiff_types::namespace;
+use skiff_types::{namespace, storage};
 
 use crate::{
     ctx::Ctx,
@@ -80,6 +81,12 @@ pub async fn run(ctx: &Ctx) -> Result<(), StatusError> {
         }),
     )
     .await?;
+    ensure(
+        ctx,
+        &route("storage.k8s.io/v1", "StorageClass", None)?,
+        local_path(),
+    )
+    .await?;
     if let Some(dns) = ctx.pools.cluster_ips.dns() {
         // A cluster that gave the address to another Service still starts; its pods resolve
         // through whatever `--cluster-dns` the nodes are told.
@@ -94,6 +101,20 @@ pub async fn run(ctx: &Ctx) -> Result<(), StatusError> {
         }
     }
     Ok(())
+}
+
+/// The default `StorageClass`: volumes the node daemons make as directories, bound where
+/// their first pod is scheduled, removed with their claim (k3s' `local-path`).
+fn local_path() -> Value {
+    json!({
+        "metadata": {
+            "name": storage::LOCAL_PATH_CLASS,
+            "annotations": {skiff_resources::IS_DEFAULT_CLASS: "true"},
+        },
+        "provisioner": storage::LOCAL_PATH_PROVISIONER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    })
 }
 
 /// The `kube-system/kube-dns` Service. It has no selector: every node daemon serves DNS

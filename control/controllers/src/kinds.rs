@@ -9,7 +9,7 @@ use k8s_openapi::{
     api::{
         apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
         coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-        scheduling::v1 as scheduling,
+        scheduling::v1 as scheduling, storage::v1 as storage,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -69,6 +69,7 @@ pub fn all() -> Vec<Kind> {
         kind::<core::ReplicationController>(true),
         kind::<apps::ControllerRevision>(true),
         kind::<core::Pod>(true),
+        kind::<core::PersistentVolumeClaim>(true),
         kind::<core::Service>(true),
         kind::<core::Endpoints>(true),
         kind::<discovery::EndpointSlice>(true),
@@ -81,6 +82,8 @@ pub fn all() -> Vec<Kind> {
         kind::<core::Node>(false),
         kind::<core::Namespace>(false),
         kind::<scheduling::PriorityClass>(false),
+        kind::<core::PersistentVolume>(false),
+        kind::<storage::StorageClass>(false),
     ]
 }
 

@@ -2,7 +2,7 @@
 //! idempotent reconciler per concern (ReplicaSet and `ReplicationController`, Deployment,
 //! StatefulSet, DaemonSet, Job, CronJob, Endpoints, EndpointSlices, nodes, namespaces,
 //! garbage collection, quotas, default `ServiceAccounts`, `LoadBalancer` addresses,
-//! horizontal pod autoscaling), each
+//! horizontal pod autoscaling, `PersistentVolume` binding and claim and volume protection), each
 //! talking to the API server through the `kube` crate like any client, over the shared
 //! informers of skiff-control-runtime.
 //!
@@ -27,8 +27,11 @@ pub mod kinds;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod persistentvolume;
 pub mod podautoscaler;
 pub mod pods;
+pub mod pv_protection;
+pub mod pvc_protection;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod revision;
@@ -105,6 +108,9 @@ pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> +
     let garbage_collector = garbage_collector::start(informers);
     let namespaces = namespace::start(informers, clock.clone());
     let service_accounts = serviceaccount::start(informers, clock.clone());
+    let volumes = persistentvolume::start(informers, clock.clone());
+    let claim_protection = pvc_protection::start(informers, clock.clone());
+    let volume_protection = pv_protection::start(informers, clock.clone());
     let quotas = resourcequota::start(informers, clock.clone());
     let node_lifecycle = node_lifecycle::start(informers, config, clock.clone());
     let autoscalers = podautoscaler::start(informers, config.autoscaling, clock.clone());
@@ -126,6 +132,9 @@ pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> +
             garbage_collector,
             namespaces,
             service_accounts,
+            volumes,
+            claim_protection,
+            volume_protection,
             quotas,
             node_lifecycle,
             service_lb,

@@ -63,7 +63,11 @@ impl Subresource {
             Self::Status => parent_kind,
             Self::Scale => "Scale",
             Self::Binding => "Binding",
-            Self::Log | Self::Exec | Self::Attach | Self::PortForward | Self::EphemeralContainers => "Pod",
+            Self::Log
+            | Self::Exec
+            | Self::Attach
+            | Self::PortForward
+            | Self::EphemeralContainers => "Pod",
         }
     }
 }
@@ -230,6 +234,13 @@ static CATALOG: LazyLock<Vec<ResourceInfo>> = LazyLock::new(|| {
             STATUS_SCALE,
             &kinds::ReplicationController,
         ),
+        entry::<k8s::core::v1::PersistentVolume>(&["pv"], NONE, STATUS, &kinds::PersistentVolume),
+        entry::<k8s::core::v1::PersistentVolumeClaim>(
+            &["pvc"],
+            NONE,
+            STATUS,
+            &kinds::PersistentVolumeClaim,
+        ),
         // apps/v1
         entry::<k8s::apps::v1::Deployment>(&["deploy"], ALL, STATUS_SCALE, &kinds::DEPLOYMENT),
         entry::<k8s::apps::v1::ReplicaSet>(&["rs"], ALL, STATUS_SCALE, &kinds::REPLICA_SET),
@@ -260,6 +271,8 @@ static CATALOG: LazyLock<Vec<ResourceInfo>> = LazyLock::new(|| {
         entry::<k8s::discovery::v1::EndpointSlice>(NONE, NONE, &[], &kinds::Plain),
         // scheduling.k8s.io/v1
         entry::<k8s::scheduling::v1::PriorityClass>(&["pc"], NONE, &[], &kinds::Plain),
+        // storage.k8s.io/v1
+        entry::<k8s::storage::v1::StorageClass>(&["sc"], NONE, &[], &kinds::StorageClass),
         // apps/v1 revision history (StatefulSet, DaemonSet)
         entry::<k8s::apps::v1::ControllerRevision>(NONE, NONE, &[], &kinds::Plain),
     ]

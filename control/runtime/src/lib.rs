@@ -5,7 +5,8 @@
 //! controller just did ([`expectations`]), owner references and adoption ([`ownership`]),
 //! typed status diffs ([`status`]), per-object exponential back-off and the loop that runs a
 //! controller ([`controller`]), leader election on a Lease ([`leader`]), a clock tests can
-//! move ([`clock`]), and the node-selector, affinity and taint rules ([`placement`]).
+//! move ([`clock`]), the node-selector, affinity and taint rules ([`placement`]), and how
+//! claims match `PersistentVolumes` ([`volumes`]).
 //!
 //! It depends on no scheduler or controller; both depend on it.
 
@@ -20,6 +21,7 @@ pub mod leader;
 pub mod ownership;
 pub mod placement;
 pub mod status;
+pub mod volumes;
 
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use controller::{Backoff, Context};

@@ -1,9 +1,10 @@
-//! The writes that carry out a scheduling decision: the binding, the `PodScheduled=False`
+//! The writes that carry out a scheduling decision: the chosen node on the pod's delayed
+//! claims, the binding, the `PodScheduled=False`
 //! condition and nominated node of a pod that must wait, and the eviction of preemption
 //! victims.
 
 use k8s_openapi::{
-    api::core::v1::{Binding, ObjectReference, Pod},
+    api::core::v1::{Binding, ObjectReference, PersistentVolumeClaim, Pod},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     jiff::Timestamp,
 };
@@ -11,6 +12,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
+use skiff_types::storage::SELECTED_NODE;
 
 /// Errors of the writes.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,25 @@ pub async fn bind(client: &Client, pod: &Pod, node: &str) -> Result<(), BindErro
             &PostParams::default(),
             &binding,
         )
+        .await?;
+    Ok(())
+}
+
+/// Marks the claim `name` with the node its first pod goes to
+/// (`volume.kubernetes.io/selected-node`), so its volume is bound or provisioned there.
+///
+/// # Errors
+/// When the API server refuses the write (the claim is gone, ...).
+pub async fn select_node(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    node: &str,
+) -> Result<(), BindError> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {SELECTED_NODE: node}}});
+    claims
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Node, Taint};
 use crate::{
     pod_info::{AffinityTerm, HostPort, NamespaceLabels, PodInfo},
     resources::Resources,
+    storage::Storage,
 };
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
@@ -239,6 +240,8 @@ pub struct Cache {
     /// Placed pods per priority, so preemption knows at once whether anything ranks
     /// below a pod.
     priorities: BTreeMap<i32, usize>,
+    /// Claims, volumes and `StorageClasses` (`VolumeBinding`).
+    pub storage: Storage,
 }
 
 impl NamespaceLabels for Cache {

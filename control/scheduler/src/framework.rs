@@ -227,7 +227,15 @@ pub struct Diagnosis {
     pub resolvable: Vec<String>,
     /// What preemption found or why it did not run (`preemption: ...`), if it ran.
     pub post_filter: Option<String>,
+    /// Why a pre-filter ruled every node out at once, when one did.
+    pub pre_filter: Option<Reason>,
 }
+
+/// What a pre-filter writes into the [`CycleState`] to rule every node out at once, for a
+/// reason that concerns the pod rather than any node (a claim it uses does not exist);
+/// kube-scheduler's `UnschedulableAndUnresolvable` status from `PreFilter`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection(pub Reason);
 
 impl Diagnosis {
     /// Counts one node's refusal.
@@ -245,6 +253,9 @@ impl Diagnosis {
     pub fn message(&self) -> String {
         if self.nodes == 0 {
             return "no nodes available to schedule pods".to_owned();
+        }
+        if let Some(reason) = &self.pre_filter {
+            return format!("0/{} nodes are available: {reason}.", self.nodes);
         }
         format!(
             "0/{} nodes are available: {}.",
@@ -420,6 +431,10 @@ impl Framework {
             return Err(diagnosis);
         }
         let (state, active) = self.prepare(pod, cache);
+        if let Some(Rejection(reason)) = state.read::<Rejection>() {
+            diagnosis.pre_filter = Some(reason.clone());
+            return Err(diagnosis);
+        }
         let fits = |node: &NodeInfo| -> Result<(), Unfit> {
             for plugin in &active {
                 plugin.filter(pod, node, &state)?;

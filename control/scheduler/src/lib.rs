@@ -1,5 +1,5 @@
 //! skiff-scheduler places pods on nodes like kube-scheduler: it follows pods, nodes,
-//! `PriorityClasses` and namespaces through the process's shared informers
+//! `PriorityClasses`, namespaces, claims, `PersistentVolumes` and `StorageClasses` through the process's shared informers
 //! (skiff-control-runtime) into an incrementally kept cache, runs each unscheduled
 //! pod through filter and score plugins, binds it to the best node through
 //! `pods/binding`, and preempts lower-priority pods when nothing fits.
@@ -16,6 +16,7 @@ pub mod preemption;
 pub mod queue;
 pub mod resources;
 mod scheduler;
+pub mod storage;
 
 use std::time::Duration;
 

@@ -86,6 +86,8 @@ pub enum ClusterEvent {
     PodGone,
     /// A pod was placed: only pods waiting for other pods (affinity, spread) may fit now.
     PodPlaced,
+    /// A claim, volume or `StorageClass` appeared or changed.
+    StorageChanged,
 }
 
 /// The three queues.
@@ -275,7 +277,7 @@ impl Queue {
     /// back-off lasts); returns how many moved.
     pub fn on_event(&mut self, event: ClusterEvent) -> usize {
         let moving: Vec<String> = match event {
-            ClusterEvent::NodeChanged | ClusterEvent::PodGone => {
+            ClusterEvent::NodeChanged | ClusterEvent::PodGone | ClusterEvent::StorageChanged => {
                 self.unschedulable.iter().cloned().collect()
             }
             ClusterEvent::PodPlaced => self.unschedulable_on_pods.iter().cloned().collect(),

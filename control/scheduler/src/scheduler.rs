@@ -11,8 +11,9 @@ use std::{
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Pod},
+    core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod},
     scheduling::v1::PriorityClass,
+    storage::v1::StorageClass,
 };
 use kube::{Client, ResourceExt, runtime::watcher::Event};
 use skiff_control_runtime::{Informers, Recorder};
@@ -24,7 +25,7 @@ use crate::{
     cache::Cache,
     events::Events,
     framework::{Cursor, Framework},
-    plugins::default_framework,
+    plugins::{default_framework, volume_binding},
     pod_info::PodInfo,
     preemption::{self, Preemption},
     queue::{Backoff, ClusterEvent, Queue},
@@ -51,11 +52,20 @@ struct Synced {
     nodes: bool,
     classes: bool,
     namespaces: bool,
+    claims: bool,
+    volumes: bool,
+    storage_classes: bool,
 }
 
 impl Synced {
     fn all(&self) -> bool {
-        self.pods && self.nodes && self.classes && self.namespaces
+        self.pods
+            && self.nodes
+            && self.classes
+            && self.namespaces
+            && self.claims
+            && self.volumes
+            && self.storage_classes
     }
 }
 
@@ -99,6 +109,9 @@ pub fn run(
     let nodes = informers.get::<Node>().events();
     let classes = informers.get::<PriorityClass>().events();
     let namespaces = informers.get::<Namespace>().events();
+    let claims = informers.get::<PersistentVolumeClaim>().events();
+    let volumes = informers.get::<PersistentVolume>().events();
+    let storage_classes = informers.get::<StorageClass>().events();
     async move {
         let shared: Shared = Arc::new((
             Mutex::new(State {
@@ -125,6 +138,21 @@ pub fn run(
             r = feed(nodes, shared.clone(), "nodes", on_node_event) => r,
             r = feed(classes, shared.clone(), "priorityclasses", on_class_event) => r,
             r = feed(namespaces, shared.clone(), "namespaces", on_namespace_event) => r,
+            r = feed(claims, shared.clone(), "persistentvolumeclaims", |s, e| {
+                let done = matches!(e, Event::InitDone);
+                let changed = s.cache.storage.claims.apply(e);
+                on_storage(s, changed, done, |d| d.claims = true);
+            }) => r,
+            r = feed(volumes, shared.clone(), "persistentvolumes", |s, e| {
+                let done = matches!(e, Event::InitDone);
+                let changed = s.cache.storage.volumes.apply(e);
+                on_storage(s, changed, done, |d| d.volumes = true);
+            }) => r,
+            r = feed(storage_classes, shared.clone(), "storageclasses", |s, e| {
+                let done = matches!(e, Event::InitDone);
+                let changed = s.cache.storage.classes.apply(e);
+                on_storage(s, changed, done, |d| d.storage_classes = true);
+            }) => r,
             () = schedule_loop(client, shared, config) => Ok(()),
         }
     }
@@ -316,6 +344,16 @@ fn on_class_event(state: &mut State, event: Event<Arc<PriorityClass>>) {
     }
 }
 
+/// After a storage event: pods waiting on their claims may fit now.
+fn on_storage(state: &mut State, changed: bool, init_done: bool, synced: fn(&mut Synced)) {
+    if init_done {
+        synced(&mut state.synced);
+    }
+    if changed {
+        state.queue.on_event(ClusterEvent::StorageChanged);
+    }
+}
+
 fn on_namespace_event(state: &mut State, event: Event<Arc<Namespace>>) {
     match event {
         Event::Init => {}
@@ -330,7 +368,8 @@ fn on_namespace_event(state: &mut State, event: Event<Arc<Namespace>>) {
 
 /// What the loop must do after deciding, outside the lock.
 enum Outcome {
-    Bind(Arc<PodInfo>, String),
+    /// Bind the pod to the node, after marking its delayed claims with the node.
+    Bind(Arc<PodInfo>, String, Vec<String>),
     Unschedulable(Arc<PodInfo>, String),
     Preempt {
         pod: Arc<PodInfo>,
@@ -356,12 +395,13 @@ fn decide(state: &mut State, framework: &Framework, config: &Config) -> Vec<Outc
         );
         match decision {
             Ok(node) => {
+                let claims = volume_binding::claims_to_select(&pod, &state.cache.storage, &node);
                 state.queue.remove(&pod.uid);
                 state.cache.clear_nomination(&pod.uid);
                 state.cache.add_pod(pod.clone(), &node);
                 state.assumed.insert(pod.uid.clone(), node.clone());
                 state.queue.on_event(ClusterEvent::PodPlaced);
-                out.push(Outcome::Bind(pod, node));
+                out.push(Outcome::Bind(pod, node, claims));
             }
             Err(mut diagnosis) => {
                 state.queue.requeue_unschedulable(&pod.uid);
@@ -473,13 +513,23 @@ async fn schedule_loop(client: Client, shared: Shared, config: Config) {
 
 async fn carry_out(writers: &Arc<Writers>, outcome: Outcome) {
     match outcome {
-        Outcome::Bind(pod, node) => {
+        Outcome::Bind(pod, node, claims) => {
             let Ok(permit) = writers.bindings.clone().acquire_owned().await else {
                 return;
             };
             let writers = writers.clone();
             tokio::spawn(async move {
-                let result = binder::bind(&writers.client, &pod.pod, &node).await;
+                let mut result = Ok(());
+                for claim in &claims {
+                    result =
+                        binder::select_node(&writers.client, &pod.namespace, claim, &node).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                if result.is_ok() {
+                    result = binder::bind(&writers.client, &pod.pod, &node).await;
+                }
                 drop(permit);
                 match result {
                     Ok(()) => {

@@ -13,3 +13,4 @@ pub mod peers;
 pub mod run;
 pub mod services;
 pub mod sources;
+pub mod storage;

@@ -99,6 +99,8 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// Container logs.
     pub log_dir: PathBuf,
+    /// Where local-path volumes are made, a directory each.
+    pub storage_dir: PathBuf,
     /// The v1 cgroup parent of every pod (`/skiff/<name>`).
     pub cgroup_parent: String,
     /// The pod bridge's name.
@@ -629,6 +631,11 @@ pub async fn run(
         pod_cidr,
         config.bridge.clone(),
     ));
+    let storage = tokio::spawn(super::storage::run(
+        client.clone(),
+        config.name.clone(),
+        config.storage_dir.clone(),
+    ));
     let (tx, rx) = mpsc::unbounded_channel();
     let watch = tokio::spawn(watch_pods(client, config.name.clone(), tx));
     let housekeeper = Housekeeper {
@@ -638,6 +645,7 @@ pub async fn run(
     };
     dispatch.run(rx, &housekeeper, shutdown).await;
     watch.abort();
+    storage.abort();
     peers.abort();
     if let Some(task) = announcer {
         task.abort();

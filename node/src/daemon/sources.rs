@@ -1,12 +1,12 @@
 //! configMaps and secrets read from the API server, for environment variables, volumes and
-//! image pull secrets.
+//! image pull secrets; claims and their volumes, for claim volumes.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{ConfigMap, Secret},
+    api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret},
 };
 use kube::{Api, Client};
 use skiff_kubelet::pod::command::{ConfigError, Sources};
@@ -71,6 +71,31 @@ impl Sources for ApiSources {
             data.insert(k, v.into_bytes());
         }
         Ok(Some(data))
+    }
+
+    async fn claim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(PersistentVolumeClaim, Option<PersistentVolume>)>, ConfigError> {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        let Some(claim) = claims.get_opt(name).await.map_err(|e| api_error(&e))? else {
+            return Ok(None);
+        };
+        let volume_name = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
+            .unwrap_or_default();
+        if volume_name.is_empty() {
+            return Ok(Some((claim, None)));
+        }
+        let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
+        let volume = volumes
+            .get_opt(&volume_name)
+            .await
+            .map_err(|e| api_error(&e))?;
+        Ok(Some((claim, volume)))
     }
 }
 

@@ -71,6 +71,7 @@ pub async fn create_object(
     if info.namespaced {
         let namespace = objects::namespace_of(&obj).unwrap_or("").to_owned();
         ensure_namespace_open(ctx, &namespace).await?;
+        super::default_class::admit(ctx, info, &mut obj).await?;
         super::quota::admit(ctx, info, &namespace, &obj).await?;
     }
     let meta = obj["metadata"]

@@ -3,6 +3,7 @@
 
 mod admit;
 mod create;
+mod default_class;
 mod delete;
 mod patch;
 mod quota;

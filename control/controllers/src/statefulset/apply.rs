@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::{
     apps::v1::{ControllerRevision, StatefulSet},
-    core::v1::Pod,
+    core::v1::{PersistentVolumeClaim, Pod},
 };
 use kube::{
     Api, ResourceExt,
@@ -31,8 +31,22 @@ pub async fn apply(ctx: &Ctx, set: &StatefulSet, plan: Plan) -> Result<Action, E
     let name = set.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let revisions: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     for step in plan.steps {
         match step {
+            Step::CreateClaim(claim) => match claims.create(&PostParams::default(), &claim).await {
+                Ok(created) => {
+                    let message = format!(
+                        "create Claim {} Pod {}-{} in StatefulSet {name} success",
+                        created.name_any(),
+                        name,
+                        created.name_any().rsplit('-').next().unwrap_or_default()
+                    );
+                    ctx.recorder.normal(set, "SuccessfulCreate", &message).await;
+                }
+                Err(err) if done_already(&err, &[409]) => {}
+                Err(err) => return Err(err.into()),
+            },
             Step::CreateRevision(revision) => {
                 match revisions.create(&PostParams::default(), &revision).await {
                     Err(err) if !done_already(&err, &[409]) => return Err(err.into()),

@@ -1,7 +1,8 @@
 //! The StatefulSet controller: pods with stable names `<name>-<ordinal>`, created in order
 //! and removed in reverse (OrderedReady) or all at once (Parallel), updated from the
 //! highest ordinal down to the partition (RollingUpdate) or only when deleted (OnDelete),
-//! with ControllerRevisions recording each template.
+//! with ControllerRevisions recording each template, and a claim per
+//! `volumeClaimTemplate` and pod.
 
 pub mod apply;
 pub mod plan;
@@ -10,7 +11,7 @@ use std::{future::Future, sync::Arc};
 
 use k8s_openapi::api::{
     apps::v1::{ControllerRevision, StatefulSet},
-    core::v1::Pod,
+    core::v1::{PersistentVolumeClaim, Pod},
 };
 use kube::{
     ResourceExt,
@@ -28,6 +29,7 @@ const COMPONENT: &str = "statefulset-controller";
 pub struct State {
     pods: Store<Pod>,
     revisions: Store<ControllerRevision>,
+    claims: Store<PersistentVolumeClaim>,
 }
 
 /// The controller's context.
@@ -41,6 +43,7 @@ pub fn start(
     let sets = informers.get::<StatefulSet>();
     let pods = informers.get::<Pod>();
     let revisions = informers.get::<ControllerRevision>();
+    let claims = informers.get::<PersistentVolumeClaim>();
     let ctx = Context::new(
         informers,
         COMPONENT,
@@ -48,6 +51,7 @@ pub fn start(
         State {
             pods: pods.store(),
             revisions: revisions.store(),
+            claims: claims.store(),
         },
     );
     let store = sets.store();
@@ -55,6 +59,7 @@ pub fn start(
     async move {
         let _ = ctx.state.pods.wait_until_ready().await;
         let _ = ctx.state.revisions.wait_until_ready().await;
+        let _ = ctx.state.claims.wait_until_ready().await;
         let controller =
             Controller::for_shared_stream(changes, store).owns_shared_stream(pod_changes);
         skiff_control_runtime::controller::run(controller, reconcile, ctx).await;
@@ -69,10 +74,12 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
     let ns = set.namespace().unwrap_or_default();
     let pods = in_namespace(&ctx.state.pods, &ns);
     let revisions = in_namespace(&ctx.state.revisions, &ns);
+    let claims = in_namespace(&ctx.state.claims, &ns);
     let plan = plan::plan(&Observed {
         set: set.as_ref(),
         revisions: &revisions,
         pods: &pods,
+        claims: &claims,
         now: ctx.clock.now(),
     });
     Box::pin(apply::apply(&ctx, set.as_ref(), plan)).await

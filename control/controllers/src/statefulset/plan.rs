@@ -1,13 +1,16 @@
 //! What a StatefulSet needs done, decided from the cache alone: the ControllerRevision of
 //! its template, which ordinal to create, replace, remove or update next, the status, and
-//! old revisions beyond the history limit.
+//! old revisions beyond the history limit, and the claims of `volumeClaimTemplates` each
+//! pod needs (`<template>-<set>-<ordinal>`), made before the pod.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::{
         apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus},
-        core::v1::{Pod, PodTemplateSpec},
+        core::v1::{
+            PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
+        },
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, runtime::RawExtension},
     jiff::Timestamp,
@@ -33,6 +36,8 @@ pub struct Observed<'a> {
     pub revisions: &'a [Arc<ControllerRevision>],
     /// Pods of its namespace (others are ignored).
     pub pods: &'a [Arc<Pod>],
+    /// `PersistentVolumeClaims` of its namespace.
+    pub claims: &'a [Arc<PersistentVolumeClaim>],
     /// The time.
     pub now: Timestamp,
 }
@@ -40,6 +45,8 @@ pub struct Observed<'a> {
 /// One thing to do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
+    /// Create a claim of a `volumeClaimTemplate` for the pod created next.
+    CreateClaim(Box<PersistentVolumeClaim>),
     /// Record the current template.
     CreateRevision(Box<ControllerRevision>),
     /// Create the pod of one ordinal.
@@ -87,6 +94,46 @@ fn running_and_ready(pod: &Pod) -> bool {
     pods::phase(pod) == "Running"
         && pods::is_ready(pod)
         && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// The claim `template` makes for pod `ordinal` of `set`: `<template>-<set>-<ordinal>`,
+/// labelled with the set's selector; owned by the set only when its retention policy
+/// deletes claims with it (Kubernetes keeps them by default).
+fn claim_for(
+    set: &StatefulSet,
+    template: &PersistentVolumeClaim,
+    ordinal: i32,
+) -> PersistentVolumeClaim {
+    let spec = set.spec.as_ref();
+    let mut labels = template.metadata.labels.clone().unwrap_or_default();
+    if let Some(selector) = spec.and_then(|s| s.selector.match_labels.as_ref()) {
+        labels.extend(selector.clone());
+    }
+    let delete_with_set = spec
+        .and_then(|s| s.persistent_volume_claim_retention_policy.as_ref())
+        .and_then(|p| p.when_deleted.as_deref())
+        == Some("Delete");
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(claim_name(set, template, ordinal)),
+            namespace: set.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: template.metadata.annotations.clone(),
+            owner_references: delete_with_set.then(|| vec![ownership::controller_ref(set)]),
+            ..ObjectMeta::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    }
+}
+
+/// `<template>-<set>-<ordinal>`.
+fn claim_name(set: &StatefulSet, template: &PersistentVolumeClaim, ordinal: i32) -> String {
+    format!(
+        "{}-{}-{ordinal}",
+        template.metadata.name.as_deref().unwrap_or_default(),
+        set.name_any()
+    )
 }
 
 fn template_of(revision: &ControllerRevision) -> Option<PodTemplateSpec> {
@@ -170,6 +217,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         }
     }
 
+    let claim_templates = spec.volume_claim_templates.clone().unwrap_or_default();
     let make_pod = |i: i32, revision: &str| -> Pod {
         let template = revisions
             .iter()
@@ -195,11 +243,39 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         );
         labels.insert("apps.kubernetes.io/pod-index".to_owned(), i.to_string());
         let pod_spec = pod.spec.get_or_insert_with(Default::default);
+        // The claims stand in for template volumes of the same name.
+        let volumes = pod_spec.volumes.get_or_insert_with(Vec::new);
+        for t in &claim_templates {
+            let volume_name = t.metadata.name.clone().unwrap_or_default();
+            volumes.retain(|v| v.name != volume_name);
+            volumes.push(Volume {
+                name: volume_name,
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim_name(set, t, i),
+                    read_only: None,
+                }),
+                ..Volume::default()
+            });
+        }
         pod_spec.hostname = Some(pod_name);
         if !spec.service_name.as_deref().unwrap_or_default().is_empty() {
             pod_spec.subdomain.clone_from(&spec.service_name);
         }
         pod
+    };
+
+    // Claims the pod of an ordinal lacks, made before it.
+    let missing_claims = |i: i32| -> Vec<Step> {
+        claim_templates
+            .iter()
+            .filter(|t| {
+                let name = claim_name(set, t, i);
+                !o.claims
+                    .iter()
+                    .any(|c| c.namespace().as_deref() == Some(ns.as_str()) && c.name_any() == name)
+            })
+            .map(|t| Step::CreateClaim(Box::new(claim_for(set, t, i))))
+            .collect()
     };
 
     let mut waiting = false;
@@ -212,6 +288,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
                 } else {
                     &update_revision
                 };
+                steps.extend(missing_claims(i));
                 steps.push(Step::CreatePod(Box::new(make_pod(i, revision))));
                 if !parallel {
                     waiting = true;
@@ -388,6 +465,7 @@ mod tests {
             set: s,
             revisions,
             pods,
+            claims: &[],
             now: at(100),
         })
     }
@@ -577,6 +655,66 @@ mod tests {
                 Step::DeleteRevision(revisions[0].name_any()),
                 Step::DeleteRevision(revisions[1].name_any())
             ]
+        );
+    }
+
+    #[test]
+    fn each_pod_gets_its_claims_made_before_it_and_mounted_by_template_name() {
+        let mut s = set(2, "busybox");
+        let template: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        }))
+        .unwrap();
+        s.spec.as_mut().unwrap().volume_claim_templates = Some(vec![template]);
+        let plan = run(&s, &[revision(&s, 1)], &[]);
+        let claim_at = plan
+            .steps
+            .iter()
+            .position(|st| matches!(st, Step::CreateClaim(c) if c.name_any() == "data-db-0"))
+            .expect("the claim of pod 0 is made");
+        let pod_at = plan
+            .steps
+            .iter()
+            .position(|st| matches!(st, Step::CreatePod(_)))
+            .expect("pod 0 is made");
+        assert!(claim_at < pod_at);
+        let Step::CreateClaim(claim) = &plan.steps[claim_at] else {
+            unreachable!()
+        };
+        assert_eq!(claim.labels()["app"], "db");
+        assert!(
+            claim.metadata.owner_references.is_none(),
+            "kept when the set goes"
+        );
+        let Step::CreatePod(pod) = &plan.steps[pod_at] else {
+            unreachable!()
+        };
+        let volumes = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        let source = volumes
+            .iter()
+            .find(|v| v.name == "data")
+            .and_then(|v| v.persistent_volume_claim.as_ref())
+            .unwrap();
+        assert_eq!(source.claim_name, "data-db-0");
+
+        // An existing claim is reused, not made again.
+        let existing = Arc::new(PersistentVolumeClaim {
+            metadata: meta("data-db-0"),
+            ..claim.as_ref().clone()
+        });
+        let plan = super::plan(&Observed {
+            set: &s,
+            revisions: &[revision(&s, 1)],
+            pods: &[],
+            claims: &[existing],
+            now: at(100),
+        });
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|st| matches!(st, Step::CreateClaim(_)))
         );
     }
 }

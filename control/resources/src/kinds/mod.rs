@@ -13,6 +13,8 @@ mod hpa_v1;
 mod job;
 mod namespace;
 mod node;
+mod persistentvolume;
+mod persistentvolumeclaim;
 mod plain;
 mod pod;
 mod pod_spec;
@@ -22,6 +24,7 @@ mod resourcequota;
 mod secret;
 mod service;
 mod statefulset;
+mod storageclass;
 mod workload;
 
 pub use configmap::ConfigMap;
@@ -35,6 +38,8 @@ pub use hpa_v1::{CONVERSION as HPA_V1_CONVERSION, HorizontalPodAutoscalerV1};
 pub use job::Job;
 pub use namespace::Namespace;
 pub use node::Node;
+pub use persistentvolume::PersistentVolume;
+pub use persistentvolumeclaim::PersistentVolumeClaim;
 pub use plain::Plain;
 pub use pod::{Pod, ephemeral_container_changes};
 pub use replicaset::REPLICA_SET;
@@ -44,6 +49,7 @@ pub use secret::Secret;
 use serde_json::{Map, Value};
 pub use service::Service;
 pub use statefulset::STATEFUL_SET;
+pub use storageclass::{IS_DEFAULT_CLASS, StorageClass, is_default as is_default_class};
 
 #[cfg(doc)]
 use crate::Strategy;
@@ -62,6 +68,25 @@ fn object<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Map<String,
         cur = cur.get_mut(*key)?;
     }
     cur.as_object_mut()
+}
+
+/// Adds `finalizer` to the object's finalizers unless it is there (what Kubernetes'
+/// `StorageObjectInUseProtection` admission does for claims and volumes).
+fn add_finalizer(obj: &mut Value, finalizer: &str) {
+    let Some(meta) = object(obj, &["metadata"]) else {
+        return;
+    };
+    let list = meta
+        .entry("finalizers")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if list.is_null() {
+        *list = Value::Array(Vec::new());
+    }
+    if let Some(items) = list.as_array_mut()
+        && !items.iter().any(|f| f.as_str() == Some(finalizer))
+    {
+        items.push(Value::from(finalizer));
+    }
 }
 
 /// Empties the status: a client may not set it on create (what `PrepareForCreate` does for

@@ -11,6 +11,7 @@ pub mod node_resources_fit;
 pub mod node_unschedulable;
 pub mod pod_topology_spread;
 pub mod taint_toleration;
+pub mod volume_binding;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ pub fn default_framework() -> Framework {
         affinity.clone(),
         Arc::new(node_ports::NodePorts),
         Arc::new(node_resources_fit::NodeResourcesFit),
+        Arc::new(volume_binding::VolumeBinding),
         spread.clone(),
         inter_pod.clone(),
     ];

@@ -9,7 +9,8 @@ use std::{
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, ObjectFieldSelector, Pod, ResourceFieldSelector,
+    Container, EnvVar, ObjectFieldSelector, PersistentVolume, PersistentVolumeClaim, Pod,
+    ResourceFieldSelector,
 };
 
 /// Errors resolving a container's environment (`CreateContainerConfigError`).
@@ -48,7 +49,7 @@ pub enum ConfigError {
     Api(String),
 }
 
-/// Where configMap and secret data come from.
+/// Where configMap and secret data, and claims' volumes, come from.
 #[async_trait]
 pub trait Sources: Send + Sync {
     /// A configMap's data (binary data as bytes too), `None` when it does not exist.
@@ -63,6 +64,17 @@ pub trait Sources: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, ConfigError>;
+    /// A `PersistentVolumeClaim` with the volume it is bound to (when it names one that
+    /// exists), `None` when the claim does not exist. Sources that know no claims (the
+    /// default) say none exists.
+    async fn claim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(PersistentVolumeClaim, Option<PersistentVolume>)>, ConfigError> {
+        let _ = (namespace, name);
+        Ok(None)
+    }
 }
 
 /// Expands `$(NAME)` from `vars`; `$$(NAME)` stays literal, unknown names stay as written.

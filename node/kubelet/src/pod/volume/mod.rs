@@ -5,7 +5,8 @@
 //! Not done here (yet): disk emptyDir `sizeLimit` is recorded ([`VolumeManager::disk_limits`])
 //! but not enforced; `serviceAccountToken` and `clusterTrustBundle` projections write nothing;
 //! a secret volume is a tmpfs only when the [`Mounter`] can mount (root), a plain directory
-//! otherwise; no `fsGroup` ownership; persistent volumes and other volume types are refused.
+//! otherwise; no `fsGroup` ownership; claims are served when their volume is a `hostPath` or
+//! `local` directory; other volume types are refused.
 
 pub mod atomic_writer;
 pub mod config_map;
@@ -13,6 +14,7 @@ pub mod downward_api;
 pub mod empty_dir;
 pub mod etc_files;
 pub mod host_path;
+pub mod persistent_claim;
 pub mod projected;
 pub mod secret;
 mod sub_path;
@@ -85,6 +87,17 @@ pub enum VolumeError {
         /// The medium.
         medium: String,
     },
+    /// A claim's volume is not there yet or cannot be mounted here.
+    #[error("error processing PVC {claim}: {detail}")]
+    Claim {
+        /// `namespace/name` of the claim.
+        claim: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A container mounts a claim whose volume was not set up.
+    #[error("volume {0:?}: the claim's volume is not set up")]
+    ClaimNotSetUp(String),
     /// A volume type this node does not provide.
     #[error("volume {0:?}: unsupported volume type")]
     UnsupportedVolume(String),
@@ -287,6 +300,8 @@ struct Inner {
     cluster_dns: Option<std::net::Ipv4Addr>,
     /// Disk emptyDir size limits by pod UID and volume, for an eviction manager to enforce.
     disk_limits: Mutex<HashMap<String, BTreeMap<String, u64>>>,
+    /// The host directories of claims' volumes, by pod UID and volume, as setup found them.
+    claim_paths: Mutex<HashMap<String, BTreeMap<String, PathBuf>>>,
 }
 
 /// Sets up, refreshes and removes pods' volumes. Cheap to clone.
@@ -312,6 +327,7 @@ enum Kind {
     Secret,
     DownwardApi,
     Projected,
+    PersistentClaim,
 }
 
 impl Kind {
@@ -328,6 +344,8 @@ impl Kind {
             Self::DownwardApi
         } else if volume.projected.is_some() {
             Self::Projected
+        } else if volume.persistent_volume_claim.is_some() {
+            Self::PersistentClaim
         } else {
             return None;
         })
@@ -341,6 +359,7 @@ impl Kind {
             Self::Secret => secret::PLUGIN,
             Self::DownwardApi => downward_api::PLUGIN,
             Self::Projected => projected::PLUGIN,
+            Self::PersistentClaim => persistent_claim::PLUGIN,
         }
     }
 
@@ -390,6 +409,7 @@ impl VolumeManager {
                 host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
                 cluster_dns: None,
                 disk_limits: Mutex::new(HashMap::new()),
+                claim_paths: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -427,6 +447,12 @@ impl VolumeManager {
             cluster_dns: old.cluster_dns,
             disk_limits: Mutex::new(
                 old.disk_limits
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
+            ),
+            claim_paths: Mutex::new(
+                old.claim_paths
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone(),
@@ -469,6 +495,16 @@ impl VolumeManager {
             .unwrap_or_default()
     }
 
+    fn claim_path(&self, uid: &str, volume: &str) -> Option<PathBuf> {
+        self.inner
+            .claim_paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(uid)
+            .and_then(|m| m.get(volume))
+            .cloned()
+    }
+
     /// Creates the pod's volumes and `/etc` files, or refreshes them in place: configMap,
     /// secret, downward API and projected contents are swapped atomically when they changed
     /// and left alone otherwise. Every volume is tried; the first failure is returned.
@@ -508,9 +544,10 @@ impl VolumeManager {
             .unwrap_or_default();
         let mut first_error = None;
         let mut limits = BTreeMap::new();
+        let mut claim_paths = BTreeMap::new();
         for volume in volumes {
             let result = self
-                .setup_one(pod, uid, namespace, volume, &mut limits)
+                .setup_one(pod, uid, namespace, volume, &mut limits, &mut claim_paths)
                 .await;
             if let Err(e) = result {
                 tracing::warn!(pod_uid = uid, volume = %volume.name, error = %e, "volume setup failed");
@@ -528,6 +565,17 @@ impl VolumeManager {
             recorded.insert(uid.to_owned(), limits);
         }
         drop(recorded);
+        let mut recorded = self
+            .inner
+            .claim_paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if claim_paths.is_empty() {
+            recorded.remove(uid);
+        } else {
+            recorded.insert(uid.to_owned(), claim_paths);
+        }
+        drop(recorded);
         first_error.map_or(Ok(()), Err)
     }
 
@@ -538,6 +586,7 @@ impl VolumeManager {
         namespace: &str,
         volume: &Volume,
         limits: &mut BTreeMap<String, u64>,
+        claim_paths: &mut BTreeMap<String, PathBuf>,
     ) -> Result<(), VolumeError> {
         let kind =
             Kind::of(volume).ok_or_else(|| VolumeError::UnsupportedVolume(volume.name.clone()))?;
@@ -600,6 +649,16 @@ impl VolumeManager {
             ) => {
                 projected::setup(&dir, &volume.name, pod, src, sources, self.inner.node).await?;
             }
+            (
+                Kind::PersistentClaim,
+                Volume {
+                    persistent_volume_claim: Some(src),
+                    ..
+                },
+            ) => {
+                let path = persistent_claim::setup(src, sources, namespace).await?;
+                claim_paths.insert(volume.name.clone(), path);
+            }
             _ => return Err(VolumeError::UnsupportedVolume(volume.name.clone())),
         }
         Ok(())
@@ -644,10 +703,18 @@ impl VolumeManager {
                 .ok_or_else(no_such)?;
             let kind = Kind::of(volume)
                 .ok_or_else(|| VolumeError::UnsupportedVolume(volume.name.clone()))?;
-            let base = match &volume.host_path {
-                Some(hp) => PathBuf::from(&hp.path),
-                None => self.volume_dir(uid, &kind, &volume.name),
+            let base = match (&volume.host_path, &kind) {
+                (Some(hp), _) => PathBuf::from(&hp.path),
+                (None, Kind::PersistentClaim) => self
+                    .claim_path(uid, &volume.name)
+                    .ok_or_else(|| VolumeError::ClaimNotSetUp(volume.name.clone()))?,
+                (None, _) => self.volume_dir(uid, &kind, &volume.name),
             };
+            let claim_read_only = volume
+                .persistent_volume_claim
+                .as_ref()
+                .and_then(|c| c.read_only)
+                .unwrap_or(false);
             let sub = match (&vm.sub_path, &vm.sub_path_expr) {
                 (Some(s), _) if !s.is_empty() => Some(s.clone()),
                 (_, Some(expr)) if !expr.is_empty() => Some(crate::pod::command::expand(expr, env)),
@@ -663,7 +730,9 @@ impl VolumeManager {
             out.push(VolumeMount {
                 destination: vm.mount_path.clone(),
                 source,
-                read_only: vm.read_only.unwrap_or(false) || kind.always_read_only(),
+                read_only: vm.read_only.unwrap_or(false)
+                    || kind.always_read_only()
+                    || claim_read_only,
             });
         }
 
@@ -708,6 +777,11 @@ impl VolumeManager {
         let pod_dir = self.pod_dir(uid);
         self.inner
             .disk_limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(uid);
+        self.inner
+            .claim_paths
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(uid);
@@ -803,6 +877,7 @@ pub(crate) mod testing {
     };
 
     use async_trait::async_trait;
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 
     use super::{Mounter, VolumeError};
     use crate::pod::command::{ConfigError, Sources};
@@ -888,11 +963,14 @@ pub(crate) mod testing {
 
     type Objects = BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>;
 
-    /// configMaps and secrets held in memory.
+    type Claims = BTreeMap<(String, String), (PersistentVolumeClaim, Option<PersistentVolume>)>;
+
+    /// configMaps, secrets and claims held in memory.
     #[derive(Debug, Default)]
     pub struct FakeSources {
         config_maps: Mutex<Objects>,
         secrets: Mutex<Objects>,
+        claims: Mutex<Claims>,
     }
 
     fn data(entries: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
@@ -908,6 +986,19 @@ pub(crate) mod testing {
                 .lock()
                 .unwrap()
                 .insert((ns.to_owned(), name.to_owned()), data(entries));
+        }
+
+        pub fn set_claim(
+            &self,
+            ns: &str,
+            name: &str,
+            claim: PersistentVolumeClaim,
+            volume: Option<PersistentVolume>,
+        ) {
+            self.claims
+                .lock()
+                .unwrap()
+                .insert((ns.to_owned(), name.to_owned()), (claim, volume));
         }
 
         pub fn set_secret(&self, ns: &str, name: &str, entries: &[(&str, &str)]) {
@@ -937,6 +1028,16 @@ pub(crate) mod testing {
             let key = (namespace.to_owned(), name.to_owned());
             Ok(self.secrets.lock().unwrap().get(&key).cloned())
         }
+
+        async fn claim(
+            &self,
+            namespace: &str,
+            name: &str,
+        ) -> Result<Option<(PersistentVolumeClaim, Option<PersistentVolume>)>, ConfigError>
+        {
+            let key = (namespace.to_owned(), name.to_owned());
+            Ok(self.claims.lock().unwrap().get(&key).cloned())
+        }
     }
 }
 
@@ -944,8 +1045,9 @@ pub(crate) mod testing {
 mod tests {
     use k8s_openapi::{
         api::core::v1::{
-            ConfigMapVolumeSource, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, PodSpec,
-            SecretVolumeSource, VolumeMount as K8sVolumeMount,
+            ConfigMapVolumeSource, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource,
+            PersistentVolume, PersistentVolumeClaim, PodSpec, SecretVolumeSource,
+            VolumeMount as K8sVolumeMount,
         },
         apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
     };
@@ -1446,5 +1548,64 @@ mod tests {
         f.manager.teardown("uid-1").await.unwrap();
         assert!(f.pods.join("uid-1/record.json").exists());
         assert!(!f.pods.join("uid-1/etc-hosts").exists());
+    }
+
+    #[tokio::test]
+    async fn a_claim_mounts_its_bound_volumes_directory_once_bound() {
+        let f = fixture();
+        let dir = f.host.join("pvc-1");
+        let claim_volume = Volume {
+            persistent_volume_claim: Some(
+                k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
+                    claim_name: "data".to_owned(),
+                    read_only: None,
+                },
+            ),
+            ..volume("data")
+        };
+        let p = pod(vec![claim_volume], Vec::new());
+        let err = f.manager.setup(&p, None).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "error processing PVC ns/data: persistentvolumeclaim \"data\" not found"
+        );
+
+        let mut claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "data", "namespace": "ns"},
+            "spec": {"storageClassName": "local-path"},
+            "status": {"phase": "Pending"},
+        }))
+        .unwrap();
+        f.sources.set_claim("ns", "data", claim.clone(), None);
+        let err = f.manager.setup(&p, None).await.unwrap_err();
+        assert!(err.to_string().ends_with("PVC is not bound"), "{err}");
+
+        claim.spec.as_mut().unwrap().volume_name = Some("pvc-1".to_owned());
+        claim.status.as_mut().unwrap().phase = Some("Bound".to_owned());
+        let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pvc-1"},
+            "spec": {"hostPath": {"path": dir.to_str().unwrap(), "type": "DirectoryOrCreate"}},
+        }))
+        .unwrap();
+        f.sources.set_claim("ns", "data", claim, Some(pv));
+        f.manager.setup(&p, None).await.unwrap();
+        assert!(dir.is_dir(), "DirectoryOrCreate made the directory");
+        let mounts = f
+            .manager
+            .mounts(
+                &p,
+                &container(vec![mount("data", "/data")]),
+                &HashMap::new(),
+            )
+            .unwrap();
+        assert_eq!(mounts[0].source, dir);
+        assert!(!mounts[0].read_only);
+
+        fs::write(dir.join("kept"), "x").unwrap();
+        f.manager.teardown("uid-1").await.unwrap();
+        assert!(
+            dir.join("kept").exists(),
+            "teardown leaves the volume's data"
+        );
     }
 }
