@@ -114,6 +114,9 @@ pub struct ServiceTable<M> {
     /// Backends that left a UDP group since [`ServiceTable::take_removed_udp`]: connected
     /// sockets pinned to them are stale.
     removed_udp: BTreeSet<SocketAddrV4>,
+    /// Groups given to a Service or freed since [`ServiceTable::take_owner_changes`], in
+    /// order: what `/metrics` names counters with follows a change in O(its groups).
+    owner_changes: Vec<(u32, Option<ServiceRef>)>,
 }
 
 impl<M: ServiceMaps> ServiceTable<M> {
@@ -126,6 +129,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             ids: Ids::default(),
             adopted: Adopted::default(),
             removed_udp: BTreeSet::new(),
+            owner_changes: Vec::new(),
         }
     }
 
@@ -209,6 +213,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             ids: Ids { next, free },
             adopted,
             removed_udp: BTreeSet::new(),
+            owner_changes: Vec::new(),
         })
     }
 
@@ -247,6 +252,13 @@ impl<M: ServiceMaps> ServiceTable<M> {
             .iter()
             .flat_map(|(svc, owned)| owned.groups.values().map(move |g| (g.id, svc.clone())))
             .collect()
+    }
+
+    /// The groups given to a Service (`Some`) or freed (`None`) since the last call, in the
+    /// order it happened: replayed over the previous [`Self::group_owners`] they give the
+    /// current one.
+    pub fn take_owner_changes(&mut self) -> Vec<(u32, Option<ServiceRef>)> {
+        std::mem::take(&mut self.owner_changes)
     }
 
     /// The Service that owns `frontend`.
@@ -399,6 +411,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             let endpoints = entries.groups.get(key).map_or(&[][..], Vec::as_slice);
             if !owned.groups.contains_key(key) {
                 let group = self.take_over_group(owned, *key, &wanted, &mut applied.writes)?;
+                self.owner_changes.push((group.id, Some(service.clone())));
                 owned.groups.insert(*key, group);
             }
             let group = owned.groups.get_mut(key).expect("inserted above");
@@ -497,6 +510,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
         self.maps.remove_group(group.id)?;
         *writes += 1;
         self.ids.give_back(group.id);
+        self.owner_changes.push((group.id, None));
         Ok(())
     }
 }
