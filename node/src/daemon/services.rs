@@ -39,7 +39,7 @@ use skiff_node_proxy::{
 };
 use skiff_types::EventType;
 
-use super::health::HealthServers;
+use super::{health::HealthServers, nft_counters::NftCounters};
 
 /// Pause before a failed write is tried again, and before chains a sync emptied are
 /// deleted.
@@ -159,7 +159,7 @@ enum Counting {
     /// The eBPF counter map, by group.
     Ebpf(Box<MapStats>),
     /// The nftables table's chain counters.
-    Nft(NftCli),
+    Nft(NftCounters),
 }
 
 /// The proxy's metrics: the kernel's counters read at scrape time, the table's state as
@@ -206,7 +206,7 @@ impl ProxyMetrics {
             }
             Counting::Nft(nft) => {
                 // One made-up group per Service: the counters are summed per Service.
-                let per_service = nft::counters::per_service(&nft.list()?.unwrap_or_default());
+                let per_service = nft.per_service()?;
                 let mut counters = BTreeMap::new();
                 let mut owners = BTreeMap::new();
                 for (id, (service, counts)) in (0u32..).zip(per_service) {
@@ -346,7 +346,7 @@ fn attach_nft(
                 conntrack,
             },
             metrics: Arc::new(ProxyMetrics {
-                counting: Counting::Nft(NftCli::new(&table_name)),
+                counting: Counting::Nft(NftCounters::new(NftCli::new(&table_name))),
                 state: Mutex::default(),
             }),
             health: HealthServers::new(address),
