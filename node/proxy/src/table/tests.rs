@@ -230,6 +230,31 @@ fn replaying_the_owner_changes_gives_the_group_owners() {
 }
 
 #[test]
+fn the_occupancy_follows_every_change_and_equals_what_the_maps_hold() {
+    let mut t = ServiceTable::new(FakeMaps::default());
+    let other = ServiceRef::new("default", "other");
+    let held = |t: &ServiceTable<FakeMaps>| Occupancy {
+        services: t.occupancy().services,
+        frontends: t.maps().frontends.len(),
+        groups: t.maps().counters.len(),
+        backends: t.maps().backends.len(),
+    };
+    t.apply(&web(), &simple(&[1, 2, 3])).unwrap();
+    assert_eq!(t.occupancy(), held(&t));
+    t.apply(&web(), &simple(&[4])).unwrap();
+    let dns = ServiceEntries {
+        groups: BTreeMap::from([(group(false), vec![pod(9), pod(8)])]),
+        frontends: BTreeMap::from([(frontend(53, 53, Scope::External), entry(group(false)))]),
+    };
+    t.apply(&other, &dns).unwrap();
+    assert_eq!(t.occupancy(), held(&t));
+    assert_eq!(t.occupancy().backends, 3);
+    t.remove(&web()).unwrap();
+    assert_eq!(t.occupancy(), held(&t));
+    assert_eq!(t.occupancy().services, 1);
+}
+
+#[test]
 fn a_change_touches_only_its_own_services_entries() {
     let mut t = ServiceTable::new(FakeMaps::default());
     let dns = ServiceRef::new("kube-system", "dns");
