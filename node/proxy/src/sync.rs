@@ -11,7 +11,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::{
     entries::{Frontend, ServiceEntries, ServiceRef},
-    health::{HealthCheck, health_checks},
+    health::{HealthCheck, health_check_port, health_checks},
     maps::{MapsError, ServiceMaps},
     plan::{NodeView, Warning, plan},
     reap::{Reaped, SocketReaper, reap},
@@ -155,6 +155,9 @@ pub struct Mirror<T> {
     conflicted: BTreeSet<ServiceRef>,
     /// The warnings each Service was last told about.
     warned: HashMap<ServiceRef, Vec<Warning>>,
+    /// The Services with a health check node port: the only ones
+    /// [`Mirror::health_checks`] looks at, so a sync costs nothing per other Service.
+    health_checked: BTreeSet<ServiceRef>,
     /// A transaction failed: once every Service is applied again, what no Service claims
     /// is removed.
     readopt: bool,
@@ -192,6 +195,7 @@ impl<T: ProxyTable> Mirror<T> {
             dirty: BTreeSet::new(),
             conflicted: BTreeSet::new(),
             warned: HashMap::new(),
+            health_checked: BTreeSet::new(),
             readopt: false,
         }
     }
@@ -234,8 +238,17 @@ impl<T: ProxyTable> Mirror<T> {
             if changed {
                 self.dirty.insert(key.clone());
             }
-            self.services.insert(key, Arc::new(service));
+            self.insert_service(key, service);
         }
+    }
+
+    fn insert_service(&mut self, key: ServiceRef, service: Service) {
+        if health_check_port(&service).is_some() {
+            self.health_checked.insert(key.clone());
+        } else {
+            self.health_checked.remove(&key);
+        }
+        self.services.insert(key, Arc::new(service));
     }
 
     /// The health check node ports this node answers on, with each Service's local endpoint
@@ -243,9 +256,10 @@ impl<T: ProxyTable> Mirror<T> {
     #[must_use]
     pub fn health_checks(&self) -> BTreeMap<u16, HealthCheck> {
         health_checks(
-            self.services.iter().map(|(key, service)| {
+            self.health_checked.iter().filter_map(|key| {
+                let service = self.services.get(key)?;
                 let slices = self.slices.get(key).into_iter().flat_map(|s| s.values());
-                (key.clone(), service.as_ref(), slices.map(AsRef::as_ref))
+                Some((key.clone(), service.as_ref(), slices.map(AsRef::as_ref)))
             }),
             &self.node.name,
         )
@@ -255,6 +269,7 @@ impl<T: ProxyTable> Mirror<T> {
     pub fn service_deleted(&mut self, service: &Service) {
         if let Some(key) = service_ref(service) {
             self.services.remove(&key);
+            self.health_checked.remove(&key);
             self.dirty.insert(key);
         }
     }
@@ -265,10 +280,11 @@ impl<T: ProxyTable> Mirror<T> {
         let old: Vec<ServiceRef> = self.services.keys().cloned().collect();
         self.dirty.extend(old);
         self.services.clear();
+        self.health_checked.clear();
         for service in services {
             if let Some(key) = service_ref(&service) {
                 self.dirty.insert(key.clone());
-                self.services.insert(key, Arc::new(service));
+                self.insert_service(key, service);
             }
         }
     }

@@ -46,6 +46,16 @@ impl Owned {
     fn is_empty(&self) -> bool {
         self.groups.is_empty() && self.frontends.is_empty()
     }
+
+    /// Its entries, counted as [`Occupancy`] counts them (no Service).
+    fn size(&self) -> Occupancy {
+        Occupancy {
+            services: 0,
+            frontends: self.frontends.len(),
+            groups: self.groups.len(),
+            backends: self.groups.values().map(|g| g.slots.len()).sum(),
+        }
+    }
 }
 
 /// What the maps held at start that no Service has claimed yet.
@@ -103,6 +113,24 @@ pub struct Occupancy {
     pub backends: usize,
 }
 
+impl Occupancy {
+    /// Adds `other` in.
+    pub(crate) fn add(&mut self, other: Self) {
+        self.services += other.services;
+        self.frontends += other.frontends;
+        self.groups += other.groups;
+        self.backends += other.backends;
+    }
+
+    /// Takes `other` out (it was added before).
+    pub(crate) fn sub(&mut self, other: Self) {
+        self.services -= other.services;
+        self.frontends -= other.frontends;
+        self.groups -= other.groups;
+        self.backends -= other.backends;
+    }
+}
+
 /// The node's Services mirrored into [`ServiceMaps`].
 #[derive(Debug)]
 pub struct ServiceTable<M> {
@@ -114,6 +142,12 @@ pub struct ServiceTable<M> {
     /// Backends that left a UDP group since [`ServiceTable::take_removed_udp`]: connected
     /// sockets pinned to them are stale.
     removed_udp: BTreeSet<SocketAddrV4>,
+    /// Groups given to a Service or freed since [`ServiceTable::take_owner_changes`], in
+    /// order: what `/metrics` names counters with follows a change in O(its groups).
+    owner_changes: Vec<(u32, Option<ServiceRef>)>,
+    /// The entries of every Service in `services`, kept as each change is applied so that
+    /// reading it costs nothing per Service.
+    owned_size: Occupancy,
 }
 
 impl<M: ServiceMaps> ServiceTable<M> {
@@ -126,6 +160,8 @@ impl<M: ServiceMaps> ServiceTable<M> {
             ids: Ids::default(),
             adopted: Adopted::default(),
             removed_udp: BTreeSet::new(),
+            owner_changes: Vec::new(),
+            owned_size: Occupancy::default(),
         }
     }
 
@@ -209,6 +245,8 @@ impl<M: ServiceMaps> ServiceTable<M> {
             ids: Ids { next, free },
             adopted,
             removed_udp: BTreeSet::new(),
+            owner_changes: Vec::new(),
+            owned_size: Occupancy::default(),
         })
     }
 
@@ -222,13 +260,8 @@ impl<M: ServiceMaps> ServiceTable<M> {
     pub fn occupancy(&self) -> Occupancy {
         let mut o = Occupancy {
             services: self.services.len(),
-            ..Occupancy::default()
+            ..self.owned_size
         };
-        for owned in self.services.values() {
-            o.frontends += owned.frontends.len();
-            o.groups += owned.groups.len();
-            o.backends += owned.groups.values().map(|g| g.slots.len()).sum::<usize>();
-        }
         o.frontends += self.adopted.frontends.len();
         o.groups += self.adopted.groups.len();
         o.backends += self
@@ -247,6 +280,13 @@ impl<M: ServiceMaps> ServiceTable<M> {
             .iter()
             .flat_map(|(svc, owned)| owned.groups.values().map(move |g| (g.id, svc.clone())))
             .collect()
+    }
+
+    /// The groups given to a Service (`Some`) or freed (`None`) since the last call, in the
+    /// order it happened: replayed over the previous [`Self::group_owners`] they give the
+    /// current one.
+    pub fn take_owner_changes(&mut self) -> Vec<(u32, Option<ServiceRef>)> {
+        std::mem::take(&mut self.owner_changes)
     }
 
     /// The Service that owns `frontend`.
@@ -306,9 +346,11 @@ impl<M: ServiceMaps> ServiceTable<M> {
         entries: &ServiceEntries,
     ) -> Result<Applied, MapsError> {
         let mut owned = self.services.remove(service).unwrap_or_default();
+        self.owned_size.sub(owned.size());
         let mut applied = Applied::default();
         let before = udp_backends(&owned);
         let result = self.apply_owned(service, &mut owned, entries, &mut applied);
+        self.owned_size.add(owned.size());
         // Counted whether or not every write went through: what was written is what
         // clients see.
         self.removed_udp
@@ -399,6 +441,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             let endpoints = entries.groups.get(key).map_or(&[][..], Vec::as_slice);
             if !owned.groups.contains_key(key) {
                 let group = self.take_over_group(owned, *key, &wanted, &mut applied.writes)?;
+                self.owner_changes.push((group.id, Some(service.clone())));
                 owned.groups.insert(*key, group);
             }
             let group = owned.groups.get_mut(key).expect("inserted above");
@@ -497,6 +540,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
         self.maps.remove_group(group.id)?;
         *writes += 1;
         self.ids.give_back(group.id);
+        self.owner_changes.push((group.id, None));
         Ok(())
     }
 }

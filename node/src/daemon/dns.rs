@@ -4,7 +4,7 @@
 //! each node's pods to their own node's server.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{Ipv4Addr, SocketAddr},
     sync::{Arc, PoisonError, RwLock},
     time::Duration,
@@ -87,39 +87,96 @@ pub async fn start(client: Client, node: String, config: DnsConfig) -> Result<Dn
 /// Which object an event touched.
 enum Touched {
     Service(String, String),
+    /// A slice (namespace, name) now filed under a Service, or deleted (`None`).
+    Slice(String, String, Option<String>),
     Pod(String, String),
     All,
 }
 
 fn touched<K: kube::Resource>(
     event: &watcher::Event<K>,
-    key: impl Fn(&K) -> Touched,
+    key: impl Fn(&K, bool) -> Touched,
 ) -> Option<Touched> {
     match event {
-        watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => Some(key(obj)),
+        watcher::Event::Apply(obj) => Some(key(obj, false)),
+        watcher::Event::Delete(obj) => Some(key(obj, true)),
         // A (re)list is complete: objects deleted while the watch was away are gone.
         watcher::Event::InitDone => Some(Touched::All),
         watcher::Event::Init | watcher::Event::InitApply(_) => None,
     }
 }
 
-fn service_key(svc: &Service) -> Touched {
+fn service_key(svc: &Service, _deleted: bool) -> Touched {
     Touched::Service(svc.namespace().unwrap_or_default(), svc.name_any())
 }
 
-fn slice_key(slice: &EndpointSlice) -> Touched {
-    Touched::Service(
+/// The Service a slice is filed under, from its label.
+fn slice_service(slice: &EndpointSlice) -> Option<String> {
+    slice.labels().get("kubernetes.io/service-name").cloned()
+}
+
+fn slice_key(slice: &EndpointSlice, deleted: bool) -> Touched {
+    Touched::Slice(
         slice.namespace().unwrap_or_default(),
-        slice
-            .labels()
-            .get("kubernetes.io/service-name")
-            .cloned()
-            .unwrap_or_default(),
+        slice.name_any(),
+        if deleted { None } else { slice_service(slice) },
     )
 }
 
-fn pod_key(pod: &Pod) -> Touched {
+fn pod_key(pod: &Pod, _deleted: bool) -> Touched {
     Touched::Pod(pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+/// A (namespace, name) pair.
+type Key = (String, String);
+
+/// Which slices each Service has, so rendering one Service reads only its own slices
+/// instead of scanning every slice (with 10,000 Services that scan, per event, starved the
+/// node's other tasks).
+#[derive(Default)]
+struct SliceIndex {
+    /// Slice (namespace, name) to its Service's name.
+    owner: HashMap<Key, String>,
+    /// Service (namespace, name) to its slices' names.
+    slices: HashMap<Key, BTreeSet<String>>,
+}
+
+impl SliceIndex {
+    /// Files slice `name` under `service` (or nowhere); returns the Service it was filed
+    /// under before, when that differs.
+    fn file(&mut self, namespace: &str, name: &str, service: Option<String>) -> Option<String> {
+        let id = (namespace.to_owned(), name.to_owned());
+        let before = match &service {
+            Some(service) => self.owner.insert(id, service.clone()),
+            None => self.owner.remove(&id),
+        };
+        if before == service {
+            return None;
+        }
+        if let Some(old) = &before {
+            let key = (namespace.to_owned(), old.clone());
+            if let Some(set) = self.slices.get_mut(&key) {
+                set.remove(name);
+                if set.is_empty() {
+                    self.slices.remove(&key);
+                }
+            }
+        }
+        if let Some(service) = service {
+            self.slices
+                .entry((namespace.to_owned(), service))
+                .or_default()
+                .insert(name.to_owned());
+        }
+        before
+    }
+
+    fn of(&self, namespace: &str, service: &str) -> impl Iterator<Item = &String> {
+        self.slices
+            .get(&(namespace.to_owned(), service.to_owned()))
+            .into_iter()
+            .flatten()
+    }
 }
 
 /// The object stores the watches fill.
@@ -127,6 +184,7 @@ struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
+    index: SliceIndex,
 }
 
 impl Stores {
@@ -143,17 +201,13 @@ impl Stores {
             return;
         };
         let slices: Vec<EndpointSlice> = self
-            .slices
-            .state()
-            .iter()
-            .filter(|s| {
-                s.namespace().as_deref() == Some(namespace)
-                    && s.labels()
-                        .get("kubernetes.io/service-name")
-                        .map(String::as_str)
-                        == Some(name)
+            .index
+            .of(namespace, name)
+            .filter_map(|slice| {
+                self.slices
+                    .get(&reflector::ObjectRef::new(slice).within(namespace))
             })
-            .map(|s| (**s).clone())
+            .map(|s| (*s).clone())
             .collect();
         let records = zone.service_records(&svc, &slices);
         zone.replace(&source, records);
@@ -176,7 +230,14 @@ impl Stores {
         }
     }
 
-    fn render_all(&self, zone: &mut Zone) {
+    fn render_all(&mut self, zone: &mut Zone) {
+        // A relist: the slices are filed again from what the store holds now.
+        self.index = SliceIndex::default();
+        for slice in self.slices.state() {
+            let namespace = slice.namespace().unwrap_or_default();
+            self.index
+                .file(&namespace, &slice.name_any(), slice_service(&slice));
+        }
         for source in zone.sources() {
             match &source {
                 Source::Service { namespace, name } => {
@@ -199,10 +260,11 @@ async fn watch(client: Client, zone: SharedZone) {
     let (services, services_writer) = reflector::store();
     let (slices, slices_writer) = reflector::store();
     let (pods, pods_writer) = reflector::store();
-    let stores = Stores {
+    let mut stores = Stores {
         services,
         slices,
         pods,
+        index: SliceIndex::default(),
     };
     let config = watcher::Config::default();
     let service_events = reflector::reflector(
@@ -238,6 +300,12 @@ async fn watch(client: Client, zone: SharedZone) {
         match touched {
             Touched::Service(namespace, name) => {
                 stores.render_service(&mut zone, &namespace, &name);
+            }
+            Touched::Slice(namespace, name, service) => {
+                let before = stores.index.file(&namespace, &name, service.clone());
+                for svc in before.iter().chain(service.iter()) {
+                    stores.render_service(&mut zone, &namespace, svc);
+                }
             }
             Touched::Pod(namespace, name) => stores.render_pod(&mut zone, &namespace, &name),
             Touched::All => stores.render_all(&mut zone),

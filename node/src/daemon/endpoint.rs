@@ -414,9 +414,14 @@ impl NodeBackend for Endpoint {
 
     async fn metrics(&self) -> Result<String, BackendError> {
         match &self.proxy {
-            Some(proxy) => proxy
-                .render()
-                .map_err(|e| BackendError::Internal(e.to_string())),
+            // Reading the kernel's maps or table blocks (for seconds with 10,000 Services).
+            Some(proxy) => {
+                let proxy = proxy.clone();
+                tokio::task::spawn_blocking(move || proxy.render())
+                    .await
+                    .map_err(|e| BackendError::Internal(e.to_string()))?
+                    .map_err(|e| BackendError::Internal(e.to_string()))
+            }
             None => Ok(String::new()),
         }
     }

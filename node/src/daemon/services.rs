@@ -39,7 +39,7 @@ use skiff_node_proxy::{
 };
 use skiff_types::EventType;
 
-use super::health::HealthServers;
+use super::{health::HealthServers, nft_counters::NftCounters};
 
 /// Pause before a failed write is tried again, and before chains a sync emptied are
 /// deleted.
@@ -159,7 +159,7 @@ enum Counting {
     /// The eBPF counter map, by group.
     Ebpf(Box<MapStats>),
     /// The nftables table's chain counters.
-    Nft(NftCli),
+    Nft(NftCounters),
 }
 
 /// The proxy's metrics: the kernel's counters read at scrape time, the table's state as
@@ -171,9 +171,19 @@ pub struct ProxyMetrics {
 }
 
 impl ProxyMetrics {
-    fn synced(&self, owners: BTreeMap<u32, ServiceRef>, occupancy: Occupancy, took: Duration) {
+    fn synced(
+        &self,
+        owner_changes: Vec<(u32, Option<ServiceRef>)>,
+        occupancy: Occupancy,
+        took: Duration,
+    ) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.owners = owners;
+        for (group, owner) in owner_changes {
+            match owner {
+                Some(service) => state.owners.insert(group, service),
+                None => state.owners.remove(&group),
+            };
+        }
         state.occupancy = occupancy;
         state.last_sync = took;
     }
@@ -196,7 +206,7 @@ impl ProxyMetrics {
             }
             Counting::Nft(nft) => {
                 // One made-up group per Service: the counters are summed per Service.
-                let per_service = nft::counters::per_service(&nft.list()?.unwrap_or_default());
+                let per_service = nft.per_service()?;
                 let mut counters = BTreeMap::new();
                 let mut owners = BTreeMap::new();
                 for (id, (service, counts)) in (0u32..).zip(per_service) {
@@ -336,7 +346,7 @@ fn attach_nft(
                 conntrack,
             },
             metrics: Arc::new(ProxyMetrics {
-                counting: Counting::Nft(NftCli::new(&table_name)),
+                counting: Counting::Nft(NftCounters::new(NftCli::new(&table_name))),
                 state: Mutex::default(),
             }),
             health: HealthServers::new(address),
@@ -430,8 +440,8 @@ trait Cleanup<T> {
         everything: bool,
     ) -> impl Future<Output = ()> + Send;
 
-    /// Which Service each counter group belongs to.
-    fn owners(&self, mirror: &Mirror<T>) -> BTreeMap<u32, ServiceRef>;
+    /// The counter groups given to a Service (`Some`) or freed since the last call.
+    fn owner_changes(&self, mirror: &mut Mirror<T>) -> Vec<(u32, Option<ServiceRef>)>;
 }
 
 /// The eBPF mode: connected UDP sockets pinned to a gone backend are destroyed, in the
@@ -446,8 +456,11 @@ impl Cleanup<ServiceTable<EbpfMaps>> for SocketCleanup {
         reap_stale_udp(mirror, &mut self.reaper, self.network.as_ref(), everything).await;
     }
 
-    fn owners(&self, mirror: &Mirror<ServiceTable<EbpfMaps>>) -> BTreeMap<u32, ServiceRef> {
-        mirror.table().group_owners().into_iter().collect()
+    fn owner_changes(
+        &self,
+        mirror: &mut Mirror<ServiceTable<EbpfMaps>>,
+    ) -> Vec<(u32, Option<ServiceRef>)> {
+        mirror.table_mut().take_owner_changes()
     }
 }
 
@@ -477,9 +490,12 @@ impl Cleanup<NftTable<NftCli>> for ConntrackCleanup {
         }
     }
 
-    fn owners(&self, _mirror: &Mirror<NftTable<NftCli>>) -> BTreeMap<u32, ServiceRef> {
+    fn owner_changes(
+        &self,
+        _mirror: &mut Mirror<NftTable<NftCli>>,
+    ) -> Vec<(u32, Option<ServiceRef>)> {
         // Read with the counters, from the chains' names.
-        BTreeMap::new()
+        Vec::new()
     }
 }
 
@@ -574,14 +590,16 @@ async fn drive<T: ProxyTable + Send, C: Cleanup<T> + Send>(
         health.update(mirror.health_checks());
         let started = Instant::now();
         let synced = mirror.sync();
+        // The datapath's own time: the socket clean-up below runs after the writes are
+        // live.
+        let took = started.elapsed();
         // What was written is what clients see, even when some writes failed; after a
         // restart every connected UDP socket is checked, as backends may have gone while
         // the node was down.
         cleanup.stale_udp(&mut mirror, !adopted).await;
         match synced {
             Ok(synced) => {
-                let took = started.elapsed();
-                metrics.synced(cleanup.owners(&mirror), mirror.occupancy(), took);
+                metrics.synced(cleanup.owner_changes(&mut mirror), mirror.occupancy(), took);
                 report(&client, &node, &synced, took).await;
                 if !adopted {
                     match mirror.finish_adoption() {

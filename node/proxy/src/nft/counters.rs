@@ -10,9 +10,12 @@ use skiff_ebpf_common::Counters;
 use super::rules::counted_chain;
 use crate::entries::ServiceRef;
 
+/// Each Service's translations and refusals.
+pub type PerService = BTreeMap<ServiceRef, Counters>;
+
 /// Each Service's counters in a listing of the table (`nft -j list table`'s objects).
 #[must_use]
-pub fn per_service(objects: &[Value]) -> BTreeMap<ServiceRef, Counters> {
+pub fn per_service(objects: &[Value]) -> PerService {
     let mut out: BTreeMap<ServiceRef, Counters> = BTreeMap::new();
     for rule in objects.iter().filter_map(|o| o.get("rule")) {
         let Some((service, rejects)) = rule["chain"].as_str().and_then(counted_chain) else {

@@ -34,6 +34,16 @@ struct Owned {
     entries: ServiceEntries,
 }
 
+/// The entries of `entries`, as [`Occupancy`] counts them (no Service).
+fn size(entries: &ServiceEntries) -> Occupancy {
+    Occupancy {
+        services: 0,
+        frontends: entries.frontends.len(),
+        groups: entries.groups.len(),
+        backends: entries.groups.values().map(Vec::len).sum(),
+    }
+}
+
 /// The node's Services mirrored into its nftables table.
 #[derive(Debug)]
 pub struct NftTable<N> {
@@ -59,6 +69,8 @@ pub struct NftTable<N> {
     removed_udp: BTreeSet<SocketAddrV4>,
     /// The table was there at start (an earlier run's, adopted).
     found: bool,
+    /// The entries of every Service in `services`, kept as each change is applied.
+    owned_size: Occupancy,
 }
 
 /// A chain or set no Service uses any more.
@@ -91,6 +103,7 @@ impl<N: Nft> NftTable<N> {
             due: BTreeSet::new(),
             removed_udp: BTreeSet::new(),
             found: false,
+            owned_size: Occupancy::default(),
         };
         table.found = table.read_back()?;
         let skeleton = rules::skeleton(name, table.outside());
@@ -125,6 +138,7 @@ impl<N: Nft> NftTable<N> {
     /// Returns whether the table exists.
     fn read_back(&mut self) -> Result<bool, NftError> {
         self.services.clear();
+        self.owned_size = Occupancy::default();
         self.owners.clear();
         self.chains.clear();
         self.fingerprints.clear();
@@ -354,6 +368,7 @@ impl<N: Nft> ProxyTable for NftTable<N> {
         entries: &ServiceEntries,
     ) -> Result<Applied, NftError> {
         let old = self.services.remove(service).unwrap_or_default();
+        self.owned_size.sub(size(&old.entries));
         let mut applied = Applied::default();
         // Frontends another Service holds stay with it.
         let mut mine = ServiceEntries {
@@ -385,6 +400,7 @@ impl<N: Nft> ProxyTable for NftTable<N> {
         self.removed_udp
             .extend(crate::table::gone_udp(udp_backends(&old.entries), &after));
         if !mine.frontends.is_empty() {
+            self.owned_size.add(size(&mine));
             self.services.insert(
                 service.clone(),
                 Owned {
@@ -438,16 +454,10 @@ impl<N: Nft> ProxyTable for NftTable<N> {
     }
 
     fn occupancy(&self) -> Occupancy {
-        let mut o = Occupancy {
+        Occupancy {
             services: self.services.len(),
-            ..Occupancy::default()
-        };
-        for owned in self.services.values() {
-            o.frontends += owned.entries.frontends.len();
-            o.groups += owned.entries.groups.len();
-            o.backends += owned.entries.groups.values().map(Vec::len).sum::<usize>();
+            ..self.owned_size
         }
-        o
     }
 
     fn take_removed_udp(&mut self) -> BTreeSet<SocketAddrV4> {

@@ -255,3 +255,32 @@ fn one_change_among_a_thousand_services_plans_and_writes_only_that_service() {
         ["10.244.0.5:8080", "10.244.0.6:8080"]
     );
 }
+
+#[test]
+fn health_checks_follow_a_service_into_and_out_of_the_local_load_balancer_policy() {
+    let mut m = mirror();
+    m.services_listed(vec![web()]);
+    let mut local: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "clusterIP": "10.96.0.10",
+            "type": "LoadBalancer",
+            "externalTrafficPolicy": "Local",
+            "healthCheckNodePort": 32000,
+            "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}],
+        },
+    }))
+    .expect("a Service");
+    m.slices_listed(vec![slice("web-1", "web", &["10.244.0.5"])]);
+    assert!(m.health_checks().is_empty());
+    m.service_applied(local.clone());
+    let checks = m.health_checks();
+    assert_eq!(checks[&32000].service, ServiceRef::new("default", "web"));
+    local.spec.as_mut().expect("a spec").external_traffic_policy = Some("Cluster".into());
+    m.service_applied(local.clone());
+    assert!(m.health_checks().is_empty());
+    local.spec.as_mut().expect("a spec").external_traffic_policy = Some("Local".into());
+    m.service_applied(local.clone());
+    m.service_deleted(&local);
+    assert!(m.health_checks().is_empty());
+}

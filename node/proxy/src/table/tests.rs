@@ -200,6 +200,61 @@ fn removing_a_service_deletes_its_entries_and_counters_and_recycles_its_group() 
 }
 
 #[test]
+fn replaying_the_owner_changes_gives_the_group_owners() {
+    let mut t = ServiceTable::new(FakeMaps::default());
+    let other = ServiceRef::new("default", "other");
+    let mut owners: HashMap<u32, ServiceRef> = HashMap::new();
+    let mut replay = |t: &mut ServiceTable<FakeMaps>| {
+        for (group, owner) in t.take_owner_changes() {
+            match owner {
+                Some(service) => owners.insert(group, service),
+                None => owners.remove(&group),
+            };
+        }
+        assert_eq!(owners, t.group_owners());
+    };
+    t.apply(&web(), &simple(&[1, 2])).unwrap();
+    replay(&mut t);
+    // Same groups: nothing to say.
+    t.apply(&web(), &simple(&[3])).unwrap();
+    assert!(t.take_owner_changes().is_empty());
+    // The freed id goes to the next Service within one batch.
+    t.remove(&web()).unwrap();
+    let dns = ServiceEntries {
+        groups: BTreeMap::from([(group(false), vec![pod(9)])]),
+        frontends: BTreeMap::from([(frontend(53, 53, Scope::External), entry(group(false)))]),
+    };
+    t.apply(&other, &dns).unwrap();
+    replay(&mut t);
+    assert_eq!(t.group_owners().values().collect::<Vec<_>>(), [&other]);
+}
+
+#[test]
+fn the_occupancy_follows_every_change_and_equals_what_the_maps_hold() {
+    let mut t = ServiceTable::new(FakeMaps::default());
+    let other = ServiceRef::new("default", "other");
+    let held = |t: &ServiceTable<FakeMaps>| Occupancy {
+        services: t.occupancy().services,
+        frontends: t.maps().frontends.len(),
+        groups: t.maps().counters.len(),
+        backends: t.maps().backends.len(),
+    };
+    t.apply(&web(), &simple(&[1, 2, 3])).unwrap();
+    assert_eq!(t.occupancy(), held(&t));
+    t.apply(&web(), &simple(&[4])).unwrap();
+    let dns = ServiceEntries {
+        groups: BTreeMap::from([(group(false), vec![pod(9), pod(8)])]),
+        frontends: BTreeMap::from([(frontend(53, 53, Scope::External), entry(group(false)))]),
+    };
+    t.apply(&other, &dns).unwrap();
+    assert_eq!(t.occupancy(), held(&t));
+    assert_eq!(t.occupancy().backends, 3);
+    t.remove(&web()).unwrap();
+    assert_eq!(t.occupancy(), held(&t));
+    assert_eq!(t.occupancy().services, 1);
+}
+
+#[test]
 fn a_change_touches_only_its_own_services_entries() {
     let mut t = ServiceTable::new(FakeMaps::default());
     let dns = ServiceRef::new("kube-system", "dns");

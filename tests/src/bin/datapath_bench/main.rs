@@ -371,6 +371,25 @@ fn seen(rx: &std::sync::mpsc::Receiver<(f64, String)>, ip: Ipv4Addr, since: f64)
     }
 }
 
+/// Waits (5 s at most) until the watcher's last 20 lines all name `ip` (it prints every
+/// flip at once and otherwise a line per 100 ms: 2 s without another backend answering):
+/// the datapath holds only that backend, so the next change's backend can only be seen
+/// once that change is live. (Without it, a datapath still showing an older set that held both backends
+/// answered a change "in 0.7 ms".)
+fn settled(rx: &std::sync::mpsc::Receiver<(f64, String)>, ip: Ipv4Addr) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let want = ip.to_string();
+    let mut run = 0;
+    while run < 20 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let (_, answer) = rx
+            .recv_timeout(left)
+            .with_context(|| format!("the watcher never saw only {want} answer"))?;
+        run = if answer == want { run + 1 } else { 0 };
+    }
+    Ok(())
+}
+
 /// IPVS: present only when the kernel has it and `ipvsadm` is installed.
 fn ipvs_status() -> String {
     let kernel = Path::new("/proc/net/ip_vs").exists();

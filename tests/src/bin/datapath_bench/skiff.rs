@@ -24,7 +24,7 @@ use skiff_tests::{
 
 use crate::{
     Args, BACKENDS, Changes, INTERRUPTED, Launcher, Results, measure as measure_mode,
-    not_interrupted, now, seen, spawn_server, tune_client, watch_lines,
+    not_interrupted, now, seen, settled, spawn_server, tune_client, watch_lines,
 };
 
 const IMAGE: &str = "bench.local/busybox:datapath";
@@ -127,7 +127,7 @@ fn change_latency(
     set_endpoints(c, 0, &[a])?;
     let mut watcher = client.watch(SocketAddr::from((svc.vip, TCP_PORT)), args)?;
     let rx = watch_lines(&mut watcher)?;
-    seen(&rx, a, 0.0)?;
+    settled(&rx, a)?;
     let mut out = Changes {
         mode: label.to_owned(),
         services: svcs.len(),
@@ -142,6 +142,7 @@ fn change_latency(
         let t = seen(&rx, target, sent)?;
         out.live_ms.push((t - sent) * 1000.0);
         out.apply_ms.push((accepted - sent) * 1000.0);
+        settled(&rx, target)?;
     }
     drop(watcher);
     set_endpoints(c, 0, &svc.endpoints)?;
