@@ -14,23 +14,14 @@ use kube::{
         reflector::{ObjectRef, Store},
     },
 };
-use skiff_control_runtime::{Clock, Context, Informers, informers::in_namespace};
+use skiff_control_runtime::{
+    Clock, Context, Informers, informers::in_namespace, volumes::pod_claims,
+};
 use skiff_types::storage::PVC_PROTECTION;
 
 use crate::{Error, pods};
 
 const COMPONENT: &str = "pvc-protection-controller";
-
-/// The claims a pod's volumes name.
-fn claims_of(pod: &Pod) -> impl Iterator<Item = &str> {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_deref())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|v| v.persistent_volume_claim.as_ref())
-        .map(|c| c.claim_name.as_str())
-}
 
 /// The finalizers to leave on a deleted claim once no unfinished pod of `pods` uses it;
 /// `None` while the claim is not being deleted, has no protection finalizer, or is in use.
@@ -45,7 +36,7 @@ pub fn plan(claim: &PersistentVolumeClaim, pods: &[Arc<Pod>]) -> Option<Vec<Stri
     let in_use = pods.iter().any(|p| {
         p.namespace() == claim.namespace()
             && !pods::is_terminal(p)
-            && claims_of(p).any(|c| c == name)
+            && pod_claims(p).any(|c| c == name)
     });
     (!in_use).then(|| {
         finalizers
@@ -77,7 +68,7 @@ pub fn start(
         // A pod that finishes or goes frees the claims it used.
         .watches_shared_stream(pods.changes(), |pod: Arc<Pod>| {
             let ns = pod.namespace().unwrap_or_default();
-            claims_of(&pod)
+            pod_claims(&pod)
                 .map(|c| ObjectRef::new(c).within(&ns))
                 .collect::<Vec<_>>()
         });

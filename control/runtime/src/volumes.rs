@@ -4,7 +4,7 @@
 //! affinity.
 
 use k8s_openapi::api::{
-    core::v1::{Node, PersistentVolume, PersistentVolumeClaim},
+    core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod},
     storage::v1::StorageClass,
 };
 use skiff_machinery::{quantity::parse_milli, selector::LabelSelector};
@@ -16,6 +16,17 @@ pub const WAIT_FOR_FIRST_CONSUMER: &str = "WaitForFirstConsumer";
 
 /// The provisioner name that says a class has no provisioner.
 pub const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
+
+/// The claim names of a pod's `persistentVolumeClaim` volumes.
+pub fn pod_claims(pod: &Pod) -> impl Iterator<Item = &str> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.as_str())
+}
 
 /// The class a claim asks for; empty for none.
 #[must_use]

@@ -12,7 +12,7 @@ use k8s_openapi::api::{
     storage::v1::StorageClass,
 };
 use skiff_control_runtime::volumes::{
-    admits_node, best_match, claim_class, claim_volume, provisions, waits_for_consumer,
+    admits_node, best_match, claim_class, claim_volume, pod_claims, provisions, waits_for_consumer,
 };
 use skiff_types::storage::SELECTED_NODE;
 
@@ -40,15 +40,7 @@ struct Needs {
 
 /// The claim names of the pod's `persistentVolumeClaim` volumes.
 fn claim_names(pod: &PodInfo) -> Vec<&str> {
-    pod.pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_deref())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|v| v.persistent_volume_claim.as_ref())
-        .map(|c| c.claim_name.as_str())
-        .collect()
+    pod_claims(&pod.pod).collect()
 }
 
 fn needs(pod: &PodInfo, storage: &Storage) -> Result<Needs, String> {
