@@ -149,34 +149,9 @@ impl History {
         #[expect(clippy::cast_possible_truncation, reason = "replica counts are small")]
         let up_limit =
             (SCALE_UP_LIMIT_FACTOR * f64::from(counts.current)).max(SCALE_UP_LIMIT_MINIMUM) as i32;
-        let (ceiling, limited) = if counts.max > up_limit {
-            (
-                up_limit,
-                reason(
-                    "True",
-                    "ScaleUpLimit",
-                    "the desired replica count is increasing faster than the maximum scale rate",
-                ),
-            )
-        } else {
-            (
-                counts.max,
-                reason(
-                    "True",
-                    "TooManyReplicas",
-                    "the desired replica count is more than the maximum replica count",
-                ),
-            )
-        };
+        let (ceiling, limited) = ceiling(up_limit, counts.max);
         let (replicas, scaling_limited) = if stabilized < counts.min {
-            (
-                counts.min,
-                reason(
-                    "True",
-                    "TooFewReplicas",
-                    "the desired replica count is less than the minimum replica count",
-                ),
-            )
+            (counts.min, too_few())
         } else if stabilized > ceiling {
             (ceiling, limited)
         } else {
@@ -272,25 +247,7 @@ impl History {
         if counts.desired > counts.current {
             let limit =
                 scale_up_limit(counts.current, &self.scale_ups, up, now).max(counts.current);
-            let (ceiling, why) = if counts.max > limit {
-                (
-                    limit,
-                    reason(
-                        "True",
-                        "ScaleUpLimit",
-                        "the desired replica count is increasing faster than the maximum scale rate",
-                    ),
-                )
-            } else {
-                (
-                    counts.max,
-                    reason(
-                        "True",
-                        "TooManyReplicas",
-                        "the desired replica count is more than the maximum replica count",
-                    ),
-                )
-            };
+            let (ceiling, why) = ceiling(limit, counts.max);
             if counts.desired > ceiling {
                 return (ceiling, why);
             }
@@ -307,14 +264,7 @@ impl History {
                     ),
                 )
             } else {
-                (
-                    counts.min,
-                    reason(
-                        "True",
-                        "TooFewReplicas",
-                        "the desired replica count is less than the minimum replica count",
-                    ),
-                )
+                (counts.min, too_few())
             };
             if counts.desired < floor {
                 return (floor, why);
@@ -322,6 +272,38 @@ impl History {
         }
         (counts.desired, within_range())
     }
+}
+
+/// The most replicas a scale-up may reach: the rate `limit`, or `max` when that is lower,
+/// with the reason that names which one holds.
+fn ceiling(limit: i32, max: i32) -> (i32, Reason) {
+    if max > limit {
+        (
+            limit,
+            reason(
+                "True",
+                "ScaleUpLimit",
+                "the desired replica count is increasing faster than the maximum scale rate",
+            ),
+        )
+    } else {
+        (
+            max,
+            reason(
+                "True",
+                "TooManyReplicas",
+                "the desired replica count is more than the maximum replica count",
+            ),
+        )
+    }
+}
+
+fn too_few() -> Reason {
+    reason(
+        "True",
+        "TooFewReplicas",
+        "the desired replica count is less than the minimum replica count",
+    )
 }
 
 fn within_range() -> Reason {
