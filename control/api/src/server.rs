@@ -14,7 +14,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use skiff_machinery::status::StatusError;
+use skiff_machinery::{
+    status::StatusError,
+    user::{self, UserInfo},
+};
 use skiff_resources::wire::{self, Untyped};
 use skiff_store::Store;
 use skiff_types::{CidrError, Ipv4Cidr};
@@ -195,17 +198,14 @@ async fn compact_forever(store: Arc<dyn Store>, every: Duration, keep: i64) {
     }
 }
 
-/// Who is calling. Until TLS and authentication land every caller is the cluster admin;
-/// this is the one place they will plug in.
-#[derive(Debug)]
-struct User;
-
+/// Who is calling. Until TLS and authentication land every caller is the cluster admin
+/// (`system:admin` in `system:masters`); this is the one place they will plug in.
 #[expect(
     clippy::unnecessary_wraps,
     reason = "authentication will refuse requests here once it exists"
 )]
-fn authenticate(_req: &Request<Incoming>) -> Result<User, StatusError> {
-    Ok(User)
+fn authenticate(_req: &Request<Incoming>) -> Result<UserInfo, StatusError> {
+    Ok(UserInfo::new("system:admin", [user::MASTERS]))
 }
 
 async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {

@@ -19,4 +19,5 @@ pub mod response;
 pub mod selector;
 pub mod spdy;
 pub mod status;
+pub mod user;
 pub mod validation;
