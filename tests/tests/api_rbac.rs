@@ -32,6 +32,31 @@ fn await_can_i(cp: &ControlPlane, args: &[&str], want: &str) -> Result<()> {
     }
 }
 
+/// Polls `read` until `done` holds for its answer, which it returns.
+fn settled(read: impl Fn() -> Result<String>, done: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = read()?;
+        if done(&answer) {
+            return Ok(answer);
+        }
+        if Instant::now() > deadline {
+            bail!("never settled: {answer}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const NODE_VIEWER: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: node-viewer
+  labels: {rbac.authorization.k8s.io/aggregate-to-view: "true"}
+rules:
+- {apiGroups: [""], resources: [nodes], verbs: [get, list, watch]}
+"#;
+
 fn stderr_of(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Result<String> {
     let out = cp.run(args, stdin)?;
     if out.status.success() {
@@ -432,7 +457,7 @@ fn the_default_roles_and_bindings_exist_and_come_back() -> Result<()> {
         2,
         "deleted defaults are re-added at start: {back}"
     );
-    let rules = |role: &str| {
+    let rules_of = |role: &str| {
         cp.ok(
             &[
                 "get",
@@ -444,7 +469,55 @@ fn the_default_roles_and_bindings_exist_and_come_back() -> Result<()> {
             None,
         )
     };
-    assert!(rules("system:basic-user")?.contains("selfsubjectaccessreviews"));
-    assert_eq!(rules("system:public-info-viewer")?, "");
+    assert!(rules_of("system:basic-user")?.contains("selfsubjectaccessreviews"));
+    assert_eq!(rules_of("system:public-info-viewer")?, "");
+    Ok(())
+}
+
+#[test]
+fn aggregated_roles_carry_the_rules_of_the_roles_they_select() -> Result<()> {
+    if !kubectl_present("aggregated_roles_carry_the_rules_of_the_roles_they_select") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    // Aggregated roles carry the rules of the roles their selectors match, transitively
+    // (admin <- edit <- view), and pick up new ones.
+    let rules_of = |role: &str| {
+        cp.ok(
+            &[
+                "get",
+                "clusterrole",
+                role,
+                "-o",
+                "jsonpath={.rules[*].resources}",
+            ],
+            None,
+        )
+    };
+    let admin = settled(|| rules_of("admin"), |r| r.contains("rolebindings"))?;
+    assert!(
+        admin.contains("\"pods\"") && admin.contains("\"deployments\""),
+        "{admin}"
+    );
+    cp.ok(
+        &[
+            "create",
+            "clusterrolebinding",
+            "v",
+            "--clusterrole=view",
+            "--user=vic",
+        ],
+        None,
+    )?;
+    await_can_i(&cp, &["list", "nodes", "--as", "vic"], "no")?;
+    cp.ok(&["apply", "-f", "-"], Some(NODE_VIEWER))?;
+    settled(|| rules_of("view"), |r| r.contains("nodes"))?;
+    settled(|| rules_of("admin"), |r| r.contains("nodes"))?;
+    await_can_i(&cp, &["list", "nodes", "--as", "vic"], "yes")?;
+    cp.ok(&["delete", "clusterrole", "node-viewer"], None)?;
+    settled(|| rules_of("view"), |r| !r.contains("nodes"))?;
+    await_can_i(&cp, &["list", "nodes", "--as", "vic"], "no")?;
+
     Ok(())
 }

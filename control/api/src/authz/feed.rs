@@ -1,10 +1,12 @@
 //! Keeps the authorizer's index in step with the store: one list at start, then a store
 //! watch per held kind from the listed revision (re-listing when the watch is lost), as an
-//! informer inside the API server.
+//! informer inside the API server; `ClusterRole` changes also re-aggregate the aggregated
+//! roles' rules.
 
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use skiff_machinery::status::StatusError;
 use skiff_resources::ResourceInfo;
 
@@ -63,8 +65,54 @@ pub async fn follow(ctx: Arc<Ctx>, revisions: Vec<i64>) {
     futures::future::join_all(tasks).await;
 }
 
+/// The clusterrole-aggregation controller: writes into each aggregated `ClusterRole` the rules
+/// of the `ClusterRoles` its selectors match, so readers of the object see what it grants.
+async fn aggregate(ctx: &Ctx, info: &ResourceInfo) {
+    let wanted: Vec<(String, Vec<PolicyRule>)> = {
+        let ix = ctx.authz.index();
+        ix.aggregated()
+            .into_iter()
+            .map(|name| {
+                let mut rules: Vec<PolicyRule> = Vec::new();
+                for rule in ix.cluster_role_rules(&name) {
+                    if !rules.contains(&rule) {
+                        rules.push(rule);
+                    }
+                }
+                (name, rules)
+            })
+            .collect()
+    };
+    for (name, rules) in wanted {
+        let Ok((mut obj, revision)) = objects::fetch(ctx.store.as_ref(), info, None, &name).await
+        else {
+            continue;
+        };
+        let stored: Vec<PolicyRule> =
+            serde_json::from_value(obj.get("rules").cloned().unwrap_or_default())
+                .unwrap_or_default();
+        if stored == rules {
+            continue;
+        }
+        obj["rules"] = serde_json::to_value(&rules).unwrap_or_default();
+        let key = objects::key(info, None, &name);
+        match ctx
+            .store
+            .update(&key, objects::encode(info, &obj), revision)
+            .await
+        {
+            Ok(_) => tracing::debug!(%name, rules = rules.len(), "aggregated ClusterRole rules"),
+            // A concurrent write brings another event, and another pass.
+            Err(err) => tracing::debug!(%name, ?err, "aggregating ClusterRole rules"),
+        }
+    }
+}
+
 async fn follow_one(ctx: &Ctx, held: Held, info: &'static ResourceInfo, mut from: i64) {
     let prefix = objects::prefix(info, None);
+    if held == Held::ClusterRole {
+        aggregate(ctx, info).await;
+    }
     loop {
         match ctx.store.watch(&prefix, from).await {
             Ok(mut events) => {
@@ -83,6 +131,9 @@ async fn follow_one(ctx: &Ctx, held: Held, info: &'static ResourceInfo, mut from
                             (!deleted).then_some(&obj),
                         );
                     });
+                    if held == Held::ClusterRole {
+                        aggregate(ctx, info).await;
+                    }
                 }
             }
             Err(err) => tracing::warn!(kind = info.kind, ?err, "authorizer watch failed"),

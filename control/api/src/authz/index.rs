@@ -231,6 +231,16 @@ impl Index {
         }
     }
 
+    /// The names of the `ClusterRoles` with an `aggregationRule`.
+    #[must_use]
+    pub fn aggregated(&self) -> Vec<String> {
+        self.cluster_roles
+            .iter()
+            .filter(|(_, r)| r.aggregation_rule.is_some())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     fn role_ref_rules(&self, namespace: &str, role_ref: &RoleRef) -> Vec<PolicyRule> {
         match role_ref.kind.as_str() {
             "ClusterRole" => self.cluster_role_rules(&role_ref.name),
