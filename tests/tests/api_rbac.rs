@@ -521,3 +521,93 @@ fn aggregated_roles_carry_the_rules_of_the_roles_they_select() -> Result<()> {
 
     Ok(())
 }
+
+const TWO_NODES_PODS: &str = r"
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: one-secret, namespace: apps}
+stringData: {k: v}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: two-secret, namespace: apps}
+stringData: {k: v}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: on-one, namespace: apps}
+spec:
+  nodeName: one
+  containers:
+  - {name: c, image: busybox:1.36, envFrom: [{secretRef: {name: one-secret}}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: on-two, namespace: apps}
+spec:
+  nodeName: two
+  volumes: [{name: s, secret: {secretName: two-secret}}]
+  containers:
+  - {name: c, image: busybox:1.36}
+";
+
+#[test]
+fn a_node_reads_only_the_secrets_of_its_own_pods_and_changes_only_itself() -> Result<()> {
+    if !kubectl_present("a_node_reads_only_the_secrets_of_its_own_pods_and_changes_only_itself") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start_with(dir.path(), &["--no-scheduler", "--no-controllers"])?;
+    cp.ok(&["apply", "-f", "-"], Some(TWO_NODES_PODS))?;
+    let as_one = ["--as", "system:node:one", "--as-group", "system:nodes"];
+    let get = |what: &[&'static str]| -> Vec<&'static str> { [what, &as_one[..]].concat() };
+    settled(
+        || {
+            let out = cp.run(
+                &get(&["get", "secret", "one-secret", "-n", "apps", "-o", "name"]),
+                None,
+            )?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        },
+        |out| out.trim() == "secret/one-secret",
+    )?;
+    let theirs = stderr_of(
+        &cp,
+        &get(&["get", "secret", "two-secret", "-n", "apps"]),
+        None,
+    )?;
+    assert_eq!(
+        theirs,
+        r#"Error from server (Forbidden): secrets "two-secret" is forbidden: User "system:node:one" cannot get resource "secrets" in API group "" in the namespace "apps": no relationship found between node 'one' and this object"#
+    );
+    let all = stderr_of(&cp, &get(&["get", "secrets", "-n", "apps"]), None)?;
+    assert!(all.contains("cannot list resource \"secrets\""), "{all}");
+    // A node may read every pod but delete only its own.
+    cp.ok(&get(&["get", "pods", "-A"]), None)?;
+    let delete = stderr_of(&cp, &get(&["delete", "pod", "on-two", "-n", "apps"]), None)?;
+    assert!(delete.contains("Forbidden"), "{delete}");
+    // NodeRestriction: its own Node and Lease only.
+    let node = |name: &str| format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n");
+    cp.ok(&get(&["create", "-f", "-"]), Some(&node("one")))?;
+    let other = stderr_of(&cp, &get(&["create", "-f", "-"]), Some(&node("two")))?;
+    assert!(
+        other.contains(r#"node "one" is not allowed to modify node "two""#),
+        "{other}"
+    );
+    let lease = |name: &str| {
+        format!(
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {name}, namespace: kube-node-lease}}\n"
+        )
+    };
+    cp.ok(&get(&["create", "-f", "-"]), Some(&lease("one")))?;
+    let other = stderr_of(&cp, &get(&["create", "-f", "-"]), Some(&lease("two")))?;
+    assert!(
+        other.contains("can only access node lease with the same name as the requesting node"),
+        "{other}"
+    );
+    Ok(())
+}

@@ -114,6 +114,9 @@ impl PodRefs {
 #[derive(Debug, Default)]
 pub struct Index {
     cluster_roles: HashMap<String, ClusterRole>,
+    /// Every ClusterRole's rules with aggregation resolved, recomputed when a ClusterRole
+    /// changes so that a check only reads.
+    effective: HashMap<String, Vec<PolicyRule>>,
     cluster_role_bindings: HashMap<String, ClusterRoleBinding>,
     roles: HashMap<(String, String), Role>,
     /// Namespace, then name.
@@ -143,6 +146,7 @@ impl Index {
                     Some(o) => self.cluster_roles.insert(n, o),
                     None => self.cluster_roles.remove(name),
                 };
+                self.reaggregate();
             }
             Held::ClusterRoleBinding => {
                 match obj.and_then(decode) {
@@ -175,7 +179,10 @@ impl Index {
     /// Forgets every object of `kind` (before a fresh list).
     pub fn clear(&mut self, kind: Held) {
         match kind {
-            Held::ClusterRole => self.cluster_roles.clear(),
+            Held::ClusterRole => {
+                self.cluster_roles.clear();
+                self.effective.clear();
+            }
             Held::ClusterRoleBinding => self.cluster_role_bindings.clear(),
             Held::Role => self.roles.clear(),
             Held::RoleBinding => self.role_bindings.clear(),
@@ -188,10 +195,21 @@ impl Index {
     /// controller writes them.
     #[must_use]
     pub fn cluster_role_rules(&self, name: &str) -> Vec<PolicyRule> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        self.collect(name, &mut seen, &mut out);
-        out
+        self.effective.get(name).cloned().unwrap_or_default()
+    }
+
+    fn reaggregate(&mut self) {
+        let effective = self
+            .cluster_roles
+            .keys()
+            .map(|name| {
+                let mut seen = HashSet::new();
+                let mut out = Vec::new();
+                self.collect(name, &mut seen, &mut out);
+                (name.clone(), out)
+            })
+            .collect();
+        self.effective = effective;
     }
 
     fn collect(&self, name: &str, seen: &mut HashSet<String>, out: &mut Vec<PolicyRule>) {
@@ -241,22 +259,25 @@ impl Index {
             .collect()
     }
 
-    fn role_ref_rules(&self, namespace: &str, role_ref: &RoleRef) -> Vec<PolicyRule> {
+    fn role_ref_rules(&self, namespace: &str, role_ref: &RoleRef) -> &[PolicyRule] {
         match role_ref.kind.as_str() {
-            "ClusterRole" => self.cluster_role_rules(&role_ref.name),
+            "ClusterRole" => self
+                .effective
+                .get(&role_ref.name)
+                .map_or(&[], Vec::as_slice),
             "Role" => self
                 .roles
                 .get(&(namespace.to_owned(), role_ref.name.clone()))
-                .and_then(|r| r.rules.clone())
-                .unwrap_or_default(),
-            _ => Vec::new(),
+                .and_then(|r| r.rules.as_deref())
+                .unwrap_or(&[]),
+            _ => &[],
         }
     }
 
     /// The rules of a role reference as a binding in `namespace` (empty: cluster) sees it.
     #[must_use]
     pub fn rules_of_ref(&self, namespace: &str, role_ref: &RoleRef) -> Vec<PolicyRule> {
-        self.role_ref_rules(namespace, role_ref)
+        self.role_ref_rules(namespace, role_ref).to_vec()
     }
 
     /// Visits the rules that apply to `user` in `namespace` (cluster-wide bindings first)
