@@ -114,7 +114,7 @@ impl PodRefs {
 #[derive(Debug, Default)]
 pub struct Index {
     cluster_roles: HashMap<String, ClusterRole>,
-    /// Every ClusterRole's rules with aggregation resolved, recomputed when a ClusterRole
+    /// Every `ClusterRole`'s rules with aggregation resolved, recomputed when a `ClusterRole`
     /// changes so that a check only reads.
     effective: HashMap<String, Vec<PolicyRule>>,
     cluster_role_bindings: HashMap<String, ClusterRoleBinding>,
