@@ -452,6 +452,16 @@ pub fn cluster_roles() -> Vec<Value> {
             &aggregate("view"),
             &view_rules(),
         ),
+        // metrics-server's reader, so `kubectl top` works wherever view does.
+        cluster_role(
+            "system:aggregated-metrics-reader",
+            &json!({
+                "rbac.authorization.k8s.io/aggregate-to-view": "true",
+                "rbac.authorization.k8s.io/aggregate-to-edit": "true",
+                "rbac.authorization.k8s.io/aggregate-to-admin": "true",
+            }),
+            &[rule(READ, &["metrics.k8s.io"], &["pods", "nodes"])],
+        ),
         cluster_role(
             "system:discovery",
             &none,

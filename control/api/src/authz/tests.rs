@@ -367,6 +367,7 @@ fn view_and_edit_and_admin_aggregate_and_nest() {
     let u = |n: &str| UserInfo::new(n, Vec::<String>::new());
     let yes = |user: &str, line: &str| authz.authorize(&req(&u(user), line)).is_ok();
     assert!(yes("viewer", "get /pods d/p") && yes("viewer", "list apps/deployments d"));
+    assert!(yes("viewer", "list metrics.k8s.io/pods d"), "kubectl top");
     assert!(!yes("viewer", "create /pods d") && !yes("viewer", "get /secrets d/s"));
     assert!(!yes("viewer", "get /pods other/p"));
     assert!(yes("editor", "create /pods d") && yes("editor", "get /secrets d/s"));
