@@ -512,11 +512,11 @@ fn aggregated_roles_carry_the_rules_of_the_roles_they_select() -> Result<()> {
     )?;
     await_can_i(&cp, &["list", "nodes", "--as", "vic"], "no")?;
     cp.ok(&["apply", "-f", "-"], Some(NODE_VIEWER))?;
-    settled(|| rules_of("view"), |r| r.contains("nodes"))?;
-    settled(|| rules_of("admin"), |r| r.contains("nodes"))?;
+    settled(|| rules_of("view"), |r| r.contains(r#"["nodes"]"#))?;
+    settled(|| rules_of("admin"), |r| r.contains(r#"["nodes"]"#))?;
     await_can_i(&cp, &["list", "nodes", "--as", "vic"], "yes")?;
     cp.ok(&["delete", "clusterrole", "node-viewer"], None)?;
-    settled(|| rules_of("view"), |r| !r.contains("nodes"))?;
+    settled(|| rules_of("view"), |r| !r.contains(r#"["nodes"]"#))?;
     await_can_i(&cp, &["list", "nodes", "--as", "vic"], "no")?;
 
     Ok(())

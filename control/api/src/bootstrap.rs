@@ -108,11 +108,17 @@ async fn reconcile(
     entries.extend(missing);
     current[field] = Value::Array(entries);
     let key = objects::key(info, None, &name);
-    ctx.store
+    match ctx
+        .store
         .update(&key, objects::encode(info, &current), revision)
         .await
-        .map_err(|e| objects::store_error(e, info, &name))?;
-    tracing::info!(kind = info.kind, %name, "default RBAC object reconciled");
+        .map_err(|e| objects::store_error(e, info, &name))
+    {
+        Ok(_) => tracing::info!(kind = info.kind, %name, "default RBAC object reconciled"),
+        // Another API server on the same store reconciled it first.
+        Err(e) if e.code == 409 => {}
+        Err(e) => return Err(e),
+    }
     Ok(())
 }
 
