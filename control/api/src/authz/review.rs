@@ -230,3 +230,89 @@ fn rules_status(rules: &[k8s_openapi::api::rbac::v1::PolicyRule]) -> Value {
         "incomplete": false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use skiff_machinery::user;
+
+    use super::*;
+    use crate::authz::index::Held;
+
+    fn authz() -> Authorizer {
+        let authz = Authorizer::default();
+        authz.update(|ix| {
+            ix.apply(Held::ClusterRole, "", "pods", Some(&json!({"metadata": {"name": "pods"},
+                "rules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}]})));
+            ix.apply(Held::RoleBinding, "d", "b", Some(&json!({"metadata": {"name": "b", "namespace": "d"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "pods"},
+                "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice"}]})));
+        });
+        authz
+    }
+
+    fn allowed(v: &Value) -> bool {
+        v.pointer("/status/allowed") == Some(&json!(true))
+    }
+
+    #[test]
+    fn access_reviews_answer_for_the_caller_or_the_named_subject() {
+        let authz = authz();
+        let alice = UserInfo::new("alice", Vec::<String>::new());
+        let admin = UserInfo::new("root", [user::MASTERS]);
+        let ask = |ns: &str| json!({"spec": {"resourceAttributes": {"namespace": ns, "verb": "get", "resource": "pods"}}});
+        let own = answer(&authz, &alice, Review::SelfAccess, None, ask("d")).unwrap();
+        assert!(allowed(&own));
+        assert_eq!(own["kind"], "SelfSubjectAccessReview");
+        assert!(!allowed(
+            &answer(&authz, &alice, Review::SelfAccess, None, ask("e")).unwrap()
+        ));
+        let mut about_alice = ask("d");
+        about_alice["spec"]["user"] = json!("alice");
+        assert!(allowed(
+            &answer(&authz, &admin, Review::Access, None, about_alice.clone()).unwrap()
+        ));
+        about_alice["spec"]["user"] = json!("bob");
+        assert!(!allowed(
+            &answer(&authz, &admin, Review::Access, None, about_alice).unwrap()
+        ));
+        let err = answer(&authz, &admin, Review::LocalAccess, Some("x"), ask("d")).unwrap_err();
+        assert_eq!(err.code, 400);
+        let urls = json!({"spec": {"nonResourceAttributes": {"path": "/healthz", "verb": "get"}}});
+        assert!(!allowed(
+            &answer(&authz, &alice, Review::SelfAccess, None, urls).unwrap()
+        ));
+    }
+
+    #[test]
+    fn rules_and_self_subject_reviews_describe_the_caller() {
+        let authz = authz();
+        let alice = UserInfo::new("alice", ["dev"]);
+        let rules = answer(
+            &authz,
+            &alice,
+            Review::SelfRules,
+            None,
+            json!({"spec": {"namespace": "d"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            rules["status"]["resourceRules"],
+            json!([{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}])
+        );
+        assert_eq!(rules["status"]["incomplete"], false);
+        let me = answer(&authz, &alice, Review::SelfSubject, None, json!({})).unwrap();
+        assert_eq!(
+            me["status"]["userInfo"],
+            json!({"username": "alice", "groups": ["dev", user::AUTHENTICATED]})
+        );
+        assert_eq!(me["apiVersion"], "authentication.k8s.io/v1");
+        assert_eq!(
+            at("/apis/authorization.k8s.io/v1/namespaces/d/localsubjectaccessreviews"),
+            Some((Review::LocalAccess, Some("d".to_owned())))
+        );
+        assert_eq!(
+            at("/apis/authorization.k8s.io/v1/localsubjectaccessreviews"),
+            None
+        );
+    }
+}
