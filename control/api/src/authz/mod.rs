@@ -136,6 +136,16 @@ fn node_decision(ix: &Index, node: &str, attrs: &Attributes) -> NodeDecision {
             ));
         }
     }
+    if r.group == "coordination.k8s.io"
+        && r.resource == "leases"
+        && r.namespace == skiff_types::namespace::KUBE_NODE_LEASE
+        && matches!(attrs.verb.as_str(), "update" | "patch" | "delete")
+        && r.name != node
+    {
+        return NodeDecision::Deny(format!(
+            "can only access node lease with the same name as the requesting node ({node})"
+        ));
+    }
     if NODE_RULES.iter().any(|rule| rules::allows(rule, attrs)) {
         NodeDecision::Allow
     } else {

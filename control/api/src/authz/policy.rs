@@ -468,6 +468,22 @@ pub fn cluster_roles() -> Vec<Value> {
             &[urls(&["get"], &discovery_urls)],
         ),
         cluster_role(
+            "system:monitoring",
+            &none,
+            &[urls(
+                &["get"],
+                &[
+                    "/metrics",
+                    "/livez",
+                    "/readyz",
+                    "/healthz",
+                    "/livez/*",
+                    "/readyz/*",
+                    "/healthz/*",
+                ],
+            )],
+        ),
+        cluster_role(
             "system:public-info-viewer",
             &none,
             &[urls(
@@ -525,6 +541,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
                 ("Group", AUTHENTICATED),
                 ("Group", "system:unauthenticated"),
             ],
+        ),
+        binding(
+            "system:monitoring",
+            "system:monitoring",
+            &[("Group", "system:monitoring")],
         ),
         binding("system:node", "system:node", &[]),
         binding(SCHEDULER, SCHEDULER, &[("User", SCHEDULER)]),

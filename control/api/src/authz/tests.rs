@@ -169,6 +169,22 @@ fn a_node_reads_only_the_secrets_and_config_maps_of_its_own_pods() {
     );
     assert!(authz.authorize(&req(&n1, "delete /pods d/q")).is_err());
     assert!(authz.authorize(&req(&n1, "delete /nodes n2")).is_err());
+    assert!(
+        authz
+            .authorize(&req(
+                &n1,
+                "delete coordination.k8s.io/leases kube-node-lease/n2"
+            ))
+            .is_err()
+    );
+    assert!(
+        authz
+            .authorize(&req(
+                &n1,
+                "patch coordination.k8s.io/leases kube-node-lease/n1"
+            ))
+            .is_ok()
+    );
     assert!(authz.authorize(&req(&n1, "create /secrets d")).is_err());
     // A pod moving to another node takes its references along.
     add(&authz, Held::Pod, &pod_on("n2", "d", "p", "mine"));
@@ -328,6 +344,12 @@ fn every_authenticated_user_may_discover_and_ask_about_itself() {
     );
     assert!(refused.is_empty(), "refused: {refused:?}");
     assert!(authz.authorize(&req(&alice, "get url:/metrics")).is_err());
+    let prometheus = UserInfo::new("prometheus", ["system:monitoring"]);
+    assert!(
+        authz
+            .authorize(&req(&prometheus, "get url:/metrics"))
+            .is_ok()
+    );
     assert!(authz.authorize(&req(&alice, "list /pods d")).is_err());
     let admin = UserInfo::new("root", [skiff_machinery::user::MASTERS]);
     assert!(
