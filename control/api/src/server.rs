@@ -245,11 +245,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
                 .map(|r| r.resource.clone())
                 .unwrap_or_default();
             if let Err(reason) = ctx.authz.authorize(&attrs) {
-                (
-                    "AUTHZ",
-                    resource,
-                    h::error(&attributes::forbidden(&attrs, &reason)),
-                )
+                let err = attributes::forbidden(&attrs, &reason);
+                tracing::debug!(user = %attrs.user.name, groups = ?attrs.user.groups, message = %err.message, "forbidden");
+                ("AUTHZ", resource, h::error(&err))
             } else {
                 let user = attrs.user;
                 authz::CALLER
