@@ -1,5 +1,6 @@
-//! What exists from the first start: the system namespaces, the `kubernetes` Service and
-//! the default `local-path` `StorageClass`,
+//! What exists from the first start: the system namespaces, the `kubernetes` Service,
+//! the default `local-path` `StorageClass`, the default RBAC roles and bindings (re-added
+//! or completed at every start unless their autoupdate annotation is `false`),
 //! plus what stored objects already hold from the pools (Service addresses and ports).
 
 use serde_json::{Value, json};
@@ -7,6 +8,7 @@ use skiff_machinery::status::StatusError;
 use skiff_types::{namespace, storage};
 
 use crate::{
+    authz::policy,
     ctx::Ctx,
     http::Query,
     objects,
@@ -65,8 +67,76 @@ async fn reserve_allocations(ctx: &Ctx) -> Result<(), StatusError> {
     Ok(())
 }
 
+/// Creates a default RBAC object, or adds to a stored one (autoupdate `true`) the entries
+/// of `field` it lacks, as kube-apiserver's policy reconciliation does.
+async fn reconcile(
+    ctx: &Ctx,
+    route: &ResourceRoute,
+    wanted: Value,
+    field: &str,
+) -> Result<(), StatusError> {
+    let info = route.info;
+    let name = objects::name_of(&wanted).to_owned();
+    let (mut current, revision) = match objects::fetch(ctx.store.as_ref(), info, None, &name).await
+    {
+        Err(e) if e.code == 404 => return ensure(ctx, route, wanted).await,
+        other => other?,
+    };
+    let autoupdate = current
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(policy::AUTOUPDATE))
+        .and_then(Value::as_str);
+    if autoupdate == Some("false") {
+        return Ok(());
+    }
+    let mut entries = current
+        .get(field)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let missing: Vec<Value> = wanted
+        .get(field)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| !entries.contains(e))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    entries.extend(missing);
+    current[field] = Value::Array(entries);
+    let key = objects::key(info, None, &name);
+    match ctx
+        .store
+        .update(&key, objects::encode(info, &current), revision)
+        .await
+        .map_err(|e| objects::store_error(e, info, &name))
+    {
+        Ok(_) => tracing::info!(kind = info.kind, %name, "default RBAC object reconciled"),
+        // Another API server on the same store reconciled it first.
+        Err(e) if e.code == 409 => {}
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+async fn rbac_defaults(ctx: &Ctx) -> Result<(), StatusError> {
+    let roles = route("rbac.authorization.k8s.io/v1", "ClusterRole", None)?;
+    for role in policy::cluster_roles() {
+        reconcile(ctx, &roles, role, "rules").await?;
+    }
+    let bindings = route("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", None)?;
+    for binding in policy::cluster_role_bindings() {
+        reconcile(ctx, &bindings, binding, "subjects").await?;
+    }
+    Ok(())
+}
+
 pub async fn run(ctx: &Ctx) -> Result<(), StatusError> {
     reserve_allocations(ctx).await?;
+    rbac_defaults(ctx).await?;
     let namespaces = route("v1", "Namespace", None)?;
     for ns in namespace::SYSTEM {
         ensure(ctx, &namespaces, json!({"metadata": {"name": ns}})).await?;

@@ -8,6 +8,7 @@ use skiff_types::Ipv4Cidr;
 
 use crate::{
     allocator::{RangeError, ServicePools},
+    authz::Authorizer,
     metrics::Metrics,
 };
 
@@ -21,6 +22,8 @@ pub struct Ctx {
     pub metrics: Metrics,
     /// The address clients reach this server at (`/api`'s `serverAddressByClientCIDRs`).
     pub address: String,
+    /// RBAC and the Node authorizer, over objects held in memory.
+    pub authz: Authorizer,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -48,6 +51,7 @@ impl Ctx {
             pools: ServicePools::new(service_cidr, node_ports)?,
             metrics: Metrics::default(),
             address,
+            authz: Authorizer::default(),
         })
     }
 }

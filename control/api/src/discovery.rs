@@ -4,6 +4,8 @@
 use serde_json::{Value, json};
 use skiff_resources::all;
 
+use crate::authz::review::Review;
+
 /// Group versions in catalog order, core first.
 fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
@@ -37,7 +39,43 @@ pub fn api(server_address: &str) -> Value {
     })
 }
 
+/// The groups of the review kinds, served beside the catalog (never stored).
+const REVIEW_GROUPS: [&str; 2] = ["authentication.k8s.io", "authorization.k8s.io"];
+
+fn review_group(name: &str) -> Option<Value> {
+    REVIEW_GROUPS.contains(&name).then(|| {
+        let version = json!({"groupVersion": format!("{name}/v1"), "version": "v1"});
+        json!({"name": name, "versions": [version], "preferredVersion": version})
+    })
+}
+
+fn review_resources(group: &str) -> Option<Value> {
+    review_group(group)?;
+    let resources: Vec<Value> = Review::ALL
+        .iter()
+        .filter(|(g, _)| *g == group)
+        .map(|(_, r)| {
+            json!({
+                "name": r.plural(),
+                "singularName": r.type_meta().1.to_ascii_lowercase(),
+                "namespaced": *r == Review::LocalAccess,
+                "kind": r.type_meta().1,
+                "verbs": ["create"],
+            })
+        })
+        .collect();
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": format!("{group}/v1"),
+        "resources": resources,
+    }))
+}
+
 fn group(name: &str) -> Option<Value> {
+    if let Some(g) = review_group(name) {
+        return Some(g);
+    }
     let versions: Vec<Value> = group_versions()
         .into_iter()
         .filter(|(g, _)| *g == name)
@@ -49,7 +87,11 @@ fn group(name: &str) -> Option<Value> {
 
 pub fn apis() -> Value {
     let mut names: Vec<&str> = Vec::new();
-    for (g, _) in group_versions() {
+    for g in group_versions()
+        .into_iter()
+        .map(|(g, _)| g)
+        .chain(REVIEW_GROUPS)
+    {
         if !g.is_empty() && !names.contains(&g) {
             names.push(g);
         }
@@ -67,6 +109,11 @@ pub fn api_group(name: &str) -> Option<Value> {
 }
 
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if version == "v1"
+        && let Some(list) = review_resources(group)
+    {
+        return Some(list);
+    }
     let kinds: Vec<_> = all()
         .iter()
         .filter(|r| r.group == group && r.version == version)

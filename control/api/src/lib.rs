@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod allocator;
+mod authz;
 mod bootstrap;
 mod ctx;
 mod discovery;

@@ -398,6 +398,146 @@ const HPA_V2: Schema = Schema {
     ],
 };
 
+const POLICY_RULE: Schema = Schema {
+    name: "PolicyRule",
+    fields: &[
+        list(1, "verbs", Ty::Str),
+        list(2, "apiGroups", Ty::Str),
+        list(3, "resources", Ty::Str),
+        list(4, "resourceNames", Ty::Str),
+        list(5, "nonResourceURLs", Ty::Str),
+    ],
+};
+const AGGREGATION_RULE: Schema = Schema {
+    name: "AggregationRule",
+    fields: &[list(1, "clusterRoleSelectors", Ty::Msg(&LABEL_SELECTOR))],
+};
+/// `Role` and `ClusterRole` (`kubectl create role|clusterrole`).
+const ROLE: Schema = Schema {
+    name: "Role",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        list(2, "rules", Ty::Msg(&POLICY_RULE)),
+        f(3, "aggregationRule", Ty::Msg(&AGGREGATION_RULE)),
+    ],
+};
+const SUBJECT: Schema = Schema {
+    name: "Subject",
+    fields: &[
+        f(1, "kind", Ty::Str),
+        f(2, "apiGroup", Ty::Str),
+        f(3, "name", Ty::Str),
+        f(4, "namespace", Ty::Str),
+    ],
+};
+const ROLE_REF: Schema = Schema {
+    name: "RoleRef",
+    fields: &[
+        f(1, "apiGroup", Ty::Str),
+        f(2, "kind", Ty::Str),
+        f(3, "name", Ty::Str),
+    ],
+};
+/// `RoleBinding` and `ClusterRoleBinding` (`kubectl create rolebinding|clusterrolebinding`).
+const ROLE_BINDING: Schema = Schema {
+    name: "RoleBinding",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        list(2, "subjects", Ty::Msg(&SUBJECT)),
+        f(3, "roleRef", Ty::Msg(&ROLE_REF)),
+    ],
+};
+const RESOURCE_ATTRIBUTES: Schema = Schema {
+    name: "ResourceAttributes",
+    fields: &[
+        f(1, "namespace", Ty::Str),
+        f(2, "verb", Ty::Str),
+        f(3, "group", Ty::Str),
+        f(4, "version", Ty::Str),
+        f(5, "resource", Ty::Str),
+        f(6, "subresource", Ty::Str),
+        f(7, "name", Ty::Str),
+    ],
+};
+const NON_RESOURCE_ATTRIBUTES: Schema = Schema {
+    name: "NonResourceAttributes",
+    fields: &[f(1, "path", Ty::Str), f(2, "verb", Ty::Str)],
+};
+const ACCESS_REVIEW_SPEC: Schema = Schema {
+    name: "SubjectAccessReviewSpec",
+    fields: &[
+        f(1, "resourceAttributes", Ty::Msg(&RESOURCE_ATTRIBUTES)),
+        f(
+            2,
+            "nonResourceAttributes",
+            Ty::Msg(&NON_RESOURCE_ATTRIBUTES),
+        ),
+        f(3, "user", Ty::Str),
+        list(4, "groups", Ty::Str),
+        f(6, "uid", Ty::Str),
+    ],
+};
+/// Go writes a non-pointer status even when empty; its zero fields are dropped.
+const ACCESS_REVIEW_STATUS: Schema = Schema {
+    name: "SubjectAccessReviewStatus",
+    fields: &[
+        f(1, "allowed", Ty::Bool),
+        f(2, "reason", Ty::Str),
+        f(3, "evaluationError", Ty::Str),
+        f(4, "denied", Ty::Bool),
+    ],
+};
+/// `SelfSubjectAccessReview`, `SubjectAccessReview`, `LocalSubjectAccessReview`
+/// (`kubectl auth can-i`).
+const ACCESS_REVIEW: Schema = Schema {
+    name: "SubjectAccessReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&ACCESS_REVIEW_SPEC)),
+        f(3, "status", Ty::Msg(&ACCESS_REVIEW_STATUS)),
+    ],
+};
+const RULES_REVIEW_SPEC: Schema = Schema {
+    name: "SelfSubjectRulesReviewSpec",
+    fields: &[f(1, "namespace", Ty::Str)],
+};
+const RULES_REVIEW_STATUS: Schema = Schema {
+    name: "SubjectRulesReviewStatus",
+    fields: &[
+        f(3, "incomplete", Ty::Bool),
+        f(4, "evaluationError", Ty::Str),
+    ],
+};
+/// `SelfSubjectRulesReview` (`kubectl auth can-i --list`).
+const RULES_REVIEW: Schema = Schema {
+    name: "SelfSubjectRulesReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&RULES_REVIEW_SPEC)),
+        f(3, "status", Ty::Msg(&RULES_REVIEW_STATUS)),
+    ],
+};
+const USER_INFO: Schema = Schema {
+    name: "UserInfo",
+    fields: &[
+        f(1, "username", Ty::Str),
+        f(2, "uid", Ty::Str),
+        list(3, "groups", Ty::Str),
+    ],
+};
+const SELF_SUBJECT_REVIEW_STATUS: Schema = Schema {
+    name: "SelfSubjectReviewStatus",
+    fields: &[f(1, "userInfo", Ty::Msg(&USER_INFO))],
+};
+/// `SelfSubjectReview` (`kubectl auth whoami`).
+const SELF_SUBJECT_REVIEW: Schema = Schema {
+    name: "SelfSubjectReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "status", Ty::Msg(&SELF_SUBJECT_REVIEW_STATUS)),
+    ],
+};
+
 /// The kinds decoded from protobuf, by `apiVersion` and `kind`.
 fn schema_of(api_version: &str, kind: &str) -> Option<&'static Schema> {
     Some(match kind {
@@ -411,6 +551,13 @@ fn schema_of(api_version: &str, kind: &str) -> Option<&'static Schema> {
         "Deployment" => &DEPLOYMENT,
         "Job" => &JOB,
         "ResourceQuota" => &RESOURCE_QUOTA,
+        "Role" | "ClusterRole" => &ROLE,
+        "RoleBinding" | "ClusterRoleBinding" => &ROLE_BINDING,
+        "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview" => {
+            &ACCESS_REVIEW
+        }
+        "SelfSubjectRulesReview" => &RULES_REVIEW,
+        "SelfSubjectReview" => &SELF_SUBJECT_REVIEW,
         _ => return None,
     })
 }
@@ -703,6 +850,41 @@ mod tests {
             obj,
             json!({"apiVersion": "v1", "kind": "Namespace",
                    "metadata": {"name": "demo", "labels": {"team": "web"}}, "spec": {}})
+        );
+    }
+
+    #[test]
+    fn kubectl_auth_can_i_s_access_review_decodes_with_its_empty_status() {
+        let attrs = [
+            field_bytes(1, b"demo"),
+            field_bytes(2, b"create"),
+            field_bytes(3, b""),
+            field_bytes(5, b"pods"),
+        ]
+        .concat();
+        // Go writes the non-pointer status: allowed=false, empty strings, denied=false.
+        let status = [
+            vec![1 << 3, 0],
+            field_bytes(2, b""),
+            field_bytes(3, b""),
+            vec![4 << 3, 0],
+        ]
+        .concat();
+        let raw = [
+            field_bytes(1, &[]),
+            field_bytes(2, &field_bytes(1, &attrs)),
+            field_bytes(3, &status),
+        ]
+        .concat();
+        let obj = decode(&envelope(
+            "authorization.k8s.io/v1",
+            "SelfSubjectAccessReview",
+            &raw,
+        ))
+        .unwrap();
+        assert_eq!(
+            obj["spec"],
+            json!({"resourceAttributes": {"namespace": "demo", "verb": "create", "resource": "pods"}})
         );
     }
 

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     allocator::RangeError,
+    authz::{self, attributes, review::Review},
     bootstrap,
     ctx::Ctx,
     discovery,
@@ -90,6 +91,8 @@ pub struct Server {
     ctx: Arc<Ctx>,
     listener: TcpListener,
     config: Config,
+    /// Where the authorizer's store watches start.
+    revisions: Vec<i64>,
 }
 
 impl Server {
@@ -123,10 +126,14 @@ impl Server {
         bootstrap::run(&ctx)
             .await
             .map_err(|e| ServerError::Bootstrap(e.message))?;
+        let revisions = authz::feed::load(&ctx)
+            .await
+            .map_err(|e| ServerError::Bootstrap(e.message))?;
         Ok(Self {
             ctx,
             listener,
             config,
+            revisions,
         })
     }
 
@@ -144,6 +151,10 @@ impl Server {
             Arc::clone(&self.ctx.store),
             self.config.compaction_interval,
             self.config.compaction_keep,
+        ));
+        let authorizer = tokio::spawn(authz::feed::follow(
+            Arc::clone(&self.ctx),
+            self.revisions.clone(),
         ));
         tokio::pin!(shutdown);
         loop {
@@ -173,6 +184,7 @@ impl Server {
             });
         }
         compaction.abort();
+        authorizer.abort();
     }
 }
 
@@ -219,9 +231,33 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
         .unwrap_or("")
         .to_owned();
     let query = Query::parse(req.uri().query()).with_agent(&agent);
-    let (verb, resource, response) = match authenticate(&req) {
+    let (verb, resource, response) = match authenticate(&req)
+        .and_then(|user| authz::impersonate::impersonate(&ctx.authz, user, req.headers()))
+    {
         Err(err) => ("AUTH", String::new(), h::error(&err)),
-        Ok(_user) => route_request(&ctx, req, &method, &path, &query).await,
+        Ok(user) => {
+            let attrs = attributes::from_request(user, method.as_str(), &path, &|k| {
+                query.get(k).map(str::to_owned)
+            });
+            let resource = attrs
+                .resource
+                .as_ref()
+                .map(|r| r.resource.clone())
+                .unwrap_or_default();
+            if let Err(reason) = ctx.authz.authorize(&attrs) {
+                let err = attributes::forbidden(&attrs, &reason);
+                tracing::debug!(user = %attrs.user.name, groups = ?attrs.user.groups, message = %err.message, "forbidden");
+                ("AUTHZ", resource, h::error(&err))
+            } else {
+                let user = attrs.user;
+                authz::CALLER
+                    .scope(
+                        user.clone(),
+                        route_request(&ctx, &user, req, &method, &path, &query),
+                    )
+                    .await
+            }
+        }
     };
     let code = response.status().as_u16();
     ctx.metrics
@@ -269,8 +305,36 @@ async fn metrics(
     ("get", resource.to_owned(), answer)
 }
 
+/// `POST` of a review kind: answered from the authorizer, never stored.
+async fn review(
+    ctx: &Ctx,
+    caller: &UserInfo,
+    req: Request<Incoming>,
+    method: &Method,
+    (kind, namespace): (Review, Option<String>),
+) -> Response<Body> {
+    if method != Method::POST {
+        return h::error(&StatusError::method_not_allowed(format!(
+            "{method} is not allowed on {}",
+            kind.plural()
+        )));
+    }
+    let headers = req.headers().clone();
+    let answer = async {
+        let body = h::read_body(&headers, req.into_body()).await?;
+        let obj = h::decode_object(&headers, &body)?;
+        authz::review::answer(&ctx.authz, caller, kind, namespace.as_deref(), obj)
+    }
+    .await;
+    match answer {
+        Ok(v) => h::json(StatusCode::CREATED, &v),
+        Err(err) => h::error(&err),
+    }
+}
+
 async fn route_request(
     ctx: &Arc<Ctx>,
+    caller: &UserInfo,
     req: Request<Incoming>,
     method: &Method,
     path: &str,
@@ -295,6 +359,10 @@ async fn route_request(
     };
     let ok_json =
         |v: Option<serde_json::Value>| v.map_or_else(not_found, |v| h::json(StatusCode::OK, &v));
+    if let Some(at) = authz::review::at(path) {
+        let plural = at.0.plural().to_owned();
+        return ("POST", plural, review(ctx, caller, req, method, at).await);
+    }
     if let Some(rest) = path
         .strip_prefix("/apis/")
         .and_then(|p| p.strip_prefix(metrics_api::GROUP))

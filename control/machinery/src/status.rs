@@ -227,6 +227,19 @@ impl StatusError {
         Self::new(403, "Forbidden", message)
     }
 
+    /// 403 `Forbidden` on a resource, as apimachinery's `NewForbidden`:
+    /// `pods "x" is forbidden: <detail>` (or `pods is forbidden: ...` without a name).
+    #[must_use]
+    pub fn forbidden_on(group: &str, plural: &str, name: &str, detail: &str) -> Self {
+        let what = qualified(group, plural);
+        let message = if name.is_empty() {
+            format!("{what} is forbidden: {detail}")
+        } else {
+            format!("{what} {name:?} is forbidden: {detail}")
+        };
+        Self::forbidden(message).with_details(group, plural, name)
+    }
+
     /// 405 `MethodNotAllowed`.
     #[must_use]
     pub fn method_not_allowed(message: impl Into<String>) -> Self {

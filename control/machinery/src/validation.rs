@@ -93,9 +93,33 @@ pub fn label_value(value: &str) -> Vec<String> {
     }
 }
 
+/// What a kind's object names must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// A DNS-1123 subdomain (most kinds).
+    Subdomain,
+    /// A DNS-1123 label (Namespaces, Services).
+    Label,
+    /// Anything that fits in one URL path segment (RBAC kinds: `system:node`).
+    PathSegment,
+}
+
+/// Kubernetes' `path.IsValidPathSegmentName`: not `.` or `..`, no `/` or `%`.
+#[must_use]
+pub fn path_segment_name(value: &str) -> Vec<String> {
+    if value == "." || value == ".." {
+        return vec![format!("may not be '{value}'")];
+    }
+    ["/", "%"]
+        .iter()
+        .filter(|bad| value.contains(**bad))
+        .map(|bad| format!("may not contain '{bad}'"))
+        .collect()
+}
+
 /// Validates an object's `metadata` for create or update.
 #[must_use]
-pub fn object_meta(meta: &Value, namespaced: bool, name_is_label: bool) -> Vec<Cause> {
+pub fn object_meta(meta: &Value, namespaced: bool, names: NameRule) -> Vec<Cause> {
     let mut causes = Vec::new();
     let name = meta.get("name").and_then(Value::as_str).unwrap_or("");
     let generate = meta
@@ -109,10 +133,10 @@ pub fn object_meta(meta: &Value, namespaced: bool, name_is_label: bool) -> Vec<C
             field: "metadata.name".into(),
         });
     } else if !name.is_empty() {
-        let errs = if name_is_label {
-            dns1123_label(name)
-        } else {
-            dns1123_subdomain(name)
+        let errs = match names {
+            NameRule::Label => dns1123_label(name),
+            NameRule::Subdomain => dns1123_subdomain(name),
+            NameRule::PathSegment => path_segment_name(name),
         };
         for e in errs {
             causes.push(Cause::invalid("metadata.name", &Value::from(name), &e));
@@ -189,24 +213,37 @@ mod tests {
 
     #[test]
     fn metadata_needs_a_name_and_a_namespace_when_namespaced() {
-        let causes = object_meta(&json!({}), true, false);
+        let causes = object_meta(&json!({}), true, NameRule::Subdomain);
         let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(fields, ["metadata.name", "metadata.namespace"]);
         assert!(
             object_meta(
                 &json!({"generateName": "x-", "namespace": "d"}),
                 true,
-                false
+                NameRule::Subdomain
             )
             .is_empty()
         );
-        let causes = object_meta(&json!({"name": "n", "namespace": "d"}), false, false);
+        let causes = object_meta(
+            &json!({"name": "n", "namespace": "d"}),
+            false,
+            NameRule::Subdomain,
+        );
         assert_eq!(causes[0].reason, "FieldValueForbidden");
         let causes = object_meta(
             &json!({"name": "ok", "namespace": "d", "labels": {"a": "-bad"}}),
             true,
-            false,
+            NameRule::Subdomain,
         );
         assert_eq!(causes[0].field, "metadata.labels");
+    }
+
+    #[test]
+    fn rbac_names_may_hold_colons_but_not_slashes() {
+        let meta = |name: &str| json!({"name": name});
+        assert!(object_meta(&meta("system:node"), false, NameRule::PathSegment).is_empty());
+        assert!(!object_meta(&meta("system:node"), false, NameRule::Subdomain).is_empty());
+        assert!(!object_meta(&meta("a/b"), false, NameRule::PathSegment).is_empty());
+        assert!(!object_meta(&meta(".."), false, NameRule::PathSegment).is_empty());
     }
 }

@@ -275,6 +275,26 @@ static CATALOG: LazyLock<Vec<ResourceInfo>> = LazyLock::new(|| {
         entry::<k8s::storage::v1::StorageClass>(&["sc"], NONE, &[], &kinds::StorageClass),
         // apps/v1 revision history (StatefulSet, DaemonSet)
         entry::<k8s::apps::v1::ControllerRevision>(NONE, NONE, &[], &kinds::Plain),
+        // rbac.authorization.k8s.io/v1
+        entry::<k8s::rbac::v1::ClusterRole>(
+            NONE,
+            NONE,
+            &[],
+            &kinds::RbacRole { namespaced: false },
+        ),
+        entry::<k8s::rbac::v1::ClusterRoleBinding>(
+            NONE,
+            NONE,
+            &[],
+            &kinds::RbacBinding { namespaced: false },
+        ),
+        entry::<k8s::rbac::v1::Role>(NONE, NONE, &[], &kinds::RbacRole { namespaced: true }),
+        entry::<k8s::rbac::v1::RoleBinding>(
+            NONE,
+            NONE,
+            &[],
+            &kinds::RbacBinding { namespaced: true },
+        ),
     ]
 });
 

@@ -15,5 +15,5 @@ pub mod table;
 pub mod wire;
 
 pub use catalog::{Conversion, ResourceInfo, Subresource, all, by_kind, by_plural};
-pub use kinds::{IS_DEFAULT_CLASS, ephemeral_container_changes, is_default_class};
+pub use kinds::{IS_DEFAULT_CLASS, RBAC_GROUP, ephemeral_container_changes, is_default_class};
 pub use strategy::{AllocError, Deletion, Pools, Strategy};

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use serde_json::Value;
-use skiff_machinery::status::Cause;
+use skiff_machinery::{status::Cause, validation::NameRule};
 
 use crate::table::{self, Column};
 
@@ -74,9 +74,9 @@ pub trait Strategy: std::fmt::Debug + Send + Sync {
     /// Resets what a client may not set on create, such as the status (`PrepareForCreate`).
     fn prepare_for_create(&self, _obj: &mut Value) {}
 
-    /// Whether names must be DNS labels rather than DNS subdomains.
-    fn name_is_label(&self) -> bool {
-        false
+    /// What names must be: DNS subdomains unless the kind says otherwise.
+    fn name_rule(&self) -> NameRule {
+        NameRule::Subdomain
     }
 
     /// Checks a new object.

@@ -102,7 +102,7 @@ fn invalid(info: &ResourceInfo, obj: &Value, causes: Vec<Cause>) -> StatusError 
 pub fn admit_create(info: &ResourceInfo, obj: &mut Value) -> Result<(), StatusError> {
     let strategy = info.strategy;
     strategy.default(obj);
-    let mut causes = object_meta(&obj["metadata"], info.namespaced, strategy.name_is_label());
+    let mut causes = object_meta(&obj["metadata"], info.namespaced, strategy.name_rule());
     causes.extend(strategy.validate(obj));
     if causes.is_empty() {
         Ok(())
@@ -139,7 +139,7 @@ pub fn admit_update(info: &ResourceInfo, old: &Value, new: &mut Value) -> Result
     {
         new["metadata"]["generation"] = json!(generation + 1);
     }
-    let mut causes = object_meta(&new["metadata"], info.namespaced, strategy.name_is_label());
+    let mut causes = object_meta(&new["metadata"], info.namespaced, strategy.name_rule());
     causes.extend(strategy.validate_update(old, new));
     if causes.is_empty() {
         Ok(())

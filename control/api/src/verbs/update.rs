@@ -186,6 +186,7 @@ pub async fn write(
         }
     }
     admit::admit_update(info, old, &mut new)?;
+    crate::authz::admission::admit(&ctx.authz, info, Some(old), &new)?;
     info.strategy
         .allocate_update(old, &mut new, &ctx.pools)
         .map_err(|cause| {

@@ -4,6 +4,7 @@
 //! `deletecollection`.
 
 use serde_json::{Value, json};
+use skiff_machinery::validation::NameRule;
 use skiff_types::namespace;
 
 use super::{object, or_set};
@@ -54,8 +55,8 @@ impl Strategy for Namespace {
         }
     }
 
-    fn name_is_label(&self) -> bool {
-        true
+    fn name_rule(&self) -> NameRule {
+        NameRule::Label
     }
 
     fn check_delete(&self, obj: &Value) -> Result<(), String> {

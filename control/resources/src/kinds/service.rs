@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use serde_json::{Map, Value, json};
-use skiff_machinery::status::Cause;
+use skiff_machinery::{status::Cause, validation::NameRule};
 
 use super::{object, or_set, reset_status};
 use crate::{
@@ -347,8 +347,8 @@ impl Strategy for Service {
         reset_status(obj);
     }
 
-    fn name_is_label(&self) -> bool {
-        true
+    fn name_rule(&self) -> NameRule {
+        NameRule::Label
     }
 
     fn validate(&self, obj: &Value) -> Vec<Cause> {
