@@ -11,6 +11,7 @@ use skiff_tests::{
     netns::Netns,
     node::{NodeDaemon, leftover_cgroups, mounts_under},
     registry::Registry,
+    terminal::Terminal,
 };
 
 /// A cluster of one real node in its own network namespace, with a registry holding
@@ -325,6 +326,7 @@ spec:
     );
     exec_and_follow_logs(&c)?;
     attach_reaches_the_main_process(&c)?;
+    attach_with_a_terminal(&c)?;
     c.delete_all()?;
     c.assert_clean()?;
     Ok(())
@@ -489,6 +491,85 @@ spec:
     let out = c.cp.run(&["attach", "-i", "talker"], Some("hello\n"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("got-hello"), "{out:?}");
+    Ok(())
+}
+
+/// A pod whose one container is an interactive shell under a terminal (`kubectl run -it`).
+fn shell_pod(name: &str) -> String {
+    format!(
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers:
+  - {{name: sh, image: IMAGE, stdin: true, tty: true, command: [sh], env: [{{name: MARK, value: mark-{name}}}]}}
+"
+    )
+}
+
+/// `kubectl attach -it` under a terminal, typing into the container's shell until it answers
+/// `echo`; returns the session.
+fn attach_terminal(c: &Cluster, pod: &str) -> Result<Terminal> {
+    let mut attach = c.cp.kubectl();
+    attach.args(["attach", "-it", pod, "-c", "sh"]);
+    let mut term = Terminal::spawn(attach, 80, 24)?;
+    // Typed before kubectl's stream is up, input waits in the terminal; it is typed again
+    // until the shell answers, so a line lost to the attach's start does not matter.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The shell's answer differs from the echo of what was typed.
+        term.send("echo ans-$((6*7))-$MARK\r")?;
+        if term
+            .wait_for(&format!("ans-42-mark-{pod}"), Duration::from_secs(2))
+            .is_ok()
+        {
+            return Ok(term);
+        }
+        if Instant::now() > deadline {
+            bail!("the shell never answered:\n{}", term.screen());
+        }
+    }
+}
+
+/// `kubectl attach -it` to a `tty: true` shell: what is typed is echoed and run, the answer
+/// comes back, a resize of the client's terminal reaches the container's, `exit` ends the
+/// container and the session; the terminal's output is the container's log.
+fn attach_with_a_terminal(c: &Cluster) -> Result<()> {
+    c.apply(&shell_pod("shell"))?;
+    c.running("shell")?;
+    let mut term = attach_terminal(c, "shell")?;
+    // kubectl sent its terminal's size on attaching.
+    term.send("stty size\r")?;
+    term.wait_for("24 80", Duration::from_secs(10))?;
+    term.resize(123, 41)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while term.send("stty size\r").is_ok()
+        && term.wait_for("41 123", Duration::from_secs(1)).is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("the resize never reached the container:\n{}", term.screen());
+        }
+    }
+    // The shell sees a terminal on its standard input.
+    term.send("tty && echo is-a-$((1+1))-tty\r")?;
+    term.wait_for("is-a-2-tty", Duration::from_secs(10))?;
+    term.send("exit\r")?;
+    let status = term.wait(Duration::from_secs(30))?;
+    assert!(
+        status.success(),
+        "kubectl attach: {status}\n{}",
+        term.screen()
+    );
+    let pod = c.wait_pod("shell", Duration::from_mins(1), "Succeeded", |p| {
+        (p["status"]["phase"] == "Succeeded").then_some(())
+    });
+    pod.with_context(|| term.screen())?;
+    let logs = c.logs(&["shell"])?;
+    assert!(logs.contains("ans-42-mark-shell"), "{logs:?}");
+    assert!(logs.contains("41 123"), "{logs:?}");
     Ok(())
 }
 
@@ -828,9 +909,11 @@ spec:
     command: [sh, -c, 'trap "echo got-TERM" TERM; while true; do sleep 1; done']
 "#,
     )?;
+    c.apply(&shell_pod("kept"))?;
     imported_image_runs(&c)?;
     let before = c.running("reader")?;
     c.running("stubborn")?;
+    c.running("kept")?;
     let id = container_status(&before, "app")["containerID"].clone();
     // The daemon dies without warning; a new one adopts the running containers.
     c.node.kill();
@@ -839,6 +922,12 @@ spec:
     let after = c.running("reader")?;
     assert_eq!(container_status(&after, "app")["containerID"], id);
     assert_eq!(container_status(&after, "app")["restartCount"], 0);
+    // The terminal of a tty container outlived the daemon: its shell was not hung up, and
+    // the new daemon attaches to it.
+    let mut term = attach_terminal(&c, "kept")?;
+    term.send("exit\r")?;
+    term.wait(Duration::from_secs(30))?;
+    assert_eq!(container_status(&c.pod("kept")?, "sh")["restartCount"], 0);
     // A configMap change reaches the mounted file without a restart.
     c.cp.ok(
         &[
