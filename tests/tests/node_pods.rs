@@ -515,7 +515,11 @@ spec:
 fn attach_terminal(c: &Cluster, pod: &str) -> Result<Terminal> {
     let mut attach = c.cp.kubectl();
     attach.args(["attach", "-it", pod, "-c", "sh"]);
-    let mut term = Terminal::spawn(attach, 80, 24)?;
+    answered(Terminal::spawn(attach, 80, 24)?, pod)
+}
+
+/// Types into `term`'s shell until it answers `echo`.
+fn answered(mut term: Terminal, pod: &str) -> Result<Terminal> {
     // Typed before kubectl's stream is up, input waits in the terminal; it is typed again
     // until the shell answers, so a line lost to the attach's start does not matter.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -570,6 +574,34 @@ fn attach_with_a_terminal(c: &Cluster) -> Result<()> {
     let logs = c.logs(&["shell"])?;
     assert!(logs.contains("ans-42-mark-shell"), "{logs:?}");
     assert!(logs.contains("41 123"), "{logs:?}");
+    run_with_a_terminal(c)
+}
+
+/// `kubectl run -it --rm ... -- sh`: kubectl makes a stdin and tty pod, attaches to its
+/// shell, and deletes the pod once the shell exits.
+fn run_with_a_terminal(c: &Cluster) -> Result<()> {
+    let overrides = format!(r#"{{"spec":{{"nodeName":"{}"}}}}"#, c.node.name());
+    let mut run = c.cp.kubectl();
+    run.args([
+        "run",
+        "-it",
+        "--rm",
+        "--restart=Never",
+        "--image",
+        &c.image,
+        "--env=MARK=mark-oneoff",
+        "--overrides",
+        &overrides,
+        "oneoff",
+        "--",
+        "sh",
+    ]);
+    let mut term = answered(Terminal::spawn(run, 80, 24)?, "oneoff")?;
+    term.send("exit\r")?;
+    let status = term.wait(Duration::from_mins(1))?;
+    assert!(status.success(), "kubectl run: {status}\n{}", term.screen());
+    let gone = c.cp.run(&["get", "pod", "oneoff"], None)?;
+    assert!(!gone.status.success(), "--rm left the pod: {gone:?}");
     Ok(())
 }
 
