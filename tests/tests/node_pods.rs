@@ -548,6 +548,7 @@ fn attach_with_a_terminal(c: &Cluster) -> Result<()> {
     // kubectl sent its terminal's size on attaching.
     term.send("stty size\r")?;
     term.wait_for("24 80", Duration::from_secs(10))?;
+    python_attach_with_a_terminal(c, &term)?;
     term.resize(123, 41)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while term.send("stty size\r").is_ok()
@@ -575,6 +576,63 @@ fn attach_with_a_terminal(c: &Cluster) -> Result<()> {
     assert!(logs.contains("ans-42-mark-shell"), "{logs:?}");
     assert!(logs.contains("41 123"), "{logs:?}");
     run_with_a_terminal(c)
+}
+
+/// The Python client's `stream(connect_get_namespaced_pod_attach, tty=True)` beside the
+/// kubectl session `term` on the same shell: its input is run, the answer reaches both
+/// clients, and its resize (channel 4) reaches the container's terminal.
+fn python_attach_with_a_terminal(c: &Cluster, term: &Terminal) -> Result<()> {
+    let script = r"
+import json, sys, time
+from kubernetes import client, config
+from kubernetes.stream import stream
+config.load_kube_config()
+api = client.CoreV1Api()
+s = stream(api.connect_get_namespaced_pod_attach, 'shell', 'default', container='sh',
+           stdin=True, stdout=True, stderr=False, tty=True, _preload_content=False)
+seen = ''
+def until(text, command):
+    global seen
+    deadline = time.time() + 30
+    while text not in seen:
+        if time.time() > deadline:
+            sys.exit('never saw ' + text + ' in ' + repr(seen) + ', open: ' + str(s.is_open())
+                     + ', error channel: ' + repr(s.read_channel(3)))
+        s.write_stdin(command)
+        end = time.time() + 1
+        while time.time() < end and text not in seen:
+            s.update(timeout=0.2)
+            seen += s.read_stdout() if s.peek_stdout() else ''
+until('py-42', 'echo py-$((6*7))\n')
+s.write_channel(4, json.dumps({'Width': 90, 'Height': 20}))
+until('20 90', 'stty size\n')
+s.close()
+print('python-attach-ok')
+";
+    let has_client = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes"])
+        .status()?
+        .success();
+    if !has_client {
+        ensure!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the Python kubernetes client is missing; cargo xtask test installs it"
+        );
+        eprintln!("skipped: the Python attach: needs `pip install kubernetes`");
+        return Ok(());
+    }
+    let out = std::process::Command::new("timeout")
+        .args(["60", "python3", "-c", script])
+        .env("KUBECONFIG", c.cp.kubeconfig())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains("python-attach-ok"),
+        "python attach: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Output goes to every attached client.
+    term.wait_for("py-42", Duration::from_secs(10))
 }
 
 /// `kubectl run -it --rm ... -- sh`: kubectl makes a stdin and tty pod, attaches to its
