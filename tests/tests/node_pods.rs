@@ -635,6 +635,29 @@ print('python-attach-ok')
     term.wait_for("py-42", Duration::from_secs(10))
 }
 
+/// The node's log file of the first run of `container` in the default namespace's `pod`.
+fn first_log(c: &Cluster, pod: &str, container: &str) -> Result<String> {
+    let prefix = format!("default_{pod}_");
+    let path = std::fs::read_dir(c.node.state_dir().join("logs"))?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .with_context(|| format!("{pod}'s log directory"))?
+        .path()
+        .join(container)
+        .join("0.log");
+    Ok(std::fs::read_to_string(&path)?)
+}
+
+/// After a daemon restart, the terminal of the tty container `kept` outlived the daemon:
+/// its shell was not hung up, and the new daemon attaches to it.
+fn terminal_outlived_the_daemon(c: &Cluster) -> Result<()> {
+    let mut term = attach_terminal(c, "kept")?;
+    term.send("exit\r")?;
+    term.wait(Duration::from_secs(30))?;
+    assert_eq!(container_status(&c.pod("kept")?, "sh")["restartCount"], 0);
+    Ok(())
+}
+
 /// `kubectl run -it --rm ... -- sh`: kubectl makes a stdin and tty pod, attaches to its
 /// shell, and deletes the pod once the shell exits.
 fn run_with_a_terminal(c: &Cluster) -> Result<()> {
@@ -1012,12 +1035,7 @@ spec:
     let after = c.running("reader")?;
     assert_eq!(container_status(&after, "app")["containerID"], id);
     assert_eq!(container_status(&after, "app")["restartCount"], 0);
-    // The terminal of a tty container outlived the daemon: its shell was not hung up, and
-    // the new daemon attaches to it.
-    let mut term = attach_terminal(&c, "kept")?;
-    term.send("exit\r")?;
-    term.wait(Duration::from_secs(30))?;
-    assert_eq!(container_status(&c.pod("kept")?, "sh")["restartCount"], 0);
+    terminal_outlived_the_daemon(&c)?;
     // A configMap change reaches the mounted file without a restart.
     c.cp.ok(
         &[
@@ -1061,17 +1079,7 @@ spec:
         "deleted after {took:?}, before the grace period"
     );
     assert!(took < Duration::from_secs(20), "deleted after {took:?}");
-    let logs = std::fs::read_dir(c.node.state_dir().join("logs"))?
-        .flatten()
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("default_stubborn_")
-        })
-        .context("stubborn's log directory")?
-        .path()
-        .join("app/0.log");
-    let text = std::fs::read_to_string(&logs)?;
+    let text = first_log(&c, "stubborn", "app")?;
     assert!(text.contains("stdout F got-TERM"), "{text}");
     c.delete_all()?;
     c.assert_clean()?;
