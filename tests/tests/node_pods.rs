@@ -515,11 +515,11 @@ spec:
 fn attach_terminal(c: &Cluster, pod: &str) -> Result<Terminal> {
     let mut attach = c.cp.kubectl();
     attach.args(["attach", "-it", pod, "-c", "sh"]);
-    answered(Terminal::spawn(attach, 80, 24)?, pod)
+    answered(Terminal::spawn(attach, 80, 24)?, &format!("mark-{pod}"))
 }
 
-/// Types into `term`'s shell until it answers `echo`.
-fn answered(mut term: Terminal, pod: &str) -> Result<Terminal> {
+/// Types into `term`'s shell until it answers `echo` with its `$MARK`, `mark`.
+fn answered(mut term: Terminal, mark: &str) -> Result<Terminal> {
     // Typed before kubectl's stream is up, input waits in the terminal; it is typed again
     // until the shell answers, so a line lost to the attach's start does not matter.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -527,7 +527,7 @@ fn answered(mut term: Terminal, pod: &str) -> Result<Terminal> {
         // The shell's answer differs from the echo of what was typed.
         term.send("echo ans-$((6*7))-$MARK\r")?;
         if term
-            .wait_for(&format!("ans-42-mark-{pod}"), Duration::from_secs(2))
+            .wait_for(&format!("ans-42-{mark}"), Duration::from_secs(2))
             .is_ok()
         {
             return Ok(term);
@@ -561,6 +561,7 @@ fn attach_with_a_terminal(c: &Cluster) -> Result<()> {
     // The shell sees a terminal on its standard input.
     term.send("tty && echo is-a-$((1+1))-tty\r")?;
     term.wait_for("is-a-2-tty", Duration::from_secs(10))?;
+    debug_with_a_terminal(c)?;
     term.send("exit\r")?;
     let status = term.wait(Duration::from_secs(30))?;
     assert!(
@@ -658,6 +659,34 @@ fn terminal_outlived_the_daemon(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
+/// `kubectl debug -it`: an ephemeral shell with a terminal beside the pod's own; its `exit`
+/// ends the session and leaves the pod running.
+fn debug_with_a_terminal(c: &Cluster) -> Result<()> {
+    let mut debug = c.cp.kubectl();
+    debug.args([
+        "debug",
+        "-it",
+        "shell",
+        "--image",
+        &c.image,
+        "-c",
+        "dbg",
+        "--",
+        "sh",
+        "-c",
+        "MARK=mark-dbg exec sh",
+    ]);
+    let mut term = answered(Terminal::spawn(debug, 80, 24)?, "mark-dbg")?;
+    term.send("exit\r")?;
+    let status = term.wait(Duration::from_mins(1))?;
+    assert!(
+        status.success(),
+        "kubectl debug: {status}\n{}",
+        term.screen()
+    );
+    Ok(())
+}
+
 /// `kubectl run -it --rm ... -- sh`: kubectl makes a stdin and tty pod, attaches to its
 /// shell, and deletes the pod once the shell exits.
 fn run_with_a_terminal(c: &Cluster) -> Result<()> {
@@ -677,7 +706,7 @@ fn run_with_a_terminal(c: &Cluster) -> Result<()> {
         "--",
         "sh",
     ]);
-    let mut term = answered(Terminal::spawn(run, 80, 24)?, "oneoff")?;
+    let mut term = answered(Terminal::spawn(run, 80, 24)?, "mark-oneoff")?;
     term.send("exit\r")?;
     let status = term.wait(Duration::from_mins(1))?;
     assert!(status.success(), "kubectl run: {status}\n{}", term.screen());

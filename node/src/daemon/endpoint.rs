@@ -261,6 +261,10 @@ fn wants_tty(pod: &Pod, container: &str) -> bool {
             .iter()
             .chain(s.init_containers.iter().flatten())
             .any(|c| c.name == container && c.tty == Some(true))
+            || s.ephemeral_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == container && c.tty == Some(true))
     })
 }
 
