@@ -101,12 +101,6 @@ impl Terminal {
     pub fn reader(&self) -> io::Result<pipe::Receiver> {
         pipe::Receiver::from_owned_fd_unchecked(self.master.try_clone()?)
     }
-
-    /// The master's descriptor.
-    #[must_use]
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.master.as_fd()
-    }
 }
 
 /// The terminal of a running `tty: true` container: its input and size for attached
