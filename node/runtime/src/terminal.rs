@@ -491,13 +491,20 @@ mod tests {
         let taken = take_from_keeper(keeper).unwrap();
         Terminal::new(taken).unwrap().resize(77, 22).unwrap();
         assert_eq!(winsize(pty.slave.as_fd()), (77, 22));
-        // The keeper holds nothing of ours but the master and the init's pidfd.
-        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{keeper}/fd"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(fds.len(), 5, "{fds:?}");
+        // The keeper holds nothing of ours but the master and the init's pidfd (once it
+        // has closed the readiness pipe it wrote to).
+        let fds = || -> Vec<String> {
+            std::fs::read_dir(format!("/proc/{keeper}/fd"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        let settled = std::time::Instant::now() + Duration::from_secs(10);
+        while fds().len() != 5 && std::time::Instant::now() < settled {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(fds(), ["0", "1", "2", "3", "4"]);
         init.kill().unwrap();
         init.wait().unwrap();
         let gone = std::time::Instant::now() + Duration::from_secs(10);
