@@ -11,6 +11,7 @@ use skiff_tests::{
     netns::Netns,
     node::{NodeDaemon, leftover_cgroups, mounts_under},
     registry::Registry,
+    terminal::Terminal,
 };
 
 /// A cluster of one real node in its own network namespace, with a registry holding
@@ -325,6 +326,7 @@ spec:
     );
     exec_and_follow_logs(&c)?;
     attach_reaches_the_main_process(&c)?;
+    attach_with_a_terminal(&c)?;
     c.delete_all()?;
     c.assert_clean()?;
     Ok(())
@@ -489,6 +491,227 @@ spec:
     let out = c.cp.run(&["attach", "-i", "talker"], Some("hello\n"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("got-hello"), "{out:?}");
+    Ok(())
+}
+
+/// A pod whose one container is an interactive shell under a terminal (`kubectl run -it`).
+fn shell_pod(name: &str) -> String {
+    format!(
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers:
+  - {{name: sh, image: IMAGE, stdin: true, tty: true, command: [sh], env: [{{name: MARK, value: mark-{name}}}]}}
+"
+    )
+}
+
+/// `kubectl attach -it` under a terminal, typing into the container's shell until it answers
+/// `echo`; returns the session.
+fn attach_terminal(c: &Cluster, pod: &str) -> Result<Terminal> {
+    let mut attach = c.cp.kubectl();
+    attach.args(["attach", "-it", pod, "-c", "sh"]);
+    answered(Terminal::spawn(attach, 80, 24)?, &format!("mark-{pod}"))
+}
+
+/// Types into `term`'s shell until it answers `echo` with its `$MARK`, `mark`.
+fn answered(mut term: Terminal, mark: &str) -> Result<Terminal> {
+    // Typed before kubectl's stream is up, input waits in the terminal; it is typed again
+    // until the shell answers, so a line lost to the attach's start does not matter.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The shell's answer differs from the echo of what was typed.
+        term.send("echo ans-$((6*7))-$MARK\r")?;
+        if term
+            .wait_for(&format!("ans-42-{mark}"), Duration::from_secs(2))
+            .is_ok()
+        {
+            return Ok(term);
+        }
+        if Instant::now() > deadline {
+            bail!("the shell never answered:\n{}", term.screen());
+        }
+    }
+}
+
+/// `kubectl attach -it` to a `tty: true` shell: what is typed is echoed and run, the answer
+/// comes back, a resize of the client's terminal reaches the container's, `exit` ends the
+/// container and the session; the terminal's output is the container's log.
+fn attach_with_a_terminal(c: &Cluster) -> Result<()> {
+    c.apply(&shell_pod("shell"))?;
+    c.running("shell")?;
+    let mut term = attach_terminal(c, "shell")?;
+    // kubectl sent its terminal's size on attaching.
+    term.send("stty size\r")?;
+    term.wait_for("24 80", Duration::from_secs(10))?;
+    python_attach_with_a_terminal(c, &term)?;
+    term.resize(123, 41)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while term.send("stty size\r").is_ok()
+        && term.wait_for("41 123", Duration::from_secs(1)).is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("the resize never reached the container:\n{}", term.screen());
+        }
+    }
+    // The shell sees a terminal on its standard input.
+    term.send("tty && echo is-a-$((1+1))-tty\r")?;
+    term.wait_for("is-a-2-tty", Duration::from_secs(10))?;
+    debug_with_a_terminal(c)?;
+    term.send("exit\r")?;
+    let status = term.wait(Duration::from_secs(30))?;
+    assert!(
+        status.success(),
+        "kubectl attach: {status}\n{}",
+        term.screen()
+    );
+    let pod = c.wait_pod("shell", Duration::from_mins(1), "Succeeded", |p| {
+        (p["status"]["phase"] == "Succeeded").then_some(())
+    });
+    pod.with_context(|| term.screen())?;
+    let logs = c.logs(&["shell"])?;
+    assert!(logs.contains("ans-42-mark-shell"), "{logs:?}");
+    assert!(logs.contains("41 123"), "{logs:?}");
+    run_with_a_terminal(c)
+}
+
+/// The Python client's `stream(connect_get_namespaced_pod_attach, tty=True)` beside the
+/// kubectl session `term` on the same shell: its input is run, the answer reaches both
+/// clients, and its resize (channel 4) reaches the container's terminal.
+fn python_attach_with_a_terminal(c: &Cluster, term: &Terminal) -> Result<()> {
+    let script = r"
+import json, sys, time
+from kubernetes import client, config
+from kubernetes.stream import stream
+config.load_kube_config()
+api = client.CoreV1Api()
+s = stream(api.connect_get_namespaced_pod_attach, 'shell', 'default', container='sh',
+           stdin=True, stdout=True, stderr=False, tty=True, _preload_content=False)
+seen = ''
+def until(text, command):
+    global seen
+    deadline = time.time() + 30
+    while text not in seen:
+        if time.time() > deadline:
+            sys.exit('never saw ' + text + ' in ' + repr(seen) + ', open: ' + str(s.is_open())
+                     + ', error channel: ' + repr(s.read_channel(3)))
+        s.write_stdin(command)
+        end = time.time() + 1
+        while time.time() < end and text not in seen:
+            s.update(timeout=0.2)
+            seen += s.read_stdout() if s.peek_stdout() else ''
+until('py-42', 'echo py-$((6*7))\n')
+s.write_channel(4, json.dumps({'Width': 90, 'Height': 20}))
+until('20 90', 'stty size\n')
+s.close()
+print('python-attach-ok')
+";
+    let has_client = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes"])
+        .status()?
+        .success();
+    if !has_client {
+        ensure!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the Python kubernetes client is missing; cargo xtask test installs it"
+        );
+        eprintln!("skipped: the Python attach: needs `pip install kubernetes`");
+        return Ok(());
+    }
+    let out = std::process::Command::new("timeout")
+        .args(["60", "python3", "-c", script])
+        .env("KUBECONFIG", c.cp.kubeconfig())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains("python-attach-ok"),
+        "python attach: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Output goes to every attached client.
+    term.wait_for("py-42", Duration::from_secs(10))
+}
+
+/// The node's log file of the first run of `container` in the default namespace's `pod`.
+fn first_log(c: &Cluster, pod: &str, container: &str) -> Result<String> {
+    let prefix = format!("default_{pod}_");
+    let path = std::fs::read_dir(c.node.state_dir().join("logs"))?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .with_context(|| format!("{pod}'s log directory"))?
+        .path()
+        .join(container)
+        .join("0.log");
+    Ok(std::fs::read_to_string(&path)?)
+}
+
+/// After a daemon restart, the terminal of the tty container `kept` outlived the daemon:
+/// its shell was not hung up, and the new daemon attaches to it.
+fn terminal_outlived_the_daemon(c: &Cluster) -> Result<()> {
+    let mut term = attach_terminal(c, "kept")?;
+    term.send("exit\r")?;
+    term.wait(Duration::from_secs(30))?;
+    assert_eq!(container_status(&c.pod("kept")?, "sh")["restartCount"], 0);
+    Ok(())
+}
+
+/// `kubectl debug -it`: an ephemeral shell with a terminal beside the pod's own; its `exit`
+/// ends the session and leaves the pod running.
+fn debug_with_a_terminal(c: &Cluster) -> Result<()> {
+    let mut debug = c.cp.kubectl();
+    debug.args([
+        "debug",
+        "-it",
+        "shell",
+        "--image",
+        &c.image,
+        "-c",
+        "dbg",
+        "--",
+        "sh",
+        "-c",
+        "MARK=mark-dbg exec sh",
+    ]);
+    let mut term = answered(Terminal::spawn(debug, 80, 24)?, "mark-dbg")?;
+    term.send("exit\r")?;
+    let status = term.wait(Duration::from_mins(1))?;
+    assert!(
+        status.success(),
+        "kubectl debug: {status}\n{}",
+        term.screen()
+    );
+    Ok(())
+}
+
+/// `kubectl run -it --rm ... -- sh`: kubectl makes a stdin and tty pod, attaches to its
+/// shell, and deletes the pod once the shell exits.
+fn run_with_a_terminal(c: &Cluster) -> Result<()> {
+    let overrides = format!(r#"{{"spec":{{"nodeName":"{}"}}}}"#, c.node.name());
+    let mut run = c.cp.kubectl();
+    run.args([
+        "run",
+        "-it",
+        "--rm",
+        "--restart=Never",
+        "--image",
+        &c.image,
+        "--env=MARK=mark-oneoff",
+        "--overrides",
+        &overrides,
+        "oneoff",
+        "--",
+        "sh",
+    ]);
+    let mut term = answered(Terminal::spawn(run, 80, 24)?, "mark-oneoff")?;
+    term.send("exit\r")?;
+    let status = term.wait(Duration::from_mins(1))?;
+    assert!(status.success(), "kubectl run: {status}\n{}", term.screen());
+    let gone = c.cp.run(&["get", "pod", "oneoff"], None)?;
+    assert!(!gone.status.success(), "--rm left the pod: {gone:?}");
     Ok(())
 }
 
@@ -828,9 +1051,11 @@ spec:
     command: [sh, -c, 'trap "echo got-TERM" TERM; while true; do sleep 1; done']
 "#,
     )?;
+    c.apply(&shell_pod("kept"))?;
     imported_image_runs(&c)?;
     let before = c.running("reader")?;
     c.running("stubborn")?;
+    c.running("kept")?;
     let id = container_status(&before, "app")["containerID"].clone();
     // The daemon dies without warning; a new one adopts the running containers.
     c.node.kill();
@@ -839,6 +1064,7 @@ spec:
     let after = c.running("reader")?;
     assert_eq!(container_status(&after, "app")["containerID"], id);
     assert_eq!(container_status(&after, "app")["restartCount"], 0);
+    terminal_outlived_the_daemon(&c)?;
     // A configMap change reaches the mounted file without a restart.
     c.cp.ok(
         &[
@@ -882,17 +1108,7 @@ spec:
         "deleted after {took:?}, before the grace period"
     );
     assert!(took < Duration::from_secs(20), "deleted after {took:?}");
-    let logs = std::fs::read_dir(c.node.state_dir().join("logs"))?
-        .flatten()
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("default_stubborn_")
-        })
-        .context("stubborn's log directory")?
-        .path()
-        .join("app/0.log");
-    let text = std::fs::read_to_string(&logs)?;
+    let text = first_log(&c, "stubborn", "app")?;
     assert!(text.contains("stdout F got-TERM"), "{text}");
     c.delete_all()?;
     c.assert_clean()?;

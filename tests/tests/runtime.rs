@@ -390,3 +390,99 @@ async fn second_runtime_adopts_a_running_container_and_keeps_its_log() -> Result
     }
     delete_and_check(&fx, &second, &config).await
 }
+
+/// Reads `output` until it has shown `needle`.
+async fn read_until(
+    output: &mut skiff_node_runtime::container_exec::ProcessOutput,
+    needle: &str,
+) -> Result<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            let n = output.read(&mut buf).await?;
+            ensure!(n > 0, "output ended: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("{needle:?} never came: {}", String::from_utf8_lossy(&seen)))??;
+    Ok(String::from_utf8_lossy(&seen).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tty_container_gets_a_terminal_that_outlives_its_runtime() -> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    if !require_root("runtime tty") {
+        return Ok(());
+    }
+    let fx = Fixture::new(&APPLETS, "skt-rt")?;
+    let mut config = script_config(
+        &fx,
+        "tty",
+        "[ -t 0 ] && [ -t 1 ] && echo has-a-tty; while read line; do echo got-$line; done",
+    );
+    config.tty = true;
+    config.stdin = true;
+    let first = fx.runtime();
+    first.start(&config).await?;
+    let terminal = first.terminal(&config.id).context("a terminal")?;
+    let mut output = terminal.output().context("terminal output")?;
+    let mut input = terminal.terminal().input()?;
+    input.write_all(b"one\n").await?;
+    read_until(&mut output, "got-one").await?;
+    drop((input, output, terminal));
+    // A daemon restart: the first runtime and its descriptors of the master go away; the
+    // shell is not hung up, and the second runtime takes the terminal from the keeper.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = fx.runtime();
+    ensure!(second.adopt(&config.id).await?.running);
+    let terminal = second
+        .terminal(&config.id)
+        .context("the adopted terminal")?;
+    let mut output = terminal.output().context("terminal output")?;
+    let mut input = terminal.terminal().input()?;
+    input.write_all(b"two\n").await?;
+    read_until(&mut output, "got-two").await?;
+    drop((input, output, terminal));
+    second.kill(&config.id, libc::SIGKILL).await?;
+    wait(&second, &config.id).await?;
+    let text = log(&config);
+    for line in ["has-a-tty", "got-one", "got-two"] {
+        ensure!(text.contains(&format!("stdout F {line}")), "{line}: {text}");
+    }
+    delete_and_check(&fx, &second, &config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tty_start_leaves_no_terminal_behind() -> Result<()> {
+    if !require_root("runtime failed tty start") {
+        return Ok(());
+    }
+    let fx = Fixture::new(&APPLETS, "skt-rt")?;
+    let rt = fx.runtime();
+    let mut config = script_config(&fx, "badtty", "true");
+    config.tty = true;
+    config.stdin = true;
+    config.namespaces.net = Some("/run/netns/skt-does-not-exist".into());
+    let before = children();
+    ensure!(rt.start(&config).await.is_err());
+    let left: Vec<i32> = children()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    ensure!(left.is_empty(), "processes (a keeper?) left: {left:?}");
+    ensure!(
+        !config.bundle_dir.exists(),
+        "bundle (and console socket) left"
+    );
+    ensure!(
+        !rt.state_root().join(&config.id).exists(),
+        "state left behind"
+    );
+    ensure!(rt.terminal(&config.id).is_none());
+    Ok(())
+}

@@ -41,7 +41,8 @@ pub struct ContainerConfig {
     pub log_path: PathBuf,
     /// Keep a stdin FIFO open for the container instead of `/dev/null`.
     pub stdin: bool,
-    /// Requested terminal; not supported yet, the container runs without one.
+    /// Run under a terminal whose master the daemon holds (stdout and stderr merged into it;
+    /// with `stdin`, attached clients type into it).
     pub tty: bool,
 }
 

@@ -9,8 +9,8 @@ use libcontainer::container::Container;
 use super::{
     RuntimeError,
     container_start::remove_cgroup_dir,
-    container_wait::pidfd_signal,
     libcontainer::{Libcontainer, blocking},
+    pidfd::pidfd_signal,
 };
 
 /// How long `delete` waits for the init to be reaped after `SIGKILL`.

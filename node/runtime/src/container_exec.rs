@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     io,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -24,18 +24,10 @@ use nix::{
     unistd::{Pid, pipe2},
 };
 use oci_spec::runtime::Spec;
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite},
-    net::unix::pipe,
-    sync::oneshot,
-};
+use tokio::{io::AsyncReadExt, net::unix::pipe, sync::oneshot};
 
+pub use crate::terminal::{ProcessInput, ProcessOutput, Terminal};
 use crate::{container_start::join_v2_cgroup, libcontainer::BundleMeta};
-
-/// A process's standard input, as the caller writes it.
-pub type ProcessInput = std::pin::Pin<Box<dyn AsyncWrite + Send>>;
-/// A process's standard output or error (or its terminal), as the caller reads it.
-pub type ProcessOutput = std::pin::Pin<Box<dyn AsyncRead + Send>>;
 
 /// How an exec'd process is wired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,34 +110,6 @@ impl std::fmt::Debug for ExecProcess {
             .field("pid", &self.pid)
             .field("tty", &self.terminal.is_some())
             .finish_non_exhaustive()
-    }
-}
-
-/// The master side of an exec's pseudo-terminal.
-#[derive(Debug)]
-pub struct Terminal {
-    master: OwnedFd,
-}
-
-impl Terminal {
-    /// Sets the terminal's size in columns and rows; the process gets `SIGWINCH`.
-    ///
-    /// # Errors
-    /// When the ioctl fails.
-    pub fn resize(&self, columns: u16, rows: u16) -> io::Result<()> {
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: columns,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: the fd is an open pty master owned by self, and TIOCSWINSZ reads one
-        // `winsize` from the valid pointer passed.
-        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &raw const ws) };
-        if rc == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
     }
 }
 
@@ -322,21 +286,19 @@ impl Ours {
                 let _ = set_nonblock(&stdout).and(set_nonblock(&stderr));
                 (stdin.and_then(writer), reader(stdout), reader(stderr), None)
             }
-            Ours::Pty { master } => {
+            Ours::Pty { master } => match Terminal::new(master) {
                 // Reader, writer and resizer each hold their own descriptor of the master.
-                let (r, w) = (master.try_clone(), master.try_clone());
-                let (stdin, stdout) = match (r, w) {
-                    (Ok(r), Ok(w)) => (
-                        // A pty is not a pipe, but epoll treats it the same.
-                        pipe::Sender::from_owned_fd_unchecked(w)
-                            .ok()
-                            .map(|w| Box::pin(w) as ProcessInput),
-                        reader(r),
-                    ),
-                    _ => (None, None),
-                };
-                (stdin, stdout, None, Some(Terminal { master }))
-            }
+                Ok(t) => (
+                    t.input().ok(),
+                    t.reader().ok().map(|r| Box::pin(r) as ProcessOutput),
+                    None,
+                    Some(t),
+                ),
+                Err(err) => {
+                    tracing::warn!(%err, "setting up an exec terminal failed");
+                    (None, None, None, None)
+                }
+            },
         };
         ExecProcess {
             pid: pid.as_raw(),
@@ -475,6 +437,8 @@ fn wait_exit(pid: Pid) -> Result<i32, ExecError> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use tokio::io::AsyncWriteExt;
 
     use super::*;

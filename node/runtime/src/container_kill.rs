@@ -6,8 +6,8 @@ use nix::{errno::Errno, sys::signal::Signal, unistd::Pid};
 
 use super::{
     RuntimeError,
-    container_wait::pidfd_signal,
     libcontainer::{Libcontainer, blocking},
+    pidfd::pidfd_signal,
 };
 
 impl Libcontainer {

@@ -95,7 +95,8 @@ impl Libcontainer {
         if let (true, Some(pid)) = (found.running, found.pid) {
             let readers = open_readers(&meta.bundle_dir)
                 .map_err(|e| RuntimeError::io(id, "reopening stdio fifos", e))?;
-            self.supervise(meta, pid, readers, false)?;
+            let master = meta.tty.then(|| adopt_terminal(&meta)).flatten();
+            self.supervise(meta, pid, readers, false, master)?;
             tracing::info!(id, pid, "adopted running container");
         } else {
             // It ended while no daemon watched: remember that, code unknown.
@@ -120,9 +121,28 @@ impl Libcontainer {
             pidfd: None,
             exit: rx,
             tasks: Vec::new(),
+            terminal: None,
         };
         self.lock()
             .entry(meta.id)
             .or_insert_with(|| std::sync::Arc::new(tracked));
+    }
+}
+
+/// The master of an adopted `tty: true` container's terminal, from the keeper the daemon
+/// that started it left; `None` (logged) when it cannot be had: the container runs on, its
+/// output no longer reaches the log and attaching is refused.
+fn adopt_terminal(meta: &BundleMeta) -> Option<std::os::fd::OwnedFd> {
+    let file = super::terminal::keeper_file(&meta.bundle_dir);
+    let taken = std::fs::read_to_string(&file)
+        .map_err(|e| e.to_string())
+        .and_then(|pid| pid.trim().parse::<i32>().map_err(|e| e.to_string()))
+        .and_then(|pid| super::terminal::take_from_keeper(pid).map_err(|e| e.to_string()));
+    match taken {
+        Ok(master) => Some(master),
+        Err(err) => {
+            tracing::warn!(id = meta.id, %err, "the terminal of an adopted container is lost");
+            None
+        }
     }
 }

@@ -23,6 +23,7 @@ use super::{
         BundleMeta, Libcontainer, META_FILE, STDERR_FIFO, STDIN_FIFO, STDOUT_FIFO, blocking,
     },
     spec::build_spec,
+    terminal::ConsoleSocket,
 };
 
 impl Libcontainer {
@@ -69,10 +70,11 @@ impl Libcontainer {
             cgroups_path: config.cgroups_path.clone(),
             cgroup_v2: config.cgroup_v2_path.clone(),
             stdin,
+            tty: config.tty,
         };
         let created = blocking(&id, move || attempt.create_and_start()).await;
-        let pid = match created {
-            Ok(pid) => pid,
+        let (pid, master) = match created {
+            Ok(created) => created,
             Err(err) => {
                 drop(readers);
                 if let Err(e) = fs::remove_dir_all(&bundle) {
@@ -83,11 +85,12 @@ impl Libcontainer {
         };
 
         let started_at = SystemTime::now();
-        self.supervise(meta, pid, readers, true).map_err(|err| {
-            // The container runs but cannot be watched; the caller should delete it.
-            tracing::error!(id, pid, error = %err, "cannot supervise started container");
-            err
-        })?;
+        self.supervise(meta, pid, readers, true, master)
+            .map_err(|err| {
+                // The container runs but cannot be watched; the caller should delete it.
+                tracing::error!(id, pid, error = %err, "cannot supervise started container");
+                err
+            })?;
         tracing::info!(
             id,
             pid,
@@ -188,10 +191,15 @@ struct Attempt {
     cgroups_path: String,
     cgroup_v2: Option<PathBuf>,
     stdin: bool,
+    tty: bool,
 }
 
+/// How long a new container's init may take to send its terminal's master.
+const CONSOLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Attempt {
-    fn create_and_start(&self) -> Result<i32, RuntimeError> {
+    /// The init's pid and, for a `tty: true` container, its terminal's master.
+    fn create_and_start(&self) -> Result<(i32, Option<OwnedFd>), RuntimeError> {
         let id = self.id.as_str();
         fs::create_dir_all(&self.state_root).map_err(|e| {
             RuntimeError::io(id, format!("creating {}", self.state_root.display()), e)
@@ -202,8 +210,8 @@ impl Attempt {
             return Err(RuntimeError::AlreadyExists { id: id.to_owned() });
         }
         let created = self.create();
-        let pid = match created {
-            Ok(pid) => pid,
+        let (pid, master) = match created {
+            Ok(created) => created,
             Err(err) => {
                 self.remove_leftovers();
                 return Err(err);
@@ -239,11 +247,31 @@ impl Attempt {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
             self.remove_leftovers();
         }
-        started
+        let pid = started?;
+        if let Some(master) = &master {
+            self.keep_terminal(master, pid);
+        }
+        Ok((pid, master))
+    }
+
+    /// Leaves a keeper holding the terminal for a later daemon (see `terminal`); without
+    /// one the container runs all the same, and loses its terminal when this daemon ends.
+    fn keep_terminal(&self, master: &OwnedFd, pid: i32) {
+        let kept = super::terminal::spawn_keeper(master, pid).and_then(|keeper| {
+            fs::write(
+                super::terminal::keeper_file(&self.bundle),
+                keeper.to_string(),
+            )
+        });
+        if let Err(err) = kept {
+            tracing::warn!(id = self.id, %err, "no keeper for the terminal: it ends with this daemon");
+        }
     }
 
     /// Creates the container in a forked copy (see `forked`); the init waits for `start`.
-    fn create(&self) -> Result<i32, RuntimeError> {
+    /// A `tty: true` container's init sends its terminal's master to a console socket in the
+    /// bundle before the create returns.
+    fn create(&self) -> Result<(i32, Option<OwnedFd>), RuntimeError> {
         let id = self.id.as_str();
         let open_stdio = |name: &str| {
             open_fifo(&self.bundle.join(name))
@@ -262,10 +290,19 @@ impl Attempt {
                 .into()
         };
 
+        let console = if self.tty {
+            Some(
+                ConsoleSocket::bind(&self.bundle)
+                    .map_err(|e| RuntimeError::io(id, "binding the console socket", e))?,
+            )
+        } else {
+            None
+        };
         let build = || {
             let container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
                 .with_root_path(&self.state_root)
                 .map_err(|e| format!("root path: {e}"))?
+                .with_console_socket(console.as_ref().map(ConsoleSocket::path))
                 .with_stdin(stdin_fd)
                 .with_stdout(stdout)
                 .with_stderr(stderr)
@@ -283,13 +320,27 @@ impl Attempt {
                 .ok_or_else(|| "no init pid in state".to_owned())
         };
         // The copy has ended and reaped the processes of a failed build before it returns.
-        super::forked::in_forked_copy(build)
+        let pid = super::forked::in_forked_copy(build)
             .map_err(|e| RuntimeError::io(id, "forking to create", e))?
             .map_err(|message| RuntimeError::Libcontainer {
                 id: id.to_owned(),
                 op: "create",
                 message,
-            })
+            })?;
+        let Some(console) = console else {
+            return Ok((pid, None));
+        };
+        match console.receive(CONSOLE_TIMEOUT) {
+            Ok(master) => Ok((pid, Some(master))),
+            Err(err) => {
+                // The init waits for a start that will not come: it is ended and reaped
+                // here, the caller removes the rest.
+                let init = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(init, None);
+                Err(RuntimeError::io(id, "receiving the terminal", err))
+            }
+        }
     }
 
     fn state_dir(&self) -> PathBuf {

@@ -7,7 +7,7 @@
 //! that they ended, and the code is reported unknown.
 
 use std::{
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     sync::Arc,
     time::SystemTime,
 };
@@ -26,46 +26,13 @@ use super::{
     ExitStatus, RuntimeError,
     libcontainer::{BundleMeta, Libcontainer, Tracked},
     log_pump::{CriLogWriter, pump},
+    pidfd::pidfd_open,
     stats::CgroupFiles,
+    terminal::{ContainerTerminal, Terminal},
 };
 
 /// How long the watcher waits for the log pump to drain after the init exited.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// `pidfd_open(2)`.
-pub(super) fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new file descriptor or -1;
-    // no memory is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(std::io::Error::other)?;
-    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// `pidfd_send_signal(2)`; `ESRCH` (already exited) is not an error.
-pub(super) fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
-    // SAFETY: the pidfd is valid for the call's duration, siginfo is NULL as allowed and
-    // flags are 0.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ESRCH) {
-            return Err(err);
-        }
-    }
-    Ok(())
-}
 
 /// Waits until the process behind `pidfd` ends; reaps it if it is our child.
 /// Returns `(code, signal)`, both `None` when it was not our child.
@@ -115,13 +82,16 @@ fn reap(pidfd: &OwnedFd) -> (Option<i32>, Option<i32>) {
 }
 
 impl Libcontainer {
-    /// Starts the log pump and the exit watcher of a running container and tracks it.
+    /// Starts the log pump and the exit watcher of a running container and tracks it. With
+    /// a terminal's master, the pump reads the terminal instead of the stdout FIFO and fans
+    /// its output out to attached clients.
     pub(super) fn supervise(
         &self,
         meta: BundleMeta,
         pid: i32,
         readers: (pipe::Receiver, pipe::Receiver),
         own_child: bool,
+        master: Option<OwnedFd>,
     ) -> Result<(), RuntimeError> {
         let id = meta.id.clone();
         if self.lock().contains_key(&id) {
@@ -131,10 +101,29 @@ impl Libcontainer {
         let writer = CriLogWriter::open(&meta.log_path, self.rotation).map_err(|e| {
             RuntimeError::io(&id, format!("opening {}", meta.log_path.display()), e)
         })?;
+        let (stdout, stderr) = readers;
+        let (stdout, terminal, tap) = match master {
+            Some(master) => {
+                let terminal = Terminal::new(master)
+                    .map_err(|e| RuntimeError::io(&id, "setting up the terminal", e))?;
+                let reader = terminal
+                    .reader()
+                    .map_err(|e| RuntimeError::io(&id, "reading the terminal", e))?;
+                let (terminal, tap) = ContainerTerminal::new(terminal);
+                (reader, Some(terminal), Some(tap))
+            }
+            None => (stdout, None, None),
+        };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let pump_task = tokio::spawn(pump(readers.0, readers.1, writer, async move {
-            let _ = stop_rx.await;
-        }));
+        let pump_task = tokio::spawn(pump(
+            stdout,
+            stderr,
+            writer,
+            async move {
+                let _ = stop_rx.await;
+            },
+            tap,
+        ));
         let (exit_tx, exit_rx) = watch::channel(None);
         let cgroup = self.cgroup_files(&meta.cgroups_path);
         let watcher = tokio::spawn(watch_exit(
@@ -152,6 +141,7 @@ impl Libcontainer {
             pidfd: Some(pidfd),
             exit: exit_rx,
             tasks: vec![watcher],
+            terminal,
         };
         // Two concurrent adopts may race here; the loser's tasks stop when it is dropped.
         self.lock().entry(id).or_insert_with(|| Arc::new(tracked));

@@ -16,8 +16,10 @@ pub mod forked;
 pub mod image;
 pub mod libcontainer;
 pub mod log_pump;
+mod pidfd;
 pub mod spec;
 pub mod stats;
+pub mod terminal;
 
 use std::{path::PathBuf, sync::Mutex, time::SystemTime};
 

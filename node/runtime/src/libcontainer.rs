@@ -14,7 +14,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
     ContainerConfig, ContainerInfo, ContainerRuntime, ExitStatus, RuntimeError, Started, Usage,
-    config::LogRotation, stats::CgroupFiles,
+    config::LogRotation, stats::CgroupFiles, terminal::ContainerTerminal,
 };
 
 /// File in the bundle directory with what `adopt` and `delete` need after a restart.
@@ -47,6 +47,9 @@ pub(super) struct BundleMeta {
     pub log_path: PathBuf,
     pub cgroups_path: String,
     pub cgroup_v2_path: Option<PathBuf>,
+    /// The container runs under a terminal (`tty: true`).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 impl BundleMeta {
@@ -57,6 +60,7 @@ impl BundleMeta {
             log_path: config.log_path.clone(),
             cgroups_path: config.cgroups_path.clone(),
             cgroup_v2_path: config.cgroup_v2_path.clone(),
+            tty: config.tty,
         }
     }
 
@@ -77,6 +81,8 @@ pub(super) struct Tracked {
     /// `Some` once the init exited and the log pump drained.
     pub exit: watch::Receiver<Option<ExitStatus>>,
     pub tasks: Vec<JoinHandle<()>>,
+    /// The container's terminal (`tty: true`), while this process holds its master.
+    pub terminal: Option<Arc<ContainerTerminal>>,
 }
 
 impl Drop for Tracked {
@@ -122,6 +128,13 @@ impl Libcontainer {
 
     pub(super) fn tracked(&self, id: &str) -> Option<Arc<Tracked>> {
         self.lock().get(id).cloned()
+    }
+
+    /// The terminal of the running `tty: true` container `id`, for attaching; `None` when it
+    /// has none, has ended, or its terminal did not survive a daemon restart.
+    #[must_use]
+    pub fn terminal(&self, id: &str) -> Option<Arc<ContainerTerminal>> {
+        self.tracked(id)?.terminal.clone()
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Tracked>>> {

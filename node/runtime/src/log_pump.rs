@@ -8,9 +8,9 @@ use std::{
     time::SystemTime,
 };
 
-use tokio::{io::AsyncReadExt, net::unix::pipe::Receiver};
+use tokio::{io::AsyncReadExt, net::unix::pipe::Receiver, sync::broadcast};
 
-use super::config::LogRotation;
+use super::{config::LogRotation, terminal::Chunk};
 
 /// Longest line written as one record; longer output is cut into partial (`P`) records,
 /// as containerd does.
@@ -196,6 +196,9 @@ fn open_append(path: &Path) -> io::Result<File> {
 
 /// Copies `stdout` and `stderr` into `writer` until `stop` resolves (the container's init
 /// exited), then drains what is left in the pipes and writes unterminated lines as partial.
+/// With a `tap` (a container's terminal, read as `stdout`), every read of `stdout` is also
+/// sent there as it came, prompts and echoes that end no line included; the tap is dropped
+/// when the pump ends.
 ///
 /// Writes go to a local file in small batches (one per read), so they are done inline.
 pub async fn pump(
@@ -203,7 +206,9 @@ pub async fn pump(
     mut stderr: Receiver,
     mut writer: CriLogWriter,
     stop: impl Future<Output = ()>,
+    tap: Option<broadcast::Sender<Chunk>>,
 ) {
+    let tap = tap.as_ref();
     let mut out_lines = LineSplitter::default();
     let mut err_lines = LineSplitter::default();
     let mut out_buf = vec![0u8; 32 * 1024];
@@ -214,6 +219,9 @@ pub async fn pump(
     while out_open || err_open {
         tokio::select! {
             r = stdout.read(&mut out_buf), if out_open => {
+                if let (Some(tap), Ok(n @ 1..)) = (tap, &r) {
+                    let _ = tap.send(Chunk::from(&out_buf[..*n]));
+                }
                 out_open = take(r, &out_buf, &mut out_lines, StreamKind::Stdout, &mut writer);
             }
             r = stderr.read(&mut err_buf), if err_open => {
@@ -233,7 +241,12 @@ pub async fn pump(
         loop {
             match nix::unistd::read(std::os::fd::AsFd::as_fd(pipe), buf) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => emit(&lines.push(&buf[..n]), kind, &mut writer),
+                Ok(n) => {
+                    if let (Some(tap), StreamKind::Stdout) = (tap, kind) {
+                        let _ = tap.send(Chunk::from(&buf[..n]));
+                    }
+                    emit(&lines.push(&buf[..n]), kind, &mut writer);
+                }
             }
         }
         if let Some(rest) = lines.finish() {
@@ -256,6 +269,8 @@ fn take(
             true
         }
         Err(err) if err.kind() == io::ErrorKind::Interrupted => true,
+        // A terminal's master once the container closed its last descriptor of the slave.
+        Err(err) if err.raw_os_error() == Some(libc::EIO) => false,
         Err(err) => {
             tracing::warn!(stream = kind.as_str(), %err, "reading container output failed");
             false
@@ -388,9 +403,15 @@ mod tests {
         w_err.write_all(b"oops\n").unwrap();
         let writer = CriLogWriter::open(&log, LogRotation::default()).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(pump(out, err, writer, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(pump(
+            out,
+            err,
+            writer,
+            async {
+                let _ = rx.await;
+            },
+            None,
+        ));
         tokio::time::sleep(Duration::from_millis(50)).await;
         w_out.write_all(b"ld").unwrap();
         tx.send(()).unwrap();

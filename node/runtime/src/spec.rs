@@ -179,7 +179,8 @@ pub fn build_spec(config: &ContainerConfig) -> Result<Spec, SpecError> {
     .collect();
 
     let mut process = json!({
-        "terminal": false,
+        // The init opens the terminal and sends its master to the daemon's console socket.
+        "terminal": config.tty,
         "user": {
             "uid": config.user.uid,
             "gid": config.user.gid,
@@ -199,10 +200,6 @@ pub fn build_spec(config: &ContainerConfig) -> Result<Spec, SpecError> {
     // no_new_privs fails with EACCES. So it is only written when true.
     if security.no_new_privileges {
         process["noNewPrivileges"] = json!(true);
-    }
-    if config.tty {
-        // Terminals need a console socket the daemon does not provide yet.
-        tracing::warn!(id = %config.id, "tty requested; running without a terminal");
     }
 
     let mut linux = json!({

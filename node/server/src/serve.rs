@@ -489,6 +489,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn text_frames_carry_stdin_and_resizes_as_binary_ones_do() {
+        let (addr, resizes, _dir) = start().await;
+        let (mut ws, _) = connect(
+            addr,
+            "/attach/ns/p/c?stdin=true&stdout=true&tty=true",
+            "v5.channel.k8s.io",
+        )
+        .await
+        .unwrap();
+        // What the Python client's write_stdin and write_channel send for strings.
+        ws.send(Message::text("\u{4}{\"Width\":90,\"Height\":20}"))
+            .await
+            .unwrap();
+        ws.send(Message::text("\u{0}typed\n")).await.unwrap();
+        ws.send(Message::binary(vec![channel::CLOSE, channel::STDIN]))
+            .await
+            .unwrap();
+        let (out, _) = collect(&mut ws).await;
+        assert_eq!(out, b"typed\n");
+        assert_eq!(
+            *resizes.lock().unwrap(),
+            [TerminalSize {
+                width: 90,
+                height: 20
+            }]
+        );
+    }
+
+    #[tokio::test]
     async fn exec_over_v4_ends_with_success_when_the_client_closes() {
         let (addr, _, _dir) = start().await;
         let (ws, proto) = connect(

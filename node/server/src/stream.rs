@@ -332,34 +332,38 @@ async fn pump_input(
             Some(Err(err)) => break ClientEnd::Error(err.to_string()),
             None => break ClientEnd::Eof,
         };
-        match msg {
-            Message::Binary(data) => match channel::parse(&data) {
-                Frame::Stdin(bytes) => {
-                    if let Some(w) = stdin.as_mut()
-                        && (w.write_all(bytes).await.is_err() || w.flush().await.is_err())
-                    {
-                        stdin = None;
-                    }
-                }
-                Frame::Resize(json) => {
-                    match (
-                        resize.as_mut(),
-                        serde_json::from_slice::<TerminalSize>(json),
-                    ) {
-                        (Some(resize), Ok(size)) => resize(size),
-                        (_, Err(err)) => tracing::debug!(%err, "ignoring a malformed resize"),
-                        (None, Ok(_)) => {}
-                    }
-                }
-                Frame::Close(channel::STDIN) if protocol == Protocol::V5 => {
-                    if let Some(mut w) = stdin.take() {
-                        let _ = w.shutdown().await;
-                    }
-                }
-                Frame::Close(_) | Frame::Ignored => {}
-            },
+        // Clients that write strings (the Python client) send text frames, which the
+        // kubelet takes as the same channel-prefixed bytes.
+        let data = match msg {
+            Message::Binary(data) => data,
+            Message::Text(text) => text.into(),
             Message::Close(frame) => break ClientEnd::Close(frame.map(|f| f.code.into())),
-            _ => {}
+            _ => continue,
+        };
+        match channel::parse(&data) {
+            Frame::Stdin(bytes) => {
+                if let Some(w) = stdin.as_mut()
+                    && (w.write_all(bytes).await.is_err() || w.flush().await.is_err())
+                {
+                    stdin = None;
+                }
+            }
+            Frame::Resize(json) => {
+                match (
+                    resize.as_mut(),
+                    serde_json::from_slice::<TerminalSize>(json),
+                ) {
+                    (Some(resize), Ok(size)) => resize(size),
+                    (_, Err(err)) => tracing::debug!(%err, "ignoring a malformed resize"),
+                    (None, Ok(_)) => {}
+                }
+            }
+            Frame::Close(channel::STDIN) if protocol == Protocol::V5 => {
+                if let Some(mut w) = stdin.take() {
+                    let _ = w.shutdown().await;
+                }
+            }
+            Frame::Close(_) | Frame::Ignored => {}
         }
     };
     if let Some(mut w) = stdin.take() {

@@ -16,6 +16,7 @@ use skiff_node_runtime::{
     ContainerRuntime,
     container_exec::{self, ExecIo, ExecProcess},
     image::PullPolicy,
+    terminal::ContainerTerminal,
 };
 use skiff_node_server::{
     BackendError, ContainerRef, ContainerStats, CpuStats, ImageSummary, LogOptions, LogSource,
@@ -206,6 +207,67 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// An attach to a `tty: true` container: input typed into its terminal, the terminal's
+    /// output from now on, resizes; it ends when the container has ended and its output
+    /// drained.
+    fn terminal_session(
+        &self,
+        terminal: Arc<ContainerTerminal>,
+        id: &str,
+        opts: &StreamOptions,
+    ) -> Session {
+        let stdin = if opts.stdin {
+            terminal
+                .terminal()
+                .input()
+                .map_err(|err| tracing::warn!(id, %err, "attaching to a terminal's input"))
+                .ok()
+        } else {
+            None
+        };
+        let stdout = if opts.stdout || opts.stderr {
+            terminal.output()
+        } else {
+            None
+        };
+        let resize = opts.tty.then(|| {
+            Box::new(move |size: TerminalSize| {
+                if let Err(err) = terminal.terminal().resize(size.width, size.height) {
+                    tracing::debug!(%err, "resizing a container terminal failed");
+                }
+            }) as Box<dyn FnMut(TerminalSize) + Send>
+        });
+        let runtime = self.backend.runtime.clone();
+        let id = id.to_owned();
+        let exit: SessionExit = Box::pin(async move {
+            let _ = runtime.wait(&id).await;
+            Ok(None)
+        });
+        Session {
+            stdin,
+            stdout,
+            stderr: None,
+            resize,
+            exit,
+        }
+    }
+}
+
+/// Whether the pod's spec asks for a terminal for `container`.
+fn wants_tty(pod: &Pod, container: &str) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == container && c.tty == Some(true))
+            || s.ephemeral_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == container && c.tty == Some(true))
+    })
+}
+
 /// An exec'd process as a server session carrying the streams the client asked for.
 fn session(mut process: ExecProcess, opts: &StreamOptions) -> Session {
     process.keep_outputs(opts.stdout, opts.stderr);
@@ -340,10 +402,15 @@ impl NodeBackend for Endpoint {
                 target.container
             )));
         }
-        if opts.tty {
-            return Err(BackendError::BadRequest(
-                "attach with a terminal is not supported by this node; use exec -it".to_owned(),
-            ));
+        if let Some(terminal) = self.backend.runtime.terminal(&id) {
+            return Ok(self.terminal_session(terminal, &id, opts));
+        }
+        if opts.tty || wants_tty(&pod, &target.container) {
+            return Err(BackendError::BadRequest(format!(
+                "container {} has no terminal on this node (its terminal does not survive a \
+                 node restart); its output is in its log",
+                target.container
+            )));
         }
         // Input goes into the container's stdin FIFO (there only when the spec asks for
         // `stdin: true`); output is the container's log from now on, both streams in one.
