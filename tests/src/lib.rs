@@ -18,6 +18,7 @@ pub mod node;
 pub mod process;
 pub mod registry;
 pub mod sim;
+pub mod tls;
 
 use std::path::PathBuf;
 

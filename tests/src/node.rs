@@ -53,8 +53,8 @@ impl NodeDaemon {
             .join(cgroup_parent.trim_start_matches('/'));
         let bpffs = crate::bpffs::BpfFs::new()?;
         let mut args: Vec<String> = vec![
-            "--server".into(),
-            cp.url(),
+            "--kubeconfig".into(),
+            cp.node_kubeconfig(name)?.display().to_string(),
             "--name".into(),
             name.into(),
             "--node-ip".into(),
