@@ -212,13 +212,21 @@ impl ControlPlane {
     /// # Errors
     /// On a connection or handshake failure.
     pub fn exchange(&self, request: &[u8], timeout: Duration) -> Result<Vec<u8>> {
-        tls::exchange(
-            self.admin_tls()?,
-            self.address.into(),
-            self.port,
-            request,
-            timeout,
-        )
+        self.exchange_as(self.admin_tls()?, request, timeout)
+    }
+
+    /// Sends a whole HTTP/1 request over TLS with the client settings `tls` (another
+    /// identity, or none); returns the raw answer.
+    ///
+    /// # Errors
+    /// On a connection or handshake failure.
+    pub fn exchange_as(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        tls::exchange(tls, self.address.into(), self.port, request, timeout)
     }
 
     /// The kubeconfig file for this server.

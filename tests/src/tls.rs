@@ -3,7 +3,7 @@
 //! blocking TLS stream.
 
 use std::{
-    io::{Read, Write},
+    io::{ErrorKind, Read, Write},
     net::{IpAddr, TcpStream},
     path::Path,
     sync::Arc,
@@ -112,21 +112,36 @@ pub fn exchange(
     tcp.set_read_timeout(Some(timeout))?;
     let conn = ClientConnection::new(config, ServerName::IpAddress(address.into()))?;
     let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
     // The server may answer (413) before reading a large body; a failed write is fine once
     // the handshake is done.
-    if let Err(err) = tls.write_all(request) {
-        if tls.conn.is_handshaking() {
-            return Err(err.into());
-        }
-    }
+    let _ = tls.write_all(request);
     let _ = tls.flush();
+    // Read without writing: a body the server refused may still sit unsent in rustls, and
+    // the stream's own read would try to send it first and fail before the answer.
+    let (conn, sock) = (&mut tls.conn, &mut tls.sock);
     let mut response = Vec::new();
-    match tls.read_to_end(&mut response) {
-        Ok(_) => {}
-        // A server that closes without close_notify (or resets a connection whose body it
-        // refused) still said all it had to.
-        Err(_) if !response.is_empty() => {}
-        Err(err) => return Err(err.into()),
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match conn.reader().read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == ErrorKind::WouldBlock => match conn.read_tls(sock) {
+                Ok(0) => break,
+                Ok(_) => {
+                    conn.process_new_packets()?;
+                }
+                // A server that resets a connection whose body it refused still said all it
+                // had to.
+                Err(_) if !response.is_empty() => break,
+                Err(err) => return Err(err.into()),
+            },
+            // Closed without close_notify after the answer.
+            Err(err) if err.kind() == ErrorKind::UnexpectedEof => break,
+            Err(err) => return Err(err.into()),
+        }
     }
     Ok(response)
 }
