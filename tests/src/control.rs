@@ -119,6 +119,16 @@ impl ControlPlane {
         Ok(path)
     }
 
+    /// The bootstrap token nodes join with (`<data-dir>/node-token`).
+    ///
+    /// # Errors
+    /// Before `control` wrote it.
+    pub fn node_token(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.data_dir.join("node-token"))?
+            .trim()
+            .to_owned())
+    }
+
     /// The data directory (`--data-dir`).
     #[must_use]
     pub fn data_dir(&self) -> &Path {

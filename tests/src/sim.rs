@@ -151,7 +151,8 @@ fn leases(cp: &ControlPlane, prefix: &str) -> Result<usize> {
 /// A GET of `path` as the admin, as HTTP/1.0 so the answer is never chunked; returns the
 /// status code and the body.
 fn http_get(cp: &ControlPlane, path: &str) -> Result<(u16, Vec<u8>)> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: application/json\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: application/json\r\n\r\n");
     let response = cp.exchange(request.as_bytes(), Duration::from_secs(30))?;
     let split = response
         .windows(4)

@@ -33,8 +33,8 @@ impl Credentials {
     /// # Errors
     /// When the file is missing or lacks the data.
     pub fn from_kubeconfig(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
         let field = |section: &str, inner: &str, key: &str| -> Result<String> {
             let b64 = doc[section][0][inner][key]

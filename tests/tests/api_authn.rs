@@ -17,8 +17,9 @@ fn get(
     path: &str,
     headers: &str,
 ) -> Result<(u16, String)> {
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: application/json\r\n{headers}\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: application/json\r\n{headers}\r\n"
+    );
     let raw = cp.exchange_as(tls, request.as_bytes(), Duration::from_secs(10))?;
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let code = raw
@@ -26,7 +27,10 @@ fn get(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("no status line")?;
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
@@ -103,7 +107,10 @@ fn a_token_from_the_token_file_authenticates_and_an_unknown_one_does_not() -> Re
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "namespace/kube-system");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "namespace/kube-system"
+    );
     Ok(())
 }
 
@@ -148,5 +155,105 @@ fn kubectl_works_with_the_admin_kubeconfig_control_wrote() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/default"));
+    Ok(())
+}
+
+/// The CertificateSigningRequest a joining node makes, as kubectl would send it.
+fn node_csr(name: &str, request_pem: &str) -> String {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": STANDARD.encode(request_pem),
+            "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+            "usages": ["digital signature", "client auth"],
+            "username": "forged-by-the-client",
+        },
+    })
+    .to_string()
+}
+
+#[test]
+fn a_bootstrap_token_gets_a_node_certificate_signed_and_that_certificate_authenticates()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    let token = cp.node_token()?;
+    let kubectl = |args: &[&str], stdin: Option<&str>| -> Result<String> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("kubectl")
+            .env("HOME", dir.path())
+            .env_remove("KUBECONFIG")
+            .args(["--server", &cp.url(), "--token", &token])
+            .arg("--certificate-authority")
+            .arg(cp.ca_file())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .context("stdin")?
+                .write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (request, key_pem) = skiff_pki::ca::client_request("system:node:joiner", "system:nodes")?;
+    kubectl(&["create", "-f", "-"], Some(&node_csr("joiner", &request)))?;
+    let csr =
+        skiff_tests::sim::wait_for("the request to be signed", Duration::from_secs(30), || {
+            let csr: Value =
+                serde_json::from_str(&kubectl(&["get", "csr", "joiner", "-o", "json"], None)?)?;
+            Ok(csr["status"]["certificate"].is_string().then_some(csr))
+        })?;
+    // The server recorded who asked, whatever the client claimed.
+    assert!(
+        csr["spec"]["username"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("system:bootstrap:")),
+        "{csr}"
+    );
+    assert!(
+        csr["spec"]["groups"]
+            .to_string()
+            .contains("system:bootstrappers"),
+        "{csr}"
+    );
+    assert_eq!(csr["status"]["conditions"][0]["type"], "Approved", "{csr}");
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let cert_pem = String::from_utf8(
+        STANDARD.decode(
+            csr["status"]["certificate"]
+                .as_str()
+                .context("certificate")?,
+        )?,
+    )?;
+    let subject = skiff_pki::Subject::from_pem(&cert_pem)?;
+    assert_eq!(subject.common_name, "system:node:joiner");
+    assert_eq!(subject.organizations, ["system:nodes"]);
+    let node = Credentials {
+        ca_pem: cp.admin_credentials()?.ca_pem,
+        cert_pem,
+        key_pem,
+    };
+    let (code, body) = get(&cp, node.client_config()?, "/api/v1/nodes", "")?;
+    assert_eq!(code, 200, "{body}");
+    // A request for an identity that is not a node's is left alone.
+    let (request, _) = skiff_pki::ca::client_request("kubernetes-admin", "system:masters")?;
+    kubectl(&["create", "-f", "-"], Some(&node_csr("grab", &request)))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let grab: Value = serde_json::from_str(&kubectl(&["get", "csr", "grab", "-o", "json"], None)?)?;
+    assert!(grab["status"]["certificate"].is_null(), "{grab}");
     Ok(())
 }

@@ -266,7 +266,7 @@ async fn handle(
     let query = Query::parse(req.uri().query()).with_agent(&agent);
     let (verb, resource, response) = match authenticate(authn, connection_user, &req) {
         Err(err) => ("AUTH", String::new(), h::error(&err)),
-        Ok(_user) => route_request(&ctx, req, &method, &path, &query).await,
+        Ok(user) => route_request(&ctx, req, &method, &path, &query.with_user(user)).await,
     };
     let code = response.status().as_u16();
     ctx.metrics

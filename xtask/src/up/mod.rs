@@ -216,7 +216,14 @@ fn start_control(p: &Prepared, api: &str) -> Result<Child> {
         "the API server",
         Duration::from_secs(30),
         &mut [&mut control],
-        || ctl(&p.bin, &admin_kubeconfig(p), &["get", "namespace", "default", "-o", "name"]).is_some(),
+        || {
+            ctl(
+                &p.bin,
+                &admin_kubeconfig(p),
+                &["get", "namespace", "default", "-o", "name"],
+            )
+            .is_some()
+        },
     ) {
         stop(&mut control, "control", Duration::from_secs(10));
         return Err(err.context(format!("see {}", p.dir.join("control.log").display())));

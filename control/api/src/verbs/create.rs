@@ -68,6 +68,7 @@ pub async fn create_object(
         obj["metadata"]["name"] = json!(name);
     }
     admit::admit_create(info, &mut obj)?;
+    super::requester::record(info, &mut obj, query.user());
     if info.namespaced {
         let namespace = objects::namespace_of(&obj).unwrap_or("").to_owned();
         ensure_namespace_open(ctx, &namespace).await?;

@@ -2,6 +2,7 @@
 //! scheduler and the controllers, which reach the API like any client and act only while
 //! this process holds the leader Lease (each part can be switched off).
 
+mod csr_signer;
 mod pki;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -233,6 +234,10 @@ async fn main() -> Result<()> {
         kubeconfig = %pki.admin_kubeconfig.display(),
         "wrote the admin kubeconfig (export KUBECONFIG=...)"
     );
+    tracing::info!(
+        token = %pki.node_token.display(),
+        "nodes join with: node --server URL --token \"$(cat TOKEN)\" --ca-file <data-dir>/pki/ca.crt"
+    );
     let config = Config {
         listen: args.listen,
         service_cidr: args.service_cluster_ip_range.clone(),
@@ -254,6 +259,9 @@ async fn main() -> Result<()> {
         serving.await.context("API server task")?;
     } else {
         let client = pki::self_client(addr, &pki)?;
+        if !args.no_controllers {
+            tokio::spawn(csr_signer::run(client.clone(), Arc::clone(&pki.ca)));
+        }
         let stopped = {
             let mut rx = stop_rx.clone();
             async move {

@@ -16,10 +16,12 @@ use skiff_api::{
     authn::Authenticator,
     tls::{self, KeyPairPem, LOOPBACK_NAME, TlsSettings},
 };
-use skiff_machinery::user::MASTERS;
+use skiff_machinery::user::{MASTERS, UserInfo};
 use skiff_pki::{Ca, Issued, ca::write_private};
 use skiff_types::Ipv4Cidr;
 
+/// The file (in the data directory) holding the bootstrap token nodes join with.
+pub const NODE_TOKEN: &str = "node-token";
 /// The admin kubeconfig's file name in the data directory.
 pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
 /// The admin's user name (kubeadm's `kubernetes-admin`).
@@ -48,7 +50,9 @@ pub struct Pki {
     /// TLS and authentication for the API server.
     pub security: Security,
     /// The cluster CA.
-    pub ca: Ca,
+    pub ca: Arc<Ca>,
+    /// Where the bootstrap token nodes join with was written.
+    pub node_token: PathBuf,
     /// Where the admin kubeconfig was written.
     pub admin_kubeconfig: PathBuf,
     /// The client certificate of the in-process scheduler and controllers.
@@ -102,6 +106,15 @@ pub fn prepare(data_dir: &Path, names: &[String], server_url: &str, flags: &Flag
             .add_token_file(&read(path)?)
             .with_context(|| format!("--token-auth-file {}", path.display()))?;
     }
+    let node_token = data_dir.join(NODE_TOKEN);
+    let (id, token) = bootstrap_token(&node_token)?;
+    authn.add_token(
+        token,
+        UserInfo::new(
+            format!("system:bootstrap:{id}"),
+            [crate::csr_signer::BOOTSTRAPPERS],
+        ),
+    );
     let admin = ca.issue_client(ADMIN, &[MASTERS])?;
     let admin_kubeconfig = data_dir.join(ADMIN_KUBECONFIG);
     write_private(
@@ -114,10 +127,39 @@ pub fn prepare(data_dir: &Path, names: &[String], server_url: &str, flags: &Flag
             tls,
             authn: Arc::new(authn),
         },
-        ca,
+        ca: Arc::new(ca),
+        node_token,
         admin_kubeconfig,
         control_plane,
     })
+}
+
+/// The bootstrap token in `path` (kubeadm's form `<id>.<secret>`, 6 and 16 characters of
+/// `[a-z0-9]`), made there on first start; returns the id and the whole token.
+fn bootstrap_token(path: &Path) -> Result<(String, String)> {
+    let token = match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().to_owned(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+            let random: Vec<u8> = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
+                .iter()
+                .flat_map(|u| *u.as_bytes())
+                .collect();
+            let mut chars = random
+                .iter()
+                .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]));
+            let id: String = chars.by_ref().take(6).collect();
+            let secret: String = chars.take(16).collect();
+            let token = format!("{id}.{secret}");
+            write_private(path, &format!("{token}\n"))?;
+            token
+        }
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    };
+    let (id, _) = token
+        .split_once('.')
+        .with_context(|| format!("{} is not <id>.<secret>", path.display()))?;
+    Ok((id.to_owned(), token))
 }
 
 fn read(path: &Path) -> Result<String> {
