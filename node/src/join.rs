@@ -1,6 +1,6 @@
 //! Joining with a bootstrap token (kubelet's TLS bootstrap): the node asks for a client
 //! certificate of its own (`CN=system:node:<name>, O=system:nodes`) through a
-//! CertificateSigningRequest made with the token, waits until the control plane signs it,
+//! `CertificateSigningRequest` made with the token, waits until the control plane signs it,
 //! keeps it in its state directory and uses it from then on (a restart reuses it).
 
 use std::{
@@ -62,7 +62,7 @@ pub fn authenticate(config: &mut kube::Config, identity: &Identity) {
 }
 
 /// The node's identity: the one kept in `dir` from an earlier join, else a new one signed
-/// through a CertificateSigningRequest made with the bootstrap token.
+/// through a `CertificateSigningRequest` made with the bootstrap token.
 ///
 /// # Errors
 /// When the request cannot be made or is not signed in time.

@@ -192,7 +192,7 @@ impl Ca {
 }
 
 /// A fresh key and a PKCS#10 request (both PEM) for a client certificate naming `user` in
-/// `group`, what a node sends in a CertificateSigningRequest.
+/// `group`, what a node sends in a `CertificateSigningRequest`.
 ///
 /// # Errors
 /// When key generation or signing fails.

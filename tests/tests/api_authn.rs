@@ -5,6 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
+use base64::{Engine, engine::general_purpose::STANDARD};
 use serde_json::Value;
 use skiff_tests::{control::ControlPlane, tls::Credentials};
 
@@ -158,9 +159,8 @@ fn kubectl_works_with_the_admin_kubeconfig_control_wrote() -> Result<()> {
     Ok(())
 }
 
-/// The CertificateSigningRequest a joining node makes, as kubectl would send it.
+/// The `CertificateSigningRequest` a joining node makes, as kubectl would send it.
 fn node_csr(name: &str, request_pem: &str) -> String {
-    use base64::{Engine, engine::general_purpose::STANDARD};
     serde_json::json!({
         "apiVersion": "certificates.k8s.io/v1",
         "kind": "CertificateSigningRequest",
@@ -231,7 +231,6 @@ fn a_bootstrap_token_gets_a_node_certificate_signed_and_that_certificate_authent
         "{csr}"
     );
     assert_eq!(csr["status"]["conditions"][0]["type"], "Approved", "{csr}");
-    use base64::{Engine, engine::general_purpose::STANDARD};
     let cert_pem = String::from_utf8(
         STANDARD.decode(
             csr["status"]["certificate"]

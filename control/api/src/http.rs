@@ -24,7 +24,7 @@ pub struct Query {
     /// The User-Agent's product, e.g. `kubectl`, the default field manager.
     agent: String,
     /// Who is asking, as authentication found (recorded where Kubernetes records it, as a
-    /// CertificateSigningRequest's requester).
+    /// `CertificateSigningRequest`'s requester).
     user: Option<skiff_machinery::user::UserInfo>,
 }
 

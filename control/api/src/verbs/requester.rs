@@ -1,4 +1,4 @@
-//! A CertificateSigningRequest records who asked for it (`spec.username`, `uid`, `groups`,
+//! A `CertificateSigningRequest` records who asked for it (`spec.username`, `uid`, `groups`,
 //! `extra`), set by the server from the authenticated caller and never taken from the client,
 //! so the approver can trust it.
 
@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use skiff_machinery::user::UserInfo;
 use skiff_resources::ResourceInfo;
 
-/// Overwrites a new CertificateSigningRequest's requester with `user`; other kinds are left
+/// Overwrites a new `CertificateSigningRequest`'s requester with `user`; other kinds are left
 /// alone.
 pub fn record(info: &ResourceInfo, obj: &mut Value, user: Option<&UserInfo>) {
     if info.group != "certificates.k8s.io" || info.kind != "CertificateSigningRequest" {

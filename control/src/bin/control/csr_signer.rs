@@ -1,4 +1,4 @@
-//! Approves and signs the CertificateSigningRequests of joining nodes (kube-controller-
+//! Approves and signs the `CertificateSigningRequest`s of joining nodes (kube-controller-
 //! manager's csrapproving and csrsigning for `kubernetes.io/kube-apiserver-client-kubelet`):
 //! a request for `CN=system:node:<name>, O=system:nodes` from a bootstrap token, from that
 //! node itself (renewal) or from an admin gets the cluster CA's certificate; anything else
@@ -71,7 +71,7 @@ pub fn decide(ca: &Ca, csr: &CertificateSigningRequest) -> Verdict {
     }
 }
 
-/// Watches CertificateSigningRequests and signs the nodes' until the stream ends.
+/// Watches `CertificateSigningRequest`s and signs the nodes' until the stream ends.
 pub async fn run(client: kube::Client, ca: Arc<Ca>) {
     let api: Api<CertificateSigningRequest> = Api::all(client);
     let mut events = watcher(api.clone(), watcher::Config::default())

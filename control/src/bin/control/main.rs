@@ -220,7 +220,7 @@ async fn main() -> Result<()> {
     let data_dir = data_dir(&args);
     let pki = pki::prepare(
         &data_dir,
-        &pki::serving_names(args.listen, &service_cidr),
+        &pki::serving_names(args.listen, service_cidr),
         &format!("https://{}", pki::reachable(args.listen)),
         &pki::Flags {
             tls_cert_file: args.tls_cert_file.clone(),

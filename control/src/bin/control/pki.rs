@@ -32,6 +32,10 @@ pub const CONTROL_PLANE_USER: &str = "system:kube-controller-manager";
 
 /// The operator's TLS and token flags.
 #[derive(Debug, Clone, Default)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "named after kube-apiserver's flags, which all end in -file"
+)]
 pub struct Flags {
     /// `--tls-cert-file`: a serving certificate chain instead of the issued one.
     pub tls_cert_file: Option<PathBuf>,
@@ -169,7 +173,7 @@ fn read(path: &Path) -> Result<String> {
 /// The names the serving certificate is valid for: the listen address, loopback, the
 /// `kubernetes` Service's cluster IP and DNS names, the host name, and the loopback name of
 /// control's own clients.
-pub fn serving_names(listen: SocketAddr, service_cidr: &Ipv4Cidr) -> Vec<String> {
+pub fn serving_names(listen: SocketAddr, service_cidr: Ipv4Cidr) -> Vec<String> {
     let mut names: Vec<String> = vec![
         Ipv4Addr::LOCALHOST.to_string(),
         "localhost".into(),
