@@ -255,13 +255,13 @@ async fn main() -> Result<()> {
         shutdown().await;
         let _ = stop_tx.send(true);
     }));
+    let client = pki::self_client(addr, &pki)?;
+    // Nodes join through it whatever else runs here: it is control's part of the bootstrap
+    // token (as k3s' supervisor), not one of the controllers --no-controllers switches off.
+    let signer = tokio::spawn(csr_signer::run(client.clone(), Arc::clone(&pki.ca)));
     if args.no_scheduler && args.no_controllers {
         serving.await.context("API server task")?;
     } else {
-        let client = pki::self_client(addr, &pki)?;
-        if !args.no_controllers {
-            tokio::spawn(csr_signer::run(client.clone(), Arc::clone(&pki.ca)));
-        }
         let stopped = {
             let mut rx = stop_rx.clone();
             async move {
@@ -274,6 +274,7 @@ async fn main() -> Result<()> {
         }
         serving.await.context("API server task")?;
     }
+    signer.abort();
     tracing::info!("stopped");
     Ok(())
 }
