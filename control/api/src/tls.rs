@@ -138,3 +138,109 @@ impl ResolvesServerCert for Resolver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rustls::{ClientConfig, ClientConnection, ServerConnection};
+    use rustls_pki_types::ServerName;
+    use skiff_pki::{Ca, Subject};
+
+    use super::*;
+
+    fn client(trust: &Ca, identity: Option<&skiff_pki::Issued>) -> Arc<ClientConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(certs(trust.cert_pem(), "ca").unwrap().remove(0))
+            .unwrap();
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        Arc::new(match identity {
+            Some(id) => builder
+                .with_client_auth_cert(
+                    certs(&id.cert_pem, "cert").unwrap(),
+                    PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        })
+    }
+
+    /// Runs a handshake in memory; the server certificate the client got and the client
+    /// certificate the server verified.
+    fn handshake(
+        server: &Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+        name: &str,
+    ) -> Result<(String, Option<String>), rustls::Error> {
+        let mut c = ClientConnection::new(client, ServerName::try_from(name.to_owned()).unwrap())?;
+        let mut s = ServerConnection::new(Arc::clone(server))?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+        }
+        let cn = |chain: Option<&[CertificateDer<'_>]>| {
+            chain
+                .and_then(|c| c.first())
+                .map(|leaf| Subject::from_der(leaf).unwrap().common_name)
+        };
+        Ok((
+            cn(c.peer_certificates()).unwrap_or_default(),
+            cn(s.peer_certificates()),
+        ))
+    }
+
+    #[test]
+    fn the_loopback_name_gets_the_cluster_certificate_and_others_the_operators() {
+        let cluster = Ca::generate("cluster").unwrap();
+        let operator = Ca::generate("operator").unwrap();
+        let pair = |i: skiff_pki::Issued| KeyPairPem {
+            cert_pem: i.cert_pem,
+            key_pem: i.key_pem,
+        };
+        let server = server_config(&TlsSettings {
+            serving: pair(
+                operator
+                    .issue_server("public", &["api.example".into()])
+                    .unwrap(),
+            ),
+            loopback: Some(pair(
+                cluster
+                    .issue_server("loopback", &[LOOPBACK_NAME.into()])
+                    .unwrap(),
+            )),
+            client_ca_pem: cluster.cert_pem().to_owned(),
+        })
+        .unwrap();
+        assert_eq!(
+            server.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        let admin = cluster
+            .issue_client("kubernetes-admin", &["system:masters"])
+            .unwrap();
+        let (got, who) = handshake(&server, client(&cluster, Some(&admin)), LOOPBACK_NAME).unwrap();
+        assert_eq!(got, "loopback");
+        assert_eq!(who.as_deref(), Some("kubernetes-admin"));
+        let (got, who) = handshake(&server, client(&operator, None), "api.example").unwrap();
+        assert_eq!((got.as_str(), who), ("public", None));
+        // A client certificate of a CA the server does not trust ends the handshake.
+        let stranger = operator.issue_client("mallory", &[]).unwrap();
+        assert!(handshake(&server, client(&operator, Some(&stranger)), "api.example").is_err());
+    }
+}
