@@ -145,26 +145,20 @@ fn admin_kubeconfig(p: &Prepared) -> PathBuf {
     p.dir.join("control").join("admin.kubeconfig")
 }
 
-/// A kubeconfig of node `name`'s own (`system:node:<name>` in `system:nodes`), issued by
-/// `ctl kubeconfig-user` from the cluster CA.
-fn node_kubeconfig(p: &Prepared, api: &str, name: &str) -> Result<PathBuf> {
-    let out = Command::new(p.bin.join("ctl"))
-        .args(["--server", &format!("https://{api}"), "kubeconfig-user"])
-        .args(["--client-name", &format!("system:node:{name}")])
-        .args(["--org", "system:nodes", "--data-dir"])
-        .arg(p.dir.join("control"))
-        .output()
-        .context("running ctl kubeconfig-user")?;
-    if !out.status.success() {
-        bail!(
-            "ctl kubeconfig-user: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let path = p.dir.join(format!("{name}.kubeconfig"));
-    std::fs::write(&path, &out.stdout)?;
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    Ok(path)
+/// The flags a node joins with: control's bootstrap token and cluster CA; the node gets a
+/// client certificate of its own (`system:node:<name>`) through a `CertificateSigningRequest`.
+fn join_flags(p: &Prepared, api: &str) -> Result<Vec<String>> {
+    let control = p.dir.join("control");
+    let token = std::fs::read_to_string(control.join("node-token"))
+        .context("reading control's node-token")?;
+    Ok(vec![
+        "--server".into(),
+        format!("https://{api}"),
+        "--token".into(),
+        token.trim().to_owned(),
+        "--ca-file".into(),
+        control.join("pki").join("ca.crt").display().to_string(),
+    ])
 }
 
 /// What every `up` has: the build, the state directory, the image and the signal handler.
@@ -283,8 +277,7 @@ fn single(p: &Prepared) -> Result<()> {
     );
     let mut node = spawn(
         Command::new(p.bin.join("node"))
-            .arg("--kubeconfig")
-            .arg(node_kubeconfig(p, API, NODE)?)
+            .args(join_flags(p, API)?)
             .args(["--name", NODE])
             .arg("--state-dir")
             .arg(p.dir.join("node"))
@@ -334,8 +327,7 @@ fn multi(p: &Prepared, count: usize) -> Result<()> {
             );
             let child = spawn(
                 hosts::Hosts::command(i, p.bin.join("node"))
-                    .arg("--kubeconfig")
-                    .arg(node_kubeconfig(p, &api, &name)?)
+                    .args(join_flags(p, &api)?)
                     .args(["--name", &name])
                     .args(["--node-ip", &hosts::Hosts::address(i)?])
                     .arg("--state-dir")
