@@ -832,10 +832,15 @@ spec:
     let before = c.running("reader")?;
     c.running("stubborn")?;
     let id = container_status(&before, "app")["containerID"].clone();
+    let csrs = || c.cp.ok(&["get", "csr", "-o", "name"], None);
+    let joined = csrs()?;
+    assert_eq!(joined.lines().count(), 1, "the node joined once: {joined}");
     // The daemon dies without warning; a new one adopts the running containers.
     c.node.kill();
     c.node.restart(&c.cp)?;
     std::thread::sleep(Duration::from_secs(3));
+    // ... and authenticates with the certificate it kept, asking for no other.
+    assert_eq!(csrs()?, joined);
     let after = c.running("reader")?;
     assert_eq!(container_status(&after, "app")["containerID"], id);
     assert_eq!(container_status(&after, "app")["restartCount"], 0);

@@ -84,6 +84,9 @@ pub enum ServerError {
     Bootstrap(String),
 }
 
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How the server proves who it is and learns who calls: TLS (serving certificate, client
 /// CA) and the bearer tokens it accepts.
 #[derive(Debug, Clone)]
@@ -179,13 +182,19 @@ impl Server {
             let authn = Arc::clone(&self.security.authn);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let stream = match acceptor.accept(stream).await {
-                    Ok(stream) => stream,
-                    Err(err) => {
-                        tracing::debug!(%peer, ?err, "TLS handshake failed");
-                        return;
-                    }
-                };
+                // A client that never finishes its handshake does not hold a task forever.
+                let stream =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, ?err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
                 // The chain was verified against the client CA during the handshake.
                 let connection_user = stream
                     .get_ref()
