@@ -237,3 +237,63 @@ fn der(pem: &str) -> Result<Vec<u8>> {
         .context("the CA certificate")?
         .to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bootstrap_token_is_made_once_in_kubeadms_form_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(NODE_TOKEN);
+        let (id, token) = bootstrap_token(&path).unwrap();
+        let (head, secret) = token.split_once('.').unwrap();
+        assert_eq!((head, head.len(), secret.len()), (id.as_str(), 6, 16));
+        assert!(
+            token
+                .bytes()
+                .all(|b| b == b'.' || b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
+        assert_eq!(bootstrap_token(&path).unwrap(), (id, token));
+    }
+
+    #[test]
+    fn first_start_writes_the_ca_the_admin_kubeconfig_and_a_serving_certificate_for_its_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let cidr = Ipv4Cidr::parse_masked("10.96.0.0/12").unwrap();
+        let names = serving_names("0.0.0.0:6443".parse().unwrap(), cidr);
+        assert!(names.iter().any(|n| n == "10.96.0.1"), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .any(|n| n == "kubernetes.default.svc.cluster.local")
+        );
+        let pki = prepare(
+            dir.path(),
+            &names,
+            "https://127.0.0.1:6443",
+            &Flags::default(),
+        )
+        .unwrap();
+        let kubeconfig = std::fs::read_to_string(&pki.admin_kubeconfig).unwrap();
+        assert!(kubeconfig.contains("server: \"https://127.0.0.1:6443\""));
+        assert!(kubeconfig.contains("client-certificate-data"));
+        let again = prepare(
+            dir.path(),
+            &names,
+            "https://127.0.0.1:6443",
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            pki.ca.cert_pem(),
+            again.ca.cert_pem(),
+            "the CA is kept across starts"
+        );
+        let only_cert = Flags {
+            tls_cert_file: Some(dir.path().join("x")),
+            ..Flags::default()
+        };
+        assert!(prepare(dir.path(), &names, "https://127.0.0.1:6443", &only_cert).is_err());
+    }
+}
