@@ -792,7 +792,22 @@ spec:
     Ok(())
 }
 
+/// Fails unless the cluster's node asked for a certificate exactly once (with the bootstrap
+/// token): after a restart it must reuse the one it kept.
+fn joined_once(cp: &ControlPlane) -> Result<()> {
+    let names = cp.ok(&["get", "csr", "-o", "name"], None)?;
+    ensure!(
+        names.lines().count() == 1,
+        "the node asked for a certificate again: {names}"
+    );
+    Ok(())
+}
+
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one node start serves the configMap, graceful deletion, adoption and certificate reuse checks"
+)]
 fn config_maps_update_in_place_deletion_is_graceful_and_a_killed_daemon_adopts() -> Result<()> {
     if skip("config_maps_update_in_place_deletion_is_graceful_and_a_killed_daemon_adopts") {
         return Ok(());
@@ -832,15 +847,11 @@ spec:
     let before = c.running("reader")?;
     c.running("stubborn")?;
     let id = container_status(&before, "app")["containerID"].clone();
-    let csrs = || c.cp.ok(&["get", "csr", "-o", "name"], None);
-    let joined = csrs()?;
-    assert_eq!(joined.lines().count(), 1, "the node joined once: {joined}");
     // The daemon dies without warning; a new one adopts the running containers.
     c.node.kill();
     c.node.restart(&c.cp)?;
     std::thread::sleep(Duration::from_secs(3));
-    // ... and authenticates with the certificate it kept, asking for no other.
-    assert_eq!(csrs()?, joined);
+    joined_once(&c.cp)?;
     let after = c.running("reader")?;
     assert_eq!(container_status(&after, "app")["containerID"], id);
     assert_eq!(container_status(&after, "app")["restartCount"], 0);
