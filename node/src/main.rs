@@ -13,6 +13,7 @@ use tracing_subscriber::{EnvFilter, prelude::*};
 use crate::daemon::run::NodeConfig;
 
 mod daemon;
+mod join;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -149,9 +150,17 @@ fn dns_upstreams(given: Vec<std::net::SocketAddr>) -> Vec<std::net::SocketAddr> 
 #[derive(Debug, Args)]
 #[command(next_help_heading = "API server")]
 struct ApiArgs {
-    /// API server URL (`http://127.0.0.1:6443`); without it the kubeconfig is used.
-    #[arg(long, conflicts_with = "kubeconfig")]
+    /// API server URL (`https://127.0.0.1:6443`), joined with --token and --ca-file;
+    /// without it the kubeconfig is used.
+    #[arg(long, conflicts_with = "kubeconfig", requires_all = ["token", "ca_file"])]
     server: Option<String>,
+    /// Bootstrap token (control's `<data-dir>/node-token`): the node asks for a client
+    /// certificate of its own with it and keeps it in `<state-dir>/pki`.
+    #[arg(long, requires = "server")]
+    token: Option<String>,
+    /// The cluster CA to trust (control's `<data-dir>/pki/ca.crt`).
+    #[arg(long, requires = "server")]
+    ca_file: Option<PathBuf>,
     /// Kubeconfig to reach the API server (default: $KUBECONFIG or ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -274,10 +283,30 @@ impl SimulateArgs {
     }
 }
 
-/// A client to the API server that says it is the kubelet `version`.
-async fn client(api: &ApiArgs, version: &str) -> Result<kube::Client> {
-    let mut config = if let Some(server) = &api.server {
-        kube::Config::new(server.parse().context("--server is not a URL")?)
+/// A client to the API server that says it is the kubelet `version`. With `--server` it
+/// authenticates as node `name` with the certificate kept in `pki_dir`, joining with the
+/// bootstrap token first if there is none.
+async fn client(
+    api: &ApiArgs,
+    version: &str,
+    identity: Option<(&str, &std::path::Path)>,
+) -> Result<kube::Client> {
+    let mut config = if let (Some(server), Some(token), Some(ca_file)) =
+        (&api.server, &api.token, &api.ca_file)
+    {
+        let (name, pki_dir) =
+            identity.context("--server with --token joins a real node (use --kubeconfig)")?;
+        let ca_pem = std::fs::read_to_string(ca_file)
+            .with_context(|| format!("reading {}", ca_file.display()))?;
+        let bootstrap = join::Bootstrap {
+            server,
+            ca_pem: &ca_pem,
+            token: token.trim(),
+        };
+        let identity = join::identity(&bootstrap, name, pki_dir).await?;
+        let mut config = join::config(server, &ca_pem)?;
+        join::authenticate(&mut config, &identity);
+        config
     } else {
         let options = kube::config::KubeConfigOptions::default();
         match &api.kubeconfig {
@@ -468,7 +497,12 @@ async fn real(cli: Cli) -> Result<()> {
         )?,
         cleanup_on_exit: args.cleanup_on_exit,
     };
-    let client = client(&cli.api, skiff_kubelet::node::host::KUBELET_VERSION).await?;
+    let client = client(
+        &cli.api,
+        skiff_kubelet::node::host::KUBELET_VERSION,
+        Some((&config.name, &config.state_dir.join("pki"))),
+    )
+    .await?;
     let node = daemon::run::prepare(client.clone(), &config)
         .await
         .context("setting the node up")?;
@@ -523,7 +557,7 @@ async fn main() -> Result<()> {
     let Some(count) = cli.simulate.simulate else {
         return Box::pin(real(cli)).await;
     };
-    let client = client(&cli.api, KUBELET_VERSION).await?;
+    let client = client(&cli.api, KUBELET_VERSION, None).await?;
     tokio::select! {
         r = simulate::run(client, cli.simulate.config(count)) => r.context("simulated nodes")?,
         r = shutdown() => r?,

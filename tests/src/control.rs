@@ -1,17 +1,22 @@
 //! A real `control` process on a loopback port with its own data directory, and a kubectl
-//! pointed at it through a kubeconfig and discovery cache of its own.
+//! pointed at it through the admin kubeconfig `control` wrote (client certificate, cluster
+//! CA) and a discovery cache of its own.
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
+    io::Write,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 
-use crate::{etcd::free_port, process::ChildGuard};
+use crate::{
+    etcd::free_port,
+    process::ChildGuard,
+    tls::{self, Credentials},
+};
 
 /// A running control plane; killed (SIGKILL) on drop.
 #[derive(Debug)]
@@ -23,6 +28,9 @@ pub struct ControlPlane {
     data_dir: PathBuf,
     extra: Vec<String>,
     home: PathBuf,
+    /// The admin's TLS client settings, read once from the admin kubeconfig (the CA stays
+    /// across restarts, so they stay valid).
+    admin_tls: OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 impl ControlPlane {
@@ -58,19 +66,89 @@ impl ControlPlane {
             data_dir: dir.join("data"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             home,
+            admin_tls: OnceLock::new(),
         };
-        cp.write_kubeconfig()?;
         cp.restart()?;
         Ok(cp)
     }
 
-    fn write_kubeconfig(&self) -> Result<()> {
-        let config = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- cluster: {{server: \"{}\"}}\n  name: skiff\ncontexts:\n- context: {{cluster: skiff, user: admin}}\n  name: skiff\ncurrent-context: skiff\nusers:\n- name: admin\n  user: {{}}\n",
-            self.url()
-        );
-        std::fs::write(self.kubeconfig(), config)?;
-        Ok(())
+    /// The admin kubeconfig `control` writes into its data directory.
+    #[must_use]
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("admin.kubeconfig")
+    }
+
+    /// The cluster CA certificate (PEM file) in the data directory.
+    #[must_use]
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("pki").join("ca.crt")
+    }
+
+    /// A `kube` client as the admin.
+    ///
+    /// # Errors
+    /// When the admin kubeconfig cannot be read.
+    pub async fn kube_client(&self) -> Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.admin_kubeconfig())?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// A kubeconfig for node `name` (`CN=system:node:<name>`, `O=system:nodes`, issued by
+    /// this server's CA, as kubelet's client certificate), written into the harness's home.
+    ///
+    /// # Errors
+    /// When the CA cannot be read or the file written.
+    pub fn node_kubeconfig(&self, name: &str) -> Result<PathBuf> {
+        let pki = self.data_dir.join("pki");
+        let ca = skiff_pki::Ca::from_pem(
+            &std::fs::read_to_string(pki.join(skiff_pki::ca::CA_CERT))?,
+            &std::fs::read_to_string(pki.join(skiff_pki::ca::CA_KEY))?,
+        )?;
+        let user = format!("system:node:{name}");
+        let issued = ca.issue_client(&user, &["system:nodes"])?;
+        let path = self.home.join(format!("node-{name}.kubeconfig"));
+        std::fs::write(
+            &path,
+            skiff_pki::kubeconfig::render(&self.url(), ca.cert_pem(), "skiff", &user, &issued),
+        )?;
+        Ok(path)
+    }
+
+    /// The bootstrap token nodes join with (`<data-dir>/node-token`).
+    ///
+    /// # Errors
+    /// Before `control` wrote it.
+    pub fn node_token(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.data_dir.join("node-token"))?
+            .trim()
+            .to_owned())
+    }
+
+    /// The data directory (`--data-dir`).
+    #[must_use]
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The admin's credentials (from the admin kubeconfig).
+    ///
+    /// # Errors
+    /// Before `control` wrote the kubeconfig.
+    pub fn admin_credentials(&self) -> Result<Credentials> {
+        Credentials::from_kubeconfig(&self.admin_kubeconfig())
+    }
+
+    fn admin_tls(&self) -> Result<Arc<rustls::ClientConfig>> {
+        if let Some(config) = self.admin_tls.get() {
+            return Ok(Arc::clone(config));
+        }
+        let config = self.admin_credentials()?.client_config()?;
+        Ok(Arc::clone(self.admin_tls.get_or_init(|| config)))
     }
 
     /// Starts (again) on the same port and data directory.
@@ -98,6 +176,9 @@ impl ControlPlane {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // kubectl's kubeconfig: the admin one `control` wrote (its server is this URL).
+        std::fs::copy(self.admin_kubeconfig(), self.kubeconfig())
+            .context("copying the admin kubeconfig")?;
         Ok(())
     }
 
@@ -118,10 +199,44 @@ impl ControlPlane {
         std::fs::read_to_string(self.home.join("control.log")).unwrap_or_default()
     }
 
-    /// `http://ADDRESS:PORT` (`127.0.0.1` unless started with [`Self::start_on`]).
+    /// `https://ADDRESS:PORT` (`127.0.0.1` unless started with [`Self::start_on`]).
     #[must_use]
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.address, self.port)
+        format!("https://{}:{}", self.address, self.port)
+    }
+
+    /// The address the server listens on.
+    #[must_use]
+    pub fn address(&self) -> std::net::Ipv4Addr {
+        self.address
+    }
+
+    /// The port the server listens on.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends a whole HTTP/1 request as the admin over TLS; returns the raw answer.
+    ///
+    /// # Errors
+    /// On a connection or handshake failure.
+    pub fn exchange(&self, request: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        self.exchange_as(self.admin_tls()?, request, timeout)
+    }
+
+    /// Sends a whole HTTP/1 request over TLS with the client settings `tls` (another
+    /// identity, or none); returns the raw answer.
+    ///
+    /// # Errors
+    /// On a connection or handshake failure.
+    pub fn exchange_as(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        tls::exchange(tls, self.address.into(), self.port, request, timeout)
     }
 
     /// The kubeconfig file for this server.
@@ -130,24 +245,20 @@ impl ControlPlane {
         self.home.join("kubeconfig")
     }
 
-    /// A plain HTTP GET, returning the body.
+    /// A GET as the admin, returning the body.
     ///
     /// # Errors
     /// On connection failure.
     pub fn http_get(&self, path: &str) -> Result<String> {
-        let mut s = TcpStream::connect((self.address, self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let resp = self.exchange(request.as_bytes(), Duration::from_secs(5))?;
+        let resp = String::from_utf8_lossy(&resp);
         let (_, body) = resp.split_once("\r\n\r\n").context("no HTTP body")?;
         Ok(body.to_owned())
     }
 
-    /// One HTTP request; returns the status code and the body.
+    /// One HTTP request as the admin; returns the status code and the body.
     ///
     /// # Errors
     /// On connection failure or a malformed answer.
@@ -158,17 +269,13 @@ impl ControlPlane {
         content_type: &str,
         body: &[u8],
     ) -> Result<(u16, String)> {
-        let mut s = TcpStream::connect((self.address, self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            s,
+        let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             body.len()
-        )?;
-        // The server may answer (413) before reading a large body; a failed write is fine.
-        let _ = s.write_all(body);
-        let mut resp = Vec::new();
-        let _ = s.read_to_end(&mut resp);
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        let resp = self.exchange(&request, Duration::from_secs(10))?;
         let resp = String::from_utf8_lossy(&resp).into_owned();
         let code = resp
             .split_whitespace()

@@ -1,14 +1,42 @@
-//! A plain HTTP/1 client for the benchmark harnesses: JSON requests to the API server.
+//! An HTTPS/1 client for the benchmark harnesses: JSON requests to the API server as the
+//! admin.
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
 use serde_json::Value;
 
+use crate::control::ControlPlane;
+
 /// The client the harnesses share between their tasks.
-pub type Http = Client<HttpConnector, Full<Bytes>>;
+pub type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A client that reaches `cp` as its admin (client certificate, cluster CA).
+///
+/// # Errors
+/// When the admin kubeconfig cannot be read.
+pub fn client(cp: &ControlPlane) -> Result<Http> {
+    Ok(Client::builder(TokioExecutor::new()).build(connector(cp)?))
+}
+
+/// The HTTPS connector of [`client`], for harnesses that tune their own pool.
+///
+/// # Errors
+/// When the admin kubeconfig cannot be read.
+pub fn connector(cp: &ControlPlane) -> Result<HttpsConnector<HttpConnector>> {
+    let tls = cp.admin_credentials()?.client_config()?;
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls).clone())
+        .https_only()
+        .enable_http1()
+        .build())
+}
 
 /// Sends `method path` with an optional JSON body to `base` and returns the JSON answer.
 ///

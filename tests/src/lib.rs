@@ -19,6 +19,7 @@ pub mod process;
 pub mod registry;
 pub mod sim;
 pub mod terminal;
+pub mod tls;
 
 use std::path::PathBuf;
 

@@ -52,9 +52,15 @@ impl NodeDaemon {
             .context("no cgroup v2 hierarchy mounted")?
             .join(cgroup_parent.trim_start_matches('/'));
         let bpffs = crate::bpffs::BpfFs::new()?;
+        // Joins as a real node does: the bootstrap token and the cluster CA, then a client
+        // certificate of its own through a CertificateSigningRequest.
         let mut args: Vec<String> = vec![
             "--server".into(),
             cp.url(),
+            "--token".into(),
+            cp.node_token()?,
+            "--ca-file".into(),
+            cp.ca_file().display().to_string(),
             "--name".into(),
             name.into(),
             "--node-ip".into(),

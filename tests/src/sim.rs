@@ -2,8 +2,6 @@
 //! for the states controllers converge to.
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -13,30 +11,6 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::{control::ControlPlane, process::ChildGuard};
-
-/// Something that serves the Kubernetes API: a [`ControlPlane`] or its URL.
-pub trait ApiServer {
-    /// `http://127.0.0.1:PORT`.
-    fn api_url(&self) -> String;
-}
-
-impl ApiServer for ControlPlane {
-    fn api_url(&self) -> String {
-        self.url()
-    }
-}
-
-impl ApiServer for str {
-    fn api_url(&self) -> String {
-        self.to_owned()
-    }
-}
-
-impl ApiServer for String {
-    fn api_url(&self) -> String {
-        self.clone()
-    }
-}
 
 /// A `node --simulate` process; killed (SIGKILL) on drop, which stops its Leases.
 #[derive(Debug)]
@@ -56,18 +30,13 @@ impl SimNodes {
     ///
     /// # Errors
     /// If the process exits, or the nodes are not Ready in time (30 s plus 20 ms a node).
-    pub fn start(
-        server: &(impl ApiServer + ?Sized),
-        count: usize,
-        prefix: &str,
-        extra: &[&str],
-    ) -> Result<Self> {
-        let url = server.api_url();
+    pub fn start(cp: &ControlPlane, count: usize, prefix: &str, extra: &[&str]) -> Result<Self> {
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique_name("skiff-sim")));
         let process = ChildGuard::spawn(
             Command::new(crate::bin("node"))
                 .args(["--simulate", &count.to_string(), "--name-prefix", prefix])
-                .args(["--server", &url])
+                .arg("--kubeconfig")
+                .arg(cp.kubeconfig())
                 .args(["--lease-renew-interval-seconds", "1"])
                 .args(extra)
                 .env("RUST_LOG", "info")
@@ -89,10 +58,10 @@ impl SimNodes {
             if let Some(status) = nodes.exited()? {
                 bail!("node --simulate exited ({status}):\n{}", nodes.log());
             }
-            let ready = ready_nodes(&url, prefix);
+            let ready = ready_nodes(cp, prefix);
             if let Ok(n) = &ready
                 && *n == count
-                && leases(&url, prefix).is_ok_and(|n| n == count)
+                && leases(cp, prefix).is_ok_and(|n| n == count)
             {
                 return Ok(nodes);
             }
@@ -153,8 +122,8 @@ fn named(name: &str, prefix: &str) -> bool {
 }
 
 /// The `items` of the list at `path`.
-fn list(url: &str, path: &str) -> Result<Vec<Value>> {
-    let (code, body) = http_get(url, path)?;
+fn list(cp: &ControlPlane, path: &str) -> Result<Vec<Value>> {
+    let (code, body) = http_get(cp, path)?;
     if code != 200 {
         bail!("listing {path} answered {code}");
     }
@@ -163,38 +132,28 @@ fn list(url: &str, path: &str) -> Result<Vec<Value>> {
 }
 
 /// How many Nodes named `<prefix><digits>` are Ready.
-fn ready_nodes(url: &str, prefix: &str) -> Result<usize> {
-    Ok(list(url, "/api/v1/nodes")?
+fn ready_nodes(cp: &ControlPlane, prefix: &str) -> Result<usize> {
+    Ok(list(cp, "/api/v1/nodes")?
         .iter()
         .filter(|n| named(name(n), prefix) && condition(n, "Ready") == Some("True"))
         .count())
 }
 
 /// How many node Leases named `<prefix><digits>` exist.
-fn leases(url: &str, prefix: &str) -> Result<usize> {
+fn leases(cp: &ControlPlane, prefix: &str) -> Result<usize> {
     let path = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
-    Ok(list(url, path)?
+    Ok(list(cp, path)?
         .iter()
         .filter(|l| named(name(l), prefix))
         .count())
 }
 
-/// A GET of `path` from the API server at `url` (`http://HOST:PORT`), as HTTP/1.0 so the
-/// answer is never chunked; returns the status code and the body.
-fn http_get(url: &str, path: &str) -> Result<(u16, Vec<u8>)> {
-    let authority = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url} is not an http:// URL"))?
-        .trim_end_matches('/');
-    let mut stream =
-        TcpStream::connect(authority).with_context(|| format!("connecting to {url}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
+/// A GET of `path` as the admin, as HTTP/1.0 so the answer is never chunked; returns the
+/// status code and the body.
+fn http_get(cp: &ControlPlane, path: &str) -> Result<(u16, Vec<u8>)> {
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: application/json\r\n\r\n");
+    let response = cp.exchange(request.as_bytes(), Duration::from_secs(30))?;
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

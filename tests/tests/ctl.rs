@@ -27,7 +27,8 @@ spec:
 fn ctl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Result<String> {
     use std::io::Write;
     let mut child = Command::new(bin("ctl"))
-        .args(["--server", &cp.url()])
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -126,11 +127,14 @@ fn a_backup_restores_into_a_new_control_plane() -> Result<()> {
             .arg(&backup)
             .stderr(std::process::Stdio::null()),
     )?;
-    let url = format!("http://127.0.0.1:{port}");
+    // The restored server has a CA of its own in its new data directory.
+    let kubeconfig = restored_dir.join("admin.kubeconfig");
     let mut after = String::new();
     for _ in 0..100 {
         let out = Command::new(bin("ctl"))
-            .args(["--server", &url, "get", "cm", "settings", "-o", "json"])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "cm", "settings", "-o", "json"])
             .output()?;
         if out.status.success() {
             after = String::from_utf8_lossy(&out.stdout).into_owned();

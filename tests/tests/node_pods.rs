@@ -1015,6 +1015,17 @@ spec:
     Ok(())
 }
 
+/// Fails unless the cluster's node asked for a certificate exactly once (with the bootstrap
+/// token): after a restart it must reuse the one it kept.
+fn joined_once(cp: &ControlPlane) -> Result<()> {
+    let names = cp.ok(&["get", "csr", "-o", "name"], None)?;
+    ensure!(
+        names.lines().count() == 1,
+        "the node asked for a certificate again: {names}"
+    );
+    Ok(())
+}
+
 #[test]
 fn config_maps_update_in_place_deletion_is_graceful_and_a_killed_daemon_adopts() -> Result<()> {
     if skip("config_maps_update_in_place_deletion_is_graceful_and_a_killed_daemon_adopts") {
@@ -1061,6 +1072,7 @@ spec:
     c.node.kill();
     c.node.restart(&c.cp)?;
     std::thread::sleep(Duration::from_secs(3));
+    joined_once(&c.cp)?;
     let after = c.running("reader")?;
     assert_eq!(container_status(&after, "app")["containerID"], id);
     assert_eq!(container_status(&after, "app")["restartCount"], 0);

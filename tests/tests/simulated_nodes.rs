@@ -597,7 +597,7 @@ fn two_processes_with_different_prefixes_drive_only_their_own_nodes() -> Result<
     let dir = tempfile::tempdir()?;
     let cp = api_only(dir.path())?;
     let _a = SimNodes::start(&cp, 2, "a-", &[])?;
-    let mut b = SimNodes::start(&cp.url(), 1, "b-", &["--node-ip-base", "127.65.0.1"])?;
+    let mut b = SimNodes::start(&cp, 1, "b-", &["--node-ip-base", "127.65.0.1"])?;
     create_pod(&cp, &pod("on-a", "a-1", "Always", &[]))?;
     create_pod(&cp, &pod("on-b", "b-0", "Always", &[]))?;
     wait_pod(&cp, "on-a", "Running", |p| phase(p) == "Running")?;
@@ -653,7 +653,7 @@ fn usage(pid: u32) -> Result<(f64, f64, Duration)> {
 
 /// Creates `count` pods bound round-robin to `nodes` nodes `scale-<i>`, 32 requests at a
 /// time over kept-alive connections.
-fn create_bound_pods(url: &str, count: usize, nodes: usize) -> Result<()> {
+fn create_bound_pods(cp: &ControlPlane, count: usize, nodes: usize) -> Result<()> {
     use bytes::Bytes;
     use futures::{StreamExt, TryStreamExt};
     use http_body_util::{BodyExt, Full};
@@ -664,7 +664,10 @@ fn create_bound_pods(url: &str, count: usize, nodes: usize) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<_, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(skiff_tests::http::connector(cp)?);
+        let url = cp.url();
+        let url = url.as_str();
         futures::stream::iter(0..count)
             .map(|i| {
                 let client = client.clone();
@@ -722,7 +725,7 @@ fn five_thousand_nodes_and_fifty_thousand_pods_in_one_process() -> Result<()> {
     let (rss_nodes, _, cpu_nodes) = usage(pid)?;
 
     let started = Instant::now();
-    create_bound_pods(&cp.url(), PODS_TOTAL, NODES)?;
+    create_bound_pods(&cp, PODS_TOTAL, NODES)?;
     let created = started.elapsed();
     let not_running = format!("{PODS}?fieldSelector=status.phase%21%3DRunning&limit=500");
     wait_for("every pod Running", Duration::from_mins(10), || {

@@ -23,6 +23,9 @@ pub struct Query {
     params: HashMap<String, String>,
     /// The User-Agent's product, e.g. `kubectl`, the default field manager.
     agent: String,
+    /// Who is asking, as authentication found (recorded where Kubernetes records it, as a
+    /// `CertificateSigningRequest`'s requester).
+    user: Option<skiff_machinery::user::UserInfo>,
 }
 
 impl Query {
@@ -32,7 +35,20 @@ impl Query {
                 .into_owned()
                 .collect(),
             agent: String::new(),
+            user: None,
         }
+    }
+
+    /// Records who is asking.
+    #[must_use]
+    pub fn with_user(mut self, user: skiff_machinery::user::UserInfo) -> Self {
+        self.user = Some(user);
+        self
+    }
+
+    /// Who is asking (`None` only for requests built without authentication, in tests).
+    pub fn user(&self) -> Option<&skiff_machinery::user::UserInfo> {
+        self.user.as_ref()
     }
 
     /// Records the caller's User-Agent, whose product name is the default field manager.

@@ -1,5 +1,5 @@
 //! skiff-api is the API server: it serves the Kubernetes REST API (discovery, OpenAPI,
-//! create/read/update/patch/delete, watch, tables, subresources) over hyper on top of a
+//! create/read/update/patch/delete, watch, tables, subresources) over HTTPS (hyper on rustls, every request authenticated) on top of a
 //! [`skiff_store::Store`], so kubectl and every other Kubernetes client work against skiff
 //! unchanged. The verbs are generic over kinds (what differs lives with each kind's
 //! strategy in `skiff-resources`); the node proxy (`log`, `exec`, `attach`) sits beside
@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod allocator;
+pub mod authn;
 mod authz;
 mod bootstrap;
 mod ctx;
@@ -20,6 +21,7 @@ mod objects;
 mod protobuf;
 mod route;
 mod server;
+pub mod tls;
 mod verbs;
 
-pub use server::{Config, Server, ServerError};
+pub use server::{Config, Security, Server, ServerError};

@@ -1,5 +1,6 @@
-//! The HTTP server: accepts connections, authenticates (a single place for TLS and
-//! authentication to plug in), routes, records metrics, and compacts the store.
+//! The HTTPS server: accepts TLS connections, authenticates each request (the client
+//! certificate of its connection or its bearer token), routes, records metrics, and compacts
+//! the store.
 
 use std::{
     future::Future,
@@ -14,17 +15,16 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use skiff_machinery::{
-    status::StatusError,
-    user::{self, UserInfo},
-};
+use skiff_machinery::{status::StatusError, user::UserInfo};
 use skiff_resources::wire::{self, Untyped};
 use skiff_store::Store;
 use skiff_types::{CidrError, Ipv4Cidr};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::{
     allocator::RangeError,
+    authn::{self, Authenticator},
     authz::{self, attributes, review::Review},
     bootstrap,
     ctx::Ctx,
@@ -85,6 +85,19 @@ pub enum ServerError {
     Bootstrap(String),
 }
 
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the server proves who it is and learns who calls: TLS (serving certificate, client
+/// CA) and the bearer tokens it accepts.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// The TLS configuration every connection is accepted with.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Who a request is from.
+    pub authn: Arc<Authenticator>,
+}
+
 /// A bound, bootstrapped API server.
 #[derive(Debug)]
 pub struct Server {
@@ -93,6 +106,7 @@ pub struct Server {
     config: Config,
     /// Where the authorizer's store watches start.
     revisions: Vec<i64>,
+    security: Security,
 }
 
 impl Server {
@@ -100,7 +114,11 @@ impl Server {
     ///
     /// # Errors
     /// When the address is taken, a range is invalid, or the store fails.
-    pub async fn bind(store: Arc<dyn Store>, config: Config) -> Result<Self, ServerError> {
+    pub async fn bind(
+        store: Arc<dyn Store>,
+        config: Config,
+        security: Security,
+    ) -> Result<Self, ServerError> {
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -134,6 +152,7 @@ impl Server {
             listener,
             config,
             revisions,
+            security,
         })
     }
 
@@ -156,6 +175,7 @@ impl Server {
             Arc::clone(&self.ctx),
             self.revisions.clone(),
         ));
+        let acceptor = TlsAcceptor::from(Arc::clone(&self.security.tls));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -170,10 +190,39 @@ impl Server {
                 }
             };
             let ctx = Arc::clone(&self.ctx);
+            let authn = Arc::clone(&self.security.authn);
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                // A client that never finishes its handshake does not hold a task forever.
+                let stream =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, ?err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                // The chain was verified against the client CA during the handshake.
+                let connection_user = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| authn::certificate_user(leaf));
+                let connection_user = Arc::new(connection_user);
                 let service = service_fn(move |req| {
                     let ctx = Arc::clone(&ctx);
-                    async move { Ok::<_, std::convert::Infallible>(handle(ctx, req).await) }
+                    let authn = Arc::clone(&authn);
+                    let connection_user = Arc::clone(&connection_user);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            handle(ctx, &authn, connection_user.as_ref().as_ref(), req).await,
+                        )
+                    }
                 });
                 if let Err(err) = auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -210,17 +259,22 @@ async fn compact_forever(store: Arc<dyn Store>, every: Duration, keep: i64) {
     }
 }
 
-/// Who is calling. Until TLS and authentication land every caller is the cluster admin
-/// (`system:admin` in `system:masters`); this is the one place they will plug in.
-#[expect(
-    clippy::unnecessary_wraps,
-    reason = "authentication will refuse requests here once it exists"
-)]
-fn authenticate(_req: &Request<Incoming>) -> Result<UserInfo, StatusError> {
-    Ok(UserInfo::new("system:admin", [user::MASTERS]))
+/// Who is calling: the verified client certificate of the connection, else the request's
+/// bearer token, else anonymous (allowed on the health and version endpoints only).
+fn authenticate(
+    authn: &Authenticator,
+    connection_user: Option<&UserInfo>,
+    req: &Request<Incoming>,
+) -> Result<UserInfo, StatusError> {
+    authn.authenticate(connection_user, req.uri().path(), req.headers())
 }
 
-async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    ctx: Arc<Ctx>,
+    authn: &Authenticator,
+    connection_user: Option<&UserInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -231,7 +285,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
         .unwrap_or("")
         .to_owned();
     let query = Query::parse(req.uri().query()).with_agent(&agent);
-    let (verb, resource, response) = match authenticate(&req)
+    let (verb, resource, response) = match authenticate(authn, connection_user, &req)
         .and_then(|user| authz::impersonate::impersonate(&ctx.authz, user, req.headers()))
     {
         Err(err) => ("AUTH", String::new(), h::error(&err)),
@@ -250,6 +304,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
                 ("AUTHZ", resource, h::error(&err))
             } else {
                 let user = attrs.user;
+                let query = query.with_user(user.clone());
                 authz::CALLER
                     .scope(
                         user.clone(),

@@ -265,6 +265,13 @@ static CATALOG: LazyLock<Vec<ResourceInfo>> = LazyLock::new(|| {
         // batch/v1
         entry::<k8s::batch::v1::Job>(NONE, ALL, STATUS, &kinds::Job),
         entry::<k8s::batch::v1::CronJob>(&["cj"], ALL, STATUS, &kinds::CronJob),
+        // certificates.k8s.io/v1 (a node's client certificate through bootstrap)
+        entry::<k8s::certificates::v1::CertificateSigningRequest>(
+            &["csr"],
+            NONE,
+            STATUS,
+            &kinds::Plain,
+        ),
         // coordination.k8s.io/v1
         entry::<k8s::coordination::v1::Lease>(NONE, NONE, &[], &kinds::Plain),
         // discovery.k8s.io/v1

@@ -8,12 +8,13 @@ mod delete;
 mod describe;
 mod get;
 mod image;
+mod kubeconfig;
 mod manifest;
 mod print;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 /// The command line.
@@ -53,6 +54,9 @@ enum Command {
     Backup(backup::Args),
     /// Node images: `ctl image import FILE` loads a tarball onto a node.
     Image(image::Args),
+    /// Print a kubeconfig with a client certificate from the cluster CA (needs the CA key:
+    /// run it on the control host), for `--server URL`.
+    KubeconfigUser(kubeconfig::Args),
 }
 
 /// Runs the command line.
@@ -60,6 +64,13 @@ enum Command {
 /// # Errors
 /// Whatever the command reports; `main` prints it kubectl-style.
 pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::KubeconfigUser(args) = &cli.command {
+        let server = cli
+            .server
+            .as_deref()
+            .context("kubeconfig-user needs --server https://HOST:PORT")?;
+        return kubeconfig::run(args, server);
+    }
     let conn = connect::Connection::open(
         cli.kubeconfig.as_deref(),
         cli.context.as_deref(),
@@ -74,5 +85,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Describe(args) => describe::run(&conn, &args).await,
         Command::Backup(args) => backup::run(&conn, &args).await,
         Command::Image(args) => image::run(&conn, &args).await,
+        Command::KubeconfigUser(_) => unreachable!("handled before connecting"),
     }
 }

@@ -178,7 +178,7 @@ async fn watch_latency(http: &Http, base: &str) -> Result<(f64, f64)> {
 async fn run(cp: &ControlPlane) -> Result<Figures> {
     let http: Http = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(CONCURRENCY)
-        .build_http();
+        .build(skiff_tests::http::connector(cp)?);
     let base = cp.url();
     for n in 0..NAMESPACES {
         send(

@@ -415,7 +415,7 @@ async fn pods_and_memory(
     node: &NodeDaemon,
     counts: &[usize],
 ) -> Result<(Vec<PodFigures>, Memory)> {
-    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+    let http: Http = Client::builder(TokioExecutor::new()).build(skiff_tests::http::connector(cp)?);
     let base = cp.url();
     let node_pid = node.pid().context("node pid")?;
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -284,7 +284,7 @@ async fn scheduled_events(http: &Http, base: &str, pods: usize) -> Result<usize>
 async fn run(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<Figures> {
     let http: Http = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(CONCURRENCY + 2)
-        .build_http();
+        .build(skiff_tests::http::connector(cp)?);
     let base = cp.url();
     send(
         &http,
@@ -371,7 +371,7 @@ async fn run(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<Figures> {
 async fn run_backlog(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<(f64, f64)> {
     let http: Http = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(CONCURRENCY + 2)
-        .build_http();
+        .build(skiff_tests::http::connector(cp)?);
     let base = cp.url();
     send(
         &http,
@@ -396,7 +396,7 @@ async fn run_backlog(cp: &ControlPlane, nodes: usize, pods: usize) -> Result<(f6
         t.elapsed().as_secs_f64()
     );
     let (bound, watch) = watch_bindings(&http, &base).await?;
-    let client = kube::Client::try_from(kube::Config::new(base.parse()?))?;
+    let client = cp.kube_client().await?;
     let pid = cp.pid().context("control is running")?;
     let cpu_before = cpu_seconds(pid)? + cpu_seconds(std::process::id())?;
     let started = Instant::now();

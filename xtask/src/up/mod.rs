@@ -6,8 +6,6 @@
 mod hosts;
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -38,17 +36,18 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-fn http_get(api: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&api.parse().ok()?, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+/// What `ctl --kubeconfig KUBECONFIG ARGS...` prints, if it succeeds.
+fn ctl(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new(bin.join("ctl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn wait_for(
@@ -113,9 +112,9 @@ fn stop(child: &mut Child, name: &str, timeout: Duration) {
     }
 }
 
-fn node_ready(api: &str, name: &str) -> bool {
-    http_get(api, &format!("/api/v1/nodes/{name}")).is_some_and(|b| {
-        let b = b.replace(' ', "");
+fn node_ready(bin: &Path, kubeconfig: &Path, name: &str) -> bool {
+    ctl(bin, kubeconfig, &["get", "node", name, "-o", "json"]).is_some_and(|b| {
+        let b = b.replace([' ', '\n'], "");
         b.contains("\"type\":\"Ready\",\"status\":\"True\"")
             || b.contains("\"status\":\"True\",\"type\":\"Ready\"")
     })
@@ -125,7 +124,7 @@ fn print_next_steps(dir: &Path, kubeconfig: &Path, image: &Path) {
     let kc = kubeconfig.display();
     let img = image.display();
     println!(
-        "\nskiff is up: one node ({NODE}) on the API server http://{API}.\n\n\
+        "\nskiff is up: one node ({NODE}) on the API server https://{API}.\n\n\
          Try:\n\
          \x20 export KUBECONFIG={kc}\n\
          \x20 kubectl get nodes\n\
@@ -140,15 +139,26 @@ fn print_next_steps(dir: &Path, kubeconfig: &Path, image: &Path) {
     );
 }
 
-fn write_kubeconfig(dir: &Path, api: &str) -> Result<std::path::PathBuf> {
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- cluster: {{server: \"http://{api}\"}}\n  name: skiff\ncontexts:\n- context: {{cluster: skiff, user: admin}}\n  name: skiff\ncurrent-context: skiff\nusers:\n- name: admin\n  user: {{}}\n"
-        ),
-    )?;
-    Ok(kubeconfig)
+/// The admin kubeconfig `control` writes into its data directory (client certificate of
+/// the cluster CA).
+fn admin_kubeconfig(p: &Prepared) -> PathBuf {
+    p.dir.join("control").join("admin.kubeconfig")
+}
+
+/// The flags a node joins with: control's bootstrap token and cluster CA; the node gets a
+/// client certificate of its own (`system:node:<name>`) through a `CertificateSigningRequest`.
+fn join_flags(p: &Prepared, api: &str) -> Result<Vec<String>> {
+    let control = p.dir.join("control");
+    let token = std::fs::read_to_string(control.join("node-token"))
+        .context("reading control's node-token")?;
+    Ok(vec![
+        "--server".into(),
+        format!("https://{api}"),
+        "--token".into(),
+        token.trim().to_owned(),
+        "--ca-file".into(),
+        control.join("pki").join("ca.crt").display().to_string(),
+    ])
 }
 
 /// What every `up` has: the build, the state directory, the image and the signal handler.
@@ -200,7 +210,14 @@ fn start_control(p: &Prepared, api: &str) -> Result<Child> {
         "the API server",
         Duration::from_secs(30),
         &mut [&mut control],
-        || http_get(api, "/healthz").is_some_and(|b| b.trim() == "ok"),
+        || {
+            ctl(
+                &p.bin,
+                &admin_kubeconfig(p),
+                &["get", "namespace", "default", "-o", "name"],
+            )
+            .is_some()
+        },
     ) {
         stop(&mut control, "control", Duration::from_secs(10));
         return Err(err.context(format!("see {}", p.dir.join("control.log").display())));
@@ -252,15 +269,16 @@ fn socket_lb_cgroup(node: &str) -> Result<std::path::PathBuf> {
 
 /// One node on this host, as `up` always did.
 fn single(p: &Prepared) -> Result<()> {
-    let kubeconfig = write_kubeconfig(&p.dir, API)?;
     let mut control = start_control(p, API)?;
+    let kubeconfig = admin_kubeconfig(p);
     eprintln!(
         "xtask: starting node {NODE} (state in {})",
         p.dir.join("node").display()
     );
     let mut node = spawn(
         Command::new(p.bin.join("node"))
-            .args(["--server", &format!("http://{API}"), "--name", NODE])
+            .args(join_flags(p, API)?)
+            .args(["--name", NODE])
             .arg("--state-dir")
             .arg(p.dir.join("node"))
             .args(["--cgroup-parent", &format!("/skiff/{NODE}")])
@@ -274,7 +292,7 @@ fn single(p: &Prepared) -> Result<()> {
         "the node to be Ready",
         Duration::from_secs(90),
         &mut [&mut control, &mut node],
-        || node_ready(API, NODE),
+        || node_ready(&p.bin, &kubeconfig, NODE),
     );
     if let Err(err) = ready {
         stop(&mut node, "node", Duration::from_mins(1));
@@ -294,8 +312,8 @@ fn single(p: &Prepared) -> Result<()> {
 fn multi(p: &Prepared, count: usize) -> Result<()> {
     let hosts = hosts::Hosts::create(count)?;
     let api = format!("{}:{API_PORT}", hosts::Hosts::machine_address());
-    let kubeconfig = write_kubeconfig(&p.dir, &api)?;
     let mut control = start_control(p, &api)?;
+    let kubeconfig = admin_kubeconfig(p);
     let mut nodes: Vec<(String, Child)> = Vec::new();
     let started = (|| -> Result<()> {
         for i in 0..count {
@@ -309,7 +327,8 @@ fn multi(p: &Prepared, count: usize) -> Result<()> {
             );
             let child = spawn(
                 hosts::Hosts::command(i, p.bin.join("node"))
-                    .args(["--server", &format!("http://{api}"), "--name", &name])
+                    .args(join_flags(p, &api)?)
+                    .args(["--name", &name])
                     .args(["--node-ip", &hosts::Hosts::address(i)?])
                     .arg("--state-dir")
                     .arg(&state)
@@ -332,7 +351,7 @@ fn multi(p: &Prepared, count: usize) -> Result<()> {
                 &format!("node {name} to be Ready"),
                 Duration::from_secs(90),
                 &mut children,
-                || node_ready(&api, &name),
+                || node_ready(&p.bin, &kubeconfig, &name),
             )?;
         }
         for (name, _) in &nodes {
@@ -383,7 +402,7 @@ fn print_multi_next_steps(dir: &Path, kubeconfig: &Path, api: &str, count: usize
     let kc = kubeconfig.display();
     let last = count - 1;
     println!(
-        "\nskiff is up: {count} nodes ({NODE}-0 .. {NODE}-{last}) on the API server http://{api}.\n\
+        "\nskiff is up: {count} nodes ({NODE}-0 .. {NODE}-{last}) on the API server https://{api}.\n\
          Each node runs in a host network namespace of its own (skiff-h0 .. skiff-h{last}) on\n\
          one switch; this machine reaches the hosts, and every host reaches every pod.\n\n\
          Try:\n\

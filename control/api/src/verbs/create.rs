@@ -68,6 +68,7 @@ pub async fn create_object(
         obj["metadata"]["name"] = json!(name);
     }
     admit::admit_create(info, &mut obj)?;
+    super::requester::record(info, &mut obj, query.user());
     crate::authz::admission::admit(&ctx.authz, info, None, &obj)?;
     if info.namespaced {
         let namespace = objects::namespace_of(&obj).unwrap_or("").to_owned();

@@ -8,6 +8,7 @@ mod delete;
 mod patch;
 mod quota;
 mod read;
+mod requester;
 mod subresource;
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,10 @@
 //! scheduler and the controllers, which reach the API like any client and act only while
 //! this process holds the leader Lease (each part can be switched off).
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+mod csr_signer;
+mod pki;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -25,12 +28,25 @@ use tracing_subscriber::EnvFilter;
     about = "skiff's control plane: API server, scheduler and controllers"
 )]
 struct Args {
-    /// Address to serve the Kubernetes API on.
+    /// Address to serve the Kubernetes API on (HTTPS only).
     #[arg(long, default_value = "127.0.0.1:6443")]
-    listen: SocketAddr,
-    /// Directory of the embedded store (ignored with --etcd).
+    listen: std::net::SocketAddr,
+    /// Directory of the embedded store (unused with --etcd), the cluster CA (`pki/`) and the
+    /// admin kubeconfig (`admin.kubeconfig`).
     #[arg(long, env = "SKIFF_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Serving certificate (PEM chain) instead of the one issued by the cluster CA.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// Key of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// CA bundle whose client certificates authenticate callers, besides the cluster CA.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+    /// Static bearer tokens, kube-apiserver's CSV: `token,user,uid,"group1,group2"`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
     /// Use an etcd cluster instead of the embedded store (comma-separated URLs).
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
@@ -141,6 +157,10 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+fn data_dir(args: &Args) -> PathBuf {
+    args.data_dir.clone().unwrap_or_else(default_data_dir)
+}
+
 async fn open_store(args: &Args) -> Result<Arc<dyn Store>> {
     if !args.etcd.is_empty() {
         if args.restore.is_some() {
@@ -154,7 +174,7 @@ async fn open_store(args: &Args) -> Result<Arc<dyn Store>> {
         tracing::info!(endpoints = ?args.etcd, "using etcd");
         return Ok(Arc::new(store));
     }
-    let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let dir = data_dir(args);
     let options = RedbOptions {
         cache_bytes: args.store_cache_mib << 20,
     };
@@ -195,6 +215,29 @@ async fn main() -> Result<()> {
         }
     }
     let store = open_store(&args).await?;
+    let service_cidr = Ipv4Cidr::parse_masked(&args.service_cluster_ip_range)
+        .context("--service-cluster-ip-range")?;
+    let data_dir = data_dir(&args);
+    let pki = pki::prepare(
+        &data_dir,
+        &pki::serving_names(args.listen, service_cidr),
+        &format!("https://{}", pki::reachable(args.listen)),
+        &pki::Flags {
+            tls_cert_file: args.tls_cert_file.clone(),
+            tls_private_key_file: args.tls_private_key_file.clone(),
+            client_ca_file: args.client_ca_file.clone(),
+            token_auth_file: args.token_auth_file.clone(),
+        },
+    )
+    .context("preparing certificates")?;
+    tracing::info!(
+        kubeconfig = %pki.admin_kubeconfig.display(),
+        "wrote the admin kubeconfig (export KUBECONFIG=...)"
+    );
+    tracing::info!(
+        token = %pki.node_token.display(),
+        "nodes join with: node --server URL --token \"$(cat TOKEN)\" --ca-file <data-dir>/pki/ca.crt"
+    );
     let config = Config {
         listen: args.listen,
         service_cidr: args.service_cluster_ip_range.clone(),
@@ -202,20 +245,23 @@ async fn main() -> Result<()> {
         compaction_keep: args.compaction_keep_revisions,
         ..Config::default()
     };
-    let server = Server::bind(store, config)
+    let server = Server::bind(store, config, pki.security.clone())
         .await
         .context("starting the API server")?;
     let addr = server.local_addr()?;
-    tracing::info!(%addr, "serving the Kubernetes API");
+    tracing::info!(%addr, "serving the Kubernetes API over HTTPS");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(server.serve(async move {
         shutdown().await;
         let _ = stop_tx.send(true);
     }));
+    let client = pki::self_client(addr, &pki)?;
+    // Nodes join through it whatever else runs here: it is control's part of the bootstrap
+    // token (as k3s' supervisor), not one of the controllers --no-controllers switches off.
+    let signer = tokio::spawn(csr_signer::run(client.clone(), Arc::clone(&pki.ca)));
     if args.no_scheduler && args.no_controllers {
         serving.await.context("API server task")?;
     } else {
-        let client = self_client(addr)?;
         let stopped = {
             let mut rx = stop_rx.clone();
             async move {
@@ -228,26 +274,9 @@ async fn main() -> Result<()> {
         }
         serving.await.context("API server task")?;
     }
+    signer.abort();
     tracing::info!("stopped");
     Ok(())
-}
-
-/// A client for this process's own API server, the road every other client takes.
-fn self_client(addr: SocketAddr) -> Result<kube::Client> {
-    let host = if addr.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
-    } else {
-        addr
-    };
-    let url: http::Uri = format!("http://{host}").parse().context("API URL")?;
-    let mut config = kube::Config::new(url);
-    config.read_timeout = Some(Duration::from_mins(5));
-    // The field manager and event source writes are recorded under, as Kubernetes'.
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static("kube-controller-manager/v1.33.0-skiff"),
-    ));
-    kube::Client::try_from(config).context("building the API client")
 }
 
 /// Runs the scheduler and the controllers, under leader election unless it is off; returns
