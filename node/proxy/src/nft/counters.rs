@@ -30,9 +30,8 @@ pub fn per_service(objects: &[Value]) -> PerService {
                 continue;
             };
             // `return` elements (an internal twin with endpoints) carry no comment.
-            let Some((namespace, name)) = wrapped["comment"]
-                .as_str()
-                .and_then(|c| c.split_once('/'))
+            let Some((namespace, name)) =
+                wrapped["comment"].as_str().and_then(|c| c.split_once('/'))
             else {
                 continue;
             };
@@ -56,9 +55,7 @@ mod tests {
 
     #[test]
     fn element_counters_add_up_per_service_by_their_comment() {
-        let elem = |comment: &str, packets: u64| {
-            json!([{"elem": {"val": {"concat": ["10.96.0.1", "tcp", 80]}, "comment": comment, "counter": {"packets": packets, "bytes": 60}}}, {"goto": {"target": "pick/ext/tcp/2"}}])
-        };
+        let elem = |comment: &str, packets: u64| json!([{"elem": {"val": {"concat": ["10.96.0.1", "tcp", 80]}, "comment": comment, "counter": {"packets": packets, "bytes": 60}}}, {"goto": {"target": "pick/ext/tcp/2"}}]);
         let map = |name: &str, elems: Vec<Value>| json!({"map": {"name": name, "elem": elems}});
         let listing = vec![
             map(
@@ -69,7 +66,9 @@ mod tests {
             map("no-endpoint-services", vec![elem("default/web", 1)]),
             map(
                 "internal-no-endpoints",
-                vec![json!([{"elem": {"val": {"concat": ["10.96.0.1", "tcp", 80]}, "counter": {"packets": 9, "bytes": 1}}}, {"return": null}])],
+                vec![
+                    json!([{"elem": {"val": {"concat": ["10.96.0.1", "tcp", 80]}, "counter": {"packets": 9, "bytes": 1}}}, {"return": null}]),
+                ],
             ),
             map("slot-ext-0-addr", vec![elem("default/web", 9)]),
         ];

@@ -153,7 +153,10 @@ impl MapName {
             "port" => Part::Port,
             _ => return None,
         };
-        parts.next().is_none().then_some(Self::Slot { scope, index, part })
+        parts
+            .next()
+            .is_none()
+            .then_some(Self::Slot { scope, index, part })
     }
 
     /// Whether its elements are verdicts (else endpoint halves).
@@ -410,7 +413,7 @@ impl Pick {
     }
 
     /// Its rules: one draw per rule, uniform overall (endpoint `i` of `n` is taken with
-    /// probability 1/(n-i) among those left), each DNATing through its slot's maps.
+    /// probability 1/(n-i) among those left), each translating to its slot's endpoint.
     #[must_use]
     pub fn rules(self) -> Vec<Rule> {
         (0..self.count)
@@ -639,16 +642,15 @@ fn frontend_objects(
         } else {
             MapName::NoEndpoints
         };
-        out.elements.insert(
-            key(map),
-            counted(Verdict::Goto(REJECT_CHAIN.to_owned())),
-        );
+        out.elements
+            .insert(key(map), counted(Verdict::Goto(REJECT_CHAIN.to_owned())));
         return;
     }
     let (address, protocol, port) = (frontend.address, frontend.protocol, frontend.port);
     if entry.flags & FLAG_HOST_ONLY != 0 {
         // 127.0.0.1 cannot be a source anywhere else: always masqueraded.
-        out.members.insert(Member::HostOnly(address, protocol, port));
+        out.members
+            .insert(Member::HostOnly(address, protocol, port));
     } else if !(internal || entry.kind == Kind::ClusterIp)
         && at.uplink.is_some()
         && entry.flags & FLAG_EXTERNAL_LOCAL == 0
@@ -693,7 +695,8 @@ fn frontend_objects(
         (false, Kind::NodePort) => MapName::NodePorts,
         (false, _) => MapName::ServiceIps,
     };
-    out.elements.insert(key(map), counted(Verdict::Goto(target)));
+    out.elements
+        .insert(key(map), counted(Verdict::Goto(target)));
 }
 
 /// One command of a transaction, as nft JSON (`{"add": {"chain": ...}}`).
@@ -744,6 +747,14 @@ pub fn skeleton(table: &str, at: Outside<'_>) -> Vec<Value> {
             json!({"family": "ip", "table": table, "name": name}),
         ));
     }
+    for (chain, expr) in fixed_rules(at) {
+        out.push(rule(table, chain, expr));
+    }
+    out
+}
+
+/// The rules of the fixed chains, in order.
+fn fixed_rules(at: Outside<'_>) -> Vec<(&'static str, Rule)> {
     let new = || matches("in", json!({"ct": {"key": "state"}}), json!("new"));
     let internal_first = |map: MapName| match at.uplink {
         Some(uplink) => vec![from_uplink("!=", uplink), vmap(map)],
@@ -754,11 +765,6 @@ pub fn skeleton(table: &str, at: Outside<'_>) -> Vec<Value> {
             in_set(lookup_key(), MEMBER_SETS[3].0),
             set_mark(MASQUERADE_MARK),
         ]
-    };
-    let masquerade_if = |test: Vec<Value>| {
-        let mut rule = test;
-        rule.push(set_mark(MASQUERADE_MARK));
-        rule
     };
     let mut rules: Vec<(&str, Rule)> = vec![
         (
@@ -809,6 +815,19 @@ pub fn skeleton(table: &str, at: Outside<'_>) -> Vec<Value> {
         ("services", internal_first(MapName::Internal)),
         ("services", vec![vmap(MapName::ServiceIps)]),
         ("services", vec![vmap(MapName::NodePorts)]),
+    ]);
+    rules.extend(masquerading_rules(at));
+    rules
+}
+
+/// The rules of `masquerading` (postrouting): which connections are masqueraded.
+fn masquerading_rules(at: Outside<'_>) -> Vec<(&'static str, Rule)> {
+    let masquerade_if = |test: Vec<Value>| {
+        let mut rule = test;
+        rule.push(set_mark(MASQUERADE_MARK));
+        rule
+    };
+    let mut rules = vec![
         // An endpoint reaching itself through a Service: its answer must come back
         // through this node.
         (
@@ -821,16 +840,12 @@ pub fn skeleton(table: &str, at: Outside<'_>) -> Vec<Value> {
                 ),
             ]),
         ),
-    ]);
+    ];
     if at.uplink.is_some() {
         rules.push((
             "masquerading",
             masquerade_if(vec![
-                matches(
-                    "!=",
-                    json!({"&": [meta("mark"), OUTSIDE_MARK]}),
-                    json!(0),
-                ),
+                matches("!=", json!({"&": [meta("mark"), OUTSIDE_MARK]}), json!(0)),
                 in_set(payload("ip", "daddr"), MEMBER_SETS[1].0),
             ]),
         ));
@@ -855,10 +870,7 @@ pub fn skeleton(table: &str, at: Outside<'_>) -> Vec<Value> {
             ],
         ),
     ]);
-    for (chain, expr) in rules {
-        out.push(rule(table, chain, expr));
-    }
-    out
+    rules
 }
 
 /// `add map` for `map` in `table`.

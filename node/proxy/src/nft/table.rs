@@ -132,8 +132,16 @@ impl<N: Nft> NftTable<N> {
             Found::Current => true,
             Found::Earlier => {
                 tracing::info!(table = name, "nftables table of an earlier layout replaced");
-                commands.push(command("add", "table", json!({"family": "ip", "name": name})));
-                commands.push(command("delete", "table", json!({"family": "ip", "name": name})));
+                commands.push(command(
+                    "add",
+                    "table",
+                    json!({"family": "ip", "name": name}),
+                ));
+                commands.push(command(
+                    "delete",
+                    "table",
+                    json!({"family": "ip", "name": name}),
+                ));
                 table.forget();
                 false
             }
@@ -457,14 +465,14 @@ fn read_element(map: MapName, elem: &Value) -> Option<(ElementKey, Data)> {
             ..
         } => Data::Port(u16::try_from(value.as_u64()?).ok()?),
         _ => {
-            let verdict =
-                if let Some(target) = value.get("goto").and_then(|g| g["target"].as_str()) {
-                    Verdict::Goto(target.to_owned())
-                } else if value.get("return").is_some() {
-                    Verdict::Return
-                } else {
-                    return None;
-                };
+            let verdict = if let Some(target) = value.get("goto").and_then(|g| g["target"].as_str())
+            {
+                Verdict::Goto(target.to_owned())
+            } else if value.get("return").is_some() {
+                Verdict::Return
+            } else {
+                return None;
+            };
             Data::Verdict {
                 verdict,
                 comment: comment.map(str::to_owned),

@@ -173,7 +173,10 @@ fn a_service_change_touches_only_that_services_chains_and_elements() {
     m.sync().unwrap();
     let commands = last(&m);
     let text = Value::Array(commands.to_vec()).to_string();
-    assert!(!text.contains("10.96.0.11") && !text.contains("10.244.1.7"), "{text}");
+    assert!(
+        !text.contains("10.96.0.11") && !text.contains("10.244.1.7"),
+        "{text}"
+    );
     let t = touched(commands);
     assert!(t.contains("add chain pick/ext/tcp/2"));
     assert!(t.contains("add element slot-ext-1-addr"));
@@ -316,22 +319,26 @@ fn node_ports_go_to_their_own_map_and_from_outside_pass_the_masquerade_check() {
         BTreeSet::from([key("127.0.0.1"), key("192.168.50.20")])
     );
     // From outside through the node's address: masqueraded for a remote endpoint.
-    assert_eq!(added("outside-frontends"), BTreeSet::from([key("192.168.50.20")]));
+    assert_eq!(
+        added("outside-frontends"),
+        BTreeSet::from([key("192.168.50.20")])
+    );
     assert_eq!(
         added("remote-endpoints"),
         BTreeSet::from([json!("10.244.1.5").to_string()])
     );
     // 127.0.0.1: always masqueraded.
-    assert_eq!(added("host-only-frontends"), BTreeSet::from([key("127.0.0.1")]));
+    assert_eq!(
+        added("host-only-frontends"),
+        BTreeSet::from([key("127.0.0.1")])
+    );
 }
 
 /// A listing of a table a previous run left: web's elements and pick chain, and an
 /// element, a member and an affinity chain of a Service deleted while the node was down.
 fn previous_run() -> Vec<Value> {
     let key = |ip: &str| json!({"concat": [ip, "tcp", 80]});
-    let counted = |ip: &str, service: &str, target: &str| {
-        json!([{"elem": {"val": key(ip), "comment": service, "counter": {"packets": 1, "bytes": 60}}}, {"goto": {"target": target}}])
-    };
+    let counted = |ip: &str, service: &str, target: &str| json!([{"elem": {"val": key(ip), "comment": service, "counter": {"packets": 1, "bytes": 60}}}, {"goto": {"target": target}}]);
     let table = "skiff-proxy-n1";
     vec![
         json!({"table": {"family": "ip", "name": table}}),
@@ -362,12 +369,20 @@ fn a_restarted_node_keeps_the_elements_it_finds_and_removes_what_no_service_clai
     assert!(m.table().found());
     // The pick chain found is refilled in the opening transaction.
     let opening = touched(&m.table().nft().sent[0]);
-    assert!(opening.contains("flush chain pick/ext/tcp/1"), "{opening:?}");
+    assert!(
+        opening.contains("flush chain pick/ext/tcp/1"),
+        "{opening:?}"
+    );
     m.service_applied(service("web", "10.96.0.10", &json!({})));
     m.slice_applied(slice("web", &["10.244.1.5"]));
     m.sync().unwrap();
     // What already holds the right values is not touched.
-    assert_eq!(m.table().nft().sent.len(), 1, "{:?}", m.table().nft().sent.get(1));
+    assert_eq!(
+        m.table().nft().sent.len(),
+        1,
+        "{:?}",
+        m.table().nft().sent.get(1)
+    );
     m.finish_adoption().unwrap();
     let t = touched(last(&m));
     assert_eq!(
@@ -395,7 +410,13 @@ fn a_table_of_the_earlier_layout_is_replaced_in_the_opening_transaction() {
     let mut m = mirror(Some(earlier));
     assert!(!m.table().found());
     let opening = &m.table().nft().sent[0];
-    assert_eq!(touched(&opening[..2]), BTreeSet::from(["add table skiff-proxy-n1".to_owned(), "delete table skiff-proxy-n1".to_owned()]));
+    assert_eq!(
+        touched(&opening[..2]),
+        BTreeSet::from([
+            "add table skiff-proxy-n1".to_owned(),
+            "delete table skiff-proxy-n1".to_owned()
+        ])
+    );
     m.service_applied(service("web", "10.96.0.10", &json!({})));
     m.slice_applied(slice("web", &["10.244.1.5"]));
     m.sync().unwrap();
