@@ -380,12 +380,18 @@ fn settled(rx: &std::sync::mpsc::Receiver<(f64, String)>, ip: Ipv4Addr) -> Resul
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let want = ip.to_string();
     let mut run = 0;
+    let mut others = std::collections::BTreeMap::<String, usize>::new();
     while run < 20 {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let (_, answer) = rx
-            .recv_timeout(left)
-            .with_context(|| format!("the watcher never saw only {want} answer"))?;
-        run = if answer == want { run + 1 } else { 0 };
+        let (_, answer) = rx.recv_timeout(left).with_context(|| {
+            format!("the watcher never saw only {want} answer (other answers seen: {others:?})")
+        })?;
+        run = if answer == want {
+            run + 1
+        } else {
+            *others.entry(answer).or_default() += 1;
+            0
+        };
     }
     Ok(())
 }
