@@ -64,6 +64,31 @@ impl NftCli {
         }
     }
 
+    /// The objects of `nft -j list map` for each of `maps` (the counters read these only:
+    /// listing the whole table also lists every endpoint element).
+    ///
+    /// # Errors
+    /// When one cannot be listed.
+    pub fn list_maps(&self, maps: &[String]) -> Result<Vec<Value>, NftError> {
+        let mut out = Vec::new();
+        for map in maps {
+            let raw = nftables::helper::get_current_ruleset_raw(
+                nftables::helper::DEFAULT_NFT,
+                ["list", "map", "ip", self.table.as_str(), map.as_str()],
+            )
+            .map_err(|e| self.nft_error(e))?;
+            let mut listing: Value =
+                serde_json::from_str(&raw).map_err(|source| NftError::Json {
+                    table: self.table.clone(),
+                    source,
+                })?;
+            if let Value::Array(objects) = listing["nftables"].take() {
+                out.extend(objects);
+            }
+        }
+        Ok(out)
+    }
+
     fn nft_error(&self, source: nftables::helper::NftablesError) -> NftError {
         NftError::Nft {
             table: self.table.clone(),

@@ -1,26 +1,34 @@
 //! From one Service's planned entries to the nftables objects it owns in the proxy table
-//! (chains, verdict-map elements, affinity sets) as nft JSON, and the table's fixed
-//! skeleton. Pure: the same entries always give the same objects.
+//! (verdict-map and endpoint-map elements, set members, affinity chains and sets) as nft
+//! JSON, and the table's fixed skeleton. Pure: the same entries always give the same objects.
 //!
-//! The layout follows kube-proxy's nftables mode:
+//! The layout follows kube-proxy's nftables mode where it scales, and departs from it where
+//! nft 1.0.6 does not: that version dumps every chain of the table before it adds a rule or
+//! an element, so a change costs time in proportion to the number of chains (about 0.15 s
+//! at 40,000). Here the number of chains does not grow with the number of Services:
 //! - `services` (jumped from the NAT prerouting and output hooks) looks `ip daddr . meta
 //!   l4proto . th dport` up in the verdict maps `internal-services` (a frontend's internal
 //!   twin, for traffic that did not come in through the uplink), `service-ips` (cluster IPs,
-//!   `externalIPs`, load balancer addresses) and `service-nodeports`, each element a `goto`
-//!   to a per-group chain `svc/<ns>/<name>/<proto>/<port>[/local]`;
-//! - a group chain counts the connection, sends a client with affinity back to its endpoint
-//!   (`ip saddr @aff/...`), else picks one uniformly with `numgen random` rules (one per
-//!   endpoint rather than kube-proxy's anonymous verdict map, which the kernel names by
-//!   scanning every set of the table) into an endpoint chain `ep/.../<ip>/<port>` that marks hairpin traffic for masquerade,
-//!   records affinity and DNATs;
-//! - traffic from outside (in through the uplink) to a node port, external or load balancer
-//!   address with the `Cluster` policy passes `ext/...`, which marks it so that an endpoint
-//!   chain of a *remote* endpoint has it masqueraded; 127.0.0.1 node ports pass `lo/...`,
-//!   which always masquerades (`route_localnet` lets the kernel route them);
+//!   `externalIPs`, load balancer addresses) and `service-nodeports`; each element carries a
+//!   counter and its Service's name as comment (the per-Service counters) and is a `goto` to
+//!   a chain shared by every frontend with as many endpoints, `pick/<scope>/<proto>/<n>`;
+//! - a pick chain draws one of `n` endpoints uniformly with `numgen random` rules (endpoint
+//!   `i` with probability 1/(n-i) among those left) and DNATs through the endpoint maps
+//!   `slot-<scope>-<i>-addr` / `-port`, keyed by the frontend: a frontend's endpoints are
+//!   elements, not chains;
+//! - a group with client-IP affinity has a chain of its own, `aff/...`, with a timed set per
+//!   endpoint (sending a returning client back, else drawing as a pick chain does);
+//! - masquerading is decided in postrouting from sets: `hairpin` (an endpoint reaching
+//!   itself through a Service), `remote-endpoints` (for connections from outside, marked on
+//!   the way in when their frontend is in `outside-frontends`) and `host-only-frontends`
+//!   (127.0.0.1 node ports, always masqueraded);
 //! - a filter chain ahead of NAT rejects new connections to frontends without endpoints
-//!   through `no-endpoint-services` / `internal-no-endpoints` into `rej/...` chains.
+//!   through `no-endpoint-services` / `internal-no-endpoints` into the `reject` chain.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use serde_json::{Value, json};
 use skiff_ebpf_common::service::{FLAG_EXTERNAL_LOCAL, FLAG_HOST_ONLY};
@@ -44,7 +52,7 @@ const DNAT_PRIORITY: i32 = -100;
 const SNAT_PRIORITY: i32 = 100;
 
 /// The chains every table has, with their hook (or none for a regular chain).
-pub const BASE_CHAINS: [&str; 8] = [
+pub const BASE_CHAINS: [&str; 9] = [
     "filter-prerouting",
     "filter-output",
     "endpoints-check",
@@ -53,9 +61,28 @@ pub const BASE_CHAINS: [&str; 8] = [
     "nat-postrouting",
     "services",
     "masquerading",
+    "reject",
 ];
 
-/// The verdict maps, keyed by `ipv4_addr . inet_proto . inet_service`.
+/// The fixed verdict maps, keyed by `ipv4_addr . inet_proto . inet_service`.
+pub const VERDICT_MAPS: [MapName; 5] = [
+    MapName::ServiceIps,
+    MapName::NodePorts,
+    MapName::Internal,
+    MapName::NoEndpoints,
+    MapName::InternalNoEndpoints,
+];
+
+/// Which half of an endpoint a slot map holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    /// The address (`slot-...-addr`).
+    Address,
+    /// The port (`slot-...-port`).
+    Port,
+}
+
+/// The maps of the table, keyed by `ipv4_addr . inet_proto . inet_service`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MapName {
     /// External-view cluster IPs, `externalIPs` and load balancer addresses.
@@ -69,38 +96,101 @@ pub enum MapName {
     /// Internal twins: rejected without endpoints, `return` with some (so the external
     /// view's rejection does not apply to them).
     InternalNoEndpoints,
+    /// The `index`th endpoint of each frontend of `scope` (made when first needed).
+    Slot {
+        /// The view its frontends belong to.
+        scope: Scope,
+        /// The endpoint's place in its group.
+        index: usize,
+        /// Address or port.
+        part: Part,
+    },
+}
+
+fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::External => "ext",
+        Scope::Internal => "int",
+    }
 }
 
 impl MapName {
-    /// Every map.
-    pub const ALL: [Self; 5] = [
-        Self::ServiceIps,
-        Self::NodePorts,
-        Self::Internal,
-        Self::NoEndpoints,
-        Self::InternalNoEndpoints,
-    ];
-
     /// The map's name in the table.
     #[must_use]
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            Self::ServiceIps => "service-ips",
-            Self::NodePorts => "service-nodeports",
-            Self::Internal => "internal-services",
-            Self::NoEndpoints => "no-endpoint-services",
-            Self::InternalNoEndpoints => "internal-no-endpoints",
+            Self::ServiceIps => "service-ips".into(),
+            Self::NodePorts => "service-nodeports".into(),
+            Self::Internal => "internal-services".into(),
+            Self::NoEndpoints => "no-endpoint-services".into(),
+            Self::InternalNoEndpoints => "internal-no-endpoints".into(),
+            Self::Slot { scope, index, part } => format!(
+                "slot-{}-{index}-{}",
+                scope_name(scope),
+                match part {
+                    Part::Address => "addr",
+                    Part::Port => "port",
+                }
+            ),
         }
     }
 
     /// The map called `name`.
     #[must_use]
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.name() == name)
+        if let Some(fixed) = VERDICT_MAPS.into_iter().find(|m| m.name() == name) {
+            return Some(fixed);
+        }
+        let mut parts = name.strip_prefix("slot-")?.split('-');
+        let scope = match parts.next()? {
+            "ext" => Scope::External,
+            "int" => Scope::Internal,
+            _ => return None,
+        };
+        let index = parts.next()?.parse().ok()?;
+        let part = match parts.next()? {
+            "addr" => Part::Address,
+            "port" => Part::Port,
+            _ => return None,
+        };
+        parts
+            .next()
+            .is_none()
+            .then_some(Self::Slot { scope, index, part })
+    }
+
+    /// Whether its elements are verdicts (else endpoint halves).
+    #[must_use]
+    pub fn is_verdict(self) -> bool {
+        !matches!(self, Self::Slot { .. })
+    }
+
+    /// The `add map` object (without the table), as nft JSON.
+    #[must_use]
+    pub fn declaration(self) -> Value {
+        let mut map = json!({
+            "name": self.name(),
+            "type": ["ipv4_addr", "inet_proto", "inet_service"],
+        });
+        match self {
+            Self::Slot {
+                part: Part::Address,
+                ..
+            } => map["map"] = json!("ipv4_addr"),
+            Self::Slot {
+                part: Part::Port, ..
+            } => map["map"] = json!("inet_service"),
+            _ => {
+                map["map"] = json!("verdict");
+                // A counter per element: the per-Service counters.
+                map["stmt"] = json!([{"counter": null}]);
+            }
+        }
+        map
     }
 }
 
-/// One verdict-map element's key.
+/// One map element's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ElementKey {
     /// The map.
@@ -121,7 +211,7 @@ impl ElementKey {
     }
 }
 
-/// What an element sends a packet to.
+/// What a verdict-map element sends a packet to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Verdict {
     /// `goto` a chain.
@@ -141,16 +231,239 @@ impl Verdict {
     }
 }
 
+/// What a map element holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Data {
+    /// A verdict, with the Service it counts for as comment (`namespace/name`).
+    Verdict {
+        /// The verdict.
+        verdict: Verdict,
+        /// The comment.
+        comment: Option<String>,
+    },
+    /// An endpoint's address.
+    Address(Ipv4Addr),
+    /// An endpoint's port.
+    Port(u16),
+}
+
+impl Data {
+    /// The element `[key, data]` as nft JSON.
+    #[must_use]
+    pub fn element(&self, key: &ElementKey) -> Value {
+        match self {
+            Self::Verdict {
+                verdict,
+                comment: Some(comment),
+            } => json!([{"elem": {"val": key.json(), "comment": comment}}, verdict.json()]),
+            Self::Verdict {
+                verdict,
+                comment: None,
+            } => json!([key.json(), verdict.json()]),
+            Self::Address(address) => json!([key.json(), address.to_string()]),
+            Self::Port(port) => json!([key.json(), port]),
+        }
+    }
+}
+
+/// A member of one of the fixed sets; Services may share them (the table counts claims).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Member {
+    /// `hairpin`: an endpoint address, as `address . address`.
+    Hairpin(Ipv4Addr),
+    /// `remote-endpoints`: an endpoint on another node.
+    RemoteEndpoint(Ipv4Addr),
+    /// `outside-frontends`: a frontend whose connections from outside are masqueraded
+    /// when they go to a remote endpoint.
+    Outside(Ipv4Addr, Protocol, u16),
+    /// `host-only-frontends`: a 127.0.0.1 node port, always masqueraded.
+    HostOnly(Ipv4Addr, Protocol, u16),
+}
+
+/// The fixed sets, with their types.
+pub const MEMBER_SETS: [(&str, &[&str]); 4] = [
+    ("hairpin", &["ipv4_addr", "ipv4_addr"]),
+    ("remote-endpoints", &["ipv4_addr"]),
+    (
+        "outside-frontends",
+        &["ipv4_addr", "inet_proto", "inet_service"],
+    ),
+    (
+        "host-only-frontends",
+        &["ipv4_addr", "inet_proto", "inet_service"],
+    ),
+];
+
+impl Member {
+    /// The set it belongs to.
+    #[must_use]
+    pub fn set(&self) -> &'static str {
+        match self {
+            Self::Hairpin(_) => MEMBER_SETS[0].0,
+            Self::RemoteEndpoint(_) => MEMBER_SETS[1].0,
+            Self::Outside(..) => MEMBER_SETS[2].0,
+            Self::HostOnly(..) => MEMBER_SETS[3].0,
+        }
+    }
+
+    /// The element as nft JSON.
+    #[must_use]
+    pub fn json(&self) -> Value {
+        match self {
+            Self::Hairpin(a) => json!({"concat": [a.to_string(), a.to_string()]}),
+            Self::RemoteEndpoint(a) => json!(a.to_string()),
+            Self::Outside(a, p, port) | Self::HostOnly(a, p, port) => {
+                json!({"concat": [a.to_string(), proto(*p), port]})
+            }
+        }
+    }
+
+    /// The member a listed element of `set` stands for.
+    #[must_use]
+    pub fn from_listed(set: &str, elem: &Value) -> Option<Self> {
+        let elem = elem.get("elem").map_or(elem, |e| &e["val"]);
+        let parts = elem.get("concat").and_then(Value::as_array);
+        let address = |i: usize| -> Option<Ipv4Addr> { parts?.get(i)?.as_str()?.parse().ok() };
+        match set {
+            "hairpin" => {
+                let a = address(0)?;
+                (address(1)? == a).then_some(Self::Hairpin(a))
+            }
+            "remote-endpoints" => Some(Self::RemoteEndpoint(elem.as_str()?.parse().ok()?)),
+            "outside-frontends" | "host-only-frontends" => {
+                let a = address(0)?;
+                let p = listed_protocol(parts?.get(1)?)?;
+                let port = u16::try_from(parts?.get(2)?.as_u64()?).ok()?;
+                Some(if set == "outside-frontends" {
+                    Self::Outside(a, p, port)
+                } else {
+                    Self::HostOnly(a, p, port)
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A protocol as nft lists it (name or number).
+#[must_use]
+pub fn listed_protocol(value: &Value) -> Option<Protocol> {
+    match value {
+        Value::String(s) if s == "tcp" => Some(Protocol::Tcp),
+        Value::String(s) if s == "udp" => Some(Protocol::Udp),
+        Value::Number(n) if n.as_u64() == Some(6) => Some(Protocol::Tcp),
+        Value::Number(n) if n.as_u64() == Some(17) => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+/// A chain shared by every frontend of `scope` and `protocol` with `count` endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pick {
+    /// The frontends' view.
+    pub scope: Scope,
+    /// Their protocol.
+    pub protocol: Protocol,
+    /// How many endpoints they have.
+    pub count: usize,
+}
+
+impl Pick {
+    /// The chain's name: `pick/<scope>/<proto>/<count>`.
+    #[must_use]
+    pub fn chain(self) -> String {
+        format!(
+            "pick/{}/{}/{}",
+            scope_name(self.scope),
+            proto(self.protocol),
+            self.count
+        )
+    }
+
+    /// The pick chain called `name`.
+    #[must_use]
+    pub fn from_chain(name: &str) -> Option<Self> {
+        let mut parts = name.strip_prefix("pick/")?.split('/');
+        let scope = match parts.next()? {
+            "ext" => Scope::External,
+            "int" => Scope::Internal,
+            _ => return None,
+        };
+        let protocol = listed_protocol(&json!(parts.next()?))?;
+        let count = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(Self {
+            scope,
+            protocol,
+            count,
+        })
+    }
+
+    /// The maps its rules read.
+    #[must_use]
+    pub fn maps(self) -> Vec<MapName> {
+        (0..self.count)
+            .flat_map(|index| {
+                [Part::Address, Part::Port].map(|part| MapName::Slot {
+                    scope: self.scope,
+                    index,
+                    part,
+                })
+            })
+            .collect()
+    }
+
+    /// Its rules: one draw per rule, uniform overall (endpoint `i` of `n` is taken with
+    /// probability 1/(n-i) among those left), each translating to its slot's endpoint.
+    #[must_use]
+    pub fn rules(self) -> Vec<Rule> {
+        (0..self.count)
+            .map(|index| {
+                let slot = |part| {
+                    json!({"map": {
+                        "key": lookup_key(),
+                        "data": format!("@{}", MapName::Slot { scope: self.scope, index, part }.name()),
+                    }})
+                };
+                let mut rule = draw(self.count - index);
+                rule.push(matches("==", meta("l4proto"), json!(proto(self.protocol))));
+                rule.push(json!({"dnat": {
+                    "family": "ip",
+                    "addr": slot(Part::Address),
+                    "port": slot(Part::Port),
+                }}));
+                rule
+            })
+            .collect()
+    }
+}
+
+/// The match taking one of `left` (none for the last).
+fn draw(left: usize) -> Rule {
+    if left > 1 {
+        vec![matches(
+            "==",
+            json!({"numgen": {"mode": "random", "mod": left, "offset": 0}}),
+            json!(0),
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
 /// A rule: its statements as nft JSON.
 pub type Rule = Vec<Value>;
 
 /// Everything one Service owns in the table.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Objects {
-    /// Its chains with their rules.
+    /// Its chains with their rules (groups with client-IP affinity only).
     pub chains: BTreeMap<String, Vec<Rule>>,
-    /// Its verdict-map elements.
-    pub elements: BTreeMap<ElementKey, Verdict>,
+    /// Its map elements.
+    pub elements: BTreeMap<ElementKey, Data>,
+    /// Its members of the fixed sets.
+    pub members: BTreeSet<Member>,
+    /// The shared pick chains its elements go to.
+    pub picks: BTreeSet<Pick>,
     /// Its affinity sets with their timeout in seconds.
     pub sets: BTreeMap<String, u32>,
 }
@@ -190,16 +503,16 @@ fn set_mark(bits: u32) -> Value {
     json!({"mangle": {"key": meta("mark"), "value": {"|": [meta("mark"), bits]}}})
 }
 
-fn goto(chain: &str) -> Value {
-    json!({"goto": {"target": chain}})
-}
-
 fn lookup_key() -> Value {
     json!({"concat": [payload("ip", "daddr"), meta("l4proto"), payload("th", "dport")]})
 }
 
 fn vmap(map: MapName) -> Value {
     json!({"vmap": {"key": lookup_key(), "data": format!("@{}", map.name())}})
+}
+
+fn in_set(key: Value, set: &str) -> Value {
+    matches("==", key, json!(format!("@{set}")))
 }
 
 fn from_uplink(op: &str, uplink: &str) -> Value {
@@ -218,32 +531,14 @@ fn group_base(service: &ServiceRef, group: GroupKey) -> String {
     )
 }
 
-/// The chain that picks among a group's endpoints.
+/// The chain of a group with client-IP affinity.
 #[must_use]
-pub fn group_chain(service: &ServiceRef, group: GroupKey) -> String {
-    format!("svc/{}", group_base(service, group))
+pub fn affinity_chain(service: &ServiceRef, group: GroupKey) -> String {
+    format!("aff/{}", group_base(service, group))
 }
 
-/// The chain that rejects for a group without endpoints.
-#[must_use]
-pub fn reject_chain(service: &ServiceRef, group: GroupKey) -> String {
-    format!("rej/{}", group_base(service, group))
-}
-
-/// The Service a `svc/` or `rej/` chain belongs to, and whether it rejects.
-#[must_use]
-pub fn counted_chain(name: &str) -> Option<(ServiceRef, bool)> {
-    let (kind, rest) = name.split_once('/')?;
-    let rejects = match kind {
-        "svc" => false,
-        "rej" => true,
-        _ => return None,
-    };
-    let mut parts = rest.split('/');
-    let namespace = parts.next()?;
-    let service = parts.next()?;
-    Some((ServiceRef::new(namespace, service), rejects))
-}
+/// The chain every frontend without endpoints goes to.
+pub const REJECT_CHAIN: &str = "reject";
 
 /// Where the table's traffic comes from that is not the node's own or its pods'.
 #[derive(Debug, Clone, Copy)]
@@ -256,99 +551,65 @@ pub struct Outside<'a> {
 #[must_use]
 pub fn service_objects(service: &ServiceRef, entries: &ServiceEntries, at: Outside<'_>) -> Objects {
     let mut out = Objects::default();
+    let mut timeouts = BTreeMap::new();
     for (group, endpoints) in &entries.groups {
         let timeout = entries
             .frontends
             .values()
             .filter(|e| e.group == *group)
             .map(|e| e.affinity_timeout)
-            .max()
-            .unwrap_or(0);
-        let uses = entries.frontends.values().any(|e| e.group == *group);
-        if !uses {
+            .max();
+        let Some(timeout) = timeout else {
             continue;
+        };
+        timeouts.insert(*group, timeout);
+        for endpoint in endpoints {
+            let ip = *endpoint.address.ip();
+            out.members.insert(Member::Hairpin(ip));
+            if !endpoint.local && at.uplink.is_some() {
+                out.members.insert(Member::RemoteEndpoint(ip));
+            }
         }
-        if endpoints.is_empty() {
-            out.chains.insert(
-                reject_chain(service, *group),
-                vec![
-                    vec![json!({"counter": null})],
-                    vec![json!({"reject": null})],
-                ],
-            );
-        } else {
-            group_objects(&mut out, service, *group, endpoints, timeout, at);
+        if timeout > 0 && !endpoints.is_empty() {
+            affinity_objects(&mut out, service, *group, endpoints, timeout);
         }
     }
     for (frontend, entry) in &entries.frontends {
-        frontend_objects(&mut out, service, *frontend, entry, entries, at);
+        let timeout = timeouts.get(&entry.group).copied().unwrap_or(0);
+        frontend_objects(&mut out, service, *frontend, entry, entries, timeout, at);
     }
     out
 }
 
-fn group_objects(
+fn affinity_objects(
     out: &mut Objects,
     service: &ServiceRef,
     group: GroupKey,
     endpoints: &[Endpoint],
     timeout: u32,
-    at: Outside<'_>,
 ) {
     let base = group_base(service, group);
-    let mut rules: Vec<Rule> = vec![vec![json!({"counter": null})]];
+    let mut back = Vec::new();
     let mut picks = Vec::new();
     for (i, endpoint) in endpoints.iter().enumerate() {
         let ip = endpoint.address.ip().to_string();
         let port = endpoint.address.port();
-        let chain = format!("ep/{base}/{ip}/{port}");
-        let set = (timeout > 0).then(|| format!("aff/{base}/{ip}/{port}/{timeout}"));
-        let mut ep_rules: Vec<Rule> = vec![vec![
-            matches("==", payload("ip", "saddr"), json!(ip)),
-            set_mark(MASQUERADE_MARK),
-        ]];
-        if !endpoint.local && at.uplink.is_some() {
-            ep_rules.push(vec![
-                matches("!=", json!({"&": [meta("mark"), OUTSIDE_MARK]}), json!(0)),
-                set_mark(MASQUERADE_MARK),
-            ]);
-        }
-        if let Some(set) = &set {
-            rules.push(vec![
-                matches("==", payload("ip", "saddr"), json!(format!("@{set}"))),
-                goto(&chain),
-            ]);
-            ep_rules.push(vec![json!({"set": {
-                "op": "update",
-                "elem": payload("ip", "saddr"),
-                "set": format!("@{set}"),
-            }})]);
-            out.sets.insert(set.clone(), timeout);
-        }
-        ep_rules.push(vec![
+        let set = format!("aff/{base}/{ip}/{port}/{timeout}");
+        let to_endpoint = [
+            json!({"set": {"op": "update", "elem": payload("ip", "saddr"), "set": format!("@{set}")}}),
             matches("==", meta("l4proto"), json!(proto(group.protocol))),
             json!({"dnat": {"addr": ip, "port": port}}),
-        ]);
-        // One draw per rule, uniform overall: endpoint i of n is taken with probability
-        // 1/(n-i) among those left. (An anonymous `numgen ... vmap { }` per group costs
-        // the kernel a scan of every set in the table to name it: two minutes instead of
-        // seven seconds to program 10,000 Services.)
-        let left = endpoints.len() - i;
-        picks.push(if left > 1 {
-            vec![
-                matches(
-                    "==",
-                    json!({"numgen": {"mode": "random", "mod": left, "offset": 0}}),
-                    json!(0),
-                ),
-                goto(&chain),
-            ]
-        } else {
-            vec![goto(&chain)]
-        });
-        out.chains.insert(chain, ep_rules);
+        ];
+        let mut returning = vec![in_set(payload("ip", "saddr"), &set)];
+        returning.extend(to_endpoint.iter().cloned());
+        back.push(returning);
+        let mut drawn = draw(endpoints.len() - i);
+        drawn.extend(to_endpoint);
+        picks.push(drawn);
+        out.sets.insert(set, timeout);
     }
-    rules.extend(picks);
-    out.chains.insert(group_chain(service, group), rules);
+    back.extend(picks);
+    out.chains.insert(affinity_chain(service, group), back);
 }
 
 fn frontend_objects(
@@ -357,6 +618,7 @@ fn frontend_objects(
     frontend: Frontend,
     entry: &FrontendEntry,
     entries: &ServiceEntries,
+    timeout: u32,
     at: Outside<'_>,
 ) {
     let key = |map| ElementKey {
@@ -365,55 +627,76 @@ fn frontend_objects(
         protocol: frontend.protocol,
         port: frontend.port,
     };
+    let counted = |verdict| Data::Verdict {
+        verdict,
+        comment: Some(service.to_string()),
+    };
     let internal = frontend.scope == Scope::Internal;
-    let empty = entries.groups.get(&entry.group).is_none_or(Vec::is_empty);
-    if empty {
+    let endpoints = entries
+        .groups
+        .get(&entry.group)
+        .map_or(&[][..], Vec::as_slice);
+    if endpoints.is_empty() {
         let map = if internal {
             MapName::InternalNoEndpoints
         } else {
             MapName::NoEndpoints
         };
         out.elements
-            .insert(key(map), Verdict::Goto(reject_chain(service, entry.group)));
+            .insert(key(map), counted(Verdict::Goto(REJECT_CHAIN.to_owned())));
         return;
     }
-    let group = group_chain(service, entry.group);
-    let base = group_base(service, entry.group);
-    let target = if entry.flags & FLAG_HOST_ONLY != 0 {
+    let (address, protocol, port) = (frontend.address, frontend.protocol, frontend.port);
+    if entry.flags & FLAG_HOST_ONLY != 0 {
         // 127.0.0.1 cannot be a source anywhere else: always masqueraded.
-        let chain = format!("lo/{base}");
-        out.chains.insert(
-            chain.clone(),
-            vec![vec![set_mark(MASQUERADE_MARK)], vec![goto(&group)]],
-        );
-        chain
-    } else if let (false, Some(uplink), false) = (
-        internal || entry.kind == Kind::ClusterIp,
-        at.uplink,
-        entry.flags & FLAG_EXTERNAL_LOCAL != 0,
-    ) {
-        let chain = format!("ext/{base}");
-        out.chains.insert(
-            chain.clone(),
-            vec![
-                vec![from_uplink("==", uplink), set_mark(OUTSIDE_MARK)],
-                vec![goto(&group)],
-            ],
-        );
-        chain
+        out.members
+            .insert(Member::HostOnly(address, protocol, port));
+    } else if !(internal || entry.kind == Kind::ClusterIp)
+        && at.uplink.is_some()
+        && entry.flags & FLAG_EXTERNAL_LOCAL == 0
+    {
+        out.members.insert(Member::Outside(address, protocol, port));
+    }
+    let target = if timeout > 0 {
+        affinity_chain(service, entry.group)
     } else {
-        group
+        let pick = Pick {
+            scope: frontend.scope,
+            protocol: entry.group.protocol,
+            count: endpoints.len(),
+        };
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            let slot = |part| {
+                key(MapName::Slot {
+                    scope: frontend.scope,
+                    index,
+                    part,
+                })
+            };
+            out.elements
+                .insert(slot(Part::Address), Data::Address(*endpoint.address.ip()));
+            out.elements
+                .insert(slot(Part::Port), Data::Port(endpoint.address.port()));
+        }
+        out.picks.insert(pick);
+        pick.chain()
     };
     if internal {
-        out.elements
-            .insert(key(MapName::InternalNoEndpoints), Verdict::Return);
+        out.elements.insert(
+            key(MapName::InternalNoEndpoints),
+            Data::Verdict {
+                verdict: Verdict::Return,
+                comment: None,
+            },
+        );
     }
     let map = match (internal, entry.kind) {
         (true, _) => MapName::Internal,
         (false, Kind::NodePort) => MapName::NodePorts,
         (false, _) => MapName::ServiceIps,
     };
-    out.elements.insert(key(map), Verdict::Goto(target));
+    out.elements
+        .insert(key(map), counted(Verdict::Goto(target)));
 }
 
 /// One command of a transaction, as nft JSON (`{"add": {"chain": ...}}`).
@@ -432,14 +715,14 @@ pub fn skeleton(table: &str, at: Outside<'_>) -> Vec<Value> {
         "table",
         json!({"family": "ip", "name": table}),
     )];
-    for map in MapName::ALL {
+    for map in VERDICT_MAPS {
+        out.push(add_map(table, map));
+    }
+    for (name, kind) in MEMBER_SETS {
         out.push(command(
             "add",
-            "map",
-            json!({
-                "family": "ip", "table": table, "name": map.name(),
-                "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "verdict",
-            }),
+            "set",
+            json!({"family": "ip", "table": table, "name": name, "type": kind}),
         ));
     }
     let hooked = [
@@ -464,12 +747,26 @@ pub fn skeleton(table: &str, at: Outside<'_>) -> Vec<Value> {
             json!({"family": "ip", "table": table, "name": name}),
         ));
     }
+    for (chain, expr) in fixed_rules(at) {
+        out.push(rule(table, chain, expr));
+    }
+    out
+}
+
+/// The rules of the fixed chains, in order.
+fn fixed_rules(at: Outside<'_>) -> Vec<(&'static str, Rule)> {
     let new = || matches("in", json!({"ct": {"key": "state"}}), json!("new"));
     let internal_first = |map: MapName| match at.uplink {
         Some(uplink) => vec![from_uplink("!=", uplink), vmap(map)],
         None => vec![vmap(map)],
     };
-    let rules: Vec<(&str, Rule)> = vec![
+    let host_only = || {
+        vec![
+            in_set(lookup_key(), MEMBER_SETS[3].0),
+            set_mark(MASQUERADE_MARK),
+        ]
+    };
+    let mut rules: Vec<(&str, Rule)> = vec![
         (
             "filter-prerouting",
             vec![new(), json!({"jump": {"target": "endpoints-check"}})],
@@ -488,19 +785,72 @@ pub fn skeleton(table: &str, at: Outside<'_>) -> Vec<Value> {
             internal_first(MapName::InternalNoEndpoints),
         ),
         ("endpoints-check", vec![vmap(MapName::NoEndpoints)]),
+        (REJECT_CHAIN, vec![json!({"reject": null})]),
         (
             "nat-prerouting",
             vec![json!({"jump": {"target": "services"}})],
         ),
+        ("nat-output", host_only()),
         ("nat-output", vec![vmap(MapName::Internal)]),
         ("nat-output", vec![json!({"jump": {"target": "services"}})]),
         (
             "nat-postrouting",
             vec![json!({"jump": {"target": "masquerading"}})],
         ),
+    ];
+    if let Some(uplink) = at.uplink {
+        // From outside to an address with the `Cluster` policy: masqueraded below when
+        // the endpoint drawn is on another node.
+        rules.push((
+            "services",
+            vec![
+                from_uplink("==", uplink),
+                in_set(lookup_key(), MEMBER_SETS[2].0),
+                set_mark(OUTSIDE_MARK),
+            ],
+        ));
+    }
+    rules.extend([
+        ("services", host_only()),
         ("services", internal_first(MapName::Internal)),
         ("services", vec![vmap(MapName::ServiceIps)]),
         ("services", vec![vmap(MapName::NodePorts)]),
+    ]);
+    rules.extend(masquerading_rules(at));
+    rules
+}
+
+/// The rules of `masquerading` (postrouting): which connections are masqueraded.
+fn masquerading_rules(at: Outside<'_>) -> Vec<(&'static str, Rule)> {
+    let masquerade_if = |test: Vec<Value>| {
+        let mut rule = test;
+        rule.push(set_mark(MASQUERADE_MARK));
+        rule
+    };
+    let mut rules = vec![
+        // An endpoint reaching itself through a Service: its answer must come back
+        // through this node.
+        (
+            "masquerading",
+            masquerade_if(vec![
+                matches("in", json!({"ct": {"key": "status"}}), json!("dnat")),
+                in_set(
+                    json!({"concat": [payload("ip", "saddr"), payload("ip", "daddr")]}),
+                    MEMBER_SETS[0].0,
+                ),
+            ]),
+        ),
+    ];
+    if at.uplink.is_some() {
+        rules.push((
+            "masquerading",
+            masquerade_if(vec![
+                matches("!=", json!({"&": [meta("mark"), OUTSIDE_MARK]}), json!(0)),
+                in_set(payload("ip", "daddr"), MEMBER_SETS[1].0),
+            ]),
+        ));
+    }
+    rules.extend([
         (
             "masquerading",
             vec![
@@ -519,10 +869,29 @@ pub fn skeleton(table: &str, at: Outside<'_>) -> Vec<Value> {
                 json!({"masquerade": {"flags": ["fully-random"]}}),
             ],
         ),
-    ];
-    for (chain, expr) in rules {
-        out.push(rule(table, chain, expr));
+    ]);
+    rules
+}
+
+/// `add map` for `map` in `table`.
+#[must_use]
+pub fn add_map(table: &str, map: MapName) -> Value {
+    let mut object = map.declaration();
+    object["family"] = json!("ip");
+    object["table"] = json!(table);
+    command("add", "map", object)
+}
+
+/// The commands that create (or refill) the shared chain `pick`.
+#[must_use]
+pub fn pick_chain(table: &str, pick: Pick, flush: bool) -> Vec<Value> {
+    let chain = pick.chain();
+    let name = json!({"family": "ip", "table": table, "name": chain});
+    let mut out = vec![command("add", "chain", name.clone())];
+    if flush {
+        out.push(command("flush", "chain", name));
     }
+    out.extend(pick.rules().into_iter().map(|r| rule(table, &chain, r)));
     out
 }
 

@@ -3,12 +3,18 @@
 //! chains a Service stopped using emptied at once and deleted a transaction later (when
 //! nothing can reference them any more), as kube-proxy does.
 //!
-//! On start the table is read back: the skeleton is refilled in place, each Service's
-//! first apply takes over what it finds (elements rewritten only when they differ, chains
-//! only when the fingerprint their first rule's comment carries differs, then refilled in
-//! the same transaction), and [`NftTable::finish_adoption`] empties what none claimed. The
-//! table is never flushed, so Services keep working across a restart, and a restart with
-//! nothing changed writes nothing but the skeleton.
+//! Set members (hairpin and masquerade decisions) may be shared between Services: each is
+//! counted, added with its first claim and deleted with its last. The shared pick chains and
+//! endpoint maps are made when first needed and kept.
+//!
+//! On start the table is read back: the skeleton (and the pick chains found) is refilled in
+//! place, each Service's first apply takes over what it finds (elements and members
+//! rewritten only when they differ, chains only when the fingerprint their first rule's
+//! comment carries differs, then refilled in the same transaction), and
+//! [`NftTable::finish_adoption`] empties what none claimed. The table is never flushed, so
+//! Services keep working across a restart, and a restart with nothing changed writes nothing
+//! but the skeleton. A table of an earlier layout (a chain per group and endpoint) is
+//! replaced: deleted and made again in the opening transaction.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -19,7 +25,10 @@ use serde_json::{Value, json};
 
 use super::{
     kernel::{Nft, NftError},
-    rules::{self, BASE_CHAINS, ElementKey, MapName, Objects, Outside, Rule, Verdict, command},
+    rules::{
+        self, BASE_CHAINS, Data, ElementKey, MEMBER_SETS, MapName, Member, Objects, Outside, Pick,
+        Rule, Verdict, command,
+    },
 };
 use crate::{
     entries::{Frontend, GroupKey, Protocol, Scope, ServiceEntries, ServiceRef},
@@ -57,7 +66,15 @@ pub struct NftTable<N> {
     /// The fingerprints of read-back chains' rules.
     fingerprints: HashMap<String, u64>,
     /// The elements the kernel holds.
-    elements: HashMap<ElementKey, Verdict>,
+    elements: HashMap<ElementKey, Data>,
+    /// The maps the kernel holds.
+    maps: HashSet<MapName>,
+    /// The pick chains the kernel holds.
+    picks: HashSet<Pick>,
+    /// The set members the kernel holds.
+    members: HashSet<Member>,
+    /// How many Services claim each member.
+    claims: HashMap<Member, usize>,
     /// The sets the kernel holds.
     sets: HashSet<String>,
     /// The commands of the transaction being gathered.
@@ -97,6 +114,10 @@ impl<N: Nft> NftTable<N> {
             chains: HashMap::new(),
             fingerprints: HashMap::new(),
             elements: HashMap::new(),
+            maps: HashSet::new(),
+            picks: HashSet::new(),
+            members: HashSet::new(),
+            claims: HashMap::new(),
             sets: HashSet::new(),
             pending: Vec::new(),
             emptied: BTreeSet::new(),
@@ -105,9 +126,34 @@ impl<N: Nft> NftTable<N> {
             found: false,
             owned_size: Occupancy::default(),
         };
-        table.found = table.read_back()?;
-        let skeleton = rules::skeleton(name, table.outside());
-        table.nft.apply(&skeleton)?;
+        let mut commands = Vec::new();
+        table.found = match table.read_back()? {
+            Found::Nothing => false,
+            Found::Current => true,
+            Found::Earlier => {
+                tracing::info!(table = name, "nftables table of an earlier layout replaced");
+                commands.push(command(
+                    "add",
+                    "table",
+                    json!({"family": "ip", "name": name}),
+                ));
+                commands.push(command(
+                    "delete",
+                    "table",
+                    json!({"family": "ip", "name": name}),
+                ));
+                table.forget();
+                false
+            }
+        };
+        commands.extend(rules::skeleton(name, table.outside()));
+        let mut picks: Vec<Pick> = table.picks.iter().copied().collect();
+        picks.sort_unstable();
+        for pick in picks {
+            commands.extend(rules::pick_chain(name, pick, true));
+        }
+        table.maps.extend(rules::VERDICT_MAPS);
+        table.nft.apply(&commands)?;
         Ok(table)
     }
 
@@ -134,27 +180,42 @@ impl<N: Nft> NftTable<N> {
         self.found
     }
 
-    /// Replaces the picture of the kernel with what it holds; nothing is owned afterwards.
-    /// Returns whether the table exists.
-    fn read_back(&mut self) -> Result<bool, NftError> {
+    /// Empties the picture of the kernel; nothing is owned afterwards.
+    fn forget(&mut self) {
         self.services.clear();
         self.owned_size = Occupancy::default();
         self.owners.clear();
         self.chains.clear();
         self.fingerprints.clear();
         self.elements.clear();
+        self.maps.clear();
+        self.picks.clear();
+        self.members.clear();
+        self.claims.clear();
         self.sets.clear();
         self.pending.clear();
         self.emptied.clear();
         self.due.clear();
+    }
+
+    /// Replaces the picture of the kernel with what it holds; nothing is owned afterwards.
+    /// Returns what was found.
+    fn read_back(&mut self) -> Result<Found, NftError> {
+        self.forget();
         let Some(objects) = self.nft.list()? else {
-            return Ok(false);
+            return Ok(Found::Nothing);
         };
+        let mut found = Found::Current;
         for object in &objects {
             if let Some(chain) = object.get("chain") {
-                if let Some(name) = chain["name"].as_str()
-                    && !BASE_CHAINS.contains(&name)
-                {
+                let Some(name) = chain["name"].as_str() else {
+                    continue;
+                };
+                if let Some(pick) = Pick::from_chain(name) {
+                    self.picks.insert(pick);
+                } else if EARLIER_LAYOUT.iter().any(|p| name.starts_with(p)) {
+                    found = Found::Earlier;
+                } else if !BASE_CHAINS.contains(&name) {
                     self.chains.insert(name.to_owned(), None);
                 }
             } else if let Some(rule) = object.get("rule") {
@@ -164,30 +225,44 @@ impl<N: Nft> NftTable<N> {
                     self.fingerprints.entry(chain.to_owned()).or_insert(print);
                 }
             } else if let Some(set) = object.get("set") {
-                if let Some(name) = set["name"].as_str() {
+                let Some(name) = set["name"].as_str() else {
+                    continue;
+                };
+                if MEMBER_SETS.iter().any(|(fixed, _)| *fixed == name) {
+                    for elem in set["elem"].as_array().into_iter().flatten() {
+                        if let Some(member) = Member::from_listed(name, elem) {
+                            self.members.insert(member);
+                        }
+                    }
+                } else {
                     self.sets.insert(name.to_owned());
                 }
             } else if let Some(map) = object.get("map") {
                 let Some(map_name) = map["name"].as_str().and_then(MapName::from_name) else {
                     continue;
                 };
+                // The earlier layout's verdict maps counted nothing.
+                if map_name.is_verdict() && map.get("stmt").is_none() {
+                    found = Found::Earlier;
+                }
+                self.maps.insert(map_name);
                 for elem in map["elem"].as_array().into_iter().flatten() {
-                    if let Some((key, verdict)) = read_element(map_name, elem) {
-                        self.elements.insert(key, verdict);
+                    if let Some((key, data)) = read_element(map_name, elem) {
+                        self.elements.insert(key, data);
                     }
                 }
             }
         }
-        Ok(true)
+        Ok(found)
     }
 
     fn table_json(&self, name: &str) -> Value {
         json!({"family": "ip", "table": self.name, "name": name})
     }
 
-    fn element_command(&self, verb: &str, key: ElementKey, verdict: Option<&Verdict>) -> Value {
-        let elem = match verdict {
-            Some(v) => json!([[key.json(), v.json()]]),
+    fn element_command(&self, verb: &str, key: ElementKey, data: Option<&Data>) -> Value {
+        let elem = match data {
+            Some(d) => json!([d.element(&key)]),
             None => json!([key.json()]),
         };
         command(
@@ -195,6 +270,39 @@ impl<N: Nft> NftTable<N> {
             "element",
             json!({"family": "ip", "table": self.name, "name": key.map.name(), "elem": elem}),
         )
+    }
+
+    fn member_command(&self, verb: &str, member: Member) -> Value {
+        command(
+            verb,
+            "element",
+            json!({"family": "ip", "table": self.name, "name": member.set(), "elem": [member.json()]}),
+        )
+    }
+
+    /// Queues what the first claim of `member` needs.
+    fn claim(&mut self, member: Member) {
+        let count = self.claims.entry(member).or_default();
+        *count += 1;
+        if *count == 1 && self.members.insert(member) {
+            let add = self.member_command("add", member);
+            self.pending.push(add);
+        }
+    }
+
+    /// Queues what the last release of `member` needs.
+    fn release(&mut self, member: Member) {
+        if let Some(count) = self.claims.get_mut(&member) {
+            *count = count.saturating_sub(1);
+            if *count > 0 {
+                return;
+            }
+            self.claims.remove(&member);
+        }
+        if self.members.remove(&member) {
+            let delete = self.member_command("delete", member);
+            self.pending.push(delete);
+        }
     }
 
     /// Queues the commands that turn `old` into `new` (the kernel picture follows).
@@ -212,7 +320,18 @@ impl<N: Nft> NftTable<N> {
                 self.pending.push(command("add", "set", object));
             }
         }
-        // Every chain exists before a rule sends a packet to it.
+        // Every map and chain exists before a rule or element refers to it.
+        for pick in &new.picks {
+            for map in pick.maps() {
+                if self.maps.insert(map) {
+                    self.pending.push(rules::add_map(&self.name, map));
+                }
+            }
+            if self.picks.insert(*pick) {
+                let chain = rules::pick_chain(&self.name, *pick, false);
+                self.pending.extend(chain);
+            }
+        }
         for name in new.chains.keys() {
             self.emptied.remove(&Stale::Chain(name.clone()));
             self.due.remove(&Stale::Chain(name.clone()));
@@ -250,17 +369,23 @@ impl<N: Nft> NftTable<N> {
                     .push(self.element_command("delete", *key, None));
             }
         }
-        for (key, verdict) in &new.elements {
+        for (key, data) in &new.elements {
             match self.elements.get(key) {
-                Some(held) if held == verdict => continue,
+                Some(held) if held == data => continue,
                 Some(_) => self
                     .pending
                     .push(self.element_command("delete", *key, None)),
                 None => {}
             }
             self.pending
-                .push(self.element_command("add", *key, Some(verdict)));
-            self.elements.insert(*key, verdict.clone());
+                .push(self.element_command("add", *key, Some(data)));
+            self.elements.insert(*key, data.clone());
+        }
+        for member in new.members.difference(&old.members) {
+            self.claim(*member);
+        }
+        for member in old.members.difference(&new.members) {
+            self.release(*member);
         }
         for name in old.chains.keys() {
             if !new.chains.contains_key(name) {
@@ -300,44 +425,59 @@ impl<N: Nft> NftTable<N> {
     pub fn delete(mut self) -> Result<(), NftError> {
         self.nft.delete_table()
     }
-
-    /// The chains that count translations and refusals, with their Service.
-    #[must_use]
-    pub fn counted_chains(&self) -> BTreeMap<String, ServiceRef> {
-        self.services
-            .iter()
-            .flat_map(|(svc, owned)| {
-                owned
-                    .objects
-                    .chains
-                    .keys()
-                    .filter(|c| rules::counted_chain(c).is_some())
-                    .map(move |c| (c.clone(), svc.clone()))
-            })
-            .collect()
-    }
 }
 
-/// An element of a listed map: `[{"concat": [address, protocol, port]}, verdict]`.
-fn read_element(map: MapName, elem: &Value) -> Option<(ElementKey, Verdict)> {
+/// The prefixes of the chains of the earlier layout (a chain per group and endpoint).
+const EARLIER_LAYOUT: [&str; 5] = ["svc/", "ep/", "rej/", "ext/", "lo/"];
+
+/// What [`NftTable::open`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// No table.
+    Nothing,
+    /// A table of this layout.
+    Current,
+    /// A table of the earlier layout.
+    Earlier,
+}
+
+/// An element of a listed map: `[key, data]`, the key `{"concat": [address, protocol,
+/// port]}` or, with a comment or counter, `{"elem": {"val": key, "comment": ...}}`.
+fn read_element(map: MapName, elem: &Value) -> Option<(ElementKey, Data)> {
     let pair = elem.as_array()?;
-    let parts = pair.first()?.get("concat")?.as_array()?;
-    let address: Ipv4Addr = parts.first()?.as_str()?.parse().ok()?;
-    let protocol = match parts.get(1)? {
-        Value::String(s) if s == "tcp" => Protocol::Tcp,
-        Value::String(s) if s == "udp" => Protocol::Udp,
-        Value::Number(n) if n.as_u64() == Some(6) => Protocol::Tcp,
-        Value::Number(n) if n.as_u64() == Some(17) => Protocol::Udp,
-        _ => return None,
+    let first = pair.first()?;
+    let (key, comment) = match first.get("elem") {
+        Some(wrapped) => (&wrapped["val"], wrapped["comment"].as_str()),
+        None => (first, None),
     };
+    let parts = key.get("concat")?.as_array()?;
+    let address: Ipv4Addr = parts.first()?.as_str()?.parse().ok()?;
+    let protocol = rules::listed_protocol(parts.get(1)?)?;
     let port = u16::try_from(parts.get(2)?.as_u64()?).ok()?;
     let value = pair.get(1)?;
-    let verdict = if let Some(target) = value.get("goto").and_then(|g| g["target"].as_str()) {
-        Verdict::Goto(target.to_owned())
-    } else if value.get("return").is_some() {
-        Verdict::Return
-    } else {
-        return None;
+    let data = match map {
+        MapName::Slot {
+            part: rules::Part::Address,
+            ..
+        } => Data::Address(value.as_str()?.parse().ok()?),
+        MapName::Slot {
+            part: rules::Part::Port,
+            ..
+        } => Data::Port(u16::try_from(value.as_u64()?).ok()?),
+        _ => {
+            let verdict = if let Some(target) = value.get("goto").and_then(|g| g["target"].as_str())
+            {
+                Verdict::Goto(target.to_owned())
+            } else if value.get("return").is_some() {
+                Verdict::Return
+            } else {
+                return None;
+            };
+            Data::Verdict {
+                verdict,
+                comment: comment.map(str::to_owned),
+            }
+        }
     };
     Some((
         ElementKey {
@@ -346,7 +486,7 @@ fn read_element(map: MapName, elem: &Value) -> Option<(ElementKey, Verdict)> {
             protocol,
             port,
         },
-        verdict,
+        data,
     ))
 }
 
@@ -521,6 +661,15 @@ impl<N: Nft> ProxyTable for NftTable<N> {
         }
         for set in sets {
             self.emptied.insert(Stale::Set(set));
+        }
+        let members: Vec<Member> = self
+            .members
+            .iter()
+            .filter(|m| !self.claims.contains_key(m))
+            .copied()
+            .collect();
+        for member in members {
+            self.release(member);
         }
         self.commit()
     }

@@ -133,10 +133,32 @@ fn a_sync_of_several_services_is_one_transaction() {
     m.sync().unwrap();
     assert_eq!(m.table().nft().sent.len(), 2, "the skeleton, then one sync");
     let t = touched(last(&m));
-    assert!(t.contains("add chain svc/default/web/tcp/80"));
-    assert!(t.contains("add chain ep/default/web/tcp/80/10.244.1.5/8080"));
-    assert!(t.contains("add chain svc/default/db/tcp/80"));
+    // A chain per number of endpoints, shared, and the endpoints as elements.
+    assert!(t.contains("add chain pick/ext/tcp/2"));
+    assert!(t.contains("add chain pick/ext/tcp/1"));
+    assert!(t.contains("add map slot-ext-1-addr"));
+    assert!(t.contains("add element slot-ext-1-addr"));
     assert!(t.contains("add element service-ips"));
+    assert!(t.contains("add element hairpin"));
+    let chains = t.iter().filter(|c| c.starts_with("add chain")).count();
+    assert_eq!(chains, 2, "{t:?}");
+}
+
+#[test]
+fn the_number_of_chains_does_not_grow_with_the_number_of_services() {
+    let mut m = mirror(None);
+    for i in 0..50u8 {
+        let name = format!("s{i}");
+        m.service_applied(service(&name, &format!("10.96.1.{i}"), &json!({})));
+        m.slice_applied(slice(
+            &name,
+            &[&format!("10.244.2.{i}"), &format!("10.244.3.{i}")],
+        ));
+    }
+    m.sync().unwrap();
+    let t = touched(last(&m));
+    let chains: Vec<&String> = t.iter().filter(|c| c.starts_with("add chain")).collect();
+    assert_eq!(chains, ["add chain pick/ext/tcp/2"]);
 }
 
 #[test]
@@ -150,28 +172,56 @@ fn a_service_change_touches_only_that_services_chains_and_elements() {
     m.slice_applied(slice("web", &["10.244.1.5", "10.244.1.6"]));
     m.sync().unwrap();
     let commands = last(&m);
-    let t = touched(commands);
-    assert!(t.iter().all(|c| c.contains("/web/")), "{t:?}");
-    assert!(t.contains("add chain ep/default/web/tcp/80/10.244.1.6/8080"));
-    assert!(t.contains("flush chain svc/default/web/tcp/80"));
-    // The endpoint that stayed keeps its chain; the frontend keeps its element.
+    let text = Value::Array(commands.to_vec()).to_string();
     assert!(
-        !t.iter()
-            .any(|c| c.contains("10.244.1.5") || c.contains("element"))
+        !text.contains("10.96.0.11") && !text.contains("10.244.1.7"),
+        "{text}"
     );
+    let t = touched(commands);
+    assert!(t.contains("add chain pick/ext/tcp/2"));
+    assert!(t.contains("add element slot-ext-1-addr"));
+    // The frontend now goes to the chain for two endpoints.
+    assert!(t.contains("delete element service-ips") && t.contains("add element service-ips"));
+    // The endpoint that stayed keeps its elements.
+    assert!(!t.contains("add element slot-ext-0-addr"), "{t:?}");
+}
+
+#[test]
+fn an_endpoint_two_services_share_stays_in_the_hairpin_set_until_both_let_it_go() {
+    let mut m = mirror(None);
+    m.service_applied(service("a", "10.96.0.10", &json!({})));
+    m.service_applied(service("b", "10.96.0.11", &json!({})));
+    m.slice_applied(slice("a", &["10.244.1.5"]));
+    m.slice_applied(slice("b", &["10.244.1.5"]));
+    m.sync().unwrap();
+    let hairpin = |commands: &[Value], verb: &str| {
+        commands
+            .iter()
+            .filter_map(|c| c.get(verb)?.get("element"))
+            .filter(|e| e["name"] == "hairpin")
+            .count()
+    };
+    assert_eq!(hairpin(last(&m), "add"), 1);
+    m.service_deleted(&service("a", "10.96.0.10", &json!({})));
+    m.sync().unwrap();
+    assert_eq!(hairpin(last(&m), "delete"), 0);
+    m.service_deleted(&service("b", "10.96.0.11", &json!({})));
+    m.sync().unwrap();
+    assert_eq!(hairpin(last(&m), "delete"), 1);
 }
 
 #[test]
 fn a_deleted_services_chains_are_emptied_at_once_and_deleted_a_transaction_later() {
     let mut m = mirror(None);
-    m.service_applied(service("web", "10.96.0.10", &json!({})));
+    let web = service("web", "10.96.0.10", &json!({"sessionAffinity": "ClientIP"}));
+    m.service_applied(web.clone());
     m.slice_applied(slice("web", &["10.244.1.5"]));
     m.sync().unwrap();
-    m.service_deleted(&service("web", "10.96.0.10", &json!({})));
+    m.service_deleted(&web);
     m.sync().unwrap();
     let t = touched(last(&m));
     assert!(t.contains("delete element service-ips"));
-    assert!(t.contains("flush chain svc/default/web/tcp/80"));
+    assert!(t.contains("flush chain aff/default/web/tcp/80"));
     assert!(!t.iter().any(|c| c.starts_with("delete chain")), "{t:?}");
     assert!(m.has_deferred());
     m.sync().unwrap();
@@ -179,8 +229,8 @@ fn a_deleted_services_chains_are_emptied_at_once_and_deleted_a_transaction_later
     assert_eq!(
         t,
         BTreeSet::from([
-            "delete chain ep/default/web/tcp/80/10.244.1.5/8080".to_owned(),
-            "delete chain svc/default/web/tcp/80".to_owned(),
+            "delete chain aff/default/web/tcp/80".to_owned(),
+            "delete set aff/default/web/tcp/80/10.244.1.5/8080/10800".to_owned(),
         ])
     );
     assert!(!m.has_deferred());
@@ -189,7 +239,7 @@ fn a_deleted_services_chains_are_emptied_at_once_and_deleted_a_transaction_later
 #[test]
 fn a_service_back_before_its_chains_were_deleted_keeps_them() {
     let mut m = mirror(None);
-    let web = service("web", "10.96.0.10", &json!({}));
+    let web = service("web", "10.96.0.10", &json!({"sessionAffinity": "ClientIP"}));
     m.service_applied(web.clone());
     m.slice_applied(slice("web", &["10.244.1.5"]));
     m.sync().unwrap();
@@ -210,11 +260,17 @@ fn a_service_without_endpoints_goes_to_a_reject_chain_and_not_to_the_nat_maps() 
     m.sync().unwrap();
     let t = touched(last(&m));
     assert!(t.contains("add element no-endpoint-services"));
-    assert!(t.contains("add chain rej/default/empty/tcp/80"));
     assert!(!t.contains("add element service-ips"));
-    let rejects = last(&m)
+    let element = last(&m)
         .iter()
-        .any(|c| c.to_string().contains("\"reject\""));
+        .find_map(|c| c.get("add")?.get("element"))
+        .unwrap();
+    assert_eq!(element["elem"][0][1]["goto"]["target"], "reject");
+    assert_eq!(element["elem"][0][0]["elem"]["comment"], "default/empty");
+    let opening = &m.table().nft().sent[0];
+    let rejects = opening.iter().any(|c| {
+        c["add"]["rule"]["chain"] == "reject" && c.to_string().contains("\"reject\":null")
+    });
     assert!(rejects);
 }
 
@@ -245,43 +301,64 @@ fn node_ports_go_to_their_own_map_and_from_outside_pass_the_masquerade_check() {
     m.service_applied(svc);
     m.slice_applied(slice("np", &["10.244.1.5"]));
     m.sync().unwrap();
-    let elements: Vec<&Value> = last(&m)
+    let added = |set: &str| -> BTreeSet<String> {
+        last(&m)
+            .iter()
+            .filter_map(|c| c.get("add")?.get("element"))
+            .filter(|e| e["name"] == set)
+            .map(|e| e["elem"][0].to_string())
+            .collect()
+    };
+    let key = |ip: &str| json!({"concat": [ip, "tcp", 30080]}).to_string();
+    let node_ports: BTreeSet<String> = added("service-nodeports")
         .iter()
-        .filter_map(|c| c.get("add")?.get("element"))
-        .filter(|e| e["name"] == "service-nodeports")
-        .collect();
-    let targets: BTreeSet<String> = elements
-        .iter()
-        .map(|e| {
-            e["elem"][0][1]["goto"]["target"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|e| serde_json::from_str::<Value>(e).unwrap()[0]["elem"]["val"].to_string())
         .collect();
     assert_eq!(
-        targets,
-        BTreeSet::from([
-            "ext/default/np/tcp/80".to_owned(),
-            "lo/default/np/tcp/80".to_owned()
-        ])
+        node_ports,
+        BTreeSet::from([key("127.0.0.1"), key("192.168.50.20")])
+    );
+    // From outside through the node's address: masqueraded for a remote endpoint.
+    assert_eq!(
+        added("outside-frontends"),
+        BTreeSet::from([key("192.168.50.20")])
+    );
+    assert_eq!(
+        added("remote-endpoints"),
+        BTreeSet::from([json!("10.244.1.5").to_string()])
+    );
+    // 127.0.0.1: always masqueraded.
+    assert_eq!(
+        added("host-only-frontends"),
+        BTreeSet::from([key("127.0.0.1")])
     );
 }
 
-/// A listing of a table a previous run left: web's element and chains, and a chain and
-/// element of a Service deleted while the node was down.
+/// A listing of a table a previous run left: web's elements and pick chain, and an
+/// element, a member and an affinity chain of a Service deleted while the node was down.
 fn previous_run() -> Vec<Value> {
-    let element =
-        |ip: &str, target: &str| json!([{"concat": [ip, "tcp", 80]}, {"goto": {"target": target}}]);
+    let key = |ip: &str| json!({"concat": [ip, "tcp", 80]});
+    let counted = |ip: &str, service: &str, target: &str| json!([{"elem": {"val": key(ip), "comment": service, "counter": {"packets": 1, "bytes": 60}}}, {"goto": {"target": target}}]);
+    let table = "skiff-proxy-n1";
     vec![
-        json!({"table": {"family": "ip", "name": "skiff-proxy-n1"}}),
-        json!({"chain": {"family": "ip", "table": "skiff-proxy-n1", "name": "services"}}),
-        json!({"chain": {"family": "ip", "table": "skiff-proxy-n1", "name": "svc/default/web/tcp/80"}}),
-        json!({"chain": {"family": "ip", "table": "skiff-proxy-n1", "name": "ep/default/web/tcp/80/10.244.1.5/8080"}}),
-        json!({"chain": {"family": "ip", "table": "skiff-proxy-n1", "name": "svc/default/gone/tcp/80"}}),
-        json!({"map": {"family": "ip", "table": "skiff-proxy-n1", "name": "service-ips", "elem": [
-            element("10.96.0.10", "svc/default/web/tcp/80"),
-            element("10.96.0.99", "svc/default/gone/tcp/80"),
+        json!({"table": {"family": "ip", "name": table}}),
+        json!({"chain": {"family": "ip", "table": table, "name": "services"}}),
+        json!({"chain": {"family": "ip", "table": table, "name": "pick/ext/tcp/1"}}),
+        json!({"chain": {"family": "ip", "table": table, "name": "aff/default/gone/tcp/80"}}),
+        json!({"map": {"family": "ip", "table": table, "name": "service-ips", "stmt": [{"counter": null}], "elem": [
+            counted("10.96.0.10", "default/web", "pick/ext/tcp/1"),
+            counted("10.96.0.99", "default/gone", "aff/default/gone/tcp/80"),
+        ]}}),
+        json!({"map": {"family": "ip", "table": table, "name": "slot-ext-0-addr", "elem": [
+            [key("10.96.0.10"), "10.244.1.5"],
+        ]}}),
+        json!({"map": {"family": "ip", "table": table, "name": "slot-ext-0-port", "elem": [
+            [key("10.96.0.10"), 8080],
+        ]}}),
+        json!({"set": {"family": "ip", "table": table, "name": "remote-endpoints", "elem": ["10.244.1.5"]}}),
+        json!({"set": {"family": "ip", "table": table, "name": "hairpin", "elem": [
+            {"concat": ["10.244.1.5", "10.244.1.5"]},
+            {"concat": ["10.244.9.9", "10.244.9.9"]},
         ]}}),
     ]
 }
@@ -289,29 +366,61 @@ fn previous_run() -> Vec<Value> {
 #[test]
 fn a_restarted_node_keeps_the_elements_it_finds_and_removes_what_no_service_claims() {
     let mut m = mirror(Some(previous_run()));
+    assert!(m.table().found());
+    // The pick chain found is refilled in the opening transaction.
+    let opening = touched(&m.table().nft().sent[0]);
+    assert!(
+        opening.contains("flush chain pick/ext/tcp/1"),
+        "{opening:?}"
+    );
     m.service_applied(service("web", "10.96.0.10", &json!({})));
     m.slice_applied(slice("web", &["10.244.1.5"]));
     m.sync().unwrap();
-    let t = touched(last(&m));
-    // Chains are refilled in place (flush and rules in one transaction); the element that
-    // already points at the right chain is not touched.
-    assert!(t.contains("flush chain svc/default/web/tcp/80"));
-    assert!(!t.iter().any(|c| c.contains("element")), "{t:?}");
-    assert!(!t.iter().any(|c| c.contains("delete")), "{t:?}");
+    // What already holds the right values is not touched.
+    assert_eq!(
+        m.table().nft().sent.len(),
+        1,
+        "{:?}",
+        m.table().nft().sent.get(1)
+    );
     m.finish_adoption().unwrap();
     let t = touched(last(&m));
     assert_eq!(
         t,
         BTreeSet::from([
             "delete element service-ips".to_owned(),
-            "flush chain svc/default/gone/tcp/80".to_owned(),
+            "delete element hairpin".to_owned(),
+            "flush chain aff/default/gone/tcp/80".to_owned(),
         ])
     );
     m.sync().unwrap();
     assert_eq!(
         touched(last(&m)),
-        BTreeSet::from(["delete chain svc/default/gone/tcp/80".to_owned()])
+        BTreeSet::from(["delete chain aff/default/gone/tcp/80".to_owned()])
     );
+}
+
+#[test]
+fn a_table_of_the_earlier_layout_is_replaced_in_the_opening_transaction() {
+    let earlier = vec![
+        json!({"table": {"family": "ip", "name": "skiff-proxy-n1"}}),
+        json!({"chain": {"family": "ip", "table": "skiff-proxy-n1", "name": "svc/default/web/tcp/80"}}),
+        json!({"map": {"family": "ip", "table": "skiff-proxy-n1", "name": "service-ips", "elem": []}}),
+    ];
+    let mut m = mirror(Some(earlier));
+    assert!(!m.table().found());
+    let opening = &m.table().nft().sent[0];
+    assert_eq!(
+        touched(&opening[..2]),
+        BTreeSet::from([
+            "add table skiff-proxy-n1".to_owned(),
+            "delete table skiff-proxy-n1".to_owned()
+        ])
+    );
+    m.service_applied(service("web", "10.96.0.10", &json!({})));
+    m.slice_applied(slice("web", &["10.244.1.5"]));
+    m.sync().unwrap();
+    assert!(touched(last(&m)).contains("add element service-ips"));
 }
 
 #[test]
@@ -329,7 +438,7 @@ fn a_refused_transaction_is_sent_again_in_full_at_the_next_sync() {
     assert!(m.is_dirty(), "every Service is applied again");
     m.sync().unwrap();
     let t = touched(last(&m));
-    assert!(t.contains("add chain svc/default/db/tcp/80"));
+    assert!(t.contains("add element slot-ext-0-addr"));
     assert!(t.contains("add element service-ips"));
 }
 
@@ -372,38 +481,52 @@ fn external_policy_local_keeps_the_client_ip_and_sends_the_node_to_every_endpoin
     s.endpoints[0].node_name = Some("n1".into());
     m.slice_applied(s);
     m.sync().unwrap();
-    let target = |map: &str, ip: &str| {
+    let value = |map: &str, ip: &str| {
         last(&m)
             .iter()
             .filter_map(|c| c.get("add")?.get("element"))
-            .find(|e| e["name"] == map && e["elem"][0][0]["concat"][0] == ip)
+            .find(|e| {
+                e["name"] == map
+                    && (e["elem"][0][0]["concat"][0] == ip
+                        || e["elem"][0][0]["elem"]["val"]["concat"][0] == ip)
+            })
             .map(|e| e["elem"][0][1].clone())
     };
-    // From outside: straight to the local group, no chain that marks for masquerade.
+    // From outside: to the local endpoint only, and not marked for masquerade.
     assert_eq!(
-        target("service-nodeports", "192.168.50.20"),
-        Some(json!({"goto": {"target": "svc/default/local/tcp/80/local"}}))
+        value("service-nodeports", "192.168.50.20"),
+        Some(json!({"goto": {"target": "pick/ext/tcp/1"}}))
     );
+    assert_eq!(
+        value("slot-ext-0-addr", "192.168.50.20"),
+        Some(json!("10.244.0.5"))
+    );
+    let outside = last(&m)
+        .iter()
+        .filter_map(|c| c.get("add")?.get("element"))
+        .any(|e| e["name"] == "outside-frontends");
+    assert!(!outside);
     // From the node and its pods: the internal twin, over every endpoint.
     assert_eq!(
-        target("internal-services", "192.168.50.20"),
-        Some(json!({"goto": {"target": "svc/default/local/tcp/80"}}))
+        value("internal-services", "192.168.50.20"),
+        Some(json!({"goto": {"target": "pick/int/tcp/2"}}))
     );
-    let local_group = last(&m)
-        .iter()
-        .filter_map(|c| c.get("add")?.get("rule"))
-        .filter(|r| r["chain"] == "svc/default/local/tcp/80/local")
-        .map(ToString::to_string)
-        .collect::<String>();
-    assert!(local_group.contains("10.244.0.5") && !local_group.contains("10.244.1.6"));
+    assert_eq!(
+        value("slot-int-1-addr", "192.168.50.20"),
+        Some(json!("10.244.1.6"))
+    );
 }
 
-/// What the kernel would list after `sent`: chains, rules, sets, map elements (adds and
-/// deletes of elements and chains applied in order; flushes drop a chain's rules).
+/// What the kernel would list after `sent`: chains, rules, sets and maps with their
+/// elements (adds and deletes applied in order; flushes drop a chain's rules).
 fn kernel_after(sent: &[Vec<Value>]) -> Vec<Value> {
     let mut chains: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    let mut maps: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    let mut sets: Vec<Value> = Vec::new();
+    // Maps and sets: the object as added, and its elements.
+    let mut holders: BTreeMap<String, (String, Value, Vec<Value>)> = BTreeMap::new();
+    let key_of = |e: &Value| -> Value {
+        let first = e.as_array().map_or(e, |pair| &pair[0]);
+        first.get("elem").map_or(first, |w| &w["val"]).clone()
+    };
     for command in sent.iter().flatten() {
         let (verb, body) = command.as_object().unwrap().iter().next().unwrap();
         let (kind, object) = body.as_object().unwrap().iter().next().unwrap();
@@ -420,26 +543,35 @@ fn kernel_after(sent: &[Vec<Value>]) -> Vec<Value> {
                 .get_mut(object["chain"].as_str().unwrap())
                 .unwrap()
                 .push(object.clone()),
-            ("add", "map") => {
-                maps.entry(name).or_default();
+            ("add", "map" | "set") => {
+                holders
+                    .entry(name)
+                    .or_insert_with(|| (kind.clone(), object.clone(), Vec::new()));
             }
-            ("add", "element") => maps
+            ("delete", "set") => {
+                holders.remove(&name);
+            }
+            ("add", "element") => holders
                 .get_mut(&name)
                 .unwrap()
+                .2
                 .extend(object["elem"].as_array().unwrap().iter().cloned()),
             ("delete", "element") => {
                 let key = &object["elem"][0];
-                maps.get_mut(&name).unwrap().retain(|e| e[0] != *key);
+                holders
+                    .get_mut(&name)
+                    .unwrap()
+                    .2
+                    .retain(|e| key_of(e) != *key);
             }
-            ("add", "set") => sets.push(json!({"set": object})),
             _ => {}
         }
     }
     let mut out = vec![json!({"table": {"family": "ip", "name": "skiff-proxy-n1"}})];
-    for (name, elem) in maps {
-        out.push(json!({"map": {"name": name, "elem": elem}}));
+    for (kind, mut object, elem) in holders.into_values() {
+        object["elem"] = Value::Array(elem);
+        out.push(json!({kind: object}));
     }
-    out.extend(sets);
     for (name, rules) in chains {
         out.push(json!({"chain": {"name": name}}));
         out.extend(rules.into_iter().map(|r| json!({"rule": r})));
@@ -480,7 +612,6 @@ fn a_restarted_node_whose_table_holds_what_it_wants_writes_nothing_but_the_skele
     restarted.slice_applied(slice("web", &["10.244.1.5"]));
     restarted.sync().unwrap();
     let t = touched(last(&restarted));
-    assert!(t.contains("flush chain svc/default/web/tcp/80"), "{t:?}");
-    assert!(t.contains("flush chain ep/default/web/tcp/80/10.244.1.6/8080"));
+    assert!(t.contains("flush chain aff/default/web/tcp/80"), "{t:?}");
     assert!(!t.iter().any(|c| c.contains("10.244.1.5")), "{t:?}");
 }
