@@ -12,6 +12,7 @@ mod authz;
 mod bootstrap;
 mod ctx;
 mod discovery;
+pub mod encryption;
 mod http;
 mod metrics;
 mod metrics_api;

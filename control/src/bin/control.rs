@@ -6,7 +6,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use skiff_api::{Config, Server};
+use skiff_api::{
+    Config, Server,
+    encryption::{EncryptedStore, EncryptionConfig},
+};
 use skiff_control_runtime::{
     Informers,
     leader::{Elector, LeaderConfig},
@@ -48,6 +51,11 @@ struct Args {
     /// Restore the embedded store from this backup (made by `ctl backup`) before starting.
     #[arg(long)]
     restore: Option<PathBuf>,
+    /// Encrypt resources at rest as this kube-apiserver `EncryptionConfiguration`
+    /// (apiserver.config.k8s.io/v1) says: aesgcm, secretbox or identity providers, the first
+    /// one writes, every listed key reads (rotate by adding a new first key and rewriting).
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
     /// Compact store history every this many seconds.
     #[arg(long, default_value_t = 300)]
     compaction_interval_seconds: u64,
@@ -194,7 +202,13 @@ async fn main() -> Result<()> {
             tracing::info!("node IPAM is off: each node needs --pod-cidr");
         }
     }
-    let store = open_store(&args).await?;
+    let mut store = open_store(&args).await?;
+    if let Some(path) = &args.encryption_provider_config {
+        let encryption = EncryptionConfig::load(path)
+            .with_context(|| format!("loading {}", path.display()))?;
+        tracing::info!(config = %path.display(), "encrypting resources at rest");
+        store = Arc::new(EncryptedStore::new(store, encryption));
+    }
     let config = Config {
         listen: args.listen,
         service_cidr: args.service_cluster_ip_range.clone(),
