@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod allocator;
+mod audit;
 mod authz;
 mod bootstrap;
 mod ctx;
@@ -23,4 +24,5 @@ mod route;
 mod server;
 mod verbs;
 
+pub use audit::{AuditError, Auditor, Policy as AuditPolicy, PolicyError as AuditPolicyError};
 pub use server::{Config, Server, ServerError};

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use skiff_api::{
-    Config, Server,
+    AuditPolicy, Auditor, Config, Server,
     encryption::{EncryptedStore, EncryptionConfig},
 };
 use skiff_control_runtime::{
@@ -56,6 +56,14 @@ struct Args {
     /// one writes, every listed key reads (rotate by adding a new first key and rewriting).
     #[arg(long)]
     encryption_provider_config: Option<PathBuf>,
+    /// Write audit.k8s.io/v1 Event JSON lines to this file (`-`: standard output).
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// The audit.k8s.io/v1 Policy deciding each request's level (None, Metadata, Request,
+    /// RequestResponse). Without it, with --audit-log-path, every request is logged at
+    /// Metadata.
+    #[arg(long, requires = "audit_log_path")]
+    audit_policy_file: Option<PathBuf>,
     /// Compact store history every this many seconds.
     #[arg(long, default_value_t = 300)]
     compaction_interval_seconds: u64,
@@ -209,7 +217,20 @@ async fn main() -> Result<()> {
         tracing::info!(config = %path.display(), "encrypting resources at rest");
         store = Arc::new(EncryptedStore::new(store, encryption));
     }
+    let audit = match &args.audit_log_path {
+        None => None,
+        Some(path) => {
+            let policy = match &args.audit_policy_file {
+                Some(file) => AuditPolicy::load(file)
+                    .with_context(|| format!("loading {}", file.display()))?,
+                None => AuditPolicy::metadata(),
+            };
+            tracing::info!(log = %path.display(), "auditing requests");
+            Some(Arc::new(Auditor::start(path, policy)?))
+        }
+    };
     let config = Config {
+        audit,
         listen: args.listen,
         service_cidr: args.service_cluster_ip_range.clone(),
         compaction_interval: Duration::from_secs(args.compaction_interval_seconds.max(1)),
