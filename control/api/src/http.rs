@@ -106,7 +106,7 @@ pub async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, Sta
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => {
             let body = collected.to_bytes();
-            crate::audit::keep_request_body(&body);
+            crate::audit::keep_request_body(headers, &body);
             Ok(body)
         }
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),

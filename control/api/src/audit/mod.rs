@@ -27,12 +27,12 @@ const QUEUE: usize = 10_000;
 
 tokio::task_local! {
     /// The request body read by the verb, kept for `Request` and `RequestResponse` levels.
-    static REQUEST_BODY: RefCell<Option<Bytes>>;
+    static REQUEST_BODY: RefCell<Option<(HeaderMap, Bytes)>>;
 }
 
 /// Keeps `body` as the current request's object if the audit level asks for it.
-pub fn keep_request_body(body: &Bytes) {
-    let _ = REQUEST_BODY.try_with(|slot| *slot.borrow_mut() = Some(body.clone()));
+pub fn keep_request_body(headers: &HeaderMap, body: &Bytes) {
+    let _ = REQUEST_BODY.try_with(|slot| *slot.borrow_mut() = Some((headers.clone(), body.clone())));
 }
 
 /// Why the audit log cannot start.
@@ -213,7 +213,14 @@ impl Entry {
                 (out, REQUEST_BODY.with(|slot| slot.borrow_mut().take()))
             })
             .await;
-        if let Some(object) = body.as_deref().and_then(object) {
+        // Objects in any encoding the server reads (kubectl's typed commands send
+        // protobuf), patches as the JSON they are.
+        let object = body.and_then(|(headers, body)| {
+            crate::http::decode_object(&headers, &body)
+                .ok()
+                .or_else(|| object(&body))
+        });
+        if let Some(object) = object {
             self.event["requestObject"] = object;
         }
         out

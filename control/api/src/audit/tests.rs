@@ -117,7 +117,7 @@ async fn events_are_written_as_json_lines_with_the_users_and_the_object() {
     let meta = RequestMeta::new(&uri, &headers, SocketAddr::from(([127, 0, 0, 1], 4000)));
     let mut entry = auditor.begin(&as_bob, &caller, &meta).expect("audited");
     entry
-        .run(async { super::keep_request_body(&bytes::Bytes::from_static(b"{\"kind\":\"ConfigMap\"}")) })
+        .run(async { super::keep_request_body(&http::HeaderMap::new(), &bytes::Bytes::from_static(b"{\"kind\":\"ConfigMap\"}")) })
         .await;
     let response = crate::http::json(http::StatusCode::OK, &serde_json::json!({"kind": "ConfigMap", "data": {"k": "v"}}));
     let response = entry.finish(&auditor, response).await;
