@@ -79,16 +79,30 @@ fn secrets_are_encrypted_in_the_store_file_and_backups_and_rotate_by_rewriting()
         None,
     )?;
     cp.ok(
-        &["create", "configmap", "plain", "--from-literal=note=visible-in-clear"],
+        &[
+            "create",
+            "configmap",
+            "plain",
+            "--from-literal=note=visible-in-clear",
+        ],
         None,
     )?;
     assert_eq!(secret_value(&cp)?, VALUE_B64);
 
     let data = dir.path().join("data");
     let stored = bytes_under(&data)?;
-    assert!(contains(&stored, "k8s:enc:aesgcm:v1:k1:"), "no encrypted value in the store file");
-    assert!(contains(&stored, "visible-in-clear"), "the store file is not where objects are");
-    assert!(!contains(&stored, VALUE) && !contains(&stored, VALUE_B64), "plaintext in the store file");
+    assert!(
+        contains(&stored, "k8s:enc:aesgcm:v1:k1:"),
+        "no encrypted value in the store file"
+    );
+    assert!(
+        contains(&stored, "visible-in-clear"),
+        "the store file is not where objects are"
+    );
+    assert!(
+        !contains(&stored, VALUE) && !contains(&stored, VALUE_B64),
+        "plaintext in the store file"
+    );
 
     let backup = dir.path().join("backup.redb");
     let out = Command::new(bin("ctl"))
@@ -100,7 +114,10 @@ fn secrets_are_encrypted_in_the_store_file_and_backups_and_rotate_by_rewriting()
     }
     let backed_up = std::fs::read(&backup)?;
     assert!(contains(&backed_up, "k8s:enc:aesgcm:v1:k1:"));
-    assert!(!contains(&backed_up, VALUE) && !contains(&backed_up, VALUE_B64), "plaintext in the backup");
+    assert!(
+        !contains(&backed_up, VALUE) && !contains(&backed_up, VALUE_B64),
+        "plaintext in the backup"
+    );
 
     // Rotation: a new first key, then every Secret rewritten, then the old key removed.
     std::fs::write(
@@ -108,7 +125,11 @@ fn secrets_are_encrypted_in_the_store_file_and_backups_and_rotate_by_rewriting()
         encryption_config(&format!("{}{}", secretbox("k2", KEY2), aesgcm("k1", KEY1))),
     )?;
     cp.restart()?;
-    assert_eq!(secret_value(&cp)?, VALUE_B64, "read with the old key after adding a new one");
+    assert_eq!(
+        secret_value(&cp)?,
+        VALUE_B64,
+        "read with the old key after adding a new one"
+    );
     let all = cp.ok(&["get", "secrets", "-A", "-o", "json"], None)?;
     // A List has no OpenAPI v3 schema and skiff serves no /openapi/v2 for kubectl's
     // validation to fall back to.
@@ -124,7 +145,11 @@ fn secrets_are_encrypted_in_the_store_file_and_backups_and_rotate_by_rewriting()
     let out = cp.run(&["get", "secret", "db", "-o", "json"], None)?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no secretbox key named \\\"k2\\\"") || err.contains("no secretbox key named \"k2\""), "{err}");
+    assert!(
+        err.contains("no secretbox key named \\\"k2\\\"")
+            || err.contains("no secretbox key named \"k2\""),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -181,7 +206,12 @@ fn the_audit_log_records_requests_at_the_levels_the_policy_says() -> Result<()> 
     cp.ok(&["get", "pods", "-n", "quiet"], None)?;
     cp.ok(&["get", "secrets", "-n", "default"], None)?;
     cp.ok(
-        &["create", "configmap", "cfg", "--from-literal=k=audited-value"],
+        &[
+            "create",
+            "configmap",
+            "cfg",
+            "--from-literal=k=audited-value",
+        ],
         None,
     )?;
 
@@ -189,7 +219,9 @@ fn the_audit_log_records_requests_at_the_levels_the_policy_says() -> Result<()> 
     let is = |e: &serde_json::Value, verb: &str, resource: &str| {
         e["verb"] == verb
             && e["objectRef"]["resource"] == resource
-            && e["userAgent"].as_str().is_some_and(|a| a.starts_with("kubectl"))
+            && e["userAgent"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("kubectl"))
     };
     let events = audit_events(&log, |events| {
         events.iter().any(|e| is(e, "create", "configmaps"))
@@ -206,8 +238,17 @@ fn the_audit_log_records_requests_at_the_levels_the_policy_says() -> Result<()> 
     assert_eq!(listed["sourceIPs"][0], "127.0.0.1");
     assert_eq!(listed["objectRef"]["namespace"], "default");
     assert_eq!(listed["responseStatus"]["code"], 200);
-    assert!(listed["userAgent"].as_str().is_some_and(|a| a.starts_with("kubectl")), "{listed}");
-    assert!(listed["requestURI"].as_str().is_some_and(|u| u.starts_with("/api/v1/namespaces/default/secrets")));
+    assert!(
+        listed["userAgent"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("kubectl")),
+        "{listed}"
+    );
+    assert!(
+        listed["requestURI"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("/api/v1/namespaces/default/secrets"))
+    );
     assert!(listed.get("responseObject").is_none() && listed.get("requestObject").is_none());
 
     let created = events
@@ -221,7 +262,9 @@ fn the_audit_log_records_requests_at_the_levels_the_policy_says() -> Result<()> 
     assert!(created["responseObject"]["metadata"]["uid"].is_string());
 
     assert!(
-        events.iter().all(|e| e["objectRef"]["namespace"] != "quiet"),
+        events
+            .iter()
+            .all(|e| e["objectRef"]["namespace"] != "quiet"),
         "the None rule for namespace quiet let an event through"
     );
     assert!(events.iter().all(|e| e["stage"] == "ResponseComplete"));

@@ -266,10 +266,11 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: SocketAddr) -> Resp
                 ("AUTHZ", resource, h::error(&err))
             } else {
                 let user = attrs.user;
-                let routed = authz::CALLER.scope(
+                // Boxed: the routed future is large and the audit wrapper would double it.
+                let routed = Box::pin(authz::CALLER.scope(
                     user.clone(),
                     route_request(&ctx, &user, req, &method, &path, &query),
-                );
+                ));
                 match &mut audit {
                     Some(entry) => entry.run(routed).await,
                     None => routed.await,

@@ -59,9 +59,9 @@ struct Args {
     /// Write audit.k8s.io/v1 Event JSON lines to this file (`-`: standard output).
     #[arg(long)]
     audit_log_path: Option<PathBuf>,
-    /// The audit.k8s.io/v1 Policy deciding each request's level (None, Metadata, Request,
-    /// RequestResponse). Without it, with --audit-log-path, every request is logged at
-    /// Metadata.
+    /// The audit.k8s.io/v1 Policy deciding each request's level (`None`, `Metadata`,
+    /// `Request`, `RequestResponse`). Without it, with --audit-log-path, every request is
+    /// logged at `Metadata`.
     #[arg(long, requires = "audit_log_path")]
     audit_policy_file: Option<PathBuf>,
     /// Compact store history every this many seconds.
@@ -212,8 +212,8 @@ async fn main() -> Result<()> {
     }
     let mut store = open_store(&args).await?;
     if let Some(path) = &args.encryption_provider_config {
-        let encryption = EncryptionConfig::load(path)
-            .with_context(|| format!("loading {}", path.display()))?;
+        let encryption =
+            EncryptionConfig::load(path).with_context(|| format!("loading {}", path.display()))?;
         tracing::info!(config = %path.display(), "encrypting resources at rest");
         store = Arc::new(EncryptedStore::new(store, encryption));
     }

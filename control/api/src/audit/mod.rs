@@ -32,7 +32,8 @@ tokio::task_local! {
 
 /// Keeps `body` as the current request's object if the audit level asks for it.
 pub fn keep_request_body(headers: &HeaderMap, body: &Bytes) {
-    let _ = REQUEST_BODY.try_with(|slot| *slot.borrow_mut() = Some((headers.clone(), body.clone())));
+    let _ =
+        REQUEST_BODY.try_with(|slot| *slot.borrow_mut() = Some((headers.clone(), body.clone())));
 }
 
 /// Why the audit log cannot start.
@@ -172,7 +173,9 @@ impl RequestMeta {
     #[must_use]
     pub fn new(uri: &http::Uri, headers: &HeaderMap, source: SocketAddr) -> Self {
         Self {
-            uri: uri.path_and_query().map_or_else(|| uri.path().to_owned(), ToString::to_string),
+            uri: uri
+                .path_and_query()
+                .map_or_else(|| uri.path().to_owned(), ToString::to_string),
             source,
             agent: headers
                 .get(header::USER_AGENT)
@@ -235,10 +238,16 @@ impl Entry {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
-        let sized = hyper::body::Body::size_hint(response.body()).exact().is_some();
+        let sized = hyper::body::Body::size_hint(response.body())
+            .exact()
+            .is_some();
         let response = if self.decision.level == Level::RequestResponse && is_json && sized {
             let (parts, body) = response.into_parts();
-            let bytes = body.collect().await.map(http_body_util::Collected::to_bytes).unwrap_or_default();
+            let bytes = body
+                .collect()
+                .await
+                .map(http_body_util::Collected::to_bytes)
+                .unwrap_or_default();
             if let Some(object) = object(&bytes) {
                 self.event["responseObject"] = object;
             }

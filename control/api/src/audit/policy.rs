@@ -181,22 +181,19 @@ impl Policy {
     /// omitted by that rule or else by the policy.
     #[must_use]
     pub fn decide(&self, attrs: &Attributes) -> Decision {
-        self.rules
-            .iter()
-            .find(|rule| rule.matches(attrs))
-            .map_or(
-                Decision {
-                    level: Level::None,
-                    omit_stages: Vec::new(),
-                },
-                |rule| Decision {
-                    level: rule.level,
-                    omit_stages: rule
-                        .omit_stages
-                        .clone()
-                        .unwrap_or_else(|| self.omit_stages.clone()),
-                },
-            )
+        self.rules.iter().find(|rule| rule.matches(attrs)).map_or(
+            Decision {
+                level: Level::None,
+                omit_stages: Vec::new(),
+            },
+            |rule| Decision {
+                level: rule.level,
+                omit_stages: rule
+                    .omit_stages
+                    .clone()
+                    .unwrap_or_else(|| self.omit_stages.clone()),
+            },
+        )
     }
 }
 
@@ -213,27 +210,23 @@ impl Rule {
         if !self.verbs.is_empty() && !self.verbs.contains(&attrs.verb) {
             return false;
         }
-        match &attrs.resource {
-            Some(r) => {
-                if !self.non_resource_urls.is_empty() {
-                    return false;
-                }
-                if !self.namespaces.is_empty() && !self.namespaces.contains(&r.namespace) {
-                    return false;
-                }
-                self.resources.is_empty() || self.resources.iter().any(|g| g.matches(r))
+        let Some(r) = &attrs.resource else {
+            if !self.resources.is_empty() || !self.namespaces.is_empty() {
+                return false;
             }
-            None => {
-                if !self.resources.is_empty() || !self.namespaces.is_empty() {
-                    return false;
-                }
-                self.non_resource_urls.is_empty()
-                    || self
-                        .non_resource_urls
-                        .iter()
-                        .any(|u| url_matches(u, &attrs.path))
-            }
+            return self.non_resource_urls.is_empty()
+                || self
+                    .non_resource_urls
+                    .iter()
+                    .any(|u| url_matches(u, &attrs.path));
+        };
+        if !self.non_resource_urls.is_empty() {
+            return false;
         }
+        if !self.namespaces.is_empty() && !self.namespaces.contains(&r.namespace) {
+            return false;
+        }
+        self.resources.is_empty() || self.resources.iter().any(|g| g.matches(r))
     }
 }
 
@@ -253,7 +246,8 @@ impl GroupResources {
                 };
                 pattern == "*"
                     || *pattern == full
-                    || pattern.strip_suffix("/*") == Some(r.resource.as_str()) && !r.subresource.is_empty()
+                    || pattern.strip_suffix("/*") == Some(r.resource.as_str())
+                        && !r.subresource.is_empty()
                     || pattern.strip_prefix("*/") == Some(r.subresource.as_str())
             });
         names_ok && resources_ok

@@ -134,7 +134,8 @@ impl EncryptionConfig {
     /// When it is not a usable configuration.
     pub fn parse(text: &str) -> Result<Self, EncryptionError> {
         let file: File = serde_yaml::from_str(text)?;
-        if file.kind != "EncryptionConfiguration" || file.api_version != "apiserver.config.k8s.io/v1"
+        if file.kind != "EncryptionConfiguration"
+            || file.api_version != "apiserver.config.k8s.io/v1"
         {
             return Err(EncryptionError::Kind(format!(
                 "{} {}",
@@ -207,7 +208,8 @@ impl EncryptionConfig {
         };
         let text = String::from_utf8_lossy(&rest[..rest.len().min(300)]);
         let mut fields = text.splitn(4, ':');
-        let (Some(provider), Some("v1"), Some(name)) = (fields.next(), fields.next(), fields.next())
+        let (Some(provider), Some("v1"), Some(name)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             return Err(transform(key, "malformed encryption prefix"));
         };
@@ -254,13 +256,17 @@ fn resource_matches(pattern: &str, group: &str, plural: &str) -> bool {
     (resource == "*" || resource == plural) && (pattern_group == "*" || pattern_group == group)
 }
 
+/// How a provider makes a cipher from a decoded secret.
+type MakeCipher = fn(&[u8]) -> Result<Cipher, KeyError>;
+
 fn provider(entry: BTreeMap<String, serde_yaml::Value>) -> Result<Provider, EncryptionError> {
     let mut entries = entry.into_iter();
     let (Some((kind, value)), None) = (entries.next(), entries.next()) else {
-        return Err(EncryptionError::Provider("entry with not exactly one provider".into()));
+        return Err(EncryptionError::Provider(
+            "entry with not exactly one provider".into(),
+        ));
     };
-    let (name, make): (&'static str, fn(&[u8]) -> Result<Cipher, KeyError>) = match kind.as_str()
-    {
+    let (name, make): (&'static str, MakeCipher) = match kind.as_str() {
         "identity" => return Ok(Provider::Identity),
         "aesgcm" => ("aesgcm", Cipher::aesgcm),
         "secretbox" => ("secretbox", Cipher::secretbox),

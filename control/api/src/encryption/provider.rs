@@ -10,10 +10,10 @@ use crypto_secretbox::XSalsa20Poly1305;
 /// One named key of one provider.
 pub(super) enum Cipher {
     /// AES-GCM with a 128-bit key.
-    Aes128(Aes128Gcm),
+    Aes128(Box<Aes128Gcm>),
     /// AES-GCM with a 256-bit key.
     Aes256(Box<Aes256Gcm>),
-    /// XSalsa20-Poly1305 (NaCl's secretbox) with a 256-bit key.
+    /// XSalsa20-Poly1305 (`NaCl`'s secretbox) with a 256-bit key.
     Secretbox(Box<XSalsa20Poly1305>),
 }
 
@@ -52,7 +52,7 @@ impl Cipher {
 
     pub fn aesgcm(secret: &[u8]) -> Result<Self, KeyError> {
         match secret.len() {
-            16 => Ok(Self::Aes128(Aes128Gcm::new(secret.into()))),
+            16 => Ok(Self::Aes128(Box::new(Aes128Gcm::new(secret.into())))),
             32 => Ok(Self::Aes256(Box::new(Aes256Gcm::new(secret.into())))),
             actual => Err(KeyError::Length {
                 provider: "aesgcm",

@@ -29,10 +29,15 @@ const IDENTITY: &str = "  - identity: {}\n";
 #[test]
 fn aesgcm_round_trips_with_kubes_prefix_and_hides_the_plaintext() {
     let c = config(&aesgcm("k1", KEY1));
-    let stored = c.seal(SECRET, b"hunter2-plaintext".to_vec()).expect("sealed");
+    let stored = c
+        .seal(SECRET, b"hunter2-plaintext".to_vec())
+        .expect("sealed");
     assert!(stored.starts_with(b"k8s:enc:aesgcm:v1:k1:"));
     assert!(!stored.windows(7).any(|w| w == b"hunter2"));
-    assert_eq!(c.open(SECRET, stored).expect("opened"), b"hunter2-plaintext");
+    assert_eq!(
+        c.open(SECRET, stored).expect("opened"),
+        b"hunter2-plaintext"
+    );
 }
 
 #[test]
@@ -51,7 +56,10 @@ fn rotation_writes_with_the_new_first_key_and_still_reads_the_old_one() {
     let old = config(&aesgcm("k1", KEY1));
     let written_before = old.seal(SECRET, b"v1".to_vec()).expect("sealed");
     let rotated = config(&format!("{}{}", secretbox("k2", KEY2), aesgcm("k1", KEY1)));
-    assert_eq!(rotated.open(SECRET, written_before).expect("old key reads"), b"v1");
+    assert_eq!(
+        rotated.open(SECRET, written_before).expect("old key reads"),
+        b"v1"
+    );
     let rewritten = rotated.seal(SECRET, b"v1".to_vec()).expect("sealed");
     assert!(rewritten.starts_with(b"k8s:enc:secretbox:v1:k2:"));
 }
@@ -80,7 +88,10 @@ fn a_missing_or_wrong_key_is_refused_with_a_clear_error() {
 fn a_value_moved_under_another_key_does_not_decrypt() {
     let c = config(&aesgcm("k1", KEY1));
     let stored = c.seal(SECRET, b"v".to_vec()).expect("sealed");
-    assert!(c.open("/registry/core/secrets/default/other", stored).is_err());
+    assert!(
+        c.open("/registry/core/secrets/default/other", stored)
+            .is_err()
+    );
 }
 
 #[test]
@@ -88,7 +99,10 @@ fn unencrypted_values_and_identity_first_are_read_and_written_in_the_clear() {
     let c = config(&format!("{IDENTITY}{}", aesgcm("k1", KEY1)));
     assert_eq!(c.seal(SECRET, b"{}".to_vec()).expect("identity"), b"{}");
     let c = config(&aesgcm("k1", KEY1));
-    assert_eq!(c.open(SECRET, b"{\"a\":1}".to_vec()).expect("plain"), b"{\"a\":1}");
+    assert_eq!(
+        c.open(SECRET, b"{\"a\":1}".to_vec()).expect("plain"),
+        b"{\"a\":1}"
+    );
 }
 
 #[test]
@@ -120,15 +134,29 @@ fn only_the_configured_resources_are_encrypted() {
 #[test]
 fn bad_configurations_are_refused() {
     for (providers, message) in [
-        ("  - aescbc:\n      keys: []\n", "provider aescbc is not supported"),
-        (&aesgcm("k1", "c2hvcnQ=") as &str, "aesgcm needs a key of 16 or 32 bytes, got 5"),
-        ("  - secretbox:\n      keys: []\n", "provider secretbox has no keys"),
+        (
+            "  - aescbc:\n      keys: []\n",
+            "provider aescbc is not supported",
+        ),
+        (
+            &aesgcm("k1", "c2hvcnQ=") as &str,
+            "aesgcm needs a key of 16 or 32 bytes, got 5",
+        ),
+        (
+            "  - secretbox:\n      keys: []\n",
+            "provider secretbox has no keys",
+        ),
     ] {
         let err = EncryptionConfig::parse(&format!(
             "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n{providers}"
         ))
         .expect_err("refused");
-        let text = format!("{err}: {}", std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default());
+        let text = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
         assert!(text.contains(message), "{text}");
     }
     assert!(EncryptionConfig::parse("kind: Pod\napiVersion: v1\n").is_err());
@@ -150,7 +178,10 @@ async fn the_store_wrapper_hides_values_from_the_backend_but_not_from_readers() 
     let read = store.get(SECRET, 0).await.expect("get").expect("present");
     assert_eq!(read.value, b"{\"data\":\"plaintext\"}");
     let listed = store
-        .list("/registry/core/secrets/", skiff_store::ListOptions::default())
+        .list(
+            "/registry/core/secrets/",
+            skiff_store::ListOptions::default(),
+        )
         .await
         .expect("list");
     assert_eq!(listed.items[0].value, b"{\"data\":\"plaintext\"}");
