@@ -118,6 +118,22 @@ fn secrets_are_encrypted_in_the_store_file_and_backups_and_rotate_by_rewriting()
         !contains(&backed_up, VALUE) && !contains(&backed_up, VALUE_B64),
         "plaintext in the backup"
     );
+    let restored_dir = dir.path().join("restored");
+    let restored = ControlPlane::start_with(
+        &restored_dir,
+        &[
+            "--restore",
+            backup.to_str().context("utf-8 path")?,
+            "--encryption-provider-config",
+            config.to_str().context("utf-8 path")?,
+        ],
+    )?;
+    assert_eq!(
+        secret_value(&restored)?,
+        VALUE_B64,
+        "read from the restored backup"
+    );
+    drop(restored);
 
     // Rotation: a new first key, then every Secret rewritten, then the old key removed.
     std::fs::write(
@@ -214,6 +230,8 @@ fn the_audit_log_records_requests_at_the_levels_the_policy_says() -> Result<()> 
         ],
         None,
     )?;
+    let missing = cp.run(&["get", "secret", "missing"], None)?;
+    assert!(!missing.status.success());
 
     // Only kubectl's requests: the controllers in the same process make their own.
     let is = |e: &serde_json::Value, verb: &str, resource: &str| {
@@ -226,6 +244,7 @@ fn the_audit_log_records_requests_at_the_levels_the_policy_says() -> Result<()> 
     let events = audit_events(&log, |events| {
         events.iter().any(|e| is(e, "create", "configmaps"))
             && events.iter().any(|e| is(e, "list", "secrets"))
+            && events.iter().any(|e| is(e, "get", "secrets"))
     })?;
     let listed = events
         .iter()
@@ -260,6 +279,19 @@ fn the_audit_log_records_requests_at_the_levels_the_policy_says() -> Result<()> 
     assert_eq!(created["requestObject"]["data"]["k"], "audited-value");
     assert_eq!(created["responseObject"]["metadata"]["name"], "cfg");
     assert!(created["responseObject"]["metadata"]["uid"].is_string());
+    assert_eq!(
+        created["objectRef"]["name"], "cfg",
+        "a create is named from its answer"
+    );
+
+    let missing = events
+        .iter()
+        .find(|e| is(e, "get", "secrets"))
+        .context("no event for the missing secret")?;
+    assert_eq!(missing["objectRef"]["name"], "missing");
+    assert_eq!(missing["responseStatus"]["code"], 404);
+    assert_eq!(missing["responseStatus"]["reason"], "NotFound");
+    assert!(missing.get("responseObject").is_none(), "{missing}");
 
     assert!(
         events

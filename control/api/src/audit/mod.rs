@@ -229,10 +229,12 @@ impl Entry {
         out
     }
 
-    /// Writes the `ResponseComplete` event for `response`, with its object at
-    /// `RequestResponse` when it is a complete JSON body (not a stream).
+    /// Writes the `ResponseComplete` event for `response`: a failure's Status reason and
+    /// message at every level, the object at `RequestResponse`, from complete JSON bodies
+    /// only (never a watch or log stream).
     pub async fn finish(mut self, auditor: &Auditor, response: Response<Body>) -> Response<Body> {
-        self.event["responseStatus"] = json!({"metadata": {}, "code": response.status().as_u16()});
+        let code = response.status().as_u16();
+        self.event["responseStatus"] = json!({"metadata": {}, "code": code});
         let is_json = response
             .headers()
             .get(header::CONTENT_TYPE)
@@ -241,7 +243,8 @@ impl Entry {
         let sized = hyper::body::Body::size_hint(response.body())
             .exact()
             .is_some();
-        let response = if self.decision.level == Level::RequestResponse && is_json && sized {
+        let wanted = self.decision.level == Level::RequestResponse || code >= 300;
+        let response = if wanted && is_json && sized {
             let (parts, body) = response.into_parts();
             let bytes = body
                 .collect()
@@ -249,7 +252,7 @@ impl Entry {
                 .map(http_body_util::Collected::to_bytes)
                 .unwrap_or_default();
             if let Some(object) = object(&bytes) {
-                self.event["responseObject"] = object;
+                self.describe_response(object);
             }
             Response::from_parts(parts, crate::http::full(bytes))
         } else {
@@ -257,6 +260,27 @@ impl Entry {
         };
         self.write(auditor, Stage::ResponseComplete);
         response
+    }
+
+    fn describe_response(&mut self, object: Value) {
+        if object["kind"] == "Status" {
+            for field in ["status", "reason", "message"] {
+                if let Some(value) = object.get(field) {
+                    self.event["responseStatus"][field] = value.clone();
+                }
+            }
+        }
+        // As kube does, a create names its object from the answer.
+        if let Some(name) = object.pointer("/metadata/name")
+            && self.event["objectRef"].is_object()
+            && self.event["objectRef"].get("name").is_none()
+            && object["kind"] != "Status"
+        {
+            self.event["objectRef"]["name"] = name.clone();
+        }
+        if self.decision.level == Level::RequestResponse {
+            self.event["responseObject"] = object;
+        }
     }
 }
 
