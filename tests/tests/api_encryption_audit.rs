@@ -47,6 +47,18 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
+/// `ctl backup` to `path`, and the file's bytes.
+fn ctl_backup(cp: &ControlPlane, path: &Path) -> Result<Vec<u8>> {
+    let out = Command::new(bin("ctl"))
+        .args(["--server", &cp.url(), "backup"])
+        .arg(path)
+        .output()?;
+    if !out.status.success() {
+        bail!("ctl backup: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(std::fs::read(path)?)
+}
+
 fn secret_value(cp: &ControlPlane) -> Result<String> {
     let json: serde_json::Value =
         serde_json::from_str(&cp.ok(&["get", "secret", "db", "-o", "json"], None)?)?;
@@ -105,14 +117,7 @@ fn secrets_are_encrypted_in_the_store_file_and_backups_and_rotate_by_rewriting()
     );
 
     let backup = dir.path().join("backup.redb");
-    let out = Command::new(bin("ctl"))
-        .args(["--server", &cp.url(), "backup"])
-        .arg(&backup)
-        .output()?;
-    if !out.status.success() {
-        bail!("ctl backup: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let backed_up = std::fs::read(&backup)?;
+    let backed_up = ctl_backup(&cp, &backup)?;
     assert!(contains(&backed_up, "k8s:enc:aesgcm:v1:k1:"));
     assert!(
         !contains(&backed_up, VALUE) && !contains(&backed_up, VALUE_B64),
