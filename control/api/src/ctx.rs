@@ -8,6 +8,7 @@ use skiff_types::Ipv4Cidr;
 
 use crate::{
     allocator::{RangeError, ServicePools},
+    audit::Auditor,
     authz::Authorizer,
     metrics::Metrics,
 };
@@ -24,6 +25,8 @@ pub struct Ctx {
     pub address: String,
     /// RBAC and the Node authorizer, over objects held in memory.
     pub authz: Authorizer,
+    /// The audit log, when one is configured.
+    pub audit: Option<Arc<Auditor>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -52,6 +55,7 @@ impl Ctx {
             metrics: Metrics::default(),
             address,
             authz: Authorizer::default(),
+            audit: None,
         })
     }
 }

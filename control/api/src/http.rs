@@ -120,7 +120,11 @@ pub async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, Sta
         return Err(too_large());
     }
     match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => {
+            let body = collected.to_bytes();
+            crate::audit::keep_request_body(headers, &body);
+            Ok(body)
+        }
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(err) => Err(StatusError::bad_request(format!(
             "reading the request body: {err}"

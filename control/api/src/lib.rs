@@ -8,11 +8,13 @@
 #![forbid(unsafe_code)]
 
 mod allocator;
+mod audit;
 pub mod authn;
 mod authz;
 mod bootstrap;
 mod ctx;
 mod discovery;
+pub mod encryption;
 mod http;
 mod metrics;
 mod metrics_api;
@@ -24,4 +26,5 @@ mod server;
 pub mod tls;
 mod verbs;
 
+pub use audit::{AuditError, Auditor, Policy as AuditPolicy, PolicyError as AuditPolicyError};
 pub use server::{Config, Security, Server, ServerError};

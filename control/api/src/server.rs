@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     allocator::RangeError,
+    audit::{self, Auditor},
     authn::{self, Authenticator},
     authz::{self, attributes, review::Review},
     bootstrap,
@@ -48,6 +49,8 @@ pub struct Config {
     pub compaction_interval: Duration,
     /// How many revisions compaction keeps.
     pub compaction_keep: i64,
+    /// Where audit events go, if anywhere.
+    pub audit: Option<Arc<Auditor>>,
 }
 
 impl Default for Config {
@@ -58,6 +61,7 @@ impl Default for Config {
             node_ports: (30000, 32767),
             compaction_interval: Duration::from_mins(5),
             compaction_keep: 10_000,
+            audit: None,
         }
     }
 }
@@ -132,15 +136,15 @@ impl Server {
         })?;
         let service_cidr =
             Ipv4Cidr::parse_masked(&config.service_cidr).map_err(ServerError::ServiceCidr)?;
-        let ctx = Arc::new(
-            Ctx::new(
-                store,
-                service_cidr,
-                config.node_ports.0..=config.node_ports.1,
-                local.to_string(),
-            )
-            .map_err(ServerError::Ranges)?,
-        );
+        let mut ctx = Ctx::new(
+            store,
+            service_cidr,
+            config.node_ports.0..=config.node_ports.1,
+            local.to_string(),
+        )
+        .map_err(ServerError::Ranges)?;
+        ctx.audit.clone_from(&config.audit);
+        let ctx = Arc::new(ctx);
         bootstrap::run(&ctx)
             .await
             .map_err(|e| ServerError::Bootstrap(e.message))?;
@@ -220,7 +224,7 @@ impl Server {
                     let connection_user = Arc::clone(&connection_user);
                     async move {
                         Ok::<_, std::convert::Infallible>(
-                            handle(ctx, &authn, connection_user.as_ref().as_ref(), req).await,
+                            handle(ctx, &authn, connection_user.as_ref().as_ref(), req, peer).await,
                         )
                     }
                 });
@@ -274,6 +278,7 @@ async fn handle(
     authn: &Authenticator,
     connection_user: Option<&UserInfo>,
     req: Request<Incoming>,
+    peer: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
@@ -285,14 +290,28 @@ async fn handle(
         .unwrap_or("")
         .to_owned();
     let query = Query::parse(req.uri().query()).with_agent(&agent);
-    let (verb, resource, response) = match authenticate(authn, connection_user, &req)
-        .and_then(|user| authz::impersonate::impersonate(&ctx.authz, user, req.headers()))
-    {
+    let audit_meta = ctx
+        .audit
+        .as_ref()
+        .map(|_| audit::RequestMeta::new(req.uri(), req.headers(), peer));
+    let mut audit = None;
+    let (verb, resource, response) = match authenticate(authn, connection_user, &req).and_then(
+        |user| {
+            let authenticated = user.clone();
+            authz::impersonate::impersonate(&ctx.authz, user, req.headers())
+                .map(|user| (authenticated, user))
+        },
+    ) {
         Err(err) => ("AUTH", String::new(), h::error(&err)),
-        Ok(user) => {
+        Ok((authenticated, user)) => {
             let attrs = attributes::from_request(user, method.as_str(), &path, &|k| {
                 query.get(k).map(str::to_owned)
             });
+            audit = ctx
+                .audit
+                .as_ref()
+                .zip(audit_meta.as_ref())
+                .and_then(|(a, meta)| a.begin(&attrs, &authenticated, meta));
             let resource = attrs
                 .resource
                 .as_ref()
@@ -305,14 +324,21 @@ async fn handle(
             } else {
                 let user = attrs.user;
                 let query = query.with_user(user.clone());
-                authz::CALLER
-                    .scope(
-                        user.clone(),
-                        route_request(&ctx, &user, req, &method, &path, &query),
-                    )
-                    .await
+                // Boxed: the routed future is large and the audit wrapper would double it.
+                let routed = Box::pin(authz::CALLER.scope(
+                    user.clone(),
+                    route_request(&ctx, &user, req, &method, &path, &query),
+                ));
+                match &mut audit {
+                    Some(entry) => entry.run(routed).await,
+                    None => routed.await,
+                }
             }
         }
+    };
+    let response = match (audit, &ctx.audit) {
+        (Some(entry), Some(auditor)) => entry.finish(auditor, response).await,
+        _ => response,
     };
     let code = response.status().as_u16();
     ctx.metrics

@@ -9,7 +9,10 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use skiff_api::{Config, Server};
+use skiff_api::{
+    AuditPolicy, Auditor, Config, Server,
+    encryption::{EncryptedStore, EncryptionConfig},
+};
 use skiff_control_runtime::{
     Informers,
     leader::{Elector, LeaderConfig},
@@ -64,6 +67,19 @@ struct Args {
     /// Restore the embedded store from this backup (made by `ctl backup`) before starting.
     #[arg(long)]
     restore: Option<PathBuf>,
+    /// Encrypt resources at rest as this kube-apiserver `EncryptionConfiguration`
+    /// (apiserver.config.k8s.io/v1) says: aesgcm, secretbox or identity providers, the first
+    /// one writes, every listed key reads (rotate by adding a new first key and rewriting).
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
+    /// Write audit.k8s.io/v1 Event JSON lines to this file (`-`: standard output).
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// The audit.k8s.io/v1 Policy deciding each request's level (`None`, `Metadata`,
+    /// `Request`, `RequestResponse`). Without it, with --audit-log-path, every request is
+    /// logged at `Metadata`.
+    #[arg(long, requires = "audit_log_path")]
+    audit_policy_file: Option<PathBuf>,
     /// Compact store history every this many seconds.
     #[arg(long, default_value_t = 300)]
     compaction_interval_seconds: u64,
@@ -214,7 +230,7 @@ async fn main() -> Result<()> {
             tracing::info!("node IPAM is off: each node needs --pod-cidr");
         }
     }
-    let store = open_store(&args).await?;
+    let mut store = open_store(&args).await?;
     let service_cidr = Ipv4Cidr::parse_masked(&args.service_cluster_ip_range)
         .context("--service-cluster-ip-range")?;
     let data_dir = data_dir(&args);
@@ -238,7 +254,26 @@ async fn main() -> Result<()> {
         token = %pki.node_token.display(),
         "nodes join with: node --server URL --token \"$(cat TOKEN)\" --ca-file <data-dir>/pki/ca.crt"
     );
+    if let Some(path) = &args.encryption_provider_config {
+        let encryption =
+            EncryptionConfig::load(path).with_context(|| format!("loading {}", path.display()))?;
+        tracing::info!(config = %path.display(), "encrypting resources at rest");
+        store = Arc::new(EncryptedStore::new(store, encryption));
+    }
+    let audit = match &args.audit_log_path {
+        None => None,
+        Some(path) => {
+            let policy = match &args.audit_policy_file {
+                Some(file) => AuditPolicy::load(file)
+                    .with_context(|| format!("loading {}", file.display()))?,
+                None => AuditPolicy::metadata(),
+            };
+            tracing::info!(log = %path.display(), "auditing requests");
+            Some(Arc::new(Auditor::start(path, policy)?))
+        }
+    };
     let config = Config {
+        audit,
         listen: args.listen,
         service_cidr: args.service_cluster_ip_range.clone(),
         compaction_interval: Duration::from_secs(args.compaction_interval_seconds.max(1)),
