@@ -40,7 +40,7 @@ const SAFE_SYSCTLS: &[&str] = &[
     "net.ipv4.tcp_wmem",
 ];
 
-/// Volume types restricted allows (besides these, only PersistentVolumes reach storage).
+/// Volume types restricted allows (besides these, only persistent volume claims reach storage).
 const RESTRICTED_VOLUME_TYPES: &[&str] = &[
     "configMap",
     "csi",
@@ -52,7 +52,7 @@ const RESTRICTED_VOLUME_TYPES: &[&str] = &[
     "secret",
 ];
 
-/// SELinux types baseline allows.
+/// The `SELinux` types baseline allows.
 const SELINUX_TYPES: &[&str] = &[
     "",
     "container_t",

@@ -29,14 +29,13 @@ fn with(pointer: &str, value: Value) -> Value {
     let (parent, field) = pointer.rsplit_once('/').expect("pointer");
     let mut at = &mut pod;
     for part in parent.split('/').filter(|p| !p.is_empty()) {
-        at = match part.parse::<usize>() {
-            Ok(i) => &mut at[i],
-            Err(_) => {
-                if at.get(part).is_none() {
-                    at[part] = json!({});
-                }
-                &mut at[part]
+        at = if let Ok(i) = part.parse::<usize>() {
+            &mut at[i]
+        } else {
+            if at.get(part).is_none() {
+                at[part] = json!({});
             }
+            &mut at[part]
         };
     }
     at[field] = value;
