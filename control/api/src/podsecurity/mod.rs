@@ -100,16 +100,39 @@ impl Policy {
     }
 }
 
-/// `v<major>.<minor>`, the form a `-version` label takes besides `latest`.
+/// `v1.<minor>`, the form a `-version` label takes besides `latest`.
 fn is_version(v: &str) -> bool {
-    v.strip_prefix('v')
-        .and_then(|rest| rest.split_once('.'))
-        .is_some_and(|(major, minor)| {
-            !major.is_empty()
-                && !minor.is_empty()
-                && major.bytes().all(|b| b.is_ascii_digit())
-                && minor.bytes().all(|b| b.is_ascii_digit())
-        })
+    v.strip_prefix("v1.").is_some_and(|minor| {
+        !minor.is_empty()
+            && minor.bytes().all(|b| b.is_ascii_digit())
+            && (minor == "0" || !minor.starts_with('0'))
+    })
+}
+
+/// The `pod-security.kubernetes.io` labels that do not parse, as (label, value, why):
+/// Kubernetes refuses a namespace carrying them.
+pub fn label_errors(labels: &BTreeMap<String, String>) -> Vec<(String, String, &'static str)> {
+    let mut errors = Vec::new();
+    for mode in ["enforce", "audit", "warn"] {
+        let key = format!("{LABEL_PREFIX}{mode}");
+        if let Some(v) = labels.get(&key)
+            && Level::parse(v).is_none()
+        {
+            errors.push((
+                key,
+                v.clone(),
+                "must be one of privileged, baseline, restricted",
+            ));
+        }
+        let key = format!("{LABEL_PREFIX}{mode}-version");
+        if let Some(v) = labels.get(&key)
+            && v != "latest"
+            && !is_version(v)
+        {
+            errors.push((key, v.clone(), "must be \"latest\" or \"v1.x\""));
+        }
+    }
+    errors
 }
 
 /// One failed check: the short reason and what in the pod fails it.

@@ -324,3 +324,36 @@ fn existing_pods_are_grouped_by_their_reasons() {
     );
     assert!(existing_pod_warnings("ns", &level, &pods[1..2]).is_empty());
 }
+
+#[test]
+fn malformed_labels_are_reported_as_kube_reports_them() {
+    let labels = BTreeMap::from([
+        (
+            "pod-security.kubernetes.io/enforce".to_owned(),
+            "strict".to_owned(),
+        ),
+        (
+            "pod-security.kubernetes.io/warn-version".to_owned(),
+            "v2.0".to_owned(),
+        ),
+        (
+            "pod-security.kubernetes.io/audit-version".to_owned(),
+            "v1.31".to_owned(),
+        ),
+    ]);
+    assert_eq!(
+        label_errors(&labels),
+        vec![
+            (
+                "pod-security.kubernetes.io/enforce".to_owned(),
+                "strict".to_owned(),
+                "must be one of privileged, baseline, restricted"
+            ),
+            (
+                "pod-security.kubernetes.io/warn-version".to_owned(),
+                "v2.0".to_owned(),
+                "must be \"latest\" or \"v1.x\""
+            ),
+        ]
+    );
+}

@@ -74,8 +74,8 @@ pub async fn create_object(
         ensure_namespace_open(ctx, &namespace).await?;
         super::default_class::admit(ctx, info, &mut obj).await?;
         super::quota::admit(ctx, info, &namespace, &obj).await?;
-        warnings.extend(super::podsecurity::admit(ctx, info, None, &obj).await?);
     }
+    warnings.extend(super::podsecurity::admit(ctx, info, None, &obj).await?);
     let meta = obj["metadata"]
         .as_object_mut()
         .ok_or_else(|| StatusError::bad_request("metadata must be an object"))?;

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodSpec;
-use serde_json::Value;
-use skiff_machinery::status::StatusError;
+use serde_json::{Value, json};
+use skiff_machinery::status::{Cause, StatusError};
 use skiff_resources::ResourceInfo;
 
 use crate::{
@@ -42,10 +42,13 @@ pub async fn admit(
     new: &Value,
 ) -> Result<Vec<String>, StatusError> {
     match (info.group, info.kind) {
-        ("", "Namespace") => match old {
-            Some(old) => namespace_changed(ctx, old, new).await,
-            None => Ok(Vec::new()),
-        },
+        ("", "Namespace") => {
+            check_labels(info, new)?;
+            match old {
+                Some(old) => namespace_changed(ctx, old, new).await,
+                None => Ok(Vec::new()),
+            }
+        }
         ("", "Pod") => {
             // Writes that leave the spec alone (status, labels, finalizers) are not
             // re-checked, so a pod admitted before a namespace tightened still reports.
@@ -69,6 +72,27 @@ pub async fn admit(
             Ok(workload(info, &policy, new, template))
         }
     }
+}
+
+/// Refuses a namespace whose `pod-security.kubernetes.io` labels do not parse, with 422
+/// as Kubernetes does.
+fn check_labels(info: &ResourceInfo, ns: &Value) -> Result<(), StatusError> {
+    let errors = podsecurity::label_errors(&string_map(ns.pointer("/metadata/labels")));
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let causes = errors
+        .into_iter()
+        .map(|(label, value, why)| {
+            Cause::invalid(&format!("metadata.labels[{label}]"), &json!(value), why)
+        })
+        .collect();
+    Err(StatusError::invalid(
+        info.group,
+        info.kind,
+        objects::name_of(ns),
+        causes,
+    ))
 }
 
 /// Whether an update touches what the checks read.
@@ -102,19 +126,20 @@ async fn namespace_policy(ctx: &Ctx, obj: &Value) -> Result<Policy, StatusError>
     )))
 }
 
-/// The violations of the pod (or template) `obj` at `level`; a spec that does not decode
-/// has already been refused by validation, so it is not checked again here.
+/// The violations of the pod (or template) `obj` at `level`. Validation refuses a spec
+/// that does not decode before this runs; should one get here it fails the check rather
+/// than pass unchecked.
 fn violations(level: Level, obj: &Value) -> Vec<Violation> {
     if level == Level::Privileged {
         return Vec::new();
     }
-    let Some(spec) = obj
-        .get("spec")
-        .and_then(|s| serde_json::from_value::<PodSpec>(s.clone()).ok())
-    else {
-        return Vec::new();
-    };
-    podsecurity::check(level, &annotations(obj), &spec)
+    match serde_json::from_value::<PodSpec>(obj.get("spec").cloned().unwrap_or_default()) {
+        Ok(spec) => podsecurity::check(level, &annotations(obj), &spec),
+        Err(err) => vec![Violation {
+            reason: "spec".to_owned(),
+            detail: format!("cannot be checked: {err}"),
+        }],
+    }
 }
 
 fn would_violate(level: &LevelVersion, violations: &[Violation]) -> String {

@@ -1268,4 +1268,19 @@ async fn pod_security_enforce_refuses_warn_warns_and_workloads_only_warn() {
         )
         .await;
     assert_eq!(relabelled.code, 200, "{:?}", relabelled.json());
+
+    let typo = api
+        .post(
+            "/api/v1/namespaces",
+            &labelled_namespace(
+                "typo",
+                &json!({"pod-security.kubernetes.io/enforce": "strict"}),
+            ),
+        )
+        .await;
+    assert_eq!(typo.code, 422);
+    assert_eq!(
+        typo.json()["message"],
+        "Namespace \"typo\" is invalid: metadata.labels[pod-security.kubernetes.io/enforce]: Invalid value: \"strict\": must be one of privileged, baseline, restricted"
+    );
 }
