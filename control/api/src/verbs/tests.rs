@@ -1268,7 +1268,11 @@ async fn pod_security_enforce_refuses_warn_warns_and_workloads_only_warn() {
         )
         .await;
     assert_eq!(relabelled.code, 200, "{:?}", relabelled.json());
+}
 
+#[tokio::test]
+async fn malformed_pod_security_labels_refuse_the_namespace() {
+    let api = Api::start().await;
     let typo = api
         .post(
             "/api/v1/namespaces",
