@@ -95,9 +95,32 @@ fn check_labels(info: &ResourceInfo, ns: &Value) -> Result<(), StatusError> {
     ))
 }
 
-/// Whether an update touches what the checks read.
+/// Whether an update touches what the checks read. As in Kubernetes, changing only
+/// images, `activeDeadlineSeconds` or tolerations does not count, so a pod admitted before
+/// its namespace tightened can still take them.
 fn pod_changed(old: &Value, new: &Value) -> bool {
-    old.get("spec") != new.get("spec") || apparmor(old) != apparmor(new)
+    significant(old) != significant(new) || apparmor(old) != apparmor(new)
+}
+
+fn significant(pod: &Value) -> Value {
+    let mut spec = pod.get("spec").cloned().unwrap_or_default();
+    if let Some(s) = spec.as_object_mut() {
+        s.remove("activeDeadlineSeconds");
+        s.remove("tolerations");
+        for list in ["containers", "initContainers"] {
+            for c in s
+                .get_mut(list)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(c) = c.as_object_mut() {
+                    c.remove("image");
+                }
+            }
+        }
+    }
+    spec
 }
 
 fn apparmor(pod: &Value) -> BTreeMap<String, String> {

@@ -1268,6 +1268,15 @@ async fn pod_security_enforce_refuses_warn_warns_and_workloads_only_warn() {
         )
         .await;
     assert_eq!(relabelled.code, 200, "{:?}", relabelled.json());
+    let reimaged = api
+        .call(
+            Method::PATCH,
+            "/api/v1/namespaces/loose/pods/r",
+            "application/json-patch+json",
+            &json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "busybox:1.37"}]),
+        )
+        .await;
+    assert_eq!(reimaged.code, 200, "{:?}", reimaged.json());
 }
 
 #[tokio::test]
