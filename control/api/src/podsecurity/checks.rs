@@ -91,48 +91,40 @@ struct Ctr<'a> {
     ports: &'a [ContainerPort],
 }
 
-struct Check {
-    level: Level,
-    /// A restricted check that replaces this baseline one at restricted.
-    overridden: bool,
-    run: fn(&Pod) -> Option<Violation>,
+/// Which evaluations a check takes part in, as Kubernetes groups them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Group {
+    /// Baseline and restricted.
+    Baseline,
+    /// Baseline only: a restricted check covers the same fields more strictly.
+    Overlapping,
+    /// Restricted only.
+    Restricted,
 }
 
-const CHECKS: &[Check] = &[
-    entry(Level::Restricted, allow_privilege_escalation),
-    entry(Level::Baseline, app_armor_profile),
-    entry(Level::Baseline, capabilities_baseline),
-    entry(Level::Restricted, capabilities_restricted),
-    entry(Level::Baseline, host_namespaces),
-    Check {
-        level: Level::Baseline,
-        overridden: true,
-        run: host_path_volumes,
-    },
-    entry(Level::Baseline, host_ports),
-    entry(Level::Baseline, privileged),
-    entry(Level::Baseline, proc_mount),
-    entry(Level::Restricted, restricted_volumes),
-    entry(Level::Restricted, run_as_non_root),
-    entry(Level::Restricted, run_as_user),
-    entry(Level::Baseline, se_linux_options),
-    Check {
-        level: Level::Baseline,
-        overridden: true,
-        run: seccomp_profile_baseline,
-    },
-    entry(Level::Restricted, seccomp_profile_restricted),
-    entry(Level::Baseline, sysctls),
-    entry(Level::Baseline, windows_host_process),
+type CheckFn = fn(&Pod) -> Option<Violation>;
+
+/// The checks in the order Kubernetes runs them (baseline, then overlapping baseline or
+/// restricted; each group by check ID), which is the order of the reasons in its messages.
+const CHECKS: &[(Group, CheckFn)] = &[
+    (Group::Baseline, app_armor_profile),
+    (Group::Baseline, capabilities_baseline),
+    (Group::Baseline, host_namespaces),
+    (Group::Baseline, host_ports),
+    (Group::Baseline, privileged),
+    (Group::Baseline, proc_mount),
+    (Group::Baseline, se_linux_options),
+    (Group::Baseline, sysctls),
+    (Group::Baseline, windows_host_process),
+    (Group::Overlapping, host_path_volumes),
+    (Group::Overlapping, seccomp_profile_baseline),
+    (Group::Restricted, allow_privilege_escalation),
+    (Group::Restricted, capabilities_restricted),
+    (Group::Restricted, restricted_volumes),
+    (Group::Restricted, run_as_non_root),
+    (Group::Restricted, run_as_user),
+    (Group::Restricted, seccomp_profile_restricted),
 ];
-
-const fn entry(level: Level, run: fn(&Pod) -> Option<Violation>) -> Check {
-    Check {
-        level,
-        overridden: false,
-        run,
-    }
-}
 
 /// Every check of `level` (and the levels below it) that the pod with `annotations` and
 /// `spec` fails, in Kubernetes' order.
@@ -169,10 +161,15 @@ pub fn check(
         spec,
         containers,
     };
+    let wanted = |group: Group| match group {
+        Group::Baseline => true,
+        Group::Overlapping => level == Level::Baseline,
+        Group::Restricted => level == Level::Restricted,
+    };
     CHECKS
         .iter()
-        .filter(|c| c.level <= level && !(c.overridden && level == Level::Restricted))
-        .filter_map(|c| (c.run)(&pod))
+        .filter(|(group, _)| wanted(*group))
+        .filter_map(|(_, run)| run(&pod))
         .collect()
 }
 
@@ -395,7 +392,7 @@ fn host_path_volumes(pod: &Pod) -> Option<Violation> {
 
 fn host_ports(pod: &Pod) -> Option<Violation> {
     let mut names = Vec::new();
-    let mut ports = Vec::new();
+    let mut ports = BTreeSet::new();
     for c in &pod.containers {
         let mine: Vec<String> = c
             .ports
@@ -411,6 +408,7 @@ fn host_ports(pod: &Pod) -> Option<Violation> {
     if names.is_empty() {
         return None;
     }
+    let ports: Vec<String> = ports.into_iter().collect();
     let verb = if names.len() == 1 { "uses" } else { "use" };
     let noun = if ports.len() == 1 {
         "hostPort"
@@ -514,53 +512,55 @@ fn run_as_non_root(pod: &Pod) -> Option<Violation> {
         .security_context
         .as_ref()
         .and_then(|sc| sc.run_as_non_root);
-    let mut details = Vec::new();
-    if pod_setting == Some(false) {
-        details.push("pod must not set securityContext.runAsNonRoot=false".to_owned());
-    }
     let explicit = pod.names_where(|sc| sc.run_as_non_root == Some(false));
-    if !explicit.is_empty() {
-        details.push(format!(
-            "{} must not set securityContext.runAsNonRoot=false",
-            containers_named(&explicit)
-        ));
+    if pod_setting == Some(false) || !explicit.is_empty() {
+        return violation(
+            "runAsNonRoot != true",
+            &[format!(
+                "{} must not set securityContext.runAsNonRoot=false",
+                setters(pod_setting == Some(false), &explicit)
+            )],
+        );
     }
-    if pod_setting != Some(true) {
-        let implicit: Vec<&str> = pod
-            .containers
-            .iter()
-            .filter(|c| c.sc.and_then(|sc| sc.run_as_non_root).is_none())
-            .map(|c| c.name)
-            .collect();
-        if !implicit.is_empty() {
-            details.push(format!(
-                "pod or {} must set securityContext.runAsNonRoot=true",
-                containers_named(&implicit)
-            ));
-        }
+    if pod_setting == Some(true) {
+        return None;
     }
-    violation("runAsNonRoot != true", &details)
+    let implicit: Vec<&str> = pod
+        .containers
+        .iter()
+        .filter(|c| c.sc.and_then(|sc| sc.run_as_non_root).is_none())
+        .map(|c| c.name)
+        .collect();
+    if implicit.is_empty() {
+        return None;
+    }
+    violation(
+        "runAsNonRoot != true",
+        &[format!(
+            "pod or {} must set securityContext.runAsNonRoot=true",
+            containers_named(&implicit)
+        )],
+    )
 }
 
 fn run_as_user(pod: &Pod) -> Option<Violation> {
-    let mut details = Vec::new();
-    if pod
+    let pod_root = pod
         .spec
         .security_context
         .as_ref()
         .and_then(|sc| sc.run_as_user)
-        == Some(0)
-    {
-        details.push("pod must not set runAsUser=0".to_owned());
-    }
+        == Some(0);
     let names = pod.names_where(|sc| sc.run_as_user == Some(0));
-    if !names.is_empty() {
-        details.push(format!(
-            "{} must not set runAsUser=0",
-            containers_named(&names)
-        ));
+    if !pod_root && names.is_empty() {
+        return None;
     }
-    violation("runAsUser=0", &details)
+    violation(
+        "runAsUser=0",
+        &[format!(
+            "{} must not set runAsUser=0",
+            setters(pod_root, &names)
+        )],
+    )
 }
 
 fn se_linux_options(pod: &Pod) -> Option<Violation> {
@@ -617,78 +617,64 @@ fn se_linux_options(pod: &Pod) -> Option<Violation> {
 }
 
 fn seccomp_profile_baseline(pod: &Pod) -> Option<Violation> {
-    let mut details = Vec::new();
-    if pod
-        .spec
-        .security_context
-        .as_ref()
-        .and_then(|sc| sc.seccomp_profile.as_ref())
-        .is_some_and(|p| p.type_ == "Unconfined")
-    {
-        details.push(
-            "pod must not set securityContext.seccompProfile.type to \"Unconfined\"".to_owned(),
-        );
-    }
-    let names = pod.names_where(|sc| {
-        sc.seccomp_profile
-            .as_ref()
-            .is_some_and(|p| p.type_ == "Unconfined")
-    });
-    if !names.is_empty() {
-        details.push(format!(
-            "{} must not set securityContext.seccompProfile.type to \"Unconfined\"",
-            containers_named(&names)
-        ));
-    }
-    violation("seccompProfile", &details)
+    seccomp(pod, |t| t != "Unconfined", false)
 }
 
 fn seccomp_profile_restricted(pod: &Pod) -> Option<Violation> {
     if pod.windows() {
         return None;
     }
-    let valid = |t: &str| matches!(t, "RuntimeDefault" | "Localhost");
-    let mut details = Vec::new();
+    seccomp(pod, |t| matches!(t, "RuntimeDefault" | "Localhost"), true)
+}
+
+/// The seccomp checks: a profile type `valid` refuses, and with `required`, containers
+/// left without a profile when the pod sets no valid one either.
+fn seccomp(pod: &Pod, valid: fn(&str) -> bool, required: bool) -> Option<Violation> {
+    let mut values = BTreeSet::new();
     let pod_type = pod
         .spec
         .security_context
         .as_ref()
         .and_then(|sc| sc.seccomp_profile.as_ref())
         .map(|p| p.type_.as_str());
-    if let Some(t) = pod_type.filter(|t| !valid(t)) {
-        details.push(format!(
-            "pod must not set securityContext.seccompProfile.type to {t:?}"
-        ));
+    let pod_bad = pod_type.is_some_and(|t| !valid(t));
+    if let Some(t) = pod_type.filter(|_| pod_bad) {
+        values.insert(t);
     }
     let mut explicit: Vec<&str> = Vec::new();
-    let mut explicit_types = BTreeSet::new();
     let mut implicit: Vec<&str> = Vec::new();
     for c in &pod.containers {
         match c.sc.and_then(|sc| sc.seccomp_profile.as_ref()) {
             Some(p) if !valid(&p.type_) => {
                 explicit.push(c.name);
-                explicit_types.insert(p.type_.as_str());
+                values.insert(p.type_.as_str());
             }
             Some(_) => {}
-            None if pod_type.is_some_and(valid) => {}
+            None if pod_type.is_some() && !pod_bad => {}
             None => implicit.push(c.name),
         }
     }
-    if !explicit.is_empty() {
-        let types: Vec<&str> = explicit_types.into_iter().collect();
-        details.push(format!(
-            "{} must not set securityContext.seccompProfile.type to {}",
-            containers_named(&explicit),
-            quoted(&types)
-        ));
+    if pod_bad || !explicit.is_empty() {
+        let values: Vec<&str> = values.into_iter().collect();
+        return violation(
+            "seccompProfile",
+            &[format!(
+                "{} must not set securityContext.seccompProfile.type to {}",
+                setters(pod_bad, &explicit),
+                quoted(&values)
+            )],
+        );
     }
-    if !implicit.is_empty() {
-        details.push(format!(
+    if !required || implicit.is_empty() {
+        return None;
+    }
+    violation(
+        "seccompProfile",
+        &[format!(
             "pod or {} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"",
             containers_named(&implicit)
-        ));
-    }
-    violation("seccompProfile", &details)
+        )],
+    )
 }
 
 fn sysctls(pod: &Pod) -> Option<Violation> {

@@ -173,7 +173,7 @@ fn each_restricted_check_refuses_its_field_with_kubes_wording() {
         (
             with("/securityContext/runAsNonRoot", json!(false)),
             "runAsNonRoot != true",
-            "pod must not set securityContext.runAsNonRoot=false; pod or container \"c\" must set securityContext.runAsNonRoot=true",
+            "pod must not set securityContext.runAsNonRoot=false",
         ),
         (
             with("/securityContext/runAsUser", json!(0)),
@@ -356,4 +356,43 @@ fn malformed_labels_are_reported_as_kube_reports_them() {
             ),
         ]
     );
+}
+
+#[test]
+fn reasons_come_baseline_first_then_restricted() {
+    let pod = json!({
+        "hostNetwork": true,
+        "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
+        "securityContext": {"runAsUser": 0},
+        "containers": [{"name": "c", "image": "i", "securityContext": {"privileged": true, "runAsNonRoot": false}}]
+    });
+    let reasons = |level| {
+        check(level, &BTreeMap::new(), &spec(&pod))
+            .into_iter()
+            .map(|v| v.reason)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        reasons(Level::Restricted),
+        [
+            "host namespaces",
+            "privileged",
+            "allowPrivilegeEscalation != false",
+            "unrestricted capabilities",
+            "restricted volume types",
+            "runAsNonRoot != true",
+            "runAsUser=0",
+            "seccompProfile"
+        ]
+    );
+    assert_eq!(
+        reasons(Level::Baseline),
+        ["host namespaces", "privileged", "hostPath volumes"]
+    );
+    let found = check(Level::Restricted, &BTreeMap::new(), &spec(&pod));
+    assert_eq!(
+        found[5].detail,
+        "container \"c\" must not set securityContext.runAsNonRoot=false"
+    );
+    assert_eq!(found[6].detail, "pod must not set runAsUser=0");
 }
