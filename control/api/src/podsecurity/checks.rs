@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{ContainerPort, PodSpec, SecurityContext};
+use k8s_openapi::api::core::v1::{ContainerPort, PodSpec, SELinuxOptions, SecurityContext};
 
 use super::{Level, Violation};
 
@@ -565,24 +565,19 @@ fn run_as_user(pod: &Pod) -> Option<Violation> {
 
 fn se_linux_options(pod: &Pod) -> Option<Violation> {
     let mut types = BTreeSet::new();
-    let mut users = BTreeSet::new();
-    let mut roles = BTreeSet::new();
-    let mut judge = |o: Option<&k8s_openapi::api::core::v1::SELinuxOptions>| {
+    let (mut user, mut role) = (false, false);
+    let mut judge = |o: Option<&SELinuxOptions>| {
         let Some(o) = o else { return false };
-        let mut bad = false;
-        if let Some(t) = o.type_.as_deref().filter(|t| !SELINUX_TYPES.contains(t)) {
+        let t = o.type_.as_deref().unwrap_or("");
+        let bad_type = !SELINUX_TYPES.contains(&t);
+        if bad_type {
             types.insert(t.to_owned());
-            bad = true;
         }
-        if let Some(u) = o.user.as_deref().filter(|u| !u.is_empty()) {
-            users.insert(u.to_owned());
-            bad = true;
-        }
-        if let Some(r) = o.role.as_deref().filter(|r| !r.is_empty()) {
-            roles.insert(r.to_owned());
-            bad = true;
-        }
-        bad
+        let has_user = o.user.as_deref().is_some_and(|u| !u.is_empty());
+        let has_role = o.role.as_deref().is_some_and(|r| !r.is_empty());
+        user |= has_user;
+        role |= has_role;
+        bad_type || has_user || has_role
     };
     let pod_bad = judge(
         pod.spec
@@ -600,11 +595,17 @@ fn se_linux_options(pod: &Pod) -> Option<Violation> {
         return None;
     }
     let mut what = Vec::new();
-    for (field, set) in [("type", &types), ("user", &users), ("role", &roles)] {
-        if !set.is_empty() {
-            let values: Vec<&String> = set.iter().collect();
-            what.push(format!("{field} {}", quoted(&values)));
-        }
+    if !types.is_empty() {
+        let noun = if types.len() == 1 { "type" } else { "types" };
+        let types: Vec<String> = types.into_iter().collect();
+        what.push(format!("{noun} {}", quoted(&types)));
+    }
+    // Kubernetes names these only next to a bad type; they are named here either way.
+    if user {
+        what.push("user may not be set".to_owned());
+    }
+    if role {
+        what.push("role may not be set".to_owned());
     }
     violation(
         "seLinuxOptions",
