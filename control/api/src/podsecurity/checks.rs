@@ -506,6 +506,9 @@ fn restricted_volumes(pod: &Pod) -> Option<Violation> {
     )
 }
 
+// Kubernetes relaxes runAsNonRoot, runAsUser and procMount for pods with `hostUsers:
+// false`; skiff's nodes do not run pods in their own user namespace, so root there would be
+// root on the node, and the relaxation is not taken.
 fn run_as_non_root(pod: &Pod) -> Option<Violation> {
     let pod_setting = pod
         .spec
