@@ -1,6 +1,6 @@
 //! The real `control` binary driven by the unmodified kubectl 1.32, with its default strict
 //! validation: apply, re-apply, change, get columns, watch, scale, delete, invalid
-//! manifests, and a SIGKILL restart.
+//! manifests, a SIGKILL restart, and Pod Security Admission's refusals and warnings.
 
 use std::{
     io::{BufRead, BufReader},
@@ -624,4 +624,131 @@ fn settled(cp: &ControlPlane, query: &[&str]) -> Result<String> {
         last = current;
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+const PSA_MANIFEST: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hardened
+  namespace: strict
+spec:
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    seccompProfile: {type: RuntimeDefault}
+  containers:
+  - name: app
+    image: busybox:1.36
+    command: ["sleep", "3600"]
+    securityContext:
+      allowPrivilegeEscalation: false
+      capabilities: {drop: ["ALL"]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: strict
+spec:
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: app
+        image: busybox:1.36
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: loose
+  labels:
+    pod-security.kubernetes.io/warn: baseline
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: priv
+  namespace: loose
+spec:
+  containers:
+  - name: app
+    image: busybox:1.36
+    securityContext: {privileged: true}
+"#;
+
+#[test]
+fn pod_security_levels_refuse_and_warn_in_kubectls_words() -> Result<()> {
+    if !kubectl_present("pod_security_levels_refuse_and_warn_in_kubectls_words") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    cp.ok(&["create", "namespace", "strict"], None)?;
+    cp.ok(
+        &[
+            "label",
+            "namespace",
+            "strict",
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+        None,
+    )?;
+    let out = cp.run(
+        &["run", "plain", "-n", "strict", "--image=busybox:1.36"],
+        None,
+    )?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        r#"Error from server (Forbidden): pods "plain" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "plain" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "plain" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or container "plain" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "plain" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")"#
+    );
+
+    let out = cp.run(&["apply", "-f", "-"], Some(PSA_MANIFEST))?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        lines(&stdout),
+        [
+            "pod/hardened created",
+            "deployment.apps/web created",
+            "namespace/loose created",
+            "pod/priv created"
+        ]
+    );
+    // A workload is not refused for its template; its pods will be.
+    assert!(
+        stderr.contains(r#"Warning: would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "app" must set securityContext.allowPrivilegeEscalation=false)"#),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(r#"Warning: would violate PodSecurity "baseline:latest": privileged (container "app" must not set securityContext.privileged=true)"#),
+        "{stderr}"
+    );
+
+    let out = cp.run(
+        &[
+            "label",
+            "namespace",
+            "loose",
+            "pod-security.kubernetes.io/enforce=baseline",
+        ],
+        None,
+    )?;
+    assert!(out.status.success());
+    assert_eq!(
+        lines(&String::from_utf8_lossy(&out.stderr)),
+        [
+            r#"Warning: existing pods in namespace "loose" violate the new PodSecurity enforce level "baseline:latest""#,
+            "Warning: priv: privileged",
+        ]
+    );
+    Ok(())
 }

@@ -820,3 +820,47 @@ fn nodes_registering_at_once_each_get_one_pod_cidr_that_never_changes() -> Resul
     drop(nodes);
     Ok(())
 }
+
+#[test]
+fn a_deployment_in_a_restricted_namespace_is_admitted_and_its_pods_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(dir.path())?;
+    cp.ok(&["create", "namespace", "strict"], None)?;
+    cp.ok(
+        &[
+            "label",
+            "namespace",
+            "strict",
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+        None,
+    )?;
+    let out = cp.run(
+        &["apply", "-n", "strict", "-f", "-"],
+        Some(&deployment("web", 1, "busybox", "")),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "{stderr}");
+    ensure!(
+        stderr.contains(r#"Warning: would violate PodSecurity "restricted:latest""#),
+        "{stderr}"
+    );
+    // The ReplicaSet controller's pod is the one refused, and it says so in an event.
+    let message = wait_for("a FailedCreate event", WAIT, || {
+        let events = get_json(&cp, "/api/v1/namespaces/strict/events")?;
+        Ok(items(&events)
+            .into_iter()
+            .find(|e| e["reason"] == "FailedCreate")
+            .and_then(|e| e["message"].as_str().map(str::to_owned)))
+    })?;
+    ensure!(
+        message.starts_with("Error creating: pods \"web-")
+            && message.contains(
+                r#"is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "c" must set"#
+            ),
+        "{message}"
+    );
+    let pods = get_json(&cp, "/api/v1/namespaces/strict/pods")?;
+    ensure!(items(&pods).is_empty(), "refused pods stored: {pods}");
+    Ok(())
+}

@@ -20,6 +20,7 @@ mod metrics;
 mod metrics_api;
 mod node_proxy;
 mod objects;
+mod podsecurity;
 mod protobuf;
 mod route;
 mod server;

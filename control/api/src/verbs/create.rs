@@ -51,7 +51,7 @@ pub async fn create_object(
     let info = route.info;
     admit::check_kind(info, &mut obj)?;
     admit::check_namespace(info, &mut obj, route.namespace.as_deref())?;
-    let warnings = admit::unknown_fields(info, &obj, query)?;
+    let mut warnings = admit::unknown_fields(info, &obj, query)?;
     if let Some(ref wanted) = route.name
         && objects::name_of(&obj) != wanted
     {
@@ -76,6 +76,7 @@ pub async fn create_object(
         super::default_class::admit(ctx, info, &mut obj).await?;
         super::quota::admit(ctx, info, &namespace, &obj).await?;
     }
+    warnings.extend(super::podsecurity::admit(ctx, info, None, &obj).await?);
     let meta = obj["metadata"]
         .as_object_mut()
         .ok_or_else(|| StatusError::bad_request("metadata must be an object"))?;

@@ -6,6 +6,7 @@ mod create;
 mod default_class;
 mod delete;
 mod patch;
+mod podsecurity;
 mod quota;
 mod read;
 mod requester;

@@ -115,6 +115,8 @@ struct Api {
 struct Answer {
     code: u16,
     bytes: Bytes,
+    /// The `Warning` headers, as sent.
+    warnings: Vec<String>,
 }
 
 impl Answer {
@@ -205,8 +207,18 @@ impl Api {
         .await
         .unwrap_or_else(|err| crate::http::error(&err));
         let code = resp.status().as_u16();
+        let warnings = resp
+            .headers()
+            .get_all(header::WARNING)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        Answer { code, bytes }
+        Answer {
+            code,
+            bytes,
+            warnings,
+        }
     }
 
     async fn call(&self, method: Method, uri: &str, content_type: &str, body: &Value) -> Answer {
@@ -1152,4 +1164,136 @@ async fn ephemeral_containers_are_only_added_through_their_subresource() {
         .await
         .json();
     assert_eq!(main["spec"]["ephemeralContainers"][0]["name"], "debugger");
+}
+
+fn labelled_namespace(name: &str, labels: &Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+fn pod(name: &str, spec: &Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+}
+
+#[tokio::test]
+async fn pod_security_enforce_refuses_warn_warns_and_workloads_only_warn() {
+    let api = Api::start().await;
+    for (name, labels) in [
+        (
+            "strict",
+            json!({"pod-security.kubernetes.io/enforce": "restricted"}),
+        ),
+        (
+            "loose",
+            json!({"pod-security.kubernetes.io/warn": "baseline"}),
+        ),
+    ] {
+        let made = api
+            .post("/api/v1/namespaces", &labelled_namespace(name, &labels))
+            .await;
+        assert_eq!(made.code, 201);
+    }
+    let plain = json!({"containers": [{"name": "c", "image": "busybox"}]});
+    let refused = api
+        .post("/api/v1/namespaces/strict/pods", &pod("p", &plain))
+        .await;
+    assert_eq!(refused.code, 403);
+    assert_eq!(
+        refused.json()["message"],
+        "pods \"p\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false (container \"c\" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container \"c\" must set securityContext.capabilities.drop=[\"ALL\"]), runAsNonRoot != true (pod or container \"c\" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container \"c\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"
+    );
+    let hardened = json!({
+        "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "c", "image": "busybox", "securityContext": {
+            "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]
+    });
+    let admitted = api
+        .post("/api/v1/namespaces/strict/pods", &pod("q", &hardened))
+        .await;
+    assert_eq!(admitted.code, 201, "{:?}", admitted.json());
+    assert!(admitted.warnings.is_empty(), "{:?}", admitted.warnings);
+
+    let mut d = deployment("web");
+    d["metadata"]["namespace"] = json!("strict");
+    let workload = api
+        .post("/apis/apps/v1/namespaces/strict/deployments", &d)
+        .await;
+    assert_eq!(workload.code, 201);
+    assert_eq!(workload.warnings.len(), 1, "{:?}", workload.warnings);
+    assert!(
+        workload.warnings[0]
+            .starts_with("299 - \"would violate PodSecurity \\\"restricted:latest\\\": allowPrivilegeEscalation != false"),
+        "{:?}",
+        workload.warnings
+    );
+
+    let privileged = json!({"containers": [{"name": "c", "image": "busybox",
+        "securityContext": {"privileged": true}}]});
+    let warned = api
+        .post("/api/v1/namespaces/loose/pods", &pod("r", &privileged))
+        .await;
+    assert_eq!(warned.code, 201);
+    assert_eq!(
+        warned.warnings,
+        vec![
+            "299 - \"would violate PodSecurity \\\"baseline:latest\\\": privileged (container \\\"c\\\" must not set securityContext.privileged=true)\""
+        ]
+    );
+
+    let tightened = api
+        .merge(
+            "/api/v1/namespaces/loose",
+            &json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "baseline"}}}),
+        )
+        .await;
+    assert_eq!(tightened.code, 200);
+    assert_eq!(
+        tightened.warnings,
+        vec![
+            "299 - \"existing pods in namespace \\\"loose\\\" violate the new PodSecurity enforce level \\\"baseline:latest\\\"\"",
+            "299 - \"r: privileged\"",
+        ]
+    );
+    // A pod admitted before the namespace tightened still takes status and label writes.
+    let status = api
+        .merge(
+            "/api/v1/namespaces/loose/pods/r/status",
+            &json!({"status": {"phase": "Running"}}),
+        )
+        .await;
+    assert_eq!(status.code, 200, "{:?}", status.json());
+    let relabelled = api
+        .merge(
+            "/api/v1/namespaces/loose/pods/r",
+            &json!({"metadata": {"labels": {"x": "y"}}}),
+        )
+        .await;
+    assert_eq!(relabelled.code, 200, "{:?}", relabelled.json());
+    let reimaged = api
+        .call(
+            Method::PATCH,
+            "/api/v1/namespaces/loose/pods/r",
+            "application/json-patch+json",
+            &json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "busybox:1.37"}]),
+        )
+        .await;
+    assert_eq!(reimaged.code, 200, "{:?}", reimaged.json());
+}
+
+#[tokio::test]
+async fn malformed_pod_security_labels_refuse_the_namespace() {
+    let api = Api::start().await;
+    let typo = api
+        .post(
+            "/api/v1/namespaces",
+            &labelled_namespace(
+                "typo",
+                &json!({"pod-security.kubernetes.io/enforce": "strict"}),
+            ),
+        )
+        .await;
+    assert_eq!(typo.code, 422);
+    assert_eq!(
+        typo.json()["message"],
+        "Namespace \"typo\" is invalid: metadata.labels[pod-security.kubernetes.io/enforce]: Invalid value: \"strict\": must be one of privileged, baseline, restricted"
+    );
 }

@@ -151,7 +151,7 @@ pub async fn write(
         .into());
     }
     admit::check_namespace(info, &mut new, route.namespace.as_deref())?;
-    let warnings = admit::unknown_fields(info, &new, query)?;
+    let mut warnings = admit::unknown_fields(info, &new, query)?;
     let has_status = info.has(skiff_resources::Subresource::Status);
     let has_ephemeral = info.has(skiff_resources::Subresource::EphemeralContainers);
     match part {
@@ -187,6 +187,7 @@ pub async fn write(
     }
     admit::admit_update(info, old, &mut new)?;
     crate::authz::admission::admit(&ctx.authz, info, Some(old), &new)?;
+    warnings.extend(super::podsecurity::admit(ctx, info, Some(old), &new).await?);
     info.strategy
         .allocate_update(old, &mut new, &ctx.pools)
         .map_err(|cause| {
