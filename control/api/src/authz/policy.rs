@@ -15,6 +15,8 @@ pub const NODE_PREFIX: &str = "system:node:";
 pub const SCHEDULER: &str = "system:kube-scheduler";
 /// The controllers' user.
 pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
+/// The group of callers holding a bootstrap token (a node that has not joined yet).
+pub const BOOTSTRAPPERS: &str = "system:bootstrappers";
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
@@ -508,6 +510,15 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
         ),
         cluster_role("system:node", &none, &node_rules()),
+        cluster_role(
+            "system:node-bootstrapper",
+            &none,
+            &[rule(
+                &["create", "get", "list", "watch"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+            )],
+        ),
         cluster_role(SCHEDULER, &none, &scheduler_rules()),
         cluster_role(CONTROLLER_MANAGER, &none, &controller_manager_rules()),
     ]
@@ -548,7 +559,20 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[("Group", "system:monitoring")],
         ),
         binding("system:node", "system:node", &[]),
-        binding(SCHEDULER, SCHEDULER, &[("User", SCHEDULER)]),
+        // A node joining with a bootstrap token asks for its certificate (kubeadm's
+        // `kubeadm:kubelet-bootstrap`; skiff issues the tokens itself).
+        binding(
+            "system:node-bootstrapper",
+            "system:node-bootstrapper",
+            &[("Group", BOOTSTRAPPERS)],
+        ),
+        // `control` runs the scheduler and the controllers on one client, whose identity is
+        // the controller manager's, so that identity holds the scheduler's role too.
+        binding(
+            SCHEDULER,
+            SCHEDULER,
+            &[("User", SCHEDULER), ("User", CONTROLLER_MANAGER)],
+        ),
         binding(
             CONTROLLER_MANAGER,
             CONTROLLER_MANAGER,
