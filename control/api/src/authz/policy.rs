@@ -7,16 +7,13 @@ use skiff_resources::RBAC_GROUP;
 
 /// The annotation that lets the API server re-add a default object at start.
 pub const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
-/// The group of node identities.
-pub const NODES: &str = "system:nodes";
+pub use skiff_machinery::user::{BOOTSTRAPPERS, NODES};
 /// The user-name prefix of node identities.
 pub const NODE_PREFIX: &str = "system:node:";
 /// The scheduler's user.
 pub const SCHEDULER: &str = "system:kube-scheduler";
 /// The controllers' user.
 pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
-/// The group of callers holding a bootstrap token (a node that has not joined yet).
-pub const BOOTSTRAPPERS: &str = "system:bootstrappers";
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
@@ -550,7 +547,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:public-info-viewer",
             &[
                 ("Group", AUTHENTICATED),
-                ("Group", "system:unauthenticated"),
+                ("Group", skiff_machinery::user::UNAUTHENTICATED),
             ],
         ),
         binding(
