@@ -306,7 +306,7 @@ fn node_ports_go_to_their_own_map_and_from_outside_pass_the_masquerade_check() {
             .iter()
             .filter_map(|c| c.get("add")?.get("element"))
             .filter(|e| e["name"] == set)
-            .map(|e| e["elem"][0].to_string())
+            .flat_map(|e| e["elem"].as_array().unwrap().iter().map(Value::to_string))
             .collect()
     };
     let key = |ip: &str| json!({"concat": [ip, "tcp", 30080]}).to_string();
@@ -485,12 +485,10 @@ fn external_policy_local_keeps_the_client_ip_and_sends_the_node_to_every_endpoin
         last(&m)
             .iter()
             .filter_map(|c| c.get("add")?.get("element"))
-            .find(|e| {
-                e["name"] == map
-                    && (e["elem"][0][0]["concat"][0] == ip
-                        || e["elem"][0][0]["elem"]["val"]["concat"][0] == ip)
-            })
-            .map(|e| e["elem"][0][1].clone())
+            .filter(|e| e["name"] == map)
+            .flat_map(|e| e["elem"].as_array().unwrap().iter())
+            .find(|e| e[0]["concat"][0] == ip || e[0]["elem"]["val"]["concat"][0] == ip)
+            .map(|e| e[1].clone())
     };
     // From outside: to the local endpoint only, and not marked for masquerade.
     assert_eq!(
@@ -614,4 +612,69 @@ fn a_restarted_node_whose_table_holds_what_it_wants_writes_nothing_but_the_skele
     let t = touched(last(&restarted));
     assert!(t.contains("flush chain aff/default/web/tcp/80"), "{t:?}");
     assert!(!t.iter().any(|c| c.contains("10.244.1.5")), "{t:?}");
+}
+
+#[test]
+fn elements_of_many_services_go_in_one_command_per_map_and_verb() {
+    let mut m = mirror(None);
+    for i in 0..50u8 {
+        let name = format!("s{i}");
+        m.service_applied(service(&name, &format!("10.96.1.{i}"), &json!({})));
+        m.slice_applied(slice(&name, &[&format!("10.244.2.{i}")]));
+    }
+    m.sync().unwrap();
+    let ips: Vec<&Value> = last(&m)
+        .iter()
+        .filter_map(|c| c.get("add")?.get("element"))
+        .filter(|e| e["name"] == "service-ips")
+        .collect();
+    assert_eq!(ips.len(), 1);
+    assert_eq!(ips[0]["elem"].as_array().unwrap().len(), 50);
+}
+
+#[test]
+fn an_element_added_and_changed_within_one_sync_is_only_added_with_its_last_value() {
+    let mut m = mirror(None);
+    m.service_applied(service("web", "10.96.0.10", &json!({})));
+    m.slice_applied(slice("web", &["10.244.1.5"]));
+    m.slice_applied(slice("web", &["10.244.1.6"]));
+    m.sync().unwrap();
+    let text = Value::Array(last(&m).to_vec()).to_string();
+    assert!(!text.contains("\"delete\""), "{text}");
+    assert!(
+        text.contains("10.244.1.6") && !text.contains("10.244.1.5"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_changed_element_is_deleted_first_and_added_last_in_its_transaction() {
+    let mut m = mirror(None);
+    m.service_applied(service("web", "10.96.0.10", &json!({})));
+    m.slice_applied(slice("web", &["10.244.1.5"]));
+    m.sync().unwrap();
+    m.slice_applied(slice("web", &["10.244.1.6", "10.244.1.7"]));
+    m.sync().unwrap();
+    let kinds: Vec<String> = last(&m)
+        .iter()
+        .map(|c| {
+            let (verb, body) = c.as_object().unwrap().iter().next().unwrap();
+            let kind = body.as_object().unwrap().keys().next().unwrap();
+            format!("{verb} {kind}")
+        })
+        .collect();
+    // Deletions, then the new pick chain and its maps, then the elements naming them.
+    let deletes = kinds.iter().take_while(|k| *k == "delete element").count();
+    let first_add = kinds.iter().position(|k| k == "add element").unwrap();
+    assert!(deletes > 0, "{kinds:?}");
+    assert!(
+        kinds[deletes..first_add]
+            .iter()
+            .all(|k| !k.ends_with(" element")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds[first_add..].iter().all(|k| k == "add element"),
+        "{kinds:?}"
+    );
 }
