@@ -302,6 +302,19 @@ pub struct Changes {
     apply_ms: Vec<f64>,
 }
 
+impl Changes {
+    /// From the API's answer (the change committed, its watch event sent) or the end of
+    /// `iptables-restore` to the first connection on the new backend: what the datapath
+    /// itself adds, change by change.
+    fn after_ms(&self) -> Vec<f64> {
+        self.live_ms
+            .iter()
+            .zip(&self.apply_ms)
+            .map(|(live, apply)| (live - apply).max(0.0))
+            .collect()
+    }
+}
+
 /// A one-off figure (programming times, memory).
 #[derive(Debug, Clone)]
 pub struct Note {
