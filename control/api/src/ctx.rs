@@ -10,6 +10,7 @@ use crate::{
     allocator::{RangeError, ServicePools},
     audit::Auditor,
     authz::Authorizer,
+    kubelet_client::KubeletClient,
     metrics::Metrics,
 };
 
@@ -27,6 +28,8 @@ pub struct Ctx {
     pub authz: Authorizer,
     /// The audit log, when one is configured.
     pub audit: Option<Arc<Auditor>>,
+    /// How node endpoints are reached (TLS, with the API server's kubelet-client certificate).
+    pub kubelet: KubeletClient,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -56,6 +59,7 @@ impl Ctx {
             address,
             authz: Authorizer::default(),
             audit: None,
+            kubelet: KubeletClient::default(),
         })
     }
 }

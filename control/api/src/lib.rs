@@ -16,6 +16,7 @@ mod ctx;
 mod discovery;
 pub mod encryption;
 mod http;
+pub mod kubelet_client;
 mod metrics;
 mod metrics_api;
 mod node_proxy;

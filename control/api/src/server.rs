@@ -100,6 +100,8 @@ pub struct Security {
     pub tls: Arc<rustls::ServerConfig>,
     /// Who a request is from.
     pub authn: Arc<Authenticator>,
+    /// How node endpoints are reached.
+    pub kubelet: crate::kubelet_client::KubeletClient,
 }
 
 /// A bound, bootstrapped API server.
@@ -144,6 +146,7 @@ impl Server {
         )
         .map_err(ServerError::Ranges)?;
         ctx.audit.clone_from(&config.audit);
+        ctx.kubelet = security.kubelet.clone();
         let ctx = Arc::new(ctx);
         bootstrap::run(&ctx)
             .await
