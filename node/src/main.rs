@@ -335,6 +335,18 @@ async fn client(
     ))
 }
 
+/// The node endpoint bound on `listen`, secured.
+async fn node_endpoint(
+    listen: std::net::SocketAddr,
+    endpoint: Arc<daemon::endpoint::Endpoint>,
+    security: skiff_node_server::Security,
+) -> Result<skiff_node_server::NodeServer> {
+    Ok(skiff_node_server::NodeServer::bind(listen, endpoint)
+        .await
+        .with_context(|| format!("binding the node endpoint on {listen}"))?
+        .secured(security))
+}
+
 /// HTTPS for the node endpoint with a self-signed serving certificate for the node's name
 /// and address (the kubelet's default), client certificates of `cas`, and every request
 /// authorized by the API server.
@@ -563,10 +575,7 @@ async fn real(cli: Cli) -> Result<()> {
         proxy.as_ref().map(|(p, _)| p.metrics()),
     ));
     let security = endpoint_security(&client, &config.name, config.address, &cas)?;
-    let server = skiff_node_server::NodeServer::bind(listen, endpoint)
-        .await
-        .with_context(|| format!("binding the node endpoint on {listen}"))?
-        .secured(security);
+    let server = node_endpoint(listen, endpoint, security).await?;
     let serving = tokio::spawn(server.serve(std::future::pending()));
     let dns = start_dns(&client, &config.name, dns).await?;
     tracing::info!(node = %config.name, %listen, "node running");
