@@ -248,6 +248,7 @@ mod tests {
         let config = Config::new("http://127.0.0.1:1".parse().unwrap());
         Connection {
             client: Client::try_from(config).unwrap(),
+            nodes: skiff_api::kubelet_client::KubeletClient::default(),
             namespace: "default".into(),
             kinds,
         }

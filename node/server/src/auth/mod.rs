@@ -205,7 +205,7 @@ mod tests {
         let table = Arc::new(Table::default());
         let cached = CachingReviewer::with_ttls(
             Arc::clone(&table) as Arc<dyn Reviewer>,
-            Duration::from_secs(60),
+            Duration::from_mins(1),
             Duration::ZERO,
         );
         let stats = Attributes::of(&Method::GET, "/stats/summary");
