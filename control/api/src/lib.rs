@@ -15,6 +15,7 @@ mod bootstrap;
 mod ctx;
 mod discovery;
 pub mod encryption;
+pub mod flowcontrol;
 mod http;
 pub mod kubelet_client;
 mod metrics;
