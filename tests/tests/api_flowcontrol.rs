@@ -240,7 +240,9 @@ fn a_flooding_user_gets_429_while_the_admin_and_another_user_are_served() -> Res
         );
     }
     for sender in senders {
-        sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("sender panicked"))??;
     }
     Ok(())
 }
@@ -274,7 +276,10 @@ fn a_second_watch_past_the_cap_is_refused_and_an_oversize_body_is_413() -> Resul
     assert_eq!(code, 413, "{body}");
     let status: Value = serde_json::from_str(body.trim())?;
     assert_eq!(status["reason"], "RequestEntityTooLarge");
-    assert_eq!(status["message"], "Request entity too large: limit is 65536");
+    assert_eq!(
+        status["message"],
+        "Request entity too large: limit is 65536"
+    );
     // Just under the limit is fine.
     let mut fits = configmap("fits");
     fits.truncate(fits.len() - 1);

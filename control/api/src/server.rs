@@ -313,7 +313,16 @@ async fn handle(
                 .map(|user| (authenticated, user))
         },
     ) {
-        Err(err) => ("AUTH", String::new(), h::error(&err)),
+        Err(err) => {
+            if let (Some(auditor), Some(meta), true) = (&ctx.audit, &audit_meta, err.code == 401) {
+                let attrs =
+                    attributes::from_request(UserInfo::default(), method.as_str(), &path, &|k| {
+                        query.get(k).map(str::to_owned)
+                    });
+                auditor.failed_authentication(&attrs, meta, &tried(connection_user, &req));
+            }
+            ("AUTH", String::new(), h::error(&err))
+        }
         Ok((authenticated, user)) => {
             let attrs = attributes::from_request(user, method.as_str(), &path, &|k| {
                 query.get(k).map(str::to_owned)
@@ -362,6 +371,20 @@ async fn handle(
         .observe(verb, &resource, code, started.elapsed());
     tracing::debug!(%method, %path, code, took_ms = started.elapsed().as_millis(), "request");
     response
+}
+
+/// The credentials a request came with, in kube's audit words (`bearer`, `x509`).
+fn tried(connection_user: Option<&UserInfo>, req: &Request<Incoming>) -> Vec<&'static str> {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+    [(bearer, "bearer"), (connection_user.is_some(), "x509")]
+        .into_iter()
+        .filter_map(|(used, name)| used.then_some(name))
+        .collect()
 }
 
 /// `/apis/metrics.k8s.io...`: discovery, then node and pod metrics read from the nodes.

@@ -210,7 +210,10 @@ fn classify(attrs: &Attributes) -> Class {
     if u.in_group(user::MASTERS) || probe {
         return Class::Exempt;
     }
-    let sub = attrs.resource.as_ref().map_or("", |r| r.subresource.as_str());
+    let sub = attrs
+        .resource
+        .as_ref()
+        .map_or("", |r| r.subresource.as_str());
     match attrs.verb.as_str() {
         "watch" => Class::Watch,
         "proxy" => Class::LongRunning,
@@ -315,10 +318,13 @@ pub fn hold(resp: Response<Body>, permit: Permit) -> Response<Body> {
     if matches!(permit, Permit::Free) {
         return resp;
     }
-    resp.map(|body| Held {
+    resp.map(|body| {
+        Held {
             body,
             _permit: permit,
-        }.boxed_unsync())
+        }
+        .boxed_unsync()
+    })
 }
 
 /// A response body that keeps a [`Permit`] alive.
@@ -370,8 +376,14 @@ mod tests {
         }
         assert_eq!(c("GET", "/api/v1/pods", false), Class::ReadOnly);
         assert_eq!(c("GET", "/api/v1/pods", true), Class::Watch);
-        assert_eq!(c("POST", "/api/v1/namespaces/d/pods", false), Class::Mutating);
-        assert_eq!(c("DELETE", "/api/v1/namespaces/d/pods/p", false), Class::Mutating);
+        assert_eq!(
+            c("POST", "/api/v1/namespaces/d/pods", false),
+            Class::Mutating
+        );
+        assert_eq!(
+            c("DELETE", "/api/v1/namespaces/d/pods/p", false),
+            Class::Mutating
+        );
         for sub in ["log", "exec", "attach", "portforward", "proxy"] {
             assert_eq!(
                 c("GET", &format!("/api/v1/namespaces/d/pods/p/{sub}"), false),
@@ -382,7 +394,13 @@ mod tests {
         assert_eq!(c("GET", "/healthz", false), Class::Exempt);
         assert_eq!(c("GET", "/version", false), Class::ReadOnly);
         assert_eq!(
-            classify(&attrs("admin", &["system:masters"], "POST", "/api/v1/namespaces", false)),
+            classify(&attrs(
+                "admin",
+                &["system:masters"],
+                "POST",
+                "/api/v1/namespaces",
+                false
+            )),
             Class::Exempt
         );
     }
@@ -399,16 +417,34 @@ mod tests {
         let list = |u| attrs(u, &[], "GET", "/api/v1/pods", false);
         let held = fc.admit(&list("alice")).await.unwrap();
         let refused = fc.admit(&list("alice")).await.unwrap_err();
-        assert_eq!((refused.code, refused.reason.as_str()), (429, "TooManyRequests"));
+        assert_eq!(
+            (refused.code, refused.reason.as_str()),
+            (429, "TooManyRequests")
+        );
         // The mutating pool is separate; exempt and long-running requests take no seat.
-        let create = attrs("alice", &[], "POST", "/api/v1/namespaces/d/configmaps", false);
+        let create = attrs(
+            "alice",
+            &[],
+            "POST",
+            "/api/v1/namespaces/d/configmaps",
+            false,
+        );
         let write = fc.admit(&create).await.unwrap();
         assert!(matches!(fc.admit(&create).await, Err(_)));
         let admin = attrs("admin", &["system:masters"], "GET", "/api/v1/pods", false);
         assert!(matches!(fc.admit(&admin).await, Ok(Permit::Free)));
-        let logs = attrs("alice", &[], "GET", "/api/v1/namespaces/d/pods/p/log", false);
+        let logs = attrs(
+            "alice",
+            &[],
+            "GET",
+            "/api/v1/namespaces/d/pods/p/log",
+            false,
+        );
         assert!(matches!(fc.admit(&logs).await, Ok(Permit::Free)));
-        assert!(fc.render().contains("apiserver_current_inflight_requests{request_kind=\"readOnly\"} 1"));
+        assert!(
+            fc.render()
+                .contains("apiserver_current_inflight_requests{request_kind=\"readOnly\"} 1")
+        );
         drop((held, write));
         // Seats given back are taken again.
         let bob = fc.admit(&list("bob")).await.unwrap();

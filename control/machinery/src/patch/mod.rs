@@ -107,7 +107,10 @@ mod tests {
             .map(|i| json!({"op": "copy", "from": "", "path": format!("/c{i}")}))
             .collect();
         let err = json(&doc, &Value::Array(doubling.clone()), 10_000).unwrap_err();
-        assert!(err.to_string().contains("exceeding the limit 10000"), "{err}");
+        assert!(
+            err.to_string().contains("exceeding the limit 10000"),
+            "{err}"
+        );
         assert!(json(&doc, &Value::Array(doubling[..2].to_vec()), 10_000).is_ok());
     }
 
