@@ -87,7 +87,7 @@ fn tls(cp: &ControlPlane) -> Result<Arc<ClientConfig>> {
 
 fn open(cp: &ControlPlane, tls: &Arc<ClientConfig>) -> Result<Tls> {
     let tcp = TcpStream::connect((cp.address(), cp.port()))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
+    tcp.set_read_timeout(Some(Duration::from_mins(2)))?;
     let name = ServerName::IpAddress(IpAddr::V4(cp.address()).into());
     let mut s = StreamOwned::new(ClientConnection::new(Arc::clone(tls), name)?, tcp);
     while s.conn.is_handshaking() {
@@ -162,7 +162,7 @@ fn gauge(cp: &ControlPlane, metric: &str, kind: &str) -> Result<u64> {
 fn wait_gauge(cp: &ControlPlane, metric: &str, want: u64) -> Result<()> {
     skiff_tests::sim::wait_for(
         &format!("{metric} to reach {want}"),
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         || Ok((gauge(cp, metric, "mutating")? == want).then_some(())),
     )
 }
@@ -184,9 +184,9 @@ fn a_flooding_user_gets_429_while_the_admin_and_another_user_are_served() -> Res
     // Alice takes the only mutating seat with a request whose body is still coming.
     let whole = request("POST", CMS, ALICE, &configmap("held")).into_bytes();
     let (sent, rest) = whole.split_at(whole.len() - 10);
-    let mut held = open(&cp, &tls)?;
-    held.write_all(sent)?;
-    held.flush()?;
+    let mut holder = open(&cp, &tls)?;
+    holder.write_all(sent)?;
+    holder.flush()?;
     wait_gauge(&cp, "apiserver_current_inflight_requests", 1)?;
 
     // Her flood: her queue takes QUEUE, the rest are refused at once.
@@ -203,7 +203,7 @@ fn a_flooding_user_gets_429_while_the_admin_and_another_user_are_served() -> Res
         }));
     }
     for _ in 0..flood - QUEUE {
-        let (who, (code, head, body)) = done.recv_timeout(Duration::from_secs(120))?;
+        let (who, (code, head, body)) = done.recv_timeout(Duration::from_mins(2))?;
         assert_eq!((who, code), ("alice", 429), "{head}\n{body}");
         assert!(
             head.to_ascii_lowercase().contains("retry-after: 1"),
@@ -224,15 +224,15 @@ fn a_flooding_user_gets_429_while_the_admin_and_another_user_are_served() -> Res
     let mut bob = open(&cp, &tls)?;
     bob.write_all(request("POST", CMS, BOB, &configmap("bob")).as_bytes())?;
     wait_gauge(&cp, "apiserver_current_inqueue_requests", QUEUE as u64 + 1)?;
-    held.write_all(rest)?;
-    held.flush()?;
-    let (code, _, body) = answer(&mut held)?;
+    holder.write_all(rest)?;
+    holder.flush()?;
+    let (code, _, body) = answer(&mut holder)?;
     assert_eq!(code, 201, "{body}");
     let (code, _, body) = answer(&mut bob)?;
     assert_eq!(code, 201, "{body}");
     let bob_rv = resource_version(&body)?;
     for _ in 0..QUEUE {
-        let (_, (code, _, body)) = done.recv_timeout(Duration::from_secs(120))?;
+        let (_, (code, _, body)) = done.recv_timeout(Duration::from_mins(2))?;
         assert_eq!(code, 201, "{body}");
         assert!(
             resource_version(&body)? > bob_rv,

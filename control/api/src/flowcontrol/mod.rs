@@ -155,7 +155,9 @@ pub struct Seat {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("kind", &self.kind).finish()
+        f.debug_struct("Pool")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -411,7 +413,7 @@ mod tests {
             max_requests_inflight: 1,
             max_mutating_requests_inflight: 1,
             queue_length_limit: 0,
-            queue_wait: Duration::from_secs(60),
+            queue_wait: Duration::from_mins(1),
             max_watches_per_user: 1,
         });
         let list = |u| attrs(u, &[], "GET", "/api/v1/pods", false);
@@ -430,7 +432,7 @@ mod tests {
             false,
         );
         let write = fc.admit(&create).await.unwrap();
-        assert!(matches!(fc.admit(&create).await, Err(_)));
+        assert!(fc.admit(&create).await.is_err());
         let admin = attrs("admin", &["system:masters"], "GET", "/api/v1/pods", false);
         assert!(matches!(fc.admit(&admin).await, Ok(Permit::Free)));
         let logs = attrs(
@@ -463,7 +465,7 @@ mod tests {
         let fc = Arc::new(FlowControl::new(&Limits {
             max_requests_inflight: 1,
             queue_length_limit: 5,
-            queue_wait: Duration::from_secs(600),
+            queue_wait: Duration::from_mins(10),
             ..Limits::default()
         }));
         let list = |u: &str| attrs(u, &[], "GET", "/api/v1/pods", false);
@@ -514,7 +516,7 @@ mod tests {
         assert_eq!(impatient.read_only.lock().running(), 0);
 
         let fc = Arc::new(FlowControl::new(&Limits {
-            queue_wait: Duration::from_secs(600),
+            queue_wait: Duration::from_mins(10),
             ..limits
         }));
         let held = fc.admit(&list).await.unwrap();

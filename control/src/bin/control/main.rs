@@ -229,6 +229,28 @@ async fn open_store(args: &Args) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
+impl Args {
+    /// The API server's settings from the flags, writing audit events to `audit`.
+    fn api_config(&self, audit: Option<Arc<Auditor>>) -> Config {
+        Config {
+            audit,
+            listen: self.listen,
+            service_cidr: self.service_cluster_ip_range.clone(),
+            compaction_interval: Duration::from_secs(self.compaction_interval_seconds.max(1)),
+            compaction_keep: self.compaction_keep_revisions,
+            limits: skiff_api::flowcontrol::Limits {
+                max_requests_inflight: self.max_requests_inflight,
+                max_mutating_requests_inflight: self.max_mutating_requests_inflight,
+                queue_length_limit: self.max_queued_requests_per_user,
+                max_watches_per_user: self.max_watches_per_user,
+                ..skiff_api::flowcontrol::Limits::default()
+            },
+            max_request_body_bytes: self.max_request_body_bytes,
+            ..Config::default()
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -292,22 +314,7 @@ async fn main() -> Result<()> {
             Some(Arc::new(Auditor::start(path, policy)?))
         }
     };
-    let config = Config {
-        audit,
-        listen: args.listen,
-        service_cidr: args.service_cluster_ip_range.clone(),
-        compaction_interval: Duration::from_secs(args.compaction_interval_seconds.max(1)),
-        compaction_keep: args.compaction_keep_revisions,
-        limits: skiff_api::flowcontrol::Limits {
-            max_requests_inflight: args.max_requests_inflight,
-            max_mutating_requests_inflight: args.max_mutating_requests_inflight,
-            queue_length_limit: args.max_queued_requests_per_user,
-            max_watches_per_user: args.max_watches_per_user,
-            ..skiff_api::flowcontrol::Limits::default()
-        },
-        max_request_body_bytes: args.max_request_body_bytes,
-        ..Config::default()
-    };
+    let config = args.api_config(audit);
     let server = Server::bind(store, config, pki.security.clone())
         .await
         .context("starting the API server")?;
