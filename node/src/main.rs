@@ -283,14 +283,15 @@ impl SimulateArgs {
     }
 }
 
-/// A client to the API server that says it is the kubelet `version`. With `--server` it
-/// authenticates as node `name` with the certificate kept in `pki_dir`, joining with the
-/// bootstrap token first if there is none.
+/// A client to the API server that says it is the kubelet `version`, and the CAs it trusts
+/// (the cluster CA, which also signs the client certificates the node endpoint accepts).
+/// With `--server` it authenticates as node `name` with the certificate kept in `pki_dir`,
+/// joining with the bootstrap token first if there is none.
 async fn client(
     api: &ApiArgs,
     version: &str,
     identity: Option<(&str, &std::path::Path)>,
-) -> Result<kube::Client> {
+) -> Result<(kube::Client, Vec<Vec<u8>>)> {
     let mut config = if let (Some(server), Some(token), Some(ca_file)) =
         (&api.server, &api.token, &api.ca_file)
     {
@@ -327,7 +328,54 @@ async fn client(
         http::header::USER_AGENT,
         http::HeaderValue::from_str(&format!("kubelet/{version}")).context("user agent")?,
     ));
-    kube::Client::try_from(config).context("building the API client")
+    let cas = config.root_cert.clone().unwrap_or_default();
+    Ok((
+        kube::Client::try_from(config).context("building the API client")?,
+        cas,
+    ))
+}
+
+/// The node endpoint bound on `listen`, secured.
+async fn node_endpoint(
+    listen: std::net::SocketAddr,
+    endpoint: Arc<daemon::endpoint::Endpoint>,
+    security: skiff_node_server::Security,
+) -> Result<skiff_node_server::NodeServer> {
+    Ok(skiff_node_server::NodeServer::bind(listen, endpoint)
+        .await
+        .with_context(|| format!("binding the node endpoint on {listen}"))?
+        .secured(security))
+}
+
+/// HTTPS for the node endpoint with a self-signed serving certificate for the node's name
+/// and address (the kubelet's default), client certificates of `cas`, and every request
+/// authorized by the API server.
+fn endpoint_security(
+    client: &kube::Client,
+    name: &str,
+    address: std::net::Ipv4Addr,
+    cas: &[Vec<u8>],
+) -> Result<skiff_node_server::Security> {
+    use skiff_node_server::auth::{ApiReviewer, CachingReviewer};
+    anyhow::ensure!(
+        !cas.is_empty(),
+        "the node endpoint needs the cluster CA (certificate-authority in the kubeconfig, or --ca-file)"
+    );
+    let mut names = vec![name.to_owned(), address.to_string()];
+    names.dedup();
+    let serving = skiff_pki::ca::self_signed_server(&format!("{name}@skiff"), &names)
+        .context("the node endpoint's serving certificate")?;
+    let cas: Vec<_> = cas
+        .iter()
+        .map(|der| rustls_pki_types::CertificateDer::from(der.clone()))
+        .collect();
+    let tls = skiff_node_server::tls::server_config(&cas, &serving.cert_pem, &serving.key_pem)
+        .context("the node endpoint's TLS settings")?;
+    let reviewer = ApiReviewer::new(client.clone(), name.to_owned());
+    Ok(skiff_node_server::Security {
+        tls,
+        reviewer: Arc::new(CachingReviewer::new(Arc::new(reviewer))),
+    })
 }
 
 /// Where k3s users keep theirs is `/etc/rancher/k3s/registries.yaml`; skiff's own.
@@ -497,7 +545,7 @@ async fn real(cli: Cli) -> Result<()> {
         )?,
         cleanup_on_exit: args.cleanup_on_exit,
     };
-    let client = client(
+    let (client, cas) = client(
         &cli.api,
         skiff_kubelet::node::host::KUBELET_VERSION,
         Some((&config.name, &config.state_dir.join("pki"))),
@@ -526,9 +574,8 @@ async fn real(cli: Cli) -> Result<()> {
         node.dispatch.pods(),
         proxy.as_ref().map(|(p, _)| p.metrics()),
     ));
-    let server = skiff_node_server::NodeServer::bind(listen, endpoint)
-        .await
-        .with_context(|| format!("binding the node endpoint on {listen}"))?;
+    let security = endpoint_security(&client, &config.name, config.address, &cas)?;
+    let server = node_endpoint(listen, endpoint, security).await?;
     let serving = tokio::spawn(server.serve(std::future::pending()));
     let dns = start_dns(&client, &config.name, dns).await?;
     tracing::info!(node = %config.name, %listen, "node running");
@@ -557,7 +604,7 @@ async fn main() -> Result<()> {
     let Some(count) = cli.simulate.simulate else {
         return Box::pin(real(cli)).await;
     };
-    let client = client(&cli.api, KUBELET_VERSION, None).await?;
+    let (client, _) = client(&cli.api, KUBELET_VERSION, None).await?;
     tokio::select! {
         r = simulate::run(client, cli.simulate.config(count)) => r.context("simulated nodes")?,
         r = shutdown() => r?,

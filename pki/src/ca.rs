@@ -156,15 +156,7 @@ impl Ca {
     /// # Errors
     /// When a name is not a valid DNS name, or signing fails.
     pub fn issue_server(&self, common_name: &str, names: &[String]) -> Result<Issued, CaError> {
-        let mut params = CertificateParams::new(names.to_vec())?;
-        let base = leaf(common_name);
-        params.distinguished_name = base.distinguished_name;
-        params.not_before = base.not_before;
-        params.not_after = base.not_after;
-        params.serial_number = base.serial_number;
-        params.key_usages = base.key_usages;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.sign(&params)
+        self.sign(&server_params(common_name, names)?)
     }
 
     /// Signs a PKCS#10 request (PEM) as a client certificate for the subject it asks for,
@@ -189,6 +181,34 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// The parameters of a serving certificate for `common_name`, valid for `names`.
+fn server_params(common_name: &str, names: &[String]) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::new(names.to_vec())?;
+    let base = leaf(common_name);
+    params.distinguished_name = base.distinguished_name;
+    params.not_before = base.not_before;
+    params.not_after = base.not_after;
+    params.serial_number = base.serial_number;
+    params.key_usages = base.key_usages;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok(params)
+}
+
+/// A self-signed serving certificate for `common_name`, valid for `names`, as the kubelet
+/// makes for itself when no serving certificate is given (clients that reach it, the API
+/// server, do not verify it, as kube-apiserver without `--kubelet-certificate-authority`).
+///
+/// # Errors
+/// When a name is not a valid DNS name or IP address, or signing fails.
+pub fn self_signed_server(common_name: &str, names: &[String]) -> Result<Issued, CaError> {
+    let key = KeyPair::generate()?;
+    let cert = server_params(common_name, names)?.self_signed(&key)?;
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// A fresh key and a PKCS#10 request (both PEM) for a client certificate naming `user` in
@@ -313,6 +333,15 @@ mod tests {
         assert_eq!(subject.common_name, "system:node:n1");
         assert_eq!(subject.organizations, ["system:nodes"]);
         assert!(ca.sign_client_request("not a request").is_err());
+    }
+
+    #[test]
+    fn a_self_signed_serving_certificate_names_its_node() {
+        let issued = self_signed_server("n1", &["n1".into(), "10.0.0.2".into()]).unwrap();
+        assert_eq!(
+            Subject::from_pem(&issued.cert_pem).unwrap().common_name,
+            "n1"
+        );
     }
 
     #[test]

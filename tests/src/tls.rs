@@ -145,3 +145,45 @@ pub fn exchange(
     }
     Ok(response)
 }
+
+/// One GET to a node endpoint at `addr` (`host:port`) over `client`'s TLS; the whole
+/// answer (status line, headers, body).
+///
+/// # Errors
+/// When the node cannot be reached or the connection breaks before an answer.
+pub async fn node_get(
+    client: &skiff_api::kubelet_client::KubeletClient,
+    addr: &str,
+    path: &str,
+) -> Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = client.dial(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut reply = Vec::new();
+    // A server closing without TLS's close_notify has still said all it had to.
+    if let Err(err) = s.read_to_end(&mut reply).await
+        && (err.kind() != ErrorKind::UnexpectedEof || reply.is_empty())
+    {
+        return Err(err.into());
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// [`node_get`] from synchronous code, on a runtime of its own (in the calling thread, so
+/// in its network namespace).
+///
+/// # Errors
+/// As [`node_get`].
+pub fn node_get_blocking(
+    client: &skiff_api::kubelet_client::KubeletClient,
+    addr: &str,
+    path: &str,
+) -> Result<String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(node_get(client, addr, path))
+}

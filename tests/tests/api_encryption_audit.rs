@@ -310,3 +310,60 @@ fn the_audit_log_records_requests_at_the_levels_the_policy_says() -> Result<()> 
     drop(cp);
     Ok(())
 }
+
+#[test]
+fn requests_refused_by_authentication_are_audited_with_an_empty_user() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("audit.log");
+    let cp = ControlPlane::start_with(
+        dir.path(),
+        &[
+            "--no-scheduler",
+            "--no-controllers",
+            "--audit-log-path",
+            log.to_str().context("utf-8 path")?,
+        ],
+    )?;
+    let anonymous = cp.admin_credentials()?.anonymous_config()?;
+    for headers in ["", "Authorization: Bearer not-a-token\r\n"] {
+        let request = format!(
+            "GET /api/v1/namespaces/kube-system/secrets HTTP/1.0\r\nHost: localhost\r\n{headers}\r\n"
+        );
+        let raw = cp.exchange_as(
+            std::sync::Arc::clone(&anonymous),
+            request.as_bytes(),
+            std::time::Duration::from_secs(10),
+        )?;
+        assert!(
+            raw.starts_with(b"HTTP/1.0 401"),
+            "{}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+    let refused = |events: &[serde_json::Value]| {
+        events
+            .iter()
+            .filter(|e| e["responseStatus"]["code"] == 401)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let events = audit_events(&log, |events| refused(events).len() >= 2)?;
+    let refused = refused(&events);
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for event in &refused {
+        assert_eq!(event["stage"], "ResponseStarted", "{event}");
+        assert_eq!(event["user"], serde_json::json!({}), "{event}");
+        assert_eq!(event["verb"], "list");
+        assert_eq!(event["objectRef"]["resource"], "secrets");
+        assert_eq!(event["objectRef"]["namespace"], "kube-system");
+    }
+    assert_eq!(
+        refused[0]["responseStatus"]["message"],
+        "Authentication failed, no credentials provided"
+    );
+    assert_eq!(
+        refused[1]["responseStatus"]["message"],
+        "Authentication failed, attempted: bearer"
+    );
+    Ok(())
+}

@@ -497,6 +497,18 @@ fn get_from_outside(c: &Cluster, ip: Ipv4Addr, port: u16, path: &str) -> Result<
     })
 }
 
+/// A GET over TLS without a client certificate from outside the cluster; the whole answer.
+fn anonymous_tls_get(c: &Cluster, ip: Ipv4Addr, port: u16, path: &str) -> Result<String> {
+    c.client().run(|| {
+        let client = skiff_api::kubelet_client::KubeletClient::default();
+        Ok(
+            skiff_tests::tls::node_get_blocking(&client, &format!("{ip}:{port}"), path)?
+                .trim()
+                .to_owned(),
+        )
+    })
+}
+
 /// `control` runs without `--loadbalancer-ip-range` here: a `LoadBalancer` Service gets the
 /// node addresses (k3s `ServiceLB`), and its port answers on each of them from outside; a
 /// port the nodes' own endpoint uses is refused with a reason instead.
@@ -573,13 +585,13 @@ fn load_balancer_on_node_addresses(c: &Cluster) -> Result<()> {
         held["status"]["loadBalancer"]["ingress"].is_null(),
         "the refused Service has addresses: {held}"
     );
-    // The node endpoint still answers on its port (httpd in the pods would not say "ok"):
-    // the Service did not capture it.
+    // The node endpoint still answers on its port (httpd in the pods would not speak TLS
+    // and answer an anonymous caller 401): the Service did not capture it.
     let node = c.node_hosts()[0].address();
-    let health = get_from_outside(c, node, endpoint, "/healthz")
+    let health = anonymous_tls_get(c, node, endpoint, "/healthz")
         .with_context(|| format!("the node endpoint at {node}:{endpoint}"))?;
     ensure!(
-        health == "ok",
+        health.starts_with("HTTP/1.1 401") && health.ends_with("Unauthorized"),
         "{node}:{endpoint}/healthz answered {health:?}"
     );
     c.kubectl(&["delete", "service", "mesh-lb", "mesh-lb-kubelet"], None)?;

@@ -417,7 +417,7 @@ spec:
     assert_eq!(numbers.len(), 3, "{lines:?}");
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{lines:?}");
     // The node's endpoint reports per-container usage from cgroups.
-    let summary = http_get_text(c.node.port(), "/stats/summary")?;
+    let summary = http_get_text(&c.cp, c.node.port(), "/stats/summary")?;
     let summary: Value = serde_json::from_str(&summary).context("stats summary")?;
     let web = summary["pods"]
         .as_array()
@@ -715,15 +715,13 @@ fn run_with_a_terminal(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-fn http_get_text(port: u16, path: &str) -> Result<String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
+/// A GET to the node endpoint over TLS, as the cluster's admin (the node asks the API
+/// server whether that user may; its serving certificate is self-signed, so not verified).
+fn http_get_text(cp: &ControlPlane, port: u16, path: &str) -> Result<String> {
+    let creds = cp.admin_credentials()?;
+    let client =
+        skiff_api::kubelet_client::KubeletClient::with_identity(&creds.cert_pem, &creds.key_pem)?;
+    let text = skiff_tests::tls::node_get_blocking(&client, &format!("127.0.0.1:{port}"), path)?;
     let (head, body) = text.split_once("\r\n\r\n").context("an HTTP reply")?;
     if head
         .to_ascii_lowercase()

@@ -18,9 +18,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use serde_json::{Value, json};
+use skiff_api::kubelet_client::KubeletClient;
 use skiff_node_server::{
     BackendError, ContainerRef, ImageSummary, LogSource, NodeBackend, NodeServer, PortConnection,
-    Session, StreamOptions, Summary,
+    Security, Session, StreamOptions, Summary,
+    auth::{ApiReviewer, CachingReviewer},
 };
 use skiff_tests::{control::ControlPlane, process::ChildGuard, require_program};
 use tokio::io::AsyncWriteExt;
@@ -214,6 +216,96 @@ async fn kubectl(
     .await?
 }
 
+/// What the node daemon secures its endpoint with: a self-signed serving certificate,
+/// client certificates of the cluster CA, and `SubjectAccessReview`s posted to the API
+/// server (here as the admin; a node posts them as itself).
+async fn security(cp: &ControlPlane) -> Result<Security> {
+    let creds = cp.admin_credentials()?;
+    let cas = skiff_node_server::tls::certs(&creds.ca_pem, "cluster CA")?;
+    let serving = skiff_pki::ca::self_signed_server("skt-node", &["127.0.0.1".into()])?;
+    let tls = skiff_node_server::tls::server_config(&cas, &serving.cert_pem, &serving.key_pem)?;
+    let reviewer = ApiReviewer::new(cp.kube_client().await?, "skt-node".into());
+    Ok(Security {
+        tls,
+        reviewer: Arc::new(CachingReviewer::new(Arc::new(reviewer))),
+    })
+}
+
+/// One GET to the node endpoint as `client`; the status code and the whole answer.
+async fn node_get(client: &KubeletClient, port: u16, path: &str) -> Result<(u16, String)> {
+    let text = skiff_tests::tls::node_get(client, &format!("127.0.0.1:{port}"), path).await?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {text:?}"))?;
+    Ok((code, text))
+}
+
+/// The node answers a caller without a certificate 401, and one whose user RBAC does not
+/// give `nodes/proxy` 403 in the kubelet's words; the cluster's admin is served.
+async fn node_refuses_strangers(cp: &ControlPlane, port: u16) -> Result<()> {
+    let (code, text) = node_get(
+        &KubeletClient::default(),
+        port,
+        "/containerLogs/default/web/app",
+    )
+    .await?;
+    assert_eq!(code, 401, "{text}");
+    let creds = cp.admin_credentials()?;
+    let ca = skiff_pki::Ca::from_pem(
+        &creds.ca_pem,
+        &std::fs::read_to_string(cp.data_dir().join("pki/ca.key"))?,
+    )?;
+    let nobody = ca.issue_client("nobody", &[])?;
+    let nobody = KubeletClient::with_identity(&nobody.cert_pem, &nobody.key_pem)?;
+    let (code, text) = node_get(&nobody, port, "/containerLogs/default/web/app").await?;
+    assert_eq!(code, 403, "{text}");
+    assert!(
+        text.contains("Forbidden (user=nobody, verb=get, resource=nodes, subresource=proxy)"),
+        "{text}"
+    );
+    let admin = KubeletClient::with_identity(&creds.cert_pem, &creds.key_pem)?;
+    let (code, text) = node_get(&admin, port, "/containerLogs/default/web/app").await?;
+    assert_eq!(code, 200, "{text}");
+    Ok(())
+}
+
+/// A user bound to `view` reads the pod but RBAC refuses its `exec` at the API server.
+async fn viewers_cannot_exec(cp: &Arc<ControlPlane>) -> Result<()> {
+    let bound = kubectl(
+        cp,
+        &[
+            "create",
+            "rolebinding",
+            "viewer",
+            "--clusterrole=view",
+            "--user=viewer",
+        ],
+        None,
+    )
+    .await?;
+    assert!(
+        bound.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bound.stderr)
+    );
+    let get = kubectl(cp, &["--as=viewer", "get", "pod", "web"], None).await?;
+    assert!(
+        get.status.success(),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    let exec = kubectl(cp, &["--as=viewer", "exec", "web", "--", "ls"], None).await?;
+    assert!(!exec.status.success());
+    let stderr = String::from_utf8_lossy(&exec.stderr);
+    assert!(
+        stderr.contains("resource \"pods/exec\" in API group \"\" in the namespace \"default\""),
+        "{stderr}"
+    );
+    Ok(())
+}
+
 /// A Node whose endpoint is the in-process server, and a pod bound to it.
 fn node_and_pod(cp: &ControlPlane, port: u16) -> Result<()> {
     send(
@@ -322,16 +414,17 @@ async fn kubectl_logs_and_exec_reach_the_node_through_the_api_server() -> Result
     });
     let server = NodeServer::bind(([127, 0, 0, 1], 0).into(), backend).await?;
     let port = server.local_addr()?.port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(async {
-        let _ = stopped.await;
-    }));
-
     let cp = {
         let path = dir.path().to_owned();
         Arc::new(tokio::task::spawn_blocking(move || ControlPlane::start(&path)).await??)
     };
+    let server = server.secured(security(&cp).await?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
     node_and_pod(&cp, port)?;
+    node_refuses_strangers(&cp, port).await?;
 
     let out = kubectl(&cp, &["logs", "web", "--tail=2", "--timestamps"], None).await?;
     assert!(
@@ -358,6 +451,7 @@ async fn kubectl_logs_and_exec_reach_the_node_through_the_api_server() -> Result
     exec_and_attach(&cp).await?;
     port_forward(&cp, true).await?;
     port_forward(&cp, false).await?;
+    viewers_cannot_exec(&cp).await?;
 
     let _ = stop.send(());
     serving.await?;

@@ -10,6 +10,8 @@ use crate::{
     allocator::{RangeError, ServicePools},
     audit::Auditor,
     authz::Authorizer,
+    flowcontrol::FlowControl,
+    kubelet_client::KubeletClient,
     metrics::Metrics,
 };
 
@@ -27,6 +29,12 @@ pub struct Ctx {
     pub authz: Authorizer,
     /// The audit log, when one is configured.
     pub audit: Option<Arc<Auditor>>,
+    /// How node endpoints are reached (TLS, with the API server's kubelet-client certificate).
+    pub kubelet: KubeletClient,
+    /// Seats and watch counts that keep one client from exhausting the server.
+    pub flow: FlowControl,
+    /// Request bodies above this many bytes are refused 413 (`--max-request-body-bytes`).
+    pub max_body: usize,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -56,6 +64,9 @@ impl Ctx {
             address,
             authz: Authorizer::default(),
             audit: None,
+            kubelet: KubeletClient::default(),
+            flow: FlowControl::default(),
+            max_body: crate::http::MAX_BODY,
         })
     }
 }

@@ -14,7 +14,8 @@ use skiff_resources::wire;
 /// The response body every handler returns: whole or streamed.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-/// Bodies above this are refused with 413, like the Go apiserver's 3 MiB limit.
+/// Bodies above this are refused with 413: kube-apiserver's `--max-request-body-bytes`
+/// default.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// Query parameters (last value wins) and who is asking.
@@ -110,32 +111,36 @@ pub fn format(headers: &HeaderMap) -> Format {
     }
 }
 
-/// Reads the body, refusing more than [`MAX_BODY`] bytes.
-pub async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, StatusError> {
+/// Reads the body, refusing more than `limit` bytes (the server's
+/// `--max-request-body-bytes`).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, StatusError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) {
-        return Err(too_large());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
     }
-    match Limited::new(body, MAX_BODY).collect().await {
+    match Limited::new(body, limit).collect().await {
         Ok(collected) => {
             let body = collected.to_bytes();
             crate::audit::keep_request_body(headers, &body);
             Ok(body)
         }
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
         Err(err) => Err(StatusError::bad_request(format!(
             "reading the request body: {err}"
         ))),
     }
 }
 
-fn too_large() -> StatusError {
-    StatusError::too_large(format!(
-        "the request body is larger than the limit of {MAX_BODY} bytes"
-    ))
+/// kube's `NewRequestEntityTooLargeError` from its `limitedReadBody`.
+fn too_large(limit: usize) -> StatusError {
+    StatusError::too_large(format!("Request entity too large: limit is {limit}"))
 }
 
 fn content_type(headers: &HeaderMap) -> String {

@@ -10,7 +10,7 @@ use skiff_resources::by_kind;
 use skiff_store::ListOptions;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::{ctx::Ctx, http::Query, objects};
+use crate::{ctx::Ctx, http::Query, kubelet_client::KubeletClient, objects};
 
 /// The group and version served.
 pub const GROUP: &str = "metrics.k8s.io";
@@ -90,11 +90,11 @@ pub async fn serve(ctx: &Ctx, target: Target, query: &Query) -> Result<Value, St
         .transpose()
         .map_err(|e| StatusError::bad_request(e.to_string()))?;
     let nodes = list(ctx, "Node", None).await?;
-    let mut summaries = summaries(&nodes).await;
+    let mut summaries = summaries(&ctx.kubelet, &nodes).await;
     // A CPU rate needs two readings; a node asked for the first time has one.
     if summaries.iter().any(lacks_rate) {
         tokio::time::sleep(RATE_WINDOW).await;
-        summaries = self::summaries(&nodes).await;
+        summaries = self::summaries(&ctx.kubelet, &nodes).await;
     }
     let now = objects::now();
     match target {
@@ -209,12 +209,12 @@ fn lacks_rate(summary: &Value) -> bool {
 
 /// Every reachable node's summary; a node that does not answer is left out, as
 /// metrics-server leaves out nodes it cannot scrape.
-async fn summaries(nodes: &[Value]) -> Vec<Value> {
+async fn summaries(kubelet: &KubeletClient, nodes: &[Value]) -> Vec<Value> {
     let fetches = nodes
         .iter()
         .filter_map(crate::node_proxy::endpoint_of)
         .map(|addr| async move {
-            match tokio::time::timeout(NODE_TIMEOUT, summary(&addr)).await {
+            match tokio::time::timeout(NODE_TIMEOUT, summary(kubelet, &addr)).await {
                 Ok(Ok(s)) => Some(s),
                 Ok(Err(err)) => {
                     tracing::debug!(node = %addr, %err, "no stats summary");
@@ -233,8 +233,8 @@ async fn summaries(nodes: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-async fn summary(addr: &str) -> std::io::Result<Value> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+async fn summary(kubelet: &KubeletClient, addr: &str) -> std::io::Result<Value> {
+    let mut stream = kubelet.dial(addr).await.map_err(std::io::Error::other)?;
     stream
         .write_all(
             format!("GET /stats/summary HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
@@ -242,7 +242,13 @@ async fn summary(addr: &str) -> std::io::Result<Value> {
         )
         .await?;
     let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).await?;
+    match stream.read_to_end(&mut reply).await {
+        // A node that closes without TLS's close_notify has still sent its whole answer.
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof && !reply.is_empty() => {}
+        other => {
+            other?;
+        }
+    }
     let text = String::from_utf8_lossy(&reply);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     if !head.starts_with("HTTP/1.1 200") {

@@ -19,7 +19,6 @@ use skiff_machinery::{
 };
 use skiff_resources::{Subresource, by_kind};
 use skiff_types::namespace;
-use tokio::net::TcpStream;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -30,6 +29,7 @@ use tokio_tungstenite::{
 use crate::{
     ctx::Ctx,
     http::{self as h, Body, Query},
+    kubelet_client::{KubeletClient, KubeletClientError},
     objects,
     route::ResourceRoute,
 };
@@ -54,14 +54,9 @@ const LOG_PARAMS: [&str; 7] = [
 /// Why the node could not be reached.
 #[derive(Debug, thiserror::Error)]
 enum NodeError {
-    /// No TCP connection to the node endpoint.
-    #[error("dialing node endpoint {addr}: {source}")]
-    Dial {
-        /// `host:port`.
-        addr: String,
-        /// The failure.
-        source: std::io::Error,
-    },
+    /// No TLS connection to the node endpoint.
+    #[error(transparent)]
+    Dial(#[from] KubeletClientError),
     /// The node did not answer in time.
     #[error("node endpoint {0} did not answer in time")]
     Timeout(String),
@@ -132,9 +127,9 @@ pub async fn serve(
             .finish();
         let path = format!("/portForward/{namespace}/{name}?{forwarded}");
         if portforward::is_spdy_upgrade(req.headers()) {
-            return spdy(&node, &path, req).await;
+            return spdy(&ctx.kubelet, &node, &path, req).await;
         }
-        return stream(&node, &path, req, Relay::PortForward).await;
+        return stream(&ctx.kubelet, &node, &path, req, Relay::PortForward).await;
     }
     let container = container_of(&pod, query.get("container"))?;
     let node = node_address(ctx, &pod).await?;
@@ -148,7 +143,7 @@ pub async fn serve(
                     .filter_map(|k| query.get(k).map(|v| (*k, v))),
             )
             .finish();
-        logs(&node, &format!("{path}?{forwarded}")).await
+        logs(&ctx.kubelet, &node, &format!("{path}?{forwarded}")).await
     } else {
         // Keep repeated `command` keys in order: re-encode the raw query without `container`.
         let forwarded = form_urlencoded::Serializer::new(String::new())
@@ -157,7 +152,14 @@ pub async fn serve(
                     .filter(|(k, _)| k != "container"),
             )
             .finish();
-        stream(&node, &format!("{path}?{forwarded}"), req, Relay::Channel).await
+        stream(
+            &ctx.kubelet,
+            &node,
+            &format!("{path}?{forwarded}"),
+            req,
+            Relay::Channel,
+        )
+        .await
     }
 }
 
@@ -258,20 +260,13 @@ pub(crate) fn endpoint_of(node: &Value) -> Option<String> {
     })
 }
 
-async fn dial(node: &str) -> Result<TcpStream, NodeError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(node)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(source)) => Err(NodeError::Dial {
-            addr: node.to_owned(),
-            source,
-        }),
-        Err(_) => Err(NodeError::Timeout(node.to_owned())),
-    }
-}
-
 /// Relays the node's log body: its status and body as they are, streamed.
-async fn logs(node: &str, path_and_query: &str) -> Result<Response<Body>, StatusError> {
-    let stream = dial(node).await?;
+async fn logs(
+    kubelet: &KubeletClient,
+    node: &str,
+    path_and_query: &str,
+) -> Result<Response<Body>, StatusError> {
+    let stream = kubelet.dial(node).await.map_err(NodeError::from)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(NodeError::from)?;
@@ -367,6 +362,7 @@ fn offer(req: &Request<Incoming>, relay: Relay) -> Result<(String, Vec<String>),
 /// with the protocol the node chose and relays frames both ways. A node refusal reaches the
 /// client as the node's own status, before any upgrade.
 async fn stream(
+    kubelet: &KubeletClient,
     node: &str,
     path_and_query: &str,
     mut req: Request<Incoming>,
@@ -374,7 +370,7 @@ async fn stream(
 ) -> Result<Response<Body>, StatusError> {
     let (key, offered) = offer(&req, kind)?;
     let accept = derive_accept_key(key.as_bytes());
-    let mut node_req = format!("ws://{node}{path_and_query}")
+    let mut node_req = format!("wss://{node}{path_and_query}")
         .into_client_request()
         .map_err(|e| StatusError::internal(format!("building the node request: {e}")))?;
     if let Ok(v) = HeaderValue::from_str(&offered.join(", ")) {
@@ -382,7 +378,7 @@ async fn stream(
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, v);
     }
-    let tcp = dial(node).await?;
+    let tcp = kubelet.dial(node).await.map_err(NodeError::from)?;
     let handshake = tokio::time::timeout(
         CONNECT_TIMEOUT,
         tokio_tungstenite::client_async(node_req, tcp),
@@ -418,11 +414,12 @@ async fn stream(
 /// what kubectl before 1.31 sends): the node's 101 is passed on and the two upgraded
 /// connections are joined byte for byte; a refusal comes back as the node's status and body.
 async fn spdy(
+    kubelet: &KubeletClient,
     node: &str,
     path_and_query: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, StatusError> {
-    let tcp = dial(node).await?;
+    let tcp = kubelet.dial(node).await.map_err(NodeError::from)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(NodeError::from)?;

@@ -29,7 +29,7 @@ use crate::{
     authz::{self, attributes, review::Review},
     bootstrap,
     ctx::Ctx,
-    discovery,
+    discovery, flowcontrol,
     http::{self as h, Body, Query},
     metrics_api, node_proxy,
     route::{Route, route},
@@ -51,6 +51,10 @@ pub struct Config {
     pub compaction_keep: i64,
     /// Where audit events go, if anywhere.
     pub audit: Option<Arc<Auditor>>,
+    /// In-flight, queue and watch limits.
+    pub limits: flowcontrol::Limits,
+    /// Largest request body accepted (`--max-request-body-bytes`).
+    pub max_request_body_bytes: usize,
 }
 
 impl Default for Config {
@@ -62,6 +66,8 @@ impl Default for Config {
             compaction_interval: Duration::from_mins(5),
             compaction_keep: 10_000,
             audit: None,
+            limits: flowcontrol::Limits::default(),
+            max_request_body_bytes: h::MAX_BODY,
         }
     }
 }
@@ -100,6 +106,8 @@ pub struct Security {
     pub tls: Arc<rustls::ServerConfig>,
     /// Who a request is from.
     pub authn: Arc<Authenticator>,
+    /// How node endpoints are reached.
+    pub kubelet: crate::kubelet_client::KubeletClient,
 }
 
 /// A bound, bootstrapped API server.
@@ -144,6 +152,9 @@ impl Server {
         )
         .map_err(ServerError::Ranges)?;
         ctx.audit.clone_from(&config.audit);
+        ctx.kubelet = security.kubelet.clone();
+        ctx.flow = flowcontrol::FlowControl::new(&config.limits);
+        ctx.max_body = config.max_request_body_bytes;
         let ctx = Arc::new(ctx);
         bootstrap::run(&ctx)
             .await
@@ -302,7 +313,16 @@ async fn handle(
                 .map(|user| (authenticated, user))
         },
     ) {
-        Err(err) => ("AUTH", String::new(), h::error(&err)),
+        Err(err) => {
+            if let (Some(auditor), Some(meta), true) = (&ctx.audit, &audit_meta, err.code == 401) {
+                let attrs =
+                    attributes::from_request(UserInfo::default(), method.as_str(), &path, &|k| {
+                        query.get(k).map(str::to_owned)
+                    });
+                auditor.failed_authentication(&attrs, meta, &tried(connection_user, &req));
+            }
+            ("AUTH", String::new(), h::error(&err))
+        }
         Ok((authenticated, user)) => {
             let attrs = attributes::from_request(user, method.as_str(), &path, &|k| {
                 query.get(k).map(str::to_owned)
@@ -317,7 +337,11 @@ async fn handle(
                 .as_ref()
                 .map(|r| r.resource.clone())
                 .unwrap_or_default();
-            if let Err(reason) = ctx.authz.authorize(&attrs) {
+            let permit = ctx.flow.admit(&attrs).await;
+            if let Err(err) = &permit {
+                tracing::debug!(user = %attrs.user.name, verb = %attrs.verb, "too many requests");
+                ("FLOWCONTROL", resource, flowcontrol::refusal(err))
+            } else if let Err(reason) = ctx.authz.authorize(&attrs) {
                 let err = attributes::forbidden(&attrs, &reason);
                 tracing::debug!(user = %attrs.user.name, groups = ?attrs.user.groups, message = %err.message, "forbidden");
                 ("AUTHZ", resource, h::error(&err))
@@ -329,10 +353,12 @@ async fn handle(
                     user.clone(),
                     route_request(&ctx, &user, req, &method, &path, &query),
                 ));
-                match &mut audit {
+                let (verb, resource, response) = match &mut audit {
                     Some(entry) => entry.run(routed).await,
                     None => routed.await,
-                }
+                };
+                let permit = permit.unwrap_or(flowcontrol::Permit::Free);
+                (verb, resource, flowcontrol::hold(response, permit))
             }
         }
     };
@@ -345,6 +371,20 @@ async fn handle(
         .observe(verb, &resource, code, started.elapsed());
     tracing::debug!(%method, %path, code, took_ms = started.elapsed().as_millis(), "request");
     response
+}
+
+/// The credentials a request came with, in kube's audit words (`bearer`, `x509`).
+fn tried(connection_user: Option<&UserInfo>, req: &Request<Incoming>) -> Vec<&'static str> {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+    [(bearer, "bearer"), (connection_user.is_some(), "x509")]
+        .into_iter()
+        .filter_map(|(used, name)| used.then_some(name))
+        .collect()
 }
 
 /// `/apis/metrics.k8s.io...`: discovery, then node and pod metrics read from the nodes.
@@ -402,7 +442,7 @@ async fn review(
     }
     let headers = req.headers().clone();
     let answer = async {
-        let body = h::read_body(&headers, req.into_body()).await?;
+        let body = h::read_body(&headers, req.into_body(), ctx.max_body).await?;
         let obj = h::decode_object(&headers, &body)?;
         authz::review::answer(&ctx.authz, caller, kind, namespace.as_deref(), obj)
     }
@@ -470,7 +510,10 @@ async fn route_request(
             skiff_resources::openapi::document(&group, &version).cloned(),
         )),
         Route::Health => get_only(h::text(StatusCode::OK, "ok")),
-        Route::Metrics => get_only(h::text(StatusCode::OK, ctx.metrics.render())),
+        Route::Metrics => get_only(h::text(
+            StatusCode::OK,
+            ctx.metrics.render() + &ctx.flow.render(),
+        )),
         Route::Backup => get_only(match ctx.store.snapshot().await {
             Ok(bytes) => {
                 let mut resp = h::text(StatusCode::OK, bytes);
@@ -495,7 +538,7 @@ async fn route_request(
             let plural = r.info.plural.to_owned();
             let headers = req.headers().clone();
             let body = if verbs::has_body(method) {
-                h::read_body(&headers, req.into_body()).await
+                h::read_body(&headers, req.into_body(), ctx.max_body).await
             } else {
                 Ok(bytes::Bytes::new())
             };

@@ -60,9 +60,44 @@ impl Resource {
     }
 }
 
+/// The node client presenting the kubeconfig's client certificate (none without one: the
+/// node then answers 401).
+fn node_client(config: &Config) -> Result<skiff_api::kubelet_client::KubeletClient> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let auth = &config.auth_info;
+    let read = |data: Option<&str>, file: Option<&String>| -> Result<Option<String>> {
+        if let Some(data) = data {
+            let bytes = STANDARD
+                .decode(data.trim())
+                .context("kubeconfig certificate data")?;
+            return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
+        }
+        file.map(|f| std::fs::read_to_string(f).with_context(|| format!("reading {f}")))
+            .transpose()
+    };
+    let key_data = auth.client_key_data.as_ref().map(|k| {
+        use secrecy::ExposeSecret;
+        k.expose_secret().to_owned()
+    });
+    let cert = read(
+        auth.client_certificate_data.as_deref(),
+        auth.client_certificate.as_ref(),
+    )?;
+    let key = read(key_data.as_deref(), auth.client_key.as_ref())?;
+    Ok(match (cert, key) {
+        (Some(cert), Some(key)) => {
+            skiff_api::kubelet_client::KubeletClient::with_identity(&cert, &key)?
+        }
+        _ => skiff_api::kubelet_client::KubeletClient::default(),
+    })
+}
+
 /// A client plus what discovery told it.
 pub struct Connection {
     pub client: Client,
+    /// How node endpoints are reached directly (`ctl image`): TLS with the kubeconfig's
+    /// client certificate, which the node authorizes through the API server.
+    pub nodes: skiff_api::kubelet_client::KubeletClient,
     pub namespace: String,
     kinds: Vec<Resource>,
 }
@@ -93,10 +128,12 @@ impl Connection {
             config.cluster_url = url.parse().context("--server is not a URL")?;
         }
         let namespace = namespace.map_or_else(|| config.default_namespace.clone(), str::to_owned);
+        let nodes = node_client(&config)?;
         let client = Client::try_from(config)?;
         let kinds = discover(&client).await?;
         Ok(Self {
             client,
+            nodes,
             namespace,
             kinds,
         })
@@ -211,6 +248,7 @@ mod tests {
         let config = Config::new("http://127.0.0.1:1".parse().unwrap());
         Connection {
             client: Client::try_from(config).unwrap(),
+            nodes: skiff_api::kubelet_client::KubeletClient::default(),
             namespace: "default".into(),
             kinds,
         }

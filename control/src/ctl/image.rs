@@ -7,10 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, api::ListParams};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use skiff_api::kubelet_client::KubeletClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connect::Connection;
 
@@ -109,12 +107,23 @@ async fn target(conn: &Connection, name: Option<&str>) -> Result<Node> {
 
 /// One request to the node's endpoint; the body of a 200 answer, else an error with the
 /// node's reason.
-async fn call(node: &Node, head: &str, body: &[u8]) -> Result<serde_json::Value> {
+async fn call(
+    nodes: &KubeletClient,
+    node: &Node,
+    head: &str,
+    body: &[u8],
+) -> Result<serde_json::Value> {
     let name = node.metadata.name.clone().unwrap_or_default();
     let (ip, port) = endpoint(node).with_context(|| format!("node {name} reports no endpoint"))?;
-    let mut stream = TcpStream::connect((ip.as_str(), port))
+    let addr = if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    };
+    let mut stream = nodes
+        .dial(&addr)
         .await
-        .with_context(|| format!("connecting to node {name} at {ip}:{port}"))?;
+        .with_context(|| format!("connecting to node {name} at {addr}"))?;
     let head = format!(
         "{head}\r\nHost: {ip}:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -122,7 +131,13 @@ async fn call(node: &Node, head: &str, body: &[u8]) -> Result<serde_json::Value>
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
     let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).await?;
+    match stream.read_to_end(&mut reply).await {
+        // A node that closes without TLS's close_notify has still sent its whole answer.
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof && !reply.is_empty() => {}
+        other => {
+            other?;
+        }
+    }
     let reply = String::from_utf8_lossy(&reply);
     let (status_line, rest) = reply.split_once("\r\n").unwrap_or((&reply, ""));
     let body = rest.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
@@ -161,6 +176,7 @@ pub async fn run(conn: &Connection, args: &Args) -> Result<()> {
                 .await
                 .with_context(|| format!("reading {}", file.display()))?;
             let answer = call(
+                &conn.nodes,
                 &node,
                 "POST /images/import HTTP/1.1\r\nContent-Type: application/x-tar",
                 &body,
@@ -176,7 +192,7 @@ pub async fn run(conn: &Connection, args: &Args) -> Result<()> {
         }
         Command::Ls { node } => {
             let node = target(conn, node.as_deref()).await?;
-            let answer = call(&node, "GET /images HTTP/1.1", b"").await?;
+            let answer = call(&conn.nodes, &node, "GET /images HTTP/1.1", b"").await?;
             let mut rows = vec![[
                 "IMAGE".to_owned(),
                 "IMAGE ID".to_owned(),
@@ -209,7 +225,7 @@ pub async fn run(conn: &Connection, args: &Args) -> Result<()> {
             let mut failed = 0;
             for image in images {
                 let head = format!("DELETE /images?{} HTTP/1.1", query(image));
-                match call(&node, &head, b"").await {
+                match call(&conn.nodes, &node, &head, b"").await {
                     Ok(answer) => {
                         println!("Deleted: {}", answer["removed"].as_str().unwrap_or(image));
                     }
@@ -227,7 +243,7 @@ pub async fn run(conn: &Connection, args: &Args) -> Result<()> {
             let node = target(conn, node.as_deref()).await?;
             let name = node.metadata.name.clone().unwrap_or_default();
             let head = format!("POST /images/pull?{} HTTP/1.1", query(image));
-            let answer = call(&node, &head, b"").await?;
+            let answer = call(&conn.nodes, &node, &head, b"").await?;
             println!(
                 "Image is up to date for {} ({}) on node {name}",
                 answer["reference"].as_str().unwrap_or(image),

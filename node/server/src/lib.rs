@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod images;
 pub mod logs;
 mod portforward;
@@ -14,6 +15,7 @@ mod reply;
 mod serve;
 pub mod stats;
 mod stream;
+pub mod tls;
 
 use std::{
     fmt,
@@ -25,7 +27,7 @@ use std::{
 
 use async_trait::async_trait;
 pub use logs::{LogOptions, stream_log};
-pub use serve::{DEFAULT_PORT, NodeServer, ServeError};
+pub use serve::{DEFAULT_PORT, NodeServer, Security, ServeError};
 pub use stats::{
     ContainerStats, CpuStats, MemoryStats, NodeStats, PodReference, PodStats, Summary,
 };

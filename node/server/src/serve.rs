@@ -12,7 +12,9 @@ use jiff::Timestamp;
 use tokio::net::TcpListener;
 
 use super::{
-    ContainerRef, NodeBackend, images,
+    ContainerRef, NodeBackend,
+    auth::{Caller, Decision, Reviewer, decide},
+    images,
     logs::{LogOptions, stream_log},
     portforward,
     reply::{self, Body, Params},
@@ -36,10 +38,31 @@ pub enum ServeError {
     },
 }
 
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What makes the endpoint safe to expose: TLS with client certificates of the cluster CA,
+/// and the API server's say on every request.
+#[derive(Clone)]
+pub struct Security {
+    /// The serving certificate and the client CA ([`crate::tls::server_config`]).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Who decides what an authenticated caller may do (a
+    /// [`crate::auth::CachingReviewer`] over the API server's `SubjectAccessReview`).
+    pub reviewer: Arc<dyn Reviewer>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security").finish_non_exhaustive()
+    }
+}
+
 /// The node's HTTP endpoint, bound and ready to serve.
 pub struct NodeServer {
     listener: TcpListener,
     backend: Arc<dyn NodeBackend>,
+    security: Option<Security>,
 }
 
 impl std::fmt::Debug for NodeServer {
@@ -59,7 +82,20 @@ impl NodeServer {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
-        Ok(Self { listener, backend })
+        Ok(Self {
+            listener,
+            backend,
+            security: None,
+        })
+    }
+
+    /// Serves HTTPS, authenticating callers by client certificate and authorizing each
+    /// request with `security.reviewer`. Without it the endpoint speaks plain HTTP to anyone,
+    /// which only tests of the routes themselves do.
+    #[must_use]
+    pub fn secured(mut self, security: Security) -> Self {
+        self.security = Some(security);
+        self
     }
 
     /// The address actually bound.
@@ -85,20 +121,88 @@ impl NodeServer {
                 () = &mut shutdown => return,
             };
             let backend = Arc::clone(&self.backend);
+            let security = self.security.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let backend = Arc::clone(&backend);
-                    async move { Ok::<_, Infallible>(handle(backend, req).await) }
-                });
-                if let Err(err) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await
-                {
-                    tracing::debug!(%peer, %err, "node endpoint connection closed with an error");
+                match security {
+                    None => connection(stream, peer, backend, None).await,
+                    Some(security) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&security.tls));
+                        let tls = match tokio::time::timeout(
+                            HANDSHAKE_TIMEOUT,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(err)) => {
+                                tracing::debug!(%peer, %err, "node endpoint TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let caller = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|leaf| skiff_pki::Subject::from_der(leaf).ok())
+                            .map(|s| Caller {
+                                user: s.common_name,
+                                groups: s.organizations,
+                            });
+                        connection(tls, peer, backend, Some((security.reviewer, caller))).await;
+                    }
                 }
             });
         }
+    }
+}
+
+/// Serves one connection; with a reviewer, every request is decided before it is handled.
+async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    backend: Arc<dyn NodeBackend>,
+    guard: Option<(Arc<dyn Reviewer>, Option<Caller>)>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let guard = guard.map(Arc::new);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let backend = Arc::clone(&backend);
+        let guard = guard.clone();
+        async move {
+            if let Some(guard) = guard {
+                let (reviewer, caller) = guard.as_ref();
+                match decide(
+                    reviewer.as_ref(),
+                    caller.as_ref(),
+                    req.method(),
+                    req.uri().path(),
+                )
+                .await
+                {
+                    Decision::Allow => {}
+                    Decision::Unauthorized => {
+                        return Ok::<_, Infallible>(reply::text(
+                            StatusCode::UNAUTHORIZED,
+                            "Unauthorized",
+                        ));
+                    }
+                    Decision::Forbidden(text) => {
+                        return Ok(reply::text(StatusCode::FORBIDDEN, text));
+                    }
+                }
+            }
+            Ok(handle(backend, req).await)
+        }
+    });
+    if let Err(err) = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await
+    {
+        tracing::debug!(%peer, %err, "node endpoint connection closed with an error");
     }
 }
 

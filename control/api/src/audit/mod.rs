@@ -112,6 +112,34 @@ impl Auditor {
         authenticated: &UserInfo,
         request: &RequestMeta,
     ) -> Option<Entry> {
+        let entry = self.entry(attrs, authenticated, request)?;
+        entry.write(self, Stage::RequestReceived);
+        Some(entry)
+    }
+
+    /// Records a request authentication refused, as kube's `WithFailedAuthenticationAudit`:
+    /// one `ResponseStarted` event with an empty user, code 401 and the methods tried
+    /// (`attrs` are the request's, for no one).
+    pub fn failed_authentication(&self, attrs: &Attributes, request: &RequestMeta, tried: &[&str]) {
+        let Some(mut entry) = self.entry(attrs, &attrs.user, request) else {
+            return;
+        };
+        let message = if tried.is_empty() {
+            "Authentication failed, no credentials provided".to_owned()
+        } else {
+            format!("Authentication failed, attempted: {}", tried.join(", "))
+        };
+        entry.event["user"] = json!({});
+        entry.event["responseStatus"] = json!({"metadata": {}, "code": 401, "message": message});
+        entry.write(self, Stage::ResponseStarted);
+    }
+
+    fn entry(
+        &self,
+        attrs: &Attributes,
+        authenticated: &UserInfo,
+        request: &RequestMeta,
+    ) -> Option<Entry> {
         let decision = self.policy.decide(attrs);
         if decision.level == Level::None {
             return None;
@@ -149,9 +177,7 @@ impl Auditor {
             }
             event["objectRef"] = Value::Object(object);
         }
-        let entry = Entry { event, decision };
-        entry.write(self, Stage::RequestReceived);
-        Some(entry)
+        Some(Entry { event, decision })
     }
 }
 

@@ -44,6 +44,22 @@ fn decode_patch(kind: PatchType, body: &[u8]) -> Result<Value, StatusError> {
     parsed.map_err(|e| StatusError::bad_request(format!("error decoding patch: {e}")))
 }
 
+/// A JSON patch applied within the server's limits (copies up to the body limit, as kube's
+/// `JSONPatchMaxCopyBytes`); too many operations is kube's 413, other failures `invalid`'s.
+pub(super) fn json_patch(
+    ctx: &Ctx,
+    old: &Value,
+    patch: &Value,
+    invalid: impl Fn(p::PatchError) -> StatusError,
+) -> Result<Value, StatusError> {
+    p::json(old, patch, ctx.max_body).map_err(|e| match e {
+        p::PatchError::TooManyOperations { .. } => {
+            StatusError::too_large(format!("Request entity too large: {e}"))
+        }
+        e => invalid(e),
+    })
+}
+
 /// Applies a patch to the live object (or creates it, for apply) and writes it.
 pub async fn patch_object(
     ctx: &Ctx,
@@ -81,7 +97,7 @@ pub async fn patch_object(
     let patched = update::guaranteed(ctx, route, |old, old_rev| async move {
         let patch = patch_ref;
         let new = match kind {
-            PatchType::Json => p::json(&old, patch).map_err(invalid)?,
+            PatchType::Json => json_patch(ctx, &old, patch, invalid)?,
             PatchType::Merge => p::merge(&old, patch),
             PatchType::Strategic => {
                 p::strategic(&old, patch, info.api_version, info.kind).map_err(invalid)?

@@ -133,9 +133,9 @@ async fn scale(
         let current = scale_of(route.info, &obj);
         let wanted = match patch_kind {
             None => sent.clone(),
-            Some(PatchType::Json) => {
-                p::json(&current, sent).map_err(|e| StatusError::bad_request(e.to_string()))?
-            }
+            Some(PatchType::Json) => patch::json_patch(ctx, &current, sent, |e| {
+                StatusError::bad_request(e.to_string())
+            })?,
             Some(PatchType::Merge | PatchType::Strategic | PatchType::Apply) => {
                 p::merge(&current, sent)
             }

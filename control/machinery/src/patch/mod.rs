@@ -15,6 +15,14 @@ pub enum PatchError {
     /// A JSON patch operation failed (missing path, failed test).
     #[error("the JSON patch could not be applied: {0}")]
     JsonPatchFailed(String),
+    /// A JSON patch has more operations than kube-apiserver accepts (a 413).
+    #[error("The allowed maximum operations in a JSON patch is {max}, got {got}")]
+    TooManyOperations {
+        /// [`MAX_JSON_PATCH_OPERATIONS`].
+        max: usize,
+        /// The patch's.
+        got: usize,
+    },
     /// A strategic merge patch is malformed (e.g. a directive with a bad value).
     #[error("invalid strategic merge patch: {0}")]
     InvalidStrategic(String),
@@ -28,15 +36,43 @@ pub fn merge(target: &Value, patch: &Value) -> Value {
     out
 }
 
-/// RFC 6902 JSON patch.
+/// kube-apiserver's `maxJSONPatchOperations`: a longer JSON patch is refused before it is
+/// applied.
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// RFC 6902 JSON patch, within kube-apiserver's limits: at most
+/// [`MAX_JSON_PATCH_OPERATIONS`] operations, and `copy` operations adding at most
+/// `max_copy_bytes` in all (its `JSONPatchMaxCopyBytes`, the request body limit), so a small
+/// patch cannot double a document again and again.
 ///
 /// # Errors
-/// When the patch is not a list of operations or an operation fails.
-pub fn json(target: &Value, patch: &Value) -> Result<Value, PatchError> {
+/// When the patch is not a list of operations, is too long, copies too much, or an
+/// operation fails.
+pub fn json(target: &Value, patch: &Value, max_copy_bytes: usize) -> Result<Value, PatchError> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| PatchError::InvalidJsonPatch(e.to_string()))?;
+    if ops.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(PatchError::TooManyOperations {
+            max: MAX_JSON_PATCH_OPERATIONS,
+            got: ops.0.len(),
+        });
+    }
     let mut out = target.clone();
-    json_patch::patch(&mut out, &ops).map_err(|e| PatchError::JsonPatchFailed(e.to_string()))?;
+    let mut copied = 0usize;
+    for op in &ops.0 {
+        if let json_patch::PatchOperation::Copy(copy) = op
+            && let Some(from) = out.pointer(copy.from.as_str())
+        {
+            copied = copied.saturating_add(serde_json::to_vec(from).map_or(0, |v| v.len()));
+            if copied > max_copy_bytes {
+                return Err(PatchError::JsonPatchFailed(format!(
+                    "Unable to complete the copy, the accumulated size increase of copy is {copied}, exceeding the limit {max_copy_bytes}"
+                )));
+            }
+        }
+        json_patch::patch(&mut out, std::slice::from_ref(op))
+            .map_err(|e| PatchError::JsonPatchFailed(e.to_string()))?;
+    }
     Ok(out)
 }
 
@@ -56,6 +92,29 @@ mod tests {
     }
 
     #[test]
+    fn json_patch_refuses_too_many_operations_and_copies_beyond_the_limit() {
+        let doc = json!({"a": "x".repeat(100)});
+        let many = Value::Array(vec![
+            json!({"op": "test", "path": "/a", "value": "x".repeat(100)});
+            MAX_JSON_PATCH_OPERATIONS + 1
+        ]);
+        assert!(matches!(
+            json(&doc, &many, usize::MAX),
+            Err(PatchError::TooManyOperations { got: 10_001, .. })
+        ));
+        // Each copy doubles the document: the total copied crosses the limit.
+        let doubling: Vec<Value> = (0..20)
+            .map(|i| json!({"op": "copy", "from": "", "path": format!("/c{i}")}))
+            .collect();
+        let err = json(&doc, &Value::Array(doubling.clone()), 10_000).unwrap_err();
+        assert!(
+            err.to_string().contains("exceeding the limit 10000"),
+            "{err}"
+        );
+        assert!(json(&doc, &Value::Array(doubling[..2].to_vec()), 10_000).is_ok());
+    }
+
+    #[test]
     fn json_patch_applies_operations_and_reports_failed_tests() {
         let doc = json!({"spec": {"replicas": 1, "a/b": 0}});
         let out = json(
@@ -66,15 +125,17 @@ mod tests {
                 {"op": "add", "path": "/spec/list", "value": []},
                 {"op": "add", "path": "/spec/list/-", "value": "x"}
             ]),
+            usize::MAX,
         )
         .unwrap();
         assert_eq!(out, json!({"spec": {"replicas": 3, "list": ["x"]}}));
         let failed = json(
             &doc,
             &json!([{"op": "test", "path": "/spec/replicas", "value": 2}]),
+            usize::MAX,
         );
         assert!(matches!(failed, Err(PatchError::JsonPatchFailed(_))));
-        let invalid = json(&doc, &json!({"op": "add"}));
+        let invalid = json(&doc, &json!({"op": "add"}), usize::MAX);
         assert!(matches!(invalid, Err(PatchError::InvalidJsonPatch(_))));
     }
 }

@@ -80,6 +80,26 @@ struct Args {
     /// logged at `Metadata`.
     #[arg(long, requires = "audit_log_path")]
     audit_policy_file: Option<PathBuf>,
+    /// Read-only requests served at once (watches, logs, exec and other long-running
+    /// requests not counted); beyond, requests queue per user and are served fairly, or
+    /// refused 429. 0: no limit.
+    #[arg(long, default_value_t = 400)]
+    max_requests_inflight: usize,
+    /// Mutating requests served at once, as --max-requests-inflight. 0: no limit.
+    #[arg(long, default_value_t = 200)]
+    max_mutating_requests_inflight: usize,
+    /// Requests one user may have waiting for a seat (per read-only or mutating pool);
+    /// more are refused 429 (APF's queueLengthLimit; skiff's flag).
+    #[arg(long, default_value_t = 50)]
+    max_queued_requests_per_user: usize,
+    /// Watches one user may hold open; more are refused 429 (skiff's flag; system:masters,
+    /// nodes, the scheduler and the controller manager are not capped). 0: no limit.
+    #[arg(long, default_value_t = 200)]
+    max_watches_per_user: usize,
+    /// Largest request body accepted; larger ones are refused 413 (also the bytes a JSON
+    /// patch may copy).
+    #[arg(long, default_value_t = 3 * 1024 * 1024)]
+    max_request_body_bytes: usize,
     /// Compact store history every this many seconds.
     #[arg(long, default_value_t = 300)]
     compaction_interval_seconds: u64,
@@ -209,6 +229,28 @@ async fn open_store(args: &Args) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
+impl Args {
+    /// The API server's settings from the flags, writing audit events to `audit`.
+    fn api_config(&self, audit: Option<Arc<Auditor>>) -> Config {
+        Config {
+            audit,
+            listen: self.listen,
+            service_cidr: self.service_cluster_ip_range.clone(),
+            compaction_interval: Duration::from_secs(self.compaction_interval_seconds.max(1)),
+            compaction_keep: self.compaction_keep_revisions,
+            limits: skiff_api::flowcontrol::Limits {
+                max_requests_inflight: self.max_requests_inflight,
+                max_mutating_requests_inflight: self.max_mutating_requests_inflight,
+                queue_length_limit: self.max_queued_requests_per_user,
+                max_watches_per_user: self.max_watches_per_user,
+                ..skiff_api::flowcontrol::Limits::default()
+            },
+            max_request_body_bytes: self.max_request_body_bytes,
+            ..Config::default()
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -272,14 +314,7 @@ async fn main() -> Result<()> {
             Some(Arc::new(Auditor::start(path, policy)?))
         }
     };
-    let config = Config {
-        audit,
-        listen: args.listen,
-        service_cidr: args.service_cluster_ip_range.clone(),
-        compaction_interval: Duration::from_secs(args.compaction_interval_seconds.max(1)),
-        compaction_keep: args.compaction_keep_revisions,
-        ..Config::default()
-    };
+    let config = args.api_config(audit);
     let server = Server::bind(store, config, pki.security.clone())
         .await
         .context("starting the API server")?;

@@ -14,6 +14,7 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use skiff_api::{
     Security,
     authn::Authenticator,
+    kubelet_client::{self, KubeletClient},
     tls::{self, KeyPairPem, LOOPBACK_NAME, TlsSettings},
 };
 use skiff_machinery::user::{MASTERS, UserInfo};
@@ -126,10 +127,15 @@ pub fn prepare(data_dir: &Path, names: &[String], server_url: &str, flags: &Flag
         &skiff_pki::kubeconfig::render(server_url, ca.cert_pem(), "skiff", ADMIN, &admin),
     )?;
     let control_plane = ca.issue_client(CONTROL_PLANE_USER, &[])?;
+    // kubeadm's apiserver-kubelet-client: what nodes see the API server as.
+    let kubelet_client = ca.issue_client(kubelet_client::USER, &[MASTERS])?;
+    let kubelet = KubeletClient::with_identity(&kubelet_client.cert_pem, &kubelet_client.key_pem)
+        .context("the kubelet client certificate")?;
     Ok(Pki {
         security: Security {
             tls,
             authn: Arc::new(authn),
+            kubelet,
         },
         ca: Arc::new(ca),
         node_token,
