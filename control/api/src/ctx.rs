@@ -9,6 +9,7 @@ use skiff_types::Ipv4Cidr;
 use crate::{
     allocator::{RangeError, ServicePools},
     audit::Auditor,
+    authn::ServiceAccountTokens,
     authz::Authorizer,
     metrics::Metrics,
 };
@@ -27,6 +28,8 @@ pub struct Ctx {
     pub authz: Authorizer,
     /// The audit log, when one is configured.
     pub audit: Option<Arc<Auditor>>,
+    /// The ServiceAccount token signer (`TokenRequest`), when one is configured.
+    pub service_accounts: Option<Arc<ServiceAccountTokens>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -56,6 +59,7 @@ impl Ctx {
             address,
             authz: Authorizer::default(),
             audit: None,
+            service_accounts: None,
         })
     }
 }

@@ -144,6 +144,7 @@ impl Server {
         )
         .map_err(ServerError::Ranges)?;
         ctx.audit.clone_from(&config.audit);
+        ctx.service_accounts = security.authn.service_account_tokens().cloned();
         let ctx = Arc::new(ctx);
         bootstrap::run(&ctx)
             .await
@@ -265,12 +266,16 @@ async fn compact_forever(store: Arc<dyn Store>, every: Duration, keep: i64) {
 
 /// Who is calling: the verified client certificate of the connection, else the request's
 /// bearer token, else anonymous (allowed on the health and version endpoints only).
-fn authenticate(
+/// A ServiceAccount token's account (and bound pod) must still exist.
+async fn authenticate(
+    ctx: &Ctx,
     authn: &Authenticator,
     connection_user: Option<&UserInfo>,
     req: &Request<Incoming>,
 ) -> Result<UserInfo, StatusError> {
-    authn.authenticate(connection_user, req.uri().path(), req.headers())
+    let user = authn.authenticate(connection_user, req.uri().path(), req.headers())?;
+    authn::serviceaccount::still_bound(ctx.store.as_ref(), &user).await?;
+    Ok(user)
 }
 
 async fn handle(
@@ -295,13 +300,13 @@ async fn handle(
         .as_ref()
         .map(|_| audit::RequestMeta::new(req.uri(), req.headers(), peer));
     let mut audit = None;
-    let (verb, resource, response) = match authenticate(authn, connection_user, &req).and_then(
-        |user| {
+    let (verb, resource, response) = match authenticate(&ctx, authn, connection_user, &req)
+        .await
+        .and_then(|user| {
             let authenticated = user.clone();
             authz::impersonate::impersonate(&ctx.authz, user, req.headers())
                 .map(|user| (authenticated, user))
-        },
-    ) {
+        }) {
         Err(err) => ("AUTH", String::new(), h::error(&err)),
         Ok((authenticated, user)) => {
             let attrs = attributes::from_request(user, method.as_str(), &path, &|k| {

@@ -59,6 +59,8 @@ pub struct PodRefs {
     pub config_maps: BTreeSet<String>,
     /// `PersistentVolumeClaims` of volumes.
     pub claims: BTreeSet<String>,
+    /// `spec.serviceAccountName` (`default` when unset), whose tokens the node may request.
+    pub service_account: String,
 }
 
 impl PodRefs {
@@ -70,6 +72,12 @@ impl PodRefs {
                 .pointer("/spec/nodeName")
                 .and_then(Value::as_str)
                 .unwrap_or("")
+                .to_owned(),
+            service_account: pod
+                .pointer("/spec/serviceAccountName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default")
                 .to_owned(),
             ..Self::default()
         };
@@ -337,6 +345,7 @@ impl Index {
                     "secrets" => p.secrets.contains(name),
                     "configmaps" => p.config_maps.contains(name),
                     "persistentvolumeclaims" => p.claims.contains(name),
+                    "serviceaccounts" => p.service_account == name,
                     _ => false,
                 }
         })
@@ -498,6 +507,8 @@ mod tests {
         ix.apply(Held::Pod, "d", "p", Some(&pod));
         assert!(ix.node_references("n1", "secrets", "d", "vol"));
         assert!(!ix.node_references("n2", "secrets", "d", "vol"));
+        assert!(ix.node_references("n1", "serviceaccounts", "d", "default"));
+        assert!(!ix.node_references("n1", "serviceaccounts", "d", "builder"));
         assert!(!ix.node_references("n1", "secrets", "other", "vol"));
         assert!(ix.node_references("n1", "persistentvolumeclaims", "d", "data"));
     }

@@ -13,6 +13,7 @@ mod requester;
 mod subresource;
 #[cfg(test)]
 mod tests;
+mod token;
 mod update;
 mod watch;
 

@@ -50,6 +50,10 @@ struct Args {
     /// Static bearer tokens, kube-apiserver's CSV: `token,user,uid,"group1,group2"`.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// Audiences ServiceAccount tokens are accepted for (default: the issuer,
+    /// `https://kubernetes.default.svc.cluster.local`).
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
     /// Use an etcd cluster instead of the embedded store (comma-separated URLs).
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
@@ -243,6 +247,7 @@ async fn main() -> Result<()> {
             tls_private_key_file: args.tls_private_key_file.clone(),
             client_ca_file: args.client_ca_file.clone(),
             token_auth_file: args.token_auth_file.clone(),
+            api_audiences: args.api_audiences.clone(),
         },
     )
     .context("preparing certificates")?;
@@ -304,7 +309,7 @@ async fn main() -> Result<()> {
             }
         };
         tokio::select! {
-            () = act(client, &args, cluster_cidr, stop_rx) => {}
+            () = act(client, &args, cluster_cidr, pki.ca.cert_pem().to_owned(), stop_rx) => {}
             () = stopped => {}
         }
         serving.await.context("API server task")?;
@@ -322,6 +327,7 @@ async fn act(
     client: kube::Client,
     args: &Args,
     cluster_cidr: Option<Ipv4Cidr>,
+    root_ca: String,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let controllers = skiff_controllers::Config {
@@ -336,6 +342,7 @@ async fn act(
                 args.horizontal_pod_autoscaler_downscale_stabilization_seconds,
             ),
         },
+        root_ca: Some(root_ca),
     };
     let (run_scheduler, run_controllers) = (!args.no_scheduler, !args.no_controllers);
     let elector_client = client.clone();

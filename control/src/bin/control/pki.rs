@@ -1,5 +1,5 @@
-//! The control process's certificates and credentials: the cluster CA and serving
-//! certificate in `<data-dir>/pki`, the admin kubeconfig, the identities of its own
+//! The control process's certificates and credentials: the cluster CA, serving
+//! certificate and ServiceAccount token key in `<data-dir>/pki`, the admin kubeconfig, the identities of its own
 //! scheduler and controllers, and the authenticator the API server checks callers with.
 
 use std::{
@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use skiff_api::{
     Security,
-    authn::Authenticator,
+    authn::{Authenticator, ServiceAccountTokens},
     tls::{self, KeyPairPem, LOOPBACK_NAME, TlsSettings},
 };
 use skiff_machinery::user::{MASTERS, UserInfo};
@@ -32,10 +32,6 @@ pub const CONTROL_PLANE_USER: &str = "system:kube-controller-manager";
 
 /// The operator's TLS and token flags.
 #[derive(Debug, Clone, Default)]
-#[expect(
-    clippy::struct_field_names,
-    reason = "named after kube-apiserver's flags, which all end in -file"
-)]
 pub struct Flags {
     /// `--tls-cert-file`: a serving certificate chain instead of the issued one.
     pub tls_cert_file: Option<PathBuf>,
@@ -46,6 +42,9 @@ pub struct Flags {
     pub client_ca_file: Option<PathBuf>,
     /// `--token-auth-file`: static bearer tokens.
     pub token_auth_file: Option<PathBuf>,
+    /// `--api-audiences`: the audiences ServiceAccount tokens are accepted for (the issuer
+    /// when empty).
+    pub api_audiences: Vec<String>,
 }
 
 /// What the rest of the process needs from the PKI.
@@ -105,6 +104,12 @@ pub fn prepare(data_dir: &Path, names: &[String], server_url: &str, flags: &Flag
     })
     .context("TLS settings")?;
     let mut authn = Authenticator::new();
+    let sa_key = skiff_pki::satoken::SigningKey::load_or_create(&dir)
+        .context("the service account signing key")?;
+    authn.set_service_account_tokens(Arc::new(ServiceAccountTokens::new(
+        sa_key,
+        flags.api_audiences.clone(),
+    )));
     if let Some(path) = &flags.token_auth_file {
         authn
             .add_token_file(&read(path)?)
