@@ -299,8 +299,7 @@ fn pem(label: &str, der: &[u8]) -> String {
         out.push_str(&String::from_utf8_lossy(line));
         out.push('\n');
     }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    out + "-----END " + label + "-----\n"
 }
 
 fn pem_body(pem: &str) -> Option<Vec<u8>> {

@@ -1,7 +1,7 @@
 //! ServiceAccount tokens end to end through the real `control` binary and kubectl:
 //! `kubectl create token` issues a signed, bound token that authenticates as the account,
 //! for the server's audience only, and stops authenticating once the account (or the pod it
-//! is bound to) is gone.
+//! is bound to) is gone; pods get the token volume and every namespace the cluster CA.
 
 use std::{
     process::Output,
@@ -49,6 +49,32 @@ fn await_default_account(cp: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
+/// Waits for the cluster CA in the `default` namespace's `kube-root-ca.crt`.
+fn await_root_ca(cp: &ControlPlane) -> Result<()> {
+    let ca = std::fs::read_to_string(cp.ca_file())?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cp.run(
+            &[
+                "get",
+                "configmap",
+                "kube-root-ca.crt",
+                "-o",
+                "jsonpath={.data.ca\\.crt}",
+            ],
+            None,
+        )?;
+        if String::from_utf8_lossy(&out.stdout).trim() == ca.trim() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("kube-root-ca.crt never held the cluster CA");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 const POD: &str = r"
 apiVersion: v1
 kind: Pod
@@ -57,6 +83,80 @@ spec:
   serviceAccountName: builder
   containers: [{name: c, image: busybox}]
 ";
+
+/// Pods of `builder` get the token volume, pods of an unknown account are refused, and a
+/// token bound to a pod dies with it while `token` (unbound) lives on.
+fn pods_get_the_token_volume_and_bound_tokens_die_with_them(
+    cp: &ControlPlane,
+    home: &std::path::Path,
+    token: &str,
+) -> Result<()> {
+    // A token bound to a pod dies with the pod. The pod got the token volume.
+    cp.ok(&["apply", "-f", "-"], Some(POD))?;
+    let volumes = cp.ok(
+        &[
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.spec.volumes[*].name}",
+        ],
+        None,
+    )?;
+    assert!(volumes.starts_with("kube-api-access-"), "{volumes}");
+    let mounts = cp.ok(
+        &[
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.spec.containers[0].volumeMounts[0].mountPath}",
+        ],
+        None,
+    )?;
+    assert_eq!(mounts, "/var/run/secrets/kubernetes.io/serviceaccount");
+    let stranger = cp.run(
+        &["apply", "-f", "-"],
+        Some(&POD.replace("builder", "nobody").replace("web", "other")),
+    )?;
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("serviceaccount \"nobody\" not found"),
+        "{}",
+        String::from_utf8_lossy(&stranger.stderr)
+    );
+    let bound = cp.ok(
+        &[
+            "create",
+            "token",
+            "builder",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "web",
+        ],
+        None,
+    )?;
+    let bound = bound.trim();
+    let me = whoami(cp, home, bound)?;
+    let out = String::from_utf8_lossy(&me.stdout);
+    assert!(
+        out.contains("authentication.kubernetes.io/pod-name") && out.contains("web"),
+        "{out}"
+    );
+    cp.ok(
+        &["delete", "pod", "web", "--grace-period", "0", "--force"],
+        None,
+    )?;
+    let gone = whoami(cp, home, bound)?;
+    assert!(
+        !gone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gone.stdout)
+    );
+    assert!(whoami(cp, home, token)?.status.success());
+
+    Ok(())
+}
 
 #[test]
 fn a_requested_token_authenticates_as_its_account_until_the_account_is_deleted() -> Result<()> {
@@ -70,6 +170,7 @@ fn a_requested_token_authenticates_as_its_account_until_the_account_is_deleted()
     let cp = ControlPlane::start_with(&dir.path().join("cp"), &["--no-scheduler"])?;
     await_default_account(&cp)?;
     assert!(cp.data_dir().join("pki/sa.key").exists());
+    await_root_ca(&cp)?;
     let default = cp.ok(&["create", "token", "default"], None)?;
     let me = whoami(&cp, dir.path(), default.trim())?;
     let out = String::from_utf8_lossy(&me.stdout);
@@ -123,38 +224,7 @@ fn a_requested_token_authenticates_as_its_account_until_the_account_is_deleted()
         String::from_utf8_lossy(&short.stderr)
     );
 
-    // A token bound to a pod dies with the pod.
-    cp.ok(&["apply", "-f", "-"], Some(POD))?;
-    let bound = cp.ok(
-        &[
-            "create",
-            "token",
-            "builder",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "web",
-        ],
-        None,
-    )?;
-    let bound = bound.trim();
-    let me = whoami(&cp, dir.path(), bound)?;
-    let out = String::from_utf8_lossy(&me.stdout);
-    assert!(
-        out.contains("authentication.kubernetes.io/pod-name") && out.contains("web"),
-        "{out}"
-    );
-    cp.ok(
-        &["delete", "pod", "web", "--grace-period", "0", "--force"],
-        None,
-    )?;
-    let gone = whoami(&cp, dir.path(), bound)?;
-    assert!(
-        !gone.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gone.stdout)
-    );
-    assert!(whoami(&cp, dir.path(), token)?.status.success());
+    pods_get_the_token_volume_and_bound_tokens_die_with_them(&cp, dir.path(), token)?;
 
     // Deleting the account revokes its tokens.
     cp.ok(&["delete", "serviceaccount", "builder"], None)?;

@@ -65,6 +65,7 @@ impl ServiceAccountTokens {
     ///
     /// # Errors
     /// When it looks like ours but fails a check.
+    #[must_use]
     pub fn authenticate(&self, token: &str, now: i64) -> Option<Result<UserInfo, TokenError>> {
         if !Verifier::is_ours(token) {
             return None;

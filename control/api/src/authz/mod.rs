@@ -95,7 +95,7 @@ enum NodeDecision {
 }
 
 /// Kubernetes' Node authorizer: Secrets and ConfigMaps only of pods bound to the node,
-/// tokens only of the ServiceAccounts those pods run as,
+/// tokens only of the accounts those pods run as,
 /// deletes only of its own pods and Node; everything else by the node rules. Claims stay
 /// readable by every node: skiff's node daemon is also the local-path provisioner, which
 /// watches every claim.

@@ -10,6 +10,7 @@ mod podsecurity;
 mod quota;
 mod read;
 mod requester;
+mod serviceaccount;
 mod subresource;
 #[cfg(test)]
 mod tests;
