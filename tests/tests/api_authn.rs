@@ -80,13 +80,32 @@ fn a_token_from_the_token_file_authenticates_and_an_unknown_one_does_not() -> Re
     let dir = tempfile::tempdir()?;
     let cp = start(dir.path())?;
     let anonymous = cp.admin_credentials()?.anonymous_config()?;
-    let (code, body) = get(
-        &cp,
-        Arc::clone(&anonymous),
-        "/api/v1/namespaces",
-        &format!("Authorization: Bearer {TOKEN}\r\n"),
+    // The token authenticates jane in dev and ops; RBAC then decides: refused until dev
+    // may view.
+    let as_jane = || {
+        get(
+            &cp,
+            Arc::clone(&anonymous),
+            "/api/v1/namespaces",
+            &format!("Authorization: Bearer {TOKEN}\r\n"),
+        )
+    };
+    let (code, body) = as_jane()?;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains(r#"User \"jane\" cannot list"#), "{body}");
+    cp.ok(
+        &[
+            "create",
+            "clusterrolebinding",
+            "dev-view",
+            "--clusterrole=view",
+            "--group=dev",
+        ],
+        None,
     )?;
-    assert_eq!(code, 200, "{body}");
+    skiff_tests::sim::wait_for("jane to be allowed", Duration::from_secs(30), || {
+        Ok((as_jane()?.0 == 200).then_some(()))
+    })?;
     let (code, _) = get(
         &cp,
         anonymous,

@@ -50,7 +50,9 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 /// `ctl backup` to `path`, and the file's bytes.
 fn ctl_backup(cp: &ControlPlane, path: &Path) -> Result<Vec<u8>> {
     let out = Command::new(bin("ctl"))
-        .args(["--server", &cp.url(), "backup"])
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .arg("backup")
         .arg(path)
         .output()?;
     if !out.status.success() {
@@ -258,7 +260,7 @@ fn the_audit_log_records_requests_at_the_levels_the_policy_says() -> Result<()> 
     assert_eq!(listed["level"], "Metadata");
     assert_eq!(listed["stage"], "ResponseComplete");
     assert_eq!(listed["apiVersion"], "audit.k8s.io/v1");
-    assert_eq!(listed["user"]["username"], "system:admin");
+    assert_eq!(listed["user"]["username"], "kubernetes-admin");
     assert_eq!(listed["sourceIPs"][0], "127.0.0.1");
     assert_eq!(listed["objectRef"]["namespace"], "default");
     assert_eq!(listed["responseStatus"]["code"], 200);

@@ -182,7 +182,7 @@ fn auth_can_i_and_whoami_answer_for_the_caller_and_impersonated_users() -> Resul
     let cp = ControlPlane::start(dir.path())?;
     let me = cp.ok(&["auth", "whoami"], None)?;
     assert!(
-        me.contains("system:admin") && me.contains("[system:masters system:authenticated]"),
+        me.contains("kubernetes-admin") && me.contains("[system:masters system:authenticated]"),
         "{me}"
     );
     let alice = cp.ok(

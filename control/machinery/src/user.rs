@@ -6,6 +6,12 @@ use std::collections::BTreeMap;
 pub const AUTHENTICATED: &str = "system:authenticated";
 /// The group of callers that may do anything (the admin kubeconfig's certificate).
 pub const MASTERS: &str = "system:masters";
+/// The group of callers without credentials (allowed only on health and version paths).
+pub const UNAUTHENTICATED: &str = "system:unauthenticated";
+/// The group of every node's identity (`system:node:<name>`).
+pub const NODES: &str = "system:nodes";
+/// The group of callers holding a bootstrap token (a node that has not joined yet).
+pub const BOOTSTRAPPERS: &str = "system:bootstrappers";
 
 /// A caller's identity, as Kubernetes' `user.Info`: what authentication produced from a
 /// client certificate, a bearer token or a ServiceAccount token, and what RBAC and the

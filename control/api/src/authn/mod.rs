@@ -16,8 +16,7 @@ pub use self::{serviceaccount::ServiceAccountTokens, tokens::TokenFileError};
 
 /// The user of requests without credentials.
 pub const ANONYMOUS: &str = "system:anonymous";
-/// The group of requests without credentials.
-pub const UNAUTHENTICATED: &str = "system:unauthenticated";
+pub use skiff_machinery::user::UNAUTHENTICATED;
 
 /// The paths anyone may read without credentials (kube-apiserver's
 /// `system:public-info-viewer`).

@@ -7,8 +7,7 @@ use skiff_resources::RBAC_GROUP;
 
 /// The annotation that lets the API server re-add a default object at start.
 pub const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
-/// The group of node identities.
-pub const NODES: &str = "system:nodes";
+pub use skiff_machinery::user::{BOOTSTRAPPERS, NODES};
 /// The user-name prefix of node identities.
 pub const NODE_PREFIX: &str = "system:node:";
 /// The scheduler's user.
@@ -508,6 +507,15 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
         ),
         cluster_role("system:node", &none, &node_rules()),
+        cluster_role(
+            "system:node-bootstrapper",
+            &none,
+            &[rule(
+                &["create", "get", "list", "watch"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+            )],
+        ),
         cluster_role(SCHEDULER, &none, &scheduler_rules()),
         cluster_role(CONTROLLER_MANAGER, &none, &controller_manager_rules()),
     ]
@@ -539,7 +547,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:public-info-viewer",
             &[
                 ("Group", AUTHENTICATED),
-                ("Group", "system:unauthenticated"),
+                ("Group", skiff_machinery::user::UNAUTHENTICATED),
             ],
         ),
         binding(
@@ -548,7 +556,20 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[("Group", "system:monitoring")],
         ),
         binding("system:node", "system:node", &[]),
-        binding(SCHEDULER, SCHEDULER, &[("User", SCHEDULER)]),
+        // A node joining with a bootstrap token asks for its certificate (kubeadm's
+        // `kubeadm:kubelet-bootstrap`; skiff issues the tokens itself).
+        binding(
+            "system:node-bootstrapper",
+            "system:node-bootstrapper",
+            &[("Group", BOOTSTRAPPERS)],
+        ),
+        // `control` runs the scheduler and the controllers on one client, whose identity is
+        // the controller manager's, so that identity holds the scheduler's role too.
+        binding(
+            SCHEDULER,
+            SCHEDULER,
+            &[("User", SCHEDULER), ("User", CONTROLLER_MANAGER)],
+        ),
         binding(
             CONTROLLER_MANAGER,
             CONTROLLER_MANAGER,

@@ -19,10 +19,7 @@ use skiff_pki::{Ca, Subject};
 
 /// The signer of kubelets' client certificates.
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
-/// The group of bootstrap-token callers.
-pub const BOOTSTRAPPERS: &str = "system:bootstrappers";
-/// The group of node identities.
-const NODES: &str = "system:nodes";
+pub use skiff_machinery::user::{BOOTSTRAPPERS, NODES};
 
 /// Why a request is not signed automatically.
 #[derive(Debug, PartialEq, Eq)]
