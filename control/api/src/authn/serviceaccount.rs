@@ -2,7 +2,10 @@
 //! authentication, which also checks that the account and the bound pod still exist.
 
 use serde_json::Value;
-use skiff_machinery::{status::StatusError, user::UserInfo};
+use skiff_machinery::{
+    status::StatusError,
+    user::{SERVICE_ACCOUNT_PREFIX, SERVICE_ACCOUNTS, UserInfo},
+};
 use skiff_pki::satoken::{Claims, ISSUER, SigningKey, TokenError, Verifier};
 use skiff_store::Store;
 
@@ -15,10 +18,6 @@ pub const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 /// The `extra` key identifying the token (`JTI=<jti>`), which also marks a user as coming from
 /// a ServiceAccount token.
 pub const CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
-/// The group of every ServiceAccount.
-pub const ALL_ACCOUNTS: &str = "system:serviceaccounts";
-/// The prefix of ServiceAccount user names.
-pub const USER_PREFIX: &str = "system:serviceaccount:";
 
 /// Signs and verifies ServiceAccount tokens for the API server's audiences.
 #[derive(Debug)]
@@ -83,10 +82,13 @@ impl ServiceAccountTokens {
 pub fn user_of(claims: &Claims) -> UserInfo {
     let k = &claims.kubernetes;
     let mut user = UserInfo::new(
-        format!("{USER_PREFIX}{}:{}", k.namespace, k.serviceaccount.name),
+        format!(
+            "{SERVICE_ACCOUNT_PREFIX}{}:{}",
+            k.namespace, k.serviceaccount.name
+        ),
         [
-            ALL_ACCOUNTS.to_owned(),
-            format!("{ALL_ACCOUNTS}:{}", k.namespace),
+            SERVICE_ACCOUNTS.to_owned(),
+            format!("{SERVICE_ACCOUNTS}:{}", k.namespace),
         ],
     );
     user.uid.clone_from(&k.serviceaccount.uid);
@@ -110,7 +112,7 @@ pub async fn still_bound(store: &dyn Store, user: &UserInfo) -> Result<(), Statu
     }
     let Some((namespace, name)) = user
         .name
-        .strip_prefix(USER_PREFIX)
+        .strip_prefix(SERVICE_ACCOUNT_PREFIX)
         .and_then(|rest| rest.split_once(':'))
     else {
         return Ok(());

@@ -8,7 +8,10 @@ use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use serde_json::Value;
-use skiff_machinery::{selector::LabelSelector, user::UserInfo};
+use skiff_machinery::{
+    selector::LabelSelector,
+    user::{SERVICE_ACCOUNT_PREFIX, UserInfo},
+};
 
 /// A kind the index holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -375,7 +378,7 @@ fn applies(subjects: Option<&[Subject]>, user: &UserInfo, namespace: &str) -> bo
                     .as_deref()
                     .filter(|n| !n.is_empty())
                     .unwrap_or(namespace);
-                user.name == format!("system:serviceaccount:{ns}:{}", s.name)
+                user.name == format!("{SERVICE_ACCOUNT_PREFIX}{ns}:{}", s.name)
             }
             _ => false,
         })
