@@ -1,7 +1,7 @@
 //! ServiceAccount tokens end to end through the real `control` binary and kubectl:
 //! `kubectl create token` issues a signed, bound token that authenticates as the account,
-//! for the server's audience only, and stops authenticating once the account (or the pod it
-//! is bound to) is gone; pods get the token volume and every namespace the cluster CA.
+//! for the server's audience only and only until it expires, and stops authenticating once
+//! the account (or the pod it is bound to) is gone; pods get the token volume and every namespace the cluster CA.
 
 use std::{
     process::Output,
@@ -158,6 +158,56 @@ fn pods_get_the_token_volume_and_bound_tokens_die_with_them(
     Ok(())
 }
 
+/// A token signed with the cluster's own key for `builder` authenticates while its time
+/// holds and is refused (401) once it expired.
+fn expired_tokens_are_refused(cp: &ControlPlane, home: &std::path::Path) -> Result<()> {
+    use skiff_pki::satoken::{Claims, ISSUER, ObjectRef, SigningKey};
+    let key = SigningKey::load_or_create(&cp.data_dir().join("pki"))?;
+    let uid = cp.ok(
+        &[
+            "get",
+            "serviceaccount",
+            "builder",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+        None,
+    )?;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    )?;
+    let token_from = |issued: i64| {
+        let account = ObjectRef {
+            name: "builder".to_owned(),
+            uid: uid.trim().to_owned(),
+        };
+        key.sign(&Claims::new(
+            "default",
+            account,
+            None,
+            vec![ISSUER.to_owned()],
+            issued,
+            600,
+        ))
+    };
+    let valid = whoami(cp, home, &token_from(now - 60)?)?;
+    assert!(
+        valid.status.success(),
+        "{}",
+        String::from_utf8_lossy(&valid.stderr)
+    );
+    let expired = whoami(cp, home, &token_from(now - 3600)?)?;
+    assert!(!expired.status.success());
+    assert!(
+        String::from_utf8_lossy(&expired.stderr).contains("Unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&expired.stderr)
+    );
+    Ok(())
+}
+
 #[test]
 fn a_requested_token_authenticates_as_its_account_until_the_account_is_deleted() -> Result<()> {
     if !require_program(
@@ -215,6 +265,7 @@ fn a_requested_token_authenticates_as_its_account_until_the_account_is_deleted()
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+    expired_tokens_are_refused(&cp, dir.path())?;
     // Less than ten minutes is refused.
     let short = cp.run(&["create", "token", "builder", "--duration", "5m"], None)?;
     assert!(!short.status.success());

@@ -41,6 +41,9 @@ use crate::{
 pub struct Config {
     /// Where to listen (default 127.0.0.1:6443).
     pub listen: SocketAddr,
+    /// Where pods reach this server (the `kubernetes` Service's endpoint); none when it has
+    /// no such address (a loopback listen).
+    pub advertise: Option<SocketAddr>,
     /// The Service cluster IP range.
     pub service_cidr: String,
     /// The NodePort range.
@@ -57,6 +60,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            advertise: None,
             service_cidr: "10.96.0.0/12".into(),
             node_ports: (30000, 32767),
             compaction_interval: Duration::from_mins(5),
@@ -146,7 +150,7 @@ impl Server {
         ctx.audit.clone_from(&config.audit);
         ctx.service_accounts = security.authn.service_account_tokens().cloned();
         let ctx = Arc::new(ctx);
-        bootstrap::run(&ctx)
+        bootstrap::run(&ctx, config.advertise)
             .await
             .map_err(|e| ServerError::Bootstrap(e.message))?;
         let revisions = authz::feed::load(&ctx)

@@ -34,6 +34,11 @@ struct Args {
     /// Address to serve the Kubernetes API on (HTTPS only).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: std::net::SocketAddr,
+    /// The address pods reach this server at through the `kubernetes` Service (its
+    /// endpoint, on the --listen port). Default: the --listen address, unless it is loopback
+    /// or unspecified; then the Service has no endpoints.
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
     /// Directory of the embedded store (unused with --etcd), the cluster CA (`pki/`) and the
     /// admin kubeconfig (`admin.kubeconfig`).
     #[arg(long, env = "SKIFF_DATA_DIR")]
@@ -238,9 +243,10 @@ async fn main() -> Result<()> {
     let service_cidr = Ipv4Cidr::parse_masked(&args.service_cluster_ip_range)
         .context("--service-cluster-ip-range")?;
     let data_dir = data_dir(&args);
+    let advertise = advertised(&args);
     let pki = pki::prepare(
         &data_dir,
-        &pki::serving_names(args.listen, service_cidr),
+        &pki::serving_names(args.listen, advertise, service_cidr),
         &format!("https://{}", pki::reachable(args.listen)),
         &pki::Flags {
             tls_cert_file: args.tls_cert_file.clone(),
@@ -280,6 +286,7 @@ async fn main() -> Result<()> {
     let config = Config {
         audit,
         listen: args.listen,
+        advertise,
         service_cidr: args.service_cluster_ip_range.clone(),
         compaction_interval: Duration::from_secs(args.compaction_interval_seconds.max(1)),
         compaction_keep: args.compaction_keep_revisions,
@@ -451,5 +458,16 @@ mod tests {
         assert!(small.node_ipam().is_err());
         let bad = Args::parse_from(["control", "--cluster-cidr", "10.42.0.0"]);
         assert!(bad.node_ipam().is_err());
+    }
+}
+
+/// Where pods reach this server: --advertise-address on the listen port, or the listen
+/// address itself when pods can reach it (not loopback, not a wildcard).
+fn advertised(args: &Args) -> Option<std::net::SocketAddr> {
+    let port = args.listen.port();
+    match args.advertise_address {
+        Some(ip) => Some(std::net::SocketAddr::new(ip, port)),
+        None if args.listen.ip().is_loopback() || args.listen.ip().is_unspecified() => None,
+        None => Some(args.listen),
     }
 }

@@ -175,10 +175,14 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// The names the serving certificate is valid for: the listen address, loopback, the
-/// `kubernetes` Service's cluster IP and DNS names, the host name, and the loopback name of
-/// control's own clients.
-pub fn serving_names(listen: SocketAddr, service_cidr: Ipv4Cidr) -> Vec<String> {
+/// The names the serving certificate is valid for: the listen and advertised addresses,
+/// loopback, the `kubernetes` Service's cluster IP and DNS names, the host name, and the
+/// loopback name of control's own clients.
+pub fn serving_names(
+    listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+    service_cidr: Ipv4Cidr,
+) -> Vec<String> {
     let mut names: Vec<String> = vec![
         Ipv4Addr::LOCALHOST.to_string(),
         "localhost".into(),
@@ -190,6 +194,9 @@ pub fn serving_names(listen: SocketAddr, service_cidr: Ipv4Cidr) -> Vec<String> 
     ];
     if !listen.ip().is_unspecified() {
         names.push(listen.ip().to_string());
+    }
+    if let Some(a) = advertise.filter(|a| a.ip() != listen.ip()) {
+        names.push(a.ip().to_string());
     }
     if let Some(ip) = service_cidr.nth(1) {
         names.push(IpAddr::V4(ip).to_string());
@@ -266,8 +273,13 @@ mod tests {
     fn first_start_writes_the_ca_the_admin_kubeconfig_and_a_serving_certificate_for_its_names() {
         let dir = tempfile::tempdir().unwrap();
         let cidr = Ipv4Cidr::parse_masked("10.96.0.0/12").unwrap();
-        let names = serving_names("0.0.0.0:6443".parse().unwrap(), cidr);
+        let names = serving_names(
+            "0.0.0.0:6443".parse().unwrap(),
+            Some("192.0.2.7:6443".parse().unwrap()),
+            cidr,
+        );
         assert!(names.iter().any(|n| n == "10.96.0.1"), "{names:?}");
+        assert!(names.iter().any(|n| n == "192.0.2.7"), "{names:?}");
         assert!(
             names
                 .iter()
