@@ -157,6 +157,7 @@ async fn rbac_defaults(ctx: &Ctx) -> Result<(), StatusError> {
 /// the API through the Service, and only an address pods can reach is any use there.
 async fn api_endpoints(ctx: &Ctx, advertise: SocketAddr) -> Result<(), StatusError> {
     let (ip, port) = (advertise.ip().to_string(), advertise.port());
+    let family = if advertise.is_ipv4() { "IPv4" } else { "IPv6" };
     let endpoints = json!({
         "metadata": {
             "name": API_SERVICE,
@@ -177,7 +178,7 @@ async fn api_endpoints(ctx: &Ctx, advertise: SocketAddr) -> Result<(), StatusErr
     .await?;
     let slice = json!({
         "metadata": {"name": API_SERVICE, "labels": {"kubernetes.io/service-name": API_SERVICE}},
-        "addressType": "IPv4",
+        "addressType": family,
         "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
     });

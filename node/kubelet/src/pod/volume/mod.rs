@@ -1034,6 +1034,13 @@ pub(crate) mod testing {
                 .insert((ns.to_owned(), name.to_owned()), data(entries));
         }
 
+        /// Sources issuing tokens at `now`.
+        pub fn at(now: i64) -> Self {
+            let sources = Self::default();
+            sources.set_clock(now);
+            sources
+        }
+
         /// The Unix time tokens are issued at from now on.
         pub fn set_clock(&self, now: i64) {
             *self.clock.lock().unwrap() = now;

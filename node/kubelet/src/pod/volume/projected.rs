@@ -229,19 +229,23 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn sources_merge_into_one_payload_with_the_volume_mode() {
-        let sources = FakeSources::default();
-        sources.set_config_map("ns", "cfg", &[("a", "1"), ("b", "2")]);
-        sources.set_secret("ns", "sec", &[("pw", "x")]);
-        let p = payload(
+    async fn merged(sources: &FakeSources, optional_secret: bool) -> Result<Payload, VolumeError> {
+        let tokens = TokenManager::default();
+        payload(
             "all",
             &pod(),
-            &all_sources(false),
-            inputs(&sources, &TokenManager::default()),
+            &all_sources(optional_secret),
+            inputs(sources, &tokens),
         )
         .await
-        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn sources_merge_into_one_payload_with_the_volume_mode() {
+        let sources = FakeSources::at(T0);
+        sources.set_config_map("ns", "cfg", &[("a", "1"), ("b", "2")]);
+        sources.set_secret("ns", "sec", &[("pw", "x")]);
+        let p = merged(&sources, false).await.unwrap();
         let keys: Vec<&str> = p.keys().map(String::as_str).collect();
         assert_eq!(keys, ["conf/a", "name", "pw", "token"]);
         assert_eq!(p["pw"].mode, 0o440);
@@ -254,25 +258,11 @@ mod tests {
 
     #[tokio::test]
     async fn missing_source_fails_unless_optional() {
-        let sources = FakeSources::default();
+        let sources = FakeSources::at(T0);
         sources.set_config_map("ns", "cfg", &[("a", "1")]);
-        let err = payload(
-            "all",
-            &pod(),
-            &all_sources(false),
-            inputs(&sources, &TokenManager::default()),
-        )
-        .await
-        .unwrap_err();
+        let err = merged(&sources, false).await.unwrap_err();
         assert_eq!(err.to_string(), "secret \"sec\" not found");
-        let p = payload(
-            "all",
-            &pod(),
-            &all_sources(true),
-            inputs(&sources, &TokenManager::default()),
-        )
-        .await
-        .unwrap();
+        let p = merged(&sources, true).await.unwrap();
         assert!(!p.contains_key("pw"));
     }
 
@@ -280,8 +270,7 @@ mod tests {
     async fn the_token_is_rewritten_in_place_once_refreshed_on_a_tmpfs() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("kube-api-access-x");
-        let sources = FakeSources::default();
-        sources.set_clock(T0);
+        let sources = FakeSources::at(T0);
         let tokens = TokenManager::default();
         let mounter = FakeMounter::default();
         let source = ProjectedVolumeSource {
@@ -322,17 +311,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_token_fails_the_volume_with_kubes_words() {
-        let sources = FakeSources::default();
+        let sources = FakeSources::at(T0);
         sources.set_config_map("ns", "cfg", &[("a", "1")]);
         sources.fail_tokens("serviceaccounts \"builder\" not found");
-        let err = payload(
-            "all",
-            &pod(),
-            &all_sources(true),
-            inputs(&sources, &TokenManager::default()),
-        )
-        .await
-        .unwrap_err();
+        let err = merged(&sources, true).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             "failed to fetch token: serviceaccounts \"builder\" not found"

@@ -258,7 +258,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_request_is_bound_to_the_pod_with_the_projection_audience_and_lifetime() {
-        let sources = FakeSources::default();
+        let sources = FakeSources::at(T0);
         let tokens = TokenManager::default();
         let got = tokens
             .token(
@@ -289,7 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_audience_leaves_it_to_the_api_server_and_the_lifetime_defaults_to_an_hour() {
-        let sources = FakeSources::default();
+        let sources = FakeSources::at(T0);
         TokenManager::default()
             .token(&sources, &pod("u1"), &projection(None, Some("")), T0)
             .await
@@ -301,7 +301,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fresh_token_is_reused_and_a_stale_one_replaced() {
-        let sources = FakeSources::default();
+        let sources = FakeSources::at(T0);
         let tokens = TokenManager::default();
         let (p, proj) = (pod("u1"), projection(Some(1000), None));
         let first = tokens.token(&sources, &p, &proj, T0).await.unwrap();
@@ -315,7 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_refresh_keeps_the_unexpired_token_and_fails_once_it_expired() {
-        let sources = FakeSources::default();
+        let sources = FakeSources::at(T0);
         let tokens = TokenManager::default();
         let (p, proj) = (pod("u1"), projection(Some(1000), None));
         tokens.token(&sources, &p, &proj, T0).await.unwrap();
@@ -332,7 +332,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_pod_incarnation_gets_its_own_token_and_forgetting_drops_it() {
-        let sources = FakeSources::default();
+        let sources = FakeSources::at(T0);
         let tokens = TokenManager::default();
         let proj = projection(None, None);
         tokens.token(&sources, &pod("u1"), &proj, T0).await.unwrap();
