@@ -1186,34 +1186,7 @@ fn an_in_cluster_python_client_lists_pods_through_the_kubernetes_service_once_rb
         None,
     )?;
     c.cp.ok(&["create", "serviceaccount", "lister"], None)?;
-    // The host's Python, its libraries and the client, read-only in a busybox container.
-    c.apply(
-        &r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: incluster}
-spec:
-  nodeName: NODE
-  serviceAccountName: lister
-  volumes:
-  - {name: python, hostPath: {path: PREFIX, type: Directory}}
-  - {name: usrlib, hostPath: {path: /usr/lib, type: Directory}}
-  - {name: lib64, hostPath: {path: /usr/lib64, type: Directory}}
-  - {name: script, configMap: {name: incluster-script}}
-  containers:
-  - name: client
-    image: IMAGE
-    command: [PREFIX/bin/python3, /script/incluster_list.py]
-    env: [{name: LD_LIBRARY_PATH, value: "PREFIX/lib:/usr/lib/x86_64-linux-gnu"}]
-    volumeMounts:
-    - {name: python, mountPath: PREFIX, readOnly: true}
-    - {name: usrlib, mountPath: /usr/lib, readOnly: true}
-    - {name: usrlib, mountPath: /lib, readOnly: true}
-    - {name: lib64, mountPath: /lib64, readOnly: true}
-    - {name: script, mountPath: /script}
-"#
-        .replace("PREFIX", &prefix),
-    )?;
+    c.apply(&incluster_pod(&prefix))?;
     let pod = c.running("incluster")?;
     let uid = pod["metadata"]["uid"]
         .as_str()
@@ -1235,9 +1208,9 @@ spec:
             std::thread::sleep(Duration::from_millis(500));
         }
     };
-    let host = wait_log("host ", Duration::from_secs(60))?;
+    let host = wait_log("host ", Duration::from_mins(1))?;
     assert_eq!(host, "host https://10.96.0.1:443");
-    let denied = wait_log("status ", Duration::from_secs(60))?;
+    let denied = wait_log("status ", Duration::from_mins(1))?;
     assert_eq!(
         denied,
         "status 403 pods is forbidden: User \"system:serviceaccount:default:lister\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
@@ -1255,7 +1228,14 @@ spec:
     let listed = wait_log("listed ", Duration::from_secs(30))?;
     assert_eq!(listed, "listed incluster");
 
-    // The token the node wrote: a JWT for the API server, bound to this pod, mode 0644.
+    the_token_and_service_variables(&c, &uid)?;
+    c.delete_all()?;
+    c.assert_clean()
+}
+
+/// The token the node wrote is a JWT for the API server bound to the pod (mode 0644, the
+/// volume's), and the container has the `kubernetes` Service's variables.
+fn the_token_and_service_variables(c: &Cluster, uid: &str) -> Result<()> {
     let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
     let token = c.cp.ok(
         &["exec", "incluster", "--", "cat", &format!("{dir}/token")],
@@ -1266,11 +1246,7 @@ spec:
         claims["kubernetes.io"]["pod"]["name"], "incluster",
         "{claims}"
     );
-    assert_eq!(
-        claims["kubernetes.io"]["pod"]["uid"],
-        uid.as_str(),
-        "{claims}"
-    );
+    assert_eq!(claims["kubernetes.io"]["pod"]["uid"], uid, "{claims}");
     assert_eq!(
         claims["sub"], "system:serviceaccount:default:lister",
         "{claims}"
@@ -1310,6 +1286,35 @@ spec:
         env.split_whitespace().collect::<Vec<_>>(),
         ["10.96.0.1", "443", "tcp://10.96.0.1:443"]
     );
-    c.delete_all()?;
-    c.assert_clean()
+    Ok(())
+}
+
+/// The client's pod: the host's Python, its libraries and the client, read-only in a
+/// busybox container, running the script from a ConfigMap as ServiceAccount `lister`.
+fn incluster_pod(prefix: &str) -> String {
+    r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: incluster}
+spec:
+  nodeName: NODE
+  serviceAccountName: lister
+  volumes:
+  - {name: python, hostPath: {path: PREFIX, type: Directory}}
+  - {name: usrlib, hostPath: {path: /usr/lib, type: Directory}}
+  - {name: lib64, hostPath: {path: /usr/lib64, type: Directory}}
+  - {name: script, configMap: {name: incluster-script}}
+  containers:
+  - name: client
+    image: IMAGE
+    command: [PREFIX/bin/python3, /script/incluster_list.py]
+    env: [{name: LD_LIBRARY_PATH, value: "PREFIX/lib:/usr/lib/x86_64-linux-gnu"}]
+    volumeMounts:
+    - {name: python, mountPath: PREFIX, readOnly: true}
+    - {name: usrlib, mountPath: /usr/lib, readOnly: true}
+    - {name: usrlib, mountPath: /lib, readOnly: true}
+    - {name: lib64, mountPath: /lib64, readOnly: true}
+    - {name: script, mountPath: /script}
+"#
+    .replace("PREFIX", prefix)
 }

@@ -240,11 +240,12 @@ pub async fn run(ctx: &Ctx, advertise: Option<SocketAddr>) -> Result<(), StatusE
         }),
     )
     .await?;
-    match advertise {
-        Some(address) => api_endpoints(ctx, address).await?,
-        None => tracing::warn!(
-            "no address pods can reach this server at (it listens on loopback; see --advertise-address): the kubernetes Service gets no endpoints"
-        ),
+    if let Some(address) = advertise {
+        api_endpoints(ctx, address).await?;
+    } else {
+        tracing::warn!(
+            "no address pods can reach this server at (it listens on loopback or a wildcard; see --advertise-address): the kubernetes Service gets no endpoints"
+        );
     }
     ensure(
         ctx,

@@ -148,6 +148,17 @@ struct Args {
 }
 
 impl Args {
+    /// Where pods reach this server: --advertise-address on the listen port, or the listen
+    /// address itself when pods can reach it (not loopback, not a wildcard).
+    fn advertised(&self) -> Option<std::net::SocketAddr> {
+        let port = self.listen.port();
+        match self.advertise_address {
+            Some(ip) => Some(std::net::SocketAddr::new(ip, port)),
+            None if self.listen.ip().is_loopback() || self.listen.ip().is_unspecified() => None,
+            None => Some(self.listen),
+        }
+    }
+
     /// The cluster CIDR node IPAM splits, if it is on; refuses a range that cannot hold
     /// one node's CIDR or that overlaps the Service range.
     fn node_ipam(&self) -> Result<Option<Ipv4Cidr>> {
@@ -242,11 +253,9 @@ async fn main() -> Result<()> {
     let mut store = open_store(&args).await?;
     let service_cidr = Ipv4Cidr::parse_masked(&args.service_cluster_ip_range)
         .context("--service-cluster-ip-range")?;
-    let data_dir = data_dir(&args);
-    let advertise = advertised(&args);
     let pki = pki::prepare(
-        &data_dir,
-        &pki::serving_names(args.listen, advertise, service_cidr),
+        &data_dir(&args),
+        &pki::serving_names(args.listen, args.advertised(), service_cidr),
         &format!("https://{}", pki::reachable(args.listen)),
         &pki::Flags {
             tls_cert_file: args.tls_cert_file.clone(),
@@ -286,7 +295,7 @@ async fn main() -> Result<()> {
     let config = Config {
         audit,
         listen: args.listen,
-        advertise,
+        advertise: args.advertised(),
         service_cidr: args.service_cluster_ip_range.clone(),
         compaction_interval: Duration::from_secs(args.compaction_interval_seconds.max(1)),
         compaction_keep: args.compaction_keep_revisions,
@@ -458,16 +467,5 @@ mod tests {
         assert!(small.node_ipam().is_err());
         let bad = Args::parse_from(["control", "--cluster-cidr", "10.42.0.0"]);
         assert!(bad.node_ipam().is_err());
-    }
-}
-
-/// Where pods reach this server: --advertise-address on the listen port, or the listen
-/// address itself when pods can reach it (not loopback, not a wildcard).
-fn advertised(args: &Args) -> Option<std::net::SocketAddr> {
-    let port = args.listen.port();
-    match args.advertise_address {
-        Some(ip) => Some(std::net::SocketAddr::new(ip, port)),
-        None if args.listen.ip().is_loopback() || args.listen.ip().is_unspecified() => None,
-        None => Some(args.listen),
     }
 }

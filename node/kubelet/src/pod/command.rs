@@ -87,12 +87,18 @@ pub trait Sources: Send + Sync {
         Ok(Vec::new())
     }
     /// A token for `account` as `request` asks (`TokenRequest`), with its status filled in.
+    /// Sources without an API server (the default) have none to give.
     async fn service_account_token(
         &self,
         namespace: &str,
         account: &str,
         request: &TokenRequest,
-    ) -> Result<TokenRequest, ConfigError>;
+    ) -> Result<TokenRequest, ConfigError> {
+        let _ = (namespace, request);
+        Err(ConfigError::Api(format!(
+            "no token for service account {account:?}: these sources reach no API server"
+        )))
+    }
 }
 
 /// Expands `$(NAME)` from `vars`; `$$(NAME)` stays literal, unknown names stay as written.
@@ -443,14 +449,6 @@ mod tests {
                 .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
                 .cloned()
                 .collect())
-        }
-        async fn service_account_token(
-            &self,
-            _: &str,
-            account: &str,
-            _: &TokenRequest,
-        ) -> Result<TokenRequest, ConfigError> {
-            Err(ConfigError::Api(format!("no token for {account}")))
         }
     }
 
