@@ -44,7 +44,17 @@ fn isolated() -> Result<(std::sync::MutexGuard<'static, ()>, Netns, tempfile::Te
 
 impl Cluster {
     fn start(test: &str) -> Result<Self> {
+        Self::start_on(test, None)
+    }
+
+    /// A cluster whose `control` listens on `api` (when given), an address of the test
+    /// host's loopback that pods reach through the node's bridge, so the `kubernetes`
+    /// Service leads them to it.
+    fn start_on(test: &str, api: Option<std::net::Ipv4Addr>) -> Result<Self> {
         let (serial, ns, dir) = isolated()?;
+        if let Some(ip) = api {
+            ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
+        }
         let registry = Registry::start()?;
         let tar = busybox_oci_layout(dir.path(), "busybox:1")?;
         registry.push(&tar, "busybox:1")?;
@@ -60,8 +70,9 @@ impl Cluster {
                 registry.host()
             ),
         )?;
-        let cp = ControlPlane::start_with(
+        let cp = ControlPlane::start_on(
             &dir.path().join("control"),
+            api.unwrap_or(std::net::Ipv4Addr::LOCALHOST),
             &["--cluster-cidr", "10.244.0.0/16"],
         )?;
         let node = NodeDaemon::start(
@@ -1123,4 +1134,185 @@ spec:
     c.delete_all()?;
     c.assert_clean()?;
     Ok(())
+}
+
+/// The host's Python prefix holding the `kubernetes` client, if it has one.
+fn python_with_client() -> Option<String> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, kubernetes; assert kubernetes.__file__.startswith(sys.base_prefix); print(sys.base_prefix)",
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The payload of a JWT.
+fn jwt_claims(token: &str) -> Result<Value> {
+    use base64::Engine as _;
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    ensure!(parts.len() == 3, "not a JWT: {token}");
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1])?;
+    Ok(serde_json::from_slice(&payload)?)
+}
+
+#[test]
+fn an_in_cluster_python_client_lists_pods_through_the_kubernetes_service_once_rbac_allows()
+-> Result<()> {
+    let test =
+        "an_in_cluster_python_client_lists_pods_through_the_kubernetes_service_once_rbac_allows";
+    if skip(test) {
+        return Ok(());
+    }
+    let Some(prefix) = python_with_client() else {
+        eprintln!("skipping {test}: no python3 with the kubernetes client");
+        return Ok(());
+    };
+    let c = Cluster::start_on("incluster", Some(std::net::Ipv4Addr::new(10, 250, 0, 1)))?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/incluster_list.py");
+    c.cp.ok(
+        &[
+            "create",
+            "configmap",
+            "incluster-script",
+            "--from-file",
+            script,
+        ],
+        None,
+    )?;
+    c.cp.ok(&["create", "serviceaccount", "lister"], None)?;
+    c.apply(&incluster_pod(&prefix))?;
+    let pod = c.running("incluster")?;
+    let uid = pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let wait_log = |what: &str, timeout: Duration| -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = c.logs(&["incluster"]).unwrap_or_default();
+            if let Some(line) = logs.lines().find(|l| l.contains(what)) {
+                return Ok(line.to_owned());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no {what:?} in the client's log:\n{logs}\nnode log:\n{}",
+                    tail(&c.node.log(), 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let host = wait_log("host ", Duration::from_mins(1))?;
+    assert_eq!(host, "host https://10.96.0.1:443");
+    let denied = wait_log("status ", Duration::from_mins(1))?;
+    assert_eq!(
+        denied,
+        "status 403 pods is forbidden: User \"system:serviceaccount:default:lister\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+    );
+    c.cp.ok(
+        &[
+            "create",
+            "rolebinding",
+            "lister-view",
+            "--clusterrole=view",
+            "--serviceaccount=default:lister",
+        ],
+        None,
+    )?;
+    let listed = wait_log("listed ", Duration::from_secs(30))?;
+    assert_eq!(listed, "listed incluster");
+
+    the_token_and_service_variables(&c, &uid)?;
+    c.delete_all()?;
+    c.assert_clean()
+}
+
+/// The token the node wrote is a JWT for the API server bound to the pod (mode 0644, the
+/// volume's), and the container has the `kubernetes` Service's variables.
+fn the_token_and_service_variables(c: &Cluster, uid: &str) -> Result<()> {
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let token = c.cp.ok(
+        &["exec", "incluster", "--", "cat", &format!("{dir}/token")],
+        None,
+    )?;
+    let claims = jwt_claims(&token)?;
+    assert_eq!(
+        claims["kubernetes.io"]["pod"]["name"], "incluster",
+        "{claims}"
+    );
+    assert_eq!(claims["kubernetes.io"]["pod"]["uid"], uid, "{claims}");
+    assert_eq!(
+        claims["sub"], "system:serviceaccount:default:lister",
+        "{claims}"
+    );
+    assert_eq!(
+        claims["aud"][0],
+        "https://kubernetes.default.svc.cluster.local"
+    );
+    assert_eq!(
+        claims["exp"].as_i64().unwrap_or_default() - claims["iat"].as_i64().unwrap_or_default(),
+        3607
+    );
+    let listing = c.cp.ok(
+        &[
+            "exec",
+            "incluster",
+            "--",
+            "ls",
+            "-lL",
+            &format!("{dir}/token"),
+        ],
+        None,
+    )?;
+    assert!(listing.starts_with("-rw-r--r--"), "{listing}");
+    let env = c.cp.ok(
+        &[
+            "exec",
+            "incluster",
+            "--",
+            "sh",
+            "-c",
+            "echo $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT $KUBERNETES_PORT",
+        ],
+        None,
+    )?;
+    assert_eq!(
+        env.split_whitespace().collect::<Vec<_>>(),
+        ["10.96.0.1", "443", "tcp://10.96.0.1:443"]
+    );
+    Ok(())
+}
+
+/// The client's pod: the host's Python, its libraries and the client, read-only in a
+/// busybox container, running the script from a ConfigMap as ServiceAccount `lister`.
+fn incluster_pod(prefix: &str) -> String {
+    r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: incluster}
+spec:
+  nodeName: NODE
+  serviceAccountName: lister
+  volumes:
+  - {name: python, hostPath: {path: PREFIX, type: Directory}}
+  - {name: usrlib, hostPath: {path: /usr/lib, type: Directory}}
+  - {name: lib64, hostPath: {path: /usr/lib64, type: Directory}}
+  - {name: script, configMap: {name: incluster-script}}
+  containers:
+  - name: client
+    image: IMAGE
+    command: [PREFIX/bin/python3, /script/incluster_list.py]
+    env: [{name: LD_LIBRARY_PATH, value: "PREFIX/lib:/usr/lib/x86_64-linux-gnu"}]
+    volumeMounts:
+    - {name: python, mountPath: PREFIX, readOnly: true}
+    - {name: usrlib, mountPath: /usr/lib, readOnly: true}
+    - {name: usrlib, mountPath: /lib, readOnly: true}
+    - {name: lib64, mountPath: /lib64, readOnly: true}
+    - {name: script, mountPath: /script}
+"#
+    .replace("PREFIX", prefix)
 }

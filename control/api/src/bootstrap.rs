@@ -1,7 +1,10 @@
-//! What exists from the first start: the system namespaces, the `kubernetes` Service,
-//! the default `local-path` `StorageClass`, the default RBAC roles and bindings (re-added
+//! What exists from the first start: the system namespaces, the `kubernetes` Service (with
+//! this server's advertised address as its Endpoints and EndpointSlice, rewritten at every
+//! start), the default `local-path` `StorageClass`, the default RBAC roles and bindings (re-added
 //! or completed at every start unless their autoupdate annotation is `false`),
 //! plus what stored objects already hold from the pools (Service addresses and ports).
+
+use std::net::SocketAddr;
 
 use serde_json::{Value, json};
 use skiff_machinery::status::StatusError;
@@ -15,6 +18,9 @@ use crate::{
     route::ResourceRoute,
     verbs::{create_object, list_objects},
 };
+
+/// The Service in `default` that stands for the API server.
+const API_SERVICE: &str = "kubernetes";
 
 fn route(
     api_version: &str,
@@ -107,15 +113,27 @@ async fn reconcile(
     }
     entries.extend(missing);
     current[field] = Value::Array(entries);
-    let key = objects::key(info, None, &name);
+    write_back(ctx, route, &name, &current, revision).await
+}
+
+/// Stores `current` over the revision it was read at; losing the race to another API
+/// server on the same store, which wrote the same, is fine.
+async fn write_back(
+    ctx: &Ctx,
+    route: &ResourceRoute,
+    name: &str,
+    current: &Value,
+    revision: i64,
+) -> Result<(), StatusError> {
+    let info = route.info;
+    let key = objects::key(info, route.namespace.as_deref(), name);
     match ctx
         .store
-        .update(&key, objects::encode(info, &current), revision)
+        .update(&key, objects::encode(info, current), revision)
         .await
-        .map_err(|e| objects::store_error(e, info, &name))
+        .map_err(|e| objects::store_error(e, info, name))
     {
-        Ok(_) => tracing::info!(kind = info.kind, %name, "default RBAC object reconciled"),
-        // Another API server on the same store reconciled it first.
+        Ok(_) => tracing::info!(kind = info.kind, %name, "updated at bootstrap"),
         Err(e) if e.code == 409 => {}
         Err(e) => return Err(e),
     }
@@ -134,7 +152,78 @@ async fn rbac_defaults(ctx: &Ctx) -> Result<(), StatusError> {
     Ok(())
 }
 
-pub async fn run(ctx: &Ctx) -> Result<(), StatusError> {
+/// Makes the `kubernetes` Service's Endpoints and EndpointSlice name `advertise`, as
+/// kube-apiserver's endpoint reconciler does for a single server: in-cluster clients reach
+/// the API through the Service, and only an address pods can reach is any use there.
+async fn api_endpoints(ctx: &Ctx, advertise: SocketAddr) -> Result<(), StatusError> {
+    let (ip, port) = (advertise.ip().to_string(), advertise.port());
+    let family = if advertise.is_ipv4() { "IPv4" } else { "IPv6" };
+    let endpoints = json!({
+        "metadata": {
+            "name": API_SERVICE,
+            // The mirroring controller leaves it alone, as kube labels it.
+            "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"},
+        },
+        "subsets": [{
+            "addresses": [{"ip": ip}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }],
+    });
+    replace(
+        ctx,
+        &route("v1", "Endpoints", Some(namespace::DEFAULT))?,
+        endpoints,
+        &["subsets"],
+    )
+    .await?;
+    let slice = json!({
+        "metadata": {"name": API_SERVICE, "labels": {"kubernetes.io/service-name": API_SERVICE}},
+        "addressType": family,
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    });
+    replace(
+        ctx,
+        &route(
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            Some(namespace::DEFAULT),
+        )?,
+        slice,
+        &["addressType", "endpoints", "ports"],
+    )
+    .await
+}
+
+/// Creates `wanted`, or sets the stored object's `fields` to `wanted`'s where they differ.
+async fn replace(
+    ctx: &Ctx,
+    route: &ResourceRoute,
+    wanted: Value,
+    fields: &[&str],
+) -> Result<(), StatusError> {
+    let info = route.info;
+    let name = objects::name_of(&wanted).to_owned();
+    let ns = route.namespace.as_deref();
+    let (mut current, revision) = match objects::fetch(ctx.store.as_ref(), info, ns, &name).await {
+        Err(e) if e.code == 404 => return ensure(ctx, route, wanted).await,
+        other => other?,
+    };
+    if fields.iter().all(|f| current.get(*f) == wanted.get(*f)) {
+        return Ok(());
+    }
+    for f in fields {
+        current[*f] = wanted.get(*f).cloned().unwrap_or(Value::Null);
+    }
+    write_back(ctx, route, &name, &current, revision).await
+}
+
+/// Creates (or completes) what exists from the first start; `advertise` is where pods reach
+/// this server, when it has such an address.
+///
+/// # Errors
+/// A store failure.
+pub async fn run(ctx: &Ctx, advertise: Option<SocketAddr>) -> Result<(), StatusError> {
     reserve_allocations(ctx).await?;
     rbac_defaults(ctx).await?;
     let namespaces = route("v1", "Namespace", None)?;
@@ -146,11 +235,18 @@ pub async fn run(ctx: &Ctx) -> Result<(), StatusError> {
         ctx,
         &route("v1", "Service", Some(namespace::DEFAULT))?,
         json!({
-            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"clusterIP": first, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+            "metadata": {"name": API_SERVICE, "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": first, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise.map_or(6443, |a| a.port())}]},
         }),
     )
     .await?;
+    if let Some(address) = advertise {
+        api_endpoints(ctx, address).await?;
+    } else {
+        tracing::warn!(
+            "no address pods can reach this server at (it listens on loopback or a wildcard; see --advertise-address): the kubernetes Service gets no endpoints"
+        );
+    }
     ensure(
         ctx,
         &route("storage.k8s.io/v1", "StorageClass", None)?,

@@ -9,6 +9,7 @@ use skiff_types::Ipv4Cidr;
 use crate::{
     allocator::{RangeError, ServicePools},
     audit::Auditor,
+    authn::ServiceAccountTokens,
     authz::Authorizer,
     flowcontrol::FlowControl,
     kubelet_client::KubeletClient,
@@ -35,6 +36,8 @@ pub struct Ctx {
     pub flow: FlowControl,
     /// Request bodies above this many bytes are refused 413 (`--max-request-body-bytes`).
     pub max_body: usize,
+    /// The ServiceAccount token signer (`TokenRequest`), when one is configured.
+    pub service_accounts: Option<Arc<ServiceAccountTokens>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -67,6 +70,7 @@ impl Ctx {
             kubelet: KubeletClient::default(),
             flow: FlowControl::default(),
             max_body: crate::http::MAX_BODY,
+            service_accounts: None,
         })
     }
 }

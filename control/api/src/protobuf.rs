@@ -1,5 +1,6 @@
 //! Kubernetes' protobuf request encoding (`application/vnd.kubernetes.protobuf`), which
-//! kubectl's typed commands (`create namespace|configmap|secret|deployment|service|job`,
+//! kubectl's typed commands (`create namespace|configmap|secret|deployment|service|job|
+//! serviceaccount|token`,
 //! `run`) send: the `k8s\0` + `runtime.Unknown` envelope, decoded to the same JSON the rest
 //! of the server works on. Fields outside these tables are refused, never dropped.
 
@@ -538,6 +539,48 @@ const SELF_SUBJECT_REVIEW: Schema = Schema {
     ],
 };
 
+/// `ServiceAccount` (`kubectl create serviceaccount`).
+const SERVICE_ACCOUNT: Schema = Schema {
+    name: "ServiceAccount",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        ptr(4, "automountServiceAccountToken", Ty::Bool),
+    ],
+};
+const BOUND_OBJECT_REFERENCE: Schema = Schema {
+    name: "BoundObjectReference",
+    fields: &[
+        f(1, "kind", Ty::Str),
+        f(2, "apiVersion", Ty::Str),
+        f(3, "name", Ty::Str),
+        f(4, "uid", Ty::Str),
+    ],
+};
+const TOKEN_REQUEST_SPEC: Schema = Schema {
+    name: "TokenRequestSpec",
+    fields: &[
+        list(1, "audiences", Ty::Str),
+        f(3, "boundObjectRef", Ty::Msg(&BOUND_OBJECT_REFERENCE)),
+        ptr(4, "expirationSeconds", Ty::Int),
+    ],
+};
+const TOKEN_REQUEST_STATUS: Schema = Schema {
+    name: "TokenRequestStatus",
+    fields: &[
+        f(1, "token", Ty::Str),
+        f(2, "expirationTimestamp", Ty::Time),
+    ],
+};
+/// `TokenRequest` (`kubectl create token`).
+const TOKEN_REQUEST: Schema = Schema {
+    name: "TokenRequest",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&TOKEN_REQUEST_SPEC)),
+        f(3, "status", Ty::Msg(&TOKEN_REQUEST_STATUS)),
+    ],
+};
+
 /// The kinds decoded from protobuf, by `apiVersion` and `kind`.
 fn schema_of(api_version: &str, kind: &str) -> Option<&'static Schema> {
     Some(match kind {
@@ -558,6 +601,8 @@ fn schema_of(api_version: &str, kind: &str) -> Option<&'static Schema> {
         }
         "SelfSubjectRulesReview" => &RULES_REVIEW,
         "SelfSubjectReview" => &SELF_SUBJECT_REVIEW,
+        "TokenRequest" => &TOKEN_REQUEST,
+        "ServiceAccount" => &SERVICE_ACCOUNT,
         _ => return None,
     })
 }
@@ -885,6 +930,31 @@ mod tests {
         assert_eq!(
             obj["spec"],
             json!({"resourceAttributes": {"namespace": "demo", "verb": "create", "resource": "pods"}})
+        );
+    }
+
+    #[test]
+    fn kubectl_create_token_s_request_decodes_with_audiences_lifetime_and_bound_pod() {
+        let bound = [field_bytes(1, b"Pod"), field_bytes(3, b"web")].concat();
+        // expirationSeconds 600 is the varint 0xd8 0x04.
+        let spec = [
+            field_bytes(1, b"api"),
+            field_bytes(1, b"vault"),
+            field_bytes(3, &bound),
+            vec![4 << 3, 0xd8, 0x04],
+        ]
+        .concat();
+        let raw = [
+            field_bytes(1, &[]),
+            field_bytes(2, &spec),
+            field_bytes(3, &field_bytes(2, &[])),
+        ]
+        .concat();
+        let obj = decode(&envelope("authentication.k8s.io/v1", "TokenRequest", &raw)).unwrap();
+        assert_eq!(
+            obj["spec"],
+            json!({"audiences": ["api", "vault"], "expirationSeconds": 600,
+                   "boundObjectRef": {"kind": "Pod", "name": "web"}})
         );
     }
 

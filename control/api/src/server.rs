@@ -41,6 +41,9 @@ use crate::{
 pub struct Config {
     /// Where to listen (default 127.0.0.1:6443).
     pub listen: SocketAddr,
+    /// Where pods reach this server (the `kubernetes` Service's endpoint); none when it has
+    /// no such address (a loopback listen).
+    pub advertise: Option<SocketAddr>,
     /// The Service cluster IP range.
     pub service_cidr: String,
     /// The NodePort range.
@@ -61,6 +64,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            advertise: None,
             service_cidr: "10.96.0.0/12".into(),
             node_ports: (30000, 32767),
             compaction_interval: Duration::from_mins(5),
@@ -155,8 +159,9 @@ impl Server {
         ctx.kubelet = security.kubelet.clone();
         ctx.flow = flowcontrol::FlowControl::new(&config.limits);
         ctx.max_body = config.max_request_body_bytes;
+        ctx.service_accounts = security.authn.service_account_tokens().cloned();
         let ctx = Arc::new(ctx);
-        bootstrap::run(&ctx)
+        bootstrap::run(&ctx, config.advertise)
             .await
             .map_err(|e| ServerError::Bootstrap(e.message))?;
         let revisions = authz::feed::load(&ctx)
@@ -276,12 +281,16 @@ async fn compact_forever(store: Arc<dyn Store>, every: Duration, keep: i64) {
 
 /// Who is calling: the verified client certificate of the connection, else the request's
 /// bearer token, else anonymous (allowed on the health and version endpoints only).
-fn authenticate(
+/// A ServiceAccount token's account (and bound pod) must still exist.
+async fn authenticate(
+    ctx: &Ctx,
     authn: &Authenticator,
     connection_user: Option<&UserInfo>,
     req: &Request<Incoming>,
 ) -> Result<UserInfo, StatusError> {
-    authn.authenticate(connection_user, req.uri().path(), req.headers())
+    let user = authn.authenticate(connection_user, req.uri().path(), req.headers())?;
+    authn::serviceaccount::still_bound(ctx.store.as_ref(), &user).await?;
+    Ok(user)
 }
 
 async fn handle(
@@ -306,13 +315,13 @@ async fn handle(
         .as_ref()
         .map(|_| audit::RequestMeta::new(req.uri(), req.headers(), peer));
     let mut audit = None;
-    let (verb, resource, response) = match authenticate(authn, connection_user, &req).and_then(
-        |user| {
+    let (verb, resource, response) = match authenticate(&ctx, authn, connection_user, &req)
+        .await
+        .and_then(|user| {
             let authenticated = user.clone();
             authz::impersonate::impersonate(&ctx.authz, user, req.headers())
                 .map(|user| (authenticated, user))
-        },
-    ) {
+        }) {
         Err(err) => {
             if let (Some(auditor), Some(meta), true) = (&ctx.audit, &audit_meta, err.code == 401) {
                 let attrs =

@@ -35,6 +35,7 @@ pub mod pvc_protection;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod revision;
+pub mod rootca;
 pub mod service_lb;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -65,6 +66,9 @@ pub struct Config {
     pub loadbalancer_ip_range: Option<service_lb::IpRange>,
     /// The horizontal pod autoscaler's sync period and default scale-down window.
     pub autoscaling: podautoscaler::Settings,
+    /// The cluster CA (PEM) published as `kube-root-ca.crt` in every namespace (none: not
+    /// published).
+    pub root_ca: Option<String>,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             node_cidr_mask_size: 24,
             loadbalancer_ip_range: None,
             autoscaling: podautoscaler::Settings::default(),
+            root_ca: None,
         }
     }
 }
@@ -115,6 +120,10 @@ pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> +
     let node_lifecycle = node_lifecycle::start(informers, config, clock.clone());
     let autoscalers = podautoscaler::start(informers, config.autoscaling, clock.clone());
     let service_lb = service_lb::start(informers, config.loadbalancer_ip_range, clock.clone());
+    let root_ca = config
+        .root_ca
+        .clone()
+        .map(|ca| rootca::start(informers, ca, clock.clone()));
     let node_ipam = config
         .cluster_cidr
         .map(|cidr| node_ipam::start(informers, cidr, config.node_cidr_mask_size, clock.clone()));
@@ -142,6 +151,11 @@ pub fn run(informers: &Informers, config: &Config) -> impl Future<Output = ()> +
             async {
                 if let Some(ipam) = node_ipam {
                     ipam.await;
+                }
+            },
+            async {
+                if let Some(publisher) = root_ca {
+                    publisher.await;
                 }
             },
         );

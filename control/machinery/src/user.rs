@@ -12,6 +12,11 @@ pub const UNAUTHENTICATED: &str = "system:unauthenticated";
 pub const NODES: &str = "system:nodes";
 /// The group of callers holding a bootstrap token (a node that has not joined yet).
 pub const BOOTSTRAPPERS: &str = "system:bootstrappers";
+/// The group of every ServiceAccount; `system:serviceaccounts:<namespace>` is the group of
+/// a namespace's accounts.
+pub const SERVICE_ACCOUNTS: &str = "system:serviceaccounts";
+/// The prefix of ServiceAccount user names (`system:serviceaccount:<namespace>:<name>`).
+pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
 /// A caller's identity, as Kubernetes' `user.Info`: what authentication produced from a
 /// client certificate, a bearer token or a ServiceAccount token, and what RBAC and the

@@ -27,6 +27,8 @@ pub enum Subresource {
     PortForward,
     /// `ephemeralcontainers` (pods): adds debugging containers to a running pod.
     EphemeralContainers,
+    /// `token` (serviceaccounts): issues a bound token (`TokenRequest`).
+    Token,
 }
 
 impl Subresource {
@@ -42,6 +44,7 @@ impl Subresource {
             Self::Attach => "attach",
             Self::PortForward => "portforward",
             Self::EphemeralContainers => "ephemeralcontainers",
+            Self::Token => "token",
         }
     }
 
@@ -50,7 +53,7 @@ impl Subresource {
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
             Self::Status | Self::Scale | Self::EphemeralContainers => &["get", "patch", "update"],
-            Self::Binding => &["create"],
+            Self::Binding | Self::Token => &["create"],
             Self::Log => &["get"],
             Self::Exec | Self::Attach | Self::PortForward => &["create", "get"],
         }
@@ -63,6 +66,7 @@ impl Subresource {
             Self::Status => parent_kind,
             Self::Scale => "Scale",
             Self::Binding => "Binding",
+            Self::Token => "TokenRequest",
             Self::Log
             | Self::Exec
             | Self::Attach
@@ -226,7 +230,7 @@ static CATALOG: LazyLock<Vec<ResourceInfo>> = LazyLock::new(|| {
         entry::<k8s::core::v1::ConfigMap>(&["cm"], NONE, &[], &kinds::ConfigMap),
         entry::<k8s::core::v1::Secret>(NONE, NONE, &[], &kinds::Secret),
         entry::<k8s::core::v1::Event>(&["ev"], NONE, &[], &kinds::Event),
-        entry::<k8s::core::v1::ServiceAccount>(&["sa"], NONE, &[], &kinds::Plain),
+        entry::<k8s::core::v1::ServiceAccount>(&["sa"], NONE, &[S::Token], &kinds::Plain),
         entry::<k8s::core::v1::ResourceQuota>(&["quota"], NONE, STATUS, &kinds::ResourceQuota),
         entry::<k8s::core::v1::ReplicationController>(
             &["rc"],

@@ -316,6 +316,9 @@ fn paths(info: &ResourceInfo) -> Vec<(String, Value)> {
             Subresource::Binding => json!({
                 "post": operation(info, "post", "create", "Binding", &write_params(false)),
             }),
+            Subresource::Token => json!({
+                "post": operation(info, "post", "create", "Token", &write_params(false)),
+            }),
             Subresource::Log => json!({
                 "get": operation(info, "get", "read", "Log", &[]),
             }),

@@ -1,14 +1,23 @@
 //! configMaps and secrets read from the API server, for environment variables, volumes and
-//! image pull secrets; claims and their volumes, for claim volumes.
+//! image pull secrets; claims and their volumes, for claim volumes; ServiceAccount tokens
+//! (`TokenRequest`), for projected volumes; Services, for containers' Service variables.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret},
+    api::{
+        authentication::v1::TokenRequest,
+        core::v1::{
+            ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+        },
+    },
 };
-use kube::{Api, Client};
+use kube::{
+    Api, Client,
+    api::{ListParams, PostParams},
+};
 use skiff_kubelet::pod::command::{ConfigError, Sources};
 
 /// configMaps and secrets from the API server.
@@ -96,6 +105,33 @@ impl Sources for ApiSources {
             .await
             .map_err(|e| api_error(&e))?;
         Ok(Some((claim, volume)))
+    }
+
+    async fn services(&self, namespace: &str) -> Result<Vec<Service>, ConfigError> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| api_error(&e))?;
+        Ok(list.items)
+    }
+
+    async fn service_account_token(
+        &self,
+        namespace: &str,
+        account: &str,
+        request: &TokenRequest,
+    ) -> Result<TokenRequest, ConfigError> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        api.create_token_request(account, &PostParams::default(), request)
+            .await
+            .map_err(|e| match e {
+                // The API server's own words, as the kubelet's event quotes them.
+                kube::Error::Api(status) if !status.message.is_empty() => {
+                    ConfigError::Api(status.message)
+                }
+                e => api_error(&e),
+            })
     }
 }
 

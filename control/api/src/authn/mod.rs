@@ -3,15 +3,16 @@
 //! carries; requests with neither are anonymous, which only the health and version
 //! endpoints accept.
 
+pub mod serviceaccount;
 pub mod tokens;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use http::{HeaderMap, header};
 use skiff_machinery::{status::StatusError, user::UserInfo};
 use skiff_pki::Subject;
 
-pub use self::tokens::TokenFileError;
+pub use self::{serviceaccount::ServiceAccountTokens, tokens::TokenFileError};
 
 /// The user of requests without credentials.
 pub const ANONYMOUS: &str = "system:anonymous";
@@ -25,6 +26,7 @@ const PUBLIC: [&str; 4] = ["/healthz", "/livez", "/readyz", "/version"];
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
     tokens: HashMap<String, UserInfo>,
+    service_accounts: Option<Arc<ServiceAccountTokens>>,
 }
 
 impl Authenticator {
@@ -38,6 +40,17 @@ impl Authenticator {
     /// makes itself).
     pub fn add_token(&mut self, token: impl Into<String>, user: UserInfo) {
         self.tokens.insert(token.into(), user);
+    }
+
+    /// Accepts ServiceAccount tokens signed and checked by `tokens`.
+    pub fn set_service_account_tokens(&mut self, tokens: Arc<ServiceAccountTokens>) {
+        self.service_accounts = Some(tokens);
+    }
+
+    /// The ServiceAccount token signer and verifier, when one is configured.
+    #[must_use]
+    pub fn service_account_tokens(&self) -> Option<&Arc<ServiceAccountTokens>> {
+        self.service_accounts.as_ref()
     }
 
     /// Adds every token of a static token file (kube-apiserver's `--token-auth-file` CSV:
@@ -70,7 +83,22 @@ impl Authenticator {
             return Ok(user.clone());
         }
         if let Some(token) = bearer(headers) {
-            return self.tokens.get(token).cloned().ok_or_else(unauthorized);
+            if let Some(user) = self.tokens.get(token) {
+                return Ok(user.clone());
+            }
+            let now = jiff::Timestamp::now().as_second();
+            return match self
+                .service_accounts
+                .as_ref()
+                .and_then(|sa| sa.authenticate(token, now))
+            {
+                Some(Ok(user)) => Ok(user),
+                Some(Err(err)) => {
+                    tracing::debug!(%err, "service account token refused");
+                    Err(unauthorized())
+                }
+                None => Err(unauthorized()),
+            };
         }
         if is_public(path) {
             return Ok(anonymous());

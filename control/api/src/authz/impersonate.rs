@@ -80,13 +80,13 @@ pub fn impersonate(
             .map_err(|reason| forbidden(&attrs, &reason))
     };
     let mut groups_out = groups.clone();
-    if let Some(sa) = name.strip_prefix("system:serviceaccount:") {
+    if let Some(sa) = name.strip_prefix(user::SERVICE_ACCOUNT_PREFIX) {
         let (ns, sa_name) = sa.split_once(':').unwrap_or(("", sa));
         check("", "serviceaccounts", ns, sa_name, "")?;
         if groups.is_empty() {
             groups_out = vec![
-                "system:serviceaccounts".to_owned(),
-                format!("system:serviceaccounts:{ns}"),
+                user::SERVICE_ACCOUNTS.to_owned(),
+                format!("{}:{ns}", user::SERVICE_ACCOUNTS),
             ];
         }
     } else {

@@ -8,7 +8,10 @@ use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use serde_json::Value;
-use skiff_machinery::{selector::LabelSelector, user::UserInfo};
+use skiff_machinery::{
+    selector::LabelSelector,
+    user::{SERVICE_ACCOUNT_PREFIX, UserInfo},
+};
 
 /// A kind the index holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +62,8 @@ pub struct PodRefs {
     pub config_maps: BTreeSet<String>,
     /// `PersistentVolumeClaims` of volumes.
     pub claims: BTreeSet<String>,
+    /// `spec.serviceAccountName` (`default` when unset), whose tokens the node may request.
+    pub service_account: String,
 }
 
 impl PodRefs {
@@ -70,6 +75,12 @@ impl PodRefs {
                 .pointer("/spec/nodeName")
                 .and_then(Value::as_str)
                 .unwrap_or("")
+                .to_owned(),
+            service_account: pod
+                .pointer("/spec/serviceAccountName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default")
                 .to_owned(),
             ..Self::default()
         };
@@ -337,6 +348,7 @@ impl Index {
                     "secrets" => p.secrets.contains(name),
                     "configmaps" => p.config_maps.contains(name),
                     "persistentvolumeclaims" => p.claims.contains(name),
+                    "serviceaccounts" => p.service_account == name,
                     _ => false,
                 }
         })
@@ -366,7 +378,7 @@ fn applies(subjects: Option<&[Subject]>, user: &UserInfo, namespace: &str) -> bo
                     .as_deref()
                     .filter(|n| !n.is_empty())
                     .unwrap_or(namespace);
-                user.name == format!("system:serviceaccount:{ns}:{}", s.name)
+                user.name == format!("{SERVICE_ACCOUNT_PREFIX}{ns}:{}", s.name)
             }
             _ => false,
         })
@@ -498,6 +510,8 @@ mod tests {
         ix.apply(Held::Pod, "d", "p", Some(&pod));
         assert!(ix.node_references("n1", "secrets", "d", "vol"));
         assert!(!ix.node_references("n2", "secrets", "d", "vol"));
+        assert!(ix.node_references("n1", "serviceaccounts", "d", "default"));
+        assert!(!ix.node_references("n1", "serviceaccounts", "d", "builder"));
         assert!(!ix.node_references("n1", "secrets", "other", "vol"));
         assert!(ix.node_references("n1", "persistentvolumeclaims", "d", "data"));
     }

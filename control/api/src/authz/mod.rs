@@ -95,6 +95,7 @@ enum NodeDecision {
 }
 
 /// Kubernetes' Node authorizer: Secrets and ConfigMaps only of pods bound to the node,
+/// tokens only of the accounts those pods run as,
 /// deletes only of its own pods and Node; everything else by the node rules. Claims stay
 /// readable by every node: skiff's node daemon is also the local-path provisioner, which
 /// watches every claim.
@@ -116,6 +117,19 @@ fn node_decision(ix: &Index, node: &str, attrs: &Attributes) -> NodeDecision {
             ));
         }
         return if ix.node_references(node, &r.resource, &r.namespace, &r.name) {
+            NodeDecision::Allow
+        } else {
+            NodeDecision::Deny(format!(
+                "no relationship found between node '{node}' and this object"
+            ))
+        };
+    }
+    // Tokens only of the accounts its pods run as (the bound pod itself is checked when the
+    // token is issued).
+    if r.group.is_empty() && r.resource == "serviceaccounts" && r.subresource == "token" {
+        return if attrs.verb == "create"
+            && ix.node_references(node, "serviceaccounts", &r.namespace, &r.name)
+        {
             NodeDecision::Allow
         } else {
             NodeDecision::Deny(format!(

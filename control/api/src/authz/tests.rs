@@ -133,6 +133,7 @@ fn the_node_daemon_may_make_every_call_it_makes() {
             "patch discovery.k8s.io/endpointslices kube-system/kube-dns-n1",
             "get /secrets d/s",
             "get /configmaps d/cfg",
+            "create /serviceaccounts/token d/default",
             "get /persistentvolumes pv-1",
             "list /persistentvolumeclaims",
             "watch /persistentvolumeclaims",
@@ -194,6 +195,33 @@ fn a_node_reads_only_the_secrets_and_config_maps_of_its_own_pods() {
     assert!(
         authz
             .authorize(&req(&fake, "get /secrets d/theirs"))
+            .is_err()
+    );
+}
+
+#[test]
+fn a_node_requests_tokens_only_for_the_accounts_its_pods_run_as() {
+    let authz = defaults();
+    let mut pod = pod_on("n1", "d", "p", "s");
+    pod["spec"]["serviceAccountName"] = json!("builder");
+    add(&authz, Held::Pod, &pod);
+    let n1 = node("n1");
+    assert!(
+        authz
+            .authorize(&req(&n1, "create /serviceaccounts/token d/builder"))
+            .is_ok()
+    );
+    for line in [
+        "create /serviceaccounts/token d/default",
+        "create /serviceaccounts/token other/builder",
+        "get /serviceaccounts/token d/builder",
+    ] {
+        assert!(authz.authorize(&req(&n1, line)).is_err(), "{line}");
+    }
+    let n2 = node("n2");
+    assert!(
+        authz
+            .authorize(&req(&n2, "create /serviceaccounts/token d/builder"))
             .is_err()
     );
 }

@@ -15,7 +15,7 @@ use crate::{
 /// Lower-case consonants and digits, as the Go apiserver's generateName suffix uses.
 const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
-fn random_suffix() -> String {
+pub(super) fn random_suffix() -> String {
     let bits = uuid::Uuid::new_v4().as_u128();
     (0..5)
         .map(|i| {
@@ -74,6 +74,7 @@ pub async fn create_object(
         let namespace = objects::namespace_of(&obj).unwrap_or("").to_owned();
         ensure_namespace_open(ctx, &namespace).await?;
         super::default_class::admit(ctx, info, &mut obj).await?;
+        super::serviceaccount::admit(ctx, info, &mut obj).await?;
         super::quota::admit(ctx, info, &namespace, &obj).await?;
     }
     warnings.extend(super::podsecurity::admit(ctx, info, None, &obj).await?);

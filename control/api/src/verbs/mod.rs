@@ -10,9 +10,11 @@ mod podsecurity;
 mod quota;
 mod read;
 mod requester;
+mod serviceaccount;
 mod subresource;
 #[cfg(test)]
 mod tests;
+mod token;
 mod update;
 mod watch;
 

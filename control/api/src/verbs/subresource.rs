@@ -1,6 +1,7 @@
 //! Subresources: `status` (only `.status` changes), `scale` (an autoscaling/v1 Scale view of
 //! replicas), `binding` (the scheduler's bind of a pod) and `ephemeralcontainers` (only
-//! additions to a pod's `spec.ephemeralContainers`). The node-proxied `log`, `exec`
+//! additions to a pod's `spec.ephemeralContainers`), `token` (a ServiceAccount's
+//! `TokenRequest`). The node-proxied `log`, `exec`
 //! and `attach` are routed to the node proxy before they reach here.
 
 use http::{HeaderMap, Method, Response, StatusCode};
@@ -69,6 +70,9 @@ pub async fn dispatch(
                 Some(h::patch_type(headers)?)
             };
             scale(ctx, route, query, headers, kind, body).await
+        }
+        (Subresource::Token, &Method::POST) => {
+            super::token::create(ctx, route, headers, body).await
         }
         (Subresource::Binding, &Method::POST) => {
             let binding = h::decode_object(headers, body)?;

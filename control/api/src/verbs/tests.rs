@@ -150,7 +150,7 @@ impl Api {
         };
         let cidr = Ipv4Cidr::parse_masked("10.96.0.0/24").unwrap();
         let ctx = Ctx::new(store, cidr, 30000..=30009, "127.0.0.1:6443".into()).unwrap();
-        bootstrap::run(&ctx).await.unwrap();
+        bootstrap::run(&ctx, None).await.unwrap();
         Self {
             ctx: Arc::new(ctx),
             racing,
@@ -1296,4 +1296,30 @@ async fn malformed_pod_security_labels_refuse_the_namespace() {
         typo.json()["message"],
         "Namespace \"typo\" is invalid: metadata.labels[pod-security.kubernetes.io/enforce]: Invalid value: \"strict\": must be one of privileged, baseline, restricted"
     );
+}
+
+#[tokio::test]
+async fn the_kubernetes_service_gets_the_advertised_address_as_endpoints_kept_current() {
+    let api = Api::start().await;
+    let first: std::net::SocketAddr = "192.0.2.10:6443".parse().unwrap();
+    crate::bootstrap::run(&api.ctx, Some(first)).await.unwrap();
+    let moved: std::net::SocketAddr = "192.0.2.11:7443".parse().unwrap();
+    crate::bootstrap::run(&api.ctx, Some(moved)).await.unwrap();
+    let eps = api
+        .get("/api/v1/namespaces/default/endpoints/kubernetes")
+        .await
+        .json();
+    assert_eq!(eps["subsets"][0]["addresses"][0]["ip"], "192.0.2.11");
+    assert_eq!(eps["subsets"][0]["ports"][0]["port"], 7443);
+    let slice = api
+        .get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes")
+        .await
+        .json();
+    assert_eq!(
+        slice["metadata"]["labels"]["kubernetes.io/service-name"],
+        "kubernetes"
+    );
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "192.0.2.11");
+    assert_eq!(slice["ports"][0]["name"], "https");
+    assert_eq!(slice["ports"][0]["port"], 7443);
 }

@@ -34,6 +34,11 @@ struct Args {
     /// Address to serve the Kubernetes API on (HTTPS only).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: std::net::SocketAddr,
+    /// The address pods reach this server at through the `kubernetes` Service (its
+    /// endpoint, on the --listen port). Default: the --listen address, unless it is loopback
+    /// or unspecified; then the Service has no endpoints.
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
     /// Directory of the embedded store (unused with --etcd), the cluster CA (`pki/`) and the
     /// admin kubeconfig (`admin.kubeconfig`).
     #[arg(long, env = "SKIFF_DATA_DIR")]
@@ -50,6 +55,10 @@ struct Args {
     /// Static bearer tokens, kube-apiserver's CSV: `token,user,uid,"group1,group2"`.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// Audiences ServiceAccount tokens are accepted for (default: the issuer,
+    /// `https://kubernetes.default.svc.cluster.local`).
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
     /// Use an etcd cluster instead of the embedded store (comma-separated URLs).
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
@@ -159,6 +168,17 @@ struct Args {
 }
 
 impl Args {
+    /// Where pods reach this server: --advertise-address on the listen port, or the listen
+    /// address itself when pods can reach it (not loopback, not a wildcard).
+    fn advertised(&self) -> Option<std::net::SocketAddr> {
+        let port = self.listen.port();
+        match self.advertise_address {
+            Some(ip) => Some(std::net::SocketAddr::new(ip, port)),
+            None if self.listen.ip().is_loopback() || self.listen.ip().is_unspecified() => None,
+            None => Some(self.listen),
+        }
+    }
+
     /// The cluster CIDR node IPAM splits, if it is on; refuses a range that cannot hold
     /// one node's CIDR or that overlaps the Service range.
     fn node_ipam(&self) -> Result<Option<Ipv4Cidr>> {
@@ -235,6 +255,7 @@ impl Args {
         Config {
             audit,
             listen: self.listen,
+            advertise: self.advertised(),
             service_cidr: self.service_cluster_ip_range.clone(),
             compaction_interval: Duration::from_secs(self.compaction_interval_seconds.max(1)),
             compaction_keep: self.compaction_keep_revisions,
@@ -275,16 +296,16 @@ async fn main() -> Result<()> {
     let mut store = open_store(&args).await?;
     let service_cidr = Ipv4Cidr::parse_masked(&args.service_cluster_ip_range)
         .context("--service-cluster-ip-range")?;
-    let data_dir = data_dir(&args);
     let pki = pki::prepare(
-        &data_dir,
-        &pki::serving_names(args.listen, service_cidr),
+        &data_dir(&args),
+        &pki::serving_names(args.listen, args.advertised(), service_cidr),
         &format!("https://{}", pki::reachable(args.listen)),
         &pki::Flags {
             tls_cert_file: args.tls_cert_file.clone(),
             tls_private_key_file: args.tls_private_key_file.clone(),
             client_ca_file: args.client_ca_file.clone(),
             token_auth_file: args.token_auth_file.clone(),
+            api_audiences: args.api_audiences.clone(),
         },
     )
     .context("preparing certificates")?;
@@ -339,7 +360,7 @@ async fn main() -> Result<()> {
             }
         };
         tokio::select! {
-            () = act(client, &args, cluster_cidr, stop_rx) => {}
+            () = act(client, &args, cluster_cidr, pki.ca.cert_pem().to_owned(), stop_rx) => {}
             () = stopped => {}
         }
         serving.await.context("API server task")?;
@@ -357,6 +378,7 @@ async fn act(
     client: kube::Client,
     args: &Args,
     cluster_cidr: Option<Ipv4Cidr>,
+    root_ca: String,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let controllers = skiff_controllers::Config {
@@ -371,6 +393,7 @@ async fn act(
                 args.horizontal_pod_autoscaler_downscale_stabilization_seconds,
             ),
         },
+        root_ca: Some(root_ca),
     };
     let (run_scheduler, run_controllers) = (!args.no_scheduler, !args.no_controllers);
     let elector_client = client.clone();

@@ -1,5 +1,5 @@
-//! The control process's certificates and credentials: the cluster CA and serving
-//! certificate in `<data-dir>/pki`, the admin kubeconfig, the identities of its own
+//! The control process's certificates and credentials: the cluster CA, serving
+//! certificate and ServiceAccount token key in `<data-dir>/pki`, the admin kubeconfig, the identities of its own
 //! scheduler and controllers, and the authenticator the API server checks callers with.
 
 use std::{
@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use skiff_api::{
     Security,
-    authn::Authenticator,
+    authn::{Authenticator, ServiceAccountTokens},
     kubelet_client::{self, KubeletClient},
     tls::{self, KeyPairPem, LOOPBACK_NAME, TlsSettings},
 };
@@ -33,10 +33,6 @@ pub const CONTROL_PLANE_USER: &str = "system:kube-controller-manager";
 
 /// The operator's TLS and token flags.
 #[derive(Debug, Clone, Default)]
-#[expect(
-    clippy::struct_field_names,
-    reason = "named after kube-apiserver's flags, which all end in -file"
-)]
 pub struct Flags {
     /// `--tls-cert-file`: a serving certificate chain instead of the issued one.
     pub tls_cert_file: Option<PathBuf>,
@@ -47,6 +43,9 @@ pub struct Flags {
     pub client_ca_file: Option<PathBuf>,
     /// `--token-auth-file`: static bearer tokens.
     pub token_auth_file: Option<PathBuf>,
+    /// `--api-audiences`: the audiences ServiceAccount tokens are accepted for (the issuer
+    /// when empty).
+    pub api_audiences: Vec<String>,
 }
 
 /// What the rest of the process needs from the PKI.
@@ -106,6 +105,12 @@ pub fn prepare(data_dir: &Path, names: &[String], server_url: &str, flags: &Flag
     })
     .context("TLS settings")?;
     let mut authn = Authenticator::new();
+    let sa_key = skiff_pki::satoken::SigningKey::load_or_create(&dir)
+        .context("the service account signing key")?;
+    authn.set_service_account_tokens(Arc::new(ServiceAccountTokens::new(
+        sa_key,
+        flags.api_audiences.clone(),
+    )));
     if let Some(path) = &flags.token_auth_file {
         authn
             .add_token_file(&read(path)?)
@@ -176,10 +181,14 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// The names the serving certificate is valid for: the listen address, loopback, the
-/// `kubernetes` Service's cluster IP and DNS names, the host name, and the loopback name of
-/// control's own clients.
-pub fn serving_names(listen: SocketAddr, service_cidr: Ipv4Cidr) -> Vec<String> {
+/// The names the serving certificate is valid for: the listen and advertised addresses,
+/// loopback, the `kubernetes` Service's cluster IP and DNS names, the host name, and the
+/// loopback name of control's own clients.
+pub fn serving_names(
+    listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+    service_cidr: Ipv4Cidr,
+) -> Vec<String> {
     let mut names: Vec<String> = vec![
         Ipv4Addr::LOCALHOST.to_string(),
         "localhost".into(),
@@ -191,6 +200,9 @@ pub fn serving_names(listen: SocketAddr, service_cidr: Ipv4Cidr) -> Vec<String> 
     ];
     if !listen.ip().is_unspecified() {
         names.push(listen.ip().to_string());
+    }
+    if let Some(a) = advertise.filter(|a| a.ip() != listen.ip()) {
+        names.push(a.ip().to_string());
     }
     if let Some(ip) = service_cidr.nth(1) {
         names.push(IpAddr::V4(ip).to_string());
@@ -267,8 +279,13 @@ mod tests {
     fn first_start_writes_the_ca_the_admin_kubeconfig_and_a_serving_certificate_for_its_names() {
         let dir = tempfile::tempdir().unwrap();
         let cidr = Ipv4Cidr::parse_masked("10.96.0.0/12").unwrap();
-        let names = serving_names("0.0.0.0:6443".parse().unwrap(), cidr);
+        let names = serving_names(
+            "0.0.0.0:6443".parse().unwrap(),
+            Some("192.0.2.7:6443".parse().unwrap()),
+            cidr,
+        );
         assert!(names.iter().any(|n| n == "10.96.0.1"), "{names:?}");
+        assert!(names.iter().any(|n| n == "192.0.2.7"), "{names:?}");
         assert!(
             names
                 .iter()

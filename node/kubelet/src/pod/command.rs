@@ -8,10 +8,15 @@ use std::{
 };
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{
-    Container, EnvVar, ObjectFieldSelector, PersistentVolume, PersistentVolumeClaim, Pod,
-    ResourceFieldSelector,
+use k8s_openapi::api::{
+    authentication::v1::TokenRequest,
+    core::v1::{
+        Container, EnvVar, ObjectFieldSelector, PersistentVolume, PersistentVolumeClaim, Pod,
+        ResourceFieldSelector, Service,
+    },
 };
+
+use super::service_env;
 
 /// Errors resolving a container's environment (`CreateContainerConfigError`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,7 +54,7 @@ pub enum ConfigError {
     Api(String),
 }
 
-/// Where configMap and secret data, and claims' volumes, come from.
+/// Where configMap and secret data, claims' volumes and ServiceAccount tokens come from.
 #[async_trait]
 pub trait Sources: Send + Sync {
     /// A configMap's data (binary data as bytes too), `None` when it does not exist.
@@ -74,6 +79,25 @@ pub trait Sources: Send + Sync {
     ) -> Result<Option<(PersistentVolumeClaim, Option<PersistentVolume>)>, ConfigError> {
         let _ = (namespace, name);
         Ok(None)
+    }
+    /// The Services of `namespace`, for containers' Service variables. Sources that know no
+    /// Services (the default) say there are none.
+    async fn services(&self, namespace: &str) -> Result<Vec<Service>, ConfigError> {
+        let _ = namespace;
+        Ok(Vec::new())
+    }
+    /// A token for `account` as `request` asks (`TokenRequest`), with its status filled in.
+    /// Sources without an API server (the default) have none to give.
+    async fn service_account_token(
+        &self,
+        namespace: &str,
+        account: &str,
+        request: &TokenRequest,
+    ) -> Result<TokenRequest, ConfigError> {
+        let _ = (namespace, request);
+        Err(ConfigError::Api(format!(
+            "no token for service account {account:?}: these sources reach no API server"
+        )))
     }
 }
 
@@ -271,8 +295,9 @@ async fn key_of(
     }
 }
 
-/// The container's environment, `K=V`, in Kubernetes' order: the image's, then `envFrom`,
-/// then `env` (each `$(VAR)` expanded against what came before).
+/// The container's environment, `K=V`, in Kubernetes' order: the image's, then the Service
+/// variables (see [`service_env`]), then `envFrom`, then `env` (each `$(VAR)` expanded
+/// against what came before).
 ///
 /// # Errors
 /// A missing non-optional source or key, an unsupported reference, the API unreachable.
@@ -299,6 +324,14 @@ pub async fn environment(
     for kv in image_env {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         set(&mut order, &mut vars, k.to_owned(), v.to_owned());
+    }
+    let links = service_env::links_enabled(pod);
+    let mut services = sources.services(skiff_types::namespace::DEFAULT).await?;
+    if links && namespace != skiff_types::namespace::DEFAULT {
+        services.extend(sources.services(namespace).await?);
+    }
+    for (k, v) in service_env::variables(namespace, links, &services) {
+        set(&mut order, &mut vars, k, v);
     }
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
@@ -390,6 +423,7 @@ mod tests {
     struct Objects {
         config_maps: Mutex<HashMap<String, BTreeMap<String, Vec<u8>>>>,
         secrets: Mutex<HashMap<String, BTreeMap<String, Vec<u8>>>>,
+        services: Vec<Service>,
     }
 
     #[async_trait]
@@ -407,6 +441,14 @@ mod tests {
             name: &str,
         ) -> Result<Option<BTreeMap<String, Vec<u8>>>, ConfigError> {
             Ok(self.secrets.lock().unwrap().get(name).cloned())
+        }
+        async fn services(&self, namespace: &str) -> Result<Vec<Service>, ConfigError> {
+            Ok(self
+                .services
+                .iter()
+                .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
+                .cloned()
+                .collect())
         }
     }
 
@@ -641,5 +683,68 @@ mod tests {
         .await
         .unwrap();
         assert!(ok.is_empty());
+    }
+
+    fn service(ns: &str, name: &str, ip: &str, port: i32) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": ip, "ports": [{"port": port, "protocol": "TCP"}]},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn service_variables_come_before_the_containers_own_which_may_use_or_override_them() {
+        let objects = Objects {
+            services: vec![
+                service("default", "kubernetes", "10.96.0.1", 443),
+                service("prod", "db", "10.96.0.9", 5432),
+            ],
+            ..Objects::default()
+        };
+        let mut pod = Pod {
+            metadata: ObjectMeta {
+                namespace: Some("prod".into()),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        };
+        let container = Container {
+            env: Some(vec![
+                EnvVar {
+                    name: "API".into(),
+                    value: Some("https://$(KUBERNETES_SERVICE_HOST)".into()),
+                    value_from: None,
+                },
+                EnvVar {
+                    name: "DB_SERVICE_PORT".into(),
+                    value: Some("6543".into()),
+                    value_from: None,
+                },
+            ]),
+            ..Container::default()
+        };
+        let env = environment(&pod, &container, &[], &objects, NodeLimits::default())
+            .await
+            .unwrap();
+        let get = |env: &[(String, String)], k: &str| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get(&env, "KUBERNETES_SERVICE_HOST").as_deref(),
+            Some("10.96.0.1")
+        );
+        assert_eq!(get(&env, "API").as_deref(), Some("https://10.96.0.1"));
+        assert_eq!(get(&env, "DB_SERVICE_HOST").as_deref(), Some("10.96.0.9"));
+        assert_eq!(get(&env, "DB_SERVICE_PORT").as_deref(), Some("6543"));
+        pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            enable_service_links: Some(false),
+            ..Default::default()
+        });
+        let env = environment(&pod, &container, &[], &objects, NodeLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(get(&env, "KUBERNETES_SERVICE_PORT").as_deref(), Some("443"));
+        assert_eq!(get(&env, "DB_SERVICE_HOST"), None);
     }
 }

@@ -7,6 +7,7 @@ pub mod command;
 pub mod dispatch;
 pub mod probe;
 pub mod records;
+pub mod service_env;
 pub mod status;
 pub mod volume;
 pub mod worker;

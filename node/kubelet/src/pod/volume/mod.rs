@@ -3,8 +3,8 @@
 //! `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, and the bind mounts a container needs.
 //!
 //! Not done here (yet): disk emptyDir `sizeLimit` is recorded ([`VolumeManager::disk_limits`])
-//! but not enforced; `serviceAccountToken` and `clusterTrustBundle` projections write nothing;
-//! a secret volume is a tmpfs only when the [`Mounter`] can mount (root), a plain directory
+//! but not enforced; `clusterTrustBundle` projections write nothing; secret and projected
+//! volumes are tmpfs only when the [`Mounter`] can mount (root), plain directories
 //! otherwise; no `fsGroup` ownership; claims are served when their volume is a `hostPath` or
 //! `local` directory; other volume types are refused.
 
@@ -18,6 +18,7 @@ pub mod persistent_claim;
 pub mod projected;
 pub mod secret;
 mod sub_path;
+pub mod token;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -55,6 +56,9 @@ pub enum VolumeError {
     /// Writing a payload failed.
     #[error(transparent)]
     Writer(#[from] WriterError),
+    /// A projected ServiceAccount token could not be had from the API server.
+    #[error("failed to fetch token: {0}")]
+    Token(ConfigError),
     /// A hostPath does not have the type the pod asked for.
     #[error("hostPath type check failed: {path} is not a {expected}")]
     HostPathType {
@@ -302,6 +306,8 @@ struct Inner {
     disk_limits: Mutex<HashMap<String, BTreeMap<String, u64>>>,
     /// The host directories of claims' volumes, by pod UID and volume, as setup found them.
     claim_paths: Mutex<HashMap<String, BTreeMap<String, PathBuf>>>,
+    /// Projected ServiceAccount tokens, refreshed before they expire.
+    tokens: Arc<token::TokenManager>,
 }
 
 /// Sets up, refreshes and removes pods' volumes. Cheap to clone.
@@ -410,6 +416,7 @@ impl VolumeManager {
                 cluster_dns: None,
                 disk_limits: Mutex::new(HashMap::new()),
                 claim_paths: Mutex::new(HashMap::new()),
+                tokens: Arc::default(),
             }),
         }
     }
@@ -457,6 +464,7 @@ impl VolumeManager {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone(),
             ),
+            tokens: Arc::clone(&old.tokens),
         };
         change(&mut inner);
         Self {
@@ -647,7 +655,13 @@ impl VolumeManager {
                     ..
                 },
             ) => {
-                projected::setup(&dir, &volume.name, pod, src, sources, self.inner.node).await?;
+                let inputs = projected::Inputs {
+                    sources,
+                    tokens: &self.inner.tokens,
+                    node: self.inner.node,
+                    now: k8s_openapi::jiff::Timestamp::now().as_second(),
+                };
+                projected::setup(&dir, &volume.name, pod, src, inputs, mounter).await?;
             }
             (
                 Kind::PersistentClaim,
@@ -775,6 +789,7 @@ impl VolumeManager {
 
     fn teardown_blocking(&self, uid: &str) -> Result<(), VolumeError> {
         let pod_dir = self.pod_dir(uid);
+        self.inner.tokens.forget_pod(uid);
         self.inner
             .disk_limits
             .lock()
@@ -877,7 +892,13 @@ pub(crate) mod testing {
     };
 
     use async_trait::async_trait;
-    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use k8s_openapi::{
+        api::{
+            authentication::v1::{TokenRequest, TokenRequestStatus},
+            core::v1::{PersistentVolume, PersistentVolumeClaim},
+        },
+        apimachinery::pkg::apis::meta::v1::Time,
+    };
 
     use super::{Mounter, VolumeError};
     use crate::pod::command::{ConfigError, Sources};
@@ -965,12 +986,17 @@ pub(crate) mod testing {
 
     type Claims = BTreeMap<(String, String), (PersistentVolumeClaim, Option<PersistentVolume>)>;
 
-    /// configMaps, secrets and claims held in memory.
+    /// configMaps, secrets and claims held in memory; tokens issued as `token-<n>` at the
+    /// time [`FakeSources::set_clock`] gave (or refused with the message of
+    /// [`FakeSources::fail_tokens`]).
     #[derive(Debug, Default)]
     pub struct FakeSources {
         config_maps: Mutex<Objects>,
         secrets: Mutex<Objects>,
         claims: Mutex<Claims>,
+        token_requests: Mutex<Vec<(String, String, TokenRequest)>>,
+        token_failure: Mutex<Option<String>>,
+        clock: Mutex<i64>,
     }
 
     fn data(entries: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
@@ -1007,6 +1033,28 @@ pub(crate) mod testing {
                 .unwrap()
                 .insert((ns.to_owned(), name.to_owned()), data(entries));
         }
+
+        /// Sources issuing tokens at `now`.
+        pub fn at(now: i64) -> Self {
+            let sources = Self::default();
+            sources.set_clock(now);
+            sources
+        }
+
+        /// The Unix time tokens are issued at from now on.
+        pub fn set_clock(&self, now: i64) {
+            *self.clock.lock().unwrap() = now;
+        }
+
+        /// Token requests fail with `message` from now on.
+        pub fn fail_tokens(&self, message: &str) {
+            *self.token_failure.lock().unwrap() = Some(message.to_owned());
+        }
+
+        /// Every token request: namespace, account, request.
+        pub fn token_requests(&self) -> Vec<(String, String, TokenRequest)> {
+            self.token_requests.lock().unwrap().clone()
+        }
     }
 
     #[async_trait]
@@ -1037,6 +1085,29 @@ pub(crate) mod testing {
         {
             let key = (namespace.to_owned(), name.to_owned());
             Ok(self.claims.lock().unwrap().get(&key).cloned())
+        }
+
+        async fn service_account_token(
+            &self,
+            namespace: &str,
+            account: &str,
+            request: &TokenRequest,
+        ) -> Result<TokenRequest, ConfigError> {
+            if let Some(message) = self.token_failure.lock().unwrap().clone() {
+                return Err(ConfigError::Api(message));
+            }
+            let mut requests = self.token_requests.lock().unwrap();
+            requests.push((namespace.to_owned(), account.to_owned(), request.clone()));
+            let seconds = request.spec.expiration_seconds.unwrap_or(3600);
+            let expires = *self.clock.lock().unwrap() + seconds;
+            let mut answer = request.clone();
+            answer.status = Some(TokenRequestStatus {
+                token: format!("token-{}", requests.len()),
+                expiration_timestamp: Time(
+                    k8s_openapi::jiff::Timestamp::from_second(expires).unwrap(),
+                ),
+            });
+            Ok(answer)
         }
     }
 }

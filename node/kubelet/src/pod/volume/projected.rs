@@ -1,32 +1,65 @@
-//! projected volumes: configMaps, secrets and downward API fields merged into one directory,
-//! written and refreshed by the atomic writer like each of them alone.
+//! projected volumes: configMaps, secrets, downward API fields and ServiceAccount tokens
+//! merged into one directory (a tmpfs, as the kubelet's, when the node can mount), written
+//! and refreshed by the atomic writer like each of them alone.
 
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Pod, ProjectedVolumeSource};
 
 use super::{
-    Payload, VolumeError, atomic_writer,
+    FileProjection, Mounter, Payload, VolumeError, atomic_writer,
     config_map::{DEFAULT_MODE, mode_bits, project_keys},
     downward_api, ensure_dir,
+    token::TokenManager,
 };
 use crate::pod::command::{NodeLimits, Sources};
 
 /// The kubelet's plugin directory name.
 pub const PLUGIN: &str = "kubernetes.io~projected";
 
-/// The merged payload of every source; a later source wins a path both write.
-/// `serviceAccountToken` and `clusterTrustBundle` sources write nothing yet.
+/// What the payload of a volume is made from, besides its source.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    /// configMaps, secrets and tokens.
+    pub sources: &'a dyn Sources,
+    /// The node's cached tokens.
+    pub tokens: &'a TokenManager,
+    /// The node's allocatable resources, for `resourceFieldRef`.
+    pub node: NodeLimits,
+    /// Unix seconds, for token freshness.
+    pub now: i64,
+}
+
+impl std::fmt::Debug for Inputs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs")
+            .field("node", &self.node)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The merged payload of every source; a later source wins a path both write. A
+/// `serviceAccountToken` is a token bound to the pod, written with the volume's mode (kube
+/// makes it 0600 when the pod has an `fsGroup`, with the group's ownership; the node sets no
+/// ownership, so the mode stays readable by the pod's user). `clusterTrustBundle` sources
+/// write nothing yet.
 ///
 /// # Errors
-/// A missing non-optional configMap, secret or key; an unsupported downward API reference.
+/// A missing non-optional configMap, secret or key; an unsupported downward API reference;
+/// a token the API server did not issue.
 pub async fn payload(
     volume: &str,
     pod: &Pod,
     source: &ProjectedVolumeSource,
-    sources: &dyn Sources,
-    node: NodeLimits,
+    inputs: Inputs<'_>,
 ) -> Result<Payload, VolumeError> {
+    let Inputs {
+        sources,
+        tokens,
+        node,
+        now,
+    } = inputs;
     let namespace = pod
         .metadata
         .namespace
@@ -66,8 +99,18 @@ pub async fn payload(
                 node,
             )?);
         }
-        if let Some(token) = &projection.service_account_token {
-            tracing::debug!(volume, path = %token.path, "serviceAccountToken projection not supported yet: nothing written");
+        if let Some(projection) = &projection.service_account_token {
+            let token = tokens
+                .token(sources, pod, projection, now)
+                .await
+                .map_err(VolumeError::Token)?;
+            out.insert(
+                projection.path.clone(),
+                FileProjection {
+                    data: token.into_bytes(),
+                    mode: default_mode,
+                },
+            );
         }
         if projection.cluster_trust_bundle.is_some() {
             tracing::debug!(
@@ -79,20 +122,23 @@ pub async fn payload(
     Ok(out)
 }
 
-/// Writes (or refreshes) the volume in `dir`.
+/// Writes (or refreshes) the volume in `dir`, mounting its tmpfs the first time.
 ///
 /// # Errors
-/// As [`payload`], or a write failure.
+/// As [`payload`], or a mount or write failure.
 pub async fn setup(
     dir: &Path,
     volume: &str,
     pod: &Pod,
     source: &ProjectedVolumeSource,
-    sources: &dyn Sources,
-    node: NodeLimits,
+    inputs: Inputs<'_>,
+    mounter: &dyn Mounter,
 ) -> Result<(), VolumeError> {
-    let payload = payload(volume, pod, source, sources, node).await?;
+    let payload = payload(volume, pod, source, inputs).await?;
     ensure_dir(dir)?;
+    if mounter.can_mount() && !mounter.is_mounted(dir) {
+        mounter.mount_tmpfs(dir, None)?;
+    }
     if atomic_writer::write(dir, &payload)? {
         tracing::info!(volume, dir = %dir.display(), "projected volume updated");
     }
@@ -110,16 +156,28 @@ mod tests {
     };
 
     use super::*;
-    use crate::pod::volume::testing::FakeSources;
+    use crate::pod::volume::testing::{Call, FakeMounter, FakeSources};
+
+    const T0: i64 = 1_700_000_000;
 
     fn pod() -> Pod {
         Pod {
             metadata: ObjectMeta {
                 name: Some("p".to_owned()),
                 namespace: Some("ns".to_owned()),
+                uid: Some("u1".to_owned()),
                 ..Default::default()
             },
             ..Default::default()
+        }
+    }
+
+    fn inputs<'a>(sources: &'a FakeSources, tokens: &'a TokenManager) -> Inputs<'a> {
+        Inputs {
+            sources,
+            tokens,
+            node: NodeLimits::default(),
+            now: T0,
         }
     }
 
@@ -171,49 +229,95 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn sources_merge_into_one_payload_with_the_volume_mode() {
-        let sources = FakeSources::default();
-        sources.set_config_map("ns", "cfg", &[("a", "1"), ("b", "2")]);
-        sources.set_secret("ns", "sec", &[("pw", "x")]);
-        let p = payload(
+    async fn merged(sources: &FakeSources, optional_secret: bool) -> Result<Payload, VolumeError> {
+        let tokens = TokenManager::default();
+        payload(
             "all",
             &pod(),
-            &all_sources(false),
-            &sources,
-            NodeLimits::default(),
+            &all_sources(optional_secret),
+            inputs(sources, &tokens),
         )
         .await
-        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn sources_merge_into_one_payload_with_the_volume_mode() {
+        let sources = FakeSources::at(T0);
+        sources.set_config_map("ns", "cfg", &[("a", "1"), ("b", "2")]);
+        sources.set_secret("ns", "sec", &[("pw", "x")]);
+        let p = merged(&sources, false).await.unwrap();
         let keys: Vec<&str> = p.keys().map(String::as_str).collect();
-        assert_eq!(keys, ["conf/a", "name", "pw"]);
+        assert_eq!(keys, ["conf/a", "name", "pw", "token"]);
         assert_eq!(p["pw"].mode, 0o440);
+        assert_eq!(
+            (p["token"].data.as_slice(), p["token"].mode),
+            (&b"token-1"[..], 0o440)
+        );
         assert_eq!(p["name"].data, b"p");
     }
 
     #[tokio::test]
     async fn missing_source_fails_unless_optional() {
-        let sources = FakeSources::default();
+        let sources = FakeSources::at(T0);
         sources.set_config_map("ns", "cfg", &[("a", "1")]);
-        let err = payload(
-            "all",
-            &pod(),
-            &all_sources(false),
-            &sources,
-            NodeLimits::default(),
-        )
-        .await
-        .unwrap_err();
+        let err = merged(&sources, false).await.unwrap_err();
         assert_eq!(err.to_string(), "secret \"sec\" not found");
-        let p = payload(
-            "all",
-            &pod(),
-            &all_sources(true),
-            &sources,
-            NodeLimits::default(),
-        )
-        .await
-        .unwrap();
+        let p = merged(&sources, true).await.unwrap();
         assert!(!p.contains_key("pw"));
+    }
+
+    #[tokio::test]
+    async fn the_token_is_rewritten_in_place_once_refreshed_on_a_tmpfs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("kube-api-access-x");
+        let sources = FakeSources::at(T0);
+        let tokens = TokenManager::default();
+        let mounter = FakeMounter::default();
+        let source = ProjectedVolumeSource {
+            default_mode: Some(0o644),
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    path: "token".to_owned(),
+                    expiration_seconds: Some(3607),
+                    audience: None,
+                }),
+                ..Default::default()
+            }]),
+        };
+        let mut at = inputs(&sources, &tokens);
+        setup(&dir, "v", &pod(), &source, at, &mounter)
+            .await
+            .unwrap();
+        let file = dir.join("token");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "token-1");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o644);
+        // Still fresh at 79% of its life: the same token stays.
+        at.now = T0 + 2800;
+        setup(&dir, "v", &pod(), &source, at, &mounter)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "token-1");
+        at.now = T0 + 2900;
+        sources.set_clock(at.now);
+        setup(&dir, "v", &pod(), &source, at, &mounter)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "token-2");
+        assert_eq!(mounter.calls(), [Call::Mount(dir.clone(), None)]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_fails_the_volume_with_kubes_words() {
+        let sources = FakeSources::at(T0);
+        sources.set_config_map("ns", "cfg", &[("a", "1")]);
+        sources.fail_tokens("serviceaccounts \"builder\" not found");
+        let err = merged(&sources, true).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "failed to fetch token: serviceaccounts \"builder\" not found"
+        );
     }
 }
