@@ -10,6 +10,7 @@ use crate::{
     allocator::{RangeError, ServicePools},
     audit::Auditor,
     authz::Authorizer,
+    cache::WatchCache,
     metrics::Metrics,
 };
 
@@ -17,6 +18,8 @@ use crate::{
 pub struct Ctx {
     /// Where objects live.
     pub store: Arc<dyn Store>,
+    /// Lists, gets and watches served from memory.
+    pub cache: WatchCache,
     /// Service cluster IPs and node ports.
     pub pools: ServicePools,
     /// Request counters and latencies.
@@ -50,6 +53,7 @@ impl Ctx {
         address: String,
     ) -> Result<Self, RangeError> {
         Ok(Self {
+            cache: WatchCache::new(Arc::clone(&store)),
             store,
             pools: ServicePools::new(service_cidr, node_ports)?,
             metrics: Metrics::default(),
