@@ -390,6 +390,15 @@ mod tests {
         |_| true
     }
 
+    fn every_configmap(matches: &dyn Fn(&Value) -> bool) -> Read<'_> {
+        Read {
+            prefix: "/registry/core/configmaps/",
+            start_after: None,
+            limit: 0,
+            matches,
+        }
+    }
+
     fn names(snapshot: &Snapshot) -> Vec<String> {
         snapshot
             .items
@@ -421,12 +430,7 @@ mod tests {
         cache.loaded(&[kv("a", "1", 4, 4), kv("c", "3", 5, 5)], 5);
         assert!(cache.ready());
         let all = everything();
-        let read = Read {
-            prefix: "/registry/core/configmaps/",
-            start_after: None,
-            limit: 0,
-            matches: &all,
-        };
+        let read = every_configmap(&all);
         let snapshot = cache.list(&read, 0).expect("ready");
         assert_eq!(names(&snapshot), ["a", "b", "c"]);
         assert_eq!(snapshot.revision, 6);
@@ -493,12 +497,7 @@ mod tests {
         let (one, two) = (deleted.line(Seen::Deleted), deleted.line(Seen::Deleted));
         assert_eq!(one.as_ptr(), two.as_ptr(), "the same bytes, not a copy");
         let all = everything();
-        let read = Read {
-            prefix: "/registry/core/configmaps/",
-            start_after: None,
-            limit: 0,
-            matches: &all,
-        };
+        let read = every_configmap(&all);
         assert!(cache.list(&read, 3).expect("ready").items.is_empty());
     }
 

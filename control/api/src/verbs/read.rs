@@ -52,10 +52,6 @@ pub async fn get(
 
 /// The object named by the route from the watch cache: `None` when the store must answer,
 /// `Some(None)` when it does not exist.
-#[expect(
-    clippy::option_option,
-    reason = "not cached and not there are different answers"
-)]
 async fn get_cached(
     ctx: &Ctx,
     route: &ResourceRoute,
@@ -181,14 +177,19 @@ pub async fn list_objects(
 ) -> Result<Page, StatusError> {
     match list_page(ctx, info, namespace, query).await? {
         Listed::Store(page) => Ok(page),
-        Listed::Cache(snapshot) => Ok(Page {
-            continue_token: snapshot
-                .more_after
-                .as_deref()
-                .map(|key| encode_continue(snapshot.revision, key)),
-            revision: snapshot.revision,
-            items: snapshot.items.iter().map(|c| c.obj.clone()).collect(),
-        }),
+        Listed::Cache(snapshot) => Ok(page_of(&snapshot)),
+    }
+}
+
+/// A page of the cache's objects, as values (copied from the cache).
+fn page_of(snapshot: &Snapshot) -> Page {
+    Page {
+        continue_token: snapshot
+            .more_after
+            .as_deref()
+            .map(|key| encode_continue(snapshot.revision, key)),
+        revision: snapshot.revision,
+        items: snapshot.items.iter().map(|c| c.obj.clone()).collect(),
     }
 }
 
@@ -336,14 +337,7 @@ pub async fn list(
         Listed::Cache(snapshot) if format == Format::Object => {
             return Ok(h::json_bytes(StatusCode::OK, encode_list(info, &snapshot)));
         }
-        Listed::Cache(snapshot) => Page {
-            continue_token: snapshot
-                .more_after
-                .as_deref()
-                .map(|key| encode_continue(snapshot.revision, key)),
-            revision: snapshot.revision,
-            items: snapshot.items.iter().map(|c| c.obj.clone()).collect(),
-        },
+        Listed::Cache(snapshot) => page_of(&snapshot),
         Listed::Store(page) => page,
     };
     let mut metadata = json!({"resourceVersion": page.revision.to_string()});

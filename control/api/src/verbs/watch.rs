@@ -131,12 +131,9 @@ impl State {
     }
 
     fn cached(&mut self, event: Result<Arc<CachedEvent>, Gap>) {
-        let event = match event {
-            Ok(e) => e,
-            Err(_) => {
-                let err = StatusError::gone(format!("too old resource version: {}", self.last_rv));
-                return self.error(&err);
-            }
+        let Ok(event) = event else {
+            let err = StatusError::gone(format!("too old resource version: {}", self.last_rv));
+            return self.error(&err);
         };
         self.last_rv = event.revision;
         let now = self.selectors.matches(&event.obj.obj);
