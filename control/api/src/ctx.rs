@@ -11,6 +11,7 @@ use crate::{
     audit::Auditor,
     authn::ServiceAccountTokens,
     authz::Authorizer,
+    cache::WatchCache,
     flowcontrol::FlowControl,
     kubelet_client::KubeletClient,
     metrics::Metrics,
@@ -20,6 +21,8 @@ use crate::{
 pub struct Ctx {
     /// Where objects live.
     pub store: Arc<dyn Store>,
+    /// Lists, gets and watches served from memory.
+    pub cache: WatchCache,
     /// Service cluster IPs and node ports.
     pub pools: ServicePools,
     /// Request counters and latencies.
@@ -61,6 +64,7 @@ impl Ctx {
         address: String,
     ) -> Result<Self, RangeError> {
         Ok(Self {
+            cache: WatchCache::new(Arc::clone(&store)),
             store,
             pools: ServicePools::new(service_cidr, node_ports)?,
             metrics: Metrics::default(),

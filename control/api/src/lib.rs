@@ -12,6 +12,7 @@ mod audit;
 pub mod authn;
 mod authz;
 mod bootstrap;
+mod cache;
 mod ctx;
 mod discovery;
 pub mod encryption;

@@ -3,7 +3,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use async_trait::async_trait;
@@ -76,6 +79,8 @@ struct Inner {
     // commit half done.
     write: Mutex<()>,
     events: broadcast::Sender<Event>,
+    /// Write transactions made durable by the commit thread (one fsync each).
+    commits: AtomicU64,
 }
 
 fn backend(err: impl std::fmt::Display) -> StoreError {
@@ -160,6 +165,7 @@ impl RedbStore {
             path,
             write: Mutex::new(()),
             events,
+            commits: AtomicU64::new(0),
         });
         let committer = Arc::new(Committer::start(Arc::clone(&inner))?);
         Ok(Self { inner, committer })
@@ -200,6 +206,13 @@ impl RedbStore {
         }
         std::fs::rename(&partial, &path).map_err(backend)?;
         Self::open_with(dir, options)
+    }
+
+    /// How many write transactions the commit thread has made durable: with writers in
+    /// parallel, fewer than the writes, as several share one transaction and its fsync.
+    #[must_use]
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
     }
 
     async fn blocking<T: Send + 'static>(

@@ -1,6 +1,6 @@
-//! `cargo xtask bench api`: create throughput, list latency, watch delivery latency with 100
-//! watchers, and resident memory of the real `control` binary, on the embedded store and on
-//! a real etcd, printed as one table.
+//! `cargo xtask bench api`: create throughput, list latency, watch delivery latency with
+//! 1,000 watchers, and resident memory of the real `control` binary, on the embedded store
+//! and on a real etcd, printed as one table with issue 16's goals beside it.
 
 use std::{
     collections::HashMap,
@@ -25,8 +25,11 @@ use skiff_tests::{
 const NAMESPACES: usize = 10;
 const PER_NAMESPACE: usize = 1_000;
 const CONCURRENCY: usize = 32;
-const WATCHERS: usize = 100;
-const WATCH_EVENTS: usize = 200;
+const WATCHERS: usize = 1_000;
+const WATCH_EVENTS: usize = 100;
+/// Issue 16's goals: list of 10,000 objects p99, watch fan-out p99 (ms).
+const GOAL_LIST_10K_P99_MS: f64 = 100.0;
+const GOAL_WATCH_P99_MS: f64 = 10.0;
 
 struct Figures {
     cm_per_s: f64,
@@ -100,7 +103,7 @@ async fn list_latency(http: &Http, base: &str, path: &str, rounds: usize) -> Res
     Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
 }
 
-/// 100 watchers on one namespace; each event's delay from just before its create was sent.
+/// `WATCHERS` watchers on one namespace; each event's delay from just before its create was sent.
 async fn watch_latency(http: &Http, base: &str) -> Result<(f64, f64)> {
     send(
         http,
@@ -203,7 +206,7 @@ async fn run(cp: &ControlPlane) -> Result<Figures> {
     cm_lat.extend(pod_lat);
     let create_p99_ms = percentile(&cm_lat, 0.99);
     let list_ns = list_latency(&http, &base, "/api/v1/namespaces/bench-0/pods", 50).await?;
-    let list_all = list_latency(&http, &base, "/api/v1/pods", 10).await?;
+    let list_all = list_latency(&http, &base, "/api/v1/pods", 20).await?;
     let watch = watch_latency(&http, &base).await?;
     Ok(Figures {
         cm_per_s,
@@ -261,6 +264,25 @@ async fn main() -> Result<()> {
             f.watch.0,
             f.watch.1,
             f.rss_mib
+        );
+    }
+    if let Some((_, embedded)) = rows.first() {
+        println!("\ngoals (issue 16), embedded store:");
+        if let Some((_, etcd)) = rows.get(1) {
+            println!(
+                "  ConfigMap creates >= etcd's: {:.0}/s vs {:.0}/s, ratio {:.2}",
+                embedded.cm_per_s,
+                etcd.cm_per_s,
+                embedded.cm_per_s / etcd.cm_per_s
+            );
+        }
+        println!(
+            "  list 10k p99 < {GOAL_LIST_10K_P99_MS:.0} ms: {:.1} ms",
+            embedded.list_all.1
+        );
+        println!(
+            "  watch fan-out to {WATCHERS} watchers p99 < {GOAL_WATCH_P99_MS:.0} ms: {:.2} ms",
+            embedded.watch.1
         );
     }
     println!(

@@ -20,7 +20,7 @@ fn info(api_version: &str, kind: &str) -> Result<&'static ResourceInfo, StatusEr
 
 /// Replaces what the index holds of `held` with the store's objects; returns the revision
 /// listed at.
-async fn relist(ctx: &Ctx, held: Held, info: &ResourceInfo) -> Result<i64, StatusError> {
+async fn relist(ctx: &Ctx, held: Held, info: &'static ResourceInfo) -> Result<i64, StatusError> {
     let page = list_objects(ctx, info, None, &Query::default()).await?;
     ctx.authz.update(|ix| {
         ix.clear(held);

@@ -77,7 +77,7 @@ pub async fn dispatch(
             watch::watch(ctx, route, query, headers).await
         }
         (&Method::GET, false) => read::list(ctx, route, query, headers).await,
-        (&Method::GET, true) => read::get(ctx, route, headers).await,
+        (&Method::GET, true) => read::get(ctx, route, query, headers).await,
         (&Method::POST, false) if route.namespace.is_some() || !route.info.namespaced => {
             create::create(ctx, route, query, headers, &body).await
         }

@@ -22,7 +22,7 @@ fn find(group: &str, plural: &str) -> Option<&'static ResourceInfo> {
 /// last unit can both pass (Kubernetes serializes them through the quota's status).
 pub async fn admit(
     ctx: &Ctx,
-    info: &ResourceInfo,
+    info: &'static ResourceInfo,
     namespace: &str,
     obj: &Value,
 ) -> Result<(), StatusError> {

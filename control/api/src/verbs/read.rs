@@ -1,6 +1,6 @@
 //! GET of one object and LIST with selectors, paging (`limit`/`continue`) and tables.
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use base64::Engine;
 use http::{HeaderMap, Response, StatusCode};
@@ -9,10 +9,11 @@ use skiff_machinery::{
     selector::{FieldSelector, LabelSelector},
     status::StatusError,
 };
-use skiff_resources::{ResourceInfo, table};
+use skiff_resources::{ResourceInfo, table, wire};
 use skiff_store::ListOptions;
 
 use crate::{
+    cache::{Cached, Read, Snapshot},
     ctx::Ctx,
     http::{self as h, Body, Format, Query},
     objects,
@@ -22,10 +23,24 @@ use crate::{
 pub async fn get(
     ctx: &Ctx,
     route: &ResourceRoute,
+    query: &Query,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, StatusError> {
+    let format = h::format(headers);
+    if let Some(cached) = get_cached(ctx, route, query).await {
+        let obj = cached.ok_or_else(|| {
+            let info = route.info;
+            StatusError::not_found(info.group, info.plural, route.name.as_deref().unwrap_or(""))
+        })?;
+        if format == Format::Object {
+            let mut bytes = Vec::with_capacity(obj.json.len() + 1);
+            bytes.extend_from_slice(&obj.json);
+            bytes.push(b'\n');
+            return Ok(h::json_bytes(StatusCode::OK, bytes));
+        }
+    }
     let obj = fetch(ctx, route).await?.0;
-    Ok(match h::format(headers) {
+    Ok(match format {
         Format::Table => {
             let mut t = table::table(route.info, std::slice::from_ref(&obj), SystemTime::now());
             t["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"].clone();
@@ -33,6 +48,43 @@ pub async fn get(
         }
         Format::Object => h::json(StatusCode::OK, &obj),
     })
+}
+
+/// The object named by the route from the watch cache: `None` when the store must answer,
+/// `Some(None)` when it does not exist.
+async fn get_cached(
+    ctx: &Ctx,
+    route: &ResourceRoute,
+    query: &Query,
+) -> Option<Option<Arc<Cached>>> {
+    let cache = ctx.cache.cache(route.info)?;
+    if !fresh_enough(ctx, query).await? {
+        return None;
+    }
+    let key = objects::key(
+        route.info,
+        route.namespace.as_deref(),
+        route.name.as_deref().unwrap_or(""),
+    );
+    cache.get(&key)
+}
+
+/// Whether the cache, once it has what the request's `resourceVersion` asks for, may serve
+/// it: `Some(false)` for an exact revision, `None` when it could not catch up in time.
+async fn fresh_enough(ctx: &Ctx, query: &Query) -> Option<bool> {
+    if query.get("resourceVersionMatch") == Some("Exact") {
+        return Some(false);
+    }
+    match query.get("resourceVersion").unwrap_or("") {
+        // Consistent: at least the store's current revision.
+        "" => ctx.cache.consistent_revision().await.map(|_| true),
+        // Any revision.
+        "0" => Some(true),
+        rv => match rv.parse() {
+            Ok(rv) => ctx.cache.delivered(rv).await.then_some(true),
+            Err(_) => Some(false),
+        },
+    }
 }
 
 /// The current object named by the route and its mod revision, or 404.
@@ -119,12 +171,96 @@ pub struct Page {
 
 pub async fn list_objects(
     ctx: &Ctx,
-    info: &ResourceInfo,
+    info: &'static ResourceInfo,
     namespace: Option<&str>,
     query: &Query,
 ) -> Result<Page, StatusError> {
+    match list_page(ctx, info, namespace, query).await? {
+        Listed::Store(page) => Ok(page),
+        Listed::Cache(snapshot) => Ok(page_of(&snapshot)),
+    }
+}
+
+/// A page of the cache's objects, as values (copied from the cache).
+fn page_of(snapshot: &Snapshot) -> Page {
+    Page {
+        continue_token: snapshot
+            .more_after
+            .as_deref()
+            .map(|key| encode_continue(snapshot.revision, key)),
+        revision: snapshot.revision,
+        items: snapshot.items.iter().map(|c| c.obj.clone()).collect(),
+    }
+}
+
+/// A list page as read: from the store (decoded) or from the cache (shared, encoded).
+pub(super) enum Listed {
+    Store(Page),
+    Cache(Snapshot),
+}
+
+pub(super) async fn list_page(
+    ctx: &Ctx,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    query: &Query,
+) -> Result<Listed, StatusError> {
     let selectors = Selectors::parse(query)?;
     let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    if let Some(snapshot) = list_cached(ctx, info, namespace, query, &selectors, limit).await? {
+        return Ok(Listed::Cache(snapshot));
+    }
+    list_from_store(ctx, info, namespace, query, &selectors, limit)
+        .await
+        .map(Listed::Store)
+}
+
+/// The page from the watch cache, or `None` when the store must serve it.
+async fn list_cached(
+    ctx: &Ctx,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    query: &Query,
+    selectors: &Selectors,
+    limit: usize,
+) -> Result<Option<Snapshot>, StatusError> {
+    let Some(cache) = ctx.cache.cache(info) else {
+        return Ok(None);
+    };
+    let prefix = objects::prefix(info, namespace);
+    let matches = |obj: &Value| selectors.matches(obj);
+    if let Some(token) = query.get("continue").filter(|c| !c.is_empty()) {
+        let (revision, start) = decode_continue(token)?;
+        let read = Read {
+            prefix: &prefix,
+            start_after: Some(&start),
+            limit,
+            matches: &matches,
+        };
+        // Only while the resource is unchanged since the first page; else the store's
+        // history serves the pinned revision.
+        return Ok(cache.list_at(&read, revision, ctx.cache.seen_now()));
+    }
+    if fresh_enough(ctx, query).await != Some(true) {
+        return Ok(None);
+    }
+    let read = Read {
+        prefix: &prefix,
+        start_after: None,
+        limit,
+        matches: &matches,
+    };
+    Ok(cache.list(&read, ctx.cache.seen_now()))
+}
+
+async fn list_from_store(
+    ctx: &Ctx,
+    info: &ResourceInfo,
+    namespace: Option<&str>,
+    query: &Query,
+    selectors: &Selectors,
+    limit: usize,
+) -> Result<Page, StatusError> {
     let (mut revision, mut start_after) = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
             let (rv, start) = decode_continue(token)?;
@@ -196,12 +332,19 @@ pub async fn list(
     headers: &HeaderMap,
 ) -> Result<Response<Body>, StatusError> {
     let info = route.info;
-    let page = list_objects(ctx, info, route.namespace.as_deref(), query).await?;
+    let format = h::format(headers);
+    let page = match list_page(ctx, info, route.namespace.as_deref(), query).await? {
+        Listed::Cache(snapshot) if format == Format::Object => {
+            return Ok(h::json_bytes(StatusCode::OK, encode_list(info, &snapshot)));
+        }
+        Listed::Cache(snapshot) => page_of(&snapshot),
+        Listed::Store(page) => page,
+    };
     let mut metadata = json!({"resourceVersion": page.revision.to_string()});
     if let Some(token) = &page.continue_token {
         metadata["continue"] = json!(token);
     }
-    Ok(match h::format(headers) {
+    Ok(match format {
         Format::Table => {
             let mut t = table::table(info, &page.items, SystemTime::now());
             t["metadata"] = metadata;
@@ -219,9 +362,82 @@ pub async fn list(
     })
 }
 
+/// The list of `snapshot`'s objects as the Go apiserver writes it, from each object's
+/// encoding kept in the cache: the list without items, then the items spliced in.
+fn encode_list(info: &ResourceInfo, snapshot: &Snapshot) -> Vec<u8> {
+    let mut metadata = json!({"resourceVersion": snapshot.revision.to_string()});
+    if let Some(key) = &snapshot.more_after {
+        metadata["continue"] = json!(encode_continue(snapshot.revision, key));
+    }
+    let empty = wire::encode(&json!({
+        "kind": info.list_kind,
+        "apiVersion": info.api_version,
+        "metadata": metadata,
+        "items": [],
+    }));
+    let Some(head) = empty.strip_suffix(b"[]}\n") else {
+        // Not the shape expected: encode it whole.
+        let items: Vec<&Value> = snapshot.items.iter().map(|c| &c.obj).collect();
+        return wire::encode(&json!({
+            "kind": info.list_kind,
+            "apiVersion": info.api_version,
+            "metadata": metadata,
+            "items": items,
+        }));
+    };
+    let size: usize = snapshot.items.iter().map(|c| c.json.len() + 1).sum();
+    let mut out = Vec::with_capacity(head.len() + size + 4);
+    out.extend_from_slice(head);
+    out.push(b'[');
+    for (i, item) in snapshot.items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&item.json);
+    }
+    out.extend_from_slice(b"]}\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_spliced_from_cached_items_is_the_list_encoded_whole() {
+        let info = skiff_resources::by_kind("v1", "ConfigMap").unwrap();
+        let items: Vec<Arc<Cached>> = ["a", "b"]
+            .iter()
+            .map(|name| {
+                let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name, "namespace": "default", "resourceVersion": "4"},
+                    "data": {"k": "<&>"}});
+                let mut json = wire::encode(&obj);
+                json.pop();
+                Arc::new(Cached {
+                    obj,
+                    json: json.into(),
+                })
+            })
+            .collect();
+        let snapshot = Snapshot {
+            items,
+            revision: 7,
+            more_after: Some("/registry/core/configmaps/default/b".into()),
+        };
+        let values: Vec<&Value> = snapshot.items.iter().map(|c| &c.obj).collect();
+        let whole = wire::encode(&json!({
+            "kind": "ConfigMapList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": "7",
+                "continue": encode_continue(7, "/registry/core/configmaps/default/b")},
+            "items": values,
+        }));
+        assert_eq!(
+            String::from_utf8(encode_list(info, &snapshot)).unwrap(),
+            String::from_utf8(whole).unwrap()
+        );
+    }
 
     #[test]
     fn continue_tokens_round_trip_and_garbage_is_refused() {

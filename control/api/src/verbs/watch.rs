@@ -2,7 +2,7 @@
 //! selectors applied as transitions (an object leaving the selection is DELETED for the
 //! watcher), bookmarks, timeouts, tables, and 410 Expired for compacted history.
 
-use std::{collections::VecDeque, convert::Infallible, time::Duration};
+use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -19,6 +19,7 @@ use skiff_store::{EventKind, StoreError, WatchStream};
 
 use super::read::{self, Selectors};
 use crate::{
+    cache::{CachedEvent, Gap, ResourceCache, Seen, watch_line},
     ctx::Ctx,
     http::{self as h, Body, Format, Query},
     objects,
@@ -28,9 +29,71 @@ use crate::{
 const DEFAULT_TIMEOUT: Duration = Duration::from_mins(30);
 const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 
+/// Where a watch's events come from.
+enum Source {
+    Store(WatchStream),
+    Cache(Cursor),
+}
+
+/// A watcher's place in a resource's watch cache.
+struct Cursor {
+    cache: Arc<ResourceCache>,
+    /// The revision of the last event taken from the cache.
+    last: i64,
+    changed: tokio::sync::watch::Receiver<u64>,
+    queue: VecDeque<Arc<CachedEvent>>,
+}
+
+impl Cursor {
+    fn new(cache: Arc<ResourceCache>, from: i64) -> Self {
+        Self {
+            changed: cache.subscribe(),
+            cache,
+            last: from,
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// The next event; `None` once the cache is dropped (the client watches again).
+    async fn next(&mut self) -> Option<Result<Arc<CachedEvent>, Gap>> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(Ok(event));
+            }
+            self.changed.borrow_and_update();
+            match self.cache.events_after(self.last) {
+                Ok(events) => match events.last() {
+                    Some(last) => {
+                        self.last = last.revision;
+                        self.queue.extend(events);
+                    }
+                    None => self.changed.changed().await.ok()?,
+                },
+                Err(Gap::Closed) => return None,
+                Err(gap) => return Some(Err(gap)),
+            }
+        }
+    }
+}
+
+/// One event from either source.
+enum Next {
+    Store(Result<skiff_store::Event, StoreError>),
+    Cache(Result<Arc<CachedEvent>, Gap>),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<Next> {
+        match self {
+            Self::Store(events) => events.next().await.map(Next::Store),
+            Self::Cache(cursor) => cursor.next().await.map(Next::Cache),
+        }
+    }
+}
+
 struct State {
     info: &'static ResourceInfo,
-    events: Option<WatchStream>,
+    events: Option<Source>,
     selectors: Selectors,
     format: Format,
     pending: VecDeque<Bytes>,
@@ -67,6 +130,24 @@ impl State {
         self.events = None;
     }
 
+    fn cached(&mut self, event: Result<Arc<CachedEvent>, Gap>) {
+        let Ok(event) = event else {
+            let err = StatusError::gone(format!("too old resource version: {}", self.last_rv));
+            return self.error(&err);
+        };
+        self.last_rv = event.revision;
+        let now = self.selectors.matches(&event.obj.obj);
+        let before = event.prev.as_ref().map(|p| self.selectors.matches(&p.obj));
+        let Some(seen) = transition(event.kind, before, now) else {
+            return;
+        };
+        if self.format == Format::Object {
+            self.pending.push_back(event.line(seen));
+        } else {
+            self.line(seen.name(), event.obj.obj.clone());
+        }
+    }
+
     fn event(&mut self, event: Result<skiff_store::Event, StoreError>) {
         let event = match event {
             Ok(e) => e,
@@ -86,14 +167,24 @@ impl State {
             .as_ref()
             .and_then(|p| objects::decode(self.info, p).ok())
             .map(|p| self.selectors.matches(&p));
-        let kind = match (event.kind, before, now) {
-            // Deleted, or changed so that it left the selection.
-            (EventKind::Delete, Some(true), _) | (EventKind::Put, Some(true), false) => "DELETED",
-            (EventKind::Put, None | Some(false), true) => "ADDED",
-            (EventKind::Put, Some(true), true) => "MODIFIED",
-            _ => return,
+        let Some(seen) = transition(event.kind, before, now) else {
+            return;
         };
-        self.line(kind, obj);
+        self.line(seen.name(), obj);
+    }
+}
+
+/// What a watcher sees of a change, given whether the object was selected before (`None`:
+/// it did not exist) and is now.
+fn transition(kind: EventKind, before: Option<bool>, now: bool) -> Option<Seen> {
+    match (kind, before, now) {
+        // Deleted, or changed so that it left the selection.
+        (EventKind::Delete, Some(true), _) | (EventKind::Put, Some(true), false) => {
+            Some(Seen::Deleted)
+        }
+        (EventKind::Put, None | Some(false), true) => Some(Seen::Added),
+        (EventKind::Put, Some(true), true) => Some(Seen::Modified),
+        _ => None,
     }
 }
 
@@ -135,16 +226,36 @@ pub async fn watch(
         let mut list_query = query.clone();
         list_query.remove("limit");
         list_query.remove("continue");
-        let page = read::list_objects(ctx, info, route.namespace.as_deref(), &list_query).await?;
-        for obj in page.items {
-            state.line("ADDED", obj);
+        match read::list_page(ctx, info, route.namespace.as_deref(), &list_query).await? {
+            read::Listed::Store(page) => {
+                for obj in page.items {
+                    state.line("ADDED", obj);
+                }
+                page.revision
+            }
+            read::Listed::Cache(snapshot) => {
+                for obj in &snapshot.items {
+                    if state.format == Format::Object {
+                        state.pending.push_back(watch_line("ADDED", &obj.json));
+                    } else {
+                        state.line("ADDED", obj.obj.clone());
+                    }
+                }
+                snapshot.revision
+            }
         }
-        page.revision
     };
     state.last_rv = from;
+    if let Some(cache) = ctx.cache.cache(info)
+        && ctx.cache.delivered(from).await
+        && cache.covers(from, ctx.cache.seen_now())
+    {
+        state.events = Some(Source::Cache(Cursor::new(cache, from)));
+        return Ok(respond(state));
+    }
     let prefix = objects::prefix(info, route.namespace.as_deref());
     match ctx.store.watch(&prefix, from).await {
-        Ok(events) => state.events = Some(events),
+        Ok(events) => state.events = Some(Source::Store(events)),
         Err(StoreError::Compacted { requested, .. }) => {
             state.error(&StatusError::gone(format!(
                 "too old resource version: {requested}"
@@ -152,6 +263,11 @@ pub async fn watch(
         }
         Err(err) => return Err(objects::store_error(err, info, "")),
     }
+    Ok(respond(state))
+}
+
+/// The chunked answer that streams `state`'s lines.
+fn respond(state: State) -> Response<Body> {
     let stream = futures::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(line) = state.pending.pop_front() {
@@ -168,7 +284,8 @@ pub async fn watch(
             };
             tokio::select! {
                 event = events.next() => match event {
-                    Some(event) => state.event(event),
+                    Some(Next::Store(event)) => state.event(event),
+                    Some(Next::Cache(event)) => state.cached(event),
                     None => return None,
                 },
                 () = tokio::time::sleep_until(state.deadline) => return None,
@@ -188,5 +305,5 @@ pub async fn watch(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(resp)
+    resp
 }

@@ -3,7 +3,7 @@
 //! compare-and-swap check.
 
 use std::{
-    sync::{Arc, mpsc},
+    sync::{Arc, atomic::Ordering, mpsc},
     thread::JoinHandle,
 };
 
@@ -185,6 +185,9 @@ fn apply(inner: &Inner, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError> 
         }
     }
     finish(txn, written)?;
+    if written {
+        inner.commits.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(outcomes)
 }
 
@@ -450,6 +453,38 @@ mod tests {
         }
         assert_eq!(inner.get("/k", 0).expect("get").as_ref(), Some(winner));
         assert_eq!(revision(inner), winner.mod_revision);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_queued_behind_a_commit_share_one_transaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(dir.path()).expect("open");
+        let before = store.commits();
+        // Hold the commit lock, as a commit being made durable does, while the writers queue.
+        let guard = store.inner.write.lock().expect("lock");
+        let writers: Vec<_> = (0..64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    crate::Store::create(&store, &format!("/k/{i}"), b"v".to_vec()).await
+                })
+            })
+            .collect();
+        // Not awaiting while the lock is held: the writers run on the runtime's workers.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(guard);
+        let mut revisions = Vec::new();
+        for w in writers {
+            revisions.push(w.await.expect("joined").expect("created").mod_revision);
+        }
+        revisions.sort_unstable();
+        let first = revisions[0];
+        assert_eq!(revisions, (first..first + 64).collect::<Vec<_>>());
+        let commits = store.commits() - before;
+        assert!(
+            (1..64).contains(&commits),
+            "64 writers in {commits} transactions"
+        );
     }
 
     #[test]
