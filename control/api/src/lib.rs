@@ -15,6 +15,8 @@ mod bootstrap;
 mod ctx;
 mod discovery;
 pub mod encryption;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod http;
 mod metrics;
 mod metrics_api;

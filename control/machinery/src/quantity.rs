@@ -56,9 +56,29 @@ pub fn parse_milli(text: &str) -> Option<i64> {
     i64::try_from(milli).ok()
 }
 
+/// A milli-unit value as Go's `resource.NewMilliQuantity(v, DecimalSI)` prints it: the
+/// canonical form, which [`parse_milli`] reads back to the same value.
+#[must_use]
+pub fn format_milli(milli: i64) -> String {
+    if milli % 1000 != 0 {
+        return format!("{milli}m");
+    }
+    let mut n = milli / 1000;
+    if n == 0 {
+        return "0".into();
+    }
+    for suffix in ["", "k", "M", "G", "T"] {
+        if n % 1000 != 0 {
+            return format!("{n}{suffix}");
+        }
+        n /= 1000;
+    }
+    format!("{n}P")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_milli;
+    use super::{format_milli, parse_milli};
 
     #[test]
     fn cpu_and_memory_forms_parse_exactly() {
@@ -73,5 +93,14 @@ mod tests {
         assert_eq!(parse_milli("1500u"), Some(2));
         assert_eq!(parse_milli("x"), None);
         assert_eq!(parse_milli(""), None);
+    }
+
+    #[test]
+    fn milli_values_print_as_go_quantities() {
+        assert_eq!(format_milli(250), "250m");
+        assert_eq!(format_milli(2000), "2");
+        assert_eq!(format_milli(12_000_000_000), "12M");
+        assert_eq!(format_milli(0), "0");
+        assert_eq!(format_milli(-1500), "-1500m");
     }
 }
