@@ -17,10 +17,13 @@ struct Input<'a> {
 
 fuzz_target!(|input: Input<'_>| {
     if let Ok(name) = normalize(input.reference) {
-        assert_eq!(normalize(&name).ok(), Some(name.clone()), "normalizing is idempotent");
+        assert_eq!(
+            normalize(&name).ok(),
+            Some(name.clone()),
+            "normalizing is idempotent"
+        );
     }
-    if let Ok(image) = fuzzing::image_from_documents(input.index, input.manifest, input.config)
-    {
+    if let Ok(image) = fuzzing::image_from_documents(input.index, input.manifest, input.config) {
         assert!(image.id.starts_with("sha256:"), "an image id is a digest");
     }
 });

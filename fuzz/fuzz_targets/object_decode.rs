@@ -20,6 +20,9 @@ fuzz_target!(|data: &[u8]| {
         let bytes = serde_json::to_vec(&obj).expect("a decoded object encodes");
         let back: serde_json::Value =
             serde_json::from_slice(&bytes).expect("encoded JSON reads back");
-        assert!(back.is_object(), "an encoded object reads back as an object");
+        assert!(
+            back.is_object(),
+            "an encoded object reads back as an object"
+        );
     }
 });

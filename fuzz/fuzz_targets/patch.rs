@@ -54,7 +54,11 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(p) = serde_json::from_slice::<Value>(body) {
                 let merged = patch::merge(&live, &p);
                 // A merge patch applied twice changes nothing more (RFC 7386 is idempotent).
-                assert_eq!(patch::merge(&merged, &p), merged, "merge patch is idempotent");
+                assert_eq!(
+                    patch::merge(&merged, &p),
+                    merged,
+                    "merge patch is idempotent"
+                );
             }
         }
         2 => {

@@ -19,7 +19,10 @@ struct Input<'a> {
 fuzz_target!(|input: Input<'_>| {
     if let Ok(selector) = LabelSelector::parse(input.label) {
         let matched = selector.matches(&input.labels);
-        assert!(!selector.is_empty() || matched, "an empty selector selects everything");
+        assert!(
+            !selector.is_empty() || matched,
+            "an empty selector selects everything"
+        );
     }
     for key in input.labels.keys() {
         // A key the parser takes as a plain existence test, and its negation, split every
@@ -28,15 +31,24 @@ fuzz_target!(|input: Input<'_>| {
             LabelSelector::parse(key),
             LabelSelector::parse(&format!("!{key}")),
         ) && exists.matches(&input.labels)
-            && key.trim() == key
+            && !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
         {
-            assert!(!absent.matches(&input.labels), "!{key} excludes what {key} selects");
+            assert!(
+                !absent.matches(&input.labels),
+                "!{key} excludes what {key} selects"
+            );
         }
     }
     if let Ok(selector) = FieldSelector::parse(input.field) {
         let labels = &input.labels;
         let matched = selector.matches(&|field| labels.get(field).cloned());
-        assert!(!selector.is_empty() || matched, "an empty selector selects everything");
+        assert!(
+            !selector.is_empty() || matched,
+            "an empty selector selects everything"
+        );
         for field in selector.fields() {
             let _ = selector.exact(field);
         }

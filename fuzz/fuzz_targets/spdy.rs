@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
     let (mut writer, mut reader) = (Codec::new(), Codec::new());
     let mut rest = data;
     while let Ok(Some((frame, used))) = client.decode(rest) {
-        assert!(used > 0 && used <= rest.len(), "a frame takes bytes it was given");
+        assert!(
+            used > 0 && used <= rest.len(),
+            "a frame takes bytes it was given"
+        );
         rest = &rest[used..];
         if let Ok(bytes) = writer.encode(&frame) {
             match reader.decode(&bytes) {

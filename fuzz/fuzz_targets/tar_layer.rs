@@ -10,7 +10,7 @@
 #![no_main]
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::{self, Read},
     os::unix::fs::{MetadataExt, symlink},
@@ -25,7 +25,9 @@ use skiff_node_runtime::image::{Whiteouts, fuzzing};
 const DEPTH: usize = 16;
 /// Where an absolute link out of the sandbox points; it must never come to exist.
 const CANARY: &str = "/skiff-fuzz-tar-layer-canary";
-const NAMES: [&str; 9] = ["a", "b", "etc", "secret", "rootfs", "d15", "d14", "link", "x"];
+const NAMES: [&str; 9] = [
+    "a", "b", "etc", "secret", "rootfs", "d15", "d14", "link", "x",
+];
 
 #[derive(Debug, Arbitrary)]
 enum Part {
@@ -69,6 +71,7 @@ struct Sandbox {
     root: PathBuf,
     layer: PathBuf,
     before: BTreeMap<PathBuf, String>,
+    outside_inodes: BTreeSet<(u64, u64)>,
 }
 
 fn sandbox() -> &'static Sandbox {
@@ -87,7 +90,9 @@ fn sandbox() -> &'static Sandbox {
         symlink("secret", level.join("link")).ok();
         let layer = level.join("rootfs");
         let before = snapshot(&root, &layer);
+        let outside_inodes = inodes(&root).into_iter().map(|(_, i)| i).collect();
         Sandbox {
+            outside_inodes,
             _dir: dir,
             root,
             layer,
@@ -126,6 +131,29 @@ fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, String> {
                 what += &format!(" {} {:?}", meta.mtime(), content);
             }
             out.insert(path, what);
+        }
+    }
+    out
+}
+
+/// The (device, inode) of every regular file under `root`.
+fn inodes(root: &Path) -> Vec<(PathBuf, (u64, u64))> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                out.push((path, (meta.dev(), meta.ino())));
+            }
         }
     }
     out
@@ -239,7 +267,7 @@ fn tar_of(entries: &[Entry], root: &Path) -> Vec<u8> {
 fuzz_target!(|entries: Vec<Entry>| {
     let sandbox = sandbox();
     let _ = fs::remove_dir_all(&sandbox.layer);
-    fs::create_dir(&sandbox.layer).expect("layer directory");
+    fs::create_dir_all(&sandbox.layer).expect("layer directory");
     let tar = tar_of(&entries, &sandbox.root);
     let whiteouts = Checked {
         layer: sandbox.layer.clone(),
@@ -258,5 +286,13 @@ fuzz_target!(|entries: Vec<Entry>| {
             .chain(sandbox.before.keys().filter(|p| !after.contains_key(*p)))
             .collect();
         panic!("unpacking changed outside the layer: {changed:?}");
+    }
+    // A hard link to a file outside would hand the container the node's file.
+    for (path, inode) in inodes(&sandbox.layer) {
+        assert!(
+            !sandbox.outside_inodes.contains(&inode),
+            "{} is a hard link to a file outside the layer",
+            path.display()
+        );
     }
 });

@@ -37,7 +37,8 @@ struct Outcome {
 /// Rust; overflow and bounds checks are what they trip) with debug assertions on.
 fn fuzz_cmd(root: &Path) -> Command {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root.join("fuzz")).args(["+nightly", "fuzz"]);
+    cmd.current_dir(root.join("fuzz"))
+        .args(["+nightly", "fuzz"]);
     cmd
 }
 
@@ -49,7 +50,9 @@ fn common_flags(cmd: &mut Command, root: &Path) {
 pub fn run(root: &Path, args: &Args) -> Result<()> {
     prereq::nightly_with_rust_src()?;
     if shell::output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
-        eprintln!("xtask: cargo-fuzz is missing; installing it (cargo install cargo-fuzz --locked)");
+        eprintln!(
+            "xtask: cargo-fuzz is missing; installing it (cargo install cargo-fuzz --locked)"
+        );
         shell::run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
     let targets = if args.targets.is_empty() {
@@ -61,10 +64,18 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     } else {
         args.targets.clone()
     };
-    let mut build = fuzz_cmd(root);
-    build.arg("build");
-    common_flags(&mut build, root);
-    shell::run(build.args(&targets))?;
+    // `cargo fuzz build` takes one target or none (all of them).
+    let builds: Vec<Option<&String>> = if args.targets.is_empty() {
+        vec![None]
+    } else {
+        args.targets.iter().map(Some).collect()
+    };
+    for target in builds {
+        let mut build = fuzz_cmd(root);
+        build.arg("build");
+        common_flags(&mut build, root);
+        shell::run(build.args(target))?;
+    }
     let out = root.join("target/fuzz");
     let mut outcomes = Vec::new();
     for target in &targets {

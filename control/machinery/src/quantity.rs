@@ -39,19 +39,24 @@ pub fn parse_milli(text: &str) -> Option<i64> {
         "Gi" => 1000 << 30,
         "Ti" => 1000 << 40,
         "Pi" => 1000 << 50,
-        _ if suffix.starts_with(['e', 'E']) => {
-            1000 * 10_i128.checked_pow(u32::try_from(exponent).ok()?)?
-        }
+        _ if suffix.starts_with(['e', 'E']) => 10_i128
+            .checked_pow(u32::try_from(exponent).ok()?)?
+            .checked_mul(1000)?,
         _ => return None,
     };
     // Decimal mantissa as an exact fraction: digits / 10^decimals.
     let negative = mantissa.starts_with('-');
     let digits = mantissa.trim_start_matches(['-', '+']);
     let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    let scale = 10_i128.checked_pow(u32::try_from(fraction.len()).ok()?)? * divisor;
+    let scale = 10_i128
+        .checked_pow(u32::try_from(fraction.len()).ok()?)?
+        .checked_mul(divisor)?;
     let value: i128 = format!("{whole}{fraction}").parse().ok()?;
     // Round up like the apiserver does for sub-milli precision.
-    let milli = (value * multiplier_milli + scale - 1) / scale;
+    let milli = value
+        .checked_mul(multiplier_milli)?
+        .checked_add(scale - 1)?
+        / scale;
     let milli = if negative { -milli } else { milli };
     i64::try_from(milli).ok()
 }
@@ -93,6 +98,14 @@ mod tests {
         assert_eq!(parse_milli("1500u"), Some(2));
         assert_eq!(parse_milli("x"), None);
         assert_eq!(parse_milli(""), None);
+    }
+
+    #[test]
+    fn quantities_too_large_for_the_arithmetic_are_refused_not_a_panic() {
+        assert_eq!(parse_milli("1e38"), None);
+        assert_eq!(parse_milli(&"9".repeat(38)), None);
+        assert_eq!(parse_milli(&format!("0.{}n", "1".repeat(37))), None);
+        assert_eq!(parse_milli(&format!("{}Pi", "9".repeat(30))), None);
     }
 
     #[test]
