@@ -328,29 +328,21 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn whiteout_through_a_symlink_out_of_the_layer_is_refused() {
+    fn whiteouts_through_a_symlink_out_of_the_layer_are_refused_and_create_nothing_outside() {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let layer = dir.path().join("layer");
         fs::create_dir(&layer).unwrap();
         std::os::unix::fs::symlink(outside.path(), layer.join("escape")).unwrap();
-        let tar = tar_of(&[("escape/.wh.victim", Some(b""))]);
-        let err = unpack_into(&mut &tar[..], &layer, &RecordingWhiteouts::default());
-        assert!(err.is_err());
-        assert!(!outside.path().join("victim").exists());
-    }
-
-    #[test]
-    fn whiteout_below_a_symlink_out_of_the_layer_creates_nothing_outside() {
-        let dir = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let layer = dir.path().join("layer");
-        fs::create_dir(&layer).unwrap();
-        std::os::unix::fs::symlink(outside.path(), layer.join("escape")).unwrap();
-        for path in ["escape/made/.wh.victim", "escape/made/.wh..wh..opq"] {
+        for path in [
+            "escape/.wh.victim",
+            "escape/made/.wh.victim",
+            "escape/made/.wh..wh..opq",
+        ] {
             let tar = tar_of(&[(path, Some(b""))]);
             let err = unpack_into(&mut &tar[..], &layer, &RecordingWhiteouts::default());
             assert!(err.is_err(), "{path}");
+            assert!(!outside.path().join("victim").exists(), "{path}");
             assert!(!outside.path().join("made").exists(), "{path}");
         }
     }
