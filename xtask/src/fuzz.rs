@@ -131,8 +131,9 @@ fn fuzz_one(root: &Path, out: &Path, target: &str, minutes: u64) -> Result<Outco
         .stderr(fs::File::create(&log)?)
         .status()
         .with_context(|| format!("running fuzz target {target}"))?;
-    let seconds = started.elapsed().as_secs_f64();
     let text = fs::read_to_string(&log).unwrap_or_default();
+    // libFuzzer's own clock, which leaves out building the target.
+    let seconds = fuzzing_seconds(&text).unwrap_or_else(|| started.elapsed().as_secs_f64());
     let execs = text
         .lines()
         .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
@@ -160,6 +161,16 @@ fn fuzz_one(root: &Path, out: &Path, target: &str, minutes: u64) -> Result<Outco
         execs,
         corpus: files(&corpus)?.len(),
         crashes,
+    })
+}
+
+/// The seconds libFuzzer says it fuzzed for (`Done N runs in S second(s)`); `None` after a
+/// crash, which ends the run without that line.
+fn fuzzing_seconds(log: &str) -> Option<f64> {
+    log.lines().rev().find_map(|l| {
+        let rest = l.strip_prefix("Done ")?;
+        let (_, secs) = rest.split_once(" runs in ")?;
+        secs.split_whitespace().next()?.parse().ok()
     })
 }
 
@@ -200,6 +211,16 @@ fn table(outcomes: &[Outcome]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fuzzing_time_is_libfuzzers_own() {
+        let log = "#1000 DONE cov: 10\nDone 123456 runs in 601 second(s)\nstat::x: 1\n";
+        assert_eq!(fuzzing_seconds(log), Some(601.0));
+        assert_eq!(
+            fuzzing_seconds("==1== ERROR: libFuzzer: deadly signal\n"),
+            None
+        );
+    }
 
     #[test]
     fn the_table_has_a_row_per_target_with_its_rate() {
