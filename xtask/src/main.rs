@@ -1,8 +1,9 @@
 //! `cargo xtask`: the one entry point that sets a machine up, builds the eBPF object, runs
-//! the whole test suite, starts a single-node cluster and runs the benchmarks.
+//! the whole test suite, starts a single-node cluster, runs the benchmarks and the fuzzers.
 
 mod bench;
 mod build_ebpf;
+mod fuzz;
 mod prereq;
 mod release;
 mod shell;
@@ -29,6 +30,9 @@ enum Command {
     Test(test::Args),
     /// Start a cluster on this machine (one node on this host, or `--nodes N` hosts).
     Up(up::Args),
+    /// Run the fuzz targets in fuzz/ for N minutes each, one at a time, and print a table
+    /// (also written to target/fuzz/report.md). Not part of `test`.
+    Fuzz(fuzz::Args),
     /// Run a benchmark and print a table.
     Bench {
         /// Which benchmark.
@@ -43,6 +47,7 @@ fn main() -> Result<()> {
         Command::BuildEbpf => build_ebpf::run(&root).map(|_| ()),
         Command::Test(args) => test::run(&root, &args),
         Command::Up(args) => up::run(&root, &args),
+        Command::Fuzz(args) => fuzz::run(&root, &args),
         Command::Bench { name } => bench::run(&root, &name),
     }
 }

@@ -17,6 +17,8 @@ mod ctx;
 mod discovery;
 pub mod encryption;
 pub mod flowcontrol;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod http;
 pub mod kubelet_client;
 mod metrics;

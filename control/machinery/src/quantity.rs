@@ -39,26 +39,51 @@ pub fn parse_milli(text: &str) -> Option<i64> {
         "Gi" => 1000 << 30,
         "Ti" => 1000 << 40,
         "Pi" => 1000 << 50,
-        _ if suffix.starts_with(['e', 'E']) => {
-            1000 * 10_i128.checked_pow(u32::try_from(exponent).ok()?)?
-        }
+        _ if suffix.starts_with(['e', 'E']) => 10_i128
+            .checked_pow(u32::try_from(exponent).ok()?)?
+            .checked_mul(1000)?,
         _ => return None,
     };
     // Decimal mantissa as an exact fraction: digits / 10^decimals.
     let negative = mantissa.starts_with('-');
     let digits = mantissa.trim_start_matches(['-', '+']);
     let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    let scale = 10_i128.checked_pow(u32::try_from(fraction.len()).ok()?)? * divisor;
+    let scale = 10_i128
+        .checked_pow(u32::try_from(fraction.len()).ok()?)?
+        .checked_mul(divisor)?;
     let value: i128 = format!("{whole}{fraction}").parse().ok()?;
     // Round up like the apiserver does for sub-milli precision.
-    let milli = (value * multiplier_milli + scale - 1) / scale;
+    let milli = value
+        .checked_mul(multiplier_milli)?
+        .checked_add(scale - 1)?
+        / scale;
     let milli = if negative { -milli } else { milli };
     i64::try_from(milli).ok()
 }
 
+/// A milli-unit value as Go's `resource.NewMilliQuantity(v, DecimalSI)` prints it: the
+/// canonical form, which [`parse_milli`] reads back to the same value.
+#[must_use]
+pub fn format_milli(milli: i64) -> String {
+    if milli % 1000 != 0 {
+        return format!("{milli}m");
+    }
+    let mut n = milli / 1000;
+    if n == 0 {
+        return "0".into();
+    }
+    for suffix in ["", "k", "M", "G", "T"] {
+        if n % 1000 != 0 {
+            return format!("{n}{suffix}");
+        }
+        n /= 1000;
+    }
+    format!("{n}P")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_milli;
+    use super::{format_milli, parse_milli};
 
     #[test]
     fn cpu_and_memory_forms_parse_exactly() {
@@ -73,5 +98,22 @@ mod tests {
         assert_eq!(parse_milli("1500u"), Some(2));
         assert_eq!(parse_milli("x"), None);
         assert_eq!(parse_milli(""), None);
+    }
+
+    #[test]
+    fn quantities_too_large_for_the_arithmetic_are_refused_not_a_panic() {
+        assert_eq!(parse_milli("1e38"), None);
+        assert_eq!(parse_milli(&"9".repeat(38)), None);
+        assert_eq!(parse_milli(&format!("0.{}n", "1".repeat(37))), None);
+        assert_eq!(parse_milli(&format!("{}Pi", "9".repeat(30))), None);
+    }
+
+    #[test]
+    fn milli_values_print_as_go_quantities() {
+        assert_eq!(format_milli(250), "250m");
+        assert_eq!(format_milli(2000), "2");
+        assert_eq!(format_milli(12_000_000_000), "12M");
+        assert_eq!(format_milli(0), "0");
+        assert_eq!(format_milli(-1500), "-1500m");
     }
 }

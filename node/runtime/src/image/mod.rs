@@ -3,6 +3,8 @@
 //! tarball imports and the overlayfs root filesystem each container runs in.
 
 mod auth;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod gc;
 mod import;
 mod manifest;

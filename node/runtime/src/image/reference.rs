@@ -41,13 +41,25 @@ impl PullPolicy {
 }
 
 /// Parses a reference as docker does.
+///
+/// oci-spec takes `Name/app` as `docker.io/Name/app`, a repository docker refuses (docker
+/// reads `Name` as a registry host), so its normal form would not parse again; an uppercase
+/// repository is refused here with docker's message.
 pub(super) fn parse(reference: &str) -> Result<Reference, ImageError> {
-    reference
+    let invalid = |reason: String| ImageError::InvalidReference {
+        reference: reference.to_owned(),
+        reason,
+    };
+    let parsed = reference
         .parse::<Reference>()
-        .map_err(|e| ImageError::InvalidReference {
-            reference: reference.to_owned(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| invalid(e.to_string()))?;
+    if parsed.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(invalid(format!(
+            "repository name ({}) must be lowercase",
+            parsed.repository()
+        )));
+    }
+    Ok(parsed)
 }
 
 /// The normalized form of a reference: registry, repository and tag (or digest) spelled
@@ -72,6 +84,20 @@ pub(super) fn repository(reference: &Reference) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_uppercase_repository_is_refused_so_every_normal_form_parses_again() {
+        assert!(normalize("Team/app").is_err());
+        assert!(normalize("docker.io/Team/app").is_err());
+        for reference in [
+            "busybox",
+            "Registry.example:5000/team/app:V1",
+            "localhost/a/b",
+        ] {
+            let once = normalize(reference).unwrap();
+            assert_eq!(normalize(&once).unwrap(), once, "{reference}");
+        }
+    }
 
     #[test]
     fn short_names_normalize_to_docker_hub_library() {

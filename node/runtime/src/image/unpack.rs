@@ -104,20 +104,34 @@ pub(super) fn classify(path: &Path) -> Kind {
     Kind::Plain
 }
 
-/// `root.join(rel)`'s parent directory made and checked to lie inside `root`, so a symlink
-/// unpacked earlier cannot carry a whiteout outside the layer.
+/// `root.join(rel)` with its parent directories made one at a time, each checked to lie
+/// inside `root` before anything is made below it, so a symlink unpacked earlier can carry
+/// neither a whiteout nor a directory outside the layer. `rel` holds only normal components
+/// (see [`classify`]).
 fn inside(root: &Path, rel: &Path) -> io::Result<PathBuf> {
-    let target = root.join(rel);
-    let parent = target.parent().unwrap_or(root);
-    fs::create_dir_all(parent)?;
     let real_root = root.canonicalize()?;
-    if !parent.canonicalize()?.starts_with(&real_root) {
-        return Err(io::Error::new(
+    let leaves = || {
+        io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} leaves the layer", rel.display()),
-        ));
+        )
+    };
+    let mut dir = root.to_owned();
+    for part in rel.parent().unwrap_or(Path::new("")).components() {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                dir = dir.canonicalize()?;
+                if !dir.starts_with(&real_root) {
+                    return Err(leaves());
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&dir)?,
+            Err(e) => return Err(e),
+        }
     }
-    Ok(target)
+    Ok(dir.join(rel.file_name().ok_or_else(leaves)?))
 }
 
 /// Opens a layer blob, decompressing it if it is gzip.
@@ -314,16 +328,23 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn whiteout_through_a_symlink_out_of_the_layer_is_refused() {
+    fn whiteouts_through_a_symlink_out_of_the_layer_are_refused_and_create_nothing_outside() {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let layer = dir.path().join("layer");
         fs::create_dir(&layer).unwrap();
         std::os::unix::fs::symlink(outside.path(), layer.join("escape")).unwrap();
-        let tar = tar_of(&[("escape/.wh.victim", Some(b""))]);
-        let err = unpack_into(&mut &tar[..], &layer, &RecordingWhiteouts::default());
-        assert!(err.is_err());
-        assert!(!outside.path().join("victim").exists());
+        for path in [
+            "escape/.wh.victim",
+            "escape/made/.wh.victim",
+            "escape/made/.wh..wh..opq",
+        ] {
+            let tar = tar_of(&[(path, Some(b""))]);
+            let err = unpack_into(&mut &tar[..], &layer, &RecordingWhiteouts::default());
+            assert!(err.is_err(), "{path}");
+            assert!(!outside.path().join("victim").exists(), "{path}");
+            assert!(!outside.path().join("made").exists(), "{path}");
+        }
     }
 
     #[test]
