@@ -409,6 +409,18 @@ fn the_default_roles_and_bindings_exist_and_come_back() -> Result<()> {
             "{role} missing from {roles}"
         );
     }
+    // The scheduler and the controllers hold their own roles: only the scheduler binds.
+    let bind = ["create", "pods", "--subresource=binding"];
+    await_can_i(
+        &cp,
+        &[&bind[..], &["--as", "system:kube-scheduler"]].concat(),
+        "yes",
+    )?;
+    await_can_i(
+        &cp,
+        &[&bind[..], &["--as", "system:kube-controller-manager"]].concat(),
+        "no",
+    )?;
     let binding = cp.ok(
         &[
             "get",

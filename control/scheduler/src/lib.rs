@@ -20,7 +20,7 @@ pub mod storage;
 
 use std::time::Duration;
 
-pub use scheduler::run;
+pub use scheduler::{run, run_as};
 
 /// Scheduler settings.
 #[derive(Clone, Debug)]

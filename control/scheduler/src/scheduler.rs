@@ -104,7 +104,20 @@ pub fn run(
     informers: &Informers,
     config: Config,
 ) -> impl Future<Output = Result<(), Error>> + Send + use<> {
-    let client = informers.client();
+    run_as(informers, informers.client(), config)
+}
+
+/// [`run`], writing (bindings, pod status, events, preemption) through `client` instead of
+/// the informers' own: the scheduler's identity, when the informers read as another
+/// component's.
+///
+/// # Errors
+/// The future fails when an informer's stream ends (the process is going down).
+pub fn run_as(
+    informers: &Informers,
+    client: kube::Client,
+    config: Config,
+) -> impl Future<Output = Result<(), Error>> + Send + use<> {
     let pods = informers.get::<Pod>().events();
     let nodes = informers.get::<Node>().events();
     let classes = informers.get::<PriorityClass>().events();

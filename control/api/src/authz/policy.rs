@@ -563,13 +563,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:node-bootstrapper",
             &[("Group", BOOTSTRAPPERS)],
         ),
-        // `control` runs the scheduler and the controllers on one client, whose identity is
-        // the controller manager's, so that identity holds the scheduler's role too.
-        binding(
-            SCHEDULER,
-            SCHEDULER,
-            &[("User", SCHEDULER), ("User", CONTROLLER_MANAGER)],
-        ),
+        binding(SCHEDULER, SCHEDULER, &[("User", SCHEDULER)]),
         binding(
             CONTROLLER_MANAGER,
             CONTROLLER_MANAGER,

@@ -346,7 +346,14 @@ async fn main() -> Result<()> {
         shutdown().await;
         let _ = stop_tx.send(true);
     }));
-    let client = pki::self_client(addr, &pki)?;
+    let client = pki::self_client(
+        addr,
+        &pki,
+        &pki.control_plane,
+        "kube-controller-manager/v1.33.0-skiff",
+    )?;
+    let scheduler_client =
+        pki::self_client(addr, &pki, &pki.scheduler, "kube-scheduler/v1.33.0-skiff")?;
     // Nodes join through it whatever else runs here: it is control's part of the bootstrap
     // token (as k3s' supervisor), not one of the controllers --no-controllers switches off.
     let signer = tokio::spawn(csr_signer::run(client.clone(), Arc::clone(&pki.ca)));
@@ -360,7 +367,7 @@ async fn main() -> Result<()> {
             }
         };
         tokio::select! {
-            () = act(client, &args, cluster_cidr, pki.ca.cert_pem().to_owned(), stop_rx) => {}
+            () = act(client, scheduler_client, &args, cluster_cidr, pki.ca.cert_pem().to_owned(), stop_rx) => {}
             () = stopped => {}
         }
         serving.await.context("API server task")?;
@@ -376,6 +383,7 @@ async fn main() -> Result<()> {
 /// controller (one watch per kind).
 async fn act(
     client: kube::Client,
+    scheduler_client: kube::Client,
     args: &Args,
     cluster_cidr: Option<Ipv4Cidr>,
     root_ca: String,
@@ -399,8 +407,13 @@ async fn act(
     let elector_client = client.clone();
     let work = move || {
         let informers = Informers::new(client.clone());
-        let scheduler = run_scheduler
-            .then(|| skiff_scheduler::run(&informers, skiff_scheduler::Config::default()));
+        let scheduler = run_scheduler.then(|| {
+            skiff_scheduler::run_as(
+                &informers,
+                scheduler_client.clone(),
+                skiff_scheduler::Config::default(),
+            )
+        });
         let reconcilers = run_controllers.then(|| skiff_controllers::run(&informers, &controllers));
         let mut stop = stop.clone();
         async move {

@@ -27,9 +27,12 @@ pub const NODE_TOKEN: &str = "node-token";
 pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
 /// The admin's user name (kubeadm's `kubernetes-admin`).
 const ADMIN: &str = "kubernetes-admin";
-/// The identity of the in-process scheduler and controllers: one client (and one set of
-/// informers) serves both, so they share the controller manager's name.
+/// The identity of the in-process controllers, and of the informers the scheduler shares
+/// with them (reads only).
 pub const CONTROL_PLANE_USER: &str = "system:kube-controller-manager";
+/// The identity the in-process scheduler writes as (bindings, pod status, events,
+/// preemption), under kube's `system:kube-scheduler` role only.
+pub const SCHEDULER_USER: &str = "system:kube-scheduler";
 
 /// The operator's TLS and token flags.
 #[derive(Debug, Clone, Default)]
@@ -59,8 +62,10 @@ pub struct Pki {
     pub node_token: PathBuf,
     /// Where the admin kubeconfig was written.
     pub admin_kubeconfig: PathBuf,
-    /// The client certificate of the in-process scheduler and controllers.
+    /// The client certificate of the in-process controllers.
     pub control_plane: Issued,
+    /// The client certificate the in-process scheduler writes with.
+    pub scheduler: Issued,
 }
 
 /// Loads or creates the CA in `<data_dir>/pki`, issues this start's serving certificate
@@ -132,6 +137,7 @@ pub fn prepare(data_dir: &Path, names: &[String], server_url: &str, flags: &Flag
         &skiff_pki::kubeconfig::render(server_url, ca.cert_pem(), "skiff", ADMIN, &admin),
     )?;
     let control_plane = ca.issue_client(CONTROL_PLANE_USER, &[])?;
+    let scheduler = ca.issue_client(SCHEDULER_USER, &[])?;
     // kubeadm's apiserver-kubelet-client: what nodes see the API server as.
     let kubelet_client = ca.issue_client(kubelet_client::USER, &[MASTERS])?;
     let kubelet = KubeletClient::with_identity(&kubelet_client.cert_pem, &kubelet_client.key_pem)
@@ -146,6 +152,7 @@ pub fn prepare(data_dir: &Path, names: &[String], server_url: &str, flags: &Flag
         node_token,
         admin_kubeconfig,
         control_plane,
+        scheduler,
     })
 }
 
@@ -227,24 +234,30 @@ pub fn reachable(listen: SocketAddr) -> SocketAddr {
 }
 
 /// A client of this process's own API server, the road every other client takes: HTTPS to
-/// the loopback name, trusting the cluster CA, as the control plane's identity.
+/// the loopback name, trusting the cluster CA, as `identity` (one of the in-process
+/// components' certificates) with `agent` as its user agent (the field manager and event
+/// source its writes are recorded under, as Kubernetes').
 ///
 /// # Errors
 /// When the client cannot be built.
-pub fn self_client(addr: SocketAddr, pki: &Pki) -> Result<kube::Client> {
+pub fn self_client(
+    addr: SocketAddr,
+    pki: &Pki,
+    identity: &Issued,
+    agent: &'static str,
+) -> Result<kube::Client> {
     let url: http::Uri = format!("https://{}", reachable(addr))
         .parse()
         .context("API URL")?;
     let mut config = kube::Config::new(url);
     config.root_cert = Some(vec![der(pki.ca.cert_pem())?]);
     config.tls_server_name = Some(LOOPBACK_NAME.to_owned());
-    config.auth_info.client_certificate_data = Some(STANDARD.encode(&pki.control_plane.cert_pem));
-    config.auth_info.client_key_data = Some(STANDARD.encode(&pki.control_plane.key_pem).into());
+    config.auth_info.client_certificate_data = Some(STANDARD.encode(&identity.cert_pem));
+    config.auth_info.client_key_data = Some(STANDARD.encode(&identity.key_pem).into());
     config.read_timeout = Some(Duration::from_mins(5));
-    // The field manager and event source writes are recorded under, as Kubernetes'.
     config.headers.push((
         http::header::USER_AGENT,
-        http::HeaderValue::from_static("kube-controller-manager/v1.33.0-skiff"),
+        http::HeaderValue::from_static(agent),
     ));
     kube::Client::try_from(config).context("building the API client")
 }
