@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     match how % 4 {
         0 => {
             if let Ok(p) = serde_json::from_slice::<Value>(body) {
-                let _ = patch::json(&live, &p);
+                let _ = patch::json(&live, &p, 3 << 20);
             }
         }
         1 => {

@@ -70,7 +70,9 @@ pub fn json(target: &Value, patch: &Value, max_copy_bytes: usize) -> Result<Valu
                 )));
             }
         }
-        json_patch::patch(&mut out, std::slice::from_ref(op))
+        // Without json-patch's undo: `out` is a copy thrown away on error, and its undo of a
+        // failed `move` can itself fail and panic (found by the patch fuzz target).
+        json_patch::patch_unsafe(&mut out, std::slice::from_ref(op))
             .map_err(|e| PatchError::JsonPatchFailed(e.to_string()))?;
     }
     Ok(out)
@@ -81,6 +83,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_failing_move_after_other_operations_is_an_error_not_a_panic() {
+        let pod = json!({
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "env": []}]},
+        });
+        let patch = json!([
+            {"op": "add", "path": "/metadata/labels/tier", "value": "fe"},
+            {"op": "remove", "path": "/spec/containers/0/env"},
+            {"op": "test", "path": "/metadata/name", "value": "web"},
+            {"op": "move", "from": "/metadata/labels", "path": "/metadatl/annotations"},
+        ]);
+        assert!(matches!(
+            json(&pod, &patch, 1 << 20),
+            Err(PatchError::JsonPatchFailed(_))
+        ));
+    }
 
     #[test]
     fn merge_patch_null_deletes_and_objects_merge() {
