@@ -250,7 +250,12 @@ fn a_node_without_a_pod_cidr_says_what_it_waits_for_and_goes_on_once_it_has_one(
     };
     assert_eq!(condition["status"], "False", "{condition}");
     assert_eq!(condition["reason"], "KubeletNotReady", "{condition}");
-    assert!(node.log().contains(WAITING), "{}", tail(&node.log(), 40));
+    // The log line may trail the status write that carries the same words.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.log().contains(WAITING) {
+        assert!(Instant::now() < deadline, "{}", tail(&node.log(), 40));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Its Lease is renewed meanwhile, so nothing marks it Unknown over its message.
     let lease = cp.http_get(&format!(
         "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
