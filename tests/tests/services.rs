@@ -1651,17 +1651,19 @@ fn metrics_count_per_service(f: &Fixture) -> Result<()> {
     let host = &c.node_hosts()[0];
     let port = c.node(0).port();
     let address = host.address();
+    // The node endpoint serves HTTPS to callers with a certificate the API authorizes.
+    let creds = c.control().admin_credentials()?;
+    let admin =
+        skiff_api::kubelet_client::KubeletClient::with_identity(&creds.cert_pem, &creds.key_pem)?;
     let text = host.run(|| -> Result<String> {
-        use std::io::Write as _;
-        let mut s = std::net::TcpStream::connect((address, port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        Ok(resp)
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(skiff_tests::tls::node_get(
+                &admin,
+                &format!("{address}:{port}"),
+                "/metrics",
+            ))
     })?;
     let value = |name: &str, service: &str| -> Option<u64> {
         let prefix = format!("{name}{{namespace=\"default\",service=\"{service}\"}} ");
