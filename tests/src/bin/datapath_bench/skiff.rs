@@ -3,7 +3,6 @@
 
 use std::{
     fmt::Write as _,
-    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr},
     path::Path,
     process::Command,
@@ -164,16 +163,19 @@ fn metrics(c: &Cluster) -> Result<String> {
     let host = &c.node_hosts()[0];
     let port = c.node(0).port();
     let address = host.address();
+    // The node endpoint serves HTTPS to callers with a certificate the API authorizes.
+    let creds = c.control().admin_credentials()?;
+    let admin =
+        skiff_api::kubelet_client::KubeletClient::with_identity(&creds.cert_pem, &creds.key_pem)?;
     host.run(|| -> Result<String> {
-        let mut s = std::net::TcpStream::connect((address, port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        Ok(resp)
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(skiff_tests::tls::node_get(
+                &admin,
+                &format!("{address}:{port}"),
+                "/metrics",
+            ))
     })
 }
 
