@@ -539,6 +539,27 @@ impl Cluster {
     pub fn node_hosts(&self) -> &[Host] {
         &self.node_hosts
     }
+    /// One GET of `path` on node `i`'s endpoint, from inside its host, as the cluster's
+    /// admin: the endpoint serves HTTPS to callers whose certificate the API authorizes.
+    /// The whole answer, status line and headers included.
+    ///
+    /// # Errors
+    /// When the endpoint cannot be reached.
+    pub fn node_endpoint_get(&self, i: usize, path: &str) -> Result<String> {
+        let host = &self.node_hosts()[i];
+        let endpoint = format!("{}:{}", host.address(), self.node(i).port());
+        let creds = self.control().admin_credentials()?;
+        let admin = skiff_api::kubelet_client::KubeletClient::with_identity(
+            &creds.cert_pem,
+            &creds.key_pem,
+        )?;
+        host.run(|| -> Result<String> {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::tls::node_get(&admin, &endpoint, path))
+        })
+    }
 
     /// Node daemon `i` (held while the guard lives).
     ///

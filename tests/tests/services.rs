@@ -1647,24 +1647,7 @@ fn without_colours(line: &str) -> String {
 
 /// The node's `/metrics` after the trials above: per-Service translations and refusals.
 fn metrics_count_per_service(f: &Fixture) -> Result<()> {
-    let c = &f.cluster;
-    let host = &c.node_hosts()[0];
-    let port = c.node(0).port();
-    let address = host.address();
-    // The node endpoint serves HTTPS to callers with a certificate the API authorizes.
-    let creds = c.control().admin_credentials()?;
-    let admin =
-        skiff_api::kubelet_client::KubeletClient::with_identity(&creds.cert_pem, &creds.key_pem)?;
-    let text = host.run(|| -> Result<String> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(skiff_tests::tls::node_get(
-                &admin,
-                &format!("{address}:{port}"),
-                "/metrics",
-            ))
-    })?;
+    let text = f.cluster.node_endpoint_get(0, "/metrics")?;
     let value = |name: &str, service: &str| -> Option<u64> {
         let prefix = format!("{name}{{namespace=\"default\",service=\"{service}\"}} ");
         text.lines()

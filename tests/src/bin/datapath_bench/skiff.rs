@@ -160,23 +160,7 @@ fn change_latency(
 
 /// The node's `/metrics` text.
 fn metrics(c: &Cluster) -> Result<String> {
-    let host = &c.node_hosts()[0];
-    let port = c.node(0).port();
-    let address = host.address();
-    // The node endpoint serves HTTPS to callers with a certificate the API authorizes.
-    let creds = c.control().admin_credentials()?;
-    let admin =
-        skiff_api::kubelet_client::KubeletClient::with_identity(&creds.cert_pem, &creds.key_pem)?;
-    host.run(|| -> Result<String> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(skiff_tests::tls::node_get(
-                &admin,
-                &format!("{address}:{port}"),
-                "/metrics",
-            ))
-    })
+    c.node_endpoint_get(0, "/metrics")
 }
 
 /// The memlock bytes of the BPF maps process `pid` holds, and how many maps.
