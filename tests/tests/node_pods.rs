@@ -256,11 +256,25 @@ fn a_node_without_a_pod_cidr_says_what_it_waits_for_and_goes_on_once_it_has_one(
         assert!(Instant::now() < deadline, "{}", tail(&node.log(), 40));
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Its Lease is renewed meanwhile, so nothing marks it Unknown over its message.
-    let lease = cp.http_get(&format!(
-        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
-    ))?;
-    assert!(lease.contains("renewTime"), "{lease}");
+    // Its Lease is renewed meanwhile, so nothing marks it Unknown over its message. The
+    // lease loop runs beside the status loop, so its first write may come a moment later.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lease = cp
+            .http_get(&format!(
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
+            ))
+            .unwrap_or_else(|e| e.to_string());
+        if lease.contains("renewTime") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{lease}\n{}",
+            tail(&node.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Node IPAM's part, by hand: the node sets its network up and becomes Ready.
     let (code, body) = cp.http(
         "PATCH",
