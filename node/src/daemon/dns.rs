@@ -266,7 +266,7 @@ async fn watch(client: Client, zone: SharedZone) {
         pods,
         index: SliceIndex::default(),
     };
-    let config = watcher::Config::default();
+    let config = super::informer::cached_list();
     let service_events = reflector::reflector(
         services_writer,
         watcher(Api::<Service>::all(client.clone()), config.clone()).default_backoff(),

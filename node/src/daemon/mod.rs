@@ -8,6 +8,7 @@ pub mod cgroups;
 pub mod dns;
 pub mod endpoint;
 pub mod health;
+pub mod informer;
 pub mod nft_counters;
 pub mod oci;
 pub mod peers;

@@ -306,7 +306,7 @@ fn ebpf_cgroup(features: &Features, configured: Option<&Path>) -> Result<PathBuf
 /// A table an earlier nftables-mode run left would translate before the eBPF programs.
 fn remove_nft_table(name: &str) {
     let mut nft = NftCli::new(&nft::table_name(name));
-    if let Ok(Some(_)) = nft.list() {
+    if let Ok(true) = nft.exists() {
         match nft.delete_table() {
             Ok(()) => tracing::info!("removed the nftables Service table of an earlier run"),
             Err(err) => tracing::warn!(%err, "the nftables Service table of an earlier run stays"),
@@ -533,14 +533,14 @@ async fn drive<T: ProxyTable + Send, C: Cleanup<T> + Send>(
     let mut services = std::pin::pin!(
         watcher(
             Api::<Service>::all(client.clone()),
-            watcher::Config::default()
+            super::informer::cached_list()
         )
         .default_backoff()
     );
     let mut slices = std::pin::pin!(
         watcher(
             Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default()
+            super::informer::cached_list()
         )
         .default_backoff()
     );
