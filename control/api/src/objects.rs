@@ -19,6 +19,17 @@ pub fn prefix(info: &ResourceInfo, namespace: Option<&str>) -> String {
     }
 }
 
+/// The value at a dotted field path (`spec.nodeName`) as a field selector compares it: text
+/// as is, other values as JSON, `null` as absent.
+pub fn field_value(obj: &Value, field: &str) -> Option<String> {
+    let pointer = format!("/{}", field.replace('.', "/"));
+    match obj.pointer(&pointer)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
 /// The store key of one object.
 pub fn key(info: &ResourceInfo, namespace: Option<&str>, name: &str) -> String {
     format!("{}{name}", prefix(info, namespace))

@@ -18,25 +18,120 @@ use crate::objects;
 /// How many events a cache keeps for watchers that resume; older ones are served by the store.
 pub const RING: usize = 10_000;
 
-/// One object as the cache holds it: decoded once and encoded once for every reader.
+/// The fields a cached object keeps beside its encoding, for field selectors (kube's
+/// selectable fields of its built-in kinds); a selector on any other field decodes the
+/// object.
+const SELECTABLE: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "spec.nodeName",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.restartPolicy",
+    "spec.unschedulable",
+    "spec.signerName",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+    "type",
+    "reason",
+    "reportingComponent",
+    "source",
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+];
+
+/// One object as the cache holds it: encoded once for every reader, and what selectors read.
+/// The decoded form is not kept: as a `serde_json::Value` an object takes several times the
+/// memory of its encoding, and only Table and protobuf answers and unusual field selectors
+/// need it.
 #[derive(Debug)]
 pub struct Cached {
-    /// The object with `apiVersion`, `kind` and `resourceVersion`.
-    pub obj: Value,
-    /// `obj` as the Go apiserver writes it, without the trailing newline.
+    /// The object (with `apiVersion`, `kind` and `resourceVersion`) as the Go apiserver
+    /// writes it, without the trailing newline: a view into `line`.
     pub json: Bytes,
+    /// The watch line most likely sent for it (ADDED for a new object, MODIFIED for a
+    /// changed one, DELETED for a deleted one), so that the event costs no second copy.
+    line: Bytes,
+    /// The type `line` carries.
+    seen: Seen,
+    /// `metadata.labels`.
+    labels: Box<[(Box<str>, Box<str>)]>,
+    /// The [`SELECTABLE`] fields the object has, as field selectors compare them.
+    fields: Box<[(&'static str, Box<str>)]>,
 }
 
 impl Cached {
-    fn new(info: &ResourceInfo, kv: &KeyValue) -> Result<Self, StatusError> {
+    fn new(info: &ResourceInfo, kv: &KeyValue, seen: Seen) -> Result<Self, StatusError> {
         let mut obj = objects::decode(info, kv)?;
         obj["apiVersion"] = json!(info.api_version);
         obj["kind"] = json!(info.kind);
-        let mut json = wire::encode(&obj);
-        json.pop();
-        Ok(Self {
-            obj,
-            json: Bytes::from(json),
+        Ok(Self::of(&obj, seen))
+    }
+
+    /// The cached form of `obj`, with its watch line of type `seen`.
+    pub fn of(obj: &Value, seen: Seen) -> Self {
+        let encoded = wire::encode(obj);
+        let object = encoded.strip_suffix(b"\n").unwrap_or(&encoded);
+        let line = watch_line(seen.name(), object);
+        let start = line_head(seen).len();
+        let json = line.slice(start..start + object.len());
+        let labels = obj
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.as_str().into(), v.as_str().unwrap_or("").into()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let fields = SELECTABLE
+            .iter()
+            .filter_map(|f| Some((*f, objects::field_value(obj, f)?.into_boxed_str())))
+            .collect();
+        Self {
+            json,
+            line,
+            seen,
+            labels,
+            fields,
+        }
+    }
+
+    /// The object, decoded from its encoding.
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or_else(|err| {
+            // The cache wrote these bytes from a value: they always decode.
+            tracing::error!(%err, "cached object does not decode");
+            Value::Null
+        })
+    }
+
+    /// `metadata.labels`.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        self.labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A field as a field selector compares it (`Some(None)`: absent), or `None` when the
+    /// cache does not keep that field.
+    #[expect(
+        clippy::option_option,
+        reason = "not kept and not there are different answers"
+    )]
+    pub fn field(&self, field: &str) -> Option<Option<String>> {
+        SELECTABLE.contains(&field).then(|| {
+            self.fields
+                .iter()
+                .find(|(f, _)| *f == field)
+                .map(|(_, v)| v.to_string())
         })
     }
 }
@@ -81,15 +176,27 @@ impl CachedEvent {
     /// The JSON watch line (`{"type":...,"object":...}` and a newline) of this change seen as
     /// `seen`.
     pub fn line(&self, seen: Seen) -> Bytes {
+        if seen == self.obj.seen {
+            return self.obj.line.clone();
+        }
         self.lines[seen as usize]
             .get_or_init(|| watch_line(seen.name(), &self.obj.json))
             .clone()
     }
 }
 
+/// `{"type":"<kind>","object":`, what a watch line has before its object.
+fn line_head(seen: Seen) -> &'static str {
+    match seen {
+        Seen::Added => r#"{"type":"ADDED","object":"#,
+        Seen::Modified => r#"{"type":"MODIFIED","object":"#,
+        Seen::Deleted => r#"{"type":"DELETED","object":"#,
+    }
+}
+
 /// `{"type":"<kind>","object":<object>}` and a newline, as `metav1.WatchEvent` is written.
 pub fn watch_line(kind: &str, object: &[u8]) -> Bytes {
-    let mut line = Vec::with_capacity(object.len() + 32);
+    let mut line = Vec::with_capacity(object.len() + kind.len() + 24);
     line.extend_from_slice(br#"{"type":""#);
     line.extend_from_slice(kind.as_bytes());
     line.extend_from_slice(br#"","object":"#);
@@ -148,7 +255,7 @@ pub struct Read<'a> {
     /// At most this many items; 0 means all.
     pub limit: usize,
     /// The selection.
-    pub matches: &'a dyn Fn(&Value) -> bool,
+    pub matches: &'a dyn Fn(&Cached) -> bool,
 }
 
 impl ResourceCache {
@@ -181,7 +288,7 @@ impl ResourceCache {
     pub fn loaded(&self, items: &[KeyValue], revision: i64) {
         let mut state = self.write();
         for kv in items {
-            match Cached::new(self.info, kv) {
+            match Cached::new(self.info, kv, Seen::Added) {
                 Ok(c) => {
                     state.objects.insert(kv.key.clone(), Arc::new(c));
                 }
@@ -227,7 +334,14 @@ impl ResourceCache {
         if revision <= state.revision {
             return false;
         }
-        let obj = match Cached::new(self.info, &event.kv) {
+        // The line most watchers will be sent: a watcher whose selection the change enters
+        // or leaves gets another.
+        let seen = match event.kind {
+            EventKind::Delete => Seen::Deleted,
+            EventKind::Put if state.objects.contains_key(&event.kv.key) => Seen::Modified,
+            EventKind::Put => Seen::Added,
+        };
+        let obj = match Cached::new(self.info, &event.kv, seen) {
             Ok(c) => Arc::new(c),
             Err(err) => {
                 tracing::warn!(key = %event.kv.key, %err.message, "event not cached");
@@ -309,7 +423,7 @@ impl ResourceCache {
             if !key.starts_with(read.prefix) {
                 break;
             }
-            if !(read.matches)(&obj.obj) {
+            if !(read.matches)(obj) {
                 continue;
             }
             if read.limit > 0 && items.len() == read.limit {
@@ -386,11 +500,11 @@ mod tests {
         }
     }
 
-    fn everything() -> impl Fn(&Value) -> bool {
+    fn everything() -> impl Fn(&Cached) -> bool {
         |_| true
     }
 
-    fn every_configmap(matches: &dyn Fn(&Value) -> bool) -> Read<'_> {
+    fn every_configmap(matches: &dyn Fn(&Cached) -> bool) -> Read<'_> {
         Read {
             prefix: "/registry/core/configmaps/",
             start_after: None,
@@ -403,20 +517,25 @@ mod tests {
         snapshot
             .items
             .iter()
-            .map(|c| objects::name_of(&c.obj).to_owned())
+            .map(|c| objects::name_of(&c.value()).to_owned())
             .collect()
     }
 
     #[test]
     fn a_watch_line_is_the_watch_event_the_wire_encoder_writes() {
-        let cached = Cached::new(configmaps(), &kv("a", "x<y", 3, 3)).expect("cached");
+        let cached = Cached::new(configmaps(), &kv("a", "x<y", 3, 3), Seen::Added).expect("cached");
         let expected = wire::encode_as(
-            &json!({"type": "MODIFIED", "object": cached.obj}),
+            &json!({"type": "MODIFIED", "object": cached.value()}),
             Untyped::WatchEvent,
         );
         assert_eq!(
             watch_line("MODIFIED", &cached.json).as_ref(),
             expected.as_slice()
+        );
+        assert_eq!(
+            cached.line.as_ref(),
+            watch_line("ADDED", &cached.json).as_ref(),
+            "the kept line holds the object it was made with"
         );
     }
 
@@ -453,7 +572,7 @@ mod tests {
             })
             .collect();
         cache.loaded(&items, 5);
-        let even = |obj: &Value| obj["data"]["k"] == "even";
+        let even = |obj: &Cached| obj.value()["data"]["k"] == "even";
         let first = Read {
             prefix: "/registry/core/configmaps/default/",
             start_after: None,
@@ -492,7 +611,7 @@ mod tests {
             panic!("one event: {events:?}");
         };
         assert_eq!(deleted.kind, EventKind::Delete);
-        assert_eq!(deleted.obj.obj["metadata"]["resourceVersion"], "3");
+        assert_eq!(deleted.obj.value()["metadata"]["resourceVersion"], "3");
         assert!(deleted.prev.is_some());
         let (one, two) = (deleted.line(Seen::Deleted), deleted.line(Seen::Deleted));
         assert_eq!(one.as_ptr(), two.as_ptr(), "the same bytes, not a copy");

@@ -127,17 +127,27 @@ impl Selectors {
                     .collect()
             })
             .unwrap_or_default();
-        self.labels.matches(&labels) && self.fields.matches(&|field| field_value(obj, field))
+        self.labels.matches(&labels)
+            && self
+                .fields
+                .matches(&|field| objects::field_value(obj, field))
     }
-}
 
-/// The value at a dotted field path (`spec.nodeName`), as text.
-fn field_value(obj: &Value, field: &str) -> Option<String> {
-    let pointer = format!("/{}", field.replace('.', "/"));
-    match obj.pointer(&pointer)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Null => None,
-        other => Some(other.to_string()),
+    /// Whether a cached object is selected: read from the labels and fields the cache keeps,
+    /// the object decoded (once) only for a field it does not keep.
+    pub fn matches_cached(&self, cached: &Cached) -> bool {
+        if self.labels.is_empty() && self.fields.is_empty() {
+            return true;
+        }
+        if !self.labels.is_empty() && !self.labels.matches(&cached.labels()) {
+            return false;
+        }
+        let decoded = std::cell::OnceCell::new();
+        self.fields.matches(&|field| {
+            cached.field(field).unwrap_or_else(|| {
+                objects::field_value(decoded.get_or_init(|| cached.value()), field)
+            })
+        })
     }
 }
 
@@ -189,7 +199,7 @@ fn page_of(snapshot: &Snapshot) -> Page {
             .as_deref()
             .map(|key| encode_continue(snapshot.revision, key)),
         revision: snapshot.revision,
-        items: snapshot.items.iter().map(|c| c.obj.clone()).collect(),
+        items: snapshot.items.iter().map(|c| c.value()).collect(),
     }
 }
 
@@ -228,7 +238,7 @@ async fn list_cached(
         return Ok(None);
     };
     let prefix = objects::prefix(info, namespace);
-    let matches = |obj: &Value| selectors.matches(obj);
+    let matches = |obj: &Cached| selectors.matches_cached(obj);
     if let Some(token) = query.get("continue").filter(|c| !c.is_empty()) {
         let (revision, start) = decode_continue(token)?;
         let read = Read {
@@ -377,7 +387,7 @@ fn encode_list(info: &ResourceInfo, snapshot: &Snapshot) -> Vec<u8> {
     }));
     let Some(head) = empty.strip_suffix(b"[]}\n") else {
         // Not the shape expected: encode it whole.
-        let items: Vec<&Value> = snapshot.items.iter().map(|c| &c.obj).collect();
+        let items: Vec<Value> = snapshot.items.iter().map(|c| c.value()).collect();
         return wire::encode(&json!({
             "kind": info.list_kind,
             "apiVersion": info.api_version,
@@ -402,6 +412,36 @@ fn encode_list(info: &ResourceInfo, snapshot: &Snapshot) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Seen;
+
+    #[test]
+    fn a_cached_object_is_selected_as_its_decoded_value_is() {
+        let obj = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "priority": 5},
+            "status": {"phase": "Running"}});
+        let cached = Cached::of(&obj, Seen::Modified);
+        for selector in [
+            "labelSelector=app%3Dweb",
+            "labelSelector=app%3Ddb",
+            "labelSelector=tier",
+            "fieldSelector=spec.nodeName%3Dn1",
+            "fieldSelector=spec.nodeName%3Dn2",
+            "fieldSelector=spec.nodeName%3D",
+            "fieldSelector=status.nominatedNodeName%3D",
+            "fieldSelector=spec.priority%3D5",
+            "fieldSelector=spec.priority%21%3D5",
+            "fieldSelector=metadata.name%3Dweb,status.phase%21%3DPending",
+            "labelSelector=app%3Dweb&fieldSelector=spec.nodeName%3Dn2",
+        ] {
+            let selectors = Selectors::parse(&Query::parse(Some(selector))).unwrap();
+            assert_eq!(
+                selectors.matches_cached(&cached),
+                selectors.matches(&obj),
+                "{selector}"
+            );
+        }
+    }
 
     #[test]
     fn a_list_spliced_from_cached_items_is_the_list_encoded_whole() {
@@ -412,12 +452,7 @@ mod tests {
                 let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": name, "namespace": "default", "resourceVersion": "4"},
                     "data": {"k": "<&>"}});
-                let mut json = wire::encode(&obj);
-                json.pop();
-                Arc::new(Cached {
-                    obj,
-                    json: json.into(),
-                })
+                Arc::new(Cached::of(&obj, Seen::Added))
             })
             .collect();
         let snapshot = Snapshot {
@@ -425,7 +460,7 @@ mod tests {
             revision: 7,
             more_after: Some("/registry/core/configmaps/default/b".into()),
         };
-        let values: Vec<&Value> = snapshot.items.iter().map(|c| &c.obj).collect();
+        let values: Vec<Value> = snapshot.items.iter().map(|c| c.value()).collect();
         let whole = wire::encode(&json!({
             "kind": "ConfigMapList",
             "apiVersion": "v1",

@@ -136,15 +136,18 @@ impl State {
             return self.error(&err);
         };
         self.last_rv = event.revision;
-        let now = self.selectors.matches(&event.obj.obj);
-        let before = event.prev.as_ref().map(|p| self.selectors.matches(&p.obj));
+        let now = self.selectors.matches_cached(&event.obj);
+        let before = event
+            .prev
+            .as_ref()
+            .map(|p| self.selectors.matches_cached(p));
         let Some(seen) = transition(event.kind, before, now) else {
             return;
         };
         if self.format == Format::Object {
             self.pending.push_back(event.line(seen));
         } else {
-            self.line(seen.name(), event.obj.obj.clone());
+            self.line(seen.name(), event.obj.value());
         }
     }
 
@@ -238,7 +241,7 @@ pub async fn watch(
                     if state.format == Format::Object {
                         state.pending.push_back(watch_line("ADDED", &obj.json));
                     } else {
-                        state.line("ADDED", obj.obj.clone());
+                        state.line("ADDED", obj.value());
                     }
                 }
                 snapshot.revision
