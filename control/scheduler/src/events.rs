@@ -1,7 +1,7 @@
 //! The scheduler's Events (`Scheduled`, `FailedScheduling`, `Preempted`), written off the
-//! scheduling path by a few writers behind a bounded queue: like client-go's event
-//! broadcaster, a burst that overflows the queue drops events rather than slowing
-//! scheduling down.
+//! scheduling path behind a bounded queue as client-go's event broadcaster writes them: one
+//! writer, a queue of 1,000, and a burst that overflows the queue drops events rather than
+//! taking the API server's time from the bindings.
 
 use std::sync::{
     Arc,
@@ -12,9 +12,10 @@ use k8s_openapi::api::core::v1::Pod;
 use skiff_control_runtime::events::{EventType, Recorder, reference};
 use tokio::sync::{Semaphore, mpsc};
 
-/// Events waiting to be written before new ones are dropped: enough for a burst of tens
-/// of thousands of bindings to be reported late rather than not at all.
-const QUEUE: usize = 65_536;
+/// Events waiting to be written before new ones are dropped: client-go's
+/// `maxQueuedEvents`. A deeper queue only moves the cost of a burst's events into the
+/// bindings that follow it (each event is a write as dear as a binding).
+const QUEUE: usize = 1_000;
 
 struct Note {
     pod: Arc<Pod>,

@@ -29,7 +29,9 @@ pub struct Config {
     pub scheduler_name: String,
     /// Share of nodes to find feasible before scoring (0: kube-scheduler's adaptive rule).
     pub percentage_of_nodes_to_score: u8,
-    /// Bindings in flight at once.
+    /// Bindings in flight at once: enough for the store's group commit to put many
+    /// bindings in one transaction and one fsync (kube-scheduler binds each pod in a
+    /// goroutine of its own, bounded only by its client's rate limit).
     pub parallel_bindings: usize,
     /// First back-off after a failed attempt.
     pub initial_backoff: Duration,
@@ -44,7 +46,7 @@ impl Default for Config {
         Self {
             scheduler_name: "default-scheduler".to_owned(),
             percentage_of_nodes_to_score: 0,
-            parallel_bindings: 16,
+            parallel_bindings: 64,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(10),
             unschedulable_flush: Duration::from_mins(5),

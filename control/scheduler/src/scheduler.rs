@@ -37,9 +37,10 @@ const BATCH: usize = 64;
 const FLUSH_CHECK: Duration = Duration::from_secs(30);
 /// Concurrent status writes and evictions (bindings have their own limit).
 const PARALLEL_WRITES: usize = 8;
-/// Concurrent event writers (one `Scheduled` event per binding, so close to the bindings'
-/// own concurrency).
-const EVENT_WRITERS: usize = 8;
+/// Concurrent event writers: one, as client-go's broadcaster has, so events take a small
+/// share of the API server while bindings are in flight (a binding's `Scheduled` event is a
+/// write as dear as the binding itself).
+const EVENT_WRITERS: usize = 1;
 
 /// Which informers finished their initial list.
 #[derive(Debug, Default)]

@@ -163,6 +163,11 @@ async fn scale(
 }
 
 /// Binds a pod to a node, once: the scheduler's write.
+///
+/// The first attempt starts from the watch cache's copy of the pod, as the Go apiserver's
+/// `GuaranteedUpdate` starts from its cached object: no store read and no decode on the
+/// scheduler's hot path. A copy that is behind loses the compare-and-swap, and a refusal
+/// may come from a copy that is behind too; both go on from the store's copy.
 async fn bind(
     ctx: &Ctx,
     route: &ResourceRoute,
@@ -177,46 +182,77 @@ async fn bind(
     let name = route.name.as_deref().unwrap_or("");
     let key = objects::key(route.info, route.namespace.as_deref(), name);
     let key = &key;
-    update::guaranteed(ctx, route, |obj, rev| async move {
-        if let Some(bound) = obj
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-        {
-            return Err(update::stale(
-                route,
-                &format!("pod {name} is already assigned to node {bound:?}"),
-            ));
-        }
-        if obj.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(update::stale(
-                route,
-                "pod is being deleted, cannot be assigned to a host",
-            ));
-        }
-        let mut new = obj.clone();
-        new["spec"]["nodeName"] = json!(node);
-        let mut conditions: Vec<Value> = obj
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
-        conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()}));
-        new["status"]["conditions"] = Value::Array(conditions);
-        // Binding sets a spec field and a status condition in one write, as the Go
-        // apiserver does.
-        if !query.dry_run() {
-            ctx.store
-                .update(key, objects::encode(route.info, &new), rev)
-                .await
-                .map_err(|e| update::store_failed(e, route))?;
-        }
-        Ok::<_, Failed>(())
-    })
-    .await?;
+    let cached = ctx
+        .cache
+        .cache(route.info)
+        .and_then(|cache| cache.get(key).flatten());
+    let from_cache = match cached {
+        Some(c) => match objects::resource_version(&c.obj) {
+            Ok(Some(rev)) => assign(ctx, route, query, key, node, c.obj.clone(), rev).await,
+            _ => Err(Failed::Raced),
+        },
+        None => Err(Failed::Raced),
+    };
+    if from_cache.is_err() {
+        update::guaranteed(ctx, route, |obj, rev| {
+            assign(ctx, route, query, key, node, obj, rev)
+        })
+        .await?;
+    }
     Ok(h::json(
         StatusCode::CREATED,
         &skiff_machinery::status::success(),
     ))
+}
+
+/// One attempt at binding: `obj` (stored at `rev`) gets `spec.nodeName` and the
+/// `PodScheduled=True` condition, written compare-and-swap.
+async fn assign(
+    ctx: &Ctx,
+    route: &ResourceRoute,
+    query: &Query,
+    key: &str,
+    node: &str,
+    obj: Value,
+    rev: i64,
+) -> Result<(), Failed> {
+    let name = route.name.as_deref().unwrap_or("");
+    if let Some(bound) = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        return Err(update::stale(
+            route,
+            &format!("pod {name} is already assigned to node {bound:?}"),
+        ));
+    }
+    if obj.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(update::stale(
+            route,
+            "pod is being deleted, cannot be assigned to a host",
+        ));
+    }
+    let mut new = obj;
+    new["spec"]["nodeName"] = json!(node);
+    let mut conditions: Vec<Value> = new
+        .pointer_mut("/status/conditions")
+        .map(Value::take)
+        .and_then(|c| match c {
+            Value::Array(items) => Some(items),
+            _ => None,
+        })
+        .unwrap_or_default();
+    conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+    conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()}));
+    new["status"]["conditions"] = Value::Array(conditions);
+    // Binding sets a spec field and a status condition in one write, as the Go
+    // apiserver does.
+    if !query.dry_run() {
+        ctx.store
+            .update(key, objects::encode(route.info, &new), rev)
+            .await
+            .map_err(|e| update::store_failed(e, route))?;
+    }
+    Ok(())
 }

@@ -1323,3 +1323,61 @@ async fn the_kubernetes_service_gets_the_advertised_address_as_endpoints_kept_cu
     assert_eq!(slice["ports"][0]["name"], "https");
     assert_eq!(slice["ports"][0]["port"], 7443);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_from_a_watch_cache_copy_that_is_behind_keeps_the_newer_write() {
+    const PODS: &str = "/api/v1/namespaces/default/pods";
+    let api = Api::racing().await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    assert_eq!(api.post(PODS, &pod).await.code, 201);
+    // Reads until the pods' watch cache serves, so the binding starts from its copy.
+    let info = skiff_resources::by_kind("v1", "Pod").unwrap();
+    let key = crate::objects::key(info, Some("default"), "p");
+    for _ in 0..200 {
+        api.get(PODS).await;
+        if api
+            .ctx
+            .cache
+            .cache(info)
+            .is_some_and(|c| c.get(&key).flatten().is_some())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        api.ctx.cache.cache(info).is_some(),
+        "the pods' watch cache never served"
+    );
+    // Another writer gets in between the read of the copy and the binding's write.
+    api.race(1);
+    let bound = api
+        .post(
+            &format!("{PODS}/p/binding"),
+            &json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"name": "n1"}}),
+        )
+        .await;
+    assert_eq!(bound.code, 201, "{}", String::from_utf8_lossy(&bound.bytes));
+    assert_eq!(api.raced(), 1);
+    let now = api.get(&format!("{PODS}/p")).await.json();
+    assert_eq!(now["spec"]["nodeName"], "n1");
+    assert_eq!(now["status"]["observedGeneration"], 1, "{now}");
+    let scheduled: Vec<&Value> = now["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["type"] == "PodScheduled")
+        .collect();
+    assert_eq!(scheduled.len(), 1);
+    assert_eq!(scheduled[0]["status"], "True");
+
+    // A second binding is refused, whichever copy it starts from.
+    let again = api
+        .post(
+            &format!("{PODS}/p/binding"),
+            &json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"name": "n2"}}),
+        )
+        .await;
+    assert_eq!(again.code, 409);
+}
