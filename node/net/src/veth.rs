@@ -59,8 +59,8 @@ pub(super) struct PodSide {
 
 /// Creates `uid`'s veth pair (replacing a leftover one) with one request: the host side
 /// up on the bridge with index `bridge`, the pod side made inside the pod's namespace as
-/// `eth0`, up. Then hairpin mode on the host side and, through `pod_handle` (an rtnetlink
-/// handle inside the pod's namespace), loopback up, the pod's address and default route.
+/// `eth0`. Then hairpin mode on the host side and, through `pod_handle` (an rtnetlink handle
+/// inside the pod's namespace), loopback and `eth0` up, the pod's address and default route.
 ///
 /// Making the pod side where it belongs, under its final name, spares moving it between
 /// namespaces (which waits for an RCU grace period under the rtnl lock) and renaming it:
@@ -81,9 +81,9 @@ pub(super) async fn create(
         path: pod.netns.clone(),
         source,
     })?;
-    let mut peer = LinkUnspec::new_with_name(POD_IFNAME)
-        .setns_by_fd(netns.as_raw_fd())
-        .up();
+    // The pod side cannot come up in this request: the kernel opens it before it links
+    // the pair (ENOTCONN); it comes up with its address below.
+    let mut peer = LinkUnspec::new_with_name(POD_IFNAME).setns_by_fd(netns.as_raw_fd());
     let mut pair = LinkVeth::new(&host, POD_IFNAME).controller(bridge).up();
     if let Some(mtu) = pod.mtu {
         peer = peer.mtu(mtu);
@@ -133,9 +133,9 @@ pub(super) async fn create(
     }
 }
 
-/// Inside the pod's namespace: loopback up, the pod's address on `eth0` and the default
-/// route. The three requests go out together; the kernel handles one socket's requests in
-/// order, so the route finds the address's subnet.
+/// Inside the pod's namespace: loopback and `eth0` up, the pod's address on `eth0` and the
+/// default route. The requests go out together; the kernel handles one socket's requests in
+/// order, so the route finds `eth0` up with the address's subnet.
 async fn configure_pod_side(handle: &Handle, pod: &PodSide) -> Result<(), LinkError> {
     let index = link::index_of(handle, POD_IFNAME)
         .await?
@@ -150,6 +150,14 @@ async fn configure_pod_side(handle: &Handle, pod: &PodSide) -> Result<(), LinkEr
             .execute()
             .await
             .map_err(LinkError::request("bringing loopback up"))
+    };
+    let up = async {
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(LinkError::request(format!("bringing {POD_IFNAME} up")))
     };
     let address = async {
         handle
@@ -180,8 +188,8 @@ async fn configure_pod_side(handle: &Handle, pod: &PodSide) -> Result<(), LinkEr
                 pod.gateway
             )))
     };
-    let (lo, address, route) = futures::join!(lo, address, route);
-    lo.and(address).and(route)
+    let (lo, up, address, route) = futures::join!(lo, up, address, route);
+    lo.and(up).and(address).and(route)
 }
 
 /// Deletes `uid`'s veth pair if it exists (the pod side goes with it).
