@@ -3,11 +3,12 @@
 //! and a daemon restart never hands an address out twice.
 
 use std::{
+    collections::HashMap,
     fs, io,
     io::Write as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Mutex, MutexGuard},
 };
 
 use skiff_types::Ipv4Cidr;
@@ -49,8 +50,10 @@ pub struct Ipam {
     dir: PathBuf,
     cidr: Ipv4Cidr,
     /// Serializes allocations of this process so two calls for one uid cannot both miss
-    /// each other's file; files created with `O_EXCL` guard against everyone else.
-    lock: Mutex<()>,
+    /// each other's file; files created with `O_EXCL` guard against everyone else. Holds
+    /// this process's view of the table (uid -> address), read from the directory once:
+    /// reading every file on each allocation made a burst of pods quadratic.
+    held: Mutex<Option<HashMap<String, Ipv4Addr>>>,
 }
 
 impl Ipam {
@@ -60,7 +63,7 @@ impl Ipam {
         Self {
             dir: dir.into(),
             cidr,
-            lock: Mutex::new(()),
+            held: Mutex::new(None),
         }
     }
 
@@ -76,15 +79,13 @@ impl Ipam {
     /// # Errors
     /// If the range is exhausted or the directory cannot be read or written.
     pub fn allocate(&self, uid: &str) -> Result<Ipv4Addr, IpamError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.cidr.prefix() > 30 {
             return Err(IpamError::TooSmall { cidr: self.cidr });
         }
-        if let Some(ip) = self.lookup_unlocked(uid)? {
-            return Ok(ip);
+        let mut guard = self.table()?;
+        let held = guard.get_or_insert_default();
+        if let Some(ip) = held.get(uid) {
+            return Ok(*ip);
         }
         fs::create_dir_all(&self.dir).map_err(|source| IpamError::Io {
             path: self.dir.clone(),
@@ -106,12 +107,14 @@ impl Ipam {
                 .open(&path)
             {
                 Ok(mut file) => {
+                    // Not fsynced: the file must survive the daemon (a SIGKILL keeps the
+                    // page cache), and a host crash takes every pod namespace with it.
                     file.write_all(uid.as_bytes())
-                        .and_then(|()| file.sync_all())
                         .map_err(|source| IpamError::Io {
                             path: path.clone(),
                             source,
                         })?;
+                    held.insert(uid.to_owned(), ip);
                     self.remember(ip);
                     debug!(%ip, uid, "allocated pod address");
                     return Ok(ip);
@@ -128,11 +131,10 @@ impl Ipam {
     /// # Errors
     /// If the directory cannot be read.
     pub fn lookup(&self, uid: &str) -> Result<Option<Ipv4Addr>, IpamError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.lookup_unlocked(uid)
+        Ok(self
+            .table()?
+            .as_ref()
+            .and_then(|held| held.get(uid).copied()))
     }
 
     /// Releases the address of `uid`; an address holding another uid is left alone.
@@ -141,20 +143,22 @@ impl Ipam {
     /// # Errors
     /// If the directory cannot be read or the file removed.
     pub fn release(&self, uid: &str) -> Result<Option<Ipv4Addr>, IpamError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(ip) = self.lookup_unlocked(uid)? else {
+        let mut guard = self.table()?;
+        let held = guard.get_or_insert_default();
+        let Some(ip) = held.get(uid).copied() else {
             return Ok(None);
         };
         let path = self.dir.join(ip.to_string());
         match fs::remove_file(&path) {
             Ok(()) => {
+                held.remove(uid);
                 debug!(%ip, uid, "released pod address");
                 Ok(Some(ip))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                held.remove(uid);
+                Ok(None)
+            }
             Err(source) => Err(IpamError::Io { path, source }),
         }
     }
@@ -196,12 +200,21 @@ impl Ipam {
         Ok(out)
     }
 
-    fn lookup_unlocked(&self, uid: &str) -> Result<Option<Ipv4Addr>, IpamError> {
-        Ok(self
-            .allocations()?
-            .into_iter()
-            .find(|(_, holder)| holder == uid)
-            .map(|(ip, _)| ip))
+    /// The table, read from the directory on first use; always `Some` on success.
+    fn table(&self) -> Result<MutexGuard<'_, Option<HashMap<String, Ipv4Addr>>>, IpamError> {
+        let mut guard = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_none() {
+            let held = self
+                .allocations()?
+                .into_iter()
+                .map(|(ip, uid)| (uid, ip))
+                .collect();
+            *guard = Some(held);
+        }
+        Ok(guard)
     }
 
     /// First and last assignable host as integers (gateway, network and broadcast excluded).

@@ -28,7 +28,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use skiff_types::Ipv4Cidr;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use self::{
     bridge::BridgeError, ipam::IpamError, link::LinkError, masquerade::MasqueradeError,
@@ -243,9 +243,11 @@ impl BridgeNetwork {
             .ok_or_else(|| NetworkError::NoBridge(self.config.bridge.clone()))?;
         let ip = self.ipam.allocate(&req.uid)?;
         let paths = self.paths(&req.uid);
-        sandbox::create(paths.clone(), req.hostname.clone()).await?;
+        let pod_handle = sandbox::create(paths.clone(), req.hostname.clone()).await?;
+        debug!(uid = req.uid, %ip, "pod namespaces created");
         let host_veth = veth::create(
             &handle,
+            &pod_handle,
             &req.uid,
             bridge,
             PodSide {

@@ -2,6 +2,7 @@
 //! and link lookups that treat "no such device" as absence rather than failure.
 
 use futures::TryStreamExt as _;
+use netlink_packet_route::link::LinkAttribute;
 use rtnetlink::Handle;
 
 /// `ENODEV`, as netlink reports it for a link that does not exist.
@@ -68,15 +69,18 @@ pub(super) async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>,
     }
 }
 
-/// Deletes link `name` if it exists; returns whether it did.
+/// Deletes link `name` if it exists; returns whether it did. One request: the kernel
+/// finds the link by name.
 ///
 /// # Errors
-/// If the lookup or the deletion fails for another reason than absence.
+/// If the deletion fails for another reason than absence.
 pub(super) async fn delete(handle: &Handle, name: &str) -> Result<bool, LinkError> {
-    let Some(index) = index_of(handle, name).await? else {
-        return Ok(false);
-    };
-    match handle.link().del(index).execute().await {
+    let mut request = handle.link().del(0);
+    request
+        .message_mut()
+        .attributes
+        .push(LinkAttribute::IfName(name.to_owned()));
+    match request.execute().await {
         Ok(()) => Ok(true),
         Err(e) if is_no_device(&e) => Ok(false),
         Err(source) => Err(LinkError::Request {

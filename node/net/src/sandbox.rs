@@ -51,9 +51,9 @@ pub enum NamespaceError {
         /// The cause.
         source: io::Error,
     },
-    /// The runtime inside the network namespace could not be built.
-    #[error("runtime in network namespace: {0}")]
-    Runtime(#[source] io::Error),
+    /// The rtnetlink socket inside a new network namespace could not be opened.
+    #[error("rtnetlink socket in the new network namespace: {0}")]
+    Netlink(#[source] io::Error),
 }
 
 /// Where a pod's namespaces are bind-mounted.
@@ -96,11 +96,25 @@ async fn on_thread<T: Send + 'static>(
 /// Creates new network, IPC and UTS namespaces (hostname `hostname`) and bind-mounts them
 /// onto `paths`, whose parent directories must exist. Leaves nothing behind on failure.
 ///
+/// Returns an rtnetlink handle inside the new network namespace, opened by the thread that
+/// made it (a socket keeps the namespace it was opened in), driven on the caller's runtime:
+/// configuring the pod side needs no second thread that enters the namespace again.
+///
 /// # Errors
 /// If a file cannot be created or a syscall fails.
-pub(super) async fn create(paths: NamespacePaths, hostname: String) -> Result<(), NamespaceError> {
-    on_thread("skiff-ns-create", move || {
-        let made = create_on_this_thread(&paths, &hostname);
+pub(super) async fn create(
+    paths: NamespacePaths,
+    hostname: String,
+) -> Result<rtnetlink::Handle, NamespaceError> {
+    let runtime = tokio::runtime::Handle::current();
+    let (connection, handle) = on_thread("skiff-ns-create", move || {
+        let made = create_on_this_thread(&paths, &hostname).and_then(|()| {
+            // The socket registers with the caller's reactor, which needs its context.
+            let _entered = runtime.enter();
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(NamespaceError::Netlink)?;
+            Ok((connection, handle))
+        });
         if made.is_err() {
             for (path, _) in paths.each() {
                 let _ = remove(path);
@@ -108,7 +122,9 @@ pub(super) async fn create(paths: NamespacePaths, hostname: String) -> Result<()
         }
         made
     })
-    .await
+    .await?;
+    tokio::spawn(connection);
+    Ok(handle)
 }
 
 /// The body of [`create`]; it changes this thread's namespaces, so the thread must end
@@ -208,27 +224,4 @@ fn enter_net(path: &Path) -> Result<(), NamespaceError> {
         what: format!("entering network namespace {}", path.display()),
         source,
     })
-}
-
-/// Runs `f` inside the network namespace mounted at `path`, on a dedicated thread with its
-/// own current-thread runtime, so sockets `f` opens (rtnetlink included) belong to it.
-///
-/// # Errors
-/// If the namespace cannot be entered or the runtime built; `f`'s own result is returned
-/// as is.
-pub(super) async fn in_netns<F, Fut, T>(path: PathBuf, f: F) -> Result<T, NamespaceError>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T>,
-    T: Send + 'static,
-{
-    on_thread("skiff-netns", move || {
-        enter_net(&path)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(NamespaceError::Runtime)?;
-        Ok(runtime.block_on(f()))
-    })
-    .await
 }

@@ -1,4 +1,4 @@
-//! A pod's veth pair: the host side on the node bridge, the other side moved into the pod's
+//! A pod's veth pair: the host side on the node bridge, the other side made inside the pod's
 //! network namespace as `eth0` with the pod's address and a default route via the gateway.
 
 use std::{
@@ -7,13 +7,14 @@ use std::{
     path::PathBuf,
 };
 
+use netlink_packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{Handle, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
 use super::{
     link::{self, LinkError},
-    sandbox::{self, NamespaceError},
+    sandbox::NamespaceError,
 };
 
 /// The name of the pod side inside its namespace.
@@ -37,11 +38,6 @@ pub fn host_name(uid: &str) -> String {
     format!("veth{}", short_hash(uid))
 }
 
-/// The pod side's name while it is still in the host namespace, before it becomes `eth0`.
-fn peer_name(uid: &str) -> String {
-    format!("vpod{}", short_hash(uid))
-}
-
 fn short_hash(uid: &str) -> String {
     hex::encode(&Sha256::digest(uid.as_bytes())[..4])
 }
@@ -61,56 +57,53 @@ pub(super) struct PodSide {
     pub mtu: Option<u32>,
 }
 
-/// Creates `uid`'s veth pair (replacing a leftover one), attaches the host side to the
-/// bridge with index `bridge` and configures the pod side inside its namespace.
+/// Creates `uid`'s veth pair (replacing a leftover one) with one request: the host side
+/// up on the bridge with index `bridge`, the pod side made inside the pod's namespace as
+/// `eth0`. Then hairpin mode on the host side and, through `pod_handle` (an rtnetlink handle
+/// inside the pod's namespace), loopback and `eth0` up, the pod's address and default route.
+///
+/// Making the pod side where it belongs, under its final name, spares moving it between
+/// namespaces (which waits for an RCU grace period under the rtnl lock) and renaming it:
+/// with many pods starting at once, every pod waits for that lock.
 ///
 /// # Errors
-/// If a netlink request fails or the namespace cannot be entered.
+/// If a netlink request fails or the namespace cannot be opened.
 pub(super) async fn create(
     handle: &Handle,
+    pod_handle: &Handle,
     uid: &str,
     bridge: u32,
     pod: PodSide,
 ) -> Result<String, VethError> {
     let host = host_name(uid);
-    let peer = peer_name(uid);
     link::delete(handle, &host).await?;
-    link::delete(handle, &peer).await?;
-    let mut pair = LinkVeth::new(&host, &peer);
+    let netns = std::fs::File::open(&pod.netns).map_err(|source| NamespaceError::File {
+        path: pod.netns.clone(),
+        source,
+    })?;
+    // The pod side cannot come up in this request: the kernel opens it before it links
+    // the pair (ENOTCONN); it comes up with its address below.
+    let mut peer = LinkUnspec::new_with_name(POD_IFNAME).setns_by_fd(netns.as_raw_fd());
+    let mut pair = LinkVeth::new(&host, POD_IFNAME).controller(bridge).up();
     if let Some(mtu) = pod.mtu {
+        peer = peer.mtu(mtu);
         pair = pair.mtu(mtu);
     }
+    let pair = pair.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
     handle
         .link()
         .add(pair.build())
         .execute()
         .await
         .map_err(LinkError::request(format!(
-            "creating veth pair {host}/{peer}"
-        )))?;
-    let netns = std::fs::File::open(&pod.netns).map_err(|source| NamespaceError::File {
-        path: pod.netns.clone(),
-        source,
-    })?;
-    let moved = handle
-        .link()
-        .set(
-            LinkUnspec::new_with_name(&peer)
-                .setns_by_fd(netns.as_raw_fd())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(LinkError::request(format!(
-            "moving {peer} into {}",
+            "creating veth pair {host}/{POD_IFNAME} in {}",
             pod.netns.display()
-        )));
+        )))?;
     drop(netns);
-    if let Err(e) = moved {
-        link::delete(handle, &host).await?;
-        return Err(e.into());
-    }
-    let attached = async {
+    let configured = async {
+        // A pod reaching itself through a Service it backs (hairpin): with the bridge's
+        // netfilter hooks, the DNATed frame is bridged back out of the port it came in on,
+        // which a bridge port does only in hairpin mode (kubelet's `hairpin-veth`).
         let index = link::index_of(handle, &host)
             .await?
             .ok_or_else(|| LinkError::Request {
@@ -119,45 +112,19 @@ pub(super) async fn create(
             })?;
         handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .controller(bridge)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(LinkError::request(format!(
-                "attaching {host} to the bridge"
-            )))?;
-        // A pod reaching itself through a Service it backs (hairpin): with the bridge's
-        // netfilter hooks, the DNATed frame is bridged back out of the port it came in on,
-        // which a bridge port does only in hairpin mode (kubelet's `hairpin-veth`).
-        handle
-            .link()
             .set_port(LinkBridgePort::new(index).hairpin(true).build())
             .execute()
             .await
             .map_err(LinkError::request(format!(
                 "setting hairpin mode on {host}"
-            )))
+            )))?;
+        configure_pod_side(pod_handle, &pod).await
     }
     .await;
-    let configured = match attached {
-        Ok(()) => {
-            let netns = pod.netns.clone();
-            sandbox::in_netns(netns, move || configure_pod_side(peer, pod)).await
-        }
-        Err(e) => Ok(Err(e)),
-    };
     match configured {
-        Ok(Ok(())) => {
+        Ok(()) => {
             debug!(uid, veth = host, "veth pair ready");
             Ok(host)
-        }
-        Ok(Err(e)) => {
-            link::delete(handle, &host).await?;
-            Err(e.into())
         }
         Err(e) => {
             link::delete(handle, &host).await?;
@@ -166,72 +133,63 @@ pub(super) async fn create(
     }
 }
 
-/// Inside the pod's namespace: renames the peer to `eth0`, brings it and loopback up, adds
-/// the pod's address and the default route.
-async fn configure_pod_side(peer: String, pod: PodSide) -> Result<(), LinkError> {
-    let handle = link::connect()?;
-    let lo = link::index_of(&handle, "lo")
+/// Inside the pod's namespace: loopback and `eth0` up, the pod's address on `eth0` and the
+/// default route. The requests go out together; the kernel handles one socket's requests in
+/// order, so the route finds `eth0` up with the address's subnet.
+async fn configure_pod_side(handle: &Handle, pod: &PodSide) -> Result<(), LinkError> {
+    let index = link::index_of(handle, POD_IFNAME)
         .await?
         .ok_or_else(|| LinkError::Request {
-            what: "pod namespace has no loopback".into(),
+            what: format!("{POD_IFNAME} did not arrive in the pod namespace"),
             source: rtnetlink::Error::RequestFailed,
         })?;
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(lo).up().build())
-        .execute()
-        .await
-        .map_err(LinkError::request("bringing loopback up"))?;
-    let index = link::index_of(&handle, &peer)
-        .await?
-        .ok_or_else(|| LinkError::Request {
-            what: format!("{peer} did not arrive in the pod namespace"),
-            source: rtnetlink::Error::RequestFailed,
-        })?;
-    let mut rename = LinkUnspec::new_with_index(index).name(POD_IFNAME);
-    if let Some(mtu) = pod.mtu {
-        rename = rename.mtu(mtu);
-    }
-    handle
-        .link()
-        .set(rename.build())
-        .execute()
-        .await
-        .map_err(LinkError::request(format!(
-            "renaming {peer} to {POD_IFNAME}"
-        )))?;
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(LinkError::request(format!("bringing {POD_IFNAME} up")))?;
-    handle
-        .address()
-        .add(index, IpAddr::V4(pod.ip), pod.prefix)
-        .replace()
-        .execute()
-        .await
-        .map_err(LinkError::request(format!(
-            "adding {}/{} to {POD_IFNAME}",
-            pod.ip, pod.prefix
-        )))?;
-    handle
-        .route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(pod.gateway)
-                .output_interface(index)
-                .build(),
-        )
-        .replace()
-        .execute()
-        .await
-        .map_err(LinkError::request(format!(
-            "adding default route via {}",
-            pod.gateway
-        )))?;
-    Ok(())
+    let lo = async {
+        handle
+            .link()
+            .set(LinkUnspec::new_with_name("lo").up().build())
+            .execute()
+            .await
+            .map_err(LinkError::request("bringing loopback up"))
+    };
+    let up = async {
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(LinkError::request(format!("bringing {POD_IFNAME} up")))
+    };
+    let address = async {
+        handle
+            .address()
+            .add(index, IpAddr::V4(pod.ip), pod.prefix)
+            .replace()
+            .execute()
+            .await
+            .map_err(LinkError::request(format!(
+                "adding {}/{} to {POD_IFNAME}",
+                pod.ip, pod.prefix
+            )))
+    };
+    let route = async {
+        handle
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(pod.gateway)
+                    .output_interface(index)
+                    .build(),
+            )
+            .replace()
+            .execute()
+            .await
+            .map_err(LinkError::request(format!(
+                "adding default route via {}",
+                pod.gateway
+            )))
+    };
+    let (lo, up, address, route) = futures::join!(lo, up, address, route);
+    lo.and(up).and(address).and(route)
 }
 
 /// Deletes `uid`'s veth pair if it exists (the pod side goes with it).
@@ -240,7 +198,6 @@ async fn configure_pod_side(peer: String, pod: PodSide) -> Result<(), LinkError>
 /// If a netlink request fails.
 pub(super) async fn remove(handle: &Handle, uid: &str) -> Result<(), VethError> {
     link::delete(handle, &host_name(uid)).await?;
-    link::delete(handle, &peer_name(uid)).await?;
     Ok(())
 }
 
@@ -262,7 +219,5 @@ mod tests {
     fn host_name_is_stable_and_differs_between_uids() {
         assert_eq!(host_name("uid-1"), host_name("uid-1"));
         assert_ne!(host_name("uid-1"), host_name("uid-2"));
-        assert_ne!(host_name("uid-1"), peer_name("uid-1"));
-        assert!(peer_name("uid-1").len() <= 15);
     }
 }
