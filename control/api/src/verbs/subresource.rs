@@ -165,8 +165,8 @@ async fn scale(
 /// Binds a pod to a node, once: the scheduler's write.
 ///
 /// The first attempt starts from the watch cache's copy of the pod, as the Go apiserver's
-/// `GuaranteedUpdate` starts from its cached object: no store read and no decode on the
-/// scheduler's hot path. A copy that is behind loses the compare-and-swap, and a refusal
+/// `GuaranteedUpdate` starts from its cached object: no store read on the scheduler's hot
+/// path, one decode of the cached encoding. A copy that is behind loses the compare-and-swap, and a refusal
 /// may come from a copy that is behind too; both go on from the store's copy.
 async fn bind(
     ctx: &Ctx,
@@ -187,10 +187,13 @@ async fn bind(
         .cache(route.info)
         .and_then(|cache| cache.get(key).flatten());
     let from_cache = match cached {
-        Some(c) => match objects::resource_version(&c.obj) {
-            Ok(Some(rev)) => assign(ctx, route, query, key, node, c.obj.clone(), rev).await,
-            _ => Err(Failed::Raced),
-        },
+        Some(c) => {
+            let obj = c.value();
+            match objects::resource_version(&obj) {
+                Ok(Some(rev)) => assign(ctx, route, query, key, node, obj, rev).await,
+                _ => Err(Failed::Raced),
+            }
+        }
         None => Err(Failed::Raced),
     };
     if from_cache.is_err() {
