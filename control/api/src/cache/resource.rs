@@ -79,8 +79,9 @@ impl Cached {
         let encoded = wire::encode(obj);
         let object = encoded.strip_suffix(b"\n").unwrap_or(&encoded);
         let line = watch_line(seen.name(), object);
-        let start = line_head(seen).len();
-        let json = line.slice(start..start + object.len());
+        // The object is what the line holds before its closing `}` and newline.
+        let end = line.len() - 2;
+        let json = line.slice(end - object.len()..end);
         let labels = obj
             .pointer("/metadata/labels")
             .and_then(Value::as_object)
@@ -182,15 +183,6 @@ impl CachedEvent {
         self.lines[seen as usize]
             .get_or_init(|| watch_line(seen.name(), &self.obj.json))
             .clone()
-    }
-}
-
-/// `{"type":"<kind>","object":`, what a watch line has before its object.
-fn line_head(seen: Seen) -> &'static str {
-    match seen {
-        Seen::Added => r#"{"type":"ADDED","object":"#,
-        Seen::Modified => r#"{"type":"MODIFIED","object":"#,
-        Seen::Deleted => r#"{"type":"DELETED","object":"#,
     }
 }
 

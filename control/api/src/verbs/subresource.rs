@@ -166,8 +166,9 @@ async fn scale(
 ///
 /// The first attempt starts from the watch cache's copy of the pod, as the Go apiserver's
 /// `GuaranteedUpdate` starts from its cached object: no store read on the scheduler's hot
-/// path, one decode of the cached encoding. A copy that is behind loses the compare-and-swap, and a refusal
-/// may come from a copy that is behind too; both go on from the store's copy.
+/// path, one decode of the cached encoding. A copy that is behind loses the
+/// compare-and-swap, and a refusal may come from a copy that is behind too; both go on from
+/// the store's copy.
 async fn bind(
     ctx: &Ctx,
     route: &ResourceRoute,
