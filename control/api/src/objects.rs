@@ -71,14 +71,53 @@ pub fn set_resource_version(obj: &mut Value, revision: i64) {
 /// The bytes to store: the object of `info`'s version in the storage version, without
 /// `resourceVersion`.
 pub fn encode(info: &ResourceInfo, obj: &Value) -> Vec<u8> {
-    let mut obj = match info.conversion {
-        Some(conversion) => (conversion.to_storage)(obj),
-        None => obj.clone(),
-    };
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
+    match info.conversion {
+        Some(conversion) => {
+            serde_json::to_vec(&Unversioned(&(conversion.to_storage)(obj))).unwrap_or_default()
+        }
+        // Serialized as it is, skipping the field, rather than cloned to remove it: every
+        // write passes here.
+        None => serde_json::to_vec(&Unversioned(obj)).unwrap_or_default(),
     }
-    serde_json::to_vec(&obj).unwrap_or_default()
+}
+
+/// An object serialized without `metadata.resourceVersion`, which the store keeps as the
+/// key's revision instead.
+struct Unversioned<'a>(&'a Value);
+
+impl serde::Serialize for Unversioned<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let Value::Object(fields) = self.0 else {
+            return self.0.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(fields.len()))?;
+        for (key, value) in fields {
+            match (key.as_str(), value) {
+                ("metadata", Value::Object(meta)) => {
+                    map.serialize_key(key)?;
+                    map.serialize_value(&WithoutKey(meta, "resourceVersion"))?;
+                }
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// A JSON object serialized without one of its keys.
+struct WithoutKey<'a>(&'a serde_json::Map<String, Value>, &'static str);
+
+impl serde::Serialize for WithoutKey<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let kept = self.0.iter().filter(|(k, _)| k.as_str() != self.1);
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in kept {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
 }
 
 pub fn name_of(obj: &Value) -> &str {
@@ -191,9 +230,19 @@ mod tests {
     #[test]
     fn resource_version_is_not_stored_but_set_on_read() {
         let pods = skiff_resources::by_kind("v1", "Pod").unwrap();
-        let obj = json!({"metadata": {"name": "a", "resourceVersion": "7"}});
+        let obj = json!({"kind": "Pod", "metadata": {"name": "a", "resourceVersion": "7", "labels": {"x": "y"}},
+                         "spec": {"nodeName": "n", "resourceVersion": "kept outside metadata"}});
         let bytes = encode(pods, &obj);
-        assert!(!String::from_utf8_lossy(&bytes).contains("resourceVersion"));
+        let stored: Value = serde_json::from_slice(&bytes).unwrap();
+        let mut expected = obj.clone();
+        expected["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
+        assert_eq!(
+            stored, expected,
+            "everything but metadata.resourceVersion is stored"
+        );
         let kv = KeyValue {
             key: "k".into(),
             value: bytes,

@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
 };
 
@@ -78,9 +78,14 @@ struct Inner {
     // Held by each commit, by compaction and by snapshots, so a snapshot never sees a
     // commit half done.
     write: Mutex<()>,
-    events: broadcast::Sender<Event>,
+    /// Shared, not cloned per receiver: every watcher sees every event, and most drop it
+    /// for not matching their prefix.
+    events: broadcast::Sender<Arc<Event>>,
     /// Write transactions made durable by the commit thread (one fsync each).
     commits: AtomicU64,
+    /// The revision of the last durable commit, so asking for it (every consistent read
+    /// does) costs no read transaction.
+    revision: AtomicI64,
 }
 
 fn backend(err: impl std::fmt::Display) -> StoreError {
@@ -147,7 +152,7 @@ impl RedbStore {
             .create(&path)
             .map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
-        {
+        let revision = {
             txn.open_table(HISTORY).map_err(backend)?;
             txn.open_table(LATEST).map_err(backend)?;
             txn.open_table(LOG).map_err(backend)?;
@@ -157,7 +162,10 @@ impl RedbStore {
                     meta.insert(name, 0).map_err(backend)?;
                 }
             }
-        }
+            meta.get("revision")
+                .map_err(backend)?
+                .map_or(0, |v| v.value())
+        };
         txn.commit().map_err(backend)?;
         let (events, _) = broadcast::channel(WATCH_BUFFER);
         let inner = Arc::new(Inner {
@@ -166,6 +174,7 @@ impl RedbStore {
             write: Mutex::new(()),
             events,
             commits: AtomicU64::new(0),
+            revision: AtomicI64::new(revision),
         });
         let committer = Arc::new(Committer::start(Arc::clone(&inner))?);
         Ok(Self { inner, committer })
@@ -459,11 +468,7 @@ impl Inner {
 #[async_trait]
 impl Store for RedbStore {
     async fn current_revision(&self) -> Result<Revision, StoreError> {
-        self.blocking(|inner| {
-            let txn = inner.db.begin_read().map_err(backend)?;
-            Inner::meta(&txn, "revision")
-        })
-        .await
+        Ok(self.inner.revision.load(Ordering::Acquire))
     }
 
     async fn get(&self, key: &str, revision: Revision) -> Result<Option<KeyValue>, StoreError> {
@@ -521,7 +526,7 @@ impl Store for RedbStore {
                     match rx.recv().await {
                         Ok(event) => {
                             if event.kv.mod_revision > seen && event.kv.key.starts_with(&prefix) {
-                                return Some((Ok(event), Some(rx)));
+                                return Some((Ok(Arc::unwrap_or_clone(event)), Some(rx)));
                             }
                         }
                         Err(broadcast::error::RecvError::Lagged(n)) => {

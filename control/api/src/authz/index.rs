@@ -85,40 +85,42 @@ impl PodRefs {
             ..Self::default()
         };
         let s = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
-        let items = |v: &Value, p: &str| {
-            v.pointer(p)
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        };
         for volume in items(pod, "/spec/volumes") {
-            refs.secrets.extend(s(&volume, "/secret/secretName"));
-            refs.config_maps.extend(s(&volume, "/configMap/name"));
+            refs.secrets.extend(s(volume, "/secret/secretName"));
+            refs.config_maps.extend(s(volume, "/configMap/name"));
             refs.claims
-                .extend(s(&volume, "/persistentVolumeClaim/claimName"));
-            for source in items(&volume, "/projected/sources") {
-                refs.secrets.extend(s(&source, "/secret/name"));
-                refs.config_maps.extend(s(&source, "/configMap/name"));
+                .extend(s(volume, "/persistentVolumeClaim/claimName"));
+            for source in items(volume, "/projected/sources") {
+                refs.secrets.extend(s(source, "/secret/name"));
+                refs.config_maps.extend(s(source, "/configMap/name"));
             }
         }
         for secret in items(pod, "/spec/imagePullSecrets") {
-            refs.secrets.extend(s(&secret, "/name"));
+            refs.secrets.extend(s(secret, "/name"));
         }
         for list in ["initContainers", "containers", "ephemeralContainers"] {
             for c in items(pod, &format!("/spec/{list}")) {
-                for env in items(&c, "/env") {
-                    refs.secrets.extend(s(&env, "/valueFrom/secretKeyRef/name"));
+                for env in items(c, "/env") {
+                    refs.secrets.extend(s(env, "/valueFrom/secretKeyRef/name"));
                     refs.config_maps
-                        .extend(s(&env, "/valueFrom/configMapKeyRef/name"));
+                        .extend(s(env, "/valueFrom/configMapKeyRef/name"));
                 }
-                for from in items(&c, "/envFrom") {
-                    refs.secrets.extend(s(&from, "/secretRef/name"));
-                    refs.config_maps.extend(s(&from, "/configMapRef/name"));
+                for from in items(c, "/envFrom") {
+                    refs.secrets.extend(s(from, "/secretRef/name"));
+                    refs.config_maps.extend(s(from, "/configMapRef/name"));
                 }
             }
         }
         refs
     }
+}
+
+/// The array at `p` under `v`, borrowed: every pod event passes through [`PodRefs::of`], and
+/// its containers are most of the pod.
+fn items<'v>(v: &'v Value, p: &str) -> &'v [Value] {
+    v.pointer(p)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
 }
 
 /// The held objects.

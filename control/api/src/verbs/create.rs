@@ -120,7 +120,7 @@ pub async fn create_object(
 async fn ensure_namespace_open(ctx: &Ctx, namespace: &str) -> Result<(), StatusError> {
     let ns_info = skiff_resources::by_kind("v1", "Namespace")
         .ok_or_else(|| StatusError::internal("namespaces are not served"))?;
-    let (ns, _) = objects::fetch(ctx.store.as_ref(), ns_info, None, namespace).await?;
+    let (ns, _) = super::read::fetch_recent(ctx, ns_info, None, namespace).await?;
     if ns.pointer("/metadata/deletionTimestamp").is_some() {
         return Err(StatusError::forbidden(format!(
             "unable to create new content in namespace {namespace} because it is being terminated"

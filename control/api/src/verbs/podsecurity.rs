@@ -143,7 +143,7 @@ async fn namespace_policy(ctx: &Ctx, obj: &Value) -> Result<Policy, StatusError>
     let namespace = objects::namespace_of(obj).unwrap_or("");
     let ns_info = skiff_resources::by_kind("v1", "Namespace")
         .ok_or_else(|| StatusError::internal("namespaces are not served"))?;
-    let (ns, _) = objects::fetch(ctx.store.as_ref(), ns_info, None, namespace).await?;
+    let (ns, _) = super::read::fetch_recent(ctx, ns_info, None, namespace).await?;
     Ok(Policy::from_labels(&string_map(
         ns.pointer("/metadata/labels"),
     )))

@@ -87,6 +87,31 @@ async fn fresh_enough(ctx: &Ctx, query: &Query) -> Option<bool> {
     }
 }
 
+/// Another object an admission step reads (a namespace, a service account): from the watch
+/// cache when the cache has delivered every committed revision, else from the store, so the
+/// answer is as fresh as a store read (a namespace deleted a moment ago refuses new objects
+/// at once). The check does not wait; on the embedded store it costs no read transaction. A
+/// miss (a cache still loading, or no such object) asks the store, so a 404 is always the
+/// store's answer.
+pub async fn fetch_recent(
+    ctx: &Ctx,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<(Value, i64), StatusError> {
+    let key = objects::key(info, namespace, name);
+    let current = ctx.store.current_revision().await.unwrap_or(i64::MAX);
+    if ctx.cache.seen_now() >= current
+        && let Some(found) = ctx.cache.cache(info).and_then(|c| c.get(&key).flatten())
+    {
+        let obj = found.value();
+        if let Ok(Some(revision)) = objects::resource_version(&obj) {
+            return Ok((obj, revision));
+        }
+    }
+    objects::fetch(ctx.store.as_ref(), info, namespace, name).await
+}
+
 /// The current object named by the route and its mod revision, or 404.
 pub async fn fetch(ctx: &Ctx, route: &ResourceRoute) -> Result<(Value, i64), StatusError> {
     objects::fetch(

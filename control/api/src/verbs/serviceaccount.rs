@@ -35,7 +35,7 @@ pub async fn admit(ctx: &Ctx, info: &ResourceInfo, obj: &mut Value) -> Result<()
     let namespace = objects::namespace_of(obj).unwrap_or("").to_owned();
     let sa_info = skiff_resources::by_plural("", "v1", "serviceaccounts")
         .ok_or_else(|| StatusError::internal("serviceaccounts are not served"))?;
-    let sa = match objects::fetch(ctx.store.as_ref(), sa_info, Some(&namespace), &account).await {
+    let sa = match super::read::fetch_recent(ctx, sa_info, Some(&namespace), &account).await {
         Ok((sa, _)) => sa,
         // Without the controllers nobody makes `default`: such pods are let through without
         // a token volume rather than refused.

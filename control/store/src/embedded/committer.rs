@@ -128,7 +128,7 @@ fn commit(inner: &Inner, first: Pending, mut more: impl FnMut() -> Option<Pendin
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let answer = outcome.map(|(kv, event)| {
                     // No receiver is fine: nobody watches.
-                    let _ = inner.events.send(event);
+                    let _ = inner.events.send(Arc::new(event));
                     kv
                 });
                 // A writer that stopped waiting still had its write done, as with etcd.
@@ -157,7 +157,7 @@ fn apply(inner: &Inner, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError> 
     let txn = inner.db.begin_write().map_err(backend)?;
     let mut outcomes = Vec::with_capacity(writes.len());
     let mut written = false;
-    {
+    let last = {
         let mut meta = txn.open_table(META).map_err(backend)?;
         let mut log = txn.open_table(LOG).map_err(backend)?;
         let mut tables = Tables {
@@ -183,10 +183,12 @@ fn apply(inner: &Inner, writes: Vec<Write>) -> Result<Vec<Outcome>, StoreError> 
         if written {
             meta.insert("revision", revision).map_err(backend)?;
         }
-    }
+        revision
+    };
     finish(txn, written)?;
     if written {
         inner.commits.fetch_add(1, Ordering::Relaxed);
+        inner.revision.store(last, Ordering::Release);
     }
     Ok(outcomes)
 }
@@ -410,7 +412,7 @@ mod tests {
 
         let published: Vec<(EventKind, String, Revision)> =
             std::iter::from_fn(|| events.try_recv().ok())
-                .map(|e| (e.kind, e.kv.key, e.kv.mod_revision))
+                .map(|e| (e.kind, e.kv.key.clone(), e.kv.mod_revision))
                 .collect();
         assert_eq!(
             published,
