@@ -80,6 +80,12 @@ struct RealArgs {
     /// Pods this node takes.
     #[arg(long, default_value_t = 110)]
     max_pods: u64,
+    /// Spare pod sandboxes (network namespace, veth on the bridge, address) kept ready so
+    /// a starting pod claims one instead of waiting for the kernel to build it; rebuilt in
+    /// the background after each claim. 0 disables the pool. Default: enough for a burst
+    /// of pods, bounded so that spares never take the addresses --max-pods needs.
+    #[arg(long, value_name = "N")]
+    sandbox_pool: Option<usize>,
     /// CPU reserved for the system, in millicores.
     #[arg(long, default_value_t = 0)]
     reserved_cpu_millis: u64,
@@ -544,6 +550,7 @@ async fn real(cli: Cli) -> Result<()> {
             args.disable_default_registry_endpoint,
         )?,
         cleanup_on_exit: args.cleanup_on_exit,
+        sandbox_pool: args.sandbox_pool,
     };
     let (client, cas) = client(
         &cli.api,

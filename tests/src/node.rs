@@ -78,6 +78,10 @@ impl NodeDaemon {
             "--bpf-pin-dir".into(),
             bpffs.path().join(name).display().to_string(),
             "--cleanup-on-exit".into(),
+            // Two spare sandboxes: every test's first pods take the pool's path, without
+            // each test node building the default pool of a hundred.
+            "--sandbox-pool".into(),
+            "2".into(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut node = Self {

@@ -1,7 +1,10 @@
 //! The real node end to end: `control` and `node` inside a network namespace the test
 //! creates, images pulled from a real registry, pods run through libcontainer.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
@@ -161,17 +164,55 @@ impl Cluster {
     }
 
     /// Nothing of the node's pods is left: containers, cgroups, mounts, veths, netns files.
+    /// The node's spare sandboxes (recorded under `network/spares`) are not a pod's; a
+    /// refill may be finishing one, so this waits a little for the pool to settle.
     fn assert_clean(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.check_clean() {
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn check_clean(&self) -> Result<()> {
         let state = self.node.state_dir();
+        let spares_dir = state.join("network/spares");
+        let spares: Vec<Value> = std::fs::read_dir(&spares_dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let spare_dirs: Vec<PathBuf> = spares
+            .iter()
+            .filter_map(|s| Some(PathBuf::from(s["netns"].as_str()?).parent()?.to_owned()))
+            .collect();
+        let spare_veths: Vec<&str> = spares
+            .iter()
+            .filter_map(|s| s["host_veth"].as_str())
+            .collect();
         let containers: Vec<_> = std::fs::read_dir(state.join("containers"))
             .map(|d| d.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
         let cgroups = leftover_cgroups(&self.node.cgroup_parent());
-        let mounts = mounts_under(&state);
+        let mounts: Vec<PathBuf> = mounts_under(&state)
+            .into_iter()
+            .filter(|m| !spare_dirs.iter().any(|d| m.starts_with(d)))
+            .collect();
         let veths = std::process::Command::new("ip")
             .args(["-o", "link", "show", "type", "veth"])
             .output()?;
-        let veths = String::from_utf8_lossy(&veths.stdout).into_owned();
+        let veths: String = String::from_utf8_lossy(&veths.stdout)
+            .lines()
+            .filter(|l| !spare_veths.iter().any(|v| l.contains(&format!(": {v}@"))))
+            .collect::<Vec<_>>()
+            .join("\n");
         let netns: Vec<_> = std::fs::read_dir(state.join("network/netns"))
             .map(|d| d.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();

@@ -9,7 +9,7 @@ use nix::mount::{MntFlags, umount2};
 use skiff_node_net::{
     BridgeNetwork, NetworkConfig, NetworkError, PodNetwork as _, Sandbox, SandboxRequest,
 };
-use skiff_tests::{netns::Netns, require_program, require_root};
+use skiff_tests::{netns::Netns, node::mounts_under, require_program, require_root};
 
 const TEST: &str = "pod_network";
 const POD_CIDR: &str = "10.244.7.0/24";
@@ -22,13 +22,8 @@ struct State {
 
 impl Drop for State {
     fn drop(&mut self) {
-        for kind in ["netns", "ipcns", "utsns"] {
-            let Ok(entries) = std::fs::read_dir(self.dir.path().join(kind)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let _ = umount2(&entry.path(), MntFlags::MNT_DETACH);
-            }
+        for mount in mounts_under(self.dir.path()) {
+            let _ = umount2(&mount, MntFlags::MNT_DETACH);
         }
     }
 }
@@ -291,5 +286,192 @@ async fn after_restart(config: NetworkConfig, b: Sandbox) -> Result<()> {
     net.remove_sandbox(&b.uid).await?;
     net.remove_sandbox(&c.uid).await?;
     ensure!(net.list_sandboxes().await?.is_empty());
+    Ok(())
+}
+
+const POOL_CIDR: &str = "10.244.8.0/24";
+
+#[test]
+fn pods_take_spare_sandboxes_the_pool_refills_and_restarts_leave_nothing_behind() -> Result<()> {
+    const NAME: &str = "pod_network sandbox pool";
+    if !require_root(NAME) || !require_program(NAME, "nsenter") || !require_program(NAME, "busybox")
+    {
+        return Ok(());
+    }
+    let host = Netns::new("skt-pool")?;
+    let state = State {
+        dir: tempfile::Builder::new().prefix("skt-pool-").tempdir()?,
+    };
+    let config = NetworkConfig {
+        bridge: format!("skt{}", &random_hex()[..8]),
+        pod_cidr: POOL_CIDR.parse()?,
+        state_dir: state.dir.path().to_owned(),
+        masquerade: false,
+        mtu: None,
+    };
+    let result = host.block_on(move || pool_scenario(config));
+    drop(state);
+    drop(host);
+    result
+}
+
+/// The finished spare records in the state directory.
+fn spare_records(config: &NetworkConfig) -> Result<Vec<Sandbox>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(config.state_dir.join("spares"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            out.push(serde_json::from_slice(&std::fs::read(&path)?)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Who holds each address: `(address, holder)` from the IPAM directory.
+fn holders(config: &NetworkConfig) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(config.state_dir.join("ipam"))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.parse::<Ipv4Addr>().is_ok() {
+            out.push((name, std::fs::read_to_string(entry.path())?));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The veths of the test host, by name.
+fn veths() -> Result<Vec<String>> {
+    let out = run("ip", &["-o", "link", "show", "type", "veth"])?;
+    let mut names: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+async fn pool_scenario(config: NetworkConfig) -> Result<()> {
+    let spares_dir = config.state_dir.join("spares");
+    let net = BridgeNetwork::new(config.clone()).with_sandbox_pool(2);
+    net.setup().await?;
+    net.sandbox_pool_filled().await;
+    ensure!(net.spare_sandboxes() == 2, "the pool fills at setup");
+    ensure!(spare_records(&config)?.len() == 2);
+    ensure!(veths()?.len() == 2, "a veth per spare: {:?}", veths()?);
+
+    // A pod takes a spare: a complete sandbox under the spare's names, the pod's hostname,
+    // the address now the pod's.
+    let a = net.create_sandbox(&request("pool-a-uid", "pool-a")).await?;
+    ensure!(a.netns.starts_with(&spares_dir), "not from the pool: {a:?}");
+    ensure!(POOL_CIDR.parse::<skiff_types::Ipv4Cidr>()?.contains(a.ip));
+    check_pod_side(&a, 24)?;
+    let veth = run("ip", &["-o", "link", "show", "dev", &a.host_veth])?;
+    ensure!(
+        veth.contains(&format!("master {}", config.bridge)),
+        "{veth}"
+    );
+    let uts = format!("--uts={}", a.utsns.display());
+    ensure!(run("nsenter", &[&uts, "hostname"])?.trim() == "pool-a");
+    ensure!(holders(&config)?.contains(&(a.ip.to_string(), a.uid.clone())));
+    ensure!(net.list_sandboxes().await? == vec![a.clone()]);
+    ensure!(
+        net.create_sandbox(&request("pool-a-uid", "pool-a")).await? == a,
+        "a claimed sandbox is returned as is"
+    );
+
+    // The pool refills; the next pod takes a spare too and reaches the first.
+    net.sandbox_pool_filled().await;
+    ensure!(
+        spare_records(&config)?.len() == 2,
+        "refilled after the claim"
+    );
+    let b = net.create_sandbox(&request("pool-b-uid", "pool-b")).await?;
+    ensure!(b.netns.starts_with(&spares_dir) && b.ip != a.ip);
+    ping(&a, b.ip)?;
+
+    // Removing a pooled sandbox leaves nothing of it.
+    net.remove_sandbox(&a.uid).await?;
+    ensure!(
+        !link_exists(&a.host_veth),
+        "veth {} left behind",
+        a.host_veth
+    );
+    let dir = a.netns.parent().context("spare directory")?;
+    ensure!(!dir.exists(), "{} left behind", dir.display());
+    ensure!(
+        !holders(&config)?
+            .iter()
+            .any(|(ip, _)| *ip == a.ip.to_string()),
+        "address of a still held"
+    );
+    net.sandbox_pool_filled().await;
+    drop(net);
+
+    // A restart with a smaller pool adopts one spare, removes the other, keeps b.
+    let net = BridgeNetwork::new(config.clone()).with_sandbox_pool(1);
+    net.setup().await?;
+    ensure!(
+        net.spare_sandboxes() == 1,
+        "one spare adopted, none rebuilt"
+    );
+    let kept = spare_records(&config)?;
+    ensure!(kept.len() == 1, "spares on disk: {kept:?}");
+    ensure!(net.create_sandbox(&request(&b.uid, "pool-b")).await? == b);
+    ensure!(
+        veths()?.len() == 2,
+        "b's veth and one spare's: {:?}",
+        veths()?
+    );
+
+    // A crash inside a claim, after the pod's record and before the address moved: the
+    // next start finishes the claim. A restart without a pool keeps no spare.
+    let spare = kept.into_iter().next().context("a spare")?;
+    let c = Sandbox {
+        uid: "pool-c-uid".into(),
+        ..spare.clone()
+    };
+    std::fs::write(
+        config.state_dir.join("sandboxes").join("pool-c-uid.json"),
+        serde_json::to_vec(&c)?,
+    )?;
+    drop(net);
+    let net = BridgeNetwork::new(config.clone());
+    net.setup().await?;
+    ensure!(net.spare_sandboxes() == 0);
+    ensure!(spare_records(&config)?.is_empty(), "spare records left");
+    ensure!(
+        holders(&config)? == {
+            let mut want = vec![
+                (b.ip.to_string(), b.uid.clone()),
+                (c.ip.to_string(), c.uid.clone()),
+            ];
+            want.sort();
+            want
+        },
+        "addresses: {:?}",
+        holders(&config)?
+    );
+    ensure!(net.create_sandbox(&request(&c.uid, "pool-c")).await? == c);
+    ensure!(net.list_sandboxes().await?.len() == 2);
+
+    net.remove_sandbox(&b.uid).await?;
+    net.remove_sandbox(&c.uid).await?;
+    net.teardown().await?;
+    ensure!(veths()?.is_empty(), "veths left: {:?}", veths()?);
+    let mounts = mounts_under(&config.state_dir);
+    ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+    ensure!(
+        holders(&config)?.is_empty(),
+        "addresses left: {:?}",
+        holders(&config)?
+    );
+    let left: Vec<_> = std::fs::read_dir(&spares_dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    ensure!(left.is_empty(), "spare files left: {left:?}");
     Ok(())
 }

@@ -163,6 +163,33 @@ impl Ipam {
         }
     }
 
+    /// Hands the address of `from` to `to` (a spare sandbox claimed by a pod): the file is
+    /// rewritten through a rename, so it always names one holder. Returns the address, or
+    /// `None` when `from` holds none.
+    ///
+    /// # Errors
+    /// If the directory cannot be read or the file rewritten.
+    pub fn reassign(&self, from: &str, to: &str) -> Result<Option<Ipv4Addr>, IpamError> {
+        let mut guard = self.table()?;
+        let held = guard.get_or_insert_default();
+        let Some(ip) = held.get(from).copied() else {
+            return Ok(None);
+        };
+        let path = self.dir.join(ip.to_string());
+        // Not an address, so `allocations` skips it should a crash leave it behind.
+        let tmp = self.dir.join(format!(".{ip}.tmp"));
+        let io = |source| IpamError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::write(&tmp, to.as_bytes()).map_err(io)?;
+        fs::rename(&tmp, &path).map_err(io)?;
+        held.remove(from);
+        held.insert(to.to_owned(), ip);
+        debug!(%ip, from, to, "pod address handed over");
+        Ok(Some(ip))
+    }
+
     /// Every allocation: address and the uid it holds.
     ///
     /// # Errors
@@ -362,6 +389,23 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), 40, "40 uids, 40 distinct addresses");
         assert_eq!(ipam.allocations().unwrap().len(), 40);
+    }
+
+    #[test]
+    fn reassigned_address_belongs_to_its_new_holder_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::new(dir.path(), cidr("10.244.1.0/24"));
+        let ip = ipam.allocate("spare/1").unwrap();
+        assert_eq!(ipam.reassign("spare/1", "pod").unwrap(), Some(ip));
+        assert_eq!(ipam.lookup("pod").unwrap(), Some(ip));
+        assert_eq!(ipam.lookup("spare/1").unwrap(), None);
+        assert_eq!(ipam.reassign("spare/1", "other").unwrap(), None);
+        let reopened = Ipam::new(dir.path(), cidr("10.244.1.0/24"));
+        assert_eq!(
+            reopened.allocations().unwrap(),
+            vec![(ip, "pod".to_owned())]
+        );
+        assert_eq!(reopened.release("pod").unwrap(), Some(ip));
     }
 
     #[test]

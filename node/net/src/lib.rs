@@ -14,7 +14,9 @@ mod link;
 pub mod masquerade;
 pub mod overlay;
 pub mod peers;
+mod pool;
 mod sandbox;
+mod spare;
 pub mod uplink;
 pub mod veth;
 
@@ -34,7 +36,7 @@ pub use self::{
     bridge::BridgeError, ipam::IpamError, link::LinkError, masquerade::MasqueradeError,
     sandbox::NamespaceError, veth::VethError,
 };
-use self::{ipam::Ipam, sandbox::NamespacePaths, veth::PodSide};
+use self::{ipam::Ipam, pool::Pool, sandbox::NamespacePaths, veth::PodSide};
 
 /// The longest hostname the kernel accepts (`__NEW_UTS_LEN`).
 const MAX_HOSTNAME: usize = 64;
@@ -143,9 +145,17 @@ pub trait PodNetwork: Send + Sync {
 }
 
 /// Pod networking on a Linux bridge, configured with rtnetlink in the network namespace of
-/// the thread that calls it.
+/// the thread that calls it; optionally with a pool of spare sandboxes built ahead of the
+/// pods that claim them (see [`BridgeNetwork::with_sandbox_pool`]).
 #[derive(Debug)]
 pub struct BridgeNetwork {
+    inner: Arc<Inner>,
+    pool: Arc<Pool<Inner>>,
+}
+
+/// What builds and removes sandboxes; shared with the pool's builders.
+#[derive(Debug)]
+struct Inner {
     config: NetworkConfig,
     ipam: Ipam,
     /// One lock per pod uid, so a create and a remove of one pod never interleave.
@@ -153,20 +163,81 @@ pub struct BridgeNetwork {
 }
 
 impl BridgeNetwork {
-    /// Pod networking for `config`; nothing is touched until [`PodNetwork::setup`].
+    /// Pod networking for `config`, without spare sandboxes; nothing is touched until
+    /// [`PodNetwork::setup`].
     #[must_use]
     pub fn new(config: NetworkConfig) -> Self {
         let ipam = Ipam::new(config.state_dir.join("ipam"), config.pod_cidr);
-        Self {
+        let inner = Arc::new(Inner {
             config,
             ipam,
             locks: Mutex::new(HashMap::new()),
-        }
+        });
+        let pool = Arc::new(Pool::new(Arc::clone(&inner), 0));
+        Self { inner, pool }
+    }
+
+    /// Keeps `spares` complete sandboxes (namespaces, veth on the bridge, address) ready
+    /// from [`PodNetwork::setup`] on, rebuilt in the background after each claim, so a pod's
+    /// sandbox is handed over without a netlink request; 0 disables the pool. Each spare
+    /// holds an address of the pod CIDR. Spares left by an earlier run are adopted (or
+    /// removed when beyond `spares`) at setup.
+    #[must_use]
+    pub fn with_sandbox_pool(mut self, spares: usize) -> Self {
+        self.pool.abort();
+        self.pool = Arc::new(Pool::new(Arc::clone(&self.inner), spares));
+        self
     }
 
     /// The gateway: the first host of the pod CIDR.
     #[must_use]
     pub fn gateway(&self) -> Ipv4Addr {
+        self.inner.ipam.gateway()
+    }
+
+    /// The spare sandboxes ready now.
+    #[must_use]
+    pub fn spare_sandboxes(&self) -> usize {
+        self.pool.ready()
+    }
+
+    /// Waits until the pool of spare sandboxes is full (or its builds fail, or it is
+    /// disabled or not started): for tests and benchmarks that start from a settled pool.
+    pub async fn sandbox_pool_filled(&self) {
+        self.pool.filled().await;
+    }
+
+    /// Adopts the spares an earlier run left (removing those it cannot use) and starts the
+    /// pool's builders; once per instance.
+    async fn start_pool(&self) -> Result<(), NetworkError> {
+        if self.pool.launched() {
+            return Ok(());
+        }
+        let adoptable = self.inner.reconcile_spares().await?;
+        let excess = self.pool.launch(adoptable);
+        for spare in excess {
+            self.inner.discard_logged(&spare.uid).await;
+        }
+        if self.pool.target() > 0 {
+            info!(
+                spares = self.pool.target(),
+                adopted = self.pool.ready(),
+                "sandbox pool started"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BridgeNetwork {
+    fn drop(&mut self) {
+        self.pool.abort();
+    }
+}
+
+impl Inner {
+    /// The gateway: the first host of the pod CIDR.
+    fn gateway(&self) -> Ipv4Addr {
         self.ipam.gateway()
     }
 
@@ -205,7 +276,7 @@ impl BridgeNetwork {
     }
 
     fn ensure_dirs(&self) -> Result<(), NetworkError> {
-        for sub in ["netns", "ipcns", "utsns", "ipam", "sandboxes"] {
+        for sub in ["netns", "ipcns", "utsns", "ipam", "sandboxes", spare::DIR] {
             let path = self.config.state_dir.join(sub);
             fs::create_dir_all(&path).map_err(|source| NetworkError::State { path, source })?;
         }
@@ -225,15 +296,37 @@ impl BridgeNetwork {
         Ok(link::index_of(&handle, &sandbox.host_veth).await?.is_some())
     }
 
-    /// Removes everything of `uid` except its address, which a rebuild reuses.
+    /// Removes everything of `uid` except its address, which a rebuild reuses: the parts
+    /// its record names (a sandbox claimed from the pool lives under the spare's names) and
+    /// those named after the uid (a build that never finished its record).
     async fn remove_parts(&self, uid: &str) -> Result<(), NetworkError> {
         let handle = link::connect()?;
-        veth::remove(&handle, uid).await?;
-        let paths = self.paths(uid);
-        for path in [&paths.net, &paths.ipc, &paths.uts] {
+        let own = self.paths(uid);
+        let record = read_record(&self.record_path(uid))?;
+        let veth = record
+            .as_ref()
+            .map_or_else(|| veth::host_name(uid), |r| r.host_veth.clone());
+        veth::remove(&handle, &veth).await?;
+        if let Some(record) = &record {
+            for path in [&record.netns, &record.ipcns, &record.utsns] {
+                sandbox::remove(path)?;
+            }
+            self.remove_spare_dir_of(record)?;
+        }
+        for path in [&own.net, &own.ipc, &own.uts] {
             sandbox::remove(path)?;
         }
         remove_file(&self.record_path(uid))
+    }
+
+    /// Whether anything of `uid` may exist from an earlier try: a record, a namespace
+    /// file, or an address. A pod seen for the first time has none, and its sandbox can come
+    /// from the pool.
+    fn has_leftovers(&self, uid: &str) -> Result<bool, NetworkError> {
+        let own = self.paths(uid);
+        Ok(self.record_path(uid).exists()
+            || [&own.net, &own.ipc, &own.uts].iter().any(|p| p.exists())
+            || self.ipam.lookup(uid)?.is_some())
     }
 
     async fn build(&self, req: &SandboxRequest) -> Result<Sandbox, NetworkError> {
@@ -243,12 +336,12 @@ impl BridgeNetwork {
             .ok_or_else(|| NetworkError::NoBridge(self.config.bridge.clone()))?;
         let ip = self.ipam.allocate(&req.uid)?;
         let paths = self.paths(&req.uid);
-        let pod_handle = sandbox::create(paths.clone(), req.hostname.clone()).await?;
+        let pod_handle = sandbox::create(paths.clone(), Some(req.hostname.clone())).await?;
         debug!(uid = req.uid, %ip, "pod namespaces created");
         let host_veth = veth::create(
             &handle,
             &pod_handle,
-            &req.uid,
+            (veth::host_name(&req.uid), false),
             bridge,
             PodSide {
                 netns: paths.net.clone(),
@@ -275,6 +368,76 @@ impl BridgeNetwork {
 
 #[async_trait::async_trait]
 impl PodNetwork for BridgeNetwork {
+    async fn setup(&self) -> Result<(), NetworkError> {
+        self.inner.setup().await?;
+        self.start_pool().await
+    }
+
+    async fn create_sandbox(&self, req: &SandboxRequest) -> Result<Sandbox, NetworkError> {
+        validate_uid(&req.uid)?;
+        if req.hostname.is_empty() || req.hostname.len() > MAX_HOSTNAME {
+            return Err(NetworkError::InvalidHostname(req.hostname.clone()));
+        }
+        let inner = &self.inner;
+        let lock = inner.lock(&req.uid);
+        let _guard = lock.lock().await;
+        if let Some(existing) = read_record(&inner.record_path(&req.uid))? {
+            if inner.intact(&existing).await? {
+                return Ok(existing);
+            }
+            warn!(
+                uid = req.uid,
+                "recorded sandbox is incomplete, rebuilding it"
+            );
+        }
+        inner.ensure_dirs()?;
+        // A pod that never had a sandbox takes a spare; one rebuilt after a crash keeps its
+        // address and is built anew.
+        if !inner.has_leftovers(&req.uid)?
+            && let Some(spare) = self.pool.take()
+        {
+            let id = spare.uid.clone();
+            match inner.claim(spare, req).await {
+                Ok(sandbox) => {
+                    info!(uid = sandbox.uid, ip = %sandbox.ip, veth = sandbox.host_veth, spare = id, "sandbox created");
+                    return Ok(sandbox);
+                }
+                Err(error) => {
+                    warn!(uid = req.uid, spare = id, %error, "claiming a spare sandbox; building one");
+                    inner.discard_logged(&id).await;
+                }
+            }
+        }
+        let _demand = self.pool.on_demand();
+        inner.create_on_demand(req).await
+    }
+
+    async fn remove_sandbox(&self, uid: &str) -> Result<(), NetworkError> {
+        self.inner.remove_sandbox(uid).await
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, NetworkError> {
+        self.inner.list_sandboxes()
+    }
+
+    async fn teardown(&self) -> Result<(), NetworkError> {
+        for spare in self.pool.close().await {
+            self.inner.discard_logged(&spare.uid).await;
+        }
+        // Spares of an earlier run this instance never adopted (setup did not run).
+        self.inner.remove_unclaimed_spares().await?;
+        self.inner.teardown().await
+    }
+
+    async fn connect(&self, uid: &str, port: u16) -> Result<std::net::TcpStream, NetworkError> {
+        validate_uid(uid)?;
+        let netns = read_record(&self.inner.record_path(uid))?
+            .map_or_else(|| self.inner.paths(uid).net, |r| r.netns);
+        Ok(sandbox::connect_local(netns, port).await?)
+    }
+}
+
+impl Inner {
     async fn setup(&self) -> Result<(), NetworkError> {
         self.ensure_dirs()?;
         let handle = link::connect()?;
@@ -303,24 +466,12 @@ impl PodNetwork for BridgeNetwork {
         Ok(())
     }
 
-    async fn create_sandbox(&self, req: &SandboxRequest) -> Result<Sandbox, NetworkError> {
-        validate_uid(&req.uid)?;
-        if req.hostname.is_empty() || req.hostname.len() > MAX_HOSTNAME {
-            return Err(NetworkError::InvalidHostname(req.hostname.clone()));
+    /// Builds `req`'s sandbox now, after removing what an earlier try left; the caller
+    /// holds the uid's lock.
+    async fn create_on_demand(&self, req: &SandboxRequest) -> Result<Sandbox, NetworkError> {
+        if self.has_leftovers(&req.uid)? {
+            self.remove_parts(&req.uid).await?;
         }
-        let lock = self.lock(&req.uid);
-        let _guard = lock.lock().await;
-        if let Some(existing) = read_record(&self.record_path(&req.uid))? {
-            if self.intact(&existing).await? {
-                return Ok(existing);
-            }
-            warn!(
-                uid = req.uid,
-                "recorded sandbox is incomplete, rebuilding it"
-            );
-        }
-        self.ensure_dirs()?;
-        self.remove_parts(&req.uid).await?;
         match self.build(req).await {
             Ok(sandbox) => {
                 info!(uid = sandbox.uid, ip = %sandbox.ip, veth = sandbox.host_veth, "sandbox created");
@@ -351,7 +502,7 @@ impl PodNetwork for BridgeNetwork {
         Ok(())
     }
 
-    async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, NetworkError> {
+    fn list_sandboxes(&self) -> Result<Vec<Sandbox>, NetworkError> {
         let dir = self.config.state_dir.join("sandboxes");
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -386,11 +537,6 @@ impl PodNetwork for BridgeNetwork {
         }
         info!(bridge = self.config.bridge, "pod network removed");
         Ok(())
-    }
-
-    async fn connect(&self, uid: &str, port: u16) -> Result<std::net::TcpStream, NetworkError> {
-        validate_uid(uid)?;
-        Ok(sandbox::connect_local(self.paths(uid).net, port).await?)
     }
 }
 
@@ -475,7 +621,7 @@ mod tests {
             masquerade: true,
             mtu: None,
         });
-        let paths = net.paths("u1");
+        let paths = net.inner.paths("u1");
         assert_eq!(paths.net, Path::new("/var/lib/skiff/netns/u1"));
         assert_eq!(paths.ipc, Path::new("/var/lib/skiff/ipcns/u1"));
         assert_eq!(paths.uts, Path::new("/var/lib/skiff/utsns/u1"));

@@ -93,8 +93,9 @@ async fn on_thread<T: Send + 'static>(
         .map_err(|_| NamespaceError::Thread(format!("{name} died without answering")))?
 }
 
-/// Creates new network, IPC and UTS namespaces (hostname `hostname`) and bind-mounts them
-/// onto `paths`, whose parent directories must exist. Leaves nothing behind on failure.
+/// Creates new network, IPC and UTS namespaces (hostname `hostname`; a spare made ahead of
+/// its pod keeps the node's until it is claimed) and bind-mounts them onto `paths`, whose
+/// parent directories must exist. Leaves nothing behind on failure.
 ///
 /// Returns an rtnetlink handle inside the new network namespace, opened by the thread that
 /// made it (a socket keeps the namespace it was opened in), driven on the caller's runtime:
@@ -104,11 +105,11 @@ async fn on_thread<T: Send + 'static>(
 /// If a file cannot be created or a syscall fails.
 pub(super) async fn create(
     paths: NamespacePaths,
-    hostname: String,
+    hostname: Option<String>,
 ) -> Result<rtnetlink::Handle, NamespaceError> {
     let runtime = tokio::runtime::Handle::current();
     let (connection, handle) = on_thread("skiff-ns-create", move || {
-        let made = create_on_this_thread(&paths, &hostname).and_then(|()| {
+        let made = create_on_this_thread(&paths, hostname.as_deref()).and_then(|()| {
             // The socket registers with the caller's reactor, which needs its context.
             let _entered = runtime.enter();
             let (connection, handle, _) =
@@ -129,7 +130,10 @@ pub(super) async fn create(
 
 /// The body of [`create`]; it changes this thread's namespaces, so the thread must end
 /// afterwards.
-fn create_on_this_thread(paths: &NamespacePaths, hostname: &str) -> Result<(), NamespaceError> {
+fn create_on_this_thread(
+    paths: &NamespacePaths,
+    hostname: Option<&str>,
+) -> Result<(), NamespaceError> {
     for (path, _) in paths.each() {
         fs::File::create(path).map_err(|source| NamespaceError::File {
             path: path.to_owned(),
@@ -141,10 +145,9 @@ fn create_on_this_thread(paths: &NamespacePaths, hostname: &str) -> Result<(), N
             what: "unshare net, ipc and uts namespaces".into(),
             source,
         })?;
-    sethostname(hostname).map_err(|source| NamespaceError::Sys {
-        what: format!("setting hostname {hostname}"),
-        source,
-    })?;
+    if let Some(hostname) = hostname {
+        set_hostname_here(hostname)?;
+    }
     for (path, kind) in paths.each() {
         let source = format!("/proc/thread-self/ns/{kind}");
         mount(
@@ -160,6 +163,26 @@ fn create_on_this_thread(paths: &NamespacePaths, hostname: &str) -> Result<(), N
         })?;
     }
     Ok(())
+}
+
+fn set_hostname_here(hostname: &str) -> Result<(), NamespaceError> {
+    sethostname(hostname).map_err(|source| NamespaceError::Sys {
+        what: format!("setting hostname {hostname}"),
+        source,
+    })
+}
+
+/// Sets the hostname inside the UTS namespace mounted at `path` (a spare sandbox given to
+/// its pod): a thread enters the namespace, sets the name and ends.
+///
+/// # Errors
+/// If the namespace cannot be entered or the name set.
+pub(super) async fn set_hostname(path: PathBuf, hostname: String) -> Result<(), NamespaceError> {
+    on_thread("skiff-ns-hostname", move || {
+        enter(&path, CloneFlags::CLONE_NEWUTS)?;
+        set_hostname_here(&hostname)
+    })
+    .await
 }
 
 /// Unmounts (lazily) and removes a namespace file; absent or unmounted files are fine.
@@ -207,7 +230,7 @@ pub(super) async fn connect_local(
     port: u16,
 ) -> Result<std::net::TcpStream, NamespaceError> {
     on_thread("skiff-netns-dial", move || {
-        enter_net(&path)?;
+        enter(&path, CloneFlags::CLONE_NEWNET)?;
         let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
         std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
             .map_err(|source| NamespaceError::Connect { port, source })
@@ -215,13 +238,14 @@ pub(super) async fn connect_local(
     .await
 }
 
-fn enter_net(path: &Path) -> Result<(), NamespaceError> {
+/// Moves this thread into the namespace of kind `kind` mounted at `path`.
+fn enter(path: &Path, kind: CloneFlags) -> Result<(), NamespaceError> {
     let file = fs::File::open(path).map_err(|source| NamespaceError::File {
         path: path.to_owned(),
         source,
     })?;
-    setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NamespaceError::Sys {
-        what: format!("entering network namespace {}", path.display()),
+    setns(file.as_fd(), kind).map_err(|source| NamespaceError::Sys {
+        what: format!("entering namespace {}", path.display()),
         source,
     })
 }

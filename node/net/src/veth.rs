@@ -57,9 +57,9 @@ pub(super) struct PodSide {
     pub mtu: Option<u32>,
 }
 
-/// Creates `uid`'s veth pair (replacing a leftover one) with one request: the host side
-/// up on the bridge with index `bridge`, the pod side made inside the pod's namespace as
-/// `eth0`. Then hairpin mode on the host side and, through `pod_handle` (an rtnetlink handle
+/// Creates the veth pair whose host side is `host` (replacing a leftover one of that name
+/// unless the name is `fresh`, never used before) with one request: the host side up on
+/// the bridge with index `bridge`, the pod side made inside the pod's namespace as `eth0`. Then hairpin mode on the host side and, through `pod_handle` (an rtnetlink handle
 /// inside the pod's namespace), loopback and `eth0` up, the pod's address and default route.
 ///
 /// Making the pod side where it belongs, under its final name, spares moving it between
@@ -71,12 +71,13 @@ pub(super) struct PodSide {
 pub(super) async fn create(
     handle: &Handle,
     pod_handle: &Handle,
-    uid: &str,
+    (host, fresh): (String, bool),
     bridge: u32,
     pod: PodSide,
 ) -> Result<String, VethError> {
-    let host = host_name(uid);
-    link::delete(handle, &host).await?;
+    if !fresh {
+        link::delete(handle, &host).await?;
+    }
     let netns = std::fs::File::open(&pod.netns).map_err(|source| NamespaceError::File {
         path: pod.netns.clone(),
         source,
@@ -123,7 +124,7 @@ pub(super) async fn create(
     .await;
     match configured {
         Ok(()) => {
-            debug!(uid, veth = host, "veth pair ready");
+            debug!(veth = host, "veth pair ready");
             Ok(host)
         }
         Err(e) => {
@@ -192,12 +193,13 @@ async fn configure_pod_side(handle: &Handle, pod: &PodSide) -> Result<(), LinkEr
     lo.and(up).and(address).and(route)
 }
 
-/// Deletes `uid`'s veth pair if it exists (the pod side goes with it).
+/// Deletes the veth pair whose host side is `host` if it exists (the pod side goes with
+/// it).
 ///
 /// # Errors
 /// If a netlink request fails.
-pub(super) async fn remove(handle: &Handle, uid: &str) -> Result<(), VethError> {
-    link::delete(handle, &host_name(uid)).await?;
+pub(super) async fn remove(handle: &Handle, host: &str) -> Result<(), VethError> {
+    link::delete(handle, host).await?;
     Ok(())
 }
 

@@ -121,6 +121,24 @@ pub struct NodeConfig {
     pub cluster_domain: String,
     /// The nameserver of `ClusterFirst` pods, when the node serves cluster DNS.
     pub cluster_dns: Option<Ipv4Addr>,
+    /// Spare pod sandboxes kept ready (`None`: [`sandbox_pool_size`]'s default).
+    pub sandbox_pool: Option<usize>,
+}
+
+/// The spare sandboxes a node keeps unless told otherwise: what a burst of pods on one node
+/// claims at once (a Deployment scaled up, a node drained onto this one). Each spare costs
+/// a network namespace and a veth pair in the kernel and one address of the pod CIDR.
+pub const DEFAULT_SANDBOX_POOL: usize = 100;
+
+/// The pool size for a node with `cidr` taking `max_pods`: `requested`, else the default,
+/// never more than the addresses the node's pods leave free (so spares can never make a pod
+/// wait for an address).
+#[must_use]
+pub fn sandbox_pool_size(requested: Option<usize>, cidr: Ipv4Cidr, max_pods: u64) -> usize {
+    // Network, gateway and broadcast are never a pod's.
+    let hosts = cidr.size().saturating_sub(3);
+    let free = usize::try_from(hosts.saturating_sub(max_pods)).unwrap_or(usize::MAX);
+    requested.unwrap_or(DEFAULT_SANDBOX_POOL).min(free)
 }
 
 /// A node set up and registered, not running pods yet.
@@ -322,13 +340,20 @@ pub async fn prepare(client: Client, config: &NodeConfig) -> Result<Node, Daemon
         cidr
     };
     heartbeat.set(Err("the pod network is being set up".to_owned()));
-    let network = Arc::new(BridgeNetwork::new(NetworkConfig {
-        bridge: config.bridge.clone(),
-        pod_cidr: cidr,
-        state_dir: dir(&state.join("network"))?,
-        masquerade: true,
-        mtu: config.pod_network.pod_mtu(),
-    }));
+    let network = Arc::new(
+        BridgeNetwork::new(NetworkConfig {
+            bridge: config.bridge.clone(),
+            pod_cidr: cidr,
+            state_dir: dir(&state.join("network"))?,
+            masquerade: true,
+            mtu: config.pod_network.pod_mtu(),
+        })
+        .with_sandbox_pool(sandbox_pool_size(
+            config.sandbox_pool,
+            cidr,
+            config.reserved.max_pods,
+        )),
+    );
     network.setup().await?;
     let sources: Arc<ApiSources> = Arc::new(ApiSources::new(client.clone()));
     let node_limits = limits(&node);
@@ -685,6 +710,25 @@ mod tests {
 
     fn ids(names: &[&str]) -> HashSet<String> {
         names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_sandbox_pool_never_takes_the_addresses_max_pods_needs() {
+        let cidr = |s: &str| s.parse::<Ipv4Cidr>().expect("cidr");
+        // A /24 has 253 pod addresses; 110 pods leave 143.
+        assert_eq!(
+            sandbox_pool_size(None, cidr("10.244.1.0/24"), 110),
+            DEFAULT_SANDBOX_POOL
+        );
+        assert_eq!(
+            sandbox_pool_size(Some(500), cidr("10.244.1.0/24"), 110),
+            143
+        );
+        assert_eq!(sandbox_pool_size(Some(0), cidr("10.244.1.0/24"), 110), 0);
+        // A /26 (61 addresses) with 50 pods keeps 11 spares; with 61 pods, none.
+        assert_eq!(sandbox_pool_size(None, cidr("10.244.1.0/26"), 50), 11);
+        assert_eq!(sandbox_pool_size(None, cidr("10.244.1.0/26"), 61), 0);
+        assert_eq!(sandbox_pool_size(Some(4), cidr("10.244.1.0/30"), 110), 0);
     }
 
     #[test]

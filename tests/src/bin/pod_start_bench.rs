@@ -54,6 +54,10 @@ struct Args {
     /// Copy the node daemon's log here at the end.
     #[arg(long)]
     node_log: Option<PathBuf>,
+    /// The node's spare sandboxes (`node --sandbox-pool`; its default is 100). Each round
+    /// starts once the pool is full again, as on a node between bursts.
+    #[arg(long, default_value_t = 100)]
+    sandbox_pool: usize,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -245,6 +249,8 @@ async fn watch_running(http: Http, base: String, rv: String, seen: Seen) -> Resu
 
 struct PodFigures {
     pods: usize,
+    /// How long the round waited for the node's spare sandboxes to be rebuilt.
+    pool_wait: Duration,
     all_running: Duration,
     latencies: Vec<f64>,
     delete_all: Duration,
@@ -330,6 +336,7 @@ async fn start_pods(
         .collect();
     let figures = PodFigures {
         pods: count,
+        pool_wait: Duration::ZERO,
         all_running: last_seen - began,
         latencies,
         delete_all: Duration::ZERO,
@@ -410,10 +417,32 @@ impl PeakRss {
     }
 }
 
+/// Waits until the node holds `spares` finished spare sandboxes (their records in its state
+/// directory), 2 minutes at most; returns how long that took.
+async fn pool_filled(node: &NodeDaemon, spares: usize) -> Result<Duration> {
+    let dir = node.state_dir().join("network/spares");
+    let began = Instant::now();
+    loop {
+        let ready = fs::read_dir(&dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        });
+        if ready >= spares {
+            return Ok(began.elapsed());
+        }
+        if began.elapsed() > Duration::from_mins(2) {
+            bail!("only {ready} of {spares} spare sandboxes after 2 min");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn pods_and_memory(
     cp: &ControlPlane,
     node: &NodeDaemon,
     counts: &[usize],
+    spares: usize,
 ) -> Result<(Vec<PodFigures>, Memory)> {
     let http: Http = Client::builder(TokioExecutor::new()).build(skiff_tests::http::connector(cp)?);
     let base = cp.url();
@@ -427,13 +456,18 @@ async fn pods_and_memory(
     let largest = counts.iter().copied().max().unwrap_or(0);
     let mut rows = Vec::new();
     for (round, &count) in counts.iter().enumerate() {
-        eprintln!("pod-start bench: {count} pods ...");
+        let pool_wait = pool_filled(node, spares).await?;
+        eprintln!(
+            "pod-start bench: {count} pods (spare sandboxes ready after {:.2} s) ...",
+            pool_wait.as_secs_f64()
+        );
         let peak = PeakRss::start(node_pid);
         let control_pid = cp.pid().context("control pid")?;
         let cpu_before = (cpu_seconds(node_pid)?, cpu_seconds(control_pid)?);
         let mut started = start_pods(&http, &base, round, count)
             .await
             .with_context(|| format!("starting {count} pods"))?;
+        started.0.pool_wait = pool_wait;
         #[expect(clippy::cast_precision_loss, reason = "a pod count")]
         let per_pod = 1000.0 / count as f64;
         started.0.node_cpu_ms = (cpu_seconds(node_pid)? - cpu_before.0) * per_pod;
@@ -487,8 +521,9 @@ fn report(load: &str, starts: &StartFigures, rows: &[PodFigures], memory: &Memor
 
     println!("\n## pods: creation to Running on one node (image present, imagePullPolicy Never)\n");
     println!(
-        "{:>5} {:>14} {:>9} {:>9} {:>9} {:>10} {:>14} {:>12} {:>15}",
+        "{:>5} {:>12} {:>14} {:>9} {:>9} {:>9} {:>10} {:>14} {:>12} {:>15}",
         "pods",
+        "pool wait s",
         "all running s",
         "p50 ms",
         "p99 ms",
@@ -502,8 +537,9 @@ fn report(load: &str, starts: &StartFigures, rows: &[PodFigures], memory: &Memor
         #[expect(clippy::cast_precision_loss, reason = "a pod count")]
         let rate = r.pods as f64 / r.all_running.as_secs_f64();
         println!(
-            "{:>5} {:>14.2} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>14.2} {:>12.1} {:>15.1}",
+            "{:>5} {:>12.2} {:>14.2} {:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>14.2} {:>12.1} {:>15.1}",
             r.pods,
+            r.pool_wait.as_secs_f64(),
             r.all_running.as_secs_f64(),
             percentile(&r.latencies, 0.5),
             percentile(&r.latencies, 0.99),
@@ -516,7 +552,8 @@ fn report(load: &str, starts: &StartFigures, rows: &[PodFigures], memory: &Memor
     }
     println!(
         "latency: from each create's response to the watch event showing the pod Running; \
-         cpu ms: per pod, while the pods started"
+         cpu ms: per pod, while the pods started; pool wait: before the round, until the \
+         node's spare sandboxes were all rebuilt"
     );
     println!("reference: Kubernetes pod startup SLO p99 <= 5 s (image pull excluded)");
 
@@ -558,7 +595,13 @@ fn main() -> Result<()> {
         &dir.path().join("control"),
         &["--cluster-cidr", "10.244.0.0/16"],
     )?;
-    let node = NodeDaemon::start(&cp, &dir.path().join("node"), NODE, &[])?;
+    let pool = args.sandbox_pool.to_string();
+    let node = NodeDaemon::start(
+        &cp,
+        &dir.path().join("node"),
+        NODE,
+        &["--sandbox-pool", &pool],
+    )?;
     let tar = skiff_tests::image::busybox_oci_layout(dir.path(), IMAGE)?;
     let out = Command::new(skiff_tests::bin("ctl"))
         .arg("--kubeconfig")
@@ -570,7 +613,7 @@ fn main() -> Result<()> {
         bail!("ctl image import: {}", String::from_utf8_lossy(&out.stderr));
     }
     let runtime = tokio::runtime::Runtime::new()?;
-    let result = runtime.block_on(pods_and_memory(&cp, &node, &args.pods));
+    let result = runtime.block_on(pods_and_memory(&cp, &node, &args.pods, args.sandbox_pool));
     let log = node.log();
     drop(node);
     if let Some(path) = &args.node_log {
