@@ -563,17 +563,7 @@ async fn real(cli: Cli) -> Result<()> {
         .context("setting the node up")?;
     let listen = std::net::SocketAddr::from((config.address, config.port));
     let proxy = proxy
-        .map(|p| {
-            let uplink = config
-                .pod_network
-                .uplink
-                .as_ref()
-                .map(|u| skiff_node_proxy::Uplink {
-                    interface: u.name.clone(),
-                    address: u.address,
-                });
-            daemon::services::attach(&config.name, config.address, uplink, &p)
-        })
+        .map(|p| attach_proxy(&config, &p))
         .transpose()
         .context("setting the Service proxy up")?;
     let endpoint = Arc::new(daemon::endpoint::Endpoint::new(
@@ -597,6 +587,23 @@ async fn real(cli: Cli) -> Result<()> {
     trimming.abort();
     drop(dns);
     result.context("node daemon")
+}
+
+/// The node's Service proxy on its uplink (node ports are served there).
+fn attach_proxy(
+    config: &NodeConfig,
+    proxy: &daemon::services::ProxyConfig,
+) -> Result<(daemon::services::Proxy, daemon::services::ProxyHandle), daemon::services::ProxyError>
+{
+    let uplink = config
+        .pod_network
+        .uplink
+        .as_ref()
+        .map(|u| skiff_node_proxy::Uplink {
+            interface: u.name.clone(),
+            address: u.address,
+        });
+    daemon::services::attach(&config.name, config.address, uplink, proxy)
 }
 
 /// When the daemon hands the pages malloc keeps free back to the kernel: once start-up has

@@ -353,6 +353,10 @@ fn veths() -> Result<Vec<String>> {
     Ok(names)
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, step by step: claim, refill, restart, interrupted claim, cleanup"
+)]
 async fn pool_scenario(config: NetworkConfig) -> Result<()> {
     let spares_dir = config.state_dir.join("spares");
     let net = BridgeNetwork::new(config.clone()).with_sandbox_pool(2);
