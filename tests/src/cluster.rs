@@ -671,7 +671,7 @@ impl Cluster {
                 .to_owned(),
             node,
             ip: ip.parse().with_context(|| format!("pod IP {ip:?}"))?,
-            netns: self.node(node).state_dir().join("network/netns").join(uid),
+            netns: pod_netns(&self.node(node).state_dir().join("network"), uid),
         })
     }
 
@@ -737,4 +737,16 @@ pub fn wait_for<T>(
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// The network namespace file of pod `uid` under a node's network state directory: the one
+/// its sandbox record names (a sandbox claimed from the node's spare pool keeps the spare's
+/// files), else the path an on-demand sandbox gets.
+#[must_use]
+pub fn pod_netns(network: &Path, uid: &str) -> PathBuf {
+    std::fs::read(network.join("sandboxes").join(format!("{uid}.json")))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|record| record["netns"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| network.join("netns").join(uid))
 }

@@ -310,7 +310,7 @@ fn pod_end(c: &Cluster, name: &str, node: usize) -> Result<End> {
         .parse()?;
     Ok(End {
         ip,
-        netns: c.node(node).state_dir().join("network/netns").join(uid),
+        netns: skiff_tests::cluster::pod_netns(&c.node(node).state_dir().join("network"), uid),
     })
 }
 
