@@ -330,21 +330,35 @@ impl Inner {
     }
 
     async fn build(&self, req: &SandboxRequest) -> Result<Sandbox, NetworkError> {
+        self.build_at(Build {
+            uid: &req.uid,
+            owner: &req.uid,
+            paths: self.paths(&req.uid),
+            hostname: Some(req.hostname.clone()),
+            fresh_veth: false,
+            record: self.record_path(&req.uid),
+        })
+        .await
+    }
+
+    /// Builds a sandbox (a pod's own, or a spare): an address for `owner`, the namespaces at
+    /// `paths`, the veth named after `owner` on the bridge with the pod side configured, then
+    /// the record. The caller removes what a failure left.
+    async fn build_at(&self, build: Build<'_>) -> Result<Sandbox, NetworkError> {
         let handle = link::connect()?;
         let bridge = link::index_of(&handle, &self.config.bridge)
             .await?
             .ok_or_else(|| NetworkError::NoBridge(self.config.bridge.clone()))?;
-        let ip = self.ipam.allocate(&req.uid)?;
-        let paths = self.paths(&req.uid);
-        let pod_handle = sandbox::create(paths.clone(), Some(req.hostname.clone())).await?;
-        debug!(uid = req.uid, %ip, "pod namespaces created");
+        let ip = self.ipam.allocate(build.owner)?;
+        let pod_handle = sandbox::create(build.paths.clone(), build.hostname).await?;
+        debug!(owner = build.owner, %ip, "sandbox namespaces created");
         let host_veth = veth::create(
             &handle,
             &pod_handle,
-            (veth::host_name(&req.uid), false),
+            (veth::host_name(build.owner), build.fresh_veth),
             bridge,
             PodSide {
-                netns: paths.net.clone(),
+                netns: build.paths.net.clone(),
                 ip,
                 prefix: self.config.pod_cidr.prefix(),
                 gateway: self.gateway(),
@@ -353,17 +367,33 @@ impl Inner {
         )
         .await?;
         let sandbox = Sandbox {
-            uid: req.uid.clone(),
+            uid: build.uid.to_owned(),
             ip,
             gateway: self.gateway(),
-            netns: paths.net,
-            ipcns: paths.ipc,
-            utsns: paths.uts,
+            netns: build.paths.net,
+            ipcns: build.paths.ipc,
+            utsns: build.paths.uts,
             host_veth,
         };
-        write_record(&self.record_path(&req.uid), &sandbox)?;
+        write_record(&build.record, &sandbox)?;
         Ok(sandbox)
     }
+}
+
+/// What [`Inner::build_at`] makes.
+struct Build<'a> {
+    /// The uid the record names (the pod's, or the spare's id).
+    uid: &'a str,
+    /// Who holds the address and names the veth (the pod's uid, or the spare's holder).
+    owner: &'a str,
+    /// Where the namespaces are mounted.
+    paths: NamespacePaths,
+    /// The hostname, if the pod is known already.
+    hostname: Option<String>,
+    /// Whether the veth name is new, so no leftover of that name is deleted first.
+    fresh_veth: bool,
+    /// Where the record is written.
+    record: PathBuf,
 }
 
 #[async_trait::async_trait]
@@ -590,7 +620,12 @@ fn write_record(path: &Path, sandbox: &Sandbox) -> Result<(), NetworkError> {
 }
 
 fn remove_file(path: &Path) -> Result<(), NetworkError> {
-    match fs::remove_file(path) {
+    absent_is_removed(path, fs::remove_file(path))
+}
+
+/// A removal's outcome, where a path that was already gone counts as removed.
+fn absent_is_removed(path: &Path, removal: io::Result<()>) -> Result<(), NetworkError> {
+    match removal {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(NetworkError::State {

@@ -16,12 +16,11 @@ use std::{
 use tracing::{info, warn};
 
 use super::{
-    Inner, NetworkError, Sandbox, SandboxRequest, link,
+    Build, Inner, NetworkError, Sandbox, SandboxRequest, absent_is_removed, link,
     pool::{self, Spares},
     read_record, remove_file,
     sandbox::{self, NamespacePaths},
-    veth::{self, PodSide},
-    write_record,
+    veth, write_record,
 };
 
 /// The spares' directory under the state directory.
@@ -73,47 +72,23 @@ impl Inner {
     /// Builds spare `id`: address, namespaces, veth on the bridge with the pod side up,
     /// then its record. Leaves nothing behind on failure.
     async fn make_spare(&self, id: &str) -> Result<Sandbox, NetworkError> {
-        let built = async {
-            let handle = link::connect()?;
-            let bridge = link::index_of(&handle, &self.config.bridge)
-                .await?
-                .ok_or_else(|| NetworkError::NoBridge(self.config.bridge.clone()))?;
-            let ip = self.ipam.allocate(&holder(id))?;
-            let dir = self.spares_dir().join(id);
-            fs::create_dir_all(&dir).map_err(|source| NetworkError::State {
-                path: dir.clone(),
-                source,
-            })?;
-            let paths = self.spare_paths(id);
-            let pod_handle = sandbox::create(paths.clone(), None).await?;
-            let host_veth = veth::create(
-                &handle,
-                &pod_handle,
-                // A fresh id: no veth of that name can exist, so none is deleted first.
-                (veth::host_name(&holder(id)), true),
-                bridge,
-                PodSide {
-                    netns: paths.net.clone(),
-                    ip,
-                    prefix: self.config.pod_cidr.prefix(),
-                    gateway: self.gateway(),
-                    mtu: self.config.mtu,
-                },
-            )
-            .await?;
-            let spare = Sandbox {
-                uid: id.to_owned(),
-                ip,
-                gateway: self.gateway(),
-                netns: paths.net,
-                ipcns: paths.ipc,
-                utsns: paths.uts,
-                host_veth,
-            };
-            write_record(&self.spare_record(id), &spare)?;
-            Ok::<_, NetworkError>(spare)
-        }
-        .await;
+        let dir = self.spares_dir().join(id);
+        let built = match fs::create_dir_all(&dir) {
+            Ok(()) => {
+                let owner = holder(id);
+                self.build_at(Build {
+                    uid: id,
+                    owner: &owner,
+                    paths: self.spare_paths(id),
+                    hostname: None,
+                    // A fresh id: no veth of that name can exist, so none is deleted first.
+                    fresh_veth: true,
+                    record: self.spare_record(id),
+                })
+                .await
+            }
+            Err(source) => Err(NetworkError::State { path: dir, source }),
+        };
         if built.is_err() {
             self.discard_logged(id).await;
         }
@@ -284,14 +259,7 @@ impl Spares for Inner {
 }
 
 fn remove_dir(path: &Path) -> Result<(), NetworkError> {
-    match fs::remove_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(NetworkError::State {
-            path: path.to_owned(),
-            source,
-        }),
-    }
+    absent_is_removed(path, fs::remove_dir(path))
 }
 
 #[cfg(test)]

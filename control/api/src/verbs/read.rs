@@ -87,6 +87,15 @@ async fn fresh_enough(ctx: &Ctx, query: &Query) -> Option<bool> {
     }
 }
 
+/// The object under `key` as the watch cache holds it now, with its revision: `None` when
+/// the cache does not hold it (still loading, or no such object).
+pub fn cached_object(ctx: &Ctx, info: &'static ResourceInfo, key: &str) -> Option<(Value, i64)> {
+    let found = ctx.cache.cache(info)?.get(key).flatten()?;
+    let obj = found.value();
+    let revision = objects::resource_version(&obj).ok().flatten()?;
+    Some((obj, revision))
+}
+
 /// Another object an admission step reads (a namespace, a service account): from the watch
 /// cache when the cache has delivered every committed revision, else from the store, so the
 /// answer is as fresh as a store read (a namespace deleted a moment ago refuses new objects
@@ -99,15 +108,13 @@ pub async fn fetch_recent(
     namespace: Option<&str>,
     name: &str,
 ) -> Result<(Value, i64), StatusError> {
-    let key = objects::key(info, namespace, name);
+    // The revision first, the object after: an object read once the cache has delivered
+    // the store's revision is at least that fresh.
     let current = ctx.store.current_revision().await.unwrap_or(i64::MAX);
     if ctx.cache.seen_now() >= current
-        && let Some(found) = ctx.cache.cache(info).and_then(|c| c.get(&key).flatten())
+        && let Some(cached) = cached_object(ctx, info, &objects::key(info, namespace, name))
     {
-        let obj = found.value();
-        if let Ok(Some(revision)) = objects::resource_version(&obj) {
-            return Ok((obj, revision));
-        }
+        return Ok(cached);
     }
     objects::fetch(ctx.store.as_ref(), info, namespace, name).await
 }

@@ -183,18 +183,8 @@ async fn bind(
     let name = route.name.as_deref().unwrap_or("");
     let key = objects::key(route.info, route.namespace.as_deref(), name);
     let key = &key;
-    let cached = ctx
-        .cache
-        .cache(route.info)
-        .and_then(|cache| cache.get(key).flatten());
-    let from_cache = match cached {
-        Some(c) => {
-            let obj = c.value();
-            match objects::resource_version(&obj) {
-                Ok(Some(rev)) => assign(ctx, route, query, key, node, obj, rev).await,
-                _ => Err(Failed::Raced),
-            }
-        }
+    let from_cache = match super::read::cached_object(ctx, route.info, key) {
+        Some((obj, rev)) => assign(ctx, route, query, key, node, obj, rev).await,
         None => Err(Failed::Raced),
     };
     if from_cache.is_err() {
