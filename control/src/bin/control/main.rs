@@ -21,6 +21,9 @@ use skiff_store::{EtcdStore, RedbOptions, RedbStore, Store};
 use skiff_types::Ipv4Cidr;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[expect(
     clippy::struct_excessive_bools,
