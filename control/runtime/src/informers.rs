@@ -8,7 +8,9 @@
 //! pods that vanished during a re-list; so the fan-out is done here from the raw watch
 //! events. Objects are handed out as `Arc`s, copied once per event whoever listens, and
 //! without `managedFields`, which nothing here reads and which is the largest part of most
-//! objects (kube-scheduler strips it the same way).
+//! objects (kube-scheduler strips it the same way). When the kind is cached, subscribers
+//! get the cache's own `Arc`, so an object a subscriber keeps (the scheduler keeps every
+//! pod) is held once, not once in the cache and once in the subscriber.
 
 use std::{
     any::{Any, TypeId},
@@ -25,7 +27,7 @@ use kube::{
     Api, Client, Resource,
     runtime::{
         WatchStreamExt,
-        reflector::{Store, store::Writer},
+        reflector::{ObjectRef, Store, store::Writer},
         watcher::{self, Event},
     },
 };
@@ -103,6 +105,13 @@ impl<K: Kind> Informer<K> {
                 Event::Init | Event::InitDone => None,
             })
         })
+    }
+
+    /// Whether the local cache is kept (someone asked for [`Self::store`]); its objects
+    /// are then the very `Arc`s subscribers receive.
+    #[must_use]
+    pub fn cached(&self) -> bool {
+        self.keep_store.load(Ordering::Relaxed)
     }
 
     fn publish(&self, event: &Event<Arc<K>>) {
@@ -207,6 +216,7 @@ async fn watch<K: Kind>(api: Api<K>, mut writer: Writer<K>, informer: Informer<K
     // Each (re-)list starts with `Init`; it is passed on with the list's first answer, so
     // an unserved kind's retries do not reach subscribers as re-lists that never end.
     let mut held_init = false;
+    let mut listed = Vec::new();
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(Event::Init) => {
@@ -225,9 +235,10 @@ async fn watch<K: Kind>(api: Api<K>, mut writer: Writer<K>, informer: Informer<K
                     unserved = true;
                     for event in [Event::Init, Event::InitDone] {
                         if keep_store {
-                            writer.apply_watcher_event(&event);
+                            cache_and_publish(&mut writer, &mut listed, event, &informer);
+                        } else {
+                            informer.publish(&share(event));
                         }
-                        informer.publish(&share(event));
                     }
                 }
                 continue;
@@ -242,15 +253,50 @@ async fn watch<K: Kind>(api: Api<K>, mut writer: Writer<K>, informer: Informer<K
                 tracing::info!(%kind, "served by the API server now");
             }
             if keep_store {
-                writer.apply_watcher_event(&Event::Init);
+                cache_and_publish(&mut writer, &mut listed, Event::Init, &informer);
+            } else {
+                informer.publish(&Event::Init);
             }
-            informer.publish(&Event::Init);
         }
         let event = strip(event);
         if keep_store {
-            writer.apply_watcher_event(&event);
+            cache_and_publish(&mut writer, &mut listed, event, &informer);
+        } else {
+            informer.publish(&share(event));
         }
-        informer.publish(&share(event));
+    }
+}
+
+/// Applies `event` to the cache and hands subscribers the cache's `Arc` of the object.
+/// Objects of a re-list reach the cache when the list is done, so their `InitApply`
+/// events are held back until then (`listed` keeps their keys); subscribers still see
+/// every `InitApply` before the `InitDone`.
+fn cache_and_publish<K: Kind>(
+    writer: &mut Writer<K>,
+    listed: &mut Vec<ObjectRef<K>>,
+    event: Event<K>,
+    informer: &Informer<K>,
+) {
+    writer.apply_watcher_event(&event);
+    match event {
+        Event::Apply(obj) => {
+            let cached = informer.store.get(&ObjectRef::from_obj(&obj));
+            informer.publish(&Event::Apply(cached.unwrap_or_else(|| Arc::new(obj))));
+        }
+        Event::InitApply(obj) => listed.push(ObjectRef::from_obj(&obj)),
+        Event::InitDone => {
+            for key in listed.drain(..) {
+                if let Some(obj) = informer.store.get(&key) {
+                    informer.publish(&Event::InitApply(obj));
+                }
+            }
+            informer.publish(&Event::InitDone);
+        }
+        Event::Init => {
+            listed.clear();
+            informer.publish(&Event::Init);
+        }
+        Event::Delete(obj) => informer.publish(&Event::Delete(Arc::new(obj))),
     }
 }
 
@@ -413,16 +459,21 @@ mod tests {
         let task = tokio::spawn(async move { running.run().await });
 
         let mut seen = Vec::new();
+        let mut applied_b = None;
         while seen.last().map(String::as_str) != Some("delete a") {
             seen.push(match next(&mut events).await {
                 Event::Init => "init".to_owned(),
                 Event::InitApply(p) => format!("list {}", p.name_any()),
                 Event::InitDone => "listed".to_owned(),
-                Event::Apply(p) => format!("apply {}", p.name_any()),
+                Event::Apply(p) => {
+                    applied_b = Some(p.clone());
+                    format!("apply {}", p.name_any())
+                }
                 Event::Delete(p) => format!("delete {}", p.name_any()),
             });
         }
         assert_eq!(seen, ["init", "list a", "listed", "apply b", "delete a"]);
+        let applied_b = applied_b.expect("b applied");
         let triggers: Vec<String> = [
             next(&mut changes).await,
             next(&mut changes).await,
@@ -436,6 +487,10 @@ mod tests {
         let cached: Vec<String> = store.state().iter().map(|p| p.name_any()).collect();
         assert_eq!(cached, ["b"]);
         assert!(store.state()[0].metadata.managed_fields.is_none());
+        assert!(
+            Arc::ptr_eq(&store.state()[0], &applied_b),
+            "subscribers hold the cache's own copy"
+        );
         assert_eq!(
             api.lists.load(Ordering::SeqCst),
             1,
@@ -447,6 +502,47 @@ mod tests {
             "one watch for three readers"
         );
         task.abort();
+    }
+
+    #[tokio::test]
+    async fn subscribers_hold_the_caches_own_copies_after_a_relist_too() {
+        let mut writer = Writer::<Pod>::default();
+        let informer = Informer {
+            store: writer.as_reader(),
+            keep_store: Arc::new(AtomicBool::new(true)),
+            started: Arc::default(),
+            subscribers: Arc::default(),
+        };
+        let mut events = informer.events();
+        let pod =
+            |name: &str| -> Pod { serde_json::from_value(pod_json(name, "1")).expect("a pod") };
+        let mut listed = Vec::new();
+        for event in [
+            Event::Init,
+            Event::InitApply(pod("a")),
+            Event::InitApply(pod("b")),
+            Event::InitDone,
+            Event::Apply(pod("c")),
+        ] {
+            cache_and_publish(&mut writer, &mut listed, event, &informer);
+        }
+        let cached = |p: &Arc<Pod>| {
+            let key = ObjectRef::from_obj(p.as_ref());
+            informer.store.get(&key).is_some_and(|c| Arc::ptr_eq(&c, p))
+        };
+        assert!(matches!(next(&mut events).await, Event::Init));
+        for name in ["a", "b"] {
+            let Event::InitApply(p) = next(&mut events).await else {
+                panic!("{name} listed before the list is done");
+            };
+            assert_eq!(p.name_any(), name);
+            assert!(cached(&p), "{name} is the cache's copy");
+        }
+        assert!(matches!(next(&mut events).await, Event::InitDone));
+        let Event::Apply(c) = next(&mut events).await else {
+            panic!("c applied");
+        };
+        assert!(cached(&c), "an applied object is the cache's copy");
     }
 
     #[tokio::test]

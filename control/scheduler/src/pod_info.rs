@@ -9,7 +9,7 @@ use std::{
 
 use k8s_openapi::{
     api::core::v1::{Pod, PodAffinityTerm, WeightedPodAffinityTerm},
-    apimachinery::pkg::apis::meta::v1::LabelSelector,
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
 };
 use kube::core::{Selector, SelectorExt};
 
@@ -261,6 +261,31 @@ impl PodInfo {
         Self::new(Arc::new(pod), priority, may_preempt)
     }
 
+    /// The same pod keeping only the metadata a placed pod is read for (name, namespace,
+    /// uid, labels, deletion): filters and scores read a placed pod through the fields
+    /// computed here, and preemption names it. A decoded pod is about 6 KB, mostly its
+    /// containers; the scheduler holds every placed pod, so at 50,000 pods this is the
+    /// largest part of its memory. Worth it only when nobody else holds the pod (no
+    /// informer cache shares the object).
+    #[must_use]
+    pub fn placed(mut self) -> Self {
+        let meta = &self.pod.metadata;
+        self.pod = Arc::new(Pod {
+            metadata: ObjectMeta {
+                name: meta.name.clone(),
+                namespace: meta.namespace.clone(),
+                uid: meta.uid.clone(),
+                resource_version: meta.resource_version.clone(),
+                labels: meta.labels.clone(),
+                deletion_timestamp: meta.deletion_timestamp.clone(),
+                ..ObjectMeta::default()
+            },
+            spec: None,
+            status: None,
+        });
+        self
+    }
+
     /// The pod's labels.
     #[must_use]
     pub fn labels(&self) -> &BTreeMap<String, String> {
@@ -325,4 +350,56 @@ pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Affinity, ContainerPort, PodAffinityTerm, PodAntiAffinity};
+
+    use super::*;
+    use crate::plugins::testing::{labels, pod};
+
+    #[test]
+    fn a_placed_pod_keeps_what_filters_and_preemption_read_and_drops_its_spec() {
+        let mut whole = pod("web-1", "500m", &[("app", "web")]);
+        let spec = whole.spec.as_mut().expect("a spec");
+        spec.containers[0].ports = Some(vec![ContainerPort {
+            container_port: 80,
+            host_port: Some(8080),
+            ..ContainerPort::default()
+        }]);
+        spec.affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(labels(&[("app", "web")])),
+                        match_expressions: None,
+                    }),
+                    topology_key: "kubernetes.io/hostname".to_owned(),
+                    ..PodAffinityTerm::default()
+                }]),
+                ..PodAntiAffinity::default()
+            }),
+            ..Affinity::default()
+        });
+        let info = PodInfo::plain(whole);
+        let (requests, non_zero, ports) =
+            (info.requests.clone(), info.non_zero, info.ports.clone());
+
+        let placed = info.placed();
+        assert!(placed.pod.spec.is_none() && placed.pod.status.is_none());
+        assert_eq!(placed.name(), "web-1");
+        assert_eq!(placed.namespace, "default");
+        assert_eq!(placed.uid, "uid-web-1");
+        assert_eq!(placed.labels(), &labels(&[("app", "web")]));
+        assert_eq!((&placed.requests, placed.non_zero), (&requests, non_zero));
+        assert_eq!(placed.ports, ports);
+        assert_eq!(
+            ports.len(),
+            1,
+            "the host port was read before the spec went"
+        );
+        assert_eq!(placed.required_anti_affinity.len(), 1);
+        assert!(!placed.terminating());
+    }
 }

@@ -119,7 +119,8 @@ pub fn run_as(
     client: kube::Client,
     config: Config,
 ) -> impl Future<Output = Result<(), Error>> + Send + use<> {
-    let pods = informers.get::<Pod>().events();
+    let pod_informer = informers.get::<Pod>();
+    let pods = pod_informer.events();
     let nodes = informers.get::<Node>().events();
     let classes = informers.get::<PriorityClass>().events();
     let namespaces = informers.get::<Namespace>().events();
@@ -148,7 +149,9 @@ pub fn run_as(
         tracing::info!(scheduler = %config.scheduler_name, "scheduler started");
         let ours = config.scheduler_name.clone();
         tokio::select! {
-            r = feed(pods, shared.clone(), "pods", move |s, e| on_pod_event(s, e, &ours)) => r,
+            r = feed(pods, shared.clone(), "pods", move |s, e| {
+                on_pod_event(s, e, &ours, pod_informer.cached());
+            }) => r,
             r = feed(nodes, shared.clone(), "nodes", on_node_event) => r,
             r = feed(classes, shared.clone(), "priorityclasses", on_class_event) => r,
             r = feed(namespaces, shared.clone(), "namespaces", on_namespace_event) => r,
@@ -214,14 +217,16 @@ fn priority_of(state: &State, pod: &Pod) -> (i32, bool) {
     (priority, policy != Some("Never"))
 }
 
-fn on_pod_event(state: &mut State, event: Event<Arc<Pod>>, ours: &str) {
+/// `shared`: the informer's cache holds the same pod objects, so keeping one whole costs
+/// nothing.
+fn on_pod_event(state: &mut State, event: Event<Arc<Pod>>, ours: &str, shared: bool) {
     match event {
         Event::Init => state.relist_pods = Some(HashSet::new()),
         Event::InitApply(pod) => {
             if let Some(seen) = state.relist_pods.as_mut() {
                 seen.insert(pod.uid().unwrap_or_default());
             }
-            on_pod(state, pod, ours);
+            on_pod(state, pod, ours, shared);
         }
         Event::InitDone => {
             if let Some(seen) = state.relist_pods.take() {
@@ -238,12 +243,12 @@ fn on_pod_event(state: &mut State, event: Event<Arc<Pod>>, ours: &str) {
             }
             state.synced.pods = true;
         }
-        Event::Apply(pod) => on_pod(state, pod, ours),
+        Event::Apply(pod) => on_pod(state, pod, ours, shared),
         Event::Delete(pod) => on_pod_gone(state, &pod.uid().unwrap_or_default()),
     }
 }
 
-fn on_pod(state: &mut State, pod: Arc<Pod>, ours: &str) {
+fn on_pod(state: &mut State, pod: Arc<Pod>, ours: &str, shared: bool) {
     // The informer hands pods out without managedFields, the biggest part of a pod.
     let uid = pod.uid().unwrap_or_default();
     let terminal = matches!(
@@ -266,6 +271,7 @@ fn on_pod(state: &mut State, pod: Arc<Pod>, ours: &str) {
         state.cache.clear_nomination(&uid);
         let new = state.cache.node_of(&uid).is_none();
         let info = PodInfo::new(pod, priority, may_preempt);
+        let info = if shared { info } else { info.placed() };
         state.cache.add_pod(Arc::new(info), &node);
         if new {
             state.queue.on_event(ClusterEvent::PodPlaced);
