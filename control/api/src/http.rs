@@ -212,7 +212,12 @@ pub fn json(code: StatusCode, value: &Value) -> Response<Body> {
 
 /// A JSON answer already encoded.
 pub fn json_bytes(code: StatusCode, bytes: Vec<u8>) -> Response<Body> {
-    response::typed(code, response::JSON, full(bytes))
+    json_body(code, full(bytes))
+}
+
+/// A JSON answer as a body (streamed, or already encoded).
+pub fn json_body(code: StatusCode, body: Body) -> Response<Body> {
+    response::typed(code, response::JSON, body)
 }
 
 pub fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Body> {

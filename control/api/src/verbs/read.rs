@@ -3,6 +3,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use base64::Engine;
+use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use serde_json::{Value, json};
 use skiff_machinery::{
@@ -377,7 +378,10 @@ pub async fn list(
     let format = h::format(headers);
     let page = match list_page(ctx, info, route.namespace.as_deref(), query).await? {
         Listed::Cache(snapshot) if format == Format::Object => {
-            return Ok(h::json_bytes(StatusCode::OK, encode_list(info, &snapshot)));
+            return Ok(h::json_body(
+                StatusCode::OK,
+                http_body_util::BodyExt::boxed_unsync(encode_list(info, snapshot)),
+            ));
         }
         Listed::Cache(snapshot) => page_of(&snapshot),
         Listed::Store(page) => page,
@@ -405,8 +409,9 @@ pub async fn list(
 }
 
 /// The list of `snapshot`'s objects as the Go apiserver writes it, from each object's
-/// encoding kept in the cache: the list without items, then the items spliced in.
-fn encode_list(info: &ResourceInfo, snapshot: &Snapshot) -> Vec<u8> {
+/// encoding kept in the cache: the list without items, then the items spliced in, streamed
+/// (see [`ListBody`]).
+fn encode_list(info: &ResourceInfo, snapshot: Snapshot) -> ListBody {
     let mut metadata = json!({"resourceVersion": snapshot.revision.to_string()});
     if let Some(key) = &snapshot.more_after {
         metadata["continue"] = json!(encode_continue(snapshot.revision, key));
@@ -417,28 +422,97 @@ fn encode_list(info: &ResourceInfo, snapshot: &Snapshot) -> Vec<u8> {
         "metadata": metadata,
         "items": [],
     }));
-    let Some(head) = empty.strip_suffix(b"[]}\n") else {
+    let Some(head) = empty.strip_suffix(b"]}\n") else {
         // Not the shape expected: encode it whole.
         let items: Vec<Value> = snapshot.items.iter().map(|c| c.value()).collect();
-        return wire::encode(&json!({
+        let whole = wire::encode(&json!({
             "kind": info.list_kind,
             "apiVersion": info.api_version,
             "metadata": metadata,
             "items": items,
         }));
+        return ListBody::new(whole.into(), Vec::new());
     };
-    let size: usize = snapshot.items.iter().map(|c| c.json.len() + 1).sum();
-    let mut out = Vec::with_capacity(head.len() + size + 4);
-    out.extend_from_slice(head);
-    out.push(b'[');
-    for (i, item) in snapshot.items.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+    ListBody::new(Bytes::copy_from_slice(head), snapshot.items)
+}
+
+/// Bytes of encoded items per frame of a [`ListBody`].
+const LIST_FRAME: usize = 64 * 1024;
+
+/// A list answer that copies the cached items into frames of [`LIST_FRAME`] bytes as the
+/// connection takes them. Copying a list of 10,000 pods (17 MB) into one buffer before
+/// sending a byte held the whole answer back by the copy and its page faults, and cost a
+/// buffer the size of the list per concurrent reader. The length is known up front, so the
+/// answer still carries a `Content-Length`.
+struct ListBody {
+    /// The list up to and including `[`, until sent.
+    head: Option<Bytes>,
+    items: std::vec::IntoIter<Arc<Cached>>,
+    /// No item sent yet (the next one needs no comma).
+    first: bool,
+    /// The closing `]}` and newline are sent.
+    done: bool,
+    /// Bytes not yet handed out.
+    remaining: u64,
+}
+
+impl ListBody {
+    /// `head` ends with `[` (then the items and the closing bytes follow), or is the whole
+    /// answer when `items` is empty and it does not.
+    fn new(head: Bytes, items: Vec<Arc<Cached>>) -> Self {
+        let whole = !head.ends_with(b"[");
+        let items_len: usize =
+            items.iter().map(|c| c.json.len()).sum::<usize>() + items.len().saturating_sub(1);
+        let tail = if whole { 0 } else { 3 };
+        Self {
+            remaining: (head.len() + items_len + tail) as u64,
+            head: Some(head),
+            items: items.into_iter(),
+            first: true,
+            done: whole,
         }
-        out.extend_from_slice(&item.json);
     }
-    out.extend_from_slice(b"]}\n");
-    out
+}
+
+impl hyper::body::Body for ListBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let chunk = if let Some(head) = this.head.take() {
+            head
+        } else if this.done {
+            return std::task::Poll::Ready(None);
+        } else {
+            let mut chunk = Vec::with_capacity(LIST_FRAME + 4 * 1024);
+            while chunk.len() < LIST_FRAME {
+                let Some(item) = this.items.next() else {
+                    chunk.extend_from_slice(b"]}\n");
+                    this.done = true;
+                    break;
+                };
+                if !std::mem::take(&mut this.first) {
+                    chunk.push(b',');
+                }
+                chunk.extend_from_slice(&item.json);
+            }
+            chunk.into()
+        };
+        this.remaining = this.remaining.saturating_sub(chunk.len() as u64);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.head.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 #[cfg(test)]
@@ -476,34 +550,47 @@ mod tests {
     }
 
     #[test]
-    fn a_list_spliced_from_cached_items_is_the_list_encoded_whole() {
+    fn a_list_streamed_from_cached_items_is_the_list_encoded_whole() {
         let info = skiff_resources::by_kind("v1", "ConfigMap").unwrap();
-        let items: Vec<Arc<Cached>> = ["a", "b"]
-            .iter()
-            .map(|name| {
-                let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": name, "namespace": "default", "resourceVersion": "4"},
-                    "data": {"k": "<&>"}});
-                Arc::new(Cached::of(&obj, Seen::Added))
-            })
-            .collect();
-        let snapshot = Snapshot {
-            items,
-            revision: 7,
-            more_after: Some("/registry/core/configmaps/default/b".into()),
-        };
-        let values: Vec<Value> = snapshot.items.iter().map(|c| c.value()).collect();
-        let whole = wire::encode(&json!({
-            "kind": "ConfigMapList",
-            "apiVersion": "v1",
-            "metadata": {"resourceVersion": "7",
-                "continue": encode_continue(7, "/registry/core/configmaps/default/b")},
-            "items": values,
-        }));
-        assert_eq!(
-            String::from_utf8(encode_list(info, &snapshot)).unwrap(),
-            String::from_utf8(whole).unwrap()
-        );
+        // None, two, and enough for several frames.
+        for count in [0, 2, 300] {
+            let items: Vec<Arc<Cached>> = (0..count)
+                .map(|i| {
+                    let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": format!("cm-{i}"), "namespace": "default",
+                                     "resourceVersion": "4"},
+                        "data": {"k": "<&>".repeat(300)}});
+                    Arc::new(Cached::of(&obj, Seen::Added))
+                })
+                .collect();
+            let values: Vec<Value> = items.iter().map(|c| c.value()).collect();
+            let snapshot = Snapshot {
+                items,
+                revision: 7,
+                more_after: Some("/registry/core/configmaps/default/b".into()),
+            };
+            let whole = wire::encode(&json!({
+                "kind": "ConfigMapList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": "7",
+                    "continue": encode_continue(7, "/registry/core/configmaps/default/b")},
+                "items": values,
+            }));
+            let body = encode_list(info, snapshot);
+            assert_eq!(
+                hyper::body::Body::size_hint(&body).exact(),
+                Some(whole.len() as u64),
+                "the length is announced up front ({count} items)"
+            );
+            let streamed = futures::executor::block_on(http_body_util::BodyExt::collect(body))
+                .unwrap()
+                .to_bytes();
+            assert_eq!(
+                String::from_utf8(streamed.to_vec()).unwrap(),
+                String::from_utf8(whole).unwrap(),
+                "{count} items"
+            );
+        }
     }
 
     #[test]
