@@ -275,6 +275,19 @@ impl Args {
     }
 }
 
+/// mimalloc asks for transparent huge pages for its arenas, and a 2 MiB page is resident as
+/// soon as one byte of it is touched: without them `control` held 536-565 MiB instead of
+/// 582-601 MiB at 50,000 pods in the scheduler bench.
+fn no_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's address space.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        tracing::warn!(
+            err = %std::io::Error::last_os_error(),
+            "could not switch transparent huge pages off"
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -283,6 +296,7 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    no_huge_pages();
     let args = Args::parse();
     let cluster_cidr = args.node_ipam()?;
     if !args.no_controllers {
