@@ -354,10 +354,10 @@ pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{Affinity, ContainerPort, PodAffinityTerm, PodAntiAffinity};
+    use k8s_openapi::api::core::v1::ContainerPort;
 
     use super::*;
-    use crate::plugins::testing::{labels, pod};
+    use crate::plugins::testing::{host_anti_affinity, labels, pod};
 
     #[test]
     fn a_placed_pod_keeps_what_filters_and_preemption_read_and_drops_its_spec() {
@@ -368,20 +368,7 @@ mod tests {
             host_port: Some(8080),
             ..ContainerPort::default()
         }]);
-        spec.affinity = Some(Affinity {
-            pod_anti_affinity: Some(PodAntiAffinity {
-                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
-                    label_selector: Some(LabelSelector {
-                        match_labels: Some(labels(&[("app", "web")])),
-                        match_expressions: None,
-                    }),
-                    topology_key: "kubernetes.io/hostname".to_owned(),
-                    ..PodAffinityTerm::default()
-                }]),
-                ..PodAntiAffinity::default()
-            }),
-            ..Affinity::default()
-        });
+        spec.affinity = Some(host_anti_affinity("web"));
         let info = PodInfo::plain(whole);
         let (requests, non_zero, ports) =
             (info.requests.clone(), info.non_zero, info.ports.clone());

@@ -304,12 +304,7 @@ mod tests {
 
     #[test]
     fn evicting_an_anti_affine_pod_makes_room() {
-        use k8s_openapi::{
-            api::core::v1::{Affinity, PodAffinityTerm, PodAntiAffinity},
-            apimachinery::pkg::apis::meta::v1::LabelSelector,
-        };
-
-        use crate::plugins::testing::labels;
+        use crate::plugins::testing::host_anti_affinity;
         let mut c = cache(vec![node(
             "n1",
             "4",
@@ -317,20 +312,7 @@ mod tests {
             &[("kubernetes.io/hostname", "n1")],
         )]);
         let mut guard = pod("guard", "100m", &[]);
-        guard.spec.as_mut().unwrap().affinity = Some(Affinity {
-            pod_anti_affinity: Some(PodAntiAffinity {
-                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
-                    label_selector: Some(LabelSelector {
-                        match_labels: Some(labels(&[("app", "web")])),
-                        match_expressions: None,
-                    }),
-                    topology_key: "kubernetes.io/hostname".into(),
-                    ..PodAffinityTerm::default()
-                }]),
-                ..PodAntiAffinity::default()
-            }),
-            ..Affinity::default()
-        });
+        guard.spec.as_mut().unwrap().affinity = Some(host_anti_affinity("web"));
         c.add_pod(Arc::new(info(guard)), "n1");
         c.add_pod(Arc::new(with_priority("bystander", "100m", 0)), "n1");
         let mut web = pod("web", "100m", &[("app", "web")]);

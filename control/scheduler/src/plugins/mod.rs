@@ -54,12 +54,34 @@ pub(crate) mod testing {
 
     use k8s_openapi::{
         api::core::v1::{
-            Container, Node, NodeSpec, NodeStatus, Pod, PodSpec, ResourceRequirements,
+            Affinity, Container, Node, NodeSpec, NodeStatus, Pod, PodAffinityTerm, PodAntiAffinity,
+            PodSpec, ResourceRequirements,
         },
-        apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
+        apimachinery::pkg::{
+            api::resource::Quantity,
+            apis::meta::v1::{LabelSelector, ObjectMeta},
+        },
     };
 
     use crate::{cache::Cache, pod_info::PodInfo};
+
+    /// Required anti-affinity to pods labelled `app=<app>` on the same host.
+    pub fn host_anti_affinity(app: &str) -> Affinity {
+        Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(labels(&[("app", app)])),
+                        match_expressions: None,
+                    }),
+                    topology_key: "kubernetes.io/hostname".to_owned(),
+                    ..PodAffinityTerm::default()
+                }]),
+                ..PodAntiAffinity::default()
+            }),
+            ..Affinity::default()
+        }
+    }
 
     pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
