@@ -206,9 +206,13 @@ impl Informers {
 }
 
 /// Feeds one kind's watch into its cache and subscribers, forever.
-async fn watch<K: Kind>(api: Api<K>, mut writer: Writer<K>, informer: Informer<K>) {
+async fn watch<K: Kind>(api: Api<K>, writer: Writer<K>, informer: Informer<K>) {
     informer.started.store(true, Ordering::Relaxed);
-    let keep_store = informer.keep_store.load(Ordering::Relaxed);
+    let mut outlet = Outlet {
+        writer: informer.cached().then_some(writer),
+        informer,
+        listed: Vec::new(),
+    };
     let kind = K::kind(&());
     let config = watcher::Config::default().any_semantic();
     let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
@@ -216,7 +220,6 @@ async fn watch<K: Kind>(api: Api<K>, mut writer: Writer<K>, informer: Informer<K
     // Each (re-)list starts with `Init`; it is passed on with the list's first answer, so
     // an unserved kind's retries do not reach subscribers as re-lists that never end.
     let mut held_init = false;
-    let mut listed = Vec::new();
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(Event::Init) => {
@@ -233,13 +236,8 @@ async fn watch<K: Kind>(api: Api<K>, mut writer: Writer<K>, informer: Informer<K
                 if !unserved {
                     tracing::warn!(%kind, "not served by the API server; treating it as empty");
                     unserved = true;
-                    for event in [Event::Init, Event::InitDone] {
-                        if keep_store {
-                            cache_and_publish(&mut writer, &mut listed, event, &informer);
-                        } else {
-                            informer.publish(&share(event));
-                        }
-                    }
+                    outlet.pass(Event::Init);
+                    outlet.pass(Event::InitDone);
                 }
                 continue;
             }
@@ -252,51 +250,54 @@ async fn watch<K: Kind>(api: Api<K>, mut writer: Writer<K>, informer: Informer<K
             if std::mem::take(&mut unserved) {
                 tracing::info!(%kind, "served by the API server now");
             }
-            if keep_store {
-                cache_and_publish(&mut writer, &mut listed, Event::Init, &informer);
-            } else {
-                informer.publish(&Event::Init);
-            }
+            outlet.pass(Event::Init);
         }
-        let event = strip(event);
-        if keep_store {
-            cache_and_publish(&mut writer, &mut listed, event, &informer);
-        } else {
-            informer.publish(&share(event));
-        }
+        outlet.pass(strip(event));
     }
 }
 
-/// Applies `event` to the cache and hands subscribers the cache's `Arc` of the object.
-/// Objects of a re-list reach the cache when the list is done, so their `InitApply`
-/// events are held back until then (`listed` keeps their keys); subscribers still see
-/// every `InitApply` before the `InitDone`.
-fn cache_and_publish<K: Kind>(
-    writer: &mut Writer<K>,
-    listed: &mut Vec<ObjectRef<K>>,
-    event: Event<K>,
-    informer: &Informer<K>,
-) {
-    writer.apply_watcher_event(&event);
-    match event {
-        Event::Apply(obj) => {
-            let cached = informer.store.get(&ObjectRef::from_obj(&obj));
-            informer.publish(&Event::Apply(cached.unwrap_or_else(|| Arc::new(obj))));
-        }
-        Event::InitApply(obj) => listed.push(ObjectRef::from_obj(&obj)),
-        Event::InitDone => {
-            for key in listed.drain(..) {
-                if let Some(obj) = informer.store.get(&key) {
-                    informer.publish(&Event::InitApply(obj));
-                }
+/// Where one kind's watch events go: its cache, when someone reads it, and every
+/// subscriber.
+struct Outlet<K: Kind> {
+    informer: Informer<K>,
+    /// The cache's writer, when the cache is kept.
+    writer: Option<Writer<K>>,
+    /// Keys of the re-list under way (see [`Self::pass`]).
+    listed: Vec<ObjectRef<K>>,
+}
+
+impl<K: Kind> Outlet<K> {
+    /// Applies `event` to the cache, if kept, and hands subscribers the cache's `Arc` of
+    /// the object. Objects of a re-list reach the cache when the list is done, so their
+    /// `InitApply` events are held back until then (`listed` keeps their keys);
+    /// subscribers still see every `InitApply` before the `InitDone`.
+    fn pass(&mut self, event: Event<K>) {
+        let Some(writer) = self.writer.as_mut() else {
+            self.informer.publish(&share(event));
+            return;
+        };
+        writer.apply_watcher_event(&event);
+        let informer = &self.informer;
+        match event {
+            Event::Apply(obj) => {
+                let cached = informer.store.get(&ObjectRef::from_obj(&obj));
+                informer.publish(&Event::Apply(cached.unwrap_or_else(|| Arc::new(obj))));
             }
-            informer.publish(&Event::InitDone);
+            Event::InitApply(obj) => self.listed.push(ObjectRef::from_obj(&obj)),
+            Event::InitDone => {
+                for key in self.listed.drain(..) {
+                    if let Some(obj) = informer.store.get(&key) {
+                        informer.publish(&Event::InitApply(obj));
+                    }
+                }
+                informer.publish(&Event::InitDone);
+            }
+            Event::Init => {
+                self.listed.clear();
+                informer.publish(&Event::Init);
+            }
+            Event::Delete(obj) => informer.publish(&Event::Delete(Arc::new(obj))),
         }
-        Event::Init => {
-            listed.clear();
-            informer.publish(&Event::Init);
-        }
-        Event::Delete(obj) => informer.publish(&Event::Delete(Arc::new(obj))),
     }
 }
 
@@ -506,7 +507,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscribers_hold_the_caches_own_copies_after_a_relist_too() {
-        let mut writer = Writer::<Pod>::default();
+        let writer = Writer::<Pod>::default();
         let informer = Informer {
             store: writer.as_reader(),
             keep_store: Arc::new(AtomicBool::new(true)),
@@ -516,7 +517,11 @@ mod tests {
         let mut events = informer.events();
         let pod =
             |name: &str| -> Pod { serde_json::from_value(pod_json(name, "1")).expect("a pod") };
-        let mut listed = Vec::new();
+        let mut outlet = Outlet {
+            informer: informer.clone(),
+            writer: Some(writer),
+            listed: Vec::new(),
+        };
         for event in [
             Event::Init,
             Event::InitApply(pod("a")),
@@ -524,7 +529,7 @@ mod tests {
             Event::InitDone,
             Event::Apply(pod("c")),
         ] {
-            cache_and_publish(&mut writer, &mut listed, event, &informer);
+            outlet.pass(event);
         }
         let cached = |p: &Arc<Pod>| {
             let key = ObjectRef::from_obj(p.as_ref());

@@ -378,10 +378,7 @@ pub async fn list(
     let format = h::format(headers);
     let page = match list_page(ctx, info, route.namespace.as_deref(), query).await? {
         Listed::Cache(snapshot) if format == Format::Object => {
-            return Ok(h::json_body(
-                StatusCode::OK,
-                http_body_util::BodyExt::boxed_unsync(encode_list(info, snapshot)),
-            ));
+            return Ok(h::json_body(StatusCode::OK, encode_list(info, snapshot)));
         }
         Listed::Cache(snapshot) => page_of(&snapshot),
         Listed::Store(page) => page,
@@ -411,7 +408,7 @@ pub async fn list(
 /// The list of `snapshot`'s objects as the Go apiserver writes it, from each object's
 /// encoding kept in the cache: the list without items, then the items spliced in, streamed
 /// (see [`ListBody`]).
-fn encode_list(info: &ResourceInfo, snapshot: Snapshot) -> ListBody {
+fn encode_list(info: &ResourceInfo, snapshot: Snapshot) -> Body {
     let mut metadata = json!({"resourceVersion": snapshot.revision.to_string()});
     if let Some(key) = &snapshot.more_after {
         metadata["continue"] = json!(encode_continue(snapshot.revision, key));
@@ -425,15 +422,17 @@ fn encode_list(info: &ResourceInfo, snapshot: Snapshot) -> ListBody {
     let Some(head) = empty.strip_suffix(b"]}\n") else {
         // Not the shape expected: encode it whole.
         let items: Vec<Value> = snapshot.items.iter().map(|c| c.value()).collect();
-        let whole = wire::encode(&json!({
+        return h::full(wire::encode(&json!({
             "kind": info.list_kind,
             "apiVersion": info.api_version,
             "metadata": metadata,
             "items": items,
-        }));
-        return ListBody::new(whole.into(), Vec::new());
+        })));
     };
-    ListBody::new(Bytes::copy_from_slice(head), snapshot.items)
+    http_body_util::BodyExt::boxed_unsync(ListBody::new(
+        Bytes::copy_from_slice(head),
+        snapshot.items,
+    ))
 }
 
 /// Bytes of encoded items per frame of a [`ListBody`].
@@ -457,19 +456,17 @@ struct ListBody {
 }
 
 impl ListBody {
-    /// `head` ends with `[` (then the items and the closing bytes follow), or is the whole
-    /// answer when `items` is empty and it does not.
+    /// `head` is the list up to and including `[`; the items, commas between them and
+    /// the closing `]}` and newline follow.
     fn new(head: Bytes, items: Vec<Arc<Cached>>) -> Self {
-        let whole = !head.ends_with(b"[");
         let items_len: usize =
             items.iter().map(|c| c.json.len()).sum::<usize>() + items.len().saturating_sub(1);
-        let tail = if whole { 0 } else { 3 };
         Self {
-            remaining: (head.len() + items_len + tail) as u64,
+            remaining: (head.len() + items_len + 3) as u64,
             head: Some(head),
             items: items.into_iter(),
             first: true,
-            done: whole,
+            done: false,
         }
     }
 }
