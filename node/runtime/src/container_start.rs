@@ -373,7 +373,7 @@ impl Attempt {
 
 /// The container's directory in every cgroup hierarchy mounted under `cgroup_root` (v1
 /// controllers, the hybrid `unified` mount, or the root itself on a pure v2 host).
-fn container_cgroup_dirs(cgroup_root: &Path, cgroups_path: &str) -> Vec<PathBuf> {
+pub(super) fn container_cgroup_dirs(cgroup_root: &Path, cgroups_path: &str) -> Vec<PathBuf> {
     let relative = cgroups_path.trim_start_matches('/');
     if relative.is_empty() {
         return Vec::new();

@@ -38,7 +38,7 @@ pub trait Mounter: Send + Sync + fmt::Debug {
     fn is_mounted(&self, target: &Path) -> Result<bool, ImageError>;
 }
 
-/// The kernel's overlayfs through `mount(2)`, and `/proc/self/mountinfo`.
+/// The kernel's overlayfs through `mount(2)`, and `statx(2)` for what is mounted.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OverlayMounter;
 
@@ -78,9 +78,7 @@ impl Mounter for OverlayMounter {
     }
 
     fn is_mounted(&self, target: &Path) -> Result<bool, ImageError> {
-        let text = fs::read_to_string("/proc/self/mountinfo")
-            .map_err(ImageError::io("read", Path::new("/proc/self/mountinfo")))?;
-        Ok(mountinfo::is_mount_point(&text, target))
+        mountinfo::mounted_at(target).map_err(ImageError::io("inspect", target))
     }
 }
 

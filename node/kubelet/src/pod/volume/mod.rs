@@ -211,17 +211,10 @@ pub trait Mounter: Send + Sync {
     }
 }
 
-/// The real [`Mounter`]: `mount(2)` and `/proc/self/mountinfo`.
+/// The real [`Mounter`]: `mount(2)`, `statx(2)` for one path, `/proc/self/mountinfo` for a
+/// listing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemMounter;
-
-impl SystemMounter {
-    fn mount_points() -> Vec<PathBuf> {
-        fs::read_to_string("/proc/self/mountinfo")
-            .map(|text| mountinfo::mount_points(&text))
-            .unwrap_or_default()
-    }
-}
 
 impl Mounter for SystemMounter {
     fn mount_tmpfs(&self, dir: &Path, size: Option<u64>) -> Result<(), VolumeError> {
@@ -276,8 +269,8 @@ impl Mounter for SystemMounter {
     }
 
     fn is_mounted(&self, dir: &Path) -> bool {
-        let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-        Self::mount_points().contains(&dir)
+        // As the mount table read before: what cannot be inspected counts as not mounted.
+        mountinfo::mounted_at(dir).unwrap_or(false)
     }
 
     fn can_mount(&self) -> bool {
@@ -286,7 +279,9 @@ impl Mounter for SystemMounter {
 
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
         let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-        Self::mount_points()
+        fs::read_to_string("/proc/self/mountinfo")
+            .map(|text| mountinfo::mount_points(&text))
+            .unwrap_or_default()
             .into_iter()
             .filter(|m| m != &dir && m.starts_with(&dir))
             .collect()
