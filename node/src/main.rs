@@ -628,8 +628,7 @@ async fn release_freed_memory() {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     // Container inits are clones of this process and run libcontainer's logging before they
     // exec: they must not write to stderr, whose lock another daemon thread may have held at
     // the moment of the clone.
@@ -639,6 +638,20 @@ async fn main() -> Result<()> {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
     let cli = Cli::parse();
+    if cli.simulate.simulate.is_none() {
+        // Before the first thread, while the process is small: see the forkserver's docs.
+        if let Err(err) = skiff_node_runtime::forkserver::start() {
+            tracing::warn!(%err, "no forkserver: each container create forks the whole daemon");
+        }
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
     let Some(count) = cli.simulate.simulate else {
         return Box::pin(real(cli)).await;
     };

@@ -14,11 +14,13 @@ use libcontainer::{
     syscall::syscall::SyscallType,
 };
 use nix::sys::stat::Mode;
+use serde::{Deserialize, Serialize};
 use tokio::net::unix::pipe;
 
 use super::{
     ContainerConfig, RuntimeError, Started,
     executor::EnvExecutor,
+    forkserver::ForkserverError,
     libcontainer::{
         BundleMeta, Libcontainer, META_FILE, STDERR_FIFO, STDIN_FIFO, STDOUT_FIFO, blocking,
     },
@@ -298,29 +300,15 @@ impl Attempt {
         } else {
             None
         };
-        let build = || {
-            let container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-                .with_root_path(&self.state_root)
-                .map_err(|e| format!("root path: {e}"))?
-                .with_console_socket(console.as_ref().map(ConsoleSocket::path))
-                .with_stdin(stdin_fd)
-                .with_stdout(stdout)
-                .with_stderr(stderr)
-                .with_executor(EnvExecutor::default())
-                .validate_id()
-                .map_err(|e| format!("validate id: {e}"))?
-                .as_init(&self.bundle)
-                .with_systemd(false)
-                .with_detach(true)
-                .build()
-                .map_err(|e| e.to_string())?;
-            container
-                .pid()
-                .map(i32::from)
-                .ok_or_else(|| "no init pid in state".to_owned())
+        let request = CreateRequest {
+            id: id.to_owned(),
+            state_root: self.state_root.clone(),
+            bundle: self.bundle.clone(),
+            console_socket: console.as_ref().map(|c| c.path().to_owned()),
         };
+        let fds = [stdin_fd, stdout, stderr];
         // The copy has ended and reaped the processes of a failed build before it returns.
-        let pid = super::forked::in_forked_copy(build)
+        let pid = create_in_fresh_copy(&request, fds)
             .map_err(|e| RuntimeError::io(id, "forking to create", e))?
             .map_err(|message| RuntimeError::Libcontainer {
                 id: id.to_owned(),
@@ -369,6 +357,68 @@ impl Attempt {
             }
         }
     }
+}
+
+/// What a forked copy needs to create a container, besides its stdio descriptors.
+#[derive(Debug, Serialize, Deserialize)]
+struct CreateRequest {
+    id: String,
+    state_root: PathBuf,
+    bundle: PathBuf,
+    /// Where a `tty: true` container's init sends its terminal's master.
+    console_socket: Option<PathBuf>,
+}
+
+/// Runs the create in a fresh copy: one forked by the node's forkserver when it runs (a
+/// copy of a small process), else one forked from this process.
+fn create_in_fresh_copy(
+    request: &CreateRequest,
+    fds: [OwnedFd; 3],
+) -> std::io::Result<Result<i32, String>> {
+    if let Some(server) = super::forkserver::installed() {
+        let payload = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+        match server.run(&payload, &fds) {
+            Ok(created) => return Ok(created),
+            Err(ForkserverError::Unavailable(err)) => {
+                tracing::warn!(id = request.id, %err, "forkserver gone: forking the daemon to create");
+            }
+            Err(err @ ForkserverError::Reply(_)) => return Err(std::io::Error::other(err)),
+        }
+    }
+    super::forked::in_forked_copy(|| build(request, fds))
+}
+
+/// The forkserver's handler: a [`CreateRequest`] with stdin, stdout and stderr.
+pub(super) fn create_in_copy(payload: &[u8], fds: Vec<OwnedFd>) -> Result<i32, String> {
+    let request: CreateRequest =
+        serde_json::from_slice(payload).map_err(|e| format!("create request: {e}"))?;
+    let fds: [OwnedFd; 3] = fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+        format!("create request with {} descriptors, not 3", fds.len())
+    })?;
+    build(&request, fds)
+}
+
+/// libcontainer's create, in a forked copy: the init it leaves waits for `start`.
+fn build(request: &CreateRequest, [stdin, stdout, stderr]: [OwnedFd; 3]) -> Result<i32, String> {
+    let container = ContainerBuilder::new(request.id.clone(), SyscallType::default())
+        .with_root_path(&request.state_root)
+        .map_err(|e| format!("root path: {e}"))?
+        .with_console_socket(request.console_socket.as_deref())
+        .with_stdin(stdin)
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .with_executor(EnvExecutor::default())
+        .validate_id()
+        .map_err(|e| format!("validate id: {e}"))?
+        .as_init(&request.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    container
+        .pid()
+        .map(i32::from)
+        .ok_or_else(|| "no init pid in state".to_owned())
 }
 
 /// The container's directory in every cgroup hierarchy mounted under `cgroup_root` (v1

@@ -58,18 +58,9 @@ pub(crate) fn in_forked_copy(
     match unsafe { fork() }? {
         ForkResult::Child => {
             drop(read);
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(create))
-                .unwrap_or_else(|_| Err("libcontainer panicked".to_owned()));
-            if outcome.is_err() {
-                end_children();
-            }
-            let message = match outcome {
-                Ok(pid) => format!("ok {pid}"),
-                Err(err) => format!("err {err}"),
-            };
+            let message = run_in_copy(create);
             // One write below PIPE_BUF arrives whole; the parent reads it after our exit.
-            let bytes = message.as_bytes();
-            let _ = nix::unistd::write(write.as_fd(), &bytes[..bytes.len().min(4000)]);
+            let _ = nix::unistd::write(write.as_fd(), &message);
             // SAFETY: ends the forked copy at once, as after any fork in a threaded process.
             unsafe { libc::_exit(0) }
         }
@@ -87,6 +78,24 @@ pub(crate) fn in_forked_copy(
             read_message(read)
         }
     }
+}
+
+/// Runs `create` in a forked copy and returns the message the copy sends back: `ok PID` or
+/// `err MESSAGE`, at most 4,000 bytes (below `PIPE_BUF`, so one write arrives whole). A
+/// failed or panicking create has every process it started killed and reaped first.
+pub(crate) fn run_in_copy(create: impl FnOnce() -> Result<i32, String>) -> Vec<u8> {
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(create))
+        .unwrap_or_else(|_| Err("libcontainer panicked".to_owned()));
+    if outcome.is_err() {
+        end_children();
+    }
+    let mut message = match outcome {
+        Ok(pid) => format!("ok {pid}"),
+        Err(err) => format!("err {err}"),
+    }
+    .into_bytes();
+    message.truncate(4000);
+    message
 }
 
 /// Kills and reaps every child of this process, the forked copy: after a failed create
@@ -139,7 +148,8 @@ fn read_message(read: OwnedFd) -> std::io::Result<Result<i32, String>> {
     Ok(parse(&String::from_utf8_lossy(&buf[..n])))
 }
 
-fn parse(message: &str) -> Result<i32, String> {
+/// The result a copy sent ([`run_in_copy`]).
+pub(crate) fn parse(message: &str) -> Result<i32, String> {
     if let Some(pid) = message.strip_prefix("ok ") {
         return pid
             .trim()
