@@ -7,6 +7,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use once_cell::race::OnceBox;
 use serde_json::{Value, json};
 use skiff_machinery::status::StatusError;
 use skiff_resources::{ResourceInfo, wire};
@@ -47,9 +48,9 @@ const SELECTABLE: &[&str] = &[
 ];
 
 /// One object as the cache holds it: encoded once for every reader, and what selectors read.
-/// The decoded form is not kept: as a `serde_json::Value` an object takes several times the
-/// memory of its encoding, and only Table and protobuf answers and unusual field selectors
-/// need it.
+/// The decoded form is not kept up front: as a `serde_json::Value` an object takes several
+/// times the memory of its encoding, and only Table and protobuf answers and unusual field
+/// selectors need it. Admission reads of small kinds keep it once asked ([`Cached::shared`]).
 #[derive(Debug)]
 pub struct Cached {
     /// The object (with `apiVersion`, `kind` and `resourceVersion`) as the Go apiserver
@@ -64,6 +65,10 @@ pub struct Cached {
     labels: Box<[(Box<str>, Box<str>)]>,
     /// The [`SELECTABLE`] fields the object has, as field selectors compare them.
     fields: Box<[(&'static str, Box<str>)]>,
+    /// The decoded object, filled by the first [`Cached::shared`]. A `OnceBox` is one word
+    /// where a `OnceLock` takes two: objects of big kinds, which never fill it, pay no
+    /// more than that.
+    decoded: OnceBox<Arc<Value>>,
 }
 
 impl Cached {
@@ -101,6 +106,7 @@ impl Cached {
             seen,
             labels,
             fields,
+            decoded: OnceBox::new(),
         }
     }
 
@@ -111,6 +117,18 @@ impl Cached {
             tracing::error!(%err, "cached object does not decode");
             Value::Null
         })
+    }
+
+    /// The object decoded once and shared by every later reader, for reads of small kinds
+    /// that come often (the namespace and service account every pod create checks): the
+    /// decoded form stays as long as this cached object, so big kinds use
+    /// [`Cached::value`].
+    pub fn shared(&self) -> Arc<Value> {
+        // Two first readers may both decode; one result is kept, the same for everyone.
+        Arc::clone(
+            self.decoded
+                .get_or_init(|| Box::new(Arc::new(self.value()))),
+        )
     }
 
     /// `metadata.labels`.
@@ -610,6 +628,25 @@ mod tests {
         let all = everything();
         let read = every_configmap(&all);
         assert!(cache.list(&read, 3).expect("ready").items.is_empty());
+    }
+
+    #[test]
+    fn a_shared_object_is_decoded_once_and_a_change_is_decoded_afresh() {
+        let cache = ResourceCache::loading(configmaps());
+        cache.loaded(&[kv("a", "1", 2, 2)], 2);
+        let key = "/registry/core/configmaps/default/a";
+        let cached = cache.get(key).flatten().expect("cached");
+        let (one, two) = (cached.shared(), cached.shared());
+        assert!(
+            Arc::ptr_eq(&one, &two),
+            "one decoded value for every reader"
+        );
+        assert_eq!(*one, cached.value());
+        cache.apply(&put(kv("a", "2", 2, 3)));
+        let changed = cache.get(key).flatten().expect("cached").shared();
+        assert_eq!(changed["data"]["k"], "2");
+        assert_eq!(changed["metadata"]["resourceVersion"], "3");
+        assert_eq!(one["data"]["k"], "1", "a reader keeps what it read");
     }
 
     #[test]

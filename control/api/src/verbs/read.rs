@@ -103,21 +103,32 @@ pub fn cached_object(ctx: &Ctx, info: &'static ResourceInfo, key: &str) -> Optio
 /// at once). The check does not wait; on the embedded store it costs no read transaction. A
 /// miss (a cache still loading, or no such object) asks the store, so a 404 is always the
 /// store's answer.
+///
+/// The object is shared, not copied: a cached object is decoded once for all its readers
+/// and the decoded form kept beside it ([`Cached::shared`]), so only small kinds are read
+/// here.
 pub async fn fetch_recent(
     ctx: &Ctx,
     info: &'static ResourceInfo,
     namespace: Option<&str>,
     name: &str,
-) -> Result<(Value, i64), StatusError> {
+) -> Result<(Arc<Value>, i64), StatusError> {
     // The revision first, the object after: an object read once the cache has delivered
     // the store's revision is at least that fresh.
     let current = ctx.store.current_revision().await.unwrap_or(i64::MAX);
     if ctx.cache.seen_now() >= current
-        && let Some(cached) = cached_object(ctx, info, &objects::key(info, namespace, name))
+        && let Some(found) = ctx
+            .cache
+            .cache(info)
+            .and_then(|cache| cache.get(&objects::key(info, namespace, name)).flatten())
     {
-        return Ok(cached);
+        let obj = found.shared();
+        if let Ok(Some(revision)) = objects::resource_version(&obj) {
+            return Ok((obj, revision));
+        }
     }
-    objects::fetch(ctx.store.as_ref(), info, namespace, name).await
+    let (obj, revision) = objects::fetch(ctx.store.as_ref(), info, namespace, name).await?;
+    Ok((Arc::new(obj), revision))
 }
 
 /// The current object named by the route and its mod revision, or 404.
