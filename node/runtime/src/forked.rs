@@ -1,12 +1,14 @@
-//! Runs libcontainer's create in a forked, single-threaded copy of the daemon.
+//! Runs libcontainer's create or exec in a forked, single-threaded copy of this process: of
+//! the forkserver for creates (see [`crate::forkserver`]), of the daemon for execs and when
+//! no forkserver runs.
 //!
 //! libcontainer clones with the raw `clone3` syscall, so no `atfork` handler runs: a child
 //! cloned straight from the multi-threaded daemon inherits every lock another thread held at
 //! that moment, malloc's arena locks among them, and hung in `realloc` under a burst of pod
 //! starts. glibc's `fork` takes and resets malloc's locks around the fork, so the forked copy
 //! can allocate, and with a single thread its own clones are safe. The copy exits as soon as
-//! the container is created; the container's init, its child, is then re-parented to this
-//! process, a child subreaper, which reaps it as before.
+//! the container is created; the container's init, its child, is then re-parented to the
+//! daemon, a child subreaper, which reaps it as before.
 //!
 //! A create that fails ends and reaps, in the copy, every process it made: libcontainer
 //! returns from a failed create without waiting for its intermediate and init processes,

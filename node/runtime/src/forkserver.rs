@@ -101,12 +101,6 @@ impl Forkserver {
         }
     }
 
-    /// The server's pid.
-    #[must_use]
-    pub fn pid(&self) -> i32 {
-        self.pid.as_raw()
-    }
-
     /// Runs `payload` with `fds` (duplicated into the server) in a fresh copy of the server
     /// and returns what the handler returned, once the copy has been reaped. When the
     /// handler failed, the copy has ended and reaped every process it started.

@@ -91,10 +91,14 @@ async fn fresh_enough(ctx: &Ctx, query: &Query) -> Option<bool> {
 /// The object under `key` as the watch cache holds it now, with its revision: `None` when
 /// the cache does not hold it (still loading, or no such object).
 pub fn cached_object(ctx: &Ctx, info: &'static ResourceInfo, key: &str) -> Option<(Value, i64)> {
-    let found = ctx.cache.cache(info)?.get(key).flatten()?;
-    let obj = found.value();
+    let obj = cached_entry(ctx, info, key)?.value();
     let revision = objects::resource_version(&obj).ok().flatten()?;
     Some((obj, revision))
+}
+
+/// The watch cache's entry under `key`, when the cache has loaded and holds it.
+fn cached_entry(ctx: &Ctx, info: &'static ResourceInfo, key: &str) -> Option<Arc<Cached>> {
+    ctx.cache.cache(info)?.get(key).flatten()
 }
 
 /// Another object an admission step reads (a namespace, a service account): from the watch
@@ -117,10 +121,7 @@ pub async fn fetch_recent(
     // the store's revision is at least that fresh.
     let current = ctx.store.current_revision().await.unwrap_or(i64::MAX);
     if ctx.cache.seen_now() >= current
-        && let Some(found) = ctx
-            .cache
-            .cache(info)
-            .and_then(|cache| cache.get(&objects::key(info, namespace, name)).flatten())
+        && let Some(found) = cached_entry(ctx, info, &objects::key(info, namespace, name))
     {
         let obj = found.shared();
         if let Ok(Some(revision)) = objects::resource_version(&obj) {
