@@ -5,7 +5,7 @@ use serde_json::Value;
 use skiff_machinery::{quota, status::StatusError};
 use skiff_resources::ResourceInfo;
 
-use crate::{ctx::Ctx, http::Query, objects, verbs::read};
+use crate::{ctx::Ctx, objects, verbs::read};
 
 /// A resource over its limit: (name, requested, used, limit), milli-units.
 type Excess = (String, i64, i64, i64);
@@ -18,8 +18,9 @@ fn find(group: &str, plural: &str) -> Option<&'static ResourceInfo> {
 
 /// Refuses `obj` (about to be created in `namespace`) if it would exceed a quota.
 ///
-/// Checked against a fresh count of the namespace's objects; two creates racing for the
-/// last unit can both pass (Kubernetes serializes them through the quota's status).
+/// Checked against a fresh count of the namespace's objects, read without waiting for the
+/// watch cache ([`read::list_recent`]); two creates racing for the last unit can both pass
+/// (Kubernetes serializes them through the quota's status).
 pub async fn admit(
     ctx: &Ctx,
     info: &'static ResourceInfo,
@@ -29,8 +30,8 @@ pub async fn admit(
     let Some(quota_info) = find("", "resourcequotas") else {
         return Ok(());
     };
-    let quotas = read::list_objects(ctx, quota_info, Some(namespace), &Query::default()).await?;
-    for q in &quotas.items {
+    let quotas = read::list_recent(ctx, quota_info, Some(namespace)).await?;
+    for q in &quotas {
         let Some(hard) = q.pointer("/spec/hard").and_then(Value::as_object) else {
             continue;
         };
@@ -52,13 +53,8 @@ pub async fn admit(
             else {
                 continue;
             };
-            let existing =
-                read::list_objects(ctx, info, Some(namespace), &Query::default()).await?;
-            let used: i64 = existing
-                .items
-                .iter()
-                .map(|o| quota::usage(resource, o))
-                .sum();
+            let existing = read::list_recent(ctx, info, Some(namespace)).await?;
+            let used: i64 = existing.iter().map(|o| quota::usage(resource, o)).sum();
             if used + requested > limit {
                 exceeded.push((resource.clone(), requested, used, limit));
             }

@@ -132,6 +132,39 @@ pub async fn fetch_recent(
     Ok((Arc::new(obj), revision))
 }
 
+/// All of a namespace's objects of one kind, for an admission check, as fresh as a store
+/// read without waiting, as [`fetch_recent`] is: from the watch cache when it has delivered
+/// every committed revision, else from the store. A consistent list would wait for the
+/// cache's feed, adding up to a commit's delay to every create it checks.
+pub async fn list_recent(
+    ctx: &Ctx,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+) -> Result<Vec<Value>, StatusError> {
+    let current = ctx.store.current_revision().await.unwrap_or(i64::MAX);
+    let seen = ctx.cache.seen_now();
+    let prefix = objects::prefix(info, namespace);
+    if seen >= current
+        && let Some(cache) = ctx.cache.cache(info)
+    {
+        let read = Read {
+            prefix: &prefix,
+            start_after: None,
+            limit: 0,
+            matches: &|_| true,
+        };
+        if let Some(snapshot) = cache.list(&read, seen) {
+            return Ok(snapshot.items.iter().map(|c| c.value()).collect());
+        }
+    }
+    let everything = Selectors::parse(&Query::default())?;
+    Ok(
+        list_from_store(ctx, info, namespace, &Query::default(), &everything, 0)
+            .await?
+            .items,
+    )
+}
+
 /// The current object named by the route and its mod revision, or 404.
 pub async fn fetch(ctx: &Ctx, route: &ResourceRoute) -> Result<(Value, i64), StatusError> {
     objects::fetch(

@@ -2,7 +2,7 @@
 //! selectors applied as transitions (an object leaving the selection is DELETED for the
 //! watcher), bookmarks, timeouts, tables, and 410 Expired for compacted history.
 
-use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::VecDeque, convert::Infallible, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -97,7 +97,9 @@ struct State {
     selectors: Selectors,
     format: Format,
     pending: VecDeque<Bytes>,
-    deadline: tokio::time::Instant,
+    /// The watch's end (`timeoutSeconds`): one timer for the whole watch, since a timer
+    /// made per event would be registered and removed once per event and watcher.
+    deadline: Pin<Box<tokio::time::Sleep>>,
     bookmarks: Option<tokio::time::Interval>,
     last_rv: i64,
     sent_columns: bool,
@@ -205,11 +207,12 @@ pub async fn watch(
         selectors,
         format: h::format(headers),
         pending: VecDeque::new(),
-        deadline: tokio::time::Instant::now()
-            + query
+        deadline: Box::pin(tokio::time::sleep(
+            query
                 .get("timeoutSeconds")
                 .and_then(|t| t.parse().ok())
                 .map_or(DEFAULT_TIMEOUT, Duration::from_secs),
+        )),
         bookmarks: query.flag("allowWatchBookmarks").then(|| {
             let mut i = tokio::time::interval(BOOKMARK_EVERY);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -291,7 +294,7 @@ fn respond(state: State) -> Response<Body> {
                     Some(Next::Cache(event)) => state.cached(event),
                     None => return None,
                 },
-                () = tokio::time::sleep_until(state.deadline) => return None,
+                () = state.deadline.as_mut() => return None,
                 () = bookmark => {
                     let object = json!({
                         "kind": state.info.kind,
