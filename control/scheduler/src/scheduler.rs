@@ -625,17 +625,17 @@ async fn preempt(
         tracing::debug!(pod = %pod.name(), ?err, "could not nominate");
     }
     for other in displaced {
-        if let Err(err) = binder::clear_nomination(client, &other.pod).await {
+        if let Err(err) = binder::clear_nomination(client, &other.object()).await {
             tracing::debug!(pod = %other.name(), ?err, "could not clear a nomination");
         }
     }
     for victim in victims {
         writers.events.normal(
-            &victim.pod,
+            &victim.object(),
             "Preempted",
             format!("Preempted by pod {} on node {node}", pod.uid),
         );
-        if let Err(err) = binder::evict(client, &victim.pod, &writers.scheduler).await {
+        if let Err(err) = binder::evict(client, &victim.object(), &writers.scheduler).await {
             tracing::warn!(victim = %victim.name(), ?err, "could not evict a preemption victim");
         }
     }
