@@ -1,8 +1,9 @@
 //! skiff-node-runtime is the node's container runtime: OCI bundles from the pod's wishes,
 //! the libcontainer lifecycle run in-process (one file per verb, creates in copies forked
 //! by a small forkserver), the image store (registry pulls, tarball import, overlay root
-//! filesystems, garbage collection), CRI-format logs, exec processes and per-container cgroup usage. It knows
-//! nothing of pods or the API: the node daemon translates a pod into a [`ContainerConfig`].
+//! filesystems, garbage collection), CRI-format logs, exec processes and per-container
+//! cgroup usage. It knows nothing of pods or the API: the node daemon translates a pod into
+//! a [`ContainerConfig`].
 
 pub mod config;
 mod container_delete;

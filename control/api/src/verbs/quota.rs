@@ -31,6 +31,9 @@ pub async fn admit(
         return Ok(());
     };
     let quotas = read::list_recent(ctx, quota_info, Some(namespace)).await?;
+    // The namespace's objects of this kind, listed once for every quota and resource that
+    // counts them, and only if one does.
+    let mut existing: Option<Vec<Value>> = None;
     for q in &quotas {
         let Some(hard) = q.pointer("/spec/hard").and_then(Value::as_object) else {
             continue;
@@ -53,8 +56,14 @@ pub async fn admit(
             else {
                 continue;
             };
-            let existing = read::list_recent(ctx, info, Some(namespace)).await?;
-            let used: i64 = existing.iter().map(|o| quota::usage(resource, o)).sum();
+            if existing.is_none() {
+                existing = Some(read::list_recent(ctx, info, Some(namespace)).await?);
+            }
+            let used: i64 = existing
+                .iter()
+                .flatten()
+                .map(|o| quota::usage(resource, o))
+                .sum();
             if used + requested > limit {
                 exceeded.push((resource.clone(), requested, used, limit));
             }

@@ -101,6 +101,16 @@ fn cached_entry(ctx: &Ctx, info: &'static ResourceInfo, key: &str) -> Option<Arc
     ctx.cache.cache(info)?.get(key).flatten()
 }
 
+/// The revision the watch cache has delivered, when that is every revision the store has
+/// committed; `None` when the cache is behind. Does not wait. The store's revision is read
+/// first, so whatever the cache holds afterwards is at least as fresh as a store read made
+/// at this moment.
+async fn caught_up(ctx: &Ctx) -> Option<i64> {
+    let current = ctx.store.current_revision().await.unwrap_or(i64::MAX);
+    let seen = ctx.cache.seen_now();
+    (seen >= current).then_some(seen)
+}
+
 /// Another object an admission step reads (a namespace, a service account): from the watch
 /// cache when the cache has delivered every committed revision, else from the store, so the
 /// answer is as fresh as a store read (a namespace deleted a moment ago refuses new objects
@@ -117,10 +127,7 @@ pub async fn fetch_recent(
     namespace: Option<&str>,
     name: &str,
 ) -> Result<(Arc<Value>, i64), StatusError> {
-    // The revision first, the object after: an object read once the cache has delivered
-    // the store's revision is at least that fresh.
-    let current = ctx.store.current_revision().await.unwrap_or(i64::MAX);
-    if ctx.cache.seen_now() >= current
+    if caught_up(ctx).await.is_some()
         && let Some(found) = cached_entry(ctx, info, &objects::key(info, namespace, name))
     {
         let obj = found.shared();
@@ -141,10 +148,8 @@ pub async fn list_recent(
     info: &'static ResourceInfo,
     namespace: Option<&str>,
 ) -> Result<Vec<Value>, StatusError> {
-    let current = ctx.store.current_revision().await.unwrap_or(i64::MAX);
-    let seen = ctx.cache.seen_now();
     let prefix = objects::prefix(info, namespace);
-    if seen >= current
+    if let Some(seen) = caught_up(ctx).await
         && let Some(cache) = ctx.cache.cache(info)
     {
         let read = Read {

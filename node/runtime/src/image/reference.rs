@@ -29,10 +29,8 @@ impl PullPolicy {
                 if image.contains('@') {
                     return Self::IfNotPresent;
                 }
-                // A ':' after the last '/' is a tag; before it, it is a registry port.
-                let last = image.rsplit('/').next().unwrap_or(image);
-                match last.split_once(':') {
-                    Some((_, tag)) if tag != "latest" => Self::IfNotPresent,
+                match split_tag(image).1 {
+                    Some(tag) if tag != "latest" => Self::IfNotPresent,
                     _ => Self::Always,
                 }
             }
@@ -61,12 +59,7 @@ pub(super) fn parse(reference: &str) -> Result<Reference, ImageError> {
         Some((named, digest)) => (named, Some(digest)),
         None => (reference, None),
     };
-    // A ':' after the last '/' starts the tag; before it, it is the registry's port.
-    let slash = named.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match named[slash..].find(':') {
-        Some(colon) => (&named[..slash + colon], Some(&named[slash + colon + 1..])),
-        None => (named, None),
-    };
+    let (name, tag) = split_tag(named);
     if !is_name(name) {
         return Err(invalid("invalid reference format"));
     }
@@ -96,6 +89,16 @@ pub(super) fn parse(reference: &str) -> Result<Reference, ImageError> {
             Reference::with_tag(registry, repository, tag.unwrap_or("latest").to_owned())
         }
     })
+}
+
+/// `named` (a reference without its digest) split into name and tag: a ':' after the last
+/// '/' starts the tag; before it, it is the registry's port.
+fn split_tag(named: &str) -> (&str, Option<&str>) {
+    let slash = named.rfind('/').map_or(0, |i| i + 1);
+    match named[slash..].find(':') {
+        Some(colon) => (&named[..slash + colon], Some(&named[slash + colon + 1..])),
+        None => (named, None),
+    }
 }
 
 /// The longest repository docker takes.
